@@ -1,0 +1,19 @@
+"""Solver failures, each with a message that names the problem and the way out."""
+
+from __future__ import annotations
+
+
+class SolverError(RuntimeError):
+    """Base class of every failure raised while integrating."""
+
+
+class StepSizeUnderflowError(SolverError):
+    """The adaptive step size shrank below what floating point can resolve."""
+
+
+class MaxStepsExceededError(SolverError):
+    """More than ``max_steps`` steps (accepted plus rejected) were needed."""
+
+
+class NonFiniteStateError(SolverError):
+    """The state or the vector field became NaN or infinite."""

@@ -1,0 +1,128 @@
+"""``odeint``: the public entry point, shaped like torchdiffeq's so users can switch in one line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .adjoint import AdjointSolve
+from .checkpoint import CheckpointSolve
+from .problem import Problem
+from .stats import SolverStats
+from .tableaus import TABLEAUS
+from .times import OutputTimes
+
+GRADIENT_MODES = ("backprop", "adjoint", "checkpoint")
+FIXED_METHODS = tuple(name for name, tab in TABLEAUS.items() if not tab.adaptive)
+ADAPTIVE_METHODS = tuple(name for name, tab in TABLEAUS.items() if tab.adaptive)
+
+
+def odeint(
+    func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    y0: torch.Tensor,
+    t: torch.Tensor,
+    method: str = "dopri5",
+    rtol: float = 1e-3,
+    atol: float = 1e-4,
+    gradient: str = "backprop",
+    step_size: float | None = None,
+    max_steps: int = 10_000,
+    *,
+    first_step: float | None = None,
+    adjoint_params: Iterable[torch.Tensor] | None = None,
+    adjoint_rtol: float | None = None,
+    adjoint_atol: float | None = None,
+    adjoint_seminorm: bool = True,
+    adjoint_fold_jumps: bool = True,
+    stats: SolverStats | None = None,
+) -> torch.Tensor:
+    """Solve ``dy/dt = func(t, y)`` from ``y(t[0]) = y0`` and return ``y`` at the times ``t``.
+
+    Args:
+        func: ``func(t, y) -> dy/dt`` with the shape of ``y``; any callable or ``nn.Module``.
+        y0: initial state, shape ``(..., d)``.
+        t: output times. 1-D, strictly increasing or decreasing, ``t[0]`` the start: returns
+            ``(len(t), *y0.shape)``. Or 2-D ``(batch, T)`` per-sample times (``y0`` of shape
+            ``(batch, ...)``), every row starting at the same time and monotonic in the same
+            direction (repeats allowed, e.g. as padding): returns ``(batch, T, ...)`` from one
+            batched integration answered by dense output.
+        method: fixed-step ``euler``, ``midpoint``, ``rk4`` or adaptive ``bosh3``, ``dopri5``,
+            ``tsit5``.
+        rtol, atol: tolerances of the adaptive error control (RMS norm over all elements).
+        gradient: ``backprop`` (autograd through the steps), ``adjoint`` (backward solve of the
+            adjoint system; memory independent of the number of steps) or ``checkpoint`` (replay
+            each step in the backward pass; exact gradient of the discrete solution).
+        step_size: fixed-step methods only; default one step per output interval.
+        max_steps: bound on attempted steps (accepted plus rejected) per solve.
+        first_step: adaptive methods: first step size instead of the automatic estimate.
+        adjoint_params: tensors to differentiate in ``adjoint``/``checkpoint`` mode when ``func``
+            is a closure (an ``nn.Module``'s parameters are found automatically).
+        adjoint_rtol, adjoint_atol: tolerances of the backward solve (default: forward ones).
+        adjoint_seminorm: leave ``dL/dtheta`` out of the backward error norm.
+        adjoint_fold_jumps: let jumps of the adjoint smaller than the tolerance ride on a
+            forcing term instead of stopping the backward solve at every output time.
+        stats: a :class:`SolverStats` to fill with evaluation and step counts.
+    """
+    if method not in TABLEAUS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(TABLEAUS)}.")
+    if gradient not in GRADIENT_MODES:
+        raise ValueError(f"unknown gradient {gradient!r}; choose one of {list(GRADIENT_MODES)}.")
+    if not isinstance(y0, torch.Tensor) or not torch.is_floating_point(y0):
+        got = y0.dtype if isinstance(y0, torch.Tensor) else type(y0).__name__
+        raise ValueError(f"y0 must be a floating-point tensor, got {got}.")
+    if y0.dim() == 0:
+        raise ValueError("y0 must have at least one dimension: shape (..., d).")
+    if not rtol > 0 or not atol >= 0:
+        raise ValueError(f"rtol must be > 0 and atol >= 0, got rtol={rtol}, atol={atol}.")
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be at least 1, got {max_steps}.")
+    tableau = TABLEAUS[method]
+    if step_size is not None and tableau.adaptive:
+        raise ValueError(
+            f"step_size is for the fixed-step methods {list(FIXED_METHODS)}; {method!r} chooses "
+            "its own steps (use first_step= to set the first one)."
+        )
+    if not bool(torch.isfinite(y0).all()):
+        raise ValueError("y0 contains NaN or inf; the initial state must be finite.")
+    outputs = OutputTimes(t, y0)
+    tracking = torch.is_grad_enabled() and gradient != "backprop"
+    params = _find_params(func, adjoint_params) if tracking else ()
+    problem = Problem(
+        func=func, tableau=tableau, outputs=outputs, rtol=rtol, atol=atol, max_steps=max_steps,
+        step_size=step_size, first_step=first_step,
+        stats=stats if stats is not None else SolverStats(),
+        dtype=y0.dtype, device=y0.device, shape=tuple(y0.shape), params=params,
+        adjoint_rtol=rtol if adjoint_rtol is None else adjoint_rtol,
+        adjoint_atol=atol if adjoint_atol is None else adjoint_atol,
+        adjoint_seminorm=adjoint_seminorm, adjoint_fold_jumps=adjoint_fold_jumps,
+    )
+    if not tracking or not (y0.requires_grad or params):
+        return problem.solve(y0)
+    solve = AdjointSolve if gradient == "adjoint" else CheckpointSolve
+    return solve.apply(problem, y0, *params)
+
+
+def _find_params(func: Callable, adjoint_params: Iterable[torch.Tensor] | None) -> tuple:
+    """The tensors a custom backward must differentiate: explicit, or found on a Module."""
+    if adjoint_params is not None:
+        params = tuple(adjoint_params)
+        for p in params:
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"adjoint_params must hold tensors, got {type(p).__name__}.")
+        return tuple(p for p in params if p.requires_grad)
+    owner = func if isinstance(func, nn.Module) else getattr(func, "__self__", None)
+    if isinstance(owner, nn.Module):
+        return tuple(p for p in owner.parameters() if p.requires_grad)
+    captured = [c.cell_contents for c in (getattr(func, "__closure__", None) or ())]
+    if any(
+        isinstance(v, nn.Module) or (isinstance(v, torch.Tensor) and v.requires_grad)
+        for v in captured
+    ):
+        raise ValueError(
+            "func is a closure over trainable tensors or modules, which the adjoint and "
+            "checkpoint modes cannot see: pass them as adjoint_params=[...] (e.g. "
+            "list(model.parameters())), or make func an nn.Module."
+        )
+    return ()

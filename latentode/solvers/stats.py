@@ -1,0 +1,31 @@
+"""Counters a caller can read after a solve (logging, benchmarks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class SolverStats:
+    """Function evaluations and steps of one ``odeint`` call and of its backward pass.
+
+    Pass an instance as ``odeint(..., stats=stats)``; the forward fields are filled when ``odeint``
+    returns, the backward ones when autograd runs the backward pass (adjoint and checkpoint
+    modes; with ``gradient="backprop"`` autograd replays the recorded graph and no evaluations
+    are counted).
+    Counters accumulate over calls until :meth:`reset`.
+    """
+
+    nfe_forward: int = 0
+    nfe_backward: int = 0
+    steps_accepted: int = 0
+    steps_rejected: int = 0
+    backward_steps_accepted: int = 0
+    backward_steps_rejected: int = 0
+
+    def reset(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
