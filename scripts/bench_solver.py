@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from latentode.solvers import SolverStats, odeint
+from latentode.solvers import odeint
 from latentode.utils.memory import peak_memory
 
 RTOL, ATOL = 1e-3, 1e-4
@@ -140,7 +140,7 @@ def bench(workload: str, scale: float, repeats: int) -> dict:
     rows = {}
     for name, run in runs.items():
         s = samples[name]
-        _, peak = peak_memory(lambda run=run: measure(name, run, field, target))
+        _, peak = peak_memory(lambda name=name, run=run: measure(name, run, field, target))
         rows[name] = {
             "fwd": statistics.median(r["fwd"] for r in s),
             "total": statistics.median(r["total"] for r in s),

@@ -5,6 +5,11 @@ memory ``O(steps x state)``. The backward pass walks the steps in reverse, recom
 (same step size, same arithmetic) with autograd on, and pulls the cotangent of its end state and of
 the outputs answered inside it back to its start. The result is the exact gradient of the discrete
 solution, as ``backprop`` gives, while holding the graph of one step at a time.
+
+For first-same-as-last tableaus (dopri5, tsit5, bosh3) the last stage of step ``n`` is the first
+stage of step ``n + 1``; the replay evaluates it once, in step ``n + 1``, and hands it the cotangent
+that step ``n``'s dense outputs send to it (dense output is linear in the stages, so that cotangent
+needs no graph). One evaluation per step fewer than a plain replay.
 """
 
 from __future__ import annotations
@@ -16,27 +21,39 @@ from .problem import Problem
 
 def checkpoint_backward(problem: Problem, steps: list, grad_ys: torch.Tensor) -> tuple:
     """Gradients ``(dL/dy0, *dL/dparams)`` by replaying ``steps`` in reverse."""
-    out, params, rk = problem.outputs, problem.params, problem.rk
+    out, params, rk, tab = problem.outputs, problem.params, problem.rk, problem.tableau
     start_grad, items = out.split_grads(grad_ys)
     f = problem.vector_field(backward=True)
     cot = torch.zeros_like(problem.final_state)
     totals = [torch.zeros_like(p) for p in params]
     stats = problem.stats
-    for step in reversed(steps):
+    shared = rk.fsal
+    for i in range(len(steps) - 1, -1, -1):
+        step = steps[i]
+        skip_last = shared and i < len(steps) - 1
         with torch.enable_grad():
             y = step.y.detach().requires_grad_(True)
-            y1, ks = rk.step(f, step.t, step.h, y, f(step.t, y))
+            k1 = f(step.t, y)
+            y1, ks = rk.step(f, step.t, step.h, y, k1, skip_last=skip_last)
             outputs, cotangents = [y1], [cot]
             if step.stop > step.start:
-                chunk = out.interpolate(
-                    problem.tableau, step.t, step.h, y, y1, ks, step.start, step.stop
+                # the skipped last stage enters the outputs linearly: any value gives the
+                # right gradient for the other stages; its own cotangent goes to step i + 1
+                stages = [*ks, torch.zeros_like(k1)] if skip_last else ks
+                outputs.append(
+                    out.interpolate(tab, step.t, step.h, y, y1, stages, step.start, step.stop)
                 )
-                outputs.append(chunk)
                 cotangents.append(items[step.start : step.stop])
+            if shared and i > 0 and steps[i - 1].stop > steps[i - 1].start:
+                prev = steps[i - 1]
+                outputs.append(k1)
+                cotangents.append(
+                    out.stage_cotangent(tab, prev.t, prev.h, prev.start, prev.stop, items)
+                )
             grads = torch.autograd.grad(outputs, (y, *params), cotangents, allow_unused=True)
         stats.backward_steps_accepted += 1
         cot = grads[0] if grads[0] is not None else torch.zeros_like(cot)
-        for total, g in zip(totals, grads[1:], strict=False):
+        for total, g in zip(totals, grads[1:], strict=True):
             if g is not None:
                 total.add_(g)
     return (cot + start_grad, *totals)

@@ -47,13 +47,19 @@ class RungeKutta:
         return out
 
     def step(
-        self, f: VectorField, t: float, h: float, y: torch.Tensor, k1: torch.Tensor
+        self, f: VectorField, t: float, h: float, y: torch.Tensor, k1: torch.Tensor,
+        skip_last: bool = False,
     ) -> tuple[torch.Tensor, list]:
-        """Return ``(y1, stages)``; for FSAL tableaus the last stage is ``f(t + h, y1)``."""
+        """Return ``(y1, stages)``; for FSAL tableaus the last stage is ``f(t + h, y1)``.
+
+        ``skip_last`` (FSAL only) leaves that last evaluation out: the stage list is one short.
+        """
         ks = [k1]
         yi = y
         for i in range(1, len(self.c)):
             yi = self._combine(y, ks, self.rows[i], h)
+            if skip_last and i == len(self.c) - 1:
+                return yi, ks
             ks.append(f(t + self.c[i] * h, yi))
         y1 = yi if self.fsal else self._combine(y, ks, self.b, h)
         return y1, ks
@@ -122,11 +128,12 @@ class PIController:
         self.prev = 1e-4
         self.last_rejected = False
 
-    def propose(self, h: float, ratio: float, accepted: bool) -> float:
+    def propose(self, h: float, ratio: float, accepted: bool, order: int | None = None) -> float:
+        """Next step size; ``order`` overrides the error's order for this proposal."""
         if not math.isfinite(ratio):
             self.last_rejected = True
             return h * 0.1
-        fac11 = ratio**self.alpha
+        fac11 = ratio ** (self.alpha if order is None else 1.0 / order)
         if accepted:
             fac = fac11 / self.prev**self.beta
             fac = min(1.0 / self.min_factor, max(1.0 / self.max_factor, fac / self.safety))
@@ -174,6 +181,8 @@ def integrate(
     on_stop: StopHook | None = None,
     norm_numel: int | None = None,
     k1: torch.Tensor | None = None,
+    prepare: Callable[[float, float, torch.Tensor], tuple[float, bool]] | None = None,
+    extra_error: Callable[[float, torch.Tensor, torch.Tensor, list], float] | None = None,
 ) -> tuple[torch.Tensor, float, Counters]:
     """Integrate from ``t0`` to ``t1``; return ``(y(t1), next proposed step, counters)``.
 
@@ -181,12 +190,17 @@ def integrate(
     step is adaptive, starting from ``first_step`` or Hairer's estimate. ``stops`` are times
     (in integration order, strictly between ``t0`` and ``t1``) on which a step must land, e.g.
     where the adjoint state jumps; landing calls ``on_stop``, which may change the state, and
-    the controller keeps its proposal across the stop instead of restarting.
+    the controller keeps its proposal across the stop instead of restarting. ``prepare(t, h, y)``
+    runs before every trial step and returns ``(h, changed)``: it may shorten the step, and
+    ``changed`` asks for the first stage afresh (the vector field changed between steps, e.g.
+    a step-averaged forcing term).
+    ``extra_error(h, y, y1, stages)`` adds a second-order error estimate (as a ratio to the
+    tolerance) to the step's embedded one; the controller rejects on the larger of the two.
     """
     direction = 1.0 if t1 >= t0 else -1.0
     counters = Counters()
     y, t = y0, t0
-    if k1 is None:
+    if k1 is None and (grid is not None or first_step is None):
         k1 = f(t, y)
     if grid is not None:
         stop_index = {s: i for i, s in enumerate(stops)}
@@ -232,11 +246,26 @@ def integrate(
             h = goal - t
         if abs(h) <= 16 * math.ulp(max(abs(t), abs(goal), 1e-300)) and not lands:
             _raise_underflow(t, h, rtol, atol, last_trial_finite)
+        if prepare is not None:
+            shortened, changed = prepare(t, h, y)
+            if shortened != h:
+                h, lands = shortened, False
+            if changed:
+                k1 = None
+        if k1 is None:
+            k1 = f(t, y)
         y1, ks = rk.step(f, t, h, y, k1)
         ratio = rms_ratio(rk.error(ks, h), y, y1, rtol, atol, norm_numel)
+        extra = extra_error(h, y, y1, ks) if extra_error is not None else 0.0
+        accepted = max(ratio, extra) <= 1.0
         last_trial_finite = math.isfinite(ratio)
-        accepted = ratio <= 1.0
-        h_new = controller.propose(h, ratio, accepted)
+        if extra > ratio:  # the second-order term decides: propose by its order
+            h_new = controller.propose(h, extra, accepted, order=2)
+        else:
+            h_new = controller.propose(h, ratio, accepted)
+            if extra > 0.0 and accepted:  # do not grow past what the second-order term allows
+                limit = abs(h) * controller.safety * extra**-0.5
+                h_new = math.copysign(min(abs(h_new), limit), h_new)
         if not accepted:
             counters.rejected += 1
             h = h_new
@@ -257,8 +286,6 @@ def integrate(
             target += 1
             # keep the controller's plan across the stop rather than the clipped step
             h_new = max(h_new, planned) if direction > 0 else min(h_new, planned)
-        if k1 is None:
-            k1 = f(t, y)
         h = h_new
 
 

@@ -151,6 +151,26 @@ class OutputTimes:
         out = y.index_select(0, rows).reshape(len(rows), 1, -1) + weights.unsqueeze(1) @ picked
         return out.view(len(rows), *self.shape[1:])
 
+    def stage_cotangent(
+        self, tableau: ButcherTableau, t: float, h: float, start: int, stop: int,
+        cotangents: torch.Tensor, stage: int = -1,
+    ) -> torch.Tensor:
+        """Cotangent that the items ``start:stop`` of a step send to one of its stages.
+
+        Dense output is linear in the stages, so this needs no graph: ``h sum_j b(theta_j) g_j``.
+        """
+        theta = (np.asarray(self.times[start:stop]) - t) / h
+        w = tableau.dense_weights(theta)[:, stage] * h
+        if not self.per_sample and theta[-1] == 1.0:
+            w[-1] = 0.0  # answered by y1 itself, not by the interpolant
+        weights = torch.as_tensor(w, dtype=cotangents.dtype).to(cotangents.device)
+        g = cotangents[start:stop]
+        if not self.per_sample:
+            return torch.tensordot(weights, g, 1)
+        rows = torch.as_tensor(self.rows[start:stop], device=g.device)
+        out = torch.zeros(self.shape, dtype=g.dtype, device=g.device)
+        return out.index_add(0, rows, g * weights.view(-1, *([1] * (g.dim() - 1))))
+
     def split_grads(self, grad_ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cotangents of the output as ``(start, items)``, in the items' order.
 
