@@ -49,7 +49,7 @@ class MLPField(nn.Module):
         return self.net(z)
 
 
-def make_workload(scale: float, seed: int = 0) -> tuple:
+def make_workload(scale: float, seed: int = 0, device: str = "cpu") -> tuple:
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     field = MLPField(scale)
@@ -57,7 +57,12 @@ def make_workload(scale: float, seed: int = 0) -> tuple:
     t = torch.sort(torch.rand(48, generator=gen)).values
     t = torch.cat([torch.zeros(1), t, torch.ones(1)])  # 50 irregular times on [0, 1]
     target = torch.randn(50, 128, 16, generator=gen)
-    return field, z0, t, target
+    return field.to(device), z0.to(device), t.to(device), target.to(device)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def runners(field: MLPField, z0: torch.Tensor, t: torch.Tensor) -> dict[str, Callable]:
@@ -101,7 +106,7 @@ def runners(field: MLPField, z0: torch.Tensor, t: torch.Tensor) -> dict[str, Cal
 
 
 def reference_grad(field: MLPField, z0: torch.Tensor, t: torch.Tensor, target: torch.Tensor):
-    f64 = MLPField(1.0).double()
+    f64 = MLPField(1.0).double().to(z0.device)
     f64.load_state_dict(field.state_dict())
     ys = odeint(f64, z0.double(), t.double(), rtol=1e-9, atol=1e-9)
     loss = (ys - target.double()).square().mean()
@@ -111,12 +116,15 @@ def reference_grad(field: MLPField, z0: torch.Tensor, t: torch.Tensor, target: t
 def measure(name: str, run: Callable, field: MLPField, target: torch.Tensor) -> dict:
     params = list(field.parameters())
     field.nfe = 0
+    sync(target.device)
     t0 = time.perf_counter()
     ys = run()
+    sync(target.device)
     t1 = time.perf_counter()
     nfe_fwd = field.nfe
     loss = (ys - target).square().mean()
     grads = torch.autograd.grad(loss, params)
+    sync(target.device)
     t2 = time.perf_counter()
     return {
         "fwd": (t1 - t0) * 1e3,
@@ -127,8 +135,8 @@ def measure(name: str, run: Callable, field: MLPField, target: torch.Tensor) -> 
     }
 
 
-def bench(workload: str, scale: float, repeats: int) -> dict:
-    field, z0, t, target = make_workload(scale)
+def bench(workload: str, scale: float, repeats: int, device: str) -> dict:
+    field, z0, t, target = make_workload(scale, device=device)
     ref = reference_grad(field, z0, t, target)
     runs = runners(field, z0, t)
     samples: dict[str, list] = {name: [] for name in runs}
@@ -140,7 +148,9 @@ def bench(workload: str, scale: float, repeats: int) -> dict:
     rows = {}
     for name, run in runs.items():
         s = samples[name]
-        _, peak = peak_memory(lambda name=name, run=run: measure(name, run, field, target))
+        _, peak = peak_memory(
+            lambda name=name, run=run: measure(name, run, field, target), device=z0.device
+        )
         rows[name] = {
             "fwd": statistics.median(r["fwd"] for r in s),
             "total": statistics.median(r["total"] for r in s),
@@ -179,12 +189,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--workloads", nargs="+", default=["easy", "hard"])
+    parser.add_argument("--device", default="cpu", help="cpu (one thread, as specified) or cuda")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, 1 thread, dopri5 rtol={RTOL:g} atol={ATOL:g}")
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU, 1 thread"
+    print(f"torch {torch.__version__}, {where}, dopri5 rtol={RTOL:g} atol={ATOL:g}")
     ok = True
     for workload in args.workloads:
-        rows = bench(workload, {"easy": 1.0, "hard": 6.0}[workload], args.repeats)
+        scale = {"easy": 1.0, "hard": 6.0}[workload]
+        rows = bench(workload, scale, args.repeats, args.device)
         print(f"\nratios ({workload}): ours / baseline, target in brackets\n")
         for ours, theirs, key, target in TARGETS:
             r = ratio(rows, ours, theirs, key)
