@@ -16,11 +16,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
 
-from latentode.solvers import GRADIENT_MODES, TABLEAUS, SolverStats, odeint  # noqa: E402
+from latentode.solvers import GRADIENT_MODES, TABLEAUS, SolverStats, odeint
 
 TRUE_A = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]])
 
