@@ -37,6 +37,10 @@ import torch
 from .engine import integrate
 from .problem import Problem
 
+# a step is planned to use at most this share of the fold-error budget, so that a Lipschitz
+# estimate that grows within the step rarely costs a rejected step
+_FORECAST_MARGIN = 0.25
+
 
 def _flat(tensors: tuple, like: tuple) -> list:
     return [
@@ -71,12 +75,12 @@ class _Jumps:
         self.stop_items = [np.nonzero(stopped & (times == s))[0] for s in self.stop_times]
         self.current: torch.Tensor | None = None  # forcing of the step being taken
         self.inside_abs: torch.Tensor | None = None  # sum_i w_i(1 - w_i) |g_i| inside it
+        self.probe: torch.Tensor | None = None  # sum_i w_i(1 - w_i) g_i, awaiting J^T probe
+        self.probe_gain = 0.0  # |J^T probe| / |probe| at the start of the step
         self._key: tuple = (len(self.fold_keys), ())
         if len(self.fold_idx):
             index = torch.as_tensor(self.fold_idx, device=items.device)
             self.folded = items.index_select(0, index)
-            sizes = self.folded.reshape(len(index), -1).square().sum(1) / self.numel
-            self.sizes = sizes.sqrt().tolist()  # RMS of each jump over the whole state
             self.fold_rows = (
                 torch.as_tensor(self.rows[self.fold_idx], device=items.device)
                 if self.per_sample
@@ -111,15 +115,20 @@ class _Jumps:
         zero = torch.zeros(self.state_shape, dtype=g.dtype, device=g.device)
         return zero.index_add(0, self.fold_rows[k_lo:], scaled)
 
-    def _predicted_error(self, upper: float, length: float, k_lo: int, k_up: int, tau: float):
-        """Scalar forecast of the fold error of a step of ``length`` down from ``upper``."""
-        lower, total = upper - length, 0.0
-        for k in range(k_lo, k_up):
-            key = self.fold_keys[k]
-            if lower < key < upper:
-                w = (key - lower) / length
-                total += w * (1.0 - w) * self.sizes[k]
-        return 0.5 * (length * self.lipschitz) ** 2 * total / tau
+    def spread(self, upper: float, length: float, k_lo: int, absolute: bool) -> torch.Tensor:
+        """``sum_i w_i (1 - w_i) g_i`` over the jumps strictly inside a step down from ``upper``."""
+        lower = upper - length
+        weights = [
+            (key - lower) / length * (upper - key) / length if lower < key < upper else 0.0
+            for key in self.fold_keys[k_lo:]
+        ]
+        w = torch.as_tensor(weights, dtype=self.folded.dtype, device=self.folded.device)
+        return self._weighted(k_lo, w, absolute=absolute)
+
+    def fold_error(self, length: float, spread: torch.Tensor, tol: torch.Tensor) -> float:
+        """``(h L)^2 / 2 * RMS(spread / tol)``: the error folding leaves in one step."""
+        ratio = torch.linalg.vector_norm(spread.reshape(-1) / tol).item() / math.sqrt(self.numel)
+        return 0.5 * (length * self.lipschitz) ** 2 * ratio
 
     def limit(self, t: float, h: float, s: torch.Tensor) -> float:
         """Shorten a step whose folded jumps would cost more error than the tolerance allows.
@@ -136,14 +145,17 @@ class _Jumps:
         if k_up - k_lo == 0:
             return h
         n = self.numel
-        a_rms = (torch.linalg.vector_norm(s[n : 2 * n]) / math.sqrt(n)).item()
-        tau = self.atol + self.rtol * a_rms
-        if self._predicted_error(upper, length, k_lo, k_up, tau) <= 1.0:
+        tol = s[n : 2 * n].abs().mul_(self.rtol).add_(self.atol)
+
+        def forecast(step: float) -> float:
+            return self.fold_error(step, self.spread(upper, step, k_lo, True), tol)
+
+        if forecast(length) <= _FORECAST_MARGIN:
             return h
         lo, hi = k_lo, k_up - 1  # candidate ends: keys[lo] (longest) .. keys[hi] (shortest)
         while lo < hi:  # find the longest candidate whose forecast is within tolerance
             mid = (lo + hi) // 2
-            if self._predicted_error(upper, upper - keys[mid], k_lo, k_up, tau) <= 1.0:
+            if forecast(upper - keys[mid]) <= _FORECAST_MARGIN:
                 hi = mid
             else:
                 lo = mid + 1
@@ -166,7 +178,7 @@ class _Jumps:
         if key == self._key:
             return False
         self._key = key
-        self.inside_abs = None
+        self.inside_abs = self.probe = None
         if k_lo == len(keys):
             changed, self.current = self.current is not None, None
             return changed
@@ -179,8 +191,8 @@ class _Jumps:
         else:
             self.current = self._weighted(k_lo, torch.cat([w, ones]))
         if fracs:
-            spread = torch.cat([w * (1 - w), torch.zeros_like(ones)])
-            self.inside_abs = self._weighted(k_lo, spread, absolute=True)
+            self.inside_abs = self.spread(upper, upper - lower, k_lo, absolute=True)
+            self.probe = self.spread(upper, upper - lower, k_lo, absolute=False)
         return True
 
     def total_folded(self, a: torch.Tensor) -> torch.Tensor:
@@ -211,6 +223,11 @@ def adjoint_backward(problem: Problem, grad_ys: torch.Tensor) -> tuple:
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
             dz = func(time(t), z)
+            if jumps.probe is not None:  # first stage of a step over folded jumps
+                probe, jumps.probe = jumps.probe, None
+                gain = _jacobian_gain(dz, z, probe)
+                if gain is not None:  # a zero probe (jumps on the step's ends) says nothing
+                    jumps.probe_gain = gain
             vjp = torch.autograd.grad(dz, (z, *params), -a, allow_unused=True)
         return torch.cat([dz.detach().reshape(-1), *_flat(vjp, (z, *params))])
 
@@ -219,18 +236,21 @@ def adjoint_backward(problem: Problem, grad_ys: torch.Tensor) -> tuple:
         return torch.cat([s[:n], a.reshape(-1), s[2 * n :]])
 
     def fold_error(h: float, s0: torch.Tensor, s1: torch.Tensor, ks: list) -> float:
-        """``(h L)^2 |sum_i w_i (1 - w_i) g_i|`` against the tolerance of ``a``."""
+        """``(h L)^2 |sum_i w_i (1 - w_i) g_i|`` against the tolerance of ``a``.
+
+        ``L`` is the larger of two free-or-cheap estimates: the growth of ``f`` along the step
+        and ``|J^T v| / |v|`` for the jumps ``v`` themselves (one extra vector-Jacobian product
+        at the step's start), which sees fast modes that the trajectory has already left.
+        """
         if jumps.inside_abs is None:
             return 0.0
         with torch.no_grad():
             dz = torch.linalg.vector_norm(s1[:n] - s0[:n])
             dk = torch.linalg.vector_norm(ks[-1][:n] - ks[0][:n])
-            lipschitz = (dk / dz).item() if dz > 0 else 0.0
-            jumps.lipschitz = lipschitz
+            jumps.lipschitz = max((dk / dz).item() if dz > 0 else 0.0, jumps.probe_gain)
             a0, a1 = s0[n : 2 * n].abs(), s1[n : 2 * n].abs()
             tol = torch.maximum(a0, a1).mul_(rtol).add_(atol)
-            ratio = torch.linalg.vector_norm(jumps.inside_abs.reshape(-1) / tol).item()
-        return 0.5 * (h * lipschitz) ** 2 * ratio / math.sqrt(n)
+            return jumps.fold_error(abs(h), jumps.inside_abs, tol)
 
     a_end = jumps.add(torch.zeros(shape, dtype=grad_ys.dtype, device=grad_ys.device), jumps.end_idx)
     state = torch.cat(
@@ -261,6 +281,18 @@ def adjoint_backward(problem: Problem, grad_ys: torch.Tensor) -> tuple:
         grads.append(state[offset : offset + p.numel()].view_as(p) * scale)
         offset += p.numel()
     return (a0, *grads)
+
+
+def _jacobian_gain(dz: torch.Tensor, z: torch.Tensor, v: torch.Tensor) -> float | None:
+    """``|J^T v| / |v|``: how fast the adjoint bends along the jumps ``v`` (None if ``v = 0``).
+
+    One vector-Jacobian product on the graph of an evaluation the caller still needs.
+    """
+    norm = torch.linalg.vector_norm(v).item()
+    if norm == 0.0:
+        return None
+    (jv,) = torch.autograd.grad(dz, z, v, retain_graph=True, allow_unused=True)
+    return 0.0 if jv is None else torch.linalg.vector_norm(jv).item() / norm
 
 
 def _cotangent_scale(items: torch.Tensor) -> float:

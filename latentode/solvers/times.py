@@ -91,7 +91,15 @@ class OutputTimes:
         for r in range(batch):
             diffs = np.diff(host[r])
             if np.any(np.sign(diffs) == -sign):
-                raise ValueError(_describe_order(host[r], r) or "")
+                own = _describe_order(host[r], r)
+                if own is None:  # monotonic, but the other way round from the longest row
+                    ways = ["increasing", "decreasing"][:: 1 if sign > 0 else -1]
+                    own = (
+                        f"every row of per-sample t must run the same way: the longest row is "
+                        f"{ways[0]} but t[{r}] is {ways[1]} (t[{r}, -1] = {host[r, -1]:.6g} vs "
+                        f"start {host[r, 0]:.6g}). Integrate the two directions in separate calls."
+                    )
+                raise ValueError(own)
         self.t0 = float(starts[0])
         flat = host.reshape(-1)
         self.t1 = float(flat.max() if sign > 0 else flat.min())

@@ -1,0 +1,591 @@
+"""Gradients of ``latentode.solvers.odeint`` in its three gradient modes.
+
+* ``gradcheck`` (finite differences, float64) for ``backprop``, ``adjoint`` and ``checkpoint``,
+  w.r.t. the initial state and the parameters, 1-D and per-sample 2-D output times.
+* ``adjoint`` and ``checkpoint`` against ``backprop`` on an ``nn.Module`` vector field for every
+  adaptive method and ``rk4``, sum and mean losses, forwards and backwards in time, with the
+  adjoint's options switched off too. ``checkpoint`` is the exact gradient of the discrete
+  solution, so it must agree with ``backprop`` to rounding.
+* Gradients reach everything; adjoint memory does not grow with the number of steps; closures
+  over trainable tensors are refused unless passed as ``adjoint_params``; ``no_grad`` agreement.
+
+Everything is float64 and small so the file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from torch import nn
+from torch.autograd import gradcheck
+
+from latentode.solvers import SolverStats, odeint
+from latentode.utils.memory import peak_memory
+
+F64 = torch.float64
+MODES = ("backprop", "adjoint", "checkpoint")
+TIGHT = 1e-10  # rtol = atol of the adaptive solves compared against each other
+
+# 1-D output times, and per-sample (batch, T) times: same start, rows sorted, repeats as padding,
+# rows ending at different times (the longest row sets the integration interval).
+T1 = torch.tensor([0.0, 0.3, 0.7, 1.0, 1.6], dtype=F64)
+T2 = torch.tensor(
+    [
+        [0.0, 0.2, 0.5, 0.9],
+        [0.0, 0.4, 1.0, 1.0],
+        [0.0, 0.1, 0.3, 1.6],
+        [0.0, 0.6, 0.6, 0.8],
+    ],
+    dtype=F64,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``|a - b| / |b|`` in the 2-norm."""
+    return ((a - b).norm() / b.norm()).item()
+
+
+def flat(tensors) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+class MLPField(nn.Module):
+    """``dy/dt = W2 tanh(W1 [y, t] + b1) + b2``: time-dependent, parameters found automatically."""
+
+    def __init__(self, dim: int = 3, hidden: int = 8, seed: int = 0):
+        super().__init__()
+        self.lin1 = nn.Linear(dim + 1, hidden, dtype=F64)
+        self.lin2 = nn.Linear(hidden, dim, dtype=F64)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(0.6 * torch.randn(p.shape, generator=gen, dtype=F64))
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        tt = t.expand(*y.shape[:-1], 1)
+        return self.lin2(torch.tanh(self.lin1(torch.cat([y, tt], -1))))
+
+
+def make_y0(batch: int = 4, dim: int = 3, seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, dim, generator=gen, dtype=F64)
+
+
+def output_weights(shape: torch.Size, seed: int = 2) -> torch.Tensor:
+    """Fixed, varied loss weights so every output gets a different cotangent."""
+    gen = torch.Generator().manual_seed(seed)
+    return 0.5 + torch.rand(shape, generator=gen, dtype=F64)
+
+
+def solver_kwargs(method: str) -> dict:
+    if method == "rk4":
+        return {"step_size": 0.02}
+    # bosh3 is third order: 1e-8 keeps its step count (and the test's run time) down
+    tol = 1e-8 if method == "bosh3" else TIGHT
+    return {"rtol": tol, "atol": tol}
+
+
+def mlp_gradients(
+    mode: str, method: str, t: torch.Tensor, **kwargs
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat ``(dL/dy0, dL/dtheta)`` for a sum loss and for a mean loss, from one forward solve."""
+    field = MLPField()
+    y0 = make_y0().requires_grad_(True)
+    ys = odeint(field, y0, t, method=method, gradient=mode, **solver_kwargs(method), **kwargs)
+    weights = output_weights(ys.shape)
+    inputs = [y0, *field.parameters()]
+    g_sum = torch.autograd.grad((weights * ys).sum(), inputs, retain_graph=True)
+    g_mean = torch.autograd.grad((weights * ys).mean(), inputs)
+    return flat(g_sum), flat(g_mean)
+
+
+# --------------------------------------------------------------------------------------------
+# 1. gradcheck: finite differences against every gradient mode
+# --------------------------------------------------------------------------------------------
+
+W_INIT = torch.tensor([[-0.3, 1.0], [-1.0, -0.2]], dtype=F64)
+B_INIT = torch.tensor([0.1, -0.2], dtype=F64)
+GC_T1 = torch.tensor([0.0, 0.6, 1.5], dtype=F64)
+GC_T2 = torch.tensor([[0.0, 0.4, 1.5], [0.0, 0.9, 0.9]], dtype=F64)
+
+
+def closure_solve(mode: str, method: str, t: torch.Tensor, **kwargs):
+    """``(y0, W, b) -> ys`` with ``func`` a closure over ``W, b``, passed as ``adjoint_params``."""
+
+    def solve(y0: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        def func(tt: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(y @ w.T + b) * (1.0 + 0.5 * torch.sin(tt))
+
+        return odeint(func, y0, t, method=method, gradient=mode, adjoint_params=[w, b], **kwargs)
+
+    return solve
+
+
+def gradcheck_inputs(seed: int = 3) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    y0 = torch.randn(2, 2, generator=gen, dtype=F64).requires_grad_(True)
+    return y0, W_INIT.clone().requires_grad_(True), B_INIT.clone().requires_grad_(True)
+
+
+@pytest.mark.parametrize("layout", ["1d", "2d"])
+@pytest.mark.parametrize(
+    ("method", "kwargs"),
+    [
+        # adaptive at a tight tolerance: the step sequence barely moves under a perturbation
+        ("dopri5", {"rtol": TIGHT, "atol": TIGHT}),
+        # fixed steps: the discrete solution is smooth in the inputs; small steps keep the
+        # adjoint (a continuous-adjoint discretisation, O(h^4) off) within gradcheck's atol
+        ("rk4", {"step_size": 0.05}),
+    ],
+    ids=["dopri5", "rk4"],
+)
+@pytest.mark.parametrize("mode", MODES)
+def test_gradcheck_y0_and_params(mode, method, kwargs, layout):
+    t = GC_T1 if layout == "1d" else GC_T2
+    solve = closure_solve(mode, method, t, **kwargs)
+    assert gradcheck(solve, gradcheck_inputs(), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", ["tsit5", "bosh3"])
+def test_gradcheck_backwards_in_time_other_methods(mode, method):
+    """Backwards in time, per-sample rows, the other adaptive methods (random-projection check)."""
+    tol = TIGHT if method == "tsit5" else 1e-9
+    solve = closure_solve(mode, method, -GC_T2, rtol=tol, atol=tol)
+    inputs = gradcheck_inputs(seed=4)
+    assert gradcheck(solve, inputs, eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
+
+
+@pytest.mark.parametrize("mode", ["adjoint", "checkpoint"])
+def test_gradcheck_module_parameters_via_functional_call(mode):
+    """An ``nn.Module``'s parameters as gradcheck inputs (functional_call + adjoint_params)."""
+    field = MLPField(dim=2, hidden=3)
+    names = [name for name, _ in field.named_parameters()]
+
+    def solve(y0: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        mapping = dict(zip(names, params, strict=True))
+
+        def func(tt: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(field, mapping, (tt, y))
+
+        return odeint(
+            func, y0, GC_T1, method="dopri5", rtol=TIGHT, atol=TIGHT, gradient=mode,
+            adjoint_params=params,
+        )
+
+    params = [p.detach().clone().requires_grad_(True) for p in field.parameters()]
+    y0 = make_y0(batch=2, dim=2).requires_grad_(True)
+    assert gradcheck(solve, (y0, *params), eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. adjoint and checkpoint against backprop
+# --------------------------------------------------------------------------------------------
+
+TIMES = {
+    ("1d", "forwards"): T1,
+    ("1d", "backwards"): -T1,
+    ("2d", "forwards"): T2,
+    ("2d", "backwards"): -T2,
+}
+
+
+@functools.cache
+def backprop_reference(method: str, layout: str, direction: str):
+    """Backprop gradients (sum and mean loss), computed once per case and shared."""
+    ref_sum, ref_mean = mlp_gradients("backprop", method, TIMES[layout, direction])
+    assert ref_sum.norm() > 0 and ref_mean.norm() > 0
+    return ref_sum, ref_mean
+
+
+@pytest.mark.parametrize("direction", ["forwards", "backwards"])
+@pytest.mark.parametrize("layout", ["1d", "2d"])
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3", "rk4"])
+def test_adjoint_and_checkpoint_match_backprop(method, layout, direction):
+    t = TIMES[layout, direction]
+    ref_sum, ref_mean = backprop_reference(method, layout, direction)
+
+    # checkpoint replays the very same steps: the exact gradient of the same discrete solution
+    ck_sum, ck_mean = mlp_gradients("checkpoint", method, t)
+    assert rel_err(ck_sum, ref_sum) < 1e-10
+    assert rel_err(ck_mean, ref_mean) < 1e-10
+
+    # the adjoint solves the continuous adjoint system to the same tolerance; its tolerances
+    # are scale-free, so the mean loss (cotangents 1/N as large) is as accurate as the sum
+    adj_sum, adj_mean = mlp_gradients("adjoint", method, t)
+    assert rel_err(adj_sum, ref_sum) < 1e-6
+    assert rel_err(adj_mean, ref_mean) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"adjoint_fold_jumps": False},
+        {"adjoint_seminorm": False},
+        {"adjoint_fold_jumps": False, "adjoint_seminorm": False},
+    ],
+    ids=["no-fold", "no-seminorm", "neither"],
+)
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3"])
+def test_adjoint_options_match_backprop(method, options):
+    for layout, direction in [("1d", "forwards"), ("2d", "backwards")]:
+        ref_sum, ref_mean = backprop_reference(method, layout, direction)
+        adj_sum, adj_mean = mlp_gradients("adjoint", method, TIMES[layout, direction], **options)
+        assert rel_err(adj_sum, ref_sum) < 1e-6, (layout, direction)
+        assert rel_err(adj_mean, ref_mean) < 1e-6, (layout, direction)
+
+
+def test_adjoint_is_scale_free():
+    """Mean and sum losses take the same backward steps and give gradients exactly 1/N apart."""
+    field = MLPField()
+    y0 = make_y0().requires_grad_(True)
+    inputs = [y0, *field.parameters()]
+    results = []
+    for reduce in ("sum", "mean"):
+        stats = SolverStats()
+        ys = odeint(field, y0, T1, gradient="adjoint", rtol=1e-8, atol=1e-8, stats=stats)
+        loss = getattr(output_weights(ys.shape) * ys, reduce)()
+        results.append((flat(torch.autograd.grad(loss, inputs)), stats, ys.numel()))
+    (g_sum, s_sum, n), (g_mean, s_mean, _) = results
+    assert s_mean.backward_steps_accepted == s_sum.backward_steps_accepted > 0
+    assert s_mean.nfe_backward == s_sum.nfe_backward
+    assert rel_err(g_mean * n, g_sum) < 1e-12
+
+
+def test_adjoint_many_output_times_matches_backprop():
+    """Dense observations: the folded jumps (one per output) keep the adjoint accurate."""
+    gen = torch.Generator().manual_seed(5)
+    t = torch.cat([torch.zeros(1, dtype=F64), torch.sort(torch.rand(60, generator=gen)).values])
+    t = 3.0 * t.to(F64)
+    grads = {}
+    for mode in MODES:
+        field = MLPField(seed=6)
+        y0 = make_y0().requires_grad_(True)
+        ys = odeint(field, y0, t, rtol=TIGHT, atol=TIGHT, gradient=mode)
+        loss = (ys - torch.sin(t).view(-1, 1, 1)).square().mean()
+        grads[mode] = flat(torch.autograd.grad(loss, [y0, *field.parameters()]))
+    assert rel_err(grads["checkpoint"], grads["backprop"]) < 1e-10
+    assert rel_err(grads["adjoint"], grads["backprop"]) < 1e-6
+
+
+def strongly_contracting_gradients(mode: str, tol: float, **kwargs) -> torch.Tensor:
+    """60 outputs on [0, 5] of an MLP field scaled x3: fast and slow decay rates side by side."""
+    gen = torch.Generator().manual_seed(0)
+    t = torch.sort(torch.rand(60, generator=gen, dtype=F64)).values * 5.0
+    t = torch.cat([torch.zeros(1, dtype=F64), t])
+    y0 = torch.randn(4, 3, generator=gen, dtype=F64).requires_grad_(True)
+    field = MLPField(dim=3, hidden=8, seed=3)
+    with torch.no_grad():
+        for p in field.parameters():
+            p.mul_(3.0)
+    ys = odeint(field, y0, t, rtol=tol, atol=tol, gradient=mode, **kwargs)
+    weights = torch.randn(ys.shape, generator=torch.Generator().manual_seed(1), dtype=F64)
+    return flat(torch.autograd.grad((weights * ys).sum(), [y0, *field.parameters()]))
+
+
+@functools.cache
+def strongly_contracting_errors() -> dict:
+    """Relative gradient errors at rtol = atol = 1e-9 against backprop at 1e-12."""
+    truth = strongly_contracting_gradients("backprop", 1e-12)
+    return {
+        name: rel_err(strongly_contracting_gradients(mode, 1e-9, **options), truth)
+        for name, mode, options in [
+            ("backprop", "backprop", {}),
+            ("adjoint, no fold", "adjoint", {"adjoint_fold_jumps": False}),
+            ("adjoint", "adjoint", {}),
+        ]
+    }
+
+
+def test_unfolded_adjoint_accurate_on_strongly_contracting_field():
+    errors = strongly_contracting_errors()
+    assert errors["backprop"] < 1e-7, errors
+    assert errors["adjoint, no fold"] < 1e-7, errors
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limit of folded jumps (adjoint.py): on this strongly contracting field the "
+    "fold error shrinks about as sqrt(tol), not tol; at rtol=atol=1e-9 the folded adjoint has "
+    "~2e-6 relative gradient error against ~7e-9 unfolded (1e-5: equal). The Lipschitz estimate "
+    "now probes J^T along the jumps (was 5e-5); use adjoint_fold_jumps=False at tight tolerances",
+)
+def test_folded_adjoint_as_accurate_as_unfolded_on_strongly_contracting_field():
+    errors = strongly_contracting_errors()
+    assert errors["adjoint"] < 10 * max(errors["adjoint, no fold"], errors["backprop"]), errors
+
+
+@pytest.mark.parametrize("layout", ["1d", "2d"])
+def test_checkpoint_exact_when_an_output_falls_on_a_step_end(layout):
+    """``first_step=0.25`` makes the first step end exactly on the output time 0.25."""
+    t = torch.tensor([0.0, 0.25, 0.6, 1.0], dtype=F64)
+    if layout == "2d":
+        t = torch.stack([t, torch.tensor([0.0, 0.25, 0.25, 0.8], dtype=F64)]).repeat(2, 1)
+    grads = {}
+    for mode in ("backprop", "checkpoint"):
+        field = MLPField()
+        y0 = make_y0().requires_grad_(True)
+        stats = SolverStats()
+        ys = odeint(field, y0, t, rtol=1e-6, atol=1e-6, first_step=0.25, gradient=mode,
+                    stats=stats)
+        assert stats.steps_rejected == 0  # so the first step is [0, 0.25]
+        weights = output_weights(ys.shape)
+        grads[mode] = flat(torch.autograd.grad((weights * ys).sum(), [y0, *field.parameters()]))
+    assert rel_err(grads["checkpoint"], grads["backprop"]) < 1e-12
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_loss_on_start_only(mode):
+    """Only ``y(t0) = y0`` in the loss: ``dL/dy0`` is its cotangent, parameters get zero."""
+    field = MLPField()
+    y0 = make_y0().requires_grad_(True)
+    ys = odeint(field, y0, T1, rtol=1e-6, atol=1e-6, gradient=mode)
+    weights = output_weights(y0.shape)
+    grads = torch.autograd.grad((weights * ys[0]).sum(), [y0, *field.parameters()],
+                                allow_unused=True)
+    torch.testing.assert_close(grads[0], weights, rtol=0, atol=0)
+    for g in grads[1:]:
+        assert g is None or bool((g == 0).all())
+
+
+@pytest.mark.parametrize("mode", ["adjoint", "checkpoint"])
+def test_second_backward_with_retained_graph_is_identical(mode):
+    field = MLPField()
+    y0 = make_y0().requires_grad_(True)
+    ys = odeint(field, y0, T2, rtol=1e-8, atol=1e-8, gradient=mode)
+    loss = (output_weights(ys.shape) * ys).sum()
+    first = flat(torch.autograd.grad(loss, [y0, *field.parameters()], retain_graph=True))
+    second = flat(torch.autograd.grad(loss, [y0, *field.parameters()]))
+    assert torch.equal(first, second)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. gradients reach y0 and every parameter
+# --------------------------------------------------------------------------------------------
+
+
+class DeepField(nn.Module):
+    """Three layers and a separate time weight, so every kind of parameter must be reached."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(3, 6, dtype=F64), nn.Tanh(), nn.Linear(6, 6, dtype=F64), nn.Tanh(),
+            nn.Linear(6, 3, dtype=F64),
+        )
+        self.time_weight = nn.Parameter(torch.tensor([0.3, -0.2, 0.1], dtype=F64))
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(y) + self.time_weight * torch.cos(t)
+
+
+@pytest.mark.parametrize("layout", ["1d", "2d"])
+@pytest.mark.parametrize("mode", MODES)
+def test_gradients_reach_y0_and_every_parameter(mode, layout):
+    torch.manual_seed(0)
+    field = DeepField()
+    y0 = make_y0().requires_grad_(True)
+    t = T1 if layout == "1d" else T2
+    stats = SolverStats()
+    ys = odeint(field, y0, t, rtol=1e-6, atol=1e-6, gradient=mode, stats=stats)
+    ((ys - 0.5) ** 2).mean().backward()
+    named = [("y0", y0), *field.named_parameters()]
+    assert len(named) == 8
+    for name, p in named:
+        assert p.grad is not None, name
+        assert bool(torch.isfinite(p.grad).all()), name
+        assert p.grad.abs().max() > 0, name
+    if mode == "backprop":
+        assert stats.nfe_backward == 0
+    else:
+        assert stats.nfe_backward > 0 and stats.backward_steps_accepted > 0
+    if mode == "checkpoint":  # one replay per accepted forward step
+        assert stats.backward_steps_accepted == stats.steps_accepted
+
+
+# --------------------------------------------------------------------------------------------
+# 4. memory: the adjoint's does not grow with the number of steps
+# --------------------------------------------------------------------------------------------
+
+
+class Oscillator(nn.Module):
+    """A lightly damped oscillator: the step count grows linearly with the interval."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor([[0.0, 1.0], [-1.0, -0.01]], dtype=F64))
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y @ self.a.T
+
+
+def memory_and_stats(mode: str, t_end: float) -> tuple[int, SolverStats]:
+    field = Oscillator()
+    y0 = torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    y0.requires_grad_(True)
+    t = torch.linspace(0.0, t_end, 5, dtype=F64)  # same number of outputs in both problems
+    stats = SolverStats()
+
+    def forward_backward() -> None:
+        ys = odeint(field, y0, t, rtol=1e-7, atol=1e-7, gradient=mode, stats=stats)
+        ys.square().mean().backward()
+
+    _, peak = peak_memory(forward_backward)
+    assert y0.grad is not None and field.a.grad is not None
+    return peak, stats
+
+
+def test_adjoint_memory_does_not_grow_with_steps():
+    short_peak, short = memory_and_stats("adjoint", 2.0)
+    long_peak, long = memory_and_stats("adjoint", 25.0)
+    assert long.steps_accepted >= 8 * short.steps_accepted
+    assert long.backward_steps_accepted >= 8 * short.backward_steps_accepted
+    assert short_peak > 0
+    assert long_peak <= 1.2 * short_peak, (short_peak, long_peak)
+
+
+def test_backprop_memory_does_grow_with_steps():
+    """Sanity check of the measurement: the recorded graph is O(steps)."""
+    short_peak, short = memory_and_stats("backprop", 2.0)
+    long_peak, long = memory_and_stats("backprop", 25.0)
+    assert long.steps_accepted >= 8 * short.steps_accepted
+    assert long_peak >= 4 * short_peak, (short_peak, long_peak)
+
+
+# --------------------------------------------------------------------------------------------
+# 5. closures over trainable tensors
+# --------------------------------------------------------------------------------------------
+
+
+def closure_field(w: torch.Tensor):
+    def func(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(y @ w.T) - 0.1 * y
+
+    return func
+
+
+def module_closure_field(module: nn.Module):
+    def func(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return module(t, y)
+
+    return func
+
+
+@pytest.mark.parametrize("mode", ["adjoint", "checkpoint"])
+@pytest.mark.parametrize("over", ["tensor", "module"])
+def test_closure_without_adjoint_params_is_refused(mode, over):
+    func = closure_field(W_INIT.clone().requires_grad_(True)) if over == "tensor" else (
+        module_closure_field(MLPField(dim=2))
+    )
+    y0 = make_y0(batch=3, dim=2).requires_grad_(True)
+    with pytest.raises(ValueError, match=r"adjoint_params=\[\.\.\.\]"):
+        odeint(func, y0, GC_T1, gradient=mode)
+    with pytest.raises(ValueError, match="trainable tensor"):
+        odeint(func, y0.detach(), GC_T1, gradient=mode)  # refused even without y0.requires_grad
+
+
+@pytest.mark.parametrize("mode", ["adjoint", "checkpoint"])
+def test_closure_with_adjoint_params_matches_backprop(mode):
+    w = W_INIT.clone().requires_grad_(True)
+    y0 = make_y0(batch=3, dim=2).requires_grad_(True)
+    grads = {}
+    for m in ("backprop", mode):
+        ys = odeint(closure_field(w), y0, GC_T1, rtol=TIGHT, atol=TIGHT, gradient=m,
+                    adjoint_params=[w])
+        grads[m] = flat(torch.autograd.grad(ys.square().sum(), [y0, w]))
+    assert grads["backprop"][-4:].abs().max() > 0
+    assert rel_err(grads[mode], grads["backprop"]) < 1e-6
+
+
+def test_closure_without_adjoint_params_fine_under_no_grad():
+    w = W_INIT.clone().requires_grad_(True)
+    with torch.no_grad():
+        ys = odeint(closure_field(w), make_y0(batch=3, dim=2), GC_T1, gradient="adjoint")
+    assert ys.shape == (len(GC_T1), 3, 2)
+
+
+def _partial_field(t, y, w):
+    return torch.tanh(y @ w.T) - 0.1 * y
+
+
+class _CallableField:
+    def __init__(self, w: torch.Tensor):
+        self.w = w
+
+    def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(y @ self.w.T) - 0.1 * y
+
+
+def _hidden_dependency_fields(w: torch.Tensor) -> dict:
+    weights = [w]
+
+    def via_list(t, y):
+        return torch.tanh(y @ weights[0].T) - 0.1 * y
+
+    inner = closure_field(w)
+
+    def via_nested_function(t, y):
+        return inner(t, y)
+
+    return {
+        "functools.partial": functools.partial(_partial_field, w=w),
+        "closure over a list": via_list,
+        "closure over a closure": via_nested_function,
+        "callable object": _CallableField(w),
+    }
+
+
+@pytest.mark.parametrize("mode", ["adjoint", "checkpoint"])
+@pytest.mark.parametrize(
+    "kind",
+    ["functools.partial", "closure over a list", "closure over a closure", "callable object"],
+)
+def test_hidden_trainable_dependency_is_not_silently_dropped(mode, kind):
+    w = W_INIT.clone().requires_grad_(True)
+    func = _hidden_dependency_fields(w)[kind]
+    y0 = make_y0(batch=3, dim=2).requires_grad_(True)
+    # backprop differentiates w through these functions
+    odeint(func, y0, GC_T1, gradient="backprop").square().sum().backward()
+    assert w.grad is not None and w.grad.abs().max() > 0
+    w.grad = None
+    # the other modes must either refuse (pointing at adjoint_params) or differentiate w too
+    try:
+        ys = odeint(func, y0, GC_T1, gradient=mode)
+    except ValueError as err:
+        assert "adjoint_params" in str(err)
+        return
+    ys.square().sum().backward()
+    assert w.grad is not None, "w silently received no gradient"
+
+
+# --------------------------------------------------------------------------------------------
+# 6. no_grad: every mode gives the same values
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+@pytest.mark.parametrize("layout", ["1d", "2d"])
+def test_no_grad_values_equal_across_modes(method, layout):
+    field = MLPField()
+    t = T1 if layout == "1d" else T2
+    kwargs = {"step_size": 0.05} if method == "rk4" else {"rtol": 1e-6, "atol": 1e-6}
+    y0 = make_y0().requires_grad_(True)
+    with torch.no_grad():
+        quiet = {m: odeint(field, y0, t, method=method, gradient=m, **kwargs) for m in MODES}
+    tracked = odeint(field, y0, t, method=method, gradient="backprop", **kwargs)
+    expected = (len(t), 4, 3) if layout == "1d" else (4, t.shape[1], 3)
+    for m in MODES:
+        assert quiet[m].shape == expected
+        assert not quiet[m].requires_grad
+        assert torch.equal(quiet[m], quiet["backprop"]), m
+    assert torch.equal(tracked.detach(), quiet["backprop"])
+    for m in ("adjoint", "checkpoint"):  # with grad on, the values do not change either
+        assert torch.equal(odeint(field, y0, t, method=method, gradient=m, **kwargs).detach(),
+                           quiet["backprop"]), m
