@@ -1,0 +1,190 @@
+"""``IrregularDataset``: many series, each observed at its own times, channels missing freely.
+
+Storage is columnar and ragged: every point of every series lives in flat arrays (``times``,
+``values`` with NaN for "not observed") with ``offsets`` marking where each series starts, so that
+collating a batch is a handful of vectorised numpy operations rather than a Python loop.
+The user's original time stamps are kept beside the model's rescaled times, so everything handed
+back to the user (``to_dataframe``, predictions) is in original units, exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class TimeTransform:
+    """Maps user times to the solver's well-conditioned model times and back.
+
+    Numeric times: ``model = (t - offset) / scale``. Datetimes are first turned into a number of
+    ``unit`` since the epoch (e.g. hours), then the same. ``scale`` is 1 when the data span is
+    already moderate (0.01 to 100 units) and the span itself otherwise, so model times live in
+    ``[0, 1]``: large raw time ranges made the research code's solver produce NaNs.
+    """
+
+    kind: str  # "numeric" or "datetime"
+    offset: float
+    scale: float
+    unit: str | None = None  # pandas unit for datetimes ("h", "D", "s", ...)
+
+    @classmethod
+    def fit(cls, raw: np.ndarray | pd.Series, unit: str | None = None) -> TimeTransform:
+        kind = "datetime" if _is_datetime(raw) else "numeric"
+        unit = (unit or "h") if kind == "datetime" else unit
+        base = cls(kind=kind, offset=0.0, scale=1.0, unit=unit)._to_number(raw)
+        lo, hi = float(np.min(base)), float(np.max(base))
+        span = hi - lo
+        scale = 1.0 if 0.01 <= span <= 100 or span == 0 else span
+        return cls(kind=kind, offset=lo, scale=scale, unit=unit)
+
+    def _to_number(self, raw: Any) -> np.ndarray:
+        if self.kind == "datetime":
+            stamps = pd.to_datetime(pd.Series(np.asarray(raw)))
+            if stamps.dt.tz is not None:
+                stamps = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
+            nanos = stamps.to_numpy(dtype="datetime64[ns]").astype(np.int64).astype(np.float64)
+            return nanos / pd.Timedelta(1, unit=self.unit).value
+        return np.asarray(raw, dtype=np.float64)
+
+    def to_model(self, raw: Any) -> np.ndarray:
+        """User times (numbers or datetimes) to model times (float64)."""
+        return (self._to_number(raw) - self.offset) / self.scale
+
+    def to_user(self, model: Any) -> np.ndarray:
+        """Model times back to user units (float64 numbers, or ``datetime64[ns]``)."""
+        number = np.asarray(model, dtype=np.float64) * self.scale + self.offset
+        if self.kind == "datetime":
+            nanos = np.round(number * pd.Timedelta(1, unit=self.unit).value).astype(np.int64)
+            return nanos.astype("datetime64[ns]")
+        return number
+
+
+def _is_datetime(raw: Any) -> bool:
+    dtype = getattr(raw, "dtype", None)
+    return dtype is not None and (
+        pd.api.types.is_datetime64_any_dtype(dtype) or isinstance(dtype, pd.DatetimeTZDtype)
+    )
+
+
+@dataclass
+class IrregularDataset:
+    """A collection of irregularly sampled multichannel series (see the module docstring).
+
+    Attributes:
+        ids: one id per series (the user's, any hashable), in storage order.
+        offsets: ``(n_series + 1,)``; series ``i`` owns points ``offsets[i]:offsets[i+1]``.
+        times: ``(N,)`` model times (float64), sorted within each series.
+        raw_times: ``(N,)`` the user's time stamps, original dtype (exact round trips).
+        values: ``(N, D)`` float64, NaN where a channel was not observed.
+        channels: the ``D`` channel names.
+        time_transform: user <-> model time mapping.
+        static: ``(n_series, S)`` per-series covariates or None; ``static_names`` their names.
+        labels: per-series ``(n_series,)`` or per-time-point ``(N,)`` labels, or None;
+            ``label_kind`` is "series" or "time"; NaN marks an unknown label.
+        id_col, time_col, label_col: column names used by ``to_dataframe``.
+    """
+
+    ids: list
+    offsets: np.ndarray
+    times: np.ndarray
+    raw_times: np.ndarray
+    values: np.ndarray
+    channels: list[str]
+    time_transform: TimeTransform
+    static: np.ndarray | None = None
+    static_names: list[str] | None = None
+    labels: np.ndarray | None = None
+    label_kind: str | None = None
+    id_col: str = "series_id"
+    time_col: str = "time"
+    label_col: str | None = None
+    id_dtype: Any = None
+    raw_time_dtype: Any = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channels)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """``(N, D)`` True where a value was observed."""
+        return ~np.isnan(self.values)
+
+    def series(self, i: int) -> dict[str, Any]:
+        """One series as arrays: ``id``, ``times``, ``raw_times``, ``values``, ``mask``..."""
+        lo, hi = self.offsets[i], self.offsets[i + 1]
+        out = {
+            "id": self.ids[i],
+            "times": self.times[lo:hi],
+            "raw_times": self.raw_times[lo:hi],
+            "values": self.values[lo:hi],
+            "mask": ~np.isnan(self.values[lo:hi]),
+        }
+        if self.static is not None:
+            out["static"] = self.static[i]
+        if self.labels is not None:
+            out["label"] = self.labels[i] if self.label_kind == "series" else self.labels[lo:hi]
+        return out
+
+    def point_index(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flat point positions of series ``indices`` and the batch row of each point."""
+        indices = np.asarray(indices, dtype=np.int64)
+        starts, lengths = self.offsets[indices], self.lengths[indices]
+        rows = np.repeat(np.arange(len(indices)), lengths)
+        within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return np.repeat(starts, lengths) + within, rows
+
+    def subset(self, indices: Any) -> IrregularDataset:
+        """The series ``indices`` (in that order) as a new dataset sharing nothing mutable."""
+        indices = np.asarray(indices, dtype=np.int64)
+        points, _ = self.point_index(indices)
+        lengths = self.lengths[indices]
+        labels = self.labels
+        if labels is not None:
+            labels = labels[indices] if self.label_kind == "series" else labels[points]
+        return replace(
+            self,
+            ids=[self.ids[i] for i in indices],
+            offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            times=self.times[points],
+            raw_times=self.raw_times[points],
+            values=self.values[points].copy(),
+            static=None if self.static is None else self.static[indices],
+            labels=labels,
+        )
+
+    def with_values(self, values: np.ndarray) -> IrregularDataset:
+        """The same series with other values (e.g. scaled), NaN pattern unchanged."""
+        if values.shape != self.values.shape:
+            raise ValueError(f"values must have shape {self.values.shape}, got {values.shape}")
+        return replace(self, values=values)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """The data back in wide format, original ids, time stamps, channels and columns."""
+        n = self.lengths
+        ids = np.repeat(np.asarray(self.ids, dtype=object), n)
+        frame = {self.id_col: pd.array(ids, dtype=self.id_dtype) if self.id_dtype else ids}
+        frame[self.time_col] = pd.array(self.raw_times, dtype=self.raw_time_dtype) if (
+            self.raw_time_dtype is not None
+        ) else self.raw_times
+        for d, name in enumerate(self.channels):
+            frame[name] = self.values[:, d]
+        if self.static is not None:
+            for s, name in enumerate(self.static_names or []):
+                frame[name] = np.repeat(self.static[:, s], n)
+        if self.labels is not None and self.label_col:
+            frame[self.label_col] = (
+                np.repeat(self.labels, n) if self.label_kind == "series" else self.labels
+            )
+        return pd.DataFrame(frame)

@@ -1,0 +1,330 @@
+"""pandas in: ``from_dataframe`` turns what users have into an ``IrregularDataset``.
+
+Wide format (default): one row per (series, time), one column per channel, NaN = not observed.
+Tidy format: ``channel_col=`` and ``value_col=``, one row per observation. Bad input is refused
+with a ``ValueError`` that names the column, series and value and says what to do; anything
+skipped or merged on purpose is counted in a warning, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .dataset import IrregularDataset, TimeTransform
+
+
+def from_dataframe(
+    df: pd.DataFrame,
+    id_col: str = "series_id",
+    time_col: str = "time",
+    value_cols: Sequence[str] | None = None,
+    *,
+    channel_col: str | None = None,
+    value_col: str | None = None,
+    static_cols: Sequence[str] | None = None,
+    label_col: str | None = None,
+    label_per: str = "auto",
+    time_unit: str | None = None,
+    duplicates: str = "mean",
+) -> IrregularDataset:
+    """Build an :class:`IrregularDataset` from a long-format DataFrame.
+
+    Args:
+        df: one row per (series, time) (wide) or per observation (tidy).
+        id_col, time_col: the series id and time stamp columns. Times may be numbers or
+            datetimes (datetimes become ``time_unit``s, default hours, before rescaling).
+        value_cols: channel columns (wide format); None = every numeric column but the others.
+        channel_col, value_col: tidy format instead: channel name and value columns.
+        static_cols: per-series covariates (must be constant within each series).
+        label_col: labels; per series (constant within a series) or per time point.
+        label_per: "series", "time" or "auto" (series if constant within every series).
+        duplicates: "mean" averages repeated (series, time) rows per channel; "error" refuses.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"from_dataframe needs a pandas DataFrame, got {type(df).__name__}.")
+    if duplicates not in ("mean", "error"):
+        raise ValueError(f"duplicates must be 'mean' or 'error', got {duplicates!r}.")
+    if label_per not in ("auto", "series", "time"):
+        raise ValueError(f"label_per must be 'auto', 'series' or 'time', got {label_per!r}.")
+    static_cols = list(static_cols or [])
+    tidy = channel_col is not None or value_col is not None
+    if tidy and (channel_col is None or value_col is None):
+        raise ValueError("tidy format needs both channel_col= and value_col=.")
+    extra = [c for c in (channel_col, value_col, label_col) if c is not None]
+    _require_columns(df, [id_col, time_col, *extra, *static_cols, *(value_cols or [])])
+    if df.empty:
+        raise ValueError("the DataFrame has no rows.")
+    _check_ids(df, id_col)
+    _check_times(df, id_col, time_col)
+
+    if tidy:
+        wide, channels = _pivot_tidy(df, id_col, time_col, channel_col, value_col, duplicates)
+        carried = [c for c in (*static_cols, label_col) if c is not None]
+        if carried:
+            keys = df[[id_col, time_col, *carried]].drop_duplicates([id_col, time_col])
+            wide = wide.merge(keys, on=[id_col, time_col], how="left")
+    else:
+        reserved = {id_col, time_col, *static_cols, *([label_col] if label_col else [])}
+        if value_cols is None:
+            value_cols = [
+                c for c in df.columns
+                if c not in reserved and pd.api.types.is_numeric_dtype(df[c])
+                and not pd.api.types.is_bool_dtype(df[c])
+            ]
+            if not value_cols:
+                raise ValueError(
+                    f"no numeric value columns found besides {sorted(map(str, reserved))}; "
+                    "pass value_cols=[...] or use channel_col=/value_col= for tidy data."
+                )
+        channels = [str(c) for c in value_cols]
+        wide = df[[id_col, time_col, *value_cols, *static_cols,
+                   *([label_col] if label_col else [])]].copy()
+        for col in value_cols:
+            wide[col] = _numeric_column(wide, col, id_col)
+        wide = _merge_duplicates(wide, id_col, time_col, list(value_cols), duplicates)
+        wide = wide.rename(columns={c: str(c) for c in value_cols})
+
+    wide = wide.sort_values([id_col, time_col], kind="stable").reset_index(drop=True)
+    values = wide[channels].to_numpy(dtype=np.float64)
+    _check_finite(values, wide, id_col, time_col, channels)
+    codes, uniques = pd.factorize(wide[id_col], sort=False)
+    counts = np.bincount(codes, minlength=len(uniques))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    observed = (~np.isnan(values)).any(axis=1)
+    per_series = np.add.reduceat(observed.astype(np.int64), offsets[:-1])
+    empty = [uniques[i] for i in np.nonzero(per_series == 0)[0]]
+    if empty:
+        raise ValueError(
+            f"{len(empty)} series have no observed value in any channel (e.g. {id_col} = "
+            f"{empty[0]!r}); drop them, or check value_cols / the NaN encoding."
+        )
+    raw_times = wide[time_col].to_numpy()
+    transform = TimeTransform.fit(wide[time_col], unit=time_unit)
+    dataset = IrregularDataset(
+        ids=list(uniques),
+        offsets=offsets,
+        times=transform.to_model(wide[time_col]),
+        raw_times=raw_times,
+        values=values,
+        channels=channels,
+        time_transform=transform,
+        id_col=id_col,
+        time_col=time_col,
+        label_col=label_col,
+        id_dtype=df[id_col].dtype,
+        raw_time_dtype=df[time_col].dtype,
+    )
+    if static_cols:
+        dataset.static = _per_series(wide, static_cols, offsets, id_col, "static covariate")
+        dataset.static_names = list(static_cols)
+    if label_col:
+        _attach_labels(dataset, wide, label_col, offsets, id_col, label_per)
+    return dataset
+
+
+def _require_columns(df: pd.DataFrame, names: Sequence[Any]) -> None:
+    have = list(df.columns)
+    for name in names:
+        if name not in have:
+            close = difflib.get_close_matches(str(name), [str(c) for c in have], n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"column {name!r} is not in the DataFrame.{hint} Columns: {have[:20]}"
+            )
+
+
+def _check_ids(df: pd.DataFrame, id_col: str) -> None:
+    missing = df[id_col].isna()
+    if missing.any():
+        row = df.index[np.argmax(missing.to_numpy())]
+        raise ValueError(
+            f"{int(missing.sum())} rows have no series id in column {id_col!r} (first: row "
+            f"{row!r}); give every row an id."
+        )
+
+
+def _check_times(df: pd.DataFrame, id_col: str, time_col: str) -> None:
+    col = df[time_col]
+    missing = col.isna().to_numpy()
+    if missing.any():
+        i = int(np.argmax(missing))
+        raise ValueError(
+            f"column {time_col!r} has {int(missing.sum())} missing times (first: series "
+            f"{df[id_col].iloc[i]!r}, row {df.index[i]!r}); every row needs a time."
+        )
+    if pd.api.types.is_datetime64_any_dtype(col.dtype) or pd.api.types.is_numeric_dtype(col.dtype):
+        if pd.api.types.is_bool_dtype(col.dtype):
+            raise ValueError(f"column {time_col!r} holds booleans, not times.")
+        if pd.api.types.is_numeric_dtype(col.dtype) and not np.isfinite(
+            col.to_numpy(dtype=np.float64)
+        ).all():
+            i = int(np.argmax(~np.isfinite(col.to_numpy(dtype=np.float64))))
+            raise ValueError(
+                f"column {time_col!r} has a non-finite time {col.iloc[i]!r} (series "
+                f"{df[id_col].iloc[i]!r}, row {df.index[i]!r}); times must be finite."
+            )
+        return
+    kinds = col.map(_time_kind)
+    bad = kinds == "other"
+    if bad.any():
+        i = int(np.argmax(bad.to_numpy()))
+        raise ValueError(
+            f"column {time_col!r} has a value {col.iloc[i]!r} that is neither a number nor a "
+            f"datetime (series {df[id_col].iloc[i]!r}, row {df.index[i]!r})."
+        )
+    if kinds.nunique() > 1:
+        i = int(np.argmax((kinds != kinds.iloc[0]).to_numpy()))
+        raise ValueError(
+            f"column {time_col!r} mixes time types: {col.iloc[0]!r} ({kinds.iloc[0]}) and "
+            f"{col.iloc[i]!r} ({kinds.iloc[i]}, series {df[id_col].iloc[i]!r}); convert the "
+            "column to one type (pd.to_datetime or pd.to_numeric) first."
+        )
+    raise ValueError(
+        f"column {time_col!r} has dtype object ({kinds.iloc[0]} values); convert it with "
+        "pd.to_datetime(...) or pd.to_numeric(...) first so every time has one type."
+    )
+
+
+def _time_kind(value: Any) -> str:
+    if isinstance(value, (pd.Timestamp, np.datetime64)) or hasattr(value, "isoformat"):
+        return "datetime"
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return "number"
+    if isinstance(value, str):
+        return "text"
+    return "other"
+
+
+def _numeric_column(df: pd.DataFrame, col: Any, id_col: str) -> pd.Series:
+    series = df[col]
+    if pd.api.types.is_bool_dtype(series.dtype):
+        return series.astype(np.float64)
+    converted = pd.to_numeric(series, errors="coerce")
+    bad = converted.isna() & series.notna()
+    if bad.any():
+        i = int(np.argmax(bad.to_numpy()))
+        raise ValueError(
+            f"column {col!r} has a non-numeric value {series.iloc[i]!r} (series "
+            f"{df[id_col].iloc[i]!r}, row {df.index[i]!r}); clean it, or leave it empty (NaN) "
+            "if it was not observed."
+        )
+    return converted.astype(np.float64)
+
+
+def _check_finite(
+    values: np.ndarray, wide: pd.DataFrame, id_col: str, time_col: str, channels: list[str]
+) -> None:
+    inf = np.isinf(values)
+    if inf.any():
+        r, c = np.argwhere(inf)[0]
+        raise ValueError(
+            f"column {channels[c]!r} has an infinite value {values[r, c]} (series "
+            f"{wide[id_col].iloc[r]!r}, time {wide[time_col].iloc[r]!r}); replace it with a "
+            "finite number or NaN (not observed)."
+        )
+
+
+def _merge_duplicates(
+    wide: pd.DataFrame, id_col: str, time_col: str, value_cols: list, how: str
+) -> pd.DataFrame:
+    dup = wide.duplicated([id_col, time_col], keep=False)
+    if not dup.any():
+        return wide
+    if how == "error":
+        i = int(np.argmax(dup.to_numpy()))
+        raise ValueError(
+            f"series {wide[id_col].iloc[i]!r} has several rows at time {wide[time_col].iloc[i]!r}"
+            f" ({int(dup.sum())} duplicated rows in all); pass duplicates='mean' to average them "
+            "per channel, or remove them."
+        )
+    others = [c for c in wide.columns if c not in (id_col, time_col, *value_cols)]
+    agg = {c: "mean" for c in value_cols} | {c: "first" for c in others}
+    merged = wide.groupby([id_col, time_col], sort=False, dropna=False).agg(agg).reset_index()
+    warnings.warn(
+        f"{len(wide) - len(merged)} duplicate (series, time) rows were averaged per channel "
+        "(duplicates='mean').",
+        stacklevel=3,
+    )
+    return merged
+
+
+def _pivot_tidy(
+    df: pd.DataFrame, id_col: str, time_col: str, channel_col: str, value_col: str, how: str
+) -> tuple[pd.DataFrame, list[str]]:
+    long = df[[id_col, time_col, channel_col, value_col]].copy()
+    if long[channel_col].isna().any():
+        i = int(np.argmax(long[channel_col].isna().to_numpy()))
+        raise ValueError(
+            f"column {channel_col!r} has a missing channel name (series "
+            f"{long[id_col].iloc[i]!r}, row {long.index[i]!r})."
+        )
+    long[value_col] = _numeric_column(long, value_col, id_col)
+    dup = long.duplicated([id_col, time_col, channel_col], keep=False)
+    if dup.any() and how == "error":
+        i = int(np.argmax(dup.to_numpy()))
+        raise ValueError(
+            f"series {long[id_col].iloc[i]!r} has several values of channel "
+            f"{long[channel_col].iloc[i]!r} at time {long[time_col].iloc[i]!r}; pass "
+            "duplicates='mean' to average them, or remove them."
+        )
+    if dup.any():
+        warnings.warn(
+            f"{int(dup.sum())} repeated (series, time, channel) observations were averaged "
+            "(duplicates='mean').",
+            stacklevel=3,
+        )
+    channels = [str(c) for c in pd.unique(long[channel_col])]
+    long[channel_col] = long[channel_col].astype(str)
+    wide = long.pivot_table(
+        index=[id_col, time_col], columns=channel_col, values=value_col, aggfunc="mean",
+        dropna=False, sort=False,
+    )
+    wide = wide.reindex(columns=channels).reset_index()
+    wide.columns.name = None
+    observed_rows = long.drop_duplicates([id_col, time_col])
+    wide = observed_rows[[id_col, time_col]].merge(wide, on=[id_col, time_col], how="left")
+    return wide, channels
+
+
+def _per_series(
+    wide: pd.DataFrame, cols: list, offsets: np.ndarray, id_col: str, what: str
+) -> np.ndarray:
+    out = np.empty((len(offsets) - 1, len(cols)), dtype=np.float64)
+    for j, col in enumerate(cols):
+        vals = _numeric_column(wide, col, id_col).to_numpy()
+        first = vals[offsets[:-1]]
+        changes = ~(np.isclose(vals, np.repeat(first, np.diff(offsets)), equal_nan=True))
+        if changes.any():
+            r = int(np.argmax(changes))
+            raise ValueError(
+                f"{what} column {col!r} changes within series {wide[id_col].iloc[r]!r} "
+                f"({first[np.searchsorted(offsets, r, 'right') - 1]!r} then {vals[r]!r}); a "
+                f"{what} must be constant per series."
+            )
+        out[:, j] = first
+    return out
+
+
+def _attach_labels(
+    dataset: IrregularDataset, wide: pd.DataFrame, label_col: str, offsets: np.ndarray,
+    id_col: str, label_per: str,
+) -> None:
+    vals = _numeric_column(wide, label_col, id_col).to_numpy()
+    first = np.repeat(vals[offsets[:-1]], np.diff(offsets))
+    constant = bool(np.all(np.isclose(vals, first, equal_nan=True)))
+    if label_per == "series" and not constant:
+        r = int(np.argmax(~np.isclose(vals, first, equal_nan=True)))
+        raise ValueError(
+            f"label column {label_col!r} changes within series {wide[id_col].iloc[r]!r}; use "
+            "label_per='time' for per-time-point labels."
+        )
+    if label_per == "series" or (label_per == "auto" and constant):
+        dataset.labels, dataset.label_kind = vals[offsets[:-1]], "series"
+    else:
+        dataset.labels, dataset.label_kind = vals, "time"

@@ -1,0 +1,125 @@
+"""Tasks decide, per batch, which observations the encoder sees and which the model predicts.
+
+* :class:`Interpolation` (the paper's protocol): the encoder sees a random subset of each
+  series' observed time points, a ``fraction`` or a ``count``; the model reconstructs every
+  observed point. Metrics on the unseen points (``target & ~encoder``) are reported apart.
+* :class:`Extrapolation`: the encoder sees the first part of each series, the first ``count``
+  observed time points, the first ``fraction`` of its observed time window, or everything up to
+  ``cut_time`` (in the user's time units); the model predicts the rest.
+
+Both work on the batch's points before they are laid on the union grid (``Points``), so their
+cost grows with the number of observations, not with ``batch x union of times``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .dataset import TimeTransform
+
+
+@dataclass
+class Points:
+    """The batch's points, grouped by series (``rows`` ascending) and sorted by time within one."""
+
+    rows: np.ndarray  # (N,) batch row of each point
+    starts: np.ndarray  # (B,) first point of each row
+    times: np.ndarray  # (N,) model times
+    observed: np.ndarray  # (N, D) bool
+
+    def first_of_rows(self, flags: np.ndarray) -> np.ndarray:
+        """Per row, the position of its first flagged point (len(flags) if none)."""
+        pos = np.where(flags, np.arange(len(flags)), len(flags))
+        return np.minimum.reduceat(pos, self.starts)
+
+    def cumulative(self, flags: np.ndarray) -> np.ndarray:
+        """Running count of flagged points within each row (inclusive)."""
+        total = np.cumsum(flags)
+        before = np.concatenate([[0], total])[self.starts]
+        return total - before[self.rows]
+
+
+def _with_at_least_one(chosen: np.ndarray, points: Points, point_obs: np.ndarray) -> np.ndarray:
+    """Give every series with data at least its first observed point."""
+    has = np.add.reduceat(chosen.astype(np.int64), points.starts) > 0
+    first = points.first_of_rows(point_obs)
+    fix = ~has & (first < len(point_obs))
+    if fix.any():
+        chosen = chosen.copy()
+        chosen[first[fix]] = True
+    return chosen
+
+
+@dataclass(frozen=True)
+class Interpolation:
+    """Encoder sees a random ``fraction`` (or ``count``) of each series' observed time points."""
+
+    fraction: float | None = None
+    count: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.fraction is None) == (self.count is None):
+            raise ValueError("Interpolation needs exactly one of fraction= or count=.")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}.")
+        if self.count is not None and self.count < 1:
+            raise ValueError(f"count must be at least 1, got {self.count}.")
+
+    def encoder_points(
+        self, points: Points, rng: np.random.Generator, transform: TimeTransform | None = None
+    ) -> np.ndarray:
+        point_obs = points.observed.any(1)
+        n = np.add.reduceat(point_obs.astype(np.int64), points.starts)
+        if self.count is not None:
+            keep = np.minimum(n, self.count)
+        else:
+            keep = np.minimum(n, np.maximum(1, np.round(self.fraction * n).astype(np.int64)))
+        scores = np.where(point_obs, rng.random(len(point_obs)), 2.0)
+        order = np.lexsort((scores, points.rows))
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order)) - points.starts[points.rows[order]]
+        return point_obs & (rank < keep[points.rows])
+
+    def targets(self, points: Points, encoder: np.ndarray) -> np.ndarray:
+        return points.observed.any(1)
+
+
+@dataclass(frozen=True)
+class Extrapolation:
+    """Encoder sees the beginning of each series (``count``, ``fraction`` or ``cut_time``)."""
+
+    fraction: float | None = None
+    count: int | None = None
+    cut_time: float | str | None = None
+
+    def __post_init__(self) -> None:
+        given = [x is not None for x in (self.fraction, self.count, self.cut_time)]
+        if sum(given) != 1:
+            raise ValueError("Extrapolation needs exactly one of fraction=, count= or cut_time=.")
+        if self.fraction is not None and not 0 < self.fraction < 1:
+            raise ValueError(f"fraction must be in (0, 1), got {self.fraction}.")
+        if self.count is not None and self.count < 1:
+            raise ValueError(f"count must be at least 1, got {self.count}.")
+
+    def encoder_points(
+        self, points: Points, rng: np.random.Generator, transform: TimeTransform | None = None
+    ) -> np.ndarray:
+        point_obs = points.observed.any(1)
+        if self.count is not None:
+            chosen = point_obs & (points.cumulative(point_obs) <= self.count)
+        elif self.fraction is not None:
+            first = np.minimum.reduceat(np.where(point_obs, points.times, np.inf), points.starts)
+            last = np.maximum.reduceat(np.where(point_obs, points.times, -np.inf), points.starts)
+            cut = first + self.fraction * (last - first)
+            chosen = point_obs & (points.times <= cut[points.rows])
+        else:
+            if transform is None:
+                raise ValueError("cut_time needs the dataset's time transform.")
+            cut = float(transform.to_model(np.asarray([self.cut_time]))[0])
+            chosen = point_obs & (points.times <= cut)
+        return _with_at_least_one(chosen, points, point_obs)
+
+    def targets(self, points: Points, encoder: np.ndarray) -> np.ndarray:
+        return points.observed.any(1) & ~encoder
