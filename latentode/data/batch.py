@@ -65,10 +65,11 @@ def collate(
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
     point_values = dataset.values[points]
     point_mask = ~np.isnan(point_values)
-    values = np.zeros((batch, length, dims), dtype=np_dtype)
-    observed = np.zeros((batch, length, dims), dtype=bool)
-    values[rows, cols] = np.where(point_mask, point_values, 0.0)
-    observed[rows, cols] = point_mask
+    flat = rows * length + cols  # one flat row index per point: cheaper than 2-D fancy indexing
+    values = np.zeros((batch * length, dims), dtype=np_dtype)
+    observed = np.zeros((batch * length, dims), dtype=bool)
+    values[flat] = np.nan_to_num(point_values, copy=False)
+    observed[flat] = point_mask
     if task is None:
         encoder, target = observed, observed
     else:
@@ -77,9 +78,15 @@ def collate(
         chosen = task.encoder_points(pts, rng or np.random.default_rng(), dataset.time_transform)
         scored = task.targets(pts, chosen)
         encoder = np.zeros_like(observed)
-        target = np.zeros_like(observed)
-        encoder[rows, cols] = point_mask & chosen[:, None]
-        target[rows, cols] = point_mask & scored[:, None]
+        encoder[flat] = point_mask & chosen[:, None]
+        if scored is None:  # every observation is a target
+            target = observed
+        else:
+            target = np.zeros_like(observed)
+            target[flat] = point_mask & scored[:, None]
+    shape = (batch, length, dims)
+    values, observed = values.reshape(shape), observed.reshape(shape)
+    encoder, target = encoder.reshape(shape), target.reshape(shape)
     static = labels = None
     if dataset.static is not None:
         static = torch.as_tensor(dataset.static[indices], dtype=dtype)
