@@ -4,8 +4,9 @@
     ds = from_dataframe(df, id_col="series_id", time_col="time")
 """
 
+from typing import Any
+
 from .batch import Batch, Collator, collate
-from .datamodule import LatentODEDataModule
 from .dataset import IrregularDataset, TimeTransform
 from .frame import from_dataframe
 from .scaling import ChannelScaler
@@ -23,5 +24,19 @@ __all__ = [
     "TimeTransform",
     "collate",
     "from_dataframe",
+    "load_dataset",
     "split_indices",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import Lightning only when the data module is asked for: plain data use stays light."""
+    if name == "LatentODEDataModule":
+        from .datamodule import LatentODEDataModule
+
+        return LatentODEDataModule
+    if name == "load_dataset":
+        from .registry import load_dataset
+
+        return load_dataset
+    raise AttributeError(f"module 'latentode.data' has no attribute {name!r}")

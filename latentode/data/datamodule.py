@@ -25,7 +25,8 @@ class LatentODEDataModule(L.LightningDataModule):
             (the encoder sees and the model predicts every observation).
         batch_size: series per batch.
         val_fraction, test_fraction, split_seed, shuffle_split: the split by series; with
-            ``split`` given instead, an array of "train"/"val"/"test" per series is used as is.
+            ``split`` given instead (or a source that fixes one, as hopper's in-order 80/20),
+            an array of "train"/"val"/"test" per series is used as is.
         scale: standardise channels with a scaler fitted on the training series' observed values.
         num_workers: DataLoader worker processes.
         seed: seed of the fixed validation/test masks.
@@ -66,8 +67,9 @@ class LatentODEDataModule(L.LightningDataModule):
         if not isinstance(data, IrregularDataset):
             raise TypeError(f"dataset must build an IrregularDataset, got {type(data).__name__}.")
         self.dataset = data
-        if self.split is not None:
-            labels = np.asarray(self.split)
+        fixed = self.split if self.split is not None else data.split
+        if fixed is not None:
+            labels = np.asarray(fixed)
             if len(labels) != len(data):
                 raise ValueError(f"split has {len(labels)} entries for {len(data)} series.")
             unknown = set(labels.tolist()) - {"train", "val", "test"}

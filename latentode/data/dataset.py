@@ -104,6 +104,7 @@ class IrregularDataset:
     label_col: str | None = None
     id_dtype: Any = None
     raw_time_dtype: Any = None
+    split: np.ndarray | None = None  # per-series "train"/"val"/"test" fixed by a source
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -162,6 +163,7 @@ class IrregularDataset:
             values=self.values[points].copy(),
             static=None if self.static is None else self.static[indices],
             labels=labels,
+            split=None if self.split is None else self.split[indices],
         )
 
     def with_values(self, values: np.ndarray) -> IrregularDataset:
