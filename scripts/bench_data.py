@@ -80,13 +80,20 @@ def main() -> None:
     print("\n| time layout | union T | latentode batches/s | per-series loop batches/s | ratio |")
     print("|---|---|---|---|---|")
     for layout in ("shared grid", "1000-point grid", "continuous"):
-        dataset = from_dataframe(make_frame(layout))
-        rng = np.random.default_rng(0)
-        pick = lambda: rng.choice(len(dataset), BATCH, replace=False)  # noqa: E731
-        union = collate(dataset, pick()).times.shape[0]
-        ours = rate(lambda: collate(dataset, pick(), task, rng))
-        loop = rate(lambda: loop_collate(dataset, pick(), rng))
-        print(f"| {layout} | {union} | {ours:.0f} | {loop:.0f} | {ours / loop:.1f}x |")
+        print(measure(layout, task))
+
+
+def measure(layout: str, task: Interpolation) -> str:
+    dataset = from_dataframe(make_frame(layout))
+    rng = np.random.default_rng(0)
+
+    def pick() -> np.ndarray:
+        return rng.choice(len(dataset), BATCH, replace=False)
+
+    union = collate(dataset, pick()).times.shape[0]
+    ours = rate(lambda: collate(dataset, pick(), task, rng))
+    loop = rate(lambda: loop_collate(dataset, pick(), rng))
+    return f"| {layout} | {union} | {ours:.0f} | {loop:.0f} | {ours / loop:.1f}x |"
 
 
 if __name__ == "__main__":
