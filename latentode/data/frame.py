@@ -186,7 +186,7 @@ def _check_times(df: pd.DataFrame, id_col: str, time_col: str) -> None:
             "column to one type (pd.to_datetime or pd.to_numeric) first."
         )
     raise ValueError(
-        f"column {time_col!r} has dtype object ({kinds.iloc[0]} values); convert it with "
+        f"column {time_col!r} has dtype {col.dtype} ({kinds.iloc[0]} values); convert it with "
         "pd.to_datetime(...) or pd.to_numeric(...) first so every time has one type."
     )
 

@@ -45,7 +45,10 @@ def _load_file(path: str | Path, **frame_kwargs: Any) -> IrregularDataset:
         raise FileNotFoundError(f"data file {str(path)!r} does not exist.")
     frame = pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path)
     time_col = frame_kwargs.get("time_col", "time")
-    if time_col in frame.columns and frame[time_col].dtype == object:
+    column = frame[time_col] if time_col in frame.columns else None
+    if column is not None and (
+        pd.api.types.is_object_dtype(column.dtype) or pd.api.types.is_string_dtype(column.dtype)
+    ):
         parsed = pd.to_datetime(frame[time_col], errors="coerce")
         if parsed.notna().all():  # ISO date strings in a CSV are datetimes, not text
             frame[time_col] = parsed
