@@ -176,7 +176,7 @@ class IrregularDataset:
         """The data back in wide format, original ids, time stamps, channels and columns."""
         n = self.lengths
         ids = np.repeat(np.asarray(self.ids, dtype=object), n)
-        frame = {self.id_col: pd.array(ids, dtype=self.id_dtype) if self.id_dtype else ids}
+        frame = {self.id_col: pd.Series(ids, dtype=self.id_dtype) if self.id_dtype else ids}
         frame[self.time_col] = pd.array(self.raw_times, dtype=self.raw_time_dtype) if (
             self.raw_time_dtype is not None
         ) else self.raw_times

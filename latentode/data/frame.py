@@ -77,6 +77,14 @@ def from_dataframe(
                 if c not in reserved and pd.api.types.is_numeric_dtype(df[c])
                 and not pd.api.types.is_bool_dtype(df[c])
             ]
+            skipped = [c for c in df.columns if c not in reserved and c not in value_cols]
+            if skipped:
+                warnings.warn(
+                    f"{len(skipped)} non-numeric column(s) were not used as channels: "
+                    f"{[str(c) for c in skipped[:10]]}. Pass value_cols=[...] to choose channels "
+                    "explicitly (a numeric column with a stray string is read as text).",
+                    stacklevel=2,
+                )
             if not value_cols:
                 raise ValueError(
                     f"no numeric value columns found besides {sorted(map(str, reserved))}; "
@@ -102,7 +110,7 @@ def from_dataframe(
     if empty:
         raise ValueError(
             f"{len(empty)} series have no observed value in any channel (e.g. {id_col} = "
-            f"{empty[0]!r}); drop them, or check value_cols / the NaN encoding."
+            f"{_plain(empty[0])!r}); drop them, or check value_cols / the NaN encoding."
         )
     raw_times = wide[time_col].to_numpy()
     transform = TimeTransform.fit(wide[time_col], unit=time_unit)
@@ -126,6 +134,16 @@ def from_dataframe(
     if label_col:
         _attach_labels(dataset, wide, label_col, offsets, id_col, label_per)
     return dataset
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact equality, NaN equal to NaN (a covariate or label is constant or it is not)."""
+    return (a == b) | (np.isnan(a) & np.isnan(b))
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as plain Python values, so messages read ``2`` and not ``np.int64(2)``."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _require_columns(df: pd.DataFrame, names: Sequence[Any]) -> None:
@@ -156,7 +174,7 @@ def _check_times(df: pd.DataFrame, id_col: str, time_col: str) -> None:
         i = int(np.argmax(missing))
         raise ValueError(
             f"column {time_col!r} has {int(missing.sum())} missing times (first: series "
-            f"{df[id_col].iloc[i]!r}, row {df.index[i]!r}); every row needs a time."
+            f"{_plain(df[id_col].iloc[i])!r}, row {_plain(df.index[i])!r}); every row needs a time."
         )
     if pd.api.types.is_datetime64_any_dtype(col.dtype) or pd.api.types.is_numeric_dtype(col.dtype):
         if pd.api.types.is_bool_dtype(col.dtype):
@@ -166,8 +184,9 @@ def _check_times(df: pd.DataFrame, id_col: str, time_col: str) -> None:
         ).all():
             i = int(np.argmax(~np.isfinite(col.to_numpy(dtype=np.float64))))
             raise ValueError(
-                f"column {time_col!r} has a non-finite time {col.iloc[i]!r} (series "
-                f"{df[id_col].iloc[i]!r}, row {df.index[i]!r}); times must be finite."
+                f"column {time_col!r} has a non-finite time {_plain(col.iloc[i])!r} (series "
+                f"{_plain(df[id_col].iloc[i])!r}, row {_plain(df.index[i])!r}); times must be "
+                "finite."
             )
         return
     kinds = col.map(_time_kind)
@@ -175,14 +194,16 @@ def _check_times(df: pd.DataFrame, id_col: str, time_col: str) -> None:
     if bad.any():
         i = int(np.argmax(bad.to_numpy()))
         raise ValueError(
-            f"column {time_col!r} has a value {col.iloc[i]!r} that is neither a number nor a "
-            f"datetime (series {df[id_col].iloc[i]!r}, row {df.index[i]!r})."
+            f"column {time_col!r} has a value {_plain(col.iloc[i])!r} that is neither a number "
+            "nor a "
+            f"datetime (series {_plain(df[id_col].iloc[i])!r}, row {_plain(df.index[i])!r})."
         )
     if kinds.nunique() > 1:
         i = int(np.argmax((kinds != kinds.iloc[0]).to_numpy()))
         raise ValueError(
-            f"column {time_col!r} mixes time types: {col.iloc[0]!r} ({kinds.iloc[0]}) and "
-            f"{col.iloc[i]!r} ({kinds.iloc[i]}, series {df[id_col].iloc[i]!r}); convert the "
+            f"column {time_col!r} mixes time types: {_plain(col.iloc[0])!r} ({kinds.iloc[0]}) and "
+            f"{_plain(col.iloc[i])!r} ({kinds.iloc[i]}, series {_plain(df[id_col].iloc[i])!r}); "
+            "convert the "
             "column to one type (pd.to_datetime or pd.to_numeric) first."
         )
     raise ValueError(
@@ -210,8 +231,9 @@ def _numeric_column(df: pd.DataFrame, col: Any, id_col: str) -> pd.Series:
     if bad.any():
         i = int(np.argmax(bad.to_numpy()))
         raise ValueError(
-            f"column {col!r} has a non-numeric value {series.iloc[i]!r} (series "
-            f"{df[id_col].iloc[i]!r}, row {df.index[i]!r}); clean it, or leave it empty (NaN) "
+            f"column {_plain(col)!r} has a non-numeric value {_plain(series.iloc[i])!r} (series "
+            f"{_plain(df[id_col].iloc[i])!r}, row {_plain(df.index[i])!r}); clean it, or leave it "
+            "empty (NaN) "
             "if it was not observed."
         )
     return converted.astype(np.float64)
@@ -225,7 +247,8 @@ def _check_finite(
         r, c = np.argwhere(inf)[0]
         raise ValueError(
             f"column {channels[c]!r} has an infinite value {values[r, c]} (series "
-            f"{wide[id_col].iloc[r]!r}, time {wide[time_col].iloc[r]!r}); replace it with a "
+            f"{_plain(wide[id_col].iloc[r])!r}, time {_plain(wide[time_col].iloc[r])!r}); replace "
+            "it with a "
             "finite number or NaN (not observed)."
         )
 
@@ -239,7 +262,8 @@ def _merge_duplicates(
     if how == "error":
         i = int(np.argmax(dup.to_numpy()))
         raise ValueError(
-            f"series {wide[id_col].iloc[i]!r} has several rows at time {wide[time_col].iloc[i]!r}"
+            f"series {_plain(wide[id_col].iloc[i])!r} has several rows at time "
+            f"{_plain(wide[time_col].iloc[i])!r}"
             f" ({int(dup.sum())} duplicated rows in all); pass duplicates='mean' to average them "
             "per channel, or remove them."
         )
@@ -262,15 +286,16 @@ def _pivot_tidy(
         i = int(np.argmax(long[channel_col].isna().to_numpy()))
         raise ValueError(
             f"column {channel_col!r} has a missing channel name (series "
-            f"{long[id_col].iloc[i]!r}, row {long.index[i]!r})."
+            f"{_plain(long[id_col].iloc[i])!r}, row {_plain(long.index[i])!r})."
         )
     long[value_col] = _numeric_column(long, value_col, id_col)
     dup = long.duplicated([id_col, time_col, channel_col], keep=False)
     if dup.any() and how == "error":
         i = int(np.argmax(dup.to_numpy()))
         raise ValueError(
-            f"series {long[id_col].iloc[i]!r} has several values of channel "
-            f"{long[channel_col].iloc[i]!r} at time {long[time_col].iloc[i]!r}; pass "
+            f"series {_plain(long[id_col].iloc[i])!r} has several values of channel "
+            f"{_plain(long[channel_col].iloc[i])!r} at time {_plain(long[time_col].iloc[i])!r}; "
+            "pass "
             "duplicates='mean' to average them, or remove them."
         )
     if dup.any():
@@ -299,12 +324,14 @@ def _per_series(
     for j, col in enumerate(cols):
         vals = _numeric_column(wide, col, id_col).to_numpy()
         first = vals[offsets[:-1]]
-        changes = ~(np.isclose(vals, np.repeat(first, np.diff(offsets)), equal_nan=True))
+        changes = ~_same(vals, np.repeat(first, np.diff(offsets)))
         if changes.any():
             r = int(np.argmax(changes))
             raise ValueError(
-                f"{what} column {col!r} changes within series {wide[id_col].iloc[r]!r} "
-                f"({first[np.searchsorted(offsets, r, 'right') - 1]!r} then {vals[r]!r}); a "
+                f"{what} column {_plain(col)!r} changes within series "
+                f"{_plain(wide[id_col].iloc[r])!r} "
+                f"({_plain(first[np.searchsorted(offsets, r, 'right') - 1])!r} then "
+                f"{_plain(vals[r])!r}); a "
                 f"{what} must be constant per series."
             )
         out[:, j] = first
@@ -317,11 +344,12 @@ def _attach_labels(
 ) -> None:
     vals = _numeric_column(wide, label_col, id_col).to_numpy()
     first = np.repeat(vals[offsets[:-1]], np.diff(offsets))
-    constant = bool(np.all(np.isclose(vals, first, equal_nan=True)))
+    constant = bool(np.all(_same(vals, first)))
     if label_per == "series" and not constant:
-        r = int(np.argmax(~np.isclose(vals, first, equal_nan=True)))
+        r = int(np.argmax(~_same(vals, first)))
         raise ValueError(
-            f"label column {label_col!r} changes within series {wide[id_col].iloc[r]!r}; use "
+            f"label column {label_col!r} changes within series {_plain(wide[id_col].iloc[r])!r}; "
+            "use "
             "label_per='time' for per-time-point labels."
         )
     if label_per == "series" or (label_per == "auto" and constant):

@@ -119,7 +119,13 @@ class Extrapolation:
         else:
             if transform is None:
                 raise ValueError("cut_time needs the dataset's time transform.")
-            cut = float(transform.to_model(np.asarray([self.cut_time]))[0])
+            try:
+                cut = float(transform.to_model(np.asarray([self.cut_time]))[0])
+            except (TypeError, ValueError) as err:
+                raise ValueError(
+                    f"cut_time={self.cut_time!r} does not fit this dataset's {transform.kind} "
+                    "times; give it in the same units as the time column."
+                ) from err
             chosen = point_obs & (points.times <= cut)
         return _with_at_least_one(chosen, points, point_obs)
 

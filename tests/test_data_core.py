@@ -1,0 +1,942 @@
+"""The data core: ``from_dataframe`` round trips and errors, collation, tasks, splits, data module.
+
+* Round trips: ``from_dataframe(df).to_dataframe()`` gives back ``df`` sorted by (id, time),
+  dtypes included, for every kind of id, time, label and covariate the loader accepts.
+* Every refused input raises with a message that names the column, series, time or value.
+* ``collate`` equals a slow per-series Python reference on random ragged data.
+* Tasks pick exactly the encoder / target points their docstrings promise.
+* Splits and ``LatentODEDataModule`` split by series, fit the scaler on training data only and
+  give fixed validation masks but fresh training masks.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from latentode.data import (
+    Batch,
+    ChannelScaler,
+    Collator,
+    Extrapolation,
+    Interpolation,
+    IrregularDataset,
+    LatentODEDataModule,
+    TimeTransform,
+    collate,
+    from_dataframe,
+    split_indices,
+)
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def assert_exact(left: pd.DataFrame, right: pd.DataFrame) -> None:
+    """Frames equal value for value (``assert_frame_equal`` alone allows rtol 1e-5 on floats)."""
+    pd.testing.assert_frame_equal(left, right, check_exact=True)
+
+
+def sorted_frame(df: pd.DataFrame, id_col: str = "series_id", time_col: str = "time"):
+    return df.sort_values([id_col, time_col], kind="stable").reset_index(drop=True)
+
+
+def small_frame() -> pd.DataFrame:
+    """Two integer-id series, out of order, one time point with no observation at all."""
+    return pd.DataFrame(
+        {
+            "series_id": [2, 1, 1, 2, 2, 1],
+            "time": [0.5, 1.0, 0.0, 0.1, 3.0, 2.5],
+            "a": [1.0, 2.0, np.nan, 4.0, 0.5, -1.0],
+            "b": [np.nan, 1.0, np.nan, 2.0, np.nan, 7.0],
+        }
+    )
+
+
+def random_frame(
+    seed: int,
+    n_series: int = 12,
+    max_len: int = 15,
+    n_channels: int = 3,
+    p_missing: float = 0.5,
+) -> pd.DataFrame:
+    """Ragged series on partly shared time stamps, random missingness, some all-NaN rows.
+
+    Rows come out shuffled; every series has at least one observed value.
+    """
+    rng = np.random.default_rng(seed)
+    grid = np.round(np.arange(0, 10, 0.5), 6)  # stamps many series share
+    rows = []
+    for s in range(n_series):
+        n = int(rng.integers(1, max_len + 1))
+        n_shared = int(rng.integers(0, n + 1))
+        shared = rng.choice(grid, size=min(n_shared, len(grid)), replace=False)
+        own = rng.uniform(0, 10, size=n - len(shared))
+        times = np.unique(np.concatenate([shared, own]))
+        values = rng.normal(size=(len(times), n_channels)) * 3 + np.arange(n_channels)
+        values[rng.random(values.shape) < p_missing] = np.nan
+        if np.isnan(values).all():
+            values[rng.integers(len(times)), rng.integers(n_channels)] = rng.normal()
+        for t, v in zip(times, values, strict=True):
+            rows.append({"series_id": s * 7 + 3, "time": t, **{f"c{d}": v[d] for d in
+                                                                range(n_channels)}})
+    df = pd.DataFrame(rows)
+    return df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def reference_collate(ds: IrregularDataset, indices) -> dict[str, np.ndarray]:
+    """The obvious slow implementation: loop over series, points and channels."""
+    series = [ds.series(int(i)) for i in indices]
+    union = sorted({float(t) for s in series for t in s["times"]})
+    column = {t: k for k, t in enumerate(union)}
+    shape = (len(series), len(union), ds.n_channels)
+    values, mask = np.zeros(shape), np.zeros(shape, dtype=bool)
+    labels = np.full(shape[:2], np.nan) if ds.label_kind == "time" else None
+    for b, s in enumerate(series):
+        for p, t in enumerate(s["times"]):
+            k = column[float(t)]
+            for d in range(ds.n_channels):
+                v = s["values"][p, d]
+                if not np.isnan(v):
+                    values[b, k, d] = v
+                    mask[b, k, d] = True
+            if labels is not None:
+                labels[b, k] = s["label"][p]
+    return {"times": np.asarray(union), "values": values, "mask": mask, "labels": labels}
+
+
+def point_mask(mask: torch.Tensor) -> np.ndarray:
+    """(B, T) True where a series has at least one observed channel at that grid time."""
+    return mask.numpy().any(-1)
+
+
+def assert_whole_points(batch: Batch) -> None:
+    """Encoder and target masks hold whole time points: all of its observed channels or none."""
+    for m in (batch.encoder_mask, batch.target_mask):
+        assert (m & ~batch.mask).sum() == 0  # subset of the observations
+        chosen = point_mask(m)
+        assert torch.equal(m[torch.from_numpy(chosen)], batch.mask[torch.from_numpy(chosen)])
+
+
+# --------------------------------------------------------------------------------------------
+# 1. round trips
+
+
+def test_round_trip_numeric_times_integer_ids_and_all_nan_rows():
+    df = small_frame()
+    ds = from_dataframe(df)
+    out = ds.to_dataframe()
+    assert_exact(out, sorted_frame(df))
+    # the point (series 1, time 0.0) has no observation in any channel and is kept
+    assert len(ds.times) == len(df) and list(ds.lengths) == [3, 3]
+    assert ds.ids == [1, 2] and ds.channels == ["a", "b"]
+    assert np.isnan(ds.values[0]).all()
+    assert ds.times.dtype == np.float64 and ds.values.dtype == np.float64
+
+
+def test_round_trip_string_ids_and_column_names():
+    df = small_frame().assign(series_id=["b", "a", "a", "b", "b", "a"])
+    df = df.rename(columns={"series_id": "patient", "time": "hours"})
+    ds = from_dataframe(df, id_col="patient", time_col="hours")
+    assert_exact(ds.to_dataframe(), sorted_frame(df, "patient", "hours"))
+    assert ds.ids == ["a", "b"]
+
+
+def test_round_trip_integer_times_and_categorical_ids():
+    df = small_frame().assign(time=[5, 10, 0, 1, 30, 25])
+    out = from_dataframe(df).to_dataframe()
+    assert_exact(out, sorted_frame(df))
+    assert out["time"].dtype == np.int64
+    cat = df.assign(series_id=pd.Categorical(["u", "v", "v", "u", "u", "v"]))
+    assert_exact(from_dataframe(cat).to_dataframe(), sorted_frame(cat))
+
+
+def test_round_trip_object_dtype_string_ids():
+    df = small_frame().assign(
+        series_id=pd.Series(["x1", "x0", "x0", "x1", "x1", "x0"], dtype=object)
+    )
+    out = from_dataframe(df).to_dataframe()
+    assert out["series_id"].dtype == object
+    assert_exact(out, sorted_frame(df))
+
+
+@pytest.mark.parametrize("unit", ["ns", "us", "s"])
+def test_round_trip_datetime_times_keeps_dtype_exactly(unit):
+    stamps = pd.to_datetime(
+        ["2020-01-01 00:00:00", "2020-01-02 03:00:00", "2019-12-31 23:59:59",
+         "2021-05-01 00:00:00", "2020-01-01 00:00:01", "1995-03-04 05:06:07"]
+    ).as_unit(unit)
+    if unit == "ns":  # a nanosecond that a float64 "hours since epoch" could not hold
+        stamps = stamps + pd.to_timedelta([1, 0, 3, 0, 0, 7], unit="ns")
+    df = small_frame().assign(time=stamps)
+    ds = from_dataframe(df)
+    out = ds.to_dataframe()
+    assert out["time"].dtype == f"datetime64[{unit}]"
+    assert_exact(out, sorted_frame(df))
+    assert ds.times.dtype == np.float64 and ds.time_transform.kind == "datetime"
+    # decades of hours are rescaled into [0, 1]
+    assert ds.times.min() == 0.0 and ds.times.max() == 1.0
+
+
+def test_round_trip_timezone_aware_datetimes():
+    stamps = pd.date_range("2021-03-27 22:00", periods=6, freq="37min", tz="Europe/Berlin")
+    df = small_frame().assign(time=stamps)
+    out = from_dataframe(df).to_dataframe()
+    assert_exact(out, sorted_frame(df))
+
+
+def test_round_trip_static_covariates_and_series_labels():
+    df = small_frame().assign(
+        age=lambda d: d["series_id"].map({1: 40.0, 2: 71.5}),
+        sex=lambda d: d["series_id"].map({1: 0.0, 2: 1.0}),
+        died=lambda d: d["series_id"].map({1: 1.0, 2: 0.0}),
+    )
+    ds = from_dataframe(df, value_cols=["a", "b"], static_cols=["age", "sex"], label_col="died")
+    assert ds.label_kind == "series"
+    np.testing.assert_array_equal(ds.labels, [1.0, 0.0])
+    np.testing.assert_array_equal(ds.static, [[40.0, 0.0], [71.5, 1.0]])
+    assert ds.static_names == ["age", "sex"]
+    assert_exact(ds.to_dataframe(), sorted_frame(df))
+    # explicit label_per="series" gives the same
+    ds2 = from_dataframe(df, value_cols=["a", "b"], static_cols=["age", "sex"],
+                         label_col="died", label_per="series")
+    assert_exact(ds2.to_dataframe(), sorted_frame(df))
+
+
+def test_round_trip_per_time_labels():
+    df = small_frame().assign(y=[0.0, 1.0, 0.0, np.nan, 1.0, 1.0])
+    ds = from_dataframe(df, label_col="y")  # auto: not constant within series -> per time
+    assert ds.label_kind == "time" and ds.labels.shape == (len(df),)
+    assert "y" not in ds.channels
+    assert_exact(ds.to_dataframe(), sorted_frame(df))
+    # a constant label can still be forced per time point
+    const = small_frame().assign(y=1.0)
+    ds = from_dataframe(const, label_col="y", label_per="time")
+    assert ds.label_kind == "time"
+    assert_exact(ds.to_dataframe(), sorted_frame(const))
+
+
+def test_round_trip_random_frames():
+    for seed in range(3):
+        df = random_frame(seed)
+        assert_exact(from_dataframe(df).to_dataframe(), sorted_frame(df))
+
+
+def test_tidy_input_round_trips_to_the_equivalent_wide_frame():
+    tidy = pd.DataFrame(
+        {
+            "sid": ["b", "a", "a", "a", "b", "b", "a"],
+            "t": [1.0, 0.0, 0.0, 2.0, 1.0, 3.0, 4.0],
+            "ch": ["hr", "bp", "hr", "bp", "bp", "hr", "hr"],
+            "v": [5.0, 1.0, 2.0, 3.0, np.nan, 6.0, np.nan],  # (a, 4.0): nothing observed
+            "age": [60.0, 30.0, 30.0, 30.0, 60.0, 60.0, 30.0],
+        }
+    )
+    ds = from_dataframe(tidy, id_col="sid", time_col="t", channel_col="ch", value_col="v",
+                        static_cols=["age"])
+    assert ds.channels == ["hr", "bp"]  # order of first appearance
+    wide = pd.DataFrame(
+        {
+            "sid": ["a", "a", "a", "b", "b"],
+            "t": [0.0, 2.0, 4.0, 1.0, 3.0],
+            "hr": [2.0, np.nan, np.nan, 5.0, 6.0],
+            "bp": [1.0, 3.0, np.nan, np.nan, np.nan],
+            "age": [30.0, 30.0, 30.0, 60.0, 60.0],
+        }
+    )
+    assert_exact(ds.to_dataframe(), wide)
+    # and the wide frame itself gives the same dataset
+    again = from_dataframe(wide, id_col="sid", time_col="t", static_cols=["age"])
+    assert_exact(again.to_dataframe(), wide)
+    np.testing.assert_array_equal(again.values, ds.values)
+
+
+def test_value_cols_none_picks_numeric_columns_but_the_reserved_ones():
+    df = small_frame().assign(
+        note=["x", "y", "z", "w", "v", "u"],  # text: not a channel
+        flag=[True, False, True, True, False, False],  # booleans: not a channel
+        age=lambda d: d["series_id"] * 10.0,  # static
+        lab=lambda d: d["series_id"] - 1.0,  # label
+        c=np.arange(6, dtype=np.int64),  # integers: a channel
+    )
+    with pytest.warns(UserWarning, match=r"2 non-numeric column\(s\) were not used"):
+        ds = from_dataframe(df, static_cols=["age"], label_col="lab")
+    assert ds.channels == ["a", "b", "c"]
+    assert ds.static_names == ["age"] and ds.label_kind == "series"
+    expected = sorted_frame(df)[["series_id", "time", "a", "b", "c", "age", "lab"]]
+    assert_exact(ds.to_dataframe(), expected.astype({"c": np.float64}))
+
+
+def test_time_transform_rescales_large_ranges_only():
+    moderate = np.array([3.0, 5.0, 53.0])
+    tt = TimeTransform.fit(moderate)
+    assert tt.kind == "numeric" and tt.scale == 1.0 and tt.offset == 3.0
+    np.testing.assert_array_equal(tt.to_model(moderate), [0.0, 2.0, 50.0])  # shifted only
+    for raw in (
+        np.array([0.0, 1e-3, 4e-4]),  # span below 0.01: stretched
+        np.array([1.6e9, 1.6e9 + 3 * 365 * 86400.0, 1.65e9]),  # seconds over three years
+        np.array([0.0, 1e8]),
+    ):
+        tt = TimeTransform.fit(raw)
+        model = tt.to_model(raw)
+        assert model.dtype == np.float64
+        assert model.min() == 0.0 and model.max() == 1.0
+        np.testing.assert_allclose(tt.to_user(model), raw, rtol=1e-14, atol=0)
+    constant = TimeTransform.fit(np.array([7.0, 7.0]))
+    assert constant.scale == 1.0 and constant.to_model(np.array([7.0]))[0] == 0.0
+    # integer seconds over years, through from_dataframe
+    df = small_frame().assign(time=[0, 86400 * 365 * 5, 17, 3600, 86400 * 400, 99])
+    ds = from_dataframe(df)
+    assert ds.times.dtype == np.float64 and ds.times.min() == 0.0 and ds.times.max() == 1.0
+
+
+def test_time_transform_datetimes_round_trip_within_one_microsecond():
+    """``to_user(to_model(t))`` is within 1 us, not exact to the ns: float64 "hours since the
+    epoch" resolve ~0.1 us. (``to_dataframe`` is exact: it keeps the raw stamps.)"""
+    rng = np.random.default_rng(0)
+    lo, hi = pd.Timestamp("1970-01-01").value, pd.Timestamp("2040-01-01").value
+    nanos = np.sort(rng.integers(lo, hi, 2000))
+    stamps = pd.Series(pd.to_datetime(nanos))
+    for unit in (None, "s", "D"):
+        tt = TimeTransform.fit(stamps, unit=unit)
+        assert tt.unit == (unit or "h")
+        model = tt.to_model(stamps)
+        assert model.dtype == np.float64 and model.min() == 0.0 and model.max() == 1.0
+        back = tt.to_user(model)
+        assert back.dtype == np.dtype("datetime64[ns]")
+        assert np.abs(back.astype(np.int64) - nanos).max() < 1000
+    # a moderate datetime span (one day in hours) keeps hours as they are, shifted to 0
+    day = pd.Series(pd.date_range("2020-01-01", periods=5, freq="6h"))
+    tt = TimeTransform.fit(day)
+    np.testing.assert_array_equal(tt.to_model(day), [0.0, 6.0, 12.0, 18.0, 24.0])
+    np.testing.assert_array_equal(tt.to_user(tt.to_model(day)), day.to_numpy())
+
+
+# --------------------------------------------------------------------------------------------
+# 2. duplicates
+
+
+def test_duplicates_mean_is_nan_aware_and_warns_with_count():
+    df = pd.DataFrame(
+        {
+            "series_id": [1, 1, 1, 2, 2, 1],
+            "time": [0.0, 1.0, 1.0, 0.0, 0.0, 1.0],
+            "a": [1.0, 2.0, 4.0, 5.0, np.nan, 9.0],
+            "b": [np.nan, np.nan, 3.0, np.nan, 8.0, np.nan],
+        }
+    )
+    with pytest.warns(UserWarning, match=r"^3 duplicate \(series, time\) rows were averaged"):
+        ds = from_dataframe(df)
+    expected = pd.DataFrame(
+        {"series_id": [1, 1, 2], "time": [0.0, 1.0, 0.0], "a": [1.0, 5.0, 5.0],
+         "b": [np.nan, 3.0, 8.0]}
+    )
+    assert_exact(ds.to_dataframe(), expected)
+
+
+def test_duplicates_mean_with_datetimes_and_labels():
+    t = pd.to_datetime(["2020-01-01", "2020-01-01", "2020-01-02"])
+    df = pd.DataFrame({"series_id": ["s", "s", "s"], "time": t, "a": [1.0, 3.0, 5.0],
+                       "y": [1.0, 1.0, 0.0]})
+    with pytest.warns(UserWarning, match="1 duplicate"):
+        ds = from_dataframe(df, label_col="y")
+    assert ds.label_kind == "time"
+    expected = pd.DataFrame({"series_id": ["s", "s"], "time": t[1:], "a": [2.0, 5.0],
+                             "y": [1.0, 0.0]})
+    assert_exact(ds.to_dataframe(), expected)
+
+
+def test_no_warning_without_duplicates():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from_dataframe(small_frame())
+
+
+def test_duplicates_error_names_series_and_time():
+    df = pd.concat([small_frame(), small_frame().iloc[[3]]])
+    with pytest.raises(ValueError, match=r"series .*2\)? has several rows at time .*0\.1"):
+        from_dataframe(df, duplicates="error")
+
+
+def test_tidy_duplicates_mean_and_error():
+    tidy = pd.DataFrame({"series_id": [1, 1, 1, 1], "time": [0.0, 0.0, 0.0, 1.0],
+                         "ch": ["x", "x", "y", "x"], "v": [1.0, 3.0, 7.0, 2.0]})
+    with pytest.warns(UserWarning, match=r"2 repeated \(series, time, channel\) observations"):
+        ds = from_dataframe(tidy, channel_col="ch", value_col="v")
+    np.testing.assert_array_equal(ds.values, [[2.0, 7.0], [2.0, np.nan]])
+    with pytest.raises(ValueError, match=r"several values of channel 'x' at time"):
+        from_dataframe(tidy, channel_col="ch", value_col="v", duplicates="error")
+
+
+# --------------------------------------------------------------------------------------------
+# 3. bad input
+
+
+def _set(df: pd.DataFrame, row: int, col: str, value, dtype=None) -> pd.DataFrame:
+    df = df.copy() if dtype is None else df.astype({col: dtype})
+    df.loc[row, col] = value
+    return df
+
+
+@pytest.mark.parametrize(
+    ("make", "kwargs", "error", "pattern"),
+    [
+        (small_frame, {"time_col": "tme"},
+         ValueError, r"column 'tme' is not in the DataFrame\. Did you mean 'time'\?"),
+        (lambda: small_frame().rename(columns={"time": "tme"}), {},
+         ValueError, r"column 'time' is not in the DataFrame\. Did you mean 'tme'\?"),
+        (small_frame, {"value_cols": ["a", "bb"]},
+         ValueError, r"column 'bb' is not in the DataFrame\. Did you mean 'b'\?"),
+        (small_frame, {"static_cols": ["zzz"]},
+         ValueError, r"column 'zzz' is not in the DataFrame\. Columns:"),
+        (lambda: _set(small_frame(), 4, "a", "oops", object), {"value_cols": ["a", "b"]},
+         ValueError, r"column 'a' has a non-numeric value 'oops' \(series .*2.*, row 4\)"),
+        (lambda: _set(small_frame(), 5, "b", np.inf), {},
+         ValueError, r"column 'b' has an infinite value inf \(series .*1.*, time .*2\.5"),
+        (lambda: _set(small_frame(), 0, "a", -np.inf), {},
+         ValueError, r"column 'a' has an infinite value -inf \(series .*2.*, time .*0\.5"),
+        (lambda: _set(small_frame(), 4, "time", np.nan), {},
+         ValueError, r"column 'time' has 1 missing times \(first: series .*2.*, row 4\)"),
+        (lambda: _set(small_frame().assign(time=pd.Timestamp("2020")), 1, "time", pd.NaT), {},
+         ValueError, r"column 'time' has 1 missing times \(first: series .*1.*, row 1\)"),
+        (lambda: _set(small_frame(), 2, "series_id", np.nan, float), {},
+         ValueError, r"1 rows have no series id in column 'series_id' \(first: row 2\)"),
+        (lambda: small_frame().assign(a=[np.nan, 1.0, 1.0, np.nan, np.nan, 1.0],
+                                      b=[np.nan, 1.0, 1.0, np.nan, np.nan, 1.0]), {},
+         ValueError, r"1 series have no observed value in any channel \(e\.g\. series_id = .*2"),
+        (lambda: _set(small_frame(), 3, "time", pd.Timestamp("2020-01-01"), object), {},
+         ValueError, r"column 'time' mixes time types: 0\.5 \(number\) and "
+                     r"Timestamp\('2020-01-01 00:00:00'\) \(datetime, series .*2"),
+        (lambda: small_frame().assign(time=pd.Series(list("012345"), dtype=object)), {},
+         ValueError, r"column 'time' has dtype object \(text values\); convert it"),
+        (lambda: small_frame().assign(time=list("012345")), {},
+         ValueError, r"column 'time' has dtype (object|str) \(text values\); convert it"),
+        (lambda: small_frame().assign(time=pd.Series([0.0, 1, 2, 3, 4, [5]], dtype=object)),
+         {}, ValueError, r"value \[5\] that is neither a number nor a datetime"),
+        (lambda: small_frame().assign(time=[True, False] * 3), {},
+         ValueError, r"column 'time' holds booleans"),
+        (lambda: _set(small_frame(), 2, "time", np.inf), {},
+         ValueError, r"column 'time' has a non-finite time .*inf.* \(series .*1.*, row 2\)"),
+        (lambda: small_frame().assign(s=[1.0, 2.0, 2.0, 1.0, 1.0, 3.0]), {"static_cols": ["s"]},
+         ValueError, r"static covariate column 's' changes within series .*1.*; a static "
+                     r"covariate must be constant per series"),
+        (lambda: small_frame().assign(y=[0.0, 0.0, 1.0, 0.0, 0.0, 0.0]),
+         {"label_col": "y", "label_per": "series"},
+         ValueError, r"label column 'y' changes within series .*1.*; use label_per='time'"),
+        (lambda: small_frame().iloc[:0], {}, ValueError, r"the DataFrame has no rows"),
+        (pd.DataFrame, {}, ValueError, r"column 'series_id' is not in the DataFrame"),
+        (lambda: small_frame().to_dict(), {},
+         TypeError, r"from_dataframe needs a pandas DataFrame, got dict"),
+        (lambda: small_frame().to_numpy(), {},
+         TypeError, r"from_dataframe needs a pandas DataFrame, got ndarray"),
+        (small_frame, {"channel_col": "a"},
+         ValueError, r"tidy format needs both channel_col= and value_col="),
+        (small_frame, {"value_col": "a"},
+         ValueError, r"tidy format needs both channel_col= and value_col="),
+        (lambda: small_frame().assign(ch=["x", None, "x", "y", "x", "y"]),
+         {"channel_col": "ch", "value_col": "a"},
+         ValueError, r"column 'ch' has a missing channel name \(series .*1.*, row 1\)"),
+        (lambda: small_frame().assign(ch="x", a=["1", "2", "3", "four", "5", "6"]),
+         {"channel_col": "ch", "value_col": "a"},
+         ValueError, r"column 'a' has a non-numeric value 'four' \(series .*2.*, row 3\)"),
+        (lambda: small_frame()[["series_id", "time"]].assign(n=list("abcdef")), {},
+         ValueError, r"no numeric value columns found besides \['series_id', 'time'\]"),
+        (small_frame, {"duplicates": "drop"}, ValueError, r"duplicates must be 'mean' or 'error'"),
+        (small_frame, {"label_col": "a", "label_per": "row"},
+         ValueError, r"label_per must be 'auto', 'series' or 'time'"),
+    ],
+    ids=[
+        "misspelt-time-kwarg", "misspelt-time-column", "misspelt-value-col", "unknown-static",
+        "non-numeric-value", "inf-value", "neg-inf-value", "nan-time", "nat-time", "missing-id",
+        "empty-series", "mixed-time-types", "object-string-times", "str-dtype-times",
+        "list-in-time", "bool-times", "inf-time", "static-changes", "label-changes",
+        "empty-frame", "no-columns", "dict-input", "ndarray-input", "tidy-channel-only",
+        "tidy-value-only", "tidy-missing-channel", "tidy-non-numeric", "no-numeric-columns",
+        "bad-duplicates", "bad-label-per",
+    ],
+)
+@pytest.mark.filterwarnings("ignore:.*non-numeric column")
+def test_bad_input_raises_with_message(make, kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        from_dataframe(make(), **kwargs)
+
+
+def test_error_messages_show_plain_numbers():
+    with pytest.raises(ValueError, match=r"\(series 1, time 2\.5\)"):
+        from_dataframe(_set(small_frame(), 5, "b", np.inf))
+
+
+def test_labels_that_differ_slightly_are_not_collapsed():
+    df = small_frame().assign(y=[3.0, 100000.0, 100001.0, 3.0, 3.0, 100000.0])
+    ds = from_dataframe(df, label_col="y")
+    assert_exact(ds.to_dataframe(), sorted_frame(df))
+
+
+def test_static_that_changes_slightly_is_refused():
+    df = small_frame().assign(s=[5.0, 1e6, 1e6 + 1, 5.0, 5.0, 1e6])
+    with pytest.raises(ValueError, match="changes within series"):
+        from_dataframe(df, static_cols=["s"])
+
+
+# --------------------------------------------------------------------------------------------
+# 4. collation
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_collate_matches_slow_reference(seed, dtype):
+    df = random_frame(seed, n_series=10 + seed, p_missing=0.3 + 0.1 * seed)
+    ds = from_dataframe(df)
+    rng = np.random.default_rng(100 + seed)
+    subsets = [
+        np.arange(len(ds)),
+        rng.permutation(len(ds))[: len(ds) // 2],
+        [int(rng.integers(len(ds)))],
+        [2, 0, 2],  # the same series twice
+    ]
+    for indices in subsets:
+        batch = collate(ds, indices, dtype=dtype)
+        ref = reference_collate(ds, indices)
+        assert batch.values.dtype == dtype and batch.times.dtype == dtype
+        assert batch.mask.dtype == torch.bool
+        torch.testing.assert_close(batch.times, torch.as_tensor(ref["times"], dtype=dtype),
+                                   rtol=0, atol=0)
+        torch.testing.assert_close(batch.values, torch.as_tensor(ref["values"], dtype=dtype),
+                                   rtol=0, atol=0)
+        assert torch.equal(batch.mask, torch.from_numpy(ref["mask"]))
+        assert torch.equal(batch.encoder_mask, batch.mask)
+        assert torch.equal(batch.target_mask, batch.mask)
+        assert batch.index.tolist() == list(map(int, indices))
+        assert batch.batch_size == len(indices)
+        assert batch.static is None and batch.labels is None
+    # shared stamps really are shared: the union is shorter than the number of points
+    full = collate(ds, np.arange(len(ds)))
+    assert full.times.shape[0] < len(ds.times)
+
+
+def test_collate_per_time_labels_and_static():
+    df = random_frame(7, n_series=8)
+    df["age"] = df["series_id"] * 1.5
+    df["y"] = np.random.default_rng(7).integers(0, 2, len(df)).astype(float)
+    df.loc[df.index[:3], "y"] = np.nan
+    ds = from_dataframe(df, static_cols=["age"], label_col="y", label_per="time")
+    indices = [5, 1, 6]
+    batch = collate(ds, indices, dtype=torch.float64)
+    ref = reference_collate(ds, indices)
+    assert torch.equal(batch.values, torch.from_numpy(ref["values"]))
+    assert batch.labels.shape == ref["labels"].shape
+    torch.testing.assert_close(batch.labels, torch.from_numpy(ref["labels"]), equal_nan=True,
+                               rtol=0, atol=0)
+    expected_static = [[ds.ids[i] * 1.5] for i in indices]
+    assert torch.equal(batch.static, torch.tensor(expected_static, dtype=torch.float64))
+
+
+def test_collate_series_labels():
+    df = random_frame(3, n_series=6)
+    df["y"] = (df["series_id"] % 2).astype(float)
+    ds = from_dataframe(df, label_col="y")
+    batch = collate(ds, [4, 0, 3])
+    assert batch.labels.dtype == torch.float32
+    assert batch.labels.tolist() == [float(ds.ids[i] % 2) for i in (4, 0, 3)]
+
+
+def test_subset_and_with_values():
+    df = random_frame(5, n_series=6).assign(age=lambda d: d["series_id"] * 2.0)
+    df["y"] = np.arange(len(df), dtype=float)
+    ds = from_dataframe(df, static_cols=["age"], label_col="y")
+    assert ds.label_kind == "time"
+    part = ds.subset([4, 1])
+    assert part.ids == [ds.ids[4], ds.ids[1]]
+    full = ds.to_dataframe()
+    expected = pd.concat([full[full["series_id"] == i] for i in part.ids], ignore_index=True)
+    assert_exact(part.to_dataframe(), expected)
+    part.values[:] = 0.0  # shares nothing mutable
+    assert not (ds.values == 0.0).all()
+    doubled = ds.with_values(ds.values * 2)
+    np.testing.assert_array_equal(doubled.values, ds.values * 2)
+    with pytest.raises(ValueError, match=r"values must have shape"):
+        ds.with_values(ds.values[:, :1])
+
+
+def test_batch_to_cpu_moves_every_tensor():
+    df = small_frame().assign(age=lambda d: d["series_id"] * 1.0)
+    ds = from_dataframe(df, static_cols=["age"])
+    batch = collate(ds, [0, 1], task=Interpolation(fraction=0.5), rng=np.random.default_rng(0))
+    moved = batch.to("cpu")
+    assert isinstance(moved, Batch) and moved.labels is None
+    for name in ("times", "values", "mask", "encoder_mask", "target_mask", "index", "static"):
+        assert getattr(moved, name).device.type == "cpu"
+        assert torch.equal(getattr(moved, name), getattr(batch, name))
+    moved64 = collate(ds, [0, 1], dtype=torch.float64).to(torch.device("cpu"))
+    assert moved64.values.dtype == torch.float64
+
+
+# --------------------------------------------------------------------------------------------
+# 5. tasks
+
+
+def _series_points(batch: Batch) -> list[np.ndarray]:
+    """Per batch row, the grid columns of its observed time points (ascending time)."""
+    observed = point_mask(batch.mask)
+    return [np.nonzero(row)[0] for row in observed]
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.3, 0.5, 0.77, 1.0])
+def test_interpolation_fraction(fraction):
+    ds = from_dataframe(random_frame(11, n_series=25, max_len=20, p_missing=0.6))
+    batch = collate(ds, np.arange(len(ds)), Interpolation(fraction=fraction),
+                    np.random.default_rng(0))
+    assert torch.equal(batch.target_mask, batch.mask)
+    assert_whole_points(batch)
+    enc = point_mask(batch.encoder_mask)
+    for b, cols in enumerate(_series_points(batch)):
+        n = len(cols)
+        assert n >= 1 and enc[b].sum() == max(1, round(fraction * n))
+        assert enc[b][cols].sum() == enc[b].sum()  # only observed points
+
+
+@pytest.mark.parametrize("count", [1, 3, 50])
+def test_interpolation_count(count):
+    ds = from_dataframe(random_frame(12, n_series=25, max_len=20, p_missing=0.6))
+    batch = collate(ds, np.arange(len(ds)), Interpolation(count=count),
+                    np.random.default_rng(1))
+    assert torch.equal(batch.target_mask, batch.mask)
+    assert_whole_points(batch)
+    enc = point_mask(batch.encoder_mask)
+    for b, cols in enumerate(_series_points(batch)):
+        assert enc[b].sum() == min(count, len(cols))
+
+
+def test_interpolation_randomness_is_seeded():
+    ds = from_dataframe(random_frame(13, n_series=20, max_len=20, p_missing=0.2))
+    task, idx = Interpolation(fraction=0.5), np.arange(len(ds))
+    a = collate(ds, idx, task, np.random.default_rng(5)).encoder_mask
+    b = collate(ds, idx, task, np.random.default_rng(5)).encoder_mask
+    c = collate(ds, idx, task, np.random.default_rng(6)).encoder_mask
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    # every observed point of a long series gets picked under some seed (not a fixed subset)
+    seen = np.zeros(point_mask(a).shape, dtype=bool)
+    for seed in range(60):
+        seen |= point_mask(collate(ds, idx, task, np.random.default_rng(seed)).encoder_mask)
+    assert (seen == point_mask(collate(ds, idx).mask)).all()
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_extrapolation_count(k):
+    ds = from_dataframe(random_frame(14, n_series=20, max_len=12, p_missing=0.5))
+    batch = collate(ds, np.arange(len(ds)), Extrapolation(count=k))
+    assert_whole_points(batch)
+    enc, tgt = point_mask(batch.encoder_mask), point_mask(batch.target_mask)
+    assert not (batch.encoder_mask & batch.target_mask).any()
+    assert torch.equal(batch.encoder_mask | batch.target_mask, batch.mask)
+    for b, cols in enumerate(_series_points(batch)):
+        assert np.nonzero(enc[b])[0].tolist() == cols[:k].tolist()
+        assert np.nonzero(tgt[b])[0].tolist() == cols[k:].tolist()
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.25, 0.5, 0.9])
+def test_extrapolation_fraction(fraction):
+    ds = from_dataframe(random_frame(15, n_series=20, max_len=12, p_missing=0.5))
+    indices = np.arange(len(ds))
+    batch = collate(ds, indices, Extrapolation(fraction=fraction), dtype=torch.float64)
+    assert_whole_points(batch)
+    assert not (batch.encoder_mask & batch.target_mask).any()
+    assert torch.equal(batch.encoder_mask | batch.target_mask, batch.mask)
+    enc = point_mask(batch.encoder_mask)
+    grid = batch.times.numpy()
+    for b, i in enumerate(indices):
+        s = ds.series(i)
+        t = s["times"][s["mask"].any(1)]  # observed time points of this series
+        cut = t[0] + fraction * (t[-1] - t[0])
+        expected = np.searchsorted(grid, t[t <= cut])
+        assert np.nonzero(enc[b])[0].tolist() == expected.tolist()
+        assert enc[b].sum() >= 1
+
+
+def test_extrapolation_cut_time_numeric_user_units_and_at_least_one_point():
+    # seconds over years: model times are rescaled, the cut is given in user units
+    df = pd.DataFrame(
+        {
+            "series_id": [1, 1, 1, 1, 2, 2, 3, 3],
+            "time": [0.0, 1e7, 3e7, 9e7, 2e7, 5e7, 6e7, 7e7],
+            "a": [1.0, np.nan, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
+            "b": [np.nan, np.nan, 1.0, np.nan, 1.0, np.nan, np.nan, 1.0],
+        }
+    )
+    ds = from_dataframe(df)
+    assert ds.time_transform.scale == 9e7
+    batch = collate(ds, [0, 1, 2], Extrapolation(cut_time=3e7), dtype=torch.float64)
+    user = ds.time_transform.to_user(batch.times.numpy())
+    enc = point_mask(batch.encoder_mask)
+    tgt = point_mask(batch.target_mask)
+    # series 1: 0 and 3e7 (1e7 has no observation); series 2: 2e7; series 3: none before the
+    # cut, so its first observed point
+    assert np.round(user[enc[0]]).tolist() == [0.0, 3e7]
+    assert np.round(user[tgt[0]]).tolist() == [9e7]
+    assert np.round(user[enc[1]]).tolist() == [2e7]
+    assert np.round(user[enc[2]]).tolist() == [6e7]
+    assert np.round(user[tgt[2]]).tolist() == [7e7]
+    assert torch.equal(batch.encoder_mask | batch.target_mask, batch.mask)
+
+
+@pytest.mark.parametrize("cut", ["2020-03-01", pd.Timestamp("2020-03-01"),
+                                 np.datetime64("2020-03-01")])
+def test_extrapolation_cut_time_datetime(cut):
+    rng = np.random.default_rng(3)
+    rows = []
+    for s in range(6):
+        start = pd.Timestamp("2020-01-01") + pd.Timedelta(days=int(rng.integers(0, 80)))
+        stamps = start + pd.to_timedelta(np.sort(rng.choice(200, 6, replace=False)), unit="D")
+        rows.append(pd.DataFrame({"series_id": f"p{s}", "time": stamps,
+                                  "a": rng.normal(size=6)}))
+    df = pd.concat(rows, ignore_index=True)
+    ds = from_dataframe(df)
+    assert ds.time_transform.kind == "datetime" and ds.time_transform.scale > 1
+    batch = collate(ds, np.arange(len(ds)), Extrapolation(cut_time=cut), dtype=torch.float64)
+    enc = point_mask(batch.encoder_mask)
+    limit = pd.Timestamp("2020-03-01")
+    for b in range(len(ds)):
+        raw = pd.to_datetime(ds.series(b)["raw_times"])
+        expected = raw[raw <= limit] if (raw <= limit).any() else raw[:1]
+        got = np.searchsorted(batch.times.numpy(), ds.series(b)["times"][raw.isin(expected)])
+        assert np.nonzero(enc[b])[0].tolist() == got.tolist()
+    assert enc.sum(1).min() >= 1
+    assert (~enc & point_mask(batch.mask)).sum() > 0  # something left to predict
+
+
+def test_extrapolation_cut_time_timezone_aware():
+    stamps = pd.date_range("2021-03-27 22:00", periods=6, freq="37min", tz="Europe/Berlin")
+    df = small_frame().assign(time=stamps)  # series 2: 22:00 23:51 00:28, 1: 22:37 23:14 01:05
+    ds = from_dataframe(df)
+    cut = pd.Timestamp("2021-03-27 23:30", tz="Europe/Berlin")
+    batch = collate(ds, [0, 1], Extrapolation(cut_time=cut), dtype=torch.float64)
+    user = pd.DatetimeIndex(ds.time_transform.to_user(batch.times.numpy())).tz_localize("UTC")
+    enc = point_mask(batch.encoder_mask)
+    # series 1's 23:14 has no observation at all; series 2 has only 22:00 before the cut
+    assert list(user[enc[0]]) == [pd.Timestamp("2021-03-27 22:37", tz="Europe/Berlin")]
+    assert list(user[enc[1]]) == [pd.Timestamp("2021-03-27 22:00", tz="Europe/Berlin")]
+
+
+@pytest.mark.parametrize(
+    ("make", "pattern"),
+    [
+        (lambda: Interpolation(), "exactly one of fraction= or count="),
+        (lambda: Interpolation(fraction=0.5, count=2), "exactly one of fraction= or count="),
+        (lambda: Interpolation(fraction=0.0), r"fraction must be in \(0, 1\]"),
+        (lambda: Interpolation(fraction=1.5), r"fraction must be in \(0, 1\]"),
+        (lambda: Interpolation(count=0), "count must be at least 1"),
+        (lambda: Extrapolation(), "exactly one of fraction=, count= or cut_time="),
+        (lambda: Extrapolation(fraction=0.5, cut_time=3.0), "exactly one of"),
+        (lambda: Extrapolation(fraction=1.0), r"fraction must be in \(0, 1\)"),
+        (lambda: Extrapolation(fraction=0.0), r"fraction must be in \(0, 1\)"),
+        (lambda: Extrapolation(count=0), "count must be at least 1"),
+        (lambda: Extrapolation(count=-2), "count must be at least 1"),
+    ],
+)
+def test_invalid_task_arguments(make, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        make()
+
+
+# --------------------------------------------------------------------------------------------
+# 6. splits and the data module
+
+
+def test_split_indices_seeded_disjoint_covering_and_sized():
+    train, val, test = split_indices(100, 0.1, 0.2, seed=0)
+    assert (len(train), len(val), len(test)) == (70, 10, 20)
+    all_ = np.concatenate([train, val, test])
+    assert sorted(all_.tolist()) == list(range(100))
+    for part in (train, val, test):
+        assert part.tolist() == sorted(part.tolist())
+    again = split_indices(100, 0.1, 0.2, seed=0)
+    other = split_indices(100, 0.1, 0.2, seed=1)
+    assert all(np.array_equal(x, y) for x, y in zip((train, val, test), again, strict=True))
+    assert not np.array_equal(test, other[2])
+    # unshuffled: stored order, train first
+    tr, va, te = split_indices(10, 0.1, 0.2, shuffle=False)
+    assert (tr.tolist(), va.tolist(), te.tolist()) == (list(range(7)), [7], [8, 9])
+    # small n: every non-empty fraction still gets a series
+    assert [len(p) for p in split_indices(3, 0.1, 0.1)] == [1, 1, 1]
+    assert [len(p) for p in split_indices(10, 0.0, 0.25)] == [8, 0, 2]
+    assert [len(p) for p in split_indices(2, 0.1, 0.2)] == [2, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [((10, 0.5, 0.5), "sum below 1"), ((10, -0.1, 0.2), r"in \[0, 1\)"),
+     ((10, 0.1, 1.0), r"in \[0, 1\)"), ((2, 0.5, 0.4), "too few")],
+)
+def test_split_indices_refuses_bad_fractions(args, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        split_indices(*args)
+
+
+def _module_dataset(seed: int = 21, n_series: int = 30) -> IrregularDataset:
+    return from_dataframe(random_frame(seed, n_series=n_series, max_len=10, p_missing=0.3))
+
+
+def test_datamodule_splits_by_series_and_scales_on_train_only():
+    ds = _module_dataset()
+    dm = LatentODEDataModule(ds, batch_size=8, val_fraction=0.2, test_fraction=0.2,
+                             split_seed=3)
+    dm.setup()
+    index = dm.split_index
+    expected = split_indices(len(ds), 0.2, 0.2, seed=3)
+    for name, idx in zip(("train", "val", "test"), expected, strict=True):
+        assert np.array_equal(index[name], idx)
+        assert dm.splits[name].ids == [ds.ids[i] for i in idx]
+    train_raw = ds.subset(index["train"]).values
+    np.testing.assert_allclose(dm.scaler.mean, np.nanmean(train_raw, axis=0), rtol=1e-12)
+    np.testing.assert_allclose(dm.scaler.scale, np.nanstd(train_raw, axis=0), rtol=1e-12)
+    scaled = dm.splits["train"].values
+    np.testing.assert_allclose(np.nanmean(scaled, 0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(np.nanstd(scaled, 0), 1.0, rtol=1e-12)
+    assert np.array_equal(np.isnan(scaled), np.isnan(train_raw))
+    for name in ("val", "test"):
+        raw = ds.subset(index[name]).values
+        np.testing.assert_allclose(dm.inverse_values(dm.splits[name].values), raw, rtol=1e-12)
+    # huge validation / test values do not move the scaler
+    poisoned = ds.values.copy()
+    held_out = np.concatenate([index["val"], index["test"]])
+    points, _ = ds.point_index(held_out)
+    poisoned[points] = poisoned[points] * 1e9 + 1e12
+    dm2 = LatentODEDataModule(ds.with_values(poisoned), val_fraction=0.2, test_fraction=0.2,
+                              split_seed=3)
+    dm2.setup()
+    np.testing.assert_array_equal(dm2.scaler.mean, dm.scaler.mean)
+    np.testing.assert_array_equal(dm2.scaler.scale, dm.scaler.scale)
+
+
+def test_datamodule_without_scaling_passes_values_through():
+    ds = _module_dataset()
+    dm = LatentODEDataModule(ds, scale=False)
+    dm.setup()
+    assert dm.scaler is None
+    raw = ds.subset(dm.split_index["train"]).values
+    np.testing.assert_array_equal(dm.splits["train"].values, raw)
+    np.testing.assert_array_equal(dm.inverse_values(raw), raw)
+
+
+def test_channel_scaler_never_observed_and_constant_channels():
+    df = pd.DataFrame({"series_id": [1, 1, 2], "time": [0.0, 1.0, 0.0],
+                       "a": [1.0, 3.0, 5.0], "b": [np.nan] * 3, "c": [2.0, 2.0, np.nan]})
+    ds = from_dataframe(df, value_cols=["a", "b", "c"])
+    scaler = ChannelScaler().fit(ds)
+    assert np.isfinite(scaler.mean).all() and (scaler.scale > 0).all()
+    assert scaler.scale[1] == 1.0 and scaler.scale[2] == 1.0
+    out = scaler.apply(ds)
+    assert np.array_equal(np.isnan(out.values), np.isnan(ds.values))
+    np.testing.assert_allclose(scaler.inverse_transform(out.values), ds.values)
+
+
+def _by_index(batch: Batch, name: str) -> torch.Tensor:
+    return getattr(batch, name)[torch.argsort(batch.index)]
+
+
+def test_datamodule_loaders_masks_shapes():
+    ds = _module_dataset(n_series=40)
+    dm = LatentODEDataModule(ds, task=Interpolation(fraction=0.5), batch_size=64,
+                             val_fraction=0.25, test_fraction=0.25, seed=7)
+    dm.setup()
+    n_train = len(dm.split_index["train"])
+    torch.manual_seed(0)
+    epochs = [next(iter(dm.train_dataloader())) for _ in range(2)]  # one batch = all series
+    assert all(b.batch_size == n_train for b in epochs)
+    masks = [_by_index(b, "encoder_mask") for b in epochs]
+    assert torch.equal(_by_index(epochs[0], "mask"), _by_index(epochs[1], "mask"))
+    assert not torch.equal(masks[0], masks[1])  # fresh training masks every epoch
+    for name in ("val", "test"):
+        loader = getattr(dm, f"{name}_dataloader")
+        first, second = list(loader()), list(loader())
+        assert len(first) == len(second) == 1
+        for a, b in zip(first, second, strict=True):
+            assert torch.equal(a.index, b.index)
+            assert torch.equal(a.encoder_mask, b.encoder_mask)
+            assert not torch.equal(a.encoder_mask, a.mask)
+    # shapes with several batches
+    small = LatentODEDataModule(ds, task=Extrapolation(count=2), batch_size=4)
+    small.setup()
+    seen = []
+    for batch in small.train_dataloader():
+        b, t, d = batch.values.shape
+        assert b <= 4 and d == ds.n_channels
+        assert batch.times.shape == (t,) and batch.mask.shape == (b, t, d)
+        assert batch.encoder_mask.shape == batch.target_mask.shape == (b, t, d)
+        assert bool((batch.times[1:] > batch.times[:-1]).all())
+        assert batch.values.dtype == torch.float32
+        seen += batch.index.tolist()
+    assert sorted(seen) == list(range(len(small.split_index["train"])))
+    orders = []
+    for _ in range(2):
+        orders.append(torch.cat([b.index for b in small.train_dataloader()]).tolist())
+    assert orders[0] != orders[1]  # training batches are reshuffled every epoch
+    val_order = torch.cat([b.index for b in small.val_dataloader()]).tolist()
+    assert val_order == list(range(len(small.split_index["val"])))
+
+
+def test_collator_fixed_and_fresh():
+    ds = _module_dataset()
+    task = Interpolation(fraction=0.4)
+    fixed = Collator(ds, task, fixed=True, seed=1)
+    assert torch.equal(fixed([0, 1, 2]).encoder_mask, fixed([0, 1, 2]).encoder_mask)
+    other_seed = Collator(ds, task, fixed=True, seed=2)
+    assert not torch.equal(fixed(list(range(10))).encoder_mask,
+                           other_seed(list(range(10))).encoder_mask)
+    fresh = Collator(ds, task)
+    torch.manual_seed(0)
+    a = fresh(list(range(10))).encoder_mask
+    b = fresh(list(range(10))).encoder_mask
+    torch.manual_seed(0)
+    c = fresh(list(range(10))).encoder_mask
+    assert not torch.equal(a, b) and torch.equal(a, c)  # fresh, but seeded by torch
+
+
+def test_datamodule_explicit_split_and_callable_source():
+    ds = _module_dataset(n_series=10)
+    labels = np.array(["train", "val", "test", "train", "train", "test", "train", "val",
+                       "train", "train"])
+    calls = []
+
+    def build() -> IrregularDataset:
+        calls.append(1)
+        return ds
+
+    dm = LatentODEDataModule(build, split=labels, batch_size=3)
+    assert calls == [] and dm.dataset is None
+    dm.setup("fit")
+    dm.setup("test")  # only built once
+    assert len(calls) == 1 and dm.dataset is ds
+    assert dm.split_index["train"].tolist() == [0, 3, 4, 6, 8, 9]
+    assert dm.split_index["val"].tolist() == [1, 7]
+    assert dm.split_index["test"].tolist() == [2, 5]
+    assert dm.splits["val"].ids == [ds.ids[1], ds.ids[7]]
+    # loaders call setup themselves
+    lazy = LatentODEDataModule(build, batch_size=3)
+    batch = next(iter(lazy.val_dataloader()))
+    assert len(calls) == 2 and isinstance(batch, Batch)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "pattern"),
+    [
+        ({"split": ["train"] * 3}, ValueError, r"split has 3 entries for 10 series"),
+        ({"split": ["train"] * 9 + ["holdout"]}, ValueError,
+         re.escape("split entries must be train/val/test, got ['holdout']")),
+        ({"batch_size": 0}, ValueError, "batch_size must be at least 1"),
+    ],
+)
+def test_datamodule_refuses_bad_arguments(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        LatentODEDataModule(_module_dataset(n_series=10), **kwargs).setup()
+
+
+def test_datamodule_callable_must_build_a_dataset():
+    with pytest.raises(TypeError, match="dataset must build an IrregularDataset, got dict"):
+        LatentODEDataModule(lambda: {"not": "a dataset"}).setup()
