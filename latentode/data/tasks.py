@@ -41,6 +41,21 @@ class Points:
         return total - before[self.rows]
 
 
+def _check_choice(task: str, options: dict) -> None:
+    if sum(v is not None for v in options.values()) != 1:
+        names = ", ".join(f"{k}=" for k in options)
+        names = " or ".join(names.rsplit(", ", 1))
+        raise ValueError(f"{task} needs exactly one of {names}.")
+
+
+def _check_sizes(fraction: float | None, count: int | None, whole_allowed: bool) -> None:
+    if fraction is not None and not (0 < fraction < 1 or (whole_allowed and fraction == 1)):
+        bounds = "(0, 1]" if whole_allowed else "(0, 1)"
+        raise ValueError(f"fraction must be in {bounds}, got {fraction}.")
+    if count is not None and count < 1:
+        raise ValueError(f"count must be at least 1, got {count}.")
+
+
 def _with_at_least_one(chosen: np.ndarray, points: Points, point_obs: np.ndarray) -> np.ndarray:
     """Give every series with data at least its first observed point."""
     has = np.add.reduceat(chosen.astype(np.int64), points.starts) > 0
@@ -60,12 +75,8 @@ class Interpolation:
     count: int | None = None
 
     def __post_init__(self) -> None:
-        if (self.fraction is None) == (self.count is None):
-            raise ValueError("Interpolation needs exactly one of fraction= or count=.")
-        if self.fraction is not None and not 0 < self.fraction <= 1:
-            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}.")
-        if self.count is not None and self.count < 1:
-            raise ValueError(f"count must be at least 1, got {self.count}.")
+        _check_choice("Interpolation", {"fraction": self.fraction, "count": self.count})
+        _check_sizes(self.fraction, self.count, whole_allowed=True)
 
     def encoder_points(
         self, points: Points, rng: np.random.Generator, transform: TimeTransform | None = None
@@ -97,13 +108,9 @@ class Extrapolation:
     cut_time: float | str | None = None
 
     def __post_init__(self) -> None:
-        given = [x is not None for x in (self.fraction, self.count, self.cut_time)]
-        if sum(given) != 1:
-            raise ValueError("Extrapolation needs exactly one of fraction=, count= or cut_time=.")
-        if self.fraction is not None and not 0 < self.fraction < 1:
-            raise ValueError(f"fraction must be in (0, 1), got {self.fraction}.")
-        if self.count is not None and self.count < 1:
-            raise ValueError(f"count must be at least 1, got {self.count}.")
+        options = {"fraction": self.fraction, "count": self.count, "cut_time": self.cut_time}
+        _check_choice("Extrapolation", options)
+        _check_sizes(self.fraction, self.count, whole_allowed=False)
 
     def encoder_points(
         self, points: Points, rng: np.random.Generator, transform: TimeTransform | None = None
