@@ -1,0 +1,39 @@
+"""MLPs and the MLP vector field used inside every ODE of the models."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+
+def mlp(
+    n_in: int, n_out: int, units: int = 100, layers: int = 1, act: type = nn.Tanh
+) -> nn.Sequential:
+    """``layers`` hidden layers of ``units`` with ``act`` between linear maps (paper's create_net).
+
+    Weights start small (normal, std 0.1) and biases at zero, as in the paper's code, so a fresh
+    vector field is gentle and the first solves take few steps.
+    """
+    sizes = [n_in] + [units] * layers + [n_out]
+    modules: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        linear = nn.Linear(a, b)
+        nn.init.normal_(linear.weight, std=0.1)
+        nn.init.zeros_(linear.bias)
+        modules.append(linear)
+        if i < len(sizes) - 2:
+            modules.append(act())
+    return nn.Sequential(*modules)
+
+
+class ODEFunc(nn.Module):
+    """An autonomous vector field ``dz/dt = MLP(z)`` (time enters only through the solve)."""
+
+    def __init__(self, dim: int, units: int = 100, layers: int = 1):
+        super().__init__()
+        self.net = mlp(dim, dim, units, layers)
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
