@@ -63,7 +63,7 @@ def test_unobserved_values_change_nothing(kind):
 def test_encoder_reads_only_its_mask(kind):
     """Values the encoder may not see (but that are targets) do not move q(z0)."""
     model = make_model(kind)
-    times, values, mask, encoder = tiny_batch()
+    times, values, _, encoder = tiny_batch()
     hidden = torch.where(encoder, values, values + 10.0)
     m1, s1 = model.encode(times, values, encoder)
     m2, s2 = model.encode(times, hidden, encoder)
@@ -105,7 +105,17 @@ def test_likelihood_and_kl_match_closed_forms():
 
 def test_prediction_at_other_times():
     model = make_model("odernn")
-    times, values, mask, encoder = tiny_batch()
+    times, values, _, encoder = tiny_batch()
     later = torch.cat([times[:1], torch.linspace(float(times[-1]), 4.0, 5)])
     out = model(times, values, encoder, pred_times=later)
     assert out.pred.shape == (2, 4, 6, 3)
+
+
+def test_paper_gru_cell_variant_trains():
+    torch.manual_seed(0)
+    encoder = ODERNNEncoder(3, 4, hidden=8, z0_units=16, gru_units=12)
+    model = LatentODE(3, latents=4, encoder=encoder, gen_units=16, obs_std=0.1)
+    times, values, mask, enc = tiny_batch()
+    model.loss(times, values, enc, mask)["loss"].backward()
+    grads = [p.grad for p in model.encoder.cell.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)

@@ -22,14 +22,39 @@ from latentode.solvers import odeint
 from .layers import ODEFunc, mlp
 
 
+class MLPGRUCell(nn.Module):
+    """The paper code's GRU unit: update and reset gates and the new state are MLPs.
+
+    Its gates see ``[h, x]`` through a hidden layer of ``units`` (a plain ``nn.GRUCell`` is
+    linear there). Encoders use it with ``gru_units=<units>``; the default ``None`` is a plain
+    ``nn.GRUCell``, about 3x cheaper per step. Which learns the paper's tasks faster is not
+    measured yet.
+    """
+
+    def __init__(self, input_dim: int, hidden: int, units: int = 100):
+        super().__init__()
+        self.update = nn.Sequential(mlp(hidden + input_dim, hidden, units, 1), nn.Sigmoid())
+        self.reset = nn.Sequential(mlp(hidden + input_dim, hidden, units, 1), nn.Sigmoid())
+        self.new = mlp(hidden + input_dim, hidden, units, 1)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        both = torch.cat([h, x], -1)
+        update, reset = self.update(both), self.reset(both)
+        new = self.new(torch.cat([h * reset, x], -1))
+        return (1 - update) * new + update * h
+
+
 class _BackwardGRU(nn.Module):
     """Shared machinery: masked GRU updates walking the union of times from last to first."""
 
     def __init__(self, input_dim: int, latent_dim: int, hidden: int, gru_input: int,
-                 z0_units: int):
+                 z0_units: int, gru_units: int | None = None):
         super().__init__()
         self.hidden = hidden
-        self.cell = nn.GRUCell(gru_input, hidden)
+        self.cell = (
+            nn.GRUCell(gru_input, hidden) if gru_units is None
+            else MLPGRUCell(gru_input, hidden, gru_units)
+        )
         self.to_z0 = mlp(hidden, 2 * latent_dim, z0_units, 1)
 
     def evolve(self, h: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
@@ -66,8 +91,9 @@ class _BackwardGRU(nn.Module):
 class RNNEncoder(_BackwardGRU):
     """GRU over ``[values, mask, gap since the series' next observation]``, backwards in time."""
 
-    def __init__(self, input_dim: int, latent_dim: int, hidden: int = 40, z0_units: int = 100):
-        super().__init__(input_dim, latent_dim, hidden, 2 * input_dim + 1, z0_units)
+    def __init__(self, input_dim: int, latent_dim: int, hidden: int = 40, z0_units: int = 100,
+                 gru_units: int | None = None):
+        super().__init__(input_dim, latent_dim, hidden, 2 * input_dim + 1, z0_units, gru_units)
 
     def step_input(
         self, values: torch.Tensor, mask: torch.Tensor, gap: torch.Tensor
@@ -85,8 +111,9 @@ class ODERNNEncoder(_BackwardGRU):
     def __init__(
         self, input_dim: int, latent_dim: int, hidden: int = 40, ode_units: int = 100,
         ode_layers: int = 1, z0_units: int = 100, solver: dict[str, Any] | None = None,
+        gru_units: int | None = None,
     ):
-        super().__init__(input_dim, latent_dim, hidden, 2 * input_dim, z0_units)
+        super().__init__(input_dim, latent_dim, hidden, 2 * input_dim, z0_units, gru_units)
         self.ode = ODEFunc(hidden, ode_units, ode_layers)
         self.solver = {"method": "euler", **(solver or {})}
 
