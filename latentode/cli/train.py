@@ -1,0 +1,172 @@
+"""``latentode-train``: compose the config, train, test, and write everything into the run dir.
+
+    latentode-train                                   # periodic interpolation, ODE-RNN encoder
+    latentode-train experiment=periodic_extrap trainer.max_epochs=100
+    latentode-train model/encoder=rnn model.latents=6 data.batch_size=100
+    latentode-train ckpt_path=outputs/train/<run>/checkpoints/last.ckpt trainer.max_epochs=80
+
+The run directory (``outputs/<task_name>/<date>_<time>``, see ``conf/hydra``) receives the
+config (``.hydra/config.yaml``), ``metrics.csv``, ``checkpoints/`` (best and ``last.ckpt``),
+``test_metrics.json`` and ``plots/test_series.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from latentode.cli import config_dir
+from latentode.lit.plots import plot_test_series
+
+log = logging.getLogger(__name__)
+
+
+def quiet_known_warnings() -> None:
+    """Silence warnings that say nothing here: a deprecation Lightning 2.6 itself triggers under
+    recent torch, and the CSV logger's notice that the run dir (holding .hydra/) is not empty."""
+    warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec")
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not")
+
+
+def setup_runtime(cfg: DictConfig) -> None:
+    """Torch threads and seeds from the config."""
+    threads = cfg.get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    if cfg.get("seed") is not None:
+        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+
+def build_datamodule(cfg: DictConfig) -> Any:
+    """Instantiate ``cfg.data`` and set it up (split, scaler), so the data's shape is known."""
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    return datamodule
+
+
+def build_model(cfg: DictConfig, datamodule: Any) -> torch.nn.Module:
+    """Instantiate ``cfg.model``, taking ``input_dim`` from the data when it is null."""
+    channels = datamodule.dataset.n_channels
+    with open_dict(cfg):
+        if cfg.model.get("input_dim") is None:
+            cfg.model.input_dim = channels
+        elif int(cfg.model.input_dim) != channels:
+            raise ValueError(f"model.input_dim={cfg.model.input_dim} but the data have "
+                             f"{channels} channels; leave it null to take it from the data.")
+    return instantiate(cfg.model)
+
+
+def build_module(cfg: DictConfig, model: torch.nn.Module, datamodule: Any) -> L.LightningModule:
+    """The LightningModule around ``model``, with the data scaler's per-channel scale."""
+    scaler = getattr(datamodule, "scaler", None)
+    scale = None if scaler is None else [float(s) for s in scaler.scale]
+    return instantiate(cfg.module, model=model, scale=scale)
+
+
+def build_group(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a group such as ``callbacks`` or ``logger`` that has a target."""
+    if not cfg:
+        return []
+    return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """The run's output directory."""
+    return Path(cfg.paths.output_dir)
+
+
+def format_metrics(metrics: dict[str, float], title: str = "test metrics") -> str:
+    """A small two-column table."""
+    width = max([len(k) for k in metrics], default=0)
+    lines = [title, "-" * max(width + 16, len(title))]
+    lines += [f"{k:<{width}}  {v:>14.6g}" for k, v in sorted(metrics.items())]
+    return "\n".join(lines)
+
+
+def _scalars(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if k.startswith(prefix)}
+
+
+def run_test(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodule: Any,
+             ckpt_path: str | None, label: str | None = None) -> dict[str, float]:
+    """Test ``ckpt_path`` (or the module's weights), print the table, write json and plots.
+
+    ``label`` names the weights in the table and in ``test_metrics.json`` (default: the path).
+    """
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    out = output_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    label = label or ckpt_path
+    record = {"ckpt_path": label, "metrics": metrics}
+    (out / "test_metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(format_metrics(metrics, f"test metrics ({label or 'final weights'})"), flush=True)
+    plots = cfg.get("plots") or {}
+    n_series = int(plots.get("n_series", 4)) if isinstance(plots, DictConfig) else 0
+    if n_series > 0:
+        path = plot_test_series(module.model, datamodule, out / "plots" / "test_series.png",
+                                n_series=n_series, n_samples=int(plots.get("n_samples", 30)),
+                                seed=int(cfg.get("seed") or 0))
+        log.info("plot written to %s", path)
+    return metrics
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train and test as ``cfg`` says; returns the metrics (validation of the last epoch, test)."""
+    setup_runtime(cfg)
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg, datamodule)
+    module = build_module(cfg, model, datamodule)
+    callbacks = build_group(cfg.get("callbacks"))
+    loggers = build_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    metrics: dict[str, float] = {}
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics.update(_scalars(trainer.callback_metrics, "val/"))
+        metrics.update(_scalars(trainer.callback_metrics, "train/"))
+    if cfg.get("test", True):
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+        if best is None and not cfg.get("train", True):
+            best = cfg.get("ckpt_path")
+        if trainer.fast_dev_run:
+            best = None
+        metrics.update(run_test(cfg, trainer, module, datamodule, best))
+    return metrics
+
+
+def metric_value(metrics: dict[str, float], name: str | None) -> float | None:
+    """The metric a sweep optimises (None when none is configured)."""
+    if not name:
+        return None
+    if name not in metrics:
+        log.warning("optimized_metric %r was not logged (logged: %s)", name, sorted(metrics))
+        return None
+    value = metrics[name]
+    return value if math.isfinite(value) else float("inf")
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Entry point of ``latentode-train`` (Hydra parses the command line)."""
+    quiet_known_warnings()
+    log.info("output directory: %s", HydraConfig.get().runtime.output_dir)
+    metrics = train(cfg)
+    return metric_value(metrics, cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()

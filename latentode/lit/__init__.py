@@ -1,0 +1,8 @@
+"""Lightning training of the models: the LightningModule and plots of predictions.
+
+Lightning lives here only; ``latentode.models`` and ``latentode.nn`` stay plain PyTorch.
+"""
+
+from .module import LatentODELightning, exponential_decay, kl_weight_schedule
+
+__all__ = ["LatentODELightning", "exponential_decay", "kl_weight_schedule"]

@@ -1,0 +1,255 @@
+"""``LatentODELightning``: training, validation and test of any model with the LatentODE loss.
+
+The wrapped model is a plain ``nn.Module`` with
+
+    loss(times, values, encoder_mask, target_mask, kl_weight, n_samples)
+        -> {"loss", "loglik", "kl", "mse", "pred" (S, B, T, D)}
+
+Metrics (logged as ``{stage}/{name}``, stage one of ``train``, ``val``, ``test``):
+
+- ``loss``, ``loglik``, ``kl``: the model's terms (per-series means). Training uses the annealed
+  KL weight of the paper (0 for ``kl_wait_epochs`` epochs, then ``1 - kl_rate**(epoch - wait)``);
+  validation and test always use weight 1, so their ``loss`` is the negative IWAE bound itself and
+  does not depend on the epoch.
+- ``mse``: squared error of the posterior-mean prediction on the target points, in the model's
+  (normalised) units, pooled over all target points of the epoch.
+- ``mse_data``: the same in data units (errors times the scaler's per-channel ``scale**2``).
+- ``mse_seen`` / ``mse_unseen``: on targets the encoder saw / did not see (interpolation); a key
+  is logged only when the epoch had such points.
+
+Validation and test draw their posterior samples from a generator seeded per batch
+(``eval_seed``, the batch index), so evaluating a checkpoint gives the same numbers every time.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from latentode.data import Batch
+from latentode.solvers import SolverError
+
+TERMS = ("loss", "loglik", "kl")
+"""Loss terms checked for NaN/inf at every step."""
+
+
+def kl_weight_schedule(epoch: int, wait_epochs: int = 10, rate: float = 0.99) -> float:
+    """The paper's KL annealing: 0 before ``wait_epochs``, then ``1 - rate**(epoch - wait)``."""
+    if epoch < wait_epochs:
+        return 0.0
+    return 1.0 - rate ** (epoch - wait_epochs)
+
+
+def _decay_factor(step: int, gamma: float, min_factor: float) -> float:
+    return max(gamma**step, min_factor)
+
+
+def exponential_decay(
+    optimizer: torch.optim.Optimizer, gamma: float = 0.999, min_factor: float = 0.1
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """``lr * max(gamma**step, min_factor)``: ExponentialLR with the paper code's floor (lr/10)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, functools.partial(_decay_factor, gamma=gamma, min_factor=min_factor)
+    )
+
+
+class _Sums:
+    """Running sums and counts of one stage's metrics, reduced across processes at epoch end."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, torch.Tensor] = {}
+
+    def add(self, name: str, total: torch.Tensor, count: torch.Tensor | float) -> None:
+        total = total.detach().double()
+        count = torch.as_tensor(count, dtype=torch.float64, device=total.device)
+        if name in self.sums:
+            self.sums[name] = self.sums[name] + total
+            self.counts[name] = self.counts[name] + count
+        else:
+            self.sums[name], self.counts[name] = total, count
+
+    def means(self, reduce: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
+        out = {}
+        for name in sorted(self.sums):
+            total, count = reduce(self.sums[name]), reduce(self.counts[name])
+            if float(count) > 0:
+                out[name] = float(total / count)
+        return out
+
+
+class LatentODELightning(L.LightningModule):
+    """Lightning wrapper around a latent ODE (or any model with the same ``loss`` interface).
+
+    Args:
+        model: the ``nn.Module`` to train.
+        optimizer: a partial optimizer (Hydra ``_partial_: true``) taking ``params``; default
+            Adamax with lr 1e-2, as in the paper.
+        scheduler: a partial LR scheduler taking the optimizer, or None; default
+            :func:`exponential_decay` (0.999 per step, floored at lr/10, as in the paper);
+            None for a constant learning rate.
+        scheduler_interval: ``"step"`` or ``"epoch"``.
+        scheduler_monitor: metric for schedulers that need one (ReduceLROnPlateau).
+        kl_wait_epochs, kl_rate: KL annealing (:func:`kl_weight_schedule`).
+        kl_weight: a fixed training KL weight instead of the schedule.
+        train_samples, eval_samples: posterior samples per series (None: the model's default).
+        scale: per-channel scale of the data's scaler (data = model * scale + mean), for
+            ``mse_data``; None when the data are not scaled.
+        eval_seed: seed of the posterior samples drawn in validation and test.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = exponential_decay,
+        scheduler_interval: str = "step",
+        scheduler_monitor: str = "val/loss",
+        kl_wait_epochs: int = 10,
+        kl_rate: float = 0.99,
+        kl_weight: float | None = None,
+        train_samples: int | None = None,
+        eval_samples: int | None = None,
+        scale: Sequence[float] | torch.Tensor | None = None,
+        eval_seed: int = 0,
+    ):
+        super().__init__()
+        if scheduler_interval not in ("step", "epoch"):
+            raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got "
+                             f"{scheduler_interval!r}.")
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler", "scale"],
+                                  logger=False)
+        self.model = model
+        self.optimizer_factory = optimizer or functools.partial(torch.optim.Adamax, lr=1e-2)
+        self.scheduler_factory = scheduler
+        self.scheduler_interval, self.scheduler_monitor = scheduler_interval, scheduler_monitor
+        self.kl_wait_epochs, self.kl_rate, self.fixed_kl_weight = kl_wait_epochs, kl_rate, kl_weight
+        self.train_samples, self.eval_samples = train_samples, eval_samples
+        self.eval_seed = eval_seed
+        self.scale: torch.Tensor | None
+        if scale is not None:
+            scale = torch.as_tensor(list(scale) if not isinstance(scale, torch.Tensor) else scale,
+                                    dtype=torch.float32)
+            self.register_buffer("scale", scale.reshape(-1), persistent=False)
+        else:
+            self.scale = None
+        self._sums: dict[str, _Sums] = {}
+
+    # ----------------------------------------------------------------------------- schedule
+    @property
+    def kl_weight(self) -> float:
+        """The training KL weight at the current epoch."""
+        if self.fixed_kl_weight is not None:
+            return float(self.fixed_kl_weight)
+        return kl_weight_schedule(self.current_epoch, self.kl_wait_epochs, self.kl_rate)
+
+    # ----------------------------------------------------------------------------- steps
+    def _terms(self, stage: str, batch: Batch, batch_idx: int, kl_weight: float,
+               n_samples: int | None) -> dict[str, torch.Tensor]:
+        """The model's loss terms; a solver failure or a NaN/inf term stops the run, saying
+        where (stage, epoch, batch index) and which term."""
+        try:
+            out = self.model.loss(batch.times, batch.values, batch.encoder_mask,
+                                  batch.target_mask, kl_weight=kl_weight, n_samples=n_samples)
+        except SolverError as err:
+            raise RuntimeError(
+                f"the ODE solver failed at epoch {self.current_epoch}, batch_idx {batch_idx} "
+                f"({stage}): {err}"
+            ) from err
+        bad = [t for t in TERMS if t in out and not bool(torch.isfinite(out[t]).all())]
+        if bad:
+            values = ", ".join(f"{t}={out[t].detach().cpu().tolist()}" for t in bad)
+            raise RuntimeError(
+                f"non-finite {'/'.join(bad)} at epoch {self.current_epoch}, batch_idx "
+                f"{batch_idx} ({stage}: {values}); lower the learning rate, loosen the solver "
+                f"or check the data for extreme values."
+            )
+        return out
+
+    def _errors(self, batch: Batch, pred: torch.Tensor) -> dict[str, tuple[torch.Tensor, Any]]:
+        """Sums of squared errors and counts: normalised, data units, seen and unseen targets."""
+        mean = pred.detach().mean(0)
+        sq = (mean - batch.values).square()
+        target = batch.target_mask
+        out: dict[str, tuple[torch.Tensor, Any]] = {}
+        tf = target.to(sq.dtype)
+        out["mse"] = ((sq * tf).sum(), tf.sum())
+        if self.scale is not None:
+            out["mse_data"] = ((sq * tf * self.scale.to(sq).square()).sum(), tf.sum())
+        else:
+            out["mse_data"] = out["mse"]
+        for name, part in (("mse_seen", target & batch.encoder_mask),
+                           ("mse_unseen", target & ~batch.encoder_mask)):
+            pf = part.to(sq.dtype)
+            out[name] = ((sq * pf).sum(), pf.sum())
+        return out
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        kl_weight = self.kl_weight
+        out = self._terms("train", batch, batch_idx, kl_weight, self.train_samples)
+        size = batch.batch_size
+        log = {f"train/{t}": out[t].detach() for t in TERMS}
+        for name, (total, count) in self._errors(batch, out["pred"]).items():
+            if float(count) > 0:
+                log[f"train/{name}"] = total / count
+        self.log_dict(log, on_step=True, on_epoch=True, batch_size=size, prog_bar=False)
+        self.log("train/kl_weight", kl_weight, on_step=False, on_epoch=True, batch_size=size)
+        self.log("train/loss_step", out["loss"].detach(), on_step=True, on_epoch=False,
+                 prog_bar=True, logger=False, batch_size=size)
+        return out["loss"]
+
+    def _eval_step(self, stage: str, batch: Batch, batch_idx: int) -> None:
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.eval_seed * 1_000_003 + batch_idx)
+            out = self._terms(stage, batch, batch_idx, 1.0, self.eval_samples)
+        sums = self._sums.setdefault(stage, _Sums())
+        size = batch.batch_size
+        for t in TERMS:
+            sums.add(t, out[t] * size, size)
+        for name, (total, count) in self._errors(batch, out["pred"]).items():
+            sums.add(name, total, count)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step("val", batch, batch_idx)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step("test", batch, batch_idx)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        sums = self._sums.pop(stage, None)
+        if sums is None:
+            return
+        means = sums.means(lambda x: self.trainer.strategy.reduce(x, reduce_op="sum"))
+        for name, value in means.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name == "mse", sync_dist=False)
+
+    def on_validation_epoch_start(self) -> None:
+        self._sums.pop("val", None)
+
+    def on_test_epoch_start(self) -> None:
+        self._sums.pop("test", None)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # ----------------------------------------------------------------------------- optim
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval,
+                             "frequency": 1, "monitor": self.scheduler_monitor},
+        }
+

@@ -1,0 +1,143 @@
+"""PNG plots of predictions on test series: observations, encoder points, mean and a band.
+
+Everything is drawn in the user's units: values through the data module's scaler (inverse),
+times through the dataset's time transform (numbers or datetimes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch import nn
+
+from latentode.data import Batch, collate
+
+
+@torch.no_grad()
+def predict_paths(
+    model: nn.Module, batch: Batch, n_samples: int = 30, n_grid: int = 200, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior sample paths on a dense grid over the batch's time span.
+
+    Returns ``grid (G,)`` and ``paths (S, B, G, D)`` in model units. The grid holds the batch's
+    own times as well, so the curves pass through the scored points.
+    """
+    times = batch.times
+    dense = torch.linspace(float(times[0]), float(times[-1]), n_grid, dtype=times.dtype,
+                           device=times.device)
+    grid = torch.unique(torch.cat([times, dense]))  # sorted, starts at times[0]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        out = model(times, batch.values, batch.encoder_mask, n_samples=n_samples, pred_times=grid)
+    return grid, out.pred
+
+
+def _to_user_times(transform: Any, model_times: np.ndarray) -> np.ndarray:
+    return transform.to_user(model_times) if transform is not None else model_times
+
+
+def plot_batch(
+    batch: Batch,
+    grid: torch.Tensor,
+    paths: torch.Tensor,
+    mean: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
+    time_transform: Any = None,
+    channels: list[str] | None = None,
+    titles: list[str] | None = None,
+    max_channels: int = 4,
+    band: tuple[float, float] = (5.0, 95.0),
+) -> plt.Figure:
+    """One row per series, one column per channel (up to ``max_channels``).
+
+    Observations are grey points, the ones the encoder saw are ringed, the target points the
+    model was scored on are filled; the line is the mean over posterior samples and the band
+    spans the ``band`` percentiles of the samples.
+    """
+    values = batch.values.cpu().numpy().astype(np.float64)
+    paths_np = paths.cpu().numpy().astype(np.float64)
+    dims = values.shape[-1]
+    mean = np.zeros(dims) if mean is None else np.asarray(mean, dtype=np.float64)
+    scale = np.ones(dims) if scale is None else np.asarray(scale, dtype=np.float64)
+    values = values * scale + mean
+    paths_np = paths_np * scale + mean
+    t_obs = _to_user_times(time_transform, batch.times.cpu().numpy().astype(np.float64))
+    t_grid = _to_user_times(time_transform, grid.cpu().numpy().astype(np.float64))
+    obs, enc = batch.mask.cpu().numpy(), batch.encoder_mask.cpu().numpy()
+    tgt = batch.target_mask.cpu().numpy()
+    n_series, n_ch = values.shape[0], min(dims, max_channels)
+    height = 2.4 * n_series + 0.7
+    fig, axes = plt.subplots(n_series, n_ch, figsize=(max(8.0, 5.0 * n_ch), height),
+                             squeeze=False, sharex=True)
+    lo, hi = np.percentile(paths_np, band, axis=0)
+    centre = paths_np.mean(0)
+    legend: dict[str, Any] = {}
+    for b in range(n_series):
+        for d in range(n_ch):
+            ax = axes[b, d]
+            legend[f"{band[0]:g}-{band[1]:g}% of samples"] = ax.fill_between(
+                t_grid, lo[b, :, d], hi[b, :, d], color="C0", alpha=0.25, lw=0)
+            (legend["mean prediction"],) = ax.plot(t_grid, centre[b, :, d], color="C0", lw=1.5)
+            o, e, g = obs[b, :, d], enc[b, :, d], tgt[b, :, d]
+            for label, sel, style in (
+                ("observed, not scored", o & ~g, {"s": 8, "color": "0.6"}),
+                ("target", g, {"s": 10, "color": "k"}),
+                ("seen by encoder", e, {"s": 40, "facecolors": "none", "edgecolors": "C3",
+                                        "linewidths": 1.0}),
+            ):
+                if sel.any():
+                    legend[label] = ax.scatter(t_obs[sel], values[b, sel, d], **style)
+            name = channels[d] if channels else f"channel {d}"
+            ax.set_title(f"{titles[b]}: {name}" if titles else name, fontsize=9)
+    fig.legend(list(legend.values()), list(legend), loc="upper center", ncol=3, fontsize=8,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / height))
+    return fig
+
+
+def plot_test_series(
+    model: nn.Module,
+    datamodule: Any,
+    path: str | Path,
+    n_series: int = 4,
+    n_samples: int = 30,
+    seed: int = 0,
+) -> Path:
+    """Plot the first ``n_series`` test series of ``datamodule`` (with its test task masks).
+
+    Returns the PNG's path. The model is put in eval mode for the prediction and restored.
+    """
+    if not getattr(datamodule, "splits", None):
+        datamodule.setup("test")
+    part = datamodule.splits["test"]
+    count = min(n_series, len(part))
+    batch = collate(part, np.arange(count), datamodule.task, np.random.default_rng(seed))
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        grid, paths = predict_paths(model, batch, n_samples=n_samples, seed=seed)
+    finally:
+        model.train(was_training)
+    scaler = getattr(datamodule, "scaler", None)
+    fig = plot_batch(
+        batch, grid, paths,
+        mean=None if scaler is None else scaler.mean,
+        scale=None if scaler is None else scaler.scale,
+        time_transform=part.time_transform,
+        channels=list(part.channels),
+        titles=[f"series {part.ids[i]}" for i in range(count)],
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,168 @@
+"""Hydra configs and the console scripts: compose, fast_dev_run, train/resume/eval end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException
+from omegaconf import open_dict
+
+from latentode.cli import config_dir
+from latentode.cli import evaluate as eval_cli
+from latentode.cli import train as train_cli
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*treespec, LeafSpec")
+
+CONF = Path(config_dir())
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+TINY = [
+    "data.dataset.n_series=20",
+    "data.dataset.n_points=60",
+    "data.batch_size=8",
+    "model.gen_units=16",
+    "model.encoder.hidden=8",
+    "model.encoder.z0_units=16",
+    "plots.n_series=2",
+    "plots.n_samples=5",
+    "callbacks.progress_bar.refresh_rate=0",
+    "trainer.log_every_n_steps=1",
+]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def compose_train(overrides: list[str], output_dir: Path | None = None):
+    """The train config as ``latentode-train`` would see it, with the run dir at ``output_dir``."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(output_dir)
+        HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as in a latentode-train run, where the task sees no hydra node
+    return cfg
+
+
+def run_main(module, argv: list[str], monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", argv)
+    module.main()
+
+
+def read_metrics(run: Path) -> dict[str, float]:
+    return json.loads((run / "test_metrics.json").read_text())["metrics"]
+
+
+def test_experiments_exist():
+    assert {"periodic_interp", "periodic_extrap"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_and_runs_fast_dev_run(experiment, tmp_path):
+    cfg = compose_train([f"experiment={experiment}", "trainer.fast_dev_run=true", *TINY],
+                        tmp_path)
+    metrics = train_cli.train(cfg)
+    assert metrics["test/mse"] == pytest.approx(metrics["test/mse"])  # finite, not NaN
+    assert (tmp_path / "plots" / "test_series.png").is_file()
+
+
+def test_rnn_encoder_and_fixed_step_solver_run(tmp_path):
+    cfg = compose_train(["model/encoder=rnn", "solver=rk4", "trainer.fast_dev_run=true", *TINY],
+                        tmp_path)
+    assert cfg.model.encoder._target_ == "latentode.nn.RNNEncoder"
+    metrics = train_cli.train(cfg)
+    assert "test/mse_unseen" in metrics
+
+
+def test_defaults_are_the_documented_ones():
+    cfg = compose_train([])
+    assert cfg.data.dataset.name == "periodic" and cfg.data.dataset.n_series == 1000
+    assert cfg.data.task._target_.endswith("Interpolation") and cfg.data.task.count == 50
+    assert (cfg.data.batch_size, cfg.data.val_fraction, cfg.data.test_fraction) == (50, 0.1, 0.2)
+    assert cfg.model.encoder._target_ == "latentode.nn.ODERNNEncoder"
+    assert dict(cfg.solver) == {"method": "dopri5", "rtol": 1e-3, "atol": 1e-4,
+                                "gradient": "checkpoint"}
+    assert cfg.module.optimizer._target_ == "torch.optim.Adamax"
+    assert cfg.module.optimizer.lr == 1e-2 and cfg.module.scheduler.gamma == 0.999
+    assert cfg.trainer.accelerator == "cpu"
+
+
+@pytest.mark.parametrize("override", ["model.latentz=3", "trainer.max_epoch=2", "nonsense=1"])
+def test_unknown_key_is_an_error(override):
+    with pytest.raises(ConfigCompositionException, match=r"not in struct|Could not override"):
+        compose_train([override])
+
+
+def test_console_script_rejects_unknown_key(tmp_path):
+    script = Path(sys.executable).parent / "latentode-train"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "latentode.cli.train"]
+    result = subprocess.run([*command, "model.latentz=3", f"hydra.run.dir={tmp_path}"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "latentz" in result.stderr + result.stdout
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")  # resuming into a new run dir
+@pytest.mark.filterwarnings("ignore:Experiment logs directory")  # the run dir holds .hydra/
+def test_train_resume_and_eval_end_to_end(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=2",
+                         *TINY], monkeypatch)
+    # everything a run writes
+    assert (run / ".hydra" / "config.yaml").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    best = sorted((run / "checkpoints").glob("best_*.ckpt"))
+    assert len(best) == 1
+    png = run / "plots" / "test_series.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["epoch"] for r in rows if r.get("val/mse")} == {"0", "1"}
+    trained = read_metrics(run)
+    assert json.loads((run / "test_metrics.json").read_text())["ckpt_path"] == str(best[0])
+    assert set(trained) >= {"test/loss", "test/mse", "test/mse_data", "test/mse_seen"}
+
+    # resume from last.ckpt: the epochs continue where the first run stopped
+    resumed = tmp_path / "resumed"
+    last = run / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["epoch"] == 1
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={resumed}", "trainer.max_epochs=3",
+                         f"ckpt_path={last}", *TINY], monkeypatch)
+    with open(resumed / "metrics.csv") as f:
+        epochs = {int(r["epoch"]) for r in csv.DictReader(f) if r.get("train/loss_epoch")}
+    assert epochs == {2}
+    assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 2
+
+    # latentode-eval reproduces the test metrics of the checkpoint train tested
+    evaluated = tmp_path / "eval"
+    run_main(eval_cli, ["latentode-eval", f"ckpt_path={best[0]}", f"hydra.run.dir={evaluated}"],
+             monkeypatch)
+    again = read_metrics(evaluated)
+    assert set(again) == set(trained)
+    for key, value in trained.items():
+        assert again[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    assert (evaluated / "plots" / "test_series.png").is_file()
+
+
+def test_eval_overrides_are_checked(tmp_path):
+    cfg = compose_train(["trainer.max_epochs=1"])
+    eval_cli.apply_overrides(cfg, ["data.batch_size=7"])
+    assert cfg.data.batch_size == 7
+    with pytest.raises(KeyError, match="batchsize"):
+        eval_cli.apply_overrides(cfg, ["data.batchsize=7"])
+    with pytest.raises(FileNotFoundError, match=r"\.hydra/config\.yaml"):
+        eval_cli.find_run_config(tmp_path / "checkpoints" / "x.ckpt")

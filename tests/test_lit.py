@@ -1,0 +1,165 @@
+"""The LightningModule on tiny data: logged keys, NaN stops the run, KL annealing, LR floor."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from latentode.data import Interpolation, LatentODEDataModule, collate, load_dataset
+from latentode.lit import LatentODELightning, exponential_decay, kl_weight_schedule
+from latentode.models import LatentODE
+from latentode.nn import ODERNNEncoder
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*treespec, LeafSpec")
+
+TERMS = ("loss", "loglik", "kl", "mse", "mse_data", "mse_seen", "mse_unseen")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(seed: int = 0) -> LatentODE:
+    torch.manual_seed(seed)
+    encoder = ODERNNEncoder(1, 3, hidden=8, ode_units=16, z0_units=16)
+    return LatentODE(1, latents=3, encoder=encoder, gen_units=16, obs_std=0.1, n_samples=2)
+
+
+def tiny_datamodule() -> LatentODEDataModule:
+    return LatentODEDataModule(
+        lambda: load_dataset("periodic", n_series=20, n_points=25),
+        task=Interpolation(count=10), batch_size=8,
+    )
+
+
+def tiny_trainer(**kwargs) -> L.Trainer:
+    options = {"max_epochs": 1, "accelerator": "cpu", "logger": False,
+               "enable_checkpointing": False, "enable_progress_bar": False,
+               "enable_model_summary": False, "num_sanity_val_steps": 0}
+    return L.Trainer(**{**options, **kwargs})
+
+
+def test_training_logs_finite_terms_for_every_stage():
+    dm = tiny_datamodule()
+    dm.setup()
+    module = LatentODELightning(tiny_model(), scale=dm.scaler.scale)
+    trainer = tiny_trainer()
+    trainer.fit(module, datamodule=dm)
+    logged = trainer.callback_metrics
+    for stage in ("train", "val"):
+        for term in TERMS:
+            key = f"{stage}/{term}" + ("_epoch" if stage == "train" else "")
+            assert key in logged, (key, sorted(logged))
+            assert math.isfinite(float(logged[key])), key
+    assert float(logged["train/kl_weight"]) == 0.0
+    # data units: the scaler's scale^2 per channel (one channel here)
+    ratio = float(logged["val/mse_data"]) / float(logged["val/mse"])
+    assert ratio == pytest.approx(float(dm.scaler.scale[0]) ** 2, rel=1e-5)
+    test = trainer.test(module, datamodule=dm, verbose=False)[0]
+    assert set(test) == {f"test/{t}" for t in TERMS}
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_training_step_on_one_batch_returns_finite_loss_with_gradients():
+    dm = tiny_datamodule()
+    dm.setup()
+    batch = collate(dm.splits["train"], np.arange(4), dm.task, np.random.default_rng(0))
+    module = LatentODELightning(tiny_model())
+    loss = module.training_step(batch, 0)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in module.parameters())
+
+
+def test_evaluation_is_deterministic():
+    dm = tiny_datamodule()
+    module = LatentODELightning(tiny_model())
+    first = tiny_trainer().validate(module, datamodule=dm, verbose=False)[0]
+    torch.manual_seed(123)  # the global RNG state must not matter
+    second = tiny_trainer().validate(module, datamodule=dm, verbose=False)[0]
+    assert first == second
+
+
+def test_seen_and_unseen_split_the_targets():
+    dm = tiny_datamodule()
+    dm.setup()
+    batch = collate(dm.splits["val"], np.arange(2), dm.task, np.random.default_rng(1))
+    module = LatentODELightning(tiny_model(), scale=[3.0])
+    pred = torch.randn(2, *batch.values.shape)
+    errors = module._errors(batch, pred)
+    total, count = errors["mse"]
+    seen, unseen = errors["mse_seen"], errors["mse_unseen"]
+    torch.testing.assert_close(seen[0] + unseen[0], total)
+    assert float(seen[1] + unseen[1]) == float(count) == float(batch.target_mask.sum())
+    assert float(seen[1]) == float((batch.encoder_mask & batch.target_mask).sum()) > 0
+    torch.testing.assert_close(errors["mse_data"][0], 9.0 * total)
+
+
+@pytest.mark.parametrize("term", ["loss", "loglik", "kl"])
+def test_nan_stops_the_run_naming_batch_and_term(monkeypatch, term):
+    model = tiny_model()
+    original = model.loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        out = original(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second training batch of the first epoch
+            out[term] = out[term] * float("nan") if term != "kl" else out[term] + float("inf")
+        return out
+
+    monkeypatch.setattr(model, "loss", poisoned)
+    module = LatentODELightning(model)
+    with pytest.raises(RuntimeError, match=rf"non-finite {term} at epoch 0, batch_idx 1"):
+        tiny_trainer().fit(module, datamodule=tiny_datamodule())
+
+
+def test_kl_annealing_schedule():
+    assert [kl_weight_schedule(e) for e in range(11)] == [0.0] * 11
+    assert kl_weight_schedule(11) == pytest.approx(0.01)
+    assert kl_weight_schedule(20) == pytest.approx(1 - 0.99**10)
+    assert kl_weight_schedule(3, wait_epochs=2, rate=0.5) == pytest.approx(0.5)
+    assert kl_weight_schedule(10_000) == pytest.approx(1.0)
+    module = LatentODELightning(tiny_model(), kl_weight=0.3)
+    assert module.kl_weight == 0.3
+
+
+def test_kl_weight_follows_the_epoch():
+    module = LatentODELightning(tiny_model(), kl_wait_epochs=1, kl_rate=0.5)
+    trainer = tiny_trainer(max_epochs=3, limit_train_batches=1, limit_val_batches=0)
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            seen.append(pl_module.kl_weight)
+
+    trainer.callbacks.append(Spy())
+    trainer.fit(module, datamodule=tiny_datamodule())
+    assert seen == [0.0, 0.0, 0.5]
+
+
+def test_exponential_decay_has_a_floor():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = exponential_decay(opt, gamma=0.5, min_factor=0.1)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([1.0, 0.5, 0.25, 0.125, 0.1, 0.1])
+
+
+def test_default_optimizer_is_adamax_with_step_schedule():
+    module = LatentODELightning(tiny_model())
+    config = module.configure_optimizers()
+    assert isinstance(config["optimizer"], torch.optim.Adamax)
+    assert config["optimizer"].param_groups[0]["lr"] == 1e-2
+    assert config["lr_scheduler"]["interval"] == "step"
