@@ -119,3 +119,14 @@ def test_paper_gru_cell_variant_trains():
     model.loss(times, values, enc, mask)["loss"].backward()
     grads = [p.grad for p in model.encoder.cell.parameters()]
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_odernn_euler_shortcut_equals_odeint():
+    times, values, _, encoder = tiny_batch()
+    torch.manual_seed(0)
+    fast = ODERNNEncoder(3, 4, hidden=8, z0_units=16)
+    torch.manual_seed(0)
+    slow = ODERNNEncoder(3, 4, hidden=8, z0_units=16, solver={"max_steps": 10})
+    assert fast._single_euler_step and not slow._single_euler_step
+    for a, b in zip(fast(times, values, encoder), slow(times, values, encoder), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
