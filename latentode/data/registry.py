@@ -32,7 +32,11 @@ def load_dataset(name: str, **kwargs: Any) -> IrregularDataset:
         raise ValueError(f"unknown dataset {name!r}; choose one of {list(SOURCES)}.")
     module = importlib.import_module(f"latentode.data.sources.{name}")
     frame = module.load(**kwargs)
-    dataset = from_dataframe(frame, **module.FRAME_KWARGS)
+    frame_kwargs = dict(module.FRAME_KWARGS)
+    channels = getattr(module, "CHANNELS", None)
+    if "value_cols" not in frame_kwargs and isinstance(channels, (list, tuple)):
+        frame_kwargs["value_cols"] = list(channels)  # the source's channels, not its split column
+    dataset = from_dataframe(frame, **frame_kwargs)
     if "split" in frame.columns:
         per_series = frame.groupby(dataset.id_col, sort=False)["split"].first()
         dataset.split = np.asarray(per_series.reindex(dataset.ids).astype(str))
