@@ -233,8 +233,7 @@ def _numeric_column(df: pd.DataFrame, col: Any, id_col: str) -> pd.Series:
         raise ValueError(
             f"column {_plain(col)!r} has a non-numeric value {_plain(series.iloc[i])!r} (series "
             f"{_plain(df[id_col].iloc[i])!r}, row {_plain(df.index[i])!r}); clean it, or leave it "
-            "empty (NaN) "
-            "if it was not observed."
+            "empty (NaN) if it was not observed."
         )
     return converted.astype(np.float64)
 
@@ -295,8 +294,7 @@ def _pivot_tidy(
         raise ValueError(
             f"series {_plain(long[id_col].iloc[i])!r} has several values of channel "
             f"{_plain(long[channel_col].iloc[i])!r} at time {_plain(long[time_col].iloc[i])!r}; "
-            "pass "
-            "duplicates='mean' to average them, or remove them."
+            "pass duplicates='mean' to average them, or remove them."
         )
     if dup.any():
         warnings.warn(

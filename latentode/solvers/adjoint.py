@@ -105,22 +105,24 @@ class _Jumps:
         return a.index_add(0, rows, self.items.index_select(0, index))
 
     def _weighted(self, k_lo: int, weights: torch.Tensor, absolute: bool = False) -> torch.Tensor:
-        """``sum_i weights_i g_i`` (or ``|g_i|``) over folded items ``k_lo:``, in state shape."""
-        g = self.folded[k_lo:]
+        """``sum_i weights_i g_i`` (or ``|g_i|``) over folded items ``k_lo:k_lo + len(weights)``."""
+        k_hi = k_lo + len(weights)
+        g = self.folded[k_lo:k_hi]
         if absolute:
             g = g.abs()
         if not self.per_sample:
             return torch.tensordot(weights, g, 1)
         scaled = g * weights.view(-1, *([1] * (g.dim() - 1)))
         zero = torch.zeros(self.state_shape, dtype=g.dtype, device=g.device)
-        return zero.index_add(0, self.fold_rows[k_lo:], scaled)
+        return zero.index_add(0, self.fold_rows[k_lo:k_hi], scaled)
 
     def spread(self, upper: float, length: float, k_lo: int, absolute: bool) -> torch.Tensor:
         """``sum_i w_i (1 - w_i) g_i`` over the jumps strictly inside a step down from ``upper``."""
         lower = upper - length
+        k_up = bisect_left(self.fold_keys, upper)  # only jumps below the step's start can count
         weights = [
-            (key - lower) / length * (upper - key) / length if lower < key < upper else 0.0
-            for key in self.fold_keys[k_lo:]
+            (key - lower) / length * (upper - key) / length if lower < key else 0.0
+            for key in self.fold_keys[k_lo:k_up]
         ]
         w = torch.as_tensor(weights, dtype=self.folded.dtype, device=self.folded.device)
         return self._weighted(k_lo, w, absolute=absolute)

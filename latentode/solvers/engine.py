@@ -279,13 +279,13 @@ def integrate(
         y, t = y1, t_next
         k1 = ks[-1] if rk.fsal else None
         if lands:
+            # keep the controller's plan across the landing rather than the clipped step
+            h_new = max(h_new, planned) if direction > 0 else min(h_new, planned)
             if target == len(targets) - 1:
-                return y, (max(h_new, planned) if direction > 0 else min(h_new, planned)), counters
+                return y, h_new, counters
             y = on_stop(target, t, y)
             k1 = None
             target += 1
-            # keep the controller's plan across the stop rather than the clipped step
-            h_new = max(h_new, planned) if direction > 0 else min(h_new, planned)
         h = h_new
 
 

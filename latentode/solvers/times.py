@@ -112,10 +112,6 @@ class OutputTimes:
         self.rows = self.rows_all[self.n_start:]
         self.length = length
 
-    @property
-    def item_times(self) -> list[float]:
-        return self.times
-
     def grid(self) -> list[float]:
         """Every distinct output time, start first: the fixed-step grid when no step is given."""
         out = [self.t0]
