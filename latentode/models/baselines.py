@@ -1,0 +1,352 @@
+"""The latent ODE paper's baselines, behind :class:`LatentODE`'s interface.
+
+* :class:`ODERNN`: autoregressive ODE-RNN. The hidden state flows by an ODE between time points
+  and takes a GRU update at each observation; it predicts each point before seeing it.
+* :class:`GRUDT`: the "RNN dt" baseline, a GRU over ``[values, mask, time gap]`` whose state is
+  constant between points.
+* :class:`RNNVAE`: a VAE with a GRU recognition network (backwards in time) and a GRU decoder
+  that steps from ``z0`` through the requested times feeding back its own predictions.
+
+All three give ``forward(times, values, encoder_mask, n_samples, pred_times) -> LatentODEOutput``
+and ``loss(...)`` with the same terms and normalisation as :meth:`LatentODE.loss`, so the
+Lightning module, the plots and the CLI take them unchanged. The deterministic models give one
+"sample" (``S = 1``), a zero KL, and as ``z0_mean``/``z0_std`` the last hidden state and zeros
+(a point mass, like the paper code's ``first_point``).
+
+Prediction times (the same walk for all three, :meth:`_Recurrent.walk`): the state is stepped
+through the data ``times``; a requested time between two data times is a branch from the state
+after the earlier one (so adding plotting times never changes the predictions at the data
+times); requested times after ``times[-1]`` are stepped through in order, with no more data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from latentode.nn import RNNEncoder, mlp
+from latentode.nn.encoders import MLPGRUCell
+from latentode.nn.layers import ODEFunc
+from latentode.solvers import odeint
+
+from .latent_ode import LatentODEOutput, gaussian_kl, masked_gaussian_loglik
+
+
+def iwae_terms(
+    values: torch.Tensor, pred: torch.Tensor, target_mask: torch.Tensor, obs_std: float,
+    kl: torch.Tensor, kl_weight: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """:meth:`LatentODE.loss`'s terms from ``pred (S, B, T, D)`` and a per-series ``kl (B,)``."""
+    loglik = masked_gaussian_loglik(values, pred, target_mask, obs_std)  # (S, B)
+    bound = torch.logsumexp(loglik - kl_weight * kl, dim=0) - math.log(pred.shape[0])
+    mask = target_mask.to(values.dtype)
+    sq = (pred.mean(0) - values).square() * mask
+    return {
+        "loss": -bound.mean(),
+        "loglik": loglik.mean(),
+        "kl": kl.mean(),
+        "mse": sq.sum() / mask.sum().clamp_min(1),
+        "pred": pred,
+    }
+
+
+def gru_cell(n_in: int, hidden: int, units: int | None) -> nn.Module:
+    """A plain ``nn.GRUCell``, or the paper code's MLP-gated cell when ``units`` is given."""
+    return nn.GRUCell(n_in, hidden) if units is None else MLPGRUCell(n_in, hidden, units)
+
+
+def decoder(hidden: int, out: int, units: int, layers: int) -> nn.Module:
+    """Hidden state to data space: linear when ``layers == 0``, else an MLP (paper: 1 x 100)."""
+    return nn.Linear(hidden, out) if layers == 0 else mlp(hidden, out, units, layers)
+
+
+@dataclass
+class _Series:
+    """Per-batch observations seen by a recurrent model, and its running bookkeeping."""
+
+    times: torch.Tensor  # (T,)
+    values: torch.Tensor  # (B, T, D), zero where not visible
+    mask: torch.Tensor  # (B, T, D) float
+    seen: torch.Tensor  # (B, T) bool: any visible channel
+    last_seen: torch.Tensor  # (B,) index of the last visible time point (-1: none)
+    last: torch.Tensor  # (B,) time of each series' latest state update
+
+    @classmethod
+    def of(cls, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> _Series:
+        seen = mask.any(-1)
+        index = torch.arange(len(times), device=times.device).expand_as(seen)
+        last_seen = torch.where(seen, index, -1).amax(-1)
+        maskf = mask.to(values.dtype)
+        return cls(times, torch.where(mask, values, 0.0), maskf, seen, last_seen,
+                   times[0].expand(values.shape[0]))
+
+
+class _Recurrent(nn.Module):
+    """Walk the data times and the requested times; subclasses say how the state moves.
+
+    ``advance(h, t_from, t_to)`` gives the states at the times ``t_to (P,)`` before any update
+    there, from the state ``h`` right after ``t_from``; ``update`` applies the data at a data
+    time, ``coast`` what happens at a requested time after the last data time.
+    """
+
+    obs_std: float
+    out: nn.Module
+
+    def advance(self, h: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def update(self, h: torch.Tensor, pred: torch.Tensor, k: int, data: _Series | None
+               ) -> torch.Tensor:
+        return h
+
+    def coast(self, h: torch.Tensor, pred: torch.Tensor, t: torch.Tensor, data: _Series | None
+              ) -> torch.Tensor:
+        return h
+
+    def walk(self, h: torch.Tensor, times: torch.Tensor, pred_times: torch.Tensor,
+             data: _Series | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictions ``(N, P, D)`` at ``pred_times`` from the state ``h`` at ``times[0]``
+        (before its update), and the final state."""
+        pred_times = pred_times.to(times)
+        n_times, grid, wanted = len(times), times.tolist(), pred_times.tolist()
+        if wanted[0] < grid[0]:
+            raise ValueError(f"pred_times start at {wanted[0]}, before times[0] = {grid[0]}.")
+        exact: dict[int, list[int]] = {}
+        between: dict[int, list[int]] = {}
+        beyond: list[int] = []
+        for j, k in enumerate(torch.searchsorted(times, pred_times).tolist()):
+            if k < n_times and grid[k] == wanted[j]:
+                exact.setdefault(k, []).append(j)
+            elif k == n_times:
+                beyond.append(j)
+            else:
+                between.setdefault(k - 1, []).append(j)
+        outs: list[torch.Tensor | None] = [None] * len(wanted)
+        for k in range(n_times):
+            if k:
+                h = self.advance(h, times[k - 1], times[k : k + 1])[0]
+            pred = self.out(h)
+            for j in exact.get(k, ()):
+                outs[j] = pred
+            h = self.update(h, pred, k, data)
+            if k in between:
+                index = between[k]
+                branch = self.out(self.advance(h, times[k], pred_times[index]))
+                for m, j in enumerate(index):
+                    outs[j] = branch[m]
+        t_prev = times[-1]
+        for j in beyond:
+            h = self.advance(h, t_prev, pred_times[j : j + 1])[0]
+            outs[j] = pred = self.out(h)
+            h = self.coast(h, pred, pred_times[j], data)
+            t_prev = pred_times[j]
+        return torch.stack(outs, 1), h  # type: ignore[arg-type]
+
+    def loss(
+        self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
+        target_mask: torch.Tensor, kl_weight: float = 1.0, n_samples: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Negative IWAE bound (the log-likelihood for deterministic models) and its terms."""
+        out = self(times, values, encoder_mask, n_samples)
+        return iwae_terms(values, out.pred, target_mask, self.obs_std, self.kl(out), kl_weight)
+
+    def kl(self, out: LatentODEOutput) -> torch.Tensor:
+        """Per-series KL term; zero for deterministic models."""
+        return out.z0_mean.new_zeros(out.z0_mean.shape[0])
+
+
+class _Deterministic(_Recurrent):
+    """A one-step-ahead recurrent model over ``data``: the forward pass shared by ODERNN/GRUDT."""
+
+    latents: int
+
+    def forward(
+        self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
+        n_samples: int | None = None, pred_times: torch.Tensor | None = None,
+    ) -> LatentODEOutput:
+        """Predictions ``(1, B, T', D)`` at ``pred_times`` (default ``times``); ``n_samples``
+        is ignored (deterministic)."""
+        data = _Series.of(times, values, encoder_mask)
+        h = values.new_zeros(values.shape[0], self.latents)
+        pred, h = self.walk(h, times, times if pred_times is None else pred_times, data)
+        return LatentODEOutput(pred.unsqueeze(0), h, torch.zeros_like(h))
+
+
+class ODERNN(_Deterministic):
+    """Autoregressive ODE-RNN (Rubanova et al. 2019, the "ODE-RNN" baseline).
+
+    Forward in time: ``dh/dt = MLP(h)`` between time points, a masked GRU update on
+    ``[values, mask]`` at points with a visible observation. The prediction at ``t_i`` decodes
+    the state evolved to ``t_i`` before the update there, so a point never sees its own value;
+    after the last data time the state keeps flowing with no updates (extrapolation).
+
+    Args:
+        input_dim: channels ``D``.
+        latents: hidden state size (the paper's ``--latents``).
+        ode_units, ode_layers: the vector field's MLP.
+        gru_units: MLP-gated GRU with this many units (paper code: 100); None: ``nn.GRUCell``.
+        dec_units, dec_layers: decoder (paper code: one hidden layer of 100; 0: linear).
+        obs_std: fixed observation noise of the Gaussian likelihood.
+        n_samples: unused (deterministic); kept for the common interface.
+        solver: ``odeint`` options between time points; default one Euler step per gap, as
+            the paper code and :class:`~latentode.nn.ODERNNEncoder`.
+    """
+
+    def __init__(
+        self, input_dim: int, latents: int = 20, ode_units: int = 100, ode_layers: int = 1,
+        gru_units: int | None = None, dec_units: int = 100, dec_layers: int = 1,
+        obs_std: float = 0.01, n_samples: int = 1, solver: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.input_dim, self.latents = input_dim, latents
+        self.ode = ODEFunc(latents, ode_units, ode_layers)
+        self.cell = gru_cell(2 * input_dim, latents, gru_units)
+        self.out = decoder(latents, input_dim, dec_units, dec_layers)
+        self.obs_std, self.n_samples = obs_std, n_samples
+        self.solver = {"method": "euler", **(solver or {})}
+
+    @property
+    def _single_euler_step(self) -> bool:
+        options = set(self.solver) - {"method", "gradient"}
+        return self.solver["method"] == "euler" and not options and (
+            self.solver.get("gradient", "backprop") == "backprop"
+        )
+
+    def advance(self, h: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
+        """Solve the ODE from ``t_from`` to each of ``t_to`` separately: ``(P, N, H)``."""
+        if self._single_euler_step:  # odeint's result, without its per-call set-up
+            return h + (t_to - t_from)[:, None, None] * self.ode(t_from, h)
+        return torch.stack([
+            h if bool(t == t_from) else odeint(self.ode, h, torch.stack([t_from, t]),
+                                               **self.solver)[-1]
+            for t in t_to
+        ])
+
+    def update(self, h: torch.Tensor, pred: torch.Tensor, k: int, data: _Series | None
+               ) -> torch.Tensor:
+        assert data is not None
+        seen = data.seen[:, k]
+        if not bool(seen.any()):
+            return h
+        x = torch.cat([data.values[:, k], data.mask[:, k]], -1)
+        return torch.where(seen.unsqueeze(-1), self.cell(x, h), h)
+
+
+class GRUDT(_Deterministic):
+    """The "RNN dt" baseline: a GRU over ``[values, mask, gap since the last update]``.
+
+    The state is constant between points and is updated where a series has a visible
+    observation; the prediction at ``t_i`` decodes the state before the update at ``t_i``. After
+    a series' last visible point the model feeds its own prediction back as an observation
+    (mask ones) at every later step (the paper code's ``feed_previous``), so forecasts move; the
+    steps are the data times, then the requested times beyond the last data time.
+
+    Args:
+        input_dim: channels ``D``.
+        latents: GRU state size (the paper's ``--latents``).
+        gru_units: MLP-gated GRU with this many units; None: ``nn.GRUCell`` (paper code).
+        dec_units, dec_layers: decoder (paper code: one hidden layer of 100; 0: linear).
+        obs_std: fixed observation noise of the Gaussian likelihood.
+        n_samples: unused (deterministic); kept for the common interface.
+        solver: unused (no ODE); kept for the common interface.
+    """
+
+    def __init__(
+        self, input_dim: int, latents: int = 20, gru_units: int | None = None,
+        dec_units: int = 100, dec_layers: int = 1, obs_std: float = 0.01, n_samples: int = 1,
+        solver: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.input_dim, self.latents = input_dim, latents
+        self.cell = gru_cell(2 * input_dim + 1, latents, gru_units)
+        self.out = decoder(latents, input_dim, dec_units, dec_layers)
+        self.obs_std, self.n_samples = obs_std, n_samples
+
+    def advance(self, h: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
+        return h.expand(len(t_to), *h.shape)
+
+    def _step(self, h: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, active: torch.Tensor,
+              t: torch.Tensor, data: _Series) -> torch.Tensor:
+        gap = (t - data.last).unsqueeze(-1)
+        h_new = self.cell(torch.cat([x, mask, gap], -1), h)
+        data.last = torch.where(active, t, data.last)
+        return torch.where(active.unsqueeze(-1), h_new, h)
+
+    def update(self, h: torch.Tensor, pred: torch.Tensor, k: int, data: _Series | None
+               ) -> torch.Tensor:
+        assert data is not None
+        seen = data.seen[:, k]
+        feed = (k > data.last_seen).unsqueeze(-1)  # past the series' last visible point
+        x = torch.where(feed, pred, data.values[:, k])
+        mask = torch.where(feed, torch.ones_like(pred), data.mask[:, k])
+        return self._step(h, x, mask, seen | feed.squeeze(-1), data.times[k], data)
+
+    def coast(self, h: torch.Tensor, pred: torch.Tensor, t: torch.Tensor, data: _Series | None
+              ) -> torch.Tensor:
+        assert data is not None
+        active = torch.ones_like(data.seen[:, 0])
+        return self._step(h, pred, torch.ones_like(pred), active, t, data)
+
+
+class RNNVAE(_Recurrent):
+    """The "RNN-VAE" baseline: GRU recognition network, ``z0`` sampled, GRU decoder.
+
+    ``q(z0)`` comes from :class:`~latentode.nn.RNNEncoder` (backwards in time); the decoder's
+    state starts at ``Linear(z0)`` and steps through the requested times with input
+    ``[previous prediction, time gap]``, emitting ``decode(h)`` at each (the first from the
+    initial state). Loss: the same IWAE bound and KL as :class:`LatentODE`.
+
+    Args:
+        input_dim: channels ``D``.
+        latents: size of ``z0``.
+        enc_hidden, z0_units: recognition GRU state and its MLP to ``(mean, std)``.
+        hidden: decoder GRU state size.
+        gru_units: MLP-gated GRUs with this many units; None: ``nn.GRUCell`` (paper code).
+        dec_units, dec_layers: output map (paper code: one hidden layer of 100; 0: linear).
+        obs_std: fixed observation noise of the Gaussian likelihood.
+        n_samples: posterior samples for the IWAE bound.
+        solver: unused (no ODE); kept for the common interface.
+    """
+
+    def __init__(
+        self, input_dim: int, latents: int = 10, enc_hidden: int = 20, z0_units: int = 100,
+        hidden: int = 20, gru_units: int | None = None, dec_units: int = 100,
+        dec_layers: int = 1, obs_std: float = 0.01, n_samples: int = 3,
+        solver: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.input_dim, self.latents = input_dim, latents
+        self.encoder = RNNEncoder(input_dim, latents, enc_hidden, z0_units, gru_units)
+        self.init = nn.Linear(latents, hidden)
+        self.cell = gru_cell(input_dim + 1, hidden, gru_units)
+        self.out = decoder(hidden, input_dim, dec_units, dec_layers)
+        self.obs_std, self.n_samples = obs_std, n_samples
+
+    def advance(self, h: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
+        """One GRU step from ``h`` to each of ``t_to`` with the prediction at ``t_from``."""
+        steps, (batch, size) = len(t_to), h.shape
+        x = self.out(h).expand(steps, batch, -1)
+        gap = (t_to - t_from)[:, None, None].expand(steps, batch, 1).to(x)
+        h_new = self.cell(torch.cat([x, gap], -1).reshape(steps * batch, -1),
+                          h.expand(steps, batch, size).reshape(steps * batch, size))
+        return h_new.reshape(steps, batch, size)
+
+    def forward(
+        self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
+        n_samples: int | None = None, pred_times: torch.Tensor | None = None,
+    ) -> LatentODEOutput:
+        """Encode, sample ``z0 (S, B, L)``, decode at ``pred_times`` (default ``times``)."""
+        values = torch.where(encoder_mask, values, 0.0)  # NaN-proof: the encoder multiplies
+        mean, std = self.encoder(times, values, encoder_mask)
+        n = n_samples or self.n_samples
+        z0 = mean + std * torch.randn((n, *mean.shape), dtype=mean.dtype, device=mean.device)
+        h = self.init(z0.reshape(-1, self.latents))
+        pred, _ = self.walk(h, times, times if pred_times is None else pred_times)
+        return LatentODEOutput(pred.reshape(n, *mean.shape[:1], *pred.shape[1:]), mean, std)
+
+    def kl(self, out: LatentODEOutput) -> torch.Tensor:
+        return gaussian_kl(out.z0_mean, out.z0_std)
