@@ -67,19 +67,6 @@ def read_metrics(run: Path) -> dict[str, float]:
     return json.loads((run / "test_metrics.json").read_text())["metrics"]
 
 
-def test_experiments_exist():
-    assert {"periodic_interp", "periodic_extrap"} <= set(EXPERIMENTS)
-
-
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_composes_and_runs_fast_dev_run(experiment, tmp_path):
-    cfg = compose_train([f"experiment={experiment}", "trainer.fast_dev_run=true", *TINY],
-                        tmp_path)
-    metrics = train_cli.train(cfg)
-    assert metrics["test/mse"] == pytest.approx(metrics["test/mse"])  # finite, not NaN
-    assert (tmp_path / "plots" / "test_series.png").is_file()
-
-
 def test_rnn_encoder_and_fixed_step_solver_run(tmp_path):
     cfg = compose_train(["model/encoder=rnn", "solver=rk4", "trainer.fast_dev_run=true", *TINY],
                         tmp_path)

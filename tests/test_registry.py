@@ -65,3 +65,13 @@ def test_bad_names_and_paths(tmp_path):
         load_dataset("mnist")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_dataset("csv", path=tmp_path / "nope.csv")
+
+
+@pytest.mark.filterwarnings("ignore:physionet. (dropped|skipped)")
+def test_physionet_variables_choose_the_channels(tmp_path):
+    """Regression: the registry took the 37 default channels whatever ``variables`` said."""
+    from fixtures.make_physionet_fixture import write_fixture
+
+    write_fixture(tmp_path / "physionet")
+    data = load_dataset("physionet", root=tmp_path / "physionet", variables=["Age", "HR"])
+    assert list(data.channels) == ["Age", "HR"]

@@ -32,7 +32,10 @@ def load_dataset(name: str, **kwargs: Any) -> IrregularDataset:
         raise ValueError(f"unknown dataset {name!r}; choose one of {list(SOURCES)}.")
     module = importlib.import_module(f"latentode.data.sources.{name}")
     frame = module.load(**kwargs)
-    frame_kwargs = dict(module.FRAME_KWARGS)
+    if hasattr(module, "frame_kwargs"):  # columns that depend on the load arguments
+        frame_kwargs = dict(module.frame_kwargs(kwargs.get("variables")))
+    else:
+        frame_kwargs = dict(module.FRAME_KWARGS)
     channels = getattr(module, "CHANNELS", None)
     if "value_cols" not in frame_kwargs and isinstance(channels, (list, tuple)):
         frame_kwargs["value_cols"] = list(channels)  # the source's channels, not its split column

@@ -1,0 +1,148 @@
+"""The paper's experiment recipes (conf/experiment/*.yaml): each composes and runs end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures.make_physionet_fixture import write_fixture
+from hydra.utils import instantiate
+from omegaconf import open_dict
+from test_cli import CONF, TINY, compose_train
+
+from latentode.cli import train as train_cli
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*treespec, LeafSpec")
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+ISSUE_EXPERIMENTS = {"periodic_interp", "periodic_extrap", "hopper_interp", "hopper_extrap",
+                     "physionet_interp", "co2"}
+
+# Small networks and plots for every family (the recipes' sizes are the paper's).
+TINY_MODEL = [
+    "model.gen_units=16",
+    "model.encoder.hidden=8",
+    "model.encoder.z0_units=16",
+    "plots.n_series=2",
+    "plots.n_samples=5",
+    "callbacks.progress_bar.refresh_rate=0",
+    "trainer.log_every_n_steps=1",
+]
+TINY_ODE_RNN = ["model.gen_layers=1", "model.encoder.ode_units=16", "model.encoder.ode_layers=1",
+                "model.encoder.gru_units=16"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def hopper_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for both hopper recipes: the 5 trajectories are simulated once."""
+    return tmp_path_factory.mktemp("hopper_cache")
+
+
+def tiny_overrides(experiment: str, tmp_path: Path, request: pytest.FixtureRequest) -> list[str]:
+    """Per-family overrides that make ``experiment`` run in seconds on a CPU."""
+    family = experiment.split("_")[0]
+    if family == "periodic":
+        return TINY
+    if family == "hopper":
+        pytest.importorskip("dm_control")
+        pytest.importorskip("mujoco")
+        cache = request.getfixturevalue("hopper_cache")
+        # 5 trajectories: 4 train, 1 test (the source's in-order 80/20 split)
+        return ["data.dataset.n_trajectories=5", f"data.dataset.cache_dir={cache}",
+                "data.dataset.progress=false", "data.batch_size=4", *TINY_MODEL, *TINY_ODE_RNN]
+    if family == "physionet":
+        write_fixture(tmp_path / "physionet")  # 4 patients, the challenge's file format
+        return [f"data.dataset.root={tmp_path / 'physionet'}", "data.batch_size=2",
+                *TINY_MODEL, *TINY_ODE_RNN]
+    if family == "co2":
+        pytest.importorskip("statsmodels")
+        return [*TINY_MODEL, "model.latents=4"]
+    pytest.fail(f"no tiny overrides for experiment {experiment!r}: add its family here.")
+
+
+def test_experiments_exist():
+    assert set(EXPERIMENTS) >= ISSUE_EXPERIMENTS
+
+
+@pytest.mark.filterwarnings("ignore:physionet. (dropped|skipped)")
+@pytest.mark.filterwarnings("ignore:Total length of .DataLoader. across ranks is zero")
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_and_runs_fast_dev_run(experiment, tmp_path, request):
+    overrides = tiny_overrides(experiment, tmp_path, request)
+    out = tmp_path / "run"
+    cfg = compose_train([f"experiment={experiment}", "trainer.fast_dev_run=true", *overrides],
+                        out)
+    assert cfg.task_name == experiment
+    metrics = train_cli.train(cfg)
+    assert metrics["test/mse"] == pytest.approx(metrics["test/mse"])  # finite, not NaN
+    assert (out / "plots" / "test_series.png").is_file()
+
+
+def _paper_mlp_params(n_in: int, n_out: int, units: int, n_layers: int) -> int:
+    """Parameters of the paper's ``utils.create_net(n_in, n_out, n_layers, units)``: a first
+    linear map to ``units``, ``n_layers`` more ``units -> units`` maps, then one to ``n_out``."""
+    return (n_in + 1) * units + n_layers * (units + 1) * units + (units + 1) * n_out
+
+
+@pytest.mark.parametrize("experiment", ["hopper_interp", "hopper_extrap"])
+def test_hopper_recipes_carry_the_paper_hyperparameters(experiment):
+    cfg = compose_train([f"experiment={experiment}"])
+    model, enc = cfg.model, cfg.model.encoder
+    assert model._target_ == "latentode.models.LatentODE"
+    assert enc._target_ == "latentode.nn.ODERNNEncoder"
+    assert (model.latents, enc.hidden, enc.gru_units) == (15, 30, 100)  # -l, --rec-dims, -g
+    assert (model.gen_units, enc.ode_units) == (300, 300)  # --units
+    # --gen-layers 3 / --rec-layers 3: create_net(n_layers=3), 4 hidden layers (here: layers=4)
+    assert (model.gen_layers, enc.ode_layers) == (4, 4)
+    assert (model.obs_std, model.n_samples, model.dec_layers) == (1e-3, 3, 0)
+    assert cfg.trainer.max_epochs == 300  # --niters 300
+    assert cfg.data.batch_size == 50 and cfg.data.scale is False
+    assert cfg.data.dataset.name == "hopper" and cfg.data.dataset.n_trajectories == 10_000
+    assert cfg.module.optimizer._target_ == "torch.optim.Adamax" and cfg.module.optimizer.lr == 1e-2
+    assert (cfg.module.scheduler.gamma, cfg.module.scheduler.min_factor) == (0.999, 0.1)
+    assert (cfg.module.kl_wait_epochs, cfg.module.kl_rate) == (10, 0.99)
+    if experiment == "hopper_interp":
+        assert cfg.data.dataset.task == "interp" and cfg.data.dataset.window == 100
+        assert cfg.data.task._target_.endswith("Interpolation") and cfg.data.task.fraction == 0.1
+        assert compose_train([f"experiment={experiment}", "observed_fraction=0.3"]
+                             ).data.task.fraction == 0.3
+    else:
+        assert cfg.data.dataset.task == "extrap"
+        assert cfg.data.task._target_.endswith("Extrapolation") and cfg.data.task.count == 66
+
+    # The networks built from the recipe have exactly the paper's parameter counts.
+    with open_dict(cfg):
+        cfg.model.input_dim = 14
+    built = instantiate(cfg.model)
+    count = sum(p.numel() for p in built.field.parameters())
+    assert count == _paper_mlp_params(15, 15, 300, n_layers=3)
+    count = sum(p.numel() for p in built.encoder.ode.parameters())
+    assert count == _paper_mlp_params(30, 30, 300, n_layers=3)
+
+
+def test_physionet_recipe_carries_the_paper_hyperparameters():
+    cfg = compose_train(["experiment=physionet_interp"])
+    model, enc, data = cfg.model, cfg.model.encoder, cfg.data
+    assert (model.latents, enc.hidden, enc.gru_units) == (20, 40, 50)
+    assert (model.gen_units, enc.ode_units, model.gen_layers, enc.ode_layers) == (50, 50, 4, 4)
+    assert (model.obs_std, model.n_samples, cfg.trainer.max_epochs) == (0.01, 3, 100)
+    assert data.dataset.quantization == 0.016 and data.batch_size == 50
+    assert data.dataset.variables is None  # the 37 time series (conf/data/physionet.yaml)
+    assert data.task._target_.endswith("Interpolation") and data.task.fraction == 1.0
+    assert Path(data.dataset.root).parts[-2:] == ("data", "physionet")
+
+
+def test_physionet_without_data_names_the_directory(tmp_path):
+    missing = tmp_path / "no_physionet_here"
+    cfg = compose_train(["experiment=physionet_interp", f"data.dataset.root={missing}"],
+                        tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="no_physionet_here"):
+        train_cli.train(cfg)
