@@ -16,6 +16,10 @@ Metrics (logged as ``{stage}/{name}``, stage one of ``train``, ``val``, ``test``
 - ``mse_data``: the same in data units (errors times the scaler's per-channel ``scale**2``).
 - ``mse_seen`` / ``mse_unseen``: on targets the encoder saw / did not see (interpolation); a key
   is logged only when the epoch had such points.
+- ``poisson`` (Poisson-process log-likelihood) and ``ce`` (label cross-entropy) when the model
+  has them; with labels, ``auc`` (binary labels, when both classes occur) and ``accuracy`` on
+  validation and test, from the posterior-averaged class probabilities of the epoch's known
+  labels, gathered across processes.
 
 Validation and test draw their posterior samples from a generator seeded per batch
 (``eval_seed``, the batch index), so evaluating a checkpoint gives the same numbers every time.
@@ -35,7 +39,9 @@ from latentode.data import Batch
 from latentode.solvers import SolverError
 
 TERMS = ("loss", "loglik", "kl")
-"""Loss terms checked for NaN/inf at every step."""
+"""Loss terms every model returns, checked for NaN/inf at every step."""
+OPTIONAL_TERMS = ("poisson", "ce")
+"""Terms of optional likelihoods (Poisson process, labels), checked and logged when present."""
 
 
 def kl_weight_schedule(epoch: int, wait_epochs: int = 10, rate: float = 0.99) -> float:
@@ -81,6 +87,32 @@ class _Sums:
             if float(count) > 0:
                 out[name] = float(total / count)
         return out
+
+
+def _known_predictions(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``(N, 1 + C)``: each known label beside its posterior-averaged class probabilities
+    (one column, ``P(label = 1)``, for binary logits)."""
+    logits = logits.detach()
+    probs = torch.sigmoid(logits) if logits.shape[-1] == 1 else torch.softmax(logits, -1)
+    probs = probs.mean(0)  # over posterior samples: (B, C) or (B, T, C)
+    known = ~torch.isnan(labels)
+    return torch.cat([labels[known].unsqueeze(-1).to(probs), probs[known]], -1).double()
+
+
+def label_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """``accuracy`` and, for binary labels with both classes present, ROC ``auc``."""
+    if labels.numel() == 0:
+        return {}
+    probs, labels = probs.cpu(), labels.cpu()
+    if probs.shape[-1] == 1:
+        p = probs[:, 0]
+        out = {"accuracy": float(((p > 0.5).double() == labels).double().mean())}
+        if 0 < int(labels.sum()) < labels.numel():
+            from sklearn.metrics import roc_auc_score
+
+            out["auc"] = float(roc_auc_score(labels.numpy(), p.numpy()))
+        return out
+    return {"accuracy": float((probs.argmax(-1).double() == labels).double().mean())}
 
 
 class LatentODELightning(L.LightningModule):
@@ -139,6 +171,7 @@ class LatentODELightning(L.LightningModule):
         else:
             self.scale = None
         self._sums: dict[str, _Sums] = {}
+        self._labels: dict[str, list[torch.Tensor]] = {}
 
     # ----------------------------------------------------------------------------- schedule
     @property
@@ -153,15 +186,20 @@ class LatentODELightning(L.LightningModule):
                n_samples: int | None) -> dict[str, torch.Tensor]:
         """The model's loss terms; a solver failure or a NaN/inf term stops the run, saying
         where (stage, epoch, batch index) and which term."""
+        extra = {}
+        if batch.labels is not None and getattr(self.model, "classifier", None) is not None:
+            extra["labels"] = batch.labels
         try:
             out = self.model.loss(batch.times, batch.values, batch.encoder_mask,
-                                  batch.target_mask, kl_weight=kl_weight, n_samples=n_samples)
+                                  batch.target_mask, kl_weight=kl_weight, n_samples=n_samples,
+                                  **extra)
         except SolverError as err:
             raise RuntimeError(
                 f"the ODE solver failed at epoch {self.current_epoch}, batch_idx {batch_idx} "
                 f"({stage}): {err}"
             ) from err
-        bad = [t for t in TERMS if t in out and not bool(torch.isfinite(out[t]).all())]
+        bad = [t for t in TERMS + OPTIONAL_TERMS
+               if t in out and not bool(torch.isfinite(out[t]).all())]
         if bad:
             values = ", ".join(f"{t}={out[t].detach().cpu().tolist()}" for t in bad)
             raise RuntimeError(
@@ -193,7 +231,7 @@ class LatentODELightning(L.LightningModule):
         kl_weight = self.kl_weight
         out = self._terms("train", batch, batch_idx, kl_weight, self.train_samples)
         size = batch.batch_size
-        log = {f"train/{t}": out[t].detach() for t in TERMS}
+        log = {f"train/{t}": out[t].detach() for t in TERMS + OPTIONAL_TERMS if t in out}
         for name, (total, count) in self._errors(batch, out["pred"]).items():
             if float(count) > 0:
                 log[f"train/{name}"] = total / count
@@ -210,8 +248,12 @@ class LatentODELightning(L.LightningModule):
             out = self._terms(stage, batch, batch_idx, 1.0, self.eval_samples)
         sums = self._sums.setdefault(stage, _Sums())
         size = batch.batch_size
-        for t in TERMS:
-            sums.add(t, out[t] * size, size)
+        for t in TERMS + OPTIONAL_TERMS:
+            if t in out:
+                sums.add(t, out[t] * size, size)
+        if "logits" in out and batch.labels is not None:
+            self._labels.setdefault(stage, []).append(_known_predictions(out["logits"],
+                                                                          batch.labels))
         for name, (total, count) in self._errors(batch, out["pred"]).items():
             sums.add(name, total, count)
 
@@ -226,14 +268,33 @@ class LatentODELightning(L.LightningModule):
         if sums is None:
             return
         means = sums.means(lambda x: self.trainer.strategy.reduce(x, reduce_op="sum"))
+        means.update(self._label_metrics(stage))
         for name, value in means.items():
             self.log(f"{stage}/{name}", value, prog_bar=name == "mse", sync_dist=False)
 
+    def _label_metrics(self, stage: str) -> dict[str, float]:
+        """AUC and accuracy over the epoch's known labels, gathered from every process."""
+        parts = self._labels.pop(stage, None)
+        if not parts:
+            return {}
+        local = torch.cat(parts)  # (N, 1 + C): label, then class probabilities
+        if self.trainer.world_size > 1:
+            count = torch.tensor([local.shape[0]], device=self.device)
+            counts = self.all_gather(count).reshape(-1)
+            width = int(counts.max())
+            padded = local.new_full((width, local.shape[1]), float("nan"))
+            padded[: local.shape[0]] = local
+            gathered = self.all_gather(padded).reshape(-1, local.shape[1])
+            local = gathered[~torch.isnan(gathered[:, 0])]
+        return label_metrics(local[:, 1:], local[:, 0])
+
     def on_validation_epoch_start(self) -> None:
         self._sums.pop("val", None)
+        self._labels.pop("val", None)
 
     def on_test_epoch_start(self) -> None:
         self._sums.pop("test", None)
+        self._labels.pop("test", None)
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")

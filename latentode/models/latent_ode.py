@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentode.nn import ODEFunc, ODERNNEncoder
+from latentode.nn import ODEFunc, ODERNNEncoder, mlp
 from latentode.solvers import odeint
 
 
@@ -28,6 +28,9 @@ class LatentODEOutput:
     pred: torch.Tensor  # (S, B, T, D) decoded means at the requested times
     z0_mean: torch.Tensor  # (B, L)
     z0_std: torch.Tensor  # (B, L)
+    log_rate: torch.Tensor | None = None  # (S, B, T, D) Poisson log-intensity (poisson=True)
+    cum_rate: torch.Tensor | None = None  # (S, B, T, D) its integral from times[0]
+    logits: torch.Tensor | None = None  # (S, B[, T], C) label logits (n_labels > 0)
 
 
 def masked_gaussian_loglik(
@@ -52,6 +55,80 @@ def gaussian_kl(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return 0.5 * (var + mean.square() - 1.0 - torch.log(var)).mean(-1)
 
 
+OBJECTIVES = ("iwae", "elbo", "batch_iwae")
+LABELS = ("series", "time")
+
+
+def poisson_process_loglik(
+    log_rate: torch.Tensor, cum_rate: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Log-likelihood ``(S, B)`` of *when* channels were observed under an inhomogeneous
+    Poisson process per channel: ``sum log rate(t_i) - integral of rate`` over each series'
+    window (``times[0]`` to its last point under ``mask``), averaged over channels with a point.
+    """
+    maskf = mask.to(log_rate.dtype)
+    events = (log_rate * maskf).sum(-2)  # (S, B, D)
+    seen = mask.any(-1)  # (B, T)
+    steps = torch.arange(seen.shape[-1], device=seen.device)
+    last = torch.where(seen, steps, -1).amax(-1).clamp_min(0)  # (B,) each series' last point
+    index = last.view(1, -1, 1, 1).expand(cum_rate.shape[0], -1, 1, cum_rate.shape[-1])
+    integral = cum_rate.gather(2, index).squeeze(2)  # (S, B, D)
+    has = mask.any(-2)  # (B, D)
+    per_channel = (events - integral) * has
+    return per_channel.sum(-1) / has.sum(-1).clamp_min(1)
+
+
+def label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``logits`` against the known (non-NaN) ``labels``, averaged.
+
+    Per series: ``logits (S, B, C)``, ``labels (B,)``; per time point: ``logits (S, B, T, C)``,
+    ``labels (B, T)``. One logit (``C = 1``) is binary (labels 0/1), more are classes
+    ``0..C-1``. Every posterior sample is scored (as in the paper code). Zero with no label.
+    """
+    known = ~torch.isnan(labels)
+    if not bool(known.any()):
+        return logits.sum() * 0.0
+    chosen = logits[:, known]  # (S, N, C)
+    target = labels[known]
+    if chosen.shape[-1] == 1:
+        target = target.expand(chosen.shape[0], -1)
+        return nn.functional.binary_cross_entropy_with_logits(chosen[..., 0], target)
+    target = target.long().expand(chosen.shape[0], -1)
+    return nn.functional.cross_entropy(chosen.reshape(-1, chosen.shape[-1]), target.reshape(-1))
+
+
+class _WithRate(nn.Module):
+    """The generative field on ``[z, integral of rate]``: ``d/dt [z, R] = [f(z), exp(g(z))]``."""
+
+    def __init__(self, field: nn.Module, rate: nn.Module, latents: int):
+        super().__init__()
+        self.field, self.rate, self.latents = field, rate, latents
+
+    def forward(self, t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        z = state[..., : self.latents]
+        return torch.cat([self.field(t, z), torch.exp(self.rate(z))], -1)
+
+
+def sample_bound(elbo: torch.Tensor, objective: str = "iwae") -> torch.Tensor:
+    """Combine per-sample ELBO terms ``(S, B)`` into a bound per series ``(B,)``.
+
+    ``iwae``: ``logsumexp`` over samples per series, minus ``log S`` (Burda et al.);
+    ``elbo``: the mean over samples; ``batch_iwae``: the paper code's objective, ``logsumexp``
+    over samples of the batch means (no ``- log S``), spread evenly over the series.
+    """
+    samples = elbo.shape[0]
+    if objective == "iwae":
+        return torch.logsumexp(elbo, dim=0) - math.log(samples)
+    if objective == "elbo":
+        return elbo.mean(0)
+    if objective == "batch_iwae":
+        weights = torch.softmax(elbo.mean(1), dim=0).detach()  # (S,)
+        value = torch.logsumexp(elbo.mean(1), dim=0)
+        per_series = (weights[:, None] * elbo).sum(0)
+        return per_series - per_series.detach() + value.detach()
+    raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
+
+
 class LatentODE(nn.Module):
     """Latent ODE with an ODE-RNN (default) or RNN recognition network.
 
@@ -65,6 +142,18 @@ class LatentODE(nn.Module):
         obs_std: fixed observation noise of the Gaussian likelihood.
         n_samples: posterior samples for the IWAE bound.
         solver: ``odeint`` options for the generative ODE (method, rtol, atol, gradient, ...).
+        objective: how posterior samples combine (:func:`sample_bound`): ``iwae`` (per series),
+            ``elbo`` or ``batch_iwae`` (the paper code's).
+        poisson: also model *when* points are observed: a Poisson process per channel whose
+            log-intensity is an MLP of ``z(t)``, integrated with the latent ODE (paper, 3.4);
+            its log-likelihood enters the loss with weight ``poisson_weight`` (paper: 0.1).
+        n_labels: a classification head (0: none): ``1`` for a binary label, ``C > 1`` for
+            classes. ``label_type="series"`` classifies each series from ``z0`` (e.g.
+            mortality); ``"time"`` labels every time point from ``z(t)`` (e.g. activity).
+        label_weight: weight of the cross-entropy in the loss (paper: 100 with reconstruction).
+        reconstruct: ``False`` trains on the classification loss alone (the paper's activity
+            setting); the ELBO terms are still reported.
+        label_units: hidden units of the classifier's two ReLU layers (paper: 300).
     """
 
     def __init__(
@@ -79,18 +168,42 @@ class LatentODE(nn.Module):
         obs_std: float = 0.01,
         n_samples: int = 3,
         solver: dict[str, Any] | None = None,
+        objective: str = "iwae",
+        poisson: bool = False,
+        poisson_weight: float = 0.1,
+        n_labels: int = 0,
+        label_type: str = "series",
+        label_weight: float = 100.0,
+        reconstruct: bool = True,
+        label_units: int = 300,
     ):
         super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
+        if label_type not in LABELS:
+            raise ValueError(f"label_type must be one of {LABELS}, got {label_type!r}.")
+        if not reconstruct and n_labels < 1:
+            raise ValueError("reconstruct=False trains on labels alone: set n_labels >= 1.")
+        self.objective = objective
         self.input_dim, self.latents = input_dim, latents
         self.encoder = encoder if encoder is not None else ODERNNEncoder(input_dim, latents)
         self.field = ODEFunc(latents, gen_units, gen_layers)
         if dec_layers == 0:
             self.decoder: nn.Module = nn.Linear(latents, input_dim)
         else:
-            from latentode.nn import mlp
-
             self.decoder = mlp(latents, input_dim, dec_units, dec_layers)
         self.obs_std, self.n_samples = obs_std, n_samples
+        self.poisson, self.poisson_weight = poisson, poisson_weight
+        self.rate = mlp(latents, input_dim, gen_units, 1) if poisson else None
+        self.n_labels, self.label_type = n_labels, label_type
+        self.label_weight, self.reconstruct = label_weight, reconstruct
+        self.classifier = None
+        if n_labels > 0:
+            self.classifier = nn.Sequential(
+                nn.Linear(latents, label_units), nn.ReLU(),
+                nn.Linear(label_units, label_units), nn.ReLU(),
+                nn.Linear(label_units, n_labels),
+            )
         self.solver = {"method": "dopri5", "rtol": 1e-3, "atol": 1e-4,
                        "gradient": "checkpoint", **(solver or {})}
 
@@ -100,14 +213,20 @@ class LatentODE(nn.Module):
         """Posterior ``q(z0)`` from the observations under ``mask``."""
         return self.encoder(times, values, mask)
 
-    def decode_paths(
-        self, z0: torch.Tensor, times: torch.Tensor
-    ) -> torch.Tensor:
-        """Integrate ``z0 (S, B, L)`` from ``times[0]`` to every ``times``; decode: (S, B, T, D)."""
+    def latent_paths(self, z0: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+        """Integrate ``z0 (S, B, L)`` from ``times[0]`` to every ``times``: ``(S, B, T, L)``,
+        with the Poisson intensity's integral appended (``L + D`` channels) when modelled."""
         samples, batch, latents = z0.shape
-        z = odeint(self.field, z0.reshape(samples * batch, latents), times, **self.solver)
-        z = z.reshape(len(times), samples, batch, latents).permute(1, 2, 0, 3)
-        return self.decoder(z)
+        state, func = z0.reshape(samples * batch, latents), self.field
+        if self.rate is not None:
+            state = torch.cat([state, state.new_zeros(samples * batch, self.input_dim)], -1)
+            func = _WithRate(self.field, self.rate, latents)
+        z = odeint(func, state, times, **self.solver)
+        return z.reshape(len(times), samples, batch, -1).permute(1, 2, 0, 3)
+
+    def decode_paths(self, z0: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+        """Integrate ``z0 (S, B, L)`` to every ``times`` and decode: ``(S, B, T, D)``."""
+        return self.decoder(self.latent_paths(z0, times)[..., : self.latents])
 
     def forward(
         self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
@@ -120,25 +239,45 @@ class LatentODE(nn.Module):
         eps = torch.randn((n, *mean.shape), dtype=mean.dtype, device=mean.device)
         z0 = mean + std * eps
         out_times = times if pred_times is None else pred_times
-        return LatentODEOutput(self.decode_paths(z0, out_times), mean, std)
+        paths = self.latent_paths(z0, out_times)
+        z = paths[..., : self.latents]
+        out = LatentODEOutput(self.decoder(z), mean, std)
+        if self.rate is not None:
+            out.log_rate, out.cum_rate = self.rate(z), paths[..., self.latents :]
+        if self.classifier is not None:
+            out.logits = self.classifier(z0 if self.label_type == "series" else z)
+        return out
 
     def loss(
         self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
         target_mask: torch.Tensor, kl_weight: float = 1.0, n_samples: int | None = None,
+        labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Negative IWAE bound and its terms; MSE of the sample-mean prediction on the targets."""
+        """Negative bound (``objective``) and its terms; MSE of the sample-mean prediction on
+        the targets. With ``poisson``: the point process term ``poisson``; with a classifier
+        and ``labels``: ``ce`` and the ``logits``."""
         out = self(times, values, encoder_mask, n_samples)
         loglik = masked_gaussian_loglik(values, out.pred, target_mask, self.obs_std)  # (S, B)
         kl = gaussian_kl(out.z0_mean, out.z0_std)  # (B,)
-        samples = out.pred.shape[0]
-        bound = torch.logsumexp(loglik - kl_weight * kl, dim=0) - math.log(samples)
+        bound = sample_bound(loglik - kl_weight * kl, self.objective)
         mask = target_mask.to(values.dtype)
         sq = (out.pred.mean(0) - values).square() * mask
         mse = sq.sum() / mask.sum().clamp_min(1)
-        return {
-            "loss": -bound.mean(),
-            "loglik": loglik.mean(),
-            "kl": kl.mean(),
-            "mse": mse,
-            "pred": out.pred,
-        }
+        loss = -bound.mean()
+        result = {"loglik": loglik.mean(), "kl": kl.mean(), "mse": mse, "pred": out.pred}
+        if out.log_rate is not None:
+            poisson = poisson_process_loglik(out.log_rate, out.cum_rate, target_mask).mean()
+            loss = loss - self.poisson_weight * poisson
+            result["poisson"] = poisson
+        if out.logits is not None and labels is not None:
+            if self.label_type == "time" and labels.dim() != 2:
+                raise ValueError(f"label_type='time' needs labels per time point (B, T), got "
+                                 f"shape {tuple(labels.shape)}.")
+            if self.label_type == "series" and labels.dim() != 1:
+                raise ValueError(f"label_type='series' needs one label per series (B,), got "
+                                 f"shape {tuple(labels.shape)}; use label_type='time'.")
+            ce = label_loss(out.logits, labels)
+            loss = loss + self.label_weight * ce if self.reconstruct else ce
+            result["ce"], result["logits"] = ce, out.logits
+        result["loss"] = loss
+        return result

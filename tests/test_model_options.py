@@ -1,0 +1,179 @@
+"""The latent ODE's paper options: objectives, the Poisson process and the classification head,
+and the Lightning module's label metrics (AUC, accuracy)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from latentode.data import Interpolation, LatentODEDataModule, from_dataframe
+from latentode.lit import LatentODELightning
+from latentode.lit.module import label_metrics
+from latentode.models import LatentODE
+from latentode.models.latent_ode import (
+    label_loss,
+    poisson_process_loglik,
+    sample_bound,
+)
+from latentode.nn import ODERNNEncoder
+
+
+def tiny_batch(seed: int = 0, batch: int = 4, length: int = 7, dims: int = 2):
+    gen = torch.Generator().manual_seed(seed)
+    times = torch.sort(torch.rand(length, generator=gen)).values * 2
+    values = torch.randn(batch, length, dims, generator=gen)
+    mask = torch.rand(batch, length, dims, generator=gen) < 0.6
+    mask[:, 0] = True
+    return times, values, mask
+
+
+def model(**options) -> LatentODE:
+    torch.manual_seed(0)
+    encoder = ODERNNEncoder(2, 3, hidden=6, z0_units=8)
+    return LatentODE(2, latents=3, encoder=encoder, gen_units=8, obs_std=0.1, n_samples=2,
+                     solver={"rtol": 1e-5, "atol": 1e-6}, **options)
+
+
+def test_objectives_against_their_definitions():
+    elbo = torch.tensor([[-1.0, -5.0, 2.0], [-3.0, -4.0, 1.0]])  # (S=2, B=3)
+    iwae = torch.logsumexp(elbo, 0) - math.log(2)
+    assert torch.allclose(sample_bound(elbo, "iwae"), iwae)
+    assert torch.allclose(sample_bound(elbo, "elbo"), elbo.mean(0))
+    paper = torch.logsumexp(elbo.mean(1), 0)  # the paper code: over samples of batch means
+    assert torch.allclose(sample_bound(elbo, "batch_iwae").mean(), paper)
+    # its gradient is the paper's too
+    e1 = elbo.clone().requires_grad_(True)
+    sample_bound(e1, "batch_iwae").mean().backward()
+    e2 = elbo.clone().requires_grad_(True)
+    torch.logsumexp(e2.mean(1), 0).backward()
+    assert torch.allclose(e1.grad, e2.grad)
+    # iwae >= elbo (Jensen)
+    assert bool((sample_bound(elbo, "iwae") >= sample_bound(elbo, "elbo")).all())
+    with pytest.raises(ValueError, match="objective must be one of"):
+        sample_bound(elbo, "vae")
+
+
+def test_poisson_loglik_of_a_constant_rate_is_closed_form():
+    # rate exp(c) on [t0, t_last]: log L = n c - exp(c) (t_last - t0) per channel
+    times = torch.tensor([0.0, 0.5, 1.5, 2.0])
+    c = 0.3
+    log_rate = torch.full((1, 2, 4, 1), c)
+    cum_rate = (math.exp(c) * (times - times[0])).view(1, 1, 4, 1).expand(1, 2, 4, 1)
+    mask = torch.tensor([[1, 0, 1, 0], [1, 1, 1, 1]], dtype=torch.bool).unsqueeze(-1)
+    got = poisson_process_loglik(log_rate, cum_rate, mask)
+    want = torch.tensor([[2 * c - math.exp(c) * 1.5, 4 * c - math.exp(c) * 2.0]])
+    assert torch.allclose(got, want)
+
+
+def test_poisson_model_integrates_the_rate_and_trains_it():
+    times, values, mask = tiny_batch()
+    net = model(poisson=True)
+    out = net(times, values, mask, n_samples=2)
+    assert out.log_rate.shape == out.cum_rate.shape == (2, 4, 7, 2)
+    # the integral starts at zero and grows (the rate is positive)
+    assert torch.all(out.cum_rate[:, :, 0] == 0)
+    assert torch.all(out.cum_rate.diff(dim=2) > 0)
+    # it is the integral of exp(log_rate): trapezoid on the output grid, loose tolerance
+    trap = torch.cumulative_trapezoid(out.log_rate.exp(), times, dim=2)
+    assert torch.allclose(out.cum_rate[:, :, 1:], trap, rtol=0.05, atol=1e-3)
+    terms = net.loss(times, values, mask, mask)
+    assert "poisson" in terms and torch.isfinite(terms["poisson"])
+    terms["loss"].backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.rate.parameters())
+    plain = model()
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        base = plain.loss(times, values, mask, mask)["loss"]
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        both = net.loss(times, values, mask, mask)
+    # same encoder/field weights (same seed): the Poisson term is added with weight 0.1
+    assert torch.allclose(both["loss"], base - 0.1 * both["poisson"], rtol=1e-4)
+
+
+def test_series_labels_loss_ignores_unknown_labels_and_reaches_the_classifier():
+    times, values, mask = tiny_batch()
+    net = model(n_labels=1)
+    labels = torch.tensor([1.0, 0.0, float("nan"), 1.0])
+    terms = net.loss(times, values, mask, mask, labels=labels)
+    assert terms["logits"].shape == (2, 4, 1)
+    want = torch.nn.functional.binary_cross_entropy_with_logits(
+        terms["logits"][:, [0, 1, 3], 0], labels[[0, 1, 3]].expand(2, 3))
+    assert torch.allclose(terms["ce"], want)
+    terms["loss"].backward()
+    assert all(p.grad is not None for p in net.classifier.parameters())
+    # no known label: zero, still differentiable
+    none = net.loss(times, values, mask, mask, labels=torch.full((4,), float("nan")))
+    assert float(none["ce"].detach()) == 0.0
+
+
+def test_labels_per_time_point_and_classes():
+    times, values, mask = tiny_batch()
+    net = model(n_labels=3, label_type="time", reconstruct=False)
+    labels = torch.full((4, 7), float("nan"))
+    labels[:, ::2] = torch.tensor([0.0, 2.0, 1.0, 2.0])[:, None]
+    terms = net.loss(times, values, mask, mask, labels=labels)
+    assert terms["logits"].shape == (2, 4, 7, 3)
+    assert torch.allclose(terms["loss"], terms["ce"])  # reconstruct=False: labels alone
+    assert torch.allclose(terms["ce"], label_loss(terms["logits"], labels))
+    with pytest.raises(ValueError, match="needs labels per time point"):
+        net.loss(times, values, mask, mask, labels=torch.zeros(4))
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="label_type must be one of"):
+        model(n_labels=1, label_type="window")
+    with pytest.raises(ValueError, match="set n_labels"):
+        model(reconstruct=False)
+
+
+def test_label_metrics_against_sklearn_definitions():
+    probs = torch.tensor([[0.9], [0.2], [0.6], [0.4]], dtype=torch.float64)
+    labels = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    got = label_metrics(probs, labels)
+    assert got["accuracy"] == pytest.approx(0.5)
+    assert got["auc"] == pytest.approx(0.75)  # pairs (pos, neg) ranked right: 3 of 4
+    multi = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype=torch.float64)
+    assert label_metrics(multi, torch.tensor([0.0, 1.0]))["accuracy"] == pytest.approx(0.5)
+    assert "auc" not in label_metrics(probs[:2], torch.tensor([1.0, 1.0]))  # one class only
+
+
+def labelled_frame(n: int = 40, seed: int = 0) -> pd.DataFrame:
+    """Sines whose label says whether the offset is positive: learnable from z0."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        offset = rng.choice([-1.0, 1.0])
+        t = np.sort(rng.uniform(0, 3, 12))
+        for tt in t:
+            rows.append((i, tt, np.sin(2 * tt) + offset, float(offset > 0)))
+    return pd.DataFrame(rows, columns=["series_id", "time", "value", "label"])
+
+
+@pytest.mark.filterwarnings("ignore:.*treespec, LeafSpec")
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+def test_lightning_logs_auc_and_accuracy_and_learns_the_label():
+    import lightning as L
+
+    torch.manual_seed(0)
+    data = from_dataframe(labelled_frame(), label_col="label")
+    dm = LatentODEDataModule(data, task=Interpolation(fraction=0.5), batch_size=8,
+                             val_fraction=0.25, test_fraction=0.25)
+    dm.setup("fit")
+    encoder = ODERNNEncoder(1, 3, hidden=8, z0_units=16)
+    net = LatentODE(1, latents=3, encoder=encoder, gen_units=16, n_labels=1, label_units=16,
+                    label_weight=1.0, solver={"method": "rk4"})
+    module = LatentODELightning(net, kl_wait_epochs=0)
+    trainer = L.Trainer(max_epochs=15, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu")
+    trainer.fit(module, datamodule=dm)
+    metrics = trainer.callback_metrics
+    assert {"val/auc", "val/accuracy", "val/ce", "train/ce"} <= set(metrics)
+    # the label is the sign of the offset, plain in every observation: learnt
+    assert float(metrics["val/accuracy"]) >= 0.8
+    assert float(metrics["val/auc"]) >= 0.8
