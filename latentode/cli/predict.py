@@ -1,0 +1,117 @@
+"""``latentode-predict``: forecasts of the series in a CSV, from a trained model, into a CSV.
+
+    latentode-predict ckpt_path=outputs/train/<run>/checkpoints/last.ckpt input=data.csv \\
+        output=pred.csv horizon=2.0 n=20
+    latentode-predict model_dir=my_forecaster input=data.csv output=pred.csv times=[5.5,6,6.5]
+    latentode-predict model_dir=... input=data.csv output=pred.csv horizon=7D freq=D plot=p.png
+
+The model is either a ``latentode-train`` checkpoint (``ckpt_path=``: the run's
+``.hydra/config.yaml``, found above the checkpoint as ``latentode-eval`` does, rebuilds the data,
+so the time transform and the scaler fitted on its training split, and the model; ``overrides=``
+change that config) or a directory written by ``LatentODEForecaster.save`` (``model_dir=``).
+Every series of ``input`` (CSV or parquet, the training data's columns; ``id_col=``/``time_col=``
+rename them) is conditioned on its rows there and answered at ``times=`` (shared by all series),
+on a grid after its last observation (``horizon=`` with ``n=`` or ``freq=``), or by default at its
+own time stamps. ``output`` (CSV, or parquet by suffix) is the long frame of
+``LatentODEForecaster.predict``: id, time, channel, ``mean``, one ``q<level>`` column per
+quantile, in the data's units; datetimes in, datetimes out. Date strings in a CSV's time column
+are read as datetimes when the model was trained on datetimes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from latentode.cli import config_dir
+from latentode.cli.train import quiet_known_warnings
+
+log = logging.getLogger(__name__)
+
+
+def read_frame(path: Path) -> pd.DataFrame:
+    """A CSV or parquet file as a DataFrame."""
+    if not path.is_file():
+        raise FileNotFoundError(f"input file {str(path)!r} does not exist.")
+    return pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path)
+
+
+def write_frame(frame: pd.DataFrame, path: Path) -> None:
+    """``frame`` as CSV, or parquet when ``path`` ends in .parquet/.pq."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix in (".parquet", ".pq"):
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False)
+
+
+def load_forecaster(cfg: DictConfig) -> Any:
+    """The forecaster named by ``ckpt_path`` or ``model_dir`` (exactly one)."""
+    from latentode.forecast import LatentODEForecaster
+
+    ckpt, model_dir = cfg.get("ckpt_path"), cfg.get("model_dir")
+    if (ckpt is None) == (model_dir is None):
+        raise ValueError("latentode-predict needs exactly one of ckpt_path= (a latentode-train "
+                         f"checkpoint) and model_dir= (a saved forecaster); got ckpt_path={ckpt}"
+                         f", model_dir={model_dir}.")
+    if ckpt is not None:
+        return LatentODEForecaster.from_run(str(ckpt), list(cfg.get("overrides") or []))
+    return LatentODEForecaster.load(str(model_dir))
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if isinstance(value, DictConfig) or OmegaConf.is_list(
+        value) else value
+
+
+def predict(cfg: DictConfig) -> pd.DataFrame:
+    """Run ``latentode-predict`` as ``cfg`` says; returns the frame written to ``output``."""
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    forecaster = load_forecaster(cfg)
+    spec = forecaster.spec
+    frame = read_frame(Path(str(cfg.input)))
+    renames = {cfg[k]: getattr(spec, k) for k in ("id_col", "time_col")
+               if cfg.get(k) is not None and cfg[k] != getattr(spec, k)}
+    frame = frame.rename(columns=renames)
+    time_col = spec.time_col
+    if spec.time.kind == "datetime" and time_col in frame.columns and not (
+        pd.api.types.is_datetime64_any_dtype(frame[time_col].dtype)
+    ):
+        frame[time_col] = pd.to_datetime(frame[time_col])
+    pred = forecaster.predict(
+        frame, _plain(cfg.get("times")), horizon=cfg.get("horizon"), freq=cfg.get("freq"),
+        n=cfg.get("n"), num_samples=int(cfg.num_samples),
+        quantiles=list(_plain(cfg.quantiles) or []), seed=int(cfg.seed),
+        noise=bool(cfg.get("noise", True)),
+    )
+    pred = pred.rename(columns={v: k for k, v in renames.items()})
+    out = Path(str(cfg.output))
+    write_frame(pred, out)
+    log.info("%d rows (%d series) written to %s", len(pred), pred.iloc[:, 0].nunique(), out)
+    print(f"predictions of {pred.iloc[:, 0].nunique()} series written to {out}", flush=True)
+    if cfg.get("plot"):
+        fig = forecaster.plot(frame, pred.rename(columns=renames),
+                              max_series=int(cfg.get("plot_series") or 4))
+        plot_path = Path(str(cfg.plot))
+        plot_path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(plot_path, dpi=100)
+        log.info("plot written to %s", plot_path)
+    return pred
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="predict")
+def main(cfg: DictConfig) -> None:
+    """Entry point of ``latentode-predict`` (Hydra parses the command line)."""
+    quiet_known_warnings()
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,506 @@
+"""``LatentODEForecaster``: a DataFrame in, forecasts, imputations and sample paths out.
+
+    from latentode import LatentODEForecaster
+    model = LatentODEForecaster({"model.latents": 8, "trainer.max_epochs": 50})
+    model.fit(train_df, id_col="series_id", time_col="time")      # wide, NaN = not observed
+    pred = model.predict(df, horizon=2.0, n=20)                    # id, time, channel, mean, q..
+    filled = model.impute(df)                                      # every NaN filled
+    model.save("forecaster/"); model = LatentODEForecaster.load("forecaster/")
+
+Training is the command line's: the config is ``conf/train.yaml`` composed with Hydra's compose
+API plus ``config_overrides`` (an unknown key is an error), and ``fit`` builds the same
+``LatentODEDataModule``, model and ``LatentODELightning`` as ``latentode-train`` (the helpers of
+``latentode.cli.train``) and trains them with a Lightning ``Trainer`` (progress bar included).
+The data's task (what the encoder sees in training) is the config's ``data.task``: by default the
+paper's interpolation with 50 encoder points per series; for short series set
+``{"data.task.count": None, "data.task.fraction": 0.5}``.
+
+How predictions are made:
+
+* Each series is conditioned on its observed history in ``df`` (every row with any observed
+  channel) and answered on its own, so adding or removing other series never changes its
+  answer; sampling is seeded per series from ``seed`` and the series id, so the same call gives
+  the same frame.
+* The latent state ``z0`` lives at the first time of the encoder's grid. Times **before** a
+  series' first observation are supported: the grid then starts at the earliest requested time
+  (an unobserved point the ODE-RNN encoder evolves back to), exactly as in training, where a
+  batch's grid starts at the earliest time of any of its series. Asking for such a time moves
+  ``z0`` and so changes the answer at the other times slightly.
+* Any time can be asked for: predictions come from the ODE solution at those times (dense output
+  of the adaptive solver; a fixed-step solver with ``step_size=null`` takes one step per output
+  interval, so there the answer depends on which times are asked for).
+* ``mean`` is the posterior mean of the decoded path; the quantile columns are quantiles of the
+  posterior *predictive* distribution of an observation: each sampled path plus Gaussian noise of
+  the model's ``obs_std`` (``noise=False``: quantiles of the paths alone). Values are in the data's
+  units, times in the data's type (datetimes in, datetimes out), channels by their names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import tempfile
+import warnings
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from latentode.data import IrregularDataset, from_dataframe
+
+from .config import compose_train_config, override_list, prune_callbacks
+from .requests import Times, requested_times
+from .spec import DataSpec, check_quantiles, concat_datasets, quantile_name
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE, WEIGHTS_FILE, TRANSFORMS_FILE = "config.yaml", "weights.pt", "transforms.json"
+
+_QUIET = (r".*treespec, LeafSpec", r"Experiment logs directory .* exists and is not",
+          r".*does not have many workers which may be a bottleneck")
+
+
+def _series_seed(seed: int, key: Any) -> int:
+    """A per-series seed from ``seed`` and the series id (independent of the other series)."""
+    plain = key.item() if isinstance(key, np.generic) else key
+    entropy = [int(seed), zlib.crc32(repr(plain).encode())]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] % (2**63 - 1))
+
+
+class LatentODEForecaster:
+    """Fit a latent ODE on a DataFrame of irregular series; forecast, impute, sample, plot.
+
+    Args:
+        config_overrides: Hydra overrides of ``conf/train.yaml``: a dict (``{"model.latents": 8,
+            "trainer.max_epochs": 5}``) or ``key=value`` strings. Unknown keys are errors (Hydra's
+            ``ConfigCompositionException``), raised here rather than in ``fit``.
+    """
+
+    def __init__(self, config_overrides: Mapping[str, Any] | Sequence[str] | None = None):
+        self.config_overrides = override_list(config_overrides)
+        self._composed: DictConfig | None = compose_train_config(self.config_overrides)
+        self.cfg: DictConfig = copy.deepcopy(self._composed)  # after fit: the config it ran
+        self.model: nn.Module | None = None
+        self.spec: DataSpec | None = None
+        self.module: Any = None  # the LightningModule of the last fit
+        self.trainer: Any = None  # and its Trainer (for metrics, callbacks)
+
+    def __repr__(self) -> str:
+        state = "unfitted" if self.spec is None else (
+            f"channels={self.spec.channels}, time={self.spec.time.kind}")
+        return f"LatentODEForecaster({state})"
+
+    # ================================================================================== fit
+    def fit(
+        self,
+        train_df: pd.DataFrame,
+        id_col: str = "series_id",
+        time_col: str = "time",
+        value_cols: Sequence[str] | None = None,
+        val_df: pd.DataFrame | None = None,
+        *,
+        channel_col: str | None = None,
+        value_col: str | None = None,
+        time_unit: str | None = None,
+        output_dir: str | Path | None = None,
+    ) -> LatentODEForecaster:
+        """Train on ``train_df`` (every series; ``val_df``'s series, if given, for validation).
+
+        The frames take the formats of ``latentode.data.from_dataframe``: wide (one column per
+        channel, NaN = not observed, ``value_cols`` or every numeric column) or tidy
+        (``channel_col=`` and ``value_col=``); times numbers or datetimes (``time_unit``, default
+        hours, sets the model's time unit for datetimes). ``val_df`` is read with the training
+        time scale and must have the same channels. ``output_dir`` (default: the config's
+        ``paths.output_dir``, null) receives the config's checkpoints and logs (``metrics.csv``)
+        as a ``latentode-train`` run dir would; without one nothing is written. The weights kept
+        are those of the last epoch. Returns ``self``.
+        """
+        from hydra.utils import instantiate
+
+        from latentode.cli.train import build_group, build_model, build_module, setup_runtime
+
+        if self._composed is None:  # loaded: compose afresh for a new fit
+            self._composed = compose_train_config(self.config_overrides)
+        cfg = copy.deepcopy(self._composed)
+        train = from_dataframe(train_df, id_col, time_col, value_cols, channel_col=channel_col,
+                               value_col=value_col, time_unit=time_unit)
+        spec = DataSpec(
+            id_col=id_col, time_col=time_col, channels=list(train.channels),
+            time=train.time_transform,
+            value_cols=None if value_cols is None or channel_col is not None
+            else [str(c) for c in value_cols],
+            channel_col=channel_col, value_col=value_col, time_unit=time_unit,
+        )
+        data, split = train, ["train"] * len(train)
+        if val_df is not None:
+            val = spec.dataset(val_df, "val_df")
+            data, split = concat_datasets(train, val), split + ["val"] * len(val)
+        has_val = "val" in split
+
+        out_dir = output_dir if output_dir is not None else cfg.paths.get("output_dir")
+        with open_dict(cfg):
+            cfg.paths.output_dir = None if out_dir is None else str(Path(out_dir).resolve())
+            cfg.data.dataset = None  # the frames, not a named source
+        setup_runtime(cfg)
+        datamodule = instantiate(cfg.data, _partial_=True)(dataset=data, split=split)
+        datamodule.setup("fit")
+        model = build_model(cfg, datamodule)
+        module = build_module(cfg, model, datamodule)
+
+        prune_callbacks(cfg, on_disk=out_dir is not None, has_val=has_val)
+        callbacks = build_group(cfg.get("callbacks"))
+        loggers = build_group(cfg.get("logger"))
+        extra: dict[str, Any] = {}
+        if not has_val:
+            extra.update(limit_val_batches=0, num_sanity_val_steps=0)
+        with tempfile.TemporaryDirectory(prefix="latentode-fit-") as scratch, \
+                warnings.catch_warnings():
+            for pattern in _QUIET:
+                warnings.filterwarnings("ignore", message=pattern)
+            trainer = instantiate(
+                cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                enable_checkpointing=any("Checkpoint" in type(c).__name__ for c in callbacks),
+                default_root_dir=cfg.paths.output_dir or scratch, **extra,
+            )
+            for logger in trainer.loggers:
+                logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            trainer.fit(module, datamodule=datamodule)
+
+        scaler = datamodule.scaler
+        if scaler is not None:
+            spec.mean = [float(v) for v in scaler.mean]
+            spec.scale = [float(v) for v in scaler.scale]
+        self.cfg, self.spec, self.module, self.trainer = cfg, spec, module, trainer
+        self.model = model.cpu().eval()
+        return self
+
+    # ============================================================================ loading
+    @classmethod
+    def from_run(cls, ckpt_path: str | Path,
+                 overrides: Sequence[str] | None = None) -> LatentODEForecaster:
+        """A forecaster from a ``latentode-train`` checkpoint: the run's ``.hydra/config.yaml``
+        rebuilds its data (for the time transform and the scaler fitted on its training split)
+        and model; the checkpoint's weights are loaded with ``weights_only=True``. Frames given
+        to it use the training data's id, time and channel columns."""
+        from latentode.cli.evaluate import apply_overrides, find_run_config
+        from latentode.cli.train import build_datamodule, build_model
+
+        ckpt = Path(ckpt_path).expanduser().resolve()
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"checkpoint {str(ckpt)!r} does not exist.")
+        config_path = find_run_config(ckpt)
+        cfg = OmegaConf.load(config_path)
+        apply_overrides(cfg, list(overrides or []))
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(config_path.parent.parent)  # the run dir
+        datamodule = build_datamodule(cfg)
+        model = build_model(cfg, datamodule)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()
+                               if k.startswith("model.")})
+        ds: IrregularDataset = datamodule.dataset
+        scaler = datamodule.scaler
+        spec = DataSpec(
+            id_col=ds.id_col, time_col=ds.time_col, channels=list(ds.channels),
+            time=ds.time_transform, value_cols=list(ds.channels),
+            time_unit=ds.time_transform.unit,
+            mean=None if scaler is None else [float(v) for v in scaler.mean],
+            scale=None if scaler is None else [float(v) for v in scaler.scale],
+        )
+        return cls._assemble(cfg, model, spec)
+
+    @classmethod
+    def _assemble(cls, cfg: DictConfig, model: nn.Module, spec: DataSpec) -> LatentODEForecaster:
+        self = cls.__new__(cls)
+        self.config_overrides, self.cfg, self._composed = [], cfg, None
+        self.model, self.spec, self.module, self.trainer = model.cpu().eval(), spec, None, None
+        return self
+
+    def save(self, path: str | Path) -> Path:
+        """Write the forecaster to directory ``path``: ``weights.pt`` (the model's state dict),
+        ``config.yaml`` (the resolved config) and ``transforms.json`` (columns, time transform,
+        scaler). The weights file holds tensors only, so ``load`` reads it with
+        ``weights_only=True`` and nothing else is pickled. Returns the directory."""
+        model, spec = self._fitted("save")
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), out / WEIGHTS_FILE)
+        (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
+        spec.write(out / TRANSFORMS_FILE)
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatentODEForecaster:
+        """A forecaster written by ``save``: the model rebuilt from ``config.yaml``, its weights
+        read with ``torch.load(weights_only=True)``; it predicts exactly as the saved one did.
+        (``fit`` on a loaded forecaster trains a new model from ``conf/train.yaml``.)"""
+        from hydra.utils import instantiate
+
+        root = Path(path)
+        missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, TRANSFORMS_FILE)
+                   if not (root / f).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{str(root)!r} is not a saved forecaster: it lacks {missing} (expected "
+                f"{[CONFIG_FILE, WEIGHTS_FILE, TRANSFORMS_FILE]}, written by save())."
+            )
+        cfg = OmegaConf.load(root / CONFIG_FILE)
+        model = instantiate(cfg.model)
+        model.load_state_dict(torch.load(root / WEIGHTS_FILE, map_location="cpu",
+                                         weights_only=True))
+        return cls._assemble(cfg, model, DataSpec.read(root / TRANSFORMS_FILE))
+
+    # ============================================================================ helpers
+    def _fitted(self, what: str) -> tuple[nn.Module, DataSpec]:
+        if self.model is None or self.spec is None:
+            raise RuntimeError(
+                f"LatentODEForecaster.{what}() needs a trained model, but this forecaster is not "
+                "fitted: call fit(train_df) first, or LatentODEForecaster.load(path)."
+            )
+        return self.model, self.spec
+
+    @torch.no_grad()
+    def _draw(
+        self, ds: IrregularDataset, requests: list[tuple[int, Times]], num_samples: int,
+        seed: int, noise: bool,
+    ) -> Iterator[tuple[int, Times, np.ndarray, np.ndarray | None]]:
+        """Per requested series: ``(index, times, paths (S, m, D), noisy (S, m, D) or None)``,
+        in data units. ``noisy`` adds the model's observation noise to each path."""
+        model, spec = self._fitted("predict")
+        if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
+        if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+        obs_std = float(getattr(model, "obs_std", 0.0) or 0.0)
+        dtype = next(model.parameters()).dtype
+        np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        model.eval()
+        for i, raw in requests:
+            lo, hi = ds.offsets[i], ds.offsets[i + 1]
+            values = ds.values[lo:hi]
+            seen = ~np.isnan(values).all(1)
+            hist_t = ds.times[lo:hi][seen].astype(np_dtype)
+            hist_v = spec.to_model_values(values[seen])
+            want = spec.time.to_model(raw).astype(np_dtype)
+            start = min(hist_t[0], want.min())
+            if start < hist_t[0]:  # z0 at the earliest requested time (see module docstring)
+                hist_t = np.concatenate([[start], hist_t]).astype(np_dtype)
+                hist_v = np.concatenate([np.full((1, hist_v.shape[1]), np.nan), hist_v])
+            grid = np.unique(np.concatenate([hist_t[:1], want]))
+            where = np.searchsorted(grid, want)
+            mask = ~np.isnan(hist_v)
+            times_t = torch.from_numpy(hist_t)
+            values_t = torch.from_numpy(np.nan_to_num(hist_v).astype(np_dtype))[None]
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_series_seed(seed, ds.ids[i]))
+                out = model(times_t, values_t, torch.from_numpy(mask)[None],
+                            n_samples=int(num_samples), pred_times=torch.from_numpy(grid))
+                pred = out.pred[:, 0]  # (S, G, D)
+                jitter = torch.randn_like(pred) if noise and obs_std > 0 else None
+            paths = pred[:, where].double().numpy()
+            noisy = None
+            if noise:
+                noisy = paths.copy() if jitter is None else (
+                    paths + obs_std * jitter[:, where].double().numpy())
+                noisy = spec.to_user_values(noisy)
+            yield i, raw, spec.to_user_values(paths), noisy
+
+    def _long(self, ds: IrregularDataset, i: int, raw: Times, columns: dict[str, np.ndarray],
+              repeat: int = 1) -> pd.DataFrame:
+        """Rows (series i) x times x channels (``repeat`` blocks of them) with ``columns``."""
+        spec = self.spec
+        assert spec is not None
+        d = spec.n_channels
+        m = len(raw)
+        pick = np.tile(np.repeat(np.arange(m), d), repeat)
+        frame = {
+            spec.id_col: np.full(m * d * repeat, ds.ids[i], dtype=object),
+            spec.time_col: raw[pick],
+            spec.channel_col or "channel": np.tile(spec.channels, m * repeat),
+        }
+        frame.update(columns)
+        return pd.DataFrame(frame)
+
+    def _finish(self, frames: list[pd.DataFrame], ds: IrregularDataset) -> pd.DataFrame:
+        spec = self.spec
+        assert spec is not None
+        if not frames:
+            raise ValueError("nothing to predict: no series were requested.")
+        out = pd.concat(frames, ignore_index=True)
+        if ds.id_dtype is not None:
+            with contextlib.suppress(TypeError, ValueError):  # keep object ids then
+                out[spec.id_col] = out[spec.id_col].astype(ds.id_dtype)
+        return out
+
+    # ============================================================================ predict
+    def predict(
+        self,
+        df: pd.DataFrame,
+        times: Any = None,
+        *,
+        horizon: Any = None,
+        freq: Any = None,
+        n: int | None = None,
+        num_samples: int = 100,
+        quantiles: Sequence[float] | None = (0.05, 0.5, 0.95),
+        seed: int = 0,
+        noise: bool = True,
+    ) -> pd.DataFrame:
+        """Posterior predictions for the series in ``df``, conditioned on their history there.
+
+        Args:
+            df: the series' observations, in the training format (same channels).
+            times: where to answer: an array of times shared by every series, or a mapping
+                ``{series id: times}`` (only those series); None: each series' own times in
+                ``df``. Times in the data's units (numbers, or datetimes / date strings); times
+                before, between or after the observations all work.
+            horizon, freq, n: instead of ``times``, a forecast grid after each series' last
+                observation: ``horizon`` with ``n`` (n equal steps) or ``freq`` (steps of freq),
+                or ``freq`` with ``n``. For datetimes, ``horizon`` is a duration ('7D') and
+                ``freq`` a pandas frequency ('D', '6h', 'MS').
+            num_samples: posterior samples behind the mean and the quantiles.
+            quantiles: levels in (0, 1), one column each (``q0.05``...).
+            seed: sampling seed (the same seed gives the same frame).
+            noise: quantiles of observations (path plus ``obs_std`` noise, default) or of the
+                paths alone.
+
+        Returns:
+            A long frame: id, time, channel, ``mean``, one column per quantile; in the data's
+            units, time type and channel names; rows in the requested order per series.
+        """
+        qs = check_quantiles(quantiles)
+        _, spec = self._fitted("predict")
+        ds = spec.dataset(df)
+        requests = requested_times(ds, spec.time.kind, times, horizon, freq, n)
+        frames = []
+        for i, raw, paths, noisy in self._draw(ds, requests, num_samples, seed, noise and bool(qs)):
+            cols = {"mean": paths.mean(0).ravel()}
+            if qs:
+                spread = noisy if noisy is not None else paths
+                for q, level in zip(qs, np.quantile(spread, qs, axis=0), strict=True):
+                    cols[quantile_name(q)] = level.ravel()
+            frames.append(self._long(ds, i, raw, cols))
+        return self._finish(frames, ds)
+
+    def sample(
+        self,
+        df: pd.DataFrame,
+        times: Any = None,
+        *,
+        horizon: Any = None,
+        freq: Any = None,
+        n: int | None = None,
+        num_samples: int = 10,
+        seed: int = 0,
+        noise: bool = False,
+    ) -> pd.DataFrame:
+        """Posterior sample paths at the times ``predict`` would answer (same arguments): a long
+        frame id, time, channel, ``sample`` (0..num_samples-1), ``value``. The paths are the
+        decoded latent trajectories (``noise=True`` adds observation noise); with the same seed
+        they are the paths behind ``predict``'s mean."""
+        _, spec = self._fitted("sample")
+        ds = spec.dataset(df)
+        requests = requested_times(ds, spec.time.kind, times, horizon, freq, n)
+        frames = []
+        for i, raw, paths, noisy in self._draw(ds, requests, num_samples, seed, noise):
+            draws = noisy if noise and noisy is not None else paths
+            s, m, d = draws.shape
+            cols = {"sample": np.repeat(np.arange(s), m * d), "value": draws.ravel()}
+            frames.append(self._long(ds, i, raw, cols, repeat=s))
+        return self._finish(frames, ds)
+
+    def impute(
+        self,
+        df: pd.DataFrame,
+        quantiles: Sequence[float] | None = None,
+        *,
+        num_samples: int = 100,
+        seed: int = 0,
+    ) -> pd.DataFrame:
+        """``df`` with every missing value of the channels filled by the posterior mean.
+
+        Observed values, the other columns, the row order and the index are returned unchanged.
+        With ``quantiles`` (levels in (0, 1)), extra columns ``<channel>_q0.05``... (tidy format:
+        ``q0.05``...) hold the predictive quantiles of each filled value (NaN where observed).
+        """
+        qs = check_quantiles(quantiles)
+        _, spec = self._fitted("impute")
+        ds = spec.dataset(df)
+        requests = requested_times(ds, spec.time.kind)
+        frames = []
+        for i, raw, paths, noisy in self._draw(ds, requests, num_samples, seed, bool(qs)):
+            cols = {"mean": paths.mean(0).ravel()}
+            for q, level in zip(qs, np.quantile(noisy, qs, axis=0) if qs else [], strict=True):
+                cols[quantile_name(q)] = level.ravel()
+            frames.append(self._long(ds, i, raw, cols))
+        pred = self._finish(frames, ds)
+        return self._fill(df, pred, qs)
+
+    def _fill(self, df: pd.DataFrame, pred: pd.DataFrame, qs: list[float]) -> pd.DataFrame:
+        spec = self.spec
+        assert spec is not None
+        keys = [spec.id_col, spec.time_col]
+        out = df.copy()
+        if spec.tidy:
+            looked = df[[*keys, spec.channel_col]].astype({spec.channel_col: str}).merge(
+                pred, how="left", on=[*keys, spec.channel_col])
+            missing = df[spec.value_col].isna().to_numpy()
+            out[spec.value_col] = _filled(df[spec.value_col], missing, looked["mean"])
+            for q in qs:
+                name = quantile_name(q)
+                out[name] = np.where(missing, looked[name].to_numpy(), np.nan)
+            return out
+        wide = pred.pivot_table(index=keys, columns="channel", values=["mean", *map(
+            quantile_name, qs)], sort=False, dropna=False)
+        looked = df[keys].merge(wide.set_axis(
+            [f"{a}\0{b}" for a, b in wide.columns], axis=1).reset_index(), how="left", on=keys)
+        by_name = {str(c): c for c in df.columns}
+        for name in spec.channels:
+            col = by_name[name]
+            missing = df[col].isna().to_numpy()
+            out[col] = _filled(df[col], missing, looked[f"mean\0{name}"])
+            for q in qs:
+                out[f"{name}_{quantile_name(q)}"] = np.where(
+                    missing, looked[f"{quantile_name(q)}\0{name}"].to_numpy(), np.nan)
+        return out
+
+    # =============================================================================== plot
+    def plot(
+        self,
+        df: pd.DataFrame,
+        pred: pd.DataFrame,
+        series: Sequence[Any] | None = None,
+        *,
+        channels: Sequence[str] | None = None,
+        max_series: int = 4,
+    ) -> Any:
+        """A matplotlib ``Figure``: one axes per series (rows) and channel (columns).
+
+        Observations of ``df`` are points, ``pred``'s mean a line, the band spans its lowest to
+        highest quantile column, and a dashed vertical line marks each series' last observation
+        (the boundary between history and forecast). ``series`` defaults to the first
+        ``max_series`` series of ``pred``. Save it with ``fig.savefig("forecast.png")``.
+        """
+        from .plotting import plot_forecast
+
+        _, spec = self._fitted("plot")
+        return plot_forecast(spec, spec.dataset(df), pred, series=series, channels=channels,
+                             max_series=max_series)
+
+
+def _filled(column: pd.Series, missing: np.ndarray, means: pd.Series) -> pd.Series:
+    """``column`` with the ``missing`` entries replaced (observed entries untouched)."""
+    fill = means.to_numpy()
+    if pd.api.types.is_float_dtype(column.dtype) and isinstance(column.dtype, np.dtype):
+        fill = fill.astype(column.dtype)
+    return column.where(~missing, pd.Series(fill, index=column.index))
+
+
+__all__ = ["LatentODEForecaster"]

@@ -1,0 +1,108 @@
+"""The forecaster's figure: history as points, the mean forecast, a quantile band, the boundary.
+
+Built on ``matplotlib.figure.Figure`` directly (no pyplot state, no backend switch), so it works
+the same in scripts, notebooks and headless test runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from latentode.data import IrregularDataset
+
+from .requests import data_tz, last_observed, series_times
+from .spec import DataSpec
+
+
+def _quantile_columns(pred: pd.DataFrame) -> list[tuple[float, str]]:
+    out = []
+    for col in pred.columns:
+        name = str(col)
+        if name.startswith("q"):
+            try:
+                out.append((float(name[1:]), name))
+            except ValueError:
+                continue
+    return sorted(out)
+
+
+def plot_forecast(
+    spec: DataSpec,
+    ds: IrregularDataset,
+    pred: pd.DataFrame,
+    series: Sequence[Any] | None = None,
+    channels: Sequence[str] | None = None,
+    max_series: int = 4,
+) -> Any:
+    """One axes per (series, channel); see ``LatentODEForecaster.plot``."""
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+    from matplotlib.figure import Figure
+
+    channel_col = spec.channel_col or "channel"
+    need = [spec.id_col, spec.time_col, channel_col, "mean"]
+    absent = [c for c in need if c not in pred.columns]
+    if absent:
+        raise ValueError(f"pred lacks column(s) {absent}; pass the frame predict() returned "
+                         f"(columns {need} and quantiles).")
+    position = {key: i for i, key in enumerate(ds.ids)}
+    in_pred = list(pd.unique(pred[spec.id_col]))
+    if series is None:
+        series = [s for s in in_pred if s in position][:max_series]
+    series = list(series)
+    unknown = [s for s in series if s not in position or s not in set(in_pred)]
+    if unknown:
+        raise ValueError(f"series {unknown} are not in both df and pred; pred has series "
+                         f"{in_pred[:10]}.")
+    if not series:
+        raise ValueError("no series to plot: df and pred share no series id.")
+    chans = list(channels) if channels is not None else list(spec.channels)
+    bad = [c for c in chans if c not in spec.channels]
+    if bad:
+        raise ValueError(f"channels {bad} are not the model's channels {spec.channels}.")
+    bands = _quantile_columns(pred)
+    band = (bands[0][1], bands[-1][1]) if len(bands) >= 2 else None
+
+    tz = data_tz(ds)
+    rows, cols = len(series), len(chans)
+    height = 2.4 * rows + 0.8
+    fig = Figure(figsize=(max(7.0, 4.5 * cols), height))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    handles: dict[str, Any] = {}
+    for r, key in enumerate(series):
+        i = position[key]
+        lo, hi = ds.offsets[i], ds.offsets[i + 1]
+        t_obs = series_times(ds, i, spec.time.kind)
+        boundary = last_observed(ds, i, spec.time.kind)
+        part = pred[pred[spec.id_col] == key]
+        for c, name in enumerate(chans):
+            ax = axes[r, c]
+            rows_c = part[part[channel_col] == name].sort_values(spec.time_col, kind="stable")
+            t_pred = rows_c[spec.time_col].to_numpy()
+            if band is not None:
+                handles[f"{band[0]}-{band[1]}"] = ax.fill_between(
+                    t_pred, rows_c[band[0]].to_numpy(float), rows_c[band[1]].to_numpy(float),
+                    color="C0", alpha=0.25, lw=0)
+            (handles["mean"],) = ax.plot(t_pred, rows_c["mean"].to_numpy(float), color="C0",
+                                         lw=1.5)
+            values = ds.values[lo:hi, spec.channels.index(name)]
+            seen = ~np.isnan(values)
+            if seen.any():
+                handles["observed"] = ax.scatter(np.asarray(t_obs)[seen], values[seen], s=10,
+                                                 color="k", zorder=3)
+            handles["last observation"] = ax.axvline(boundary, color="0.4", ls="--", lw=1.0)
+            ax.set_title(f"{key}: {name}", fontsize=9)
+            if spec.time.kind == "datetime":
+                locator = AutoDateLocator(tz=tz)
+                ax.xaxis.set_major_locator(locator)
+                ax.xaxis.set_major_formatter(ConciseDateFormatter(locator, tz=tz))
+    fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=len(handles),
+               fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / height))
+    return fig
+
+
+__all__ = ["plot_forecast"]

@@ -1,0 +1,199 @@
+"""Which times to answer, per series: given times, a per-series mapping or a forecast grid.
+
+Times stay in the user's units throughout (numbers, or datetimes as a ``DatetimeIndex``), so the
+rows handed back carry exactly the times asked for; the forecaster maps them to model times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from latentode.data import IrregularDataset
+
+Times = np.ndarray | pd.DatetimeIndex
+
+
+def as_times(raw: Any, kind: str, what: str = "times", tz: Any = None) -> Times:
+    """User times as a 1-D array: numbers (``kind="numeric"``) or a ``DatetimeIndex``.
+
+    For datetimes, strings pandas can parse are accepted; ``tz`` is the data's time zone (None:
+    naive): naive times are read in it, others converted to it, so the answer's times compare
+    with the data's.
+    """
+    if isinstance(raw, (str, bytes)) or np.ndim(raw) == 0:
+        raw = [raw]
+    if kind == "datetime":
+        seq = raw if isinstance(raw, pd.Series) else pd.Series(
+            raw if isinstance(raw, (pd.Index, np.ndarray)) else list(raw))
+        if pd.api.types.is_numeric_dtype(seq.dtype) or pd.api.types.is_bool_dtype(seq.dtype):
+            raise ValueError(
+                f"the model was trained on datetime times; {what} must be datetimes (or date "
+                f"strings), got numbers ({seq.dtype})."
+            )
+        try:
+            mixed = pd.api.types.is_object_dtype(seq.dtype) or pd.api.types.is_string_dtype(
+                seq.dtype)
+            index = pd.DatetimeIndex(pd.to_datetime(seq, format="mixed" if mixed else None))
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"the model was trained on datetime times; {what} could not be read as "
+                f"datetimes ({err})."
+            ) from err
+        if index.hasnans:
+            raise ValueError(f"{what} has missing (NaT) times.")
+        return align_tz(index, tz)
+    arr = np.asarray(raw)
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(
+            f"the model was trained on numeric times; {what} must be numbers, got "
+            f"{arr.dtype} values such as {arr.ravel()[:1].tolist()}."
+        )
+    arr = arr.ravel()
+    if not np.isfinite(arr.astype(np.float64)).all():
+        raise ValueError(f"{what} has a non-finite time; every time must be a finite number.")
+    return arr
+
+
+def align_tz(index: pd.DatetimeIndex, tz: Any) -> pd.DatetimeIndex:
+    """``index`` in time zone ``tz``: naive times are taken to be in it; with ``tz`` None,
+    aware times become naive UTC (as ``TimeTransform`` reads naive times)."""
+    if tz is None:
+        return index.tz_convert("UTC").tz_localize(None) if index.tz is not None else index
+    if index.tz is None:
+        return index.tz_localize(tz)
+    return index.tz_convert(tz)
+
+
+def data_tz(ds: IrregularDataset) -> Any:
+    """The time zone of a dataset's datetimes (None when naive or numeric)."""
+    dtype = ds.raw_time_dtype
+    return getattr(dtype, "tz", None)
+
+
+def series_times(ds: IrregularDataset, i: int, kind: str) -> Times:
+    """Series ``i``'s own time stamps (every row, observed or not) in user units."""
+    lo, hi = ds.offsets[i], ds.offsets[i + 1]
+    raw = ds.raw_times[lo:hi]
+    return as_times(raw, kind, tz=data_tz(ds)) if kind == "datetime" else np.asarray(raw)
+
+
+def last_observed(ds: IrregularDataset, i: int, kind: str) -> Any:
+    """The time of series ``i``'s last observation (a row with any observed channel)."""
+    lo, hi = ds.offsets[i], ds.offsets[i + 1]
+    observed = np.nonzero(~np.isnan(ds.values[lo:hi]).all(1))[0]
+    times = series_times(ds, i, kind)
+    return times[observed[-1]]
+
+
+def forecast_grid(last: Any, kind: str, horizon: Any, freq: Any, n: Any) -> Times:
+    """Times strictly after ``last``: ``n`` steps of ``freq``, steps of ``freq`` up to
+    ``last + horizon``, or ``n`` equal steps over ``horizon``."""
+    given = {"horizon": horizon, "freq": freq, "n": n}
+    if sum(v is not None for v in given.values()) != 2:
+        named = [k for k, v in given.items() if v is not None]
+        raise ValueError(
+            "a forecast grid needs two of horizon=, freq= and n= (horizon with n or freq, or "
+            f"freq with n); got {named or 'none'}."
+        )
+    if n is not None and (isinstance(n, bool) or int(n) != n or int(n) < 1):
+        raise ValueError(f"n must be a positive integer (number of forecast times), got {n!r}.")
+    if kind == "datetime":
+        return _datetime_grid(pd.Timestamp(last), horizon, freq, n)
+    for name, value in (("horizon", horizon), ("freq", freq)):
+        if value is not None and (not isinstance(value, (int, float, np.integer, np.floating))
+                                  or isinstance(value, bool) or not value > 0):
+            raise ValueError(f"{name} must be a positive number in the data's time units, got "
+                             f"{value!r}.")
+    if freq is None:
+        return last + horizon * np.arange(1, int(n) + 1) / int(n)
+    if n is None:
+        count = int(np.floor(horizon / freq * (1 + 1e-12)))
+        if count < 1:
+            raise ValueError(f"horizon={horizon!r} is shorter than one step of freq={freq!r}.")
+        return last + freq * np.arange(1, count + 1)
+    return last + freq * np.arange(1, int(n) + 1)
+
+
+def _datetime_grid(last: pd.Timestamp, horizon: Any, freq: Any, n: Any) -> pd.DatetimeIndex:
+    span = None
+    if horizon is not None:
+        try:
+            span = pd.Timedelta(horizon)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"horizon must be a duration for datetime times (e.g. '7D', '12h' or a "
+                f"pd.Timedelta), got {horizon!r}."
+            ) from err
+        if span <= pd.Timedelta(0):
+            raise ValueError(f"horizon must be positive, got {horizon!r}.")
+    if freq is None:
+        steps = np.arange(1, int(n) + 1) / int(n)
+        return pd.DatetimeIndex([last + span * s for s in steps])
+    try:
+        offset = pd.tseries.frequencies.to_offset(freq)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"freq must be a pandas frequency for datetime times (e.g. 'D', '6h', 'MS' or a "
+            f"pd.Timedelta), got {freq!r}."
+        ) from err
+    if span is not None:
+        grid = pd.date_range(start=last, end=last + span, freq=offset)
+        grid = grid[grid > last]
+        if len(grid) == 0:
+            raise ValueError(f"horizon={horizon!r} is shorter than one step of freq={freq!r}.")
+        return grid
+    grid = pd.date_range(start=last, periods=int(n) + 1, freq=offset)
+    return grid[grid > last][: int(n)]
+
+
+def requested_times(
+    ds: IrregularDataset, kind: str, times: Any = None, horizon: Any = None, freq: Any = None,
+    n: Any = None,
+) -> list[tuple[int, Times]]:
+    """``(series index, times)`` for every series to answer, in the dataset's order.
+
+    ``times`` None and no grid: each series' own time stamps. A mapping ``{id: times}``: those
+    series only (an id not in ``ds`` is an error naming it). Anything else: the same times for
+    every series. ``horizon``/``freq``/``n``: a grid after each series' last observation.
+    """
+    grid = any(v is not None for v in (horizon, freq, n))
+    if grid and times is not None:
+        raise ValueError("pass either times= or a forecast grid (horizon=, freq=, n=), not both.")
+    tz = data_tz(ds)
+    if grid:
+        return [(i, align_tz(g, tz) if isinstance(g, pd.DatetimeIndex) else g)
+                for i in range(len(ds))
+                for g in [forecast_grid(last_observed(ds, i, kind), kind, horizon, freq, n)]]
+    if times is None:
+        return [(i, series_times(ds, i, kind)) for i in range(len(ds))]
+    if isinstance(times, Mapping):
+        position = {key: i for i, key in enumerate(ds.ids)}
+        missing = [key for key in times if key not in position]
+        if missing:
+            known = [_plain(k) for k in ds.ids[:10]]
+            raise ValueError(
+                f"series {[_plain(k) for k in missing[:10]]} in times are not in df "
+                f"(column {ds.id_col!r}); df has {len(ds)} series, e.g. {known}."
+            )
+        chosen = sorted((position[key], key) for key in times)
+        return [(i, _nonempty(as_times(times[key], kind, f"times[{_plain(key)!r}]", tz),
+                              f"times[{_plain(key)!r}]")) for i, key in chosen]
+    shared = _nonempty(as_times(times, kind, "times", tz), "times")
+    return [(i, shared) for i in range(len(ds))]
+
+
+def _nonempty(times: Times, what: str) -> Times:
+    if len(times) == 0:
+        raise ValueError(f"{what} is empty; give at least one time.")
+    return times
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+__all__ = ["as_times", "forecast_grid", "requested_times"]

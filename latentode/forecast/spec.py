@@ -1,0 +1,222 @@
+"""What a forecaster remembers about its training data, and how it reads new frames with it.
+
+``DataSpec`` holds the columns (id, time, channels; wide or tidy), the time transform (user time
+<-> model time) and the channel scaler's statistics, all plain numbers and strings so they are
+saved as JSON, never pickled. ``DataSpec.dataset`` turns a user's DataFrame into an
+``IrregularDataset`` on the *training* time scale and channel order, refusing frames whose time
+type or channels differ from training, with messages that name both sides.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from latentode.data import IrregularDataset, TimeTransform, from_dataframe
+
+SPEC_VERSION = 1
+
+
+@dataclass
+class DataSpec:
+    """Columns, time transform and channel scaling of the data a model was trained on.
+
+    Attributes:
+        id_col, time_col: the series id and time columns.
+        channels: channel names (strings) in the model's channel order.
+        value_cols: the wide value columns named at fit (as strings), or None when they were
+            inferred (every numeric column but id and time): then a frame must have exactly the
+            training channels as numeric columns.
+        channel_col, value_col: tidy format (one row per observation) instead of wide.
+        time_unit: unit of datetimes before rescaling (``TimeTransform``).
+        time: user time <-> model time.
+        mean, scale: per-channel scaler statistics (data = model * scale + mean); None when the
+            model was trained on unscaled values.
+    """
+
+    id_col: Any
+    time_col: Any
+    channels: list[str]
+    time: TimeTransform
+    value_cols: list[str] | None = None
+    channel_col: Any = None
+    value_col: Any = None
+    time_unit: str | None = None
+    mean: list[float] | None = None
+    scale: list[float] | None = None
+
+    # ----------------------------------------------------------------------------- basics
+    @property
+    def tidy(self) -> bool:
+        return self.channel_col is not None
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channels)
+
+    def to_model_values(self, values: np.ndarray) -> np.ndarray:
+        """Data units to the model's (scaled) units."""
+        if self.mean is None or self.scale is None:
+            return np.asarray(values, dtype=np.float64)
+        return (np.asarray(values, dtype=np.float64) - np.asarray(self.mean)) / np.asarray(
+            self.scale)
+
+    def to_user_values(self, values: np.ndarray) -> np.ndarray:
+        """Model units back to data units."""
+        if self.mean is None or self.scale is None:
+            return np.asarray(values, dtype=np.float64)
+        return np.asarray(values, dtype=np.float64) * np.asarray(self.scale) + np.asarray(
+            self.mean)
+
+    # ----------------------------------------------------------------------------- JSON
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["time"] = asdict(self.time)
+        out["version"] = SPEC_VERSION
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DataSpec:
+        data = dict(data)
+        version = data.pop("version", None)
+        if version != SPEC_VERSION:
+            raise ValueError(f"transforms file version {version!r}; this latentode reads "
+                             f"version {SPEC_VERSION}.")
+        data["time"] = TimeTransform(**data["time"])
+        return cls(**data)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> DataSpec:
+        return cls.from_json(json.loads(path.read_text()))
+
+    # ----------------------------------------------------------------------------- frames
+    def dataset(self, df: pd.DataFrame, what: str = "df") -> IrregularDataset:
+        """``df`` as an ``IrregularDataset`` with the training channels (order and names) and
+        model times on the training time scale; values stay in data units."""
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError(f"{what} must be a pandas DataFrame, got {type(df).__name__}.")
+        self._check_time_kind(df, what)
+        if self.tidy:
+            ds = from_dataframe(df, self.id_col, self.time_col, channel_col=self.channel_col,
+                                value_col=self.value_col, time_unit=self.time_unit)
+            unknown = [c for c in ds.channels if c not in self.channels]
+            if unknown:
+                raise ValueError(
+                    f"{what} has channel(s) {unknown} in column {self.channel_col!r} that the "
+                    f"model was not trained on; trained on {self.channels}, {what} has "
+                    f"{ds.channels}."
+                )
+            values = np.full((len(ds.values), self.n_channels), np.nan)
+            for j, name in enumerate(ds.channels):
+                values[:, self.channels.index(name)] = ds.values[:, j]
+            ds = replace(ds, values=values, channels=list(self.channels))
+        else:
+            columns = self._value_columns(df, what)
+            ds = from_dataframe(df, self.id_col, self.time_col, columns,
+                                time_unit=self.time_unit)
+        return replace(ds, times=self.time.to_model(ds.raw_times), time_transform=self.time)
+
+    def _check_time_kind(self, df: pd.DataFrame, what: str) -> None:
+        if self.time_col not in df.columns:
+            return  # from_dataframe names the missing column
+        dtype = df[self.time_col].dtype
+        is_dt = pd.api.types.is_datetime64_any_dtype(dtype)
+        if self.time.kind == "datetime" and not is_dt and pd.api.types.is_numeric_dtype(dtype):
+            raise ValueError(
+                f"the model was trained on datetime times, but {what}'s column "
+                f"{self.time_col!r} holds numbers ({dtype}); convert it with pd.to_datetime."
+            )
+        if self.time.kind == "numeric" and is_dt:
+            raise ValueError(
+                f"the model was trained on numeric times, but {what}'s column "
+                f"{self.time_col!r} holds datetimes ({dtype}); pass the same time units as in "
+                "training."
+            )
+
+    def _value_columns(self, df: pd.DataFrame, what: str) -> list[Any]:
+        """The columns of ``df`` holding the training channels, in the model's order."""
+        by_name = {str(c): c for c in df.columns}
+        if self.value_cols is not None:
+            missing = [c for c in self.value_cols if c not in by_name]
+            if missing:
+                raise ValueError(
+                    f"{what} lacks value column(s) {missing}: the model was trained on channels "
+                    f"{self.channels}; {what} has columns {[str(c) for c in df.columns]}."
+                )
+            return [by_name[c] for c in self.value_cols]
+        reserved = {str(self.id_col), str(self.time_col)}
+        numeric = [
+            str(c) for c in df.columns
+            if str(c) not in reserved and pd.api.types.is_numeric_dtype(df[c])
+            and not pd.api.types.is_bool_dtype(df[c])
+        ]
+        if set(numeric) != set(self.channels):
+            missing = [c for c in self.channels if c not in numeric]
+            extra = [c for c in numeric if c not in self.channels]
+            detail = "; ".join(
+                part for part in (
+                    f"missing {missing}" if missing else "",
+                    f"not in training {extra}" if extra else "",
+                ) if part
+            )
+            raise ValueError(
+                f"{what}'s value channels {numeric} differ from the channels the model was "
+                f"trained on {self.channels} ({detail}); give {what} the same numeric value "
+                "columns (fit with value_cols=[...] to ignore other columns)."
+            )
+        return [by_name[c] for c in self.channels]
+
+
+def concat_datasets(a: IrregularDataset, b: IrregularDataset) -> IrregularDataset:
+    """``a``'s series then ``b``'s, sharing ``a``'s channels and time transform (ids may repeat:
+    the data module addresses series by position)."""
+    raw = np.concatenate([np.asarray(a.raw_times, dtype=object),
+                          np.asarray(b.raw_times, dtype=object)])
+    return IrregularDataset(
+        ids=[*a.ids, *b.ids],
+        offsets=np.concatenate([a.offsets, b.offsets[1:] + a.offsets[-1]]).astype(np.int64),
+        times=np.concatenate([a.times, b.times]),
+        raw_times=raw,
+        values=np.concatenate([a.values, b.values]),
+        channels=list(a.channels),
+        time_transform=a.time_transform,
+        id_col=a.id_col,
+        time_col=a.time_col,
+    )
+
+
+def check_quantiles(quantiles: Sequence[float] | None) -> list[float]:
+    """``quantiles`` as a list of floats in (0, 1), or a ``ValueError`` naming the bad one."""
+    if quantiles is None:
+        return []
+    if isinstance(quantiles, (int, float)):
+        quantiles = [quantiles]
+    out = []
+    for q in quantiles:
+        try:
+            value = float(q)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"quantiles must be numbers in (0, 1), got {q!r}.") from err
+        if not 0.0 < value < 1.0:
+            raise ValueError(
+                f"quantiles must lie strictly between 0 and 1 (e.g. 0.05, 0.5, 0.95), got {q!r}."
+            )
+        out.append(value)
+    return out
+
+
+def quantile_name(q: float) -> str:
+    """Column name of a quantile: ``q0.05``, ``q0.5``, ``q0.95``."""
+    return f"q{q:g}"
+
+
+__all__ = ["DataSpec", "check_quantiles", "concat_datasets", "quantile_name"]

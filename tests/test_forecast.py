@@ -1,0 +1,310 @@
+"""LatentODEForecaster: fit on a DataFrame, predict / impute / sample / plot, save and load,
+the errors users meet, and the coverage of posterior predictive intervals.
+
+Two tiny models are trained once per module (numeric times, wide; datetimes, tidy): the tests
+check shapes, units, types and bookkeeping, not forecast quality.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+
+from latentode import LatentODEForecaster
+from latentode.forecast import interval_coverage, interval_hits
+
+TINY = {
+    "model.latents": 4,
+    "model.gen_units": 16,
+    "model.encoder.hidden": 8,
+    "model.encoder.z0_units": 16,
+    "model.encoder.ode_units": 16,
+    "data.batch_size": 10,
+    "data.task.count": None,
+    "data.task.fraction": 0.5,
+    "callbacks.progress_bar.refresh_rate": 0,
+    "+trainer.enable_model_summary": False,
+    "trainer.log_every_n_steps": 1,
+}
+OFFSET = 100.0
+
+
+def make_frame(n_series: int = 30, n_points: int = 25, seed: int = 0,
+               offset: float = OFFSET) -> pd.DataFrame:
+    """Noisy sines and cosines at irregular times with ~20% of the values missing (wide)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_series):
+        t = np.sort(rng.uniform(0, 5, n_points))
+        f, phase = rng.uniform(0.4, 0.8), rng.uniform(0, 1)
+        x = np.sin(2 * np.pi * f * t + phase) + 0.05 * rng.normal(size=n_points) + offset
+        y = np.cos(2 * np.pi * f * t + phase) + 0.05 * rng.normal(size=n_points) + offset
+        x[rng.random(n_points) < 0.2] = np.nan
+        y[rng.random(n_points) < 0.2] = np.nan
+        x[0] = offset  # every series observed at its first time
+        rows += [(f"s{s}", ti, xi, yi) for ti, xi, yi in zip(t, x, y, strict=True)]
+    return pd.DataFrame(rows, columns=["series_id", "time", "x", "y"])
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data() -> pd.DataFrame:
+    return make_frame()
+
+
+@pytest.fixture(scope="module")
+def fitted(data) -> LatentODEForecaster:
+    torch.set_num_threads(1)
+    return LatentODEForecaster({**TINY, "trainer.max_epochs": 2}).fit(data)
+
+
+@pytest.fixture(scope="module")
+def dated(tmp_path_factory):
+    """A model on tidy data with time-zone-aware datetimes, validation series and a run dir."""
+    torch.set_num_threads(1)
+    wide = make_frame(n_series=10, n_points=15, seed=1, offset=0.0)
+    wide["time"] = pd.Timestamp("2024-01-01", tz="Europe/Berlin") + pd.to_timedelta(
+        wide["time"], unit="D")
+    tidy = wide.melt(id_vars=["series_id", "time"], var_name="var", value_name="val").dropna()
+    out = tmp_path_factory.mktemp("dated_run")
+    overrides = [f"{k}={'null' if v is None else str(v).lower() if isinstance(v, bool) else v}"
+                 for k, v in {**TINY, "trainer.max_epochs": 1}.items()]
+    fc = LatentODEForecaster(overrides).fit(
+        tidy[~tidy.series_id.isin(["s8", "s9"])], channel_col="var", value_col="val",
+        val_df=tidy[tidy.series_id.isin(["s8", "s9"])], output_dir=out)
+    return fc, tidy, out
+
+
+# ------------------------------------------------------------------------------------ predict
+def test_predict_columns_units_and_quantile_order(fitted, data):
+    pred = fitted.predict(data, horizon=1.0, n=5, num_samples=50)
+    assert list(pred.columns) == ["series_id", "time", "channel", "mean", "q0.05", "q0.5",
+                                  "q0.95"]
+    assert len(pred) == 30 * 5 * 2
+    assert set(pred["channel"]) == {"x", "y"}
+    assert pred["series_id"].dtype == data["series_id"].dtype
+    # original units: the data sit near 100, so do the predictions
+    assert np.all(np.abs(pred["mean"] - OFFSET) < 3.0)
+    assert np.all(pred["q0.05"] <= pred["q0.5"]) and np.all(pred["q0.5"] <= pred["q0.95"])
+    assert np.all(pred["q0.05"] < pred["q0.95"])
+
+
+def test_forecast_grid_starts_after_each_last_observation(fitted, data):
+    pred = fitted.predict(data, horizon=1.0, n=4, num_samples=5)
+    last = data.dropna(subset=["x", "y"], how="all").groupby("series_id")["time"].max()
+    for key, rows in pred.groupby("series_id"):
+        times = np.unique(rows["time"])
+        np.testing.assert_allclose(times, last[key] + np.array([0.25, 0.5, 0.75, 1.0]))
+    by_freq = fitted.predict(data, horizon=1.0, freq=0.3, num_samples=5)
+    assert by_freq.groupby("series_id")["time"].nunique().eq(3).all()
+    by_n = fitted.predict(data, freq=0.5, n=2, num_samples=5)
+    assert by_n.groupby("series_id")["time"].nunique().eq(2).all()
+
+
+def test_predictions_at_times_not_in_the_data(fitted, data):
+    times = [0.123456, 2.7182818, 6.5]  # between observations and beyond them
+    assert not data["time"].isin(times).any()
+    pred = fitted.predict(data, times, num_samples=20)
+    assert len(pred) == 30 * 3 * 2
+    assert np.isfinite(pred[["mean", "q0.05", "q0.95"]].to_numpy()).all()
+    expected = [t for t in times for _ in range(2)]  # one row per channel, in the asked order
+    assert all(rows["time"].tolist() == expected for _, rows in pred.groupby("series_id"))
+
+
+def test_times_before_the_first_observation_are_supported(fitted, data):
+    first = data.groupby("series_id")["time"].min()
+    pred = fitted.predict(data, times=[-1.0, 0.5], num_samples=20)
+    assert (pred["time"].min() < first.min()) and np.isfinite(pred["mean"]).all()
+
+
+def test_per_series_times_mapping_and_independence_of_other_series(fitted, data):
+    pred = fitted.predict(data, times={"s3": [1.0, 2.0], "s7": [6.0]}, num_samples=20)
+    assert sorted(pred["series_id"].unique()) == ["s3", "s7"]
+    assert pred.groupby("series_id").size().to_dict() == {"s3": 4, "s7": 2}
+    alone = fitted.predict(data[data.series_id == "s7"], times=[6.0], num_samples=20)
+    pd.testing.assert_frame_equal(pred[pred.series_id == "s7"].reset_index(drop=True), alone)
+
+
+def test_same_seed_same_frame_other_seed_other_frame(fitted, data):
+    part = data[data.series_id.isin(["s0", "s1"])]
+    a = fitted.predict(part, horizon=1.0, n=3, num_samples=20, seed=3)
+    pd.testing.assert_frame_equal(a, fitted.predict(part, horizon=1.0, n=3, num_samples=20,
+                                                    seed=3))
+    b = fitted.predict(part, horizon=1.0, n=3, num_samples=20, seed=4)
+    assert not np.allclose(a["q0.95"], b["q0.95"])
+
+
+def test_sample_paths_match_predict_mean(fitted, data):
+    part = data[data.series_id.isin(["s0", "s1"])]
+    paths = fitted.sample(part, times=[1.0, 5.5], num_samples=7, seed=2)
+    assert list(paths.columns) == ["series_id", "time", "channel", "sample", "value"]
+    assert len(paths) == 2 * 7 * 2 * 2 and sorted(paths["sample"].unique()) == list(range(7))
+    pred = fitted.predict(part, times=[1.0, 5.5], num_samples=7, seed=2)
+    mean = paths.groupby(["series_id", "time", "channel"], sort=False)["value"].mean()
+    np.testing.assert_allclose(mean.to_numpy(), pred["mean"].to_numpy(), rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------- impute
+def test_impute_fills_every_gap_and_leaves_observations_alone(fitted, data):
+    shuffled = data.sample(frac=1.0, random_state=0)  # any row order and index
+    filled = fitted.impute(shuffled, quantiles=[0.1, 0.9], num_samples=20)
+    assert filled.index.equals(shuffled.index)
+    assert filled[["series_id", "time"]].equals(shuffled[["series_id", "time"]])
+    for col in ("x", "y"):
+        observed = shuffled[col].notna().to_numpy()
+        assert not observed.all() and filled[col].notna().all()
+        assert filled[col].dtype == shuffled[col].dtype
+        np.testing.assert_array_equal(filled[col].to_numpy()[observed],
+                                      shuffled[col].to_numpy()[observed])  # bit for bit
+        assert np.all(np.abs(filled[col].to_numpy()[~observed] - OFFSET) < 3.0)
+        lo, hi = filled[f"{col}_q0.1"].to_numpy(), filled[f"{col}_q0.9"].to_numpy()
+        assert np.isnan(lo[observed]).all() and (lo[~observed] <= hi[~observed]).all()
+    assert shuffled["x"].isna().any()  # the input itself is untouched
+
+
+# ---------------------------------------------------------------------------------- save/load
+def test_save_load_round_trip_predicts_identically(fitted, data, tmp_path):
+    path = fitted.save(tmp_path / "model")
+    assert {p.name for p in path.iterdir()} == {"weights.pt", "config.yaml", "transforms.json"}
+    torch.load(path / "weights.pt", weights_only=True)  # plain tensors only
+    again = LatentODEForecaster.load(path)
+    kwargs = {"horizon": 2.0, "n": 3, "num_samples": 30, "seed": 5}
+    pd.testing.assert_frame_equal(fitted.predict(data, **kwargs), again.predict(data, **kwargs))
+    pd.testing.assert_frame_equal(fitted.impute(data, num_samples=10),
+                                  again.impute(data, num_samples=10))
+
+
+# ---------------------------------------------------------------------------------- datetimes
+def test_datetimes_in_datetimes_out_tidy_and_validation(dated):
+    fc, tidy, out = dated
+    assert "val/mse" in fc.trainer.callback_metrics  # val_df was used
+    assert (out / "metrics.csv").is_file()
+    pred = fc.predict(tidy, horizon="2D", freq="12h", num_samples=10)
+    assert list(pred.columns[:3]) == ["series_id", "time", "var"]
+    assert pred["time"].dtype == tidy["time"].dtype  # datetime64[..., Europe/Berlin]
+    last = tidy.groupby("series_id")["time"].max()
+    for key, rows in pred.groupby("series_id"):
+        assert rows["time"].min() == last[key] + pd.Timedelta("12h")
+        assert rows["time"].nunique() == 4
+    at = fc.predict(tidy, times=["2023-12-31", "2024-01-03 12:00"], num_samples=10)
+    assert set(at["time"]) == {pd.Timestamp("2023-12-31", tz="Europe/Berlin"),
+                               pd.Timestamp("2024-01-03 12:00", tz="Europe/Berlin")}
+    gaps = tidy.copy()
+    gaps.loc[gaps.index[:5], "val"] = np.nan
+    filled = fc.impute(gaps)
+    assert filled["val"].notna().all()
+    np.testing.assert_array_equal(filled["val"].to_numpy()[5:], gaps["val"].to_numpy()[5:])
+
+
+def test_plot_writes_png(dated, tmp_path):
+    fc, tidy, _ = dated
+    pred = fc.predict(tidy, horizon="1D", n=6, num_samples=10)
+    fig = fc.plot(tidy, pred, series=["s0", "s2"])
+    assert len(fig.axes) == 2 * 2
+    path = tmp_path / "forecast.png"
+    fig.savefig(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match=r"series \['nope'\] are not in both df and pred"):
+        fc.plot(tidy, pred, series=["nope"])
+
+
+# ------------------------------------------------------------------------------------- errors
+def test_errors_before_fit():
+    fc = LatentODEForecaster({"trainer.max_epochs": 1})
+    frame = make_frame(n_series=2, n_points=5)
+    for call in (lambda: fc.predict(frame), lambda: fc.impute(frame),
+                 lambda: fc.sample(frame), lambda: fc.save("unused")):
+        with pytest.raises(RuntimeError, match=r"not fitted: call fit\(train_df\) first"):
+            call()
+
+
+def test_unknown_config_key_is_an_error():
+    with pytest.raises(ConfigCompositionException, match="latentz"):
+        LatentODEForecaster({"model.latentz": 3})
+
+
+def test_error_series_in_times_not_in_df(fitted, data):
+    with pytest.raises(ValueError, match=r"series \['nope'\] in times are not in df"):
+        fitted.predict(data, times={"s1": [1.0], "nope": [2.0]})
+
+
+def test_error_channels_differ_from_training(fitted, data):
+    extra = data.assign(z=1.0)
+    with pytest.raises(ValueError, match=r"\['x', 'y', 'z'\] differ from the channels the model "
+                                         r"was trained on \['x', 'y'\]"):
+        fitted.predict(extra)
+    with pytest.raises(ValueError, match=r"missing \['y'\]"):
+        fitted.predict(data.drop(columns="y"))
+
+
+def test_error_time_type_differs_from_training(fitted, data, dated):
+    stamped = data.assign(time=pd.Timestamp("2024-01-01") + pd.to_timedelta(data.time, "D"))
+    with pytest.raises(ValueError, match="trained on numeric times"):
+        fitted.predict(stamped)
+    with pytest.raises(ValueError, match="trained on numeric times; times must be numbers"):
+        fitted.predict(data, times=pd.to_datetime(["2024-01-01"]))
+    fc, tidy, _ = dated
+    with pytest.raises(ValueError, match="trained on datetime times; times must be datetimes"):
+        fc.predict(tidy, times=[1.0, 2.0])
+
+
+@pytest.mark.parametrize("quantiles", [(0.0, 0.5), (0.5, 1.0), (1.5,), (-0.1,)])
+def test_error_bad_quantiles(fitted, data, quantiles):
+    with pytest.raises(ValueError, match="quantiles must lie strictly between 0 and 1"):
+        fitted.predict(data, quantiles=quantiles)
+
+
+def test_error_bad_forecast_grid(fitted, data):
+    with pytest.raises(ValueError, match="needs two of horizon=, freq= and n="):
+        fitted.predict(data, horizon=1.0)
+    with pytest.raises(ValueError, match="either times= or a forecast grid"):
+        fitted.predict(data, times=[1.0], horizon=1.0, n=2)
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        fitted.predict(data, horizon=1.0, n=0)
+
+
+def test_load_needs_a_saved_forecaster(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a saved forecaster"):
+        LatentODEForecaster.load(tmp_path)
+
+
+# ----------------------------------------------------------------------------------- coverage
+def test_coverage_on_a_known_distribution():
+    rng = np.random.default_rng(0)
+    samples = rng.normal(size=(1000, 4000))
+    values = rng.normal(size=4000)
+    assert interval_coverage(samples, values) == pytest.approx(0.9, abs=0.02)
+    assert interval_coverage(samples, values, level=0.5) == pytest.approx(0.5, abs=0.03)
+    assert interval_coverage(samples, values + 10.0) == 0.0
+    mask = np.zeros(4000, dtype=bool)
+    mask[:100] = True
+    shifted = values.copy()
+    shifted[100:] += 10.0  # outside the mask: must not count
+    assert interval_hits(samples, shifted, mask)[1] == 100
+    assert interval_coverage(torch.from_numpy(samples), torch.from_numpy(shifted),
+                             torch.from_numpy(mask)) > 0.8
+    assert np.isnan(interval_coverage(samples, values, np.zeros(4000, dtype=bool)))
+    with pytest.raises(ValueError, match=r"level must be in \(0, 1\)"):
+        interval_coverage(samples, values, level=90)
+    with pytest.raises(ValueError, match="samples must have shape"):
+        interval_coverage(samples[:, :10], values)
+
+
+def test_import_latentode_stays_light():
+    code = ("import sys, latentode; heavy = {'torch', 'lightning', 'hydra', 'pandas'} & "
+            "set(sys.modules); assert not heavy, heavy; "
+            "assert latentode.LatentODEForecaster.__name__ == 'LatentODEForecaster'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -1,0 +1,110 @@
+"""``latentode-predict`` from a ``latentode-train`` run (checkpoint) and from a saved forecaster,
+and ``latentode-eval``'s posterior predictive coverage."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from latentode import LatentODEForecaster
+from latentode.cli import evaluate as eval_cli
+from latentode.cli import predict as predict_cli
+from latentode.cli import train as train_cli
+from latentode.data.sources import periodic
+
+pytestmark = [pytest.mark.filterwarnings("ignore:.*treespec, LeafSpec"),
+              pytest.mark.filterwarnings("ignore:Experiment logs directory")]
+
+TINY = [
+    "data.dataset.n_series=20",
+    "data.dataset.n_points=60",
+    "data.batch_size=8",
+    "model.gen_units=16",
+    "model.encoder.hidden=8",
+    "model.encoder.z0_units=16",
+    "plots.n_series=0",
+    "callbacks.progress_bar.refresh_rate=0",
+    "trainer.log_every_n_steps=1",
+    "trainer.max_epochs=1",
+]
+COLUMNS = ["series_id", "time", "channel", "mean", "q0.05", "q0.5", "q0.95"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_main(module, argv: list[str], monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", argv)
+    module.main()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A tiny latentode-train run (its checkpoint and .hydra/config.yaml)."""
+    out = tmp_path_factory.mktemp("train_run")
+    with pytest.MonkeyPatch.context() as mp:
+        run_main(train_cli, ["latentode-train", f"hydra.run.dir={out}", *TINY], mp)
+    return out
+
+
+def test_predict_from_checkpoint_and_from_saved_forecaster(run, tmp_path, monkeypatch):
+    ckpt = run / "checkpoints" / "last.ckpt"
+    history = periodic.load(n_series=3, n_points=30, seed=5)
+    history.to_csv(tmp_path / "in.csv", index=False)
+    out = tmp_path / "pred.csv"
+    run_main(predict_cli, ["latentode-predict", f"ckpt_path={ckpt}", f"input={tmp_path}/in.csv",
+                           f"output={out}", "horizon=1.0", "n=4", f"plot={tmp_path}/p.png",
+                           f"hydra.run.dir={tmp_path}/predict_run"], monkeypatch)
+    pred = pd.read_csv(out)
+    assert list(pred.columns) == COLUMNS
+    assert len(pred) == 3 * 4 and set(pred["channel"]) == {"value"}
+    last = history.groupby("series_id")["time"].max()
+    assert (pred["time"].to_numpy() > last.loc[pred["series_id"]].to_numpy()).all()
+    assert (pred["q0.05"] <= pred["q0.95"]).all()
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+    # the same model saved as a forecaster directory predicts the same numbers
+    LatentODEForecaster.from_run(ckpt).save(tmp_path / "saved")
+    again = tmp_path / "again.csv"
+    run_main(predict_cli, ["latentode-predict", f"model_dir={tmp_path}/saved",
+                           f"input={tmp_path}/in.csv", f"output={again}", "horizon=1.0", "n=4",
+                           f"hydra.run.dir={tmp_path}/predict_again"], monkeypatch)
+    pd.testing.assert_frame_equal(pd.read_csv(again), pred)
+
+    # shared times, incl. ones before the first observation and between observations
+    at = tmp_path / "at.csv"
+    run_main(predict_cli, ["latentode-predict", f"model_dir={tmp_path}/saved",
+                           f"input={tmp_path}/in.csv", f"output={at}", "times=[-0.5,1.2345]",
+                           "quantiles=[0.1,0.9]", f"hydra.run.dir={tmp_path}/predict_at"],
+             monkeypatch)
+    frame = pd.read_csv(at)
+    assert list(frame.columns) == [*COLUMNS[:4], "q0.1", "q0.9"]
+    assert sorted(frame["time"].unique()) == [-0.5, 1.2345]
+
+
+def test_predict_needs_exactly_one_model(tmp_path):
+    for given in ({}, {"ckpt_path": "a.ckpt", "model_dir": str(tmp_path)}):
+        with pytest.raises(ValueError, match=r"exactly one of ckpt_path= .* and model_dir="):
+            predict_cli.load_forecaster(OmegaConf.create(given))
+
+
+def test_eval_reports_coverage(run, tmp_path, monkeypatch):
+    out = tmp_path / "eval"
+    run_main(eval_cli, ["latentode-eval", f"ckpt_path={run}/checkpoints/last.ckpt",
+                        f"hydra.run.dir={out}", "plot=false", "coverage.n_samples=20"],
+             monkeypatch)
+    record = json.loads((out / "test_metrics.json").read_text())
+    coverage = record["coverage"]["test/coverage90"]
+    assert 0.0 <= coverage <= 1.0
+    assert record["coverage"]["noise"] is True and record["coverage"]["n_samples"] == 20
+    assert "test/mse" in record["metrics"]
