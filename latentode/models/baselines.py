@@ -21,7 +21,6 @@ times); requested times after ``times[-1]`` are stepped through in order, with n
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,16 +32,17 @@ from latentode.nn.encoders import MLPGRUCell
 from latentode.nn.layers import ODEFunc
 from latentode.solvers import odeint
 
-from .latent_ode import LatentODEOutput, gaussian_kl, masked_gaussian_loglik
+from .latent_ode import LatentODEOutput, gaussian_kl, masked_gaussian_loglik, sample_bound
 
 
 def iwae_terms(
     values: torch.Tensor, pred: torch.Tensor, target_mask: torch.Tensor, obs_std: float,
-    kl: torch.Tensor, kl_weight: float = 1.0,
+    kl: torch.Tensor, kl_weight: float = 1.0, objective: str = "iwae",
 ) -> dict[str, torch.Tensor]:
-    """:meth:`LatentODE.loss`'s terms from ``pred (S, B, T, D)`` and a per-series ``kl (B,)``."""
+    """:meth:`LatentODE.loss`'s terms from ``pred (S, B, T, D)`` and a per-series ``kl (B,)``;
+    ``objective`` combines the samples as :func:`~latentode.models.latent_ode.sample_bound`."""
     loglik = masked_gaussian_loglik(values, pred, target_mask, obs_std)  # (S, B)
-    bound = torch.logsumexp(loglik - kl_weight * kl, dim=0) - math.log(pred.shape[0])
+    bound = sample_bound(loglik - kl_weight * kl, objective)
     mask = target_mask.to(values.dtype)
     sq = (pred.mean(0) - values).square() * mask
     return {
@@ -152,7 +152,8 @@ class _Recurrent(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Negative IWAE bound (the log-likelihood for deterministic models) and its terms."""
         out = self(times, values, encoder_mask, n_samples)
-        return iwae_terms(values, out.pred, target_mask, self.obs_std, self.kl(out), kl_weight)
+        return iwae_terms(values, out.pred, target_mask, self.obs_std, self.kl(out), kl_weight,
+                          getattr(self, "objective", "iwae"))
 
     def kl(self, out: LatentODEOutput) -> torch.Tensor:
         """Per-series KL term; zero for deterministic models."""
@@ -308,18 +309,20 @@ class RNNVAE(_Recurrent):
         gru_units: MLP-gated GRUs with this many units; None: ``nn.GRUCell`` (paper code).
         dec_units, dec_layers: output map (paper code: one hidden layer of 100; 0: linear).
         obs_std: fixed observation noise of the Gaussian likelihood.
-        n_samples: posterior samples for the IWAE bound.
+        n_samples: posterior samples for the bound.
         solver: unused (no ODE); kept for the common interface.
+        objective: ``elbo``, ``iwae`` or ``batch_iwae``, as for :class:`LatentODE`.
     """
 
     def __init__(
         self, input_dim: int, latents: int = 10, enc_hidden: int = 20, z0_units: int = 100,
         hidden: int = 20, gru_units: int | None = None, dec_units: int = 100,
         dec_layers: int = 1, obs_std: float = 0.01, n_samples: int = 3,
-        solver: dict[str, Any] | None = None,
+        solver: dict[str, Any] | None = None, objective: str = "iwae",
     ):
         super().__init__()
-        self.input_dim, self.latents = input_dim, latents
+        sample_bound(torch.zeros(1, 1), objective)  # an unknown objective fails here
+        self.input_dim, self.latents, self.objective = input_dim, latents, objective
         self.encoder = RNNEncoder(input_dim, latents, enc_hidden, z0_units, gru_units)
         self.init = nn.Linear(latents, hidden)
         self.cell = gru_cell(input_dim + 1, hidden, gru_units)
