@@ -87,7 +87,7 @@ def test_defaults_are_the_documented_ones():
     # tuned on the periodic benchmark (README); the paper's 1e-2 / 0.999 / lr/10 in its recipes
     assert cfg.module.optimizer.lr == 3e-2 and cfg.module.scheduler.gamma == 0.998
     assert cfg.module.optimizer.lr * cfg.module.scheduler.min_factor == pytest.approx(1e-3, 0.01)
-    assert cfg.model.objective == "elbo"
+    assert cfg.model.objective == "elbo" and cfg.model.n_samples == 1
     for recipe in ("hopper_interp", "hopper_extrap", "physionet_interp"):
         paper = compose_train([f"experiment={recipe}"])
         assert paper.module.optimizer.lr == 1e-2 and paper.module.scheduler.gamma == 0.999
