@@ -109,12 +109,92 @@ def collate(
     )
 
 
-class Collator:
-    """``collate_fn`` for a DataLoader over series indices, with per-batch random task masks.
+_MASK64 = (1 << 64) - 1
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
-    Training batches draw fresh masks every time (seeded through torch's RNG, so DataLoader
-    workers and ``seed_everything`` make them reproducible); ``fixed=True`` (validation, test)
-    derives the masks from ``seed`` and the batch's indices, the same every epoch.
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on ``uint64`` arrays (wrapping arithmetic)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def stream_seed(*key: int) -> int:
+    """A well-mixed seed in ``[0, 2**63)`` from a tuple of integers (no Python ``hash``)."""
+    with np.errstate(over="ignore"):
+        h = np.zeros(1, dtype=np.uint64)
+        for k in key:
+            h = _mix(h + _GOLDEN + np.uint64(int(k) & _MASK64))
+    return int(h[0] >> np.uint64(1))
+
+
+def series_uniforms(key: tuple[int, ...], series: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """One uniform in ``[0, 1)`` per point of the given series, laid out series after series:
+    a function of ``key``, the series' index and the point's position in its series only."""
+    series = np.asarray(series, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    rows = np.repeat(np.arange(len(series)), lengths)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    position = np.arange(int(lengths.sum()), dtype=np.int64) - starts[rows]
+    with np.errstate(over="ignore"):
+        base = np.uint64(stream_seed(*key))
+        per_series = _mix(base + (series.astype(np.uint64) + np.uint64(1)) * _GOLDEN)
+        h = _mix(per_series[rows] ^ ((position.astype(np.uint64) + np.uint64(1)) * _GOLDEN))
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+class SeriesRandom:
+    """A stand-in for a numpy ``Generator`` whose draws belong to series, not to batches.
+
+    ``random(n)`` with ``n`` the batch's number of points (the draw a task such as
+    ``Interpolation`` makes, one number per point, series after series) gives every point a
+    uniform that depends on ``key``, its series and its position in the series only: a series
+    gets the same mask in any batch, with any batch size, in any order and on any process.
+    Every further ``random(n)`` call continues each series' stream. Other draws come from one
+    generator seeded by ``key`` and the batch's series.
+    """
+
+    def __init__(self, key: tuple[int, ...], series: np.ndarray, lengths: np.ndarray):
+        self.key = tuple(int(k) & _MASK64 for k in key)
+        self.series = np.asarray(series, dtype=np.int64)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self._calls = 0
+        self._generator: np.random.Generator | None = None
+
+    @property
+    def generator(self) -> np.random.Generator:
+        if self._generator is None:
+            self._generator = np.random.default_rng([*self.key, *self.series.tolist()])
+        return self._generator
+
+    def random(self, size: Any = None, dtype: Any = np.float64, out: Any = None) -> Any:
+        n = int(self.lengths.sum())
+        if out is None and np.dtype(dtype) == np.float64 and size in (n, (n,)):
+            self._calls += 1
+            return series_uniforms((*self.key, self._calls), self.series, self.lengths)
+        return self.generator.random(size, dtype, out)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.generator, name)
+
+
+_FIXED, _TRAIN, _FRESH = 1, 2, 3  # domains of the mask streams
+
+
+class Collator:
+    """``collate_fn`` for a DataLoader over series, with random task masks drawn per series.
+
+    Items are series indices, or ``(index, epoch)`` pairs as the training sampler of
+    :class:`~latentode.data.LatentODEDataModule` yields them. Every series draws its own mask
+    (:class:`SeriesRandom`), so a series' mask does not depend on the batch it lands in:
+
+    - ``fixed=True`` (validation, test): from ``seed`` and the series, the same every epoch and
+      for any batch size or number of processes;
+    - ``(index, epoch)`` items (training): from ``seed``, the epoch and the series, fresh every
+      epoch; under DDP every process draws what a single process would draw for its series;
+    - plain indices with ``fixed=False``: from a number drawn from torch's RNG per batch (so
+      DataLoader workers and ``seed_everything`` make them reproducible).
     """
 
     def __init__(self, dataset: IrregularDataset, task: Any = None, fixed: bool = False,
@@ -123,9 +203,21 @@ class Collator:
             dataset, task, fixed, seed, dtype
         )
 
-    def __call__(self, indices: list[int]) -> Batch:
-        if self.fixed:
-            rng = np.random.default_rng([self.seed, *map(int, indices[:4]), len(indices)])
+    def __call__(self, items: list) -> Batch:
+        epoch = None
+        if items and isinstance(items[0], tuple):
+            indices = np.asarray([int(i) for i, _ in items], dtype=np.int64)
+            epochs = {int(e) for _, e in items}
+            if len(epochs) != 1:
+                raise ValueError(f"a batch mixes epochs {sorted(epochs)}.")
+            epoch = epochs.pop()
         else:
-            rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+            indices = np.asarray(items, dtype=np.int64)
+        if self.fixed:
+            key: tuple[int, ...] = (_FIXED, self.seed)
+        elif epoch is not None:
+            key = (_TRAIN, self.seed, epoch)
+        else:
+            key = (_FRESH, int(torch.randint(0, 2**62, ()).item()))
+        rng = SeriesRandom(key, indices, self.dataset.lengths[indices])
         return collate(self.dataset, indices, self.task, rng, self.dtype)

@@ -2,17 +2,82 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .batch import Collator
+from .batch import Collator, stream_seed
 from .dataset import IrregularDataset
 from .scaling import ChannelScaler
 from .splits import split_indices
+
+
+class SeriesKeys(Dataset):
+    """The loader's "dataset": it hands the sampler's keys (series index, or ``(index, epoch)``)
+    to the collator, which does the real work on whole batches."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key: Any) -> Any:
+        return key
+
+
+class SeriesSampler(DistributedSampler):
+    """Which series one process reads, in which order, each epoch; one class for one process
+    and for many (a ``DistributedSampler``, so Lightning keeps it instead of putting its own).
+
+    Training (``shuffle=True``): a permutation of all series drawn from ``seed`` and the epoch,
+    padded by repeating series to a multiple of the ``num_replicas`` processes (as torch's
+    ``DistributedSampler``), process ``rank`` reading every ``num_replicas``-th entry: with
+    batch size ``b`` per process, global batch ``k`` holds the same series as batch ``k`` of
+    one process with batch size ``num_replicas * b``. It yields ``(index, epoch)`` so that the
+    collator draws each series' mask from the series and the epoch, in worker processes too.
+
+    Evaluation (``shuffle=False``): stored order and no padding, process ``rank`` reading series
+    ``rank, rank + num_replicas, ...``: sums over processes count every series exactly once.
+
+    Lightning calls :meth:`set_epoch` every epoch; a pass without one advances the epoch.
+    """
+
+    def __init__(self, n: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = False,
+                 seed: int = 0):
+        super().__init__(SeriesKeys(n), num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+                         seed=seed, drop_last=False)
+        self.n = n
+        self._epoch_set, self._passes = False, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self._epoch_set = True
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            return math.ceil(self.n / self.num_replicas)
+        return len(range(self.rank, self.n, self.num_replicas))
+
+    def __iter__(self) -> Iterator[Any]:
+        if not self._epoch_set and self._passes:
+            self.epoch += 1
+        self._epoch_set, self._passes = False, self._passes + 1
+        if not self.shuffle:
+            return iter(range(self.rank, self.n, self.num_replicas))
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch))
+        order = torch.randperm(self.n, generator=generator).tolist()
+        total = math.ceil(self.n / self.num_replicas) * self.num_replicas
+        while len(order) < total:
+            order += order[: total - len(order)]
+        epoch = self.epoch
+        return iter([(i, epoch) for i in order[self.rank : total : self.num_replicas]])
 
 
 class LatentODEDataModule(L.LightningDataModule):
@@ -30,6 +95,16 @@ class LatentODEDataModule(L.LightningDataModule):
         scale: standardise channels with a scaler fitted on the training series' observed values.
         num_workers: DataLoader worker processes.
         seed: seed of the fixed validation/test masks.
+        train_seed: seed of the training order and masks, combined with the epoch. None: the
+            run's seed when a trainer runs the loaders (``PL_GLOBAL_SEED``, which
+            ``seed_everything`` sets, as Lightning's own samplers do), else a number drawn from
+            torch's RNG per loader (shared by all processes).
+
+    Loaders use a :class:`SeriesSampler` and draw every series' mask from the series itself
+    (see :class:`~latentode.data.batch.Collator`), so under DDP (``trainer=ddp``/``ddp_cpu``)
+    the processes together read, with batch size ``b`` each, exactly the series and masks that
+    one process reads with batch size ``processes * b``, and validation/test read every series
+    once (no padding).
     """
 
     def __init__(
@@ -45,6 +120,7 @@ class LatentODEDataModule(L.LightningDataModule):
         scale: bool = True,
         num_workers: int = 0,
         seed: int = 0,
+        train_seed: int | None = None,
     ):
         super().__init__()
         if batch_size < 1:
@@ -55,6 +131,7 @@ class LatentODEDataModule(L.LightningDataModule):
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.split_seed, self.shuffle_split, self.split = split_seed, shuffle_split, split
         self.scale, self.num_workers, self.seed = scale, num_workers, seed
+        self.train_seed = train_seed
         self.dataset: IrregularDataset | None = None
         self.scaler: ChannelScaler | None = None
         self.splits: dict[str, IrregularDataset] = {}
@@ -89,15 +166,46 @@ class LatentODEDataModule(L.LightningDataModule):
             raw = {name: self.scaler.apply(part) for name, part in raw.items()}
         self.splits = raw
 
+    def _processes(self) -> tuple[int, int]:
+        """``(number of processes, rank)`` of the data-parallel run (``(1, 0)`` alone)."""
+        trainer = self.trainer
+        kwargs = getattr(trainer.strategy, "distributed_sampler_kwargs", None) if trainer else None
+        if not kwargs:
+            return 1, 0
+        return int(kwargs["num_replicas"]), int(kwargs["rank"])
+
+    def _train_seed(self, processes: int) -> int:
+        if self.train_seed is not None:
+            return int(self.train_seed)
+        if self.trainer is not None and os.environ.get("PL_GLOBAL_SEED") is not None:
+            return int(os.environ["PL_GLOBAL_SEED"])
+        seed = int(torch.randint(0, 2**62, ()).item())
+        if processes > 1:  # every process must read its part of the same permutation
+            seed = int(self.trainer.strategy.broadcast(seed, src=0))
+        return seed
+
     def _loader(self, name: str, train: bool) -> DataLoader:
         if not self.splits:
             self.setup()
         part = self.splits[name]
+        processes, rank = self._processes()
+        if train:
+            seed = self._train_seed(processes)
+            collator = Collator(part, self.task, seed=seed)
+        else:
+            if 0 < len(part) < processes:
+                raise ValueError(
+                    f"the {name} split has {len(part)} series for {processes} processes; every "
+                    "process needs at least one (fewer processes, or a larger split)."
+                )
+            seed = 0
+            collator = Collator(part, self.task, fixed=True, seed=self.seed)
+        sampler = SeriesSampler(len(part), processes, rank, shuffle=train, seed=seed)
         return DataLoader(
-            range(len(part)),
+            SeriesKeys(len(part)),
             batch_size=self.batch_size,
-            shuffle=train,
-            collate_fn=Collator(part, self.task, fixed=not train, seed=self.seed),
+            sampler=sampler,
+            collate_fn=collator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

@@ -23,6 +23,11 @@ Metrics (logged as ``{stage}/{name}``, stage one of ``train``, ``val``, ``test``
 
 Validation and test draw their posterior samples from a generator seeded per batch
 (``eval_seed``, the batch index), so evaluating a checkpoint gives the same numbers every time.
+
+Several processes (DDP): every epoch value (``train/*_epoch``, ``val/*``, ``test/*``) is
+reduced over all processes from sums and counts, so it is the value over the whole epoch's
+data, as one process would compute it; values logged per step (``train/*_step``) are the
+local batch's. Each process draws its own posterior samples (the rank enters their seeds).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import torch
 from torch import nn
 
 from latentode.data import Batch
+from latentode.data.batch import stream_seed
 from latentode.solvers import SolverError
 
 TERMS = ("loss", "loglik", "kl")
@@ -81,12 +87,16 @@ class _Sums:
             self.sums[name], self.counts[name] = total, count
 
     def means(self, reduce: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
-        out = {}
-        for name in sorted(self.sums):
-            total, count = reduce(self.sums[name]), reduce(self.counts[name])
-            if float(count) > 0:
-                out[name] = float(total / count)
-        return out
+        """Means over every process: one reduction of all sums and counts together (every
+        process must call it, with the same names)."""
+        names = sorted(self.sums)
+        if not names:
+            return {}
+        stacked = torch.stack([torch.stack([self.sums[n], self.counts[n]]) for n in names])
+        totals = reduce(stacked)
+        return {name: float(total / count) for name, (total, count) in zip(names, totals.unbind(0),
+                                                                           strict=True)
+                if float(count) > 0}
 
 
 def _known_predictions(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -231,20 +241,56 @@ class LatentODELightning(L.LightningModule):
         kl_weight = self.kl_weight
         out = self._terms("train", batch, batch_idx, kl_weight, self.train_samples)
         size = batch.batch_size
-        log = {f"train/{t}": out[t].detach() for t in TERMS + OPTIONAL_TERMS if t in out}
+        sums = self._sums.setdefault("train", _Sums())
+        log = {}
+        for t in TERMS + OPTIONAL_TERMS:
+            if t in out:
+                value = out[t].detach()
+                sums.add(t, value * size, size)
+                if t != "loss":
+                    log[f"train/{t}_step"] = value
         for name, (total, count) in self._errors(batch, out["pred"]).items():
+            sums.add(name, total, count)
             if float(count) > 0:
-                log[f"train/{name}"] = total / count
-        self.log_dict(log, on_step=True, on_epoch=True, batch_size=size, prog_bar=False)
-        self.log("train/kl_weight", kl_weight, on_step=False, on_epoch=True, batch_size=size)
+                log[f"train/{name}_step"] = total / count
+        # this process's batch; the epoch values (on_train_epoch_end) cover every process
+        self.log_dict(log, on_step=True, on_epoch=False, batch_size=size)
         self.log("train/loss_step", out["loss"].detach(), on_step=True, on_epoch=False,
-                 prog_bar=True, logger=False, batch_size=size)
+                 prog_bar=True, batch_size=size)
+        self.log("train/kl_weight", kl_weight, on_step=False, on_epoch=True, batch_size=size,
+                 sync_dist=True)
         return out["loss"]
+
+    def on_train_start(self) -> None:
+        # seed_everything gives every process the same seed (and DDP the same weights): fold
+        # the rank in, so that the processes draw independent posterior samples
+        if self.trainer.world_size > 1:
+            seed = int(torch.randint(0, 2**62, ()).item())
+            torch.manual_seed(stream_seed(seed, self.trainer.global_rank))
+
+    def on_train_epoch_start(self) -> None:
+        self._sums.pop("train", None)
+
+    def on_train_epoch_end(self) -> None:
+        sums = self._sums.pop("train", None)
+        if sums is None:
+            return
+        means = sums.means(lambda x: self.trainer.strategy.reduce(x, reduce_op="sum"))
+        for name, value in means.items():
+            # as Lightning names values logged on step and epoch: ``_epoch`` in the logger,
+            # the bare name among the callback metrics; the values are already the same on
+            # every process (sync_dist averages equal numbers, and tells Lightning so)
+            self.log(f"train/{name}_epoch", value, sync_dist=True)
+            self.log(f"train/{name}", value, logger=False, sync_dist=True)
 
     def _eval_step(self, stage: str, batch: Batch, batch_idx: int) -> None:
         devices = [self.device] if self.device.type == "cuda" else []
+        seed = self.eval_seed * 1_000_003 + batch_idx
+        rank = self._trainer.global_rank if self._trainer is not None else 0
+        if rank > 0:  # other processes draw other samples than rank 0
+            seed = stream_seed(seed, rank)
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.eval_seed * 1_000_003 + batch_idx)
+            torch.manual_seed(seed)
             out = self._terms(stage, batch, batch_idx, 1.0, self.eval_samples)
         sums = self._sums.setdefault(stage, _Sums())
         size = batch.batch_size
@@ -270,7 +316,8 @@ class LatentODELightning(L.LightningModule):
         means = sums.means(lambda x: self.trainer.strategy.reduce(x, reduce_op="sum"))
         means.update(self._label_metrics(stage))
         for name, value in means.items():
-            self.log(f"{stage}/{name}", value, prog_bar=name == "mse", sync_dist=False)
+            # reduced already, the same on every process (see on_train_epoch_end)
+            self.log(f"{stage}/{name}", value, prog_bar=name == "mse", sync_dist=True)
 
     def _label_metrics(self, stage: str) -> dict[str, float]:
         """AUC and accuracy over the epoch's known labels, gathered from every process."""
