@@ -5,7 +5,9 @@
   observed point. Metrics on the unseen points (``target & ~encoder``) are reported apart.
 * :class:`Extrapolation`: the encoder sees the first part of each series, the first ``count``
   observed time points, the first ``fraction`` of its observed time window, or everything up to
-  ``cut_time`` (in the user's time units); the model predicts the rest.
+  ``cut_time`` (in the user's time units); the model predicts the rest. With ``subsample`` the
+  encoder sees only a random share of that first part (the paper's ``--sample-tp`` with
+  ``--extrap``); the targets stay the points after it.
 
 Both work on the batch's points before they are laid on the union grid (``Points``), so their
 cost grows with the number of observations, not with ``batch x union of times``.
@@ -101,20 +103,45 @@ class Interpolation:
 
 @dataclass(frozen=True)
 class Extrapolation:
-    """Encoder sees the beginning of each series (``count``, ``fraction`` or ``cut_time``)."""
+    """Encoder sees the beginning of each series (``count``, ``fraction`` or ``cut_time``).
+
+    ``subsample`` (with ``count`` or ``fraction``): the encoder sees a random share of the
+    observed time points of that beginning, ``max(1, floor(subsample * n))`` of its ``n``
+    (the paper code's ``subsample_timepoints`` after ``split_data_extrap``), drawn per batch like
+    :class:`Interpolation`'s; the model still predicts the points after the beginning only.
+    """
 
     fraction: float | None = None
     count: int | None = None
     cut_time: float | str | None = None
+    subsample: float | None = None
 
     def __post_init__(self) -> None:
         options = {"fraction": self.fraction, "count": self.count, "cut_time": self.cut_time}
         _check_choice("Extrapolation", options)
         _check_sizes(self.fraction, self.count, whole_allowed=False)
+        if self.subsample is not None:
+            if not 0 < self.subsample <= 1:
+                raise ValueError(f"subsample must be in (0, 1], got {self.subsample}.")
+            if self.cut_time is not None:
+                raise ValueError("subsample works with count= or fraction=, not cut_time=.")
 
     def encoder_points(
         self, points: Points, rng: np.random.Generator, transform: TimeTransform | None = None
     ) -> np.ndarray:
+        prefix = self._prefix(points, transform)
+        if self.subsample is None:
+            return prefix
+        n = np.add.reduceat(prefix.astype(np.int64), points.starts)
+        keep = np.minimum(n, np.maximum(1, np.floor(self.subsample * n).astype(np.int64)))
+        scores = np.where(prefix, rng.random(len(prefix)), 2.0) + 4.0 * points.rows
+        order = np.argsort(scores, kind="stable")
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order)) - points.starts[points.rows[order]]
+        return prefix & (rank < keep[points.rows])
+
+    def _prefix(self, points: Points, transform: TimeTransform | None) -> np.ndarray:
+        """The beginning of each series that the encoder may see (before ``subsample``)."""
         point_obs = points.observed.any(1)
         if self.count is not None:
             chosen = point_obs & (points.cumulative(point_obs) <= self.count)
@@ -137,4 +164,6 @@ class Extrapolation:
         return _with_at_least_one(chosen, points, point_obs)
 
     def targets(self, points: Points, encoder: np.ndarray) -> np.ndarray:
+        if self.subsample is not None:  # the points after the beginning, not the ones left out
+            encoder = self._prefix(points, None)
         return points.observed.any(1) & ~encoder

@@ -1,0 +1,363 @@
+"""The paper's hopper table: model presets (conf/model/hopper_*.yaml) on both hopper experiments,
+the extrapolation's observed share (Extrapolation.subsample), and scripts/paper_table.py (the
+commands it prints compose; the collector on a synthetic tree and on a real tiny sweep)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+from test_cli import CONF, compose_train
+
+from latentode.data import Extrapolation
+from latentode.data.tasks import Points
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*treespec, LeafSpec")
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "paper_table.py"
+PRESETS = ["hopper_latent_ode", "hopper_latent_ode_rnn", "hopper_odernn", "hopper_rnn_vae",
+           "hopper_gru_dt"]
+TASKS = ["hopper_interp", "hopper_extrap"]
+CHANNELS = 14  # hopper: 7 qpos + 7 qvel
+
+
+def _load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("paper_table", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["paper_table"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+paper_table = _load_script()
+
+
+def latentode_train(args: list[str], root: Path, timeout: int = 300
+                    ) -> subprocess.CompletedProcess:
+    """Run the ``latentode-train`` console script in ``root`` (outputs under it)."""
+    script = Path(sys.executable).parent / "latentode-train"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "latentode.cli.train"]
+    env = {**os.environ, "LATENTODE_ROOT": str(root)}
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=root)
+
+
+def show(result: subprocess.CompletedProcess) -> str:
+    return f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+
+def _paper_mlp_params(n_in: int, n_out: int, units: int, n_layers: int) -> int:
+    """Parameters of the paper's ``utils.create_net(n_in, n_out, n_layers, units)``."""
+    return (n_in + 1) * units + n_layers * (units + 1) * units + (units + 1) * n_out
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _gru_cell_params(n_in: int, hidden: int) -> int:
+    return 3 * hidden * (n_in + hidden + 2)
+
+
+# -- presets ------------------------------------------------------------------------------------
+
+def test_presets_are_the_table_rows():
+    assert sorted(p.stem for p in (CONF / "model").glob("hopper_*.yaml")) == sorted(PRESETS)
+    assert list(paper_table.ROWS) == PRESETS
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_composes_with_the_experiment_and_builds_for_14_channels(preset, task):
+    cfg = compose_train([f"experiment={task}", f"model={preset}", "observed_fraction=0.3"])
+    assert cfg.task_name == task and cfg.trainer.max_epochs == 300
+    assert cfg.model.latents == 15 and cfg.model.obs_std == 1e-3
+    if task == "hopper_interp":
+        assert cfg.data.task.fraction == 0.3
+    else:
+        assert cfg.data.task.subsample == 0.3 and cfg.data.task.count == 66
+    with open_dict(cfg):
+        cfg.model.input_dim = CHANNELS
+    model = instantiate(cfg.model)  # an experiment key left under model: would fail here
+    times = torch.linspace(0, 0.5, 12)
+    values = torch.rand(3, 12, CHANNELS)
+    seen = torch.zeros(3, 12, CHANNELS, dtype=torch.bool)
+    seen[:, ::3] = True
+    out = model.loss(times, values, seen, torch.ones_like(seen), kl_weight=1.0, n_samples=2)
+    assert out["pred"].shape[-3:] == (3, 12, CHANNELS)
+    assert math.isfinite(float(out["loss"].detach()))
+
+
+def test_hopper_experiment_alone_is_the_latent_ode_preset():
+    alone = compose_train(["experiment=hopper_interp"])
+    explicit = compose_train(["experiment=hopper_interp", "model=hopper_latent_ode"])
+    assert OmegaConf.to_container(alone) == OmegaConf.to_container(explicit)
+    extrap = compose_train(["experiment=hopper_extrap"])
+    assert extrap.observed_fraction is None and extrap.data.task.subsample is None
+    assert OmegaConf.to_container(extrap.model) == OmegaConf.to_container(alone.model)
+
+
+def _built(preset: str):
+    cfg = compose_train(["experiment=hopper_interp", f"model={preset}"])
+    with open_dict(cfg):
+        cfg.model.input_dim = CHANNELS
+    return instantiate(cfg.model)
+
+
+def test_baseline_presets_have_the_paper_code_networks():
+    """Parts built exactly as run_models.py builds them with the hopper flags."""
+    # ODE-RNN: create_net(15, 15, n_layers=3, n_units=300); ODE_RNN's decoder 15 -> 100 -> 14
+    odernn = _built("hopper_odernn")
+    assert _count(odernn.ode) == _paper_mlp_params(15, 15, 300, n_layers=3)
+    assert _count(odernn.out) == (15 + 1) * 100 + (100 + 1) * CHANNELS
+    # GRU-dt (Classic_RNN): GRUCell(2 * 14 + 1, 15), decoder 15 -> 300 -> 14
+    grudt = _built("hopper_gru_dt")
+    assert _count(grudt.cell) == _gru_cell_params(2 * CHANNELS + 1, 15)
+    assert _count(grudt.out) == (15 + 1) * 300 + (300 + 1) * CHANNELS
+    # RNN-VAE: GRUCell(29, rec_dims 30), z0_net 30 -> 300 -> 2 * 15, decoder 15 -> 300 -> 14
+    vae = _built("hopper_rnn_vae")
+    assert _count(vae.encoder.cell) == _gru_cell_params(2 * CHANNELS + 1, 30)
+    assert _count(vae.encoder.to_z0) == (30 + 1) * 300 + (300 + 1) * 30
+    assert _count(vae.out) == (15 + 1) * 300 + (300 + 1) * CHANNELS
+    # Latent ODE, RNN encoder (Encoder_z0_RNN): GRU(29, 30), hiddens_to_z0 30 -> 50 -> 2 * 15
+    rnn_enc = _built("hopper_latent_ode_rnn").encoder
+    assert _count(rnn_enc.cell) == _gru_cell_params(2 * CHANNELS + 1, 30)
+    assert _count(rnn_enc.to_z0) == (30 + 1) * 50 + (50 + 1) * 30
+
+
+# -- the extrapolation's observed share --------------------------------------------------------
+
+def _points(n_series: int = 4, length: int = 200) -> Points:
+    rows = np.repeat(np.arange(n_series), length)
+    starts = np.arange(n_series) * length
+    times = np.tile(np.arange(length) / length, n_series)
+    return Points(rows=rows, starts=starts, times=times,
+                  observed=np.ones((n_series * length, CHANNELS), dtype=bool))
+
+
+@pytest.mark.parametrize(("share", "kept"), [(0.1, 6), (0.2, 13), (0.3, 19), (0.5, 33),
+                                             (1.0, 66)])
+def test_extrapolation_subsample_keeps_the_paper_count_of_the_first_66(share, kept):
+    """int(66 * s) of the first 66 points, as the paper's subsample_timepoints after
+    split_data_extrap; the targets stay the 134 points after them."""
+    pts = _points()
+    task = Extrapolation(count=66, subsample=share)
+    encoder = task.encoder_points(pts, np.random.default_rng(0))
+    per_row = encoder.reshape(4, 200)
+    assert (per_row.sum(1) == kept).all() and not per_row[:, 66:].any()
+    targets = task.targets(pts, encoder).reshape(4, 200)
+    assert not targets[:, :66].any() and targets[:, 66:].all()
+    if share < 1:  # drawn per series and per batch
+        assert len({tuple(np.flatnonzero(r)) for r in per_row}) > 1
+        again = task.encoder_points(pts, np.random.default_rng(1))
+        assert not np.array_equal(encoder, again)
+
+
+def test_extrapolation_without_subsample_is_unchanged():
+    pts = _points()
+    full = Extrapolation(count=66)
+    encoder = full.encoder_points(pts, np.random.default_rng(0)).reshape(4, 200)
+    assert encoder[:, :66].all() and not encoder[:, 66:].any()
+    assert np.array_equal(full.targets(pts, encoder.ravel()), ~encoder.ravel())
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"count": 66, "subsample": 0.0}, r"subsample must be in \(0, 1\]"),
+    ({"count": 66, "subsample": 1.5}, r"subsample must be in \(0, 1\]"),
+    ({"cut_time": 0.3, "subsample": 0.5}, "not cut_time"),
+])
+def test_extrapolation_subsample_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Extrapolation(**kwargs)
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("protocol", ["full", "reduced"])
+def test_printed_commands_compose(protocol, tmp_path):
+    lines = paper_table.commands(protocol, root=str(tmp_path))
+    assert len(lines) == len(PRESETS) * len(TASKS) + 1
+    assert lines[-1].startswith("python scripts/paper_table.py collect")
+    for line in lines[:-1]:
+        args = shlex.split(line)
+        assert args[:2] == ["latentode-train", "-m"]
+        overrides = [a for a in args[2:] if not a.startswith("hydra.")]
+        for key in paper_table.PROTOCOLS[protocol]:
+            assert key in overrides
+        assert "observed_fraction=0.1,0.2,0.3,0.5" in overrides and "seed=1,2,3" in overrides
+        first = [a.split("=", 1)[0] + "=" + a.split("=", 1)[1].split(",")[0] for a in overrides]
+        cfg = compose_train(first)
+        assert cfg.model.latents == 15
+        if protocol == "reduced":
+            assert cfg.data.dataset.n_trajectories == 1000 and cfg.trainer.max_epochs == 40
+            assert cfg.trainer.accelerator == "cpu"
+        else:
+            assert cfg.data.dataset.n_trajectories == 10_000 and cfg.trainer.max_epochs == 300
+            assert cfg.trainer.accelerator == "gpu"
+
+
+# -- collector on a synthetic tree -------------------------------------------------------------
+
+def _fake_run(path: Path, preset: str, task: str, fraction: float | None, seed: int,
+              mse: float | None, extra: tuple[str, ...] = (), n_traj: int = 10_000) -> None:
+    """A run dir as latentode-train -m leaves it (only the keys the collector reads)."""
+    kind = task.removeprefix("hopper_")
+    data_task = ({"_target_": "latentode.data.Interpolation", "fraction": "${observed_fraction}"}
+                 if kind == "interp" else
+                 {"_target_": "latentode.data.Extrapolation", "count": 66,
+                  "subsample": "${observed_fraction}"})
+    config = {"task_name": task, "seed": seed, "observed_fraction": fraction,
+              "data": {"dataset": {"name": "hopper", "task": kind, "n_trajectories": n_traj},
+                       "task": data_task},
+              "trainer": {"max_epochs": 300},
+              "paths": {"output_dir": "${hydra:runtime.output_dir}"}}
+    hydra_dir = path / ".hydra"
+    hydra_dir.mkdir(parents=True)
+    (hydra_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    overrides = [f"experiment={task}", f"model={preset}", f"observed_fraction={fraction}",
+                 f"seed={seed}", "trainer=gpu", "data.dataset.cache_dir=/x", *extra]
+    (hydra_dir / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (hydra_dir / "hydra.yaml").write_text(yaml.safe_dump(
+        {"hydra": {"runtime": {"choices": {"model": preset, "experiment": task}},
+                   "sweep": {"subdir": "${latentode.job_num:${hydra.sweep.dir},0}"}}}))
+    if mse is not None:
+        (path / "test_metrics.json").write_text(json.dumps(
+            {"ckpt_path": None, "metrics": {"test/mse": mse, "test/loss": 1.0}}))
+
+
+def test_collector_aggregates_seeds_on_a_synthetic_tree(tmp_path, capsys):
+    root = tmp_path / "sweeps"
+    for i, (seed, mse) in enumerate([(1, 0.003), (2, 0.004), (3, 0.005)]):
+        _fake_run(root / "interp" / "lode" / str(i), "hopper_latent_ode", "hopper_interp", 0.1,
+                  seed, mse)
+    _fake_run(root / "interp" / "lode" / "3", "hopper_latent_ode", "hopper_interp", 0.1, 4,
+              None)  # still running, or failed
+    _fake_run(root / "extrap" / "gru" / "0", "hopper_gru_dt", "hopper_extrap", 0.5, 1, 0.07)
+    _fake_run(root / "extrap" / "gru" / "1", "hopper_gru_dt", "hopper_extrap", 0.5, 2,
+              float("nan"))
+    _fake_run(root / "extrap" / "gru" / "2", "hopper_gru_dt", "hopper_extrap", 0.5, 1,
+              None)  # an earlier failed try of seed 1: seed 1 has a finished run
+    _fake_run(root / "extrap" / "lode_all" / "0", "hopper_latent_ode", "hopper_extrap", None, 1,
+              0.01)  # observed_fraction null: all 66 points, an extra column
+    reduced = ("data.dataset.n_trajectories=1000", "trainer.max_epochs=40")
+    _fake_run(root / "reduced" / "0", "hopper_odernn", "hopper_interp", 0.2, 1, 0.02,
+              extra=reduced, n_traj=1000)
+    _fake_run(root / "reduced" / "1", "hopper_odernn", "hopper_interp", 0.2, 1, 0.04,
+              extra=reduced, n_traj=1000)  # the same seed again: averaged, and said
+    (root / "not_a_run").mkdir()
+
+    csv_path, md_path = tmp_path / "table.csv", tmp_path / "table.md"
+    assert paper_table.main(["collect", str(root), "--csv", str(csv_path),
+                             "--markdown", str(md_path)]) == 0
+    text = capsys.readouterr().out
+    assert md_path.read_text().strip() == text.strip()
+    full, red = text.split("### MuJoCo hopper, ")[1:]
+    assert full.startswith("full protocol") and "10000 trajectories, 300 epochs" in full
+    assert red.startswith("REDUCED protocol: data.dataset.n_trajectories=1000 "
+                          "trainer.max_epochs=40")
+
+    def row(section: str, first: str, second: str) -> list[str]:
+        for line in section.splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if cells[:2] == [first, second]:
+                return cells[2:]
+        raise AssertionError(f"no row {first} {second} in\n{section}")
+
+    header = row(full, "model", "")
+    assert header[:8] == ["interp 10%", "interp 20%", "interp 30%", "interp 50%",
+                          "extrap 10%", "extrap 20%", "extrap 30%", "extrap 50%"]
+    assert header[8:] == ["extrap 100%"]
+    # mean 0.4, sample std 0.1 (x 10^-2) over seeds 1-3; the unfinished run is counted apart
+    ours = row(full, "`hopper_latent_ode`", "ours")
+    assert ours[0] == "0.400 ± 0.100 (n=3, 1 unfinished)"
+    assert ours[1:8] == ["—"] * 7 and ours[8] == "1.000 (n=1)"
+    assert row(full, "Latent ODE (ODE-RNN enc.)", "paper")[:8] == [
+        "0.360", "0.295", "0.300", "0.285", "1.441", "1.400", "1.175", "1.258"]
+    assert row(full, "`hopper_gru_dt`", "ours")[7] == "7.000 (n=1, 1 non-finite)"
+    assert row(full, "RNN dt (GRU-dt)", "paper")[7] == "30.571"
+    assert row(full, "`hopper_odernn`", "ours") == ["—"] * 9
+    assert row(red, "`hopper_odernn`", "ours")[1] == "3.000 ± 1.414 (n=2, seed 1 repeated)"
+
+    with csv_path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    cell = next(r for r in rows if r["protocol"] == "full" and r["preset"] == "hopper_latent_ode"
+                and r["task"] == "hopper_interp" and r["observed_fraction"] == "0.1")
+    assert float(cell["mse_mean_1e-2"]) == pytest.approx(0.4)
+    assert float(cell["mse_std_1e-2"]) == pytest.approx(0.1)
+    assert (cell["n"], cell["seeds"], cell["unfinished"], cell["paper_1e-2"]) == (
+        "3", "1 2 3", "1", "0.36")
+    assert len([r for r in rows if r["protocol"] == "full"]) == 5 * 9
+    empty = next(r for r in rows if r["preset"] == "hopper_rnn_vae" and r["protocol"] == "full"
+                 and r["task"] == "hopper_extrap" and r["observed_fraction"] == "0.2")
+    assert (empty["n"], empty["mse_mean_1e-2"], empty["paper_1e-2"]) == ("0", "", "2.135")
+
+
+# -- a real tiny sweep, collected ---------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:Total length of .DataLoader. across ranks is zero")
+def test_tiny_hopper_sweep_is_collected(tmp_path, capsys):
+    pytest.importorskip("dm_control")
+    pytest.importorskip("mujoco")
+    sweep = tmp_path / "paper_table" / "hopper_interp"
+    result = latentode_train([
+        "-m", "experiment=hopper_interp", "model=hopper_latent_ode,hopper_gru_dt",
+        "observed_fraction=0.3", "seed=1,2",
+        # 5 trajectories (4 train, 1 test), one batch of training, small networks
+        "data.dataset.n_trajectories=5", f"data.dataset.cache_dir={tmp_path / 'cache'}",
+        "data.dataset.progress=false", "data.batch_size=4", "trainer.fast_dev_run=true",
+        "model.latents=4", "plots.n_series=0", "callbacks.progress_bar.refresh_rate=0",
+        f"hydra.sweep.dir={sweep}",
+    ], tmp_path, timeout=300)
+    assert result.returncode == 0, show(result)
+    assert len(list(sweep.glob("*/test_metrics.json"))) == 4
+
+    paper_table.main(["collect", str(tmp_path / "paper_table"), "--csv",
+                      str(tmp_path / "t.csv")])
+    text = capsys.readouterr().out
+    assert "MODIFIED protocol" in text and "data.dataset.n_trajectories=5" in text
+    lines = {tuple(c.strip() for c in line.strip().strip("|").split("|")[:2]): line
+             for line in text.splitlines() if line.startswith("|")}
+    for preset, paper in (("hopper_latent_ode", "0.300"), ("hopper_gru_dt", "1.250")):
+        ours = [c.strip() for c in lines[(f"`{preset}`", "ours")].strip("|").split("|")]
+        assert ours[4].endswith("(n=2)") and ours[4] != "—", ours
+        assert ours[2:4] + ours[5:] == ["—"] * 7
+        label = paper_table.ROWS[preset]
+        assert [c.strip() for c in lines[(label, "paper")].strip("|").split("|")][4] == paper
+    assert lines[("`hopper_odernn`", "ours")].count("—") == 8
+
+
+@pytest.mark.parametrize(("task", "seen", "scored"), [("hopper_interp", 30, 100),
+                                                       ("hopper_extrap", 19, 134)])
+def test_hopper_batches_follow_the_paper_protocol(task, seen, scored, tmp_path):
+    """observed_fraction=0.3: the encoder sees 30 of 100 (interp) or int(66 * 0.3) = 19 of the
+    first 66 (extrap) points per series; the scored targets are all 100 or the last 134."""
+    pytest.importorskip("dm_control")
+    pytest.importorskip("mujoco")
+    from latentode.cli.train import build_datamodule
+
+    cfg = compose_train([f"experiment={task}", "observed_fraction=0.3",
+                         "data.dataset.n_trajectories=5", "data.batch_size=4",
+                         f"data.dataset.cache_dir={tmp_path}", "data.dataset.progress=false"])
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("test")
+    for loader in (datamodule.train_dataloader(), datamodule.test_dataloader()):
+        batch = next(iter(loader))
+        assert (batch.encoder_mask.any(-1).sum(1) == seen).all()
+        assert (batch.target_mask.any(-1).sum(1) == scored).all()
+        if task == "hopper_extrap":
+            assert not batch.encoder_mask[:, 66:].any() and not batch.target_mask[:, :66].any()
