@@ -4,10 +4,13 @@
     latentode-train experiment=periodic_extrap trainer.max_epochs=100
     latentode-train model/encoder=rnn model.latents=6 data.batch_size=100
     latentode-train ckpt_path=outputs/train/<run>/checkpoints/last.ckpt trainer.max_epochs=80
+    latentode-train -m model.latents=8,16 seed=1,2,3    # a sweep: one dir per job, summary.csv
+    latentode-train hparams_search=periodic_optuna       # an Optuna search (conf/hparams_search)
 
 The run directory (``outputs/<task_name>/<date>_<time>``, see ``conf/hydra``) receives the
 config (``.hydra/config.yaml``), ``metrics.csv``, ``checkpoints/`` (best and ``last.ckpt``),
-``test_metrics.json`` and ``plots/test_series.png``.
+``test_metrics.json`` and ``plots/test_series.png``. A sweep job also writes ``job_status.json``
+(status, metrics, error) for the sweep's ``summary.csv`` (:mod:`latentode.cli.sweep`).
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from latentode.cli import config_dir
+from latentode.cli.sweep import write_job_record
 from latentode.lit.plots import plot_test_series
 
 log = logging.getLogger(__name__)
@@ -163,9 +168,32 @@ def metric_value(metrics: dict[str, float], name: str | None) -> float | None:
 def main(cfg: DictConfig) -> float | None:
     """Entry point of ``latentode-train`` (Hydra parses the command line)."""
     quiet_known_warnings()
-    log.info("output directory: %s", HydraConfig.get().runtime.output_dir)
-    metrics = train(cfg)
-    return metric_value(metrics, cfg.get("optimized_metric"))
+    hydra_cfg = HydraConfig.get()
+    log.info("output directory: %s", hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return metric_value(train(cfg), cfg.get("optimized_metric"))  # errors propagate
+    return sweep_job(cfg, Path(hydra_cfg.runtime.output_dir))
+
+
+def sweep_job(cfg: DictConfig, run_dir: Path) -> float | None:
+    """One job of a sweep (``latentode-train -m``): train, record the outcome in
+    ``run_dir/job_status.json`` for the sweep's ``summary.csv``, return the optimised metric.
+
+    A job that raises is logged with its traceback and recorded as failed, and returns None, so
+    that the sweep goes on: a grid sweep runs its other jobs, and the Optuna sweeper records the
+    trial as failed (it cannot cast None to float) and asks for the next one. A NaN or infinite
+    metric is returned as ``inf`` (see :func:`metric_value`).
+    """
+    try:
+        metrics = train(cfg)
+    except Exception as error:
+        log.exception("job failed (%s); recorded in the sweep's summary.csv, the sweep goes on",
+                      type(error).__name__)
+        write_job_record(run_dir, "failed", error=error)
+        return None
+    value = metric_value(metrics, cfg.get("optimized_metric"))
+    write_job_record(run_dir, "completed", metrics=metrics, objective=value)
+    return value
 
 
 if __name__ == "__main__":

@@ -1,0 +1,305 @@
+"""Sweeps (``latentode-train -m``): the summary table, job records and job numbering.
+
+    latentode-train -m model.latents=8,16 solver.method=dopri5,rk4      # a grid of 4 jobs
+    latentode-train -m hparams_search=periodic_optuna                   # an Optuna search
+
+Every job of a sweep runs in ``<sweep dir>/<job>/``. :class:`SweepSummary`, a Hydra callback
+(``hydra.callbacks.sweep_summary`` in ``conf/hydra/default.yaml``), records each job as it ends in
+``<sweep dir>/.sweep/jobs/<job>.json`` and rewrites ``<sweep dir>/summary.csv`` from all records,
+so a sweep that is stopped still has its table. One row per job: job number, status
+(``completed``/``failed``), wall time, one column per override, the validation and test metrics,
+the error of a failed job, the overrides as typed and the run directory.
+
+A sweep rerun into an existing sweep dir (``hydra.sweep.dir=...``, e.g. to resume an Optuna
+search) numbers its jobs on from the last one, so no run directory is written twice; for an
+Optuna search job ``k`` is then trial ``k`` of the study.
+
+Nothing here imports optuna at module level: the callback is loaded by every latentode-train run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "summary.csv"
+STATE = ".sweep"               # <sweep dir>/.sweep/: job records, job offset, lock
+JOB_RECORD = "job_status.json"  # written by latentode-train into each job's run dir
+RESOLVER = "latentode.job_num"  # hydra.sweep.subdir: ${latentode.job_num:${hydra.sweep.dir},...}
+METRIC_PREFIXES = ("val/", "test/")
+FIRST_COLUMNS = ["job", "status", "wall_time_s"]
+LAST_COLUMNS = ["error", "overrides", "output_dir"]
+
+
+# -- job numbering ------------------------------------------------------------------------------
+
+def _offset_path(sweep_dir: str | Path) -> Path:
+    return Path(sweep_dir) / STATE / "offset"
+
+
+def job_offset(sweep_dir: str | Path) -> int:
+    """The number the current sweep call adds to Hydra's job numbers (0 for a new sweep dir)."""
+    try:
+        return int(_offset_path(sweep_dir).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def job_number(sweep_dir: str, num: Any) -> int:
+    """Hydra's job number (0, 1, ... in every call) plus the sweep dir's offset."""
+    return int(num) + job_offset(sweep_dir)
+
+
+if not OmegaConf.has_resolver(RESOLVER):
+    OmegaConf.register_new_resolver(RESOLVER, lambda d, n: str(job_number(d, n)))
+
+
+def _recorded_jobs(sweep_dir: Path) -> list[int]:
+    jobs = []
+    for path in (sweep_dir / STATE / "jobs").glob("*.json"):
+        with contextlib.suppress(ValueError):
+            jobs.append(int(path.stem))
+    return jobs
+
+
+def _study_trials(config: DictConfig) -> int:
+    """Trials already in the Optuna study of ``config.hydra.sweeper`` (0 if none or no Optuna)."""
+    sweeper = config.hydra.get("sweeper") or {}
+    if "optuna" not in str(sweeper.get("_target_", "")).lower() or not sweeper.get("storage"):
+        return 0
+    url = str(sweeper.storage)
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        return 0  # a new search: do not create the database here
+    try:
+        import optuna
+
+        storage = optuna.storages.get_storage(url)
+        name = sweeper.get("study_name")
+        study_id = storage.get_study_id_from_name(str(name)) if name else None
+        return 0 if study_id is None else len(storage.get_all_trials(study_id, deepcopy=False))
+    except Exception:  # no such study yet (KeyError), or no database file
+        return 0
+
+
+# -- records and the summary --------------------------------------------------------------------
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` where the OS has ``flock`` (jobs of a joblib or submitit
+    sweep end in other processes); without one, the atomic writes still keep the file whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a") as f:
+        with contextlib.suppress(OSError):  # a file system without locks: go on unlocked
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def write_job_record(run_dir: str | Path, status: str, metrics: dict[str, float] | None = None,
+                     objective: float | None = None, error: BaseException | None = None) -> Path:
+    """``<run dir>/job_status.json``: what a sweep job reports to :class:`SweepSummary`."""
+    record: dict[str, Any] = {
+        "status": status,
+        "objective": _finite(objective),
+        "metrics": {k: _finite(float(v)) for k, v in (metrics or {}).items()},
+        "error": error_message(error) if error is not None else "",
+    }
+    path = Path(run_dir) / JOB_RECORD
+    _write_atomic(path, json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def error_message(error: BaseException, limit: int = 500) -> str:
+    """``Type: message`` on one line, cut to ``limit`` characters."""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _override_columns(overrides: list[str]) -> dict[str, str]:
+    columns = {}
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep:
+            columns[key.lstrip("+~")] = value
+    return columns
+
+
+def refresh_summary(sweep_dir: str | Path) -> Path:
+    """Rewrite ``<sweep dir>/summary.csv`` from the job records (one row per job, by number)."""
+    sweep_dir = Path(sweep_dir)
+    path = sweep_dir / SUMMARY
+    with _locked(sweep_dir / STATE / "lock"):
+        rows = []
+        for record in (sweep_dir / STATE / "jobs").glob("*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                rows.append(json.loads(record.read_text()))
+        rows.sort(key=lambda r: int(r.get("job", 0)))
+        overrides: list[str] = []
+        metrics: list[str] = []
+        for row in rows:
+            overrides += [k for k in row.get("override_columns", {}) if k not in overrides]
+            metrics += [k for k in row.get("metrics", {}) if k not in metrics]
+        metrics.sort(key=lambda k: (METRIC_PREFIXES.index(k.split("/")[0] + "/"), k))
+        header = [*FIRST_COLUMNS, *overrides, *metrics, *LAST_COLUMNS]
+        lines = []
+        for row in rows:
+            values = {**row, **row.get("override_columns", {}), **row.get("metrics", {})}
+            lines.append({k: values.get(k, "") for k in header})
+        with tempfile.SpooledTemporaryFile(mode="w+", newline="") as buffer:
+            writer = csv.DictWriter(buffer, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(lines)
+            buffer.seek(0)
+            _write_atomic(path, buffer.read())
+    return path
+
+
+class SweepSummary(Callback):
+    """Hydra callback: ``summary.csv`` in the sweep dir, refreshed as each job ends.
+
+    Does nothing in a single run. The job's status, metrics and error come from the
+    ``job_status.json`` that latentode-train writes into the run dir; a job that raised (another
+    task function, or an error outside training) is recorded from Hydra's job return.
+    """
+
+    def __init__(self, filename: str = SUMMARY) -> None:
+        self.filename = filename
+        self._started: dict[str, float] = {}
+
+    @staticmethod
+    def _multirun(config: DictConfig) -> bool:
+        return config.hydra.get("mode") == RunMode.MULTIRUN
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)  # before the sweeper opens optuna.db in it
+        offset = max([*[j + 1 for j in _recorded_jobs(sweep_dir)], _study_trials(config), 0])
+        path = _offset_path(sweep_dir)
+        if offset or path.exists():
+            _write_atomic(path, f"{offset}\n")
+        if offset:
+            log.info("sweep dir %s already holds jobs 0..%d: new jobs are numbered from %d",
+                     sweep_dir, offset - 1, offset)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._started[str(config.hydra.runtime.output_dir)] = time.perf_counter()
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if not self._multirun(config):
+            return
+        try:
+            self._record(config, job_return)
+        except Exception:  # the table must never stop a sweep
+            log.exception("could not update the sweep summary")
+
+    def _record(self, config: DictConfig, job_return: JobReturn) -> None:
+        run_dir = Path(str(config.hydra.runtime.output_dir))
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        started = self._started.pop(str(run_dir), None)
+        wall = time.perf_counter() - started if started is not None else float("nan")
+        job = job_number(str(sweep_dir), config.hydra.job.num)
+        record_path = run_dir / JOB_RECORD
+        if job_return.status == JobStatus.FAILED:
+            status, metrics = "failed", {}
+            error = error_message(job_return._return_value)
+        elif record_path.is_file():
+            record = json.loads(record_path.read_text())
+            status, metrics, error = record["status"], record["metrics"], record["error"]
+        else:
+            value = job_return._return_value
+            status, error = "completed", ""
+            metrics = dict(value) if isinstance(value, dict) else {}
+        overrides = [str(o) for o in (job_return.overrides or [])]
+        row = {
+            "job": job,
+            "status": status,
+            "wall_time_s": round(wall, 3),
+            "override_columns": _override_columns(overrides),
+            "metrics": {k: v for k, v in metrics.items() if k.startswith(METRIC_PREFIXES)},
+            "error": error,
+            "overrides": " ".join(overrides),
+            "output_dir": str(run_dir),
+        }
+        _write_atomic(sweep_dir / STATE / "jobs" / f"{job}.json", json.dumps(row, indent=1))
+        refresh_summary(sweep_dir)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if not (sweep_dir / STATE / "jobs").is_dir():
+            return
+        path = refresh_summary(sweep_dir)
+        with open(path, newline="") as f:
+            statuses = [row["status"] for row in csv.DictReader(f)]
+        failed = statuses.count("failed")
+        if failed:
+            log.warning("%d of %d jobs failed; see %s", failed, len(statuses), path)
+        else:
+            log.info("%d jobs completed; summary: %s", len(statuses), path)
+
+
+# -- a validation split for sources that fix theirs ---------------------------------------------
+
+def carve_validation(n_series: int, train_fraction: float, val_fraction: float) -> np.ndarray:
+    """Split labels (``train``/``val``/``test`` per series, in stored order) for a source whose
+    own split is "first ``int(n * train_fraction)`` train, the rest test" (hopper): the last
+    ``val_fraction`` of those training series become validation, the test series stay as they
+    are. Pass it as the data module's ``split`` (see ``conf/hparams_search/hopper_optuna.yaml``).
+    """
+    n_train = int(n_series * train_fraction)
+    n_val = max(1, round(n_train * val_fraction)) if val_fraction > 0 else 0
+    if not 0 <= n_val < n_train:
+        raise ValueError(f"val_fraction={val_fraction} leaves no training series "
+                         f"({n_train} of {n_series} are the source's training series).")
+    labels = np.full(n_series, "test", dtype=object)
+    labels[: n_train - n_val] = "train"
+    labels[n_train - n_val : n_train] = "val"
+    return labels.astype(str)
+
+
+__all__ = ["SweepSummary", "carve_validation", "job_number", "refresh_summary",
+           "write_job_record"]

@@ -1,0 +1,292 @@
+"""Sweeps (``latentode-train -m``): grid and Optuna searches, summary.csv, failed jobs, resumed
+studies, launcher configs, seeds. The sweeps run the real console script on tiny configs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from test_cli import CONF, TINY, compose_train, run_main
+
+from latentode.cli import sweep as sweep_cli
+from latentode.cli import train as train_cli
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*treespec, LeafSpec")
+
+SHORT = [*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "plots.n_series=0"]
+SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def latentode_train(args: list[str], root: Path, timeout: int = 180) -> subprocess.CompletedProcess:
+    """Run the ``latentode-train`` console script with ``LATENTODE_ROOT=root``."""
+    script = Path(sys.executable).parent / "latentode-train"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "latentode.cli.train"]
+    env = {**os.environ, "LATENTODE_ROOT": str(root)}
+    result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout,
+                            env=env, cwd=root)
+    return result
+
+
+def summary(sweep_dir: Path) -> list[dict[str, str]]:
+    with open(sweep_dir / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def show(result: subprocess.CompletedProcess) -> str:
+    return f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+
+# -- grid sweeps --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One grid sweep of three tiny jobs; the middle one (latents=-1) fails while the model is
+    built, so the sweep must record it and go on to the third."""
+    root = tmp_path_factory.mktemp("grid")
+    sweep = root / "sweep"
+    result = latentode_train(["-m", "model.latents=3,-1,4", *SHORT, f"hydra.sweep.dir={sweep}"],
+                             root)
+    return sweep, result
+
+
+def test_grid_sweep_writes_run_dirs_and_summary(grid):
+    sweep, result = grid
+    assert result.returncode == 0, show(result)
+    for job in ("0", "2"):
+        assert (sweep / job / "test_metrics.json").is_file()
+        assert (sweep / job / ".hydra" / "config.yaml").is_file()
+    rows = summary(sweep)
+    assert [r["job"] for r in rows] == ["0", "1", "2"]
+    assert [r["model.latents"] for r in rows] == ["3", "-1", "4"]
+    done = [rows[0], rows[2]]
+    assert [r["status"] for r in done] == ["completed", "completed"]
+    for row in done:
+        run = Path(row["output_dir"])
+        assert run == sweep / row["job"]
+        tested = json.loads((run / "test_metrics.json").read_text())["metrics"]
+        assert float(row["test/mse"]) == pytest.approx(tested["test/mse"])
+        assert float(row["val/mse"]) > 0 and float(row["wall_time_s"]) > 0
+        assert row["error"] == "" and "model.latents=" in row["overrides"]
+        assert json.loads((run / "job_status.json").read_text())["status"] == "completed"
+    assert not any(k.startswith("train/") for k in rows[0])
+
+
+def test_failed_job_is_recorded_and_the_sweep_goes_on(grid):
+    sweep, result = grid
+    assert result.returncode == 0, show(result)
+    assert "Traceback" in result.stdout + result.stderr  # logged with its traceback
+    failed = summary(sweep)[1]
+    assert (failed["status"], failed["model.latents"], failed["test/mse"]) == ("failed", "-1", "")
+    assert "negative dimension" in failed["error"]
+    assert "Traceback" in (sweep / "1" / "train.log").read_text()
+    assert json.loads((sweep / "1" / "job_status.json").read_text())["status"] == "failed"
+    assert not (sweep / "1" / "test_metrics.json").exists()
+    assert (sweep / "2" / "test_metrics.json").is_file()  # the job after it ran
+
+
+def test_single_run_errors_still_propagate(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(train_cli, ["latentode-train", "model.latents=-1", *SHORT,
+                             f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch)
+    assert exit_info.value.code != 0
+    assert not (tmp_path / "run" / "job_status.json").exists()
+
+
+# -- Optuna -------------------------------------------------------------------------------------
+
+def test_optuna_search_stores_its_study_and_resumes(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "sweep"
+    args = ["hparams_search=periodic_optuna", "hydra.sweeper.n_trials=2", *SHORT,
+            f"hydra.sweep.dir={sweep}"]
+    first = latentode_train(args, tmp_path)
+    assert first.returncode == 0, show(first)
+    assert (sweep / "optuna.db").is_file()
+    url = f"sqlite:///{sweep / 'optuna.db'}"
+    assert [t.number for t in optuna.load_study(study_name="train", storage=url).trials] == [0, 1]
+
+    again = latentode_train(args, tmp_path)  # same sweep dir: the study goes on
+    assert again.returncode == 0, show(again)
+    study = optuna.load_study(study_name="train", storage=url)
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    rows = summary(sweep)
+    assert [r["job"] for r in rows] == ["0", "1", "2", "3"]  # job k is trial k
+    for trial, row in zip(study.trials, rows, strict=True):
+        assert (sweep / row["job"] / "test_metrics.json").is_file()
+        assert float(row["val/mse"]) == pytest.approx(trial.value)
+        lr = trial.params["module.optimizer.lr"]
+        assert float(row["module.optimizer.lr"]) == pytest.approx(lr)
+
+
+@pytest.mark.slow
+def test_failed_optuna_trial_is_failed_and_the_search_goes_on(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "sweep"
+    common = ["hparams_search=periodic_optuna", *SHORT, f"hydra.sweep.dir={sweep}"]
+    result = latentode_train([*common, "hydra.sweeper.n_trials=1"], tmp_path)
+    assert result.returncode == 0, show(result)
+    result = latentode_train([*common, "hydra.sweeper.n_trials=2", "model.latents=-1"], tmp_path)
+    assert result.returncode == 0, show(result)
+    study = optuna.load_study(study_name="train", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] + [optuna.trial.TrialState.FAIL] * 2
+    assert [r["status"] for r in summary(sweep)] == ["completed", "failed", "failed"]
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_search_configs_compose_and_name_existing_keys(search):
+    assert set(SEARCHES) >= {"periodic_optuna", "hopper_optuna", "physionet_optuna"}
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"hparams_search={search}"],
+                      return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert "OptunaSweeper" in sweeper._target_ and sweeper.direction == "minimize"
+    assert str(sweeper.storage).endswith("/optuna.db") and sweeper.study_name
+    assert sweeper.sampler.seed is None
+    assert cfg.optimized_metric == "val/mse"
+    assert cfg.trainer.limit_val_batches is None  # a validation set to optimise on
+    for key in sweeper.params:
+        assert OmegaConf.select(cfg, key, default="missing") != "missing", key
+    assert search.split("_")[0] in cfg.data.dataset.name
+
+
+def test_hopper_search_carves_validation_from_training_series():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", return_hydra_config=True,
+                      overrides=["hparams_search=hopper_optuna", "data.dataset.n_trajectories=50"])
+    labels = instantiate(cfg.data.split)
+    # the source's split: first 40 train, last 10 test; the last 4 training series validate
+    assert list(labels[:36]) == ["train"] * 36 and list(labels[36:40]) == ["val"] * 4
+    assert list(labels[40:]) == ["test"] * 10
+    with pytest.raises(ValueError, match="no training series"):
+        sweep_cli.carve_validation(10, 0.8, 1.0)
+
+
+def test_hopper_search_trains_and_validates_on_the_carved_split(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("dm_control")
+    pytest.importorskip("mujoco")
+    cfg = compose_train(
+        ["hparams_search=hopper_optuna", "data.dataset.n_trajectories=10",
+         f"data.dataset.cache_dir={tmp_path / 'cache'}", "data.dataset.progress=false",
+         "data.batch_size=4", "model.gen_units=16", "model.gen_layers=1", "model.encoder.hidden=8",
+         "model.encoder.z0_units=16", "model.encoder.ode_units=16", "model.encoder.ode_layers=1",
+         "model.encoder.gru_units=16", "plots.n_series=0", "callbacks.progress_bar.refresh_rate=0",
+         "trainer.log_every_n_steps=1",
+         "trainer.max_epochs=1"], tmp_path / "run")
+    metrics = train_cli.train(cfg)
+    assert metrics["val/mse"] > 0 and metrics["test/mse"] > 0
+
+
+# -- launchers ----------------------------------------------------------------------------------
+
+def compose_hydra(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
+
+
+def test_submitit_and_joblib_launcher_configs_compose():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    cfg = compose_hydra(["hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu",
+                         "hydra.launcher.gpus_per_node=4", "hydra.launcher.tasks_per_node=4",
+                         "hydra.launcher.nodes=2", "hydra.launcher.timeout_min=240",
+                         "hydra.launcher.mem_gb=64", "trainer=gpu"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 4, 4)
+    assert (launcher.nodes, launcher.timeout_min, launcher.mem_gb) == (2, 240, 64)
+    assert compose_hydra(["hydra/launcher=submitit_local"]).hydra.launcher._target_.endswith(
+        "LocalLauncher")
+    joblib = compose_hydra(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]).hydra.launcher
+    assert joblib._target_.endswith("JoblibLauncher") and joblib.n_jobs == 2
+
+
+def test_ray_launcher_config_composes():
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher",
+                        reason="hydra-ray-launcher (and ray) are not installed: Ray is documented, "
+                               "not part of the sweeps extra")
+    cfg = compose_hydra(["hydra/launcher=ray"])
+    assert "ray" in cfg.hydra.launcher._target_.lower()
+
+
+def test_submitit_local_runs_a_tiny_job(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    result = latentode_train(["-m", "hydra/launcher=submitit_local",
+                              "hydra.launcher.timeout_min=5", *SHORT, f"hydra.sweep.dir={sweep}"],
+                             tmp_path)
+    if result.returncode != 0 and "submitit" in result.stderr.lower():
+        pytest.skip(f"submitit's local executor does not run here:\n{result.stderr[-1500:]}")
+    assert result.returncode == 0, show(result)
+    assert (sweep / "0" / "test_metrics.json").is_file()
+    assert [r["status"] for r in summary(sweep)] == ["completed"]
+
+
+# -- seeds --------------------------------------------------------------------------------------
+
+def tiny_run(tmp_path: Path, name: str, seed: int) -> dict[str, float]:
+    cfg = compose_train([*SHORT, f"seed={seed}"], tmp_path / name)
+    return train_cli.train(cfg)
+
+
+def test_same_seed_reproduces_metrics(tmp_path):
+    first, again = tiny_run(tmp_path, "a", 7), tiny_run(tmp_path, "b", 7)
+    assert set(first) == set(again) and "test/mse" in first
+    for key, value in first.items():
+        assert again[key] == value, key
+
+
+def test_other_seeds_give_other_runs(tmp_path):
+    runs = [tiny_run(tmp_path, str(seed), seed) for seed in (1, 2)]
+    assert runs[0]["test/mse"] != runs[1]["test/mse"]
+    assert runs[0]["val/loss"] != runs[1]["val/loss"]
+
+
+def first_train_batch_and_model(seed: int):
+    cfg = compose_train([*SHORT, f"seed={seed}"])
+    train_cli.setup_runtime(cfg)
+    datamodule = train_cli.build_datamodule(cfg)
+    model = train_cli.build_model(cfg, datamodule)
+    batch = next(iter(datamodule.train_dataloader()))
+    val = next(iter(datamodule.val_dataloader()))
+    weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+    return datamodule, batch, val, weights
+
+
+def test_seed_moves_init_order_and_masks_not_the_data():
+    data1, batch1, val1, w1 = first_train_batch_and_model(1)
+    data2, batch2, val2, w2 = first_train_batch_and_model(2)
+    _, batch1b, _, w1b = first_train_batch_and_model(1)
+    # the data, the split and the validation masks are the data config's (data.dataset.seed, ...)
+    for name in ("train", "val", "test"):
+        np.testing.assert_array_equal(data1.split_index[name], data2.split_index[name])
+        np.testing.assert_array_equal(data1.splits[name].values, data2.splits[name].values)
+    assert torch.equal(val1.encoder_mask, val2.encoder_mask) and torch.equal(val1.index, val2.index)
+    # initial weights, training order and training masks are the run's seed's
+    assert torch.equal(w1, w1b) and not torch.equal(w1, w2)
+    assert torch.equal(batch1.index, batch1b.index)
+    assert torch.equal(batch1.encoder_mask, batch1b.encoder_mask)
+    assert not torch.equal(batch1.index, batch2.index) or not torch.equal(
+        batch1.encoder_mask, batch2.encoder_mask)
