@@ -111,6 +111,8 @@ def run_test(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, dat
     """
     results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    if not trainer.is_global_zero:  # under DDP the metrics are reduced; one process writes them
+        return metrics
     out = output_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     label = label or ckpt_path
