@@ -224,11 +224,12 @@ def test_submitit_and_joblib_launcher_configs_compose():
 
 
 def test_ray_launcher_config_composes():
-    pytest.importorskip("hydra_plugins.hydra_ray_launcher",
-                        reason="hydra-ray-launcher (and ray) are not installed: Ray is documented, "
-                               "not part of the sweeps extra")
-    cfg = compose_hydra(["hydra/launcher=ray"])
-    assert "ray" in cfg.hydra.launcher._target_.lower()
+    """conf/hydra/launcher/ray.yaml composes without the plugin (ray is not in [sweeps])."""
+    cfg = compose_hydra(["hydra/launcher=ray", "hydra.launcher.ray.init.address=auto",
+                         "hydra.launcher.ray.remote.num_gpus=1", "trainer=gpu"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
+    assert launcher.ray.init.address == "auto" and launcher.ray.remote.num_gpus == 1
 
 
 def test_submitit_local_runs_a_tiny_job(tmp_path):
