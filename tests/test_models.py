@@ -130,3 +130,27 @@ def test_odernn_euler_shortcut_equals_odeint():
     assert fast._single_euler_step and not slow._single_euler_step
     for a, b in zip(fast(times, values, encoder), slow(times, values, encoder), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_fused_odernn_pass_equals_the_generic_loop_values_and_gradients():
+    """The fused Euler+GRU pass (ODERNNEncoder's default) against the generic loop it replaces."""
+    times, values, _, encoder = tiny_batch(batch=5, length=9)
+    times = times.double()
+
+    class Generic(ODERNNEncoder):
+        _fused_euler_gru = False
+
+    torch.manual_seed(0)
+    fast = ODERNNEncoder(3, 4, hidden=8, z0_units=16).double()
+    slow = Generic(3, 4, hidden=8, z0_units=16).double()
+    slow.load_state_dict(fast.state_dict())
+    assert fast._fused_euler_gru and not slow._fused_euler_gru
+    outs = []
+    for net in (fast, slow):
+        mean, std = net(times, values.double(), encoder)
+        grads = torch.autograd.grad((mean.square().sum() + std.sum()), list(net.parameters()))
+        outs.append((mean, std, grads))
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    torch.testing.assert_close(outs[0][1], outs[1][1])
+    for a, b in zip(outs[0][2], outs[1][2], strict=True):
+        torch.testing.assert_close(a, b)
