@@ -1,5 +1,6 @@
 """LatentODEForecaster: fit on a DataFrame, predict / impute / sample / plot, save and load,
-the errors users meet, and the coverage of posterior predictive intervals.
+the errors users meet, the calibrated predictive noise and the coverage of posterior predictive
+intervals.
 
 Two tiny models are trained once per module (numeric times, wide; datetimes, tidy): the tests
 check shapes, units, types and bookkeeping, not forecast quality.
@@ -178,19 +179,54 @@ def test_impute_fills_every_gap_and_leaves_observations_alone(fitted, data):
 # ---------------------------------------------------------------------------------- save/load
 def test_save_load_round_trip_predicts_identically(fitted, data, tmp_path):
     path = fitted.save(tmp_path / "model")
-    assert {p.name for p in path.iterdir()} == {"weights.pt", "config.yaml", "transforms.json"}
+    assert {p.name for p in path.iterdir()} == {"weights.pt", "config.yaml", "transforms.json",
+                                                "calibration.json"}
     torch.load(path / "weights.pt", weights_only=True)  # plain tensors only
     again = LatentODEForecaster.load(path)
+    assert again.calibration == fitted.calibration
     kwargs = {"horizon": 2.0, "n": 3, "num_samples": 30, "seed": 5}
     pd.testing.assert_frame_equal(fitted.predict(data, **kwargs), again.predict(data, **kwargs))
-    pd.testing.assert_frame_equal(fitted.impute(data, num_samples=10),
-                                  again.impute(data, num_samples=10))
+    pd.testing.assert_frame_equal(fitted.impute(data, num_samples=10, quantiles=[0.1]),
+                                  again.impute(data, num_samples=10, quantiles=[0.1]))
+    # saved without a calibration (an older latentode): the model's obs_std
+    (path / "calibration.json").unlink()
+    old = LatentODEForecaster.load(path)
+    assert old.calibration is None
+    pd.testing.assert_frame_equal(old.predict(data, **kwargs),
+                                  fitted.predict(data, noise="model", **kwargs))
+
+
+# ------------------------------------------------------------------------- predictive noise
+def test_predictive_noise_is_calibrated(fitted, data):
+    cal = fitted.calibration
+    assert cal is not None and cal.split == "train" and cal.points == "heldout"
+    obs_std = fitted.model.obs_std
+    assert len(cal.std) == 2 and min(cal.std) >= obs_std
+    np.testing.assert_array_equal(fitted.noise_std(), cal.std)
+    np.testing.assert_array_equal(fitted.noise_std("model"), [obs_std, obs_std])
+    assert fitted.noise_std(False) is None and fitted.noise_std("none") is None
+    part = data[data.series_id.isin(["s0", "s1"])]
+    kwargs = {"horizon": 1.0, "n": 3, "num_samples": 50, "seed": 1}
+    calibrated = fitted.predict(part, **kwargs)
+    pd.testing.assert_frame_equal(calibrated, fitted.predict(part, noise="calibrated", **kwargs))
+    model = fitted.predict(part, noise="model", **kwargs)
+    paths = fitted.predict(part, noise=False, **kwargs)
+    for other in (model, paths):  # the noise changes the quantiles, never the mean
+        np.testing.assert_array_equal(other["mean"], calibrated["mean"])
+
+    def width(frame):
+        return float((frame["q0.95"] - frame["q0.05"]).mean())
+
+    assert width(calibrated) > width(model) >= width(paths) * 0.9
+    with pytest.raises(ValueError, match="noise must be one of"):
+        fitted.predict(part, noise="huge", **kwargs)
 
 
 # ---------------------------------------------------------------------------------- datetimes
 def test_datetimes_in_datetimes_out_tidy_and_validation(dated):
     fc, tidy, out = dated
     assert "val/mse" in fc.trainer.callback_metrics  # val_df was used
+    assert fc.calibration.split == "val"  # and calibrated the predictive noise
     assert (out / "metrics.csv").is_file()
     pred = fc.predict(tidy, horizon="2D", freq="12h", num_samples=10)
     assert list(pred.columns[:3]) == ["series_id", "time", "var"]

@@ -104,7 +104,20 @@ def test_eval_reports_coverage(run, tmp_path, monkeypatch):
                         f"hydra.run.dir={out}", "plot=false", "coverage.n_samples=20"],
              monkeypatch)
     record = json.loads((out / "test_metrics.json").read_text())
-    coverage = record["coverage"]["test/coverage90"]
-    assert 0.0 <= coverage <= 1.0
-    assert record["coverage"]["noise"] is True and record["coverage"]["n_samples"] == 20
+    coverage = record["coverage"]
+    for key in ("test/coverage90", "test/coverage90_model_noise"):  # calibrated and obs_std
+        assert 0.0 <= coverage[key] <= 1.0
+    assert coverage["noise"] == "calibrated" and coverage["n_samples"] == 20
+    assert coverage["calibration"]["split"] == "val"
+    assert len(coverage["noise_std"]) == 1 and coverage["noise_std"][0] >= coverage["obs_std"]
     assert "test/mse" in record["metrics"]
+    assert "test/coverage90" not in record["metrics"]
+
+
+def test_eval_noise_option():
+    assert [eval_cli.noise_mode(v) for v in ("calibrated", "Model", "none", True, False, None)] \
+        == ["calibrated", "model", "none", "calibrated", "none", "none"]
+    with pytest.raises(ValueError, match=r"coverage\.noise must be one of"):
+        eval_cli.noise_mode("obs_std")
+    assert predict_cli.noise_option(True) == "calibrated" and predict_cli.noise_option(
+        "model") == "model"

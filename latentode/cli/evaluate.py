@@ -9,15 +9,24 @@ weights are tested. Validation/test posterior samples are seeded per batch, so t
 the ones ``latentode-train`` printed for the same checkpoint. ``overrides`` change the run's
 config (unknown keys are errors); results go to this evaluation's own output directory.
 
-Beside the metrics of ``latentode-train``, the evaluation reports ``test/coverage90``: the
-fraction of held-out test points (targets the encoder did not see) whose value lies in the central
-90% interval (5th to 95th percentile) of the posterior predictive distribution, estimated from
-``coverage.n_samples`` posterior samples per series. The predictive distribution is that of an
-observation: each sampled path plus Gaussian noise of the model's ``obs_std`` (the likelihood the
-model is trained with); ``coverage.noise=false`` scores the paths alone. About 0.9 is calibrated;
-far less means over-confident intervals. It is printed and written to ``test_metrics.json`` under
-``"coverage"`` (``"metrics"`` keeps exactly the keys ``latentode-train`` writes, so the two files
-compare key for key).
+Beside the metrics of ``latentode-train``, the evaluation reports the coverage of posterior
+predictive intervals: the fraction of held-out test points (targets the encoder did not see) whose
+value lies in the central 90% interval (5th to 95th percentile) of the predictive distribution of
+an observation, estimated from ``coverage.n_samples`` posterior samples per series plus Gaussian
+observation noise. About 0.9 is calibrated; far less means over-confident intervals. Two numbers:
+
+* ``test/coverage90``: with the noise ``coverage.noise`` names, by default ``calibrated``: per
+  channel, the noise that makes residuals of held-out points of the run's validation split (the
+  training split when there is none) match the predictive spread, floored at the model's
+  ``obs_std`` (``latentode.forecast.calibration``; the same noise ``LatentODEForecaster.predict``
+  uses). ``model``: the model's fixed ``obs_std`` (the likelihood it is trained with, typically
+  far too small); ``none``: the sample paths alone.
+* ``test/coverage90_model_noise``: always with the model's ``obs_std``, to compare.
+
+Both are scored on the same sampled paths and noise draws. They are printed with the calibrated
+noise per channel and written to ``test_metrics.json`` under ``"coverage"`` (with the noise, its
+calibration and the options; ``"metrics"`` keeps exactly the keys ``latentode-train`` writes, so
+the two files compare key for key).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import torch
 import yaml
 from hydra.utils import instantiate
@@ -45,7 +55,13 @@ from latentode.cli.train import (
     run_test,
     setup_runtime,
 )
-from latentode.forecast.coverage import check_level, interval_hits
+from latentode.forecast.calibration import (
+    calibrate_noise,
+    calibration_batches,
+    model_obs_std,
+    predictive_coverage,
+)
+from latentode.forecast.coverage import check_level
 
 log = logging.getLogger(__name__)
 
@@ -79,58 +95,88 @@ def coverage_name(level: float) -> str:
     return f"test/coverage{100 * level:g}"
 
 
-@torch.no_grad()
+NOISE_MODES = ("calibrated", "model", "none")
+
+
+def noise_mode(value: Any) -> str:
+    """``coverage.noise`` as one of ``NOISE_MODES`` (``true``: calibrated, ``false``: none)."""
+    if value is None or value is False:
+        return "none"
+    if value is True:
+        return "calibrated"
+    mode = str(value).strip().lower()
+    if mode not in NOISE_MODES:
+        raise ValueError(f"coverage.noise must be one of {list(NOISE_MODES)}, got {value!r}.")
+    return mode
+
+
 def heldout_coverage(model: torch.nn.Module, datamodule: Any, level: float = 0.9,
-                  n_samples: int = 100, seed: int = 0, noise: bool = True) -> float:
+                     n_samples: int = 100, seed: int = 0, noise: Any = True) -> float:
     """Empirical coverage of the central ``level`` posterior predictive interval on the test
     loader's held-out points (``target_mask & ~encoder_mask``), pooled over batches; samples are
-    seeded per batch, so the number is reproducible. NaN when no point is held out."""
-    level = check_level(level)
-    device = next(model.parameters()).device
-    obs_std = float(getattr(model, "obs_std", 0.0) or 0.0) if noise else 0.0
-    was_training = model.training
-    model.eval()
-    hits = count = 0
-    try:
-        for index, batch in enumerate(datamodule.test_dataloader()):
-            batch = batch.to(device)
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(seed * 1_000_003 + index)
-                pred = model(batch.times, batch.values, batch.encoder_mask,
-                             n_samples=n_samples).pred
-                if obs_std > 0:
-                    pred = pred + obs_std * torch.randn_like(pred)
-            h, c = interval_hits(pred, batch.values, batch.target_mask & ~batch.encoder_mask,
-                                 level)
-            hits, count = hits + h, count + c
-    finally:
-        model.train(was_training)
-    return hits / count if count else float("nan")
+    seeded per batch, so the number is reproducible. NaN when no point is held out.
+
+    ``noise``: True the model's ``obs_std``, False/None the paths alone, a number or a
+    per-channel sequence that std (model units)."""
+    if noise is True:
+        std: Any = model_obs_std(model)
+    elif noise is False or noise is None:
+        std = None
+    else:
+        std = noise
+    return predictive_coverage(model, datamodule.test_dataloader(), {"value": std}, level,
+                               n_samples, seed)["value"]
 
 
 def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodule: Any,
                     metrics: dict[str, float]) -> dict[str, float]:
-    """Compute ``test/coverage90`` (or the configured level), print it, add it to
-    ``test_metrics.json`` under ``"coverage"``; returns ``metrics`` with it."""
+    """Compute ``test/coverage90`` (or the configured level) with the configured noise and
+    ``test/coverage90_model_noise`` with the model's ``obs_std``, print them, add them to
+    ``test_metrics.json`` under ``"coverage"``; returns ``metrics`` with them."""
     options = eval_cfg.get("coverage") or {}
     if not options.get("enabled", True):
         return metrics
     level = check_level(options.get("level", 0.9))
     samples = int(options.get("n_samples", 100))
-    noise = bool(options.get("noise", True))
-    value = heldout_coverage(module.model, datamodule, level, samples,
-                          seed=int(cfg.module.get("eval_seed", 0) or 0), noise=noise)
+    mode = noise_mode(options.get("noise", "calibrated"))
+    seed = int(cfg.module.get("eval_seed", 0) or 0)
+    model = module.model
+    obs = model_obs_std(model)
+    calibration = None
+    std: Any = {"model": obs, "none": None}.get(mode)
+    if mode == "calibrated":
+        batches, split = calibration_batches(datamodule)
+        calibration = calibrate_noise(model, batches, samples, seed, split=split)
+        std = calibration.std
     name = coverage_name(level)
-    print(format_metrics({name: value}, f"posterior predictive coverage ({samples} samples, "
-                                        f"observation noise {'in' if noise else 'out'})"),
-          flush=True)
+    model_name = f"{name}_model_noise"
+    values = predictive_coverage(model, datamodule.test_dataloader(),
+                                 {name: std, model_name: obs}, level, samples, seed)
+    print(format_metrics(values, f"posterior predictive coverage ({samples} samples; noise: "
+                                 f"{mode}, and obs_std={obs:g} for _model_noise)"), flush=True)
+    if calibration is not None:
+        channels = list(datamodule.dataset.channels)
+        scale = (np.ones(len(channels)) if datamodule.scaler is None
+                 else np.asarray(datamodule.scaler.scale, dtype=np.float64).ravel())
+        table = {}
+        for c, model_std, data_std in zip(channels, calibration.std,
+                                          calibration.array * scale, strict=True):
+            table[f"noise_std/{c}"] = model_std
+            if datamodule.scaler is not None:
+                table[f"noise_std_data/{c}"] = float(data_std)
+        print(format_metrics(table, f"calibrated noise std (model units; {calibration.points} "
+                                    f"points of the {calibration.split} split)"), flush=True)
     path = output_dir(cfg) / "test_metrics.json"
     if path.is_file():
         record = json.loads(path.read_text())
-        record["coverage"] = {name: value, "level": level, "n_samples": samples,
-                              "noise": noise}
+        record["coverage"] = {
+            **values, "level": level, "n_samples": samples, "noise": mode, "obs_std": obs,
+            "noise_std": None if std is None else np.broadcast_to(
+                np.asarray(std, dtype=np.float64), (len(datamodule.dataset.channels),)).tolist(),
+            "calibration": None if calibration is None else calibration.to_json(),
+        }
         path.write_text(json.dumps(record, indent=2) + "\n")
-    return {**metrics, name: value}
+    return {**metrics, **values}
 
 
 def evaluate(eval_cfg: DictConfig) -> dict[str, float]:

@@ -14,7 +14,10 @@ rename them) is conditioned on its rows there and answered at ``times=`` (shared
 on a grid after its last observation (``horizon=`` with ``n=`` or ``freq=``), or by default at its
 own time stamps. ``output`` (CSV, or parquet by suffix) is the long frame of
 ``LatentODEForecaster.predict``: id, time, channel, ``mean``, one ``q<level>`` column per
-quantile, in the data's units; datetimes in, datetimes out. Date strings in a CSV's time column
+quantile, in the data's units; datetimes in, datetimes out. The quantiles are of observations:
+sample paths plus the calibrated observation noise (``noise=calibrated``, the default: fitted to
+held-out residuals of the run's validation split, or stored by ``save``), the model's fixed
+``obs_std`` (``noise=model``) or none (``noise=none``). Date strings in a CSV's time column
 are read as datetimes when the model was trained on datetimes.
 """
 
@@ -70,6 +73,19 @@ def _plain(value: Any) -> Any:
         value) else value
 
 
+def noise_option(value: Any) -> bool | str:
+    """``noise=`` as ``LatentODEForecaster.predict`` takes it: ``calibrated`` (or true),
+    ``model``, ``none`` (or false, null)."""
+    if value is None or value is False:
+        return "none"
+    if value is True:
+        return "calibrated"
+    mode = str(value).strip().lower()
+    if mode not in ("calibrated", "model", "none"):
+        raise ValueError(f"noise must be calibrated, model or none, got {value!r}.")
+    return mode
+
+
 def predict(cfg: DictConfig) -> pd.DataFrame:
     """Run ``latentode-predict`` as ``cfg`` says; returns the frame written to ``output``."""
     if cfg.get("threads"):
@@ -89,7 +105,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
         frame, _plain(cfg.get("times")), horizon=cfg.get("horizon"), freq=cfg.get("freq"),
         n=cfg.get("n"), num_samples=int(cfg.num_samples),
         quantiles=list(_plain(cfg.quantiles) or []), seed=int(cfg.seed),
-        noise=bool(cfg.get("noise", True)),
+        noise=noise_option(cfg.get("noise", "calibrated")),
     )
     pred = pred.rename(columns={v: k for k, v in renames.items()})
     out = Path(str(cfg.output))

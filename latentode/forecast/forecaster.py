@@ -30,9 +30,20 @@ How predictions are made:
   of the adaptive solver; a fixed-step solver with ``step_size=null`` takes one step per output
   interval, so there the answer depends on which times are asked for).
 * ``mean`` is the posterior mean of the decoded path; the quantile columns are quantiles of the
-  posterior *predictive* distribution of an observation: each sampled path plus Gaussian noise of
-  the model's ``obs_std`` (``noise=False``: quantiles of the paths alone). Values are in the data's
-  units, times in the data's type (datetimes in, datetimes out), channels by their names.
+  posterior *predictive* distribution of an observation: each sampled path plus Gaussian noise.
+  Values are in the data's units, times in the data's type (datetimes in, datetimes out), channels
+  by their names.
+
+The predictive noise (``noise=``) is by default the *calibrated* one: per channel, the noise std
+that makes the residuals of held-out points match the predictive spread (epistemic: spread of
+the sample paths, plus aleatoric: the noise), never below the model's ``obs_std``; see
+``latentode.forecast.calibration``. The model's own ``obs_std`` is a fixed training choice (0.01
+in standardised units) and gives far too narrow intervals; ``noise="model"`` still uses it,
+``noise=False`` gives quantiles of the paths alone. ``fit`` calibrates after training on
+``val_df`` (else on the training series, with the training task's encoder masks drawn the fixed,
+seeded way), ``from_run`` on the run's validation split (else its training split); ``save``
+writes the result to ``calibration.json`` and ``load`` reads it back (a directory saved without
+one, by an older latentode, falls back to ``obs_std``). ``forecaster.calibration`` holds it.
 """
 
 from __future__ import annotations
@@ -55,6 +66,7 @@ from torch import nn
 
 from latentode.data import IrregularDataset, from_dataframe
 
+from .calibration import NoiseCalibration, calibrate_noise, calibration_batches, model_obs_std
 from .config import compose_train_config, override_list, prune_callbacks
 from .requests import Times, requested_times
 from .spec import DataSpec, check_quantiles, concat_datasets, quantile_name
@@ -62,6 +74,9 @@ from .spec import DataSpec, check_quantiles, concat_datasets, quantile_name
 log = logging.getLogger(__name__)
 
 CONFIG_FILE, WEIGHTS_FILE, TRANSFORMS_FILE = "config.yaml", "weights.pt", "transforms.json"
+CALIBRATION_FILE = "calibration.json"
+CALIBRATION_SAMPLES, CALIBRATION_SEED = 100, 0  # posterior samples and seed of the calibration
+NOISE_OPTIONS = (True, False, "calibrated", "model", "none")
 
 _QUIET = (r".*treespec, LeafSpec", r"Experiment logs directory .* exists and is not",
           r".*does not have many workers which may be a bottleneck")
@@ -91,6 +106,7 @@ class LatentODEForecaster:
         self.spec: DataSpec | None = None
         self.module: Any = None  # the LightningModule of the last fit
         self.trainer: Any = None  # and its Trainer (for metrics, callbacks)
+        self.calibration: NoiseCalibration | None = None  # the predictive noise (model units)
 
     def __repr__(self) -> str:
         state = "unfitted" if self.spec is None else (
@@ -120,7 +136,9 @@ class LatentODEForecaster:
         time scale and must have the same channels. ``output_dir`` (default: the config's
         ``paths.output_dir``, null) receives the config's checkpoints and logs (``metrics.csv``)
         as a ``latentode-train`` run dir would; without one nothing is written. The weights kept
-        are those of the last epoch. Returns ``self``.
+        are those of the last epoch. After training the predictive noise is calibrated on
+        ``val_df``'s series (without one: on the training series) and kept in
+        ``self.calibration`` (see the module docstring). Returns ``self``.
         """
         from hydra.utils import instantiate
 
@@ -179,6 +197,7 @@ class LatentODEForecaster:
             spec.scale = [float(v) for v in scaler.scale]
         self.cfg, self.spec, self.module, self.trainer = cfg, spec, module, trainer
         self.model = model.cpu().eval()
+        self.calibration = _calibrate(self.model, datamodule)
         return self
 
     # ============================================================================ loading
@@ -188,7 +207,10 @@ class LatentODEForecaster:
         """A forecaster from a ``latentode-train`` checkpoint: the run's ``.hydra/config.yaml``
         rebuilds its data (for the time transform and the scaler fitted on its training split)
         and model; the checkpoint's weights are loaded with ``weights_only=True``. Frames given
-        to it use the training data's id, time and channel columns."""
+        to it use the training data's id, time and channel columns. The predictive noise is
+        calibrated on the run's validation split (its training split when it has none), as
+        ``latentode-eval`` does: one pass of ``CALIBRATION_SAMPLES`` posterior samples over at
+        most ``CALIBRATION_MAX_SERIES`` series."""
         from latentode.cli.evaluate import apply_overrides, find_run_config
         from latentode.cli.train import build_datamodule, build_model
 
@@ -214,26 +236,34 @@ class LatentODEForecaster:
             mean=None if scaler is None else [float(v) for v in scaler.mean],
             scale=None if scaler is None else [float(v) for v in scaler.scale],
         )
-        return cls._assemble(cfg, model, spec)
+        return cls._assemble(cfg, model, spec, _calibrate(model.cpu().eval(), datamodule))
 
     @classmethod
-    def _assemble(cls, cfg: DictConfig, model: nn.Module, spec: DataSpec) -> LatentODEForecaster:
+    def _assemble(cls, cfg: DictConfig, model: nn.Module, spec: DataSpec,
+                  calibration: NoiseCalibration | None = None) -> LatentODEForecaster:
         self = cls.__new__(cls)
         self.config_overrides, self.cfg, self._composed = [], cfg, None
         self.model, self.spec, self.module, self.trainer = model.cpu().eval(), spec, None, None
+        self.calibration = calibration
         return self
 
     def save(self, path: str | Path) -> Path:
         """Write the forecaster to directory ``path``: ``weights.pt`` (the model's state dict),
-        ``config.yaml`` (the resolved config) and ``transforms.json`` (columns, time transform,
-        scaler). The weights file holds tensors only, so ``load`` reads it with
-        ``weights_only=True`` and nothing else is pickled. Returns the directory."""
+        ``config.yaml`` (the resolved config), ``transforms.json`` (columns, time transform,
+        scaler) and ``calibration.json`` (the calibrated predictive noise, when there is one).
+        The weights file holds tensors only, so ``load`` reads it with ``weights_only=True`` and
+        nothing else is pickled. Returns the directory."""
         model, spec = self._fitted("save")
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), out / WEIGHTS_FILE)
         (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
         spec.write(out / TRANSFORMS_FILE)
+        calibration = out / CALIBRATION_FILE
+        if self.calibration is not None:
+            self.calibration.write(calibration)
+        elif calibration.is_file():  # a stale one from an earlier save
+            calibration.unlink()
         return out
 
     @classmethod
@@ -255,7 +285,14 @@ class LatentODEForecaster:
         model = instantiate(cfg.model)
         model.load_state_dict(torch.load(root / WEIGHTS_FILE, map_location="cpu",
                                          weights_only=True))
-        return cls._assemble(cfg, model, DataSpec.read(root / TRANSFORMS_FILE))
+        calibration = None
+        if (root / CALIBRATION_FILE).is_file():
+            calibration = NoiseCalibration.read(root / CALIBRATION_FILE)
+        else:
+            log.warning("%s has no %s (saved by an older latentode): predictive intervals use "
+                        "the model's obs_std, which is usually far too narrow.", root,
+                        CALIBRATION_FILE)
+        return cls._assemble(cfg, model, DataSpec.read(root / TRANSFORMS_FILE), calibration)
 
     # ============================================================================ helpers
     def _fitted(self, what: str) -> tuple[nn.Module, DataSpec]:
@@ -266,19 +303,41 @@ class LatentODEForecaster:
             )
         return self.model, self.spec
 
+    def noise_std(self, noise: bool | str = True) -> np.ndarray | None:
+        """The predictive noise std per channel in model units that ``noise`` names, or None
+        for none: ``True``/``"calibrated"`` the calibrated noise (the model's ``obs_std`` when
+        there is no calibration), ``"model"`` the model's ``obs_std``, ``False``/``"none"``
+        None. Times ``spec.scale`` it is in data units."""
+        model, spec = self._fitted("predict")
+        if noise is None or noise is False or (isinstance(noise, str)
+                                               and noise.lower() == "none"):
+            return None
+        mode = "calibrated" if noise is True else str(noise).lower()
+        if mode not in ("calibrated", "model"):
+            raise ValueError(f"noise must be one of {list(NOISE_OPTIONS)}, got {noise!r}.")
+        if mode == "calibrated" and self.calibration is not None:
+            std = self.calibration.array
+            if std.shape != (spec.n_channels,):
+                raise ValueError(f"the calibration has {std.size} channel(s), the model "
+                                 f"{spec.n_channels}.")
+            return std
+        return np.full(spec.n_channels, model_obs_std(model))
+
     @torch.no_grad()
     def _draw(
         self, ds: IrregularDataset, requests: list[tuple[int, Times]], num_samples: int,
-        seed: int, noise: bool,
+        seed: int, noise: bool | str,
     ) -> Iterator[tuple[int, Times, np.ndarray, np.ndarray | None]]:
         """Per requested series: ``(index, times, paths (S, m, D), noisy (S, m, D) or None)``,
-        in data units. ``noisy`` adds the model's observation noise to each path."""
+        in data units. ``noisy`` adds the observation noise ``noise`` names (``noise_std``) to
+        each path; None when it names none."""
         model, spec = self._fitted("predict")
         if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
         if isinstance(seed, bool) or int(seed) != seed or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
-        obs_std = float(getattr(model, "obs_std", 0.0) or 0.0)
+        std = self.noise_std(noise)
+        noisy_draws = std is not None and bool((std > 0).any())
         dtype = next(model.parameters()).dtype
         np_dtype = np.float64 if dtype == torch.float64 else np.float32
         model.eval()
@@ -303,12 +362,12 @@ class LatentODEForecaster:
                 out = model(times_t, values_t, torch.from_numpy(mask)[None],
                             n_samples=int(num_samples), pred_times=torch.from_numpy(grid))
                 pred = out.pred[:, 0]  # (S, G, D)
-                jitter = torch.randn_like(pred) if noise and obs_std > 0 else None
+                jitter = torch.randn_like(pred) if noisy_draws else None
             paths = pred[:, where].double().numpy()
             noisy = None
-            if noise:
+            if std is not None:
                 noisy = paths.copy() if jitter is None else (
-                    paths + obs_std * jitter[:, where].double().numpy())
+                    paths + std * jitter[:, where].double().numpy())
                 noisy = spec.to_user_values(noisy)
             yield i, raw, spec.to_user_values(paths), noisy
 
@@ -351,7 +410,7 @@ class LatentODEForecaster:
         num_samples: int = 100,
         quantiles: Sequence[float] | None = (0.05, 0.5, 0.95),
         seed: int = 0,
-        noise: bool = True,
+        noise: bool | str = True,
     ) -> pd.DataFrame:
         """Posterior predictions for the series in ``df``, conditioned on their history there.
 
@@ -368,8 +427,12 @@ class LatentODEForecaster:
             num_samples: posterior samples behind the mean and the quantiles.
             quantiles: levels in (0, 1), one column each (``q0.05``...).
             seed: sampling seed (the same seed gives the same frame).
-            noise: quantiles of observations (path plus ``obs_std`` noise, default) or of the
-                paths alone.
+            noise: the quantiles are of observations, each path plus Gaussian noise:
+                ``True`` or ``"calibrated"`` (default) the calibrated noise per channel (see
+                the module docstring; the model's ``obs_std`` when the forecaster has no
+                calibration), ``"model"`` the model's fixed ``obs_std`` (the quantiles of
+                earlier versions' ``noise=True``: much too narrow in general); ``False`` or
+                ``"none"``: quantiles of the paths alone.
 
         Returns:
             A long frame: id, time, channel, ``mean``, one column per quantile; in the data's
@@ -380,7 +443,9 @@ class LatentODEForecaster:
         ds = spec.dataset(df)
         requests = requested_times(ds, spec.time.kind, times, horizon, freq, n)
         frames = []
-        for i, raw, paths, noisy in self._draw(ds, requests, num_samples, seed, noise and bool(qs)):
+        self.noise_std(noise)  # an unknown noise is an error even without quantiles
+        for i, raw, paths, noisy in self._draw(ds, requests, num_samples, seed,
+                                               noise if qs else False):
             cols = {"mean": paths.mean(0).ravel()}
             if qs:
                 spread = noisy if noisy is not None else paths
@@ -399,18 +464,19 @@ class LatentODEForecaster:
         n: int | None = None,
         num_samples: int = 10,
         seed: int = 0,
-        noise: bool = False,
+        noise: bool | str = False,
     ) -> pd.DataFrame:
         """Posterior sample paths at the times ``predict`` would answer (same arguments): a long
         frame id, time, channel, ``sample`` (0..num_samples-1), ``value``. The paths are the
-        decoded latent trajectories (``noise=True`` adds observation noise); with the same seed
-        they are the paths behind ``predict``'s mean."""
+        decoded latent trajectories (``noise=True`` or ``"calibrated"`` adds the calibrated
+        observation noise, ``"model"`` the model's ``obs_std``, as in ``predict``); with the same
+        seed they are the paths behind ``predict``'s mean."""
         _, spec = self._fitted("sample")
         ds = spec.dataset(df)
         requests = requested_times(ds, spec.time.kind, times, horizon, freq, n)
         frames = []
         for i, raw, paths, noisy in self._draw(ds, requests, num_samples, seed, noise):
-            draws = noisy if noise and noisy is not None else paths
+            draws = noisy if noisy is not None else paths
             s, m, d = draws.shape
             cols = {"sample": np.repeat(np.arange(s), m * d), "value": draws.ravel()}
             frames.append(self._long(ds, i, raw, cols, repeat=s))
@@ -428,7 +494,8 @@ class LatentODEForecaster:
 
         Observed values, the other columns, the row order and the index are returned unchanged.
         With ``quantiles`` (levels in (0, 1)), extra columns ``<channel>_q0.05``... (tidy format:
-        ``q0.05``...) hold the predictive quantiles of each filled value (NaN where observed).
+        ``q0.05``...) hold the predictive quantiles of each filled value (NaN where observed),
+        with the calibrated observation noise as in ``predict``.
         """
         qs = check_quantiles(quantiles)
         _, spec = self._fitted("impute")
@@ -493,6 +560,18 @@ class LatentODEForecaster:
         _, spec = self._fitted("plot")
         return plot_forecast(spec, spec.dataset(df), pred, series=series, channels=channels,
                              max_series=max_series)
+
+
+def _calibrate(model: nn.Module, datamodule: Any) -> NoiseCalibration:
+    """The predictive noise of ``model`` on ``datamodule``'s validation split (its training
+    split when it has none): ``calibrate_noise`` on ``calibration_batches``."""
+    batches, split = calibration_batches(datamodule)
+    calibration = calibrate_noise(model, batches, CALIBRATION_SAMPLES, CALIBRATION_SEED,
+                                  split=split)
+    log.info("predictive noise calibrated on %s points of the %s split: std %s (model units; "
+             "obs_std %g)", calibration.points, split,
+             ", ".join(f"{v:.4g}" for v in calibration.std), calibration.obs_std)
+    return calibration
 
 
 def _filled(column: pd.Series, missing: np.ndarray, means: pd.Series) -> pd.Series:

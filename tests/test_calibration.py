@@ -1,0 +1,153 @@
+"""Calibrated predictive noise (``latentode.forecast.calibration``) on synthetic data whose truth
+is known: a fake model with the ``LatentODE`` forward interface predicts a fixed function plus a
+small sample spread, and the values are that function plus Gaussian noise of known std."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from latentode.data import Batch, Interpolation, LatentODEDataModule, load_dataset
+from latentode.forecast.calibration import (
+    NoiseCalibration,
+    calibrate_noise,
+    calibration_batches,
+    predictive_coverage,
+)
+
+NOISE = (0.3, 0.1)  # true observation noise per channel
+SPREAD = 0.05  # std of the fake model's sample paths around its prediction
+
+
+def truth(times: torch.Tensor, dims: int = 2) -> torch.Tensor:
+    """The fake model's prediction ``(T, D)``: a different curve per channel."""
+    return torch.stack([torch.sin(times * (c + 1)) * (c + 1) for c in range(dims)], -1)
+
+
+class FakeModel(nn.Module):
+    """``model(times, values, encoder_mask, n_samples=S).pred``: ``truth`` plus ``SPREAD``
+    Gaussian noise per sample and point, ``(S, B, T, D)``."""
+
+    def __init__(self, obs_std: float = 0.01, dims: int = 2, spread: float = SPREAD):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(()))  # a device and dtype to read
+        self.obs_std, self.input_dim, self.spread = obs_std, dims, spread
+
+    def forward(self, times, values, encoder_mask, n_samples=None, pred_times=None):
+        n = n_samples or 1
+        base = truth(times, self.input_dim).expand(values.shape[0], -1, -1)
+        return SimpleNamespace(pred=base + self.spread * torch.randn((n, *base.shape)))
+
+
+def make_batches(seed: int, n_batches: int = 2, series: int = 20, length: int = 100,
+                 noise=NOISE, encoder_share: float = 0.5) -> list[Batch]:
+    """Batches whose values are ``truth`` plus N(0, noise^2) per channel; the encoder sees a
+    random ``encoder_share`` of the points, every point is a target."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_batches):
+        times = torch.from_numpy(np.sort(rng.uniform(0, 5, length))).float()
+        eps = rng.normal(size=(series, length, len(noise))) * np.asarray(noise)
+        values = truth(times, len(noise)) + torch.from_numpy(eps).float()
+        mask = torch.ones(values.shape, dtype=torch.bool)
+        encoder = torch.from_numpy(rng.random(values.shape) < encoder_share)
+        out.append(Batch(times=times, values=values, mask=mask, encoder_mask=encoder,
+                         target_mask=mask, index=torch.arange(series)))
+    return out
+
+
+def test_calibrated_std_recovers_the_true_noise():
+    batches = make_batches(0)
+    cal = calibrate_noise(FakeModel(), batches, n_samples=50, seed=0, split="val")
+    assert cal.std[0] == pytest.approx(NOISE[0], rel=0.1)
+    # the paths' spread covers part of the variance: noise^2 + spread^2 = the true noise^2
+    np.testing.assert_allclose(cal.std, np.sqrt(np.square(NOISE) - SPREAD**2), rtol=0.1)
+    np.testing.assert_allclose(np.hypot(cal.std, cal.path_std), NOISE, rtol=0.1)
+    assert cal.points == "heldout" and cal.split == "val" and cal.obs_std == 0.01
+    heldout = sum(int((b.target_mask & ~b.encoder_mask).sum()) for b in batches)
+    assert sum(cal.count) == heldout  # only points the encoder did not see
+    np.testing.assert_allclose(cal.path_std, SPREAD, rtol=0.1)
+    # the same seed gives the same numbers; torch's global RNG is left alone
+    state = torch.get_rng_state()
+    again = calibrate_noise(FakeModel(), batches, n_samples=50, seed=0, split="val")
+    assert again == cal and torch.equal(torch.get_rng_state(), state)
+
+
+def test_coverage_with_calibrated_noise_is_about_the_level():
+    model = FakeModel()
+    cal = calibrate_noise(model, make_batches(0), n_samples=50, seed=0)
+    test = make_batches(1, n_batches=2)  # other series: ~4000 held-out points
+    cov = predictive_coverage(model, test, {"calibrated": cal.std, "model": model.obs_std,
+                                            "paths": None}, level=0.9, n_samples=100, seed=0)
+    assert cov["calibrated"] == pytest.approx(0.9, abs=0.05)
+    assert cov["model"] < 0.5 and cov["paths"] < 0.5  # obs_std 0.01: far too narrow
+    half = predictive_coverage(model, test, {"calibrated": cal.std}, level=0.5, n_samples=100)
+    assert half["calibrated"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_calibration_never_goes_below_obs_std():
+    wide = FakeModel(obs_std=1.0)
+    cal = calibrate_noise(wide, make_batches(0), n_samples=20)
+    assert cal.std == [1.0, 1.0] and cal.residual_rms[0] < 1.0
+    # values exactly on the prediction: nothing left for noise, the floor remains
+    exact = make_batches(0, noise=(0.0, 0.0))
+    cal = calibrate_noise(FakeModel(obs_std=0.02), exact, n_samples=20)
+    assert cal.std == [0.02, 0.02]
+
+
+def test_fallback_to_all_targets_and_pooled_channels():
+    seen = make_batches(0, encoder_share=1.0)  # the encoder saw every point
+    cal = calibrate_noise(FakeModel(), seen, n_samples=20)
+    assert cal.points == "targets" and sum(cal.count) == 2 * 20 * 100 * 2
+    np.testing.assert_allclose(np.hypot(cal.std, cal.path_std), NOISE, rtol=0.1)
+    # a channel without held-out points takes the estimate pooled over the channels
+    batches = make_batches(0, noise=(0.2, 0.2))
+    for b in batches:
+        b.encoder_mask[..., 1] = True
+    cal = calibrate_noise(FakeModel(), batches, n_samples=20)
+    assert cal.count[1] == 0 and cal.std[1] == pytest.approx(cal.std[0])
+
+
+def test_json_round_trip_is_exact(tmp_path):
+    cal = calibrate_noise(FakeModel(), make_batches(0), n_samples=20, split="train")
+    cal.write(tmp_path / "calibration.json")
+    back = NoiseCalibration.read(tmp_path / "calibration.json")
+    assert back == cal and back.array.tobytes() == cal.array.tobytes()
+    with pytest.raises(ValueError, match="version"):
+        NoiseCalibration.from_json({**cal.to_json(), "version": 99})
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="n_samples must be an integer >= 2"):
+        calibrate_noise(FakeModel(), make_batches(0), n_samples=1)
+    cal = calibrate_noise(FakeModel(), [], n_samples=5)  # nothing to calibrate on
+    assert cal.points == "none" and cal.std == [0.01, 0.01]
+
+
+@pytest.mark.parametrize("val_fraction", [0.2, 0.0])
+def test_calibration_batches_validation_split_else_training(val_fraction):
+    dm = LatentODEDataModule(load_dataset("periodic", n_series=20, n_points=20),
+                             task=Interpolation(count=10), batch_size=4,
+                             val_fraction=val_fraction, test_fraction=0.2)
+    dm.setup()
+    batches, split = calibration_batches(dm)
+    batches = list(batches)
+    if val_fraction:
+        assert split == "val"
+        loader = list(dm.val_dataloader())  # the very batches validation scores
+        assert len(batches) == len(loader)
+        for a, b in zip(batches, loader, strict=True):
+            assert torch.equal(a.values, b.values) and torch.equal(a.encoder_mask, b.encoder_mask)
+    else:
+        assert split == "train"
+        assert sum(b.batch_size for b in batches) == len(dm.splits["train"])
+        again, _ = calibration_batches(dm)  # fixed, seeded masks
+        assert all(torch.equal(a.encoder_mask, b.encoder_mask)
+                   for a, b in zip(batches, again, strict=True))
+        assert any(bool((b.target_mask & ~b.encoder_mask).any()) for b in batches)
+    capped, _ = calibration_batches(dm, max_series=3)
+    assert sum(b.batch_size for b in capped) == 3
