@@ -22,8 +22,6 @@ from latentode.cli import train as train_cli
 pytestmark = pytest.mark.filterwarnings("ignore:.*treespec, LeafSpec")
 
 CONF = Path(config_dir())
-EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-
 TINY = [
     "data.dataset.n_series=20",
     "data.dataset.n_points=60",
@@ -36,13 +34,6 @@ TINY = [
     "callbacks.progress_bar.refresh_rate=0",
     "trainer.log_every_n_steps=1",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def compose_train(overrides: list[str], output_dir: Path | None = None):

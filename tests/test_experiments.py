@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from fixtures.make_physionet_fixture import write_fixture
 from hydra.utils import instantiate
 from omegaconf import open_dict
@@ -31,13 +30,6 @@ TINY_MODEL = [
 ]
 TINY_ODE_RNN = ["model.gen_layers=1", "model.encoder.ode_units=16", "model.encoder.ode_layers=1",
                 "model.encoder.gru_units=16"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 from latentode import LatentODEForecaster
@@ -34,13 +33,6 @@ TINY = [
     "trainer.max_epochs=1",
 ]
 COLUMNS = ["series_id", "time", "channel", "mean", "q0.05", "q0.5", "q0.95"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_main(module, argv: list[str], monkeypatch) -> None:

@@ -27,13 +27,6 @@ SHORT = [*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "plots.
 SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def latentode_train(args: list[str], root: Path, timeout: int = 180) -> subprocess.CompletedProcess:
     """Run the ``latentode-train`` console script with ``LATENTODE_ROOT=root``."""
     script = Path(sys.executable).parent / "latentode-train"
