@@ -69,6 +69,18 @@ def _with_at_least_one(chosen: np.ndarray, points: Points, point_obs: np.ndarray
     return chosen
 
 
+def _random_subset(
+    flags: np.ndarray, keep: np.ndarray, points: Points, rng: np.random.Generator
+) -> np.ndarray:
+    """``keep[row]`` of each row's flagged points, chosen at random: one float sort, row-major
+    (a random order within each row, unflagged points last)."""
+    scores = np.where(flags, rng.random(len(flags)), 2.0) + 4.0 * points.rows
+    order = np.argsort(scores, kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order)) - points.starts[points.rows[order]]
+    return flags & (rank < keep[points.rows])
+
+
 @dataclass(frozen=True)
 class Interpolation:
     """Encoder sees a random ``fraction`` (or ``count``) of each series' observed time points."""
@@ -89,12 +101,7 @@ class Interpolation:
             keep = np.minimum(n, self.count)
         else:
             keep = np.minimum(n, np.maximum(1, np.round(self.fraction * n).astype(np.int64)))
-        # random order within each row (unobserved points last): one float sort, row-major
-        scores = np.where(point_obs, rng.random(len(point_obs)), 2.0) + 4.0 * points.rows
-        order = np.argsort(scores, kind="stable")
-        rank = np.empty(len(order), dtype=np.int64)
-        rank[order] = np.arange(len(order)) - points.starts[points.rows[order]]
-        return point_obs & (rank < keep[points.rows])
+        return _random_subset(point_obs, keep, points, rng)
 
     def targets(self, points: Points, encoder: np.ndarray) -> None:
         """Every observed point is a target (None: the batch reuses its observation mask)."""
@@ -134,11 +141,7 @@ class Extrapolation:
             return prefix
         n = np.add.reduceat(prefix.astype(np.int64), points.starts)
         keep = np.minimum(n, np.maximum(1, np.floor(self.subsample * n).astype(np.int64)))
-        scores = np.where(prefix, rng.random(len(prefix)), 2.0) + 4.0 * points.rows
-        order = np.argsort(scores, kind="stable")
-        rank = np.empty(len(order), dtype=np.int64)
-        rank[order] = np.arange(len(order)) - points.starts[points.rows[order]]
-        return prefix & (rank < keep[points.rows])
+        return _random_subset(prefix, keep, points, rng)
 
     def _prefix(self, points: Points, transform: TimeTransform | None) -> np.ndarray:
         """The beginning of each series that the encoder may see (before ``subsample``)."""
