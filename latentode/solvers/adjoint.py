@@ -18,11 +18,15 @@ Three choices make it fast without giving up accuracy:
 * *Folded jumps* (``fold_jumps=True``, adaptive methods): ``a`` jumps by ``g_i = dL/dz(t_i)`` at
   every output time. Rather than stopping at each one, the solver integrates the continuous
   ``a~ = a - G(t)``, ``G(t) = sum of g_i with t_i at or after t``, whose equation is
-  ``da~/dt = -(a~ + G)^T df/dz``, with ``G`` replaced within each step by its step average (exact
-  for a constant Jacobian). What that leaves, about ``(h L)^2 sum_i w_i |g_i|`` for a step of
-  size ``h`` over jumps at fractions ``w_i (1 - w_i)`` and a Lipschitz estimate ``L`` from the
-  stages, enters the error control beside the embedded estimate, so steps shrink where jumps
-  demand it and span many output times where they do not. ``a = a~ + G`` is exact at the end.
+  ``da~/dt = -(a~ + G)^T df/dz``. Within a step, each jump inside rides on a forcing linear in
+  time whose integral and first moment equal the jump's: folding is then exact to second order
+  in the step, also where ``df/dz`` changes along it. What is left, at most
+  ``(h L)^3 / 6 sum_i |f_i (1 - f_i) (1/2 - f_i)| |g_i|`` for jumps at fractions ``f_i`` of a
+  step of size ``h`` and a Lipschitz estimate ``L`` from the stages and from ``J^T`` applied
+  to the jumps, enters the error control beside the embedded estimate, so steps shrink where
+  jumps demand it and span many output times where they do not. ``a = a~ + G`` is exact at the
+  end. A step whose forcing changed starts where the last evaluation was made, so that
+  evaluation is corrected by one vector-Jacobian product rather than repeated.
   With ``fold_jumps=False`` (and for fixed-step methods) every step lands on each output time.
 """
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -40,6 +45,16 @@ from .problem import Problem
 # a step is planned to use at most this share of the fold-error budget, so that a Lipschitz
 # estimate that grows within the step rarely costs a rejected step
 _FORECAST_MARGIN = 0.25
+# leading coefficient of the third-order fold error (constant Jacobian)
+_KAPPA = 1.0 / 6.0
+# evaluations kept with their graphs, so that a step whose forcing changed can reuse the last
+# evaluation at its start point (one step's stages and the step's start)
+_KEPT = 8
+
+
+def _residual(f: float) -> float:
+    """Third-order fold-error coefficient of a jump at fraction ``f`` from the step's far end."""
+    return f * (1.0 - f) * (0.5 - f)
 
 
 def _flat(tensors: tuple, like: tuple) -> list:
@@ -73,9 +88,11 @@ class _Jumps:
         stop_set = {float(times[i]) for i in np.nonzero(stopped)[0]}
         self.stop_times = sorted(stop_set, key=lambda s: -d * s)
         self.stop_items = [np.nonzero(stopped & (times == s))[0] for s in self.stop_times]
-        self.current: torch.Tensor | None = None  # forcing of the step being taken
-        self.inside_abs: torch.Tensor | None = None  # sum_i w_i(1 - w_i) |g_i| inside it
-        self.probe: torch.Tensor | None = None  # sum_i w_i(1 - w_i) g_i, awaiting J^T probe
+        self.current: torch.Tensor | None = None  # forcing of the step being taken: its level
+        self.slope: torch.Tensor | None = None  # ... and its change over the step
+        self.step_start, self.step_len = 0.0, 1.0
+        self.inside_abs: torch.Tensor | None = None  # sum_i |c(f_i)| |g_i| inside it (_residual)
+        self.probe: torch.Tensor | None = None  # sum_i f_i (1 - f_i) g_i, awaiting J^T probe
         self.probe_gain = 0.0  # |J^T probe| / |probe| at the start of the step
         self._key: tuple = (len(self.fold_keys), ())
         if len(self.fold_idx):
@@ -116,21 +133,38 @@ class _Jumps:
         zero = torch.zeros(self.state_shape, dtype=g.dtype, device=g.device)
         return zero.index_add(0, self.fold_rows[k_lo:k_hi], scaled)
 
-    def spread(self, upper: float, length: float, k_lo: int, absolute: bool) -> torch.Tensor:
-        """``sum_i w_i (1 - w_i) g_i`` over the jumps strictly inside a step down from ``upper``."""
+    def spread(
+        self,
+        upper: float,
+        length: float,
+        k_lo: int,
+        absolute: bool,
+        coef: Callable[[float], float] | None = None,
+    ) -> torch.Tensor:
+        """``sum_i c(f_i) g_i`` over the jumps strictly inside a step down from ``upper``.
+
+        ``f_i`` is a jump's distance from the step's far end as a fraction of the step and
+        ``c`` defaults to the third-order fold-error coefficient :func:`_residual`.
+        """
+        coef = coef or _residual
         lower = upper - length
         k_up = bisect_left(self.fold_keys, upper)  # only jumps below the step's start can count
         weights = [
-            (key - lower) / length * (upper - key) / length if lower < key else 0.0
+            coef((key - lower) / length) if lower < key else 0.0
             for key in self.fold_keys[k_lo:k_up]
         ]
         w = torch.as_tensor(weights, dtype=self.folded.dtype, device=self.folded.device)
         return self._weighted(k_lo, w, absolute=absolute)
 
     def fold_error(self, length: float, spread: torch.Tensor, tol: torch.Tensor) -> float:
-        """``(h L)^2 / 2 * RMS(spread / tol)``: the error folding leaves in one step."""
+        """``kappa (h L)^3 RMS(spread / tol)``: the error folding leaves in one step.
+
+        ``kappa = 1/6`` is the exact leading coefficient for a constant Jacobian; the terms from
+        its change along the step carry the same factors ``f (1 - f) (1/2 - f)`` and are
+        covered by ``L``, the larger of the Lipschitz estimates.
+        """
         ratio = torch.linalg.vector_norm(spread.reshape(-1) / tol).item() / math.sqrt(self.numel)
-        return 0.5 * (length * self.lipschitz) ** 2 * ratio
+        return _KAPPA * (length * self.lipschitz) ** 3 * ratio
 
     def limit(self, t: float, h: float, s: torch.Tensor) -> float:
         """Shorten a step whose folded jumps would cost more error than the tolerance allows.
@@ -177,25 +211,40 @@ class _Jumps:
         k_up, k_lo = bisect_left(keys, upper), bisect_left(keys, lower)
         fracs = tuple((keys[k] - lower) / (upper - lower) for k in range(k_lo, k_up))
         key = (k_up, fracs)
+        self.step_start, self.step_len = t, h
         if key == self._key:
             return False
         self._key = key
-        self.inside_abs = self.probe = None
+        self.inside_abs = self.probe = self.slope = None
         if k_lo == len(keys):
             changed, self.current = self.current is not None, None
             return changed
         g = self.folded
-        w = torch.as_tensor(fracs, dtype=g.dtype, device=g.device)
+        # jump i inside the step, at fraction f of the step from its far end, rides on the
+        # forcing g_i (f (3f - 2) + 6 f (1 - f) s) for s from 0 (start) to 1 (end of the step):
+        # its integral, and its first moment, match the jump's, so folding is exact to second
+        # order even where J changes along the step; what is left is third order (_residual)
+        level = torch.as_tensor([f * (3 * f - 2) for f in fracs], dtype=g.dtype, device=g.device)
         ones = torch.ones(len(keys) - k_up, dtype=g.dtype, device=g.device)
         if not self.per_sample:
-            inside = torch.tensordot(w, g[k_lo:k_up], 1) if fracs else 0.0
+            inside = torch.tensordot(level, g[k_lo:k_up], 1) if fracs else 0.0
             self.current = self.suffix[k_up] + inside
         else:
-            self.current = self._weighted(k_lo, torch.cat([w, ones]))
+            self.current = self._weighted(k_lo, torch.cat([level, ones]))
         if fracs:
+            slope = [6 * f * (1 - f) for f in fracs]
+            self.slope = self._weighted(
+                k_lo, torch.as_tensor(slope, dtype=g.dtype, device=g.device)
+            )
             self.inside_abs = self.spread(upper, upper - lower, k_lo, absolute=True)
-            self.probe = self.spread(upper, upper - lower, k_lo, absolute=False)
+            self.probe = self.spread(upper, upper - lower, k_lo, False, lambda f: f * (1 - f))
         return True
+
+    def forcing(self, t: float) -> torch.Tensor:
+        """The folded jumps' forcing at time ``t`` of the current step."""
+        if self.slope is None:
+            return self.current
+        return self.current + self.slope * ((t - self.step_start) / self.step_len)
 
     def total_folded(self, a: torch.Tensor) -> torch.Tensor:
         return self.add(a, self.fold_idx)
@@ -216,29 +265,46 @@ def adjoint_backward(problem: Problem, grad_ys: torch.Tensor) -> tuple:
     func, time = problem.func, problem.time
     n_params = sum(p.numel() for p in params)
 
+    kept: list = []  # recent evaluations with their graphs: (t, state, z, dz, forcing, out)
+
     def aug(t: float, s: torch.Tensor) -> torch.Tensor:
+        forcing = jumps.forcing(t) if jumps.current is not None else None
+        for i, (t_k, s_k, z, dz, forcing_k, out_k) in enumerate(kept):
+            if t_k == t and s_k is s:  # same point, new forcing (a step over folded jumps
+                # begins where the last one ended): correct the kept evaluation by one
+                # vector-Jacobian product instead of evaluating func again
+                delta = _difference(forcing, forcing_k, shape, s)
+                out = out_k + torch.cat([torch.zeros_like(out_k[:n]), *_vjp(dz, z, params, delta)])
+                kept[i] = (t_k, s_k, z, dz, forcing, out)
+                _probe(dz, z)
+                return out
         stats.nfe_backward += 1
-        z = s[:n].view(shape)
         a = s[n : 2 * n].view(shape)
-        if jumps.current is not None:
-            a = a + jumps.current
+        if forcing is not None:
+            a = a + forcing
         with torch.enable_grad():
-            z = z.detach().requires_grad_(True)
+            z = s[:n].view(shape).detach().requires_grad_(True)
             dz = func(time(t), z)
-            if jumps.probe is not None:  # first stage of a step over folded jumps
-                probe, jumps.probe = jumps.probe, None
-                gain = _jacobian_gain(dz, z, probe)
-                if gain is not None:  # a zero probe (jumps on the step's ends) says nothing
-                    jumps.probe_gain = gain
-            vjp = torch.autograd.grad(dz, (z, *params), -a, allow_unused=True)
-        return torch.cat([dz.detach().reshape(-1), *_flat(vjp, (z, *params))])
+        _probe(dz, z)
+        out = torch.cat([dz.detach().reshape(-1), *_vjp(dz, z, params, a)])
+        kept.append((t, s, z, dz, forcing, out))
+        if len(kept) > _KEPT:
+            del kept[0]
+        return out
+
+    def _probe(dz: torch.Tensor, z: torch.Tensor) -> None:
+        if jumps.probe is not None:  # first stage of a step over folded jumps
+            probe, jumps.probe = jumps.probe, None
+            gain = _jacobian_gain(dz, z, probe)
+            if gain is not None:  # a zero probe (jumps on the step's ends) says nothing
+                jumps.probe_gain = gain
 
     def on_stop(i: int, t: float, s: torch.Tensor) -> torch.Tensor:
         a = jumps.add(s[n : 2 * n].view(shape), jumps.stop_items[i])
         return torch.cat([s[:n], a.reshape(-1), s[2 * n :]])
 
     def fold_error(h: float, s0: torch.Tensor, s1: torch.Tensor, ks: list) -> float:
-        """``(h L)^2 |sum_i w_i (1 - w_i) g_i|`` against the tolerance of ``a``.
+        """The third-order bound of what folding leaves, against the tolerance of ``a``.
 
         ``L`` is the larger of two free-or-cheap estimates: the growth of ``f`` along the step
         and ``|J^T v| / |v|`` for the jumps ``v`` themselves (one extra vector-Jacobian product
@@ -274,6 +340,7 @@ def adjoint_backward(problem: Problem, grad_ys: torch.Tensor) -> tuple:
         norm_numel=2 * n if problem.adjoint_seminorm else None,
         prepare=jumps.prepare if jumps.folds else None,
         extra_error=fold_error if jumps.folds else None,
+        extra_order=3,
     )
     stats.backward_steps_accepted += counters.accepted
     stats.backward_steps_rejected += counters.rejected
@@ -283,6 +350,23 @@ def adjoint_backward(problem: Problem, grad_ys: torch.Tensor) -> tuple:
         grads.append(state[offset : offset + p.numel()].view_as(p) * scale)
         offset += p.numel()
     return (a0, *grads)
+
+
+def _vjp(dz: torch.Tensor, z: torch.Tensor, params: tuple, a: torch.Tensor) -> list:
+    """``-a^T df/dz`` and ``-a^T df/dparams`` as flat pieces; the graph is kept for reuse."""
+    vjp = torch.autograd.grad(dz, (z, *params), -a, retain_graph=True, allow_unused=True)
+    return _flat(vjp, (z, *params))
+
+
+def _difference(new, old, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+    """``new - old`` for forcings that may be None (zero)."""
+    if new is None and old is None:
+        return torch.zeros(shape, dtype=like.dtype, device=like.device)
+    if old is None:
+        return new
+    if new is None:
+        return -old
+    return new - old
 
 
 def _jacobian_gain(dz: torch.Tensor, z: torch.Tensor, v: torch.Tensor) -> float | None:

@@ -183,6 +183,7 @@ def integrate(
     k1: torch.Tensor | None = None,
     prepare: Callable[[float, float, torch.Tensor], tuple[float, bool]] | None = None,
     extra_error: Callable[[float, torch.Tensor, torch.Tensor, list], float] | None = None,
+    extra_order: int = 2,
 ) -> tuple[torch.Tensor, float, Counters]:
     """Integrate from ``t0`` to ``t1``; return ``(y(t1), next proposed step, counters)``.
 
@@ -194,8 +195,9 @@ def integrate(
     runs before every trial step and returns ``(h, changed)``: it may shorten the step, and
     ``changed`` asks for the first stage afresh (the vector field changed between steps, e.g.
     a step-averaged forcing term).
-    ``extra_error(h, y, y1, stages)`` adds a second-order error estimate (as a ratio to the
-    tolerance) to the step's embedded one; the controller rejects on the larger of the two.
+    ``extra_error(h, y, y1, stages)`` adds an error estimate of order ``extra_order`` in ``h``
+    (as a ratio to the tolerance) to the step's embedded one; the controller rejects on the
+    larger of the two.
     """
     direction = 1.0 if t1 >= t0 else -1.0
     counters = Counters()
@@ -260,11 +262,11 @@ def integrate(
         accepted = max(ratio, extra) <= 1.0
         last_trial_finite = math.isfinite(ratio)
         if extra > ratio:  # the second-order term decides: propose by its order
-            h_new = controller.propose(h, extra, accepted, order=2)
+            h_new = controller.propose(h, extra, accepted, order=extra_order)
         else:
             h_new = controller.propose(h, ratio, accepted)
             if extra > 0.0 and accepted:  # do not grow past what the second-order term allows
-                limit = abs(h) * controller.safety * extra**-0.5
+                limit = abs(h) * controller.safety * extra ** (-1.0 / extra_order)
                 h_new = math.copysign(min(abs(h_new), limit), h_new)
         if not accepted:
             counters.rejected += 1
