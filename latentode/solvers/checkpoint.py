@@ -1,15 +1,18 @@
-"""Checkpointed gradients: keep accepted step boundaries, replay each step under autograd.
+"""Checkpointed gradients: keep accepted step boundaries, replay the steps under autograd.
 
 The forward pass runs without a graph and keeps only ``(t_n, h_n, y_n)`` of every accepted step:
-memory ``O(steps x state)``. The backward pass walks the steps in reverse, recomputes each one
-(same step size, same arithmetic) with autograd on, and pulls the cotangent of its end state and of
-the outputs answered inside it back to its start. The result is the exact gradient of the discrete
-solution, as ``backprop`` gives, while holding the graph of one step at a time.
+memory ``O(steps x state)``. The backward pass walks the steps in reverse in segments of a few
+steps (``_SEGMENT``), recomputes each segment (same step sizes, same arithmetic) with autograd
+on, and pulls the cotangent of its end state and of the outputs answered inside it back to its
+start. The result is the exact gradient of the discrete solution, as ``backprop`` gives, while
+holding the graph of one segment at a time. One backward call per segment rather than per step:
+each call has a fixed cost that, at the paper's sizes, is a large share of a step's.
 
-For first-same-as-last tableaus (dopri5, tsit5, bosh3) the last stage of step ``n`` is the first
-stage of step ``n + 1``; the replay evaluates it once, in step ``n + 1``, and hands it the cotangent
-that step ``n``'s dense outputs send to it (dense output is linear in the stages, so that cotangent
-needs no graph). One evaluation per step fewer than a plain replay.
+For first-same-as-last tableaus (dopri5, tsit5, bosh3) the last stage of a segment is the first
+stage of the next one; the replay evaluates it once, in the later segment, and hands it the
+cotangent that the earlier segment's last dense outputs send to it (dense output is linear in
+the stages, so that cotangent needs no graph). One evaluation per segment fewer than a plain
+replay.
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ import torch
 
 from .problem import Problem
 
+# steps replayed under one graph: fewer backward calls (each has a fixed cost) for a graph of a
+# few steps at a time; memory stays O(steps x state)
+_SEGMENT = 4
+
 
 def checkpoint_backward(problem: Problem, steps: list, grad_ys: torch.Tensor) -> tuple:
-    """Gradients ``(dL/dy0, *dL/dparams)`` by replaying ``steps`` in reverse."""
+    """Gradients ``(dL/dy0, *dL/dparams)`` by replaying ``steps`` in reverse, in segments."""
     out, params, rk, tab = problem.outputs, problem.params, problem.rk, problem.tableau
     start_grad, items = out.split_grads(grad_ys)
     f = problem.vector_field(backward=True)
@@ -28,30 +35,39 @@ def checkpoint_backward(problem: Problem, steps: list, grad_ys: torch.Tensor) ->
     totals = [torch.zeros_like(p) for p in params]
     stats = problem.stats
     shared = rk.fsal
-    for i in range(len(steps) - 1, -1, -1):
-        step = steps[i]
-        skip_last = shared and i < len(steps) - 1
+    last = len(steps) - 1
+    for i in range(last, -1, -_SEGMENT):
+        first = max(i - _SEGMENT + 1, 0)
         with torch.enable_grad():
-            y = step.y.detach().requires_grad_(True)
-            k1 = f(step.t, y)
-            y1, ks = rk.step(f, step.t, step.h, y, k1, skip_last=skip_last)
-            outputs, cotangents = [y1], [cot]
-            if step.stop > step.start:
-                # the skipped last stage enters the outputs linearly: any value gives the
-                # right gradient for the other stages; its own cotangent goes to step i + 1
-                stages = [*ks, torch.zeros_like(k1)] if skip_last else ks
-                outputs.append(
-                    out.interpolate(tab, step.t, step.h, y, y1, stages, step.start, step.stop)
-                )
-                cotangents.append(items[step.start : step.stop])
-            if shared and i > 0 and steps[i - 1].stop > steps[i - 1].start:
-                prev = steps[i - 1]
+            y0 = steps[first].y.detach().requires_grad_(True)
+            k1 = f(steps[first].t, y0)
+            outputs, cotangents = [], []
+            if shared and first > 0 and steps[first - 1].stop > steps[first - 1].start:
+                prev = steps[first - 1]
                 outputs.append(k1)
                 cotangents.append(
                     out.stage_cotangent(tab, prev.t, prev.h, prev.start, prev.stop, items)
                 )
-            grads = torch.autograd.grad(outputs, (y, *params), cotangents, allow_unused=True)
-        stats.backward_steps_accepted += 1
+            y = y0
+            for m in range(first, i + 1):
+                step = steps[m]
+                skip_last = shared and m == i and i < last
+                y1, ks = rk.step(f, step.t, step.h, y, k1, skip_last=skip_last)
+                if step.stop > step.start:
+                    # the skipped last stage enters the outputs linearly: any value gives the
+                    # right gradient for the other stages; its own cotangent goes to step m + 1
+                    stages = [*ks, torch.zeros_like(k1)] if skip_last else ks
+                    outputs.append(
+                        out.interpolate(tab, step.t, step.h, y, y1, stages, step.start, step.stop)
+                    )
+                    cotangents.append(items[step.start : step.stop])
+                if m < i:
+                    k1 = ks[-1] if shared else f(steps[m + 1].t, y1)
+                y = y1
+            outputs.append(y)
+            cotangents.append(cot)
+            grads = torch.autograd.grad(outputs, (y0, *params), cotangents, allow_unused=True)
+        stats.backward_steps_accepted += i - first + 1
         cot = grads[0] if grads[0] is not None else torch.zeros_like(cot)
         for total, g in zip(totals, grads[1:], strict=True):
             if g is not None:
