@@ -119,6 +119,12 @@ def test_train_resume_and_eval_end_to_end(tmp_path, monkeypatch):
         rows = list(csv.DictReader(f))
     assert {r["epoch"] for r in rows if r.get("val/mse")} == {"0", "1"}
     trained = read_metrics(run)
+    # the default run keeps a moving average of the weights: checkpoints hold it as their
+    # state_dict (what test, eval and predict use) and the raw weights beside it
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    raw, averaged = saved["current_model_state"], saved["state_dict"]
+    assert raw.keys() == averaged.keys()
+    assert any(not torch.equal(raw[k], averaged[k]) for k in raw)
     assert json.loads((run / "test_metrics.json").read_text())["ckpt_path"] == str(best[0])
     assert set(trained) >= {"test/loss", "test/mse", "test/mse_data", "test/mse_seen"}
 

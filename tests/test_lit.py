@@ -67,6 +67,26 @@ def test_training_logs_finite_terms_for_every_stage():
     assert set(test) == {f"test/{t}" for t in TERMS}
 
 
+def test_step_values_are_logged_on_the_steps_the_logger_writes(tmp_path):
+    """log_every_n_steps=2: step values on every second step; epoch values every epoch."""
+    import pandas as pd
+    from lightning.pytorch.loggers import CSVLogger
+
+    dm = tiny_datamodule()
+    dm.setup()
+    module = LatentODELightning(tiny_model(), scale=dm.scaler.scale)
+    logger = CSVLogger(tmp_path, name="run", version=0)
+    trainer = tiny_trainer(max_epochs=3, logger=logger, log_every_n_steps=2,
+                           limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)
+    steps = trainer.global_step
+    frame = pd.read_csv(tmp_path / "run" / "version_0" / "metrics.csv")
+    assert frame["train/mse_step"].notna().sum() == steps // 2
+    assert frame["train/loss_step"].notna().sum() == steps // 2
+    assert frame["train/mse_epoch"].notna().sum() == 3
+    assert sorted(frame["train/kl_weight"].dropna()) == [0.0, 0.0, 0.0]
+
+
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_training_step_on_one_batch_returns_finite_loss_with_gradients():
     dm = tiny_datamodule()

@@ -28,6 +28,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import WeightAveraging
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from latentode.cli import config_dir
@@ -39,9 +40,12 @@ log = logging.getLogger(__name__)
 
 def quiet_known_warnings() -> None:
     """Silence warnings that say nothing here: a deprecation Lightning 2.6 itself triggers under
-    recent torch, and the CSV logger's notice that the run dir (holding .hydra/) is not empty."""
+    recent torch, the CSV logger's notice that the run dir (holding .hydra/) is not empty, and
+    the notice that the EMA callback is missing when a checkpoint is tested or evaluated (left
+    out on purpose: the checkpoint's state_dict is the averaged weights, see run_test)."""
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec")
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not")
+    warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks")
 
 
 def setup_runtime(cfg: DictConfig) -> None:
@@ -109,6 +113,9 @@ def run_test(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, dat
 
     ``label`` names the weights in the table and in ``test_metrics.json`` (default: the path).
     """
+    # a checkpoint's state_dict holds the averaged weights of a WeightAveraging (EMA) callback;
+    # with the callback attached, loading it would restore the raw weights for the test instead
+    trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, WeightAveraging)]
     results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if not trainer.is_global_zero:  # under DDP the metrics are reduced; one process writes them
