@@ -22,11 +22,18 @@ the end of the recipe.
 
     python scripts/bench_training.py                      # the default recipe
     python scripts/bench_training.py --epochs 60 model.latents=12   # any train.yaml override
+    python scripts/bench_training.py --protocol hopper_interp --epochs 40 observed_fraction=0.1
+
+The hopper protocols (issue #7) run ``conf/experiment/hopper_*.yaml`` on 1,000 trajectories
+(``data.dataset.n_trajectories=...`` to change it) and print the time per epoch and the test MSE
+in the source's scaled units beside the paper's Table 3 value for the same cell (which is at
+10,000 trajectories and 300 epochs).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 import warnings
@@ -49,11 +56,7 @@ from latentode.cli.train import (
 REFERENCE = [(50, 230.0, 0.029), (90, 440.0, 0.005), (200, 1025.0, 0.0036)]
 """The paper code's (epoch, seconds, test MSE) on this machine type, from issue #4."""
 
-PROTOCOL = [
-    "data.val_fraction=0",
-    "data.test_fraction=0.2",
-    "data.task.count=50",
-    "trainer.limit_val_batches=0",
+RUN = [  # what every protocol switches off: validation, checkpoints, progress bar, logger
     "trainer.num_sanity_val_steps=0",
     "+trainer.enable_progress_bar=false",
     "+trainer.enable_model_summary=false",
@@ -63,6 +66,30 @@ PROTOCOL = [
     "plots.n_series=0",
 ]
 
+PROTOCOL = [
+    "data.val_fraction=0",
+    "data.test_fraction=0.2",
+    "data.task.count=50",
+    "trainer.limit_val_batches=0",
+    *RUN,
+]
+"""The periodic protocol of issue #4 (the default)."""
+
+HOPPER = {
+    # the paper's hopper recipes (conf/experiment/hopper_*.yaml: 10,000 trajectories, 300
+    # epochs), on CPU reduced as scripts/paper_table.py's "reduced" protocol: 1,000 trajectories
+    "hopper_interp": ["experiment=hopper_interp", "data.dataset.n_trajectories=1000", *RUN],
+    "hopper_extrap": ["experiment=hopper_extrap", "data.dataset.n_trajectories=1000", *RUN],
+}
+"""Hopper protocols (issue #7): time per epoch and test MSE in the source's scaled units."""
+
+PAPER_HOPPER = {  # Rubanova et al. 2019, Table 3, Latent ODE (ODE-RNN enc.), test MSE
+    ("hopper_interp", 0.1): 0.360e-2, ("hopper_interp", 0.2): 0.295e-2,
+    ("hopper_interp", 0.3): 0.300e-2, ("hopper_interp", 0.5): 0.285e-2,
+    ("hopper_extrap", 0.1): 1.441e-2, ("hopper_extrap", 0.2): 1.400e-2,
+    ("hopper_extrap", 0.3): 1.175e-2, ("hopper_extrap", 0.5): 1.258e-2,
+}
+
 
 class TestEveryEpoch(L.Callback):
     """Evaluates the test split after each training epoch (seeded samples) and records it."""
@@ -71,6 +98,8 @@ class TestEveryEpoch(L.Callback):
         self.datamodule, self.every = datamodule, every
         self.scale = scale
         self.averaging: WeightAveraging | None = None
+        self.train_seconds: list[float] = []  # per epoch, evaluations excluded
+        self.epoch_start = 0.0
         self.rows: list[tuple[int, float, float, float]] = []
         self.start = time.perf_counter()
 
@@ -99,7 +128,11 @@ class TestEveryEpoch(L.Callback):
         average = getattr(self.averaging, "_average_model", None)
         return module.model if average is None else average.module.model
 
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self.epoch_start = time.perf_counter()
+
     def on_train_epoch_end(self, trainer, module) -> None:
+        self.train_seconds.append(time.perf_counter() - self.epoch_start)
         epoch = trainer.current_epoch + 1
         if epoch % self.every and epoch != trainer.max_epochs:
             return
@@ -119,12 +152,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=None, help="trainer.max_epochs")
     parser.add_argument("--every", type=int, default=1, help="test every this many epochs")
+    parser.add_argument("--protocol", default="periodic", choices=["periodic", *HOPPER],
+                        help="periodic (issue #4, default) or a hopper recipe (issue #7)")
     parser.add_argument("overrides", nargs="*", help="train.yaml overrides (key=value)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec")
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     out = tempfile.mkdtemp(prefix="bench_training_")
-    overrides = [*PROTOCOL, f"paths.output_dir={out}"]
+    protocol = PROTOCOL if args.protocol == "periodic" else HOPPER[args.protocol]
+    overrides = [*protocol, f"paths.output_dir={out}"]
     if args.epochs:
         overrides.append(f"trainer.max_epochs={args.epochs}")
     overrides += args.overrides
@@ -146,20 +182,34 @@ def main() -> None:
     recorder.start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
 
-    print("\nsummary (test MSE in data units; paper code = issue #4 reference)")
+    per_epoch = statistics.median(recorder.train_seconds)
+    print(f"\ntraining time per epoch (median, evaluations excluded): {per_epoch:.2f} s")
+    if args.protocol == "periodic":
+        periodic_summary(recorder.rows)
+    else:
+        fraction = float(cfg.observed_fraction)
+        paper = PAPER_HOPPER.get((args.protocol, fraction))
+        epoch, elapsed, sample, _ = recorder.rows[-1]
+        n_train = len(datamodule.splits["train"])
+        print(f"{args.protocol}, {fraction:.0%} observed, {n_train} training series: test MSE "
+              f"{sample:.3e} after {epoch} epochs ({elapsed:.0f} s); paper (10,000 "
+              f"trajectories, 300 epochs): {paper:.3e}" if paper else "")
+
+
+def periodic_summary(rows: list) -> None:
+    print("summary (test MSE in data units; paper code = issue #4 reference)")
     print(f"{'':<28} {'ours mse/sample':>16} {'paper code':>11}")
     for budget in (120.0, 230.0, 440.0):
-        within = [r for r in recorder.rows if r[1] <= budget]
+        within = [r for r in rows if r[1] <= budget]
         ours = f"{within[-1][2]:.4f} (ep {within[-1][0]})" if within else "-"
         label = f"last epoch within {budget:.0f} s"
         print(f"{label:<28} {ours:>16} {reference_at(budget):>11}")
-    epoch, elapsed, sample, _ = recorder.rows[-1]
+    epoch, elapsed, sample, _ = rows[-1]
     print(f"{'end (' + str(epoch) + ' epochs, ' + f'{elapsed:.0f} s)':<28} {sample:>16.4f} "
           f"{'0.0036':>11}")
-    hit = [r for r in recorder.rows if r[2] <= 0.005]
+    hit = [r for r in rows if r[2] <= 0.005]
     when = f"epoch {hit[0][0]}, {hit[0][1]:.0f} s" if hit else "not reached"
     print(f"first mse/sample <= 0.005: {when} (paper code: epoch ~90, ~440 s)")
-
 
 if __name__ == "__main__":
     main()
