@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -10,7 +11,12 @@ import torch
 from latentode.models import LatentODE, gaussian_kl, masked_gaussian_loglik
 from latentode.nn import ODERNNEncoder, RNNEncoder
 
-ENCODERS = {"odernn": ODERNNEncoder, "rnn": RNNEncoder}
+ENCODERS = {
+    "odernn": ODERNNEncoder,
+    "rnn": RNNEncoder,
+    # the paper code's encoder state: a mean (moved by the ODE) and a std, MLP-gated updates
+    "odernn-std": functools.partial(ODERNNEncoder, std_state=True, gru_units=12),
+}
 
 
 def tiny_batch(seed: int = 0, batch: int = 4, length: int = 7, dims: int = 3):
@@ -109,6 +115,17 @@ def test_prediction_at_other_times():
     later = torch.cat([times[:1], torch.linspace(float(times[-1]), 4.0, 5)])
     out = model(times, values, encoder, pred_times=later)
     assert out.pred.shape == (2, 4, 6, 3)
+
+
+def test_std_state_moves_only_the_mean_between_observations():
+    torch.manual_seed(0)
+    encoder = ODERNNEncoder(3, 4, hidden=5, z0_units=16, std_state=True, gru_units=12)
+    h = torch.cat([torch.randn(2, 5), torch.rand(2, 5)], -1)
+    moved = encoder.evolve(h, torch.tensor(0.5), torch.tensor(0.2))
+    assert not torch.allclose(moved[:, :5], h[:, :5])
+    assert torch.equal(moved[:, 5:], h[:, 5:])
+    x = torch.randn(2, 6)
+    assert bool((encoder.cell(x, h)[:, 5:] >= 0).all())  # the std half stays non-negative
 
 
 def test_paper_gru_cell_variant_trains():

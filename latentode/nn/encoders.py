@@ -45,18 +45,46 @@ class MLPGRUCell(nn.Module):
         return (1 - update) * new + update * h
 
 
+class MeanStdGRUCell(nn.Module):
+    """The paper code's GRU unit over a state of a mean and a std (``h = [mean, std]``).
+
+    Gates and the new state see ``[mean, std, x]`` through MLPs of ``units``; both halves are
+    updated with the same gate and the std kept non-negative. The encoder's ODE moves only the
+    mean; ``q(z0)`` is read from both (``std_state=True`` of the encoders).
+    """
+
+    def __init__(self, input_dim: int, hidden: int, units: int = 100):
+        super().__init__()
+        self.hidden = hidden
+        self.update = nn.Sequential(mlp(2 * hidden + input_dim, hidden, units, 1), nn.Sigmoid())
+        self.reset = nn.Sequential(mlp(2 * hidden + input_dim, hidden, units, 1), nn.Sigmoid())
+        self.new = mlp(2 * hidden + input_dim, 2 * hidden, units, 1)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        mean, std = h.split(self.hidden, -1)
+        both = torch.cat([mean, std, x], -1)
+        update, reset = self.update(both), self.reset(both)
+        new_mean, new_std = self.new(torch.cat([mean * reset, std * reset, x], -1)).chunk(2, -1)
+        mean = (1 - update) * new_mean + update * mean
+        std = ((1 - update) * new_std.abs() + update * std).abs()
+        return torch.cat([mean, std], -1)
+
+
 class _BackwardGRU(nn.Module):
     """Shared machinery: masked GRU updates walking the union of times from last to first."""
 
     def __init__(self, input_dim: int, latent_dim: int, hidden: int, gru_input: int,
-                 z0_units: int, gru_units: int | None = None):
+                 z0_units: int, gru_units: int | None = None, std_state: bool = False):
         super().__init__()
-        self.hidden = hidden
-        self.cell = (
-            nn.GRUCell(gru_input, hidden) if gru_units is None
-            else MLPGRUCell(gru_input, hidden, gru_units)
-        )
-        self.to_z0 = mlp(hidden, 2 * latent_dim, z0_units, 1)
+        self.hidden, self.std_state = hidden, std_state
+        self.state_dim = 2 * hidden if std_state else hidden
+        if std_state:
+            self.cell: nn.Module = MeanStdGRUCell(gru_input, hidden, gru_units or 100)
+        elif gru_units is None:
+            self.cell = nn.GRUCell(gru_input, hidden)
+        else:
+            self.cell = MLPGRUCell(gru_input, hidden, gru_units)
+        self.to_z0 = mlp(self.state_dim, 2 * latent_dim, z0_units, 1)
 
     def evolve(self, h: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
         return h
@@ -74,7 +102,7 @@ class _BackwardGRU(nn.Module):
         seen = mask.amax(-1) > 0  # (B, T): a series has an observation at this time
         if self._fused_euler_gru:
             return self._z0(self._fused(times, values, mask, seen))
-        h = values.new_zeros(batch, self.hidden)
+        h = values.new_zeros(batch, self.state_dim)
         last = times[-1].expand(batch)  # time of each series' previous (later) observation
         for i in range(length - 1, -1, -1):
             if i < length - 1:
@@ -130,20 +158,30 @@ class ODERNNEncoder(_BackwardGRU):
 
     ``solver`` holds ``odeint`` options; the default, one Euler step per gap, is the paper code's
     choice for its encoder (cheap, and the GRU corrects the state at every observation).
+    ``std_state=True`` is the paper code's encoder state: a mean (moved by the ODE) and a std
+    (kept between observations), both updated by :class:`MeanStdGRUCell` and both read by the
+    map to ``q(z0)``.
     """
 
     def __init__(
         self, input_dim: int, latent_dim: int, hidden: int = 40, ode_units: int = 100,
         ode_layers: int = 1, z0_units: int = 100, solver: dict[str, Any] | None = None,
-        gru_units: int | None = None,
+        gru_units: int | None = None, std_state: bool = False,
     ):
-        super().__init__(input_dim, latent_dim, hidden, 2 * input_dim, z0_units, gru_units)
+        super().__init__(input_dim, latent_dim, hidden, 2 * input_dim, z0_units, gru_units,
+                         std_state)
         self.ode = ODEFunc(hidden, ode_units, ode_layers)
         self.solver = {"method": "euler", **(solver or {})}
 
     def evolve(self, h: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
         if bool(t_from == t_to):
             return h
+        if self.std_state:  # the ODE moves the mean; the std waits for the next observation
+            mean, std = h.split(self.hidden, -1)
+            return torch.cat([self._flow(mean, t_from, t_to), std], -1)
+        return self._flow(h, t_from, t_to)
+
+    def _flow(self, h: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
         if self._single_euler_step:  # what odeint would do, without its per-call set-up
             return h + (t_to - t_from) * self.ode(t_from, h)
         return odeint(self.ode, h, torch.stack([t_from, t_to]), **self.solver)[-1]
