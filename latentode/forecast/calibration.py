@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from .coverage import check_level, interval_hits
+from .spec import without_version
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +96,7 @@ class NoiseCalibration:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> NoiseCalibration:
-        data = dict(data)
-        version = data.pop("version", None)
-        if version != CALIBRATION_VERSION:
-            raise ValueError(f"calibration file version {version!r}; this latentode reads "
-                             f"version {CALIBRATION_VERSION}.")
-        return cls(**data)
+        return cls(**without_version(data, CALIBRATION_VERSION, "calibration"))
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=2) + "\n")

@@ -10,7 +10,7 @@ type or channels differ from training, with messages that name both sides.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -83,11 +83,7 @@ class DataSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DataSpec:
-        data = dict(data)
-        version = data.pop("version", None)
-        if version != SPEC_VERSION:
-            raise ValueError(f"transforms file version {version!r}; this latentode reads "
-                             f"version {SPEC_VERSION}.")
+        data = without_version(data, SPEC_VERSION, "transforms")
         data["time"] = TimeTransform(**data["time"])
         return cls(**data)
 
@@ -217,6 +213,17 @@ def check_quantiles(quantiles: Sequence[float] | None) -> list[float]:
 def quantile_name(q: float) -> str:
     """Column name of a quantile: ``q0.05``, ``q0.5``, ``q0.95``."""
     return f"q{q:g}"
+
+
+def without_version(data: Mapping[str, Any], expected: int, what: str) -> dict[str, Any]:
+    """A copy of a saved file's fields without its ``version``, refused unless that is
+    ``expected`` (``what`` names the file in the error)."""
+    data = dict(data)
+    version = data.pop("version", None)
+    if version != expected:
+        raise ValueError(f"{what} file version {version!r}; this latentode reads "
+                         f"version {expected}.")
+    return data
 
 
 __all__ = ["DataSpec", "check_quantiles", "concat_datasets", "quantile_name"]
