@@ -242,27 +242,28 @@ class LatentODELightning(L.LightningModule):
         out = self._terms("train", batch, batch_idx, kl_weight, self.train_samples)
         size = batch.batch_size
         sums = self._sums.setdefault("train", _Sums())
+        # this process's batch; the epoch values (on_train_epoch_end) cover every process.
+        # Each self.log costs ~1 ms at these sizes (Lightning moves its result objects), so
+        # step values are made and logged only on the steps the logger writes, the loss also
+        # when a progress bar shows it
+        writes = self._writes_logs()
         log = {}
         for t in TERMS + OPTIONAL_TERMS:
             if t in out:
                 value = out[t].detach()
                 sums.add(t, value * size, size)
-                if t != "loss":
+                if writes and t != "loss":
                     log[f"train/{t}_step"] = value
         for name, (total, count) in self._errors(batch, out["pred"]).items():
             sums.add(name, total, count)
-            if float(count) > 0:
+            if writes and float(count) > 0:
                 log[f"train/{name}_step"] = total / count
-        # this process's batch; the epoch values (on_train_epoch_end) cover every process.
-        # Each self.log costs ~1 ms at these sizes (Lightning moves its result objects), so
-        # step values are logged only on the steps the logger writes, the loss also when a
-        # progress bar shows it
-        if self._writes_logs():
+        if writes:
             self.log_dict(log, on_step=True, on_epoch=False, batch_size=size)
         if batch_idx == 0:  # constant over the epoch: its epoch value from one step
             self.log("train/kl_weight", kl_weight, on_step=False, on_epoch=True,
                      batch_size=size, sync_dist=True)
-        if self._writes_logs() or self._shows_progress():
+        if writes or self._shows_progress():
             self.log("train/loss_step", out["loss"].detach(), on_step=True, on_epoch=False,
                      prog_bar=True, batch_size=size)
         return out["loss"]

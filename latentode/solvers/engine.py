@@ -261,11 +261,11 @@ def integrate(
         extra = extra_error(h, y, y1, ks) if extra_error is not None else 0.0
         accepted = max(ratio, extra) <= 1.0
         last_trial_finite = math.isfinite(ratio)
-        if extra > ratio:  # the second-order term decides: propose by its order
+        if extra > ratio:  # the extra term decides: propose by its order
             h_new = controller.propose(h, extra, accepted, order=extra_order)
         else:
             h_new = controller.propose(h, ratio, accepted)
-            if extra > 0.0 and accepted:  # do not grow past what the second-order term allows
+            if extra > 0.0 and accepted:  # do not grow past what the extra term allows
                 limit = abs(h) * controller.safety * extra ** (-1.0 / extra_order)
                 h_new = math.copysign(min(abs(h_new), limit), h_new)
         if not accepted:
