@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -83,12 +85,17 @@ HOPPER = {
 }
 """Hopper protocols (issue #7): time per epoch and test MSE in the source's scaled units."""
 
-PAPER_HOPPER = {  # Rubanova et al. 2019, Table 3, Latent ODE (ODE-RNN enc.), test MSE
-    ("hopper_interp", 0.1): 0.360e-2, ("hopper_interp", 0.2): 0.295e-2,
-    ("hopper_interp", 0.3): 0.300e-2, ("hopper_interp", 0.5): 0.285e-2,
-    ("hopper_extrap", 0.1): 1.441e-2, ("hopper_extrap", 0.2): 1.400e-2,
-    ("hopper_extrap", 0.3): 1.175e-2, ("hopper_extrap", 0.5): 1.258e-2,
-}
+
+def paper_hopper(task: str, overrides: list[str], fraction: float) -> tuple[str, float | None]:
+    """The model preset of the run (``model=`` of the overrides, else the experiment's latent
+    ODE) and the paper's Table 3 test MSE for its cell (scripts/paper_table.py's table)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from paper_table import PAPER
+
+    preset = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")),
+                  "hopper_latent_ode")
+    value = PAPER.get((preset, task, round(fraction, 6)))
+    return preset, None if value is None else value / 100
 
 
 class TestEveryEpoch(L.Callback):
@@ -188,12 +195,12 @@ def main() -> None:
         periodic_summary(recorder.rows)
     else:
         fraction = float(cfg.observed_fraction)
-        paper = PAPER_HOPPER.get((args.protocol, fraction))
+        preset, paper = paper_hopper(args.protocol, args.overrides, fraction)
         epoch, elapsed, sample, _ = recorder.rows[-1]
         n_train = len(datamodule.splits["train"])
-        print(f"{args.protocol}, {fraction:.0%} observed, {n_train} training series: test MSE "
-              f"{sample:.3e} after {epoch} epochs ({elapsed:.0f} s); paper (10,000 "
-              f"trajectories, 300 epochs): {paper:.3e}" if paper else "")
+        print(f"{args.protocol}, {preset}, {fraction:.0%} observed, {n_train} training series: "
+              f"test MSE {sample:.3e} after {epoch} epochs ({elapsed:.0f} s)"
+              + (f"; paper (10,000 trajectories, 300 epochs): {paper:.3e}" if paper else ""))
 
 
 def periodic_summary(rows: list) -> None:

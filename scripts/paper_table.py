@@ -15,6 +15,10 @@ window (interpolation) or the 134 predicted points (extrapolation).
     python scripts/paper_table.py collect outputs/paper_table/full \\
         --csv hopper_table.csv --markdown hopper_table.md
 
+``collect --runs-csv runs.csv`` also writes one row per finished run; such a CSV can be given
+again as a root beside directories, so runs made in different sessions (or on different machines)
+add up (``results/hopper_reduced_runs.csv`` keeps the reduced CPU runs measured so far).
+
 ``collect`` walks the given directories for run dirs (``test_metrics.json`` beside
 ``.hydra/config.yaml``), groups them by protocol (the overrides other than the grid's: model,
 experiment, observed_fraction, seed and settings that do not change results such as paths or
@@ -123,6 +127,7 @@ def commands(protocol: str = "full", root: str = "outputs/paper_table",
     lines.append(shlex.join([
         "python", "scripts/paper_table.py", "collect", str(base),
         "--csv", str(base / "hopper_table.csv"), "--markdown", str(base / "hopper_table.md"),
+        "--runs-csv", str(base / "runs.csv"),
     ]))
     return lines
 
@@ -207,10 +212,69 @@ def read_run(run_dir: Path) -> Run | None:
                None if seed is None else int(seed), protocol_of(overrides), mse, settings)
 
 
+RUN_FIELDS = ["protocol", "preset", "task", "observed_fraction", "seed", "test_mse",
+              "n_trajectories", "max_epochs", "run"]
+"""Columns of the per-run CSV (``collect --runs-csv``), which ``collect`` also reads back: finished
+runs kept in the repository so that seeds run in different sessions add up."""
+
+
+def write_runs_csv(runs: Iterable[Run], path: Path) -> None:
+    """One row per finished run (unfinished ones have nothing to keep)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RUN_FIELDS)
+        writer.writeheader()
+        for run in runs:
+            if run.mse is None:
+                continue
+            writer.writerow({
+                "protocol": json.dumps(list(run.protocol)), "preset": run.preset,
+                "task": run.task, "observed_fraction": f"{run.fraction:g}",
+                "seed": "" if run.seed is None else run.seed, "test_mse": repr(run.mse),
+                "n_trajectories": run.settings.get("n_trajectories") or "",
+                "max_epochs": run.settings.get("max_epochs") or "", "run": _shown(run.path),
+            })
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory where it lies below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def read_runs_csv(path: Path) -> list[Run]:
+    """The runs of a CSV written by :func:`write_runs_csv`."""
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = set(RUN_FIELDS) - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path} is not a per-run CSV of `collect --runs-csv`: no column "
+                             f"{', '.join(sorted(missing))}.")
+        return [
+            Run(Path(row["run"]), row["preset"], row["task"], float(row["observed_fraction"]),
+                int(row["seed"]) if row["seed"] else None, tuple(json.loads(row["protocol"])),
+                float(row["test_mse"]),
+                {"n_trajectories": int(row["n_trajectories"]) if row["n_trajectories"] else None,
+                 "max_epochs": int(row["max_epochs"]) if row["max_epochs"] else None})
+            for row in reader
+        ]
+
+
+def _identity(run: Run) -> tuple[Any, ...]:
+    return (run.protocol, run.preset, run.task, round(run.fraction, 6), run.seed, run.mse)
+
+
 def find_runs(roots: Iterable[Path]) -> list[Run]:
-    """Every hopper run dir under ``roots`` (dirs with ``.hydra/config.yaml``), sorted."""
-    runs = []
+    """Every hopper run under ``roots``: run dirs (with ``.hydra/config.yaml``) found below a
+    directory, and the rows of per-run CSV files; a finished run listed twice (its dir and a CSV
+    row with the same cell, seed and MSE) counts once."""
+    runs: list[Run] = []
     for root in roots:
+        if root.is_file():
+            runs.extend(read_runs_csv(root))
+            continue
         for dirpath, dirnames, _ in os.walk(root):
             dirnames.sort()
             path = Path(dirpath)
@@ -218,7 +282,14 @@ def find_runs(roots: Iterable[Path]) -> list[Run]:
                 run = read_run(path)
                 if run is not None:
                     runs.append(run)
-    return sorted(runs, key=lambda r: str(r.path))
+    seen: set[tuple[Any, ...]] = set()
+    unique = []
+    for run in runs:
+        if run.mse is not None and _identity(run) in seen:
+            continue
+        seen.add(_identity(run))
+        unique.append(run)
+    return sorted(unique, key=lambda r: str(r.path))
 
 
 @dataclass
@@ -367,10 +438,12 @@ def csv_rows(table: dict[tuple[str, ...], dict[tuple[str, str, float], Cell]]
 
 
 def collect(roots: Sequence[Path], csv_path: Path | None = None,
-            markdown_path: Path | None = None) -> str:
+            markdown_path: Path | None = None, runs_csv_path: Path | None = None) -> str:
     """Find the runs under ``roots``, print-ready markdown of every protocol's table; writes
-    the CSV and the markdown when paths are given."""
+    the CSV (one row per cell), the markdown and the per-run CSV when paths are given."""
     runs = find_runs(roots)
+    if runs_csv_path is not None:
+        write_runs_csv(runs, runs_csv_path)
     table = aggregate(runs)
     if not table:
         text = (f"no hopper runs under {', '.join(map(str, roots))}\n\n"
@@ -408,9 +481,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="trainer group (default: gpu for full, the CPU default for reduced)")
     cmd.add_argument("overrides", nargs="*", help="more overrides for every run")
     col = sub.add_parser("collect", help="collect run dirs into the table")
-    col.add_argument("roots", nargs="+", type=Path)
-    col.add_argument("--csv", type=Path, default=None)
+    col.add_argument("roots", nargs="+", type=Path,
+                     help="directories holding run dirs, or per-run CSVs of --runs-csv")
+    col.add_argument("--csv", type=Path, default=None, help="the table, one row per cell")
     col.add_argument("--markdown", type=Path, default=None)
+    col.add_argument("--runs-csv", type=Path, default=None,
+                     help="one row per finished run (readable again as a root)")
     args = parser.parse_args(argv)
     if args.action == "commands":
         lines = commands(args.protocol, args.root,
@@ -419,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          trainer=args.trainer, extra=args.overrides)
         print("\n".join(lines))
     else:
-        print(collect(args.roots, args.csv, args.markdown))
+        print(collect(args.roots, args.csv, args.markdown, args.runs_csv))
     return 0
 
 

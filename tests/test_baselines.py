@@ -11,11 +11,13 @@ from latentode.models import GRUDT, ODERNN, RNNVAE, LatentODEOutput, iwae_terms
 
 MODELS = {
     "odernn": lambda **kw: ODERNN(3, latents=8, ode_units=16, dec_units=16, obs_std=0.1, **kw),
+    "odernn_std": lambda **kw: ODERNN(3, latents=8, ode_units=16, gru_units=16, dec_units=16,
+                                      obs_std=0.1, std_state=True, **kw),
     "gru_dt": lambda **kw: GRUDT(3, latents=8, dec_units=16, obs_std=0.1, **kw),
     "rnn_vae": lambda **kw: RNNVAE(3, latents=4, enc_hidden=8, z0_units=16, hidden=8,
                                    dec_units=16, obs_std=0.1, n_samples=2, **kw),
 }
-DETERMINISTIC = ("odernn", "gru_dt")
+DETERMINISTIC = ("odernn", "odernn_std", "gru_dt")
 
 
 def make(kind: str, **kw):
@@ -145,6 +147,28 @@ def test_odernn_solver_options_match_the_euler_shortcut():
     assert torch.isfinite(rk4.loss(times, values, encoder, encoder)["loss"])
 
 
+def test_odernn_std_state_moves_only_the_mean_and_decodes_it():
+    model = make("odernn_std")
+    assert model.state_dim == 16 and model.cell.hidden == 8
+    h = torch.randn(4, 16)
+    moved = model.advance(h, torch.tensor(0.0), torch.tensor([0.2, 0.5]))
+    assert moved.shape == (2, 4, 16)
+    torch.testing.assert_close(moved[..., 8:], h[:, 8:].expand(2, 4, 8), rtol=0, atol=0)
+    expected = h[:, :8] + 0.5 * model.ode(torch.tensor(0.0), h[:, :8])
+    torch.testing.assert_close(moved[1, :, :8], expected)
+    other = h.clone()
+    other[:, 8:] += 1.0  # the std half does not reach the prediction directly...
+    torch.testing.assert_close(model.readout(other), model.readout(h), rtol=0, atol=0)
+    times, values, _, encoder = tiny_batch()  # ...but through the gates of later updates
+    out = run(model, times, values, encoder)
+    assert out.z0_mean.shape == (4, 8) and torch.isfinite(out.pred).all()
+    loss = model.loss(times, values, encoder, encoder)["loss"]
+    loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    assert grads["cell.new.0.weight"][:, 8:16].abs().sum() > 0  # the std input is used
+
+
 def test_rnn_vae_kl_and_importance_weighted_bound():
     model = make("rnn_vae")
     times, values, mask, encoder = tiny_batch()
@@ -184,6 +208,8 @@ def test_a_few_adam_steps_fit_noisy_sines(kind):
     torch.manual_seed(0)
     model = {
         "odernn": lambda: ODERNN(1, latents=12, ode_units=24, dec_units=24, obs_std=0.1),
+        "odernn_std": lambda: ODERNN(1, latents=12, ode_units=24, gru_units=24, dec_units=24,
+                                     obs_std=0.1, std_state=True),
         "gru_dt": lambda: GRUDT(1, latents=12, dec_units=24, obs_std=0.1),
         "rnn_vae": lambda: RNNVAE(1, latents=4, enc_hidden=12, z0_units=24, hidden=12,
                                   dec_units=24, obs_std=0.1, n_samples=2),

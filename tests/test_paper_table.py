@@ -307,6 +307,38 @@ def test_collector_aggregates_seeds_on_a_synthetic_tree(tmp_path, capsys):
     assert (empty["n"], empty["mse_mean_1e-2"], empty["paper_1e-2"]) == ("0", "", "2.135")
 
 
+def test_per_run_csv_round_trips_and_adds_up_with_run_dirs(tmp_path, capsys):
+    root, later = tmp_path / "session1", tmp_path / "session2"
+    reduced = ("data.dataset.n_trajectories=1000", "trainer.max_epochs=40")
+    for seed, mse in ((1, 0.02), (2, 0.03)):
+        _fake_run(root / str(seed), "hopper_odernn", "hopper_interp", 0.2, seed, mse,
+                  extra=reduced, n_traj=1000)
+    _fake_run(root / "9", "hopper_odernn", "hopper_interp", 0.2, 9, None, extra=reduced,
+              n_traj=1000)  # unfinished: not kept in the per-run CSV
+    runs_csv = tmp_path / "kept" / "runs.csv"
+    assert paper_table.main(["collect", str(root), "--runs-csv", str(runs_csv)]) == 0
+    from_dirs = capsys.readouterr().out
+    with runs_csv.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["seed"], float(r["test_mse"])) for r in rows] == [("1", 0.02), ("2", 0.03)]
+    assert json.loads(rows[0]["protocol"]) == sorted(reduced)
+
+    paper_table.main(["collect", str(runs_csv)])
+    assert capsys.readouterr().out == from_dirs.replace(" (n=2, 1 unfinished)", " (n=2)")
+    # a later session's seed 3 adds up with the kept runs; the same run seen twice counts once
+    _fake_run(later / "3", "hopper_odernn", "hopper_interp", 0.2, 3, 0.04, extra=reduced,
+              n_traj=1000)
+    paper_table.main(["collect", str(runs_csv), str(root), str(later)])
+    text = capsys.readouterr().out
+    assert "3.000 ± 1.000 (n=3, 1 unfinished)" in text
+    assert "repeated" not in text
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match=r"not a per-run CSV.*no column"):
+        paper_table.main(["collect", str(bad)])
+
+
 # -- a real tiny sweep, collected ---------------------------------------------------------------
 
 @pytest.mark.filterwarnings("ignore:Total length of .DataLoader. across ranks is zero")

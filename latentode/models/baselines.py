@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from latentode.nn import RNNEncoder, mlp
-from latentode.nn.encoders import MLPGRUCell
+from latentode.nn.encoders import MeanStdGRUCell, MLPGRUCell
 from latentode.nn.layers import ODEFunc
 from latentode.solvers import odeint
 
@@ -96,6 +96,10 @@ class _Recurrent(nn.Module):
     obs_std: float
     out: nn.Module
 
+    def readout(self, h: torch.Tensor) -> torch.Tensor:
+        """Data-space prediction from a state."""
+        return self.out(h)
+
     def advance(self, h: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -129,19 +133,19 @@ class _Recurrent(nn.Module):
         for k in range(n_times):
             if k:
                 h = self.advance(h, times[k - 1], times[k : k + 1])[0]
-            pred = self.out(h)
+            pred = self.readout(h)
             for j in exact.get(k, ()):
                 outs[j] = pred
             h = self.update(h, pred, k, data)
             if k in between:
                 index = between[k]
-                branch = self.out(self.advance(h, times[k], pred_times[index]))
+                branch = self.readout(self.advance(h, times[k], pred_times[index]))
                 for m, j in enumerate(index):
                     outs[j] = branch[m]
         t_prev = times[-1]
         for j in beyond:
             h = self.advance(h, t_prev, pred_times[j : j + 1])[0]
-            outs[j] = pred = self.out(h)
+            outs[j] = pred = self.readout(h)
             h = self.coast(h, pred, pred_times[j], data)
             t_prev = pred_times[j]
         return torch.stack(outs, 1), h  # type: ignore[arg-type]
@@ -164,6 +168,7 @@ class _Deterministic(_Recurrent):
     """A one-step-ahead recurrent model over ``data``: the forward pass shared by ODERNN/GRUDT."""
 
     latents: int
+    state_dim: int
 
     def forward(
         self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
@@ -172,8 +177,9 @@ class _Deterministic(_Recurrent):
         """Predictions ``(1, B, T', D)`` at ``pred_times`` (default ``times``); ``n_samples``
         is ignored (deterministic)."""
         data = _Series.of(times, values, encoder_mask)
-        h = values.new_zeros(values.shape[0], self.latents)
+        h = values.new_zeros(values.shape[0], self.state_dim)
         pred, h = self.walk(h, times, times if pred_times is None else pred_times, data)
+        h = h[..., : self.latents]
         return LatentODEOutput(pred.unsqueeze(0), h, torch.zeros_like(h))
 
 
@@ -184,6 +190,9 @@ class ODERNN(_Deterministic):
     ``[values, mask]`` at points with a visible observation. The prediction at ``t_i`` decodes
     the state evolved to ``t_i`` before the update there, so a point never sees its own value;
     after the last data time the state keeps flowing with no updates (extrapolation).
+    With ``std_state`` the state is the paper code's ``[mean, std]`` (its ``ODE_RNN`` runs the
+    ODE-RNN encoder's ``GRU_unit``): the ODE moves the mean, the MLP-gated update sees and
+    updates both, the decoder reads the mean.
 
     Args:
         input_dim: channels ``D``.
@@ -195,17 +204,22 @@ class ODERNN(_Deterministic):
         n_samples: unused (deterministic); kept for the common interface.
         solver: ``odeint`` options between time points; default one Euler step per gap, as
             the paper code and :class:`~latentode.nn.ODERNNEncoder`.
+        std_state: carry ``[mean, std]`` updated by :class:`~latentode.nn.encoders.
+            MeanStdGRUCell` (``gru_units``, default 100), as the paper code's ODE_RNN.
     """
 
     def __init__(
         self, input_dim: int, latents: int = 20, ode_units: int = 100, ode_layers: int = 1,
         gru_units: int | None = None, dec_units: int = 100, dec_layers: int = 1,
         obs_std: float = 0.01, n_samples: int = 1, solver: dict[str, Any] | None = None,
+        std_state: bool = False,
     ):
         super().__init__()
-        self.input_dim, self.latents = input_dim, latents
+        self.input_dim, self.latents, self.std_state = input_dim, latents, std_state
+        self.state_dim = 2 * latents if std_state else latents
         self.ode = ODEFunc(latents, ode_units, ode_layers)
-        self.cell = gru_cell(2 * input_dim, latents, gru_units)
+        self.cell = (MeanStdGRUCell(2 * input_dim, latents, gru_units or 100) if std_state
+                     else gru_cell(2 * input_dim, latents, gru_units))
         self.out = decoder(latents, input_dim, dec_units, dec_layers)
         self.obs_std, self.n_samples = obs_std, n_samples
         self.solver = {"method": "euler", **(solver or {})}
@@ -217,15 +231,24 @@ class ODERNN(_Deterministic):
             self.solver.get("gradient", "backprop") == "backprop"
         )
 
+    def readout(self, h: torch.Tensor) -> torch.Tensor:
+        return self.out(h[..., : self.latents])
+
     def advance(self, h: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
-        """Solve the ODE from ``t_from`` to each of ``t_to`` separately: ``(P, N, H)``."""
+        """Solve the ODE from ``t_from`` to each of ``t_to`` separately: ``(P, N, H)``; with
+        ``std_state`` only the mean moves."""
+        mean, rest = h[..., : self.latents], h[..., self.latents :]
         if self._single_euler_step:  # odeint's result, without its per-call set-up
-            return h + (t_to - t_from)[:, None, None] * self.ode(t_from, h)
-        return torch.stack([
-            h if bool(t == t_from) else odeint(self.ode, h, torch.stack([t_from, t]),
-                                               **self.solver)[-1]
-            for t in t_to
-        ])
+            moved = mean + (t_to - t_from)[:, None, None] * self.ode(t_from, mean)
+        else:
+            moved = torch.stack([
+                mean if bool(t == t_from) else odeint(self.ode, mean, torch.stack([t_from, t]),
+                                                      **self.solver)[-1]
+                for t in t_to
+            ])
+        if not self.std_state:
+            return moved
+        return torch.cat([moved, rest.expand(len(t_to), *rest.shape)], -1)
 
     def update(self, h: torch.Tensor, pred: torch.Tensor, k: int, data: _Series | None
                ) -> torch.Tensor:
@@ -262,7 +285,7 @@ class GRUDT(_Deterministic):
         solver: dict[str, Any] | None = None,
     ):
         super().__init__()
-        self.input_dim, self.latents = input_dim, latents
+        self.input_dim, self.latents, self.state_dim = input_dim, latents, latents
         self.cell = gru_cell(2 * input_dim + 1, latents, gru_units)
         self.out = decoder(latents, input_dim, dec_units, dec_layers)
         self.obs_std, self.n_samples = obs_std, n_samples
