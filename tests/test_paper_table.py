@@ -125,6 +125,10 @@ def test_baseline_presets_have_the_paper_code_networks():
     odernn = _built("hopper_odernn")
     assert _count(odernn.ode) == _paper_mlp_params(15, 15, 300, n_layers=3)
     assert _count(odernn.out) == (15 + 1) * 100 + (100 + 1) * CHANNELS
+    # its GRU_unit (Encoder_z0_ODE_RNN's, n_gru_units=100) over [mean, std, data, mask]:
+    # update and reset gates 58 -> 100 -> 15, new state 58 -> 100 -> 2 * 15
+    gate = (2 * 15 + 2 * CHANNELS + 1) * 100 + (100 + 1) * 15
+    assert odernn.std_state and _count(odernn.cell) == 2 * gate + gate + (100 + 1) * 15
     # GRU-dt (Classic_RNN): GRUCell(2 * 14 + 1, 15), decoder 15 -> 300 -> 14
     grudt = _built("hopper_gru_dt")
     assert _count(grudt.cell) == _gru_cell_params(2 * CHANNELS + 1, 15)
