@@ -106,6 +106,32 @@ def test_periodic_bad_arguments(kwargs, name):
         periodic.load(**kwargs)
 
 
+def test_periodic_own_grids_keep_the_series_and_unalign_the_times():
+    n, m = 12, 20
+    shared = periodic.load(n, m, seed=4, noise_weight=0.0)
+    own = periodic.load(n, m, seed=4, noise_weight=0.0, own_grids=True)
+    times, values = _matrix(own, n, m)
+    assert (times[:, 0] == 0).all() and (np.diff(times, axis=1) > 0).all()
+    assert (times <= 5.0).all() and len(np.unique(times)) == n * (m - 1) + 1
+    _, base = _matrix(shared, n, m)
+    offsets = base[:, 0]  # the same series (frequency, offset) as the paper's draws
+    np.testing.assert_array_equal(values[:, 0], offsets)
+    # each value is the series' sine at its own time: recover the frequency exactly
+    ratio = np.arcsin(np.clip(values[:, 1] - offsets, -1, 1)) / (2 * np.pi * times[:, 1])
+    small = times[:, 1] < 0.3  # inside the first quarter period, arcsin is the inverse
+    assert small.any()
+    assert np.all((ratio[small] > 0.4 - 1e-9) & (ratio[small] < 0.8 + 1e-9))
+
+    minutes = periodic.load(n, m, t_max=2.0, seed=4, own_grids=True, resolution=0.01)
+    t = minutes["time"].to_numpy()
+    np.testing.assert_allclose(t / 0.01, np.round(t / 0.01), atol=1e-9)
+    assert (minutes.groupby("series_id")["time"].nunique() == m).all()
+    with pytest.raises(ValueError, match="resolution applies to own_grids=True"):
+        periodic.load(n, m, resolution=0.01)
+    with pytest.raises(ValueError, match="lattice points cannot hold"):
+        periodic.load(n, m, t_max=0.1, own_grids=True, resolution=0.01)
+
+
 def test_periodic_single_point():
     df = periodic.load(n_series=3, n_points=1, seed=0)
     assert len(df) == 3 and (df["time"] == 0).all()

@@ -8,6 +8,11 @@ a zero mask can change nothing.
 * :class:`RNNEncoder`: a GRU whose input is ``[values, mask, time gap]``.
 * :class:`ODERNNEncoder`: ODE-RNN (Rubanova et al. 2019): between observations the hidden state
   follows an ODE solved with ``latentode.solvers``; at an observation, a GRU update.
+
+``schedule`` says how a batch is walked: ``"union"`` (default, the paper code's walk) steps every
+series through the batch's union of time points; ``"series"`` steps each series through its own
+observations only (:mod:`latentode.nn.schedule`), which is the union walk of each series alone
+and is much shorter when series are sparse and unaligned (ICU records).
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from latentode.solvers import odeint
 
 from .euler_gru import euler_gru_scan
 from .layers import ODEFunc, mlp
+from .schedule import series_plan
+
+SCHEDULES = ("union", "series")
 
 
 class MLPGRUCell(nn.Module):
@@ -74,8 +82,17 @@ class _BackwardGRU(nn.Module):
     """Shared machinery: masked GRU updates walking the union of times from last to first."""
 
     def __init__(self, input_dim: int, latent_dim: int, hidden: int, gru_input: int,
-                 z0_units: int, gru_units: int | None = None, std_state: bool = False):
+                 z0_units: int, gru_units: int | None = None, std_state: bool = False,
+                 schedule: str = "union", max_step: float | None = None):
         super().__init__()
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}.")
+        if max_step is not None and schedule != "series":
+            raise ValueError("max_step splits the gaps of schedule='series'; the union walk "
+                             "takes one step per gap of the batch's time points. Set "
+                             "schedule='series' or max_step=None.")
+        series_plan(torch.zeros(1), torch.ones(1, 1, dtype=torch.bool), max_step)  # checks it
+        self.schedule, self.max_step = schedule, max_step
         self.hidden, self.std_state = hidden, std_state
         self.state_dim = 2 * hidden if std_state else hidden
         if std_state:
@@ -89,6 +106,10 @@ class _BackwardGRU(nn.Module):
     def evolve(self, h: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
         return h
 
+    def move(self, h: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        """Each series' state moved by its own ``dt (B,)`` (the series walk)."""
+        return h
+
     def step_input(
         self, values: torch.Tensor, mask: torch.Tensor, gap: torch.Tensor
     ) -> torch.Tensor:
@@ -100,6 +121,8 @@ class _BackwardGRU(nn.Module):
         batch, length, _ = values.shape
         mask = mask.to(values.dtype)
         seen = mask.amax(-1) > 0  # (B, T): a series has an observation at this time
+        if self.schedule == "series":
+            return self._z0(self._walk_series(times, values, mask, seen))
         if self._fused_euler_gru:
             return self._z0(self._fused(times, values, mask, seen))
         h = values.new_zeros(batch, self.state_dim)
@@ -115,6 +138,24 @@ class _BackwardGRU(nn.Module):
             h = torch.where(update.unsqueeze(-1), h_new, h)
             last = torch.where(update, times[i].expand(batch), last)
         return self._z0(h)
+
+    def _walk_series(self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                     seen: torch.Tensor) -> torch.Tensor:
+        """Every series through its own observations, last to first (``schedule="series"``)."""
+        plan = series_plan(times, seen, self.max_step)
+        batch = values.shape[0]
+        rows = torch.arange(batch, device=values.device)
+        masked = values * mask
+        h = values.new_zeros(batch, self.state_dim)
+        for e in range(plan.length):
+            if plan.moves[e]:
+                h = self.move(h, plan.dt[e])
+            if plan.updates[e]:
+                index = plan.index[e]
+                at = index.clamp_min(0)
+                x = self.step_input(masked[rows, at], mask[rows, at], plan.gap[e].unsqueeze(-1))
+                h = torch.where((index >= 0).unsqueeze(-1), self.cell(x, h), h)
+        return h
 
     def _z0(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, raw_std = self.to_z0(h).chunk(2, dim=-1)
@@ -144,8 +185,9 @@ class RNNEncoder(_BackwardGRU):
     """GRU over ``[values, mask, gap since the series' next observation]``, backwards in time."""
 
     def __init__(self, input_dim: int, latent_dim: int, hidden: int = 40, z0_units: int = 100,
-                 gru_units: int | None = None):
-        super().__init__(input_dim, latent_dim, hidden, 2 * input_dim + 1, z0_units, gru_units)
+                 gru_units: int | None = None, schedule: str = "union"):
+        super().__init__(input_dim, latent_dim, hidden, 2 * input_dim + 1, z0_units, gru_units,
+                         schedule=schedule)
 
     def step_input(
         self, values: torch.Tensor, mask: torch.Tensor, gap: torch.Tensor
@@ -160,18 +202,32 @@ class ODERNNEncoder(_BackwardGRU):
     choice for its encoder (cheap, and the GRU corrects the state at every observation).
     ``std_state=True`` is the paper code's encoder state: a mean (moved by the ODE) and a std
     (kept between observations), both updated by :class:`MeanStdGRUCell` and both read by the
-    map to ``q(z0)``.
+    map to ``q(z0)``. ``schedule="series"`` walks each series through its own observations
+    with one Euler step per gap (``max_step``: gaps longer than it take equal steps no longer
+    than it), the encoder's default solver only.
     """
 
     def __init__(
         self, input_dim: int, latent_dim: int, hidden: int = 40, ode_units: int = 100,
         ode_layers: int = 1, z0_units: int = 100, solver: dict[str, Any] | None = None,
-        gru_units: int | None = None, std_state: bool = False,
+        gru_units: int | None = None, std_state: bool = False, schedule: str = "union",
+        max_step: float | None = None,
     ):
         super().__init__(input_dim, latent_dim, hidden, 2 * input_dim, z0_units, gru_units,
-                         std_state)
+                         std_state, schedule, max_step)
         self.ode = ODEFunc(hidden, ode_units, ode_layers)
         self.solver = {"method": "euler", **(solver or {})}
+        if schedule == "series" and not self._single_euler_step:
+            raise ValueError(
+                f"schedule='series' takes Euler steps of each series' own length; it cannot use "
+                f"the solver options {dict(self.solver)}. Use solver={{'method': 'euler'}} "
+                f"(max_step= to split long gaps) or schedule='union'.")
+
+    def move(self, h: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        if self.std_state:
+            mean, std = h.split(self.hidden, -1)
+            return torch.cat([mean + dt.unsqueeze(-1) * self.ode(dt, mean), std], -1)  # t unused
+        return h + dt.unsqueeze(-1) * self.ode(dt, h)
 
     def evolve(self, h: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
         if bool(t_from == t_to):

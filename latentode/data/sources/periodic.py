@@ -54,6 +54,8 @@ def load(
     seed: int = 0,
     *,
     noise_weight: float = 0.01,
+    own_grids: bool = False,
+    resolution: float | None = None,
 ) -> pd.DataFrame:
     """Sample the paper's periodic toy: noisy sines sharing one irregular time grid.
 
@@ -64,6 +66,12 @@ def load(
         seed: seed of the ``numpy.random.Generator`` (see the module docstring for its use).
         noise_weight: scale of the U[0, 1) noise added to all points but the first
             (``--noise-weight``, default 0.01).
+        own_grids: not the paper's toy: each series gets its own grid (0 plus ``n_points - 1``
+            uniform draws), the sparse, unaligned sampling of real records, where a batch's
+            union of time points is much longer than any one series. Drawn after the paper's
+            numbers, so the series' frequencies, offsets and noise stay the same.
+        resolution: with ``own_grids``, times are distinct multiples of this (e.g. a clock's
+            minute): ``n_points - 1`` of the ``floor(t_max / resolution)`` lattice points.
 
     Returns:
         ``n_series * n_points`` rows: ``series_id`` (int, 0..n_series-1), ``time`` (float64),
@@ -74,6 +82,14 @@ def load(
     _check_int("seed", seed, minimum=0)
     _check_real("t_max", t_max, positive=True)
     _check_real("noise_weight", noise_weight, positive=False)
+    if resolution is not None:
+        _check_real("resolution", resolution, positive=True)
+        if not own_grids:
+            raise ValueError("periodic.load: resolution applies to own_grids=True only.")
+        if int(t_max / resolution) < n_points - 1:
+            raise ValueError(f"periodic.load: t_max / resolution = {t_max / resolution:g} "
+                             f"lattice points cannot hold n_points - 1 = {n_points - 1} times; "
+                             "use a finer resolution.")
 
     rng = np.random.default_rng(seed)
     grid = rng.uniform(0.0, float(t_max), size=n_points - 1)
@@ -87,13 +103,24 @@ def load(
         offsets[i] = OFFSET_MEAN + rng.normal(0.0, OFFSET_STD)
     noise = rng.random((n_series, n_points - 1))
 
-    values = np.sin(2.0 * np.pi * freqs[:, None] * times[None, :]) + offsets[:, None]
+    if own_grids:
+        per_series = np.empty((n_series, n_points))
+        for i in range(n_series):
+            if resolution is None:
+                draws = rng.uniform(0.0, float(t_max), size=n_points - 1)
+            else:
+                lattice = int(t_max / resolution)
+                draws = (rng.choice(lattice, size=n_points - 1, replace=False) + 1) * resolution
+            per_series[i] = np.sort(np.concatenate([[0.0], draws]))
+    else:
+        per_series = np.broadcast_to(times, (n_series, n_points))
+    values = np.sin(2.0 * np.pi * freqs[:, None] * per_series) + offsets[:, None]
     values[:, 1:] += float(noise_weight) * noise
 
     return pd.DataFrame(
         {
             "series_id": np.repeat(np.arange(n_series, dtype=np.int64), n_points),
-            "time": np.tile(times, n_series),
+            "time": per_series.reshape(-1),
             "value": values.reshape(-1),
         }
     )

@@ -1,0 +1,85 @@
+"""Per-series walks for the backward encoders: each series steps through its own observations.
+
+The encoders' default walk visits the batch's *union* of time points: every series takes a step
+at every time any series was observed. For aligned data (a shared grid, as the periodic and
+hopper benchmarks) that is what each series needs anyway. For sparse, unaligned series (ICU
+records: each patient measured at its own minutes) the union is many times longer than any one
+series, and so is the sequential loop. :func:`series_plan` lays out, for every series, only its
+own observation times, backwards from its last: an event is "move by ``dt`` (<= 0), then maybe
+update with the observation at time index ``index``". A gap longer than ``max_step`` is split
+into equal moves no longer than ``max_step`` (the paper code takes extra Euler steps over long
+gaps too). All series walk their event lists side by side; a series that has finished its list
+stands still (``dt = 0``, no update) while the others go on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class SeriesPlan:
+    """Events ``(E, B)`` of a batch: event ``e`` moves series ``b`` by ``dt[e, b]`` and then,
+    where ``index[e, b] >= 0``, updates it with the observation at time index ``index[e, b]``;
+    ``gap[e, b]`` is the time from that observation to the series' next (later) one (0 for
+    its last). ``moves[e]``/``updates[e]``: whether any series moves/updates at event ``e``."""
+
+    dt: torch.Tensor  # (E, B), <= 0: backwards in time
+    index: torch.Tensor  # (E, B) long, -1: no update
+    gap: torch.Tensor  # (E, B)
+    moves: list[bool]
+    updates: list[bool]
+
+    @property
+    def length(self) -> int:
+        return len(self.moves)
+
+
+def series_plan(times: torch.Tensor, seen: torch.Tensor, max_step: float | None = None
+                ) -> SeriesPlan:
+    """The events of each series of ``seen (B, T)`` over ``times (T,)`` (increasing).
+
+    ``max_step``: longest move; a longer gap is split into ``ceil(gap / max_step)`` equal
+    moves (None: one move per gap). A series without observations has no events.
+    """
+    if max_step is not None and not (math.isfinite(max_step) and max_step > 0):
+        raise ValueError(f"max_step must be a positive number of time units or None, "
+                         f"got {max_step!r}.")
+    t = times.detach().cpu().double().numpy()
+    observed = seen.detach().cpu().numpy()
+    batch = observed.shape[0]
+    rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for b in range(batch):
+        idx = np.flatnonzero(observed[b])[::-1]  # own observations, last first
+        if idx.size == 0:
+            rows.append((np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0)))
+            continue
+        gaps = t[idx[:-1]] - t[idx[1:]]  # > 0, between consecutive own observations
+        if max_step is None:
+            n = np.ones(gaps.size, dtype=np.int64)
+        else:
+            n = np.maximum(1, np.ceil(gaps / max_step - 1e-9).astype(np.int64))
+        dt = np.concatenate([[0.0], np.repeat(-gaps / n, n)])
+        index = np.full(dt.size, -1, dtype=np.int64)
+        ends = np.concatenate([[0], np.cumsum(n)])  # event of each observation's update
+        index[ends] = idx
+        gap = np.zeros(dt.size)
+        gap[ends[1:]] = gaps
+        rows.append((dt, index, gap))
+    length = max((r[0].size for r in rows), default=0)
+    dt = np.zeros((length, batch))
+    index = np.full((length, batch), -1, dtype=np.int64)
+    gap = np.zeros((length, batch))
+    for b, (d, i, g) in enumerate(rows):
+        dt[: d.size, b], index[: i.size, b], gap[: g.size, b] = d, i, g
+    return SeriesPlan(
+        dt=torch.from_numpy(dt).to(device=times.device, dtype=times.dtype),
+        index=torch.from_numpy(index).to(times.device),
+        gap=torch.from_numpy(gap).to(device=times.device, dtype=times.dtype),
+        moves=(dt != 0).any(1).tolist(),
+        updates=(index >= 0).any(1).tolist(),
+    )

@@ -1,0 +1,135 @@
+"""The encoders' per-series walk (schedule="series"): its plan, and that it is the union walk of
+each series alone."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from latentode.nn import ODERNNEncoder, RNNEncoder
+from latentode.nn.schedule import series_plan
+
+
+def test_plan_lists_each_series_own_observations_backwards():
+    times = torch.tensor([0.0, 1.0, 2.0, 3.0, 5.0])
+    seen = torch.tensor([[1, 0, 1, 0, 1], [0, 0, 0, 1, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    plan = series_plan(times, seen)
+    assert plan.length == 3 and plan.moves == [False, True, True]
+    assert plan.updates == [True, True, True]
+    assert plan.dt.T.tolist() == [[0, -3, -2], [0, 0, 0], [0, 0, 0]]
+    assert plan.index.T.tolist() == [[4, 2, 0], [3, -1, -1], [-1, -1, -1]]
+    assert plan.gap.T.tolist() == [[0, 3, 2], [0, 0, 0], [0, 0, 0]]
+
+    split = series_plan(times, seen, max_step=1.5)  # gap 3 -> 2 x 1.5, gap 2 -> 2 x 1
+    assert split.dt[:, 0].tolist() == [0, -1.5, -1.5, -1, -1]
+    assert split.index[:, 0].tolist() == [4, -1, 2, -1, 0]
+    assert split.gap[:, 0].tolist() == [0, 0, 3, 0, 2]
+    assert split.updates == [True, False, True, False, True]
+    assert series_plan(times, seen, max_step=3.0).index[:, 0].tolist() == [4, 2, 0]  # exact fit
+    assert series_plan(times, seen, max_step=2.5).index[:, 0].tolist() == [4, -1, 2, 0]
+
+
+def _batch(seed: int = 0, batch: int = 5, length: int = 16, dims: int = 3):
+    gen = torch.Generator().manual_seed(seed)
+    times = torch.sort(torch.rand(length, generator=gen, dtype=torch.float64)).values * 4
+    values = torch.randn(batch, length, dims, generator=gen, dtype=torch.float64)
+    mask = torch.rand(batch, length, dims, generator=gen) < 0.3
+    mask[-1] = False  # a series with nothing to read
+    return times, values, mask
+
+
+ENCODERS = {
+    "odernn-gru": lambda **kw: ODERNNEncoder(3, 4, hidden=6, ode_units=10, z0_units=8, **kw),
+    "odernn-std": lambda **kw: ODERNNEncoder(3, 4, hidden=6, ode_units=10, z0_units=8,
+                                             gru_units=7, std_state=True, **kw),
+    "odernn-mlp": lambda **kw: ODERNNEncoder(3, 4, hidden=6, ode_units=10, z0_units=8,
+                                             gru_units=7, **kw),
+    "rnn": lambda **kw: RNNEncoder(3, 4, hidden=6, z0_units=8, **kw),
+}
+
+
+def _pair(kind: str, **kw):
+    torch.manual_seed(0)
+    union = ENCODERS[kind]().double()
+    series = ENCODERS[kind](schedule="series", **kw).double()
+    series.load_state_dict(union.state_dict())
+    return union, series
+
+
+def _alone(union, times, values, mask, b: int, max_step: float | None = None):
+    """The union walk of series ``b`` alone over its own observation times (and, with
+    ``max_step``, the points that split its long gaps, where it has no observation)."""
+    own = mask[b].any(-1).nonzero().flatten()
+    t = times[own]
+    if max_step is not None:
+        points = [t[:1]]
+        for lo, hi in itertools.pairwise(t):
+            n = int(torch.ceil((hi - lo) / max_step - 1e-9).clamp_min(1))
+            points.append(torch.linspace(float(lo), float(hi), n + 1, dtype=t.dtype)[1:])
+        grid = torch.cat(points)
+        at = torch.searchsorted(grid, t)
+        v = values.new_zeros(1, len(grid), values.shape[-1])
+        m = torch.zeros(1, len(grid), mask.shape[-1], dtype=torch.bool)
+        v[0, at], m[0, at] = values[b, own], mask[b, own]
+        return union(grid, v, m)
+    return union(t, values[b : b + 1, own], mask[b : b + 1, own])
+
+
+@pytest.mark.parametrize("kind", sorted(ENCODERS))
+@pytest.mark.parametrize("max_step", [None, 0.3])
+def test_series_walk_is_the_union_walk_of_each_series_alone(kind, max_step):
+    if kind == "rnn" and max_step is not None:
+        pytest.skip("max_step splits ODE moves; the RNN encoder has none")
+    union, series = _pair(kind, **({} if max_step is None else {"max_step": max_step}))
+    times, values, mask = _batch()
+    mean, std = series(times, values, mask)
+    loss = (mean * torch.linspace(1, 2, 4, dtype=mean.dtype)).sum() + std.square().sum()
+    grads = torch.autograd.grad(loss, list(series.parameters()), allow_unused=True)
+    expected_loss = 0.0
+    for b in range(len(values) - 1):
+        m, s = _alone(union, times, values, mask, b, max_step)
+        torch.testing.assert_close(mean[b], m[0], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(std[b], s[0], rtol=1e-10, atol=1e-12)
+        expected_loss = expected_loss + (m[0] * torch.linspace(1, 2, 4, dtype=m.dtype)).sum()
+        expected_loss = expected_loss + s[0].square().sum()
+    # the series with no observation reads q(z0) from the zero state (alone, it has no times;
+    # in a union walk it would drift from zero with the ODE until its first observation)
+    empty = union._z0(values.new_zeros(1, union.state_dim))
+    torch.testing.assert_close(mean[-1], empty[0][0])
+    expected_loss = expected_loss + (empty[0][0] * torch.linspace(1, 2, 4, dtype=m.dtype)).sum()
+    expected_loss = expected_loss + empty[1][0].square().sum()
+    expected = torch.autograd.grad(expected_loss, list(union.parameters()), allow_unused=True)
+    for got, want in zip(grads, expected, strict=True):
+        if want is None:
+            assert got is None or not got.any()
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_series_walk_is_shorter_for_unaligned_series():
+    times = torch.arange(200, dtype=torch.float64)
+    seen = torch.zeros(8, 200, dtype=torch.bool)
+    for b in range(8):
+        seen[b, b::8] = True  # each series sees every 8th point, none in common
+    assert series_plan(times, seen).length == 25  # against 200 steps of the union walk
+
+
+def test_gradcheck_series_walk():
+    _, series = _pair("odernn-std", max_step=0.5)
+    times, values, mask = _batch(batch=3, length=6)
+    values.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda v: series(times, v, mask), (values,))
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"schedule": "sorted"}, "schedule must be one of"),
+    ({"max_step": 0.1}, "max_step splits the gaps of schedule='series'"),
+    ({"schedule": "series", "max_step": 0.0}, "max_step must be a positive number"),
+    ({"schedule": "series", "max_step": float("nan")}, "max_step must be a positive number"),
+    ({"schedule": "series", "solver": {"method": "rk4"}}, "cannot use the solver options"),
+])
+def test_schedule_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ODERNNEncoder(3, 4, **kwargs)
