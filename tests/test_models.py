@@ -16,6 +16,9 @@ ENCODERS = {
     "rnn": RNNEncoder,
     # the paper code's encoder state: a mean (moved by the ODE) and a std, MLP-gated updates
     "odernn-std": functools.partial(ODERNNEncoder, std_state=True, gru_units=12),
+    # each series walked through its own observations (tests/test_schedule.py for the walk)
+    "odernn-series": functools.partial(ODERNNEncoder, schedule="series", max_step=0.3),
+    "rnn-series": functools.partial(RNNEncoder, schedule="series"),
 }
 
 
