@@ -465,6 +465,30 @@ def collect(roots: Sequence[Path], csv_path: Path | None = None,
     return text
 
 
+# ----------------------------------------------------------------------------- reference
+
+
+def reference(n_trajectories: int = 10_000, cache_dir: str = "data/cache") -> dict[str, float]:
+    """Test MSE (scaled units) of predictors that read no data: the training set's mean
+    trajectory (per time step and channel) and its overall mean per channel, on each task's
+    scored points. A model at these numbers has learned nothing from its inputs."""
+
+    from latentode.data.sources import hopper
+
+    out = {}
+    for task, length, scored in (("interp", hopper.WINDOW, slice(0, hopper.WINDOW)),
+                                 ("extrap", hopper.N_STEPS,
+                                  slice(hopper.ENCODER_STEPS_EXTRAP, hopper.N_STEPS))):
+        frame = hopper.load(task=task, n_trajectories=n_trajectories, cache_dir=cache_dir,
+                            progress=False)
+        values = frame[hopper.CHANNELS].to_numpy().reshape(-1, length, len(hopper.CHANNELS))
+        split = frame["split"].to_numpy().reshape(-1, length)[:, 0]
+        train, test = values[split == "train", scored], values[split == "test", scored]
+        out[f"hopper_{task} mean trajectory"] = float(((test - train.mean(0)) ** 2).mean())
+        out[f"hopper_{task} channel means"] = float(((test - train.mean((0, 1))) ** 2).mean())
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``commands`` or ``collect`` (see the module's docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -487,7 +511,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     col.add_argument("--markdown", type=Path, default=None)
     col.add_argument("--runs-csv", type=Path, default=None,
                      help="one row per finished run (readable again as a root)")
+    ref = sub.add_parser("reference", help="test MSE of predictors that read no data")
+    ref.add_argument("--n-trajectories", type=int, default=10_000)
+    ref.add_argument("--cache-dir", default="data/cache")
     args = parser.parse_args(argv)
+    if args.action == "reference":
+        for name, mse in reference(args.n_trajectories, args.cache_dir).items():
+            print(f"{name:<32} test MSE x 10^-2: {100 * mse:.3f}")
+        return 0
     if args.action == "commands":
         lines = commands(args.protocol, args.root,
                          seeds=[int(s) for s in args.seeds.split(",")],

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -397,3 +398,30 @@ def test_hopper_batches_follow_the_paper_protocol(task, seen, scored, tmp_path):
         assert (batch.target_mask.any(-1).sum(1) == scored).all()
         if task == "hopper_extrap":
             assert not batch.encoder_mask[:, 66:].any() and not batch.target_mask[:, :66].any()
+
+
+def test_reference_predictors_read_no_data(monkeypatch):
+    from latentode.data.sources import hopper
+
+    def fake_load(task, n_trajectories, cache_dir, progress):
+        length = hopper.WINDOW if task == "interp" else hopper.N_STEPS
+        level = {"train": [1.0, 3.0], "test": [5.0]}  # constant series; test one at 5
+        rows = []
+        for split, values in level.items():
+            for v in values:
+                ramp = np.linspace(0.0, 1.0, length)[:, None]  # the same ramp in every series
+                block = pd.DataFrame(v + ramp * np.ones((1, len(hopper.CHANNELS))),
+                                     columns=hopper.CHANNELS)
+                block["split"] = split
+                rows.append(block)
+        return pd.concat(rows, ignore_index=True)
+
+    monkeypatch.setattr(hopper, "load", fake_load)
+    ref = paper_table.reference(3)
+    # mean trajectory: 2 + ramp, test 5 + ramp: error 3 everywhere
+    assert ref["hopper_interp mean trajectory"] == pytest.approx(9.0)
+    assert ref["hopper_extrap mean trajectory"] == pytest.approx(9.0)
+    # channel means over the scored steps: the ramp's own spread adds to the error
+    scored = np.linspace(0.0, 1.0, hopper.N_STEPS)[hopper.ENCODER_STEPS_EXTRAP:]
+    expected = ((3.0 + scored - scored.mean()) ** 2).mean()
+    assert ref["hopper_extrap channel means"] == pytest.approx(expected)
