@@ -472,7 +472,6 @@ def reference(n_trajectories: int = 10_000, cache_dir: str = "data/cache") -> di
     """Test MSE (scaled units) of predictors that read no data: the training set's mean
     trajectory (per time step and channel) and its overall mean per channel, on each task's
     scored points. A model at these numbers has learned nothing from its inputs."""
-
     from latentode.data.sources import hopper
 
     out = {}
