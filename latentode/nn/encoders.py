@@ -26,7 +26,7 @@ from latentode.solvers import odeint
 
 from .euler_gru import euler_gru_scan
 from .layers import ODEFunc, mlp
-from .schedule import series_plan
+from .schedule import check_max_step, series_plan
 
 SCHEDULES = ("union", "series")
 
@@ -79,7 +79,8 @@ class MeanStdGRUCell(nn.Module):
 
 
 class _BackwardGRU(nn.Module):
-    """Shared machinery: masked GRU updates walking the union of times from last to first."""
+    """Shared machinery: masked GRU updates walking the times from last to first (the batch's
+    union, or each series' own with ``schedule="series"``)."""
 
     def __init__(self, input_dim: int, latent_dim: int, hidden: int, gru_input: int,
                  z0_units: int, gru_units: int | None = None, std_state: bool = False,
@@ -91,7 +92,7 @@ class _BackwardGRU(nn.Module):
             raise ValueError("max_step splits the gaps of schedule='series'; the union walk "
                              "takes one step per gap of the batch's time points. Set "
                              "schedule='series' or max_step=None.")
-        series_plan(torch.zeros(1), torch.ones(1, 1, dtype=torch.bool), max_step)  # checks it
+        check_max_step(max_step)
         self.schedule, self.max_step = schedule, max_step
         self.hidden, self.std_state = hidden, std_state
         self.state_dim = 2 * hidden if std_state else hidden

@@ -39,6 +39,13 @@ class SeriesPlan:
         return len(self.moves)
 
 
+def check_max_step(max_step: float | None) -> None:
+    """Raise unless ``max_step`` is None or a positive finite number."""
+    if max_step is not None and not (math.isfinite(max_step) and max_step > 0):
+        raise ValueError(f"max_step must be a positive number of time units or None, "
+                         f"got {max_step!r}.")
+
+
 def series_plan(times: torch.Tensor, seen: torch.Tensor, max_step: float | None = None
                 ) -> SeriesPlan:
     """The events of each series of ``seen (B, T)`` over ``times (T,)`` (increasing).
@@ -46,9 +53,7 @@ def series_plan(times: torch.Tensor, seen: torch.Tensor, max_step: float | None 
     ``max_step``: longest move; a longer gap is split into ``ceil(gap / max_step)`` equal
     moves (None: one move per gap). A series without observations has no events.
     """
-    if max_step is not None and not (math.isfinite(max_step) and max_step > 0):
-        raise ValueError(f"max_step must be a positive number of time units or None, "
-                         f"got {max_step!r}.")
+    check_max_step(max_step)
     t = times.detach().cpu().double().numpy()
     observed = seen.detach().cpu().numpy()
     batch = observed.shape[0]
