@@ -468,12 +468,14 @@ def collect(roots: Sequence[Path], csv_path: Path | None = None,
 # ----------------------------------------------------------------------------- reference
 
 
-def reference(n_trajectories: int = 10_000, cache_dir: str = "data/cache") -> dict[str, float]:
+def reference(n_trajectories: int = 10_000, cache_dir: str | None = None) -> dict[str, float]:
     """Test MSE (scaled units) of predictors that read no data: the training set's mean
     trajectory (per time step and channel) and its overall mean per channel, on each task's
-    scored points. A model at these numbers has learned nothing from its inputs."""
+    scored points. A model at these numbers has learned nothing from its inputs. ``cache_dir``:
+    the source's (default ``data/cache``)."""
     from latentode.data.sources import hopper
 
+    cache_dir = hopper.DEFAULT_CACHE_DIR if cache_dir is None else cache_dir
     out = {}
     for task, length, scored in (("interp", hopper.WINDOW, slice(0, hopper.WINDOW)),
                                  ("extrap", hopper.N_STEPS,
@@ -512,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="one row per finished run (readable again as a root)")
     ref = sub.add_parser("reference", help="test MSE of predictors that read no data")
     ref.add_argument("--n-trajectories", type=int, default=10_000)
-    ref.add_argument("--cache-dir", default="data/cache")
+    ref.add_argument("--cache-dir", default=None, help="default: the hopper source's")
     args = parser.parse_args(argv)
     if args.action == "reference":
         for name, mse in reference(args.n_trajectories, args.cache_dir).items():

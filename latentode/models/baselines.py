@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from latentode.nn import RNNEncoder, mlp
-from latentode.nn.encoders import MeanStdGRUCell, MLPGRUCell
+from latentode.nn.encoders import gru_cell
 from latentode.nn.layers import ODEFunc
 from latentode.solvers import odeint
 
@@ -52,11 +52,6 @@ def iwae_terms(
         "mse": sq.sum() / mask.sum().clamp_min(1),
         "pred": pred,
     }
-
-
-def gru_cell(n_in: int, hidden: int, units: int | None) -> nn.Module:
-    """A plain ``nn.GRUCell``, or the paper code's MLP-gated cell when ``units`` is given."""
-    return nn.GRUCell(n_in, hidden) if units is None else MLPGRUCell(n_in, hidden, units)
 
 
 def decoder(hidden: int, out: int, units: int, layers: int) -> nn.Module:
@@ -218,8 +213,7 @@ class ODERNN(_Deterministic):
         self.input_dim, self.latents, self.std_state = input_dim, latents, std_state
         self.state_dim = 2 * latents if std_state else latents
         self.ode = ODEFunc(latents, ode_units, ode_layers)
-        self.cell = (MeanStdGRUCell(2 * input_dim, latents, gru_units or 100) if std_state
-                     else gru_cell(2 * input_dim, latents, gru_units))
+        self.cell = gru_cell(2 * input_dim, latents, gru_units, std_state)
         self.out = decoder(latents, input_dim, dec_units, dec_layers)
         self.obs_std, self.n_samples = obs_std, n_samples
         self.solver = {"method": "euler", **(solver or {})}

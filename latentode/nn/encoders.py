@@ -78,6 +78,16 @@ class MeanStdGRUCell(nn.Module):
         return torch.cat([mean, std], -1)
 
 
+def gru_cell(n_in: int, hidden: int, units: int | None = None, std_state: bool = False
+             ) -> nn.Module:
+    """The recurrent update: a plain ``nn.GRUCell``; the paper code's MLP-gated cell when
+    ``units`` is given; its mean-and-std cell (state ``2 * hidden``, ``units`` default 100)
+    with ``std_state``."""
+    if std_state:
+        return MeanStdGRUCell(n_in, hidden, units or 100)
+    return nn.GRUCell(n_in, hidden) if units is None else MLPGRUCell(n_in, hidden, units)
+
+
 class _BackwardGRU(nn.Module):
     """Shared machinery: masked GRU updates walking the times from last to first (the batch's
     union, or each series' own with ``schedule="series"``)."""
@@ -96,12 +106,7 @@ class _BackwardGRU(nn.Module):
         self.schedule, self.max_step = schedule, max_step
         self.hidden, self.std_state = hidden, std_state
         self.state_dim = 2 * hidden if std_state else hidden
-        if std_state:
-            self.cell: nn.Module = MeanStdGRUCell(gru_input, hidden, gru_units or 100)
-        elif gru_units is None:
-            self.cell = nn.GRUCell(gru_input, hidden)
-        else:
-            self.cell = MLPGRUCell(gru_input, hidden, gru_units)
+        self.cell = gru_cell(gru_input, hidden, gru_units, std_state)
         self.to_z0 = mlp(self.state_dim, 2 * latent_dim, z0_units, 1)
 
     def evolve(self, h: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
