@@ -14,6 +14,10 @@ shape); the parity test's model draws it per series instead (``SeriesNoiseLatent
 everything runs in float64 with a fixed-step solver, so parity is exact up to rounding. The
 optimiser is plain SGD: Adamax's per-parameter normalisation would hide gradients that are off
 by a constant factor (e.g. averaged with a process that sent zeros).
+
+Where a CUDA device exists the parity test runs on it too: two processes that share the one GPU
+(two "nodes" of one device each, gloo all-reducing CUDA tensors; NCCL refuses two ranks on one
+GPU) against one process on that GPU, and ``latentode-train trainer=ddp`` (NCCL) trains there.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from hydra import compose, initialize_config_dir
+from lightning.pytorch.strategies import DDPStrategy
 
 from latentode.cli import config_dir
 from latentode.data import Interpolation, LatentODEDataModule, load_dataset
@@ -51,6 +56,7 @@ MODES = ("backprop", "adjoint", "checkpoint")
 WORLD = 2
 PER_PROCESS = 2  # series per process and step; the single process takes WORLD * PER_PROCESS
 STAGES = {"train": 1, "val": 2, "test": 3}
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 # ------------------------------------------------------------------------------ the pieces
@@ -85,7 +91,7 @@ class SeriesNoiseLatentODE(LatentODE):
             torch.randn((n, mean.shape[-1]), dtype=mean.dtype,
                         generator=torch.Generator().manual_seed(stream_seed(*self.noise_key, i)))
             for i in self.series
-        ], 1)
+        ], 1).to(mean.device)
         z0 = mean + std * eps
         z = self.latent_paths(z0, times if pred_times is None else pred_times)
         out = LatentODEOutput(self.decoder(z), mean, std)
@@ -110,7 +116,7 @@ class SeriesNoiseLightning(LatentODELightning):
         return super()._terms(stage, batch, batch_idx, kl_weight, n_samples)
 
     def on_after_backward(self) -> None:  # after DDP's all-reduce
-        self.grads.append({name: p.grad.detach().clone()
+        self.grads.append({name: p.grad.detach().cpu().clone()
                            for name, p in self.named_parameters() if p.grad is not None})
 
 
@@ -132,17 +138,26 @@ def _compose(overrides: list[str]):
         return compose(config_name="train", overrides=overrides)
 
 
-def _fit(gradient: str, processes: int) -> dict:
-    """Train 2 epochs (4 steps) and test; what the parity test compares, from this process.
-    Two processes run with the placement of ``trainer=ddp_cpu``."""
+def _placement(accelerator: str, processes: int) -> dict:
+    """Trainer placement: one process, ``trainer=ddp_cpu``'s two CPU processes, or on the GPU
+    two processes sharing device 0 as two one-device nodes (gloo, which takes CUDA tensors)."""
+    if processes == 1:
+        return {"accelerator": accelerator, "devices": 1}
+    if accelerator == "gpu":
+        return {"accelerator": "gpu", "devices": 1, "num_nodes": processes,
+                "strategy": DDPStrategy(process_group_backend="gloo")}
+    config = _compose(["trainer=ddp_cpu"]).trainer
+    placement = {k: config[k] for k in ("accelerator", "devices", "num_nodes", "strategy")}
+    assert placement["devices"] == processes
+    return placement
+
+
+def _fit(gradient: str, processes: int, accelerator: str = "cpu") -> dict:
+    """Train 2 epochs (4 steps) and test; what the parity test compares, from this process."""
     module = _module(gradient)
     initial = {k: v.detach().clone().double() for k, v in module.state_dict().items()}
     dm = _datamodule(PER_PROCESS * WORLD // processes)
-    placement = {"accelerator": "cpu", "devices": 1}
-    if processes > 1:
-        config = _compose(["trainer=ddp_cpu"]).trainer
-        placement = {k: config[k] for k in ("accelerator", "devices", "num_nodes", "strategy")}
-        assert placement["devices"] == processes
+    placement = _placement(accelerator, processes)
     trainer = L.Trainer(
         **placement, precision="64-true", max_epochs=2, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -153,21 +168,22 @@ def _fit(gradient: str, processes: int) -> dict:
     tested = trainer.test(module, datamodule=dm, verbose=False)[0]
     return {
         "initial": initial,
-        "final": {k: v.detach().clone() for k, v in module.state_dict().items()},
+        "final": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()},
         "grads": module.grads, "seen": module.seen, "metrics": {**fitted, **tested},
         "rank": trainer.global_rank, "world": trainer.world_size,
     }
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _worker(rank: int, port: int, out: str, accelerator: str = "cpu") -> None:
     """One of two processes started as torchrun would (Lightning's ``ddp`` then launches
     nothing and joins the group, as in the processes it starts itself): every gradient mode in
-    turn, in one launch."""
+    turn, in one launch. On the GPU each process is a node of its own (see ``_placement``)."""
+    local, node = (0, rank) if accelerator == "gpu" else (rank, 0)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD),
-                      RANK=str(rank), LOCAL_RANK=str(rank), NODE_RANK="0")
+                      RANK=str(rank), LOCAL_RANK=str(local), NODE_RANK=str(node))
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")  # the parent's pytest filters do not reach this process
-    results = {mode: _fit(mode, WORLD) for mode in MODES}
+    results = {mode: _fit(mode, WORLD, accelerator) for mode in MODES}
     torch.save(results, Path(out) / f"rank{rank}.pt")
 
 
@@ -178,31 +194,57 @@ def _free_port() -> int:
 
 
 # ------------------------------------------------------------------------------ fixtures
+def _launch(out: Path, accelerator: str) -> list[dict]:
+    """Both processes' results of a 2-process DDP run of every gradient mode (one launch)."""
+    mp.start_processes(_worker, args=(_free_port(), str(out), accelerator), nprocs=WORLD,
+                       join=True, start_method="spawn")
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def _single(accelerator: str) -> dict[str, dict]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {mode: _fit(mode, 1, accelerator) for mode in MODES}
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory) -> list[dict]:
-    """Both processes' results of a 2-process DDP run of every gradient mode (one launch)."""
-    out = tmp_path_factory.mktemp("ddp")
-    mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True,
-                       start_method="spawn")
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return _launch(tmp_path_factory.mktemp("ddp"), "cpu")
 
 
 @pytest.fixture(scope="module")
 def single_runs() -> dict[str, dict]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return {mode: _fit(mode, 1) for mode in MODES}
-    finally:
-        torch.set_num_threads(threads)
+    return _single("cpu")
+
+
+@pytest.fixture(scope="module")
+def ddp_runs_gpu(tmp_path_factory) -> list[dict]:
+    return _launch(tmp_path_factory.mktemp("ddp_gpu"), "gpu")
+
+
+@pytest.fixture(scope="module")
+def single_runs_gpu() -> dict[str, dict]:
+    return _single("gpu")
 
 
 # ------------------------------------------------------------------------------ parity
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("gradient", MODES)
 def test_two_processes_train_as_one(gradient, ddp_runs, single_runs):
-    single = single_runs[gradient]
-    ranks = [run[gradient] for run in ddp_runs]
+    _check_parity(gradient, single_runs[gradient], [run[gradient] for run in ddp_runs])
+
+
+@cuda
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("gradient", MODES)
+def test_two_processes_on_a_gpu_train_as_one(gradient, ddp_runs_gpu, single_runs_gpu):
+    _check_parity(gradient, single_runs_gpu[gradient], [run[gradient] for run in ddp_runs_gpu])
+
+
+def _check_parity(gradient: str, single: dict, ranks: list[dict]) -> None:
     assert [r["rank"] for r in ranks] == [0, 1] and {r["world"] for r in ranks} == {WORLD}
     assert single["world"] == 1
 
@@ -328,21 +370,27 @@ def test_ddp_configs_compose():
     assert cpu.max_epochs == _compose([]).trainer.max_epochs  # the rest is trainer/default
 
 
+def _train_cli(run: Path, *overrides: str) -> str:
+    """Runs ``latentode-train`` on tiny data into ``run``; its output."""
+    script = Path(sys.executable).parent / "latentode-train"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "latentode.cli.train"]
+    tiny = ["trainer.max_epochs=1", "data.dataset.n_series=24", "data.dataset.n_points=30",
+            "data.batch_size=4", "model.gen_units=8", "model.encoder.hidden=6",
+            "model.encoder.z0_units=8", "plots.n_series=1", "plots.n_samples=2",
+            "callbacks.progress_bar.refresh_rate=0", "trainer.log_every_n_steps=1", "solver=rk4",
+            f"hydra.run.dir={run}"]
+    result = subprocess.run([*command, *tiny, *overrides], capture_output=True, text=True,
+                            timeout=300, cwd=run.parent)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    return output
+
+
 def test_console_script_trains_with_ddp_cpu(tmp_path):
     """``latentode-train trainer=ddp_cpu``: Lightning re-runs the command for rank 1 in the same
     Hydra run directory; the two processes train and test together."""
-    script = Path(sys.executable).parent / "latentode-train"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "latentode.cli.train"]
     run = tmp_path / "run"
-    overrides = ["trainer=ddp_cpu", "trainer.max_epochs=1", "data.dataset.n_series=24",
-                 "data.dataset.n_points=30", "data.batch_size=4", "model.gen_units=8",
-                 "model.encoder.hidden=6", "model.encoder.z0_units=8", "plots.n_series=1",
-                 "plots.n_samples=2", "callbacks.progress_bar.refresh_rate=0",
-                 "trainer.log_every_n_steps=1", "solver=rk4", f"hydra.run.dir={run}"]
-    result = subprocess.run([*command, *overrides], capture_output=True, text=True,
-                            timeout=300, cwd=tmp_path)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-5000:]
+    output = _train_cli(run, "trainer=ddp_cpu")
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in output
     assert (run / ".hydra" / "config.yaml").is_file()
     assert (run / "checkpoints" / "last.ckpt").is_file()
@@ -352,3 +400,17 @@ def test_console_script_trains_with_ddp_cpu(tmp_path):
     assert any(r.get("train/loss_epoch") for r in rows) and any(r.get("val/mse") for r in rows)
     metrics = json.loads((run / "test_metrics.json").read_text())["metrics"]
     assert {"test/loss", "test/mse"} <= set(metrics)
+
+
+@cuda
+def test_console_script_trains_with_ddp_on_a_gpu(tmp_path):
+    """``latentode-train trainer=ddp`` (NCCL) on one GPU trains as ``trainer=gpu`` does."""
+    metrics = {}
+    for name in ("gpu", "ddp"):
+        run = tmp_path / name
+        _train_cli(run, f"trainer={name}", "trainer.devices=1")
+        metrics[name] = json.loads((run / "test_metrics.json").read_text())["metrics"]
+        assert (run / "checkpoints" / "last.ckpt").is_file()
+    for key, value in metrics["gpu"].items():
+        assert np.isfinite(value), key
+        assert metrics["ddp"][key] == pytest.approx(value, rel=1e-3, abs=1e-6), key
