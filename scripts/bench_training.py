@@ -86,7 +86,8 @@ HOPPER = {
 """Hopper protocols (issue #7): time per epoch and test MSE in the source's scaled units."""
 
 
-def paper_hopper(task: str, overrides: list[str], fraction: float) -> tuple[str, float | None]:
+def paper_hopper(task: str, overrides: list[str],
+                 fraction: float | None) -> tuple[str, float | None]:
     """The model preset of the run (``model=`` of the overrides, else the experiment's latent
     ODE) and the paper's Table 3 test MSE for its cell (scripts/paper_table.py's table)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -94,7 +95,7 @@ def paper_hopper(task: str, overrides: list[str], fraction: float) -> tuple[str,
 
     preset = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")),
                   "hopper_latent_ode")
-    value = PAPER.get((preset, task, round(fraction, 6)))
+    value = None if fraction is None else PAPER.get((preset, task, round(fraction, 6)))
     return preset, None if value is None else value / 100
 
 
@@ -106,6 +107,7 @@ class TestEveryEpoch(L.Callback):
         self.scale = scale
         self.averaging: WeightAveraging | None = None
         self.train_seconds: list[float] = []  # per epoch, evaluations excluded
+        self.device = "cpu"  # where training ran (Lightning moves the module back after fit)
         self.epoch_start = 0.0
         self.rows: list[tuple[int, float, float, float]] = []
         self.start = time.perf_counter()
@@ -145,6 +147,7 @@ class TestEveryEpoch(L.Callback):
     def on_train_epoch_end(self, trainer, module) -> None:
         _sync(module)  # GPU work is asynchronous: time what has run, not what was queued
         self.train_seconds.append(time.perf_counter() - self.epoch_start)
+        self.device = str(module.device)
         epoch = trainer.current_epoch + 1
         if epoch % self.every and epoch != trainer.max_epochs:
             return
@@ -203,15 +206,16 @@ def main() -> None:
     per_epoch = statistics.median(recorder.train_seconds)
     print(f"\ntraining time per epoch (median, evaluations excluded): {per_epoch:.2f} s "
           f"(each: {' '.join(f'{t:.2f}' for t in recorder.train_seconds)}; "
-          f"{trainer.num_training_batches} batches, device {module.device})")
+          f"{trainer.num_training_batches} batches, device {recorder.device})")
     if args.protocol == "periodic":
         periodic_summary(recorder.rows)
     else:
-        fraction = float(cfg.observed_fraction)
+        fraction = cfg.observed_fraction  # null in extrapolation: the encoder sees all 66
         preset, paper = paper_hopper(args.protocol, args.overrides, fraction)
+        seen = "all points" if fraction is None else f"{float(fraction):.0%}"
         epoch, elapsed, sample, _ = recorder.rows[-1]
         n_train = len(datamodule.splits["train"])
-        print(f"{args.protocol}, {preset}, {fraction:.0%} observed, {n_train} training series: "
+        print(f"{args.protocol}, {preset}, {seen} observed, {n_train} training series: "
               f"test MSE {sample:.3e} after {epoch} epochs ({elapsed:.0f} s)"
               + (f"; paper (10,000 trajectories, 300 epochs): {paper:.3e}" if paper else ""))
 
