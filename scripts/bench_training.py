@@ -16,7 +16,8 @@ includes those evaluations. ``~callbacks.ema`` evaluates the raw weights. Two MS
 - ``mse/mean``: the MSE of the mean of those samples (what ``latentode-train`` logs).
 
 The paper code's numbers are the reference measured for issue #4 on this kind of 2-core machine
-with one thread (we cannot run that code offline): 0.029 after 50 epochs (230 s), ~0.005 after 90
+with one thread (``scripts/bench_paper_code.py`` times that code per epoch on any machine, given a
+checkout of it): 0.029 after 50 epochs (230 s), ~0.005 after 90
 epochs (440 s), 0.0036 after 200 epochs (1025 s). Targets: <= 0.005 within 120 s, <= 0.0036 at
 the end of the recipe.
 
