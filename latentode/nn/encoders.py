@@ -13,6 +13,10 @@ a zero mask can change nothing.
 series through the batch's union of time points; ``"series"`` steps each series through its own
 observations only (:mod:`latentode.nn.schedule`), which is the union walk of each series alone
 and is much shorter when series are sparse and unaligned (ICU records).
+
+``cuda_graph=True`` (union walk only) records the training forward and backward on a GPU as CUDA
+graphs, one per batch shape, and replays them (:mod:`latentode.nn.graphs`): the same numbers,
+without launching thousands of small kernels from Python at every step.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch import nn
 from latentode.solvers import odeint
 
 from .euler_gru import euler_gru_scan
+from .graphs import GraphCache
 from .layers import ODEFunc, mlp
 from .schedule import check_max_step, series_plan
 
@@ -94,8 +99,13 @@ class _BackwardGRU(nn.Module):
 
     def __init__(self, input_dim: int, latent_dim: int, hidden: int, gru_input: int,
                  z0_units: int, gru_units: int | None = None, std_state: bool = False,
-                 schedule: str = "union", max_step: float | None = None):
+                 schedule: str = "union", max_step: float | None = None,
+                 cuda_graph: bool = False):
         super().__init__()
+        if cuda_graph and schedule != "union":
+            raise ValueError("cuda_graph records the union walk (schedule='union'); the series "
+                             "walk's steps change with every batch. Set cuda_graph=false or "
+                             "schedule='union'.")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}.")
         if max_step is not None and schedule != "series":
@@ -108,6 +118,20 @@ class _BackwardGRU(nn.Module):
         self.state_dim = 2 * hidden if std_state else hidden
         self.cell = gru_cell(gru_input, hidden, gru_units, std_state)
         self.to_z0 = mlp(self.state_dim, 2 * latent_dim, z0_units, 1)
+        self.cuda_graph = cuda_graph
+
+    @property
+    def _graphs(self) -> GraphCache:
+        """The recorded CUDA graphs (made on first use; not copied or pickled with the model)."""
+        cache = self.__dict__.get("_graph_cache")
+        if cache is None:
+            cache = self.__dict__["_graph_cache"] = GraphCache(self, self._static_z0)
+        return cache
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_graph_cache", None)  # CUDA graphs neither copy nor pickle
+        return state
 
     def evolve(self, h: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
         return h
@@ -124,26 +148,51 @@ class _BackwardGRU(nn.Module):
     def forward(
         self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, length, _ = values.shape
         mask = mask.to(values.dtype)
+        if self.cuda_graph and values.is_cuda and self.training and torch.is_grad_enabled():
+            mean, std = self._graphs(times, values, mask)
+            return mean, std
         seen = mask.amax(-1) > 0  # (B, T): a series has an observation at this time
         if self.schedule == "series":
             return self._z0(self._walk_series(times, values, mask, seen))
         if self._fused_euler_gru:
             return self._z0(self._fused(times, values, mask, seen))
+        return self._z0(self._walk_union(times, values, mask, seen))
+
+    def _walk_union(self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                    seen: torch.Tensor, static: bool = False) -> torch.Tensor:
+        """Every series through the batch's union of time points, last to first.
+
+        Time points no series observes are skipped, and gaps of zero length; the test is one
+        host synchronisation for the whole walk (one per time point stalls a GPU). ``static``
+        visits every point and gap instead, with the same result (an update no series takes
+        is masked out, a zero-length Euler step adds ``0 * f``): a walk whose kernels depend on
+        the shapes only, which a CUDA graph can record.
+        """
+        batch, length, _ = values.shape
+        if static:
+            moving = updating = [True] * length
+        else:
+            flags = torch.cat([times[1:] != times[:-1], seen.any(0)]).tolist()
+            moving, updating = flags[: length - 1], flags[length - 1 :]
         h = values.new_zeros(batch, self.state_dim)
         last = times[-1].expand(batch)  # time of each series' previous (later) observation
         for i in range(length - 1, -1, -1):
-            if i < length - 1:
+            if i < length - 1 and moving[i]:
                 h = self.evolve(h, times[i + 1], times[i])
-            update = seen[:, i]
-            if not bool(update.any()):
+            if not updating[i]:
                 continue
+            update = seen[:, i]
             gap = (last - times[i]).unsqueeze(-1)
             h_new = self.cell(self.step_input(values[:, i], mask[:, i], gap), h)
             h = torch.where(update.unsqueeze(-1), h_new, h)
             last = torch.where(update, times[i].expand(batch), last)
-        return self._z0(h)
+        return h
+
+    def _static_z0(self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``q(z0)`` by the static union walk (what ``cuda_graph`` records)."""
+        return self._z0(self._walk_union(times, values, mask, mask.amax(-1) > 0, static=True))
 
     def _walk_series(self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
                      seen: torch.Tensor) -> torch.Tensor:
@@ -191,9 +240,10 @@ class RNNEncoder(_BackwardGRU):
     """GRU over ``[values, mask, gap since the series' next observation]``, backwards in time."""
 
     def __init__(self, input_dim: int, latent_dim: int, hidden: int = 40, z0_units: int = 100,
-                 gru_units: int | None = None, schedule: str = "union"):
+                 gru_units: int | None = None, schedule: str = "union",
+                 cuda_graph: bool = False):
         super().__init__(input_dim, latent_dim, hidden, 2 * input_dim + 1, z0_units, gru_units,
-                         schedule=schedule)
+                         schedule=schedule, cuda_graph=cuda_graph)
 
     def step_input(
         self, values: torch.Tensor, mask: torch.Tensor, gap: torch.Tensor
@@ -217,12 +267,17 @@ class ODERNNEncoder(_BackwardGRU):
         self, input_dim: int, latent_dim: int, hidden: int = 40, ode_units: int = 100,
         ode_layers: int = 1, z0_units: int = 100, solver: dict[str, Any] | None = None,
         gru_units: int | None = None, std_state: bool = False, schedule: str = "union",
-        max_step: float | None = None,
+        max_step: float | None = None, cuda_graph: bool = False,
     ):
         super().__init__(input_dim, latent_dim, hidden, 2 * input_dim, z0_units, gru_units,
-                         std_state, schedule, max_step)
+                         std_state, schedule, max_step, cuda_graph)
         self.ode = ODEFunc(hidden, ode_units, ode_layers)
         self.solver = {"method": "euler", **(solver or {})}
+        if cuda_graph and not self._single_euler_step:
+            raise ValueError(
+                f"cuda_graph records one Euler step per gap (the encoder's default solver); "
+                f"the solver options {dict(self.solver)} take a number of steps that depends on "
+                f"the data. Use solver={{'method': 'euler'}} or cuda_graph=false.")
         if schedule == "series" and not self._single_euler_step:
             raise ValueError(
                 f"schedule='series' takes Euler steps of each series' own length; it cannot use "
@@ -236,8 +291,6 @@ class ODERNNEncoder(_BackwardGRU):
         return h + dt.unsqueeze(-1) * self.ode(dt, h)
 
     def evolve(self, h: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
-        if bool(t_from == t_to):
-            return h
         if self.std_state:  # the ODE moves the mean; the std waits for the next observation
             mean, std = h.split(self.hidden, -1)
             return torch.cat([self._flow(mean, t_from, t_to), std], -1)
