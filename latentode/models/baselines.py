@@ -69,6 +69,7 @@ class _Series:
     seen: torch.Tensor  # (B, T) bool: any visible channel
     last_seen: torch.Tensor  # (B,) index of the last visible time point (-1: none)
     last: torch.Tensor  # (B,) time of each series' latest state update
+    steps: list[bool]  # (T,) whether any series sees a point there (one host sync per batch)
 
     @classmethod
     def of(cls, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> _Series:
@@ -77,7 +78,7 @@ class _Series:
         last_seen = torch.where(seen, index, -1).amax(-1)
         maskf = mask.to(values.dtype)
         return cls(times, torch.where(mask, values, 0.0), maskf, seen, last_seen,
-                   times[0].expand(values.shape[0]))
+                   times[0].expand(values.shape[0]), seen.any(0).tolist())
 
 
 class _Recurrent(nn.Module):
@@ -247,9 +248,9 @@ class ODERNN(_Deterministic):
     def update(self, h: torch.Tensor, pred: torch.Tensor, k: int, data: _Series | None
                ) -> torch.Tensor:
         assert data is not None
-        seen = data.seen[:, k]
-        if not bool(seen.any()):
+        if not data.steps[k]:
             return h
+        seen = data.seen[:, k]
         x = torch.cat([data.values[:, k], data.mask[:, k]], -1)
         return torch.where(seen.unsqueeze(-1), self.cell(x, h), h)
 
