@@ -8,6 +8,8 @@
 # dm_control==1.0.50 dm-env dm-tree glfw` minus mujoco/experimental and dm_control/locomotion,
 # which the hopper does not use, to fit the 64 MiB carry). PAPER_DIR (default .dev/papercode):
 # a copy of github.com/YuliaRubanova/latent_ode's .py files for the paper-code timing.
+# STEPS: space-separated step names to run (default: all, in the order below), e.g.
+# STEPS="graph_tests graph_bench data lode_interp_graph" bash scripts/gpu_check.sh
 set -u
 START=$(date +%s); DEADLINE=${DEADLINE:-530}
 SITE=${SITE:-.dev/site}; PAPER_DIR=${PAPER_DIR:-.dev/papercode}
@@ -17,6 +19,7 @@ LOG=$OUT/log.txt
 left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
 step() {  # step NEED LIMIT name cmd...
   local need=$1 limit=$2 name=$3; shift 3
+  if [[ -n "${STEPS:-}" && " $STEPS " != *" $name "* ]]; then return; fi
   local l; l=$(left)
   if (( l < need )); then echo "### SKIP $name (left ${l}s < ${need}s)"; return; fi
   (( limit > l )) && limit=$l
@@ -33,8 +36,17 @@ FULL="data.dataset.n_trajectories=10000 trainer=gpu seed=1"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch,lightning,hydra,sys;print(sys.version.split()[0], torch.__version__, lightning.__version__, hydra.__version__, torch.cuda.get_device_name())"
 nproc
+step 60 150 graph_tests python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py
+step 20 60 graph_sync_test python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py -k never_wait
+step 30 120 graph_bench python3 scripts/bench_cuda_graph.py
+step 30 90 graph_bench_rnn python3 scripts/bench_cuda_graph.py model=hopper_latent_ode_rnn
 step 30 60 solver_tests python3 -m pytest -q -p no:cacheprovider tests/test_solver_cuda.py
 step 30 90 data python3 -c "from latentode.data.sources import hopper; x = hopper.generate(progress=False); print(x.shape)"
+step 60 150 lode_interp_graph $B --protocol hopper_interp --epochs 2 --every 1 $FULL model.encoder.cuda_graph=true
+step 50 120 lode_extrap_graph $B --protocol hopper_extrap --epochs 1 --every 1 $FULL observed_fraction=0.1 model.encoder.cuda_graph=true
+step 40 90 lode_rnn_graph $B --protocol hopper_interp --epochs 1 --every 1 $FULL model=hopper_latent_ode_rnn model.encoder.cuda_graph=true
+step 50 120 odernn_full $B --protocol hopper_interp --epochs 1 --every 1 $FULL model=hopper_odernn
+step 100 200 lode_interp_graph5 $B --protocol hopper_interp --epochs 5 --every 1 $FULL model.encoder.cuda_graph=true
 step 60 150 lode_interp $B --protocol hopper_interp --epochs 2 --every 2 $FULL
 step 60 150 paper_interp python3 scripts/bench_paper_code.py --paper-dir "$PAPER_DIR" --stop-after 1 -- -n 10000 -s 0.1 -l 15 --dataset hopper --latent-ode --rec-dims 30 --gru-units 100 --units 300 --gen-layers 3 --rec-layers 3 --random-seed 1
 step 60 200 ddp_tests python3 -m pytest -q -p no:cacheprovider tests/test_ddp.py -k gpu

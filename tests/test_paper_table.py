@@ -214,6 +214,9 @@ def test_printed_commands_compose(protocol, tmp_path):
         else:
             assert cfg.data.dataset.n_trajectories == 10_000 and cfg.trainer.max_epochs == 300
             assert cfg.trainer.accelerator == "gpu"
+        graphed = protocol == "full" and cfg.model._target_ == "latentode.models.LatentODE"
+        assert ("model.encoder.cuda_graph=true" in overrides) == graphed
+        assert paper_table.protocol_of(overrides) == tuple(sorted(paper_table.PROTOCOLS[protocol]))
 
 
 # -- collector on a synthetic tree -------------------------------------------------------------
