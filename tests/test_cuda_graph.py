@@ -188,3 +188,12 @@ def test_static_walk_and_replays_never_wait_for_the_gpu():
         (mean.sum() + std.sum()).backward()
     finally:
         torch.cuda.set_sync_debug_mode(previous)
+
+
+def test_mixed_precision_autocast_is_refused_with_advice(monkeypatch):
+    """Under CUDA autocast with its cache (Lightning's 16-mixed / bf16-mixed) recording would
+    freeze casted weights: a clear error instead of torch's."""
+    encoder = ENCODERS["odernn-std"](cuda_graph=True)
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda *a: True)
+    with pytest.raises(RuntimeError, match=r"32-bit precision or set model\.encoder\.cuda_graph"):
+        encoder._graphs(*_batch())

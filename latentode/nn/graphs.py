@@ -53,6 +53,11 @@ class GraphCache:
         return len(self._graphs)
 
     def __call__(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if torch.is_autocast_enabled("cuda") and torch.is_autocast_cache_enabled():
+            raise RuntimeError(
+                "cuda_graph cannot record under mixed-precision autocast (e.g. "
+                "trainer.precision=16-mixed or bf16-mixed), whose weight cast cache a graph "
+                "would freeze: train in 32-bit precision or set model.encoder.cuda_graph=false.")
         params = tuple(p.data_ptr() for p in self.owner.parameters())
         if params != self._params:  # moved or replaced: the recorded addresses are stale
             self._graphs.clear()
