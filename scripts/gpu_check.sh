@@ -40,11 +40,14 @@ step 60 150 graph_tests python3 -m pytest -q -p no:cacheprovider tests/test_cuda
 step 20 60 graph_sync_test python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py -k never_wait
 step 30 120 graph_bench python3 scripts/bench_cuda_graph.py
 step 30 90 graph_bench_rnn python3 scripts/bench_cuda_graph.py model=hopper_latent_ode_rnn
+step 40 120 odernn_graph_tests python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py -k odernn
+step 30 90 odernn_graph_bench python3 scripts/bench_cuda_graph.py model=hopper_odernn
 step 30 60 solver_tests python3 -m pytest -q -p no:cacheprovider tests/test_solver_cuda.py
 step 30 90 data python3 -c "from latentode.data.sources import hopper; x = hopper.generate(progress=False); print(x.shape)"
 step 60 150 lode_interp_graph $B --protocol hopper_interp --epochs 2 --every 1 $FULL model.encoder.cuda_graph=true
 step 50 120 lode_extrap_graph $B --protocol hopper_extrap --epochs 1 --every 1 $FULL observed_fraction=0.1 model.encoder.cuda_graph=true
 step 40 90 lode_rnn_graph $B --protocol hopper_interp --epochs 1 --every 1 $FULL model=hopper_latent_ode_rnn model.encoder.cuda_graph=true
+step 50 120 odernn_graph $B --protocol hopper_interp --epochs 1 --every 1 $FULL model=hopper_odernn model.cuda_graph=true
 step 50 120 odernn_full $B --protocol hopper_interp --epochs 1 --every 1 $FULL model=hopper_odernn
 step 100 200 lode_interp_graph5 $B --protocol hopper_interp --epochs 5 --every 1 $FULL model.encoder.cuda_graph=true
 step 60 150 lode_interp $B --protocol hopper_interp --epochs 2 --every 2 $FULL

@@ -96,7 +96,7 @@ GRID_KEYS = {"experiment", "model", "observed_fraction", "data.task.fraction",
 NEUTRAL_PREFIXES = ("hydra", "paths", "trainer.accelerator", "trainer.devices", "trainer.strategy",
                     "trainer.enable_progress_bar", "data.num_workers", "data.dataset.cache_dir",
                     "data.dataset.progress", "callbacks", "logger", "plots", "threads",
-                    "task_name", "model.encoder.cuda_graph")
+                    "task_name", "model.encoder.cuda_graph", "model.cuda_graph")
 """Overrides that do not change a run's result (where it runs, what it writes, how the GPU is
 driven: ``cuda_graph`` replays the same kernels, tested equal to eager)."""
 NEUTRAL_KEYS = {"trainer"}  # the trainer group: default (CPU) or gpu

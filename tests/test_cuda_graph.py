@@ -6,16 +6,30 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
-from test_ddp import _train_cli
 
-from latentode.models import LatentODE
+from latentode.models import ODERNN, LatentODE
 from latentode.nn import ODERNNEncoder, RNNEncoder
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+def _train(run: Path, *overrides: str) -> None:
+    """``latentode-train`` on tiny periodic data (one shared grid) into ``run``."""
+    script = Path(sys.executable).parent / "latentode-train"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "latentode.cli.train"]
+    tiny = ["trainer.max_epochs=1", "data.dataset.n_series=24", "data.dataset.n_points=30",
+            "data.batch_size=4", "plots.n_series=1", "plots.n_samples=2",
+            "callbacks.progress_bar.refresh_rate=0", f"hydra.run.dir={run}"]
+    result = subprocess.run([*command, *tiny, *overrides], capture_output=True, text=True,
+                            timeout=300, cwd=run.parent)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+
 
 ENCODERS = {
     "odernn-gru": lambda **kw: ODERNNEncoder(3, 4, hidden=6, ode_units=10, z0_units=8, **kw),
@@ -158,12 +172,20 @@ def test_latent_ode_trains_alike_with_and_without_graphs():
 
 
 @cuda
-def test_console_script_trains_with_cuda_graphs(tmp_path):
-    """``latentode-train trainer=gpu model.encoder.cuda_graph=true`` trains as without."""
+@pytest.mark.parametrize("model", ["latent_ode", "odernn"])
+def test_console_script_trains_with_cuda_graphs(model, tmp_path):
+    """``latentode-train trainer=gpu model.encoder.cuda_graph=true`` (latent ODE) and
+    ``model=odernn model.cuda_graph=true`` train as without."""
+    if model == "latent_ode":
+        key, sizes = "model.encoder.cuda_graph", ["model.gen_units=8", "model.encoder.hidden=6",
+                                                  "model.encoder.z0_units=8", "solver=rk4"]
+    else:
+        key, sizes = "model.cuda_graph", ["model=odernn", "model.latents=6",
+                                          "model.ode_units=8", "model.dec_units=8"]
     metrics = {}
     for name, flag in (("eager", "false"), ("graph", "true")):
         run = tmp_path / name
-        _train_cli(run, "trainer=gpu", f"model.encoder.cuda_graph={flag}")
+        _train(run, "trainer=gpu", *sizes, f"{key}={flag}")
         metrics[name] = json.loads((run / "test_metrics.json").read_text())["metrics"]
     for key, value in metrics["eager"].items():
         assert metrics["graph"][key] == pytest.approx(value, rel=1e-3, abs=1e-6), key
@@ -197,3 +219,58 @@ def test_mixed_precision_autocast_is_refused_with_advice(monkeypatch):
     monkeypatch.setattr(torch, "is_autocast_enabled", lambda *a: True)
     with pytest.raises(RuntimeError, match=r"32-bit precision or set model\.encoder\.cuda_graph"):
         encoder._graphs(*_batch())
+
+
+ODERNNS = {
+    "plain": lambda **kw: ODERNN(3, latents=5, ode_units=10, dec_units=8, **kw),
+    "std": lambda **kw: ODERNN(3, latents=5, ode_units=10, ode_layers=2, gru_units=7,
+                               std_state=True, dec_units=8, **kw),
+}
+
+
+def _odernn_pair(kind: str, device: str = "cpu"):
+    torch.manual_seed(0)
+    plain = ODERNNS[kind]().double().to(device)
+    graphed = ODERNNS[kind](cuda_graph=True).double().to(device)
+    graphed.load_state_dict(plain.state_dict())
+    return plain, graphed
+
+
+@pytest.mark.parametrize("kind", sorted(ODERNNS))
+def test_odernn_static_walk_equals_its_walk(kind):
+    """The ODE-RNN baseline's recorded walk (every point visited) gives its predictions and
+    final state, and their gradients, also at points nobody observes."""
+    model, _ = _odernn_pair(kind)
+    times, values, mask = _batch()
+    out = model(times, values, mask)
+    pred, h = model._graph_fn(times, values, mask)
+    torch.testing.assert_close(pred, out.pred[0], rtol=0, atol=1e-14)
+    torch.testing.assert_close(h[..., : model.latents], out.z0_mean, rtol=0, atol=1e-14)
+    params = list(model.parameters())
+    want = torch.autograd.grad(out.pred.square().sum(), params)
+    got = torch.autograd.grad(pred.square().sum(), params)
+    for a, b in zip(want, got, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="one Euler step per gap"):
+        ODERNN(3, solver={"method": "rk4"}, cuda_graph=True)
+    assert len(_odernn_pair(kind)[1]._graphs) == 0
+
+
+@cuda
+@pytest.mark.parametrize("kind", sorted(ODERNNS))
+def test_odernn_replayed_graph_equals_eager_on_a_gpu(kind):
+    plain, graphed = _odernn_pair(kind, "cuda")
+    for seed in range(3):
+        times, values, mask = _batch(seed, device="cuda")
+        want = plain.loss(times, values, mask, torch.ones_like(mask))
+        got = graphed.loss(times, values, mask, torch.ones_like(mask))
+        torch.testing.assert_close(got["loss"], want["loss"], rtol=1e-12, atol=1e-13)
+        for a, b in zip(torch.autograd.grad(want["loss"], list(plain.parameters())),
+                        torch.autograd.grad(got["loss"], list(graphed.parameters())),
+                        strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert len(graphed._graphs) == 1
+    graphed.eval()  # evaluation (and other prediction times) run eagerly
+    with torch.no_grad():
+        torch.testing.assert_close(graphed(times, values, mask).pred,
+                                   plain(times, values, mask).pred)

@@ -29,6 +29,7 @@ from torch import nn
 
 from latentode.nn import RNNEncoder, mlp
 from latentode.nn.encoders import gru_cell
+from latentode.nn.graphs import Graphable
 from latentode.nn.layers import ODEFunc
 from latentode.solvers import odeint
 
@@ -72,13 +73,17 @@ class _Series:
     steps: list[bool]  # (T,) whether any series sees a point there (one host sync per batch)
 
     @classmethod
-    def of(cls, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> _Series:
+    def of(cls, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+           static: bool = False) -> _Series:
+        """``static``: every point counts as seen by some series (no host sync; updates where
+        nobody sees are masked out, the same result)."""
         seen = mask.any(-1)
         index = torch.arange(len(times), device=times.device).expand_as(seen)
         last_seen = torch.where(seen, index, -1).amax(-1)
         maskf = mask.to(values.dtype)
         return cls(times, torch.where(mask, values, 0.0), maskf, seen, last_seen,
-                   times[0].expand(values.shape[0]), seen.any(0).tolist())
+                   times[0].expand(values.shape[0]),
+                   [True] * len(times) if static else seen.any(0).tolist())
 
 
 class _Recurrent(nn.Module):
@@ -175,11 +180,14 @@ class _Deterministic(_Recurrent):
         data = _Series.of(times, values, encoder_mask)
         h = values.new_zeros(values.shape[0], self.state_dim)
         pred, h = self.walk(h, times, times if pred_times is None else pred_times, data)
+        return self._output(pred, h)
+
+    def _output(self, pred: torch.Tensor, h: torch.Tensor) -> LatentODEOutput:
         h = h[..., : self.latents]
         return LatentODEOutput(pred.unsqueeze(0), h, torch.zeros_like(h))
 
 
-class ODERNN(_Deterministic):
+class ODERNN(Graphable, _Deterministic):
     """Autoregressive ODE-RNN (Rubanova et al. 2019, the "ODE-RNN" baseline).
 
     Forward in time: ``dh/dt = MLP(h)`` between time points, a masked GRU update on
@@ -202,13 +210,16 @@ class ODERNN(_Deterministic):
             the paper code and :class:`~latentode.nn.ODERNNEncoder`.
         std_state: carry ``[mean, std]`` updated by :class:`~latentode.nn.encoders.
             MeanStdGRUCell` (``gru_units``, default 100), as the paper code's ODE_RNN.
+        cuda_graph: on a GPU, replay the training pass (predictions at the data times) from
+            CUDA graphs, one per batch shape (:mod:`latentode.nn.graphs`); one Euler step per
+            gap only.
     """
 
     def __init__(
         self, input_dim: int, latents: int = 20, ode_units: int = 100, ode_layers: int = 1,
         gru_units: int | None = None, dec_units: int = 100, dec_layers: int = 1,
         obs_std: float = 0.01, n_samples: int = 1, solver: dict[str, Any] | None = None,
-        std_state: bool = False,
+        std_state: bool = False, cuda_graph: bool = False,
     ):
         super().__init__()
         self.input_dim, self.latents, self.std_state = input_dim, latents, std_state
@@ -218,6 +229,36 @@ class ODERNN(_Deterministic):
         self.out = decoder(latents, input_dim, dec_units, dec_layers)
         self.obs_std, self.n_samples = obs_std, n_samples
         self.solver = {"method": "euler", **(solver or {})}
+        if cuda_graph and not self._single_euler_step:
+            raise ValueError(
+                f"cuda_graph records one Euler step per gap (the default solver); the solver "
+                f"options {dict(self.solver)} take a number of steps that depends on the data. "
+                f"Use solver={{'method': 'euler'}} or cuda_graph=false.")
+        self.cuda_graph = cuda_graph
+
+    def forward(
+        self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
+        n_samples: int | None = None, pred_times: torch.Tensor | None = None,
+    ) -> LatentODEOutput:
+        if (self.cuda_graph and pred_times is None and values.is_cuda and self.training
+                and torch.is_grad_enabled()):
+            return self._output(*self._graphs(times, values, encoder_mask))
+        return super().forward(times, values, encoder_mask, n_samples, pred_times)
+
+    def _graph_fn(self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictions at every data time and the final state, by a walk whose kernels depend
+        on the shapes only (every point visited): what ``cuda_graph`` records."""
+        data = _Series.of(times, values, mask, static=True)
+        h = values.new_zeros(values.shape[0], self.state_dim)
+        outs = []
+        for k in range(len(times)):
+            if k:
+                h = self.advance(h, times[k - 1], times[k : k + 1])[0]
+            pred = self.readout(h)
+            outs.append(pred)
+            h = self.update(h, pred, k, data)
+        return torch.stack(outs, 1), h
 
     @property
     def _single_euler_step(self) -> bool:

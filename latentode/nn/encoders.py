@@ -29,7 +29,7 @@ from torch import nn
 from latentode.solvers import odeint
 
 from .euler_gru import euler_gru_scan
-from .graphs import GraphCache
+from .graphs import Graphable
 from .layers import ODEFunc, mlp
 from .schedule import check_max_step, series_plan
 
@@ -93,7 +93,7 @@ def gru_cell(n_in: int, hidden: int, units: int | None = None, std_state: bool =
     return nn.GRUCell(n_in, hidden) if units is None else MLPGRUCell(n_in, hidden, units)
 
 
-class _BackwardGRU(nn.Module):
+class _BackwardGRU(Graphable, nn.Module):
     """Shared machinery: masked GRU updates walking the times from last to first (the batch's
     union, or each series' own with ``schedule="series"``)."""
 
@@ -119,19 +119,6 @@ class _BackwardGRU(nn.Module):
         self.cell = gru_cell(gru_input, hidden, gru_units, std_state)
         self.to_z0 = mlp(self.state_dim, 2 * latent_dim, z0_units, 1)
         self.cuda_graph = cuda_graph
-
-    @property
-    def _graphs(self) -> GraphCache:
-        """The recorded CUDA graphs (made on first use; not copied or pickled with the model)."""
-        cache = self.__dict__.get("_graph_cache")
-        if cache is None:
-            cache = self.__dict__["_graph_cache"] = GraphCache(self, self._static_z0)
-        return cache
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.pop("_graph_cache", None)  # CUDA graphs neither copy nor pickle
-        return state
 
     def evolve(self, h: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
         return h
@@ -193,6 +180,8 @@ class _BackwardGRU(nn.Module):
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``q(z0)`` by the static union walk (what ``cuda_graph`` records)."""
         return self._z0(self._walk_union(times, values, mask, mask.amax(-1) > 0, static=True))
+
+    _graph_fn = _static_z0
 
     def _walk_series(self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
                      seen: torch.Tensor) -> torch.Tensor:

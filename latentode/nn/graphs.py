@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -79,3 +80,24 @@ class GraphCache:
                 _Call(self.owner, self.fn), samples, allow_unused_input=True)
             self._graphs[key] = graphed
         return tuple(out.clone() for out in graphed(*args))
+
+
+class Graphable:
+    """Mixin for a module whose training pass ``_graph_fn`` (sync-free, fixed control flow for
+    fixed input shapes) may be replayed from CUDA graphs: ``self._graphs`` is its
+    :class:`GraphCache`, made on first use and left out of copies and pickles."""
+
+    def _graph_fn(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    @property
+    def _graphs(self) -> GraphCache:
+        cache = self.__dict__.get("_graph_cache")
+        if cache is None:
+            cache = self.__dict__["_graph_cache"] = GraphCache(self, self._graph_fn)  # type: ignore[arg-type]
+        return cache
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_graph_cache", None)  # CUDA graphs neither copy nor pickle
+        return state
