@@ -274,3 +274,18 @@ def test_odernn_replayed_graph_equals_eager_on_a_gpu(kind):
     with torch.no_grad():
         torch.testing.assert_close(graphed(times, values, mask).pred,
                                    plain(times, values, mask).pred)
+
+
+def test_cli_suggests_cuda_graph_on_a_gpu_where_it_applies():
+    from latentode.cli.train import cuda_graph_hint
+
+    lode = LatentODE(3, 4, encoder=ENCODERS["odernn-std"]())
+    assert "model.encoder.cuda_graph=true" in cuda_graph_hint("cuda", lode)
+    assert cuda_graph_hint("cpu", lode) is None
+    assert cuda_graph_hint("cuda", LatentODE(3, 4, encoder=ENCODERS["odernn-std"](
+        cuda_graph=True))) is None
+    series = LatentODE(3, 4, encoder=ENCODERS["odernn-std"](schedule="series"))
+    assert cuda_graph_hint("cuda", series) is None
+    rk4 = LatentODE(3, 4, encoder=ODERNNEncoder(3, 4, solver={"method": "rk4"}))
+    assert cuda_graph_hint("cuda", rk4) is None
+    assert "model.cuda_graph=true" in cuda_graph_hint("cuda", ODERNNS["std"]())

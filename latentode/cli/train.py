@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from latentode.cli import config_dir
 from latentode.cli.sweep import write_job_record
 from latentode.lit.plots import plot_test_series
+from latentode.models import ODERNN, LatentODE
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,26 @@ def run_test(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, dat
     return metrics
 
 
+def cuda_graph_hint(device_type: str, model: torch.nn.Module) -> str | None:
+    """A line suggesting the ``cuda_graph`` option when training on a GPU without it, for a
+    latent ODE or ODE-RNN whose walk can be recorded (union walk, one Euler step per gap)."""
+    if device_type != "cuda":
+        return None
+    if isinstance(model, LatentODE):
+        part, key, what = model.encoder, "model.encoder.cuda_graph", "encoder"
+    elif isinstance(model, ODERNN):
+        part, key, what = model, "model.cuda_graph", "walk"
+    else:
+        return None
+    if getattr(part, "cuda_graph", True) or getattr(part, "schedule", "union") != "union":
+        return None
+    if not getattr(part, "_single_euler_step", True):
+        return None
+    return (f"training on a GPU: {key}=true replays the {what}'s training pass from CUDA graphs "
+            f"(same numbers, ~3x shorter hopper epochs on an H200; for batches of fixed shapes; "
+            f"README: Training, On a GPU)")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test as ``cfg`` says; returns the metrics (validation of the last epoch, test)."""
     setup_runtime(cfg)
@@ -147,6 +168,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        device_type = trainer.strategy.root_device.type
+    except (AttributeError, IndexError, TypeError, RuntimeError):  # no device chosen yet
+        device_type = "cpu"
+    hint = cuda_graph_hint(device_type, model)
+    if hint:
+        log.info(hint)
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
