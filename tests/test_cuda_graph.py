@@ -289,3 +289,45 @@ def test_cli_suggests_cuda_graph_on_a_gpu_where_it_applies():
     rk4 = LatentODE(3, 4, encoder=ODERNNEncoder(3, 4, solver={"method": "rk4"}))
     assert cuda_graph_hint("cuda", rk4) is None
     assert "model.cuda_graph=true" in cuda_graph_hint("cuda", ODERNNS["std"]())
+
+
+class _Twice(torch.autograd.Function):
+    """Stands in for a recorded graph on CPU: one autograd node per call, counted."""
+
+    calls = 0
+
+    @staticmethod
+    def forward(ctx, x):
+        _Twice.calls += 1
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return 2 * grad
+
+
+def test_a_call_owing_a_backward_is_not_replayed_over(recwarn):
+    """Two forward passes before one backward: the second must not overwrite the first's
+    activations in the graph, so it runs eagerly; replays resume after the backward, or once
+    the pending call's autograd graph is gone."""
+    from latentode.nn.graphs import GraphCache
+
+    _Twice.calls = 0
+    owner = torch.nn.Linear(1, 1)
+    eager_calls = []
+    cache = GraphCache(owner, lambda x: (eager_calls.append(1) or 2 * x,))
+    x = torch.ones(3, requires_grad=True)
+    key = ((x.shape, x.dtype, x.device, True),)
+    cache._params = tuple(p.data_ptr() for p in owner.parameters())
+    cache._graphs[key] = lambda a: (_Twice.apply(a),)  # as if recorded
+    first = cache(x)[0]
+    second = cache(x)[0]  # first's backward is still owed: eager
+    assert (_Twice.calls, len(eager_calls)) == (1, 1)
+    assert any("before the backward of its previous call" in str(w.message) for w in recwarn)
+    first.sum().backward()
+    third = cache(x)[0]  # first's backward ran: replay
+    assert (_Twice.calls, len(eager_calls)) == (2, 1)
+    del third  # dropped without a backward: its graph is freed, replays go on
+    cache(x)
+    assert (_Twice.calls, len(eager_calls)) == (3, 1)
+    torch.testing.assert_close(second, 2 * x)

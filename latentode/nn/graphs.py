@@ -13,6 +13,7 @@ tensors at the addresses it was recorded with.
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,12 @@ class GraphCache:
     Only what can be replayed is: the caller uses it in training with autograd on, on CUDA
     tensors; parameters must be updated in place (optimisers do; ``param.data = ...`` is seen
     and drops the graphs). Outputs are cloned, so they stay valid after the next replay.
+
+    A graph holds the activations of its latest forward only. A call whose graph still owes an
+    earlier call's backward (two forward passes before one backward, e.g. two encodings in one
+    loss) would overwrite what that backward needs, so it runs eagerly instead (same numbers,
+    one warning); once the earlier backward has run, or its autograd graph is freed, replays
+    resume.
     """
 
     def __init__(self, owner: nn.Module, fn: Callable[..., tuple[torch.Tensor, ...]],
@@ -48,7 +55,8 @@ class GraphCache:
         self.owner, self.fn, self.capacity = owner, fn, capacity
         self._graphs: dict[tuple, Callable[..., tuple[torch.Tensor, ...]]] = {}
         self._params: tuple[int, ...] = ()
-        self._warned = False
+        self._pending: dict[tuple, weakref.ref] = {}  # graph -> its replay's backward node
+        self._warned: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -62,24 +70,44 @@ class GraphCache:
         params = tuple(p.data_ptr() for p in self.owner.parameters())
         if params != self._params:  # moved or replaced: the recorded addresses are stale
             self._graphs.clear()
+            self._pending.clear()
             self._params = params
         key = tuple((a.shape, a.dtype, a.device, a.requires_grad) for a in args)
         graphed = self._graphs.get(key)
         if graphed is None:
             if len(self._graphs) >= self.capacity:
-                if not self._warned:
-                    warnings.warn(
-                        f"cuda_graph: {self.capacity} input shapes recorded already; further "
-                        f"shapes run without a graph. Graphs pay off when batches share their "
-                        f"shapes (a fixed time grid and batch size).", stacklevel=3)
-                    self._warned = True
+                self._warn_once("capacity", f"cuda_graph: {self.capacity} input shapes recorded "
+                                f"already; further shapes run without a graph. Graphs pay off "
+                                f"when batches share their shapes (a fixed time grid and batch "
+                                f"size).")
                 return self.fn(*args)
             # the samples become the graph's input buffers, overwritten at every replay: copies
             samples = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
             graphed = torch.cuda.make_graphed_callables(
                 _Call(self.owner, self.fn), samples, allow_unused_input=True)
             self._graphs[key] = graphed
-        return tuple(out.clone() for out in graphed(*args))
+        pending = self._pending.get(key)
+        if pending is not None and pending() is not None:
+            self._warn_once("pending", "cuda_graph: called again before the backward of its "
+                            "previous call; this call runs without the graph (its activations "
+                            "are still needed). Graphs pay off with one forward per backward.")
+            return self.fn(*args)
+        outs = graphed(*args)
+        node = outs[0].grad_fn
+        if node is not None:  # cleared when its backward runs (or when its graph is freed)
+            ref = weakref.ref(node)
+            self._pending[key] = ref
+            node.register_hook(lambda *_, key=key, ref=ref: self._done(key, ref))
+        return tuple(out.clone() for out in outs)
+
+    def _done(self, key: tuple, ref: weakref.ref) -> None:
+        if self._pending.get(key) is ref:
+            del self._pending[key]
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            warnings.warn(message, stacklevel=4)
+            self._warned.add(kind)
 
 
 class Graphable:
