@@ -10,6 +10,8 @@
 # a copy of github.com/YuliaRubanova/latent_ode's .py files for the paper-code timing.
 # STEPS: space-separated step names to run (default: all, in the order below), e.g.
 # STEPS="graph_tests graph_bench data lode_interp_graph" bash scripts/gpu_check.sh
+# Next session (what is not measured yet, ~10 min with the start; carry .dev/site):
+# STEPS="odernn_graph_tests odernn_graph_bench data odernn_graph lode_profile rnn_vae_full gru_dt_full"
 set -u
 START=$(date +%s); DEADLINE=${DEADLINE:-530}
 SITE=${SITE:-.dev/site}; PAPER_DIR=${PAPER_DIR:-.dev/papercode}
@@ -50,6 +52,9 @@ step 40 90 lode_rnn_graph $B --protocol hopper_interp --epochs 1 --every 1 $FULL
 step 50 120 odernn_graph $B --protocol hopper_interp --epochs 1 --every 1 $FULL model=hopper_odernn model.cuda_graph=true
 step 50 120 odernn_full $B --protocol hopper_interp --epochs 1 --every 1 $FULL model=hopper_odernn
 step 100 200 lode_interp_graph5 $B --protocol hopper_interp --epochs 5 --every 1 $FULL model.encoder.cuda_graph=true
+step 60 150 lode_profile python3 -m latentode.cli.train experiment=hopper_interp trainer=gpu model.encoder.cuda_graph=true data.dataset.n_trajectories=10000 trainer.max_epochs=1 trainer.limit_train_batches=60 +trainer.profiler=simple test=false callbacks.progress_bar.refresh_rate=0 hydra.run.dir=/tmp/lode_profile
+step 50 120 rnn_vae_full $B --protocol hopper_interp --epochs 1 --every 1 $FULL model=hopper_rnn_vae
+step 50 120 gru_dt_full $B --protocol hopper_interp --epochs 1 --every 1 $FULL model=hopper_gru_dt
 step 60 150 lode_interp $B --protocol hopper_interp --epochs 2 --every 2 $FULL
 step 60 150 paper_interp python3 scripts/bench_paper_code.py --paper-dir "$PAPER_DIR" --stop-after 1 -- -n 10000 -s 0.1 -l 15 --dataset hopper --latent-ode --rec-dims 30 --gru-units 100 --units 300 --gen-layers 3 --rec-layers 3 --random-seed 1
 step 60 200 ddp_tests python3 -m pytest -q -p no:cacheprovider tests/test_ddp.py -k gpu
