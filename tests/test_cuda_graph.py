@@ -100,6 +100,8 @@ def test_encoder_with_graph_cache_copies_and_pickles_without_it():
     assert twin._graphs is not cache and twin._graphs.owner is twin
     again = pickle.loads(pickle.dumps(encoder))
     assert again._graphs.owner is again and again.cuda_graph
+    encoder.__dict__["_compiled_call_impl"] = object()  # as torch.compile leaves it
+    assert not {"_graph_cache", "_compiled_call_impl"} & set(encoder.__getstate__())
 
 
 @cuda

@@ -126,6 +126,7 @@ class Graphable:
         return cache
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
+        state = super().__getstate__()  # type: ignore[misc]  # nn.Module's (drops compiled calls)
+        state = dict(state if isinstance(state, dict) else self.__dict__)
         state.pop("_graph_cache", None)  # CUDA graphs neither copy nor pickle
         return state
