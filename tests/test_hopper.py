@@ -155,6 +155,26 @@ def test_load_extrap_full_trajectories(raw: np.ndarray, cache_dir: Path) -> None
     np.testing.assert_array_equal(df["series_id"].to_numpy(), np.arange(N).repeat(200))
 
 
+def test_load_scales_over_more_trajectories_as_the_paper_code(
+    raw: np.ndarray, cache_dir: Path
+) -> None:
+    """``scale_trajectories``: the first ``n`` trajectories, scaled by the min/max of a longer
+    run (the paper's code scales its whole file, then takes ``-n``)."""
+    n = N // 2
+    df = hopper.load("extrap", n_trajectories=n, scale_trajectories=N, cache_dir=cache_dir,
+                     progress=False)
+    scaled, params = hopper.preprocess(raw)  # over all N
+    values = df[hopper.CHANNELS].to_numpy().reshape(n, 200, 14)
+    np.testing.assert_array_equal(values, scaled[:n])
+    assert df.attrs["hopper"]["scale_max"] == params["max"].tolist()
+    assert df.attrs["hopper"]["scale_trajectories"] == N
+    own = hopper.load("extrap", n_trajectories=n, cache_dir=cache_dir, progress=False)
+    np.testing.assert_array_equal(own[hopper.CHANNELS].to_numpy().reshape(n, 200, 14),
+                                  hopper.preprocess(raw[:n])[0])
+    with pytest.raises(ValueError, match="scale_trajectories=5 must be at least"):
+        hopper.load("interp", n_trajectories=n, scale_trajectories=5, cache_dir=cache_dir)
+
+
 def test_load_rejects_bad_arguments(cache_dir: Path) -> None:
     with pytest.raises(ValueError, match="task"):
         hopper.load("forecast", n_trajectories=N, cache_dir=cache_dir)
