@@ -269,15 +269,19 @@ def preprocess(raw: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     after the replacement); invert with :func:`inverse_transform`.
     """
     x = np.asarray(raw, dtype=np.float32)
+    params = _scaling(x)
+    return (x - params["min"]) / params["max"], params
+
+
+def _scaling(x: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`preprocess`'s ``min``/``max`` of a float32 array ``(..., channels)``."""
     if x.ndim < 2 or x.shape[-1] == 0 or x.size == 0:
         raise ValueError(f"preprocess needs an array (..., channels) with data, got {x.shape}.")
     flat = x.reshape(-1, x.shape[-1])
     if not np.isfinite(flat).all():
         raise ValueError("the hopper data holds NaN or infinite values; regenerate the cache.")
-    lo = flat.min(0)
     hi = flat.max(0)
-    hi = np.where(hi == 0, np.float32(1), hi)
-    return (x - lo) / hi, {"min": lo, "max": hi}
+    return {"min": flat.min(0), "max": np.where(hi == 0, np.float32(1), hi)}
 
 
 def inverse_transform(scaled: np.ndarray, params: dict[str, np.ndarray]) -> np.ndarray:
@@ -337,10 +341,10 @@ def load(
             f"scale_trajectories={scale_trajectories} must be at least n_trajectories="
             f"{n_trajectories} (the scaling covers the loaded trajectories and more), or None.")
     n_generated = max(n_trajectories, scale_trajectories or 0)
-    raw = generate(n_generated, n_steps, seed, cache_dir=cache_dir, progress=progress)
-    _, scale = preprocess(raw)  # the first n of a longer run are the n generated alone
-    raw = raw[:n_trajectories]
-    data = (raw.astype(np.float32) - scale["min"]) / scale["max"]
+    raw = np.asarray(generate(n_generated, n_steps, seed, cache_dir=cache_dir, progress=progress),
+                     dtype=np.float32)
+    scale = _scaling(raw)  # the first n of a longer run are the n generated alone
+    data = (raw[:n_trajectories] - scale["min"]) / scale["max"]
     grid = np.arange(n_steps, dtype=np.float64) / n_steps
     n = data.shape[0]
     if task == "interp":
