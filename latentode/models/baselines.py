@@ -29,8 +29,8 @@ from torch import nn
 
 from latentode.nn import RNNEncoder, mlp
 from latentode.nn.encoders import gru_cell
-from latentode.nn.graphs import Graphable
-from latentode.nn.layers import ODEFunc
+from latentode.nn.graphs import Graphable, check_graph_solver
+from latentode.nn.layers import ODEFunc, is_single_euler_step
 from latentode.solvers import odeint
 
 from .latent_ode import LatentODEOutput, gaussian_kl, masked_gaussian_loglik, sample_bound
@@ -229,11 +229,8 @@ class ODERNN(Graphable, _Deterministic):
         self.out = decoder(latents, input_dim, dec_units, dec_layers)
         self.obs_std, self.n_samples = obs_std, n_samples
         self.solver = {"method": "euler", **(solver or {})}
-        if cuda_graph and not self._single_euler_step:
-            raise ValueError(
-                f"cuda_graph records one Euler step per gap (the default solver); the solver "
-                f"options {dict(self.solver)} take a number of steps that depends on the data. "
-                f"Use solver={{'method': 'euler'}} or cuda_graph=false.")
+        if cuda_graph:
+            check_graph_solver(self.solver)
         self.cuda_graph = cuda_graph
 
     def forward(
@@ -262,10 +259,7 @@ class ODERNN(Graphable, _Deterministic):
 
     @property
     def _single_euler_step(self) -> bool:
-        options = set(self.solver) - {"method", "gradient"}
-        return self.solver["method"] == "euler" and not options and (
-            self.solver.get("gradient", "backprop") == "backprop"
-        )
+        return is_single_euler_step(self.solver)
 
     def readout(self, h: torch.Tensor) -> torch.Tensor:
         return self.out(h[..., : self.latents])

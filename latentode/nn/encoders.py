@@ -29,8 +29,8 @@ from torch import nn
 from latentode.solvers import odeint
 
 from .euler_gru import euler_gru_scan
-from .graphs import Graphable
-from .layers import ODEFunc, mlp
+from .graphs import Graphable, check_graph_solver
+from .layers import ODEFunc, is_single_euler_step, mlp
 from .schedule import check_max_step, series_plan
 
 SCHEDULES = ("union", "series")
@@ -262,11 +262,8 @@ class ODERNNEncoder(_BackwardGRU):
                          std_state, schedule, max_step, cuda_graph)
         self.ode = ODEFunc(hidden, ode_units, ode_layers)
         self.solver = {"method": "euler", **(solver or {})}
-        if cuda_graph and not self._single_euler_step:
-            raise ValueError(
-                f"cuda_graph records one Euler step per gap (the encoder's default solver); "
-                f"the solver options {dict(self.solver)} take a number of steps that depends on "
-                f"the data. Use solver={{'method': 'euler'}} or cuda_graph=false.")
+        if cuda_graph:
+            check_graph_solver(self.solver)
         if schedule == "series" and not self._single_euler_step:
             raise ValueError(
                 f"schedule='series' takes Euler steps of each series' own length; it cannot use "
@@ -301,7 +298,4 @@ class ODERNNEncoder(_BackwardGRU):
 
     @property
     def _single_euler_step(self) -> bool:
-        options = set(self.solver) - {"method", "gradient"}
-        return self.solver["method"] == "euler" and not options and (
-            self.solver.get("gradient", "backprop") == "backprop"
-        )
+        return is_single_euler_step(self.solver)

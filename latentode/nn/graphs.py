@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .layers import is_single_euler_step
+
 
 class _Call(nn.Module):
     """``fn`` with ``owner``'s parameters as the graphed module's parameters."""
@@ -130,3 +132,12 @@ class Graphable:
         state = dict(state if isinstance(state, dict) else self.__dict__)
         state.pop("_graph_cache", None)  # CUDA graphs neither copy nor pickle
         return state
+
+
+def check_graph_solver(solver: dict) -> None:
+    """Raise unless ``solver`` takes one Euler step per gap, the only walk a graph can record."""
+    if not is_single_euler_step(solver):
+        raise ValueError(
+            f"cuda_graph records one Euler step per gap (the default solver); the solver "
+            f"options {dict(solver)} take a number of steps that depends on the data. "
+            f"Use solver={{'method': 'euler'}} or cuda_graph=false.")

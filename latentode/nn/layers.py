@@ -46,3 +46,11 @@ class ODEFunc(nn.Module):
             else:
                 z = m(z)
         return z
+
+
+def is_single_euler_step(solver: dict) -> bool:
+    """Whether ``odeint`` options mean one plain Euler step per gap (the recurrent models'
+    default, which they take without ``odeint``'s per-call set-up)."""
+    options = set(solver) - {"method", "gradient"}
+    return solver["method"] == "euler" and not options and (
+        solver.get("gradient", "backprop") == "backprop")
