@@ -7,8 +7,9 @@ the encoder's forward and backward once per batch shape and replays them. This s
 recipe (default ``experiment=hopper_interp`` on 300 trajectories), copies the model into an
 eager and a graphed version with the same weights, and on the same batches, alternating, times
 (1) the encoder's forward + backward (latent ODEs; the ODE-RNN baseline graphs its whole walk
-and has no encoder) and (2) a training step (the loss's forward + backward),
-synchronising the GPU around each. It prints median milliseconds, the ratio graphed / eager,
+and has no encoder), (2) a training step (the loss's forward + backward) and (3) an evaluation
+step (the loss in eval mode under ``torch.inference_mode``, as the per-epoch test pass runs it;
+graphed, the encoder's forward alone is replayed), synchronising the GPU around each. It prints median milliseconds, the ratio graphed / eager,
 the one-off recording cost, and how far the two versions' q(z0) and losses differ.
 
     python scripts/bench_cuda_graph.py                          # hopper_interp, latent ODE
@@ -81,12 +82,19 @@ def main(argv: list[str] | None = None) -> None:
                    )["loss"].backward()
         model.zero_grad(set_to_none=True)
 
+    def evaluate(model, batch) -> None:
+        model.eval()
+        with torch.inference_mode():
+            model.loss(batch.times, batch.values, batch.encoder_mask, batch.target_mask)
+        model.train()
+
     first_pass = encoder_pass if has_encoder else step  # the call that records the graph
     first = {name: clock(lambda m=m: first_pass(m, batches[0])) for name, m in models.items()}
     for batch in batches:  # warm-up (and every batch shape recorded)
         for model in models.values():
             encoder_pass(model, batch)
             step(model, batch)
+            evaluate(model, batch)
     times: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.repeats):
         for batch in batches:
@@ -95,21 +103,25 @@ def main(argv: list[str] | None = None) -> None:
                     clock(lambda m=model, b=batch: encoder_pass(m, b)))
                 times.setdefault((name, "step"), []).append(
                     clock(lambda m=model, b=batch: step(m, b)))
+                times.setdefault((name, "eval"), []).append(
+                    clock(lambda m=model, b=batch: evaluate(m, b)))
     median = {key: statistics.median(v) for key, v in times.items()}
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"{' '.join(overrides)}\ndevice {name}, torch {torch.__version__}, threads "
           f"{torch.get_num_threads()}, batch {cfg.data.batch_size}, time points "
           f"{[len(b.times) for b in batches]}, {args.repeats} repeats x {len(batches)} batches")
     print(f"{'version':<9} {'encoder fwd+bwd ms':>19} {'step fwd+bwd ms':>16} "
-          f"{'first call ms':>22}")
+          f"{'eval step ms':>13} {'first call ms':>14}")
     for label in models:
         enc = f"{median[(label, 'encoder')]:.1f}" if has_encoder else "-"
-        print(f"{label:<9} {enc:>19} {median[(label, 'step')]:>16.1f} {first[label]:>22.0f}")
+        print(f"{label:<9} {enc:>19} {median[(label, 'step')]:>16.1f} "
+              f"{median[(label, 'eval')]:>13.1f} {first[label]:>14.0f}")
     if "graphed" in models:
         stp = median[("graphed", "step")] / median[("eager", "step")]
         enc = (f"encoder {median[('graphed', 'encoder')] / median[('eager', 'encoder')]:.2f}x, "
                if has_encoder else "")
-        print(f"graphed / eager: {enc}training step {stp:.2f}x")
+        evl = median[("graphed", "eval")] / median[("eager", "eval")]
+        print(f"graphed / eager: {enc}training step {stp:.2f}x, evaluation step {evl:.2f}x")
         batch = batches[-1]
         if has_encoder:
             with torch.no_grad():

@@ -10,8 +10,9 @@
 # a copy of github.com/YuliaRubanova/latent_ode's .py files for the paper-code timing.
 # STEPS: space-separated step names to run (default: all, in the order below), e.g.
 # STEPS="graph_tests graph_bench data lode_interp_graph" bash scripts/gpu_check.sh
-# Next session (what is not measured yet, ~10 min with the start; carry .dev/site):
-# STEPS="odernn_graph_tests odernn_graph_bench data odernn_graph lode_profile rnn_vae_full gru_dt_full"
+# Next session (what is not measured yet, ~10 min with the start; carry .dev/site): the
+# ODE-RNN graph and the evaluation graphs (tests, bench's eval column, an epoch's test pass):
+# STEPS="graph_tests graph_bench odernn_graph_bench data lode_interp_graph odernn_graph lode_profile"
 set -u
 START=$(date +%s); DEADLINE=${DEADLINE:-530}
 SITE=${SITE:-.dev/site}; PAPER_DIR=${PAPER_DIR:-.dev/papercode}

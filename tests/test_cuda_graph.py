@@ -125,6 +125,20 @@ def test_replayed_graph_equals_the_eager_encoder_on_a_gpu(kind):
                 p.mul_(0.9)
                 q.mul_(0.9)
     assert len(graphed._graphs) == 1  # one shape, one graph
+    plain.eval()
+    graphed.eval()
+    for mode in (torch.no_grad, torch.inference_mode):  # evaluation: the forward alone
+        for seed in range(3, 6):
+            times, values, mask = _batch(seed, device="cuda")
+            with mode():
+                want, got = plain(times, values, mask), graphed(times, values, mask)
+            for a, b in zip(want, got, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+            with torch.no_grad():
+                for p, q in zip(plain.parameters(), graphed.parameters(), strict=True):
+                    p.mul_(1.1)
+                    q.mul_(1.1)
+    assert len(graphed._graphs) == 3  # and one forward graph per mode
 
 
 @cuda
@@ -145,7 +159,7 @@ def test_graphs_follow_the_model_across_devices_and_shapes():
         torch.testing.assert_close(got, plain(times, values, mask), rtol=1e-12, atol=1e-13)
         assert any("run without a graph" in str(w.message) for w in caught) == (length == 12)
     assert len(graphed._graphs) == 2
-    graphed.eval()  # evaluation runs eagerly
+    graphed.eval()  # evaluation: another graph, past the capacity: eager
     with torch.no_grad():
         torch.testing.assert_close(graphed(times, values, mask), plain(times, values, mask))
 
@@ -196,7 +210,8 @@ def test_console_script_trains_with_cuda_graphs(model, tmp_path):
 @cuda
 def test_static_walk_and_replays_never_wait_for_the_gpu():
     """The recorded walk has no host synchronisation (a graph could not hold one), and a
-    replay, forward and backward, adds none: the CPU runs ahead of the GPU."""
+    replay (training: forward and backward; evaluation: forward) adds none: the CPU runs ahead
+    of the GPU."""
     torch.manual_seed(0)
     encoder = ENCODERS["odernn-std"](cuda_graph=True).cuda()
     times, values, mask = (x.float() if x.is_floating_point() else x
@@ -212,6 +227,14 @@ def test_static_walk_and_replays_never_wait_for_the_gpu():
         (mean.sum() + std.sum()).backward()
     finally:
         torch.cuda.set_sync_debug_mode(previous)
+    encoder.eval()
+    with torch.inference_mode():
+        encoder(times, values, mask)  # records the forward graph
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            encoder(times, values, mask)
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
 
 
 def test_mixed_precision_autocast_is_refused_with_advice(monkeypatch):
@@ -272,10 +295,17 @@ def test_odernn_replayed_graph_equals_eager_on_a_gpu(kind):
                         strict=True):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert len(graphed._graphs) == 1
-    graphed.eval()  # evaluation (and other prediction times) run eagerly
-    with torch.no_grad():
-        torch.testing.assert_close(graphed(times, values, mask).pred,
-                                   plain(times, values, mask).pred)
+    plain.eval()
+    graphed.eval()  # evaluation at the data times: a forward graph; other times: eager
+    later = torch.tensor([5.0], dtype=torch.float64, device="cuda")  # past every data time
+    for seed in range(3, 5):
+        times, values, mask = _batch(seed, device="cuda")
+        with torch.inference_mode():
+            torch.testing.assert_close(graphed(times, values, mask).pred,
+                                       plain(times, values, mask).pred, rtol=1e-12, atol=1e-13)
+            torch.testing.assert_close(graphed(times, values, mask, pred_times=later).pred,
+                                       plain(times, values, mask, pred_times=later).pred)
+    assert len(graphed._graphs) == 2
 
 
 def test_cli_suggests_cuda_graph_on_a_gpu_where_it_applies():
@@ -319,7 +349,7 @@ def test_a_call_owing_a_backward_is_not_replayed_over(recwarn):
     eager_calls = []
     cache = GraphCache(owner, lambda x: (eager_calls.append(1) or 2 * x,))
     x = torch.ones(3, requires_grad=True)
-    key = ((x.shape, x.dtype, x.device, True),)
+    key = (True, False, (x.shape, x.dtype, x.device, True))
     cache._params = tuple(p.data_ptr() for p in owner.parameters())
     cache._graphs[key] = lambda a: (_Twice.apply(a),)  # as if recorded
     first = cache(x)[0]
@@ -333,3 +363,36 @@ def test_a_call_owing_a_backward_is_not_replayed_over(recwarn):
     cache(x)
     assert (_Twice.calls, len(eager_calls)) == (3, 1)
     torch.testing.assert_close(second, 2 * x)
+
+
+def test_evaluation_without_autograd_uses_its_own_forward_graphs():
+    """Under ``no_grad`` and ``inference_mode`` the cache replays a forward-only graph, one per
+    mode (a graph recorded in inference mode holds inference tensors), never the training
+    graph, and owes no backward."""
+    from latentode.nn.graphs import GraphCache
+
+    owner = torch.nn.Linear(1, 1)
+    eager_calls = []
+    cache = GraphCache(owner, lambda x: (eager_calls.append(1) or 2 * x,))
+    cache._params = tuple(p.data_ptr() for p in owner.parameters())
+    x = torch.ones(3)
+    shape = (x.shape, x.dtype, x.device, False)
+    replays = {"train": 0, "no_grad": 0, "inference": 0}
+
+    def stand_in(kind):
+        def replay(a):
+            replays[kind] += 1
+            return (3 * a,)
+        return replay
+
+    cache._graphs[(True, False, shape)] = stand_in("train")
+    cache._graphs[(False, False, shape)] = stand_in("no_grad")
+    cache._graphs[(False, True, shape)] = stand_in("inference")
+    with torch.no_grad():
+        cache(x)
+        cache(x)  # no backward is owed without autograd: replayed again
+    with torch.inference_mode():
+        out = cache(x)[0]
+    torch.testing.assert_close(out, 3 * x)
+    assert replays == {"train": 0, "no_grad": 2, "inference": 1} and not eager_calls
+    assert not cache._pending

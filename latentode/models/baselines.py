@@ -210,9 +210,9 @@ class ODERNN(Graphable, _Deterministic):
             the paper code and :class:`~latentode.nn.ODERNNEncoder`.
         std_state: carry ``[mean, std]`` updated by :class:`~latentode.nn.encoders.
             MeanStdGRUCell` (``gru_units``, default 100), as the paper code's ODE_RNN.
-        cuda_graph: on a GPU, replay the training pass (predictions at the data times) from
-            CUDA graphs, one per batch shape (:mod:`latentode.nn.graphs`); one Euler step per
-            gap only.
+        cuda_graph: on a GPU, replay the pass that predicts at the data times (training, and
+            evaluation without autograd) from CUDA graphs, one per batch shape
+            (:mod:`latentode.nn.graphs`); one Euler step per gap only.
     """
 
     def __init__(
@@ -237,8 +237,8 @@ class ODERNN(Graphable, _Deterministic):
         self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
         n_samples: int | None = None, pred_times: torch.Tensor | None = None,
     ) -> LatentODEOutput:
-        if (self.cuda_graph and pred_times is None and values.is_cuda and self.training
-                and torch.is_grad_enabled()):
+        if (self.cuda_graph and pred_times is None and values.is_cuda
+                and (self.training or not torch.is_grad_enabled())):
             return self._output(*self._graphs(times, values, encoder_mask))
         return super().forward(times, values, encoder_mask, n_samples, pred_times)
 

@@ -16,7 +16,8 @@ and is much shorter when series are sparse and unaligned (ICU records).
 
 ``cuda_graph=True`` (union walk only) records the training forward and backward on a GPU as CUDA
 graphs, one per batch shape, and replays them (:mod:`latentode.nn.graphs`): the same numbers,
-without launching thousands of small kernels from Python at every step.
+without launching thousands of small kernels from Python at every step. Without autograd
+(evaluation under ``no_grad`` / ``inference_mode``) the forward alone is recorded and replayed.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ class _BackwardGRU(Graphable, nn.Module):
         self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         mask = mask.to(values.dtype)
-        if self.cuda_graph and values.is_cuda and self.training and torch.is_grad_enabled():
+        if self.cuda_graph and values.is_cuda and (self.training or not torch.is_grad_enabled()):
             mean, std = self._graphs(times, values, mask)
             return mean, std
         seen = mask.amax(-1) > 0  # (B, T): a series has an observation at this time

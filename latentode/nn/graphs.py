@@ -8,6 +8,9 @@ of one forward and one backward once and replays them with a single launch each
 with control flow fixed by the input shapes; :class:`GraphCache` keeps one graph per shape and
 drops them all when the parameters move (``.to()``, a new device), since a graph reads its
 tensors at the addresses it was recorded with.
+
+Without autograd (evaluation, ``torch.no_grad`` / ``torch.inference_mode``) the forward alone
+is recorded (:class:`ForwardGraph`): the per-epoch test pass of a training run replays too.
 """
 
 from __future__ import annotations
@@ -35,15 +38,40 @@ class _Call(nn.Module):
         return self.fn(*args)
 
 
+class ForwardGraph:
+    """``fn`` recorded without autograd as one CUDA graph, replayed on new inputs of the same
+    shapes: the inputs are copied into the recorded input buffers and the outputs cloned."""
+
+    def __init__(self, fn: Callable[..., tuple[torch.Tensor, ...]],
+                 samples: tuple[torch.Tensor, ...]):
+        self.inputs = tuple(a.detach().clone() for a in samples)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the capture (cuBLAS workspaces, lazy init)
+            fn(*self.inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = tuple(fn(*self.inputs))
+
+    def __call__(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        for buffer, arg in zip(self.inputs, args, strict=True):
+            buffer.copy_(arg)
+        self.graph.replay()
+        return tuple(out.clone() for out in self.outputs)
+
+
 class GraphCache:
     """Graphed versions of ``fn`` (a sync-free function of tensors using ``owner``'s
     parameters), one per distinct input shapes/dtypes/device, at most ``capacity``; past that
     (inputs whose shapes keep changing, e.g. a union of times that differs per batch), calls run
     eagerly, with one warning.
 
-    Only what can be replayed is: the caller uses it in training with autograd on, on CUDA
-    tensors; parameters must be updated in place (optimisers do; ``param.data = ...`` is seen
-    and drops the graphs). Outputs are cloned, so they stay valid after the next replay.
+    The caller uses it on CUDA tensors. With autograd on, forward and backward are recorded
+    (``torch.cuda.make_graphed_callables``); without (``no_grad``, ``inference_mode``), the
+    forward alone (:class:`ForwardGraph`), a graph per shape and mode. Parameters must be
+    updated in place (optimisers and Lightning's weight averaging do; ``param.data = ...`` is
+    seen and drops the graphs). Outputs are cloned, so they stay valid after the next replay.
 
     A graph holds the activations of its latest forward only. A call whose graph still owes an
     earlier call's backward (two forward passes before one backward, e.g. two encodings in one
@@ -74,7 +102,9 @@ class GraphCache:
             self._graphs.clear()
             self._pending.clear()
             self._params = params
-        key = tuple((a.shape, a.dtype, a.device, a.requires_grad) for a in args)
+        grad = torch.is_grad_enabled()
+        key = (grad, torch.is_inference_mode_enabled(),
+               *((a.shape, a.dtype, a.device, a.requires_grad) for a in args))
         graphed = self._graphs.get(key)
         if graphed is None:
             if len(self._graphs) >= self.capacity:
@@ -83,11 +113,17 @@ class GraphCache:
                                 f"when batches share their shapes (a fixed time grid and batch "
                                 f"size).")
                 return self.fn(*args)
-            # the samples become the graph's input buffers, overwritten at every replay: copies
-            samples = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
-            graphed = torch.cuda.make_graphed_callables(
-                _Call(self.owner, self.fn), samples, allow_unused_input=True)
+            if grad:
+                # the samples become the graph's input buffers, overwritten at every replay
+                samples = tuple(a.detach().clone().requires_grad_(a.requires_grad)
+                                for a in args)
+                graphed = torch.cuda.make_graphed_callables(
+                    _Call(self.owner, self.fn), samples, allow_unused_input=True)
+            else:
+                graphed = ForwardGraph(self.fn, args)
             self._graphs[key] = graphed
+        if not grad:
+            return graphed(*args)
         pending = self._pending.get(key)
         if pending is not None and pending() is not None:
             self._warn_once("pending", "cuda_graph: called again before the backward of its "
