@@ -11,6 +11,7 @@ import torch
 
 from latentode.data import Interpolation, LatentODEDataModule, collate, load_dataset
 from latentode.lit import LatentODELightning, exponential_decay, kl_weight_schedule
+from latentode.lit.module import SOLVER_COUNTS
 from latentode.models import LatentODE
 from latentode.nn import ODERNNEncoder
 
@@ -64,7 +65,30 @@ def test_training_logs_finite_terms_for_every_stage():
     ratio = float(logged["val/mse_data"]) / float(logged["val/mse"])
     assert ratio == pytest.approx(float(dm.scaler.scale[0]) ** 2, rel=1e-5)
     test = trainer.test(module, datamodule=dm, verbose=False)[0]
-    assert set(test) == {f"test/{t}" for t in TERMS}
+    assert set(test) == {f"test/{t}" for t in TERMS} | {f"test/solver_{n}" for n in SOLVER_COUNTS}
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "backprop"])
+def test_solver_counts_are_logged_per_batch(gradient):
+    """``{stage}/solver_*``: the generative ODE's evaluations and steps per batch, as the
+    model's own counters add them up; the backward's only where it integrates (checkpoint)."""
+    dm = tiny_datamodule()
+    dm.setup()
+    model = tiny_model()
+    model.solver["gradient"] = gradient
+    module = LatentODELightning(model)
+    trainer = tiny_trainer(max_epochs=2, limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)
+    train = {n: float(trainer.callback_metrics[f"train/solver_{n}"]) for n in SOLVER_COUNTS}
+    assert train["nfe_forward"] >= 6 * train["steps_accepted"] > 0
+    assert (train["nfe_backward"] > 0) == (gradient == "checkpoint")
+    model.solver_stats.reset()
+    test = trainer.test(module, datamodule=dm, verbose=False)[0]
+    batches = len(dm.test_dataloader())
+    for name in SOLVER_COUNTS:
+        assert test[f"test/solver_{name}"] == pytest.approx(
+            getattr(model.solver_stats, name) / batches), name
+    assert test["test/solver_nfe_backward"] == 0 and test["test/solver_nfe_forward"] > 0
 
 
 def test_step_values_are_logged_on_the_steps_the_logger_writes(tmp_path):

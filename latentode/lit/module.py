@@ -16,6 +16,11 @@ Metrics (logged as ``{stage}/{name}``, stage one of ``train``, ``val``, ``test``
 - ``mse_data``: the same in data units (errors times the scaler's per-channel ``scale**2``).
 - ``mse_seen`` / ``mse_unseen``: on targets the encoder saw / did not see (interpolation); a key
   is logged only when the epoch had such points.
+- ``solver_nfe_forward``, ``solver_nfe_backward``, ``solver_steps_accepted``,
+  ``solver_steps_rejected``: per batch, the generative ODE solver's function evaluations and
+  steps (models with a ``solver_stats``, e.g. ``LatentODE``; backward counts in the adjoint and
+  checkpoint modes only). How much a learnt vector field costs to integrate grows as it
+  stiffens during training, which these show epoch by epoch.
 - ``poisson`` (Poisson-process log-likelihood) and ``ce`` (label cross-entropy) when the model
   has them; with labels, ``auc`` (binary labels, when both classes occur) and ``accuracy`` on
   validation and test, from the posterior-averaged class probabilities of the epoch's known
@@ -48,6 +53,8 @@ TERMS = ("loss", "loglik", "kl")
 """Loss terms every model returns, checked for NaN/inf at every step."""
 OPTIONAL_TERMS = ("poisson", "ce")
 """Terms of optional likelihoods (Poisson process, labels), checked and logged when present."""
+SOLVER_COUNTS = ("nfe_forward", "nfe_backward", "steps_accepted", "steps_rejected")
+"""The model's ``solver_stats`` fields logged per batch as ``{stage}/solver_{name}``."""
 
 
 def kl_weight_schedule(epoch: int, wait_epochs: int = 10, rate: float = 0.99) -> float:
@@ -182,6 +189,7 @@ class LatentODELightning(L.LightningModule):
             self.scale = None
         self._sums: dict[str, _Sums] = {}
         self._labels: dict[str, list[torch.Tensor]] = {}
+        self._solver_mark: dict[str, int] | None = None
 
     # ----------------------------------------------------------------------------- schedule
     @property
@@ -277,6 +285,45 @@ class LatentODELightning(L.LightningModule):
     def _shows_progress(self) -> bool:
         trainer = self._trainer
         return trainer is None or trainer.progress_bar_callback is not None
+
+    def _solver_counts(self) -> dict[str, int] | None:
+        stats = getattr(self.model, "solver_stats", None)
+        return None if stats is None else stats.as_dict()
+
+    def _mark_solver(self) -> None:
+        self._solver_mark = self._solver_counts()
+
+    def _add_solver(self, stage: str) -> None:
+        """The solver's counts since :meth:`_mark_solver` (a batch, its backward included)."""
+        now, before = self._solver_counts(), self._solver_mark
+        if now is None or before is None:
+            return
+        counts = torch.tensor([float(now[n] - before[n]) for n in SOLVER_COUNTS],
+                              dtype=torch.float64, device=self.device)
+        sums = self._sums.setdefault(stage, _Sums())
+        for name, value in zip(SOLVER_COUNTS, counts.unbind(0), strict=True):
+            sums.add(f"solver_{name}", value, 1.0)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._mark_solver()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._add_solver("train")  # after the backward and the optimiser step
+
+    def on_validation_batch_start(self, batch: Any, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        self._mark_solver()
+
+    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        self._add_solver("val")
+
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._mark_solver()
+
+    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int,
+                          dataloader_idx: int = 0) -> None:
+        self._add_solver("test")
 
     def on_train_start(self) -> None:
         # seed_everything gives every process the same seed (and DDP the same weights): fold

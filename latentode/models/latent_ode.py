@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from latentode.nn import ODEFunc, ODERNNEncoder, mlp
-from latentode.solvers import odeint
+from latentode.solvers import SolverStats, odeint
 
 
 @dataclass
@@ -206,6 +206,10 @@ class LatentODE(nn.Module):
             )
         self.solver = {"method": "dopri5", "rtol": 1e-3, "atol": 1e-4,
                        "gradient": "checkpoint", **(solver or {})}
+        self.solver_stats = SolverStats()
+        """Evaluations and steps of the generative ODE's solves (forward, and backward in the
+        adjoint and checkpoint modes), accumulated until ``solver_stats.reset()``; the training
+        module logs them per batch (``solver_nfe_forward`` ...)."""
 
     def encode(
         self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
@@ -221,7 +225,7 @@ class LatentODE(nn.Module):
         if self.rate is not None:
             state = torch.cat([state, state.new_zeros(samples * batch, self.input_dim)], -1)
             func = _WithRate(self.field, self.rate, latents)
-        z = odeint(func, state, times, **self.solver)
+        z = odeint(func, state, times, stats=self.solver_stats, **self.solver)
         return z.reshape(len(times), samples, batch, -1).permute(1, 2, 0, 3)
 
     def decode_paths(self, z0: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
