@@ -9,8 +9,9 @@ eager and a graphed version with the same weights, and on the same batches, alte
 (1) the encoder's forward + backward (latent ODEs; the ODE-RNN baseline graphs its whole walk
 and has no encoder), (2) a training step (the loss's forward + backward) and (3) an evaluation
 step (the loss in eval mode under ``torch.inference_mode``, as the per-epoch test pass runs it;
-graphed, the encoder's forward alone is replayed), synchronising the GPU around each. It prints median milliseconds, the ratio graphed / eager,
-the one-off recording cost, and how far the two versions' q(z0) and losses differ.
+graphed, the encoder's forward alone is replayed), synchronising the GPU around each. It
+prints median milliseconds, the ratio graphed / eager, the one-off recording cost, and how far
+the two versions' q(z0) and losses differ.
 
     python scripts/bench_cuda_graph.py                          # hopper_interp, latent ODE
     python scripts/bench_cuda_graph.py model=hopper_latent_ode_rnn
