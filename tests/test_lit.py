@@ -207,3 +207,20 @@ def test_default_optimizer_is_adamax_with_step_schedule():
     assert isinstance(config["optimizer"], torch.optim.Adamax)
     assert config["optimizer"].param_groups[0]["lr"] == 1e-2
     assert config["lr_scheduler"]["interval"] == "step"
+
+
+def test_epoch_sums_take_tensors_and_host_numbers_alike():
+    """Counts given as Python numbers stay on the host until the epoch's reduction (a GPU
+    tensor made from one per step would be a blocking copy); means are the same either way."""
+    from latentode.lit.module import _Sums
+
+    sums = _Sums()
+    sums.add("mse", torch.tensor(3.0), 2)
+    sums.add("mse", torch.tensor(5.0), torch.tensor(2.0))
+    sums.add("nfe", 20, 1.0)
+    sums.add("nfe", 26, 1.0)
+    assert isinstance(sums.counts["nfe"], float) and isinstance(sums.sums["nfe"], float)
+    seen = []
+    means = sums.means(lambda x: seen.append(x) or x)
+    assert means == {"mse": 2.0, "nfe": 23.0}
+    assert seen[0].dtype == torch.float64 and seen[0].shape == (2, 2)  # one reduction

@@ -78,28 +78,39 @@ def exponential_decay(
 
 
 class _Sums:
-    """Running sums and counts of one stage's metrics, reduced across processes at epoch end."""
+    """Running sums and counts of one stage's metrics, reduced across processes at epoch end.
+
+    Sums and counts stay what they are given, tensors (on the model's device) or Python
+    numbers, until :meth:`means`: turning a Python number into a GPU tensor at every step is a
+    blocking copy that would make the host wait for the GPU's queued work.
+    """
 
     def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, torch.Tensor] = {}
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.counts: dict[str, torch.Tensor | float] = {}
 
-    def add(self, name: str, total: torch.Tensor, count: torch.Tensor | float) -> None:
-        total = total.detach().double()
-        count = torch.as_tensor(count, dtype=torch.float64, device=total.device)
+    def add(self, name: str, total: torch.Tensor | float, count: torch.Tensor | float) -> None:
+        total = total.detach().double() if isinstance(total, torch.Tensor) else float(total)
+        count = count.detach().double() if isinstance(count, torch.Tensor) else float(count)
         if name in self.sums:
             self.sums[name] = self.sums[name] + total
             self.counts[name] = self.counts[name] + count
         else:
             self.sums[name], self.counts[name] = total, count
 
-    def means(self, reduce: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
+    def means(self, reduce: Callable[[torch.Tensor], torch.Tensor],
+              device: torch.device | str = "cpu") -> dict[str, float]:
         """Means over every process: one reduction of all sums and counts together (every
-        process must call it, with the same names)."""
+        process must call it, with the same names); ``device``: where Python numbers go."""
         names = sorted(self.sums)
         if not names:
             return {}
-        stacked = torch.stack([torch.stack([self.sums[n], self.counts[n]]) for n in names])
+
+        def tensor(x: torch.Tensor | float) -> torch.Tensor:
+            return torch.as_tensor(x, dtype=torch.float64, device=device)
+
+        stacked = torch.stack([torch.stack([tensor(self.sums[n]), tensor(self.counts[n])])
+                               for n in names])
         totals = reduce(stacked)
         return {name: float(total / count) for name, (total, count) in zip(names, totals.unbind(0),
                                                                            strict=True)
@@ -298,11 +309,9 @@ class LatentODELightning(L.LightningModule):
         now, before = self._solver_counts(), self._solver_mark
         if now is None or before is None:
             return
-        counts = torch.tensor([float(now[n] - before[n]) for n in SOLVER_COUNTS],
-                              dtype=torch.float64, device=self.device)
         sums = self._sums.setdefault(stage, _Sums())
-        for name, value in zip(SOLVER_COUNTS, counts.unbind(0), strict=True):
-            sums.add(f"solver_{name}", value, 1.0)
+        for name in SOLVER_COUNTS:  # host numbers: no copy to the device per batch
+            sums.add(f"solver_{name}", now[name] - before[name], 1.0)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._mark_solver()
@@ -339,7 +348,8 @@ class LatentODELightning(L.LightningModule):
         sums = self._sums.pop("train", None)
         if sums is None:
             return
-        means = sums.means(lambda x: self.trainer.strategy.reduce(x, reduce_op="sum"))
+        means = sums.means(lambda x: self.trainer.strategy.reduce(x, reduce_op="sum"),
+                           self.device)
         for name, value in means.items():
             # as Lightning names values logged on step and epoch: ``_epoch`` in the logger,
             # the bare name among the callback metrics; the values are already the same on
@@ -377,7 +387,8 @@ class LatentODELightning(L.LightningModule):
         sums = self._sums.pop(stage, None)
         if sums is None:
             return
-        means = sums.means(lambda x: self.trainer.strategy.reduce(x, reduce_op="sum"))
+        means = sums.means(lambda x: self.trainer.strategy.reduce(x, reduce_op="sum"),
+                           self.device)
         means.update(self._label_metrics(stage))
         for name, value in means.items():
             # reduced already, the same on every process (see on_train_epoch_end)
