@@ -5,13 +5,15 @@ encoder's Euler step and gate MLPs at each of 100 time points, forward and backw
 spends the step waiting for Python to launch them. ``model.encoder.cuda_graph=true`` records
 the encoder's forward and backward once per batch shape and replays them. This script builds a
 recipe (default ``experiment=hopper_interp`` on 300 trajectories), copies the model into an
-eager and a graphed version with the same weights, and on the same batches, alternating, times
-(1) the encoder's forward + backward (latent ODEs; the ODE-RNN baseline graphs its whole walk
-and has no encoder), (2) a training step (the loss's forward + backward) and (3) an evaluation
-step (the loss in eval mode under ``torch.inference_mode``, as the per-epoch test pass runs it;
-graphed, the encoder's forward alone is replayed), synchronising the GPU around each. It
-prints median milliseconds, the ratio graphed / eager, the one-off recording cost, and how far
-the two versions' q(z0) and losses differ.
+eager and a graphed version with the same weights (for the paper's encoder also a version
+whose graphs record the generic static walk instead of the one written for graphs,
+``latentode/nn/graph_walk.py``, to show what that walk gains), and on the same batches,
+alternating, times (1) the encoder's forward + backward (latent ODEs; the ODE-RNN baseline
+graphs its whole walk and has no encoder), (2) a training step (the loss's forward +
+backward) and (3) an evaluation step (the loss in eval mode under ``torch.inference_mode``,
+as the per-epoch test pass runs it; graphed, the encoder's forward alone is replayed),
+synchronising the GPU around each. It prints median milliseconds, the ratio graphed / eager,
+the one-off recording cost, and how far the two versions' q(z0) and losses differ.
 
     python scripts/bench_cuda_graph.py                          # hopper_interp, latent ODE
     python scripts/bench_cuda_graph.py model=hopper_latent_ode_rnn
@@ -56,6 +58,14 @@ def main(argv: list[str] | None = None) -> None:
     graphable.cuda_graph = False
     models = {"eager": eager}
     if device.type == "cuda":
+        if getattr(graphable, "_lean_static_walk", False):
+            # the same graphs recorded from the generic static walk, for the comparison
+            generic = copy.deepcopy(eager)
+            encoder = generic.encoder
+            encoder.cuda_graph = True
+            encoder.__class__ = type("GenericWalk", (type(encoder),),
+                                     {"_lean_static_walk": False})
+            models["generic"] = generic
         graphed = copy.deepcopy(eager)
         getattr(graphed, "encoder", graphed).cuda_graph = True
         models["graphed"] = graphed
@@ -123,6 +133,11 @@ def main(argv: list[str] | None = None) -> None:
                if has_encoder else "")
         evl = median[("graphed", "eval")] / median[("eager", "eval")]
         print(f"graphed / eager: {enc}training step {stp:.2f}x, evaluation step {evl:.2f}x")
+        if "generic" in models:
+            ratio = {k: median[("graphed", k)] / median[("generic", k)]
+                     for k in ("encoder", "step", "eval")}
+            print(f"graph walk / generic walk, both graphed: encoder {ratio['encoder']:.2f}x, "
+                  f"training step {ratio['step']:.2f}x, evaluation step {ratio['eval']:.2f}x")
         batch = batches[-1]
         if has_encoder:
             with torch.no_grad():

@@ -30,6 +30,7 @@ from torch import nn
 from latentode.solvers import odeint
 
 from .euler_gru import euler_gru_scan
+from .graph_walk import mean_std_static_walk
 from .graphs import Graphable, check_graph_solver
 from .layers import ODEFunc, is_single_euler_step, mlp
 from .schedule import check_max_step, series_plan
@@ -182,7 +183,9 @@ class _BackwardGRU(Graphable, nn.Module):
         """``q(z0)`` by the static union walk (what ``cuda_graph`` records)."""
         return self._z0(self._walk_union(times, values, mask, mask.amax(-1) > 0, static=True))
 
-    _graph_fn = _static_z0
+    def _graph_fn(self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._static_z0(times, values, mask)
 
     def _walk_series(self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
                      seen: torch.Tensor) -> torch.Tensor:
@@ -288,15 +291,38 @@ class ODERNNEncoder(_BackwardGRU):
             return h + (t_to - t_from) * self.ode(t_from, h)
         return odeint(self.ode, h, torch.stack([t_from, t_to]), **self.solver)[-1]
 
+    def _static_z0(self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``q(z0)`` by the static union walk; for the paper's cell (``std_state``) the one
+        written with fewest kernels per point (:mod:`latentode.nn.graph_walk`)."""
+        if not self._lean_static_walk:
+            return super()._static_z0(times, values, mask)
+        linears = [m for m in self.ode.net if isinstance(m, nn.Linear)]  # type: ignore[attr-defined]
+        return self._z0(mean_std_static_walk(times, values, mask, self.cell, linears,
+                                             self.hidden))
+
+    @property
+    def _lean_static_walk(self) -> bool:
+        return (self._single_euler_step and type(self.cell) is MeanStdGRUCell
+                and _plain_mlp(self.ode.net) and _mean_std_cell_is_standard(self.cell))
+
     @property
     def _fused_euler_gru(self) -> bool:  # type: ignore[override]
-        net = self.ode.net
-        plain_mlp = all(
-            type(m) is nn.Tanh or (type(m) is nn.Linear and m.bias is not None) for m in net
-        )
         return self._single_euler_step and type(self.cell) is nn.GRUCell and (
-            self.cell.bias_ih is not None) and plain_mlp
+            self.cell.bias_ih is not None) and _plain_mlp(self.ode.net)
 
     @property
     def _single_euler_step(self) -> bool:
         return is_single_euler_step(self.solver)
+
+
+def _plain_mlp(net: nn.Module) -> bool:
+    """Linear layers with biases and ``tanh`` between them, nothing else."""
+    return all(type(m) is nn.Tanh or (type(m) is nn.Linear and m.bias is not None) for m in net)
+
+
+def _mean_std_cell_is_standard(cell: MeanStdGRUCell) -> bool:
+    """The cell as :func:`gru_cell` builds it (one hidden layer per MLP, sigmoid gates)."""
+    gates = (cell.update, cell.reset)
+    return all(len(g) == 2 and type(g[1]) is nn.Sigmoid and len(g[0]) == 3 and _plain_mlp(g[0])
+               for g in gates) and len(cell.new) == 3 and _plain_mlp(cell.new)

@@ -1,0 +1,165 @@
+"""The hopper encoder's static union walk written for CUDA-graph replay: fewest kernels per point.
+
+A replayed graph costs about what its kernels cost to run, and at the paper's hopper sizes those
+are thousands of tiny ones (50 series x 30 states), so their number, not their arithmetic, sets
+the replay time. Recorded by autograd, the generic static walk
+(:meth:`~latentode.nn.encoders._BackwardGRU._walk_union`) runs ~142 kernels per time point,
+forward and backward, on the paper's ODE-RNN encoder (``std_state=True``, MLP-gated GRU, a
+4-layer field). This walk is one autograd node with a hand-written backward, ~70 per point:
+
+* every point's input ``[values * mask, mask]`` goes through the three first layers' input
+  columns in one product for the whole walk (outside, differentiated by autograd);
+* both gates' first layers share one product, their second layers one block-diagonal product;
+* the backward carries the state's gradient only; each weight's gradient is one product over
+  all points at the end, not one per point plus an accumulation.
+
+It is sync-free and its control flow depends on the shapes only (every point visited, a zero
+gap adds ``0 * f``, updates masked), as a graph needs. Same recurrence as
+:class:`~latentode.nn.encoders.MeanStdGRUCell` after an Euler step of the mean:
+
+    a = tanh(W_g [m, s] + x_g),  [u, r] = sigmoid(W_2 a + b_2)        (both gates)
+    a_n = tanh(W_n1 [m r, s r] + x_n),  [n_m, n_s] = W_n2 a_n + b_n2
+    m' = u m + (1 - u) n_m,   s' = |u s + (1 - u) |n_s||
+
+equal to the generic walk up to rounding (tested in float64: values, gradients, gradcheck).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+_ops = torch.ops.aten
+
+
+def mean_std_static_walk(
+    times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, cell: nn.Module,
+    field: list[nn.Linear], hidden: int,
+) -> torch.Tensor:
+    """Final ``[mean, std]`` state after every point, last to first (``(B, 2 hidden)``).
+
+    ``cell`` is a :class:`~latentode.nn.encoders.MeanStdGRUCell` as ``gru_cell`` builds it,
+    ``field`` the vector field's linear layers (``tanh`` between them), ``mask`` float.
+    """
+    (u1, _, u2), (r1, _, r2) = cell.update[0], cell.reset[0]
+    n1, _, n2 = cell.new
+    state = 2 * hidden
+    x = torch.cat([values * mask, mask], -1)
+    projected = nn.functional.linear(
+        x, torch.cat([u1.weight[:, state:], r1.weight[:, state:], n1.weight[:, state:]]),
+        torch.cat([u1.bias, r1.bias, n1.bias]))  # (B, T, 3U)
+    w_gates = torch.cat([u1.weight[:, :state], r1.weight[:, :state]])  # (2U, 2H)
+    seen = mask.amax(-1, keepdim=True) > 0  # (B, T, 1)
+    gaps = (times[:-1] - times[1:]).unsqueeze(-1)  # (T - 1, 1): t_i - t_{i+1}
+    flat = [p for m in field for p in (m.weight, m.bias)]
+    return _Walk.apply(projected, seen, gaps, w_gates, u2.weight, u2.bias, r2.weight, r2.bias,
+                       n1.weight[:, :state], n2.weight, n2.bias, *flat)
+
+
+class _Walk(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, projected, seen, gaps, w_gates, w_u2, b_u2, w_r2, b_r2, w_n1, w_n2, b_n2,
+                *flat):
+        layers = list(zip(flat[0::2], flat[1::2], strict=True))
+        batch, length, _ = projected.shape
+        hidden, units = w_u2.shape[0], w_n1.shape[0]
+        keep = any(ctx.needs_input_grad)
+        x_gates, x_new = projected[..., : 2 * units], projected[..., 2 * units :]
+        w_second = torch.block_diag(w_u2, w_r2)  # (2H, 2U)
+        b_second = torch.cat([b_u2, b_r2])
+        w_gates_t, w_second_t, w_n1_t, w_n2_t = w_gates.t(), w_second.t(), w_n1.t(), w_n2.t()
+        h = projected.new_zeros(batch, 2 * hidden)
+        euler, gru = [], []  # in the forward's order: GRU(T-1), Euler(T-2), GRU(T-2), ...
+        for i in range(length - 1, -1, -1):
+            if i < length - 1:
+                mean, acts = h[:, :hidden], []
+                a = mean
+                for k, (w, b) in enumerate(layers):
+                    a = torch.addmm(b, a, w.t())
+                    if k < len(layers) - 1:
+                        a = torch.tanh(a)
+                        acts.append(a)
+                if keep:
+                    euler.append((mean, acts))
+                h = torch.cat([torch.addcmul(mean, gaps[i], a), h[:, hidden:]], -1)
+            gates = torch.tanh(torch.addmm(x_gates[:, i], h, w_gates_t))
+            ur = torch.sigmoid(torch.addmm(b_second, gates, w_second_t))  # [u, r]
+            u = ur[:, :hidden]
+            r2 = torch.cat([ur[:, hidden:], ur[:, hidden:]], -1)
+            hr = h * r2
+            a_new = torch.tanh(torch.addmm(x_new[:, i], hr, w_n1_t))
+            new = torch.addmm(b_n2, a_new, w_n2_t)
+            n_m, n_s = new[:, :hidden], new[:, hidden:]
+            abs_s = n_s.abs()
+            to_mean, to_std = h[:, :hidden] - n_m, h[:, hidden:] - abs_s
+            inner = torch.addcmul(abs_s, u, to_std)  # u s + (1 - u) |n_s|
+            updated = torch.cat([torch.addcmul(n_m, u, to_mean), inner.abs()], -1)
+            if keep:
+                gru.append((h, gates, ur, r2, hr, a_new, n_s, inner, to_mean, to_std))
+            h = torch.where(seen[:, i], updated, h)
+        if keep:
+            ctx.euler, ctx.gru, ctx.layers = euler, gru, layers
+            ctx.seen, ctx.gaps, ctx.units = seen, gaps, units
+            ctx.weights = (w_gates, w_second, w_n1, w_n2)
+        return h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_h):
+        layers, seen, gaps, units = ctx.layers, ctx.seen, ctx.gaps, ctx.units
+        w_gates, w_second, w_n1, w_n2 = ctx.weights
+        hidden = w_n2.shape[0] // 2
+        length = len(ctx.gru)
+        saved: dict[str, tuple[list, list]] = {k: ([], []) for k in ("g", "2", "n1", "n2")}
+        layer_in: list[list] = [[] for _ in layers]
+        layer_d: list[list] = [[] for _ in layers]
+        d_x = []  # per point, first point first
+        g = grad_h
+        for i in range(length):  # the forward reversed: GRU(0), Euler(0), GRU(1), ...
+            h, gates, ur, r2, hr, a_new, n_s, inner, to_mean, to_std = ctx.gru[length - 1 - i]
+            g_new = torch.where(seen[:, i], g, 0.0)
+            g_m, g_s = g_new[:, :hidden], g_new[:, hidden:]
+            u2 = ur[:, :hidden].repeat(1, 2)
+            d_inner = g_s * torch.sign(inner)
+            d_new = torch.cat([g_m, d_inner * torch.sign(n_s)], -1) * (1.0 - u2)
+            d_pre_n = _ops.tanh_backward(d_new @ w_n2, a_new)
+            d_hr = d_pre_n @ w_n1
+            d_r2 = d_hr * h
+            d_ur = torch.cat([g_m * to_mean + d_inner * to_std,
+                              d_r2[:, :hidden] + d_r2[:, hidden:]], -1)
+            d_z = _ops.sigmoid_backward(d_ur, ur)
+            d_gates = _ops.tanh_backward(d_z @ w_second, gates)
+            d_x.append(torch.cat([d_gates, d_pre_n], -1))
+            for key, inp, delta in (("g", h, d_gates), ("2", gates, d_z), ("n1", hr, d_pre_n),
+                                    ("n2", a_new, d_new)):
+                saved[key][0].append(inp)
+                saved[key][1].append(delta)
+            g = (g - g_new) + torch.cat([g_m, d_inner], -1) * u2 + d_hr * r2 + d_gates @ w_gates
+            if i < length - 1:
+                mean, acts = ctx.euler[length - 2 - i]
+                g_m = g[:, :hidden]
+                delta = g_m * gaps[i]
+                for k in range(len(layers) - 1, -1, -1):
+                    layer_in[k].append(acts[k - 1] if k > 0 else mean)
+                    layer_d[k].append(delta)
+                    back = delta @ layers[k][0]
+                    if k > 0:
+                        delta = _ops.tanh_backward(back, acts[k - 1])
+                g = torch.cat([g_m + back, g[:, hidden:]], -1)
+        d_projected = torch.stack(d_x, 1)
+
+        def product(inputs: list, deltas: list) -> tuple[torch.Tensor, torch.Tensor]:
+            d, a = torch.cat(deltas), torch.cat(inputs)
+            return d.t() @ a, d.sum(0)
+
+        d_w_gates = product(*saved["g"])[0]
+        d_w_second, d_b_second = product(*saved["2"])
+        d_w_n1 = product(*saved["n1"])[0]
+        d_w_n2, d_b_n2 = product(*saved["n2"])
+        grads_layers: list = []
+        for inputs, deltas in zip(layer_in, layer_d, strict=True):
+            grads_layers += list(product(inputs, deltas)) if deltas else [None, None]
+        return (d_projected, None, None, d_w_gates, d_w_second[:hidden, :units],
+                d_b_second[:hidden], d_w_second[hidden:, units:], d_b_second[hidden:], d_w_n1,
+                d_w_n2, d_b_n2, *grads_layers)

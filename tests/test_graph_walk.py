@@ -1,0 +1,124 @@
+"""The paper encoder's walk written for CUDA graphs (``latentode.nn.graph_walk``): one autograd
+node with a hand-written backward, so it is checked against finite differences in float64 and
+against the encoder's eager walk; and it must record about half the kernels of the generic
+static walk, which is its reason to exist."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+from torch.profiler import ProfilerActivity, profile
+
+from latentode.nn import ODERNNEncoder
+from latentode.nn.encoders import _BackwardGRU
+from latentode.nn.graph_walk import _Walk
+
+F64 = torch.float64
+
+
+def encoder(layers: int = 4, **kw) -> ODERNNEncoder:
+    torch.manual_seed(0)
+    return ODERNNEncoder(3, 4, hidden=5, ode_units=9, ode_layers=layers, z0_units=8,
+                         gru_units=7, std_state=True, **kw).double()
+
+
+def batch(seed: int = 0, n: int = 6, length: int = 12):
+    gen = torch.Generator().manual_seed(seed)
+    times = torch.sort(torch.rand(length, generator=gen, dtype=F64)).values * 3
+    times[4] = times[3]  # a repeated time point: a zero gap
+    values = torch.randn(n, length, 3, generator=gen, dtype=F64)
+    mask = (torch.rand(n, length, 3, generator=gen) < 0.4).to(F64)
+    mask[:, length - 3] = 0  # a time point nobody observes
+    mask[:, -1] = 0  # nor the last one
+    mask[-1] = 0  # a series with nothing to read
+    return times, values, mask
+
+
+@pytest.mark.parametrize("layers", [1, 2, 4])
+def test_graph_walk_equals_the_eager_walk(layers):
+    """q(z0) and the gradients of the inputs and of every parameter, as the eager encoder."""
+    enc = encoder(layers)
+    assert enc._lean_static_walk
+    for seed in range(2):
+        times, values, mask = batch(seed)
+        values.requires_grad_(True)
+        eager = enc(times, values, mask)
+        graph = enc._static_z0(times, values, mask)
+        for a, b in zip(eager, graph, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+        weights = [torch.randn_like(eager[0]), torch.randn_like(eager[1])]
+        params = [values, *enc.parameters()]
+
+        def grads(out, params=params, weights=weights):
+            loss = (weights[0] * out[0]).sum() + (weights[1] * out[1]).sum()
+            return torch.autograd.grad(loss, params)
+
+        for a, b in zip(grads(eager), grads(graph), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_graph_walk_gradcheck():
+    """Finite differences through the hand-written backward, every input it differentiates."""
+    gen = torch.Generator().manual_seed(3)
+    batch_size, length, hidden, units, fields = 3, 5, 2, 3, 4
+
+    def rand(*shape):
+        return (0.5 * torch.randn(*shape, generator=gen, dtype=F64)).requires_grad_(True)
+
+    projected = rand(batch_size, length, 3 * units)
+    seen = torch.rand(batch_size, length, 1, generator=gen) < 0.6
+    gaps = -torch.rand(length - 1, 1, generator=gen, dtype=F64)
+    gaps[1] = 0.0
+    cell = [rand(2 * units, 2 * hidden), rand(hidden, units), rand(hidden), rand(hidden, units),
+            rand(hidden), rand(units, 2 * hidden), rand(2 * hidden, units), rand(2 * hidden)]
+    field = [rand(fields, hidden), rand(fields), rand(fields, fields), rand(fields),
+             rand(hidden, fields), rand(hidden)]
+
+    def run(projected, *rest):
+        return _Walk.apply(projected, seen, gaps, *rest)
+
+    assert gradcheck(run, (projected, *cell, *field), eps=1e-6, atol=1e-8)
+
+
+def _kernels(fn) -> int:
+    """Non-view ATen ops (on a GPU: kernel launches) of ``fn``, outermost calls only."""
+    views = {"aten::slice", "aten::select", "aten::view", "aten::t", "aten::transpose",
+             "aten::unsqueeze", "aten::expand", "aten::split", "aten::split_with_sizes",
+             "aten::narrow", "aten::as_strided", "aten::alias", "aten::detach", "aten::unbind",
+             "aten::reshape", "aten::_reshape_alias", "aten::squeeze", "aten::permute",
+             "aten::chunk", "aten::numpy_T"}
+
+    def outermost(event) -> bool:
+        parent = event.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("aten::"):
+                return False
+            parent = parent.cpu_parent
+        return True
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for e in prof.events()
+               if e.name.startswith("aten::") and e.name not in views and outermost(e))
+
+
+def test_graph_walk_records_half_the_kernels_of_the_generic_walk():
+    """Forward and backward of the paper-shaped encoder: ~70 kernels per time point against
+    ~142 for the generic static walk (what a CUDA graph replays; counted on CPU)."""
+    enc = encoder(4).float()
+    times, values, mask = (x.float() for x in batch(0, length=40))
+
+    def step(walk):
+        mean, std = walk(enc, times, values, mask)
+        (mean.sum() + std.sum()).backward()
+
+    generic = _kernels(lambda: step(_BackwardGRU._static_z0))
+    lean = _kernels(lambda: step(ODERNNEncoder._static_z0))
+    assert lean < 0.55 * generic, (lean, generic)
+
+
+def test_graph_walk_only_for_the_paper_cell():
+    assert not ODERNNEncoder(3, 4, hidden=5, gru_units=7)._lean_static_walk  # no std state
+    assert not ODERNNEncoder(3, 4, hidden=5)._lean_static_walk  # nn.GRUCell
+    assert not encoder(solver={"method": "rk4"})._lean_static_walk
