@@ -7,7 +7,7 @@ the encoder's forward and backward once per batch shape and replays them. This s
 recipe (default ``experiment=hopper_interp`` on 300 trajectories), copies the model into an
 eager and a graphed version with the same weights (for the paper's encoder also a version
 whose graphs record the generic static walk instead of the one written for graphs,
-``latentode/nn/graph_walk.py``, to show what that walk gains), and on the same batches,
+``latentode/nn/mean_std_walk.py``, to show what that walk gains), and on the same batches,
 alternating, times (1) the encoder's forward + backward (latent ODEs; the ODE-RNN baseline
 graphs its whole walk and has no encoder), (2) a training step (the loss's forward +
 backward) and (3) an evaluation step (the loss in eval mode under ``torch.inference_mode``,
@@ -58,13 +58,13 @@ def main(argv: list[str] | None = None) -> None:
     graphable.cuda_graph = False
     models = {"eager": eager}
     if device.type == "cuda":
-        if getattr(graphable, "_lean_static_walk", False):
+        if getattr(graphable, "_mean_std_walk", False):
             # the same graphs recorded from the generic static walk, for the comparison
             generic = copy.deepcopy(eager)
             encoder = generic.encoder
             encoder.cuda_graph = True
             encoder.__class__ = type("GenericWalk", (type(encoder),),
-                                     {"_lean_static_walk": False})
+                                     {"_mean_std_walk": False})
             models["generic"] = generic
         graphed = copy.deepcopy(eager)
         getattr(graphed, "encoder", graphed).cuda_graph = True

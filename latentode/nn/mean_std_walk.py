@@ -1,11 +1,11 @@
-"""The hopper encoder's static union walk written for CUDA-graph replay: fewest kernels per point.
+"""The paper's ODE-RNN encoder walk (mean-and-std state, MLP-gated GRU) with fewest kernels.
 
-A replayed graph costs about what its kernels cost to run, and at the paper's hopper sizes those
-are thousands of tiny ones (50 series x 30 states), so their number, not their arithmetic, sets
-the replay time. Recorded by autograd, the generic static walk
+At the paper's hopper sizes (50 series x 30 states, 100 time points) the encoder is thousands of
+tiny kernels, so their number sets its time on a GPU, eagerly or replayed from a CUDA graph,
+and on a CPU per-op overhead is a good share of it. Recorded by autograd, the generic walk
 (:meth:`~latentode.nn.encoders._BackwardGRU._walk_union`) runs ~142 kernels per time point,
-forward and backward, on the paper's ODE-RNN encoder (``std_state=True``, MLP-gated GRU, a
-4-layer field). This walk is one autograd node with a hand-written backward, ~70 per point:
+forward and backward, on the paper's encoder (``std_state=True``, MLP-gated GRU, a 4-layer
+field). This walk is one autograd node with a hand-written backward, ~71 per point:
 
 * every point's input ``[values * mask, mask]`` goes through the three first layers' input
   columns in one product for the whole walk (outside, differentiated by autograd);
@@ -13,8 +13,9 @@ forward and backward, on the paper's ODE-RNN encoder (``std_state=True``, MLP-ga
 * the backward carries the state's gradient only; each weight's gradient is one product over
   all points at the end, not one per point plus an accumulation.
 
-It is sync-free and its control flow depends on the shapes only (every point visited, a zero
-gap adds ``0 * f``, updates masked), as a graph needs. Same recurrence as
+Static (what ``cuda_graph`` records) it is sync-free with control flow fixed by the shapes
+(every point visited, a zero gap adds ``0 * f``, updates masked); eager, it skips points nobody
+observes and zero gaps after asking the device once which they are. Same recurrence as
 :class:`~latentode.nn.encoders.MeanStdGRUCell` after an Euler step of the mean:
 
     a = tanh(W_g [m, s] + x_g),  [u, r] = sigmoid(W_2 a + b_2)        (both gates)
@@ -33,14 +34,16 @@ from torch.autograd.function import once_differentiable
 _ops = torch.ops.aten
 
 
-def mean_std_static_walk(
+def mean_std_walk(
     times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, cell: nn.Module,
-    field: list[nn.Linear], hidden: int,
+    field: list[nn.Linear], hidden: int, static: bool = True,
 ) -> torch.Tensor:
     """Final ``[mean, std]`` state after every point, last to first (``(B, 2 hidden)``).
 
     ``cell`` is a :class:`~latentode.nn.encoders.MeanStdGRUCell` as ``gru_cell`` builds it,
     ``field`` the vector field's linear layers (``tanh`` between them), ``mask`` float.
+    ``static=False`` (eager use) skips points nobody observes and zero gaps, asking the device
+    once which they are; ``static=True`` visits every point, as a CUDA graph needs.
     """
     (u1, _, u2), (r1, _, r2) = cell.update[0], cell.reset[0]
     n1, _, n2 = cell.new
@@ -53,14 +56,19 @@ def mean_std_static_walk(
     seen = mask.amax(-1, keepdim=True) > 0  # (B, T, 1)
     gaps = (times[:-1] - times[1:]).unsqueeze(-1)  # (T - 1, 1): t_i - t_{i+1}
     flat = [p for m in field for p in (m.weight, m.bias)]
-    return _Walk.apply(projected, seen, gaps, w_gates, u2.weight, u2.bias, r2.weight, r2.bias,
-                       n1.weight[:, :state], n2.weight, n2.bias, *flat)
+    visit = move = None
+    if not static:
+        length = len(times)
+        flags = torch.cat([seen.any(0).squeeze(-1), gaps.squeeze(-1) != 0]).tolist()  # one sync
+        visit, move = flags[:length], flags[length:]
+    return _Walk.apply(projected, seen, gaps, visit, move, w_gates, u2.weight, u2.bias,
+                       r2.weight, r2.bias, n1.weight[:, :state], n2.weight, n2.bias, *flat)
 
 
 class _Walk(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, projected, seen, gaps, w_gates, w_u2, b_u2, w_r2, b_r2, w_n1, w_n2, b_n2,
-                *flat):
+    def forward(ctx, projected, seen, gaps, visit, move, w_gates, w_u2, b_u2, w_r2, b_r2, w_n1,
+                w_n2, b_n2, *flat):
         layers = list(zip(flat[0::2], flat[1::2], strict=True))
         batch, length, _ = projected.shape
         hidden, units = w_u2.shape[0], w_n1.shape[0]
@@ -70,9 +78,9 @@ class _Walk(torch.autograd.Function):
         b_second = torch.cat([b_u2, b_r2])
         w_gates_t, w_second_t, w_n1_t, w_n2_t = w_gates.t(), w_second.t(), w_n1.t(), w_n2.t()
         h = projected.new_zeros(batch, 2 * hidden)
-        euler, gru = [], []  # in the forward's order: GRU(T-1), Euler(T-2), GRU(T-2), ...
+        euler, gru = {}, {}  # by time point
         for i in range(length - 1, -1, -1):
-            if i < length - 1:
+            if i < length - 1 and (move is None or move[i]):
                 mean, acts = h[:, :hidden], []
                 a = mean
                 for k, (w, b) in enumerate(layers):
@@ -81,8 +89,10 @@ class _Walk(torch.autograd.Function):
                         a = torch.tanh(a)
                         acts.append(a)
                 if keep:
-                    euler.append((mean, acts))
+                    euler[i] = (mean, acts)
                 h = torch.cat([torch.addcmul(mean, gaps[i], a), h[:, hidden:]], -1)
+            if visit is not None and not visit[i]:
+                continue
             gates = torch.tanh(torch.addmm(x_gates[:, i], h, w_gates_t))
             ur = torch.sigmoid(torch.addmm(b_second, gates, w_second_t))  # [u, r]
             u = ur[:, :hidden]
@@ -96,11 +106,11 @@ class _Walk(torch.autograd.Function):
             inner = torch.addcmul(abs_s, u, to_std)  # u s + (1 - u) |n_s|
             updated = torch.cat([torch.addcmul(n_m, u, to_mean), inner.abs()], -1)
             if keep:
-                gru.append((h, gates, ur, r2, hr, a_new, n_s, inner, to_mean, to_std))
+                gru[i] = (h, gates, ur, r2, hr, a_new, n_s, inner, to_mean, to_std)
             h = torch.where(seen[:, i], updated, h)
         if keep:
             ctx.euler, ctx.gru, ctx.layers = euler, gru, layers
-            ctx.seen, ctx.gaps, ctx.units = seen, gaps, units
+            ctx.seen, ctx.gaps, ctx.units, ctx.shape = seen, gaps, units, projected.shape
             ctx.weights = (w_gates, w_second, w_n1, w_n2)
         return h
 
@@ -110,14 +120,22 @@ class _Walk(torch.autograd.Function):
         layers, seen, gaps, units = ctx.layers, ctx.seen, ctx.gaps, ctx.units
         w_gates, w_second, w_n1, w_n2 = ctx.weights
         hidden = w_n2.shape[0] // 2
-        length = len(ctx.gru)
+        batch, length, width = ctx.shape
         saved: dict[str, tuple[list, list]] = {k: ([], []) for k in ("g", "2", "n1", "n2")}
         layer_in: list[list] = [[] for _ in layers]
         layer_d: list[list] = [[] for _ in layers]
         d_x = []  # per point, first point first
         g = grad_h
+        zero = None
         for i in range(length):  # the forward reversed: GRU(0), Euler(0), GRU(1), ...
-            h, gates, ur, r2, hr, a_new, n_s, inner, to_mean, to_std = ctx.gru[length - 1 - i]
+            if i not in ctx.gru:  # nobody observed: skipped
+                if zero is None:
+                    zero = grad_h.new_zeros(batch, width)
+                d_x.append(zero)
+                if i in ctx.euler:
+                    g = _euler_backward(g, *ctx.euler[i], layers, gaps[i], layer_in, layer_d)
+                continue
+            h, gates, ur, r2, hr, a_new, n_s, inner, to_mean, to_std = ctx.gru[i]
             g_new = torch.where(seen[:, i], g, 0.0)
             g_m, g_s = g_new[:, :hidden], g_new[:, hidden:]
             u2 = ur[:, :hidden].repeat(1, 2)
@@ -136,17 +154,8 @@ class _Walk(torch.autograd.Function):
                 saved[key][0].append(inp)
                 saved[key][1].append(delta)
             g = (g - g_new) + torch.cat([g_m, d_inner], -1) * u2 + d_hr * r2 + d_gates @ w_gates
-            if i < length - 1:
-                mean, acts = ctx.euler[length - 2 - i]
-                g_m = g[:, :hidden]
-                delta = g_m * gaps[i]
-                for k in range(len(layers) - 1, -1, -1):
-                    layer_in[k].append(acts[k - 1] if k > 0 else mean)
-                    layer_d[k].append(delta)
-                    back = delta @ layers[k][0]
-                    if k > 0:
-                        delta = _ops.tanh_backward(back, acts[k - 1])
-                g = torch.cat([g_m + back, g[:, hidden:]], -1)
+            if i in ctx.euler:
+                g = _euler_backward(g, *ctx.euler[i], layers, gaps[i], layer_in, layer_d)
         d_projected = torch.stack(d_x, 1)
 
         def product(inputs: list, deltas: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,6 +169,22 @@ class _Walk(torch.autograd.Function):
         grads_layers: list = []
         for inputs, deltas in zip(layer_in, layer_d, strict=True):
             grads_layers += list(product(inputs, deltas)) if deltas else [None, None]
-        return (d_projected, None, None, d_w_gates, d_w_second[:hidden, :units],
+        return (d_projected, None, None, None, None, d_w_gates, d_w_second[:hidden, :units],
                 d_b_second[:hidden], d_w_second[hidden:, units:], d_b_second[hidden:], d_w_n1,
                 d_w_n2, d_b_n2, *grads_layers)
+
+
+def _euler_backward(g: torch.Tensor, mean: torch.Tensor, acts: list, layers: list,
+                    gap: torch.Tensor, layer_in: list, layer_d: list) -> torch.Tensor:
+    """The state's gradient before an Euler step of the mean, from the one after it; the
+    layers' inputs and deltas are kept for the weight gradients."""
+    hidden = mean.shape[-1]
+    g_m = g[:, :hidden]
+    delta = g_m * gap
+    for k in range(len(layers) - 1, -1, -1):
+        layer_in[k].append(acts[k - 1] if k > 0 else mean)
+        layer_d[k].append(delta)
+        back = delta @ layers[k][0]
+        if k > 0:
+            delta = _ops.tanh_backward(back, acts[k - 1])
+    return torch.cat([g_m + back, g[:, hidden:]], -1)

@@ -1,7 +1,7 @@
-"""The paper encoder's walk written for CUDA graphs (``latentode.nn.graph_walk``): one autograd
-node with a hand-written backward, so it is checked against finite differences in float64 and
-against the encoder's eager walk; and it must record about half the kernels of the generic
-static walk, which is its reason to exist."""
+"""The paper encoder's walk (``latentode.nn.mean_std_walk``): one autograd node with a hand-written
+backward, so it is checked against finite differences in float64 and against the generic
+autograd loop; and it must launch about half the kernels of the generic walk, which is its
+reason to exist."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from latentode.nn import ODERNNEncoder
 from latentode.nn.encoders import _BackwardGRU
-from latentode.nn.graph_walk import _Walk
+from latentode.nn.mean_std_walk import _Walk
 
 F64 = torch.float64
 
@@ -36,29 +36,31 @@ def batch(seed: int = 0, n: int = 6, length: int = 12):
 
 
 @pytest.mark.parametrize("layers", [1, 2, 4])
-def test_graph_walk_equals_the_eager_walk(layers):
-    """q(z0) and the gradients of the inputs and of every parameter, as the eager encoder."""
+def test_walk_equals_the_generic_autograd_loop(layers):
+    """q(z0) and the gradients of the inputs and of every parameter, eager (skipping points
+    nobody observes and zero gaps) and static (what a graph records), as the generic loop."""
     enc = encoder(layers)
-    assert enc._lean_static_walk
+    assert enc._mean_std_walk
     for seed in range(2):
         times, values, mask = batch(seed)
         values.requires_grad_(True)
-        eager = enc(times, values, mask)
-        graph = enc._static_z0(times, values, mask)
-        for a, b in zip(eager, graph, strict=True):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
-        weights = [torch.randn_like(eager[0]), torch.randn_like(eager[1])]
+        reference = enc._z0(enc._walk_union(times, values, mask, mask.amax(-1) > 0))
+        weights = [torch.randn_like(reference[0]), torch.randn_like(reference[1])]
         params = [values, *enc.parameters()]
 
         def grads(out, params=params, weights=weights):
             loss = (weights[0] * out[0]).sum() + (weights[1] * out[1]).sum()
             return torch.autograd.grad(loss, params)
 
-        for a, b in zip(grads(eager), grads(graph), strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        want = grads(reference)
+        for walk in (enc(times, values, mask), enc._static_z0(times, values, mask)):
+            for a, b in zip(reference, walk, strict=True):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+            for a, b in zip(want, grads(walk), strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_graph_walk_gradcheck():
+def test_walk_gradcheck():
     """Finite differences through the hand-written backward, every input it differentiates."""
     gen = torch.Generator().manual_seed(3)
     batch_size, length, hidden, units, fields = 3, 5, 2, 3, 4
@@ -75,10 +77,13 @@ def test_graph_walk_gradcheck():
     field = [rand(fields, hidden), rand(fields), rand(fields, fields), rand(fields),
              rand(hidden, fields), rand(hidden)]
 
-    def run(projected, *rest):
-        return _Walk.apply(projected, seen, gaps, *rest)
+    visit = [True, False, True, True, False]  # points skipped (nobody observes them)
+    move = [True, False, True, False]  # zero gaps skipped
+    for skips in ((None, None), (visit, move)):
+        def run(projected, *rest, skips=skips):
+            return _Walk.apply(projected, seen, gaps, *skips, *rest)
 
-    assert gradcheck(run, (projected, *cell, *field), eps=1e-6, atol=1e-8)
+        assert gradcheck(run, (projected, *cell, *field), eps=1e-6, atol=1e-8)
 
 
 def _kernels(fn) -> int:
@@ -103,7 +108,7 @@ def _kernels(fn) -> int:
                if e.name.startswith("aten::") and e.name not in views and outermost(e))
 
 
-def test_graph_walk_records_half_the_kernels_of_the_generic_walk():
+def test_walk_launches_half_the_kernels_of_the_generic_walk():
     """Forward and backward of the paper-shaped encoder: ~70 kernels per time point against
     ~142 for the generic static walk (what a CUDA graph replays; counted on CPU)."""
     enc = encoder(4).float()
@@ -118,7 +123,7 @@ def test_graph_walk_records_half_the_kernels_of_the_generic_walk():
     assert lean < 0.55 * generic, (lean, generic)
 
 
-def test_graph_walk_only_for_the_paper_cell():
-    assert not ODERNNEncoder(3, 4, hidden=5, gru_units=7)._lean_static_walk  # no std state
-    assert not ODERNNEncoder(3, 4, hidden=5)._lean_static_walk  # nn.GRUCell
-    assert not encoder(solver={"method": "rk4"})._lean_static_walk
+def test_walk_only_for_the_paper_cell():
+    assert not ODERNNEncoder(3, 4, hidden=5, gru_units=7)._mean_std_walk  # no std state
+    assert not ODERNNEncoder(3, 4, hidden=5)._mean_std_walk  # nn.GRUCell
+    assert not encoder(solver={"method": "rk4"})._mean_std_walk
