@@ -81,7 +81,7 @@ def test_walk_gradcheck():
     move = [True, False, True, False]  # zero gaps skipped
     for skips in ((None, None), (visit, move)):
         def run(projected, *rest, skips=skips):
-            return _Walk.apply(projected, seen, gaps, *skips, *rest)
+            return _Walk.apply(projected, seen, gaps, *skips, True, *rest)
 
         assert gradcheck(run, (projected, *cell, *field), eps=1e-6, atol=1e-8)
 

@@ -61,18 +61,21 @@ def mean_std_walk(
         length = len(times)
         flags = torch.cat([seen.any(0).squeeze(-1), gaps.squeeze(-1) != 0]).tolist()  # one sync
         visit, move = flags[:length], flags[length:]
-    return _Walk.apply(projected, seen, gaps, visit, move, w_gates, u2.weight, u2.bias,
+    # without autograd (evaluation) nothing is kept for a backward: Function.forward cannot
+    # tell, its needs_input_grad follows requires_grad only
+    keep = torch.is_grad_enabled()
+    return _Walk.apply(projected, seen, gaps, visit, move, keep, w_gates, u2.weight, u2.bias,
                        r2.weight, r2.bias, n1.weight[:, :state], n2.weight, n2.bias, *flat)
 
 
 class _Walk(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, projected, seen, gaps, visit, move, w_gates, w_u2, b_u2, w_r2, b_r2, w_n1,
-                w_n2, b_n2, *flat):
+    def forward(ctx, projected, seen, gaps, visit, move, keep, w_gates, w_u2, b_u2, w_r2, b_r2,
+                w_n1, w_n2, b_n2, *flat):
         layers = list(zip(flat[0::2], flat[1::2], strict=True))
         batch, length, _ = projected.shape
         hidden, units = w_u2.shape[0], w_n1.shape[0]
-        keep = any(ctx.needs_input_grad)
+        keep = keep and any(ctx.needs_input_grad)
         x_gates, x_new = projected[..., : 2 * units], projected[..., 2 * units :]
         w_second = torch.block_diag(w_u2, w_r2)  # (2H, 2U)
         b_second = torch.cat([b_u2, b_r2])
@@ -169,7 +172,7 @@ class _Walk(torch.autograd.Function):
         grads_layers: list = []
         for inputs, deltas in zip(layer_in, layer_d, strict=True):
             grads_layers += list(product(inputs, deltas)) if deltas else [None, None]
-        return (d_projected, None, None, None, None, d_w_gates, d_w_second[:hidden, :units],
+        return (d_projected, None, None, None, None, None, d_w_gates, d_w_second[:hidden, :units],
                 d_b_second[:hidden], d_w_second[hidden:, units:], d_b_second[hidden:], d_w_n1,
                 d_w_n2, d_b_n2, *grads_layers)
 
