@@ -11,8 +11,10 @@
 # STEPS: space-separated step names to run (default: all, in the order below), e.g.
 # STEPS="graph_tests graph_bench data lode_interp_graph" bash scripts/gpu_check.sh
 # Next session (what is not measured yet, ~10 min with the start; carry .dev/site): the
-# ODE-RNN graph and the evaluation graphs (tests, bench's eval column, an epoch's test pass):
-# STEPS="graph_tests graph_bench odernn_graph_bench data lode_interp_graph odernn_graph lode_profile"
+# fused encoder walk (graph_bench prints graphed generic vs graphed fused walk), the evaluation
+# graphs (tests, bench's eval column, each epoch's test pass), backprop decoder gradients (the
+# hopper experiments' default now; lode_interp_graph_ckpt is the old checkpoint), the ODE-RNN graph:
+# STEPS="graph_tests graph_bench data lode_interp_graph lode_interp_graph_ckpt lode_interp odernn_graph_tests odernn_graph lode_profile"
 set -u
 START=$(date +%s); DEADLINE=${DEADLINE:-530}
 SITE=${SITE:-.dev/site}; PAPER_DIR=${PAPER_DIR:-.dev/papercode}
@@ -48,6 +50,7 @@ step 30 90 odernn_graph_bench python3 scripts/bench_cuda_graph.py model=hopper_o
 step 30 60 solver_tests python3 -m pytest -q -p no:cacheprovider tests/test_solver_cuda.py
 step 30 90 data python3 -c "from latentode.data.sources import hopper; x = hopper.generate(progress=False); print(x.shape)"
 step 60 150 lode_interp_graph $B --protocol hopper_interp --epochs 2 --every 1 $FULL model.encoder.cuda_graph=true
+step 60 150 lode_interp_graph_ckpt $B --protocol hopper_interp --epochs 2 --every 1 $FULL model.encoder.cuda_graph=true solver.gradient=checkpoint
 step 50 120 lode_extrap_graph $B --protocol hopper_extrap --epochs 1 --every 1 $FULL observed_fraction=0.1 model.encoder.cuda_graph=true
 step 40 90 lode_rnn_graph $B --protocol hopper_interp --epochs 1 --every 1 $FULL model=hopper_latent_ode_rnn model.encoder.cuda_graph=true
 step 50 120 odernn_graph $B --protocol hopper_interp --epochs 1 --every 1 $FULL model=hopper_odernn model.cuda_graph=true
