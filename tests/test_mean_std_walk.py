@@ -127,3 +127,22 @@ def test_walk_only_for_the_paper_cell():
     assert not ODERNNEncoder(3, 4, hidden=5, gru_units=7)._mean_std_walk  # no std state
     assert not ODERNNEncoder(3, 4, hidden=5)._mean_std_walk  # nn.GRUCell
     assert not encoder(solver={"method": "rk4"})._mean_std_walk
+
+
+@pytest.mark.parametrize(("length", "observed"), [(1, True), (6, False)])
+def test_walk_of_one_point_or_of_nothing_observed(length, observed):
+    """Edge batches: a single time point; a batch nobody observes (the eager walk then never
+    visits the cell: its backward must not fail on empty lists; found by hand)."""
+    enc = encoder(2)
+    times = torch.linspace(0, 1, length, dtype=F64)
+    values = torch.randn(3, length, 3, dtype=F64, requires_grad=True)
+    mask = torch.full((3, length, 3), float(observed), dtype=F64)
+    reference = enc._z0(enc._walk_union(times, values, mask, mask.amax(-1) > 0))
+    def grad(out):  # unobserved values take no part: a zero gradient
+        return torch.autograd.grad(out[0].sum() + out[1].sum(), values, allow_unused=True,
+                                   materialize_grads=True)[0]
+
+    want = grad(reference)
+    for walk in (enc(times, values, mask), enc._static_z0(times, values, mask)):
+        torch.testing.assert_close(walk, reference, rtol=0, atol=1e-13)
+        torch.testing.assert_close(grad(walk), want, rtol=1e-10, atol=1e-12)

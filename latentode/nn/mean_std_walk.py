@@ -165,16 +165,19 @@ class _Walk(torch.autograd.Function):
             d, a = torch.cat(deltas), torch.cat(inputs)
             return d.t() @ a, d.sum(0)
 
-        d_w_gates = product(*saved["g"])[0]
-        d_w_second, d_b_second = product(*saved["2"])
-        d_w_n1 = product(*saved["n1"])[0]
-        d_w_n2, d_b_n2 = product(*saved["n2"])
+        cell_grads: list = [None] * 8  # nobody observed anything: the cell had no part
+        if saved["g"][1]:
+            d_w_gates = product(*saved["g"])[0]
+            d_w_second, d_b_second = product(*saved["2"])
+            d_w_n1 = product(*saved["n1"])[0]
+            d_w_n2, d_b_n2 = product(*saved["n2"])
+            cell_grads = [d_w_gates, d_w_second[:hidden, :units], d_b_second[:hidden],
+                          d_w_second[hidden:, units:], d_b_second[hidden:], d_w_n1, d_w_n2,
+                          d_b_n2]
         grads_layers: list = []
         for inputs, deltas in zip(layer_in, layer_d, strict=True):
             grads_layers += list(product(inputs, deltas)) if deltas else [None, None]
-        return (d_projected, None, None, None, None, None, d_w_gates, d_w_second[:hidden, :units],
-                d_b_second[:hidden], d_w_second[hidden:, units:], d_b_second[hidden:], d_w_n1,
-                d_w_n2, d_b_n2, *grads_layers)
+        return (d_projected, None, None, None, None, None, *cell_grads, *grads_layers)
 
 
 def _euler_backward(g: torch.Tensor, mean: torch.Tensor, acts: list, layers: list,
