@@ -5,7 +5,7 @@ encoder's Euler step and gate MLPs at each of 100 time points, forward and backw
 spends the step waiting for Python to launch them. ``model.encoder.cuda_graph=true`` records
 the encoder's forward and backward once per batch shape and replays them. This script builds a
 recipe (default ``experiment=hopper_interp`` on 300 trajectories), copies the model into an
-eager and a graphed version with the same weights (for the paper's encoder also a version
+eager and a graphed version with the same weights (for the paper code's cell also a version
 whose graphs record the generic static walk instead of the one written for graphs,
 ``latentode/nn/mean_std_walk.py``, to show what that walk gains), and on the same batches,
 alternating, times (1) the encoder's forward + backward (latent ODEs; the ODE-RNN baseline
@@ -61,10 +61,9 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(graphable, "_mean_std_walk", False):
             # the same graphs recorded from the generic static walk, for the comparison
             generic = copy.deepcopy(eager)
-            encoder = generic.encoder
-            encoder.cuda_graph = True
-            encoder.__class__ = type("GenericWalk", (type(encoder),),
-                                     {"_mean_std_walk": False})
+            walker = getattr(generic, "encoder", generic)
+            walker.cuda_graph = True
+            walker.__class__ = type("GenericWalk", (type(walker),), {"_mean_std_walk": False})
             models["generic"] = generic
         graphed = copy.deepcopy(eager)
         getattr(graphed, "encoder", graphed).cuda_graph = True

@@ -23,10 +23,11 @@ def encoder(layers: int = 4, **kw) -> ODERNNEncoder:
                          gru_units=7, std_state=True, **kw).double()
 
 
-def batch(seed: int = 0, n: int = 6, length: int = 12):
+def batch(seed: int = 0, n: int = 6, length: int = 12, repeat: bool = True):
     gen = torch.Generator().manual_seed(seed)
     times = torch.sort(torch.rand(length, generator=gen, dtype=F64)).values * 3
-    times[4] = times[3]  # a repeated time point: a zero gap
+    if repeat:
+        times[4] = times[3]  # a repeated time point: a zero gap
     values = torch.randn(n, length, 3, generator=gen, dtype=F64)
     mask = (torch.rand(n, length, 3, generator=gen) < 0.4).to(F64)
     mask[:, length - 3] = 0  # a time point nobody observes
@@ -70,20 +71,24 @@ def test_walk_gradcheck():
 
     projected = rand(batch_size, length, 3 * units)
     seen = torch.rand(batch_size, length, 1, generator=gen) < 0.6
-    gaps = -torch.rand(length - 1, 1, generator=gen, dtype=F64)
-    gaps[1] = 0.0
+    dts = -torch.rand(length, 1, generator=gen, dtype=F64)
+    dts[1] = 0.0
     cell = [rand(2 * units, 2 * hidden), rand(hidden, units), rand(hidden), rand(hidden, units),
             rand(hidden), rand(units, 2 * hidden), rand(2 * hidden, units), rand(2 * hidden)]
     field = [rand(fields, hidden), rand(fields), rand(fields, fields), rand(fields),
              rand(hidden, fields), rand(hidden)]
-
     visit = [True, False, True, True, False]  # points skipped (nobody observes them)
-    move = [True, False, True, False]  # zero gaps skipped
-    for skips in ((None, None), (visit, move)):
-        def run(projected, *rest, skips=skips):
-            return _Walk.apply(projected, seen, gaps, *skips, True, *rest)
+    move = [True, False, True, False, True]  # zero gaps skipped
+    for first_to_last, emit in ((False, False), (True, True), (False, True)):
+        order = list(range(length))
+        if not first_to_last:
+            order.reverse()
+        for skips in ((None, None), (visit, move)):
+            def run(projected, *rest, order=order, skips=skips, emit=emit):
+                h, states = _Walk.apply(projected, seen, dts, order, *skips, emit, True, *rest)
+                return (h, states) if emit else h
 
-        assert gradcheck(run, (projected, *cell, *field), eps=1e-6, atol=1e-8)
+            assert gradcheck(run, (projected, *cell, *field), eps=1e-6, atol=1e-8)
 
 
 def _kernels(fn) -> int:
@@ -146,3 +151,39 @@ def test_walk_of_one_point_or_of_nothing_observed(length, observed):
     for walk in (enc(times, values, mask), enc._static_z0(times, values, mask)):
         torch.testing.assert_close(walk, reference, rtol=0, atol=1e-13)
         torch.testing.assert_close(grad(walk), want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_odernn_baseline_walk_equals_its_generic_walk(layers):
+    """The ODE-RNN baseline with the paper code's state walks first to last and predicts each
+    point from the state before its update: predictions, final state and every gradient as its
+    generic walk, eager (skips) and static (what a graph records)."""
+    from latentode.models import ODERNN
+    from latentode.models.baselines import _Deterministic
+
+    torch.manual_seed(0)
+    model = ODERNN(3, latents=5, ode_units=9, ode_layers=layers, gru_units=7, std_state=True,
+                   dec_units=8).double()
+    assert model._mean_std_walk
+    assert not ODERNN(3, latents=5, gru_units=7)._mean_std_walk  # no std state
+    # distinct times: the generic walk maps prediction times to data points by value, so a
+    # repeated time would take the first point's prediction (batches hold distinct times)
+    times, values, mask = batch(4, repeat=False)
+    mask = mask.bool()
+    values.requires_grad_(True)
+    params = [values, *model.parameters()]
+    reference = _Deterministic.forward(model, times, values, mask)
+    weights = torch.randn_like(reference.pred)
+
+    def grads(pred, h):
+        return torch.autograd.grad((weights * pred).sum() + h.square().sum(), params)
+
+    want = grads(reference.pred, reference.z0_mean)
+    eager = model(times, values, mask)
+    static_pred, static_h = model._graph_fn(times, values, mask)
+    for pred, h in ((eager.pred, eager.z0_mean), (static_pred.unsqueeze(0),
+                                                   static_h[..., : model.latents])):
+        torch.testing.assert_close(pred, reference.pred, rtol=0, atol=1e-13)
+        torch.testing.assert_close(h, reference.z0_mean, rtol=0, atol=1e-13)
+        for a, b in zip(want, grads(pred, h), strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)

@@ -31,6 +31,7 @@ from latentode.nn import RNNEncoder, mlp
 from latentode.nn.encoders import gru_cell
 from latentode.nn.graphs import Graphable, check_graph_solver
 from latentode.nn.layers import ODEFunc, is_single_euler_step
+from latentode.nn.mean_std_walk import mean_std_walk, supports
 from latentode.solvers import odeint
 
 from .latent_ode import LatentODEOutput, gaussian_kl, masked_gaussian_loglik, sample_bound
@@ -213,6 +214,8 @@ class ODERNN(Graphable, _Deterministic):
         cuda_graph: on a GPU, replay the pass that predicts at the data times (training, and
             evaluation without autograd) from CUDA graphs, one per batch shape
             (:mod:`latentode.nn.graphs`); one Euler step per gap only.
+        With ``std_state`` and one Euler step per gap, the pass at the data times is
+        :mod:`latentode.nn.mean_std_walk`'s (one autograd node, about half the kernels).
     """
 
     def __init__(
@@ -240,12 +243,33 @@ class ODERNN(Graphable, _Deterministic):
         if (self.cuda_graph and pred_times is None and values.is_cuda
                 and (self.training or not torch.is_grad_enabled())):
             return self._output(*self._graphs(times, values, encoder_mask))
+        if pred_times is None and self._mean_std_walk:
+            return self._output(*self._walk_mean_std(times, values, encoder_mask, static=False))
         return super().forward(times, values, encoder_mask, n_samples, pred_times)
+
+    @property
+    def _mean_std_walk(self) -> bool:
+        """Whether the walk at the data times can be :mod:`latentode.nn.mean_std_walk`'s (the
+        paper code's cell, ``std_state``): about half the kernels of the generic walk."""
+        return self.std_state and self._single_euler_step and supports(self.cell, self.ode.net)
+
+    def _walk_mean_std(self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                       static: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictions at every data time (each from the state before that point's update) and
+        the final state, by one autograd node with a hand-written backward; the same numbers
+        as the generic walk up to rounding (tested, values and gradients)."""
+        x = torch.cat([torch.where(mask, values, 0.0), mask.to(values.dtype)], -1)
+        linears = [m for m in self.ode.net if isinstance(m, nn.Linear)]
+        h, states = mean_std_walk(times, x, mask.any(-1), self.cell, linears, self.latents,
+                                  static, forward=True, emit=True)
+        return self.readout(states), h
 
     def _graph_fn(self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictions at every data time and the final state, by a walk whose kernels depend
         on the shapes only (every point visited): what ``cuda_graph`` records."""
+        if self._mean_std_walk:
+            return self._walk_mean_std(times, values, mask, static=True)
         data = _Series.of(times, values, mask, static=True)
         h = values.new_zeros(values.shape[0], self.state_dim)
         outs = []

@@ -31,8 +31,8 @@ from latentode.solvers import odeint
 
 from .euler_gru import euler_gru_scan
 from .graphs import Graphable, check_graph_solver
-from .layers import ODEFunc, is_single_euler_step, mlp
-from .mean_std_walk import mean_std_walk
+from .layers import ODEFunc, is_single_euler_step, is_tanh_mlp, mlp
+from .mean_std_walk import mean_std_walk, supports
 from .schedule import check_max_step, series_plan
 
 SCHEDULES = ("union", "series")
@@ -309,30 +309,19 @@ class ODERNNEncoder(_BackwardGRU):
         (:mod:`latentode.nn.mean_std_walk`): about half the kernels of the generic loop, the
         same numbers up to rounding (tested, values and gradients)."""
         linears = [m for m in self.ode.net if isinstance(m, nn.Linear)]  # type: ignore[attr-defined]
-        return mean_std_walk(times, values, mask, self.cell, linears, self.hidden, static)
+        x = torch.cat([values * mask, mask], -1)
+        return mean_std_walk(times, x, mask.amax(-1) > 0, self.cell, linears, self.hidden,
+                             static)  # type: ignore[return-value]
 
     @property
     def _mean_std_walk(self) -> bool:  # type: ignore[override]
-        return (self._single_euler_step and type(self.cell) is MeanStdGRUCell
-                and _plain_mlp(self.ode.net) and _mean_std_cell_is_standard(self.cell))
+        return self._single_euler_step and supports(self.cell, self.ode.net)
 
     @property
     def _fused_euler_gru(self) -> bool:  # type: ignore[override]
         return self._single_euler_step and type(self.cell) is nn.GRUCell and (
-            self.cell.bias_ih is not None) and _plain_mlp(self.ode.net)
+            self.cell.bias_ih is not None) and is_tanh_mlp(self.ode.net)
 
     @property
     def _single_euler_step(self) -> bool:
         return is_single_euler_step(self.solver)
-
-
-def _plain_mlp(net: nn.Module) -> bool:
-    """Linear layers with biases and ``tanh`` between them, nothing else."""
-    return all(type(m) is nn.Tanh or (type(m) is nn.Linear and m.bias is not None) for m in net)
-
-
-def _mean_std_cell_is_standard(cell: MeanStdGRUCell) -> bool:
-    """The cell as :func:`gru_cell` builds it (one hidden layer per MLP, sigmoid gates)."""
-    gates = (cell.update, cell.reset)
-    return all(len(g) == 2 and type(g[1]) is nn.Sigmoid and len(g[0]) == 3 and _plain_mlp(g[0])
-               for g in gates) and len(cell.new) == 3 and _plain_mlp(cell.new)

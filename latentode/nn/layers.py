@@ -54,3 +54,9 @@ def is_single_euler_step(solver: dict) -> bool:
     options = set(solver) - {"method", "gradient"}
     return solver["method"] == "euler" and not options and (
         solver.get("gradient", "backprop") == "backprop")
+
+
+def is_tanh_mlp(net: nn.Module) -> bool:
+    """Whether ``net`` is linear layers with biases and ``tanh`` between them, nothing else (what
+    the hand-written walks differentiate)."""
+    return all(type(m) is nn.Tanh or (type(m) is nn.Linear and m.bias is not None) for m in net)

@@ -23,6 +23,8 @@ observes and zero gaps after asking the device once which they are. Same recurre
     m' = u m + (1 - u) n_m,   s' = |u s + (1 - u) |n_s||
 
 equal to the generic walk up to rounding (tested in float64: values, gradients, gradcheck).
+The ODE-RNN encoder walks the points last to first; the ODE-RNN baseline first to last, reading
+its prediction at each point from the state before that point's update (``emit=True``).
 """
 
 from __future__ import annotations
@@ -31,49 +33,76 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .layers import is_tanh_mlp
+
 _ops = torch.ops.aten
 
 
-def mean_std_walk(
-    times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, cell: nn.Module,
-    field: list[nn.Linear], hidden: int, static: bool = True,
-) -> torch.Tensor:
-    """Final ``[mean, std]`` state after every point, last to first (``(B, 2 hidden)``).
+def supports(cell: nn.Module, field: nn.Module) -> bool:
+    """Whether :func:`mean_std_walk` runs this cell and vector field: a ``MeanStdGRUCell`` as
+    ``gru_cell`` builds it (one hidden layer per MLP, sigmoid gates) and a ``tanh`` MLP."""
+    kind = type(cell)  # by name: this module sits below latentode.nn.encoders, which defines it
+    if (kind.__module__, kind.__qualname__) != ("latentode.nn.encoders", "MeanStdGRUCell"):
+        return False
+    if not is_tanh_mlp(field):
+        return False
+    gates = (cell.update, cell.reset)
+    return all(len(g) == 2 and type(g[1]) is nn.Sigmoid and len(g[0]) == 3
+               and is_tanh_mlp(g[0]) for g in gates) and len(cell.new) == 3 and is_tanh_mlp(
+                   cell.new)
 
-    ``cell`` is a :class:`~latentode.nn.encoders.MeanStdGRUCell` as ``gru_cell`` builds it,
-    ``field`` the vector field's linear layers (``tanh`` between them), ``mask`` float.
-    ``static=False`` (eager use) skips points nobody observes and zero gaps, asking the device
-    once which they are; ``static=True`` visits every point, as a CUDA graph needs.
+
+def mean_std_walk(
+    times: torch.Tensor, x: torch.Tensor, seen: torch.Tensor, cell: nn.Module,
+    field: list[nn.Linear], hidden: int, static: bool = True, forward: bool = False,
+    emit: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Final ``[mean, std]`` state after the walk (``(B, 2 hidden)``), and with ``emit`` the
+    state at every point before its update (``(B, T, 2 hidden)``).
+
+    ``x (B, T, I)`` is the cell's input at every point, ``seen (B, T)`` where a series takes an
+    update; ``cell`` a :class:`~latentode.nn.encoders.MeanStdGRUCell` as ``gru_cell`` builds
+    it, ``field`` the vector field's linear layers (``tanh`` between them). The walk goes last
+    to first (the encoder), or first to last with ``forward``; between points the mean takes one
+    Euler step. ``static=False`` (eager use) skips points nobody observes and zero gaps, asking
+    the device once which they are; ``static=True`` visits every point, as a CUDA graph needs.
     """
     (u1, _, u2), (r1, _, r2) = cell.update[0], cell.reset[0]
     n1, _, n2 = cell.new
     state = 2 * hidden
-    x = torch.cat([values * mask, mask], -1)
     projected = nn.functional.linear(
         x, torch.cat([u1.weight[:, state:], r1.weight[:, state:], n1.weight[:, state:]]),
         torch.cat([u1.bias, r1.bias, n1.bias]))  # (B, T, 3U)
     w_gates = torch.cat([u1.weight[:, :state], r1.weight[:, :state]])  # (2U, 2H)
-    seen = mask.amax(-1, keepdim=True) > 0  # (B, T, 1)
-    gaps = (times[:-1] - times[1:]).unsqueeze(-1)  # (T - 1, 1): t_i - t_{i+1}
+    length = len(times)
+    zero = times.new_zeros(1)
+    # the Euler step taken on arriving at each point (none at the first point visited)
+    if forward:
+        dts = torch.cat([zero, times[1:] - times[:-1]])
+    else:
+        dts = torch.cat([times[:-1] - times[1:], zero])
+    seen = seen.unsqueeze(-1)  # (B, T, 1)
     flat = [p for m in field for p in (m.weight, m.bias)]
     visit = move = None
     if not static:
-        length = len(times)
-        flags = torch.cat([seen.any(0).squeeze(-1), gaps.squeeze(-1) != 0]).tolist()  # one sync
+        flags = torch.cat([seen.any(0).squeeze(-1), dts != 0]).tolist()  # one sync
         visit, move = flags[:length], flags[length:]
+    order = list(range(length)) if forward else list(range(length - 1, -1, -1))
     # without autograd (evaluation) nothing is kept for a backward: Function.forward cannot
     # tell, its needs_input_grad follows requires_grad only
     keep = torch.is_grad_enabled()
-    return _Walk.apply(projected, seen, gaps, visit, move, keep, w_gates, u2.weight, u2.bias,
-                       r2.weight, r2.bias, n1.weight[:, :state], n2.weight, n2.bias, *flat)
+    out = _Walk.apply(projected, seen, dts.unsqueeze(-1), order, visit, move, emit, keep,
+                      w_gates, u2.weight, u2.bias, r2.weight, r2.bias, n1.weight[:, :state],
+                      n2.weight, n2.bias, *flat)
+    return out if emit else out[0]
 
 
 class _Walk(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, projected, seen, gaps, visit, move, keep, w_gates, w_u2, b_u2, w_r2, b_r2,
-                w_n1, w_n2, b_n2, *flat):
+    def forward(ctx, projected, seen, dts, order, visit, move, emit, keep, w_gates, w_u2, b_u2,
+                w_r2, b_r2, w_n1, w_n2, b_n2, *flat):
         layers = list(zip(flat[0::2], flat[1::2], strict=True))
-        batch, length, _ = projected.shape
+        batch = projected.shape[0]
         hidden, units = w_u2.shape[0], w_n1.shape[0]
         keep = keep and any(ctx.needs_input_grad)
         x_gates, x_new = projected[..., : 2 * units], projected[..., 2 * units :]
@@ -81,9 +110,10 @@ class _Walk(torch.autograd.Function):
         b_second = torch.cat([b_u2, b_r2])
         w_gates_t, w_second_t, w_n1_t, w_n2_t = w_gates.t(), w_second.t(), w_n1.t(), w_n2.t()
         h = projected.new_zeros(batch, 2 * hidden)
+        states = []
         euler, gru = {}, {}  # by time point
-        for i in range(length - 1, -1, -1):
-            if i < length - 1 and (move is None or move[i]):
+        for i in order:
+            if i != order[0] and (move is None or move[i]):
                 mean, acts = h[:, :hidden], []
                 a = mean
                 for k, (w, b) in enumerate(layers):
@@ -93,7 +123,9 @@ class _Walk(torch.autograd.Function):
                         acts.append(a)
                 if keep:
                     euler[i] = (mean, acts)
-                h = torch.cat([torch.addcmul(mean, gaps[i], a), h[:, hidden:]], -1)
+                h = torch.cat([torch.addcmul(mean, dts[i], a), h[:, hidden:]], -1)
+            if emit:
+                states.append(h)
             if visit is not None and not visit[i]:
                 continue
             gates = torch.tanh(torch.addmm(x_gates[:, i], h, w_gates_t))
@@ -112,53 +144,59 @@ class _Walk(torch.autograd.Function):
                 gru[i] = (h, gates, ur, r2, hr, a_new, n_s, inner, to_mean, to_std)
             h = torch.where(seen[:, i], updated, h)
         if keep:
-            ctx.euler, ctx.gru, ctx.layers = euler, gru, layers
-            ctx.seen, ctx.gaps, ctx.units, ctx.shape = seen, gaps, units, projected.shape
+            ctx.euler, ctx.gru, ctx.layers, ctx.order = euler, gru, layers, order
+            ctx.seen, ctx.dts, ctx.units, ctx.shape = seen, dts, units, projected.shape
             ctx.weights = (w_gates, w_second, w_n1, w_n2)
-        return h
+        if not emit:
+            return h, h.new_zeros(0)
+        if not _first_to_last(order):
+            states = states[::-1]
+        return h, torch.stack(states, 1)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_h):
-        layers, seen, gaps, units = ctx.layers, ctx.seen, ctx.gaps, ctx.units
+    def backward(ctx, grad_h, grad_states):
+        layers, seen, dts, units = ctx.layers, ctx.seen, ctx.dts, ctx.units
         w_gates, w_second, w_n1, w_n2 = ctx.weights
         hidden = w_n2.shape[0] // 2
         batch, length, width = ctx.shape
+        emitted = grad_states is not None and grad_states.numel() > 0
         saved: dict[str, tuple[list, list]] = {k: ([], []) for k in ("g", "2", "n1", "n2")}
         layer_in: list[list] = [[] for _ in layers]
         layer_d: list[list] = [[] for _ in layers]
-        d_x = []  # per point, first point first
-        g = grad_h
+        d_x: list = [None] * length
         zero = None
-        for i in range(length):  # the forward reversed: GRU(0), Euler(0), GRU(1), ...
-            if i not in ctx.gru:  # nobody observed: skipped
+        g = grad_h
+        for i in reversed(ctx.order):  # each point: its update's backward, then its Euler step's
+            if i in ctx.gru:
+                h, gates, ur, r2, hr, a_new, n_s, inner, to_mean, to_std = ctx.gru[i]
+                g_new = torch.where(seen[:, i], g, 0.0)
+                g_m, g_s = g_new[:, :hidden], g_new[:, hidden:]
+                u2 = ur[:, :hidden].repeat(1, 2)
+                d_inner = g_s * torch.sign(inner)
+                d_new = torch.cat([g_m, d_inner * torch.sign(n_s)], -1) * (1.0 - u2)
+                d_pre_n = _ops.tanh_backward(d_new @ w_n2, a_new)
+                d_hr = d_pre_n @ w_n1
+                d_r2 = d_hr * h
+                d_ur = torch.cat([g_m * to_mean + d_inner * to_std,
+                                  d_r2[:, :hidden] + d_r2[:, hidden:]], -1)
+                d_z = _ops.sigmoid_backward(d_ur, ur)
+                d_gates = _ops.tanh_backward(d_z @ w_second, gates)
+                d_x[i] = torch.cat([d_gates, d_pre_n], -1)
+                for key, inp, delta in (("g", h, d_gates), ("2", gates, d_z),
+                                        ("n1", hr, d_pre_n), ("n2", a_new, d_new)):
+                    saved[key][0].append(inp)
+                    saved[key][1].append(delta)
+                g = ((g - g_new) + torch.cat([g_m, d_inner], -1) * u2 + d_hr * r2
+                     + d_gates @ w_gates)
+            else:  # nobody observed this point: skipped
                 if zero is None:
                     zero = grad_h.new_zeros(batch, width)
-                d_x.append(zero)
-                if i in ctx.euler:
-                    g = _euler_backward(g, *ctx.euler[i], layers, gaps[i], layer_in, layer_d)
-                continue
-            h, gates, ur, r2, hr, a_new, n_s, inner, to_mean, to_std = ctx.gru[i]
-            g_new = torch.where(seen[:, i], g, 0.0)
-            g_m, g_s = g_new[:, :hidden], g_new[:, hidden:]
-            u2 = ur[:, :hidden].repeat(1, 2)
-            d_inner = g_s * torch.sign(inner)
-            d_new = torch.cat([g_m, d_inner * torch.sign(n_s)], -1) * (1.0 - u2)
-            d_pre_n = _ops.tanh_backward(d_new @ w_n2, a_new)
-            d_hr = d_pre_n @ w_n1
-            d_r2 = d_hr * h
-            d_ur = torch.cat([g_m * to_mean + d_inner * to_std,
-                              d_r2[:, :hidden] + d_r2[:, hidden:]], -1)
-            d_z = _ops.sigmoid_backward(d_ur, ur)
-            d_gates = _ops.tanh_backward(d_z @ w_second, gates)
-            d_x.append(torch.cat([d_gates, d_pre_n], -1))
-            for key, inp, delta in (("g", h, d_gates), ("2", gates, d_z), ("n1", hr, d_pre_n),
-                                    ("n2", a_new, d_new)):
-                saved[key][0].append(inp)
-                saved[key][1].append(delta)
-            g = (g - g_new) + torch.cat([g_m, d_inner], -1) * u2 + d_hr * r2 + d_gates @ w_gates
+                d_x[i] = zero
+            if emitted:
+                g = g + grad_states[:, i]
             if i in ctx.euler:
-                g = _euler_backward(g, *ctx.euler[i], layers, gaps[i], layer_in, layer_d)
+                g = _euler_backward(g, *ctx.euler[i], layers, dts[i], layer_in, layer_d)
         d_projected = torch.stack(d_x, 1)
 
         def product(inputs: list, deltas: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,7 +215,13 @@ class _Walk(torch.autograd.Function):
         grads_layers: list = []
         for inputs, deltas in zip(layer_in, layer_d, strict=True):
             grads_layers += list(product(inputs, deltas)) if deltas else [None, None]
-        return (d_projected, None, None, None, None, None, *cell_grads, *grads_layers)
+        return (d_projected, None, None, None, None, None, None, None, *cell_grads,
+                *grads_layers)
+
+
+def _first_to_last(order: list[int]) -> bool:
+    """Whether a walk's order is first to last."""
+    return len(order) < 2 or order[0] < order[1]
 
 
 def _euler_backward(g: torch.Tensor, mean: torch.Tensor, acts: list, layers: list,
