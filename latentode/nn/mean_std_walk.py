@@ -25,6 +25,8 @@ observes and zero gaps after asking the device once which they are. Same recurre
 equal to the generic walk up to rounding (tested in float64: values, gradients, gradcheck).
 The ODE-RNN encoder walks the points last to first; the ODE-RNN baseline first to last, reading
 its prediction at each point from the state before that point's update (``emit=True``).
+Gradients are first order: the hand-written backward is not itself differentiable (as for
+:mod:`latentode.nn.euler_gru`).
 """
 
 from __future__ import annotations
