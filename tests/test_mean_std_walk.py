@@ -187,3 +187,16 @@ def test_odernn_baseline_walk_equals_its_generic_walk(layers):
         torch.testing.assert_close(h, reference.z0_mean, rtol=0, atol=1e-13)
         for a, b in zip(want, grads(pred, h), strict=True):
             torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+def test_float64_times_with_float32_values():
+    """Gaps are taken in the values' precision, as the generic walk's 0-dim gap does: the
+    state stays float32 (a 1-element float64 gap would have promoted it; found by review)."""
+    enc = encoder(2).float()
+    times = torch.linspace(0, 1, 7, dtype=F64)
+    values, mask = torch.randn(2, 7, 3), torch.ones(2, 7, 3)
+    mean, std = enc(times, values, mask)
+    want = enc._z0(enc._walk_union(times, values, mask, mask.amax(-1) > 0))
+    assert mean.dtype == std.dtype == torch.float32
+    torch.testing.assert_close(mean, want[0])
+    torch.testing.assert_close(std, want[1])

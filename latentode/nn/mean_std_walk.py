@@ -83,6 +83,7 @@ def mean_std_walk(
         dts = torch.cat([zero, times[1:] - times[:-1]])
     else:
         dts = torch.cat([times[:-1] - times[1:], zero])
+    dts = dts.to(x.dtype)  # float64 times with float32 values: the gaps in the values' precision
     seen = seen.unsqueeze(-1)  # (B, T, 1)
     flat = [p for m in field for p in (m.weight, m.bias)]
     visit = move = None
