@@ -476,11 +476,13 @@ def collect(roots: Sequence[Path], csv_path: Path | None = None,
 # ----------------------------------------------------------------------------- reference
 
 
-def reference(n_trajectories: int = 10_000, cache_dir: str | None = None) -> dict[str, float]:
+def reference(n_trajectories: int = 10_000, cache_dir: str | None = None,
+              scale_trajectories: int | None = None) -> dict[str, float]:
     """Test MSE (scaled units) of predictors that read no data: the training set's mean
     trajectory (per time step and channel) and its overall mean per channel, on each task's
     scored points. A model at these numbers has learned nothing from its inputs. ``cache_dir``:
-    the source's (default ``data/cache``)."""
+    the source's (default ``data/cache``); ``scale_trajectories``: the source's option (10000:
+    the paper code's units at any ``n_trajectories``)."""
     from latentode.data.sources import hopper
 
     cache_dir = hopper.DEFAULT_CACHE_DIR if cache_dir is None else cache_dir
@@ -489,7 +491,7 @@ def reference(n_trajectories: int = 10_000, cache_dir: str | None = None) -> dic
                                  ("extrap", hopper.N_STEPS,
                                   slice(hopper.ENCODER_STEPS_EXTRAP, hopper.N_STEPS))):
         frame = hopper.load(task=task, n_trajectories=n_trajectories, cache_dir=cache_dir,
-                            progress=False)
+                            progress=False, scale_trajectories=scale_trajectories)
         values = frame[hopper.CHANNELS].to_numpy().reshape(-1, length, len(hopper.CHANNELS))
         split = frame["split"].to_numpy().reshape(-1, length)[:, 0]
         train, test = values[split == "train", scored], values[split == "test", scored]
@@ -523,9 +525,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ref = sub.add_parser("reference", help="test MSE of predictors that read no data")
     ref.add_argument("--n-trajectories", type=int, default=10_000)
     ref.add_argument("--cache-dir", default=None, help="default: the hopper source's")
+    ref.add_argument("--scale-trajectories", type=int, default=None,
+                     help="scale over this many trajectories (10000: the paper code's units)")
     args = parser.parse_args(argv)
     if args.action == "reference":
-        for name, mse in reference(args.n_trajectories, args.cache_dir).items():
+        for name, mse in reference(args.n_trajectories, args.cache_dir,
+                                   args.scale_trajectories).items():
             print(f"{name:<32} test MSE x 10^-2: {100 * mse:.3f}")
         return 0
     if args.action == "commands":

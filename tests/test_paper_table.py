@@ -406,7 +406,7 @@ def test_hopper_batches_follow_the_paper_protocol(task, seen, scored, tmp_path):
 def test_reference_predictors_read_no_data(monkeypatch):
     from latentode.data.sources import hopper
 
-    def fake_load(task, n_trajectories, cache_dir, progress):
+    def fake_load(task, n_trajectories, cache_dir, progress, scale_trajectories=None):
         length = hopper.WINDOW if task == "interp" else hopper.N_STEPS
         level = {"train": [1.0, 3.0], "test": [5.0]}  # constant series; test one at 5
         rows = []
