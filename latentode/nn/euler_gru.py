@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from .layers import tanh_mlp
+
 
 def euler_gru_scan(
     projected: torch.Tensor,
@@ -69,12 +71,7 @@ class _EulerGRUScan(torch.autograd.Function):
         euler_saved, gru_saved = [], []
         for i in range(length - 1, -1, -1):
             if i < length - 1 and gaps[i] != 0.0:
-                acts, a = [], h
-                for k, (w, b) in enumerate(layers):
-                    a = torch.addmm(b, a, w.t())
-                    if k < len(layers) - 1:
-                        a = torch.tanh(a)
-                        acts.append(a)
+                a, acts = tanh_mlp(h, layers)
                 if keep_for_grad:
                     euler_saved.append((i, h, acts))
                 h = torch.add(h, a, alpha=gaps[i])
@@ -131,7 +128,8 @@ class _EulerGRUScan(torch.autograd.Function):
                     layer_inputs[k].append(acts[k - 1] if k > 0 else h)
                     layer_deltas[k].append(delta)
                     back = delta @ layers[k][0]
-                    if k > 0:
+                    if k > 0:  # not tanh_backward: its rounding differs, and this walk's
+                        # numbers are the periodic default's (kept bit for bit)
                         delta = back * (1.0 - acts[k - 1] * acts[k - 1])
                 g = g + back
         sign = ctx.sign

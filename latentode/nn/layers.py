@@ -60,3 +60,32 @@ def is_tanh_mlp(net: nn.Module) -> bool:
     """Whether ``net`` is linear layers with biases and ``tanh`` between them, nothing else (what
     the hand-written walks differentiate)."""
     return all(type(m) is nn.Tanh or (type(m) is nn.Linear and m.bias is not None) for m in net)
+
+
+def tanh_mlp(x: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]]
+             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A ``tanh`` MLP given as ``(weight, bias)`` pairs, for hand-written backward passes: its
+    output and its hidden activations (what :func:`tanh_mlp_backward` needs)."""
+    acts, a = [], x
+    for k, (w, b) in enumerate(layers):
+        a = torch.addmm(b, a, w.t())
+        if k < len(layers) - 1:
+            a = torch.tanh(a)
+            acts.append(a)
+    return a, acts
+
+
+def tanh_mlp_backward(
+    delta: torch.Tensor, x: torch.Tensor, acts: list[torch.Tensor],
+    layers: list[tuple[torch.Tensor, torch.Tensor]], inputs: list[list], deltas: list[list],
+) -> torch.Tensor:
+    """The gradient at ``x`` of :func:`tanh_mlp` for the output's cotangent ``delta``; each
+    layer's input and output delta are appended to ``inputs[k]`` / ``deltas[k]``, so that the
+    caller forms every weight gradient in one product over many calls."""
+    for k in range(len(layers) - 1, -1, -1):
+        inputs[k].append(acts[k - 1] if k > 0 else x)
+        deltas[k].append(delta)
+        back = delta @ layers[k][0]
+        if k > 0:
+            delta = torch.ops.aten.tanh_backward(back, acts[k - 1])
+    return back

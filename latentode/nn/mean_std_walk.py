@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .layers import is_tanh_mlp
+from .layers import is_tanh_mlp, tanh_mlp, tanh_mlp_backward
 
 _ops = torch.ops.aten
 
@@ -117,13 +117,8 @@ class _Walk(torch.autograd.Function):
         euler, gru = {}, {}  # by time point
         for i in order:
             if i != order[0] and (move is None or move[i]):
-                mean, acts = h[:, :hidden], []
-                a = mean
-                for k, (w, b) in enumerate(layers):
-                    a = torch.addmm(b, a, w.t())
-                    if k < len(layers) - 1:
-                        a = torch.tanh(a)
-                        acts.append(a)
+                mean = h[:, :hidden]
+                a, acts = tanh_mlp(mean, layers)
                 if keep:
                     euler[i] = (mean, acts)
                 h = torch.cat([torch.addcmul(mean, dts[i], a), h[:, hidden:]], -1)
@@ -233,11 +228,5 @@ def _euler_backward(g: torch.Tensor, mean: torch.Tensor, acts: list, layers: lis
     layers' inputs and deltas are kept for the weight gradients."""
     hidden = mean.shape[-1]
     g_m = g[:, :hidden]
-    delta = g_m * gap
-    for k in range(len(layers) - 1, -1, -1):
-        layer_in[k].append(acts[k - 1] if k > 0 else mean)
-        layer_d[k].append(delta)
-        back = delta @ layers[k][0]
-        if k > 0:
-            delta = _ops.tanh_backward(back, acts[k - 1])
+    back = tanh_mlp_backward(g_m * gap, mean, acts, layers, layer_in, layer_d)
     return torch.cat([g_m + back, g[:, hidden:]], -1)
