@@ -259,8 +259,7 @@ class ODERNN(Graphable, _Deterministic):
         the final state, by one autograd node with a hand-written backward; the same numbers
         as the generic walk up to rounding (tested, values and gradients)."""
         x = torch.cat([torch.where(mask, values, 0.0), mask.to(values.dtype)], -1)
-        linears = [m for m in self.ode.net if isinstance(m, nn.Linear)]
-        h, states = mean_std_walk(times, x, mask.any(-1), self.cell, linears, self.latents,
+        h, states = mean_std_walk(times, x, mask.any(-1), self.cell, self.ode.net, self.latents,
                                   static, forward=True, emit=True)
         return self.readout(states), h
 

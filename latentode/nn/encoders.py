@@ -31,7 +31,7 @@ from latentode.solvers import odeint
 
 from .euler_gru import euler_gru_scan
 from .graphs import Graphable, check_graph_solver
-from .layers import ODEFunc, is_single_euler_step, is_tanh_mlp, mlp
+from .layers import ODEFunc, is_single_euler_step, is_tanh_mlp, linear_pairs, mlp
 from .mean_std_walk import mean_std_walk, supports
 from .schedule import check_max_step, series_plan
 
@@ -224,13 +224,12 @@ class _BackwardGRU(Graphable, nn.Module):
         one matmul, the loop without per-op autograd records, the weight gradients in one
         product each. Equal to the generic loop up to rounding (tested, values and gradients)."""
         cell = self.cell
-        linears = [m for m in self.ode.net if isinstance(m, nn.Linear)]  # type: ignore[attr-defined]
         steps = seen.any(0).tolist()  # one sync for the whole sequence
         projected = nn.functional.linear(torch.cat([values * mask, mask], -1), cell.weight_ih,
                                          cell.bias_ih)  # (B, T, 3H)
         gaps = (times[:-1] - times[1:]).tolist()  # t_i - t_{i+1}: negative, backwards in time
         return euler_gru_scan(projected, seen, gaps, steps, cell.weight_hh, cell.bias_hh,
-                              [(m.weight, m.bias) for m in linears])
+                              linear_pairs(self.ode.net))  # type: ignore[attr-defined]
 
 
 class RNNEncoder(_BackwardGRU):
@@ -308,10 +307,9 @@ class ODERNNEncoder(_BackwardGRU):
         """The union walk of the paper's cell as one autograd node with a hand-written backward
         (:mod:`latentode.nn.mean_std_walk`): about half the kernels of the generic loop, the
         same numbers up to rounding (tested, values and gradients)."""
-        linears = [m for m in self.ode.net if isinstance(m, nn.Linear)]  # type: ignore[attr-defined]
         x = torch.cat([values * mask, mask], -1)
-        return mean_std_walk(times, x, mask.amax(-1) > 0, self.cell, linears, self.hidden,
-                             static)  # type: ignore[return-value]
+        return mean_std_walk(times, x, mask.amax(-1) > 0, self.cell, self.ode.net,  # type: ignore[attr-defined]
+                             self.hidden, static)  # type: ignore[return-value]
 
     @property
     def _mean_std_walk(self) -> bool:  # type: ignore[override]

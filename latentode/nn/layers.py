@@ -62,6 +62,12 @@ def is_tanh_mlp(net: nn.Module) -> bool:
     return all(type(m) is nn.Tanh or (type(m) is nn.Linear and m.bias is not None) for m in net)
 
 
+def linear_pairs(net: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(weight, bias)`` of ``net``'s linear layers, first to last (a ``tanh`` MLP as the
+    hand-written walks take it)."""
+    return [(m.weight, m.bias) for m in net if isinstance(m, nn.Linear)]
+
+
 def tanh_mlp(x: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]]
              ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """A ``tanh`` MLP given as ``(weight, bias)`` pairs, for hand-written backward passes: its

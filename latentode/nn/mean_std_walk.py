@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .layers import is_tanh_mlp, tanh_mlp, tanh_mlp_backward
+from .layers import is_tanh_mlp, linear_pairs, tanh_mlp, tanh_mlp_backward
 
 _ops = torch.ops.aten
 
@@ -56,7 +56,7 @@ def supports(cell: nn.Module, field: nn.Module) -> bool:
 
 def mean_std_walk(
     times: torch.Tensor, x: torch.Tensor, seen: torch.Tensor, cell: nn.Module,
-    field: list[nn.Linear], hidden: int, static: bool = True, forward: bool = False,
+    field: nn.Module, hidden: int, static: bool = True, forward: bool = False,
     emit: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Final ``[mean, std]`` state after the walk (``(B, 2 hidden)``), and with ``emit`` the
@@ -64,7 +64,7 @@ def mean_std_walk(
 
     ``x (B, T, I)`` is the cell's input at every point, ``seen (B, T)`` where a series takes an
     update; ``cell`` a :class:`~latentode.nn.encoders.MeanStdGRUCell` as ``gru_cell`` builds
-    it, ``field`` the vector field's linear layers (``tanh`` between them). The walk goes last
+    it, ``field`` the vector field's ``tanh`` MLP (see :func:`supports`). The walk goes last
     to first (the encoder), or first to last with ``forward``; between points the mean takes one
     Euler step. ``static=False`` (eager use) skips points nobody observes and zero gaps, asking
     the device once which they are; ``static=True`` visits every point, as a CUDA graph needs.
@@ -85,7 +85,7 @@ def mean_std_walk(
         dts = torch.cat([times[:-1] - times[1:], zero])
     dts = dts.to(x.dtype)  # float64 times with float32 values: the gaps in the values' precision
     seen = seen.unsqueeze(-1)  # (B, T, 1)
-    flat = [p for m in field for p in (m.weight, m.bias)]
+    flat = [p for pair in linear_pairs(field) for p in pair]
     visit = move = None
     if not static:
         flags = torch.cat([seen.any(0).squeeze(-1), dts != 0]).tolist()  # one sync
@@ -113,7 +113,7 @@ class _Walk(torch.autograd.Function):
         b_second = torch.cat([b_u2, b_r2])
         w_gates_t, w_second_t, w_n1_t, w_n2_t = w_gates.t(), w_second.t(), w_n1.t(), w_n2.t()
         h = projected.new_zeros(batch, 2 * hidden)
-        states = []
+        states: list = [None] * len(order)  # by time point
         euler, gru = {}, {}  # by time point
         for i in order:
             if i != order[0] and (move is None or move[i]):
@@ -123,7 +123,7 @@ class _Walk(torch.autograd.Function):
                     euler[i] = (mean, acts)
                 h = torch.cat([torch.addcmul(mean, dts[i], a), h[:, hidden:]], -1)
             if emit:
-                states.append(h)
+                states[i] = h
             if visit is not None and not visit[i]:
                 continue
             gates = torch.tanh(torch.addmm(x_gates[:, i], h, w_gates_t))
@@ -147,8 +147,6 @@ class _Walk(torch.autograd.Function):
             ctx.weights = (w_gates, w_second, w_n1, w_n2)
         if not emit:
             return h, h.new_zeros(0)
-        if not _first_to_last(order):
-            states = states[::-1]
         return h, torch.stack(states, 1)
 
     @staticmethod
@@ -215,11 +213,6 @@ class _Walk(torch.autograd.Function):
             grads_layers += list(product(inputs, deltas)) if deltas else [None, None]
         return (d_projected, None, None, None, None, None, None, None, *cell_grads,
                 *grads_layers)
-
-
-def _first_to_last(order: list[int]) -> bool:
-    """Whether a walk's order is first to last."""
-    return len(order) < 2 or order[0] < order[1]
 
 
 def _euler_backward(g: torch.Tensor, mean: torch.Tensor, acts: list, layers: list,
