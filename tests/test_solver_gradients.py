@@ -259,6 +259,65 @@ def test_adjoint_is_scale_free():
     assert rel_err(g_mean * n, g_sum) < 1e-12
 
 
+def stiff_mlp_errors(seed: int, torchdiffeq) -> dict:
+    """Backward-solve gradient error and evaluations, ours and torchdiffeq's ``odeint_adjoint``,
+    on ``scripts/bench_solver.py``'s "hard" workload in float64 (MLP 16-64-64-16, tanh, every
+    weight x6, batch 128, 50 irregular outputs on [0, 1]) at rtol 1e-3 / atol 1e-4; each error
+    is against the same method's backward solve at 1e-8 after the same forward solve."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 16)
+    ).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(6.0)
+    z0 = torch.randn(128, 16, generator=gen, dtype=F64)
+    t = torch.cat([torch.zeros(1), torch.sort(torch.rand(48, generator=gen)).values, torch.ones(1)])
+    target = torch.randn(50, 128, 16, generator=gen, dtype=F64)
+    params, counted = list(net.parameters()), [0]
+
+    def field(t, z):
+        counted[0] += 1
+        return net(z)
+
+    def grads(solve, **kwargs):
+        ys = solve(field, z0, t.to(F64), rtol=1e-3, atol=1e-4, method="dopri5", **kwargs)
+        before = counted[0]
+        g = flat(torch.autograd.grad((ys - target).square().mean(), params))
+        return g, counted[0] - before
+
+    out = {}
+    for name, solve, options, exact in [
+        ("ours", odeint, {"gradient": "adjoint"}, {"adjoint_fold_jumps": False}),
+        ("torchdiffeq", torchdiffeq.odeint_adjoint, {}, {}),
+    ]:
+        g, nfe = grads(solve, adjoint_params=params, **options)
+        tight = {"adjoint_rtol": 1e-8, "adjoint_atol": 1e-8}
+        ref, _ = grads(solve, adjoint_params=params, **tight, **options, **exact)
+        out[name] = (rel_err(g, ref), nfe)
+    return out
+
+
+def test_adjoint_beats_torchdiffeq_adjoint_in_accuracy_and_evaluations():
+    """On the solver benchmark's stiff workload, seeds 0-2: our backward solve is more accurate
+    than torchdiffeq's ``odeint_adjoint`` on every seed with under 0.35x its evaluations
+    (measured: errors 2.6e-3 / 1.4e-3 / 1.3e-3 against 5.0e-3 / 3.6e-3 / 3.3e-3, evaluations
+    375 against 1230).
+
+    The unit of the backward solve matters here: taking the size the adjoint reaches (root of
+    the summed squares of the 50 output cotangents) instead of one output's cotangent took seed
+    0 to 103 evaluations (0.24x) but was less accurate than torchdiffeq on 2 of 8 seeds (up to
+    3.5x), so it was not adopted.
+    """
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    runs = [stiff_mlp_errors(seed, torchdiffeq) for seed in range(3)]
+    for seed, run in enumerate(runs):
+        assert run["ours"][0] < run["torchdiffeq"][0], (seed, run)
+    ours, theirs = (sum(run[name][1] for run in runs) for name in ("ours", "torchdiffeq"))
+    assert ours < 0.35 * theirs, runs
+
+
 def test_adjoint_many_output_times_matches_backprop():
     """Dense observations: the folded jumps (one per output) keep the adjoint accurate."""
     gen = torch.Generator().manual_seed(5)
