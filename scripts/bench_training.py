@@ -46,6 +46,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import WeightAveraging
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from latentode.cli import config_dir
 from latentode.cli.train import (
@@ -164,6 +166,57 @@ def _sync(module: torch.nn.Module) -> None:
         torch.cuda.synchronize(module.device)
 
 
+class _CountFlops(TorchDispatchMode):
+    """Sums torch's FLOP formulas (matrix products, convolutions) over the ops that run.
+
+    torch's own FlopCounterMode also tracks modules with backward hooks, which refuse
+    ``autograd.grad`` inside a backward pass (the checkpointed solver's replay)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def step_gflops(module, datamodule) -> float:
+    """GFLOPs of one training step: forward and backward of the loss on the first training
+    batch, with the trained weights (matrix products only; elementwise work is not counted).
+    Runs eagerly on the CPU copy Lightning leaves after fit."""
+    model = module.model
+    batch = next(iter(datamodule.train_dataloader())).to(next(model.parameters()).device)
+    with torch.random.fork_rng(), _CountFlops() as counter:
+        out = model.loss(batch.times, batch.values, batch.encoder_mask, batch.target_mask,
+                         kl_weight=1.0, n_samples=module.train_samples)
+        out["loss"].backward()
+    model.zero_grad(set_to_none=True)
+    return counter.total / 1e9
+
+
+def matmul_gflops(device: str, rows: int = 150, width: int = 300, repeats: int = 400) -> float:
+    """GFLOP/s of a ``(rows, width) @ (width, width)`` float32 product on ``device`` (the
+    hopper presets' dominant shape: 3 samples x batch 50 rows, 300 units): what this machine
+    gives the models' matrix products, measured in the same run."""
+    a = torch.randn(rows, width, device=device)
+    b = torch.randn(width, width, device=device)
+    for _ in range(20):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    return 2 * rows * width * width * repeats / (time.perf_counter() - start) / 1e9
+
+
 def reference_at(seconds: float) -> str:
     """The paper code's MSE at the last reference point reached within ``seconds``."""
     reached = [mse for _, t, mse in REFERENCE if t <= seconds]
@@ -208,6 +261,12 @@ def main() -> None:
     print(f"\ntraining time per epoch (median, evaluations excluded): {per_epoch:.2f} s "
           f"(each: {' '.join(f'{t:.2f}' for t in recorder.train_seconds)}; "
           f"{trainer.num_training_batches} batches, device {recorder.device})")
+    flops = step_gflops(module, datamodule)
+    achieved = flops * trainer.num_training_batches / per_epoch
+    print(f"work per training step: {flops:.2f} GFLOP (matrix products, trained weights, first "
+          f"batch) -> ~{achieved:.1f} GFLOP/s achieved; a 150x300x300 float32 matrix product "
+          f"runs at {matmul_gflops(recorder.device):.1f} GFLOP/s on {recorder.device} "
+          f"({torch.get_num_threads()} threads)")
     if args.protocol == "periodic":
         periodic_summary(recorder.rows)
     else:
