@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from latentode.utils.flops import CountFlops
+
 
 def write_data(paper_dir: Path, n: int) -> Path:
     """The paper code's ``training.pt`` from our generator, unless it exists already."""
@@ -61,8 +63,11 @@ class StopRun(BaseException):
 class EpochClock:
     """Wraps the paper code's batch and evaluation functions to time its epochs."""
 
-    def __init__(self, stop_after: int | None = None) -> None:
+    def __init__(self, stop_after: int | None = None, count_flops: bool = False) -> None:
         self.stop_after = stop_after
+        self.counter = CountFlops() if count_flops else None
+        self.batches = 0  # training batches drawn before the first evaluation
+        self.evaluating = False  # the evaluation draws its test batches through the same function
         self.last_end: float | None = None
         self.train: list[float] = []
         self.evals: list[float] = []
@@ -75,12 +80,25 @@ class EpochClock:
             if self.last_end is None:
                 _sync()
                 self.last_end = time.perf_counter()
+                if self.counter is not None:
+                    self.counter.__enter__()
+            if not self.evals and not self.evaluating:
+                self.batches += 1
             return next_batch(*args, **kwargs)
 
         def compute_loss_all_batches(*args, **kwargs):
+            if self.counter is not None and not self.evals:
+                self.counter.__exit__(None, None, None)
+                print(f"[flops] first epoch: {self.counter.total / 1e9 / self.batches:.2f} GFLOP "
+                      f"per training step (matrix products; {self.batches} steps; this epoch's "
+                      f"time includes the counting)", flush=True)
             _sync()
             start = time.perf_counter()
-            result = evaluate(*args, **kwargs)
+            self.evaluating = True
+            try:
+                result = evaluate(*args, **kwargs)
+            finally:
+                self.evaluating = False
             _sync()
             end = time.perf_counter()
             self.train.append(start - self.last_end)
@@ -107,6 +125,8 @@ def main() -> None:
                         help="end the run after this many epochs (each closed by its test)")
     parser.add_argument("args", nargs=argparse.REMAINDER,
                         help="-- then run_models.py's arguments")
+    parser.add_argument("--count-flops", action="store_true",
+                        help="count the first epoch's matrix-product FLOPs per training step")
     args = parser.parse_args()
     paper_dir = args.paper_dir.resolve()
     if not (paper_dir / "run_models.py").is_file():
@@ -119,7 +139,7 @@ def main() -> None:
     sys.path.insert(0, str(paper_dir))
     import lib.utils  # the paper code's package, from --paper-dir
 
-    clock = EpochClock(args.stop_after)
+    clock = EpochClock(args.stop_after, args.count_flops)
     clock.wrap(lib.utils)
     sys.argv = ["run_models.py", *run_args]
     gpu = torch.cuda.is_available()

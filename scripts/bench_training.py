@@ -46,8 +46,6 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import WeightAveraging
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
 
 from latentode.cli import config_dir
 from latentode.cli.train import (
@@ -57,6 +55,7 @@ from latentode.cli.train import (
     build_module,
     setup_runtime,
 )
+from latentode.utils.flops import CountFlops, matmul_gflops
 
 REFERENCE = [(50, 230.0, 0.029), (90, 440.0, 0.005), (200, 1025.0, 0.0036)]
 """The paper code's (epoch, seconds, test MSE) on this machine type, from issue #4."""
@@ -166,55 +165,18 @@ def _sync(module: torch.nn.Module) -> None:
         torch.cuda.synchronize(module.device)
 
 
-class _CountFlops(TorchDispatchMode):
-    """Sums torch's FLOP formulas (matrix products, convolutions) over the ops that run.
-
-    torch's own FlopCounterMode also tracks modules with backward hooks, which refuse
-    ``autograd.grad`` inside a backward pass (the checkpointed solver's replay)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
-        if formula is not None:
-            self.total += formula(*args, **kwargs, out_val=out)
-        return out
-
-
 def step_gflops(module, datamodule) -> float:
     """GFLOPs of one training step: forward and backward of the loss on the first training
     batch, with the trained weights (matrix products only; elementwise work is not counted).
     Runs eagerly on the CPU copy Lightning leaves after fit."""
     model = module.model
     batch = next(iter(datamodule.train_dataloader())).to(next(model.parameters()).device)
-    with torch.random.fork_rng(), _CountFlops() as counter:
+    with torch.random.fork_rng(), CountFlops() as counter:
         out = model.loss(batch.times, batch.values, batch.encoder_mask, batch.target_mask,
                          kl_weight=1.0, n_samples=module.train_samples)
         out["loss"].backward()
     model.zero_grad(set_to_none=True)
     return counter.total / 1e9
-
-
-def matmul_gflops(device: str, rows: int = 150, width: int = 300, repeats: int = 400) -> float:
-    """GFLOP/s of a ``(rows, width) @ (width, width)`` float32 product on ``device`` (the
-    hopper presets' dominant shape: 3 samples x batch 50 rows, 300 units): what this machine
-    gives the models' matrix products, measured in the same run."""
-    a = torch.randn(rows, width, device=device)
-    b = torch.randn(width, width, device=device)
-    for _ in range(20):
-        a @ b
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-    return 2 * rows * width * width * repeats / (time.perf_counter() - start) / 1e9
 
 
 def reference_at(seconds: float) -> str:
