@@ -10,6 +10,7 @@ import torch
 
 from latentode.models import LatentODE, gaussian_kl, masked_gaussian_loglik
 from latentode.nn import ODERNNEncoder, RNNEncoder
+from latentode.nn.encoders import start_at_last_observation
 
 ENCODERS = {
     "odernn": ODERNNEncoder,
@@ -80,6 +81,38 @@ def test_encoder_reads_only_its_mask(kind):
     torch.testing.assert_close(s1, s2, rtol=0, atol=0)
     seen = torch.where(encoder, values + 1.0, values)
     assert not torch.allclose(model.encode(times, seen, encoder)[0], m1)
+
+
+@pytest.mark.parametrize("kind", [*sorted(ENCODERS), "odernn-fused-gru"])
+def test_encoder_starts_at_the_last_observation(kind):
+    """Extrapolation batches carry the target times after what the encoder sees: q(z0) (and
+    its gradients) must be what the observed part alone gives, as in the paper's code, whose
+    encoder is given only that part: no drift of the zero state through the unobserved tail,
+    no first gap spanning it. Eager walks and the static walk a CUDA graph records."""
+    torch.manual_seed(0)
+    if kind == "odernn-fused-gru":  # nn.GRUCell + one Euler step: the fused CPU scan
+        enc = ODERNNEncoder(3, 4, hidden=6, ode_units=10, z0_units=8).double()
+        assert enc._fused_euler_gru
+    else:
+        enc = ENCODERS[kind](3, 4, hidden=6, z0_units=8).double()
+    times, values, _, seen = tiny_batch(length=12)
+    times, values, seen = times.double(), values.double(), seen.double()
+    seen[:, 7:] = 0  # the encoder sees the first 7 points; 5 target times follow
+    seen[0, 6] = 1.0
+    head = [times[:7], values[:, :7], seen[:, :7]]
+    full, alone = enc(times, values, seen), enc(*head)
+    walks = [full]
+    if enc.schedule == "union":  # the graphed path: forward's times, every point visited
+        walked = start_at_last_observation(times, seen.amax(-1) > 0)
+        walks.append(enc._static_z0(walked, values, seen))
+    for walk in walks:
+        for a, b in zip(walk, alone, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+    loss_full = sum(o.square().sum() for o in full)
+    loss_head = sum(o.square().sum() for o in enc(*head))
+    grads = [torch.autograd.grad(loss, list(enc.parameters())) for loss in (loss_full, loss_head)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
 
 
 def test_gradient_modes_agree():

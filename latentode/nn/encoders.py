@@ -95,6 +95,23 @@ def gru_cell(n_in: int, hidden: int, units: int | None = None, std_state: bool =
     return nn.GRUCell(n_in, hidden) if units is None else MLPGRUCell(n_in, hidden, units)
 
 
+def start_at_last_observation(times: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """``times`` with every point after the batch's last observation moved onto it.
+
+    The backward walk then starts at the last point any series observes, with its zero state,
+    as the paper's code does (its encoder is given the observed part only); otherwise, e.g.
+    when the batch's times include extrapolation targets, the state would drift from zero
+    through the unobserved tail (one Euler step per point) and the first gap would span it.
+    On the device, no host synchronisation (the CUDA-graph walk records it); the points moved
+    are skipped by the eager walks (zero gaps, nothing observed). Unchanged when nothing is
+    observed at all.
+    """
+    observed = seen.any(0)  # (T,)
+    last = torch.where(observed, times, times.amin()).amax()  # device ops only, no copies
+    last = torch.where(observed.any(), last, times.amax())
+    return torch.minimum(times, last)
+
+
 class _BackwardGRU(Graphable, nn.Module):
     """Shared machinery: masked GRU updates walking the times from last to first (the batch's
     union, or each series' own with ``schedule="series"``)."""
@@ -138,10 +155,11 @@ class _BackwardGRU(Graphable, nn.Module):
         self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         mask = mask.to(values.dtype)
+        seen = mask.amax(-1) > 0  # (B, T): a series has an observation at this time
+        times = start_at_last_observation(times, seen)
         if self.cuda_graph and values.is_cuda and (self.training or not torch.is_grad_enabled()):
             mean, std = self._graphs(times, values, mask)
             return mean, std
-        seen = mask.amax(-1) > 0  # (B, T): a series has an observation at this time
         if self.schedule == "series":
             return self._z0(self._walk_series(times, values, mask, seen))
         if self._fused_euler_gru:
