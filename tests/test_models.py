@@ -207,3 +207,44 @@ def test_fused_odernn_pass_equals_the_generic_loop_values_and_gradients():
     torch.testing.assert_close(outs[0][1], outs[1][1])
     for a, b in zip(outs[0][2], outs[1][2], strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_z0_at_first_target_predicts_from_the_first_target_time():
+    """The paper code's extrapolation: z0 lives at the first time with a target, the decoder
+    integrates from there; the loss equals predicting the target part from that time alone, and
+    with targets from the first time on (interpolation) nothing changes."""
+    model = make_model("odernn")
+    paper = make_model("odernn")
+    paper.z0_at = "first_target"
+    paper.load_state_dict(model.state_dict())
+    times, values, mask, encoder = tiny_batch(length=10)
+    encoder = encoder.clone()
+    encoder[:, 6:] = False  # the encoder sees the first 6 points, the targets are the last 4
+    encoder[:, 0] = True
+    target = mask.clone()
+    target[:, :6] = False
+    target[:, 6] = True
+    torch.manual_seed(3)
+    out = paper.loss(times, values, encoder, target)
+    torch.manual_seed(3)
+    alone = model(times, values, encoder, pred_times=times[6:])  # z0 at times[6]
+    loglik = masked_gaussian_loglik(values[:, 6:], alone.pred, target[:, 6:], model.obs_std)
+    torch.testing.assert_close(out["loglik"], loglik.mean())
+    torch.testing.assert_close(out["pred"][:, :, 6:], alone.pred)
+    assert out["pred"].shape[2] == len(times)
+    torch.manual_seed(3)
+    shifted = model.loss(times, values, encoder, target)
+    assert not torch.allclose(shifted["loglik"], out["loglik"])  # z0 at times[0]: another model
+    torch.manual_seed(4)  # interpolation: targets from the first time on
+    x = model.loss(times, values, encoder, mask)
+    torch.manual_seed(4)
+    y = paper.loss(times, values, encoder, mask)
+    for key in ("loss", "loglik", "kl", "mse"):
+        assert torch.equal(x[key], y[key]), key
+
+
+def test_z0_at_is_checked():
+    with pytest.raises(ValueError, match="z0_at must be one of"):
+        LatentODE(3, z0_at="end")
+    with pytest.raises(ValueError, match="z0_at='start' with poisson"):
+        LatentODE(3, z0_at="first_target", poisson=True)

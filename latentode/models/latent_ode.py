@@ -57,6 +57,7 @@ def gaussian_kl(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
 
 OBJECTIVES = ("iwae", "elbo", "batch_iwae")
 LABELS = ("series", "time")
+Z0_AT = ("start", "first_target")
 
 
 def poisson_process_loglik(
@@ -129,6 +130,13 @@ def sample_bound(elbo: torch.Tensor, objective: str = "iwae") -> torch.Tensor:
     raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
 
 
+def _first_target(target_mask: torch.Tensor) -> int:
+    """Index of the first time point where any series has a target (0 if none)."""
+    any_target = target_mask.reshape(target_mask.shape[0], target_mask.shape[1], -1).any(-1)
+    found = any_target.any(0).nonzero()
+    return int(found[0]) if len(found) else 0
+
+
 class LatentODE(nn.Module):
     """Latent ODE with an ODE-RNN (default) or RNN recognition network.
 
@@ -154,6 +162,11 @@ class LatentODE(nn.Module):
         reconstruct: ``False`` trains on the classification loss alone (the paper's activity
             setting); the ELBO terms are still reported.
         label_units: hidden units of the classifier's two ReLU layers (paper: 300).
+        z0_at: where the training loss places ``z0``: ``"start"``, the batch's first time;
+            ``"first_target"``, the first time with a target, as the paper's code does (its
+            decoder integrates from the first time it predicts: in extrapolation the first
+            point after what the encoder saw, in interpolation the first time, the same as
+            ``"start"``). Not with ``poisson`` or a classifier.
     """
 
     def __init__(
@@ -176,12 +189,20 @@ class LatentODE(nn.Module):
         label_weight: float = 100.0,
         reconstruct: bool = True,
         label_units: int = 300,
+        z0_at: str = "start",
     ):
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
         if label_type not in LABELS:
             raise ValueError(f"label_type must be one of {LABELS}, got {label_type!r}.")
+        if z0_at not in Z0_AT:
+            raise ValueError(f"z0_at must be one of {Z0_AT}, got {z0_at!r}.")
+        if z0_at != "start" and (poisson or n_labels):
+            raise ValueError("z0_at='first_target' predicts from the first target time on; the "
+                             "Poisson process and the classifier read the whole path: use "
+                             "z0_at='start' with poisson or n_labels.")
+        self.z0_at = z0_at
         if not reconstruct and n_labels < 1:
             raise ValueError("reconstruct=False trains on labels alone: set n_labels >= 1.")
         self.objective = objective
@@ -260,8 +281,17 @@ class LatentODE(nn.Module):
         """Negative bound (``objective``) and its terms; MSE of the sample-mean prediction on
         the targets. With ``poisson``: the point process term ``poisson``; with a classifier
         and ``labels``: ``ce`` and the ``logits``."""
-        out = self(times, values, encoder_mask, n_samples)
-        loglik = masked_gaussian_loglik(values, out.pred, target_mask, self.obs_std)  # (S, B)
+        first = _first_target(target_mask) if self.z0_at == "first_target" else 0
+        if first:  # z0 at the first target time; nothing is asked of the points before it
+            out = self(times, values, encoder_mask, n_samples, pred_times=times[first:])
+            loglik = masked_gaussian_loglik(values[:, first:], out.pred, target_mask[:, first:],
+                                            self.obs_std)
+            # full length for the caller's masked metrics: the earlier points, which hold no
+            # target, repeat the first prediction
+            out.pred = torch.cat([out.pred[:, :, :1].expand(-1, -1, first, -1), out.pred], 2)
+        else:
+            out = self(times, values, encoder_mask, n_samples)
+            loglik = masked_gaussian_loglik(values, out.pred, target_mask, self.obs_std)  # (S, B)
         kl = gaussian_kl(out.z0_mean, out.z0_std)  # (B,)
         bound = sample_bound(loglik - kl_weight * kl, self.objective)
         mask = target_mask.to(values.dtype)
