@@ -248,3 +248,21 @@ def test_z0_at_is_checked():
         LatentODE(3, z0_at="end")
     with pytest.raises(ValueError, match="z0_at='start' with poisson"):
         LatentODE(3, z0_at="first_target", poisson=True)
+
+
+def test_plotted_paths_start_where_the_model_places_z0():
+    """Plots of a ``first_target`` model start at the first target time, where its z0 is."""
+    from latentode.data import Batch
+    from latentode.lit.plots import predict_paths
+
+    model = make_model("odernn")
+    times, values, mask, encoder = tiny_batch(length=10)
+    target = mask.clone()
+    target[:, :4] = False
+    target[0, 4] = True
+    batch = Batch(times, values, mask, encoder, target, torch.arange(len(values)))
+    grid, _ = predict_paths(model, batch, n_samples=2, n_grid=20)
+    assert grid[0] == times[0]
+    model.z0_at = "first_target"
+    grid, paths = predict_paths(model, batch, n_samples=2, n_grid=20)
+    assert grid[0] == times[4] and paths.shape[2] == len(grid)

@@ -137,7 +137,16 @@ def _paths(model: Any, batch: Any, n_samples: int, seed: int, index: int,
     (torch's global RNG is left as it was)."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed * 1_000_003 + index)
-        return model(batch.times, batch.values, batch.encoder_mask, n_samples=n_samples).pred
+        return _predicted(model, batch, n_samples)
+
+
+def _predicted(model: Any, batch: Any, n_samples: int) -> torch.Tensor:
+    """Sampled predictions ``(S, B, T, D)`` at the batch's times, ``z0`` where the model's
+    training put it (a latent ODE's ``z0_at``: :meth:`LatentODE.predict`)."""
+    if hasattr(model, "predict"):
+        return model.predict(batch.times, batch.values, batch.encoder_mask, batch.target_mask,
+                             n_samples=n_samples).pred
+    return model(batch.times, batch.values, batch.encoder_mask, n_samples=n_samples).pred
 
 
 @torch.no_grad()
@@ -235,8 +244,7 @@ def predictive_coverage(
             batch = batch.to(device)
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed * 1_000_003 + index)
-                pred = model(batch.times, batch.values, batch.encoder_mask,
-                             n_samples=n_samples).pred
+                pred = _predicted(model, batch, n_samples)
                 jitter = torch.randn_like(pred) if any_noise else None
             mask = batch.target_mask & ~batch.encoder_mask
             c = 0

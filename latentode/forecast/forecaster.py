@@ -25,7 +25,9 @@ How predictions are made:
   series' first observation are supported: the grid then starts at the earliest requested time
   (an unobserved point the ODE-RNN encoder evolves back to), exactly as in training, where a
   batch's grid starts at the earliest time of any of its series. Asking for such a time moves
-  ``z0`` and so changes the answer at the other times slightly.
+  ``z0`` and so changes the answer at the other times slightly. A latent ODE trained with
+  ``z0_at="first_target"`` (the paper's hopper presets) places ``z0`` at the first requested
+  time instead, as in its training.
 * Any time can be asked for: predictions come from the ODE solution at those times (dense output
   of the adaptive solver; a fixed-step solver with ``step_size=null`` takes one step per output
   interval, so there the answer depends on which times are asked for).
@@ -341,6 +343,7 @@ class LatentODEForecaster:
         dtype = next(model.parameters()).dtype
         np_dtype = np.float64 if dtype == torch.float64 else np.float32
         model.eval()
+        from_target = getattr(model, "z0_at", "start") == "first_target"
         for i, raw in requests:
             lo, hi = ds.offsets[i], ds.offsets[i + 1]
             values = ds.values[lo:hi]
@@ -352,7 +355,9 @@ class LatentODEForecaster:
             if start < hist_t[0]:  # z0 at the earliest requested time (see module docstring)
                 hist_t = np.concatenate([[start], hist_t]).astype(np_dtype)
                 hist_v = np.concatenate([np.full((1, hist_v.shape[1]), np.nan), hist_v])
-            grid = np.unique(np.concatenate([hist_t[:1], want]))
+            # z0 at the grid's first time: the encoder's (default) or, for a latent ODE trained
+            # with z0_at="first_target", the first requested time, as its training did
+            grid = np.unique(want if from_target else np.concatenate([hist_t[:1], want]))
             where = np.searchsorted(grid, want)
             mask = ~np.isnan(hist_v)
             times_t = torch.from_numpy(hist_t)

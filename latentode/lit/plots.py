@@ -27,12 +27,17 @@ def predict_paths(
     """Posterior sample paths on a dense grid over the batch's time span.
 
     Returns ``grid (G,)`` and ``paths (S, B, G, D)`` in model units. The grid holds the batch's
-    own times as well, so the curves pass through the scored points.
+    own times as well, so the curves pass through the scored points; for a model trained with
+    ``z0_at="first_target"`` it starts at the first target time, where that model's ``z0`` is.
     """
     times = batch.times
     dense = torch.linspace(float(times[0]), float(times[-1]), n_grid, dtype=times.dtype,
                            device=times.device)
     grid = torch.unique(torch.cat([times, dense]))  # sorted, starts at times[0]
+    if getattr(model, "z0_at", "start") == "first_target":  # z0 where training put it
+        targets = batch.target_mask.reshape(*batch.target_mask.shape[:2], -1).any(-1).any(0)
+        if bool(targets.any()):
+            grid = grid[grid >= times[targets.nonzero()[0, 0]]]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         out = model(times, batch.values, batch.encoder_mask, n_samples=n_samples, pred_times=grid)

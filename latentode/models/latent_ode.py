@@ -273,6 +273,22 @@ class LatentODE(nn.Module):
             out.logits = self.classifier(z0 if self.label_type == "series" else z)
         return out
 
+    def predict(
+        self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
+        target_mask: torch.Tensor, n_samples: int | None = None,
+    ) -> LatentODEOutput:
+        """:meth:`forward` at ``times`` with ``z0`` where ``z0_at`` puts it for these targets.
+
+        With ``first_target`` the decoder starts at the first time any series has a target;
+        the points before it, which hold no target, repeat the first prediction so that
+        ``pred`` keeps the batch's length for masked metrics."""
+        first = _first_target(target_mask) if self.z0_at == "first_target" else 0
+        if not first:
+            return self(times, values, encoder_mask, n_samples)
+        out = self(times, values, encoder_mask, n_samples, pred_times=times[first:])
+        out.pred = torch.cat([out.pred[:, :, :1].expand(-1, -1, first, -1), out.pred], 2)
+        return out
+
     def loss(
         self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
         target_mask: torch.Tensor, kl_weight: float = 1.0, n_samples: int | None = None,
@@ -281,17 +297,8 @@ class LatentODE(nn.Module):
         """Negative bound (``objective``) and its terms; MSE of the sample-mean prediction on
         the targets. With ``poisson``: the point process term ``poisson``; with a classifier
         and ``labels``: ``ce`` and the ``logits``."""
-        first = _first_target(target_mask) if self.z0_at == "first_target" else 0
-        if first:  # z0 at the first target time; nothing is asked of the points before it
-            out = self(times, values, encoder_mask, n_samples, pred_times=times[first:])
-            loglik = masked_gaussian_loglik(values[:, first:], out.pred, target_mask[:, first:],
-                                            self.obs_std)
-            # full length for the caller's masked metrics: the earlier points, which hold no
-            # target, repeat the first prediction
-            out.pred = torch.cat([out.pred[:, :, :1].expand(-1, -1, first, -1), out.pred], 2)
-        else:
-            out = self(times, values, encoder_mask, n_samples)
-            loglik = masked_gaussian_loglik(values, out.pred, target_mask, self.obs_std)  # (S, B)
+        out = self.predict(times, values, encoder_mask, target_mask, n_samples)
+        loglik = masked_gaussian_loglik(values, out.pred, target_mask, self.obs_std)  # (S, B)
         kl = gaussian_kl(out.z0_mean, out.z0_std)  # (B,)
         bound = sample_bound(loglik - kl_weight * kl, self.objective)
         mask = target_mask.to(values.dtype)
