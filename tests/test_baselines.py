@@ -241,3 +241,33 @@ def test_configs_compose_and_instantiate(name, cls):
     assert type(model) is cls
     times, values, mask, encoder = tiny_batch()
     assert torch.isfinite(model.loss(times, values, encoder, mask)["loss"])
+
+
+def test_rnn_vae_first_target_is_the_paper_codes_extrapolation():
+    """``z0_at="first_target"``: with targets after everything the encoder sees, the encoder
+    reads the data forwards (the backward walk of the time-reversed series) and the decoder
+    starts at the first target time, as the paper code's RNN-VAE; in interpolation (targets
+    from the first time on) nothing changes."""
+    start, paper = make("rnn_vae"), make("rnn_vae", z0_at="first_target")
+    times, values, mask, encoder = tiny_batch(length=9)
+    encoder = encoder.clone()
+    encoder[:, 5:] = False  # the encoder sees the first 5 points, the targets are the last 4
+    target = mask.clone()
+    target[:, :5] = False
+    target[:, 5] = True
+    torch.manual_seed(1)
+    out = paper.loss(times, values, encoder, target)
+    masked = torch.where(encoder, values, 0.0)
+    mean, std = paper.encoder(-times.flip(0), masked.flip(1), encoder.flip(1))
+    torch.manual_seed(1)
+    z0 = mean + std * torch.randn((2, *mean.shape))
+    pred, _ = paper.walk(paper.init(z0.reshape(-1, 4)), times[5:], times[5:])
+    torch.testing.assert_close(out["pred"][:, :, 5:], pred.reshape(2, 4, 4, 3))
+    forwards = paper.encoder(-times.flip(0), masked.flip(1), encoder.flip(1))[0]
+    assert not torch.allclose(forwards, paper.encoder(times, masked, encoder)[0])
+    torch.manual_seed(2)  # interpolation: the same model as z0_at="start"
+    a = start.loss(times, values, encoder, mask)
+    torch.manual_seed(2)
+    b = paper.loss(times, values, encoder, mask)
+    for key in ("loss", "mse"):
+        assert torch.equal(a[key], b[key]), key

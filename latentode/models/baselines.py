@@ -34,7 +34,14 @@ from latentode.nn.layers import ODEFunc, is_single_euler_step
 from latentode.nn.mean_std_walk import mean_std_walk, supports
 from latentode.solvers import odeint
 
-from .latent_ode import LatentODEOutput, gaussian_kl, masked_gaussian_loglik, sample_bound
+from .latent_ode import (
+    Z0_AT,
+    LatentODEOutput,
+    gaussian_kl,
+    masked_gaussian_loglik,
+    predict_at_targets,
+    sample_bound,
+)
 
 
 def iwae_terms(
@@ -157,9 +164,17 @@ class _Recurrent(nn.Module):
         target_mask: torch.Tensor, kl_weight: float = 1.0, n_samples: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Negative IWAE bound (the log-likelihood for deterministic models) and its terms."""
-        out = self(times, values, encoder_mask, n_samples)
+        out = self.predict(times, values, encoder_mask, target_mask, n_samples)
         return iwae_terms(values, out.pred, target_mask, self.obs_std, self.kl(out), kl_weight,
                           getattr(self, "objective", "iwae"))
+
+    def predict(
+        self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
+        target_mask: torch.Tensor, n_samples: int | None = None,
+    ) -> LatentODEOutput:
+        """The forward pass at ``times`` for these targets (a model placing its state by the
+        targets, :class:`RNNVAE` with ``z0_at``, overrides it)."""
+        return self(times, values, encoder_mask, n_samples)
 
     def kl(self, out: LatentODEOutput) -> torch.Tensor:
         """Per-series KL term; zero for deterministic models."""
@@ -388,16 +403,23 @@ class RNNVAE(_Recurrent):
         n_samples: posterior samples for the bound.
         solver: unused (no ODE); kept for the common interface.
         objective: ``elbo``, ``iwae`` or ``batch_iwae``, as for :class:`LatentODE`.
+        z0_at: ``"start"``: the decoder starts at the batch's first time; ``"first_target"``:
+            at the first time with a target, and when that lies after everything the encoder
+            sees (extrapolation) the encoder reads the data forwards, as the paper's code does
+            (its ``run_backwards`` is false when predicting after the observed part).
     """
 
     def __init__(
         self, input_dim: int, latents: int = 10, enc_hidden: int = 20, z0_units: int = 100,
         hidden: int = 20, gru_units: int | None = None, dec_units: int = 100,
         dec_layers: int = 1, obs_std: float = 0.01, n_samples: int = 3,
-        solver: dict[str, Any] | None = None, objective: str = "iwae",
+        solver: dict[str, Any] | None = None, objective: str = "iwae", z0_at: str = "start",
     ):
         super().__init__()
         sample_bound(torch.zeros(1, 1), objective)  # an unknown objective fails here
+        if z0_at not in Z0_AT:
+            raise ValueError(f"z0_at must be one of {Z0_AT}, got {z0_at!r}.")
+        self.z0_at = z0_at
         self.input_dim, self.latents, self.objective = input_dim, latents, objective
         self.encoder = RNNEncoder(input_dim, latents, enc_hidden, z0_units, gru_units)
         self.init = nn.Linear(latents, hidden)
@@ -418,14 +440,31 @@ class RNNVAE(_Recurrent):
         self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
         n_samples: int | None = None, pred_times: torch.Tensor | None = None,
     ) -> LatentODEOutput:
-        """Encode, sample ``z0 (S, B, L)``, decode at ``pred_times`` (default ``times``)."""
+        """Encode, sample ``z0 (S, B, L)``, decode at ``pred_times`` (default ``times``): from
+        ``times[0]``, or with ``z0_at="first_target"`` from ``pred_times[0]``."""
         values = torch.where(encoder_mask, values, 0.0)  # NaN-proof: the encoder multiplies
-        mean, std = self.encoder(times, values, encoder_mask)
+        wanted = times if pred_times is None else pred_times.to(times)
+        from_target = self.z0_at == "first_target"
+        seen = encoder_mask.reshape(*encoder_mask.shape[:2], -1).any(-1).any(0)
+        if from_target and bool(seen.any()) and bool(wanted[0] > times[seen].max()):
+            # predicting after all the encoder sees: read it forwards (the backward walk of the
+            # time-reversed series; its gaps are then the times since the previous point)
+            mean, std = self.encoder(-times.flip(0), values.flip(1), encoder_mask.flip(1))
+        else:
+            mean, std = self.encoder(times, values, encoder_mask)
         n = n_samples or self.n_samples
         z0 = mean + std * torch.randn((n, *mean.shape), dtype=mean.dtype, device=mean.device)
         h = self.init(z0.reshape(-1, self.latents))
-        pred, _ = self.walk(h, times, times if pred_times is None else pred_times)
+        pred, _ = self.walk(h, wanted if from_target else times, wanted)
         return LatentODEOutput(pred.reshape(n, *mean.shape[:1], *pred.shape[1:]), mean, std)
+
+    def predict(
+        self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
+        target_mask: torch.Tensor, n_samples: int | None = None,
+    ) -> LatentODEOutput:
+        """The forward pass with the decoder starting where ``z0_at`` says for these targets
+        (:func:`~latentode.models.latent_ode.predict_at_targets`)."""
+        return predict_at_targets(self, times, values, encoder_mask, target_mask, n_samples)
 
     def kl(self, out: LatentODEOutput) -> torch.Tensor:
         return gaussian_kl(out.z0_mean, out.z0_std)

@@ -137,6 +137,23 @@ def _first_target(target_mask: torch.Tensor) -> int:
     return int(found[0]) if len(found) else 0
 
 
+def predict_at_targets(
+    model: nn.Module, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
+    target_mask: torch.Tensor, n_samples: int | None = None,
+) -> LatentODEOutput:
+    """``model(...)`` at ``times`` with ``z0`` where the model's ``z0_at`` puts it.
+
+    With ``first_target`` the decoder starts at the first time any series has a target; the
+    points before it, which hold no target, repeat the first prediction so that ``pred`` keeps
+    the batch's length for masked metrics."""
+    first = _first_target(target_mask) if model.z0_at == "first_target" else 0
+    if not first:
+        return model(times, values, encoder_mask, n_samples)
+    out = model(times, values, encoder_mask, n_samples, pred_times=times[first:])
+    out.pred = torch.cat([out.pred[:, :, :1].expand(-1, -1, first, -1), out.pred], 2)
+    return out
+
+
 class LatentODE(nn.Module):
     """Latent ODE with an ODE-RNN (default) or RNN recognition network.
 
@@ -277,17 +294,9 @@ class LatentODE(nn.Module):
         self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
         target_mask: torch.Tensor, n_samples: int | None = None,
     ) -> LatentODEOutput:
-        """:meth:`forward` at ``times`` with ``z0`` where ``z0_at`` puts it for these targets.
-
-        With ``first_target`` the decoder starts at the first time any series has a target;
-        the points before it, which hold no target, repeat the first prediction so that
-        ``pred`` keeps the batch's length for masked metrics."""
-        first = _first_target(target_mask) if self.z0_at == "first_target" else 0
-        if not first:
-            return self(times, values, encoder_mask, n_samples)
-        out = self(times, values, encoder_mask, n_samples, pred_times=times[first:])
-        out.pred = torch.cat([out.pred[:, :, :1].expand(-1, -1, first, -1), out.pred], 2)
-        return out
+        """:meth:`forward` at ``times`` with ``z0`` where ``z0_at`` puts it for these targets
+        (:func:`predict_at_targets`)."""
+        return predict_at_targets(self, times, values, encoder_mask, target_mask, n_samples)
 
     def loss(
         self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
