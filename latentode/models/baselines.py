@@ -384,6 +384,12 @@ class GRUDT(_Deterministic):
         return self._step(h, pred, torch.ones_like(pred), active, t, data)
 
 
+def _after_all_seen(t: torch.Tensor, times: torch.Tensor, encoder_mask: torch.Tensor) -> bool:
+    """Whether ``t`` comes after every time point the encoder sees (False if it sees none)."""
+    seen = encoder_mask.reshape(*encoder_mask.shape[:2], -1).any(-1).any(0)
+    return bool(seen.any()) and bool(t > times[seen].max())
+
+
 class RNNVAE(_Recurrent):
     """The "RNN-VAE" baseline: GRU recognition network, ``z0`` sampled, GRU decoder.
 
@@ -445,8 +451,7 @@ class RNNVAE(_Recurrent):
         values = torch.where(encoder_mask, values, 0.0)  # NaN-proof: the encoder multiplies
         wanted = times if pred_times is None else pred_times.to(times)
         from_target = self.z0_at == "first_target"
-        seen = encoder_mask.reshape(*encoder_mask.shape[:2], -1).any(-1).any(0)
-        if from_target and bool(seen.any()) and bool(wanted[0] > times[seen].max()):
+        if from_target and _after_all_seen(wanted[0], times, encoder_mask):
             # predicting after all the encoder sees: read it forwards (the backward walk of the
             # time-reversed series; its gaps are then the times since the previous point)
             mean, std = self.encoder(-times.flip(0), values.flip(1), encoder_mask.flip(1))
