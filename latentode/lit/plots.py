@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from latentode.data import Batch, collate
+from latentode.models.latent_ode import first_target
 
 
 @torch.no_grad()
@@ -35,9 +36,7 @@ def predict_paths(
                            device=times.device)
     grid = torch.unique(torch.cat([times, dense]))  # sorted, starts at times[0]
     if getattr(model, "z0_at", "start") == "first_target":  # z0 where training put it
-        targets = batch.target_mask.reshape(*batch.target_mask.shape[:2], -1).any(-1).any(0)
-        if bool(targets.any()):
-            grid = grid[grid >= times[targets.nonzero()[0, 0]]]
+        grid = grid[grid >= times[first_target(batch.target_mask)]]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         out = model(times, batch.values, batch.encoder_mask, n_samples=n_samples, pred_times=grid)

@@ -130,7 +130,7 @@ def sample_bound(elbo: torch.Tensor, objective: str = "iwae") -> torch.Tensor:
     raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
 
 
-def _first_target(target_mask: torch.Tensor) -> int:
+def first_target(target_mask: torch.Tensor) -> int:
     """Index of the first time point where any series has a target (0 if none)."""
     any_target = target_mask.reshape(target_mask.shape[0], target_mask.shape[1], -1).any(-1)
     found = any_target.any(0).nonzero()
@@ -146,7 +146,7 @@ def predict_at_targets(
     With ``first_target`` the decoder starts at the first time any series has a target; the
     points before it, which hold no target, repeat the first prediction so that ``pred`` keeps
     the batch's length for masked metrics."""
-    first = _first_target(target_mask) if model.z0_at == "first_target" else 0
+    first = first_target(target_mask) if model.z0_at == "first_target" else 0
     if not first:
         return model(times, values, encoder_mask, n_samples)
     out = model(times, values, encoder_mask, n_samples, pred_times=times[first:])
