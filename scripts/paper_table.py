@@ -87,7 +87,7 @@ DEFAULT_TRAINER = {"full": "gpu", "reduced": "default"}
 GRAPHED = {"hopper_latent_ode", "hopper_latent_ode_rnn"}
 """Presets whose encoder can replay its training pass from CUDA graphs: with ``trainer=gpu``
 their commands add ``model.encoder.cuda_graph=true`` (same results, ~2.9x shorter epochs of the
-latent ODE on an H200: README, Full size on a GPU)."""
+latent ODE on an H200: docs/results.md, Full size on a GPU)."""
 
 GRID_KEYS = {"experiment", "model", "observed_fraction", "data.task.fraction",
              "data.task.subsample", "seed"}
