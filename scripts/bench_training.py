@@ -25,6 +25,15 @@ the end of the recipe.
     python scripts/bench_training.py --epochs 60 model.latents=12   # any train.yaml override
     python scripts/bench_training.py --protocol hopper_interp --epochs 40 observed_fraction=0.1
 
+``--protocol physionet_interp`` runs the paper's PhysioNet interpolation recipe with its code's
+80/20 split and also prints ``mse/paper``, the test MSE aggregated as the paper code does (per
+series and channel, unobserved channels counting 0, over its 41 channels), to compare with
+``scripts/bench_paper_code.py --physionet``; e.g. on synthetic records::
+
+    python scripts/make_icu_like.py data/icu_like --patients 2000
+    python scripts/bench_training.py --protocol physionet_interp --epochs 3 \\
+        data.dataset.root=data/icu_like data.scale=false seed=1
+
 The hopper protocols (issue #7) run ``conf/experiment/hopper_*.yaml`` on 1,000 trajectories
 (``data.dataset.n_trajectories=...`` to change it) and print the time per epoch and the test MSE
 in the source's scaled units beside the paper's Table 3 value for the same cell (which is at
@@ -87,6 +96,18 @@ HOPPER = {
 }
 """Hopper protocols (issue #7): time per epoch and test MSE in the source's scaled units."""
 
+PHYSIONET = {
+    # the paper's PhysioNet interpolation recipe (conf/experiment/physionet_interp.yaml) with the
+    # paper code's split: 80% train, 20% test, no validation
+    "physionet_interp": ["experiment=physionet_interp", "data.val_fraction=0",
+                         "data.test_fraction=0.2", "trainer.limit_val_batches=0", *RUN],
+}
+"""PhysioNet protocol (issue #7): point ``data.dataset.root`` at the records (real or from
+``scripts/make_icu_like.py``, then also ``data.scale=false``: the paper code's units)."""
+
+PAPER_PHYSIONET_CHANNELS = 41
+"""The paper code's PhysioNet channels (its ``PhysioNet.params``: 4 descriptors + 37 series)."""
+
 
 def paper_hopper(task: str, overrides: list[str],
                  fraction: float | None) -> tuple[str, float | None]:
@@ -104,21 +125,26 @@ def paper_hopper(task: str, overrides: list[str],
 class TestEveryEpoch(L.Callback):
     """Evaluates the test split after each training epoch (seeded samples) and records it."""
 
-    def __init__(self, datamodule, scale: torch.Tensor | None, every: int = 1):
+    def __init__(self, datamodule, scale: torch.Tensor | None, every: int = 1,
+                 paper_channels: int | None = None):
         self.datamodule, self.every = datamodule, every
         self.scale = scale
+        self.paper_channels = paper_channels  # also the paper code's per-(series, channel) MSE
         self.averaging: WeightAveraging | None = None
         self.train_seconds: list[float] = []  # per epoch, evaluations excluded
         self.device = "cpu"  # where training ran (Lightning moves the module back after fit)
         self.epoch_start = 0.0
         self.rows: list[tuple[int, float, float, float]] = []
+        self.paper_mse: list[float] = []
         self.start = time.perf_counter()
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> tuple[float, float]:
+        """Test MSE per posterior sample and of the samples' mean, over all target points (and,
+        with ``paper_channels``, the paper code's aggregate into ``paper_mse``)."""
         was = model.training
         model.eval()
-        per_sample = mean_pred = count = 0.0
+        per_sample = mean_pred = count = paper = series = 0.0
         device = next(model.parameters()).device
         scale = None if self.scale is None else self.scale.to(device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -134,7 +160,12 @@ class TestEveryEpoch(L.Callback):
                 mean_pred += float(((pred.mean(0) - batch.values).square() * scale2
                                     * mask).sum())
                 count += float(mask.sum())
+                if self.paper_channels:
+                    paper += float(paper_mse_sum(sq, mask))
+                    series += pred.shape[1]
         model.train(was)
+        if self.paper_channels:
+            self.paper_mse.append(paper / (series * self.paper_channels))
         return per_sample / count, mean_pred / count
 
     def evaluated(self, module) -> torch.nn.Module:
@@ -156,7 +187,18 @@ class TestEveryEpoch(L.Callback):
         sample, mean = self.evaluate(self.evaluated(module))
         elapsed = time.perf_counter() - self.start
         self.rows.append((epoch, elapsed, sample, mean))
-        print(f"{epoch:>6d} {elapsed:>9.1f} {sample:>12.5f} {mean:>12.5f}", flush=True)
+        paper = f" {self.paper_mse[-1]:>12.5f}" if self.paper_channels else ""
+        print(f"{epoch:>6d} {elapsed:>9.1f} {sample:>12.5f} {mean:>12.5f}{paper}", flush=True)
+
+
+def paper_mse_sum(sq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The paper code's masked MSE (``compute_masked_likelihood`` with ``mse``), summed over
+    series and channels and averaged over samples: the MSE of each (sample, series, channel)
+    over its observed times, 0 where the channel is not observed. ``sq``: squared errors
+    ``(S, B, T, D)`` already masked; ``mask``: ``(B, T, D)``. Divide by series x the paper's
+    channel count for its number (it averages over channels, then series)."""
+    per_pair = sq.sum(2) / mask.sum(1).clamp(min=1)  # (S, B, D); 0 where nothing observed
+    return per_pair.sum((1, 2)).mean(0)
 
 
 def _sync(module: torch.nn.Module) -> None:
@@ -189,14 +231,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=None, help="trainer.max_epochs")
     parser.add_argument("--every", type=int, default=1, help="test every this many epochs")
-    parser.add_argument("--protocol", default="periodic", choices=["periodic", *HOPPER],
-                        help="periodic (issue #4, default) or a hopper recipe (issue #7)")
+    parser.add_argument("--protocol", default="periodic",
+                        choices=["periodic", *HOPPER, *PHYSIONET],
+                        help="periodic (issue #4, default), a hopper recipe or the PhysioNet "
+                             "interpolation (issue #7)")
     parser.add_argument("overrides", nargs="*", help="train.yaml overrides (key=value)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec")
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     out = tempfile.mkdtemp(prefix="bench_training_")
-    protocol = PROTOCOL if args.protocol == "periodic" else HOPPER[args.protocol]
+    protocol = {"periodic": PROTOCOL, **HOPPER, **PHYSIONET}[args.protocol]
     overrides = [*protocol, f"paths.output_dir={out}"]
     if args.epochs:
         overrides.append(f"trainer.max_epochs={args.epochs}")
@@ -209,13 +253,15 @@ def main() -> None:
     module = build_module(cfg, model, datamodule)
     scaler = getattr(datamodule, "scaler", None)
     scale = None if scaler is None else torch.as_tensor(scaler.scale, dtype=torch.float32)
-    recorder = TestEveryEpoch(datamodule, scale, args.every)
+    paper_channels = PAPER_PHYSIONET_CHANNELS if args.protocol in PHYSIONET else None
+    recorder = TestEveryEpoch(datamodule, scale, args.every, paper_channels)
     callbacks = build_group(cfg.get("callbacks"))
     recorder.averaging = next((c for c in callbacks if isinstance(c, WeightAveraging)), None)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, recorder], logger=False)
     print(f"threads {torch.get_num_threads()}, train series {len(datamodule.splits['train'])}, "
           f"test series {len(datamodule.splits['test'])}, overrides: {' '.join(args.overrides)}")
-    print(f"{'epoch':>6} {'seconds':>9} {'mse/sample':>12} {'mse/mean':>12}")
+    print(f"{'epoch':>6} {'seconds':>9} {'mse/sample':>12} {'mse/mean':>12}"
+          + (f" {'mse/paper':>12}" if paper_channels else ""))
     recorder.start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
 
@@ -231,6 +277,12 @@ def main() -> None:
           f"({torch.get_num_threads()} threads)")
     if args.protocol == "periodic":
         periodic_summary(recorder.rows)
+    elif args.protocol in PHYSIONET:
+        epoch, elapsed, sample, _ = recorder.rows[-1]
+        print(f"{args.protocol}, {len(datamodule.splits['train'])} training series: test MSE "
+              f"{sample:.3e} over all target points, {recorder.paper_mse[-1]:.3e} as the paper "
+              f"code aggregates it (per series and channel, {paper_channels} channels), after "
+              f"{epoch} epochs ({elapsed:.0f} s)")
     else:
         fraction = cfg.observed_fraction  # null in extrapolation: the encoder sees all 66
         preset, paper = paper_hopper(args.protocol, args.overrides, fraction)

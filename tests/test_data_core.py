@@ -295,6 +295,26 @@ def test_time_transform_rescales_large_ranges_only():
     assert ds.times.dtype == np.float64 and ds.times.min() == 0.0 and ds.times.max() == 1.0
 
 
+def test_time_scale_sets_the_model_unit_and_round_trips():
+    """``time_scale`` replaces the automatic choice: 48-hour records on [0, 1] (the paper code's
+    PhysioNet time axis), user times back exactly, also for datetimes in hours."""
+    df = small_frame().assign(time=[0.5, 48.0, 3.0, 12.0, 24.0, 36.0])
+    ds = from_dataframe(df, time_scale=48)
+    assert ds.time_transform.scale == 48.0 and ds.time_transform.offset == 0.5
+    np.testing.assert_allclose(ds.times, (np.array(sorted_frame(df)["time"]) - 0.5) / 48)
+    assert_exact(ds.to_dataframe()[["series_id", "time"]],
+                 sorted_frame(df)[["series_id", "time"]])
+    assert from_dataframe(df).time_transform.scale == 1.0  # 47.5 h: left in hours by default
+    start = pd.Timestamp("2024-01-01")
+    stamps = df.assign(time=start + pd.to_timedelta(df["time"], unit="h"))
+    days = from_dataframe(stamps, time_scale=24)  # hours, then one model unit per day
+    np.testing.assert_allclose(days.times, ds.times * 2, rtol=1e-12)
+    assert_exact(days.to_dataframe()[["time"]], sorted_frame(stamps)[["time"]])
+    for bad in (0, -1.0, float("nan"), "48"):
+        with pytest.raises(ValueError, match="time_scale must be a positive number"):
+            from_dataframe(df, time_scale=bad)
+
+
 def test_time_transform_datetimes_round_trip_within_one_microsecond():
     """``to_user(to_model(t))`` is within 1 us, not exact to the ns: float64 "hours since the
     epoch" resolve ~0.1 us. (``to_dataframe`` is exact: it keeps the raw stamps.)"""

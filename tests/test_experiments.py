@@ -126,7 +126,9 @@ def test_physionet_recipe_carries_the_paper_hyperparameters():
     assert (model.latents, enc.hidden, enc.gru_units) == (20, 40, 50)
     assert (model.gen_units, enc.ode_units, model.gen_layers, enc.ode_layers) == (50, 50, 4, 4)
     assert (model.obs_std, model.n_samples, cfg.trainer.max_epochs) == (0.01, 3, 100)
-    assert (enc.schedule, enc.max_step) == ("series", 0.96)  # each patient on its own clock
+    # each patient on its own clock, a stay on [0, 1] (the paper code divides each batch's times
+    # by its last), Euler steps of at most 1/50 of a stay (its minimum_step)
+    assert (enc.schedule, enc.max_step, data.dataset.time_scale) == ("series", 0.02, 48)
     assert data.dataset.quantization == 0.016 and data.batch_size == 50
     assert data.dataset.variables is None  # the 37 time series (conf/data/physionet.yaml)
     assert data.task._target_.endswith("Interpolation") and data.task.fraction == 1.0

@@ -85,7 +85,8 @@ def dated(tmp_path_factory):
                  for k, v in {**TINY, "trainer.max_epochs": 1}.items()]
     fc = LatentODEForecaster(overrides).fit(
         tidy[~tidy.series_id.isin(["s8", "s9"])], channel_col="var", value_col="val",
-        val_df=tidy[tidy.series_id.isin(["s8", "s9"])], output_dir=out)
+        val_df=tidy[tidy.series_id.isin(["s8", "s9"])], output_dir=out,
+        time_unit="D", time_scale=7)  # one model time unit per week
     return fc, tidy, out
 
 
@@ -245,6 +246,7 @@ def test_predictive_noise_is_calibrated(fitted, data):
 # ---------------------------------------------------------------------------------- datetimes
 def test_datetimes_in_datetimes_out_tidy_and_validation(dated):
     fc, tidy, out = dated
+    assert (fc.spec.time.unit, fc.spec.time.scale) == ("D", 7.0)  # time_unit, time_scale kept
     assert "val/mse" in fc.trainer.callback_metrics  # val_df was used
     assert fc.calibration.split == "val"  # and calibrated the predictive noise
     assert (out / "metrics.csv").is_file()

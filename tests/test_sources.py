@@ -211,6 +211,22 @@ def test_physionet_channels_match_the_paper_code():
     assert physionet.CHANNELS[0] == "Weight" and physionet.CHANNELS[-1] == "WBC"
 
 
+def test_load_dataset_time_scale_puts_stays_on_the_unit_interval(fixture):
+    """``time_scale`` reaches ``from_dataframe`` through ``load_dataset`` (the physionet config
+    sets 48: model times are fractions of a 48-hour stay); user times stay in hours."""
+    from latentode.data import load_dataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hours = load_dataset("physionet", root=fixture["root"])
+        stays = load_dataset("physionet", root=fixture["root"], time_scale=48)
+    assert hours.time_transform.scale == 1.0 and stays.time_transform.scale == 48.0
+    np.testing.assert_allclose(stays.times, (hours.times + hours.time_transform.offset
+                                             - stays.time_transform.offset) / 48)
+    assert stays.times.max() <= 1.0
+    pd.testing.assert_frame_equal(stays.to_dataframe(), hours.to_dataframe())
+
+
 @pytest.mark.parametrize("where", ["parent", "set_dir"])
 def test_physionet_values_masks_static_labels(fixture, where):
     df, messages = _load(fixture["root"] if where == "parent" else fixture["set_dir"])

@@ -9,6 +9,7 @@ back to the user (``to_dataframe``, predictions) is in original units, exactly.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,7 +24,9 @@ class TimeTransform:
     Numeric times: ``model = (t - offset) / scale``. Datetimes are first turned into a number of
     ``unit`` since the epoch (e.g. hours), then the same. ``scale`` is 1 when the data span is
     already moderate (0.01 to 100 units) and the span itself otherwise, so model times live in
-    ``[0, 1]``: large raw time ranges made the research code's solver produce NaNs.
+    ``[0, 1]``: large raw time ranges made the research code's solver produce NaNs. A given
+    ``scale`` (in the same units) replaces that choice, e.g. 48 for 48-hour ICU stays: the model
+    then sees each stay on ``[0, 1]``, as the paper's code does for PhysioNet.
     """
 
     kind: str  # "numeric" or "datetime"
@@ -32,14 +35,22 @@ class TimeTransform:
     unit: str | None = None  # pandas unit for datetimes ("h", "D", "s", ...)
 
     @classmethod
-    def fit(cls, raw: np.ndarray | pd.Series, unit: str | None = None) -> TimeTransform:
+    def fit(cls, raw: np.ndarray | pd.Series, unit: str | None = None,
+            scale: float | None = None) -> TimeTransform:
+        """The transform for times ``raw``: offset at their first, ``scale`` as given or chosen
+        from their span (see the class docstring)."""
+        if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)
+                                      and scale > 0):
+            raise ValueError(f"time_scale must be a positive number of time units (e.g. 48 for "
+                             f"48-hour records), got {scale!r}.")
         kind = "datetime" if _is_datetime(raw) else "numeric"
         unit = (unit or "h") if kind == "datetime" else unit
         base = cls(kind=kind, offset=0.0, scale=1.0, unit=unit)._to_number(raw)
         lo, hi = float(np.min(base)), float(np.max(base))
         span = hi - lo
-        scale = 1.0 if 0.01 <= span <= 100 or span == 0 else span
-        return cls(kind=kind, offset=lo, scale=scale, unit=unit)
+        if scale is None:
+            scale = 1.0 if 0.01 <= span <= 100 or span == 0 else span
+        return cls(kind=kind, offset=lo, scale=float(scale), unit=unit)
 
     def _to_number(self, raw: Any) -> np.ndarray:
         if self.kind == "datetime":

@@ -31,6 +31,7 @@ def from_dataframe(
     label_col: str | None = None,
     label_per: str = "auto",
     time_unit: str | None = None,
+    time_scale: float | None = None,
     duplicates: str = "mean",
 ) -> IrregularDataset:
     """Build an :class:`IrregularDataset` from a long-format DataFrame.
@@ -39,6 +40,9 @@ def from_dataframe(
         df: one row per (series, time) (wide) or per observation (tidy).
         id_col, time_col: the series id and time stamp columns. Times may be numbers or
             datetimes (datetimes become ``time_unit``s, default hours, before rescaling).
+        time_scale: model time = (time - first time) / time_scale, in the times' units (hours for
+            datetimes); e.g. 48 puts 48-hour records on [0, 1]. None: 1 when the times span 0.01
+            to 100 units, else their span. Returned times are always in the user's units.
         value_cols: channel columns (wide format); None = every numeric column but the others.
         channel_col, value_col: tidy format instead: channel name and value columns.
         static_cols: per-series covariates (must be constant within each series).
@@ -113,7 +117,7 @@ def from_dataframe(
             f"{_plain(empty[0])!r}); drop them, or check value_cols / the NaN encoding."
         )
     raw_times = wide[time_col].to_numpy()
-    transform = TimeTransform.fit(wide[time_col], unit=time_unit)
+    transform = TimeTransform.fit(wide[time_col], unit=time_unit, scale=time_scale)
     dataset = IrregularDataset(
         ids=list(uniques),
         offsets=offsets,

@@ -23,14 +23,16 @@ def load_dataset(name: str, **kwargs: Any) -> IrregularDataset:
     """Load a shipped source (``periodic``, ``hopper``, ``physionet``, ``co2``) or a file (``csv``).
 
     ``csv`` takes ``path=`` (CSV or parquet) plus any ``from_dataframe`` argument; the others
-    take their source's ``load`` arguments. A source that fixes its split (hopper's in-order
-    80/20) hands it to the data module through ``dataset.split``.
+    take their source's ``load`` arguments and ``time_scale`` (``from_dataframe``'s: the model's
+    unit of time, e.g. 48 for PhysioNet's 48-hour stays in hours). A source that fixes its
+    split (hopper's in-order 80/20) hands it to the data module through ``dataset.split``.
     """
     if name == "csv":
         return _load_file(**kwargs)
     if name not in SOURCES:
         raise ValueError(f"unknown dataset {name!r}; choose one of {list(SOURCES)}.")
     module = importlib.import_module(f"latentode.data.sources.{name}")
+    time_scale = kwargs.pop("time_scale", None)
     frame = module.load(**kwargs)
     if hasattr(module, "frame_kwargs"):  # columns that depend on the load arguments
         frame_kwargs = dict(module.frame_kwargs(kwargs.get("variables")))
@@ -39,7 +41,7 @@ def load_dataset(name: str, **kwargs: Any) -> IrregularDataset:
     channels = getattr(module, "CHANNELS", None)
     if "value_cols" not in frame_kwargs and isinstance(channels, (list, tuple)):
         frame_kwargs["value_cols"] = list(channels)  # the source's channels, not its split column
-    dataset = from_dataframe(frame, **frame_kwargs)
+    dataset = from_dataframe(frame, **frame_kwargs, time_scale=time_scale)
     if "split" in frame.columns:
         per_series = frame.groupby(dataset.id_col, sort=False)["split"].first()
         dataset.split = np.asarray(per_series.reindex(dataset.ids).astype(str))

@@ -127,6 +127,7 @@ class LatentODEForecaster:
         channel_col: str | None = None,
         value_col: str | None = None,
         time_unit: str | None = None,
+        time_scale: float | None = None,
         output_dir: str | Path | None = None,
     ) -> LatentODEForecaster:
         """Train on ``train_df`` (every series; ``val_df``'s series, if given, for validation).
@@ -134,10 +135,12 @@ class LatentODEForecaster:
         The frames take the formats of ``latentode.data.from_dataframe``: wide (one column per
         channel, NaN = not observed, ``value_cols`` or every numeric column) or tidy
         (``channel_col=`` and ``value_col=``); times numbers or datetimes (``time_unit``, default
-        hours, sets the model's time unit for datetimes). ``val_df`` is read with the training
-        time scale and must have the same channels. ``output_dir`` (default: the config's
-        ``paths.output_dir``, null) receives the config's checkpoints and logs (``metrics.csv``)
-        as a ``latentode-train`` run dir would; without one nothing is written. The weights kept
+        hours, sets the model's time unit for datetimes; ``time_scale``, in those units, the
+        model's unit of time, e.g. 48 for 48-hour stays: see ``from_dataframe``). ``val_df`` and
+        every later frame are read with the training time scale and must have the same
+        channels. ``output_dir`` (default: the config's ``paths.output_dir``, null) receives
+        the config's checkpoints and logs (``metrics.csv``) as a ``latentode-train`` run dir
+        would; without one nothing is written. The weights kept
         are those of the last epoch. After training the predictive noise is calibrated on
         ``val_df``'s series (without one: on the training series) and kept in
         ``self.calibration`` (see the module docstring). Returns ``self``.
@@ -150,7 +153,8 @@ class LatentODEForecaster:
             self._composed = compose_train_config(self.config_overrides)
         cfg = copy.deepcopy(self._composed)
         train = from_dataframe(train_df, id_col, time_col, value_cols, channel_col=channel_col,
-                               value_col=value_col, time_unit=time_unit)
+                               value_col=value_col, time_unit=time_unit,
+                               time_scale=time_scale)
         spec = DataSpec(
             id_col=id_col, time_col=time_col, channels=list(train.channels),
             time=train.time_transform,
