@@ -159,8 +159,6 @@ class EpochClock:
             print(f"[clock] epoch {len(self.train)}: train {self.train[-1]:.2f} s, test "
                   f"evaluation {self.evals[-1]:.2f} s, test MSE {self.mse[-1]:.5f}", flush=True)
             self.last_end = end
-            if self.log_batches:
-                self.batch_start = end
             if self.stop_after and len(self.train) >= self.stop_after:
                 raise StopRun
             return result
