@@ -18,30 +18,37 @@ Prints forward and backward seconds of each and the ratio, for one batch of shap
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_training import paper_mse_sum  # the script beside this one
+
 
 def paper_loop(pred: torch.Tensor, data: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The paper code's ``compute_masked_likelihood(mu, data, mask, mse)``, then its mean."""
+    """The paper code's ``compute_masked_likelihood(mu, data, mask, mse)``, then its mean.
+    ``pred``: ``(samples, series, times, channels)``; ``data`` and ``mask``: without samples."""
     samples, series, _, channels = pred.shape
     res = []
     for i in range(samples):
         for k in range(series):
             for j in range(channels):
-                seen = mask[i, k, :, j].bool()
+                seen = mask[k, :, j].bool()
                 mu = torch.masked_select(pred[i, k, :, j], seen)
-                obs = torch.masked_select(data[i, k, :, j], seen)
+                obs = torch.masked_select(data[k, :, j], seen)
                 res.append(torch.nn.functional.mse_loss(mu, obs) if len(mu) else
                            torch.zeros((), dtype=pred.dtype))
     return torch.stack(res).reshape(samples, series, channels).mean()
 
 
 def vectorised(pred: torch.Tensor, data: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The same number as one masked reduction (as latentode computes its losses)."""
-    per_pair = ((pred - data).square() * mask).sum(2) / mask.sum(2).clamp(min=1)
-    return per_pair.mean()
+    """The same number as one masked reduction (``bench_training.paper_mse_sum``, which
+    ``--protocol physionet_interp`` reports)."""
+    sq = (pred - data).square() * mask
+    return paper_mse_sum(sq, mask) / (pred.shape[1] * pred.shape[3])
 
 
 def timed(loss_fn, pred, data, mask) -> tuple[float, float, float]:
@@ -64,8 +71,8 @@ def main() -> None:
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     shape = (args.samples, args.series, args.times, args.channels)
-    pred, data = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-    mask = (torch.rand(shape, generator=g) < args.observed).float()
+    pred, data = torch.randn(shape, generator=g), torch.randn(shape[1:], generator=g)
+    mask = (torch.rand(shape[1:], generator=g) < args.observed).float()
     print(f"batch {shape}, {mask.mean():.2%} observed, one thread, "
           f"{pred.numel() * 4 / 1e6:.0f} MB per prediction tensor")
     rows = [("paper code's loop", *timed(paper_loop, pred, data, mask)),

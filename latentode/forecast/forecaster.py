@@ -140,10 +140,10 @@ class LatentODEForecaster:
         every later frame are read with the training time scale and must have the same
         channels. ``output_dir`` (default: the config's ``paths.output_dir``, null) receives
         the config's checkpoints and logs (``metrics.csv``) as a ``latentode-train`` run dir
-        would; without one nothing is written. The weights kept
-        are those of the last epoch. After training the predictive noise is calibrated on
-        ``val_df``'s series (without one: on the training series) and kept in
-        ``self.calibration`` (see the module docstring). Returns ``self``.
+        would; without one nothing is written. The weights kept are those of the last epoch.
+        After training the predictive noise is calibrated on ``val_df``'s series (without one:
+        on the training series) and kept in ``self.calibration`` (see the module docstring).
+        Returns ``self``.
         """
         from hydra.utils import instantiate
 
