@@ -65,7 +65,10 @@ def test_training_logs_finite_terms_for_every_stage():
     ratio = float(logged["val/mse_data"]) / float(logged["val/mse"])
     assert ratio == pytest.approx(float(dm.scaler.scale[0]) ** 2, rel=1e-5)
     test = trainer.test(module, datamodule=dm, verbose=False)[0]
-    assert set(test) == {f"test/{t}" for t in TERMS} | {f"test/solver_{n}" for n in SOLVER_COUNTS}
+    assert set(test) == ({f"test/{t}" for t in (*TERMS, "mse_sample")}
+                         | {f"test/solver_{n}" for n in SOLVER_COUNTS})
+    assert "val/mse_sample" in logged and "train/mse_sample_epoch" not in logged
+    assert test["test/mse_sample"] >= test["test/mse"]  # the samples' spread on top
 
 
 @pytest.mark.parametrize("gradient", ["checkpoint", "backprop"])
@@ -145,6 +148,13 @@ def test_seen_and_unseen_split_the_targets():
     assert float(seen[1] + unseen[1]) == float(count) == float(batch.target_mask.sum())
     assert float(seen[1]) == float((batch.encoder_mask & batch.target_mask).sum()) > 0
     torch.testing.assert_close(errors["mse_data"][0], 9.0 * total)
+    assert "mse_sample" not in errors  # training steps skip it
+    # the paper code's test MSE: each sample's error, then the mean over samples
+    each = module._errors(batch, pred, per_sample=True)["mse_sample"]
+    tf = batch.target_mask.float()
+    expected = torch.stack([((p - batch.values).square() * tf).sum() for p in pred]).mean()
+    torch.testing.assert_close(each[0], expected)
+    assert float(each[1]) == float(count) and float(each[0]) >= float(total)
 
 
 @pytest.mark.parametrize("term", ["loss", "loglik", "kl"])
