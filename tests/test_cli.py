@@ -103,7 +103,7 @@ def test_console_script_rejects_unknown_key(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")  # resuming into a new run dir
-@pytest.mark.filterwarnings("ignore:Experiment logs directory")  # the run dir holds .hydra/
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # same dir
 def test_train_resume_and_eval_end_to_end(tmp_path, monkeypatch):
     run = tmp_path / "run"
     run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=2",
@@ -149,6 +149,20 @@ def test_train_resume_and_eval_end_to_end(tmp_path, monkeypatch):
         assert again[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
     assert (evaluated / "plots" / "test_series.png").is_file()
 
+    # resumed into its own dir (a preempted job, a run in chunks) the run continues metrics.csv:
+    # every epoch once, steps in order, the first run's test row kept
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=3",
+                         f"ckpt_path={last}", *TINY], monkeypatch)
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    epoch_rows = [int(r["epoch"]) for r in rows if r.get("train/loss_epoch")]
+    assert epoch_rows == [0, 1, 2]
+    assert sorted(int(r["epoch"]) for r in rows if r.get("val/mse")) == [0, 1, 2]
+    steps = [int(r["step"]) for r in rows if r.get("train/loss_step")]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))
+    assert len([r for r in rows if r.get("test/mse")]) == 2
+    assert not list(run.glob("metrics.*.csv"))
+
 
 def test_eval_overrides_are_checked(tmp_path):
     cfg = compose_train(["trainer.max_epochs=1"])
@@ -158,3 +172,12 @@ def test_eval_overrides_are_checked(tmp_path):
         eval_cli.apply_overrides(cfg, ["data.batchsize=7"])
     with pytest.raises(FileNotFoundError, match=r"\.hydra/config\.yaml"):
         eval_cli.find_run_config(tmp_path / "checkpoints" / "x.ckpt")
+
+
+def test_resume_from_a_missing_or_foreign_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"ckpt_path=.*no such checkpoint file"):
+        train_cli.checkpoint_step(str(tmp_path / "nope.ckpt"))
+    foreign = tmp_path / "weights.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ValueError, match="not a Lightning training checkpoint"):
+        train_cli.checkpoint_step(str(foreign))

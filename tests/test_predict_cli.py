@@ -17,8 +17,7 @@ from latentode.cli import predict as predict_cli
 from latentode.cli import train as train_cli
 from latentode.data.sources import periodic
 
-pytestmark = [pytest.mark.filterwarnings("ignore:.*treespec, LeafSpec"),
-              pytest.mark.filterwarnings("ignore:Experiment logs directory")]
+pytestmark = pytest.mark.filterwarnings("ignore:.*treespec, LeafSpec")
 
 TINY = [
     "data.dataset.n_series=20",

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from latentode.cli import config_dir
 from latentode.cli.sweep import write_job_record
+from latentode.lit.csv_logger import RunCSVLogger
 from latentode.lit.plots import plot_test_series
 from latentode.models import ODERNN, LatentODE
 
@@ -41,11 +42,10 @@ log = logging.getLogger(__name__)
 
 def quiet_known_warnings() -> None:
     """Silence warnings that say nothing here: a deprecation Lightning 2.6 itself triggers under
-    recent torch, the CSV logger's notice that the run dir (holding .hydra/) is not empty, and
-    the notice that the EMA callback is missing when a checkpoint is tested or evaluated (left
-    out on purpose: the checkpoint's state_dict is the averaged weights, see run_test)."""
+    recent torch, and the notice that the EMA callback is missing when a checkpoint is tested or
+    evaluated (left out on purpose: the checkpoint's state_dict is the averaged weights, see
+    run_test)."""
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec")
-    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not")
     warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks")
 
 
@@ -157,6 +157,33 @@ def cuda_graph_hint(device_type: str, model: torch.nn.Module) -> str | None:
             f"README: Training, On a GPU)")
 
 
+def checkpoint_step(path: str) -> int:
+    """The global step a Lightning checkpoint was saved at (read without building the model)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint file") from None
+    if "global_step" not in saved:
+        raise ValueError(f"ckpt_path={path} is not a Lightning training checkpoint (no "
+                         "global_step); pass a checkpoint written by latentode-train")
+    return int(saved["global_step"])
+
+
+def continue_metrics(cfg: DictConfig, trainer: L.Trainer) -> None:
+    """Resumed or test-only runs continue the run dir's metrics.csv rather than replace it."""
+    loggers = [lg for lg in trainer.loggers if isinstance(lg, RunCSVLogger)]
+    if not loggers:
+        return
+    if not cfg.get("train", True):
+        step: int | None = None  # test only: keep every row, append the test rows
+    elif cfg.get("ckpt_path"):
+        step = checkpoint_step(str(cfg.ckpt_path))
+    else:
+        return
+    for logger in loggers:
+        logger.continue_from(step)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test as ``cfg`` says; returns the metrics (validation of the last epoch, test)."""
     setup_runtime(cfg)
@@ -166,6 +193,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = build_group(cfg.get("callbacks"))
     loggers = build_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    continue_metrics(cfg, trainer)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     try:

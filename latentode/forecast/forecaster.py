@@ -80,8 +80,7 @@ CALIBRATION_FILE = "calibration.json"
 CALIBRATION_SAMPLES, CALIBRATION_SEED = 100, 0  # posterior samples and seed of the calibration
 NOISE_OPTIONS = (True, False, "calibrated", "model", "none")
 
-_QUIET = (r".*treespec, LeafSpec", r"Experiment logs directory .* exists and is not",
-          r".*does not have many workers which may be a bottleneck")
+_QUIET = (r".*treespec, LeafSpec", r".*does not have many workers which may be a bottleneck")
 
 
 def _series_seed(seed: int, key: Any) -> int:

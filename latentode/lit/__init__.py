@@ -3,6 +3,7 @@
 Lightning lives here only; ``latentode.models`` and ``latentode.nn`` stay plain PyTorch.
 """
 
+from .csv_logger import RunCSVLogger
 from .module import LatentODELightning, exponential_decay, kl_weight_schedule
 
-__all__ = ["LatentODELightning", "exponential_decay", "kl_weight_schedule"]
+__all__ = ["LatentODELightning", "RunCSVLogger", "exponential_decay", "kl_weight_schedule"]

@@ -1,0 +1,105 @@
+"""A CSV logger that keeps a run dir's ``metrics.csv`` history when the run is resumed there.
+
+Lightning's ``CSVLogger`` deletes an existing ``metrics.csv`` when it opens its directory, so a
+run resumed into its own dir (a preempted cluster job, a long run trained in chunks) lost every
+epoch logged before the checkpoint. :class:`RunCSVLogger` instead
+
+- on resume (:meth:`RunCSVLogger.continue_from` with the checkpoint's global step) keeps the
+  rows logged before that step, drops the ones a stopped run logged after its last checkpoint
+  (the resumed run logs those steps again), keeps earlier test rows, and appends;
+- on a test-only run (``continue_from(None)``) keeps every row and appends;
+- on a fresh run into a dir that already holds a ``metrics.csv`` moves that file aside to
+  ``metrics.N.csv`` (never deletes it) and starts a new one.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from typing import Any
+
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+log = logging.getLogger(__name__)
+
+_FRESH = object()  # continue_from was not called: a new run
+
+
+def _kept(row: dict[str, str], before_step: int | None) -> bool:
+    """Whether a row of an earlier run stays: logged before the resumed step, or a test result."""
+    if before_step is None:
+        return True
+    if any(key.startswith("test/") and value != "" for key, value in row.items()):
+        return True
+    try:
+        return int(float(row.get("step") or "")) < before_step
+    except ValueError:  # a row without a step cannot be placed: keep it rather than lose it
+        return True
+
+
+class _RunDirWriter(ExperimentWriter):
+    """Lightning's writer, except that an existing ``metrics.csv`` is continued or moved aside."""
+
+    def __init__(self, log_dir: str, continue_from: Any) -> None:
+        self._continue_from = continue_from
+        super().__init__(log_dir=log_dir)
+
+    def _check_log_dir_exists(self) -> None:  # called by the base __init__ instead of deleting
+        path = self.metrics_file_path
+        if not self._fs.isfile(path):
+            return
+        if self._continue_from is _FRESH:
+            n = 1
+            while self._fs.exists(os.path.join(self.log_dir, f"metrics.{n}.csv")):
+                n += 1
+            aside = os.path.join(self.log_dir, f"metrics.{n}.csv")
+            self._fs.mv(path, aside)
+            log.warning("%s held an earlier run's metrics: moved to %s; this run starts a new "
+                        "metrics.csv (pass ckpt_path=... to continue that run instead)",
+                        path, aside)
+            return
+        with self._fs.open(path, "r", newline="") as f:
+            reader = csv.DictReader(f)
+            fields = list(reader.fieldnames or [])
+            rows = list(reader)
+        kept = [row for row in rows if _kept(row, self._continue_from)]
+        self.metrics_keys = sorted(fields)
+        with self._fs.open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(kept)
+        if len(kept) < len(rows):
+            log.info("continuing %s from step %s: kept %d rows, dropped %d logged after the "
+                     "checkpoint (logged again as the run resumes)",
+                     path, self._continue_from, len(kept), len(rows) - len(kept))
+
+
+class RunCSVLogger(CSVLogger):
+    """``CSVLogger`` that continues ``metrics.csv`` on resume instead of deleting it.
+
+    Call :meth:`continue_from` before anything is logged (the training CLI does); without it
+    the logger behaves as a new run's, except that an earlier file is moved aside, not deleted.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._continue_from: Any = _FRESH
+
+    def continue_from(self, step: int | None) -> None:
+        """Keep the existing ``metrics.csv``: its rows before global ``step`` (all when None)."""
+        if self._experiment is not None:
+            raise RuntimeError("RunCSVLogger.continue_from must be called before the first log")
+        if step is not None and (not isinstance(step, int) or step < 0):
+            raise ValueError(f"step must be a non-negative int or None, got {step!r}")
+        self._continue_from = step
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _RunDirWriter(self.log_dir, self._continue_from)
+        return self._experiment
