@@ -24,7 +24,10 @@ add up (``results/hopper_reduced_runs.csv`` keeps the reduced CPU runs measured 
 experiment, observed_fraction, seed and settings that do not change results such as paths or
 the trainer's device), model preset, task and observed fraction, and prints one markdown table
 per protocol: mean ± sample std over seeds and their number n, x 10^-2, the paper's number on
-the row above; cells without runs print "—".
+the row above; cells without runs print "—". A run trained in chunks (resumed in place with
+``ckpt_path=DIR/checkpoints/last.ckpt trainer.max_epochs=E``) is filed by the epochs its tested
+weights were trained for (``epochs`` in ``test_metrics.json``), so one stopped before the
+recipe's 300 epochs appears under "full protocol STOPPED EARLY, E of 300 epochs".
 """
 
 from __future__ import annotations
@@ -82,6 +85,9 @@ PROTOCOLS: dict[str, list[str]] = {
 300 epochs). reduced: the CPU protocol, 1,000 trajectories (800 train, 200 test) and 40 epochs,
 everything else as the paper's (model sizes, batch 50, optimiser, schedule, KL warm-up)."""
 
+RECIPE_EPOCHS = 300
+"""The hopper recipes' ``trainer.max_epochs`` (the paper's ``--niters 300``)."""
+
 DEFAULT_TRAINER = {"full": "gpu", "reduced": "default"}
 
 GRAPHED = {"hopper_latent_ode", "hopper_latent_ode_rnn"}
@@ -96,9 +102,10 @@ GRID_KEYS = {"experiment", "model", "observed_fraction", "data.task.fraction",
 NEUTRAL_PREFIXES = ("hydra", "paths", "trainer.accelerator", "trainer.devices", "trainer.strategy",
                     "trainer.enable_progress_bar", "data.num_workers", "data.dataset.cache_dir",
                     "data.dataset.progress", "callbacks", "logger", "plots", "threads",
-                    "task_name", "model.encoder.cuda_graph", "model.cuda_graph")
+                    "task_name", "model.encoder.cuda_graph", "model.cuda_graph", "ckpt_path")
 """Overrides that do not change a run's result (where it runs, what it writes, how the GPU is
-driven: ``cuda_graph`` replays the same kernels, tested equal to eager)."""
+driven: ``cuda_graph`` replays the same kernels, tested equal to eager; ``ckpt_path``: a run
+resumed from its checkpoint continues the same training)."""
 NEUTRAL_KEYS = {"trainer"}  # the trainer group: default (CPU) or gpu
 
 
@@ -207,14 +214,23 @@ def read_run(run_dir: Path) -> Run | None:
     overrides = [str(o) for o in (yaml.safe_load(overrides_file.read_text()) or [])
                  ] if overrides_file.is_file() else []
     metrics_file = run_dir / "test_metrics.json"
-    mse = None
+    mse, epochs = None, None
     if metrics_file.is_file():
-        metrics = json.loads(metrics_file.read_text()).get("metrics", {})
+        record = json.loads(metrics_file.read_text())
+        metrics = record.get("metrics", {})
         mse = float(metrics["test/mse"]) if "test/mse" in metrics else math.nan
+        epochs = record.get("epochs")  # of the tested weights (written since 2026-12-05)
+    if epochs is not None:
+        # the epochs the tested weights were trained for, not the config's: a run resumed in
+        # chunks (or still running its next chunk) tested after `epochs` of the recipe's
+        overrides = [o for o in overrides if _override_key(o) != "trainer.max_epochs"]
+        if int(epochs) != RECIPE_EPOCHS:
+            overrides.append(f"trainer.max_epochs={int(epochs)}")
     seed = OmegaConf.select(cfg, "seed", default=None)
     settings = {
         "n_trajectories": OmegaConf.select(cfg, "data.dataset.n_trajectories", default=None),
-        "max_epochs": OmegaConf.select(cfg, "trainer.max_epochs", default=None),
+        "max_epochs": int(epochs) if epochs is not None
+        else OmegaConf.select(cfg, "trainer.max_epochs", default=None),
     }
     return Run(run_dir, _preset_of(run_dir, overrides, cfg), task, fraction,
                None if seed is None else int(seed), protocol_of(overrides), mse, settings)
@@ -380,6 +396,10 @@ def protocol_title(protocol: tuple[str, ...], runs: Sequence[Run]) -> str:
         return f"full protocol, the recipes as they are{sizes}"
     reduced = list(protocol) == sorted(PROTOCOLS["reduced"])
     label = "REDUCED protocol" if reduced else "MODIFIED protocol"
+    if len(protocol) == 1 and _override_key(protocol[0]) == "trainer.max_epochs":
+        epochs = protocol[0].split("=", 1)[1]
+        if epochs.isdigit() and int(epochs) < RECIPE_EPOCHS:
+            label = f"full protocol STOPPED EARLY, {epochs} of {RECIPE_EPOCHS} epochs"
     return f"{label}: {' '.join(protocol)}{sizes}"
 
 

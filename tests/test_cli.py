@@ -125,7 +125,11 @@ def test_train_resume_and_eval_end_to_end(tmp_path, monkeypatch):
     raw, averaged = saved["current_model_state"], saved["state_dict"]
     assert raw.keys() == averaged.keys()
     assert any(not torch.equal(raw[k], averaged[k]) for k in raw)
-    assert json.loads((run / "test_metrics.json").read_text())["ckpt_path"] == str(best[0])
+    record = json.loads((run / "test_metrics.json").read_text())
+    assert record["ckpt_path"] == str(best[0])
+    best_saved = torch.load(best[0], weights_only=False)  # how long the tested weights trained
+    assert (record["epochs"], record["global_step"]) == (best_saved["epoch"] + 1,
+                                                          best_saved["global_step"])
     assert set(trained) >= {"test/loss", "test/mse", "test/mse_data", "test/mse_seen"}
 
     # resume from last.ckpt: the epochs continue where the first run stopped
@@ -144,6 +148,7 @@ def test_train_resume_and_eval_end_to_end(tmp_path, monkeypatch):
     run_main(eval_cli, ["latentode-eval", f"ckpt_path={best[0]}", f"hydra.run.dir={evaluated}"],
              monkeypatch)
     again = read_metrics(evaluated)
+    assert json.loads((evaluated / "test_metrics.json").read_text())["epochs"] == record["epochs"]
     assert set(again) == set(trained)
     for key, value in trained.items():
         assert again[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key

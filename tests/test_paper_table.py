@@ -86,7 +86,7 @@ def test_presets_are_the_table_rows():
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_composes_with_the_experiment_and_builds_for_14_channels(preset, task):
     cfg = compose_train([f"experiment={task}", f"model={preset}", "observed_fraction=0.3"])
-    assert cfg.task_name == task and cfg.trainer.max_epochs == 300
+    assert cfg.task_name == task and cfg.trainer.max_epochs == paper_table.RECIPE_EPOCHS == 300
     assert cfg.model.latents == 15 and cfg.model.obs_std == 1e-3
     if task == "hopper_interp":
         assert cfg.data.task.fraction == 0.3
@@ -222,7 +222,8 @@ def test_printed_commands_compose(protocol, tmp_path):
 # -- collector on a synthetic tree -------------------------------------------------------------
 
 def _fake_run(path: Path, preset: str, task: str, fraction: float | None, seed: int,
-              mse: float | None, extra: tuple[str, ...] = (), n_traj: int = 10_000) -> None:
+              mse: float | None, extra: tuple[str, ...] = (), n_traj: int = 10_000,
+              epochs: int | None = None) -> None:
     """A run dir as latentode-train -m leaves it (only the keys the collector reads)."""
     kind = task.removeprefix("hopper_")
     data_task = ({"_target_": "latentode.data.Interpolation", "fraction": "${observed_fraction}"}
@@ -244,8 +245,10 @@ def _fake_run(path: Path, preset: str, task: str, fraction: float | None, seed: 
         {"hydra": {"runtime": {"choices": {"model": preset, "experiment": task}},
                    "sweep": {"subdir": "${latentode.job_num:${hydra.sweep.dir},0}"}}}))
     if mse is not None:
-        (path / "test_metrics.json").write_text(json.dumps(
-            {"ckpt_path": None, "metrics": {"test/mse": mse, "test/loss": 1.0}}))
+        record: dict = {"ckpt_path": None, "metrics": {"test/mse": mse, "test/loss": 1.0}}
+        if epochs is not None:  # test_metrics.json written since 2026-12-05
+            record.update(epochs=epochs, global_step=epochs * 160)
+        (path / "test_metrics.json").write_text(json.dumps(record))
 
 
 def test_collector_aggregates_seeds_on_a_synthetic_tree(tmp_path, capsys):
@@ -313,6 +316,34 @@ def test_collector_aggregates_seeds_on_a_synthetic_tree(tmp_path, capsys):
     empty = next(r for r in rows if r["preset"] == "hopper_rnn_vae" and r["protocol"] == "full"
                  and r["task"] == "hopper_extrap" and r["observed_fraction"] == "0.2")
     assert (empty["n"], empty["mse_mean_1e-2"], empty["paper_1e-2"]) == ("0", "", "2.135")
+
+
+def test_runs_resumed_in_chunks_are_filed_by_the_epochs_they_were_tested_at(tmp_path, capsys):
+    root = tmp_path / "chunks"
+    resume = "ckpt_path=/runs/x/checkpoints/last.ckpt"
+    # a run trained 100 epochs, now running its next chunk (its config says 125)
+    _fake_run(root / "a", "hopper_latent_ode", "hopper_interp", 0.1, 1, 0.003,
+              extra=("trainer.max_epochs=125", resume), epochs=100)
+    # a run whose last chunk ended the recipe's 300 epochs: the full protocol
+    _fake_run(root / "b", "hopper_latent_ode", "hopper_extrap", 0.1, 1, 0.012,
+              extra=("trainer.max_epochs=300", resume), epochs=300)
+    # reduced runs: the same protocol whether or not their record has the epochs
+    reduced = ("data.dataset.n_trajectories=1000", "trainer.max_epochs=40")
+    _fake_run(root / "c", "hopper_odernn", "hopper_interp", 0.2, 1, 0.02, extra=reduced,
+              n_traj=1000, epochs=40)
+    _fake_run(root / "d", "hopper_odernn", "hopper_interp", 0.2, 2, 0.04, extra=reduced,
+              n_traj=1000)
+    runs = paper_table.find_runs([root])
+    protocols = {run.path.name: run.protocol for run in runs}
+    assert protocols == {"a": ("trainer.max_epochs=100",), "b": (),
+                         "c": tuple(sorted(reduced)), "d": tuple(sorted(reduced))}
+    assert paper_table.main(["collect", str(root)]) == 0
+    text = capsys.readouterr().out
+    titles = [line for line in text.splitlines() if line.startswith("### ")]
+    assert len(titles) == 3
+    assert any("full protocol STOPPED EARLY, 100 of 300 epochs" in t for t in titles)
+    assert any("full protocol, the recipes as they are (10000 trajectories, 300 epochs)" in t
+               for t in titles)
 
 
 def test_per_run_csv_round_trips_and_adds_up_with_run_dirs(tmp_path, capsys):

@@ -124,7 +124,14 @@ def run_test(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, dat
     out = output_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     label = label or ckpt_path
-    record = {"ckpt_path": label, "metrics": metrics}
+    record: dict[str, Any] = {"ckpt_path": label, "metrics": metrics}
+    source = ckpt_path or (label if label and Path(label).is_file() else None)
+    try:  # how long the tested weights were trained (tables tell partial runs from whole ones)
+        record.update(checkpoint_progress(source) if source else
+                      {"epochs": int(trainer.current_epoch),
+                       "global_step": int(trainer.global_step)})
+    except (OSError, ValueError, RuntimeError) as err:
+        log.warning("test_metrics.json without epochs: %s", err)
     (out / "test_metrics.json").write_text(json.dumps(record, indent=2) + "\n")
     print(format_metrics(metrics, f"test metrics ({label or 'final weights'})"), flush=True)
     plots = cfg.get("plots") or {}
@@ -157,16 +164,22 @@ def cuda_graph_hint(device_type: str, model: torch.nn.Module) -> str | None:
             f"README: Training, On a GPU)")
 
 
-def checkpoint_step(path: str) -> int:
-    """The global step a Lightning checkpoint was saved at (read without building the model)."""
+def checkpoint_progress(path: str) -> dict[str, int]:
+    """How far training had got when a Lightning checkpoint was saved: ``epochs`` trained (our
+    checkpoints are written at epoch ends) and ``global_step``; read without building the model."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint file") from None
-    if "global_step" not in saved:
+    if not isinstance(saved, dict) or "global_step" not in saved or "epoch" not in saved:
         raise ValueError(f"ckpt_path={path} is not a Lightning training checkpoint (no "
-                         "global_step); pass a checkpoint written by latentode-train")
-    return int(saved["global_step"])
+                         "epoch/global_step); pass a checkpoint written by latentode-train")
+    return {"epochs": int(saved["epoch"]) + 1, "global_step": int(saved["global_step"])}
+
+
+def checkpoint_step(path: str) -> int:
+    """The global step a Lightning checkpoint was saved at."""
+    return checkpoint_progress(path)["global_step"]
 
 
 def continue_metrics(cfg: DictConfig, trainer: L.Trainer) -> None:
