@@ -169,6 +169,41 @@ def test_train_resume_and_eval_end_to_end(tmp_path, monkeypatch):
     assert not list(run.glob("metrics.*.csv"))
 
 
+def test_ckpt_path_last_starts_a_run_and_resumes_it_with_the_same_command(
+    tmp_path, monkeypatch, recwarn
+):
+    # a requeued job runs the same command line: fresh the first time, resumed after that
+    run = tmp_path / "run"
+
+    def launch(epochs: int) -> None:
+        run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "ckpt_path=last",
+                             f"trainer.max_epochs={epochs}", *TINY], monkeypatch)
+
+    launch(1)
+    assert json.loads((run / "test_metrics.json").read_text())["epochs"] == 1
+    recwarn.clear()
+    launch(2)
+    assert not [w for w in recwarn if "is not empty" in str(w.message)]  # resuming is intended
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows if r.get("train/loss_epoch")] == [0, 1]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
+    assert json.loads((run / "test_metrics.json").read_text())["epochs"] == 2
+    launch(2)  # already trained that far: tests again, trains nothing
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows if r.get("train/loss_epoch")] == [0, 1]
+    assert len([r for r in rows if r.get("test/mse")]) == 3
+    assert json.loads((run / "test_metrics.json").read_text())["epochs"] == 2
+
+    cfg = compose_train(["ckpt_path=last", "~callbacks.last_checkpoint"], tmp_path / "other")
+    with pytest.raises(ValueError, match=r"callbacks\.last_checkpoint is switched off"):
+        train_cli.resolve_last_checkpoint(cfg)
+    cfg = compose_train(["ckpt_path=last", "train=false"], tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match=r"train=false: no checkpoint at .*last\.ckpt"):
+        train_cli.resolve_last_checkpoint(cfg)
+
+
 def test_eval_overrides_are_checked(tmp_path):
     cfg = compose_train(["trainer.max_epochs=1"])
     eval_cli.apply_overrides(cfg, ["data.batch_size=7"])

@@ -4,6 +4,7 @@
     latentode-train experiment=periodic_extrap trainer.max_epochs=100
     latentode-train model/encoder=rnn model.latents=6 data.batch_size=100
     latentode-train ckpt_path=outputs/train/<run>/checkpoints/last.ckpt trainer.max_epochs=80
+    latentode-train ckpt_path=last hydra.run.dir=DIR    # start, or resume DIR after preemption
     latentode-train -m model.latents=8,16 seed=1,2,3    # a sweep: one dir per job, summary.csv
     latentode-train hparams_search=periodic_optuna       # an Optuna search (conf/hparams_search)
 
@@ -182,6 +183,31 @@ def checkpoint_step(path: str) -> int:
     return checkpoint_progress(path)["global_step"]
 
 
+def resolve_last_checkpoint(cfg: DictConfig) -> None:
+    """``ckpt_path=last``: resume from this run dir's ``checkpoints/last.ckpt`` if it exists, else
+    start afresh, so that one command line both starts a job and resumes it after preemption
+    (a requeued SLURM job, a run in chunks: ``ckpt_path=last hydra.run.dir=DIR``)."""
+    if cfg.get("ckpt_path") != "last":
+        return
+    callback = (cfg.get("callbacks") or {}).get("last_checkpoint")
+    if not callback or not callback.get("dirpath"):
+        raise ValueError(
+            "ckpt_path=last resumes from the last_checkpoint callback's file, but "
+            "callbacks.last_checkpoint is switched off in this config; keep it (as "
+            "callbacks=default does) or pass the checkpoint's path: ckpt_path=PATH/last.ckpt"
+        )
+    path = Path(callback.dirpath) / f"{callback.get('filename') or 'last'}.ckpt"
+    if not cfg.get("train", True) and not path.is_file():
+        raise FileNotFoundError(f"ckpt_path=last with train=false: no checkpoint at {path} to test")
+    with open_dict(cfg):
+        cfg.ckpt_path = str(path) if path.is_file() else None
+    if cfg.ckpt_path:
+        progress = checkpoint_progress(cfg.ckpt_path)
+        log.info("ckpt_path=last: resuming from %s (%d epochs trained)", path, progress["epochs"])
+    else:
+        log.info("ckpt_path=last: no %s yet, training from the start", path)
+
+
 def continue_metrics(cfg: DictConfig, trainer: L.Trainer) -> None:
     """Resumed or test-only runs continue the run dir's metrics.csv rather than replace it."""
     loggers = [lg for lg in trainer.loggers if isinstance(lg, RunCSVLogger)]
@@ -199,6 +225,7 @@ def continue_metrics(cfg: DictConfig, trainer: L.Trainer) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test as ``cfg`` says; returns the metrics (validation of the last epoch, test)."""
+    resolve_last_checkpoint(cfg)
     setup_runtime(cfg)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
@@ -218,6 +245,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info(hint)
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
+        if cfg.get("ckpt_path"):  # resuming in place finds its own checkpoints there, as it should
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics.update(_scalars(trainer.callback_metrics, "val/"))
         metrics.update(_scalars(trainer.callback_metrics, "train/"))
