@@ -272,6 +272,32 @@ def test_value_cols_none_picks_numeric_columns_but_the_reserved_ones():
     assert_exact(ds.to_dataframe(), expected.astype({"c": np.float64}))
 
 
+def test_values_the_float32_model_cannot_hold_are_refused_by_channel_and_series():
+    df = random_frame(3, n_series=12, max_len=6, p_missing=0.2)
+    df.loc[df.index[3], "c0"] = 1e300  # squares overflow: cannot be standardised
+    with pytest.raises(ValueError, match=r"channel 'c0' has values too large to standardise "
+                                         r"\(largest \|value\| 1e\+300\)"):
+        LatentODEDataModule(from_dataframe(df), batch_size=4).setup()
+    df.loc[df.index[3], "c0"] = 1e39  # fine once standardised, not in float32 as it is
+    dm = LatentODEDataModule(from_dataframe(df), batch_size=4, scale=False)
+    series = int(df.loc[df.index[3], "series_id"])
+    with pytest.raises(ValueError, match=rf"channel 'c0' of series {series} \((train|val|test) "
+                                         r"split\) holds 1e\+39, beyond float32's range"):
+        dm.setup()
+    LatentODEDataModule(from_dataframe(df), batch_size=4).setup()  # standardised: fine
+
+
+def test_an_interpolation_count_that_holds_nothing_out_warns():
+    ds = from_dataframe(random_frame(4, n_series=20, max_len=8, p_missing=0.0))
+    with pytest.warns(UserWarning, match=r"Interpolation\(count=50\) shows the encoder every "
+                                         r"point of 100% of the training series"):
+        LatentODEDataModule(ds, task=Interpolation(count=50), batch_size=4).setup()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LatentODEDataModule(ds, task=Interpolation(fraction=0.5), batch_size=4).setup()
+        LatentODEDataModule(ds, task=Interpolation(count=2), batch_size=4).setup()
+
+
 def test_time_transform_rescales_large_ranges_only():
     moderate = np.array([3.0, 5.0, 53.0])
     tt = TimeTransform.fit(moderate)
@@ -416,6 +442,12 @@ def _set(df: pd.DataFrame, row: int, col: str, value, dtype=None) -> pd.DataFram
          ValueError, r"column 'zzz' is not in the DataFrame\. Columns:"),
         (lambda: _set(small_frame(), 4, "a", "oops", object), {"value_cols": ["a", "b"]},
          ValueError, r"column 'a' has a non-numeric value 'oops' \(series .*2.*, row 4\)"),
+        # found by the automatic channel choice: a numeric column with one stray string is a
+        # channel to clean, not text to drop
+        (lambda: _set(small_frame(), 4, "a", "?", object), {},
+         ValueError, r"column 'a' has a non-numeric value '\?' \(series .*2.*, row 4\)"),
+        (lambda: small_frame().assign(b=np.nan), {},
+         ValueError, r"1 channel\(s\) have no observed value in any series: \['b'\]"),
         (lambda: _set(small_frame(), 5, "b", np.inf), {},
          ValueError, r"column 'b' has an infinite value inf \(series .*1.*, time .*2\.5"),
         (lambda: _set(small_frame(), 0, "a", -np.inf), {},
@@ -472,7 +504,8 @@ def _set(df: pd.DataFrame, row: int, col: str, value, dtype=None) -> pd.DataFram
     ],
     ids=[
         "misspelt-time-kwarg", "misspelt-time-column", "misspelt-value-col", "unknown-static",
-        "non-numeric-value", "inf-value", "neg-inf-value", "nan-time", "nat-time", "missing-id",
+        "non-numeric-value", "stray-string-auto", "empty-channel", "inf-value", "neg-inf-value",
+        "nan-time", "nat-time", "missing-id",
         "empty-series", "mixed-time-types", "object-string-times", "str-dtype-times",
         "list-in-time", "bool-times", "inf-time", "static-changes", "label-changes",
         "empty-frame", "no-columns", "dict-input", "ndarray-input", "tidy-channel-only",
@@ -847,8 +880,12 @@ def test_datamodule_without_scaling_passes_values_through():
 def test_channel_scaler_never_observed_and_constant_channels():
     df = pd.DataFrame({"series_id": [1, 1, 2], "time": [0.0, 1.0, 0.0],
                        "a": [1.0, 3.0, 5.0], "b": [np.nan] * 3, "c": [2.0, 2.0, np.nan]})
-    ds = from_dataframe(df, value_cols=["a", "b", "c"])
-    scaler = ChannelScaler().fit(ds)
+    with pytest.raises(ValueError, match=r"have no observed value in any series: \['b'\]"):
+        from_dataframe(df, value_cols=["a", "b", "c"])
+    with pytest.warns(UserWarning, match=r"no observed value in any series: \['b'\]"):
+        ds = from_dataframe(df, value_cols=["a", "b", "c"], empty_channels="warn")
+    with pytest.warns(UserWarning, match=r"\['b'\] have no observed value in the training"):
+        scaler = ChannelScaler().fit(ds)
     assert np.isfinite(scaler.mean).all() and (scaler.scale > 0).all()
     assert scaler.scale[1] == 1.0 and scaler.scale[2] == 1.0
     out = scaler.apply(ds)

@@ -64,6 +64,7 @@ def test_experiments_exist():
     assert set(EXPERIMENTS) >= ISSUE_EXPERIMENTS
 
 
+@pytest.mark.filterwarnings("ignore:.*have no observed value")  # the 3-record fixture
 @pytest.mark.filterwarnings("ignore:physionet. (dropped|skipped)")
 @pytest.mark.filterwarnings("ignore:Total length of .DataLoader. across ranks is zero")
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

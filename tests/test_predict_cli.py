@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
@@ -112,3 +113,52 @@ def test_eval_noise_option():
         eval_cli.noise_mode("obs_std")
     assert predict_cli.noise_option(True) == "calibrated" and predict_cli.noise_option(
         "model") == "model"
+
+
+def _vitals(seed: int = 0, n_series: int = 24) -> pd.DataFrame:
+    """A user's own table: string ids, 3-14 irregular times per series, channels missing apart."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_series):
+        for t in np.sort(rng.uniform(0, 10, rng.integers(3, 15))):
+            hr = 70 + 5 * np.sin(t) + rng.normal() if rng.random() < 0.8 else np.nan
+            temp = 37 + 0.3 * np.cos(t) if rng.random() < 0.6 or np.isnan(hr) else np.nan
+            rows.append({"patient": f"p{s}", "charttime": t, "hr": hr, "temp": temp})
+    return pd.DataFrame(rows)
+
+
+def test_train_eval_and_predict_on_a_users_csv(tmp_path, monkeypatch):
+    data_dir, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    data_dir.mkdir()
+    elsewhere.mkdir()
+    _vitals().to_csv(data_dir / "vitals.csv", index=False)
+    run = tmp_path / "run"
+    monkeypatch.chdir(data_dir)  # the path is given relative to where training starts
+    run_main(train_cli, ["latentode-train", "data=csv", "data.dataset.path=vitals.csv",
+                         "data.dataset.id_col=patient", "data.dataset.time_col=charttime",
+                         f"hydra.run.dir={run}", *TINY[2:]], monkeypatch)
+    trained = json.loads((run / "test_metrics.json").read_text())["metrics"]
+    assert trained["test/mse_unseen"] > 0  # the default task holds points out of short series
+    ckpt = run / "checkpoints" / "last.ckpt"
+
+    monkeypatch.chdir(elsewhere)  # evaluated and predicted from another directory
+    run_main(eval_cli, ["latentode-eval", f"ckpt_path={ckpt}", "plot=false",
+                        f"hydra.run.dir={tmp_path}/eval"], monkeypatch)
+    _vitals(seed=1, n_series=2).to_csv("history.csv", index=False)
+    run_main(predict_cli, ["latentode-predict", f"ckpt_path={ckpt}", "input=history.csv",
+                           "output=pred.csv", "horizon=2.0", "n=3",
+                           f"hydra.run.dir={tmp_path}/predict"], monkeypatch)
+    pred = pd.read_csv("pred.csv")
+    assert set(pred["patient"]) == {"p0", "p1"} and set(pred["channel"]) == {"hr", "temp"}
+    assert len(pred) == 2 * 3 * 2 and pred["mean"].notna().all()
+
+    # the training file moved: the error says why it is needed and how to point at it
+    (data_dir / "vitals.csv").rename(data_dir / "moved.csv")
+    hint = r"vitals\.csv' does not exist\. The run's data is rebuilt .* 'overrides=\[\"data\."
+    with pytest.raises(FileNotFoundError, match=hint + r"dataset\.path=NEW\"\]'"):
+        LatentODEForecaster.from_run(ckpt)  # what latentode-predict and -eval call
+    run_main(eval_cli, ["latentode-eval", f"ckpt_path={ckpt}", "plot=false",
+                        f'overrides=["data.dataset.path={data_dir}/moved.csv"]',
+                        f"hydra.run.dir={tmp_path}/eval3"], monkeypatch)
+    again = json.loads((tmp_path / "eval3" / "test_metrics.json").read_text())["metrics"]
+    assert again["test/mse"] == pytest.approx(trained["test/mse"], rel=1e-5)

@@ -435,7 +435,8 @@ def test_sources_feed_from_dataframe(fixture):
     data = frame.from_dataframe(periodic.load(5, 10, seed=0), **periodic.FRAME_KWARGS)
     assert len(data) == 5 and data.channels == ["value"]
     df, _ = _load(fixture["root"])
-    data = frame.from_dataframe(df, **physionet.FRAME_KWARGS)
+    with pytest.warns(UserWarning, match=r"channel\(s\) have no observed value"):  # 3 records
+        data = frame.from_dataframe(df, **physionet.FRAME_KWARGS)
     assert len(data) == 3 and data.channels == physionet.CHANNELS
     assert data.label_kind == "series" and data.labels.tolist() == [0, 1, 1]
     assert data.static_names == physionet.STATIC_COLUMNS

@@ -78,6 +78,35 @@ def find_run_config(ckpt_path: Path) -> Path:
     )
 
 
+def anchor_data_path(cfg: DictConfig, config_path: Path) -> None:
+    """A data file given relative to where the run was started (``data.dataset.path=x.csv``)
+    made absolute from that directory (Hydra's ``.hydra/hydra.yaml``), so that evaluating or
+    predicting from any other directory reads the same file."""
+    path = OmegaConf.select(cfg, "data.dataset.path", default=None)
+    hydra_file = config_path.parent / "hydra.yaml"
+    if not isinstance(path, str) or Path(path).is_absolute() or not hydra_file.is_file():
+        return
+    cwd = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd", default=None)
+    if cwd:
+        with open_dict(cfg):
+            cfg.data.dataset.path = str(Path(cwd) / path)
+
+
+def build_run_datamodule(cfg: DictConfig, config_path: Path) -> Any:
+    """The run's data module, rebuilt from its config (its scaler and time transform come from
+    the training split); a data file that is gone says how to point the run at its new place."""
+    try:
+        return build_datamodule(cfg)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"{error} The run's data is rebuilt from its config ({config_path}): its scaler "
+            "and time transform are fitted on the training split. If the data moved, point "
+            "the run at it: latentode-eval/-predict ... 'overrides=[\"data.dataset.path=NEW\"]' "
+            "(Python: from_run(ckpt, overrides=[\"data.dataset.path=NEW\"]); data.dataset.root "
+            "for a directory source)."
+        ) from error
+
+
 def apply_overrides(cfg: DictConfig, overrides: list[str]) -> None:
     """``key=value`` overrides on ``cfg`` in struct mode: an unknown key is an error."""
     OmegaConf.set_struct(cfg, True)
@@ -187,6 +216,7 @@ def evaluate(eval_cfg: DictConfig) -> dict[str, float]:
     config_path = find_run_config(ckpt)
     log.info("run config: %s", config_path)
     cfg = OmegaConf.load(config_path)
+    anchor_data_path(cfg, config_path)
     apply_overrides(cfg, list(eval_cfg.get("overrides") or []))
     with open_dict(cfg):
         cfg.paths = eval_cfg.paths  # outputs of this evaluation go to its own directory
@@ -194,7 +224,7 @@ def evaluate(eval_cfg: DictConfig) -> dict[str, float]:
         if not eval_cfg.get("plot", True):
             cfg.plots = {"n_series": 0}
     setup_runtime(cfg)
-    datamodule = build_datamodule(cfg)
+    datamodule = build_run_datamodule(cfg, config_path)
     model = build_model(cfg, datamodule)
     module = build_module(cfg, model, datamodule)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,8 +15,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .batch import Collator, stream_seed
 from .dataset import IrregularDataset
-from .scaling import ChannelScaler
+from .scaling import ChannelScaler, check_representable
 from .splits import split_indices
+from .tasks import Interpolation
 
 
 class SeriesKeys(Dataset):
@@ -164,6 +166,9 @@ class LatentODEDataModule(L.LightningDataModule):
         if self.scale:
             self.scaler = ChannelScaler().fit(raw["train"])
             raw = {name: self.scaler.apply(part) for name, part in raw.items()}
+        for name, part in raw.items():
+            check_representable(part, f"{name} split" + (", standardised" if self.scale else ""))
+        _warn_if_nothing_held_out(self.task, raw["train"])
         self.splits = raw
 
     def _processes(self) -> tuple[int, int]:
@@ -222,3 +227,22 @@ class LatentODEDataModule(L.LightningDataModule):
     def inverse_values(self, values: np.ndarray) -> np.ndarray:
         """Model-space values (scaled) back to data units."""
         return self.scaler.inverse_transform(values) if self.scaler is not None else values
+
+
+def _warn_if_nothing_held_out(task: Any, train: IrregularDataset) -> None:
+    """An interpolation task with ``count=`` shows short series every point: nothing is left to
+    interpolate, and metrics on unseen points (and calibrated intervals) have nothing to use."""
+    if not isinstance(task, Interpolation) or task.count is None or len(train) == 0:
+        return
+    observed = (~np.isnan(train.values)).any(1).astype(np.int64)
+    per_series = np.add.reduceat(observed, train.offsets[:-1])
+    whole = float(np.mean(per_series <= task.count))
+    if whole >= 0.5:
+        warnings.warn(
+            f"Interpolation(count={task.count}) shows the encoder every point of {whole:.0%} of "
+            f"the training series (median {int(np.median(per_series))} observed times): nothing "
+            "is held out there, so the model learns to reconstruct rather than to interpolate, "
+            "and unseen-point metrics have nothing to measure. For short series use a share: "
+            "data.task.count=null data.task.fraction=0.5 (Python: Interpolation(fraction=0.5)).",
+            stacklevel=3,
+        )

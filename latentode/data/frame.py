@@ -33,6 +33,7 @@ def from_dataframe(
     time_unit: str | None = None,
     time_scale: float | None = None,
     duplicates: str = "mean",
+    empty_channels: str = "error",
 ) -> IrregularDataset:
     """Build an :class:`IrregularDataset` from a long-format DataFrame.
 
@@ -49,11 +50,18 @@ def from_dataframe(
         label_col: labels; per series (constant within a series) or per time point.
         label_per: "series", "time" or "auto" (series if constant within every series).
         duplicates: "mean" averages repeated (series, time) rows per channel; "error" refuses.
+        empty_channels: a channel with no observed value at all: "error" (the default: a model
+            cannot learn it, and would answer for it with untrained guesses) or "warn" (kept, for
+            a fixed channel list of which a subset may lack some, e.g. PhysioNet's labs) or
+            "ignore" (frames to condition predictions on: nothing measured yet is fine).
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"from_dataframe needs a pandas DataFrame, got {type(df).__name__}.")
     if duplicates not in ("mean", "error"):
         raise ValueError(f"duplicates must be 'mean' or 'error', got {duplicates!r}.")
+    if empty_channels not in ("error", "warn", "ignore"):
+        raise ValueError(
+            f"empty_channels must be 'error', 'warn' or 'ignore', got {empty_channels!r}.")
     if label_per not in ("auto", "series", "time"):
         raise ValueError(f"label_per must be 'auto', 'series' or 'time', got {label_per!r}.")
     static_cols = list(static_cols or [])
@@ -78,15 +86,17 @@ def from_dataframe(
         if value_cols is None:
             value_cols = [
                 c for c in df.columns
-                if c not in reserved and pd.api.types.is_numeric_dtype(df[c])
-                and not pd.api.types.is_bool_dtype(df[c])
+                if c not in reserved and (
+                    (pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]))
+                    or _mostly_numeric(df[c])  # numbers with a stray string: checked below
+                )
             ]
             skipped = [c for c in df.columns if c not in reserved and c not in value_cols]
             if skipped:
                 warnings.warn(
                     f"{len(skipped)} non-numeric column(s) were not used as channels: "
                     f"{[str(c) for c in skipped[:10]]}. Pass value_cols=[...] to choose channels "
-                    "explicitly (a numeric column with a stray string is read as text).",
+                    "explicitly.",
                     stacklevel=2,
                 )
             if not value_cols:
@@ -105,6 +115,7 @@ def from_dataframe(
     wide = wide.sort_values([id_col, time_col], kind="stable").reset_index(drop=True)
     values = wide[channels].to_numpy(dtype=np.float64)
     _check_finite(values, wide, id_col, time_col, channels)
+    _check_channels_observed(values, channels, empty_channels)
     codes, uniques = pd.factorize(wide[id_col], sort=False)
     counts = np.bincount(codes, minlength=len(uniques))
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -224,6 +235,32 @@ def _time_kind(value: Any) -> str:
     if isinstance(value, str):
         return "text"
     return "other"
+
+
+def _mostly_numeric(column: pd.Series) -> bool:
+    """A text column whose values are mostly numbers: a channel with stray strings ('?', 'n/a',
+    '72,5'), to be refused by name rather than silently dropped from the channels."""
+    if not (pd.api.types.is_object_dtype(column.dtype)
+            or pd.api.types.is_string_dtype(column.dtype)):
+        return False
+    present = column.dropna()
+    if present.empty or not present.map(lambda v: isinstance(v, (str, int, float))).all():
+        return False
+    numeric = pd.to_numeric(present, errors="coerce").notna()
+    return bool(numeric.mean() >= 0.5)
+
+
+def _check_channels_observed(values: np.ndarray, channels: list[str], how: str) -> None:
+    seen = (~np.isnan(values)).any(0)
+    empty = [name for name, ok in zip(channels, seen, strict=True) if not ok]
+    if not empty or how == "ignore":
+        return
+    message = (f"{len(empty)} channel(s) have no observed value in any series: {empty[:10]}. "
+               "A model cannot learn them; drop the column(s) or pass value_cols=[...] without "
+               "them (or check the NaN encoding).")
+    if how == "error":
+        raise ValueError(message)
+    warnings.warn(message, stacklevel=3)
 
 
 def _numeric_column(df: pd.DataFrame, col: Any, id_col: str) -> pd.Series:

@@ -11,9 +11,10 @@ Training is the command line's: the config is ``conf/train.yaml`` composed with 
 API plus ``config_overrides`` (an unknown key is an error), and ``fit`` builds the same
 ``LatentODEDataModule``, model and ``LatentODELightning`` as ``latentode-train`` (the helpers of
 ``latentode.cli.train``) and trains them with a Lightning ``Trainer`` (progress bar included).
-The data's task (what the encoder sees in training) is the config's ``data.task``: by default the
-paper's interpolation with 50 encoder points per series; for short series set
-``{"data.task.count": None, "data.task.fraction": 0.5}``.
+The data settings are ``conf/data/csv.yaml``'s (splits, scaling, batch size), the file itself
+aside; the task (what the encoder sees in training) is its ``data.task``: interpolation with a
+random half of each series' observed times, so that short series hold points out too (the
+paper's 50 points of 100 on its own data; e.g. ``{"data.task.fraction": 0.3}`` to change it).
 
 How predictions are made:
 
@@ -216,18 +217,24 @@ class LatentODEForecaster:
         calibrated on the run's validation split (its training split when it has none), as
         ``latentode-eval`` does: one pass of ``CALIBRATION_SAMPLES`` posterior samples over at
         most ``CALIBRATION_MAX_SERIES`` series."""
-        from latentode.cli.evaluate import apply_overrides, find_run_config
-        from latentode.cli.train import build_datamodule, build_model
+        from latentode.cli.evaluate import (
+            anchor_data_path,
+            apply_overrides,
+            build_run_datamodule,
+            find_run_config,
+        )
+        from latentode.cli.train import build_model
 
         ckpt = Path(ckpt_path).expanduser().resolve()
         if not ckpt.is_file():
             raise FileNotFoundError(f"checkpoint {str(ckpt)!r} does not exist.")
         config_path = find_run_config(ckpt)
         cfg = OmegaConf.load(config_path)
+        anchor_data_path(cfg, config_path)
         apply_overrides(cfg, list(overrides or []))
         with open_dict(cfg):
             cfg.paths.output_dir = str(config_path.parent.parent)  # the run dir
-        datamodule = build_datamodule(cfg)
+        datamodule = build_run_datamodule(cfg, config_path)
         model = build_model(cfg, datamodule)
         state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()

@@ -103,7 +103,8 @@ class DataSpec:
         self._check_time_kind(df, what)
         if self.tidy:
             ds = from_dataframe(df, self.id_col, self.time_col, channel_col=self.channel_col,
-                                value_col=self.value_col, time_unit=self.time_unit)
+                                value_col=self.value_col, time_unit=self.time_unit,
+                                empty_channels="ignore")
             unknown = [c for c in ds.channels if c not in self.channels]
             if unknown:
                 raise ValueError(
@@ -118,7 +119,7 @@ class DataSpec:
         else:
             columns = self._value_columns(df, what)
             ds = from_dataframe(df, self.id_col, self.time_col, columns,
-                                time_unit=self.time_unit)
+                                time_unit=self.time_unit, empty_channels="ignore")
         return replace(ds, times=self.time.to_model(ds.raw_times), time_transform=self.time)
 
     def _check_time_kind(self, df: pd.DataFrame, what: str) -> None:

@@ -81,6 +81,7 @@ FRAME_KWARGS: dict[str, object] = {
     "static_cols": STATIC_COLUMNS,
     "label_col": LABEL_COLUMN,
     "label_per": "series",
+    "empty_channels": "warn",  # a subset of records may lack a rare lab altogether
 }
 """Keyword arguments for the core layer's ``from_dataframe`` for ``load(root)``; see
 ``frame_kwargs`` when ``variables`` is given."""
