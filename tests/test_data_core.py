@@ -298,6 +298,14 @@ def test_an_interpolation_count_that_holds_nothing_out_warns():
         LatentODEDataModule(ds, task=Interpolation(count=2), batch_size=4).setup()
 
 
+def test_dataset_repr_is_a_summary():
+    ds = from_dataframe(random_frame(5, n_series=30, max_len=40))
+    text = repr(ds)
+    assert text.startswith(f"IrregularDataset(30 series, {len(ds.times)} time points, "
+                           "channels=['c0', 'c1', 'c2'], ")
+    assert "of values observed, times 0" in text and len(text) < 300
+
+
 def test_time_transform_rescales_large_ranges_only():
     moderate = np.array([3.0, 5.0, 53.0])
     tt = TimeTransform.fit(moderate)

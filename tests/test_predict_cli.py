@@ -131,7 +131,7 @@ def test_train_eval_and_predict_on_a_users_csv(tmp_path, monkeypatch):
     data_dir, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
     data_dir.mkdir()
     elsewhere.mkdir()
-    _vitals().to_csv(data_dir / "vitals.csv", index=False)
+    _vitals().assign(ward="icu").to_csv(data_dir / "vitals.csv", index=False)
     run = tmp_path / "run"
     monkeypatch.chdir(data_dir)  # the path is given relative to where training starts
     run_main(train_cli, ["latentode-train", "data=csv", "data.dataset.path=vitals.csv",
@@ -139,6 +139,9 @@ def test_train_eval_and_predict_on_a_users_csv(tmp_path, monkeypatch):
                          f"hydra.run.dir={run}", *TINY[2:]], monkeypatch)
     trained = json.loads((run / "test_metrics.json").read_text())["metrics"]
     assert trained["test/mse_unseen"] > 0  # the default task holds points out of short series
+    # warnings about the data reach the run's log file, not only the console
+    assert "non-numeric column(s) were not used as channels: ['ward']" in (
+        run / "train.log").read_text()
     ckpt = run / "checkpoints" / "last.ckpt"
 
     monkeypatch.chdir(elsewhere)  # evaluated and predicted from another directory

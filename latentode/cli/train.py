@@ -45,7 +45,8 @@ def quiet_known_warnings() -> None:
     """Silence warnings that say nothing here: a deprecation Lightning 2.6 itself triggers under
     recent torch, and the notice that the EMA callback is missing when a checkpoint is tested or
     evaluated (left out on purpose: the checkpoint's state_dict is the averaged weights, see
-    run_test)."""
+    run_test). Other warnings (about the data, say) are logged, so the run's log file keeps them."""
+    logging.captureWarnings(True)  # the rest go through logging: into the run's <task>.log too
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec")
     warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks")
 

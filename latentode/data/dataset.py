@@ -120,6 +120,19 @@ class IrregularDataset:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def __repr__(self) -> str:
+        """A summary, not the arrays: sizes, channels, observed share, time range."""
+        channels = self.channels if len(self.channels) <= 8 else [*self.channels[:8], "..."]
+        extras = [name for name, on in (("static", self.static is not None),
+                                        (f"labels per {self.label_kind}", self.labels is not None),
+                                        ("fixed split", self.split is not None)) if on]
+        span = (f", times {self.raw_times.min()!s} to {self.raw_times.max()!s}"
+                if len(self.raw_times) else "")
+        observed = float(self.mask.mean()) if self.values.size else 0.0
+        return (f"IrregularDataset({len(self)} series, {len(self.times)} time points, "
+                f"channels={channels}, {observed:.0%} of values observed{span}"
+                + "".join(f", {e}" for e in extras) + ")")
+
     @property
     def n_channels(self) -> int:
         return len(self.channels)
