@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -197,6 +198,21 @@ def test_impute_fills_every_gap_and_leaves_observations_alone(fitted, data):
     assert shuffled["x"].isna().any()  # the input itself is untouched
 
 
+def test_asking_far_beyond_the_training_spans_warns(fitted, data):
+    span = fitted.spec.train_span
+    times = data.groupby("series_id")["time"]
+    assert span == pytest.approx((times.max() - times.min()).max())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a horizon inside the training spans: no warning
+        fitted.predict(data, horizon=0.5 * span, n=2, num_samples=2)
+    far = float(data["time"].max()) + 3 * span
+    with pytest.warns(UserWarning, match=r"asked for times up to \d+\.\dx the longest training "
+                                         r"series' span past the last observation"):
+        fitted.predict(data, times=[far], num_samples=2)
+    with pytest.warns(UserWarning, match="never trained that far ahead"):
+        fitted.sample(data, times=[far], num_samples=2)
+
+
 # ---------------------------------------------------------------------------------- save/load
 def test_save_load_round_trip_predicts_identically(fitted, data, tmp_path):
     path = fitted.save(tmp_path / "model")
@@ -205,6 +221,7 @@ def test_save_load_round_trip_predicts_identically(fitted, data, tmp_path):
     torch.load(path / "weights.pt", weights_only=True)  # plain tensors only
     again = LatentODEForecaster.load(path)
     assert again.calibration == fitted.calibration
+    assert again.spec.train_span == fitted.spec.train_span
     kwargs = {"horizon": 2.0, "n": 3, "num_samples": 30, "seed": 5}
     pd.testing.assert_frame_equal(fitted.predict(data, **kwargs), again.predict(data, **kwargs))
     pd.testing.assert_frame_equal(fitted.impute(data, num_samples=10, quantiles=[0.1]),

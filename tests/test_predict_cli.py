@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -134,9 +135,11 @@ def test_train_eval_and_predict_on_a_users_csv(tmp_path, monkeypatch):
     _vitals().assign(ward="icu").to_csv(data_dir / "vitals.csv", index=False)
     run = tmp_path / "run"
     monkeypatch.chdir(data_dir)  # the path is given relative to where training starts
-    run_main(train_cli, ["latentode-train", "data=csv", "data.dataset.path=vitals.csv",
-                         "data.dataset.id_col=patient", "data.dataset.time_col=charttime",
-                         f"hydra.run.dir={run}", *TINY[2:]], monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # shown even if an earlier test showed it already
+        run_main(train_cli, ["latentode-train", "data=csv", "data.dataset.path=vitals.csv",
+                             "data.dataset.id_col=patient", "data.dataset.time_col=charttime",
+                             f"hydra.run.dir={run}", *TINY[2:]], monkeypatch)
     trained = json.loads((run / "test_metrics.json").read_text())["metrics"]
     assert trained["test/mse_unseen"] > 0  # the default task holds points out of short series
     # warnings about the data reach the run's log file, not only the console

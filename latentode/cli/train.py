@@ -46,7 +46,10 @@ def quiet_known_warnings() -> None:
     recent torch, and the notice that the EMA callback is missing when a checkpoint is tested or
     evaluated (left out on purpose: the checkpoint's state_dict is the averaged weights, see
     run_test). Other warnings (about the data, say) are logged, so the run's log file keeps them."""
-    logging.captureWarnings(True)  # the rest go through logging: into the run's <task>.log too
+    # the rest go through logging, into the run's <task>.log too; off first, so that a second
+    # run in one process (tests, notebooks) installs it again if something restored showwarning
+    logging.captureWarnings(False)
+    logging.captureWarnings(True)
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec")
     warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks")
 

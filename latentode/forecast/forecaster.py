@@ -72,7 +72,7 @@ from latentode.data import IrregularDataset, from_dataframe
 from .calibration import NoiseCalibration, calibrate_noise, calibration_batches, model_obs_std
 from .config import compose_train_config, override_list, prune_callbacks
 from .requests import Times, requested_times
-from .spec import DataSpec, check_quantiles, concat_datasets, quantile_name
+from .spec import DataSpec, check_quantiles, concat_datasets, longest_span, quantile_name
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,7 @@ class LatentODEForecaster:
             value_cols=None if value_cols is None or channel_col is not None
             else [str(c) for c in value_cols],
             channel_col=channel_col, value_col=value_col, time_unit=time_unit,
+            train_span=longest_span(train),
         )
         data, split = train, ["train"] * len(train)
         if val_df is not None:
@@ -247,6 +248,7 @@ class LatentODEForecaster:
             time_unit=ds.time_transform.unit,
             mean=None if scaler is None else [float(v) for v in scaler.mean],
             scale=None if scaler is None else [float(v) for v in scaler.scale],
+            train_span=longest_span(datamodule.splits["train"]),
         )
         return cls._assemble(cfg, model, spec, _calibrate(model.cpu().eval(), datamodule))
 
@@ -457,6 +459,7 @@ class LatentODEForecaster:
         _, spec = self._fitted("predict")
         ds = spec.dataset(df)
         requests = requested_times(ds, spec.time.kind, times, horizon, freq, n)
+        _warn_beyond_training(ds, requests, spec)
         frames = []
         self.noise_std(noise)  # an unknown noise is an error even without quantiles
         for i, raw, paths, noisy in self._draw(ds, requests, num_samples, seed,
@@ -489,6 +492,7 @@ class LatentODEForecaster:
         _, spec = self._fitted("sample")
         ds = spec.dataset(df)
         requests = requested_times(ds, spec.time.kind, times, horizon, freq, n)
+        _warn_beyond_training(ds, requests, spec)
         frames = []
         for i, raw, paths, noisy in self._draw(ds, requests, num_samples, seed, noise):
             draws = noisy if noisy is not None else paths
@@ -598,3 +602,24 @@ def _filled(column: pd.Series, missing: np.ndarray, means: pd.Series) -> pd.Seri
 
 
 __all__ = ["LatentODEForecaster"]
+
+
+def _warn_beyond_training(ds: IrregularDataset, requests: list[tuple[int, Times]],
+                          spec: DataSpec) -> None:
+    """Warn when a series is asked for further past its last observation than any training
+    series ever ran: the model has never been trained that far, and its paths diverge there."""
+    if not spec.train_span or not requests:
+        return
+    worst, worst_i = 0.0, -1
+    for i, raw in requests:
+        last = ds.times[ds.offsets[i + 1] - 1]
+        ahead = float(np.max(spec.time.to_model(raw))) - last
+        if ahead > worst:
+            worst, worst_i = ahead, i
+    if worst > spec.train_span:
+        warnings.warn(
+            f"asked for times up to {worst / spec.train_span:.1f}x the longest training "
+            f"series' span past the last observation (series {ds.ids[worst_i]!r}): the model "
+            "was never trained that far ahead, so expect errors well beyond the quantiles.",
+            stacklevel=3,
+        )

@@ -50,6 +50,7 @@ class DataSpec:
     time_unit: str | None = None
     mean: list[float] | None = None
     scale: list[float] | None = None
+    train_span: float | None = None  # longest training series' span, model units (None: unknown)
 
     # ----------------------------------------------------------------------------- basics
     @property
@@ -228,3 +229,11 @@ def without_version(data: Mapping[str, Any], expected: int, what: str) -> dict[s
 
 
 __all__ = ["DataSpec", "check_quantiles", "concat_datasets", "quantile_name"]
+
+
+def longest_span(ds: IrregularDataset) -> float:
+    """The longest time span of any series in ``ds`` (model units): how far the model has seen
+    a path run from its first observation."""
+    if len(ds) == 0:
+        return 0.0
+    return float(np.max(ds.times[ds.offsets[1:] - 1] - ds.times[ds.offsets[:-1]]))
