@@ -71,6 +71,22 @@ def test_training_logs_finite_terms_for_every_stage():
     assert test["test/mse_sample"] >= test["test/mse"]  # the samples' spread on top
 
 
+def test_under_a_users_own_trainer_scale_comes_from_the_datamodule_and_predict_works():
+    dm = tiny_datamodule()
+    module = LatentODELightning(tiny_model())  # no scale=: taken from dm's scaler at setup
+    trainer = tiny_trainer(limit_train_batches=1)
+    trainer.fit(module, datamodule=dm)
+    ratio = float(trainer.callback_metrics["val/mse_data"]) / float(
+        trainer.callback_metrics["val/mse"])
+    assert ratio == pytest.approx(float(dm.scaler.scale[0]) ** 2, rel=1e-5)
+    batches = trainer.predict(module, dataloaders=dm.test_dataloader())
+    n_test = len(dm.split_index["test"])
+    assert sum(len(b["index"]) for b in batches) == n_test
+    first = batches[0]
+    assert first["pred"].shape == (2, len(first["index"]), len(first["times"]), 1)
+    assert torch.isfinite(first["pred"]).all()
+
+
 @pytest.mark.parametrize("gradient", ["checkpoint", "backprop"])
 def test_solver_counts_are_logged_per_batch(gradient):
     """``{stage}/solver_*``: the generative ODE's evaluations and steps per batch, as the

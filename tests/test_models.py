@@ -266,3 +266,19 @@ def test_plotted_paths_start_where_the_model_places_z0():
     model.z0_at = "first_target"
     grid, paths = predict_paths(model, batch, n_samples=2, n_grid=20)
     assert grid[0] == times[4] and paths.shape[2] == len(grid)
+
+
+def test_latent_ode_class_defaults_are_the_configs():
+    from omegaconf import OmegaConf
+
+    from latentode.cli import config_dir
+
+    conf = OmegaConf.load(f"{config_dir()}/model/latent_ode.yaml")
+    model = LatentODE(2)
+    assert (model.objective, model.n_samples) == (conf.objective, conf.n_samples)
+    with pytest.raises(ValueError, match="n_samples must be at least 1, got 0"):
+        LatentODE(2, n_samples=0)
+    times = torch.linspace(0, 1, 5)
+    values, mask = torch.zeros(3, 5, 2), torch.ones(3, 5, 2, dtype=torch.bool)
+    with pytest.raises(ValueError, match="n_samples must be at least 1, got 0"):
+        model(times, values, mask, n_samples=0)

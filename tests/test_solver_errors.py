@@ -393,3 +393,34 @@ def test_adjoint_params_must_be_tensors(mode):
     y0 = Y0.clone().requires_grad_(True)
     with pytest.raises(TypeError, match=r"adjoint_params must hold tensors, got float"):
         odeint(decay, y0, T, gradient=mode, adjoint_params=[1.0])
+
+
+def test_t_that_requires_grad_is_refused_not_silently_cut():
+    t = torch.tensor([0.0, 1.0], requires_grad=True)
+    with pytest.raises(ValueError, match=r"t requires grad, but odeint does not differentiate "
+                                         r"with respect to the output times.*t\.detach\(\)"):
+        odeint(lambda s, y: -y, torch.ones(2), t)
+    with torch.no_grad():  # nothing to differentiate: fine
+        assert odeint(lambda s, y: -y, torch.ones(2), t).shape == (2, 2)
+
+
+def test_torchdiffeq_style_options_are_accepted_and_checked():
+    t = torch.linspace(0.0, 1.0, 3, dtype=torch.float64)
+    y0 = torch.ones(2, dtype=torch.float64)
+    ours = odeint(lambda s, y: -y, y0, t, method="rk4", step_size=0.1)
+    theirs = odeint(lambda s, y: -y, y0, t, method="rk4", options=dict(step_size=0.1))
+    assert torch.equal(ours, theirs)
+    with pytest.raises(MaxStepsExceededError):
+        odeint(lambda s, y: -y, y0, t, options=dict(max_num_steps=1))
+    with pytest.raises(ValueError, match=r"options \['grid_points'\] are not supported"):
+        odeint(lambda s, y: -y, y0, t, options=dict(grid_points=t))
+
+
+def test_an_empty_batch_gives_an_empty_answer():
+    t = torch.tensor([0.0, 0.5, 1.0])
+    y0 = torch.ones(0, 3, requires_grad=True)
+    ys = odeint(lambda s, y: -y, y0, t, gradient="adjoint")
+    assert ys.shape == (3, 0, 3)
+    ys.sum().backward()
+    assert y0.grad.shape == (0, 3)
+    assert odeint(lambda s, y: -y, y0, t.expand(0, 3)).shape == (0, 3, 3)

@@ -198,12 +198,21 @@ class LatentODELightning(L.LightningModule):
         if scale is not None:
             scale = torch.as_tensor(list(scale) if not isinstance(scale, torch.Tensor) else scale,
                                     dtype=torch.float32)
-            self.register_buffer("scale", scale.reshape(-1), persistent=False)
-        else:
-            self.scale = None
+        self.register_buffer("scale", None if scale is None else scale.reshape(-1),
+                             persistent=False)
+        self._scale_from_data = scale is None
         self._sums: dict[str, _Sums] = {}
         self._labels: dict[str, list[torch.Tensor]] = {}
         self._solver_mark: dict[str, int] | None = None
+
+    def setup(self, stage: str) -> None:
+        """Without ``scale=``, take it from the datamodule's scaler (``LatentODEDataModule``),
+        so that ``mse_data`` is in data units under any Trainer, not only the CLI's."""
+        if not self._scale_from_data or self.trainer is None:
+            return
+        scaler = getattr(self.trainer.datamodule, "scaler", None)
+        if scaler is not None:
+            self.scale = torch.as_tensor(scaler.scale, dtype=torch.float32).reshape(-1)
 
     # ----------------------------------------------------------------------------- schedule
     @property
@@ -384,6 +393,15 @@ class LatentODELightning(L.LightningModule):
                                                                           batch.labels))
         for name, (total, count) in self._errors(batch, out["pred"], per_sample=True).items():
             sums.add(name, total, count)
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """``trainer.predict(module, dataloaders=dm.test_dataloader())``: per batch the series'
+        positions in their split (``index``), the batch's model ``times`` and the posterior
+        predictions ``pred`` ``(S, B, T, D)`` in model units (the data module's
+        ``inverse_values`` turns them into data units), ``z0`` where the model's loss puts it."""
+        out = self.model.predict(batch.times, batch.values, batch.encoder_mask,
+                                 batch.target_mask, self.eval_samples)
+        return {"index": batch.index, "times": batch.times, "pred": out.pred}
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step("val", batch, batch_idx)

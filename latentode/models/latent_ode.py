@@ -165,10 +165,11 @@ class LatentODE(nn.Module):
         gen_units, gen_layers: the generative vector field's MLP.
         dec_units, dec_layers: decoder MLP (``dec_layers=0``: linear, as in the paper).
         obs_std: fixed observation noise of the Gaussian likelihood.
-        n_samples: posterior samples for the IWAE bound.
+        n_samples: posterior samples per series in the loss (and by default in ``forward``).
         solver: ``odeint`` options for the generative ODE (method, rtol, atol, gradient, ...).
-        objective: how posterior samples combine (:func:`sample_bound`): ``iwae`` (per series),
-            ``elbo`` or ``batch_iwae`` (the paper code's).
+        objective: how posterior samples combine (:func:`sample_bound`): ``elbo`` (the mean
+            over samples), ``iwae`` (per series) or ``batch_iwae`` (the paper code's). The
+            defaults (``elbo``, one sample) are ``conf/model/latent_ode.yaml``'s.
         poisson: also model *when* points are observed: a Poisson process per channel whose
             log-intensity is an MLP of ``z(t)``, integrated with the latent ODE (paper, 3.4);
             its log-likelihood enters the loss with weight ``poisson_weight`` (paper: 0.1).
@@ -196,9 +197,9 @@ class LatentODE(nn.Module):
         dec_units: int = 100,
         dec_layers: int = 0,
         obs_std: float = 0.01,
-        n_samples: int = 3,
+        n_samples: int = 1,
         solver: dict[str, Any] | None = None,
-        objective: str = "iwae",
+        objective: str = "elbo",
         poisson: bool = False,
         poisson_weight: float = 0.1,
         n_labels: int = 0,
@@ -209,6 +210,8 @@ class LatentODE(nn.Module):
         z0_at: str = "start",
     ):
         super().__init__()
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be at least 1, got {n_samples}.")
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
         if label_type not in LABELS:
@@ -274,10 +277,18 @@ class LatentODE(nn.Module):
         self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
         n_samples: int | None = None, pred_times: torch.Tensor | None = None,
     ) -> LatentODEOutput:
-        """Encode what ``encoder_mask`` shows, sample ``z0``, predict at ``pred_times`` (default
-        ``times``; the first must be ``times[0]``, where ``z0`` lives)."""
+        """Encode what ``encoder_mask`` shows, sample ``z0`` and predict at ``pred_times``
+        (model times, sorted; default ``times``). ``z0`` is the latent state at
+        ``pred_times[0]``: to predict later times from the batch's start, begin ``pred_times``
+        with ``times[0]`` (and drop that row from ``pred``); starting later places ``z0`` there,
+        as ``z0_at="first_target"`` does on purpose.
+
+        Returns a :class:`LatentODEOutput`: ``pred`` ``(S, B, T, D)``, ``mean`` and ``std`` of
+        ``q(z0)`` ``(B, L)`` (and the Poisson and label terms when modelled)."""
         mean, std = self.encode(times, values, encoder_mask)
-        n = n_samples or self.n_samples
+        n = self.n_samples if n_samples is None else n_samples
+        if n < 1:
+            raise ValueError(f"n_samples must be at least 1, got {n}.")
         eps = torch.randn((n, *mean.shape), dtype=mean.dtype, device=mean.device)
         z0 = mean + std * eps
         out_times = times if pred_times is None else pred_times

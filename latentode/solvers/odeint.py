@@ -38,6 +38,7 @@ def odeint(
     adjoint_seminorm: bool = True,
     adjoint_fold_jumps: bool = True,
     stats: SolverStats | None = None,
+    options: dict | None = None,
 ) -> torch.Tensor:
     """Solve ``dy/dt = func(t, y)`` from ``y(t[0]) = y0`` and return ``y`` at the times ``t``.
 
@@ -65,7 +66,12 @@ def odeint(
         adjoint_fold_jumps: let jumps of the adjoint smaller than the tolerance ride on a
             forcing term instead of stopping the backward solve at every output time.
         stats: a :class:`SolverStats` to fill with evaluation and step counts.
+        options: torchdiffeq's way of passing ``step_size``, ``first_step`` and
+            ``max_num_steps`` (= ``max_steps``), accepted so that its calls run unchanged.
     """
+    if options:
+        step_size, first_step, max_steps = _torchdiffeq_options(
+            options, step_size, first_step, max_steps)
     if method not in TABLEAUS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(TABLEAUS)}.")
     if gradient not in GRADIENT_MODES:
@@ -87,7 +93,12 @@ def odeint(
         )
     if not bool(torch.isfinite(y0).all()):
         raise ValueError("y0 contains NaN or inf; the initial state must be finite.")
+    if y0.numel() == 0 and isinstance(t, torch.Tensor) and t.dim() == 2 and len(t) == 0:
+        return y0.new_zeros((0, t.shape[1], *y0.shape[1:])) + 0 * y0.sum()  # no rows at all
     outputs = OutputTimes(t, y0)
+    if y0.numel() == 0:  # an empty batch: nothing to integrate, an empty answer of the right shape
+        shape = (*t.shape, *y0.shape[1:]) if outputs.per_sample else (len(t), *y0.shape)
+        return y0.new_zeros(shape) + 0 * y0.sum()
     tracking = torch.is_grad_enabled() and gradient != "backprop"
     params = _find_params(func, adjoint_params) if tracking else ()
     if tracking:
@@ -105,6 +116,22 @@ def odeint(
         return problem.solve(y0)
     solve = AdjointSolve if gradient == "adjoint" else CheckpointSolve
     return solve.apply(problem, y0, *params)
+
+
+_OPTIONS = {"step_size", "first_step", "max_num_steps"}
+
+
+def _torchdiffeq_options(options: dict, step_size: float | None, first_step: float | None,
+                         max_steps: int) -> tuple:
+    """``options=dict(step_size=...)`` as torchdiffeq takes it, mapped onto our arguments."""
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"options {unknown} are not supported; odeint understands {sorted(_OPTIONS)} there "
+            "(or pass step_size=, first_step=, max_steps= directly)."
+        )
+    return (options.get("step_size", step_size), options.get("first_step", first_step),
+            int(options.get("max_num_steps", max_steps)))
 
 
 def _find_params(func: Callable, adjoint_params: Iterable[torch.Tensor] | None) -> tuple:

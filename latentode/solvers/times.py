@@ -55,6 +55,13 @@ class OutputTimes:
             )
         if t.numel() == 0:
             raise ValueError("t is empty: pass at least the start time.")
+        if t.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                "t requires grad, but odeint does not differentiate with respect to the output "
+                "times (the answer's gradient reaches y0 and the parameters of func only). "
+                "Pass t.detach(); to learn a time, rescale it inside func instead (e.g. "
+                "func(s, y) = T * f(s * T, y) on s in [0, 1] with a trainable T)."
+            )
         host = t.detach().to("cpu", torch.float64).numpy()
         if not np.all(np.isfinite(host)):
             raise ValueError("t contains NaN or inf; output times must be finite numbers.")
