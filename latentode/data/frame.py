@@ -274,7 +274,7 @@ def _numeric_column(df: pd.DataFrame, col: Any, id_col: str) -> pd.Series:
         raise ValueError(
             f"column {_plain(col)!r} has a non-numeric value {_plain(series.iloc[i])!r} (series "
             f"{_plain(df[id_col].iloc[i])!r}, row {_plain(df.index[i])!r}); clean it, or leave it "
-            "empty (NaN) if it was not observed."
+            "empty (NaN) if it was not observed (or leave the column out of value_cols=[...])."
         )
     return converted.astype(np.float64)
 
