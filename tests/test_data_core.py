@@ -307,12 +307,13 @@ def test_dataset_repr_is_a_summary():
 
 
 def test_time_transform_rescales_large_ranges_only():
-    moderate = np.array([3.0, 5.0, 53.0])
+    moderate = np.array([3.0, 5.0, 8.0])
     tt = TimeTransform.fit(moderate)
     assert tt.kind == "numeric" and tt.scale == 1.0 and tt.offset == 3.0
-    np.testing.assert_array_equal(tt.to_model(moderate), [0.0, 2.0, 50.0])  # shifted only
+    np.testing.assert_array_equal(tt.to_model(moderate), [0.0, 2.0, 5.0])  # shifted only
     for raw in (
         np.array([0.0, 1e-3, 4e-4]),  # span below 0.01: stretched
+        np.array([0.0, 12.5, 48.0]),  # hours since admission: each stay on [0, 1]
         np.array([1.6e9, 1.6e9 + 3 * 365 * 86400.0, 1.65e9]),  # seconds over three years
         np.array([0.0, 1e8]),
     ):
@@ -338,7 +339,7 @@ def test_time_scale_sets_the_model_unit_and_round_trips():
     np.testing.assert_allclose(ds.times, (np.array(sorted_frame(df)["time"]) - 0.5) / 48)
     assert_exact(ds.to_dataframe()[["series_id", "time"]],
                  sorted_frame(df)[["series_id", "time"]])
-    assert from_dataframe(df).time_transform.scale == 1.0  # 47.5 h: left in hours by default
+    assert from_dataframe(df).time_transform.scale == 47.5  # by default: the span, on [0, 1]
     start = pd.Timestamp("2024-01-01")
     stamps = df.assign(time=start + pd.to_timedelta(df["time"], unit="h"))
     days = from_dataframe(stamps, time_scale=24)  # hours, then one model unit per day
@@ -364,10 +365,10 @@ def test_time_transform_datetimes_round_trip_within_one_microsecond():
         back = tt.to_user(model)
         assert back.dtype == np.dtype("datetime64[ns]")
         assert np.abs(back.astype(np.int64) - nanos).max() < 1000
-    # a moderate datetime span (one day in hours) keeps hours as they are, shifted to 0
-    day = pd.Series(pd.date_range("2020-01-01", periods=5, freq="6h"))
+    # a moderate datetime span (six hours) keeps hours as they are, shifted to 0
+    day = pd.Series(pd.date_range("2020-01-01", periods=5, freq="90min"))
     tt = TimeTransform.fit(day)
-    np.testing.assert_array_equal(tt.to_model(day), [0.0, 6.0, 12.0, 18.0, 24.0])
+    np.testing.assert_array_equal(tt.to_model(day), [0.0, 1.5, 3.0, 4.5, 6.0])
     np.testing.assert_array_equal(tt.to_user(tt.to_model(day)), day.to_numpy())
 
 

@@ -43,7 +43,7 @@ def from_dataframe(
             datetimes (datetimes become ``time_unit``s, default hours, before rescaling).
         time_scale: model time = (time - first time) / time_scale, in the times' units (hours for
             datetimes); e.g. 48 puts 48-hour records on [0, 1]. None: 1 when the times span 0.01
-            to 100 units, else their span. Returned times are always in the user's units.
+            to 10 units, else their span. Returned times are always in the user's units.
         value_cols: channel columns (wide format); None = every numeric column but the others.
         channel_col, value_col: tidy format instead: channel name and value columns.
         static_cols: per-series covariates (must be constant within each series).
