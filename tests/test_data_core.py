@@ -785,11 +785,28 @@ def test_extrapolation_cut_time_timezone_aware():
     assert list(user[enc[1]]) == [pd.Timestamp("2021-03-27 22:00", tz="Europe/Berlin")]
 
 
+def test_a_numeric_cut_time_on_datetimes_is_refused():
+    df = random_frame(2, n_series=8, max_len=6, p_missing=0.0)
+    df["time"] = pd.Timestamp("2024-03-01") + pd.to_timedelta(df["time"], unit="h")
+    dm = LatentODEDataModule(from_dataframe(df), task=Extrapolation(cut_time=24), batch_size=4)
+    dm.setup()
+    with pytest.raises(ValueError, match=r"cut_time=24 is a number, but this dataset's times are "
+                                         r"datetimes: give a date"):
+        next(iter(dm.train_dataloader()))
+    dm = LatentODEDataModule(from_dataframe(df), batch_size=4,
+                             task=Extrapolation(cut_time="2024-03-01 05:00"))
+    dm.setup()
+    assert next(iter(dm.train_dataloader())).target_mask.any()
+
+
 @pytest.mark.parametrize(
     ("make", "pattern"),
     [
         (lambda: Interpolation(), "exactly one of fraction= or count="),
         (lambda: Interpolation(fraction=0.5, count=2), "exactly one of fraction= or count="),
+        (lambda: Interpolation(fraction=1.5, count=50),  # a preset's count and the user's share
+         r"got fraction=1\.5, count=50\. A config preset may set one already: set the others "
+         r"to null"),
         (lambda: Interpolation(fraction=0.0), r"fraction must be in \(0, 1\]"),
         (lambda: Interpolation(fraction=1.5), r"fraction must be in \(0, 1\]"),
         (lambda: Interpolation(count=0), "count must be at least 1"),

@@ -334,6 +334,10 @@ def test_error_time_type_differs_from_training(fitted, data, dated):
     fc, tidy, _ = dated
     with pytest.raises(ValueError, match="trained on datetime times; times must be datetimes"):
         fc.predict(tidy, times=[1.0, 2.0])
+    # a bare number is no duration (pd.Timedelta(12) would be 12 nanoseconds)
+    with pytest.raises(ValueError, match=r"horizon=12 is a bare number, but the times are "
+                                         r"datetimes: give a duration with its unit, e\.g\. '12h'"):
+        fc.predict(tidy, horizon=12, n=3)
 
 
 @pytest.mark.parametrize("quantiles", [(0.0, 0.5), (0.5, 1.0), (1.5,), (-0.1,)])

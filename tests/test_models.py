@@ -282,3 +282,8 @@ def test_latent_ode_class_defaults_are_the_configs():
     values, mask = torch.zeros(3, 5, 2), torch.ones(3, 5, 2, dtype=torch.bool)
     with pytest.raises(ValueError, match="n_samples must be at least 1, got 0"):
         model(times, values, mask, n_samples=0)
+    with pytest.raises(TypeError, match=r"encoder must be an nn\.Module, got str 'rnn'.*"
+                                        r"model/encoder=rnn \(a slash\)"):
+        LatentODE(2, encoder="rnn")
+    with pytest.raises(ValueError, match="latents and input_dim must be at least 1"):
+        LatentODE(2, latents=-3)

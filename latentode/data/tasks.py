@@ -47,7 +47,11 @@ def _check_choice(task: str, options: dict) -> None:
     if sum(v is not None for v in options.values()) != 1:
         names = ", ".join(f"{k}=" for k in options)
         names = " or ".join(names.rsplit(", ", 1))
-        raise ValueError(f"{task} needs exactly one of {names}.")
+        given = ", ".join(f"{k}={v!r}" for k, v in options.items() if v is not None) or "none"
+        raise ValueError(
+            f"{task} needs exactly one of {names}; got {given}. A config preset may set one "
+            "already: set the others to null (e.g. data.task.count=null data.task.fraction=0.3)."
+        )
 
 
 def _check_sizes(fraction: float | None, count: int | None, whole_allowed: bool) -> None:
@@ -156,6 +160,12 @@ class Extrapolation:
         else:
             if transform is None:
                 raise ValueError("cut_time needs the dataset's time transform.")
+            if transform.kind == "datetime" and isinstance(
+                    self.cut_time, (int, float, np.integer, np.floating)):
+                raise ValueError(
+                    f"cut_time={self.cut_time!r} is a number, but this dataset's times are "
+                    "datetimes: give a date ('2024-03-02 08:00') in the time column's terms."
+                )
             try:
                 cut = float(transform.to_model(np.asarray([self.cut_time]))[0])
             except (TypeError, ValueError) as err:

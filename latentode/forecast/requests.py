@@ -120,6 +120,12 @@ def forecast_grid(last: Any, kind: str, horizon: Any, freq: Any, n: Any) -> Time
 
 def _datetime_grid(last: pd.Timestamp, horizon: Any, freq: Any, n: Any) -> pd.DatetimeIndex:
     span = None
+    if isinstance(horizon, (int, float, np.integer, np.floating)) and not isinstance(horizon, bool):
+        # pd.Timedelta(12) is 12 nanoseconds: a bare number is refused, never guessed
+        raise ValueError(
+            f"horizon={horizon!r} is a bare number, but the times are datetimes: give a duration "
+            f"with its unit, e.g. '{horizon}h' or '{horizon}D' (or a pd.Timedelta)."
+        )
     if horizon is not None:
         try:
             span = pd.Timedelta(horizon)

@@ -210,6 +210,15 @@ class LatentODE(nn.Module):
         z0_at: str = "start",
     ):
         super().__init__()
+        if latents < 1 or input_dim < 1:
+            raise ValueError(f"latents and input_dim must be at least 1, got latents={latents}, "
+                             f"input_dim={input_dim}.")
+        if encoder is not None and not isinstance(encoder, nn.Module):
+            raise TypeError(
+                f"encoder must be an nn.Module, got {type(encoder).__name__} {encoder!r}; on the "
+                "command line the encoder is a config group: model/encoder=rnn (a slash), not "
+                "model.encoder=rnn."
+            )
         if n_samples < 1:
             raise ValueError(f"n_samples must be at least 1, got {n_samples}.")
         if objective not in OBJECTIVES:
