@@ -221,3 +221,11 @@ def test_resume_from_a_missing_or_foreign_checkpoint_is_a_clear_error(tmp_path):
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(ValueError, match="not a Lightning training checkpoint"):
         train_cli.checkpoint_step(str(foreign))
+
+
+def test_a_classifier_without_labels_in_the_data_is_refused(tmp_path):
+    cfg = compose_train([*TINY, "model.n_labels=1"], tmp_path / "run")
+    datamodule = train_cli.build_datamodule(cfg)
+    with pytest.raises(ValueError, match=r"model\.n_labels=1 asks for a classifier, but the data "
+                                         r"have no labels"):
+        train_cli.build_model(cfg, datamodule)

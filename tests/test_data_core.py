@@ -298,6 +298,20 @@ def test_an_interpolation_count_that_holds_nothing_out_warns():
         LatentODEDataModule(ds, task=Interpolation(count=2), batch_size=4).setup()
 
 
+def test_columns_constant_within_every_series_are_flagged_as_likely_covariates():
+    df = random_frame(6, n_series=10, max_len=8, p_missing=0.0)
+    df["age"] = df["series_id"] * 3.0  # per patient
+    gappy = df.copy()
+    gappy.loc[gappy.index[:5], "age"] = np.nan  # missing now and then, still constant
+    with pytest.warns(UserWarning, match=r"column\(s\) \['age'\] never change within a "
+                                         r"series: static covariates or labels\?"):
+        ds = from_dataframe(gappy)
+    assert "age" in ds.channels  # a warning only: the user decides
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "age" not in from_dataframe(df, static_cols=["age"]).channels
+
+
 def test_dataset_repr_is_a_summary():
     ds = from_dataframe(random_frame(5, n_series=30, max_len=40))
     text = repr(ds)
@@ -523,6 +537,7 @@ def _set(df: pd.DataFrame, row: int, col: str, value, dtype=None) -> pd.DataFram
     ],
 )
 @pytest.mark.filterwarnings("ignore:.*non-numeric column")
+@pytest.mark.filterwarnings("ignore:.*never change within a series")
 def test_bad_input_raises_with_message(make, kwargs, error, pattern):
     with pytest.raises(error, match=pattern):
         from_dataframe(make(), **kwargs)

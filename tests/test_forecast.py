@@ -213,6 +213,19 @@ def test_asking_far_beyond_the_training_spans_warns(fitted, data):
         fitted.sample(data, times=[far], num_samples=2)
 
 
+def test_ignore_cols_keeps_covariates_out_of_the_channels():
+    df = make_frame(n_series=8, n_points=10, seed=3)
+    df["age"] = df["series_id"].str[1:].astype(float) * 10  # per series: not a time series
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "never change within a series" warning either
+        fc = LatentODEForecaster({**TINY, "trainer.max_epochs": 1}).fit(df, ignore_cols=["age"])
+    assert fc.spec.channels == ["x", "y"]
+    pred = fc.predict(df, horizon=1.0, n=2, num_samples=3)  # the column may stay in later frames
+    assert set(pred["channel"]) == {"x", "y"}
+    with pytest.raises(ValueError, match=r"ignore_cols \['weight'\] are not columns"):
+        LatentODEForecaster(TINY).fit(df, ignore_cols=["weight"])
+
+
 # ---------------------------------------------------------------------------------- save/load
 def test_save_load_round_trip_predicts_identically(fitted, data, tmp_path):
     path = fitted.save(tmp_path / "model")

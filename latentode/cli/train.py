@@ -79,7 +79,18 @@ def build_model(cfg: DictConfig, datamodule: Any) -> torch.nn.Module:
         elif int(cfg.model.input_dim) != channels:
             raise ValueError(f"model.input_dim={cfg.model.input_dim} but the data have "
                              f"{channels} channels; leave it null to take it from the data.")
-    return instantiate(cfg.model)
+    model = instantiate(cfg.model)
+    data = datamodule.dataset
+    if getattr(model, "classifier", None) is not None and data.labels is None:
+        raise ValueError(
+            f"model.n_labels={cfg.model.get('n_labels')} asks for a classifier, but the data have "
+            "no labels: name the label column (data.dataset.label_col=... for data=csv) or set "
+            "model.n_labels=0."
+        )
+    if data.static is not None:
+        log.warning("static covariates %s are loaded and batched, but the models read the time "
+                    "series only: they do not inform the predictions", data.static_names)
+    return model
 
 
 def build_module(cfg: DictConfig, model: torch.nn.Module, datamodule: Any) -> L.LightningModule:

@@ -99,6 +99,7 @@ def from_dataframe(
                     "explicitly.",
                     stacklevel=2,
                 )
+            _warn_constant_within_series(df, id_col, value_cols)
             if not value_cols:
                 raise ValueError(
                     f"no numeric value columns found besides {sorted(map(str, reserved))}; "
@@ -248,6 +249,24 @@ def _mostly_numeric(column: pd.Series) -> bool:
         return False
     numeric = pd.to_numeric(present, errors="coerce").notna()
     return bool(numeric.mean() >= 0.5)
+
+
+def _warn_constant_within_series(df: pd.DataFrame, id_col: str, columns: list) -> None:
+    """Columns picked as channels that never change within a series look like static
+    covariates or labels (age, outcome): say so, rather than model them as time series."""
+    if not columns or len(df) < 2:
+        return
+    groups = df.groupby(id_col, sort=False)[list(columns)]
+    varying = groups.nunique(dropna=True).gt(1).any()
+    repeated = groups.count().gt(1).any()  # seen twice in some series: constancy means something
+    constant = [c for c in columns if repeated[c] and not varying[c]]
+    if constant:
+        warnings.warn(
+            f"column(s) {[str(c) for c in constant[:10]]} never change within a series: static "
+            "covariates or labels? Pass them as static_cols=[...] / label_col=... (or choose "
+            "the channels with value_cols=[...]) rather than model them as time series.",
+            stacklevel=3,
+        )
 
 
 def _check_channels_observed(values: np.ndarray, channels: list[str], how: str) -> None:

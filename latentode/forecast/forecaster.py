@@ -129,6 +129,7 @@ class LatentODEForecaster:
         time_unit: str | None = None,
         time_scale: float | None = None,
         output_dir: str | Path | None = None,
+        ignore_cols: Sequence[str] | None = None,
     ) -> LatentODEForecaster:
         """Train on ``train_df`` (every series; ``val_df``'s series, if given, for validation).
 
@@ -141,6 +142,8 @@ class LatentODEForecaster:
         channels. ``output_dir`` (default: the config's ``paths.output_dir``, null) receives
         the config's checkpoints and logs (``metrics.csv``) as a ``latentode-train`` run dir
         would; without one nothing is written. The weights kept are those of the last epoch.
+        ``ignore_cols``: columns that are not channels (per-series covariates such as age, an
+        outcome label), left out of the inferred channels here and in later frames.
         After training the predictive noise is calibrated on ``val_df``'s series (without one:
         on the training series) and kept in ``self.calibration`` (see the module docstring).
         Returns ``self``.
@@ -152,9 +155,19 @@ class LatentODEForecaster:
         if self._composed is None:  # loaded: compose afresh for a new fit
             self._composed = compose_train_config(self.config_overrides)
         cfg = copy.deepcopy(self._composed)
+        if ignore_cols:
+            if value_cols is not None or channel_col is not None:
+                raise ValueError("ignore_cols= is for inferred wide channels; with value_cols= "
+                                 "or tidy data name the channels instead.")
+            missing = [c for c in ignore_cols if c not in train_df.columns]
+            if missing:
+                raise ValueError(f"ignore_cols {missing} are not columns of train_df.")
+            train_df = train_df.drop(columns=list(ignore_cols))
         train = from_dataframe(train_df, id_col, time_col, value_cols, channel_col=channel_col,
                                value_col=value_col, time_unit=time_unit,
                                time_scale=time_scale)
+        if ignore_cols:  # later frames keep those columns: name the channels from now on
+            value_cols = list(train.channels)
         spec = DataSpec(
             id_col=id_col, time_col=time_col, channels=list(train.channels),
             time=train.time_transform,

@@ -398,10 +398,15 @@ class LatentODELightning(L.LightningModule):
         """``trainer.predict(module, dataloaders=dm.test_dataloader())``: per batch the series'
         positions in their split (``index``), the batch's model ``times`` and the posterior
         predictions ``pred`` ``(S, B, T, D)`` in model units (the data module's
-        ``inverse_values`` turns them into data units), ``z0`` where the model's loss puts it."""
+        ``inverse_values`` turns them into data units), ``z0`` where the model's loss puts it;
+        with a classifier also its ``logits`` (per series ``(S, B, C)``, per time point
+        ``(S, B, T, C)``; a sigmoid of a binary one is the risk)."""
         out = self.model.predict(batch.times, batch.values, batch.encoder_mask,
                                  batch.target_mask, self.eval_samples)
-        return {"index": batch.index, "times": batch.times, "pred": out.pred}
+        result = {"index": batch.index, "times": batch.times, "pred": out.pred}
+        if getattr(out, "logits", None) is not None:  # a classifier: e.g. mortality risk
+            result["logits"] = out.logits
+        return result
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step("val", batch, batch_idx)
