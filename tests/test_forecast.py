@@ -400,3 +400,20 @@ def test_import_latentode_stays_light():
             "set(sys.modules); assert not heavy, heavy; "
             "assert latentode.LatentODEForecaster.__name__ == 'LatentODEForecaster'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_label_per_series_is_learnt_and_predicted_as_probabilities():
+    df = make_frame(n_series=16, n_points=10, seed=4)
+    freq = df.groupby("series_id")["x"].transform(lambda v: v.diff().abs().mean())
+    df["died"] = (freq > freq.median()).astype(float)  # constant within each series
+    fc = LatentODEForecaster({**TINY, "trainer.max_epochs": 2}).fit(
+        df, label_col="died", val_df=df[df.series_id.isin(["s0", "s1"])].drop(columns="died"))
+    assert fc.spec.channels == ["x", "y"] and fc.model.n_labels == 1
+    risk = fc.predict_proba(df, num_samples=5)
+    assert list(risk.columns) == ["series_id", "p"] and len(risk) == 16
+    assert risk["p"].between(0, 1).all()
+    assert (fc.predict_proba(df, num_samples=5) == risk).all().all()  # seeded
+    assert set(fc.predict(df, horizon=1.0, n=2, num_samples=3)["channel"]) == {"x", "y"}
+    with pytest.raises(ValueError, match="predict_proba needs a model fitted with label_col="):
+        LatentODEForecaster({**TINY, "trainer.max_epochs": 1}).fit(
+            df.drop(columns="died")).predict_proba(df)

@@ -130,6 +130,7 @@ class LatentODEForecaster:
         time_scale: float | None = None,
         output_dir: str | Path | None = None,
         ignore_cols: Sequence[str] | None = None,
+        label_col: str | None = None,
     ) -> LatentODEForecaster:
         """Train on ``train_df`` (every series; ``val_df``'s series, if given, for validation).
 
@@ -142,8 +143,11 @@ class LatentODEForecaster:
         channels. ``output_dir`` (default: the config's ``paths.output_dir``, null) receives
         the config's checkpoints and logs (``metrics.csv``) as a ``latentode-train`` run dir
         would; without one nothing is written. The weights kept are those of the last epoch.
-        ``ignore_cols``: columns that are not channels (per-series covariates such as age, an
-        outcome label), left out of the inferred channels here and in later frames.
+        ``ignore_cols``: columns that are not channels (per-series covariates such as age),
+        left out of the inferred channels here and in later frames. ``label_col``: one label
+        per series (e.g. in-hospital death, 0/1, NaN unknown) learnt by a classifier on ``z0``
+        beside the series (``model.n_labels`` is set from the labels unless overridden);
+        :meth:`predict_proba` then gives each series' probabilities.
         After training the predictive noise is calibrated on ``val_df``'s series (without one:
         on the training series) and kept in ``self.calibration`` (see the module docstring).
         Returns ``self``.
@@ -165,9 +169,12 @@ class LatentODEForecaster:
             train_df = train_df.drop(columns=list(ignore_cols))
         train = from_dataframe(train_df, id_col, time_col, value_cols, channel_col=channel_col,
                                value_col=value_col, time_unit=time_unit,
-                               time_scale=time_scale)
-        if ignore_cols:  # later frames keep those columns: name the channels from now on
-            value_cols = list(train.channels)
+                               time_scale=time_scale, label_col=label_col,
+                               label_per="series" if label_col is not None else "auto")
+        if label_col is not None:
+            _set_label_head(cfg, train.labels, label_col)
+        if (ignore_cols or label_col is not None) and channel_col is None:
+            value_cols = list(train.channels)  # later frames keep those columns: name channels
         spec = DataSpec(
             id_col=id_col, time_col=time_col, channels=list(train.channels),
             time=train.time_transform,
@@ -353,11 +360,12 @@ class LatentODEForecaster:
     @torch.no_grad()
     def _draw(
         self, ds: IrregularDataset, requests: list[tuple[int, Times]], num_samples: int,
-        seed: int, noise: bool | str,
-    ) -> Iterator[tuple[int, Times, np.ndarray, np.ndarray | None]]:
+        seed: int, noise: bool | str, want_logits: bool = False,
+    ) -> Iterator[tuple]:
         """Per requested series: ``(index, times, paths (S, m, D), noisy (S, m, D) or None)``,
         in data units. ``noisy`` adds the observation noise ``noise`` names (``noise_std``) to
-        each path; None when it names none."""
+        each path; None when it names none. ``want_logits``: ``(index, times, logits)`` of
+        the classifier instead."""
         model, spec = self._fitted("predict")
         if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
@@ -391,6 +399,9 @@ class LatentODEForecaster:
                 torch.manual_seed(_series_seed(seed, ds.ids[i]))
                 out = model(times_t, values_t, torch.from_numpy(mask)[None],
                             n_samples=int(num_samples), pred_times=torch.from_numpy(grid))
+                if want_logits:
+                    yield i, raw, out.logits.detach()
+                    continue
                 pred = out.pred[:, 0]  # (S, G, D)
                 jitter = torch.randn_like(pred) if noisy_draws else None
             paths = pred[:, where].double().numpy()
@@ -429,6 +440,25 @@ class LatentODEForecaster:
         return out
 
     # ============================================================================ predict
+    def predict_proba(self, df: pd.DataFrame, num_samples: int = 100,
+                      seed: int = 0) -> pd.DataFrame:
+        """Each series' label probabilities from its history in ``df`` (a model fitted with
+        ``label_col=``): one row per series, ``p`` for a binary label (the probability of 1),
+        else ``p0``, ``p1``, ...; averaged over ``num_samples`` posterior samples of ``z0``."""
+        model, spec = self._fitted("predict_proba")
+        if getattr(model, "classifier", None) is None or model.label_type != "series":
+            raise ValueError("predict_proba needs a model fitted with label_col= (a classifier "
+                             "of one label per series); this one has none.")
+        ds = spec.dataset(df)
+        rows = []
+        for i, _raw, logits in self._draw(ds, requested_times(ds, spec.time.kind), num_samples,
+                                          seed, False, want_logits=True):
+            probs = (torch.sigmoid(logits) if logits.shape[-1] == 1
+                     else torch.softmax(logits, -1)).mean(0)[0]
+            names = ["p"] if logits.shape[-1] == 1 else [f"p{c}" for c in range(len(probs))]
+            rows.append({spec.id_col: ds.ids[i], **dict(zip(names, probs.tolist(), strict=True))})
+        return pd.DataFrame(rows)
+
     def predict(
         self,
         df: pd.DataFrame,
@@ -636,3 +666,18 @@ def _warn_beyond_training(ds: IrregularDataset, requests: list[tuple[int, Times]
             "was never trained that far ahead, so expect errors well beyond the quantiles.",
             stacklevel=3,
         )
+
+
+def _set_label_head(cfg: DictConfig, labels: np.ndarray, label_col: str) -> None:
+    """``model.n_labels`` from the labels (1 for 0/1, else the number of classes 0..C-1),
+    unless the overrides set it."""
+    known = labels[~np.isnan(labels)]
+    if len(known) == 0:
+        raise ValueError(f"label column {label_col!r} has no known label (all NaN).")
+    if not np.all(known == np.round(known)) or known.min() < 0:
+        raise ValueError(f"label column {label_col!r} must hold class numbers 0, 1, ... (NaN: "
+                         f"unknown), got values such as {sorted(set(known.tolist()))[:5]}.")
+    n_labels = 1 if known.max() <= 1 else int(known.max()) + 1
+    with open_dict(cfg):
+        if not cfg.model.get("n_labels"):
+            cfg.model.n_labels = n_labels

@@ -189,6 +189,10 @@ def concat_datasets(a: IrregularDataset, b: IrregularDataset) -> IrregularDatase
         time_transform=a.time_transform,
         id_col=a.id_col,
         time_col=a.time_col,
+        labels=None if a.labels is None else np.concatenate(  # b's unknown unless it has them
+            [a.labels, b.labels if b.labels is not None else np.full(len(b), np.nan)]),
+        label_kind=a.label_kind,
+        label_col=a.label_col,
     )
 
 
