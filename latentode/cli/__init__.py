@@ -1,8 +1,8 @@
 """Command line of latentode, built on Hydra: ``latentode-train`` and ``latentode-eval``.
 
 Only this package knows Hydra. The configs live in the repository's ``conf/`` directory, found
-next to the installed package (``pip install -e .`` or a checkout on ``PYTHONPATH``); set
-``LATENTODE_CONF`` to use another config directory.
+next to the package in a checkout or an editable install, and shipped inside the wheel as
+``latentode/_conf``; set ``LATENTODE_CONF`` to use another config directory.
 """
 
 from __future__ import annotations
@@ -12,16 +12,23 @@ from pathlib import Path
 
 
 def config_dir() -> str:
-    """Absolute path of the Hydra config directory (``conf/`` beside the ``latentode`` package)."""
+    """Absolute path of the Hydra config directory: ``LATENTODE_CONF`` if set, else the
+    repository's ``conf/`` beside the package (a checkout, an editable install), else the copy a
+    wheel ships as ``latentode/_conf``."""
     override = os.environ.get("LATENTODE_CONF")
-    path = Path(override) if override else Path(__file__).resolve().parents[2] / "conf"
-    if not (path / "train.yaml").is_file():
-        raise FileNotFoundError(
-            f"no Hydra configs at {path}: latentode's CLI reads the repository's conf/ directory, "
-            "so install the package from a checkout with `pip install -e .`, or point "
-            "LATENTODE_CONF at a copy of conf/."
-        )
-    return str(path)
+    if override:
+        candidates = [Path(override)]
+    else:
+        here = Path(__file__).resolve().parents[1]
+        candidates = [here.parent / "conf", here / "_conf"]
+    for path in candidates:
+        if (path / "train.yaml").is_file():
+            return str(path)
+    raise FileNotFoundError(
+        f"no Hydra configs at {' or '.join(map(str, candidates))}: reinstall latentode (the "
+        "wheel ships them), install it from a checkout with `pip install -e .`, or point "
+        "LATENTODE_CONF at a copy of conf/."
+    )
 
 
 __all__ = ["config_dir"]
