@@ -229,3 +229,10 @@ def test_a_classifier_without_labels_in_the_data_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"model\.n_labels=1 asks for a classifier, but the data "
                                          r"have no labels"):
         train_cli.build_model(cfg, datamodule)
+
+
+def test_trainer_counts_of_the_wrong_type_are_refused_by_name(tmp_path):
+    cfg = compose_train(["trainer.max_epochs=ten"], tmp_path / "run")
+    with pytest.raises(ValueError, match=r"trainer\.max_epochs must be a whole number, got 'ten'"):
+        train_cli.train(cfg)
+    train_cli.check_trainer_counts(compose_train(["trainer.max_epochs=3"]))

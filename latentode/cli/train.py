@@ -238,8 +238,22 @@ def continue_metrics(cfg: DictConfig, trainer: L.Trainer) -> None:
         logger.continue_from(step)
 
 
+_TRAINER_COUNTS = ("max_epochs", "min_epochs", "max_steps", "log_every_n_steps",
+                   "check_val_every_n_epoch", "accumulate_grad_batches")
+
+
+def check_trainer_counts(cfg: DictConfig) -> None:
+    """Counts Lightning asserts on deep inside ``fit`` (``trainer.max_epochs=ten``), refused up
+    front with their name."""
+    for key in _TRAINER_COUNTS:
+        value = (cfg.get("trainer") or {}).get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"trainer.{key} must be a whole number, got {value!r}.")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test as ``cfg`` says; returns the metrics (validation of the last epoch, test)."""
+    check_trainer_counts(cfg)
     resolve_last_checkpoint(cfg)
     setup_runtime(cfg)
     datamodule = build_datamodule(cfg)
