@@ -32,6 +32,7 @@ from latentode.data import (
     from_dataframe,
     split_indices,
 )
+from latentode.data.batch import distinct_in
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -1038,3 +1039,19 @@ def test_datamodule_refuses_bad_arguments(kwargs, error, pattern):
 def test_datamodule_callable_must_build_a_dataset():
     with pytest.raises(TypeError, match="dataset must build an IrregularDataset, got dict"):
         LatentODEDataModule(lambda: {"not": "a dataset"}).setup()
+
+
+def test_times_that_collide_in_float32_stay_distinct_and_no_point_is_merged():
+    # continuous stamps of many series: distinct in float64, one value in float32
+    base = 5.0
+    close = np.nextafter(base, 10.0)  # 1 ULP above in float64: the same float32
+    assert np.float32(base) == np.float32(close)
+    df = pd.DataFrame({"series_id": [1, 1, 2, 2], "time": [0.0, base, close, 6.0],
+                       "a": [1.0, 2.0, 3.0, 4.0]})
+    ds = from_dataframe(df, time_scale=1.0)
+    batch = collate(ds, [0, 1])
+    assert torch.all(batch.times[1:] > batch.times[:-1])  # the solver's requirement
+    assert int(batch.mask.sum()) == 4  # every observation kept, none merged
+    assert torch.allclose(batch.times, torch.tensor([0.0, base, base, 6.0]), rtol=1e-6)
+    grid = distinct_in(np.array([1.0, 1.0 + 1e-12, 1.0 + 2e-12, 2.0]), np.float32)
+    assert grid.dtype == np.float32 and np.all(np.diff(grid) > 0)

@@ -45,6 +45,21 @@ class Batch:
         )
 
 
+def distinct_in(times: np.ndarray, np_dtype: Any) -> np.ndarray:
+    """Sorted distinct ``times`` cast to ``np_dtype``, still strictly increasing: distinct float64
+    times closer than float32's resolution (continuous timestamps of many series: ~5e-7 at model
+    time 5) would round to one value, which the solver refuses as a repeated output time. Each
+    collision is moved up by ULPs instead, an error of a few 1e-7 relative, and no point merged."""
+    cast = np.asarray(times).astype(np_dtype)
+    clash = np.nonzero(cast[1:] <= cast[:-1])[0]
+    if len(clash):
+        up = np_dtype(np.inf)
+        for i in range(int(clash[0]) + 1, len(cast)):
+            if cast[i] <= cast[i - 1]:
+                cast[i] = np.nextafter(cast[i - 1], up)
+    return cast
+
+
 def collate(
     dataset: IrregularDataset,
     indices: Any,
@@ -63,6 +78,7 @@ def collate(
     times, cols = np.unique(point_times, return_inverse=True)
     batch, length, dims = len(indices), len(times), dataset.n_channels
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    times = distinct_in(times, np_dtype)
     point_values = dataset.values[points]
     point_mask = ~np.isnan(point_values)
     flat = rows * length + cols  # one flat row index per point: cheaper than 2-D fancy indexing

@@ -68,6 +68,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from latentode.data import IrregularDataset, from_dataframe
+from latentode.data.batch import distinct_in
 
 from .calibration import NoiseCalibration, calibrate_noise, calibration_batches, model_obs_std
 from .config import compose_train_config, override_list, prune_callbacks
@@ -381,7 +382,7 @@ class LatentODEForecaster:
             lo, hi = ds.offsets[i], ds.offsets[i + 1]
             values = ds.values[lo:hi]
             seen = ~np.isnan(values).all(1)
-            hist_t = ds.times[lo:hi][seen].astype(np_dtype)
+            hist_t = distinct_in(ds.times[lo:hi][seen], np_dtype)
             hist_v = spec.to_model_values(values[seen])
             want = spec.time.to_model(raw).astype(np_dtype)
             start = min(hist_t[0], want.min())
