@@ -111,7 +111,6 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     out = Path(str(cfg.output))
     write_frame(pred, out)
     log.info("%d rows (%d series) written to %s", len(pred), pred.iloc[:, 0].nunique(), out)
-    print(f"predictions of {pred.iloc[:, 0].nunique()} series written to {out}", flush=True)
     if cfg.get("plot"):
         fig = forecaster.plot(frame, pred.rename(columns=renames),
                               max_series=int(cfg.get("plot_series") or 4))

@@ -95,6 +95,8 @@ def plot_forecast(
                                                  color="k", zorder=3)
             handles["last observation"] = ax.axvline(boundary, color="0.4", ls="--", lw=1.0)
             ax.set_title(f"{key}: {name}", fontsize=9)
+            if r == len(axes) - 1:  # the bottom row names the shared axis
+                ax.set_xlabel(str(spec.time_col), fontsize=8)
             if spec.time.kind == "datetime":
                 locator = AutoDateLocator(tz=tz)
                 ax.xaxis.set_major_locator(locator)

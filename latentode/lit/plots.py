@@ -100,6 +100,8 @@ def plot_batch(
                     legend[label] = ax.scatter(t_obs[sel], values[b, sel, d], **style)
             name = channels[d] if channels else f"channel {d}"
             ax.set_title(f"{titles[b]}: {name}" if titles else name, fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("time", fontsize=8)
     if np.issubdtype(np.asarray(t_grid).dtype, np.datetime64):
         fig.autofmt_xdate()  # dates on the shared axis: slanted and thinned, not overlapping
     fig.legend(list(legend.values()), list(legend), loc="upper center", ncol=3, fontsize=8,
