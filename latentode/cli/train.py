@@ -41,6 +41,16 @@ from latentode.models import ODERNN, LatentODE
 log = logging.getLogger(__name__)
 
 
+class _DropAdvert(logging.Filter):
+    """Lightning's tip to install its cloud logger: an advertisement, not information."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "try installing [litlogger]" not in record.getMessage()
+
+
+_ADVERT = _DropAdvert()
+
+
 def quiet_known_warnings() -> None:
     """Silence warnings that say nothing here: a deprecation Lightning 2.6 itself triggers under
     recent torch, and the notice that the EMA callback is missing when a checkpoint is tested or
@@ -50,6 +60,8 @@ def quiet_known_warnings() -> None:
     # run in one process (tests, notebooks) installs it again if something restored showwarning
     logging.captureWarnings(False)
     logging.captureWarnings(True)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_ADVERT)  # the same filter once: adding is idempotent
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec")
     warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks")
 
