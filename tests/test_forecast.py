@@ -117,6 +117,15 @@ def test_forecast_grid_starts_after_each_last_observation(fitted, data):
     assert by_n.groupby("series_id")["time"].nunique().eq(2).all()
 
 
+def test_forecast_grid_times_are_written_without_float_noise():
+    from latentode.forecast.requests import forecast_grid
+
+    assert 0.7 + 0.1 * 1 != 0.8  # the plain float sum carries noise into a CSV
+    assert forecast_grid(0.7, "numeric", None, 0.1, 3).tolist() == [0.8, 0.9, 1.0]
+    assert forecast_grid(1.1, "numeric", 0.3, 0.1, None).tolist() == [1.2, 1.3, 1.4]
+    assert forecast_grid(2.905, "numeric", 1.0, None, 4).tolist() == [3.155, 3.405, 3.655, 3.905]
+
+
 def test_predictions_at_times_not_in_the_data(fitted, data):
     times = [0.123456, 2.7182818, 6.5]  # between observations and beyond them
     assert not data["time"].isin(times).any()

@@ -109,13 +109,19 @@ def forecast_grid(last: Any, kind: str, horizon: Any, freq: Any, n: Any) -> Time
             raise ValueError(f"{name} must be a positive number in the data's time units, got "
                              f"{value!r}.")
     if freq is None:
-        return last + horizon * np.arange(1, int(n) + 1) / int(n)
+        return _clean(last + horizon * np.arange(1, int(n) + 1) / int(n))
     if n is None:
         count = int(np.floor(horizon / freq * (1 + 1e-12)))
         if count < 1:
             raise ValueError(f"horizon={horizon!r} is shorter than one step of freq={freq!r}.")
-        return last + freq * np.arange(1, count + 1)
-    return last + freq * np.arange(1, int(n) + 1)
+        return _clean(last + freq * np.arange(1, count + 1))
+    return _clean(last + freq * np.arange(1, int(n) + 1))
+
+
+def _clean(times: np.ndarray) -> np.ndarray:
+    """Grid times to 15 significant digits: 0.7 + 0.1 is written 0.8, not the float sum's
+    0.7999999999999999 (a change below 1e-15 relative)."""
+    return np.array([float(f"{t:.15g}") for t in np.asarray(times, dtype=np.float64)])
 
 
 def _datetime_grid(last: pd.Timestamp, horizon: Any, freq: Any, n: Any) -> pd.DatetimeIndex:
