@@ -180,8 +180,10 @@ def test_round_trip_datetime_times_keeps_dtype_exactly(unit):
     assert out["time"].dtype == f"datetime64[{unit}]"
     assert_exact(out, sorted_frame(df))
     assert ds.times.dtype == np.float64 and ds.time_transform.kind == "datetime"
-    # decades of hours are rescaled into [0, 1]
-    assert ds.times.min() == 0.0 and ds.times.max() == 1.0
+    # decades of hours are rescaled: the longest series spans exactly one model unit
+    starts = ds.offsets[:-1]
+    spans = np.maximum.reduceat(ds.times, starts) - np.minimum.reduceat(ds.times, starts)
+    assert ds.times.min() == 0.0 and max(spans) == pytest.approx(1.0, abs=1e-12)
 
 
 def test_round_trip_timezone_aware_datetimes():
@@ -342,7 +344,25 @@ def test_time_transform_rescales_large_ranges_only():
     # integer seconds over years, through from_dataframe
     df = small_frame().assign(time=[0, 86400 * 365 * 5, 17, 3600, 86400 * 400, 99])
     ds = from_dataframe(df)
-    assert ds.times.dtype == np.float64 and ds.times.min() == 0.0 and ds.times.max() == 1.0
+    starts = ds.offsets[:-1]
+    spans = np.maximum.reduceat(ds.times, starts) - np.minimum.reduceat(ds.times, starts)
+    assert ds.times.dtype == np.float64 and ds.times.min() == 0.0
+    assert max(spans) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_automatic_time_scale_is_the_longest_series_span():
+    """Series on one absolute clock (48-hour stays admitted ten days apart): each stay, not the
+    whole calendar, sets the model's unit, so a stay is not squeezed into a sliver of [0, 1]."""
+    hours = np.array([0.0, 20.0, 48.0, 240.0, 250.0, 270.0])
+    df = small_frame().assign(series_id=list("aaabbb"), time=hours)  # 0-48 h and 240-270 h
+    ds = from_dataframe(df)
+    assert ds.time_transform.scale == 48.0 and ds.time_transform.offset == 0.0
+    np.testing.assert_allclose(ds.times, hours / 48.0)
+    stamps = pd.Timestamp("2024-03-01") + pd.to_timedelta(hours, unit="h")
+    assert from_dataframe(df.assign(time=stamps)).time_transform.scale == 48.0
+    # without series the whole span counts, as before
+    assert TimeTransform.fit(hours).scale == 270.0
+    assert TimeTransform.fit(hours, series=np.array([0, 0, 0, 1, 1, 1])).scale == 48.0
 
 
 def test_time_scale_sets_the_model_unit_and_round_trips():
@@ -354,7 +374,7 @@ def test_time_scale_sets_the_model_unit_and_round_trips():
     np.testing.assert_allclose(ds.times, (np.array(sorted_frame(df)["time"]) - 0.5) / 48)
     assert_exact(ds.to_dataframe()[["series_id", "time"]],
                  sorted_frame(df)[["series_id", "time"]])
-    assert from_dataframe(df).time_transform.scale == 47.5  # by default: the span, on [0, 1]
+    assert from_dataframe(df).time_transform.scale == 45.0  # by default: the longest series
     start = pd.Timestamp("2024-01-01")
     stamps = df.assign(time=start + pd.to_timedelta(df["time"], unit="h"))
     days = from_dataframe(stamps, time_scale=24)  # hours, then one model unit per day

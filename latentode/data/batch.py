@@ -3,6 +3,15 @@
 ``values (B, T, D)`` and ``mask (B, T, D)`` sit on the sorted union of the batch's times
 ``times (T,)``; ``encoder_mask`` says which observations the encoder may read and ``target_mask``
 which ones the model is scored on (both subsets of ``mask``, set by a task: see ``tasks.py``).
+
+Where that union starts is the ``origin`` choice (:data:`TIME_ORIGINS`): ``"batch"`` keeps every
+series on the data's clock, so the latent path starts (``z0``) at the batch's earliest time, as
+the paper's code does; ``"series"`` moves each series to start at 0, so that ``z0`` is each
+series' state at its own first observation. Series recorded on one absolute clock (ICU stays
+admitted on different days) need ``"series"``: with ``"batch"`` a stay's path would start days
+before its admission, at a time that depends on which other series share the batch. The models'
+dynamics are autonomous (no input depends on the clock's zero), so the shift changes nothing
+else; tasks still cut on the data's clock (``Extrapolation(cut_time=...)``).
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ import torch
 
 from .dataset import IrregularDataset
 from .tasks import Points
+
+TIME_ORIGINS = ("batch", "series")
 
 
 @dataclass
@@ -29,6 +40,7 @@ class Batch:
     index: torch.Tensor  # (B,) positions of the series in their dataset
     static: torch.Tensor | None = None  # (B, S)
     labels: torch.Tensor | None = None  # (B,) per series or (B, T) per time point; NaN unknown
+    origin: torch.Tensor | None = None  # (B,) model time each row was moved back by ("series")
 
     @property
     def batch_size(self) -> int:
@@ -66,16 +78,26 @@ def collate(
     task: Any = None,
     rng: np.random.Generator | None = None,
     dtype: torch.dtype = torch.float32,
+    origin: str = "batch",
 ) -> Batch:
     """Collate series ``indices`` of ``dataset`` onto the union of their times.
 
     ``task`` (see ``tasks.py``) decides the encoder and target masks; without one the encoder
-    sees and the model is scored on every observation.
+    sees and the model is scored on every observation. ``origin``: ``"batch"`` (times as
+    stored) or ``"series"`` (each series moved to start at 0; ``Batch.origin`` says by how
+    much), see the module docstring.
     """
+    check_origin(origin)
     indices = np.asarray(indices, dtype=np.int64)
     points, rows = dataset.point_index(indices)
     point_times = dataset.times[points]
-    times, cols = np.unique(point_times, return_inverse=True)
+    shift = None
+    if origin == "series":  # in float64, before the cast: no precision lost to a late clock
+        shift = dataset.times[dataset.offsets[indices]] if len(indices) else np.zeros(0)
+        grid_times = point_times - shift[rows]
+    else:
+        grid_times = point_times
+    times, cols = np.unique(grid_times, return_inverse=True)
     batch, length, dims = len(indices), len(times), dataset.n_channels
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
     times = distinct_in(times, np_dtype)
@@ -122,7 +144,17 @@ def collate(
         index=torch.from_numpy(indices),
         static=static,
         labels=labels,
+        origin=None if shift is None else torch.as_tensor(shift, dtype=dtype),
     )
+
+
+def check_origin(origin: str) -> None:
+    if origin not in TIME_ORIGINS:
+        raise ValueError(
+            f"time_origin must be one of {TIME_ORIGINS}, got {origin!r}: 'series' starts every "
+            "series' latent path at its own first observation (series on one absolute clock), "
+            "'batch' at the batch's earliest time (series that share a clock's zero)."
+        )
 
 
 _MASK64 = (1 << 64) - 1
@@ -214,10 +246,12 @@ class Collator:
     """
 
     def __init__(self, dataset: IrregularDataset, task: Any = None, fixed: bool = False,
-                 seed: int = 0, dtype: torch.dtype = torch.float32):
+                 seed: int = 0, dtype: torch.dtype = torch.float32, origin: str = "batch"):
+        check_origin(origin)
         self.dataset, self.task, self.fixed, self.seed, self.dtype = (
             dataset, task, fixed, seed, dtype
         )
+        self.origin = origin
 
     def __call__(self, items: list) -> Batch:
         epoch = None
@@ -236,4 +270,4 @@ class Collator:
         else:
             key = (_FRESH, int(torch.randint(0, 2**62, ()).item()))
         rng = SeriesRandom(key, indices, self.dataset.lengths[indices])
-        return collate(self.dataset, indices, self.task, rng, self.dtype)
+        return collate(self.dataset, indices, self.task, rng, self.dtype, self.origin)

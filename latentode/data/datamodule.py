@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .batch import Collator, stream_seed
+from .batch import Collator, check_origin, stream_seed
 from .dataset import IrregularDataset
 from .scaling import ChannelScaler, check_representable
 from .splits import split_indices
@@ -97,6 +97,11 @@ class LatentODEDataModule(L.LightningDataModule):
         scale: standardise channels with a scaler fitted on the training series' observed values.
         num_workers: DataLoader worker processes.
         seed: seed of the fixed validation/test masks.
+        time_origin: where each latent path starts: ``"batch"``, the batch's earliest time (the
+            paper's protocol: series that share a clock's zero, time since admission), or
+            ``"series"``, each series' own first observation (series on one absolute clock:
+            see :mod:`latentode.data.batch`). With ``"batch"``, series whose starts lie further
+            apart than they are long get a warning.
         train_seed: seed of the training order and masks, combined with the epoch. None: the
             run's seed when a trainer runs the loaders (``PL_GLOBAL_SEED``, which
             ``seed_everything`` sets, as Lightning's own samplers do), else a number drawn from
@@ -123,10 +128,13 @@ class LatentODEDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         train_seed: int | None = None,
+        time_origin: str = "batch",
     ):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        check_origin(time_origin)
+        self.time_origin = time_origin
         self._source = dataset
         self.task = task
         self.batch_size = batch_size
@@ -169,6 +177,8 @@ class LatentODEDataModule(L.LightningDataModule):
         for name, part in raw.items():
             check_representable(part, f"{name} split" + (", standardised" if self.scale else ""))
         _warn_if_nothing_held_out(self.task, raw["train"])
+        if self.time_origin == "batch":
+            _warn_if_clocks_differ(data)
         self.splits = raw
 
     def _processes(self) -> tuple[int, int]:
@@ -196,7 +206,7 @@ class LatentODEDataModule(L.LightningDataModule):
         processes, rank = self._processes()
         if train:
             seed = self._train_seed(processes)
-            collator = Collator(part, self.task, seed=seed)
+            collator = Collator(part, self.task, seed=seed, origin=self.time_origin)
         else:
             if 0 < len(part) < processes:
                 raise ValueError(
@@ -204,7 +214,8 @@ class LatentODEDataModule(L.LightningDataModule):
                     "process needs at least one (fewer processes, or a larger split)."
                 )
             seed = 0
-            collator = Collator(part, self.task, fixed=True, seed=self.seed)
+            collator = Collator(part, self.task, fixed=True, seed=self.seed,
+                                origin=self.time_origin)
         sampler = SeriesSampler(len(part), processes, rank, shuffle=train, seed=seed)
         return DataLoader(
             SeriesKeys(len(part)),
@@ -227,6 +238,29 @@ class LatentODEDataModule(L.LightningDataModule):
     def inverse_values(self, values: np.ndarray) -> np.ndarray:
         """Model-space values (scaled) back to data units."""
         return self.scaler.inverse_transform(values) if self.scaler is not None else values
+
+
+def _warn_if_clocks_differ(data: IrregularDataset) -> None:
+    """Series that start further apart than they last were read on one absolute clock (dates,
+    hours since some epoch): with ``time_origin="batch"`` each latent path would start at the
+    batch's earliest time, long before most series' first observation."""
+    if len(data) < 2:
+        return
+    first, last = data.times[data.offsets[:-1]], data.times[data.offsets[1:] - 1]
+    spread = float(np.percentile(first, 90) - np.percentile(first, 10))
+    typical = float(np.median(last - first))
+    if spread > max(typical, 0.0) and spread > 0:
+        unit = data.time_transform
+        scale = unit.scale if unit is not None else 1.0
+        warnings.warn(
+            f"the series start at different times: the middle 80% of first observations spread "
+            f"over {spread * scale:.4g} time units, more than a typical series lasts "
+            f"({typical * scale:.4g}). With time_origin='batch' every latent path starts at the "
+            "batch's earliest time, before most series began. If the times are on one "
+            "absolute clock (dates, admissions on different days), set "
+            "data.time_origin=series (Python: LatentODEDataModule(time_origin='series')).",
+            stacklevel=3,
+        )
 
 
 def _warn_if_nothing_held_out(task: Any, train: IrregularDataset) -> None:

@@ -22,13 +22,14 @@ class TimeTransform:
     """Maps user times to the solver's well-conditioned model times and back.
 
     Numeric times: ``model = (t - offset) / scale``. Datetimes are first turned into a number of
-    ``unit`` since the epoch (e.g. hours), then the same. ``scale`` is 1 when the data span is
-    already moderate (0.01 to 10 units) and the span itself otherwise, so model times live in
-    ``[0, 1]``: large raw time ranges made the research code's solver produce NaNs, and an
-    untrained latent ODE drifts over a long span (48 hours since admission in hours: test MSE
-    ~10x worse after 8 epochs than on ``[0, 1]``, synthetic ICU-like CSV, 2026-12-05). A given
-    ``scale`` (in the same units) replaces that choice, e.g. 48 for 48-hour ICU stays: the model
-    then sees each stay on ``[0, 1]``, as the paper's code does for PhysioNet.
+    ``unit`` since the epoch (e.g. hours), then the same. ``scale`` is 1 when the longest
+    series' span is already moderate (0.01 to 10 units) and that span otherwise, so each
+    series' model times live in at most ``[0, 1]``: large raw time ranges made the research
+    code's solver produce NaNs, and an untrained latent ODE drifts over a long span (48 hours
+    since admission in hours: test MSE ~10x worse after 8 epochs than on ``[0, 1]``, synthetic
+    ICU-like CSV, 2026-12-05). A given ``scale`` (in the same units) replaces that choice, e.g.
+    48 for 48-hour ICU stays: the model then sees each stay on ``[0, 1]``, as the paper's code
+    does for PhysioNet.
     """
 
     kind: str  # "numeric" or "datetime"
@@ -38,9 +39,11 @@ class TimeTransform:
 
     @classmethod
     def fit(cls, raw: np.ndarray | pd.Series, unit: str | None = None,
-            scale: float | None = None) -> TimeTransform:
+            scale: float | None = None, series: np.ndarray | None = None) -> TimeTransform:
         """The transform for times ``raw``: offset at their first, ``scale`` as given or chosen
-        from their span (see the class docstring)."""
+        from their span (see the class docstring). With ``series`` (a series code per time) the
+        span is the longest series' own: series recorded on one absolute clock (admissions on
+        different days) each get up to ``[0, 1]``, not a sliver of the whole calendar."""
         if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)
                                       and scale > 0):
             raise ValueError(f"time_scale must be a positive number of time units (e.g. 48 for "
@@ -50,6 +53,14 @@ class TimeTransform:
         base = cls(kind=kind, offset=0.0, scale=1.0, unit=unit)._to_number(raw)
         lo, hi = float(np.min(base)), float(np.max(base))
         span = hi - lo
+        if series is not None and len(base):
+            codes = np.asarray(series)
+            order = np.argsort(codes, kind="stable")
+            cuts = np.flatnonzero(np.diff(codes[order])) + 1
+            starts = np.concatenate([[0], cuts])
+            sorted_base = base[order]
+            span = float(np.max(np.maximum.reduceat(sorted_base, starts)
+                                - np.minimum.reduceat(sorted_base, starts)))
         if scale is None:
             scale = 1.0 if 0.01 <= span <= 10 or span == 0 else span
         return cls(kind=kind, offset=lo, scale=float(scale), unit=unit)

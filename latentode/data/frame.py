@@ -129,7 +129,8 @@ def from_dataframe(
             f"{_plain(empty[0])!r}); drop them, or check value_cols / the NaN encoding."
         )
     raw_times = wide[time_col].to_numpy()
-    transform = TimeTransform.fit(wide[time_col], unit=time_unit, scale=time_scale)
+    transform = TimeTransform.fit(wide[time_col], unit=time_unit, scale=time_scale,
+                                  series=codes)
     dataset = IrregularDataset(
         ids=list(uniques),
         offsets=offsets,

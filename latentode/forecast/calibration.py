@@ -114,8 +114,9 @@ def calibration_batches(
     ``split`` None: ``"val"`` when the data module's validation split has series, else
     ``"train"``. The batches hold the split's first ``max_series`` series (None: all) in stored
     order, ``datamodule.batch_size`` at a time, with the data module's task masks drawn the fixed,
-    seeded way validation and test draw theirs (``Collator(fixed=True, seed=datamodule.seed)``),
-    so they are the same on every call; for the validation split they are the validation batches.
+    seeded way validation and test draw theirs (``Collator(fixed=True, seed=datamodule.seed)``,
+    on the data module's ``time_origin``), so they are the same on every call; for the
+    validation split they are the validation batches.
     """
     from latentode.data import Collator
 
@@ -126,7 +127,8 @@ def calibration_batches(
         split = "val" if len(splits.get("val", ())) > 0 else "train"
     part = splits[split]
     n = len(part) if max_series is None else min(len(part), int(max_series))
-    collator = Collator(part, datamodule.task, fixed=True, seed=datamodule.seed)
+    collator = Collator(part, datamodule.task, fixed=True, seed=datamodule.seed,
+                        origin=getattr(datamodule, "time_origin", "batch"))
     size = int(datamodule.batch_size)
     return (collator(list(range(s, min(s + size, n)))) for s in range(0, n, size)), split
 

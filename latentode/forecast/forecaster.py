@@ -22,11 +22,13 @@ How predictions are made:
   channel) and answered on its own, so adding or removing other series never changes its
   answer; sampling is seeded per series from ``seed`` and the series id, so the same call gives
   the same frame.
-* The latent state ``z0`` lives at the first time of the encoder's grid. Times **before** a
-  series' first observation are supported: the grid then starts at the earliest requested time
-  (an unobserved point the ODE-RNN encoder evolves back to), exactly as in training, where a
-  batch's grid starts at the earliest time of any of its series. Asking for such a time moves
-  ``z0`` and so changes the answer at the other times slightly. A latent ODE trained with
+* The latent state ``z0`` lives at the series' first observation, as in training with the csv
+  data config's ``time_origin: series`` (each series' path starts at its own first time, so
+  series on one absolute clock are fine). Times **before** a series' first observation are
+  supported: the grid then starts at the earliest requested time (an unobserved point the
+  ODE-RNN encoder evolves back to), as a batch's grid does in training with
+  ``time_origin: batch``. Asking for such a time moves ``z0`` and so changes the answer at the
+  other times slightly. A latent ODE trained with
   ``z0_at="first_target"`` (the paper's hopper presets) places ``z0`` at the first requested
   time instead, as in its training.
 * Any time can be asked for: predictions come from the ODE solution at those times (dense output
@@ -382,9 +384,14 @@ class LatentODEForecaster:
             lo, hi = ds.offsets[i], ds.offsets[i + 1]
             values = ds.values[lo:hi]
             seen = ~np.isnan(values).all(1)
-            hist_t = distinct_in(ds.times[lo:hi][seen], np_dtype)
+            # each series on its own clock from its first time (float64 first): the dynamics
+            # are autonomous, and a series far from the training data's zero keeps its
+            # resolution in float32
+            hist64, want64 = ds.times[lo:hi][seen], spec.time.to_model(raw)
+            zero = min(float(hist64[0]), float(want64.min()))
+            hist_t = distinct_in(hist64 - zero, np_dtype)
             hist_v = spec.to_model_values(values[seen])
-            want = spec.time.to_model(raw).astype(np_dtype)
+            want = (want64 - zero).astype(np_dtype)
             start = min(hist_t[0], want.min())
             if start < hist_t[0]:  # z0 at the earliest requested time (see module docstring)
                 hist_t = np.concatenate([[start], hist_t]).astype(np_dtype)

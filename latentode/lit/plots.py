@@ -72,14 +72,20 @@ def plot_batch(
     scale = np.ones(dims) if scale is None else np.asarray(scale, dtype=np.float64)
     values = values * scale + mean
     paths_np = paths_np * scale + mean
-    t_obs = _to_user_times(time_transform, batch.times.cpu().numpy().astype(np.float64))
-    t_grid = _to_user_times(time_transform, grid.cpu().numpy().astype(np.float64))
+    # rows moved to start at 0 (time_origin="series") go back to their own clock: one time
+    # axis per row then, as series on an absolute clock may lie days apart
+    shift = (np.zeros(values.shape[0]) if batch.origin is None
+             else batch.origin.cpu().numpy().astype(np.float64))
+    model_obs = batch.times.cpu().numpy().astype(np.float64)
+    model_grid = grid.cpu().numpy().astype(np.float64)
+    t_obs = [_to_user_times(time_transform, model_obs + s) for s in shift]
+    t_grid = [_to_user_times(time_transform, model_grid + s) for s in shift]
     obs, enc = batch.mask.cpu().numpy(), batch.encoder_mask.cpu().numpy()
     tgt = batch.target_mask.cpu().numpy()
     n_series, n_ch = values.shape[0], min(dims, max_channels)
     height = 2.4 * n_series + 0.7
     fig, axes = plt.subplots(n_series, n_ch, figsize=(max(8.0, 5.0 * n_ch), height),
-                             squeeze=False, sharex=True)
+                             squeeze=False, sharex=batch.origin is None)
     lo, hi = np.percentile(paths_np, band, axis=0)
     centre = paths_np.mean(0)
     legend: dict[str, Any] = {}
@@ -87,8 +93,9 @@ def plot_batch(
         for d in range(n_ch):
             ax = axes[b, d]
             legend[f"{band[0]:g}-{band[1]:g}% of samples"] = ax.fill_between(
-                t_grid, lo[b, :, d], hi[b, :, d], color="C0", alpha=0.25, lw=0)
-            (legend["mean prediction"],) = ax.plot(t_grid, centre[b, :, d], color="C0", lw=1.5)
+                t_grid[b], lo[b, :, d], hi[b, :, d], color="C0", alpha=0.25, lw=0)
+            (legend["mean prediction"],) = ax.plot(t_grid[b], centre[b, :, d], color="C0",
+                                                   lw=1.5)
             o, e, g = obs[b, :, d], enc[b, :, d], tgt[b, :, d]
             for label, sel, style in (
                 ("observed, not scored", o & ~g, {"s": 8, "color": "0.6"}),
@@ -97,13 +104,17 @@ def plot_batch(
                                         "linewidths": 1.0}),
             ):
                 if sel.any():
-                    legend[label] = ax.scatter(t_obs[sel], values[b, sel, d], **style)
+                    legend[label] = ax.scatter(t_obs[b][sel], values[b, sel, d], **style)
             name = channels[d] if channels else f"channel {d}"
             ax.set_title(f"{titles[b]}: {name}" if titles else name, fontsize=9)
     for ax in axes[-1]:
         ax.set_xlabel("time", fontsize=8)
-    if np.issubdtype(np.asarray(t_grid).dtype, np.datetime64):
-        fig.autofmt_xdate()  # dates on the shared axis: slanted and thinned, not overlapping
+    if n_series and np.issubdtype(np.asarray(t_grid[0]).dtype, np.datetime64):
+        if batch.origin is None:
+            fig.autofmt_xdate()  # dates on the shared axis: slanted and thinned, not overlapping
+        else:  # every row its own dates (autofmt_xdate would hide all but the last row's)
+            for ax in axes.flat:
+                ax.tick_params(axis="x", labelrotation=30, labelsize=7)
     fig.legend(list(legend.values()), list(legend), loc="upper center", ncol=3, fontsize=8,
                frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / height))
@@ -126,7 +137,8 @@ def plot_test_series(
         datamodule.setup("test")
     part = datamodule.splits["test"]
     count = min(n_series, len(part))
-    batch = collate(part, np.arange(count), datamodule.task, np.random.default_rng(seed))
+    batch = collate(part, np.arange(count), datamodule.task, np.random.default_rng(seed),
+                    origin=getattr(datamodule, "time_origin", "batch"))
     device = next(model.parameters()).device
     batch = batch.to(device)
     was_training = model.training
