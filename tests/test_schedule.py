@@ -18,7 +18,8 @@ def test_plan_lists_each_series_own_observations_backwards():
     plan = series_plan(times, seen)
     assert plan.length == 3 and plan.moves == [False, True, True]
     assert plan.updates == [True, True, True]
-    assert plan.dt.T.tolist() == [[0, -3, -2], [0, 0, 0], [0, 0, 0]]
+    # series 1 ends with a move from its only observation (t = 3) back to the batch's t = 0
+    assert plan.dt.T.tolist() == [[0, -3, -2], [0, -3, 0], [0, 0, 0]]
     assert plan.index.T.tolist() == [[4, 2, 0], [3, -1, -1], [-1, -1, -1]]
     assert plan.gap.T.tolist() == [[0, 3, 2], [0, 0, 0], [0, 0, 0]]
 
@@ -27,8 +28,11 @@ def test_plan_lists_each_series_own_observations_backwards():
     assert split.index[:, 0].tolist() == [4, -1, 2, -1, 0]
     assert split.gap[:, 0].tolist() == [0, 0, 3, 0, 2]
     assert split.updates == [True, False, True, False, True]
+    assert split.dt[:, 1].tolist() == [0, -1.5, -1.5, 0, 0]  # the move back, split too
     assert series_plan(times, seen, max_step=3.0).index[:, 0].tolist() == [4, 2, 0]  # exact fit
     assert series_plan(times, seen, max_step=2.5).index[:, 0].tolist() == [4, -1, 2, 0]
+    late = series_plan(times, seen[:, [1, 0, 2, 3, 4]])  # series 0 seen at t = 1, 2, 5
+    assert late.dt[:, 0].tolist() == [0, -3, -1, -1] and late.index[:, 0].tolist() == [4, 2, 1, -1]
 
 
 def _batch(seed: int = 0, batch: int = 5, length: int = 16, dims: int = 3):
@@ -59,9 +63,12 @@ def _pair(kind: str, **kw):
 
 
 def _alone(union, times, values, mask, b: int, max_step: float | None = None):
-    """The union walk of series ``b`` alone over its own observation times (and, with
-    ``max_step``, the points that split its long gaps, where it has no observation)."""
+    """The union walk of series ``b`` alone over the batch's first time and its own observation
+    times (and, with ``max_step``, the points that split its long gaps, where it has no
+    observation): ``z0`` lies at the batch's first time, where the decoder starts."""
     own = mask[b].any(-1).nonzero().flatten()
+    if own[0] != 0:
+        own = torch.cat([own.new_zeros(1), own])  # times[0], unobserved by this series
     t = times[own]
     if max_step is not None:
         points = [t[:1]]
@@ -113,7 +120,8 @@ def test_series_walk_is_shorter_for_unaligned_series():
     seen = torch.zeros(8, 200, dtype=torch.bool)
     for b in range(8):
         seen[b, b::8] = True  # each series sees every 8th point, none in common
-    assert series_plan(times, seen).length == 25  # against 200 steps of the union walk
+    # 25 own points and the move back to the batch's first time, against 200 union steps
+    assert series_plan(times, seen).length == 26
 
 
 def test_gradcheck_series_walk():

@@ -8,8 +8,10 @@ series, and so is the sequential loop. :func:`series_plan` lays out, for every s
 own observation times, backwards from its last: an event is "move by ``dt`` (<= 0), then maybe
 update with the observation at time index ``index``". A gap longer than ``max_step`` is split
 into equal moves no longer than ``max_step`` (the paper code takes extra Euler steps over long
-gaps too). All series walk their event lists side by side; a series that has finished its list
-stands still (``dt = 0``, no update) while the others go on.
+gaps too). Each walk ends with a move from the series' first observation back to the batch's
+first time, where the decoder starts the latent path (``z0``), as the union walk does (the
+same split by ``max_step``). All series walk their event lists side by side; a series that has
+finished its list stands still (``dt = 0``, no update) while the others go on.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def check_max_step(max_step: float | None) -> None:
 
 def series_plan(times: torch.Tensor, seen: torch.Tensor, max_step: float | None = None
                 ) -> SeriesPlan:
-    """The events of each series of ``seen (B, T)`` over ``times (T,)`` (increasing).
+    """The events of each series of ``seen (B, T)`` over ``times (T,)`` (increasing), down to
+    ``times[0]``.
 
     ``max_step``: longest move; a longer gap is split into ``ceil(gap / max_step)`` equal
     moves (None: one move per gap). A series without observations has no events.
@@ -74,6 +77,12 @@ def series_plan(times: torch.Tensor, seen: torch.Tensor, max_step: float | None 
         index[ends] = idx
         gap = np.zeros(dt.size)
         gap[ends[1:]] = gaps
+        lead = t[idx[-1]] - t[0]  # first own observation back to the batch's first time
+        if lead > 0:
+            k = 1 if max_step is None else max(1, int(np.ceil(lead / max_step - 1e-9)))
+            dt = np.concatenate([dt, np.full(k, -lead / k)])
+            index = np.concatenate([index, np.full(k, -1, dtype=np.int64)])
+            gap = np.concatenate([gap, np.zeros(k)])
         rows.append((dt, index, gap))
     length = max((r[0].size for r in rows), default=0)
     dt = np.zeros((length, batch))
