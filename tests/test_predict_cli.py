@@ -168,3 +168,37 @@ def test_train_eval_and_predict_on_a_users_csv(tmp_path, monkeypatch):
                         f"hydra.run.dir={tmp_path}/eval3"], monkeypatch)
     again = json.loads((tmp_path / "eval3" / "test_metrics.json").read_text())["metrics"]
     assert again["test/mse"] == pytest.approx(trained["test/mse"], rel=1e-5)
+
+
+def test_predict_writes_label_probabilities(tmp_path, monkeypatch):
+    """``proba_output=``: each series' label probability beside the forecasts, the same numbers
+    as ``predict_proba``; a model without a classifier is refused before any forecast."""
+    df = _vitals(n_series=10)
+    df["died"] = (df["patient"].str[1:].astype(int) % 2).astype(float)
+    small = {"model.latents": 4, "model.gen_units": 16, "model.encoder.hidden": 8,
+             "model.encoder.z0_units": 16, "model.encoder.ode_units": 16,
+             "data.batch_size": 5, "callbacks.progress_bar.refresh_rate": 0,
+             "trainer.max_epochs": 1}
+    fc = LatentODEForecaster(small).fit(df, id_col="patient", time_col="charttime",
+                                        label_col="died")
+    fc.save(tmp_path / "fc")
+    history = _vitals(seed=1, n_series=3).rename(columns={"patient": "pid"})
+    history.to_csv(tmp_path / "history.csv", index=False)
+    argv = ["latentode-predict", f"model_dir={tmp_path}/fc", f"input={tmp_path}/history.csv",
+            "id_col=pid", f"output={tmp_path}/pred.csv", "horizon=2.0", "n=2",
+            "num_samples=7", f"hydra.run.dir={tmp_path}/predict"]
+    run_main(predict_cli, [*argv, f"proba_output={tmp_path}/risk.csv"], monkeypatch)
+    risk = pd.read_csv(tmp_path / "risk.csv")
+    assert list(risk.columns) == ["pid", "p"] and sorted(risk["pid"]) == ["p0", "p1", "p2"]
+    expected = fc.predict_proba(history.rename(columns={"pid": "patient"}), num_samples=7)
+    np.testing.assert_allclose(risk["p"], expected["p"], rtol=1e-6)
+    assert len(pd.read_csv(tmp_path / "pred.csv")) == 3 * 2 * 2
+
+    LatentODEForecaster(small).fit(df.drop(columns="died"), id_col="patient",
+                                   time_col="charttime").save(tmp_path / "plain")
+    cfg = OmegaConf.load(tmp_path / "predict" / ".hydra" / "config.yaml")
+    cfg.model_dir, cfg.proba_output = str(tmp_path / "plain"), str(tmp_path / "none.csv")
+    cfg.output = str(tmp_path / "never.csv")
+    with pytest.raises(ValueError, match=r"data\.dataset\.label_col= and model\.n_labels="):
+        predict_cli.predict(cfg)
+    assert not (tmp_path / "never.csv").exists()

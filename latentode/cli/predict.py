@@ -18,7 +18,10 @@ quantile, in the data's units; datetimes in, datetimes out. The quantiles are of
 sample paths plus the calibrated observation noise (``noise=calibrated``, the default: fitted to
 held-out residuals of the run's validation split, or stored by ``save``), the model's fixed
 ``obs_std`` (``noise=model``) or none (``noise=none``). Date strings in a CSV's time column
-are read as datetimes when the model was trained on datetimes.
+are read as datetimes when the model was trained on datetimes. ``proba_output=`` also writes
+each series' label probabilities (``LatentODEForecaster.predict_proba``: one row per series, ``p``
+for a binary label, else ``p0, p1, ...``), for a model trained with a label per series
+(``fit(label_col=)``, or ``data.dataset.label_col=`` with ``model.n_labels=``).
 """
 
 from __future__ import annotations
@@ -101,6 +104,10 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
         pd.api.types.is_datetime64_any_dtype(frame[time_col].dtype)
     ):
         frame[time_col] = pd.to_datetime(frame[time_col])
+    proba_path = cfg.get("proba_output")
+    if proba_path is not None:  # before the forecasts: a model without a classifier fails fast
+        proba = forecaster.predict_proba(frame, num_samples=int(cfg.num_samples),
+                                         seed=int(cfg.seed))
     pred = forecaster.predict(
         frame, _plain(cfg.get("times")), horizon=cfg.get("horizon"), freq=cfg.get("freq"),
         n=cfg.get("n"), num_samples=int(cfg.num_samples),
@@ -111,6 +118,10 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     out = Path(str(cfg.output))
     write_frame(pred, out)
     log.info("%d rows (%d series) written to %s", len(pred), pred.iloc[:, 0].nunique(), out)
+    if proba_path is not None:
+        proba = proba.rename(columns={v: k for k, v in renames.items()})
+        write_frame(proba, Path(str(proba_path)))
+        log.info("label probabilities of %d series written to %s", len(proba), proba_path)
     if cfg.get("plot"):
         fig = forecaster.plot(frame, pred.rename(columns=renames),
                               max_series=int(cfg.get("plot_series") or 4))

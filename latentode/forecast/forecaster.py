@@ -456,7 +456,8 @@ class LatentODEForecaster:
         model, spec = self._fitted("predict_proba")
         if getattr(model, "classifier", None) is None or model.label_type != "series":
             raise ValueError("predict_proba needs a model fitted with label_col= (a classifier "
-                             "of one label per series); this one has none.")
+                             "of one label per series; latentode-train: data.dataset.label_col="
+                             " and model.n_labels=); this one has none.")
         ds = spec.dataset(df)
         rows = []
         for i, _raw, logits in self._draw(ds, requested_times(ds, spec.time.kind), num_samples,
