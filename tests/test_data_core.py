@@ -564,6 +564,22 @@ def test_bad_input_raises_with_message(make, kwargs, error, pattern):
         from_dataframe(make(), **kwargs)
 
 
+def test_iso_date_strings_are_read_as_datetimes():
+    """What ``pd.read_csv`` leaves of a datetime column (ISO 8601 text) is read as datetimes, as
+    ``latentode-train data=csv`` reads a file; ambiguous text stays refused."""
+    stamps = pd.Timestamp("2024-03-01") + pd.to_timedelta([0, 5, 1, 2, 9, 30], unit="h")
+    as_dates = from_dataframe(small_frame().assign(time=stamps))
+    text = small_frame().assign(time=stamps.strftime("%Y-%m-%dT%H:%M:%S"))
+    as_text = from_dataframe(text)
+    assert as_text.time_transform == as_dates.time_transform
+    np.testing.assert_array_equal(as_text.times, as_dates.times)
+    assert pd.api.types.is_datetime64_any_dtype(as_text.to_dataframe()["time"].dtype)
+    assert not pd.api.types.is_datetime64_any_dtype(text["time"].dtype)  # user frame kept
+    day_first = small_frame().assign(time=stamps.strftime("%d/%m/%Y %H:%M"))
+    with pytest.raises(ValueError, match=r"column 'time' has dtype .*text values.*to_datetime"):
+        from_dataframe(day_first)
+
+
 def test_error_messages_show_plain_numbers():
     with pytest.raises(ValueError, match=r"\(series 1, time 2\.5\)"):
         from_dataframe(_set(small_frame(), 5, "b", np.inf))

@@ -369,9 +369,18 @@ def test_error_time_type_differs_from_training(fitted, data, dated):
         fitted.predict(stamped)
     with pytest.raises(ValueError, match="trained on numeric times; times must be numbers"):
         fitted.predict(data, times=pd.to_datetime(["2024-01-01"]))
+    with pytest.raises(ValueError, match="trained on numeric times, but df's column 'time' "
+                                         "holds datetime ones"):  # ISO text, read as dates
+        fitted.predict(stamped.assign(time=stamped.time.dt.strftime("%Y-%m-%dT%H:%M:%S")))
     fc, tidy, _ = dated
     with pytest.raises(ValueError, match="trained on datetime times; times must be datetimes"):
         fc.predict(tidy, times=[1.0, 2.0])
+    # ISO text as pd.read_csv leaves it (here with its UTC offset) is read as the datetimes
+    text = tidy.assign(time=tidy.time.map(lambda t: t.isoformat()))
+    got = fc.predict(text, horizon="1D", n=2, num_samples=5)
+    want = fc.predict(tidy, horizon="1D", n=2, num_samples=5)
+    assert (got.time.dt.tz_convert("UTC") == want.time.dt.tz_convert("UTC")).all()
+    pd.testing.assert_frame_equal(got.drop(columns="time"), want.drop(columns="time"))
     # a bare number is no duration (pd.Timedelta(12) would be 12 nanoseconds)
     with pytest.raises(ValueError, match=r"horizon=12 is a bare number, but the times are "
                                          r"datetimes: give a duration with its unit, e\.g\. '12h'"):

@@ -40,10 +40,13 @@ def from_dataframe(
     Args:
         df: one row per (series, time) (wide) or per observation (tidy).
         id_col, time_col: the series id and time stamp columns. Times may be numbers or
-            datetimes (datetimes become ``time_unit``s, default hours, before rescaling).
+            datetimes (datetimes become ``time_unit``s, default hours, before rescaling); text
+            in ISO 8601 (``2024-03-01T14:05``, as ``pd.read_csv`` leaves it) is read as
+            datetimes, other text is refused.
         time_scale: model time = (time - first time) / time_scale, in the times' units (hours for
-            datetimes); e.g. 48 puts 48-hour records on [0, 1]. None: 1 when the times span 0.01
-            to 10 units, else their span. Returned times are always in the user's units.
+            datetimes); e.g. 48 puts 48-hour records on [0, 1]. None: 1 when the longest series
+            spans 0.01 to 10 units, else that span. Returned times are always in the user's
+            units.
         value_cols: channel columns (wide format); None = every numeric column but the others.
         channel_col, value_col: tidy format instead: channel name and value columns.
         static_cols: per-series covariates (must be constant within each series).
@@ -73,6 +76,7 @@ def from_dataframe(
     if df.empty:
         raise ValueError("the DataFrame has no rows.")
     _check_ids(df, id_col)
+    df = _iso_times(df, time_col)
     _check_times(df, id_col, time_col)
 
     if tidy:
@@ -182,6 +186,23 @@ def _check_ids(df: pd.DataFrame, id_col: str) -> None:
             f"{int(missing.sum())} rows have no series id in column {id_col!r} (first: row "
             f"{row!r}); give every row an id."
         )
+
+
+def _iso_times(df: pd.DataFrame, time_col: str) -> pd.DataFrame:
+    """``df`` with a text time column of ISO 8601 dates (``2024-03-01 14:05``, as ``read_csv``
+    leaves them) read as datetimes, as ``latentode-train data=csv`` reads a file; other text is
+    left for :func:`_check_times` to refuse (day-first or month-first dates are ambiguous)."""
+    col = df[time_col]
+    if not (pd.api.types.is_object_dtype(col.dtype) or pd.api.types.is_string_dtype(col.dtype)):
+        return df
+    present = col.dropna()
+    if present.empty or not present.map(lambda v: isinstance(v, str)).all():
+        return df
+    try:
+        parsed = pd.to_datetime(col, format="ISO8601")
+    except (ValueError, TypeError):
+        return df
+    return df.assign(**{time_col: parsed})
 
 
 def _check_times(df: pd.DataFrame, id_col: str, time_col: str) -> None:

@@ -121,6 +121,12 @@ class DataSpec:
             columns = self._value_columns(df, what)
             ds = from_dataframe(df, self.id_col, self.time_col, columns,
                                 time_unit=self.time_unit, empty_channels="ignore")
+        if ds.time_transform.kind != self.time.kind:  # e.g. ISO date strings, read as dates
+            raise ValueError(
+                f"the model was trained on {self.time.kind} times, but {what}'s column "
+                f"{self.time_col!r} holds {ds.time_transform.kind} ones (first: "
+                f"{ds.raw_times[0]!s}); pass the same time units as in training."
+            )
         return replace(ds, times=self.time.to_model(ds.raw_times), time_transform=self.time)
 
     def _check_time_kind(self, df: pd.DataFrame, what: str) -> None:
