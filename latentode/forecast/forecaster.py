@@ -258,7 +258,14 @@ class LatentODEForecaster:
         apply_overrides(cfg, list(overrides or []))
         with open_dict(cfg):
             cfg.paths.output_dir = str(config_path.parent.parent)  # the run dir
-        datamodule = build_run_datamodule(cfg, config_path)
+        # the run's own data, rebuilt for its transforms: what it warns about (duplicates,
+        # covariates...) was said at training time and is not about the frames to predict
+        with warnings.catch_warnings(record=True) as repeated:
+            warnings.simplefilter("always")
+            datamodule = build_run_datamodule(cfg, config_path)
+        if repeated:
+            log.info("rebuilding the run's training data repeated %d warning(s) from training "
+                     "(see its train.log), e.g.: %s", len(repeated), repeated[0].message)
         model = build_model(cfg, datamodule)
         state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()
