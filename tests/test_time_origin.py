@@ -173,9 +173,12 @@ def test_plots_put_each_series_on_its_own_dates():
     paths = torch.zeros(2, 3, 20, ds.n_channels)
     fig = plot_batch(batch, grid, paths, time_transform=ds.time_transform,
                      channels=ds.channels)
+    second = np.timedelta64(1, "s")
     for row in range(3):
-        first = ds.raw_times[ds.offsets[row]]
+        first = np.datetime64(ds.raw_times[ds.offsets[row]], "ns")
+        last = np.datetime64(ds.raw_times[ds.offsets[row + 1] - 1], "ns")
         lines = fig.axes[row * ds.n_channels].get_lines()
         x = np.asarray(lines[0].get_xdata()).astype("datetime64[ns]")
-        assert abs(x[0] - np.datetime64(first, "ns")) < np.timedelta64(1, "s"), row
+        assert abs(x[0] - first) < second, row
+        assert x[-1] <= last + second, row  # the curve stops at the series' own end
     matplotlib.pyplot.close(fig)

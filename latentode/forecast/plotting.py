@@ -98,7 +98,7 @@ def plot_forecast(
             if r == len(axes) - 1:  # the bottom row names the shared axis
                 ax.set_xlabel(str(spec.time_col), fontsize=8)
             if spec.time.kind == "datetime":
-                locator = AutoDateLocator(tz=tz)
+                locator = AutoDateLocator(tz=tz, maxticks=6)  # readable in narrow axes
                 ax.xaxis.set_major_locator(locator)
                 ax.xaxis.set_major_formatter(ConciseDateFormatter(locator, tz=tz))
     fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=len(handles),

@@ -63,7 +63,8 @@ def plot_batch(
 
     Observations are grey points, the ones the encoder saw are ringed, the target points the
     model was scored on are filled; the line is the mean over posterior samples and the band
-    spans the ``band`` percentiles of the samples.
+    spans the ``band`` percentiles of the samples (the paths' spread, without observation
+    noise), both over the series' own first to last observation.
     """
     values = batch.values.cpu().numpy().astype(np.float64)
     paths_np = paths.cpu().numpy().astype(np.float64)
@@ -90,11 +91,16 @@ def plot_batch(
     centre = paths_np.mean(0)
     legend: dict[str, Any] = {}
     for b in range(n_series):
+        # each series' curves over its own span, not over the longest series of the batch
+        own = obs[b].any(-1)
+        span = (slice(None) if not own.any() else
+                (model_grid >= model_obs[own].min()) & (model_grid <= model_obs[own].max()))
+        t_row = np.asarray(t_grid[b])[span]
         for d in range(n_ch):
             ax = axes[b, d]
             legend[f"{band[0]:g}-{band[1]:g}% of samples"] = ax.fill_between(
-                t_grid[b], lo[b, :, d], hi[b, :, d], color="C0", alpha=0.25, lw=0)
-            (legend["mean prediction"],) = ax.plot(t_grid[b], centre[b, :, d], color="C0",
+                t_row, lo[b, span, d], hi[b, span, d], color="C0", alpha=0.25, lw=0)
+            (legend["mean prediction"],) = ax.plot(t_row, centre[b, span, d], color="C0",
                                                    lw=1.5)
             o, e, g = obs[b, :, d], enc[b, :, d], tgt[b, :, d]
             for label, sel, style in (
