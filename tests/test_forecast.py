@@ -335,6 +335,22 @@ def test_plot_writes_png(dated, tmp_path):
 
 
 # ------------------------------------------------------------------------------------- errors
+def test_forecaster_trains_with_the_series_walk_it_predicts_with():
+    """Prediction answers each series alone, which is the encoder's per-series walk: training
+    uses it too (faster on unaligned series), unless the overrides choose the walk or model."""
+    from latentode.forecast.config import compose_train_config, override_list
+
+    def schedule(overrides):
+        cfg = compose_train_config(override_list(overrides))
+        return cfg.model.get("encoder", {}).get("schedule")
+
+    assert schedule({}) == "series"
+    assert schedule({"model.encoder.hidden": 8}) == "series"  # sizes do not matter
+    assert schedule({"model.encoder.schedule": "union"}) == "union"
+    assert schedule(["model/encoder=rnn"]) == "union"
+    assert schedule(["model=gru_dt"]) is None
+
+
 def test_errors_before_fit():
     fc = LatentODEForecaster({"trainer.max_epochs": 1})
     frame = make_frame(n_series=2, n_points=5)
