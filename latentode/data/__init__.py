@@ -12,6 +12,7 @@ from .frame import from_dataframe
 from .scaling import ChannelScaler
 from .splits import split_indices
 from .tasks import Extrapolation, Interpolation
+from .windows import split_windows
 
 __all__ = [
     "Batch",
@@ -26,6 +27,7 @@ __all__ = [
     "from_dataframe",
     "load_dataset",
     "split_indices",
+    "split_windows",
 ]
 
 

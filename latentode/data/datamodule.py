@@ -18,6 +18,7 @@ from .dataset import IrregularDataset
 from .scaling import ChannelScaler, check_representable
 from .splits import split_indices
 from .tasks import Interpolation
+from .windows import split_windows
 
 
 class SeriesKeys(Dataset):
@@ -102,6 +103,11 @@ class LatentODEDataModule(L.LightningDataModule):
             ``"series"``, each series' own first observation (series on one absolute clock:
             see :mod:`latentode.data.batch`). With ``"batch"``, series whose starts lie further
             apart than they are long get a warning.
+        window, window_stride: cut every series of every split into windows of ``window``
+            every ``window_stride`` (default: back to back), in the data's time units (for
+            datetimes a duration, ``"24h"``), each window a series of its own
+            (:mod:`latentode.data.windows`); the split is made first, so a series' windows stay
+            in one split. Long series of many cycles train far better in windows.
         train_seed: seed of the training order and masks, combined with the epoch. None: the
             run's seed when a trainer runs the loaders (``PL_GLOBAL_SEED``, which
             ``seed_everything`` sets, as Lightning's own samplers do), else a number drawn from
@@ -129,12 +135,17 @@ class LatentODEDataModule(L.LightningDataModule):
         seed: int = 0,
         train_seed: int | None = None,
         time_origin: str = "batch",
+        window: Any = None,
+        window_stride: Any = None,
     ):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         check_origin(time_origin)
         self.time_origin = time_origin
+        if window is None and window_stride is not None:
+            raise ValueError("window_stride needs a window (data.window=...).")
+        self.window, self.window_stride = window, window_stride
         self._source = dataset
         self.task = task
         self.batch_size = batch_size
@@ -171,6 +182,9 @@ class LatentODEDataModule(L.LightningDataModule):
             index = {"train": train, "val": val, "test": test}
         self.split_index = index
         raw = {name: data.subset(idx) for name, idx in index.items()}
+        if self.window is not None:  # after the split: a series' windows stay together
+            raw = {name: split_windows(part, self.window, self.window_stride) if len(part)
+                   else part for name, part in raw.items()}
         if self.scale:
             self.scaler = ChannelScaler().fit(raw["train"])
             raw = {name: self.scaler.apply(part) for name, part in raw.items()}

@@ -62,6 +62,7 @@ import tempfile
 import warnings
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ from torch import nn
 
 from latentode.data import IrregularDataset, from_dataframe
 from latentode.data.batch import distinct_in
+from latentode.data.windows import window_in_model_units
 
 from .calibration import NoiseCalibration, calibrate_noise, calibration_batches, model_obs_std
 from .config import compose_train_config, override_list, prune_callbacks
@@ -188,6 +190,9 @@ class LatentODEForecaster:
             channel_col=channel_col, value_col=value_col, time_unit=time_unit,
             train_span=longest_span(train),
         )
+        if cfg.data.get("window") is not None:  # trained on windows: that is how far it saw
+            spec = replace(spec, train_span=min(spec.train_span, window_in_model_units(
+                spec.time, cfg.data.window)))
         data, split = train, ["train"] * len(train)
         if val_df is not None:
             val = spec.dataset(val_df, "val_df")
@@ -389,10 +394,17 @@ class LatentODEForecaster:
         np_dtype = np.float64 if dtype == torch.float64 else np.float32
         model.eval()
         from_target = getattr(model, "z0_at", "start") == "first_target"
+        window = self._history_window()
         for i, raw in requests:
             lo, hi = ds.offsets[i], ds.offsets[i + 1]
             values = ds.values[lo:hi]
             seen = ~np.isnan(values).all(1)
+            if window is not None and seen.any():  # trained on windows: the last one before
+                want_lo = float(np.min(spec.time.to_model(raw)))  # the asked times conditions
+                t = ds.times[lo:hi]
+                start = min(want_lo, float(t[seen][-1])) - window
+                if (seen & (t >= start)).any():
+                    seen &= t >= start
             # each series on its own clock from its first time (float64 first): the dynamics
             # are autonomous, and a series far from the training data's zero keeps its
             # resolution in float32
@@ -428,6 +440,14 @@ class LatentODEForecaster:
                     paths + std * jitter[:, where].double().numpy())
                 noisy = spec.to_user_values(noisy)
             yield i, raw, spec.to_user_values(paths), noisy
+
+    def _history_window(self) -> float | None:
+        """The training windows' span in model units (``data.window``), or None."""
+        data = (self.cfg or {}).get("data") or {}
+        value = data.get("window") if hasattr(data, "get") else None
+        if value is None or self.spec is None:
+            return None
+        return window_in_model_units(self.spec.time, value)
 
     def _long(self, ds: IrregularDataset, i: int, raw: Times, columns: dict[str, np.ndarray],
               repeat: int = 1) -> pd.DataFrame:

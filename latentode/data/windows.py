@@ -1,0 +1,124 @@
+"""Cut long series into windows: each window becomes a series of its own.
+
+A latent ODE learns from ``z0`` at a series' start; over a long series of many cycles (days of
+a sensor's daily temperature) training stalls at a flat mean, while the same data cut into
+one-day windows is learnt in a minute (test MSE 0.36 against 0.014, README: Results). The paper
+does the same: 100-step windows of hopper trajectories, one-year windows of a CO2 record.
+
+Window ``k`` of a series covers ``[t0 + k * stride, t0 + k * stride + length)`` with ``t0`` the
+series' first time; windows overlap when ``stride < length``. Windows with fewer than
+``min_points`` time points are dropped, with a warning that counts them. Ids are
+``"<id>#<k>"``; per-series covariates and labels are copied to every window of their series.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .dataset import IrregularDataset, TimeTransform
+
+
+def window_in_model_units(transform: TimeTransform, value: Any, what: str = "window") -> float:
+    """A window length or stride in the data's units (a number; for datetimes a duration such
+    as ``"24h"``, ``"7D"`` or a ``pd.Timedelta``) in model time units."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be a time span, got {value!r}.")
+    if transform.kind == "datetime":
+        if isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(
+                f"{what}={value!r} is a bare number, but the times are datetimes: give a "
+                f"duration with its unit, e.g. '{value}h' or '{value}D'."
+            )
+        try:
+            span = pd.Timedelta(value)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{what}={value!r} is not a duration (e.g. '24h', '7D').") from err
+        number = span / pd.Timedelta(1, unit=transform.unit or "h")
+    else:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError as err:
+                raise ValueError(f"{what}={value!r} must be a number in the data's time "
+                                 "units (the times are numbers).") from err
+        number = float(value)
+    if not np.isfinite(number) or number <= 0:
+        raise ValueError(f"{what} must be a positive time span, got {value!r}.")
+    return number / transform.scale
+
+
+def split_windows(
+    ds: IrregularDataset, length: Any, stride: Any = None, min_points: int = 2
+) -> IrregularDataset:
+    """``ds`` with every series cut into windows of ``length`` every ``stride`` (default
+    ``length``: back to back), both in the data's time units; see the module docstring."""
+    if int(min_points) != min_points or min_points < 1:
+        raise ValueError(f"min_points must be a positive integer, got {min_points!r}.")
+    width = window_in_model_units(ds.time_transform, length, "window")
+    step = width if stride is None else window_in_model_units(ds.time_transform, stride,
+                                                               "window_stride")
+    lengths = ds.lengths
+    series = np.repeat(np.arange(len(ds)), lengths)
+    start = ds.times[ds.offsets[:-1]][series]
+    rel = ds.times - start
+    # window k holds rel in [k * step, k * step + width): every k with k * step <= rel < ...
+    last_k = np.floor(rel / step).astype(np.int64)
+    first_k = np.maximum(0, np.floor((rel - width) / step).astype(np.int64) + 1)
+    # where rounding puts a point on a window's far edge, it belongs to the next one only
+    first_k = np.where(first_k * step + width <= rel, first_k + 1, first_k)
+    last_k = np.where(last_k * step > rel, last_k - 1, last_k)
+    counts = last_k - first_k + 1
+    point = np.repeat(np.arange(len(rel)), counts)
+    k = np.repeat(first_k, counts) + (np.arange(counts.sum()) - np.repeat(
+        np.cumsum(counts) - counts, counts))
+    owner = series[point]
+    order = np.lexsort((point, k, owner))  # series, then window, then time
+    point, k, owner = point[order], k[order], owner[order]
+    key = np.stack([owner, k], 1)
+    new = np.concatenate([[True], (key[1:] != key[:-1]).any(1)]) if len(key) else np.zeros(
+        0, dtype=bool)
+    starts = np.flatnonzero(new)
+    sizes = np.diff(np.append(starts, len(point)))
+    keep = sizes >= min_points
+    if not keep.all():
+        warnings.warn(
+            f"{int((~keep).sum())} window(s) of {length!r} with fewer than {min_points} time "
+            f"points were dropped ({int(sizes[~keep].sum())} of {len(rel)} points; a window "
+            "that short has nothing to learn from). A longer window or window_stride keeps "
+            "them.",
+            stacklevel=2,
+        )
+    keep_points = np.repeat(keep, sizes)
+    point, k, owner = point[keep_points], k[keep_points], owner[keep_points]
+    starts, sizes = starts[keep], sizes[keep]
+    if not len(sizes):
+        raise ValueError(
+            f"no window of {length!r} holds {min_points} time points: the series are shorter "
+            "or sparser than that; use a longer window (or none)."
+        )
+    heads = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    win_owner, win_k = owner[heads], k[heads]
+    labels = ds.labels
+    if labels is not None:
+        labels = labels[win_owner] if ds.label_kind == "series" else labels[point]
+    return replace(
+        ds,
+        ids=[f"{ds.ids[s]}#{w}" for s, w in zip(win_owner.tolist(), win_k.tolist(),
+                                                 strict=True)],
+        offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        times=ds.times[point],
+        raw_times=ds.raw_times[point],
+        values=ds.values[point].copy(),
+        static=None if ds.static is None else ds.static[win_owner],
+        labels=labels,
+        id_dtype=None,
+        split=None if ds.split is None else ds.split[win_owner],
+    )
+
+
+__all__ = ["split_windows", "window_in_model_units"]

@@ -1,0 +1,100 @@
+"""Windows: long series cut into windows, each a series of its own (``split_windows``), in the
+data module (after the split) and in the forecaster (conditioned on the last window)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from latentode import LatentODEForecaster
+from latentode.data import LatentODEDataModule, from_dataframe, split_windows
+
+
+def frame() -> pd.DataFrame:
+    return pd.DataFrame({
+        "series_id": ["a"] * 6 + ["b"] * 3,
+        "time": [0.0, 0.5, 1.0, 1.5, 2.0, 3.1, 10.0, 10.2, 12.0],
+        "x": np.arange(9.0),
+        "age": [50.0] * 6 + [70.0] * 3,
+    })
+
+
+def test_windows_hold_exactly_the_points_in_their_span():
+    ds = from_dataframe(frame(), static_cols=["age"])
+    back_to_back = split_windows(ds, 1.0, min_points=1)
+    assert back_to_back.ids == ["a#0", "a#1", "a#2", "a#3", "b#0", "b#2"]
+    assert back_to_back.offsets.tolist() == [0, 2, 4, 5, 6, 8, 9]
+    np.testing.assert_array_equal(back_to_back.raw_times, ds.raw_times)  # nothing lost
+    np.testing.assert_array_equal(back_to_back.values, ds.values)
+    assert back_to_back.static[:, 0].tolist() == [50, 50, 50, 50, 70, 70]
+    overlapping = split_windows(ds, 2.0, stride=1.0, min_points=1)
+    spans = {i: overlapping.raw_times[lo:hi].tolist() for i, lo, hi in zip(
+        overlapping.ids, overlapping.offsets[:-1], overlapping.offsets[1:], strict=True)}
+    assert spans == {"a#0": [0, 0.5, 1, 1.5], "a#1": [1, 1.5, 2], "a#2": [2, 3.1],
+                     "a#3": [3.1], "b#0": [10, 10.2], "b#1": [12], "b#2": [12]}
+    # model times stay on the data's clock; to_dataframe names each window
+    np.testing.assert_array_equal(overlapping.times[:4], ds.times[:4])
+    assert set(overlapping.to_dataframe()["series_id"]) == set(spans)
+
+
+def test_short_windows_are_dropped_with_a_count():
+    ds = from_dataframe(frame())
+    with pytest.warns(UserWarning, match=r"3 window\(s\) of 1\.0 with fewer than 2 time points "
+                                         r"were dropped \(3 of 9 points"):
+        kept = split_windows(ds, 1.0)
+    assert kept.ids == ["a#0", "a#1", "b#0"]
+    with pytest.raises(ValueError, match=r"no window of 0\.1 holds 2 time points"):
+        split_windows(ds, 0.1)
+
+
+def test_datetime_windows_take_durations():
+    df = frame().assign(time=pd.Timestamp("2025-03-01") + pd.to_timedelta(frame().time, "h"))
+    ds = from_dataframe(df)
+    assert split_windows(ds, "1h", min_points=1).ids == ["a#0", "a#1", "a#2", "a#3", "b#0",
+                                                         "b#2"]
+    assert split_windows(ds, pd.Timedelta(minutes=60), min_points=1).offsets.tolist() == [
+        0, 2, 4, 5, 6, 8, 9]
+    with pytest.raises(ValueError, match=r"window=24 is a bare number, but the times are "
+                                         r"datetimes: give a duration with its unit"):
+        split_windows(ds, 24)
+    with pytest.raises(ValueError, match="window must be a positive time span"):
+        split_windows(from_dataframe(frame()), -1.0)
+
+
+def test_datamodule_splits_series_before_windowing():
+    rng = np.random.default_rng(0)
+    rows = [(f"s{s}", t, np.sin(t) + rng.normal(0, 0.1)) for s in range(20)
+            for t in np.sort(rng.uniform(0, 10, 40))]
+    ds = from_dataframe(pd.DataFrame(rows, columns=["series_id", "time", "x"]))
+    dm = LatentODEDataModule(ds, batch_size=4, window=2.5, time_origin="series")
+    dm.setup()
+    owners = {name: {i.split("#")[0] for i in part.ids} for name, part in dm.splits.items()}
+    assert owners["train"].isdisjoint(owners["val"] | owners["test"])
+    assert owners["val"].isdisjoint(owners["test"])
+    assert len(dm.splits["train"]) > len(dm.split_index["train"])  # several windows each
+    spans = [np.ptp(dm.splits["train"].times[lo:hi]) for lo, hi in zip(
+        dm.splits["train"].offsets[:-1], dm.splits["train"].offsets[1:], strict=True)]
+    assert max(spans) < 2.5
+    assert float(next(iter(dm.train_dataloader())).times[-1]) < 2.5
+    with pytest.raises(ValueError, match="window_stride needs a window"):
+        LatentODEDataModule(ds, window_stride=1.0)
+
+
+def test_forecaster_trained_on_windows_conditions_on_the_last_window():
+    rng = np.random.default_rng(1)
+    rows = [(f"s{s}", t, np.sin(t + s) + rng.normal(0, 0.05)) for s in range(12)
+            for t in np.sort(rng.uniform(0, 12, 60))]
+    df = pd.DataFrame(rows, columns=["series_id", "time", "x"])
+    torch.set_num_threads(1)
+    fc = LatentODEForecaster({"data.window": 3.0, "model.latents": 4, "model.gen_units": 16,
+                              "model.encoder.hidden": 8, "model.encoder.z0_units": 16,
+                              "data.batch_size": 8, "trainer.max_epochs": 1,
+                              "callbacks.progress_bar.refresh_rate": 0}).fit(df)
+    assert fc.spec.train_span <= 3.0
+    part = df[df.series_id.isin(["s0", "s1"])]
+    last = part.groupby("series_id").time.transform("max")
+    recent = part[part.time >= last - 3.0]
+    whole = fc.predict(part, horizon=1.0, n=2, num_samples=5)
+    pd.testing.assert_frame_equal(whole, fc.predict(recent, horizon=1.0, n=2, num_samples=5))
