@@ -78,6 +78,8 @@ def test_datamodule_splits_series_before_windowing():
         dm.splits["train"].offsets[:-1], dm.splits["train"].offsets[1:], strict=True)]
     assert max(spans) < 2.5
     assert float(next(iter(dm.train_dataloader())).times[-1]) < 2.5
+    with pytest.warns(UserWarning, match="data.time_origin=series"):  # windows: own starts
+        LatentODEDataModule(ds, batch_size=4, window=2.5).setup()
     with pytest.raises(ValueError, match="window_stride needs a window"):
         LatentODEDataModule(ds, window_stride=1.0)
 

@@ -191,8 +191,8 @@ class LatentODEDataModule(L.LightningDataModule):
         for name, part in raw.items():
             check_representable(part, f"{name} split" + (", standardised" if self.scale else ""))
         _warn_if_nothing_held_out(self.task, raw["train"])
-        if self.time_origin == "batch":
-            _warn_if_clocks_differ(data)
+        if self.time_origin == "batch":  # windows of one series start at different times
+            _warn_if_clocks_differ(data if self.window is None else raw["train"])
         self.splits = raw
 
     def _processes(self) -> tuple[int, int]:
