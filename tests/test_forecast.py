@@ -397,6 +397,10 @@ def test_error_time_type_differs_from_training(fitted, data, dated):
     want = fc.predict(tidy, horizon="1D", n=2, num_samples=5)
     assert (got.time.dt.tz_convert("UTC") == want.time.dt.tz_convert("UTC")).all()
     pd.testing.assert_frame_equal(got.drop(columns="time"), want.drop(columns="time"))
+    # impute returns the text frame filled (its merge keys read as the predictions' datetimes)
+    filled = fc.impute(text, num_samples=5)
+    assert filled["time"].equals(text["time"]) and filled["val"].notna().all()
+    np.testing.assert_allclose(filled["val"], fc.impute(tidy, num_samples=5)["val"])
     # a bare number is no duration (pd.Timedelta(12) would be 12 nanoseconds)
     with pytest.raises(ValueError, match=r"horizon=12 is a bare number, but the times are "
                                          r"datetimes: give a duration with its unit, e\.g\. '12h'"):

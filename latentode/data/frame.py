@@ -76,7 +76,7 @@ def from_dataframe(
     if df.empty:
         raise ValueError("the DataFrame has no rows.")
     _check_ids(df, id_col)
-    df = _iso_times(df, time_col)
+    df = iso_times(df, time_col)
     _check_times(df, id_col, time_col)
 
     if tidy:
@@ -188,7 +188,7 @@ def _check_ids(df: pd.DataFrame, id_col: str) -> None:
         )
 
 
-def _iso_times(df: pd.DataFrame, time_col: str) -> pd.DataFrame:
+def iso_times(df: pd.DataFrame, time_col: str) -> pd.DataFrame:
     """``df`` with a text time column of ISO 8601 dates (``2024-03-01 14:05``, as ``read_csv``
     leaves them) read as datetimes, as ``latentode-train data=csv`` reads a file; other text is
     left for :func:`_check_times` to refuse (day-first or month-first dates are ambiguous)."""

@@ -74,6 +74,7 @@ from torch import nn
 
 from latentode.data import IrregularDataset, from_dataframe
 from latentode.data.batch import distinct_in
+from latentode.data.frame import iso_times
 from latentode.data.windows import window_in_model_units
 
 from .calibration import NoiseCalibration, calibrate_noise, calibration_batches, model_obs_std
@@ -615,11 +616,13 @@ class LatentODEForecaster:
         assert spec is not None
         keys = [spec.id_col, spec.time_col]
         out = df.copy()
+        # the times as the predictions hold them (ISO text read as datetimes, as in predict)
+        df = iso_times(df[[*keys, *([spec.channel_col] if spec.tidy else [])]], spec.time_col)
         if spec.tidy:
             looked = df[[*keys, spec.channel_col]].astype({spec.channel_col: str}).merge(
                 pred, how="left", on=[*keys, spec.channel_col])
-            missing = df[spec.value_col].isna().to_numpy()
-            out[spec.value_col] = _filled(df[spec.value_col], missing, looked["mean"])
+            missing = out[spec.value_col].isna().to_numpy()
+            out[spec.value_col] = _filled(out[spec.value_col], missing, looked["mean"])
             for q in qs:
                 name = quantile_name(q)
                 out[name] = np.where(missing, looked[name].to_numpy(), np.nan)
@@ -628,11 +631,11 @@ class LatentODEForecaster:
             quantile_name, qs)], sort=False, dropna=False)
         looked = df[keys].merge(wide.set_axis(
             [f"{a}\0{b}" for a, b in wide.columns], axis=1).reset_index(), how="left", on=keys)
-        by_name = {str(c): c for c in df.columns}
+        by_name = {str(c): c for c in out.columns}
         for name in spec.channels:
             col = by_name[name]
-            missing = df[col].isna().to_numpy()
-            out[col] = _filled(df[col], missing, looked[f"mean\0{name}"])
+            missing = out[col].isna().to_numpy()
+            out[col] = _filled(out[col], missing, looked[f"mean\0{name}"])
             for q in qs:
                 out[f"{name}_{quantile_name(q)}"] = np.where(
                     missing, looked[f"{quantile_name(q)}\0{name}"].to_numpy(), np.nan)
