@@ -59,6 +59,10 @@ def test_datetime_windows_take_durations():
     with pytest.raises(ValueError, match=r"window=24 is a bare number, but the times are "
                                          r"datetimes: give a duration with its unit"):
         split_windows(ds, 24)
+    with pytest.raises(ValueError, match="must be a number in the data's time units"):
+        split_windows(from_dataframe(frame()), pd.Timedelta("1h"))
+    with pytest.warns(UserWarning, match="longer than window=1.0: the points between windows"):
+        split_windows(from_dataframe(frame()), 1.0, stride=2.0, min_points=1)
     with pytest.raises(ValueError, match="window must be a positive time span"):
         split_windows(from_dataframe(frame()), -1.0)
 
@@ -95,8 +99,45 @@ def test_forecaster_trained_on_windows_conditions_on_the_last_window():
                               "data.batch_size": 8, "trainer.max_epochs": 1,
                               "callbacks.progress_bar.refresh_rate": 0}).fit(df)
     assert fc.spec.train_span <= 3.0
+    assert fc.spec.time.scale == 1.0  # a window of 3 units needs no rescaling
     part = df[df.series_id.isin(["s0", "s1"])]
     last = part.groupby("series_id").time.transform("max")
     recent = part[part.time >= last - 3.0]
     whole = fc.predict(part, horizon=1.0, n=2, num_samples=5)
     pd.testing.assert_frame_equal(whole, fc.predict(recent, horizon=1.0, n=2, num_samples=5))
+    # times inside the history: conditioned on the training-style window they fall in
+    s0 = part[part.series_id == "s0"]
+    t0 = s0.time.min()
+    asked = {"s0": [t0 + 4.0, t0 + 5.0]}
+    inside = (s0.time >= t0 + 3.0) & (s0.time < t0 + 6.0)
+    base = fc.predict(s0, times=asked, num_samples=5)
+    moved_out = s0.assign(x=np.where(inside | (s0.time == t0), s0.x, s0.x + 10.0))
+    pd.testing.assert_frame_equal(base, fc.predict(moved_out, times=asked, num_samples=5))
+    moved_in = s0.assign(x=np.where(inside, s0.x + 10.0, s0.x))
+    assert not np.allclose(base["mean"], fc.predict(moved_in, times=asked, num_samples=5)["mean"])
+    risk_input = fc.impute(s0.assign(x=np.where(inside, np.nan, s0.x)), num_samples=5)
+    assert risk_input["x"].notna().all()  # a window with no observation borrows its neighbours
+
+
+def test_the_automatic_time_unit_is_chosen_for_the_window():
+    """5-day series in 24 h windows: a day is the model's unit (not 5 days, which left each
+    window 0.2 units long); a time_scale the user gave is kept."""
+    rng = np.random.default_rng(2)
+    rows = [(f"s{s}", pd.Timestamp("2025-01-01") + pd.Timedelta(hours=float(h)), np.sin(h))
+            for s in range(10) for h in np.sort(rng.uniform(0, 120, 50))]
+    df = pd.DataFrame(rows, columns=["series_id", "time", "x"])
+    auto = from_dataframe(df)
+    assert auto.time_transform.auto and auto.time_transform.scale > 100
+    dm = LatentODEDataModule(auto, batch_size=4, window="24h", time_origin="series")
+    dm.setup()
+    assert dm.dataset.time_transform.scale == 24.0 and not dm.dataset.time_transform.auto
+    spans = np.maximum.reduceat(dm.splits["train"].times, dm.splits["train"].offsets[:-1]) - \
+        np.minimum.reduceat(dm.splits["train"].times, dm.splits["train"].offsets[:-1])
+    assert 0.5 < spans.max() < 1.0
+    np.testing.assert_allclose(dm.dataset.time_transform.to_user(dm.dataset.times).astype(
+        "datetime64[ns]").astype(np.int64), auto.raw_times.astype("datetime64[ns]").astype(
+        np.int64), atol=1e3)  # the same instants, to the microsecond
+    given = from_dataframe(df, time_scale=48)
+    dm = LatentODEDataModule(given, batch_size=4, window="24h", time_origin="series")
+    dm.setup()
+    assert dm.dataset.time_transform.scale == 48.0

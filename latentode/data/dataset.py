@@ -36,6 +36,12 @@ class TimeTransform:
     offset: float
     scale: float
     unit: str | None = None  # pandas unit for datetimes ("h", "D", "s", ...)
+    auto: bool = False  # the scale was chosen from the data (no time_scale given)
+
+    @staticmethod
+    def automatic_scale(span: float) -> float:
+        """The scale chosen for a longest span of ``span`` units (see the class docstring)."""
+        return 1.0 if 0.01 <= span <= 10 or span == 0 else float(span)
 
     @classmethod
     def fit(cls, raw: np.ndarray | pd.Series, unit: str | None = None,
@@ -61,9 +67,10 @@ class TimeTransform:
             sorted_base = base[order]
             span = float(np.max(np.maximum.reduceat(sorted_base, starts)
                                 - np.minimum.reduceat(sorted_base, starts)))
+        auto = scale is None
         if scale is None:
-            scale = 1.0 if 0.01 <= span <= 10 or span == 0 else span
-        return cls(kind=kind, offset=lo, scale=float(scale), unit=unit)
+            scale = cls.automatic_scale(span)
+        return cls(kind=kind, offset=lo, scale=float(scale), unit=unit, auto=auto)
 
     def _to_number(self, raw: Any) -> np.ndarray:
         if self.kind == "datetime":
@@ -202,6 +209,13 @@ class IrregularDataset:
             labels=labels,
             split=None if self.split is None else self.split[indices],
         )
+
+    def with_time_scale(self, scale: float) -> IrregularDataset:
+        """The same series with model times in units of ``scale`` data time units."""
+        old = self.time_transform
+        transform = replace(old, scale=float(scale), auto=False)
+        return replace(self, times=self.times * (old.scale / transform.scale),
+                       time_transform=transform)
 
     def with_values(self, values: np.ndarray) -> IrregularDataset:
         """The same series with other values (e.g. scaled), NaN pattern unchanged."""

@@ -40,13 +40,11 @@ def window_in_model_units(transform: TimeTransform, value: Any, what: str = "win
             raise ValueError(f"{what}={value!r} is not a duration (e.g. '24h', '7D').") from err
         number = span / pd.Timedelta(1, unit=transform.unit or "h")
     else:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError as err:
-                raise ValueError(f"{what}={value!r} must be a number in the data's time "
-                                 "units (the times are numbers).") from err
-        number = float(value)
+        try:
+            number = float(value)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{what}={value!r} must be a number in the data's time units "
+                             "(the times are numbers, not datetimes).") from err
     if not np.isfinite(number) or number <= 0:
         raise ValueError(f"{what} must be a positive time span, got {value!r}.")
     return number / transform.scale
@@ -62,6 +60,13 @@ def split_windows(
     width = window_in_model_units(ds.time_transform, length, "window")
     step = width if stride is None else window_in_model_units(ds.time_transform, stride,
                                                                "window_stride")
+    if step > width * (1 + 1e-12):
+        warnings.warn(
+            f"window_stride={stride!r} is longer than window={length!r}: the points between "
+            "windows belong to none and are left out of training. A stride up to the window "
+            "keeps every point.",
+            stacklevel=2,
+        )
     lengths = ds.lengths
     series = np.repeat(np.arange(len(ds)), lengths)
     start = ds.times[ds.offsets[:-1]][series]
@@ -89,8 +94,7 @@ def split_windows(
         warnings.warn(
             f"{int((~keep).sum())} window(s) of {length!r} with fewer than {min_points} time "
             f"points were dropped ({int(sizes[~keep].sum())} of {len(rel)} points; a window "
-            "that short has nothing to learn from). A longer window or window_stride keeps "
-            "them.",
+            "that short has nothing to learn from). A longer window keeps them.",
             stacklevel=2,
         )
     keep_points = np.repeat(keep, sizes)

@@ -92,6 +92,33 @@ NOISE_OPTIONS = (True, False, "calibrated", "model", "none")
 _QUIET = (r".*treespec, LeafSpec", r".*does not have many workers which may be a bottleneck")
 
 
+def _history_chunks(t: np.ndarray, observed: np.ndarray, want: np.ndarray,
+                    window: float | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(asked positions, history mask)`` pairs: which observations condition which asked
+    times. Without training windows, all of them condition every time. A model trained on
+    windows (``data.window``) is conditioned as it was trained: times after the last
+    observation on the last window before them, times within the history on the window they
+    fall in (windows of the training's span from the series' first time), each with its own
+    ``z0``."""
+    everything = [(np.arange(len(want)), observed)]
+    if window is None or not observed.any():
+        return everything
+    t0, last = float(t[0]), float(t[observed][-1])
+    future = want > last
+    chunks = []
+    if future.any():
+        recent = observed & (t >= last - window)
+        chunks.append((np.flatnonzero(future), recent if recent.any() else observed))
+    k = np.maximum(0, np.floor((want - t0) / window)).astype(np.int64)
+    for w in np.unique(k[~future]):
+        idx = np.flatnonzero(~future & (k == w))
+        inside = observed & (t >= t0 + w * window) & (t < t0 + (w + 1) * window)
+        if not inside.any():  # a window without observations: the nearest ones around it
+            inside = observed & (t >= t0 + (w - 1) * window) & (t < t0 + (w + 2) * window)
+        chunks.append((idx, inside if inside.any() else observed))
+    return chunks
+
+
 def _series_seed(seed: int, key: Any) -> int:
     """A per-series seed from ``seed`` and the series id (independent of the other series)."""
     plain = key.item() if isinstance(key, np.generic) else key
@@ -179,6 +206,11 @@ class LatentODEForecaster:
                                value_col=value_col, time_unit=time_unit,
                                time_scale=time_scale, label_col=label_col,
                                label_per="series" if label_col is not None else "auto")
+        window = cfg.data.get("window")
+        if window is not None and train.time_transform.auto:  # the unit for the window's span,
+            span = window_in_model_units(train.time_transform, window)  # as the data module
+            train = train.with_time_scale(  # chooses it
+                train.time_transform.automatic_scale(span * train.time_transform.scale))
         if label_col is not None:
             _set_label_head(cfg, train.labels, label_col)
         if (ignore_cols or label_col is not None) and channel_col is None:
@@ -398,49 +430,55 @@ class LatentODEForecaster:
         window = self._history_window()
         for i, raw in requests:
             lo, hi = ds.offsets[i], ds.offsets[i + 1]
-            values = ds.values[lo:hi]
-            seen = ~np.isnan(values).all(1)
-            if window is not None and seen.any():  # trained on windows: the last one before
-                want_lo = float(np.min(spec.time.to_model(raw)))  # the asked times conditions
-                t = ds.times[lo:hi]
-                start = min(want_lo, float(t[seen][-1])) - window
-                if (seen & (t >= start)).any():
-                    seen &= t >= start
-            # each series on its own clock from its first time (float64 first): the dynamics
-            # are autonomous, and a series far from the training data's zero keeps its
-            # resolution in float32
-            hist64, want64 = ds.times[lo:hi][seen], spec.time.to_model(raw)
-            zero = min(float(hist64[0]), float(want64.min()))
-            hist_t = distinct_in(hist64 - zero, np_dtype)
-            hist_v = spec.to_model_values(values[seen])
-            want = (want64 - zero).astype(np_dtype)
-            start = min(hist_t[0], want.min())
-            if start < hist_t[0]:  # z0 at the earliest requested time (see module docstring)
-                hist_t = np.concatenate([[start], hist_t]).astype(np_dtype)
-                hist_v = np.concatenate([np.full((1, hist_v.shape[1]), np.nan), hist_v])
-            # z0 at the grid's first time: the encoder's (default) or, for a latent ODE trained
-            # with z0_at="first_target", the first requested time, as its training did
-            grid = np.unique(want if from_target else np.concatenate([hist_t[:1], want]))
-            where = np.searchsorted(grid, want)
-            mask = ~np.isnan(hist_v)
-            times_t = torch.from_numpy(hist_t)
-            values_t = torch.from_numpy(np.nan_to_num(hist_v).astype(np_dtype))[None]
+            values, t = ds.values[lo:hi], ds.times[lo:hi]
+            observed = ~np.isnan(values).all(1)
+            want64 = spec.time.to_model(raw)
+            paths = noisy = None
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(_series_seed(seed, ds.ids[i]))
-                out = model(times_t, values_t, torch.from_numpy(mask)[None],
-                            n_samples=int(num_samples), pred_times=torch.from_numpy(grid))
-                if want_logits:
-                    yield i, raw, out.logits.detach()
-                    continue
-                pred = out.pred[:, 0]  # (S, G, D)
-                jitter = torch.randn_like(pred) if noisy_draws else None
-            paths = pred[:, where].double().numpy()
-            noisy = None
-            if std is not None:
-                noisy = paths.copy() if jitter is None else (
-                    paths + std * jitter[:, where].double().numpy())
-                noisy = spec.to_user_values(noisy)
-            yield i, raw, spec.to_user_values(paths), noisy
+                for idx, seen in _history_chunks(t, observed, want64, window):
+                    out, where = self._solve(model, t[seen], spec.to_model_values(values[seen]),
+                                             want64[idx], np_dtype, num_samples, from_target)
+                    if want_logits:  # one chunk: predict_proba asks at the last observation
+                        break
+                    pred = out.pred[:, 0][:, where].double().numpy()  # (S, k, D)
+                    if paths is None:
+                        paths = np.empty((pred.shape[0], len(want64), pred.shape[2]))
+                    paths[:, idx] = pred
+                    if std is not None:
+                        if noisy is None:
+                            noisy = np.empty_like(paths)
+                        noisy[:, idx] = pred if not noisy_draws else (
+                            pred + std * torch.randn(pred.shape, dtype=torch.float64).numpy())
+            if want_logits:
+                yield i, raw, out.logits.detach()
+                continue
+            yield i, raw, spec.to_user_values(paths), (
+                None if noisy is None else spec.to_user_values(noisy))
+
+    @staticmethod
+    def _solve(model: nn.Module, hist64: np.ndarray, hist_v: np.ndarray, want64: np.ndarray,
+               np_dtype: Any, num_samples: int, from_target: bool) -> tuple[Any, np.ndarray]:
+        """The model conditioned on one history, asked at ``want64`` (model times): its output
+        and where each asked time sits in its prediction grid."""
+        # each series on its own clock from its first time (float64 first): the dynamics are
+        # autonomous, and a series far from the training data's zero keeps its resolution
+        zero = min(float(hist64[0]), float(want64.min()))
+        hist_t = distinct_in(hist64 - zero, np_dtype)
+        want = (want64 - zero).astype(np_dtype)
+        start = min(hist_t[0], want.min())
+        if start < hist_t[0]:  # z0 at the earliest requested time (see module docstring)
+            hist_t = np.concatenate([[start], hist_t]).astype(np_dtype)
+            hist_v = np.concatenate([np.full((1, hist_v.shape[1]), np.nan), hist_v])
+        # z0 at the grid's first time: the encoder's (default) or, for a latent ODE trained
+        # with z0_at="first_target", the first requested time, as its training did
+        grid = np.unique(want if from_target else np.concatenate([hist_t[:1], want]))
+        mask = ~np.isnan(hist_v)
+        out = model(torch.from_numpy(hist_t),
+                    torch.from_numpy(np.nan_to_num(hist_v).astype(np_dtype))[None],
+                    torch.from_numpy(mask)[None], n_samples=int(num_samples),
+                    pred_times=torch.from_numpy(grid))
+        return out, np.searchsorted(grid, want)
 
     def _history_window(self) -> float | None:
         """The training windows' span in model units (``data.window``), or None."""
@@ -490,7 +528,10 @@ class LatentODEForecaster:
                              " and model.n_labels=); this one has none.")
         ds = spec.dataset(df)
         rows = []
-        for i, _raw, logits in self._draw(ds, requested_times(ds, spec.time.kind), num_samples,
+        # asked at each series' last time: z0 from its whole history (a model trained on
+        # windows: from its last window, as its labels were learnt per window)
+        last = [(i, raw[-1:]) for i, raw in requested_times(ds, spec.time.kind)]
+        for i, _raw, logits in self._draw(ds, last, num_samples,
                                           seed, False, want_logits=True):
             probs = (torch.sigmoid(logits) if logits.shape[-1] == 1
                      else torch.softmax(logits, -1)).mean(0)[0]
