@@ -98,9 +98,11 @@ def plot_forecast(
             if r == len(axes) - 1:  # the bottom row names the shared axis
                 ax.set_xlabel(str(spec.time_col), fontsize=8)
             if spec.time.kind == "datetime":
-                locator = AutoDateLocator(tz=tz, maxticks=6)  # readable in narrow axes
+                locator = AutoDateLocator(tz=tz)
                 ax.xaxis.set_major_locator(locator)
                 ax.xaxis.set_major_formatter(ConciseDateFormatter(locator, tz=tz))
+                # slanted: dense dates in narrow axes do not run into each other
+                ax.tick_params(axis="x", labelrotation=30, labelsize=7)
     fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=len(handles),
                fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / height))
