@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_models import ENCODERS as LATENT_ENCODERS  # every encoder variant
 
 from latentode.data import Extrapolation, Interpolation, LatentODEDataModule, from_dataframe
 from latentode.data.batch import Collator, collate
 from latentode.forecast.calibration import calibration_batches
 from latentode.lit.plots import plot_batch
 from latentode.models import GRUDT, ODERNN, RNNVAE, LatentODE
-from latentode.nn import ODERNNEncoder, RNNEncoder
 
 matplotlib.use("Agg")
 
@@ -122,13 +122,6 @@ def test_datamodule_warns_about_an_absolute_clock_and_series_origin_fixes_it():
                             batch_size=4).setup()
 
 
-LATENT_ENCODERS = {
-    "odernn": ODERNNEncoder,
-    "rnn": RNNEncoder,
-    "odernn-std": functools.partial(ODERNNEncoder, std_state=True, gru_units=12),
-    "odernn-series": functools.partial(ODERNNEncoder, schedule="series", max_step=0.3),
-    "rnn-series": functools.partial(RNNEncoder, schedule="series"),
-}
 BASELINES = {
     "odernn": lambda: ODERNN(3, latents=8, ode_units=16, dec_units=16, obs_std=0.1),
     "gru_dt": lambda: GRUDT(3, latents=8, dec_units=16, obs_std=0.1),
