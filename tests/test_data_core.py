@@ -362,7 +362,7 @@ def test_automatic_time_scale_is_the_longest_series_span():
     assert from_dataframe(df.assign(time=stamps)).time_transform.scale == 48.0
     # without series the whole span counts, as before
     assert TimeTransform.fit(hours).scale == 270.0
-    assert TimeTransform.fit(hours, series=np.array([0, 0, 0, 1, 1, 1])).scale == 48.0
+    assert TimeTransform.fit(hours, starts=np.array([0, 3])).scale == 48.0
 
 
 def test_time_scale_sets_the_model_unit_and_round_trips():

@@ -45,11 +45,12 @@ class TimeTransform:
 
     @classmethod
     def fit(cls, raw: np.ndarray | pd.Series, unit: str | None = None,
-            scale: float | None = None, series: np.ndarray | None = None) -> TimeTransform:
+            scale: float | None = None, starts: np.ndarray | None = None) -> TimeTransform:
         """The transform for times ``raw``: offset at their first, ``scale`` as given or chosen
-        from their span (see the class docstring). With ``series`` (a series code per time) the
-        span is the longest series' own: series recorded on one absolute clock (admissions on
-        different days) each get up to ``[0, 1]``, not a sliver of the whole calendar."""
+        from their span (see the class docstring). With ``starts`` (where each series begins in
+        ``raw``, series stored one after another) the span is the longest series' own: series
+        recorded on one absolute clock (admissions on different days) each get up to
+        ``[0, 1]``, not a sliver of the whole calendar."""
         if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)
                                       and scale > 0):
             raise ValueError(f"time_scale must be a positive number of time units (e.g. 48 for "
@@ -59,14 +60,9 @@ class TimeTransform:
         base = cls(kind=kind, offset=0.0, scale=1.0, unit=unit)._to_number(raw)
         lo, hi = float(np.min(base)), float(np.max(base))
         span = hi - lo
-        if series is not None and len(base):
-            codes = np.asarray(series)
-            order = np.argsort(codes, kind="stable")
-            cuts = np.flatnonzero(np.diff(codes[order])) + 1
-            starts = np.concatenate([[0], cuts])
-            sorted_base = base[order]
-            span = float(np.max(np.maximum.reduceat(sorted_base, starts)
-                                - np.minimum.reduceat(sorted_base, starts)))
+        if starts is not None and len(base):
+            span = float(np.max(np.maximum.reduceat(base, starts)
+                                - np.minimum.reduceat(base, starts)))
         auto = scale is None
         if scale is None:
             scale = cls.automatic_scale(span)
@@ -92,6 +88,24 @@ class TimeTransform:
             nanos = np.round(number * pd.Timedelta(1, unit=self.unit).value).astype(np.int64)
             return nanos.astype("datetime64[ns]")
         return number
+
+
+def parse_duration(value: Any, what: str) -> pd.Timedelta:
+    """A positive duration for datetime times (``"24h"``, ``"7D"``, a ``pd.Timedelta``); a bare
+    number is refused, never guessed (``pd.Timedelta(12)`` would be 12 nanoseconds)."""
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        raise ValueError(
+            f"{what}={value!r} is a bare number, but the times are datetimes: give a duration "
+            f"with its unit, e.g. '{value}h' or '{value}D' (or a pd.Timedelta)."
+        )
+    try:
+        span = pd.Timedelta(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{what} must be a duration for datetime times (e.g. '7D', '12h' or a "
+                         f"pd.Timedelta), got {value!r}.") from err
+    if span <= pd.Timedelta(0):
+        raise ValueError(f"{what} must be a positive time span, got {value!r}.")
+    return span
 
 
 def _is_datetime(raw: Any) -> bool:

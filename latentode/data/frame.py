@@ -134,7 +134,7 @@ def from_dataframe(
         )
     raw_times = wide[time_col].to_numpy()
     transform = TimeTransform.fit(wide[time_col], unit=time_unit, scale=time_scale,
-                                  series=codes)
+                                  starts=offsets[:-1])
     dataset = IrregularDataset(
         ids=list(uniques),
         offsets=offsets,

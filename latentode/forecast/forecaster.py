@@ -62,7 +62,6 @@ import tempfile
 import warnings
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +74,7 @@ from torch import nn
 from latentode.data import IrregularDataset, from_dataframe
 from latentode.data.batch import distinct_in
 from latentode.data.frame import iso_times
-from latentode.data.windows import window_in_model_units
+from latentode.data.windows import rescale_for_window, window_in_model_units
 
 from .calibration import NoiseCalibration, calibrate_noise, calibration_batches, model_obs_std
 from .config import compose_train_config, override_list, prune_callbacks
@@ -207,10 +206,10 @@ class LatentODEForecaster:
                                time_scale=time_scale, label_col=label_col,
                                label_per="series" if label_col is not None else "auto")
         window = cfg.data.get("window")
-        if window is not None and train.time_transform.auto:  # the unit for the window's span,
-            span = window_in_model_units(train.time_transform, window)  # as the data module
-            train = train.with_time_scale(  # chooses it
-                train.time_transform.automatic_scale(span * train.time_transform.scale))
+        window_span = np.inf
+        if window is not None:  # the time unit for the window, as the data module chooses it;
+            train = rescale_for_window(train, window)  # and the window is how far it saw
+            window_span = window_in_model_units(train.time_transform, window)
         if label_col is not None:
             _set_label_head(cfg, train.labels, label_col)
         if (ignore_cols or label_col is not None) and channel_col is None:
@@ -221,11 +220,8 @@ class LatentODEForecaster:
             value_cols=None if value_cols is None or channel_col is not None
             else [str(c) for c in value_cols],
             channel_col=channel_col, value_col=value_col, time_unit=time_unit,
-            train_span=longest_span(train),
+            train_span=min(longest_span(train), window_span),
         )
-        if cfg.data.get("window") is not None:  # trained on windows: that is how far it saw
-            spec = replace(spec, train_span=min(spec.train_span, window_in_model_units(
-                spec.time, cfg.data.window)))
         data, split = train, ["train"] * len(train)
         if val_df is not None:
             val = spec.dataset(val_df, "val_df")
@@ -482,8 +478,7 @@ class LatentODEForecaster:
 
     def _history_window(self) -> float | None:
         """The training windows' span in model units (``data.window``), or None."""
-        data = (self.cfg or {}).get("data") or {}
-        value = data.get("window") if hasattr(data, "get") else None
+        value = OmegaConf.select(self.cfg, "data.window")
         if value is None or self.spec is None:
             return None
         return window_in_model_units(self.spec.time, value)

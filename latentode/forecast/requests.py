@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from latentode.data import IrregularDataset
+from latentode.data.dataset import parse_duration
 
 Times = np.ndarray | pd.DatetimeIndex
 
@@ -125,23 +126,7 @@ def _clean(times: np.ndarray) -> np.ndarray:
 
 
 def _datetime_grid(last: pd.Timestamp, horizon: Any, freq: Any, n: Any) -> pd.DatetimeIndex:
-    span = None
-    if isinstance(horizon, (int, float, np.integer, np.floating)) and not isinstance(horizon, bool):
-        # pd.Timedelta(12) is 12 nanoseconds: a bare number is refused, never guessed
-        raise ValueError(
-            f"horizon={horizon!r} is a bare number, but the times are datetimes: give a duration "
-            f"with its unit, e.g. '{horizon}h' or '{horizon}D' (or a pd.Timedelta)."
-        )
-    if horizon is not None:
-        try:
-            span = pd.Timedelta(horizon)
-        except (TypeError, ValueError) as err:
-            raise ValueError(
-                f"horizon must be a duration for datetime times (e.g. '7D', '12h' or a "
-                f"pd.Timedelta), got {horizon!r}."
-            ) from err
-        if span <= pd.Timedelta(0):
-            raise ValueError(f"horizon must be positive, got {horizon!r}.")
+    span = None if horizon is None else parse_duration(horizon, "horizon")
     if freq is None:
         steps = np.arange(1, int(n) + 1) / int(n)
         return pd.DatetimeIndex([last + span * s for s in steps])

@@ -101,7 +101,6 @@ class DataSpec:
         model times on the training time scale; values stay in data units."""
         if not isinstance(df, pd.DataFrame):
             raise TypeError(f"{what} must be a pandas DataFrame, got {type(df).__name__}.")
-        self._check_time_kind(df, what)
         if self.tidy:
             ds = from_dataframe(df, self.id_col, self.time_col, channel_col=self.channel_col,
                                 value_col=self.value_col, time_unit=self.time_unit,
@@ -121,30 +120,15 @@ class DataSpec:
             columns = self._value_columns(df, what)
             ds = from_dataframe(df, self.id_col, self.time_col, columns,
                                 time_unit=self.time_unit, empty_channels="ignore")
-        if ds.time_transform.kind != self.time.kind:  # e.g. ISO date strings, read as dates
+        if ds.time_transform.kind != self.time.kind:  # numbers, datetimes or ISO date text
+            advice = ("convert it with pd.to_datetime" if self.time.kind == "datetime"
+                      else "pass the same time units as in training")
             raise ValueError(
                 f"the model was trained on {self.time.kind} times, but {what}'s column "
                 f"{self.time_col!r} holds {ds.time_transform.kind} ones (first: "
-                f"{ds.raw_times[0]!s}); pass the same time units as in training."
+                f"{ds.raw_times[0]!s}); {advice}."
             )
         return replace(ds, times=self.time.to_model(ds.raw_times), time_transform=self.time)
-
-    def _check_time_kind(self, df: pd.DataFrame, what: str) -> None:
-        if self.time_col not in df.columns:
-            return  # from_dataframe names the missing column
-        dtype = df[self.time_col].dtype
-        is_dt = pd.api.types.is_datetime64_any_dtype(dtype)
-        if self.time.kind == "datetime" and not is_dt and pd.api.types.is_numeric_dtype(dtype):
-            raise ValueError(
-                f"the model was trained on datetime times, but {what}'s column "
-                f"{self.time_col!r} holds numbers ({dtype}); convert it with pd.to_datetime."
-            )
-        if self.time.kind == "numeric" and is_dt:
-            raise ValueError(
-                f"the model was trained on numeric times, but {what}'s column "
-                f"{self.time_col!r} holds datetimes ({dtype}); pass the same time units as in "
-                "training."
-            )
 
     def _value_columns(self, df: pd.DataFrame, what: str) -> list[Any]:
         """The columns of ``df`` holding the training channels, in the model's order."""

@@ -67,22 +67,18 @@ def series_plan(times: torch.Tensor, seen: torch.Tensor, max_step: float | None 
             rows.append((np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0)))
             continue
         gaps = t[idx[:-1]] - t[idx[1:]]  # > 0, between consecutive own observations
+        lead = t[idx[-1]] - t[0]  # first own observation back to the batch's first time
+        moves = np.append(gaps, lead) if lead > 0 else gaps
         if max_step is None:
-            n = np.ones(gaps.size, dtype=np.int64)
+            n = np.ones(moves.size, dtype=np.int64)
         else:
-            n = np.maximum(1, np.ceil(gaps / max_step - 1e-9).astype(np.int64))
-        dt = np.concatenate([[0.0], np.repeat(-gaps / n, n)])
+            n = np.maximum(1, np.ceil(moves / max_step - 1e-9).astype(np.int64))
+        dt = np.concatenate([[0.0], np.repeat(-moves / n, n)])
         index = np.full(dt.size, -1, dtype=np.int64)
-        ends = np.concatenate([[0], np.cumsum(n)])  # event of each observation's update
+        ends = np.concatenate([[0], np.cumsum(n)])[: idx.size]  # each observation's update
         index[ends] = idx
         gap = np.zeros(dt.size)
         gap[ends[1:]] = gaps
-        lead = t[idx[-1]] - t[0]  # first own observation back to the batch's first time
-        if lead > 0:
-            k = 1 if max_step is None else max(1, int(np.ceil(lead / max_step - 1e-9)))
-            dt = np.concatenate([dt, np.full(k, -lead / k)])
-            index = np.concatenate([index, np.full(k, -1, dtype=np.int64)])
-            gap = np.concatenate([gap, np.zeros(k)])
         rows.append((dt, index, gap))
     length = max((r[0].size for r in rows), default=0)
     dt = np.zeros((length, batch))
