@@ -231,6 +231,21 @@ def test_a_classifier_without_labels_in_the_data_is_refused(tmp_path):
         train_cli.build_model(cfg, datamodule)
 
 
+@pytest.mark.parametrize("override, pattern", [
+    ("+model.encoder.hiden=8", r"model\.encoder\.hiden is not an option of latentode\.nn\."
+                               r"ODERNNEncoder .* Did you mean model\.encoder\.hidden\?"),
+    ("+model.latent=8", r"model\.latent is not an option of latentode\.models\.LatentODE .*"
+                        r"Did you mean model\.latents\?"),
+])
+def test_an_added_key_the_model_does_not_take_is_named_before_instantiation(
+        tmp_path, override, pattern):
+    cfg = compose_train([*TINY, override], tmp_path / "run")
+    datamodule = train_cli.build_datamodule(cfg)
+    with pytest.raises(ValueError, match=pattern):
+        train_cli.build_model(cfg, datamodule)
+    train_cli.check_arguments(compose_train(TINY).model, "model")  # the defaults pass
+
+
 def test_trainer_counts_of_the_wrong_type_are_refused_by_name(tmp_path):
     cfg = compose_train(["trainer.max_epochs=ten"], tmp_path / "run")
     with pytest.raises(ValueError, match=r"trainer\.max_epochs must be a whole number, got 'ten'"):

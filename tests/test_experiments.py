@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from fixtures.make_physionet_fixture import write_fixture
 from hydra.utils import instantiate
@@ -54,10 +56,45 @@ def tiny_overrides(experiment: str, tmp_path: Path, request: pytest.FixtureReque
         write_fixture(tmp_path / "physionet")  # 4 patients, the challenge's file format
         return [f"data.dataset.root={tmp_path / 'physionet'}", "data.batch_size=2",
                 *TINY_MODEL, *TINY_ODE_RNN]
+    if family == "csv":  # unaligned series, each on its own clock: what the recipe is for
+        path = tmp_path / "own.csv"
+        write_unaligned_csv(path)
+        return [f"data.dataset.path={path}", "data.batch_size=4", *TINY_MODEL, *TINY_ODE_RNN]
     if family == "co2":
         pytest.importorskip("statsmodels")
         return [*TINY_MODEL, "model.latents=4"]
     pytest.fail(f"no tiny overrides for experiment {experiment!r}: add its family here.")
+
+
+def write_unaligned_csv(path: Path, n_series: int = 12) -> None:
+    """A long-format CSV of series that share no time stamp, with a gappy second channel."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(n_series):
+        t = np.sort(rng.uniform(0, 10, 15)) + rng.uniform(0, 100)
+        b = np.where(rng.random(t.size) < 0.7, np.cos(t), np.nan)
+        frames.append(pd.DataFrame({"series_id": f"s{i}", "time": t, "a": np.sin(t), "b": b}))
+    pd.concat(frames).to_csv(path, index=False)
+
+
+def test_csv_recipe_walks_each_series_on_its_own_clock(tmp_path):
+    cfg = compose_train(["experiment=csv", "data.dataset.path=own.csv"])
+    assert cfg.data.dataset.name == "csv" and cfg.data.time_origin == "series"
+    assert cfg.model.encoder.schedule == "series"
+    assert compose_train(["experiment=csv", "model/encoder=rnn"]).model.encoder.schedule == \
+        "series"
+
+
+def test_csv_recipe_with_a_baseline_is_refused_with_the_way_out(tmp_path):
+    path = tmp_path / "own.csv"
+    write_unaligned_csv(path)
+    cfg = compose_train(["experiment=csv", "model=odernn", f"data.dataset.path={path}"],
+                        tmp_path / "run")
+    datamodule = train_cli.build_datamodule(cfg)
+    with pytest.raises(ValueError, match=r"model\.encoder is not an option of "
+                                         r"latentode\.models\.ODERNN .*experiment=csv: with a "
+                                         r"model without an encoder, use data=csv instead"):
+        train_cli.build_model(cfg, datamodule)
 
 
 def test_experiments_exist():

@@ -117,6 +117,9 @@ def test_forecaster_trained_on_windows_conditions_on_the_last_window():
     assert not np.allclose(base["mean"], fc.predict(moved_in, times=asked, num_samples=5)["mean"])
     risk_input = fc.impute(s0.assign(x=np.where(inside, np.nan, s0.x)), num_samples=5)
     assert risk_input["x"].notna().all()  # a window with no observation borrows its neighbours
+    with pytest.warns(UserWarning, match=r"up to \d+\.\dx the training windows' span past the "
+                                         r"last observation \(series 's0'\)"):
+        fc.predict(s0, times=[s0.time.max() + 7.0], num_samples=2)  # > 2 windows ahead
 
 
 def test_the_automatic_time_unit_is_chosen_for_the_window():

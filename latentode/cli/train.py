@@ -16,6 +16,8 @@ config (``.hydra/config.yaml``), ``metrics.csv``, ``checkpoints/`` (best and ``l
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import json
 import logging
 import math
@@ -28,7 +30,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import WeightAveraging
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -91,6 +93,7 @@ def build_model(cfg: DictConfig, datamodule: Any) -> torch.nn.Module:
         elif int(cfg.model.input_dim) != channels:
             raise ValueError(f"model.input_dim={cfg.model.input_dim} but the data have "
                              f"{channels} channels; leave it null to take it from the data.")
+    check_arguments(cfg.model, "model")
     model = instantiate(cfg.model)
     data = datamodule.dataset
     if getattr(model, "classifier", None) is not None and data.labels is None:
@@ -103,6 +106,38 @@ def build_model(cfg: DictConfig, datamodule: Any) -> torch.nn.Module:
         log.warning("static covariates %s are loaded and batched, but the models read the time "
                     "series only: they do not inform the predictions", data.static_names)
     return model
+
+
+def check_arguments(node: Any, where: str) -> None:
+    """Refuse a key of a ``_target_`` config that its class does not take, naming the key, the
+    class, its options and the closest one, before ``instantiate`` would raise a bare TypeError
+    (a misspelt ``+model.latent=8``, or ``experiment=csv``'s encoder walk under a baseline)."""
+    if not isinstance(node, DictConfig):
+        return
+    target = node.get("_target_")
+    if isinstance(target, str):
+        try:
+            params = inspect.signature(get_class(target)).parameters
+        except (ValueError, TypeError, ImportError):  # not a class, or no signature: let it be
+            params = {}
+        if params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            options = [n for n, p in params.items() if p.kind is not p.VAR_POSITIONAL]
+            for key in node:
+                if str(key).startswith("_") or key in params:
+                    continue
+                close = difflib.get_close_matches(str(key), options, n=1)
+                hint = f" Did you mean {where}.{close[0]}?" if close else ""
+                if key == "encoder":
+                    hint += (" An experiment made for the latent ODE sets it (experiment=csv: "
+                             "with a model without an encoder, use data=csv instead).")
+                raise ValueError(
+                    f"{where}.{key} is not an option of {target} (its options: "
+                    f"{', '.join(options)}).{hint}")
+    for key in node:
+        if not str(key).startswith("_"):
+            child = node._get_node(key)
+            if isinstance(child, DictConfig):
+                check_arguments(child, f"{where}.{key}")
 
 
 def build_module(cfg: DictConfig, model: torch.nn.Module, datamodule: Any) -> L.LightningModule:

@@ -577,7 +577,7 @@ class LatentODEForecaster:
         _, spec = self._fitted("predict")
         ds = spec.dataset(df)
         requests = requested_times(ds, spec.time.kind, times, horizon, freq, n)
-        _warn_beyond_training(ds, requests, spec)
+        _warn_beyond_training(ds, requests, spec, windowed=self._history_window() is not None)
         frames = []
         self.noise_std(noise)  # an unknown noise is an error even without quantiles
         for i, raw, paths, noisy in self._draw(ds, requests, num_samples, seed,
@@ -610,7 +610,7 @@ class LatentODEForecaster:
         _, spec = self._fitted("sample")
         ds = spec.dataset(df)
         requests = requested_times(ds, spec.time.kind, times, horizon, freq, n)
-        _warn_beyond_training(ds, requests, spec)
+        _warn_beyond_training(ds, requests, spec, windowed=self._history_window() is not None)
         frames = []
         for i, raw, paths, noisy in self._draw(ds, requests, num_samples, seed, noise):
             draws = noisy if noisy is not None else paths
@@ -725,9 +725,12 @@ __all__ = ["LatentODEForecaster"]
 
 
 def _warn_beyond_training(ds: IrregularDataset, requests: list[tuple[int, Times]],
-                          spec: DataSpec) -> None:
+                          spec: DataSpec, windowed: bool = False) -> None:
     """Warn when a series is asked for further past its last observation than any training
-    series ever ran: the model has never been trained that far, and its paths diverge there."""
+    series (or, for a model trained on windows, a window) ever ran: the model has never been
+    trained that far, and its paths diverge there. A windowed model's path starts at the start of
+    the window it is conditioned on, so every forecast of one runs past what a training path
+    covered; the warning is for horizons longer than a whole window."""
     if not spec.train_span or not requests:
         return
     worst, worst_i = 0.0, -1
@@ -737,10 +740,11 @@ def _warn_beyond_training(ds: IrregularDataset, requests: list[tuple[int, Times]
         if ahead > worst:
             worst, worst_i = ahead, i
     if worst > spec.train_span:
+        what = "training windows' span" if windowed else "longest training series' span"
         warnings.warn(
-            f"asked for times up to {worst / spec.train_span:.1f}x the longest training "
-            f"series' span past the last observation (series {ds.ids[worst_i]!r}): the model "
-            "was never trained that far ahead, so expect errors well beyond the quantiles.",
+            f"asked for times up to {worst / spec.train_span:.1f}x the {what} past the last "
+            f"observation (series {ds.ids[worst_i]!r}): the model was never trained that far "
+            "ahead, so expect errors well beyond the quantiles.",
             stacklevel=3,
         )
 
