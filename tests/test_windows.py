@@ -120,6 +120,12 @@ def test_forecaster_trained_on_windows_conditions_on_the_last_window():
     with pytest.warns(UserWarning, match=r"up to \d+\.\dx the training windows' span past the "
                                          r"last observation \(series 's0'\)"):
         fc.predict(s0, times=[s0.time.max() + 7.0], num_samples=2)  # > 2 windows ahead
+    # the plot shades the last window: the observations the forecast is conditioned on
+    fig = fc.plot(part, whole, series=["s0"])
+    (span,) = fig.axes[0].patches  # axvspan's rectangle (the band is a collection)
+    assert span.get_x() == pytest.approx(s0.time[s0.time >= s0.time.max() - 3.0].min())
+    assert span.get_x() + span.get_width() == pytest.approx(s0.time.max())
+    assert "conditioning window" in [t.get_text() for t in fig.legends[0].get_texts()]
 
 
 def test_the_automatic_time_unit_is_chosen_for_the_window():

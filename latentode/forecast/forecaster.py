@@ -691,14 +691,16 @@ class LatentODEForecaster:
 
         Observations of ``df`` are points, ``pred``'s mean a line, the band spans its lowest to
         highest quantile column, and a dashed vertical line marks each series' last observation
-        (the boundary between history and forecast). ``series`` defaults to the first
-        ``max_series`` series of ``pred``. Save it with ``fig.savefig("forecast.png")``.
+        (the boundary between history and forecast). For a model trained on windows
+        (``data.window``) a grey span marks the last window, the observations its forecasts are
+        conditioned on. ``series`` defaults to the first ``max_series`` series of ``pred``. Save
+        it with ``fig.savefig("forecast.png")``.
         """
         from .plotting import plot_forecast
 
         _, spec = self._fitted("plot")
         return plot_forecast(spec, spec.dataset(df), pred, series=series, channels=channels,
-                             max_series=max_series)
+                             max_series=max_series, window=self._history_window())
 
 
 def _calibrate(model: nn.Module, datamodule: Any) -> NoiseCalibration:

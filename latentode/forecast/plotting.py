@@ -37,8 +37,11 @@ def plot_forecast(
     series: Sequence[Any] | None = None,
     channels: Sequence[str] | None = None,
     max_series: int = 4,
+    window: float | None = None,
 ) -> Any:
-    """One axes per (series, channel); see ``LatentODEForecaster.plot``."""
+    """One axes per (series, channel); see ``LatentODEForecaster.plot``. ``window`` (model
+    units): the model was trained on windows of this span, so its forecasts are conditioned on
+    the observations of the last window alone; that span is shaded."""
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
     from matplotlib.figure import Figure
 
@@ -77,6 +80,12 @@ def plot_forecast(
         lo, hi = ds.offsets[i], ds.offsets[i + 1]
         t_obs = series_times(ds, i, spec.time.kind)
         boundary = last_observed(ds, i, spec.time.kind)
+        window_start = None
+        if window is not None:  # the first observation the forecast is conditioned on
+            t_model = ds.times[lo:hi]
+            observed = ~np.isnan(ds.values[lo:hi]).all(1)
+            recent = observed & (t_model >= t_model[observed][-1] - window)
+            window_start = t_obs[int(np.flatnonzero(recent)[0])]
         part = pred[pred[spec.id_col] == key]
         for c, name in enumerate(chans):
             ax = axes[r, c]
@@ -94,6 +103,9 @@ def plot_forecast(
                 handles["observed"] = ax.scatter(np.asarray(t_obs)[seen], values[seen], s=10,
                                                  color="k", zorder=3)
             handles["last observation"] = ax.axvline(boundary, color="0.4", ls="--", lw=1.0)
+            if window_start is not None:
+                handles["conditioning window"] = ax.axvspan(window_start, boundary, color="0.5",
+                                                            alpha=0.12, lw=0)
             ax.set_title(f"{key}: {name}", fontsize=9)
             if r == len(axes) - 1:  # the bottom row names the shared axis
                 ax.set_xlabel(str(spec.time_col), fontsize=8)
