@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 from latentode import LatentODEForecaster
 from latentode.forecast import interval_coverage, interval_hits
@@ -351,6 +352,25 @@ def test_forecaster_trains_with_the_series_walk_it_predicts_with():
     assert schedule({"model.encoder.schedule": "union"}) == "union"
     assert schedule(["model/encoder=rnn"]) == "union"
     assert schedule(["model=gru_dt"]) is None
+
+
+def test_forecaster_trains_the_own_data_recipe_of_the_command_line():
+    """fit's defaults are experiment=csv's (batch 16, 100 epochs, the series walk); the user's
+    overrides win, and a data config they choose keeps its own settings."""
+    from test_cli import compose_train
+
+    from latentode.forecast.config import compose_train_config, override_list
+
+    cli = compose_train(["experiment=csv"])
+    cfg = compose_train_config([])
+    for key in ("data.batch_size", "trainer.max_epochs", "model.encoder.schedule",
+                "data.time_origin"):
+        assert OmegaConf.select(cfg, key) == OmegaConf.select(cli, key), key
+    assert cfg.data.batch_size == 16 and cfg.trainer.max_epochs == 100
+    mine = compose_train_config(override_list({"data.batch_size": 4, "trainer.max_epochs": 2}))
+    assert (mine.data.batch_size, mine.trainer.max_epochs) == (4, 2)
+    other = compose_train_config(["data=periodic"])
+    assert (other.data.batch_size, other.trainer.max_epochs) == (50, 40)
 
 
 def test_errors_before_fit():

@@ -65,7 +65,7 @@ def compose_train_config(overrides: Sequence[str]) -> DictConfig:
             # a user's own series: the csv data config (its task holds half of each series'
             # points out, whatever their length) unless the overrides pick a data config
             data = [] if any(o.lstrip("+~").startswith("data=") for o in overrides) \
-                else ["data=csv"]
+                else ["data=csv", *_own_data_recipe()]
             # the encoder walks each series through its own times in training, as prediction
             # (one series at a time) does: the same model, and 2-5x faster on unaligned series
             # (README: Forecasting) -- unless the overrides choose the model, its encoder, the
@@ -78,6 +78,19 @@ def compose_train_config(overrides: Sequence[str]) -> DictConfig:
                            overrides=["paths.output_dir=null", *data, *walk, *overrides])
     finally:
         GlobalHydra.instance().hydra = saved
+
+
+def _own_data_recipe() -> list[str]:
+    """The batch size and epochs of ``experiment=csv`` (conf/experiment/csv.yaml), the command
+    line's recipe for a user's own table, as overrides placed before the user's own (which win):
+    the forecaster trains what that recipe trains."""
+    from omegaconf import OmegaConf
+
+    from latentode.cli import config_dir
+
+    recipe = OmegaConf.load(f"{config_dir()}/experiment/csv.yaml")
+    return [f"data.batch_size={recipe.data.batch_size}",
+            f"trainer.max_epochs={recipe.trainer.max_epochs}"]
 
 
 def prune_callbacks(cfg: DictConfig, on_disk: bool, has_val: bool) -> None:

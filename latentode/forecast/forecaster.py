@@ -8,15 +8,17 @@
     model.save("forecaster/"); model = LatentODEForecaster.load("forecaster/")
 
 Training is the command line's: the config is ``conf/train.yaml`` composed with Hydra's compose
-API plus ``config_overrides`` (an unknown key is an error; the encoder walks each series through
-its own times, ``model.encoder.schedule=series``, as prediction does, unless they choose it),
+API plus ``config_overrides`` (an unknown key is an error), with the own-data recipe of
+``experiment=csv`` unless they choose otherwise (batches of 16, 100 epochs, and the encoder
+walking each series through its own times, ``model.encoder.schedule=series``, as prediction does),
 and ``fit`` builds the same ``LatentODEDataModule``, model and ``LatentODELightning`` as
 ``latentode-train`` (the helpers of ``latentode.cli.train``) and trains them with a Lightning
 ``Trainer`` (progress bar included).
-The data settings are ``conf/data/csv.yaml``'s (splits, scaling, batch size), the file itself
-aside; the task (what the encoder sees in training) is its ``data.task``: interpolation with a
-random half of each series' observed times, so that short series hold points out too (the
-paper's 50 points of 100 on its own data; e.g. ``{"data.task.fraction": 0.3}`` to change it).
+The data settings are ``conf/data/csv.yaml``'s (splits, scaling; batch size 16 as above), the
+file itself aside; the task (what the encoder sees in training) is its ``data.task``:
+interpolation with a random half of each series' observed times, so that short series hold
+points out too (the paper's 50 points of 100 on its own data; e.g. ``{"data.task.fraction":
+0.3}`` to change it).
 
 How predictions are made:
 
