@@ -97,6 +97,34 @@ def test_csv_recipe_with_a_baseline_is_refused_with_the_way_out(tmp_path):
         train_cli.build_model(cfg, datamodule)
 
 
+@pytest.mark.parametrize("n_labels, outcome", [
+    (2, r"model\.n_labels=2 but label column 'kind' holds classes 0\.\.2: set model\.n_labels=3"),
+    (1, r"model\.n_labels=1 but label column 'kind' holds classes 0\.\.2"),
+    (0, "warning"),
+])
+def test_a_label_head_that_does_not_fit_the_labels_is_named_before_training(
+        tmp_path, caplog, n_labels, outcome):
+    """Three classes: a head of 2 failed in the loss (IndexError), a head of 1 in the metrics
+    (sklearn), and none left the labels unused without a word."""
+    path = tmp_path / "own.csv"
+    write_unaligned_csv(path)
+    df = pd.read_csv(path)
+    df["kind"] = df["series_id"].str[1:].astype(int) % 3
+    df.to_csv(path, index=False)
+    cfg = compose_train(["experiment=csv", f"data.dataset.path={path}",
+                         "data.dataset.label_col=kind", f"model.n_labels={n_labels}"],
+                        tmp_path / "run")
+    datamodule = train_cli.build_datamodule(cfg)
+    if outcome == "warning":
+        with caplog.at_level("WARNING", logger="latentode.cli.train"):
+            train_cli.build_model(cfg, datamodule)
+        assert "labels of column 'kind' are loaded, but model.n_labels=0" in caplog.text
+        assert "model.n_labels=3" in caplog.text
+    else:
+        with pytest.raises(ValueError, match=outcome):
+            train_cli.build_model(cfg, datamodule)
+
+
 def test_experiments_exist():
     assert set(EXPERIMENTS) >= ISSUE_EXPERIMENTS
 

@@ -493,3 +493,7 @@ def test_a_label_per_series_is_learnt_and_predicted_as_probabilities():
     with pytest.raises(ValueError, match="predict_proba needs a model fitted with label_col="):
         LatentODEForecaster({**TINY, "trainer.max_epochs": 1}).fit(
             df.drop(columns="died")).predict_proba(df)
+    three = df.assign(died=df["series_id"].str[1:].astype(int) % 3)
+    with pytest.raises(ValueError, match=r"model\.n_labels=2 but label column 'died' holds "
+                                         r"classes 0\.\.2: set model\.n_labels=3"):
+        LatentODEForecaster({**TINY, "model.n_labels": 2}).fit(three, label_col="died")

@@ -82,6 +82,13 @@ def test_datamodule_splits_series_before_windowing():
         dm.splits["train"].offsets[:-1], dm.splits["train"].offsets[1:], strict=True)]
     assert max(spans) < 2.5
     assert float(next(iter(dm.train_dataloader())).times[-1]) < 2.5
+    # the test plot draws windows of different series (it drew four windows of one series)
+    from latentode.lit.plots import _windows_of_distinct_series
+
+    test = dm.splits["test"]
+    chosen = _windows_of_distinct_series(test, 4)
+    parents = [test.ids[i].split("#")[0] for i in chosen]
+    assert len(chosen) == 4 and len(set(parents)) == min(4, len(set(owners["test"])))
     with pytest.warns(UserWarning, match="data.time_origin=series"):  # windows: own starts
         LatentODEDataModule(ds, batch_size=4, window=2.5).setup()
     with pytest.raises(ValueError, match="window_stride needs a window"):

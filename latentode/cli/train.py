@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from latentode.cli import config_dir
 from latentode.cli.sweep import write_job_record
+from latentode.data.labels import check_label_head, label_head_size
 from latentode.lit.csv_logger import RunCSVLogger
 from latentode.lit.plots import plot_test_series
 from latentode.models import ODERNN, LatentODE
@@ -94,14 +95,22 @@ def build_model(cfg: DictConfig, datamodule: Any) -> torch.nn.Module:
             raise ValueError(f"model.input_dim={cfg.model.input_dim} but the data have "
                              f"{channels} channels; leave it null to take it from the data.")
     check_arguments(cfg.model, "model")
-    model = instantiate(cfg.model)
     data = datamodule.dataset
+    n_labels = int(cfg.model.get("n_labels") or 0)
+    if n_labels and data.labels is not None:  # before training, not in its loss or metrics
+        check_label_head(n_labels, data.labels, data.label_col)
+    model = instantiate(cfg.model)
     if getattr(model, "classifier", None) is not None and data.labels is None:
         raise ValueError(
             f"model.n_labels={cfg.model.get('n_labels')} asks for a classifier, but the data have "
             "no labels: name the label column (data.dataset.label_col=... for data=csv) or set "
             "model.n_labels=0."
         )
+    if data.labels is not None and not n_labels and "n_labels" in cfg.model:
+        need = label_head_size(data.labels, data.label_col)
+        log.warning("labels of column %r are loaded, but model.n_labels=0: no part of the model "
+                    "reads them. Add model.n_labels=%d to train a classifier beside the "
+                    "reconstruction.", data.label_col, need)
     if data.static is not None:
         log.warning("static covariates %s are loaded and batched, but the models read the time "
                     "series only: they do not inform the predictions", data.static_names)

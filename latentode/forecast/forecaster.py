@@ -76,6 +76,7 @@ from torch import nn
 from latentode.data import IrregularDataset, from_dataframe
 from latentode.data.batch import distinct_in
 from latentode.data.frame import iso_times
+from latentode.data.labels import check_label_head, label_head_size
 from latentode.data.windows import rescale_for_window, window_in_model_units
 
 from .calibration import NoiseCalibration, calibrate_noise, calibration_batches, model_obs_std
@@ -755,14 +756,10 @@ def _warn_beyond_training(ds: IrregularDataset, requests: list[tuple[int, Times]
 
 def _set_label_head(cfg: DictConfig, labels: np.ndarray, label_col: str) -> None:
     """``model.n_labels`` from the labels (1 for 0/1, else the number of classes 0..C-1),
-    unless the overrides set it."""
-    known = labels[~np.isnan(labels)]
-    if len(known) == 0:
-        raise ValueError(f"label column {label_col!r} has no known label (all NaN).")
-    if not np.all(known == np.round(known)) or known.min() < 0:
-        raise ValueError(f"label column {label_col!r} must hold class numbers 0, 1, ... (NaN: "
-                         f"unknown), got values such as {sorted(set(known.tolist()))[:5]}.")
-    n_labels = 1 if known.max() <= 1 else int(known.max()) + 1
+    unless the overrides set it (then checked against the labels)."""
+    n_labels = label_head_size(labels, label_col)
     with open_dict(cfg):
         if not cfg.model.get("n_labels"):
             cfg.model.n_labels = n_labels
+        else:
+            check_label_head(int(cfg.model.n_labels), labels, label_col)

@@ -115,7 +115,12 @@ def plot_batch(
             ax.set_title(f"{titles[b]}: {name}" if titles else name, fontsize=9)
     for ax in axes[-1]:
         ax.set_xlabel("time", fontsize=8)
-    if n_series and np.issubdtype(np.asarray(t_grid[0]).dtype, np.datetime64):
+    dated = n_series and np.issubdtype(np.asarray(t_grid[0]).dtype, np.datetime64)
+    if n_series and not dated:  # numbers such as MJD 59012.5 in narrow axes: fewer, smaller
+        for ax in axes.flat:
+            ax.locator_params(axis="x", nbins=5)
+            ax.tick_params(axis="x", labelsize=7)
+    if dated:
         if batch.origin is None:
             fig.autofmt_xdate()  # dates on the shared axis: slanted and thinned, not overlapping
         else:  # every row its own dates (autofmt_xdate would hide all but the last row's)
@@ -125,6 +130,20 @@ def plot_batch(
                frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / height))
     return fig
+
+
+def _windows_of_distinct_series(part: Any, count: int) -> np.ndarray:
+    """``count`` windows (ids ``"<id>#<k>"``) from as many different series as there are: each
+    series' fullest window first, so the plot is not four windows of one series."""
+    sizes = np.diff(part.offsets)
+    best: dict[str, int] = {}
+    for i, key in enumerate(part.ids):
+        parent = str(key).rsplit("#", 1)[0]
+        if parent not in best or sizes[i] > sizes[best[parent]]:
+            best[parent] = i
+    first = list(best.values())[:count]
+    rest = [i for i in range(len(part)) if i not in set(first)][: count - len(first)]
+    return np.array(sorted(first) + rest, dtype=np.int64)
 
 
 def plot_test_series(
@@ -143,7 +162,9 @@ def plot_test_series(
         datamodule.setup("test")
     part = datamodule.splits["test"]
     count = min(n_series, len(part))
-    batch = collate(part, np.arange(count), datamodule.task, np.random.default_rng(seed),
+    chosen = (_windows_of_distinct_series(part, count)
+              if getattr(datamodule, "window", None) is not None else np.arange(count))
+    batch = collate(part, chosen, datamodule.task, np.random.default_rng(seed),
                     origin=getattr(datamodule, "time_origin", "batch"))
     device = next(model.parameters()).device
     batch = batch.to(device)
@@ -160,7 +181,7 @@ def plot_test_series(
         scale=None if scaler is None else scaler.scale,
         time_transform=part.time_transform,
         channels=list(part.channels),
-        titles=[f"series {part.ids[i]}" for i in range(count)],
+        titles=[f"series {part.ids[i]}" for i in chosen],
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
