@@ -211,6 +211,27 @@ def test_round_trip_static_covariates_and_series_labels():
     assert_exact(ds2.to_dataframe(), sorted_frame(df))
 
 
+def test_labels_given_as_names_are_classes_in_sorted_order_and_round_trip():
+    df = small_frame().assign(kind=lambda d: d["series_id"].map({1: "RRLyr", 2: "EB"}))
+    ds = from_dataframe(df, value_cols=["a", "b"], label_col="kind")
+    assert ds.label_names == ["EB", "RRLyr"] and ds.label_kind == "series"
+    np.testing.assert_array_equal(ds.labels, [1.0, 0.0])  # series 1 is RRLyr
+    out = ds.to_dataframe()
+    assert out["kind"].tolist() == sorted_frame(df)["kind"].tolist()
+    # unknown labels stay unknown; a categorical keeps its own order
+    unknown = df.assign(kind=df["kind"].where(df["series_id"] == 1))
+    ds = from_dataframe(unknown, value_cols=["a", "b"], label_col="kind")
+    assert ds.label_names == ["RRLyr"] and np.isnan(ds.labels[1])
+    assert ds.to_dataframe()["kind"].isna().sum() == 3
+    ordered = df.assign(kind=pd.Categorical(df["kind"], categories=["RRLyr", "EB", "Cep"]))
+    assert from_dataframe(ordered, value_cols=["a", "b"], label_col="kind").label_names == \
+        ["RRLyr", "EB"]  # categories never seen are not classes
+    mixed = df.assign(kind=df["series_id"].map({1: "RRLyr", 2: "1"}))
+    with pytest.raises(ValueError, match=r"label column 'kind' mixes class numbers and names "
+                                         r"\(e\.g\. 'RRLyr' in series 1"):
+        from_dataframe(mixed, value_cols=["a", "b"], label_col="kind")
+
+
 def test_round_trip_per_time_labels():
     df = small_frame().assign(y=[0.0, 1.0, 0.0, np.nan, 1.0, 1.0])
     ds = from_dataframe(df, label_col="y")  # auto: not constant within series -> per time

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import warnings
 
 import numpy as np
@@ -493,6 +494,16 @@ def test_a_label_per_series_is_learnt_and_predicted_as_probabilities():
     with pytest.raises(ValueError, match="predict_proba needs a model fitted with label_col="):
         LatentODEForecaster({**TINY, "trainer.max_epochs": 1}).fit(
             df.drop(columns="died")).predict_proba(df)
+    named = df.assign(died=df["died"].map({0.0: "survived", 1.0: "died"}))
+    fc = LatentODEForecaster({**TINY, "trainer.max_epochs": 1}).fit(named, label_col="died")
+    assert fc.model.n_labels == 1 and fc.spec.label_names == ["died", "survived"]
+    risk = fc.predict_proba(named, num_samples=3)
+    assert list(risk.columns) == ["series_id", "p_died", "p_survived"]
+    np.testing.assert_allclose(risk["p_died"] + risk["p_survived"], 1.0)
+    with tempfile.TemporaryDirectory() as tmp:  # the names are saved with the model
+        fc.save(tmp)
+        pd.testing.assert_frame_equal(LatentODEForecaster.load(tmp).predict_proba(
+            named, num_samples=3), risk)
     three = df.assign(died=df["series_id"].str[1:].astype(int) % 3)
     with pytest.raises(ValueError, match=r"model\.n_labels=2 but label column 'died' holds "
                                          r"classes 0\.\.2: set model\.n_labels=3"):

@@ -129,7 +129,8 @@ class IrregularDataset:
         time_transform: user <-> model time mapping.
         static: ``(n_series, S)`` per-series covariates or None; ``static_names`` their names.
         labels: per-series ``(n_series,)`` or per-time-point ``(N,)`` labels, or None;
-            ``label_kind`` is "series" or "time"; NaN marks an unknown label.
+            ``label_kind`` is "series" or "time"; NaN marks an unknown label. Labels read
+            from names (text, categories) are class numbers ``k`` for ``label_names[k]``.
         id_col, time_col, label_col: column names used by ``to_dataframe``.
     """
 
@@ -147,6 +148,7 @@ class IrregularDataset:
     id_col: str = "series_id"
     time_col: str = "time"
     label_col: str | None = None
+    label_names: list[str] | None = None
     id_dtype: Any = None
     raw_time_dtype: Any = None
     split: np.ndarray | None = None  # per-series "train"/"val"/"test" fixed by a source
@@ -251,7 +253,10 @@ class IrregularDataset:
             for s, name in enumerate(self.static_names or []):
                 frame[name] = np.repeat(self.static[:, s], n)
         if self.labels is not None and self.label_col:
-            frame[self.label_col] = (
-                np.repeat(self.labels, n) if self.label_kind == "series" else self.labels
-            )
+            labels = np.repeat(self.labels, n) if self.label_kind == "series" else self.labels
+            if self.label_names is not None:  # back to the names they were read from
+                names = np.array([*self.label_names, None], dtype=object)
+                labels = names[np.where(np.isnan(labels), len(self.label_names),
+                                        np.nan_to_num(labels)).astype(np.int64)]
+            frame[self.label_col] = labels
         return pd.DataFrame(frame)

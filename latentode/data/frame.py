@@ -418,11 +418,40 @@ def _per_series(
     return out
 
 
+def _class_names(column: pd.Series) -> list[Any] | None:
+    """The classes of a label column of names (text, categories), in sorted order (a
+    categorical's own order), or None for numbers. A column mixing numbers and text is left to
+    the numeric check, which names the stray value."""
+    if pd.api.types.is_bool_dtype(column.dtype) or pd.api.types.is_numeric_dtype(column.dtype):
+        return None
+    known = column.dropna()
+    if len(known) == 0 or pd.to_numeric(known, errors="coerce").notna().any():
+        return None
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return [c for c in column.cat.categories if (known == c).any()]
+    return sorted(pd.unique(known), key=str)
+
+
 def _attach_labels(
     dataset: IrregularDataset, wide: pd.DataFrame, label_col: str, offsets: np.ndarray,
     id_col: str, label_per: str,
 ) -> None:
-    vals = _numeric_column(wide, label_col, id_col).to_numpy()
+    names = _class_names(wide[label_col])
+    if names is not None:  # class names ('RRLyr', 'died'): their positions are the classes
+        codes = wide[label_col].map({name: k for k, name in enumerate(names)})
+        vals = codes.to_numpy(dtype=np.float64, na_value=np.nan)
+        dataset.label_names = [str(name) for name in names]
+    else:
+        column = wide[label_col]
+        text = pd.to_numeric(column, errors="coerce").isna() & column.notna()
+        if text.any() and not pd.api.types.is_bool_dtype(column.dtype):
+            i = int(np.argmax(text.to_numpy()))
+            raise ValueError(
+                f"label column {label_col!r} mixes class numbers and names (e.g. "
+                f"{_plain(column.iloc[i])!r} in series {_plain(wide[id_col].iloc[i])!r}, row "
+                f"{_plain(wide.index[i])!r}): give every class as a number 0, 1, ... or every "
+                "class as a name (NaN or empty: unknown).")
+        vals = _numeric_column(wide, label_col, id_col).to_numpy()
     first = np.repeat(vals[offsets[:-1]], np.diff(offsets))
     constant = bool(np.all(_same(vals, first)))
     if label_per == "series" and not constant:

@@ -223,7 +223,7 @@ class LatentODEForecaster:
             value_cols=None if value_cols is None or channel_col is not None
             else [str(c) for c in value_cols],
             channel_col=channel_col, value_col=value_col, time_unit=time_unit,
-            train_span=min(longest_span(train), window_span),
+            train_span=min(longest_span(train), window_span), label_names=train.label_names,
         )
         data, split = train, ["train"] * len(train)
         if val_df is not None:
@@ -317,7 +317,7 @@ class LatentODEForecaster:
             time_unit=ds.time_transform.unit,
             mean=None if scaler is None else [float(v) for v in scaler.mean],
             scale=None if scaler is None else [float(v) for v in scaler.scale],
-            train_span=longest_span(datamodule.splits["train"]),
+            train_span=longest_span(datamodule.splits["train"]), label_names=ds.label_names,
         )
         return cls._assemble(cfg, model, spec, _calibrate(model.cpu().eval(), datamodule))
 
@@ -518,7 +518,8 @@ class LatentODEForecaster:
                       seed: int = 0) -> pd.DataFrame:
         """Each series' label probabilities from its history in ``df`` (a model fitted with
         ``label_col=``): one row per series, ``p`` for a binary label (the probability of 1),
-        else ``p0``, ``p1``, ...; averaged over ``num_samples`` posterior samples of ``z0``."""
+        else ``p0``, ``p1``, ...; for labels given as names, ``p_<name>`` per class (both classes
+        of a binary one); averaged over ``num_samples`` posterior samples of ``z0``."""
         model, spec = self._fitted("predict_proba")
         if getattr(model, "classifier", None) is None or model.label_type != "series":
             raise ValueError("predict_proba needs a model fitted with label_col= (a classifier "
@@ -532,9 +533,14 @@ class LatentODEForecaster:
         for i, _raw, logits in self._draw(ds, last, num_samples,
                                           seed, False, want_logits=True):
             probs = (torch.sigmoid(logits) if logits.shape[-1] == 1
-                     else torch.softmax(logits, -1)).mean(0)[0]
-            names = ["p"] if logits.shape[-1] == 1 else [f"p{c}" for c in range(len(probs))]
-            rows.append({spec.id_col: ds.ids[i], **dict(zip(names, probs.tolist(), strict=True))})
+                     else torch.softmax(logits, -1)).mean(0)[0].tolist()
+            names = ["p"] if len(probs) == 1 else [f"p{c}" for c in range(len(probs))]
+            classes = spec.label_names
+            if classes and len(probs) == 1 and len(classes) == 2:  # binary: both named
+                names, probs = [f"p_{c}" for c in classes], [1.0 - probs[0], probs[0]]
+            elif classes and len(classes) == len(probs):
+                names = [f"p_{c}" for c in classes]
+            rows.append({spec.id_col: ds.ids[i], **dict(zip(names, probs, strict=True))})
         return pd.DataFrame(rows)
 
     def predict(

@@ -51,6 +51,7 @@ class DataSpec:
     mean: list[float] | None = None
     scale: list[float] | None = None
     train_span: float | None = None  # longest training series' span, model units (None: unknown)
+    label_names: list[str] | None = None  # class names of labels given as names (predict_proba)
 
     # ----------------------------------------------------------------------------- basics
     @property
@@ -183,6 +184,7 @@ def concat_datasets(a: IrregularDataset, b: IrregularDataset) -> IrregularDatase
             [a.labels, b.labels if b.labels is not None else np.full(len(b), np.nan)]),
         label_kind=a.label_kind,
         label_col=a.label_col,
+        label_names=a.label_names,
     )
 
 
