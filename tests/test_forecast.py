@@ -319,9 +319,19 @@ def test_datetimes_in_datetimes_out_tidy_and_validation(dated):
                                pd.Timestamp("2024-01-03 12:00", tz="Europe/Berlin")}
     gaps = tidy.copy()
     gaps.loc[gaps.index[:5], "val"] = np.nan
-    filled = fc.impute(gaps)
-    assert filled["val"].notna().all()
+    filled = fc.impute(gaps, complete=False)
+    assert filled["val"].notna().all() and len(filled) == len(gaps)
     np.testing.assert_array_equal(filled["val"].to_numpy()[5:], gaps["val"].to_numpy()[5:])
+    # complete (the default): the channels a series lacks at its times are added as rows
+    whole = fc.impute(gaps)
+    pd.testing.assert_frame_equal(whole.iloc[:len(gaps)], filled)
+    per_time = whole.groupby(["series_id", "time"])["var"].agg(lambda v: sorted(v))
+    assert per_time.map(lambda v: v == ["x", "y"]).all()  # every time has every channel once
+    assert whole["val"].notna().all() and whole["time"].dtype == tidy["time"].dtype
+    assert len(whole) == 2 * len(gaps.groupby(["series_id", "time"]))
+    assert whole.index.is_unique and whole.index[len(gaps):].min() > gaps.index.max()
+    banded = fc.impute(gaps, quantiles=[0.1, 0.9], num_samples=5).iloc[len(gaps):]
+    assert banded[["q0.1", "q0.9"]].notna().all().all()  # added rows: all filled, with a band
 
 
 def test_plot_writes_png(dated, tmp_path):
@@ -422,7 +432,8 @@ def test_error_time_type_differs_from_training(fitted, data, dated):
     pd.testing.assert_frame_equal(got.drop(columns="time"), want.drop(columns="time"))
     # impute returns the text frame filled (its merge keys read as the predictions' datetimes)
     filled = fc.impute(text, num_samples=5)
-    assert filled["time"].equals(text["time"]) and filled["val"].notna().all()
+    assert filled["time"].iloc[:len(text)].equals(text["time"]) and filled["val"].notna().all()
+    assert filled["time"].map(type).eq(str).all()  # added rows' times are ISO text too
     np.testing.assert_allclose(filled["val"], fc.impute(tidy, num_samples=5)["val"])
     # a bare number is no duration (pd.Timedelta(12) would be 12 nanoseconds)
     with pytest.raises(ValueError, match=r"horizon=12 is a bare number, but the times are "

@@ -108,12 +108,15 @@ def build_model(cfg: DictConfig, datamodule: Any) -> torch.nn.Module:
         )
     if data.labels is not None and not n_labels and "n_labels" in cfg.model:
         need = label_head_size(data.labels, data.label_col)
-        log.warning("labels of column %r are loaded, but model.n_labels=0: no part of the model "
-                    "reads them. Add model.n_labels=%d to train a classifier beside the "
-                    "reconstruction.", data.label_col, need)
+        warnings.warn(f"labels of column {data.label_col!r} are loaded, but model.n_labels=0: no "
+                      f"part of the model reads them. Add model.n_labels={need} to train a "
+                      "classifier beside the reconstruction.", stacklevel=2)
+    # warnings (not log records) about the data, so that callers rebuilding a trained run's
+    # model (LatentODEForecaster.from_run, latentode-predict) can keep them to themselves
     if data.static is not None:
-        log.warning("static covariates %s are loaded and batched, but the models read the time "
-                    "series only: they do not inform the predictions", data.static_names)
+        warnings.warn(f"static covariates {data.static_names} are loaded and batched, but the "
+                      "models read the time series only: they do not inform the predictions",
+                      stacklevel=2)
     return model
 
 

@@ -302,10 +302,10 @@ class LatentODEForecaster:
         with warnings.catch_warnings(record=True) as repeated:
             warnings.simplefilter("always")
             datamodule = build_run_datamodule(cfg, config_path)
+            model = build_model(cfg, datamodule)
         if repeated:
             log.info("rebuilding the run's training data repeated %d warning(s) from training "
-                     "(see its train.log), e.g.: %s", len(repeated), repeated[0].message)
-        model = build_model(cfg, datamodule)
+                     "(see the run's log file), e.g.: %s", len(repeated), repeated[0].message)
         state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()
                                if k.startswith("model.")})
@@ -635,6 +635,7 @@ class LatentODEForecaster:
         *,
         num_samples: int = 100,
         seed: int = 0,
+        complete: bool = True,
     ) -> pd.DataFrame:
         """``df`` with every missing value of the channels filled by the posterior mean.
 
@@ -642,6 +643,12 @@ class LatentODEForecaster:
         With ``quantiles`` (levels in (0, 1)), extra columns ``<channel>_q0.05``... (tidy format:
         ``q0.05``...) hold the predictive quantiles of each filled value (NaN where observed),
         with the calibrated observation noise as in ``predict``.
+
+        Tidy frames (one row per observation) seldom hold a row for what was not observed, so
+        with ``complete`` (the default) rows are added after ``df``'s own for every channel a
+        series lacks at one of its times (id, time, channel and the filled value; other columns
+        NaN; an integer index numbered on from its largest label); ``complete=False`` fills
+        NaN values only. Wide frames hold every channel at every time already.
         """
         qs = check_quantiles(quantiles)
         _, spec = self._fitted("impute")
@@ -654,9 +661,10 @@ class LatentODEForecaster:
                 cols[quantile_name(q)] = level.ravel()
             frames.append(self._long(ds, i, raw, cols))
         pred = self._finish(frames, ds)
-        return self._fill(df, pred, qs)
+        return self._fill(df, pred, qs, complete)
 
-    def _fill(self, df: pd.DataFrame, pred: pd.DataFrame, qs: list[float]) -> pd.DataFrame:
+    def _fill(self, df: pd.DataFrame, pred: pd.DataFrame, qs: list[float],
+              complete: bool = False) -> pd.DataFrame:
         spec = self.spec
         assert spec is not None
         keys = [spec.id_col, spec.time_col]
@@ -671,7 +679,7 @@ class LatentODEForecaster:
             for q in qs:
                 name = quantile_name(q)
                 out[name] = np.where(missing, looked[name].to_numpy(), np.nan)
-            return out
+            return _with_absent_rows(out, df, pred, spec, qs) if complete else out
         wide = pred.pivot_table(index=keys, columns="channel", values=["mean", *map(
             quantile_name, qs)], sort=False, dropna=False)
         looked = df[keys].merge(wide.set_axis(
@@ -722,6 +730,38 @@ def _calibrate(model: nn.Module, datamodule: Any) -> NoiseCalibration:
              "obs_std %g)", calibration.points, split,
              ", ".join(f"{v:.4g}" for v in calibration.std), calibration.obs_std)
     return calibration
+
+
+def _with_absent_rows(out: pd.DataFrame, keys_df: pd.DataFrame, pred: pd.DataFrame,
+                      spec: DataSpec, qs: list[float]) -> pd.DataFrame:
+    """``out`` (a filled tidy frame) followed by rows for the (id, time, channel) combinations
+    ``pred`` holds and the frame does not: each series' channels absent at one of its times.
+    ``keys_df`` holds the frame's keys with times as the predictions hold them."""
+    keys = [spec.id_col, spec.time_col, spec.channel_col]
+    present = keys_df[keys].astype({spec.channel_col: str}).drop_duplicates()
+    merged = pred.merge(present, how="left", on=keys, indicator=True)
+    absent = merged[merged["_merge"] == "left_only"]
+    if absent.empty:
+        return out
+    added = pd.DataFrame({c: absent[c].to_numpy() for c in keys})
+    # back to the frame's own types: channel codes (lab item numbers), ISO text times
+    original = {str(v): v for v in pd.unique(out[spec.channel_col].dropna())}
+    added[spec.channel_col] = added[spec.channel_col].map(lambda c: original.get(c, c))
+    if not out[spec.time_col].equals(keys_df[spec.time_col]):  # text the predictions parsed
+        added[spec.time_col] = added[spec.time_col].map(lambda t: t.isoformat())
+    added[spec.value_col] = absent["mean"].to_numpy()
+    for q in qs:
+        added[quantile_name(q)] = absent[quantile_name(q)].to_numpy()
+    ranged = isinstance(out.index, pd.RangeIndex) and out.index.start == 0 and \
+        out.index.step == 1
+    if pd.api.types.is_integer_dtype(out.index.dtype) and not ranged:  # numbered on from the max
+        start = int(out.index.max()) + 1 if len(out) else 0
+        added.index = pd.RangeIndex(start, start + len(added))
+    elif not ranged:  # labels of other kinds (text, dates): none to number on from
+        added.index = pd.Index([None] * len(added), dtype=object)
+    with contextlib.suppress(TypeError, ValueError):  # the frame's id type (integer ids)
+        added[spec.id_col] = added[spec.id_col].astype(out[spec.id_col].dtype)
+    return pd.concat([out, added], ignore_index=ranged)
 
 
 def _filled(column: pd.Series, missing: np.ndarray, means: pd.Series) -> pd.Series:
