@@ -211,6 +211,18 @@ def test_round_trip_static_covariates_and_series_labels():
     assert_exact(ds2.to_dataframe(), sorted_frame(df))
 
 
+def test_duplicates_from_float32_times_say_why():
+    """MJDs stored as float32 collapse points 0.0001 days apart (a light-curve user's file)."""
+    t = np.array([59000.1, 59000.1001, 59000.2], dtype=np.float32)
+    df = pd.DataFrame({"series_id": ["a"] * 3, "mjd": t, "x": [1.0, 2.0, 3.0]})
+    with pytest.warns(UserWarning, match=r"1 duplicate .* Column 'mjd' is float32, which cannot "
+                                         r"tell apart times closer than 0\.0039"):
+        from_dataframe(df, time_col="mjd")
+    tidy = df.assign(var="x").rename(columns={"x": "val"})
+    with pytest.warns(UserWarning, match=r"repeated .* Column 'mjd' is float32"):
+        from_dataframe(tidy, time_col="mjd", channel_col="var", value_col="val")
+
+
 def test_labels_given_as_names_are_classes_in_sorted_order_and_round_trip():
     df = small_frame().assign(kind=lambda d: d["series_id"].map({1: "RRLyr", 2: "EB"}))
     ds = from_dataframe(df, value_cols=["a", "b"], label_col="kind")

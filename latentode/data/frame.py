@@ -353,10 +353,21 @@ def _merge_duplicates(
     merged = wide.groupby([id_col, time_col], sort=False, dropna=False).agg(agg).reset_index()
     warnings.warn(
         f"{len(wide) - len(merged)} duplicate (series, time) rows were averaged per channel "
-        "(duplicates='mean').",
+        f"(duplicates='mean').{_float32_hint(wide[time_col], time_col)}",
         stacklevel=3,
     )
     return merged
+
+
+def _float32_hint(times: pd.Series, time_col: Any) -> str:
+    """Why distinct times may have become duplicates: a float32 column resolves large times
+    (MJD 59000: ~0.004 days) coarsely."""
+    if times.dtype != np.float32 or times.dropna().empty:
+        return ""
+    step = float(np.spacing(np.abs(times.dropna()).max().astype(np.float32)))
+    return (f" Column {_plain(time_col)!r} is float32, which cannot tell apart times closer than "
+            f"{step:.3g} at its largest values: keep it float64 from the source (read_csv "
+            "gives float64 unless told otherwise); casting it now cannot restore the digits.")
 
 
 def _pivot_tidy(
@@ -381,7 +392,7 @@ def _pivot_tidy(
     if dup.any():
         warnings.warn(
             f"{int(dup.sum())} repeated (series, time, channel) observations were averaged "
-            "(duplicates='mean').",
+            f"(duplicates='mean').{_float32_hint(long[time_col], time_col)}",
             stacklevel=3,
         )
     channels = [str(c) for c in pd.unique(long[channel_col])]
