@@ -124,6 +124,24 @@ def test_a_label_head_that_does_not_fit_the_labels_is_named_before_training(
             train_cli.build_model(cfg, datamodule)
 
 
+def test_labels_that_change_within_a_series_or_that_no_model_part_reads_are_named(tmp_path):
+    path = tmp_path / "own.csv"
+    write_unaligned_csv(path)
+    df = pd.read_csv(path)
+    df["died"] = df["series_id"].str[1:].astype(int) % 2
+    df.loc[df.index[3], "died"] = 1 - df.loc[df.index[3], "died"]  # one wrong row in series s0
+    df.to_csv(path, index=False)
+    common = ["experiment=csv", f"data.dataset.path={path}", "data.dataset.label_col=died"]
+    cfg = compose_train([*common, "model.n_labels=1"], tmp_path / "run")
+    with pytest.raises(ValueError, match=r"label column 'died' changes within series 's0' "
+                                         r"\(values \[0\.0, 1\.0\]\).*model\.label_type=time"):
+        train_cli.build_model(cfg, train_cli.build_datamodule(cfg))
+    cfg = compose_train(["data=csv", "model=gru_dt", *common[1:]], tmp_path / "run2")
+    with pytest.warns(UserWarning, match=r"labels of column 'died' are loaded, but "
+                                         r"latentode\.models\.GRUDT has no classifier"):
+        train_cli.build_model(cfg, train_cli.build_datamodule(cfg))
+
+
 def test_experiments_exist():
     assert set(EXPERIMENTS) >= ISSUE_EXPERIMENTS
 

@@ -434,6 +434,17 @@ def test_error_time_type_differs_from_training(fitted, data, dated):
     filled = fc.impute(text, num_samples=5)
     assert filled["time"].iloc[:len(text)].equals(text["time"]) and filled["val"].notna().all()
     assert filled["time"].map(type).eq(str).all()  # added rows' times are ISO text too
+    # ... in the frame's own style ('2024-01-01 00:00:00+01:00', not 'T'), and what is
+    # constant within each series (an outcome, an int flag) is copied to the added rows
+    spaced = tidy.assign(time=tidy.time.map(str),
+                         flag=tidy.series_id.str[1:].astype(int) % 2, note="x")
+    spaced.loc[spaced.index[0], "note"] = "y"  # varies within one series: left NaN there
+    filled = fc.impute(spaced, num_samples=5)
+    added = filled.iloc[len(spaced):]
+    assert not filled["time"].str.contains("T").any() and len(added) > 0
+    assert filled["flag"].dtype == spaced["flag"].dtype
+    np.testing.assert_array_equal(added["flag"], added.series_id.str[1:].astype(int) % 2)
+    assert added["note"].isna().all()
     np.testing.assert_allclose(filled["val"], fc.impute(tidy, num_samples=5)["val"])
     # a bare number is no duration (pd.Timedelta(12) would be 12 nanoseconds)
     with pytest.raises(ValueError, match=r"horizon=12 is a bare number, but the times are "

@@ -173,6 +173,37 @@ def test_train_eval_and_predict_on_a_users_csv(tmp_path, monkeypatch):
     assert again["test/mse"] == pytest.approx(trained["test/mse"], rel=1e-5)
 
 
+def test_a_run_trained_on_a_tidy_file_predicts_from_tidy_frames(tmp_path, monkeypatch):
+    """chartevents-style rows (integer item codes, one value column): latentode-predict read a
+    tidy run's input as wide and refused it; the output keeps the codes' integer type."""
+    tidy = (_vitals().rename(columns={"hr": 220045, "temp": 223761})
+            .melt(id_vars=["patient", "charttime"], var_name="itemid", value_name="valuenum")
+            .dropna().astype({"itemid": "int64"}).assign(valueuom="x"))
+    tidy.to_csv(tmp_path / "events.csv", index=False)
+    run = tmp_path / "run"
+    run_main(train_cli, ["latentode-train", "experiment=csv", f"data.dataset.path={tmp_path}/"
+                         "events.csv", "data.dataset.id_col=patient",
+                         "data.dataset.time_col=charttime", "data.dataset.channel_col=itemid",
+                         "data.dataset.value_col=valuenum", f"hydra.run.dir={run}",
+                         *TINY[2:], "trainer.max_epochs=1"], monkeypatch)
+    history = tidy[tidy.patient.isin(["p0", "p1"])]
+    history.to_csv(tmp_path / "history.csv", index=False)
+    run_main(predict_cli, ["latentode-predict", f"ckpt_path={run}/checkpoints/last.ckpt",
+                           f"input={tmp_path}/history.csv", f"output={tmp_path}/pred.csv",
+                           "horizon=2.0", "n=3", f"hydra.run.dir={tmp_path}/predict"],
+                          monkeypatch)
+    pred = pd.read_csv(tmp_path / "pred.csv")
+    assert set(pred["itemid"]) == {220045, 223761} and len(pred) == 2 * 3 * 2
+    fc = LatentODEForecaster.from_run(run / "checkpoints" / "last.ckpt")
+    assert fc.predict(history, horizon=2.0, n=1)["itemid"].dtype == history["itemid"].dtype
+    # codes as text in some rows and numbers in others are one channel, not a cryptic error
+    mixed = history.astype({"itemid": object})
+    mixed.loc[mixed.index[::2], "itemid"] = mixed["itemid"].iloc[::2].astype(str)
+    pd.testing.assert_frame_equal(fc.predict(mixed, horizon=2.0, n=1, num_samples=5).drop(
+        columns="itemid"), fc.predict(history, horizon=2.0, n=1, num_samples=5).drop(
+        columns="itemid"))
+
+
 def test_predict_writes_label_probabilities(tmp_path, monkeypatch):
     """``proba_output=``: each series' label probability beside the forecasts, the same numbers
     as ``predict_proba``; a model without a classifier is refused before any forecast."""

@@ -27,6 +27,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -99,6 +100,8 @@ def build_model(cfg: DictConfig, datamodule: Any) -> torch.nn.Module:
     n_labels = int(cfg.model.get("n_labels") or 0)
     if n_labels and data.labels is not None:  # before training, not in its loss or metrics
         check_label_head(n_labels, data.labels, data.label_col)
+        if cfg.model.get("label_type", "series") == "series" and data.label_kind == "time":
+            raise ValueError(_per_time_labels_message(data))
     model = instantiate(cfg.model)
     if getattr(model, "classifier", None) is not None and data.labels is None:
         raise ValueError(
@@ -111,6 +114,10 @@ def build_model(cfg: DictConfig, datamodule: Any) -> torch.nn.Module:
         warnings.warn(f"labels of column {data.label_col!r} are loaded, but model.n_labels=0: no "
                       f"part of the model reads them. Add model.n_labels={need} to train a "
                       "classifier beside the reconstruction.", stacklevel=2)
+    elif data.labels is not None and "n_labels" not in cfg.model:
+        warnings.warn(f"labels of column {data.label_col!r} are loaded, but {cfg.model._target_} "
+                      "has no classifier: they are not used (the latent ODE, model=latent_ode, "
+                      "classifies with model.n_labels).", stacklevel=2)
     # warnings (not log records) about the data, so that callers rebuilding a trained run's
     # model (LatentODEForecaster.from_run, latentode-predict) can keep them to themselves
     if data.static is not None:
@@ -118,6 +125,20 @@ def build_model(cfg: DictConfig, datamodule: Any) -> torch.nn.Module:
                       "models read the time series only: they do not inform the predictions",
                       stacklevel=2)
     return model
+
+
+def _per_time_labels_message(data: Any) -> str:
+    """Why a per-series classifier cannot take these labels: the series where one changes."""
+    for i in range(len(data)):
+        own = data.labels[data.offsets[i]:data.offsets[i + 1]]
+        known = own[~np.isnan(own)]
+        if len(np.unique(known)) > 1:
+            return (f"label column {data.label_col!r} changes within series {data.ids[i]!r} "
+                    f"(values {sorted(set(known.tolist()))[:5]}), so it was read as a label per "
+                    "time point, but model.label_type=series needs one label per series: make "
+                    "it constant within each series, or set model.label_type=time.")
+    return (f"label column {data.label_col!r} holds a label per time point, but "
+            "model.label_type=series needs one per series (data.dataset.label_per=series).")
 
 
 def check_arguments(node: Any, where: str) -> None:

@@ -381,6 +381,7 @@ def _pivot_tidy(
             f"{_plain(long[id_col].iloc[i])!r}, row {_plain(long.index[i])!r})."
         )
     long[value_col] = _numeric_column(long, value_col, id_col)
+    long[channel_col] = long[channel_col].astype(str)  # 220045 and '220045': one channel
     dup = long.duplicated([id_col, time_col, channel_col], keep=False)
     if dup.any() and how == "error":
         i = int(np.argmax(dup.to_numpy()))
@@ -395,8 +396,7 @@ def _pivot_tidy(
             f"(duplicates='mean').{_float32_hint(long[time_col], time_col)}",
             stacklevel=3,
         )
-    channels = [str(c) for c in pd.unique(long[channel_col])]
-    long[channel_col] = long[channel_col].astype(str)
+    channels = list(pd.unique(long[channel_col]))
     wide = long.pivot_table(
         index=[id_col, time_col], columns=channel_col, values=value_col, aggfunc="mean",
         dropna=False, sort=False,

@@ -311,9 +311,14 @@ class LatentODEForecaster:
                                if k.startswith("model.")})
         ds: IrregularDataset = datamodule.dataset
         scaler = datamodule.scaler
+        # a run trained on a tidy file (one row per observation) reads tidy frames
+        channel_col = OmegaConf.select(cfg, "data.dataset.channel_col", default=None)
+        value_col = OmegaConf.select(cfg, "data.dataset.value_col", default=None)
+        tidy = channel_col is not None and value_col is not None
         spec = DataSpec(
             id_col=ds.id_col, time_col=ds.time_col, channels=list(ds.channels),
-            time=ds.time_transform, value_cols=list(ds.channels),
+            time=ds.time_transform, value_cols=None if tidy else list(ds.channels),
+            channel_col=channel_col if tidy else None, value_col=value_col if tidy else None,
             time_unit=ds.time_transform.unit,
             mean=None if scaler is None else [float(v) for v in scaler.mean],
             scale=None if scaler is None else [float(v) for v in scaler.scale],
@@ -502,7 +507,8 @@ class LatentODEForecaster:
         frame.update(columns)
         return pd.DataFrame(frame)
 
-    def _finish(self, frames: list[pd.DataFrame], ds: IrregularDataset) -> pd.DataFrame:
+    def _finish(self, frames: list[pd.DataFrame], ds: IrregularDataset,
+                df: pd.DataFrame | None = None) -> pd.DataFrame:
         spec = self.spec
         assert spec is not None
         if not frames:
@@ -511,6 +517,8 @@ class LatentODEForecaster:
         if ds.id_dtype is not None:
             with contextlib.suppress(TypeError, ValueError):  # keep object ids then
                 out[spec.id_col] = out[spec.id_col].astype(ds.id_dtype)
+        if spec.tidy and df is not None:  # channel codes back to df's own type (item numbers)
+            out[spec.channel_col] = _as_given(out[spec.channel_col], df[spec.channel_col])
         return out
 
     # ============================================================================ predict
@@ -597,7 +605,7 @@ class LatentODEForecaster:
                 for q, level in zip(qs, np.quantile(spread, qs, axis=0), strict=True):
                     cols[quantile_name(q)] = level.ravel()
             frames.append(self._long(ds, i, raw, cols))
-        return self._finish(frames, ds)
+        return self._finish(frames, ds, df)
 
     def sample(
         self,
@@ -626,7 +634,7 @@ class LatentODEForecaster:
             s, m, d = draws.shape
             cols = {"sample": np.repeat(np.arange(s), m * d), "value": draws.ravel()}
             frames.append(self._long(ds, i, raw, cols, repeat=s))
-        return self._finish(frames, ds)
+        return self._finish(frames, ds, df)
 
     def impute(
         self,
@@ -745,10 +753,20 @@ def _with_absent_rows(out: pd.DataFrame, keys_df: pd.DataFrame, pred: pd.DataFra
         return out
     added = pd.DataFrame({c: absent[c].to_numpy() for c in keys})
     # back to the frame's own types: channel codes (lab item numbers), ISO text times
-    original = {str(v): v for v in pd.unique(out[spec.channel_col].dropna())}
-    added[spec.channel_col] = added[spec.channel_col].map(lambda c: original.get(c, c))
+    added[spec.channel_col] = _as_given(added[spec.channel_col], out[spec.channel_col])
     if not out[spec.time_col].equals(keys_df[spec.time_col]):  # text the predictions parsed
-        added[spec.time_col] = added[spec.time_col].map(lambda t: t.isoformat())
+        first = str(out[spec.time_col].dropna().iloc[0])
+        sep = "T" if "T" in first else " "  # '2150-03-04 13:22:00' stays in that style
+        added[spec.time_col] = added[spec.time_col].map(lambda t: t.isoformat(sep=sep))
+    # what is constant within each series (an outcome, a ward) is the series' own value
+    for col in out.columns:
+        if col in (*keys, spec.value_col) or col in {quantile_name(q) for q in qs}:
+            continue
+        per = out.groupby(spec.id_col, sort=False)[col]
+        if (per.nunique(dropna=False) <= 1).all():
+            added[col] = added[spec.id_col].map(per.first())
+            with contextlib.suppress(TypeError, ValueError):
+                added[col] = added[col].astype(out[col].dtype)
     added[spec.value_col] = absent["mean"].to_numpy()
     for q in qs:
         added[quantile_name(q)] = absent[quantile_name(q)].to_numpy()
@@ -762,6 +780,17 @@ def _with_absent_rows(out: pd.DataFrame, keys_df: pd.DataFrame, pred: pd.DataFra
     with contextlib.suppress(TypeError, ValueError):  # the frame's id type (integer ids)
         added[spec.id_col] = added[spec.id_col].astype(out[spec.id_col].dtype)
     return pd.concat([out, added], ignore_index=ranged)
+
+
+def _as_given(names: pd.Series, given: pd.Series) -> pd.Series:
+    """Channel names (text) as ``given`` spells them: ``'220045'`` as the integer item code
+    220045 when the frame holds codes, with the frame's dtype where every name maps."""
+    original = {str(v): v for v in pd.unique(given.dropna())}
+    mapped = names.map(lambda c: original.get(c, c))
+    if names.isin(list(original)).all():
+        with contextlib.suppress(TypeError, ValueError):
+            return mapped.astype(given.dtype)
+    return mapped
 
 
 def _filled(column: pd.Series, missing: np.ndarray, means: pd.Series) -> pd.Series:
