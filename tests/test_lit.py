@@ -65,8 +65,11 @@ def test_training_logs_finite_terms_for_every_stage():
     ratio = float(logged["val/mse_data"]) / float(logged["val/mse"])
     assert ratio == pytest.approx(float(dm.scaler.scale[0]) ** 2, rel=1e-5)
     test = trainer.test(module, datamodule=dm, verbose=False)[0]
+    per_channel = {f"test/mse_data/{c}" for c in dm.dataset.channels}
     assert set(test) == ({f"test/{t}" for t in (*TERMS, "mse_sample")}
-                         | {f"test/solver_{n}" for n in SOLVER_COUNTS})
+                         | {f"test/solver_{n}" for n in SOLVER_COUNTS} | per_channel)
+    (one,) = per_channel  # one channel: its own MSE is the whole data-unit MSE
+    assert test[one] == pytest.approx(test["test/mse_data"], rel=1e-6)
     assert "val/mse_sample" in logged and "train/mse_sample_epoch" not in logged
     assert test["test/mse_sample"] >= test["test/mse"]  # the samples' spread on top
 
@@ -164,6 +167,10 @@ def test_seen_and_unseen_split_the_targets():
     assert float(seen[1] + unseen[1]) == float(count) == float(batch.target_mask.sum())
     assert float(seen[1]) == float((batch.encoder_mask & batch.target_mask).sum()) > 0
     torch.testing.assert_close(errors["mse_data"][0], 9.0 * total)
+    module.channels = ["x"]
+    by_channel = module._errors(batch, pred, per_channel=True)["mse_data/x"]
+    torch.testing.assert_close(by_channel[0], errors["mse_data"][0])
+    assert float(by_channel[1]) == float(count)
     assert "mse_sample" not in errors  # training steps skip it
     # the paper code's test MSE: each sample's error, then the mean over samples
     each = module._errors(batch, pred, per_sample=True)["mse_sample"]

@@ -142,6 +142,9 @@ def test_train_eval_and_predict_on_a_users_csv(tmp_path, monkeypatch):
                              f"hydra.run.dir={run}", *TINY[2:]], monkeypatch)
     trained = json.loads((run / "test_metrics.json").read_text())["metrics"]
     assert trained["test/mse_unseen"] > 0  # the default task holds points out of short series
+    # each channel in its own units (bpm^2, degC^2); the data-unit MSE is their weighted mean
+    hr, temp = trained["test/mse_data/hr"], trained["test/mse_data/temp"]
+    assert min(hr, temp) < trained["test/mse_data"] < max(hr, temp)
     # warnings about the data reach the run's log file, not only the console
     assert "non-numeric column(s) were not used as channels: ['ward']" in (
         run / "train.log").read_text()

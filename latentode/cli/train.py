@@ -232,7 +232,8 @@ def run_test(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, dat
     print(format_metrics(metrics, f"test metrics ({label or 'final weights'})"), flush=True)
     if "test/mse_data" in metrics:
         print("(mse: standardised units, as the model sees the data; mse_data: the data's own "
-              "units; mse_seen/mse_unseen: points the encoder saw / did not see)", flush=True)
+              "units, mse_data/<channel> each channel's; mse_seen/mse_unseen: points the "
+              "encoder saw / did not see)", flush=True)
     plots = cfg.get("plots") or {}
     n_series = int(plots.get("n_series", 4)) if isinstance(plots, DictConfig) else 0
     if n_series > 0:

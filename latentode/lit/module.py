@@ -163,6 +163,8 @@ class LatentODELightning(L.LightningModule):
         train_samples, eval_samples: posterior samples per series (None: the model's default).
         scale: per-channel scale of the data's scaler (data = model * scale + mean), for
             ``mse_data``; None when the data are not scaled.
+        channels: channel names, for the test's ``mse_data/<channel>`` (each channel's MSE in
+            its own units: ``mse_data`` itself mixes them); None: the datamodule's dataset's.
         eval_seed: seed of the posterior samples drawn in validation and test.
     """
 
@@ -180,13 +182,15 @@ class LatentODELightning(L.LightningModule):
         eval_samples: int | None = None,
         scale: Sequence[float] | torch.Tensor | None = None,
         eval_seed: int = 0,
+        channels: Sequence[str] | None = None,
     ):
         super().__init__()
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got "
                              f"{scheduler_interval!r}.")
-        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler", "scale"],
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler", "scale", "channels"],
                                   logger=False)
+        self.channels = None if channels is None else [str(c) for c in channels]
         self.model = model
         self.optimizer_factory = optimizer or functools.partial(torch.optim.Adamax, lr=1e-2)
         self.scheduler_factory = scheduler
@@ -208,7 +212,13 @@ class LatentODELightning(L.LightningModule):
     def setup(self, stage: str) -> None:
         """Without ``scale=``, take it from the datamodule's scaler (``LatentODEDataModule``),
         so that ``mse_data`` is in data units under any Trainer, not only the CLI's."""
-        if not self._scale_from_data or self.trainer is None:
+        if self.trainer is None:
+            return
+        if self.channels is None:
+            dataset = getattr(self.trainer.datamodule, "dataset", None)
+            names = getattr(dataset, "channels", None)
+            self.channels = None if names is None else [str(c) for c in names]
+        if not self._scale_from_data:
             return
         scaler = getattr(self.trainer.datamodule, "scaler", None)
         if scaler is not None:
@@ -250,10 +260,11 @@ class LatentODELightning(L.LightningModule):
             )
         return out
 
-    def _errors(self, batch: Batch, pred: torch.Tensor, per_sample: bool = False
-                ) -> dict[str, tuple[torch.Tensor, Any]]:
+    def _errors(self, batch: Batch, pred: torch.Tensor, per_sample: bool = False,
+                per_channel: bool = False) -> dict[str, tuple[torch.Tensor, Any]]:
         """Sums of squared errors and counts: normalised, data units, seen and unseen targets
-        (and, with ``per_sample``, averaged over the posterior samples' own errors)."""
+        (and, with ``per_sample``, averaged over the posterior samples' own errors; with
+        ``per_channel``, each channel's in its data units, ``mse_data/<channel>``)."""
         mean = pred.detach().mean(0)
         sq = (mean - batch.values).square()
         target = batch.target_mask
@@ -267,6 +278,11 @@ class LatentODELightning(L.LightningModule):
             out["mse_data"] = ((sq * tf * self.scale.to(sq).square()).sum(), tf.sum())
         else:
             out["mse_data"] = out["mse"]
+        if per_channel and self.channels is not None and len(self.channels) == sq.shape[-1]:
+            data_sq = sq * tf if self.scale is None else sq * tf * self.scale.to(sq).square()
+            totals, counts = data_sq.sum(dim=(0, 1)), tf.sum(dim=(0, 1))
+            for d, name in enumerate(self.channels):  # every process adds every name
+                out[f"mse_data/{name}"] = (totals[d], counts[d])
         for name, part in (("mse_seen", target & batch.encoder_mask),
                            ("mse_unseen", target & ~batch.encoder_mask)):
             pf = part.to(sq.dtype)
@@ -391,7 +407,8 @@ class LatentODELightning(L.LightningModule):
         if "logits" in out and batch.labels is not None:
             self._labels.setdefault(stage, []).append(_known_predictions(out["logits"],
                                                                           batch.labels))
-        for name, (total, count) in self._errors(batch, out["pred"], per_sample=True).items():
+        for name, (total, count) in self._errors(batch, out["pred"], per_sample=True,
+                                                 per_channel=stage == "test").items():
             sums.add(name, total, count)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
