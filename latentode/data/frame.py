@@ -397,10 +397,10 @@ def _pivot_tidy(
             stacklevel=3,
         )
     channels = list(pd.unique(long[channel_col]))
-    wide = long.pivot_table(
-        index=[id_col, time_col], columns=channel_col, values=value_col, aggfunc="mean",
-        dropna=False, sort=False,
-    )
+    # only the (series, time) pairs that occur: pivot_table(dropna=False) built every series
+    # x every distinct time, quadratic for series on their own clocks (1M rows: out of memory)
+    wide = (long.groupby([id_col, time_col, channel_col], sort=False, dropna=False)[value_col]
+            .mean().unstack(channel_col))
     wide = wide.reindex(columns=channels).reset_index()
     wide.columns.name = None
     observed_rows = long.drop_duplicates([id_col, time_col])
