@@ -246,6 +246,18 @@ def test_an_added_key_the_model_does_not_take_is_named_before_instantiation(
     train_cli.check_arguments(compose_train(TINY).model, "model")  # the defaults pass
 
 
+def test_the_progress_bar_shows_where_someone_watches(monkeypatch, tmp_path):
+    """refresh_rate: auto -- a line per batch flooded the logs of batch jobs."""
+    callbacks = compose_train([], tmp_path / "run").callbacks
+    assert callbacks.progress_bar.refresh_rate == "auto"
+    for watched, rate in ((True, 1), (False, 0)):
+        monkeypatch.setattr(train_cli, "interactive", lambda watched=watched: watched)
+        (bar,) = [c for c in train_cli.build_group(callbacks) if "ProgressBar" in type(c).__name__]
+        assert bar.refresh_rate == rate
+    assert compose_train(["callbacks.progress_bar.refresh_rate=5"]).callbacks.progress_bar \
+        .refresh_rate == 5
+
+
 def test_trainer_counts_of_the_wrong_type_are_refused_by_name(tmp_path):
     cfg = compose_train(["trainer.max_epochs=ten"], tmp_path / "run")
     with pytest.raises(ValueError, match=r"trainer\.max_epochs must be a whole number, got 'ten'"):

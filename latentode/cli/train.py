@@ -181,10 +181,27 @@ def build_module(cfg: DictConfig, model: torch.nn.Module, datamodule: Any) -> L.
 
 
 def build_group(cfg: DictConfig | None) -> list[Any]:
-    """Instantiate every entry of a group such as ``callbacks`` or ``logger`` that has a target."""
+    """Instantiate every entry of a group such as ``callbacks`` or ``logger`` that has a target.
+    ``refresh_rate: auto`` (the progress bar) is 1 where someone watches (a terminal, a
+    notebook) and 0 where output goes to a file (batch jobs: a line per batch floods logs)."""
     if not cfg:
         return []
-    return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+    out = []
+    for c in cfg.values():
+        if not (isinstance(c, DictConfig) and "_target_" in c):
+            continue
+        if c.get("refresh_rate") == "auto":
+            out.append(instantiate(c, refresh_rate=1 if interactive() else 0))
+        else:
+            out.append(instantiate(c))
+    return out
+
+
+def interactive() -> bool:
+    """Whether progress output is watched: stderr is a terminal, or a Jupyter kernel runs."""
+    import sys
+
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
 
 
 def output_dir(cfg: DictConfig) -> Path:
