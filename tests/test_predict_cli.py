@@ -207,6 +207,29 @@ def test_a_run_trained_on_a_tidy_file_predicts_from_tidy_frames(tmp_path, monkey
         columns="itemid"))
 
 
+def test_predicted_times_are_written_in_the_inputs_iso_style(tmp_path, monkeypatch):
+    """'2024-03-01T14:05:00' in, the same style out (pandas writes datetimes with a space)."""
+    df = _vitals(n_series=6)
+    df["charttime"] = (pd.Timestamp("2024-03-01") + pd.to_timedelta(df["charttime"], unit="h")
+                       ).map(lambda t: t.isoformat())
+    small = {"model.latents": 4, "model.gen_units": 16, "model.encoder.hidden": 8,
+             "model.encoder.z0_units": 16, "model.encoder.ode_units": 16,
+             "data.batch_size": 3, "trainer.max_epochs": 1}
+    LatentODEForecaster(small).fit(df, id_col="patient", time_col="charttime").save(
+        tmp_path / "fc")
+    for sep, name in (("T", "iso"), (" ", "spaced")):
+        history = df.assign(charttime=pd.to_datetime(df.charttime).map(
+            lambda t, sep=sep: t.isoformat(sep=sep)))
+        history.to_csv(tmp_path / f"{name}.csv", index=False)
+        run_main(predict_cli, ["latentode-predict", f"model_dir={tmp_path}/fc",
+                               f"input={tmp_path}/{name}.csv", f"output={tmp_path}/{name}_p.csv",
+                               "horizon=2h", "n=2", "num_samples=3",
+                               f"hydra.run.dir={tmp_path}/{name}_run"], monkeypatch)
+        times = pd.read_csv(tmp_path / f"{name}_p.csv")["charttime"]
+        assert times.str.contains("T").all() == (sep == "T"), times.iloc[0]
+        assert len(times) == 6 * 2 * 2
+
+
 def test_predict_writes_label_probabilities(tmp_path, monkeypatch):
     """``proba_output=``: each series' label probability beside the forecasts, the same numbers
     as ``predict_proba``; a model without a classifier is refused before any forecast."""

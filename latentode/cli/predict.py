@@ -100,9 +100,12 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
                if cfg.get(k) is not None and cfg[k] != getattr(spec, k)}
     frame = frame.rename(columns=renames)
     time_col = spec.time_col
+    t_style = None  # ISO text with a 'T' in: the same style out (a CSV's datetimes use ' ')
     if spec.time.kind == "datetime" and time_col in frame.columns and not (
         pd.api.types.is_datetime64_any_dtype(frame[time_col].dtype)
     ):
+        first = frame[time_col].dropna()
+        t_style = "T" if len(first) and "T" in str(first.iloc[0]) else None
         frame[time_col] = pd.to_datetime(frame[time_col])
     proba_path = cfg.get("proba_output")
     if proba_path is not None:  # before the forecasts: a model without a classifier fails fast
@@ -116,7 +119,11 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     )
     pred = pred.rename(columns={v: k for k, v in renames.items()})
     out = Path(str(cfg.output))
-    write_frame(pred, out)
+    written = pred
+    if t_style is not None and out.suffix not in (".parquet", ".pq"):
+        column = {v: k for k, v in renames.items()}.get(time_col, time_col)  # the user's name
+        written = pred.assign(**{column: pred[column].map(lambda t: t.isoformat(sep=t_style))})
+    write_frame(written, out)
     log.info("%d rows (%d series) written to %s", len(pred), pred.iloc[:, 0].nunique(), out)
     if proba_path is not None:
         proba = proba.rename(columns={v: k for k, v in renames.items()})
