@@ -825,6 +825,32 @@ def test_extrapolation_fraction(fraction):
         assert enc[b].sum() >= 1
 
 
+def test_extrapolation_fraction_spread_draws_a_cut_per_series_within_the_spread():
+    ds = from_dataframe(random_frame(15, n_series=20, max_len=12, p_missing=0.0))
+    indices = np.arange(len(ds))
+    task = Extrapolation(fraction=0.5, fraction_spread=0.3)
+    shares = []
+    for seed in range(5):
+        batch = collate(ds, indices, task, rng=np.random.default_rng(seed), dtype=torch.float64)
+        assert not (batch.encoder_mask & batch.target_mask).any()
+        assert torch.equal(batch.encoder_mask | batch.target_mask, batch.mask)
+        enc = point_mask(batch.encoder_mask)
+        grid = batch.times.numpy()
+        for b, i in enumerate(indices):
+            t = ds.series(i)["times"]
+            seen = grid[np.nonzero(enc[b])[0]]
+            share = (seen.max() - t[0]) / (t[-1] - t[0])
+            assert share <= 0.8 + 1e-9  # the last seen point lies before the latest cut
+            after = t[t > seen.max()]
+            assert len(after) == 0 or (after[0] - t[0]) / (t[-1] - t[0]) >= 0.2 - 1e-9
+            shares.append(share)
+    assert np.std(shares) > 0.05  # cuts differ between series and batches
+    with pytest.raises(ValueError, match=r"fraction_spread must be in \[0, 0\.2\]"):
+        Extrapolation(fraction=0.8, fraction_spread=0.3)
+    with pytest.raises(ValueError, match="set fraction"):
+        Extrapolation(count=3, fraction_spread=0.1)
+
+
 def test_extrapolation_cut_time_numeric_user_units_and_at_least_one_point():
     # seconds over years: model times are rescaled, the cut is given in user units
     df = pd.DataFrame(

@@ -120,12 +120,18 @@ class Extrapolation:
     observed time points of that beginning, ``max(1, floor(subsample * n))`` of its ``n``
     (the paper code's ``subsample_timepoints`` after ``split_data_extrap``), drawn per batch like
     :class:`Interpolation`'s; the model still predicts the points after the beginning only.
+
+    ``fraction_spread`` (with ``fraction``): each series' cut is drawn uniformly from
+    ``fraction +- fraction_spread`` of its span, per batch (fixed per series in validation and
+    test, like the other random masks). With one cut for every series of a shared grid, an
+    autoregressive model learns where the cut is and extrapolates well from there only.
     """
 
     fraction: float | None = None
     count: int | None = None
     cut_time: float | str | None = None
     subsample: float | None = None
+    fraction_spread: float | None = None
 
     def __post_init__(self) -> None:
         options = {"fraction": self.fraction, "count": self.count, "cut_time": self.cut_time}
@@ -136,18 +142,28 @@ class Extrapolation:
                 raise ValueError(f"subsample must be in (0, 1], got {self.subsample}.")
             if self.cut_time is not None:
                 raise ValueError("subsample works with count= or fraction=, not cut_time=.")
+        if self.fraction_spread is not None:
+            if self.fraction is None:
+                raise ValueError("fraction_spread draws a cut around fraction=; set fraction.")
+            if not 0 <= self.fraction_spread <= min(self.fraction, 1 - self.fraction):
+                raise ValueError(
+                    f"fraction_spread must be in [0, {min(self.fraction, 1 - self.fraction):g}] "
+                    f"(cuts within the series), got {self.fraction_spread}.")
+            if self.subsample is not None:
+                raise ValueError("fraction_spread does not combine with subsample.")
 
     def encoder_points(
         self, points: Points, rng: np.random.Generator, transform: TimeTransform | None = None
     ) -> np.ndarray:
-        prefix = self._prefix(points, transform)
+        prefix = self._prefix(points, transform, rng)
         if self.subsample is None:
             return prefix
         n = np.add.reduceat(prefix.astype(np.int64), points.starts)
         keep = np.minimum(n, np.maximum(1, np.floor(self.subsample * n).astype(np.int64)))
         return _random_subset(prefix, keep, points, rng)
 
-    def _prefix(self, points: Points, transform: TimeTransform | None) -> np.ndarray:
+    def _prefix(self, points: Points, transform: TimeTransform | None,
+                rng: np.random.Generator | None = None) -> np.ndarray:
         """The beginning of each series that the encoder may see (before ``subsample``)."""
         point_obs = points.observed.any(1)
         if self.count is not None:
@@ -155,7 +171,11 @@ class Extrapolation:
         elif self.fraction is not None:
             first = np.minimum.reduceat(np.where(point_obs, points.times, np.inf), points.starts)
             last = np.maximum.reduceat(np.where(point_obs, points.times, -np.inf), points.starts)
-            cut = first + self.fraction * (last - first)
+            fraction = np.full(len(points.starts), self.fraction)
+            if self.fraction_spread and rng is not None:  # one cut per series
+                fraction += rng.uniform(-self.fraction_spread, self.fraction_spread,
+                                        len(points.starts))
+            cut = first + fraction * (last - first)
             chosen = point_obs & (points.times <= cut[points.rows])
         else:
             if transform is None:
