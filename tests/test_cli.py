@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -244,6 +246,24 @@ def test_an_added_key_the_model_does_not_take_is_named_before_instantiation(
     with pytest.raises(ValueError, match=pattern):
         train_cli.build_model(cfg, datamodule)
     train_cli.check_arguments(compose_train(TINY).model, "model")  # the defaults pass
+
+
+@pytest.mark.parametrize("model, says", [
+    ("odernn", r"solver=rk4 does not reach latentode\.models\.ODERNN: .*model\.solver"),
+    ("gru_dt", r"solver=rk4 does not reach latentode\.models\.GRUDT: it solves no ODE"),
+    ("latent_ode", None),
+])
+def test_a_solver_choice_the_model_does_not_read_is_said(tmp_path, model, says):
+    cfg = compose_train([*TINY[:3], f"model={model}", "solver=rk4"], tmp_path / "run")
+    datamodule = train_cli.build_datamodule(cfg)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        train_cli.build_model(cfg, datamodule)
+    text = " ".join(str(w.message) for w in seen)
+    if says is None:
+        assert "does not reach" not in text
+    else:
+        assert re.search(says, text), text
 
 
 def test_the_progress_bar_shows_where_someone_watches(monkeypatch, tmp_path):

@@ -66,7 +66,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.Com
 
 def test_grid_sweep_writes_run_dirs_and_summary(grid):
     sweep, result = grid
-    assert result.returncode == 0, show(result)
+    assert result.returncode == 1, show(result)  # one job failed (its test below)
     for job in ("0", "2"):
         assert (sweep / job / "test_metrics.json").is_file()
         assert (sweep / job / ".hydra" / "config.yaml").is_file()
@@ -88,7 +88,8 @@ def test_grid_sweep_writes_run_dirs_and_summary(grid):
 
 def test_failed_job_is_recorded_and_the_sweep_goes_on(grid):
     sweep, result = grid
-    assert result.returncode == 0, show(result)
+    assert result.returncode == 1, show(result)  # the sweep ran on; its status says one failed
+    assert "1 of 3 jobs failed" in result.stdout + result.stderr
     assert "Traceback" in result.stdout + result.stderr  # logged with its traceback
     failed = summary(sweep)[1]
     assert (failed["status"], failed["model.latents"], failed["test/mse"]) == ("failed", "-1", "")
@@ -144,7 +145,7 @@ def test_failed_optuna_trial_is_failed_and_the_search_goes_on(tmp_path):
     result = latentode_train([*common, "hydra.sweeper.n_trials=1"], tmp_path)
     assert result.returncode == 0, show(result)
     result = latentode_train([*common, "hydra.sweeper.n_trials=2", "model.latents=-1"], tmp_path)
-    assert result.returncode == 0, show(result)
+    assert result.returncode == 1, show(result)
     study = optuna.load_study(study_name="train", storage=f"sqlite:///{sweep / 'optuna.db'}")
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.COMPLETE] + [optuna.trial.TrialState.FAIL] * 2

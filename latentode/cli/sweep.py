@@ -199,6 +199,17 @@ def refresh_summary(sweep_dir: str | Path) -> Path:
     return path
 
 
+_FAILED = [0]  # failed jobs of the last sweep in this process, for the command's exit status
+
+
+def failed_jobs(reset: bool = False) -> int:
+    """How many jobs of the last sweep failed (``reset``: forget it, before a new command)."""
+    count = _FAILED[0]
+    if reset:
+        _FAILED[0] = 0
+    return count
+
+
 class SweepSummary(Callback):
     """Hydra callback: ``summary.csv`` in the sweep dir, refreshed as each job ends.
 
@@ -276,8 +287,10 @@ class SweepSummary(Callback):
         with open(path, newline="") as f:
             statuses = [row["status"] for row in csv.DictReader(f)]
         failed = statuses.count("failed")
+        _FAILED[0] = failed
         if failed:
-            log.warning("%d of %d jobs failed; see %s", failed, len(statuses), path)
+            log.warning("%d of %d jobs failed; see %s (exit status 1)", failed, len(statuses),
+                        path)
         else:
             log.info("%d jobs completed; summary: %s", len(statuses), path)
 

@@ -36,7 +36,7 @@ from lightning.pytorch.callbacks import WeightAveraging
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from latentode.cli import config_dir
-from latentode.cli.sweep import write_job_record
+from latentode.cli.sweep import failed_jobs, write_job_record
 from latentode.data.labels import check_label_head, label_head_size
 from latentode.lit.csv_logger import RunCSVLogger
 from latentode.lit.plots import plot_test_series
@@ -96,6 +96,7 @@ def build_model(cfg: DictConfig, datamodule: Any) -> torch.nn.Module:
             raise ValueError(f"model.input_dim={cfg.model.input_dim} but the data have "
                              f"{channels} channels; leave it null to take it from the data.")
     check_arguments(cfg.model, "model")
+    _warn_unused_solver(cfg)
     data = datamodule.dataset
     n_labels = int(cfg.model.get("n_labels") or 0)
     if n_labels and data.labels is not None:  # before training, not in its loss or metrics
@@ -125,6 +126,23 @@ def build_model(cfg: DictConfig, datamodule: Any) -> torch.nn.Module:
                       "models read the time series only: they do not inform the predictions",
                       stacklevel=2)
     return model
+
+
+def _warn_unused_solver(cfg: DictConfig) -> None:
+    """``solver=...`` on the command line reaches models that read ``${solver}`` (the latent
+    ODE); the baselines have their own (``model.solver``) or none, so say it changes nothing."""
+    if not HydraConfig.initialized():
+        return
+    touched = [o for o in HydraConfig.get().overrides.task
+               if o.lstrip("+~").split("=")[0].split(".")[0] == "solver"]
+    node = cfg.model._get_node("solver") if "solver" in cfg.model else None
+    reads = node is not None and OmegaConf.is_interpolation(cfg.model, "solver") and \
+        str(node._value()).strip() == "${solver}"
+    if touched and not reads:
+        own = ("its own ODE solver between observations is model.solver (e.g. "
+               "model.solver.method=rk4)" if "solver" in cfg.model else "it solves no ODE")
+        warnings.warn(f"{' '.join(touched)} does not reach {cfg.model._target_}: {own}.",
+                      stacklevel=2)
 
 
 def _per_time_labels_message(data: Any) -> str:
@@ -401,9 +419,18 @@ def metric_value(metrics: dict[str, float], name: str | None) -> float | None:
     return value if math.isfinite(value) else float("inf")
 
 
+def main() -> None:
+    """Entry point of ``latentode-train``: Hydra's app; exit status 1 when jobs of a sweep
+    failed (they are recorded in its summary.csv and the other jobs still run)."""
+    failed_jobs(reset=True)
+    hydra_main()
+    if failed_jobs():
+        raise SystemExit(1)
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Entry point of ``latentode-train`` (Hydra parses the command line)."""
+def hydra_main(cfg: DictConfig) -> float | None:
+    """The Hydra app (Hydra parses the command line): one run, or one job of a sweep."""
     quiet_known_warnings()
     hydra_cfg = HydraConfig.get()
     log.info("output directory: %s", hydra_cfg.runtime.output_dir)
