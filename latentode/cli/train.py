@@ -21,6 +21,7 @@ import inspect
 import json
 import logging
 import math
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -98,27 +99,8 @@ def build_model(cfg: DictConfig, datamodule: Any) -> torch.nn.Module:
     check_arguments(cfg.model, "model")
     _warn_unused_solver(cfg)
     data = datamodule.dataset
-    n_labels = int(cfg.model.get("n_labels") or 0)
-    if n_labels and data.labels is not None:  # before training, not in its loss or metrics
-        check_label_head(n_labels, data.labels, data.label_col)
-        if cfg.model.get("label_type", "series") == "series" and data.label_kind == "time":
-            raise ValueError(_per_time_labels_message(data))
+    _check_labels(cfg.model, data)
     model = instantiate(cfg.model)
-    if getattr(model, "classifier", None) is not None and data.labels is None:
-        raise ValueError(
-            f"model.n_labels={cfg.model.get('n_labels')} asks for a classifier, but the data have "
-            "no labels: name the label column (data.dataset.label_col=... for data=csv) or set "
-            "model.n_labels=0."
-        )
-    if data.labels is not None and not n_labels and "n_labels" in cfg.model:
-        need = label_head_size(data.labels, data.label_col)
-        warnings.warn(f"labels of column {data.label_col!r} are loaded, but model.n_labels=0: no "
-                      f"part of the model reads them. Add model.n_labels={need} to train a "
-                      "classifier beside the reconstruction.", stacklevel=2)
-    elif data.labels is not None and "n_labels" not in cfg.model:
-        warnings.warn(f"labels of column {data.label_col!r} are loaded, but {cfg.model._target_} "
-                      "has no classifier: they are not used (the latent ODE, model=latent_ode, "
-                      "classifies with model.n_labels).", stacklevel=2)
     # warnings (not log records) about the data, so that callers rebuilding a trained run's
     # model (LatentODEForecaster.from_run, latentode-predict) can keep them to themselves
     if data.static is not None:
@@ -126,6 +108,32 @@ def build_model(cfg: DictConfig, datamodule: Any) -> torch.nn.Module:
                       "models read the time series only: they do not inform the predictions",
                       stacklevel=2)
     return model
+
+
+def _check_labels(model_cfg: DictConfig, data: Any) -> None:
+    """Before training (not in its loss or metrics): a classifier head that fits the labels,
+    labels for a classifier, and a word on labels that no part of the model reads."""
+    n_labels = int(model_cfg.get("n_labels") or 0)
+    if n_labels and data.labels is None:
+        raise ValueError(
+            f"model.n_labels={n_labels} asks for a classifier, but the data have no labels: name "
+            "the label column (data.dataset.label_col=... for data=csv) or set model.n_labels=0."
+        )
+    if data.labels is None:
+        return
+    if n_labels:
+        check_label_head(n_labels, data.labels, data.label_col)
+        if model_cfg.get("label_type", "series") == "series" and data.label_kind == "time":
+            raise ValueError(_per_time_labels_message(data))
+    elif "n_labels" in model_cfg:
+        need = label_head_size(data.labels, data.label_col)
+        warnings.warn(f"labels of column {data.label_col!r} are loaded, but model.n_labels=0: no "
+                      f"part of the model reads them. Add model.n_labels={need} to train a "
+                      "classifier beside the reconstruction.", stacklevel=3)
+    else:
+        warnings.warn(f"labels of column {data.label_col!r} are loaded, but {model_cfg._target_} "
+                      "has no classifier: they are not used (the latent ODE, model=latent_ode, "
+                      "classifies with model.n_labels).", stacklevel=3)
 
 
 def _warn_unused_solver(cfg: DictConfig) -> None:
@@ -217,8 +225,6 @@ def build_group(cfg: DictConfig | None) -> list[Any]:
 
 def interactive() -> bool:
     """Whether progress output is watched: stderr is a terminal, or a Jupyter kernel runs."""
-    import sys
-
     return sys.stderr.isatty() or "ipykernel" in sys.modules
 
 
