@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from latentode.cli import config_dir
 from latentode.cli.train import quiet_known_warnings
+from latentode.data.frame import iso_separator
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     if spec.time.kind == "datetime" and time_col in frame.columns and not (
         pd.api.types.is_datetime64_any_dtype(frame[time_col].dtype)
     ):
-        first = frame[time_col].dropna()
-        t_style = "T" if len(first) and "T" in str(first.iloc[0]) else None
+        t_style = iso_separator(frame[time_col])
         frame[time_col] = pd.to_datetime(frame[time_col])
     proba_path = cfg.get("proba_output")
     if proba_path is not None:  # before the forecasts: a model without a classifier fails fast
@@ -120,7 +120,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     pred = pred.rename(columns={v: k for k, v in renames.items()})
     out = Path(str(cfg.output))
     written = pred
-    if t_style is not None and out.suffix not in (".parquet", ".pq"):
+    if t_style == "T" and out.suffix not in (".parquet", ".pq"):
         column = {v: k for k, v in renames.items()}.get(time_col, time_col)  # the user's name
         written = pred.assign(**{column: pred[column].map(lambda t: t.isoformat(sep=t_style))})
     write_frame(written, out)

@@ -205,6 +205,18 @@ def iso_times(df: pd.DataFrame, time_col: str) -> pd.DataFrame:
     return df.assign(**{time_col: parsed})
 
 
+def iso_separator(column: pd.Series) -> str | None:
+    """``"T"`` or ``" "``: how a column of ISO date text separates date and time (its first
+    value), so that times written back keep its style; None for anything but text."""
+    if not (pd.api.types.is_object_dtype(column.dtype)
+            or pd.api.types.is_string_dtype(column.dtype)):
+        return None
+    present = column.dropna()
+    if present.empty or not isinstance(present.iloc[0], str):
+        return None
+    return "T" if "T" in present.iloc[0] else " "
+
+
 def _check_times(df: pd.DataFrame, id_col: str, time_col: str) -> None:
     col = df[time_col]
     missing = col.isna().to_numpy()

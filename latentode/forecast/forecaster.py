@@ -75,7 +75,7 @@ from torch import nn
 
 from latentode.data import IrregularDataset, from_dataframe
 from latentode.data.batch import distinct_in
-from latentode.data.frame import iso_times
+from latentode.data.frame import iso_separator, iso_times
 from latentode.data.labels import check_label_head, label_head_size
 from latentode.data.windows import rescale_for_window, window_in_model_units
 
@@ -756,9 +756,8 @@ def _with_absent_rows(out: pd.DataFrame, keys_df: pd.DataFrame, pred: pd.DataFra
     added = pd.DataFrame({c: absent[c].to_numpy() for c in keys})
     # back to the frame's own types: channel codes (lab item numbers), ISO text times
     added[spec.channel_col] = _as_given(added[spec.channel_col], out[spec.channel_col])
-    if not out[spec.time_col].equals(keys_df[spec.time_col]):  # text the predictions parsed
-        first = str(out[spec.time_col].dropna().iloc[0])
-        sep = "T" if "T" in first else " "  # '2150-03-04 13:22:00' stays in that style
+    sep = iso_separator(out[spec.time_col])  # '2150-03-04 13:22:00' stays in that style
+    if sep is not None and not out[spec.time_col].equals(keys_df[spec.time_col]):
         added[spec.time_col] = added[spec.time_col].map(lambda t: t.isoformat(sep=sep))
     # what is constant within each series (an outcome, a ward) is the series' own value
     for col in out.columns:
