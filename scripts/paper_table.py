@@ -532,6 +532,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     cmd.add_argument("--models", default=",".join(ROWS), help="model presets, comma-separated")
     cmd.add_argument("--tasks", default=",".join(TASKS))
+    cmd.add_argument("--fractions", default=",".join(f"{f:g}" for f in FRACTIONS),
+                     help="observed fractions, comma-separated (the table's columns)")
     cmd.add_argument("--trainer", default=None,
                      help="trainer group (default: gpu for full, the CPU default for reduced)")
     cmd.add_argument("overrides", nargs="*", help="more overrides for every run")
@@ -557,6 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lines = commands(args.protocol, args.root,
                          seeds=[int(s) for s in args.seeds.split(",")],
                          presets=args.models.split(","), tasks=args.tasks.split(","),
+                         fractions=[float(f) for f in args.fractions.split(",")],
                          trainer=args.trainer, extra=args.overrides)
         print("\n".join(lines))
     else:

@@ -193,6 +193,13 @@ def test_extrapolation_subsample_errors(kwargs, match):
 
 # -- commands -----------------------------------------------------------------------------------
 
+def test_commands_take_the_fractions_to_run(capsys):
+    assert paper_table.main(["commands", "--protocol", "reduced", "--fractions", "0.1,0.5",
+                             "--models", "hopper_gru_dt", "--tasks", "interp"]) == 0
+    (line, _collect) = capsys.readouterr().out.strip().splitlines()
+    assert "observed_fraction=0.1,0.5" in shlex.split(line)
+
+
 @pytest.mark.parametrize("protocol", ["full", "reduced"])
 def test_printed_commands_compose(protocol, tmp_path):
     lines = paper_table.commands(protocol, root=str(tmp_path))
