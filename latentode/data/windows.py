@@ -53,6 +53,16 @@ def rescale_for_window(ds: IrregularDataset, window: Any) -> IrregularDataset:
     return ds.with_time_scale(transform.automatic_scale(span))
 
 
+def window_id(key: Any, k: int) -> str:
+    """The id of window ``k`` of series ``key``: ``"<id>#<k>"``."""
+    return f"{key}#{k}"
+
+
+def window_owner(window: Any) -> str:
+    """The series id a window id (:func:`window_id`) was made from."""
+    return str(window).rsplit("#", 1)[0]
+
+
 def split_windows(
     ds: IrregularDataset, length: Any, stride: Any = None, min_points: int = 2
 ) -> IrregularDataset:
@@ -115,7 +125,7 @@ def split_windows(
         labels = labels[win_owner] if ds.label_kind == "series" else labels[point]
     return replace(
         ds,
-        ids=[f"{ds.ids[s]}#{w}" for s, w in zip(win_owner.tolist(), win_k.tolist(),
+        ids=[window_id(ds.ids[s], w) for s, w in zip(win_owner.tolist(), win_k.tolist(),
                                                  strict=True)],
         offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
         times=ds.times[point],

@@ -81,7 +81,7 @@ from latentode.data.windows import rescale_for_window, window_in_model_units
 
 from .calibration import NoiseCalibration, calibrate_noise, calibration_batches, model_obs_std
 from .config import compose_train_config, override_list, prune_callbacks
-from .requests import Times, requested_times
+from .requests import Times, last_window, requested_times
 from .spec import DataSpec, check_quantiles, concat_datasets, longest_span, quantile_name
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,8 @@ def _history_chunks(t: np.ndarray, observed: np.ndarray, want: np.ndarray,
     future = want > last
     chunks = []
     if future.any():
-        recent = observed & (t >= last - window)
-        chunks.append((np.flatnonzero(future), recent if recent.any() else observed))
+        recent = last_window(t, observed, window)  # never empty: it holds the last one
+        chunks.append((np.flatnonzero(future), recent))
     k = np.maximum(0, np.floor((want - t0) / window)).astype(np.int64)
     for w in np.unique(k[~future]):
         idx = np.flatnonzero(~future & (k == w))

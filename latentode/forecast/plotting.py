@@ -14,7 +14,7 @@ import pandas as pd
 
 from latentode.data import IrregularDataset
 
-from .requests import data_tz, last_observed, series_times
+from .requests import data_tz, last_observed, last_window, series_times
 from .spec import DataSpec
 
 
@@ -82,9 +82,7 @@ def plot_forecast(
         boundary = last_observed(ds, i, spec.time.kind)
         window_start = None
         if window is not None:  # the first observation the forecast is conditioned on
-            t_model = ds.times[lo:hi]
-            observed = ~np.isnan(ds.values[lo:hi]).all(1)
-            recent = observed & (t_model >= t_model[observed][-1] - window)
+            recent = last_window(ds.times[lo:hi], ~np.isnan(ds.values[lo:hi]).all(1), window)
             window_start = t_obs[int(np.flatnonzero(recent)[0])]
         part = pred[pred[spec.id_col] == key]
         for c, name in enumerate(chans):

@@ -90,6 +90,12 @@ def last_observed(ds: IrregularDataset, i: int, kind: str) -> Any:
     return times[observed[-1]]
 
 
+def last_window(t: np.ndarray, observed: np.ndarray, window: float) -> np.ndarray:
+    """The observations a windowed model's forecast is conditioned on: those within ``window``
+    (model units) of the last one (``t`` model times, ``observed`` rows with a value)."""
+    return observed & (t >= t[observed][-1] - window)
+
+
 def forecast_grid(last: Any, kind: str, horizon: Any, freq: Any, n: Any) -> Times:
     """Times strictly after ``last``: ``n`` steps of ``freq``, steps of ``freq`` up to
     ``last + horizon``, or ``n`` equal steps over ``horizon``."""

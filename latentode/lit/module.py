@@ -274,12 +274,10 @@ class LatentODELightning(L.LightningModule):
         if per_sample:
             each = (pred.detach() - batch.values).square() * tf
             out["mse_sample"] = (each.sum() / pred.shape[0], tf.sum())
-        if self.scale is not None:
-            out["mse_data"] = ((sq * tf * self.scale.to(sq).square()).sum(), tf.sum())
-        else:
-            out["mse_data"] = out["mse"]
+        data_sq = None if self.scale is None else sq * tf * self.scale.to(sq).square()
+        out["mse_data"] = out["mse"] if data_sq is None else (data_sq.sum(), tf.sum())
         if per_channel and self.channels is not None and len(self.channels) == sq.shape[-1]:
-            data_sq = sq * tf if self.scale is None else sq * tf * self.scale.to(sq).square()
+            data_sq = sq * tf if data_sq is None else data_sq
             totals, counts = data_sq.sum(dim=(0, 1)), tf.sum(dim=(0, 1))
             for d, name in enumerate(self.channels):  # every process adds every name
                 out[f"mse_data/{name}"] = (totals[d], counts[d])

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from latentode.data import Batch, collate
+from latentode.data.windows import window_owner
 from latentode.models.latent_ode import first_target
 
 
@@ -138,7 +139,7 @@ def _windows_of_distinct_series(part: Any, count: int) -> np.ndarray:
     sizes = np.diff(part.offsets)
     best: dict[str, int] = {}
     for i, key in enumerate(part.ids):
-        parent = str(key).rsplit("#", 1)[0]
+        parent = window_owner(key)
         if parent not in best or sizes[i] > sizes[best[parent]]:
             best[parent] = i
     first = list(best.values())[:count]
