@@ -23,6 +23,8 @@ from omegaconf import OmegaConf
 
 from latentode import LatentODEForecaster
 from latentode.forecast import interval_coverage, interval_hits
+from latentode.forecast.config import override_list
+from latentode.forecast.draw import batch_mode
 
 TINY = {
     "model.latents": 4,
@@ -353,7 +355,7 @@ def test_plot_writes_png(dated, tmp_path):
 def test_forecaster_trains_with_the_series_walk_it_predicts_with():
     """Prediction answers each series alone, which is the encoder's per-series walk: training
     uses it too (faster on unaligned series), unless the overrides choose the walk or model."""
-    from latentode.forecast.config import compose_train_config, override_list
+    from latentode.forecast.config import compose_train_config
 
     def schedule(overrides):
         cfg = compose_train_config(override_list(overrides))
@@ -371,7 +373,7 @@ def test_forecaster_trains_the_own_data_recipe_of_the_command_line():
     overrides win, and a data config they choose keeps its own settings."""
     from test_cli import compose_train
 
-    from latentode.forecast.config import compose_train_config, override_list
+    from latentode.forecast.config import compose_train_config
 
     cli = compose_train(["experiment=csv"])
     cfg = compose_train_config([])
@@ -550,3 +552,56 @@ def test_a_label_per_series_is_learnt_and_predicted_as_probabilities():
     with pytest.raises(ValueError, match=r"model\.n_labels=2 but label column 'died' holds "
                                          r"classes 0\.\.2: set model\.n_labels=3"):
         LatentODEForecaster({**TINY, "model.n_labels": 2}).fit(three, label_col="died")
+
+
+# ------------------------------------------------------------------------------------ batches
+def test_series_in_batches_are_answered_as_alone_within_the_solver_tolerance(fitted, data):
+    """Series are solved ``batch_size`` at a time: each walked by the encoder on its own, with
+    ``z0`` drawn from its own seed; only the decoder's adaptive steps are shared, so every
+    column moves within the solver's tolerance (rtol 1e-3 of values ~1 around 100 here: far
+    below the predictive spread of ~0.5). ``batch_size=1`` answers each alone, exactly."""
+    alone = fitted.predict(data, horizon=1.0, n=5, num_samples=20, batch_size=1)
+    for batch_size in (7, 64):
+        together = fitted.predict(data, horizon=1.0, n=5, num_samples=20,
+                                  batch_size=batch_size)
+        pd.testing.assert_frame_equal(together[["series_id", "time", "channel"]],
+                                      alone[["series_id", "time", "channel"]])
+        for col in ["mean", "q0.05", "q0.5", "q0.95"]:
+            np.testing.assert_allclose(together[col], alone[col], rtol=0, atol=2e-3)
+    one = fitted.predict(data[data.series_id == "s4"], horizon=1.0, n=5, num_samples=20,
+                         batch_size=1)
+    pd.testing.assert_frame_equal(alone[alone.series_id == "s4"].reset_index(drop=True), one,
+                                  check_exact=True)
+    filled = fitted.impute(data, num_samples=10, quantiles=[0.1], batch_size=5)
+    filled_alone = fitted.impute(data, num_samples=10, quantiles=[0.1], batch_size=1)
+    np.testing.assert_allclose(filled["x"], filled_alone["x"], rtol=0, atol=2e-3)
+    np.testing.assert_allclose(filled["y_q0.1"], filled_alone["y_q0.1"], rtol=0, atol=2e-3)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        fitted.predict(data, horizon=1.0, n=5, batch_size=0)
+
+
+@pytest.mark.parametrize(("model", "mode"), [("model/encoder=rnn", "batched"),
+                                             ("model.encoder.solver.method=rk4", "noise"),
+                                             ("model=gru_dt", "alone"),
+                                             ("model=rnn_vae", "alone")])
+def test_models_that_cannot_batch_answer_series_one_by_one(model, mode, data):
+    """An RNN encoder batches like the ODE-RNN; an ODE-RNN encoder with another solver than
+    one Euler step per gap, and the baselines, answer each series alone: the same frame
+    whatever the batch size and whichever other series are asked."""
+    torch.set_num_threads(1)
+    overrides = {k: v for k, v in TINY.items() if not k.startswith("model.")}
+    extra = [model] + (["model.encoder.schedule=union"] if "solver" in model else [])
+    fc = LatentODEForecaster([*override_list(overrides), *extra, "trainer.max_epochs=1"]).fit(
+        data[data.series_id.isin([f"s{i}" for i in range(10)])])
+    assert batch_mode(fc.model) == mode
+    part = data[data.series_id.isin(["s1", "s2", "s3"])]
+    pred = fc.predict(part, horizon=1.0, n=3, num_samples=4)
+    alone = fc.predict(part[part.series_id == "s2"], horizon=1.0, n=3, num_samples=4)
+    one_by_one = fc.predict(part, horizon=1.0, n=3, num_samples=4, batch_size=1)
+    got = pred[pred.series_id == "s2"].reset_index(drop=True)
+    if model == "model/encoder=rnn":  # batched: within the solver's tolerance
+        np.testing.assert_allclose(got["mean"], alone["mean"], rtol=0, atol=2e-3)
+        np.testing.assert_allclose(pred["mean"], one_by_one["mean"], rtol=0, atol=2e-3)
+    else:
+        pd.testing.assert_frame_equal(got, alone, check_exact=True)
+        pd.testing.assert_frame_equal(pred, one_by_one, check_exact=True)

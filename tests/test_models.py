@@ -287,3 +287,57 @@ def test_latent_ode_class_defaults_are_the_configs():
         LatentODE(2, encoder="rnn")
     with pytest.raises(ValueError, match="latents and input_dim must be at least 1"):
         LatentODE(2, latents=-3)
+
+
+# ----------------------------------------------- answering series in batches, each as if alone
+@pytest.mark.parametrize("kind", ["odernn", "rnn", "odernn-std"])
+def test_series_walk_on_request_gives_each_series_its_lone_posterior(kind):
+    """``encode(..., schedule="series")`` walks each series through its own observations,
+    whatever the encoder's own walk: a series' posterior in a batch is its posterior alone."""
+    model = make_model(kind)
+    times, values, _, encoder = tiny_batch()
+    encoder[1:, -2:] = False  # series that stop earlier than others: the union walk differs
+    mean, std = model.encode(times, values, encoder, schedule="series")
+    for b in range(4):
+        # alone: its own observation times (and the batch's start, where z0 lives)
+        keep = torch.cat([torch.tensor([0]), encoder[b].any(-1).nonzero()[:, 0]]).unique()
+        alone = model.encode(times[keep], values[b : b + 1, keep], encoder[b : b + 1, keep])
+        torch.testing.assert_close(mean[b : b + 1], alone[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(std[b : b + 1], alone[1], rtol=1e-5, atol=1e-6)
+
+
+def test_per_series_prediction_times_and_given_z0_noise_match_series_solved_alone():
+    """``pred_times`` of shape ``(B, T)`` answers each series at its own times from one solve,
+    and ``z0_noise`` fixes the draws: the result is each series' own forward pass, within the
+    solver's tolerance (1e-5 here)."""
+    model = make_model("odernn")
+    times, values, _, encoder = tiny_batch()
+    gen = torch.Generator().manual_seed(1)
+    rows = torch.cat([torch.zeros(4, 1), torch.sort(torch.rand(4, 5, generator=gen)).values * 3],
+                     1)
+    rows[0, 4:] = rows[0, 3]  # a shorter row, padded by repeating its last time
+    noise = torch.randn(6, 4, 4, generator=gen)
+    out = model(times, values, encoder, pred_times=rows, z0_noise=noise,
+                encoder_schedule="series")
+    assert out.pred.shape == (6, 4, 6, 3)
+    for b in range(4):
+        own = rows[b].unique()
+        alone = model(times, values[b : b + 1], encoder[b : b + 1], pred_times=own,
+                      z0_noise=noise[:, b : b + 1], encoder_schedule="series")
+        torch.testing.assert_close(out.pred[:, b, : len(own)], alone.pred[:, 0], rtol=1e-4,
+                                   atol=1e-4)
+    torch.testing.assert_close(out.pred[:, 0, 4:], out.pred[:, 0, 3:4].expand(-1, 2, -1))
+    with pytest.raises(ValueError, match=r"z0_noise must have shape \(n_samples, batch, latents"):
+        model(times, values, encoder, z0_noise=noise[:, :2])
+    with pytest.raises(ValueError, match=r"z0_noise must have shape"):
+        model(times, values, encoder, n_samples=3, z0_noise=noise)
+
+
+def test_series_walk_refused_for_an_encoder_solver_it_cannot_take():
+    encoder = ODERNNEncoder(3, 4, hidden=8, solver={"method": "rk4"})
+    assert not encoder.walks_series
+    times, values, _, mask = tiny_batch()
+    with pytest.raises(ValueError, match=r"schedule='series' takes one Euler step per gap"):
+        encoder(times, values, mask, schedule="series")
+    with pytest.raises(ValueError, match=r"schedule must be one of"):
+        encoder(times, values, mask, schedule="each")

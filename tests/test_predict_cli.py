@@ -73,6 +73,12 @@ def test_predict_from_checkpoint_and_from_saved_forecaster(run, tmp_path, monkey
                            f"input={tmp_path}/in.csv", f"output={again}", "horizon=1.0", "n=4",
                            f"hydra.run.dir={tmp_path}/predict_again"], monkeypatch)
     pd.testing.assert_frame_equal(pd.read_csv(again), pred)
+    alone = tmp_path / "alone.csv"  # each series solved alone: the same within the tolerance
+    run_main(predict_cli, ["latentode-predict", f"model_dir={tmp_path}/saved",
+                           f"input={tmp_path}/in.csv", f"output={alone}", "horizon=1.0", "n=4",
+                           "batch_size=1", f"hydra.run.dir={tmp_path}/predict_alone"],
+             monkeypatch)
+    np.testing.assert_allclose(pd.read_csv(alone)["mean"], pred["mean"], rtol=0, atol=1e-3)
 
     # shared times, incl. ones before the first observation and between observations
     at = tmp_path / "at.csv"

@@ -386,6 +386,49 @@ def test_adaptive_per_sample_times_match_scipy(method, problem, direction):
         assert ratio < TOL_FACTOR, f"row {r}: max error / (atol + rtol |y|) = {ratio:.3g}"
 
 
+@pytest.mark.parametrize("lengths", [(150, 150, 150), (150, 4, 4)], ids=["dense", "skewed"])
+@pytest.mark.parametrize("method", ADAPTIVE)
+def test_per_sample_times_many_per_step_match_scipy(method, lengths, monkeypatch):
+    """Rows asking for many times per step are answered by one small matmul per row (dense),
+    a row asking for far more than the others by gathering each time's row (skewed): both
+    like each row's own scipy solve, values and gradients."""
+    func, y0 = SCIPY_PROBLEMS["mlp"]
+    rng = np.random.default_rng(3)
+    t = np.stack([np.concatenate([[0.0], np.sort(rng.uniform(0.0, 2.0, n - 1)),
+                                  np.full(max(lengths) - n, 2.0)]) for n in lengths])
+    rtol = atol = 1e-6
+    calls = {"bmm": 0, "addcmul": 0}
+
+    def counting(name: str):
+        real = getattr(torch, name)
+
+        def counted(*args):
+            calls[name] += 1
+            return real(*args)
+        return counted
+
+    for name in calls:
+        monkeypatch.setattr(torch, name, counting(name))
+    y = y0.clone().requires_grad_(True)
+    ys = odeint(func, y, torch.tensor(t), method=method, rtol=rtol, atol=atol)
+    assert calls["bmm"] > 0  # which ways the items were answered
+    assert (calls["addcmul"] > 0) == (lengths[1] < lengths[0]), calls
+    for r, n in enumerate(lengths):
+        got = ys[r, :n].detach().numpy()
+        ratio = tolerance_ratio(got, scipy_reference("mlp", r, t[r, :n]), rtol, atol)
+        assert ratio < TOL_FACTOR, f"row {r}: max error / (atol + rtol |y|) = {ratio:.3g}"
+    weights = torch.randn(ys.shape, generator=torch.Generator().manual_seed(0), dtype=F64)
+    (grad,) = torch.autograd.grad((weights * ys).sum(), y)
+    per_row = []
+    for r in range(len(lengths)):
+        y_r = y0[r : r + 1].clone().requires_grad_(True)
+        ys_r = odeint(func, y_r, torch.tensor(np.unique(t[r])), method=method, rtol=1e-10,
+                      atol=1e-10)
+        w_r = torch.stack([weights[r, t[r] == s].sum(0) for s in np.unique(t[r])])[:, None]
+        per_row.append(torch.autograd.grad((w_r * ys_r).sum(), y_r)[0])
+    torch.testing.assert_close(grad, torch.cat(per_row), rtol=1e-4, atol=1e-5)
+
+
 @DIRECTIONS
 @pytest.mark.parametrize("method", FIXED)
 def test_fixed_step_per_sample_times(method, direction):

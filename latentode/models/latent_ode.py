@@ -262,20 +262,32 @@ class LatentODE(nn.Module):
         module logs them per batch (``solver_nfe_forward`` ...)."""
 
     def encode(
-        self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+        self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+        schedule: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior ``q(z0)`` from the observations under ``mask``."""
-        return self.encoder(times, values, mask)
+        """Posterior ``q(z0)`` from the observations under ``mask``; ``schedule`` overrides the
+        encoder's walk (``"series"``: each series' posterior independent of the batch)."""
+        if schedule is None:
+            return self.encoder(times, values, mask)
+        return self.encoder(times, values, mask, schedule=schedule)
 
     def latent_paths(self, z0: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-        """Integrate ``z0 (S, B, L)`` from ``times[0]`` to every ``times``: ``(S, B, T, L)``,
-        with the Poisson intensity's integral appended (``L + D`` channels) when modelled."""
+        """Integrate ``z0 (S, B, L)`` from the first time to every ``times``: ``(S, B, T, L)``,
+        with the Poisson intensity's integral appended (``L + D`` channels) when modelled.
+
+        ``times`` is ``(T,)``, shared, or ``(B, T)``, each series' own (rows starting at the
+        same time; repeats pad shorter rows), answered from one batched solve."""
         samples, batch, latents = z0.shape
-        state, func = z0.reshape(samples * batch, latents), self.field
+        per_series = times.dim() == 2
+        # per-series times: one solver row per series, carrying all its samples
+        state = z0.transpose(0, 1) if per_series else z0.reshape(samples * batch, latents)
+        func = self.field
         if self.rate is not None:
-            state = torch.cat([state, state.new_zeros(samples * batch, self.input_dim)], -1)
+            state = torch.cat([state, state.new_zeros(*state.shape[:-1], self.input_dim)], -1)
             func = _WithRate(self.field, self.rate, latents)
         z = odeint(func, state, times, stats=self.solver_stats, **self.solver)
+        if per_series:  # (B, T, S, L) -> (S, B, T, L)
+            return z.permute(2, 0, 1, 3)
         return z.reshape(len(times), samples, batch, -1).permute(1, 2, 0, 3)
 
     def decode_paths(self, z0: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
@@ -285,20 +297,35 @@ class LatentODE(nn.Module):
     def forward(
         self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
         n_samples: int | None = None, pred_times: torch.Tensor | None = None,
+        z0_noise: torch.Tensor | None = None, encoder_schedule: str | None = None,
     ) -> LatentODEOutput:
         """Encode what ``encoder_mask`` shows, sample ``z0`` and predict at ``pred_times``
         (model times, sorted; default ``times``). ``z0`` is the latent state at
         ``pred_times[0]``: to predict later times from the batch's start, begin ``pred_times``
         with ``times[0]`` (and drop that row from ``pred``); starting later places ``z0`` there,
-        as ``z0_at="first_target"`` does on purpose.
+        as ``z0_at="first_target"`` does on purpose. ``pred_times`` may be ``(B, T)``: each
+        series' own times, all rows starting at the same time (:meth:`latent_paths`).
+
+        ``z0_noise`` ``(S, B, L)``: the standard normal draws behind ``z0 = mean + std *
+        noise`` (default: drawn here, ``n_samples`` of them), e.g. drawn per series from its own
+        seed so that a series' samples do not depend on the batch it is in.
+        ``encoder_schedule`` overrides the encoder's walk (:meth:`encode`).
 
         Returns a :class:`LatentODEOutput`: ``pred`` ``(S, B, T, D)``, ``mean`` and ``std`` of
         ``q(z0)`` ``(B, L)`` (and the Poisson and label terms when modelled)."""
-        mean, std = self.encode(times, values, encoder_mask)
-        n = self.n_samples if n_samples is None else n_samples
-        if n < 1:
-            raise ValueError(f"n_samples must be at least 1, got {n}.")
-        eps = torch.randn((n, *mean.shape), dtype=mean.dtype, device=mean.device)
+        mean, std = self.encode(times, values, encoder_mask, encoder_schedule)
+        if z0_noise is None:
+            n = self.n_samples if n_samples is None else n_samples
+            if n < 1:
+                raise ValueError(f"n_samples must be at least 1, got {n}.")
+            eps = torch.randn((n, *mean.shape), dtype=mean.dtype, device=mean.device)
+        else:
+            if z0_noise.shape[1:] != mean.shape or (
+                    n_samples is not None and n_samples != z0_noise.shape[0]):
+                raise ValueError(f"z0_noise must have shape (n_samples, batch, latents) = "
+                                 f"({n_samples or 'S'}, {mean.shape[0]}, {mean.shape[1]}), got "
+                                 f"{tuple(z0_noise.shape)}.")
+            eps = z0_noise.to(mean)
         z0 = mean + std * eps
         out_times = times if pred_times is None else pred_times
         paths = self.latent_paths(z0, out_times)

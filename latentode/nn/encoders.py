@@ -151,16 +151,36 @@ class _BackwardGRU(Graphable, nn.Module):
     ) -> torch.Tensor:
         return torch.cat([values * mask, mask], -1)
 
+    @property
+    def walks_series(self) -> bool:
+        """Whether ``schedule="series"`` is available (for the ODE-RNN: one Euler step per
+        gap, the default solver)."""
+        return True
+
     def forward(
-        self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+        self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+        schedule: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, std)`` of ``q(z0)`` at ``times[0]`` from the observations under ``mask``.
+
+        ``schedule`` overrides the encoder's walk for this call: ``"series"`` makes each series'
+        result independent of the others in the batch (e.g. to answer series in batches as
+        if each were alone); None keeps the encoder's own ``schedule``.
+        """
+        if schedule is not None and schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES} or None, got {schedule!r}.")
+        if schedule == "series" and not self.walks_series:
+            raise ValueError(f"schedule='series' takes one Euler step per gap; this encoder's "
+                             f"solver is {dict(self.solver)}.")  # type: ignore[attr-defined]
+        walk = self.schedule if schedule is None else schedule
         mask = mask.to(values.dtype)
         seen = mask.amax(-1) > 0  # (B, T): a series has an observation at this time
         times = start_at_last_observation(times, seen)
-        if self.cuda_graph and values.is_cuda and (self.training or not torch.is_grad_enabled()):
+        if (self.cuda_graph and walk == "union" and values.is_cuda
+                and (self.training or not torch.is_grad_enabled())):
             mean, std = self._graphs(times, values, mask)
             return mean, std
-        if self.schedule == "series":
+        if walk == "series":
             return self._z0(self._walk_series(times, values, mask, seen))
         if self._fused_euler_gru:
             return self._z0(self._fused(times, values, mask, seen))
@@ -289,11 +309,15 @@ class ODERNNEncoder(_BackwardGRU):
         self.solver = {"method": "euler", **(solver or {})}
         if cuda_graph:
             check_graph_solver(self.solver)
-        if schedule == "series" and not self._single_euler_step:
+        if schedule == "series" and not self.walks_series:
             raise ValueError(
                 f"schedule='series' takes Euler steps of each series' own length; it cannot use "
                 f"the solver options {dict(self.solver)}. Use solver={{'method': 'euler'}} "
                 f"(max_step= to split long gaps) or schedule='union'.")
+
+    @property
+    def walks_series(self) -> bool:
+        return self._single_euler_step
 
     def move(self, h: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
         if self.std_state:

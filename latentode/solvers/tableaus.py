@@ -41,6 +41,11 @@ class ButcherTableau:
         """First-same-as-last: the last stage is f(t + h, y1), reusable as the next step's k1."""
         return self.c[-1] == 1.0 and tuple(self.a[-1]) == tuple(self.b[:-1]) and self.b[-1] == 0.0
 
+    @property
+    def dense_powers(self) -> np.ndarray:
+        """The powers of theta that the dense output uses (its nonzero columns)."""
+        return np.flatnonzero(np.any(self.dense != 0.0, axis=0))
+
     def dense_weights(self, theta: np.ndarray) -> np.ndarray:
         """Stage weights ``b_i(theta)`` for each theta: shape ``(len(theta), stages)``."""
         powers = np.power.outer(np.asarray(theta, dtype=np.float64), np.arange(self.dense.shape[1]))

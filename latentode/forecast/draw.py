@@ -1,0 +1,137 @@
+"""Answering many series at once: each history a job, jobs solved in batches.
+
+A *job* is one history (a series, or for a model trained on windows one window of it) and the
+times it is asked at, on the series' own clock (model times from its own first time, so series
+far apart on one absolute clock keep their resolution). One job alone is what the forecaster
+answered before batching; a batch stacks jobs on the union of their (shifted) times:
+
+* the encoder walks each series through its own observations (``schedule="series"``), so a
+  series' posterior ``q(z0)`` does not depend on the others in its batch;
+* ``z0``'s standard normal draws come from each series' own seed (``z0_noise``);
+* the decoder solves all rows in one adaptive integration, each row answered at its own times
+  by dense output (``pred_times`` of shape ``(B, T)``). What a batch shares is the solver's
+  step sequence: a series' answer differs from its lone answer within the solver's tolerance
+  (``rtol``), far below the posterior's spread. ``batch_size=1`` answers each series alone.
+
+Models that cannot do this (the baselines; an ODE-RNN encoder with another solver than one
+Euler step per gap) are answered one job at a time, as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from latentode.data.batch import distinct_in
+from latentode.models import LatentODE
+
+# a batch holds at most this many (sample, series, time) points in its decoded paths and
+# (series, time, channel) entries in its encoder input: about 100 MB of float32 per tensor
+# at 20 latents, whatever the batch size asked for
+MAX_PATH_POINTS = 1_000_000
+MAX_INPUT_ENTRIES = 4_000_000
+
+
+@dataclass
+class Job:
+    """One history and the times it is asked at, on its own clock (model units)."""
+
+    hist_t: np.ndarray  # (n,) distinct times from the job's zero, the first 0
+    hist_v: np.ndarray  # (n, D) values in model units, NaN where not observed
+    grid: np.ndarray  # (m,) sorted distinct prediction times; z0 lives at grid[0]
+    where: np.ndarray  # (k,) position in ``grid`` of each asked time
+    eps: torch.Tensor | None = None  # (S, L) z0's standard normal draws (latent ODE)
+
+
+def make_job(hist64: np.ndarray, hist_v: np.ndarray, want64: np.ndarray, np_dtype: Any,
+             from_target: bool) -> Job:
+    """The job of a history at model times ``hist64`` asked at ``want64`` (float64)."""
+    # each series on its own clock from its first time (float64 first): the dynamics are
+    # autonomous, and a series far from the training data's zero keeps its resolution
+    zero = min(float(hist64[0]), float(want64.min()))
+    hist_t = distinct_in(hist64 - zero, np_dtype)
+    want = (want64 - zero).astype(np_dtype)
+    start = min(hist_t[0], want.min())
+    if start < hist_t[0]:  # z0 at the earliest requested time (see the forecaster's docstring)
+        hist_t = np.concatenate([[start], hist_t]).astype(np_dtype)
+        hist_v = np.concatenate([np.full((1, hist_v.shape[1]), np.nan), hist_v])
+    # z0 at the grid's first time: the encoder's (default) or, for a latent ODE trained
+    # with z0_at="first_target", the first requested time, as its training did
+    grid = np.unique(want if from_target else np.concatenate([hist_t[:1], want]))
+    return Job(hist_t, hist_v, grid, np.searchsorted(grid, want))
+
+
+def batch_mode(model: nn.Module) -> str:
+    """How ``model`` answers jobs: ``"batched"`` (a latent ODE whose encoder walks series
+    independently), ``"noise"`` (a latent ODE, one job at a time, ``z0_noise`` given) or
+    ``"alone"`` (any other model, one job at a time, drawing its own noise)."""
+    if not isinstance(model, LatentODE):
+        return "alone"
+    return "batched" if getattr(model.encoder, "walks_series", False) else "noise"
+
+
+def batches(jobs: list[Job], batch_size: int, num_samples: int) -> Iterator[list[int]]:
+    """Groups of job positions to solve together: jobs of similar length side by side (short
+    histories do not wait on long ones), at most ``batch_size`` per group and within the
+    memory bounds above (a job too large for them alone is a group of one)."""
+    order = sorted(range(len(jobs)), key=lambda j: (len(jobs[j].hist_t), len(jobs[j].grid)))
+    group: list[int] = []
+    union = longest = 0
+    for j in order:
+        job = jobs[j]
+        n_union, n_grid = union + len(job.hist_t), max(longest, len(job.grid))
+        size = len(group) + 1
+        if group and (size > batch_size or num_samples * size * n_grid > MAX_PATH_POINTS
+                      or size * n_union * job.hist_v.shape[1] > MAX_INPUT_ENTRIES):
+            yield group
+            group, n_union, n_grid = [], len(job.hist_t), len(job.grid)
+        group.append(j)
+        union, longest = n_union, n_grid
+    if group:
+        yield group
+
+
+def solve(model: nn.Module, jobs: list[Job], num_samples: int
+          ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Each job's ``(paths at its asked times (S, k, D), label logits (S, C) or None)``.
+
+    More than one job: one batched pass (``batch_mode`` "batched"). One job: the model on that
+    history alone, with the job's ``eps`` as ``z0_noise`` when it has one.
+    """
+    dtype = next(model.parameters()).dtype
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    if len(jobs) == 1:
+        (job,) = jobs
+        extra = {} if job.eps is None else {"z0_noise": job.eps[:, None]}
+        mask = ~np.isnan(job.hist_v)
+        out = model(torch.from_numpy(job.hist_t),
+                    torch.from_numpy(np.nan_to_num(job.hist_v).astype(np_dtype))[None],
+                    torch.from_numpy(mask)[None], n_samples=int(num_samples),
+                    pred_times=torch.from_numpy(job.grid), **extra)
+        logits = None if out.logits is None else out.logits[:, 0]
+        return [(out.pred[:, 0][:, job.where], logits)]
+    times = np.unique(np.concatenate([job.hist_t for job in jobs]))
+    channels = jobs[0].hist_v.shape[1]
+    values = np.zeros((len(jobs), len(times), channels), dtype=np_dtype)
+    mask = np.zeros(values.shape, dtype=bool)
+    longest = max(len(job.grid) for job in jobs)
+    rows = np.empty((len(jobs), longest), dtype=np_dtype)
+    for b, job in enumerate(jobs):
+        at = np.searchsorted(times, job.hist_t)
+        seen = ~np.isnan(job.hist_v)
+        values[b, at] = np.where(seen, job.hist_v, 0.0)
+        mask[b, at] = seen
+        # every row from 0: z0 at each job's grid[0] (0 unless z0_at="first_target"; the
+        # dynamics are autonomous), shorter rows padded by repeating their last time
+        row = (job.grid.astype(np.float64) - float(job.grid[0])).astype(np_dtype)
+        rows[b, : len(row)], rows[b, len(row):] = row, row[-1]
+    eps = torch.stack([job.eps for job in jobs], 1)  # type: ignore[misc]
+    out = model(torch.from_numpy(times), torch.from_numpy(values), torch.from_numpy(mask),
+                pred_times=torch.from_numpy(rows), z0_noise=eps, encoder_schedule="series")
+    return [(out.pred[:, b][:, job.where], None if out.logits is None else out.logits[:, b])
+            for b, job in enumerate(jobs)]
