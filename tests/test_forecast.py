@@ -206,6 +206,11 @@ def test_z0_at_first_target_places_z0_at_the_first_requested_time(fitted, data):
     try:
         np.testing.assert_allclose(first_values(fitted, 5.5), first_values(fitted, 7.0),
                                    rtol=1e-12)
+        # in a batch, each series' path starts at its own first requested time too
+        asked = {"s0": [5.5, 6.0], "s1": [7.0, 7.5], "s2": [-1.0, 3.0]}
+        together = fitted.predict(data, times=asked, num_samples=5, seed=3)
+        alone = fitted.predict(data, times=asked, num_samples=5, seed=3, batch_size=1)
+        np.testing.assert_allclose(together["mean"], alone["mean"], rtol=0, atol=2e-3)
     finally:
         fitted.model.z0_at = "start"
 
