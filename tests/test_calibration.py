@@ -151,3 +151,52 @@ def test_calibration_batches_validation_split_else_training(val_fraction):
         assert any(bool((b.target_mask & ~b.encoder_mask).any()) for b in batches)
     capped, _ = calibration_batches(dm, max_series=3)
     assert sum(b.batch_size for b in capped) == 3
+
+
+def unaligned_batch(series: int = 12, points: int = 15, dims: int = 2, seed: int = 0) -> Batch:
+    """Series each observed at its own times (the union is ``series`` times longer), half of
+    each series' points shown to the encoder, every observed point a target."""
+    gen = torch.Generator().manual_seed(seed)
+    times = torch.sort(torch.rand(series * points, generator=gen)).values * 3
+    times[0] = 0.0
+    owner = torch.randperm(series * points, generator=gen) % series
+    owner[0] = 0
+    target = torch.zeros(series, len(times), dims, dtype=torch.bool)
+    target[owner, torch.arange(len(times))] = torch.rand(len(times), dims, generator=gen) < 0.8
+    target[owner, torch.arange(len(times)), 0] = True
+    values = torch.randn(series, len(times), dims, generator=gen) * target
+    encoder = target & (torch.rand(series, len(times), 1, generator=gen) < 0.5)
+    return Batch(times=times, values=values, mask=target, target_mask=target,
+                 encoder_mask=encoder, index=torch.arange(series))
+
+
+@pytest.mark.parametrize("z0_at", ["start", "first_target"])
+def test_latent_ode_is_scored_at_each_series_own_times(z0_at):
+    """A latent ODE is asked at each series' own target times, not the batch's union: the same
+    calibration and coverage as decoding the whole union (within the solver's tolerance), with
+    decoded paths ``series`` times shorter."""
+    from latentode.forecast.calibration import _predicted
+    from latentode.models import LatentODE
+
+    torch.manual_seed(0)
+    model = LatentODE(2, latents=3, gen_units=8, z0_at=z0_at).eval()
+    batch = unaligned_batch()
+    if z0_at == "first_target":  # nothing to score before a later first target
+        batch.target_mask[:, :5] = False
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(3)
+        scored = _predicted(model, batch, 20)
+        torch.manual_seed(3)
+        union = model.predict(batch.times, batch.values, batch.encoder_mask,
+                              batch.target_mask, n_samples=20).pred
+    assert scored.pred.shape[2] <= 16 < union.shape[2] / 10  # own targets only, not the union
+    # every target point scored once, against the union's prediction at it
+    assert int(scored.target.sum()) == int(batch.target_mask.sum())
+    assert int((scored.target & ~scored.encoder).sum()) == int(
+        (batch.target_mask & ~batch.encoder_mask).sum())
+    picked = scored.pred.permute(1, 2, 3, 0)[scored.target]  # (N, S)
+    expected = union.permute(1, 2, 3, 0)[batch.target_mask]
+    torch.testing.assert_close(picked, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(scored.values[scored.target], batch.values[batch.target_mask])
+    calibrated = calibrate_noise(model, [batch], n_samples=20)
+    assert calibrated.count == batch.target_mask.__and__(~batch.encoder_mask).sum((0, 1)).tolist()

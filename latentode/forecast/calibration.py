@@ -133,22 +133,64 @@ def calibration_batches(
     return (collator(list(range(s, min(s + size, n)))) for s in range(0, n, size)), split
 
 
+@dataclass
+class Scored:
+    """Sampled predictions at the points of a batch that can be scored, with the batch's values
+    and masks there: ``pred`` ``(S, B, K, D)``, the rest ``(B, K, D)``."""
+
+    pred: torch.Tensor
+    values: torch.Tensor
+    target: torch.Tensor
+    encoder: torch.Tensor
+
+
 def _paths(model: Any, batch: Any, n_samples: int, seed: int, index: int,
-           device: torch.device) -> torch.Tensor:
-    """Sampled paths ``(S, B, T, D)`` of one batch, seeded by ``seed`` and the batch index
-    (torch's global RNG is left as it was)."""
+           device: torch.device) -> Scored:
+    """Sampled predictions of one batch, seeded by ``seed`` and the batch index (torch's
+    global RNG is left as it was)."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed * 1_000_003 + index)
         return _predicted(model, batch, n_samples)
 
 
-def _predicted(model: Any, batch: Any, n_samples: int) -> torch.Tensor:
-    """Sampled predictions ``(S, B, T, D)`` at the batch's times, ``z0`` where the model's
-    training put it (a latent ODE's ``z0_at``: :meth:`LatentODE.predict`)."""
-    if hasattr(model, "predict"):
-        return model.predict(batch.times, batch.values, batch.encoder_mask, batch.target_mask,
-                             n_samples=n_samples).pred
-    return model(batch.times, batch.values, batch.encoder_mask, n_samples=n_samples).pred
+def _predicted(model: Any, batch: Any, n_samples: int) -> Scored:
+    """Sampled predictions where the batch has targets, ``z0`` where the model's training put
+    it (a latent ODE's ``z0_at``: :meth:`LatentODE.predict`).
+
+    A latent ODE is asked at each series' own target times (``pred_times`` of shape
+    ``(B, K)``, K the most targets of one series) rather than at the batch's union of times:
+    for unaligned series the union is about ``B`` times longer than any one series, and so were
+    the ``S`` decoded paths (1000 smart meters' calibration peaked at 1.6 GB against training's
+    0.55 GB). The encoder, the ``z0`` draws and the solver's steps are the same as on the union.
+    """
+    from latentode.models import LatentODE
+    from latentode.models.latent_ode import first_target
+
+    if not isinstance(model, LatentODE):
+        if hasattr(model, "predict"):
+            out = model.predict(batch.times, batch.values, batch.encoder_mask,
+                                batch.target_mask, n_samples=n_samples).pred
+        else:
+            out = model(batch.times, batch.values, batch.encoder_mask, n_samples=n_samples).pred
+        return Scored(out, batch.values, batch.target_mask, batch.encoder_mask)
+    times, target = batch.times, batch.target_mask
+    first = first_target(target) if model.z0_at == "first_target" else 0
+    has = target.any(-1)  # (B, T): nothing before ``first`` by its definition
+    counts = has.sum(1)
+    most = max(int(counts.max()), 1)
+    # each series' target positions in time order, then its last one again as padding (the
+    # start's position for a series without targets)
+    idx = torch.argsort((~has).to(torch.int8), dim=1, stable=True)[:, :most]
+    valid = torch.arange(most, device=idx.device) < counts.unsqueeze(1)
+    last = idx.gather(1, (counts - 1).clamp_min(0).unsqueeze(1))
+    idx = torch.where(valid, idx, torch.where(counts.unsqueeze(1) > 0, last, first))
+    start = times[first].expand(len(idx), 1)
+    rows = torch.cat([start, times[idx]], 1)
+    pred = model(times, batch.values, batch.encoder_mask, n_samples, pred_times=rows).pred
+    at = idx.unsqueeze(-1).expand(-1, -1, batch.values.shape[-1])
+    keep = valid.unsqueeze(-1)
+    return Scored(pred[:, :, 1:], batch.values.gather(1, at), target.gather(1, at) & keep,
+                  batch.encoder_mask.gather(1, at) & keep)
 
 
 @torch.no_grad()
@@ -178,11 +220,12 @@ def calibrate_noise(
     try:
         for index, batch in enumerate(batches):
             batch = batch.to(device)
-            pred = _paths(model, batch, int(n_samples), seed, index, device).double()
-            mean, var = pred.mean(0), pred.var(0, unbiased=False)  # (B, T, D)
-            sq = (batch.values.double() - mean).square()
-            target = batch.target_mask
-            for name, mask in (("heldout", target & ~batch.encoder_mask), ("targets", target)):
+            scored = _paths(model, batch, int(n_samples), seed, index, device)
+            pred = scored.pred.double()
+            mean, var = pred.mean(0), pred.var(0, unbiased=False)  # (B, K, D)
+            sq = (scored.values.double() - mean).square()
+            target = scored.target
+            for name, mask in (("heldout", target & ~scored.encoder), ("targets", target)):
                 m = mask.double()
                 part = torch.stack([(sq * m).sum((0, 1)), (var * m).sum((0, 1)), m.sum((0, 1))])
                 part = part.cpu().numpy()
@@ -246,15 +289,16 @@ def predictive_coverage(
             batch = batch.to(device)
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed * 1_000_003 + index)
-                pred = _predicted(model, batch, n_samples)
+                scored = _predicted(model, batch, n_samples)
+                pred = scored.pred
                 jitter = torch.randn_like(pred) if any_noise else None
-            mask = batch.target_mask & ~batch.encoder_mask
+            mask = scored.target & ~scored.encoder
             c = 0
             for name, scale in scales.items():
                 samples = pred
                 if jitter is not None and scale is not None and bool((scale > 0).any()):
                     samples = pred + scale.to(pred.device, pred.dtype) * jitter
-                h, c = interval_hits(samples, batch.values, mask, level)
+                h, c = interval_hits(samples, scored.values, mask, level)
                 hits[name] += h
             count += c
     finally:
