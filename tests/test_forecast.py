@@ -354,6 +354,11 @@ def test_plot_writes_png(dated, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match=r"series \['nope'\] are not in both df and pred"):
         fc.plot(tidy, pred, series=["nope"])
+    # channels titled by name rather than by their codes
+    named = fc.plot(tidy, pred, series=["s0"], channel_labels={"x": "position"})
+    assert [ax.get_title() for ax in named.axes] == ["s0: position", "s0: y"]
+    with pytest.raises(ValueError, match=r"channel_labels name\(s\) \['z'\] that are not"):
+        fc.plot(tidy, pred, channel_labels={"z": "nothing"})
 
 
 # ------------------------------------------------------------------------------------- errors

@@ -199,10 +199,12 @@ def test_a_run_trained_on_a_tidy_file_predicts_from_tidy_frames(tmp_path, monkey
     history.to_csv(tmp_path / "history.csv", index=False)
     run_main(predict_cli, ["latentode-predict", f"ckpt_path={run}/checkpoints/last.ckpt",
                            f"input={tmp_path}/history.csv", f"output={tmp_path}/pred.csv",
-                           "horizon=2.0", "n=3", f"hydra.run.dir={tmp_path}/predict"],
-                          monkeypatch)
+                           "horizon=2.0", "n=3", f"plot={tmp_path}/p.png",
+                           'plot_labels={220045:"heart rate"}',
+                           f"hydra.run.dir={tmp_path}/predict"], monkeypatch)
     pred = pd.read_csv(tmp_path / "pred.csv")
     assert set(pred["itemid"]) == {220045, 223761} and len(pred) == 2 * 3 * 2
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     fc = LatentODEForecaster.from_run(run / "checkpoints" / "last.ckpt")
     assert fc.predict(history, horizon=2.0, n=1)["itemid"].dtype == history["itemid"].dtype
     # codes as text in some rows and numbers in others are one channel, not a cryptic error

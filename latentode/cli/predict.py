@@ -130,8 +130,10 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
         write_frame(proba, Path(str(proba_path)))
         log.info("label probabilities of %d series written to %s", len(proba), proba_path)
     if cfg.get("plot"):
+        labels = _plain(cfg.get("plot_labels")) or None
         fig = forecaster.plot(frame, pred.rename(columns=renames),
-                              max_series=int(cfg.get("plot_series") or 4))
+                              max_series=int(cfg.get("plot_series") or 4),
+                              channel_labels=labels)
         plot_path = Path(str(cfg.plot))
         plot_path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(plot_path, dpi=100)

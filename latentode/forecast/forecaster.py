@@ -742,6 +742,7 @@ class LatentODEForecaster:
         *,
         channels: Sequence[str] | None = None,
         max_series: int = 4,
+        channel_labels: Mapping[Any, str] | None = None,
     ) -> Any:
         """A matplotlib ``Figure``: one axes per series (rows) and channel (columns).
 
@@ -749,14 +750,16 @@ class LatentODEForecaster:
         highest quantile column, and a dashed vertical line marks each series' last observation
         (the boundary between history and forecast). For a model trained on windows
         (``data.window``) a grey span marks the last window, the observations its forecasts are
-        conditioned on. ``series`` defaults to the first ``max_series`` series of ``pred``. Save
-        it with ``fig.savefig("forecast.png")``.
+        conditioned on. ``series`` defaults to the first ``max_series`` series of ``pred``.
+        ``channel_labels`` titles channels by name instead of their codes (``{220045: "heart
+        rate"}``). Save it with ``fig.savefig("forecast.png")``.
         """
         from .plotting import plot_forecast
 
         _, spec = self._fitted("plot")
         return plot_forecast(spec, spec.dataset(df), pred, series=series, channels=channels,
-                             max_series=max_series, window=self._history_window())
+                             max_series=max_series, window=self._history_window(),
+                             channel_labels=channel_labels)
 
 
 def _calibrate(model: nn.Module, datamodule: Any) -> NoiseCalibration:

@@ -6,7 +6,7 @@ the same in scripts, notebooks and headless test runs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,10 +38,12 @@ def plot_forecast(
     channels: Sequence[str] | None = None,
     max_series: int = 4,
     window: float | None = None,
+    channel_labels: Mapping[Any, str] | None = None,
 ) -> Any:
     """One axes per (series, channel); see ``LatentODEForecaster.plot``. ``window`` (model
     units): the model was trained on windows of this span, so its forecasts are conditioned on
-    the observations of the last window alone; that span is shaded."""
+    the observations of the last window alone; that span is shaded. ``channel_labels``: titles
+    for channels (keys: channel names or codes, e.g. ``{220045: "heart rate"}``)."""
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
     from matplotlib.figure import Figure
 
@@ -66,6 +68,11 @@ def plot_forecast(
     bad = [c for c in chans if c not in spec.channels]
     if bad:
         raise ValueError(f"channels {bad} are not the model's channels {spec.channels}.")
+    labels = {str(k): str(v) for k, v in (channel_labels or {}).items()}
+    stray = sorted(set(labels) - set(map(str, spec.channels)))
+    if stray:
+        raise ValueError(f"channel_labels name(s) {stray} that are not the model's channels "
+                         f"{spec.channels}.")
     bands = _quantile_columns(pred)
     band = (bands[0][1], bands[-1][1]) if len(bands) >= 2 else None
 
@@ -104,7 +111,7 @@ def plot_forecast(
             if window_start is not None:
                 handles["conditioning window"] = ax.axvspan(window_start, boundary, color="0.5",
                                                             alpha=0.12, lw=0)
-            ax.set_title(f"{key}: {name}", fontsize=9)
+            ax.set_title(f"{key}: {labels.get(str(name), name)}", fontsize=9)
             if r == len(axes) - 1:  # the bottom row names the shared axis
                 ax.set_xlabel(str(spec.time_col), fontsize=8)
             if spec.time.kind == "datetime":
