@@ -555,6 +555,21 @@ def memory_and_stats(mode: str, t_end: float) -> tuple[int, SolverStats]:
     return peak, stats
 
 
+def test_peak_memory_keeps_the_profilers_trace_off_stderr(capfd):
+    """torch's C++ profiler writes 'USDT: ... profiler_start' lines to stderr on every start and
+    stop (bench_solver.py's table was drowned in them); other output still comes through."""
+    import sys
+
+    def work():
+        print("from the call", file=sys.stderr)
+        return torch.ones(1000, 100).sum()
+
+    _, peak = peak_memory(work)
+    err = capfd.readouterr().err
+    assert peak >= 1000 * 100 * 4
+    assert "USDT" not in err and "from the call" in err
+
+
 def test_adjoint_memory_does_not_grow_with_steps():
     short_peak, short = memory_and_stats("adjoint", 2.0)
     long_peak, long = memory_and_stats("adjoint", 25.0)
