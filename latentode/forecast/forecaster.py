@@ -68,6 +68,7 @@ import tempfile
 import warnings
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +133,38 @@ def _series_seed(seed: int, key: Any) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] % (2**63 - 1))
 
 
-def _answer(model: nn.Module, jobs: list[Job], pending: list, mode: str, num_samples: int,
-            batch_size: int) -> list:
+@dataclass
+class _Request:
+    """One requested series while it waits for its jobs to be solved."""
+
+    index: int  # the series' position in the dataset
+    raw: Times  # the asked times, in the data's type
+    chunks: list  # (asked positions, history mask) per job (_history_chunks)
+    jobs: list[int]  # positions of its jobs in the pending job list
+    gen: torch.Generator  # its own random stream (z0 draws, then noise)
+
+    def paths(self, answers: list, std: np.ndarray | None, noisy: bool
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(paths (S, m, D), noisy paths or None)`` in model units from its jobs' answers;
+        ``noisy`` adds N(0, std^2) drawn from its stream (the paths themselves when ``std`` is
+        None: no noise to add)."""
+        paths = out = None
+        for (idx, _), j in zip(self.chunks, self.jobs, strict=True):
+            pred = answers[j][0].double().numpy()  # (S, k, D)
+            if paths is None:
+                paths = np.empty((pred.shape[0], len(self.raw), pred.shape[2]))
+            paths[:, idx] = pred
+            if noisy:
+                if out is None:
+                    out = np.empty_like(paths)
+                out[:, idx] = pred if std is None else pred + std * torch.randn(
+                    pred.shape, generator=self.gen, dtype=torch.float64).numpy()
+        assert paths is not None
+        return paths, out
+
+
+def _answer(model: nn.Module, jobs: list[Job], pending: list[_Request], mode: str,
+            num_samples: int, batch_size: int) -> list:
     """Each job's ``(paths (S, k, D), logits or None)``: in batches where the model allows
     (:func:`.draw.batch_mode`), else one at a time; a model drawing its own noise (the
     RNN-VAE) draws it from its series' stream, chunk after chunk."""
@@ -144,11 +175,11 @@ def _answer(model: nn.Module, jobs: list[Job], pending: list, mode: str, num_sam
             for j, answer in zip(group, found, strict=True):
                 answers[j] = answer
         return answers
-    for _i, _raw, _chunks, mine, gen in pending:
+    for request in pending:
         with torch.random.fork_rng(devices=[]):
             if mode == "alone":
-                torch.manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
-            for j in mine:
+                torch.manual_seed(int(torch.randint(2**62, (1,), generator=request.gen)))
+            for j in request.jobs:
                 answers[j] = solve(model, [jobs[j]], num_samples)[0]
     return answers
 
@@ -461,47 +492,37 @@ class LatentODEForecaster:
         mode = batch_mode(model)
         from_target = getattr(model, "z0_at", "start") == "first_target"
         window = self._history_window()
-        pending: list[tuple[int, Times, list, list, torch.Generator]] = []  # awaiting a solve
+        pending: list[_Request] = []  # requests awaiting a solve, and their jobs
         jobs: list[Job] = []
         for n_req, (i, raw) in enumerate(requests):
             lo, hi = ds.offsets[i], ds.offsets[i + 1]
             values, t = ds.values[lo:hi], ds.times[lo:hi]
-            observed = ~np.isnan(values).all(1)
             want64 = spec.time.to_model(raw)
-            chunks = _history_chunks(t, observed, want64, window)
+            chunks = _history_chunks(t, ~np.isnan(values).all(1), want64, window)
             if want_logits:  # one chunk: predict_proba asks at the last observation
                 chunks = chunks[:1]
             # the series' own stream: z0's draws for each chunk, then the noise's
-            gen = torch.Generator().manual_seed(_series_seed(seed, ds.ids[i]))
-            mine = []
+            request = _Request(i, raw, chunks, [], torch.Generator().manual_seed(
+                _series_seed(seed, ds.ids[i])))
             for idx, seen in chunks:
                 job = make_job(t[seen], spec.to_model_values(values[seen]), want64[idx],
                                np_dtype, from_target)
                 if mode != "alone":
-                    job.eps = torch.randn((num_samples, model.latents), generator=gen,
+                    job.eps = torch.randn((num_samples, model.latents), generator=request.gen,
                                           dtype=dtype)
-                mine.append(len(jobs))
+                request.jobs.append(len(jobs))
                 jobs.append(job)
-            pending.append((i, raw, chunks, mine, gen))
+            pending.append(request)
             if len(jobs) < 4 * batch_size and n_req < len(requests) - 1:
                 continue
             answers = _answer(model, jobs, pending, mode, num_samples, batch_size)
-            for i, raw, chunks, mine, gen in pending:
+            for request in pending:
                 if want_logits:
-                    yield i, raw, answers[mine[0]][1]
+                    yield request.index, request.raw, answers[request.jobs[0]][1]
                     continue
-                paths = noisy = None
-                for (idx, _), j in zip(chunks, mine, strict=True):
-                    pred = answers[j][0].double().numpy()  # (S, k, D)
-                    if paths is None:
-                        paths = np.empty((pred.shape[0], len(raw), pred.shape[2]))
-                    paths[:, idx] = pred
-                    if std is not None:
-                        if noisy is None:
-                            noisy = np.empty_like(paths)
-                        noisy[:, idx] = pred if not noisy_draws else pred + std * torch.randn(
-                            pred.shape, generator=gen, dtype=torch.float64).numpy()
-                yield i, raw, spec.to_user_values(paths), (
+                paths, noisy = request.paths(answers, std if noisy_draws else None,
+                                             std is not None)
+                yield request.index, request.raw, spec.to_user_values(paths), (
                     None if noisy is None else spec.to_user_values(noisy))
             pending, jobs = [], []
 
