@@ -15,7 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from latentode.cli import config_dir
 from latentode.cli import evaluate as eval_cli
@@ -283,3 +283,35 @@ def test_trainer_counts_of_the_wrong_type_are_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match=r"trainer\.max_epochs must be a whole number, got 'ten'"):
         train_cli.train(cfg)
     train_cli.check_trainer_counts(compose_train(["trainer.max_epochs=3"]))
+
+
+def test_resuming_with_other_model_options_is_refused_and_the_run_kept(tmp_path, monkeypatch):
+    """A resume that forgets one of the run's options (model.latents=6) failed with a state-dict
+    size mismatch from inside Lightning, after Hydra had rewritten the run's config in place:
+    latentode-eval and latentode-predict then failed on the run too. Checkpoints now carry
+    their run's config: the resume is refused by name and the run's config put back."""
+    run = tmp_path / "run"
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=1",
+                         "model.latents=6", *TINY], monkeypatch)
+    last = run / "checkpoints" / "last.ckpt"
+    assert "model.latents=6" in torch.load(last, weights_only=False)["latentode_run"]["overrides"]
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the app's exception itself, not exit(1)
+    with pytest.raises(ValueError, match=r"(?s)holds a different model than this command "
+                       r"builds.*model\.latents: 6 in the run, \d+ now.*own overrides: .*"
+                       r"model\.latents=6.*were restored from the checkpoint"):
+        run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=2",
+                             f"ckpt_path={last}", *TINY], monkeypatch)
+    config = run / ".hydra" / "config.yaml"
+    assert OmegaConf.load(config).model.latents == 6
+    run_main(eval_cli, ["latentode-eval", f"ckpt_path={last}",
+                        f"hydra.run.dir={tmp_path / 'eval'}"], monkeypatch)
+    assert read_metrics(tmp_path / "eval")["test/mse"] > 0
+    # a run config changed behind the checkpoint's back: said plainly by eval and predict
+    config.write_text(config.read_text().replace("latents: 6", "latents: 7"))
+    with pytest.raises(ValueError, match=r"does not fit the model that its run's config"):
+        run_main(eval_cli, ["latentode-eval", f"ckpt_path={last}",
+                            f"hydra.run.dir={tmp_path / 'eval2'}"], monkeypatch)
+    from latentode import LatentODEForecaster
+
+    with pytest.raises(ValueError, match=r"field\.net\.0\.weight: \[\d+, 6\] in the checkpoint"):
+        LatentODEForecaster.from_run(last)

@@ -44,6 +44,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from latentode.cli import config_dir
+from latentode.cli.checkpoints import not_fitting, weights_mismatch
 from latentode.cli.train import (
     build_datamodule,
     build_group,
@@ -228,7 +229,10 @@ def evaluate(eval_cfg: DictConfig) -> dict[str, float]:
     model = build_model(cfg, datamodule)
     module = build_module(cfg, model, datamodule)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    module.load_state_dict(state["state_dict"])  # strict: a model that differs is an error
+    problem = weights_mismatch(module.state_dict(), state["state_dict"])
+    if problem:
+        raise ValueError(not_fitting(ckpt, config_path, problem))
+    module.load_state_dict(state["state_dict"])
     log.info("weights of epoch %s (global step %s) loaded", state.get("epoch"),
              state.get("global_step"))
     progress = [c for c in build_group(cfg.get("callbacks")) if "ProgressBar" in type(c).__name__]

@@ -336,6 +336,7 @@ class LatentODEForecaster:
         calibrated on the run's validation split (its training split when it has none), as
         ``latentode-eval`` does: one pass of ``CALIBRATION_SAMPLES`` posterior samples over at
         most ``CALIBRATION_MAX_SERIES`` series."""
+        from latentode.cli.checkpoints import not_fitting, weights_mismatch
         from latentode.cli.evaluate import (
             anchor_data_path,
             apply_overrides,
@@ -363,8 +364,12 @@ class LatentODEForecaster:
             log.info("rebuilding the run's training data repeated %d warning(s) from training "
                      "(see the run's log file), e.g.: %s", len(repeated), repeated[0].message)
         state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()
-                               if k.startswith("model.")})
+        weights = {k.removeprefix("model."): v for k, v in state.items()
+                   if k.startswith("model.")}
+        problem = weights_mismatch(model.state_dict(), weights)
+        if problem:
+            raise ValueError(not_fitting(ckpt, config_path, problem))
+        model.load_state_dict(weights)
         ds: IrregularDataset = datamodule.dataset
         scaler = datamodule.scaler
         # a run trained on a tidy file (one row per observation) reads tidy frames

@@ -1,0 +1,125 @@
+"""Checkpoints that know their run: the config that wrote them, and checks before loading.
+
+Resuming (``latentode-train ckpt_path=...``) rebuilds the model from the *command line's*
+config. Forgetting one of the run's options (``model.latents=16``) used to end in a state-dict
+size mismatch from deep inside Lightning; worse, Hydra had already rewritten the run's
+``.hydra/config.yaml`` when resuming in place, so ``latentode-eval`` and ``latentode-predict``
+then failed on that run too. Now every checkpoint carries the resolved config and the
+overrides of the run that wrote it (:class:`RunRecord`), a resume whose model does not fit the
+checkpoint is refused by name before training (:func:`check_resume`), and an in-place run's
+config files are put back from the checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+RUN_RECORD = "latentode_run"
+"""Key of a checkpoint's run record: ``{"config": resolved config, "overrides": [...]}``."""
+
+
+class RunRecord(L.Callback):
+    """Writes the run's resolved config and command-line overrides into every checkpoint."""
+
+    def __init__(self, config: DictConfig, overrides: list[str]):
+        # unresolved, as Hydra writes .hydra/config.yaml (interpolations kept)
+        self.record = {"config": OmegaConf.to_container(config, resolve=False),
+                       "overrides": list(overrides)}
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        checkpoint[RUN_RECORD] = self.record
+
+
+def weights_mismatch(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor],
+                     limit: int = 4) -> str | None:
+    """What keeps ``theirs`` (a checkpoint's state dict) from loading into ``ours``, in a few
+    lines (None when it fits): tensors whose shapes differ, missing or unexpected ones."""
+    lines = []
+    for key in sorted(set(ours) | set(theirs)):
+        if key not in theirs:
+            lines.append(f"{key}: not in the checkpoint")
+        elif key not in ours:
+            lines.append(f"{key}: in the checkpoint, not in this model")
+        elif tuple(ours[key].shape) != tuple(theirs[key].shape):
+            lines.append(f"{key}: {list(theirs[key].shape)} in the checkpoint, "
+                         f"{list(ours[key].shape)} here")
+    if not lines:
+        return None
+    more = f"\n  ... and {len(lines) - limit} more" if len(lines) > limit else ""
+    return "\n".join(f"  {line}" for line in lines[:limit]) + more
+
+
+def config_differences(saved: dict[str, Any], cfg: DictConfig, sections: tuple[str, ...] = (
+        "model", "data")) -> list[str]:
+    """``key: checkpoint value -> this value`` for the model and data settings that differ."""
+    now = _plain(cfg)
+    saved = _plain(OmegaConf.create(saved))
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b), key=str):
+                walk(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
+        elif a != b:
+            out.append(f"{prefix}: {a!r} in the run, {b!r} now")
+
+    for section in sections:
+        walk(saved.get(section), now.get(section) if isinstance(now, dict) else None, section)
+    return out
+
+
+def _plain(cfg: DictConfig) -> Any:
+    """``cfg`` as plain containers, resolved where it can be (inside the Hydra app)."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except (OmegaConfBaseException, ValueError):  # an interpolation only Hydra's app resolves
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+def check_resume(cfg: DictConfig, module: torch.nn.Module, ckpt_path: str,
+                 run_dir: Path) -> None:
+    """Refuse to resume ``ckpt_path`` into a model it does not fit, naming what differs and the
+    run's own overrides; when resuming in the checkpoint's own run dir, put its
+    ``.hydra/config.yaml`` and ``overrides.yaml`` back first (Hydra rewrote them)."""
+    saved = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    problem = weights_mismatch(module.state_dict(), saved.get("state_dict", {}))
+    if problem is None:
+        return
+    record = saved.get(RUN_RECORD)
+    message = [f"ckpt_path={ckpt_path} holds a different model than this command builds:",
+               problem]
+    if record is None:
+        message.append("Resume with the options the run was trained with (its original "
+                       "command line).")
+    else:
+        differences = config_differences(record["config"], cfg)
+        if differences:
+            message.append("The run's settings that differ:\n" + "\n".join(
+                f"  {line}" for line in differences[:8]))
+        message.append("Resume with the run's own overrides: "
+                       + (" ".join(record["overrides"]) or "(none)"))
+        hydra_dir = run_dir / ".hydra"
+        own_run = Path(ckpt_path).resolve().parent.parent == run_dir.resolve()
+        if own_run and hydra_dir.is_dir():
+            (hydra_dir / "config.yaml").write_text(OmegaConf.to_yaml(
+                OmegaConf.create(record["config"])))
+            (hydra_dir / "overrides.yaml").write_text(yaml.safe_dump(record["overrides"]))
+            message.append(f"(the run's {hydra_dir}/config.yaml and overrides.yaml, which this "
+                           "command had overwritten, were restored from the checkpoint)")
+    raise ValueError("\n".join(message))
+
+
+def not_fitting(ckpt: Path, config_path: Path, problem: str) -> str:
+    """The error for a checkpoint whose weights do not fit the model its run's config builds."""
+    return (f"{ckpt} does not fit the model that its run's config {config_path} builds:\n"
+            f"{problem}\nThat config may have been rewritten since (e.g. by resuming the run "
+            "with other options): put the run's own settings back in it, or pass them with "
+            "overrides=[...].")
