@@ -407,8 +407,13 @@ def test_errors_before_fit():
 
 
 def test_unknown_config_key_is_an_error():
-    with pytest.raises(ConfigCompositionException, match="latentz"):
+    """A misspelt key names the one meant (Hydra's own hint, appending it with +, did not)."""
+    with pytest.raises(ConfigCompositionException, match=r"(?s)latentz.*Did you mean "
+                                                         r"model\.latents\?"):
         LatentODEForecaster({"model.latentz": 3})
+    with pytest.raises(ConfigCompositionException, match="model.nothing_like_it") as info:
+        LatentODEForecaster({"model.nothing_like_it": 3})
+    assert "Did you mean" not in str(info.value)
 
 
 def test_error_series_in_times_not_in_df(fitted, data):

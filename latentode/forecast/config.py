@@ -53,6 +53,7 @@ def compose_train_config(overrides: Sequence[str]) -> DictConfig:
     Hydra app (an app's own global Hydra state is restored afterwards)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException
 
     from latentode.cli import config_dir
 
@@ -67,15 +68,21 @@ def compose_train_config(overrides: Sequence[str]) -> DictConfig:
             data = [] if any(o.lstrip("+~").startswith("data=") for o in overrides) \
                 else ["data=csv", *_own_data_recipe()]
             # the encoder walks each series through its own times in training, as prediction
-            # (one series at a time) does: the same model, and 2-5x faster on unaligned series
+            # (each series walked alone) does: the same model, and 2-5x faster on unaligned series
             # (README: Forecasting) -- unless the overrides choose the model, its encoder, the
             # walk or what it needs (one Euler step per gap, no CUDA graph)
             own = ("model=", "model/encoder", "model.encoder.schedule", "model.encoder.solver",
                    "model.encoder.cuda_graph")
             walk = [] if any(o.lstrip("+~").startswith(own) for o in overrides) \
                 else ["model.encoder.schedule=series"]
-            return compose(config_name="train",
-                           overrides=["paths.output_dir=null", *data, *walk, *overrides])
+            base = ["paths.output_dir=null", *data, *walk]
+            try:
+                return compose(config_name="train", overrides=[*base, *overrides])
+            except ConfigCompositionException as error:
+                hint = _closest_key(str(error), compose(config_name="train", overrides=base))
+                if hint is None:
+                    raise
+                raise ConfigCompositionException(f"{error}\n{hint}") from error
     finally:
         GlobalHydra.instance().hydra = saved
 
@@ -114,3 +121,25 @@ def prune_callbacks(cfg: DictConfig, on_disk: bool, has_val: bool) -> None:
 
 
 __all__ = ["compose_train_config", "override_list", "prune_callbacks"]
+
+
+def _closest_key(message: str, cfg: DictConfig) -> str | None:
+    """"Did you mean model.latents?" for Hydra's "Could not override 'model.latent'" (its own
+    hint, appending with +, is rarely what a misspelt key needs)."""
+    import difflib
+
+    found = re.search(r"Could not override '([^']+)'", message)
+    if found is None:
+        return None
+    keys: list[str] = []
+
+    def walk(node: object, prefix: str) -> None:
+        if isinstance(node, DictConfig):
+            for key in node:
+                path = f"{prefix}.{key}" if prefix else str(key)
+                keys.append(path)
+                walk(node._get_node(key), path)
+
+    walk(cfg, "")
+    close = difflib.get_close_matches(found.group(1), keys, n=1, cutoff=0.75)
+    return f"Did you mean {close[0]}?" if close else None
