@@ -285,7 +285,8 @@ def test_trainer_counts_of_the_wrong_type_are_refused_by_name(tmp_path):
     train_cli.check_trainer_counts(compose_train(["trainer.max_epochs=3"]))
 
 
-def test_resuming_with_other_model_options_is_refused_and_the_run_kept(tmp_path, monkeypatch):
+def test_resuming_with_other_model_options_is_refused_and_the_run_kept(tmp_path, monkeypatch,
+                                                                       capfd):
     """A resume that forgets one of the run's options (model.latents=6) failed with a state-dict
     size mismatch from inside Lightning, after Hydra had rewritten the run's config in place:
     latentode-eval and latentode-predict then failed on the run too. Checkpoints now carry
@@ -295,6 +296,13 @@ def test_resuming_with_other_model_options_is_refused_and_the_run_kept(tmp_path,
                          "model.latents=6", *TINY], monkeypatch)
     last = run / "checkpoints" / "last.ckpt"
     assert "model.latents=6" in torch.load(last, weights_only=False)["latentode_run"]["overrides"]
+    # testing it again (train=false) logs no val/ metric: outside a sweep nothing to warn about
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={tmp_path / 'test_only'}",
+                         "train=false", f"ckpt_path={last}", "model.latents=6", *TINY],
+             monkeypatch)
+    logged = capfd.readouterr()
+    assert "test/mse" in logged.out + logged.err  # the test table: the log is captured here
+    assert "optimized_metric" not in logged.out + logged.err
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the app's exception itself, not exit(1)
     with pytest.raises(ValueError, match=r"(?s)holds a different model than this command "
                        r"builds.*model\.latents: 6 in the run, \d+ now.*own overrides: .*"

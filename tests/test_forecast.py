@@ -411,7 +411,7 @@ def test_unknown_config_key_is_an_error():
     with pytest.raises(ConfigCompositionException, match=r"(?s)latentz.*Did you mean "
                                                          r"model\.latents\?"):
         LatentODEForecaster({"model.latentz": 3})
-    with pytest.raises(ConfigCompositionException, match="model.nothing_like_it") as info:
+    with pytest.raises(ConfigCompositionException, match=r"model\.nothing_like_it") as info:
         LatentODEForecaster({"model.nothing_like_it": 3})
     assert "Did you mean" not in str(info.value)
 

@@ -445,8 +445,11 @@ def hydra_main(cfg: DictConfig) -> float | None:
     quiet_known_warnings()
     hydra_cfg = HydraConfig.get()
     log.info("output directory: %s", hydra_cfg.runtime.output_dir)
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return metric_value(train(cfg), cfg.get("optimized_metric"))  # errors propagate
+    if hydra_cfg.mode != RunMode.MULTIRUN:  # errors propagate; no sweep reads the metric
+        metrics, name = train(cfg), cfg.get("optimized_metric")
+        # (a test-only run, or one whose checkpoint already reached max_epochs, logs no val/
+        # metric: nothing to warn about outside a sweep)
+        return metric_value(metrics, name) if name in metrics else None
     return sweep_job(cfg, Path(hydra_cfg.runtime.output_dir))
 
 
