@@ -620,3 +620,11 @@ def test_models_that_cannot_batch_answer_series_one_by_one(model, mode, data):
     else:
         pd.testing.assert_frame_equal(got, alone, check_exact=True)
         pd.testing.assert_frame_equal(pred, one_by_one, check_exact=True)
+
+
+def test_fit_prints_no_advertisement(data, capfd):
+    """Lightning's tip to install its cloud logger was printed by every fit."""
+    torch.set_num_threads(1)
+    LatentODEForecaster({**TINY, "trainer.max_epochs": 1}).fit(data.head(200))
+    out = capfd.readouterr()
+    assert "litlogger" not in out.out + out.err

@@ -57,6 +57,12 @@ class _DropAdvert(logging.Filter):
 _ADVERT = _DropAdvert()
 
 
+def drop_adverts() -> None:
+    """Keep Lightning's cloud-logger tip out of the output (also for library use: fit)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_ADVERT)  # the same filter once: adding is idempotent
+
+
 def quiet_known_warnings() -> None:
     """Silence warnings that say nothing here: a deprecation Lightning 2.6 itself triggers under
     recent torch, and the notice that the EMA callback is missing when a checkpoint is tested or
@@ -66,8 +72,7 @@ def quiet_known_warnings() -> None:
     # run in one process (tests, notebooks) installs it again if something restored showwarning
     logging.captureWarnings(False)
     logging.captureWarnings(True)
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_ADVERT)  # the same filter once: adding is idempotent
+    drop_adverts()
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec")
     warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks")
 

@@ -247,7 +247,13 @@ class LatentODEForecaster:
         """
         from hydra.utils import instantiate
 
-        from latentode.cli.train import build_group, build_model, build_module, setup_runtime
+        from latentode.cli.train import (
+            build_group,
+            build_model,
+            build_module,
+            drop_adverts,
+            setup_runtime,
+        )
 
         if self._composed is None:  # loaded: compose afresh for a new fit
             self._composed = compose_train_config(self.config_overrides)
@@ -297,6 +303,7 @@ class LatentODEForecaster:
         model = build_model(cfg, datamodule)
         module = build_module(cfg, model, datamodule)
 
+        drop_adverts()
         prune_callbacks(cfg, on_disk=out_dir is not None, has_val=has_val)
         callbacks = build_group(cfg.get("callbacks"))
         loggers = build_group(cfg.get("logger"))
