@@ -8,6 +8,7 @@ check shapes, units, types and bookkeeping, not forecast quality.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tempfile
@@ -591,8 +592,16 @@ def test_series_in_batches_are_answered_as_alone_within_the_solver_tolerance(fit
     filled_alone = fitted.impute(data, num_samples=10, quantiles=[0.1], batch_size=1)
     np.testing.assert_allclose(filled["x"], filled_alone["x"], rtol=0, atol=2e-3)
     np.testing.assert_allclose(filled["y_q0.1"], filled_alone["y_q0.1"], rtol=0, atol=2e-3)
-    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
-        fitted.predict(data, horizon=1.0, n=5, batch_size=0)
+    for bad in (0, 1.5, True, None, "64"):  # never quietly turned into 1 (or a TypeError)
+        with pytest.raises(ValueError, match=f"batch_size must be a positive integer, got "
+                                             f"{re.escape(repr(bad))}"):
+            fitted.predict(data, horizon=1.0, n=5, batch_size=bad)
+    with pytest.raises(ValueError, match=r"num_samples must be a positive integer, got 2\.5"):
+        fitted.sample(data, horizon=1.0, n=5, num_samples=2.5)
+    with pytest.raises(ValueError, match=r"seed must be a non-negative integer, got True"):
+        fitted.impute(data, seed=True)
+    assert len(fitted.predict(data.head(30), horizon=1.0, n=2, num_samples=3.0,
+                              batch_size=np.int64(8))) > 0  # whole numbers of any type
 
 
 @pytest.mark.parametrize(("model", "mode"), [("model/encoder=rnn", "batched"),
@@ -628,3 +637,41 @@ def test_fit_prints_no_advertisement(data, capfd):
     LatentODEForecaster({**TINY, "trainer.max_epochs": 1}).fit(data.head(200))
     out = capfd.readouterr()
     assert "litlogger" not in out.out + out.err
+
+
+def test_a_series_the_solver_cannot_answer_is_nan_and_the_others_are_answered(fitted, data):
+    """One series asked absurdly far ahead failed the whole call (MaxStepsExceededError) and,
+    batched with the others, held up their solve: it is now answered alone, as NaN with a
+    warning naming it, in a batch of its own span, and the others are what they are without it."""
+    last = data.groupby("series_id")["time"].max()
+    asked = {key: [last[key] + 0.5] for key in ["s1", "s2", "s3"]}
+    plain = fitted.predict(data, times=asked, num_samples=5)
+    asked["s2"] = [last["s2"] + 0.5, last["s2"] + 1e6]
+    solver = dict(fitted.model.solver)
+    fitted.model.solver["max_steps"] = 200  # fail fast
+    try:
+        with pytest.warns(UserWarning, match=r"1 series could not be answered and are NaN: "
+                                             r"\['s2'\] \(the solver: MaxStepsExceededError"):
+            pred = fitted.predict(data, times=asked, num_samples=5)
+    finally:
+        fitted.model.solver = solver
+    failed = pred.series_id == "s2"
+    assert pred.loc[failed, "mean"].isna().all() and pred.loc[~failed, "mean"].notna().all()
+    pd.testing.assert_frame_equal(pred[~failed].reset_index(drop=True),
+                                  plain[plain.series_id != "s2"].reset_index(drop=True))
+
+
+def test_batches_group_series_by_decoder_span_and_history_length():
+    """A batch integrates to its longest row: one series asked 1000x further ahead gets a batch
+    of its own (the user pass measured 27x slower calls with it batched among the others)."""
+    from latentode.forecast.draw import batches, make_job
+
+    def job(n_hist: int, ahead: float):
+        t = np.linspace(0.0, 5.0, n_hist)
+        return make_job(t, np.zeros((n_hist, 2)), np.array([5.0 + ahead]), np.float32, False)
+
+    jobs = [job(10, 0.5), job(40, 0.5), job(10, 1000.0), job(20, 0.6), job(12, 0.4)]
+    groups = list(batches(jobs, batch_size=64, num_samples=10))
+    assert sorted(map(sorted, groups)) == [[0, 1, 3, 4], [2]]
+    assert groups[0] == [0, 4, 3, 1]  # by history length within a span
+    assert [len(g) for g in batches(jobs[:2] + jobs[3:], batch_size=2, num_samples=10)] == [2, 2]

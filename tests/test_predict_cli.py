@@ -79,6 +79,13 @@ def test_predict_from_checkpoint_and_from_saved_forecaster(run, tmp_path, monkey
                            "batch_size=1", f"hydra.run.dir={tmp_path}/predict_alone"],
              monkeypatch)
     np.testing.assert_allclose(pd.read_csv(alone)["mean"], pred["mean"], rtol=0, atol=1e-3)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(ValueError, match=r"batch_size must be a positive integer, got 1\.5"):
+        run_main(predict_cli, ["latentode-predict", f"model_dir={tmp_path}/saved",
+                               f"input={tmp_path}/in.csv", f"output={alone}", "horizon=1.0",
+                               "n=4", "batch_size=1.5", f"hydra.run.dir={tmp_path}/p_bad"],
+                 monkeypatch)
+    monkeypatch.delenv("HYDRA_FULL_ERROR")
 
     # shared times, incl. ones before the first observation and between observations
     at = tmp_path / "at.csv"

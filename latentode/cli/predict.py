@@ -109,13 +109,13 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
         frame[time_col] = pd.to_datetime(frame[time_col])
     proba_path = cfg.get("proba_output")
     if proba_path is not None:  # before the forecasts: a model without a classifier fails fast
-        proba = forecaster.predict_proba(frame, num_samples=int(cfg.num_samples),
-                                         seed=int(cfg.seed), batch_size=int(cfg.batch_size))
+        proba = forecaster.predict_proba(frame, num_samples=cfg.num_samples, seed=cfg.seed,
+                                         batch_size=cfg.batch_size)
     pred = forecaster.predict(
         frame, _plain(cfg.get("times")), horizon=cfg.get("horizon"), freq=cfg.get("freq"),
-        n=cfg.get("n"), num_samples=int(cfg.num_samples),
-        quantiles=list(_plain(cfg.quantiles) or []), seed=int(cfg.seed),
-        noise=noise_option(cfg.get("noise", "calibrated")), batch_size=int(cfg.batch_size),
+        n=cfg.get("n"), num_samples=cfg.num_samples,  # checked there: 1.5 or true are errors
+        quantiles=list(_plain(cfg.quantiles) or []), seed=cfg.seed,
+        noise=noise_option(cfg.get("noise", "calibrated")), batch_size=cfg.batch_size,
     )
     pred = pred.rename(columns={v: k for k, v in renames.items()})
     out = Path(str(cfg.output))

@@ -19,6 +19,7 @@ Euler step per gap) are answered one job at a time, as before.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -75,23 +76,34 @@ def batch_mode(model: nn.Module) -> str:
     return "batched" if getattr(model.encoder, "walks_series", False) else "noise"
 
 
+def _span_class(job: Job) -> int:
+    """The binary order of magnitude of the time a job's decoder must integrate over."""
+    span = float(job.grid[-1]) - float(job.grid[0])
+    return math.frexp(span)[1] if span > 0 else -1075
+
+
 def batches(jobs: list[Job], batch_size: int, num_samples: int) -> Iterator[list[int]]:
-    """Groups of job positions to solve together: jobs of similar length side by side (short
-    histories do not wait on long ones), at most ``batch_size`` per group and within the
-    memory bounds above (a job too large for them alone is a group of one)."""
-    order = sorted(range(len(jobs)), key=lambda j: (len(jobs[j].hist_t), len(jobs[j].grid)))
+    """Groups of job positions to solve together: jobs whose decoder spans are within a factor
+    of two of each other (a batch integrates to its longest row: one series asked far ahead
+    would hold up the rest), within those of similar history length (short histories do not
+    wait on long ones), at most ``batch_size`` per group and within the memory bounds above (a
+    job too large for them alone is a group of one)."""
+    order = sorted(range(len(jobs)), key=lambda j: (
+        _span_class(jobs[j]), len(jobs[j].hist_t), len(jobs[j].grid)))
     group: list[int] = []
     union = longest = 0
+    span = None
     for j in order:
         job = jobs[j]
         n_union, n_grid = union + len(job.hist_t), max(longest, len(job.grid))
         size = len(group) + 1
         if group and (size > batch_size or num_samples * size * n_grid > MAX_PATH_POINTS
-                      or size * n_union * job.hist_v.shape[1] > MAX_INPUT_ENTRIES):
+                      or size * n_union * job.hist_v.shape[1] > MAX_INPUT_ENTRIES
+                      or _span_class(job) != span):
             yield group
             group, n_union, n_grid = [], len(job.hist_t), len(job.grid)
         group.append(j)
-        union, longest = n_union, n_grid
+        union, longest, span = n_union, n_grid, _span_class(job)
     if group:
         yield group
 

@@ -27,9 +27,10 @@ How predictions are made:
   samples are seeded per series from ``seed`` and the series id, so the same call gives the
   same frame. Series are solved ``batch_size`` at a time (default 64; :mod:`.draw`), which
   shares only the decoder's adaptive steps: adding or removing other series moves an answer
-  within the solver's tolerance (measured: ~1e-5 of the predictive interval's width), and
-  ``batch_size=1`` answers each series exactly alone (7x slower for forecasts on a CPU,
-  ``scripts/bench_forecast.py``).
+  within the solver's tolerance (measured: at most 4e-4 of the median 90% interval width,
+  7.5e-3 for a model trained on windows), and ``batch_size=1`` answers each series exactly
+  alone (2-7x slower for forecasts on a CPU, ``scripts/bench_forecast.py``). A series the
+  solver cannot answer is NaN, with a warning naming it.
 * The latent state ``z0`` lives at the series' first observation, as in training with the csv
   data config's ``time_origin: series`` (each series' path starts at its own first time, so
   series on one absolute clock are fine). Times **before** a series' first observation are
@@ -82,6 +83,7 @@ from latentode.data import IrregularDataset, from_dataframe
 from latentode.data.frame import iso_separator, iso_times
 from latentode.data.labels import check_label_head, label_head_size
 from latentode.data.windows import rescale_for_window, window_in_model_units
+from latentode.solvers import SolverError
 
 from .calibration import NoiseCalibration, calibrate_noise, calibration_batches, model_obs_std
 from .config import compose_train_config, override_list, prune_callbacks
@@ -126,6 +128,17 @@ def _history_chunks(t: np.ndarray, observed: np.ndarray, want: np.ndarray,
     return chunks
 
 
+def _whole(name: str, value: Any, least: int) -> int:
+    """``value`` as an int of at least ``least`` (2.0 is 2), else a ValueError naming it:
+    1.5, True, "64" and None are refused rather than turned into 1 or a TypeError."""
+    whole = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)) and float(value).is_integer() and value >= least
+    if not whole:
+        kind = "positive" if least == 1 else "non-negative"
+        raise ValueError(f"{name} must be a {kind} integer, got {value!r}.")
+    return int(value)
+
+
 def _series_seed(seed: int, key: Any) -> int:
     """A per-series seed from ``seed`` and the series id (independent of the other series)."""
     plain = key.item() if isinstance(key, np.generic) else key
@@ -164,14 +177,27 @@ class _Request:
 
 
 def _answer(model: nn.Module, jobs: list[Job], pending: list[_Request], mode: str,
-            num_samples: int, batch_size: int) -> list:
+            num_samples: int, batch_size: int, failed: dict[int, SolverError]) -> list:
     """Each job's ``(paths (S, k, D), logits or None)``: in batches where the model allows
     (:func:`.draw.batch_mode`), else one at a time; a model drawing its own noise (the
-    RNN-VAE) draws it from its series' stream, chunk after chunk."""
+    RNN-VAE) draws it from its series' stream, chunk after chunk. A job the solver cannot
+    answer (asked absurdly far ahead, say) is None, its error in ``failed``; a batch that fails
+    is answered job by job, so only the jobs that fail alone go unanswered."""
     answers: list = [None] * len(jobs)
+
+    def alone(j: int) -> Any:
+        try:
+            return solve(model, [jobs[j]], num_samples)[0]
+        except SolverError as error:
+            failed[j] = error
+            return None
+
     if mode == "batched" and batch_size > 1:
         for group in batches(jobs, batch_size, num_samples):
-            found = solve(model, [jobs[j] for j in group], num_samples)
+            try:
+                found = solve(model, [jobs[j] for j in group], num_samples)
+            except SolverError:
+                found = [alone(j) for j in group]
             for j, answer in zip(group, found, strict=True):
                 answers[j] = answer
         return answers
@@ -180,8 +206,31 @@ def _answer(model: nn.Module, jobs: list[Job], pending: list[_Request], mode: st
             if mode == "alone":
                 torch.manual_seed(int(torch.randint(2**62, (1,), generator=request.gen)))
             for j in request.jobs:
-                answers[j] = solve(model, [jobs[j]], num_samples)[0]
+                answers[j] = alone(j)
     return answers
+
+
+def _fill_unanswered(answers: list, jobs: list[Job], failed: dict[int, SolverError],
+                     num_samples: int, model: nn.Module, want_logits: bool) -> None:
+    """NaN answers for the failed jobs, shaped like the others (paths, or label logits)."""
+    done = [a for a in answers if a is not None]
+    samples = done[0][0].shape[0] if done else num_samples
+    for j in failed:
+        k, d = len(jobs[j].where), jobs[j].hist_v.shape[1]
+        logits = None
+        if want_logits:
+            logits = torch.full((samples, max(1, int(getattr(model, "n_labels", 1)))), np.nan)
+        answers[j] = (torch.full((samples, k, d), np.nan, dtype=torch.float64), logits)
+
+
+def _warn_unanswered(ids: list, error: SolverError) -> None:
+    reason = str(error).split(". ")[0]
+    warnings.warn(
+        f"{len(ids)} series could not be answered and are NaN: {ids[:10]}"
+        f"{' ...' if len(ids) > 10 else ''} (the solver: {type(error).__name__}, {reason}). "
+        "Times far beyond what the model was trained on are the usual cause: ask nearer "
+        "times, or allow the solver more steps (forecaster.model.solver['max_steps'] = ...).",
+        UserWarning, stacklevel=3)
 
 
 class LatentODEForecaster:
@@ -490,12 +539,9 @@ class LatentODEForecaster:
         the classifier instead. Series are solved ``batch_size`` at a time (:mod:`.draw`);
         each draws its ``z0`` samples and its noise from its own seed."""
         model, spec = self._fitted("predict")
-        if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
-        if isinstance(seed, bool) or int(seed) != seed or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
-        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        num_samples = _whole("num_samples", num_samples, 1)
+        seed = _whole("seed", seed, 0)
+        batch_size = _whole("batch_size", batch_size, 1)
         std = self.noise_std(noise)
         noisy_draws = std is not None and bool((std > 0).any())
         dtype = next(model.parameters()).dtype
@@ -506,6 +552,8 @@ class LatentODEForecaster:
         window = self._history_window()
         pending: list[_Request] = []  # requests awaiting a solve, and their jobs
         jobs: list[Job] = []
+        unanswered: list = []  # ids of series the solver failed on
+        last_error: SolverError | None = None
         for n_req, (i, raw) in enumerate(requests):
             lo, hi = ds.offsets[i], ds.offsets[i + 1]
             values, t = ds.values[lo:hi], ds.times[lo:hi]
@@ -527,8 +575,14 @@ class LatentODEForecaster:
             pending.append(request)
             if len(jobs) < 4 * batch_size and n_req < len(requests) - 1:
                 continue
-            answers = _answer(model, jobs, pending, mode, num_samples, batch_size)
+            failed: dict[int, SolverError] = {}
+            answers = _answer(model, jobs, pending, mode, num_samples, batch_size, failed)
+            if failed:
+                _fill_unanswered(answers, jobs, failed, num_samples, model, want_logits)
+                last_error = next(iter(failed.values()))
             for request in pending:
+                if any(j in failed for j in request.jobs):
+                    unanswered.append(ds.ids[request.index])
                 if want_logits:
                     yield request.index, request.raw, answers[request.jobs[0]][1]
                     continue
@@ -537,6 +591,8 @@ class LatentODEForecaster:
                 yield request.index, request.raw, spec.to_user_values(paths), (
                     None if noisy is None else spec.to_user_values(noisy))
             pending, jobs = [], []
+        if unanswered and last_error is not None:
+            _warn_unanswered(unanswered, last_error)
 
     def _history_window(self) -> float | None:
         """The training windows' span in model units (``data.window``), or None."""
@@ -646,7 +702,8 @@ class LatentODEForecaster:
 
         Returns:
             A long frame: id, time, channel, ``mean``, one column per quantile; in the data's
-            units, time type and channel names; rows in the requested order per series.
+            units, time type and channel names; series in the order of their ids, rows in the
+            requested order per series.
         """
         qs = check_quantiles(quantiles)
         _, spec = self._fitted("predict")
