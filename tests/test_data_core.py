@@ -234,7 +234,8 @@ def test_duplicates_from_float32_times_say_why():
     """MJDs stored as float32 collapse points 0.0001 days apart (a light-curve user's file)."""
     t = np.array([59000.1, 59000.1001, 59000.2], dtype=np.float32)
     df = pd.DataFrame({"series_id": ["a"] * 3, "mjd": t, "x": [1.0, 2.0, 3.0]})
-    with pytest.warns(UserWarning, match=r"1 duplicate .* Column 'mjd' is float32, which cannot "
+    with pytest.warns(UserWarning, match=r"2 rows share .* into 1 row .* Column 'mjd' is "
+                                         r"float32, which cannot "
                                          r"tell apart times closer than 0\.0039"):
         from_dataframe(df, time_col="mjd")
     tidy = df.assign(var="x").rename(columns={"x": "val"})
@@ -472,7 +473,9 @@ def test_duplicates_mean_is_nan_aware_and_warns_with_count():
             "b": [np.nan, np.nan, 3.0, np.nan, 8.0, np.nan],
         }
     )
-    with pytest.warns(UserWarning, match=r"^3 duplicate \(series, time\) rows were averaged"):
+    # the warning and the error count alike: the rows involved (5), then what they became
+    with pytest.warns(UserWarning, match=r"^5 rows share their \(series, time\) with another "
+                                         r"row: averaged per channel into 2 rows"):
         ds = from_dataframe(df)
     expected = pd.DataFrame(
         {"series_id": [1, 1, 2], "time": [0.0, 1.0, 0.0], "a": [1.0, 5.0, 5.0],
@@ -485,7 +488,7 @@ def test_duplicates_mean_with_datetimes_and_labels():
     t = pd.to_datetime(["2020-01-01", "2020-01-01", "2020-01-02"])
     df = pd.DataFrame({"series_id": ["s", "s", "s"], "time": t, "a": [1.0, 3.0, 5.0],
                        "y": [1.0, 1.0, 0.0]})
-    with pytest.warns(UserWarning, match="1 duplicate"):
+    with pytest.warns(UserWarning, match="2 rows share"):
         ds = from_dataframe(df, label_col="y")
     assert ds.label_kind == "time"
     expected = pd.DataFrame({"series_id": ["s", "s"], "time": t[1:], "a": [2.0, 5.0],
@@ -501,7 +504,8 @@ def test_no_warning_without_duplicates():
 
 def test_duplicates_error_names_series_and_time():
     df = pd.concat([small_frame(), small_frame().iloc[[3]]])
-    with pytest.raises(ValueError, match=r"series .*2\)? has several rows at time .*0\.1"):
+    with pytest.raises(ValueError, match=r"series .*2\)? has several rows at time .*0\.1.* \(2 "
+                                         r"rows share their \(series, time\) with another row"):
         from_dataframe(df, duplicates="error")
 
 

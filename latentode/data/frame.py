@@ -346,6 +346,10 @@ def _check_finite(
         )
 
 
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
+
+
 def _merge_duplicates(
     wide: pd.DataFrame, id_col: str, time_col: str, value_cols: list, how: str
 ) -> pd.DataFrame:
@@ -357,14 +361,16 @@ def _merge_duplicates(
         raise ValueError(
             f"series {_plain(wide[id_col].iloc[i])!r} has several rows at time "
             f"{_plain(wide[time_col].iloc[i])!r}"
-            f" ({int(dup.sum())} duplicated rows in all); pass duplicates='mean' to average them "
+            f" ({int(dup.sum())} rows share their (series, time) with another row); pass "
+            "duplicates='mean' to average them "
             "per channel, or remove them."
         )
     others = [c for c in wide.columns if c not in (id_col, time_col, *value_cols)]
     agg = {c: "mean" for c in value_cols} | {c: "first" for c in others}
     merged = wide.groupby([id_col, time_col], sort=False, dropna=False).agg(agg).reset_index()
     warnings.warn(
-        f"{len(wide) - len(merged)} duplicate (series, time) rows were averaged per channel "
+        f"{int(dup.sum())} rows share their (series, time) with another row: averaged per "
+        f"channel into {_rows(int(dup.sum()) - (len(wide) - len(merged)))} "
         f"(duplicates='mean').{_float32_hint(wide[time_col], time_col)}",
         stacklevel=3,
     )
