@@ -363,11 +363,14 @@ def test_non_finite_y0(mode, bad):
 @pytest.mark.parametrize(
     ("y0", "match"),
     [
-        (torch.tensor([1, 2]), r"y0 must be a floating-point tensor, got torch\.int64"),
+        (torch.tensor([1, 2]), r"y0 must be a floating-point tensor, got torch\.int64\. "
+                               r"Convert it with y0\.float\(\)"),
         ([1.0, 2.0], r"y0 must be a floating-point tensor, got list"),
+        ((torch.ones(2, dtype=F64), torch.ones(3, dtype=F64)),
+         r"got tuple\. A state of several tensors .* concatenate them"),
         (torch.tensor(1.0, dtype=F64), r"y0 must have at least one dimension"),
     ],
-    ids=["int", "list", "scalar"],
+    ids=["int", "list", "tuple", "scalar"],
 )
 def test_bad_y0(y0, match):
     with pytest.raises(ValueError, match=match):

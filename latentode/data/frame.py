@@ -310,7 +310,7 @@ def _check_channels_observed(values: np.ndarray, channels: list[str], how: str) 
         return
     message = (f"{len(empty)} channel(s) have no observed value in any series: {empty[:10]}. "
                "A model cannot learn them; drop the column(s) or pass value_cols=[...] without "
-               "them (or check the NaN encoding).")
+               "them (or check the NaN encoding); empty_channels='warn' keeps them.")
     if how == "error":
         raise ValueError(message)
     warnings.warn(message, stacklevel=3)

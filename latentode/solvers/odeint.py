@@ -78,7 +78,14 @@ def odeint(
         raise ValueError(f"unknown gradient {gradient!r}; choose one of {list(GRADIENT_MODES)}.")
     if not isinstance(y0, torch.Tensor) or not torch.is_floating_point(y0):
         got = y0.dtype if isinstance(y0, torch.Tensor) else type(y0).__name__
-        raise ValueError(f"y0 must be a floating-point tensor, got {got}.")
+        hint = ""
+        if isinstance(y0, (tuple, list)):
+            hint = (" A state of several tensors (torchdiffeq's tuples) is one tensor here: "
+                    "concatenate them along the last dimension (torch.cat) and split inside "
+                    "func.")
+        elif isinstance(y0, torch.Tensor):
+            hint = " Convert it with y0.float() (or .double())."
+        raise ValueError(f"y0 must be a floating-point tensor, got {got}.{hint}")
     if y0.dim() == 0:
         raise ValueError("y0 must have at least one dimension: shape (..., d).")
     if not rtol > 0 or not atol >= 0:
