@@ -651,7 +651,8 @@ def test_a_series_the_solver_cannot_answer_is_nan_and_the_others_are_answered(fi
     fitted.model.solver["max_steps"] = 200  # fail fast
     try:
         with pytest.warns(UserWarning, match=r"1 series could not be answered and are NaN: "
-                                             r"\['s2'\] \(the solver: MaxStepsExceededError"):
+                                             r"\['s2'\] \(the solver: MaxStepsExceededError"), \
+                pytest.warns(UserWarning, match="never trained that far ahead"):
             pred = fitted.predict(data, times=asked, num_samples=5)
     finally:
         fitted.model.solver = solver
