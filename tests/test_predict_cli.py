@@ -80,6 +80,13 @@ def test_predict_from_checkpoint_and_from_saved_forecaster(run, tmp_path, monkey
              monkeypatch)
     np.testing.assert_allclose(pd.read_csv(alone)["mean"], pred["mean"], rtol=0, atol=1e-3)
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(ValueError, match=r"channel_labels name\(s\) \['pulse'\]"):
+        run_main(predict_cli, ["latentode-predict", f"model_dir={tmp_path}/saved",
+                               f"input={tmp_path}/in.csv", f"output={tmp_path}/never.csv",
+                               "horizon=1.0", "n=4", f"plot={tmp_path}/p2.png",
+                               "plot_labels={pulse:x}", f"hydra.run.dir={tmp_path}/p_lab"],
+                 monkeypatch)
+    assert not (tmp_path / "never.csv").exists()  # refused before the work
     with pytest.raises(ValueError, match=r"batch_size must be a positive integer, got 1\.5"):
         run_main(predict_cli, ["latentode-predict", f"model_dir={tmp_path}/saved",
                                f"input={tmp_path}/in.csv", f"output={alone}", "horizon=1.0",
@@ -214,6 +221,11 @@ def test_a_run_trained_on_a_tidy_file_predicts_from_tidy_frames(tmp_path, monkey
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     fc = LatentODEForecaster.from_run(run / "checkpoints" / "last.ckpt")
     assert fc.predict(history, horizon=2.0, n=1)["itemid"].dtype == history["itemid"].dtype
+    # integer codes in the frame, text in the model: the plot drew no forecast at all
+    fig = fc.plot(history, fc.predict(history, horizon=2.0, n=3, num_samples=5),
+                  series=["p0"], channel_labels={220045: "heart rate"})
+    assert all(len(ax.lines[0].get_xdata()) == 3 for ax in fig.axes)  # the mean line
+    assert "p0: heart rate" in [ax.get_title() for ax in fig.axes]
     # codes as text in some rows and numbers in others are one channel, not a cryptic error
     mixed = history.astype({"itemid": object})
     mixed.loc[mixed.index[::2], "itemid"] = mixed["itemid"].iloc[::2].astype(str)

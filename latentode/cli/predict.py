@@ -107,6 +107,11 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     ):
         t_style = iso_separator(frame[time_col])
         frame[time_col] = pd.to_datetime(frame[time_col])
+    labels = _plain(cfg.get("plot_labels")) or None
+    if cfg.get("plot") and labels:  # checked before the work, not after it
+        from latentode.forecast.plotting import check_channel_labels
+
+        check_channel_labels(spec, labels)
     proba_path = cfg.get("proba_output")
     if proba_path is not None:  # before the forecasts: a model without a classifier fails fast
         proba = forecaster.predict_proba(frame, num_samples=cfg.num_samples, seed=cfg.seed,
@@ -130,7 +135,6 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
         write_frame(proba, Path(str(proba_path)))
         log.info("label probabilities of %d series written to %s", len(proba), proba_path)
     if cfg.get("plot"):
-        labels = _plain(cfg.get("plot_labels")) or None
         fig = forecaster.plot(frame, pred.rename(columns=renames),
                               max_series=int(cfg.get("plot_series") or 4),
                               channel_labels=labels)

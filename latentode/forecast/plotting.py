@@ -30,6 +30,17 @@ def _quantile_columns(pred: pd.DataFrame) -> list[tuple[float, str]]:
     return sorted(out)
 
 
+def check_channel_labels(spec: DataSpec, channel_labels: Mapping[Any, str] | None
+                         ) -> dict[str, str]:
+    """``channel_labels`` keyed by channel name as text; an error for names the model lacks."""
+    labels = {str(k): str(v) for k, v in (channel_labels or {}).items()}
+    stray = sorted(set(labels) - set(map(str, spec.channels)))
+    if stray:
+        raise ValueError(f"channel_labels name(s) {stray} that are not the model's channels "
+                         f"{spec.channels}.")
+    return labels
+
+
 def plot_forecast(
     spec: DataSpec,
     ds: IrregularDataset,
@@ -68,11 +79,7 @@ def plot_forecast(
     bad = [c for c in chans if c not in spec.channels]
     if bad:
         raise ValueError(f"channels {bad} are not the model's channels {spec.channels}.")
-    labels = {str(k): str(v) for k, v in (channel_labels or {}).items()}
-    stray = sorted(set(labels) - set(map(str, spec.channels)))
-    if stray:
-        raise ValueError(f"channel_labels name(s) {stray} that are not the model's channels "
-                         f"{spec.channels}.")
+    labels = check_channel_labels(spec, channel_labels)
     bands = _quantile_columns(pred)
     band = (bands[0][1], bands[-1][1]) if len(bands) >= 2 else None
 
@@ -94,7 +101,9 @@ def plot_forecast(
         part = pred[pred[spec.id_col] == key]
         for c, name in enumerate(chans):
             ax = axes[r, c]
-            rows_c = part[part[channel_col] == name].sort_values(spec.time_col, kind="stable")
+            # channel codes may be the frame's own type (220045, not '220045'): compare as text
+            rows_c = part[part[channel_col].astype(str) == str(name)].sort_values(
+                spec.time_col, kind="stable")
             t_pred = rows_c[spec.time_col].to_numpy()
             if band is not None:
                 handles[f"{band[0]}-{band[1]}"] = ax.fill_between(
@@ -126,4 +135,4 @@ def plot_forecast(
     return fig
 
 
-__all__ = ["plot_forecast"]
+__all__ = ["check_channel_labels", "plot_forecast"]
