@@ -14,8 +14,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf, open_dict
+from hydra.errors import ConfigCompositionException, InstantiationException
+from omegaconf import open_dict
 
 from latentode.cli import config_dir
 from latentode.cli import evaluate as eval_cli
@@ -303,14 +303,29 @@ def test_resuming_with_other_model_options_is_refused_and_the_run_kept(tmp_path,
     logged = capfd.readouterr()
     assert "test/mse" in logged.out + logged.err  # the test table: the log is captured here
     assert "optimized_metric" not in logged.out + logged.err
+    hydra_files = {p.name: p.read_text() for p in (run / ".hydra").iterdir()}
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the app's exception itself, not exit(1)
     with pytest.raises(ValueError, match=r"(?s)holds a different model than this command "
                        r"builds.*model\.latents: 6 in the run, \d+ now.*own overrides: .*"
-                       r"model\.latents=6.*were restored from the checkpoint"):
+                       r"model\.latents=6.*are restored from the checkpoint"):
         run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=2",
                              f"ckpt_path={last}", *TINY], monkeypatch)
     config = run / ".hydra" / "config.yaml"
-    assert OmegaConf.load(config).model.latents == 6
+    assert {p.name: p.read_text() for p in (run / ".hydra").iterdir()} == hydra_files
+    # any resume in place that fails before training leaves the run's files as they were
+    with pytest.raises(InstantiationException, match="batch_size must be at least 1"):
+        run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=2",
+                             f"ckpt_path={last}", "model.latents=6", *TINY,
+                             "data.batch_size=0"], monkeypatch)
+    assert {p.name: p.read_text() for p in (run / ".hydra").iterdir()} == hydra_files
+    # the same model on other data settings resumes, and says what differs
+    other = tmp_path / "other_data"
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={other}", "trainer.max_epochs=2",
+                         f"ckpt_path={last}", "model.latents=6", *TINY,
+                         "data.dataset.n_points=50"], monkeypatch)
+    logged = capfd.readouterr()
+    assert re.search(r"settings that differ from the run's.*\n.*data\.dataset\.n_points: 60 in "
+                     r"the run, 50 now", logged.out + logged.err)
     run_main(eval_cli, ["latentode-eval", f"ckpt_path={last}",
                         f"hydra.run.dir={tmp_path / 'eval'}"], monkeypatch)
     assert read_metrics(tmp_path / "eval")["test/mse"] > 0

@@ -12,6 +12,9 @@ config files are put back from the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +24,28 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+log = logging.getLogger(__name__)
+
 RUN_RECORD = "latentode_run"
 """Key of a checkpoint's run record: ``{"config": resolved config, "overrides": [...]}``."""
 
 
-class RunRecord(L.Callback):
-    """Writes the run's resolved config and command-line overrides into every checkpoint."""
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 
-    def __init__(self, config: DictConfig, overrides: list[str]):
+
+class RunRecord(L.Callback):
+    """Writes the run's config and command-line overrides into every checkpoint, with the text
+    of its ``.hydra`` files (``run_dir/.hydra``, as Hydra wrote them for this run)."""
+
+    def __init__(self, config: DictConfig, overrides: list[str], run_dir: Path | None = None):
         # unresolved, as Hydra writes .hydra/config.yaml (interpolations kept)
-        self.record = {"config": OmegaConf.to_container(config, resolve=False),
-                       "overrides": list(overrides)}
+        self.record: dict[str, Any] = {
+            "config": OmegaConf.to_container(config, resolve=False),
+            "overrides": list(overrides), "files": {}}
+        hydra_dir = None if run_dir is None else run_dir / ".hydra"
+        for name in HYDRA_FILES:
+            if hydra_dir is not None and (hydra_dir / name).is_file():
+                self.record["files"][name] = (hydra_dir / name).read_text()
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
@@ -91,9 +105,13 @@ def check_resume(cfg: DictConfig, module: torch.nn.Module, ckpt_path: str,
     ``.hydra/config.yaml`` and ``overrides.yaml`` back first (Hydra rewrote them)."""
     saved = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
     problem = weights_mismatch(module.state_dict(), saved.get("state_dict", {}))
-    if problem is None:
-        return
     record = saved.get(RUN_RECORD)
+    if problem is None:  # the same model: other data or task settings may be meant, say them
+        differences = [] if record is None else config_differences(record["config"], cfg)
+        if differences:
+            log.warning("resuming with settings that differ from the run's (intended?):\n%s",
+                        "\n".join(f"  {line}" for line in differences[:12]))
+        return
     message = [f"ckpt_path={ckpt_path} holds a different model than this command builds:",
                problem]
     if record is None:
@@ -106,15 +124,51 @@ def check_resume(cfg: DictConfig, module: torch.nn.Module, ckpt_path: str,
                 f"  {line}" for line in differences[:8]))
         message.append("Resume with the run's own overrides: "
                        + (" ".join(record["overrides"]) or "(none)"))
-        hydra_dir = run_dir / ".hydra"
-        own_run = Path(ckpt_path).resolve().parent.parent == run_dir.resolve()
-        if own_run and hydra_dir.is_dir():
-            (hydra_dir / "config.yaml").write_text(OmegaConf.to_yaml(
-                OmegaConf.create(record["config"])))
-            (hydra_dir / "overrides.yaml").write_text(yaml.safe_dump(record["overrides"]))
-            message.append(f"(the run's {hydra_dir}/config.yaml and overrides.yaml, which this "
-                           "command had overwritten, were restored from the checkpoint)")
+        if _in_place(ckpt_path, run_dir):
+            message.append(f"(the run's {run_dir / '.hydra'} files, which this command had "
+                           "overwritten, are restored from the checkpoint)")
     raise ValueError("\n".join(message))
+
+
+def _in_place(ckpt_path: str, run_dir: Path) -> bool:
+    return Path(ckpt_path).resolve().parent.parent == run_dir.resolve()
+
+
+def _record(ckpt_path: str) -> dict[str, Any] | None:
+    try:
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return saved.get(RUN_RECORD) if isinstance(saved, dict) else None
+
+
+@contextlib.contextmanager
+def restored_on_failure(ckpt_path: str | None, run_dir: Path) -> Iterator[None]:
+    """Resuming in place: Hydra has already rewritten the run's ``.hydra`` files for this
+    command. If it fails before training starts (a model that does not fit, a column that is
+    not there...), put the run's own files back from the checkpoint, so that ``latentode-eval``
+    and ``latentode-predict`` keep working on the run."""
+    record = _record(ckpt_path) if ckpt_path and _in_place(ckpt_path, run_dir) else None
+    try:
+        yield
+    except BaseException:
+        if record is not None:
+            restore_run_files(record, run_dir / ".hydra")
+            log.error("this resume failed before training: the run's %s files were restored "
+                      "from the checkpoint", run_dir / ".hydra")
+        raise
+
+
+def restore_run_files(record: dict[str, Any], hydra_dir: Path) -> None:
+    """Write back the ``.hydra`` files a checkpoint's run record holds (checkpoints of older
+    versions hold only the config and overrides)."""
+    if not hydra_dir.is_dir():
+        return
+    files = dict(record.get("files") or {})
+    files.setdefault("config.yaml", OmegaConf.to_yaml(OmegaConf.create(record["config"])))
+    files.setdefault("overrides.yaml", yaml.safe_dump(list(record["overrides"])))
+    for name, text in files.items():
+        (hydra_dir / name).write_text(text)
 
 
 def not_fitting(ckpt: Path, config_path: Path, problem: str) -> str:

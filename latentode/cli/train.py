@@ -37,7 +37,7 @@ from lightning.pytorch.callbacks import WeightAveraging
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from latentode.cli import config_dir
-from latentode.cli.checkpoints import RunRecord, check_resume
+from latentode.cli.checkpoints import RunRecord, check_resume, restored_on_failure
 from latentode.cli.sweep import failed_jobs, write_job_record
 from latentode.data.labels import check_label_head, label_head_size
 from latentode.lit.csv_logger import RunCSVLogger
@@ -386,15 +386,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test as ``cfg`` says; returns the metrics (validation of the last epoch, test)."""
     check_trainer_counts(cfg)
     resolve_last_checkpoint(cfg)
-    setup_runtime(cfg)
-    datamodule = build_datamodule(cfg)
-    model = build_model(cfg, datamodule)
-    module = build_module(cfg, model, datamodule)
-    if cfg.get("ckpt_path"):  # a model that does not fit the checkpoint: said before training
-        check_resume(cfg, module, str(cfg.ckpt_path), output_dir(cfg))
+    run_dir = output_dir(cfg)
+    with restored_on_failure(cfg.get("ckpt_path"), run_dir):
+        setup_runtime(cfg)
+        datamodule = build_datamodule(cfg)
+        model = build_model(cfg, datamodule)
+        module = build_module(cfg, model, datamodule)
+        if cfg.get("ckpt_path"):  # a model that does not fit the checkpoint: said before training
+            check_resume(cfg, module, str(cfg.ckpt_path), run_dir)
     callbacks = build_group(cfg.get("callbacks"))
     callbacks.append(RunRecord(cfg, list(HydraConfig.get().overrides.task)
-                               if HydraConfig.initialized() else []))
+                               if HydraConfig.initialized() else [], run_dir))
     loggers = build_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     continue_metrics(cfg, trainer)
