@@ -215,8 +215,9 @@ def test_printed_commands_compose(protocol, tmp_path):
         first = [a.split("=", 1)[0] + "=" + a.split("=", 1)[1].split(",")[0] for a in overrides]
         cfg = compose_train(first)
         assert cfg.model.latents == 15
-        if protocol == "reduced":
+        if protocol == "reduced":  # the README's reduced table: in the paper's units
             assert cfg.data.dataset.n_trajectories == 1000 and cfg.trainer.max_epochs == 40
+            assert cfg.data.dataset.scale_trajectories == 10_000
             assert cfg.trainer.accelerator == "cpu"
         else:
             assert cfg.data.dataset.n_trajectories == 10_000 and cfg.trainer.max_epochs == 300
@@ -272,7 +273,8 @@ def test_collector_aggregates_seeds_on_a_synthetic_tree(tmp_path, capsys):
               None)  # an earlier failed try of seed 1: seed 1 has a finished run
     _fake_run(root / "extrap" / "lode_all" / "0", "hopper_latent_ode", "hopper_extrap", None, 1,
               0.01)  # observed_fraction null: all 66 points, an extra column
-    reduced = ("data.dataset.n_trajectories=1000", "trainer.max_epochs=40")
+    reduced = ("data.dataset.n_trajectories=1000", "data.dataset.scale_trajectories=10000",
+               "trainer.max_epochs=40")
     _fake_run(root / "reduced" / "0", "hopper_odernn", "hopper_interp", 0.2, 1, 0.02,
               extra=reduced, n_traj=1000)
     _fake_run(root / "reduced" / "1", "hopper_odernn", "hopper_interp", 0.2, 1, 0.04,
@@ -287,7 +289,7 @@ def test_collector_aggregates_seeds_on_a_synthetic_tree(tmp_path, capsys):
     full, red = text.split("### MuJoCo hopper, ")[1:]
     assert full.startswith("full protocol") and "10000 trajectories, 300 epochs" in full
     assert red.startswith("REDUCED protocol: data.dataset.n_trajectories=1000 "
-                          "trainer.max_epochs=40")
+                          "data.dataset.scale_trajectories=10000 trainer.max_epochs=40")
 
     def row(section: str, first: str, second: str) -> list[str]:
         for line in section.splitlines():
@@ -335,7 +337,8 @@ def test_runs_resumed_in_chunks_are_filed_by_the_epochs_they_were_tested_at(tmp_
     _fake_run(root / "b", "hopper_latent_ode", "hopper_extrap", 0.1, 1, 0.012,
               extra=("trainer.max_epochs=300", resume), epochs=300)
     # reduced runs: the same protocol whether or not their record has the epochs
-    reduced = ("data.dataset.n_trajectories=1000", "trainer.max_epochs=40")
+    reduced = ("data.dataset.n_trajectories=1000", "data.dataset.scale_trajectories=10000",
+               "trainer.max_epochs=40")
     _fake_run(root / "c", "hopper_odernn", "hopper_interp", 0.2, 1, 0.02, extra=reduced,
               n_traj=1000, epochs=40)
     _fake_run(root / "d", "hopper_odernn", "hopper_interp", 0.2, 2, 0.04, extra=reduced,
@@ -355,7 +358,8 @@ def test_runs_resumed_in_chunks_are_filed_by_the_epochs_they_were_tested_at(tmp_
 
 def test_per_run_csv_round_trips_and_adds_up_with_run_dirs(tmp_path, capsys):
     root, later = tmp_path / "session1", tmp_path / "session2"
-    reduced = ("data.dataset.n_trajectories=1000", "trainer.max_epochs=40")
+    reduced = ("data.dataset.n_trajectories=1000", "data.dataset.scale_trajectories=10000",
+               "trainer.max_epochs=40")
     for seed, mse in ((1, 0.02), (2, 0.03)):
         _fake_run(root / str(seed), "hopper_odernn", "hopper_interp", 0.2, seed, mse,
                   extra=reduced, n_traj=1000)
@@ -466,3 +470,12 @@ def test_reference_predictors_read_no_data(monkeypatch):
     scored = np.linspace(0.0, 1.0, hopper.N_STEPS)[hopper.ENCODER_STEPS_EXTRAP:]
     expected = ((3.0 + scored - scored.mean()) ** 2).mean()
     assert ref["hopper_extrap channel means"] == pytest.approx(expected)
+
+
+def test_the_earlier_reduced_protocol_in_own_units_is_labelled_modified():
+    """The reduced commands now run the README's table (paper units, scale_trajectories=10000);
+    runs of the earlier reduced protocol (the data's own units) are not the same protocol."""
+    earlier = ("data.dataset.n_trajectories=1000", "trainer.max_epochs=40")
+    assert paper_table.protocol_title(earlier, []).startswith("MODIFIED protocol")
+    assert paper_table.protocol_title(tuple(sorted(paper_table.PROTOCOLS["reduced"])),
+                                      []).startswith("REDUCED protocol")
