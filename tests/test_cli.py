@@ -312,6 +312,9 @@ def test_resuming_with_other_model_options_is_refused_and_the_run_kept(tmp_path,
                              f"ckpt_path={last}", *TINY], monkeypatch)
     config = run / ".hydra" / "config.yaml"
     assert {p.name: p.read_text() for p in (run / ".hydra").iterdir()} == hydra_files
+    with pytest.raises(FileNotFoundError, match=r"ckpt_path=.*nope\.ckpt: no such checkpoint"):
+        run_main(train_cli, ["latentode-train", f"hydra.run.dir={tmp_path / 'x'}",
+                             f"ckpt_path={tmp_path / 'nope.ckpt'}", *TINY], monkeypatch)
     # any resume in place that fails before training leaves the run's files as they were
     with pytest.raises(InstantiationException, match="batch_size must be at least 1"):
         run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=2",

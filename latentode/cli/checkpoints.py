@@ -98,12 +98,11 @@ def _plain(cfg: DictConfig) -> Any:
         return OmegaConf.to_container(cfg, resolve=False)
 
 
-def check_resume(cfg: DictConfig, module: torch.nn.Module, ckpt_path: str,
-                 run_dir: Path) -> None:
-    """Refuse to resume ``ckpt_path`` into a model it does not fit, naming what differs and the
-    run's own overrides; when resuming in the checkpoint's own run dir, put its
-    ``.hydra/config.yaml`` and ``overrides.yaml`` back first (Hydra rewrote them)."""
-    saved = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+def check_resume(cfg: DictConfig, module: torch.nn.Module, saved: dict[str, Any],
+                 ckpt_path: str, run_dir: Path) -> None:
+    """Refuse to resume the checkpoint ``saved`` (read from ``ckpt_path``) into a model it does
+    not fit, naming what differs and the run's own overrides (:func:`restored_on_failure` puts
+    an in-place run's files back); warn about other differing settings of the same model."""
     problem = weights_mismatch(module.state_dict(), saved.get("state_dict", {}))
     record = saved.get(RUN_RECORD)
     if problem is None:  # the same model: other data or task settings may be meant, say them
@@ -134,23 +133,24 @@ def _in_place(ckpt_path: str, run_dir: Path) -> bool:
     return Path(ckpt_path).resolve().parent.parent == run_dir.resolve()
 
 
-def _record(ckpt_path: str) -> dict[str, Any] | None:
-    try:
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
-    except (OSError, RuntimeError, ValueError):
-        return None
-    return saved.get(RUN_RECORD) if isinstance(saved, dict) else None
-
-
 @contextlib.contextmanager
-def restored_on_failure(ckpt_path: str | None, run_dir: Path) -> Iterator[None]:
-    """Resuming in place: Hydra has already rewritten the run's ``.hydra`` files for this
-    command. If it fails before training starts (a model that does not fit, a column that is
-    not there...), put the run's own files back from the checkpoint, so that ``latentode-eval``
+def restored_on_failure(ckpt_path: str | None, run_dir: Path
+                        ) -> Iterator[dict[str, Any] | None]:
+    """Yields the checkpoint at ``ckpt_path`` (read once, memory-mapped; None without one).
+
+    Resuming in place, Hydra has already rewritten the run's ``.hydra`` files for this command:
+    if it fails before training starts (a model that does not fit, a column that is not
+    there...), the run's own files are put back from the checkpoint, so that ``latentode-eval``
     and ``latentode-predict`` keep working on the run."""
-    record = _record(ckpt_path) if ckpt_path and _in_place(ckpt_path, run_dir) else None
+    saved = None
+    if ckpt_path:
+        try:
+            saved = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file") from None
+    record = saved.get(RUN_RECORD) if saved and _in_place(str(ckpt_path), run_dir) else None
     try:
-        yield
+        yield saved
     except BaseException:
         if record is not None:
             restore_run_files(record, run_dir / ".hydra")

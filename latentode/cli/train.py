@@ -387,13 +387,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_trainer_counts(cfg)
     resolve_last_checkpoint(cfg)
     run_dir = output_dir(cfg)
-    with restored_on_failure(cfg.get("ckpt_path"), run_dir):
+    with restored_on_failure(cfg.get("ckpt_path"), run_dir) as saved:
         setup_runtime(cfg)
         datamodule = build_datamodule(cfg)
         model = build_model(cfg, datamodule)
         module = build_module(cfg, model, datamodule)
-        if cfg.get("ckpt_path"):  # a model that does not fit the checkpoint: said before training
-            check_resume(cfg, module, str(cfg.ckpt_path), run_dir)
+        if saved is not None:  # a model that does not fit the checkpoint: said before training
+            check_resume(cfg, module, saved, str(cfg.ckpt_path), run_dir)
     callbacks = build_group(cfg.get("callbacks"))
     callbacks.append(RunRecord(cfg, list(HydraConfig.get().overrides.task)
                                if HydraConfig.initialized() else [], run_dir))

@@ -88,22 +88,22 @@ def batches(jobs: list[Job], batch_size: int, num_samples: int) -> Iterator[list
     would hold up the rest), within those of similar history length (short histories do not
     wait on long ones), at most ``batch_size`` per group and within the memory bounds above (a
     job too large for them alone is a group of one)."""
+    spans = [_span_class(job) for job in jobs]
     order = sorted(range(len(jobs)), key=lambda j: (
-        _span_class(jobs[j]), len(jobs[j].hist_t), len(jobs[j].grid)))
+        spans[j], len(jobs[j].hist_t), len(jobs[j].grid)))
     group: list[int] = []
     union = longest = 0
-    span = None
     for j in order:
         job = jobs[j]
         n_union, n_grid = union + len(job.hist_t), max(longest, len(job.grid))
         size = len(group) + 1
         if group and (size > batch_size or num_samples * size * n_grid > MAX_PATH_POINTS
                       or size * n_union * job.hist_v.shape[1] > MAX_INPUT_ENTRIES
-                      or _span_class(job) != span):
+                      or spans[j] != spans[group[0]]):
             yield group
             group, n_union, n_grid = [], len(job.hist_t), len(job.grid)
         group.append(j)
-        union, longest, span = n_union, n_grid, _span_class(job)
+        union, longest = n_union, n_grid
     if group:
         yield group
 
