@@ -147,9 +147,10 @@ class OutputTimes:
         """Answer items ``start:stop`` (all inside the step ``[t, t + h]``) by dense output."""
         times = self.times[start:stop]
         theta = (np.asarray(times) - t) / h
-        weights = torch.as_tensor(tableau.dense_weights(theta) * h, dtype=y.dtype).to(y.device)
         stages = torch.stack(ks)
         if not self.per_sample:
+            weights = torch.as_tensor(tableau.dense_weights(theta) * h, dtype=y.dtype).to(
+                y.device)
             if theta[-1] == 1.0:  # the step's end: answer it with y1 exactly
                 if len(times) == 1:
                     return y1.unsqueeze(0)
