@@ -122,13 +122,21 @@ def _fraction_label(fraction: float) -> str:
 # ----------------------------------------------------------------------------- commands
 
 
-def commands(protocol: str = "full", root: str = "outputs/paper_table",
+def default_root() -> str:
+    """Where the sweeps go: ``outputs/paper_table`` under ``$LATENTODE_ROOT`` when it is set (as
+    every other run's outputs), else under the working directory."""
+    base = os.environ.get("LATENTODE_ROOT")
+    return str(Path(base) / "outputs/paper_table") if base else "outputs/paper_table"
+
+
+def commands(protocol: str = "full", root: str | None = None,
              seeds: Sequence[int] = SEEDS, presets: Sequence[str] = tuple(ROWS),
              tasks: Sequence[str] = TASKS, fractions: Sequence[float] = FRACTIONS,
              trainer: str | None = None, extra: Sequence[str] = ()) -> list[str]:
     """One ``latentode-train -m`` per cell family (model preset x task: every fraction and seed),
     each into its own sweep dir under ``root/protocol``, then the ``collect`` command."""
     trainer = trainer or DEFAULT_TRAINER.get(protocol, "default")
+    root = root or default_root()
     overrides = [*PROTOCOLS[protocol], *extra]
     base = Path(root) / protocol
     lines = []
@@ -533,8 +541,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="action", required=True)
     cmd = sub.add_parser("commands", help="print the training commands of the table")
     cmd.add_argument("--protocol", choices=sorted(PROTOCOLS), default="full")
-    cmd.add_argument("--root", default="outputs/paper_table",
-                     help="sweep dirs go to ROOT/PROTOCOL/TASK/PRESET")
+    cmd.add_argument("--root", default=None,
+                     help="sweep dirs go to ROOT/PROTOCOL/TASK/PRESET (default: "
+                     "outputs/paper_table under $LATENTODE_ROOT if set, else here)")
     cmd.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     cmd.add_argument("--models", default=",".join(ROWS), help="model presets, comma-separated")
     cmd.add_argument("--tasks", default=",".join(TASKS))

@@ -200,6 +200,20 @@ def test_commands_take_the_fractions_to_run(capsys):
     assert "observed_fraction=0.1,0.5" in shlex.split(line)
 
 
+def test_commands_write_under_latentode_root(monkeypatch, tmp_path):
+    """Sweeps go where every other run's outputs go: under $LATENTODE_ROOT when it is set."""
+    monkeypatch.setenv("LATENTODE_ROOT", str(tmp_path))
+    lines = paper_table.commands("reduced", presets=["hopper_gru_dt"], tasks=["hopper_interp"])
+    sweep = [a for a in shlex.split(lines[0]) if a.startswith("hydra.sweep.dir=")]
+    assert sweep == [f"hydra.sweep.dir={tmp_path}/outputs/paper_table/reduced/hopper_interp/"
+                     "hopper_gru_dt"]
+    assert shlex.split(lines[-1])[3] == f"{tmp_path}/outputs/paper_table/reduced"
+    monkeypatch.delenv("LATENTODE_ROOT")
+    assert "hydra.sweep.dir=outputs/paper_table/reduced/hopper_interp/hopper_gru_dt" in (
+        shlex.split(paper_table.commands("reduced", presets=["hopper_gru_dt"],
+                                         tasks=["hopper_interp"])[0]))
+
+
 @pytest.mark.parametrize("protocol", ["full", "reduced"])
 def test_printed_commands_compose(protocol, tmp_path):
     lines = paper_table.commands(protocol, root=str(tmp_path))
