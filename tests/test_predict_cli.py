@@ -105,6 +105,20 @@ def test_predict_from_checkpoint_and_from_saved_forecaster(run, tmp_path, monkey
     assert sorted(frame["time"].unique()) == [-0.5, 1.2345]
 
 
+def test_a_warning_about_the_input_shows_once(run, tmp_path, monkeypatch):
+    """The forecasts and the plot each read the input: its duplicate rows are reported once
+    (in the run's log, where the command's warnings go)."""
+    history = periodic.load(n_series=2, n_points=20, seed=5)
+    pd.concat([history, history.head(2)]).to_csv(tmp_path / "in.csv", index=False)
+    run_main(predict_cli, ["latentode-predict", f"ckpt_path={run}/checkpoints/last.ckpt",
+                           f"input={tmp_path}/in.csv", f"output={tmp_path}/pred.csv",
+                           "horizon=1.0", "n=3", f"plot={tmp_path}/p.png",
+                           f"hydra.run.dir={tmp_path}/predict_run"], monkeypatch)
+    logged = (tmp_path / "predict_run" / "predict.log").read_text()
+    assert logged.count("share their (series, time)") == 1, logged
+    assert (tmp_path / "p.png").exists()
+
+
 def test_predict_needs_exactly_one_model(tmp_path):
     for given in ({}, {"ckpt_path": "a.ckpt", "model_dir": str(tmp_path)}):
         with pytest.raises(ValueError, match=r"exactly one of ckpt_path= .* and model_dir="):

@@ -27,6 +27,9 @@ for a binary label, else ``p0, p1, ...``), for a model trained with a label per 
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +93,33 @@ def noise_option(value: Any) -> bool | str:
     return mode
 
 
+@contextmanager
+def each_warning_once() -> Iterator[None]:
+    """Show each warning text once: the probabilities, the forecasts and the plot each read the
+    input frame, and its warnings (duplicate rows, say) would otherwise repeat per reading
+    (Python's own once-per-location registry is reset whenever a library changes a filter)."""
+    shown, seen = warnings.showwarning, set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        key = (category, str(message))
+        if key not in seen:
+            seen.add(key)
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 def predict(cfg: DictConfig) -> pd.DataFrame:
     """Run ``latentode-predict`` as ``cfg`` says; returns the frame written to ``output``."""
+    with each_warning_once():
+        return _predict(cfg)
+
+
+def _predict(cfg: DictConfig) -> pd.DataFrame:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     forecaster = load_forecaster(cfg)
