@@ -15,6 +15,7 @@ Everything is float64 and small so the file runs in seconds.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import pytest
 import torch
@@ -691,6 +692,117 @@ def test_hidden_trainable_dependency_is_not_silently_dropped(mode, kind):
         return
     ys.square().sum().backward()
     assert w.grad is not None, "w silently received no gradient"
+
+
+class _Conditioned(nn.Module):
+    """A field with a conditioning tensor attribute (set from an encoder's output, say)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3).double()
+        self.ctx = torch.zeros(3, dtype=F64)
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.lin(y) + self.ctx)
+
+
+@pytest.mark.parametrize("mode", ["adjoint", "checkpoint"])
+def test_conditioning_set_after_a_first_call_is_refused(mode):
+    """The check runs on every call: a tensor computed from trainable weights, attached to the
+    module after an accepted call, would otherwise get no gradient without a word."""
+    field, encoder = _Conditioned(), nn.Linear(2, 3).double()
+    y0, t = torch.randn(4, 3, dtype=F64), torch.linspace(0, 1, 5, dtype=F64)
+    odeint(field, y0, t, gradient=mode).sum().backward()  # a constant ctx: fine
+    field.ctx = encoder(torch.randn(4, 2, dtype=F64))
+    with pytest.raises(ValueError, match=r"trainable tensor\(s\) \(shapes \(3, 2\), \(3,\)\)"):
+        odeint(field, y0, t, gradient=mode)
+
+
+def _cnf_field(net: nn.Module):
+    """FFJORD's idiom: the state requires grad inside func, the trace by autograd.grad."""
+
+    def func(t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            z = state[:, :2]
+            z.requires_grad_(True) if not z.requires_grad else None
+            dz = net(z)
+            trace = sum(
+                torch.autograd.grad(dz[:, i].sum(), z, create_graph=True)[0][:, i]
+                for i in range(2)
+            )
+        return torch.cat([dz, -trace.unsqueeze(1)], 1)
+
+    return func
+
+
+@pytest.mark.parametrize("mode", ["adjoint", "checkpoint"])
+def test_cnf_field_that_makes_the_state_require_grad(mode):
+    """A field making its own state require grad (FFJORD's trace) is not a hidden leaf."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+    state0 = torch.cat([torch.randn(5, 2, dtype=F64), torch.zeros(5, 1, dtype=F64)], 1)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+    grads = {}
+    for m in ("backprop", mode):
+        ys = odeint(_cnf_field(net), state0, t, rtol=TIGHT, atol=TIGHT, gradient=m,
+                    adjoint_params=list(net.parameters()))
+        grads[m] = flat(torch.autograd.grad(ys[-1].square().sum(), list(net.parameters())))
+    assert grads["backprop"].abs().max() > 0
+    assert rel_err(grads[mode], grads["backprop"]) < 1e-6
+
+
+class _DropoutField(nn.Module):
+    """A field that draws random numbers: dropout, from ``after`` on only if given."""
+
+    def __init__(self, after: float | None = None) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Dropout(0.3),
+                                 nn.Linear(16, 3)).double()
+        self.after, self.calls = after, 0
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.after is not None and t < self.after:  # the same map without the dropout
+            return self.net[3](self.net[1](self.net[0](y)))
+        return self.net(y)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+@pytest.mark.parametrize("after", [None, 0.5])
+def test_checkpoint_replays_the_random_draws_of_the_forward_pass(method, after):
+    """Dropout in the field: checkpoint's replay draws what the forward pass drew, so its
+    gradient is backprop's of the same draws (was 11% off); its forward makes no extra call
+    (the random stream, and calls with side effects, match backprop's); the caller's generator
+    is where backprop leaves it. ``after``: a field drawing only after its first evaluation."""
+    field = _DropoutField(after)
+    y0 = torch.randn(6, 3, dtype=F64, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0.0, 0.3, 0.7, 1.0], dtype=F64)
+    options = {"step_size": 0.05} if method == "rk4" else {"rtol": 1e-2, "atol": 1e-2}
+    outs, grads, calls, next_draw, nfe = {}, {}, {}, {}, {}
+    for mode in ("backprop", "checkpoint"):
+        torch.manual_seed(123)
+        field.calls, stats = 0, SolverStats()
+        ys = odeint(field, y0, t, method=method, gradient=mode, stats=stats, **options)
+        calls[mode], nfe[mode] = field.calls, stats.nfe_forward
+        grads[mode] = flat(torch.autograd.grad(ys.square().sum(), list(field.parameters())))
+        outs[mode], next_draw[mode] = ys.detach(), torch.rand(1)
+    assert torch.equal(outs["checkpoint"], outs["backprop"])
+    assert rel_err(grads["checkpoint"], grads["backprop"]) < 1e-12
+    if after is None:  # the forward solve ran once, with no extra check call
+        assert calls["checkpoint"] - nfe["checkpoint"] == calls["backprop"] - nfe["backprop"]
+        assert nfe["checkpoint"] == nfe["backprop"]
+    assert torch.equal(next_draw["checkpoint"], next_draw["backprop"])
+
+
+def test_adjoint_warns_about_a_field_that_draws_random_numbers():
+    field = _DropoutField()
+    y0, t = torch.randn(6, 3, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
+    with pytest.warns(UserWarning, match="draws random numbers .* gradient='checkpoint'"):
+        odeint(field, y0, t, gradient="adjoint")
+    field.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        odeint(field, y0, t, gradient="adjoint")
 
 
 # --------------------------------------------------------------------------------------------

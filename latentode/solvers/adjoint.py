@@ -33,6 +33,7 @@ Three choices make it fast without giving up accuracy:
 from __future__ import annotations
 
 import math
+import warnings
 from bisect import bisect_left
 from collections.abc import Callable
 
@@ -395,7 +396,16 @@ class AdjointSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, problem: Problem, y0: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         ctx.problem = problem
-        return problem.solve(y0.detach())
+        ys = problem.solve(y0.detach())
+        if problem.drew_random:
+            warnings.warn(
+                "func draws random numbers (dropout? noise?): the adjoint's backward solve "
+                "evaluates it at other times and draws other numbers, so the gradient is not "
+                "that of the forward pass. Use gradient='checkpoint' (replays the same draws) or "
+                "'backprop', or put func in eval mode.",
+                stacklevel=4,
+            )
+        return ys
 
     @staticmethod
     def backward(ctx, grad_ys: torch.Tensor) -> tuple:

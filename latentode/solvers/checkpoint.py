@@ -13,6 +13,10 @@ stage of the next one; the replay evaluates it once, in the later segment, and h
 cotangent that the earlier segment's last dense outputs send to it (dense output is linear in
 the stages, so that cotangent needs no graph). One evaluation per segment fewer than a plain
 replay.
+
+A ``func`` that draws random numbers (dropout) draws the same ones in the replay: the forward
+solve kept the generator state before each step's evaluations (:mod:`.rng`), the replay sets it
+back, and the caller's generator is left as it was before the backward pass.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from .problem import Problem
+from .rng import RngTape, State
 
 # steps replayed under one graph: fewer backward calls (each has a fixed cost) for a graph of a
 # few steps at a time; memory stays O(steps x state)
@@ -36,10 +41,13 @@ def checkpoint_backward(problem: Problem, steps: list, grad_ys: torch.Tensor) ->
     stats = problem.stats
     shared = rk.fsal
     last = len(steps) - 1
+    tape = problem.tape if problem.tape is not None and problem.tape.active else None
+    caller_state = tape.read() if tape is not None else None
     for i in range(last, -1, -_SEGMENT):
         first = max(i - _SEGMENT + 1, 0)
         with torch.enable_grad():
             y0 = steps[first].y.detach().requires_grad_(True)
+            _rewind(tape, steps[first].rng_k1)
             k1 = f(steps[first].t, y0)
             outputs, cotangents = [], []
             if shared and first > 0 and steps[first - 1].stop > steps[first - 1].start:
@@ -52,6 +60,7 @@ def checkpoint_backward(problem: Problem, steps: list, grad_ys: torch.Tensor) ->
             for m in range(first, i + 1):
                 step = steps[m]
                 skip_last = shared and m == i and i < last
+                _rewind(tape, step.rng_stages)
                 y1, ks = rk.step(f, step.t, step.h, y, k1, skip_last=skip_last)
                 if step.stop > step.start:
                     # the skipped last stage enters the outputs linearly: any value gives the
@@ -61,8 +70,11 @@ def checkpoint_backward(problem: Problem, steps: list, grad_ys: torch.Tensor) ->
                         out.interpolate(tab, step.t, step.h, y, y1, stages, step.start, step.stop)
                     )
                     cotangents.append(items[step.start : step.stop])
-                if m < i:
-                    k1 = ks[-1] if shared else f(steps[m + 1].t, y1)
+                if m < i and shared:
+                    k1 = ks[-1]
+                elif m < i:
+                    _rewind(tape, steps[m + 1].rng_k1)
+                    k1 = f(steps[m + 1].t, y1)
                 y = y1
             outputs.append(y)
             cotangents.append(cot)
@@ -72,7 +84,15 @@ def checkpoint_backward(problem: Problem, steps: list, grad_ys: torch.Tensor) ->
         for total, g in zip(totals, grads[1:], strict=True):
             if g is not None:
                 total.add_(g)
+    if tape is not None:
+        tape.write(caller_state)
     return (cot + start_grad, *totals)
+
+
+def _rewind(tape: RngTape | None, state: State | None) -> None:
+    """Set the generator back to where the forward solve had it (random fields only)."""
+    if tape is not None and state is not None:
+        tape.write(state)
 
 
 class CheckpointSolve(torch.autograd.Function):

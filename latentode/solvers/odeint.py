@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterable
 
 import torch
@@ -108,8 +107,6 @@ def odeint(
         return y0.new_zeros(shape) + 0 * y0.sum()
     tracking = torch.is_grad_enabled() and gradient != "backprop"
     params = _find_params(func, adjoint_params) if tracking else ()
-    if tracking:
-        _refuse_hidden_leaves(func, y0, outputs.t0, params, stats)
     problem = Problem(
         func=func, tableau=tableau, outputs=outputs, rtol=rtol, atol=atol, max_steps=max_steps,
         step_size=step_size, first_step=first_step,
@@ -118,6 +115,7 @@ def odeint(
         adjoint_rtol=rtol if adjoint_rtol is None else adjoint_rtol,
         adjoint_atol=atol if adjoint_atol is None else adjoint_atol,
         adjoint_seminorm=adjoint_seminorm, adjoint_fold_jumps=adjoint_fold_jumps,
+        check_leaves=tracking,
     )
     if not tracking or not (y0.requires_grad or params):
         return problem.solve(y0)
@@ -153,54 +151,3 @@ def _find_params(func: Callable, adjoint_params: Iterable[torch.Tensor] | None) 
     if isinstance(owner, nn.Module):
         return tuple(p for p in owner.parameters() if p.requires_grad)
     return ()
-
-
-# Modules already checked with their own parameters: one probe per module, not per call.
-_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _refuse_hidden_leaves(
-    func: Callable, y0: torch.Tensor, t0: float, params: tuple, stats: SolverStats | None
-) -> None:
-    """Refuse a ``func`` that depends on trainable tensors the custom backward would not see.
-
-    The adjoint and checkpoint modes run the forward pass without a graph, so a trainable tensor
-    reached through a closure, a ``functools.partial`` or a callable object would silently get no
-    gradient. One evaluation under autograd finds every leaf the output depends on.
-    """
-    ids = frozenset(id(p) for p in params)
-    if isinstance(func, nn.Module) and _CHECKED.get(func) == ids:
-        return
-    with torch.enable_grad():
-        out = func(torch.tensor(t0, dtype=y0.dtype, device=y0.device), y0.detach())
-    if stats is not None:
-        stats.nfe_forward += 1
-    hidden = [v for v in _graph_leaves(out) if id(v) not in ids]
-    if hidden:
-        shapes = ", ".join(str(tuple(v.shape)) for v in hidden[:5])
-        raise ValueError(
-            f"func depends on {len(hidden)} trainable tensor(s) (shapes {shapes}) that the "
-            "adjoint and checkpoint modes cannot see, so they would get no gradient: pass them "
-            "as adjoint_params=[...] (e.g. list(model.parameters())), or make func an nn.Module "
-            "that owns them."
-        )
-    if isinstance(func, nn.Module):
-        _CHECKED[func] = ids
-
-
-def _graph_leaves(out: object) -> list[torch.Tensor]:
-    """The leaf tensors requiring grad that ``out`` was computed from."""
-    if not isinstance(out, torch.Tensor) or out.grad_fn is None:
-        return []
-    leaves, seen, stack = [], set(), [out.grad_fn]
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        variable = getattr(fn, "variable", None)  # AccumulateGrad nodes hold the leaf
-        if variable is not None:
-            leaves.append(variable)
-            continue
-        stack.extend(nxt for nxt, _ in fn.next_functions)
-    return leaves

@@ -9,6 +9,7 @@ import torch
 
 from .engine import RungeKutta, integrate
 from .errors import NonFiniteStateError
+from .rng import RngTape, State
 from .stats import SolverStats
 from .tableaus import ButcherTableau
 from .times import OutputTimes, fixed_grid
@@ -23,6 +24,8 @@ class Step:
     y: torch.Tensor
     start: int  # items answered inside the step: start:stop
     stop: int
+    rng_k1: State | None = None  # generator state before the evaluation of its first stage
+    rng_stages: State | None = None  # ... and before its other stages (random fields only)
 
 
 @dataclass
@@ -44,9 +47,11 @@ class Problem:
     adjoint_atol: float = 1e-4
     adjoint_seminorm: bool = True
     adjoint_fold_jumps: bool = True
+    check_leaves: bool = False  # refuse a func depending on trainable tensors not in params
     rk: RungeKutta = field(init=False)
     last_step: float | None = field(default=None, init=False)  # forward's final step proposal
     final_state: torch.Tensor | None = field(default=None, init=False)
+    tape: RngTape | None = field(default=None, init=False)  # random fields: states to replay
 
     def __post_init__(self) -> None:
         self.rk = RungeKutta(self.tableau)
@@ -62,7 +67,7 @@ class Problem:
 
     def vector_field(self, backward: bool = False) -> Callable[[float, torch.Tensor], torch.Tensor]:
         """``func`` behind a float-time interface that counts evaluations (and checks the first)."""
-        func, stats, time = self.func, self.stats, self.time
+        func, stats, time, tape = self.func, self.stats, self.time, self.tape
 
         if backward:
             def f(t: float, y: torch.Tensor) -> torch.Tensor:
@@ -72,11 +77,36 @@ class Problem:
 
         def f(t: float, y: torch.Tensor) -> torch.Tensor:
             stats.nfe_forward += 1
-            dy = func(time(t), y)
-            if not self._checked:
-                self._check_first(dy, y, t)
-            return dy
+            if tape is not None and tape.active and tape.keep:
+                before = tape.read()
+                dy = func(time(t), y)
+                tape.remember(dy, before)
+                return dy
+            if self._checked:
+                return func(time(t), y)
+            return self._first_evaluation(t, y)
         return f
+
+    def _first_evaluation(self, t: float, y: torch.Tensor) -> torch.Tensor:
+        """The first evaluation of a solve, checked: its shape and values, and (``check_leaves``)
+        that no trainable tensor outside ``params`` feeds it, which the adjoint and checkpoint
+        modes could not differentiate. Checked on every call, on the evaluation the solve needs
+        anyway (no extra call of ``func``: its side effects and random draws stay as they are)."""
+        if self.check_leaves:
+            tt = self.time(t)
+            with torch.enable_grad():
+                dy = self.func(tt, y)
+            _refuse_hidden_leaves(dy, (y, tt), self.params)
+            dy = dy.detach() if isinstance(dy, torch.Tensor) else dy
+        else:
+            dy = self.func(self.time(t), y)
+        self._check_first(dy, y, t)
+        tape = self.tape
+        if tape is not None and tape.moved_since(tape.start):
+            tape.active = True
+            if tape.keep:
+                tape.remember(dy, tape.start)
+        return dy
 
     def _check_first(self, dy: object, y: torch.Tensor, t: float) -> None:
         if not isinstance(dy, torch.Tensor):
@@ -98,8 +128,31 @@ class Problem:
         self._checked = True
 
     def solve(self, y0: torch.Tensor, record: list | None = None) -> torch.Tensor:
-        """Integrate from ``t0`` answering every output time; optionally record accepted steps."""
-        outputs, tab = self.outputs, self.tableau
+        """Integrate from ``t0`` answering every output time; optionally record accepted steps.
+
+        With ``check_leaves`` (the adjoint and checkpoint modes) the solve also watches the
+        random-number generator: ``drew_random`` says whether ``func`` drew from it, and a
+        recorded solve keeps the generator state of every step for the checkpoint replay.
+        """
+        self.tape = RngTape(self.device, keep=record is not None) if self.check_leaves else None
+        ys = self._solve(y0, record)
+        tape = self.tape
+        if (record is not None and tape is not None and not tape.active
+                and tape.moved_since(tape.start)):  # drew only after the first evaluation:
+            tape.write(tape.start)  # solve again from the same state, taped
+            tape.active = True
+            record.clear()
+            ys = self._solve(y0, record)
+        return ys
+
+    @property
+    def drew_random(self) -> bool:
+        """Whether the last forward solve's ``func`` drew random numbers."""
+        tape = self.tape
+        return tape is not None and (tape.active or tape.moved_since(tape.start))
+
+    def _solve(self, y0: torch.Tensor, record: list | None) -> torch.Tensor:
+        outputs, tab, tape = self.outputs, self.tableau, self.tape
         chunks = [outputs.start_chunk(y0)]
         cursor = [0]
 
@@ -111,7 +164,12 @@ class Problem:
             if stop > start:
                 chunks.append(outputs.interpolate(tab, t, h, y, y1, ks, start, stop))
             if record is not None:
-                record.append(Step(t, h, y, start, stop))
+                step = Step(t, h, y, start, stop)
+                if tape is not None and tape.active:
+                    step.rng_k1 = tape.state_of(ks[0])
+                    step.rng_stages = tape.state_of(ks[1]) if len(ks) > 1 else None
+                    tape.forget_all_but(ks[-1])
+                record.append(step)
             cursor[0] = stop
 
         y_end, h_next, counters = integrate(
@@ -133,3 +191,46 @@ class Problem:
                 "try a smaller step_size, an adaptive method, or check func for exploding values."
             )
         return ys
+
+
+def _refuse_hidden_leaves(out: object, inputs: tuple, params: tuple) -> None:
+    """Refuse an output that depends on trainable tensors the custom backward would not see.
+
+    The adjoint and checkpoint modes run the forward pass without a graph, so a trainable tensor
+    reached through a closure, a ``functools.partial``, a callable object or a tensor attribute
+    set on a module (conditioning from an encoder, say) would silently get no gradient. The
+    inputs ``(y, t)`` and views of them are not: a field may make them require grad (FFJORD's
+    trace makes its slice of the state a leaf).
+    """
+    own = {id(p) for p in params}
+    storages = {x.untyped_storage().data_ptr() for x in inputs}
+    hidden = [v for v in _graph_leaves(out)
+              if id(v) not in own and v.untyped_storage().data_ptr() not in storages]
+    if hidden:
+        shapes = ", ".join(str(tuple(v.shape)) for v in hidden[:5])
+        raise ValueError(
+            f"func depends on {len(hidden)} trainable tensor(s) (shapes {shapes}) that the "
+            "adjoint and checkpoint modes cannot see, so they would get no gradient: pass them "
+            "as adjoint_params=[...] (e.g. list(model.parameters())), or make func an nn.Module "
+            "that owns them. A tensor computed from trainable weights outside func (e.g. "
+            "conditioning from an encoder) belongs in the state y0 instead, or use "
+            "gradient='backprop'."
+        )
+
+
+def _graph_leaves(out: object) -> list[torch.Tensor]:
+    """The leaf tensors requiring grad that ``out`` was computed from."""
+    if not isinstance(out, torch.Tensor) or out.grad_fn is None:
+        return []
+    leaves, seen, stack = [], set(), [out.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        variable = getattr(fn, "variable", None)  # AccumulateGrad nodes hold the leaf
+        if variable is not None:
+            leaves.append(variable)
+            continue
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    return leaves
