@@ -419,6 +419,26 @@ def test_torchdiffeq_style_options_are_accepted_and_checked():
         odeint(lambda s, y: -y, y0, t, options=dict(grid_points=t))
 
 
+def test_torchdiffeq_keywords_we_lack_say_how_to_do_without():
+    t, y0 = torch.linspace(0.0, 1.0, 3), torch.ones(2)
+    with pytest.raises(TypeError, match=r"\['event_fn'\]; event_fn: events are not supported: "
+                                        r"solve up to the event with one call"):
+        odeint(lambda s, y: -y, y0, t, event_fn=lambda s, y: y[0])
+    with pytest.raises(TypeError, match=r"\['metod'\]; it takes adjoint_atol, .*method, "):
+        odeint(lambda s, y: -y, y0, t, metod="rk4")
+    with pytest.raises(ValueError, match=r"\['jump_t'\] are not supported.*second: every step"):
+        odeint(lambda s, y: -y, y0, t, options=dict(jump_t=torch.tensor([0.5])))
+    with pytest.raises(ValueError, match=r"only norm='seminorm'"):
+        odeint(lambda s, y: -y, y0, t, adjoint_options=dict(norm=lambda x: x.abs().max()))
+    with pytest.raises(ValueError, match=r"unknown adjoint_method 'dopri8'"):
+        odeint(lambda s, y: -y, y0, t, adjoint_method="dopri8")
+    with pytest.raises(ValueError, match=r"its method must be one of \['bosh3', 'dopri5', "):
+        odeint(lambda s, y: -y, y0, t, method="dopri5", adjoint_method="rk4")
+    # torchdiffeq's method=None is its default, dopri5
+    assert torch.equal(odeint(lambda s, y: -y, y0, t, method=None),
+                       odeint(lambda s, y: -y, y0, t, method="dopri5"))
+
+
 def test_an_empty_batch_gives_an_empty_answer():
     t = torch.tensor([0.0, 0.5, 1.0])
     y0 = torch.ones(0, 3, requires_grad=True)

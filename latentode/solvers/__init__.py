@@ -5,7 +5,7 @@
 """
 
 from .errors import MaxStepsExceededError, NonFiniteStateError, SolverError, StepSizeUnderflowError
-from .odeint import ADAPTIVE_METHODS, FIXED_METHODS, GRADIENT_MODES, odeint
+from .odeint import ADAPTIVE_METHODS, FIXED_METHODS, GRADIENT_MODES, odeint, odeint_adjoint
 from .stats import SolverStats
 from .tableaus import TABLEAUS, ButcherTableau
 
@@ -21,4 +21,5 @@ __all__ = [
     "SolverStats",
     "StepSizeUnderflowError",
     "odeint",
+    "odeint_adjoint",
 ]

@@ -334,7 +334,7 @@ def adjoint_backward(problem: Problem, grad_ys: torch.Tensor) -> tuple:
         d = out.direction
         grid = sorted(set(problem.grid) | set(out.times), key=lambda s: -d * s)
     state, _, counters = integrate(
-        problem.rk, aug, state, out.t1, out.t0,
+        problem.adjoint_rk, aug, state, out.t1, out.t0,
         rtol=rtol, atol=atol, max_steps=problem.max_steps, grid=grid,
         first_step=abs(problem.last_step) if adaptive and problem.last_step else None,
         stops=jumps.stop_times, on_stop=on_stop,

@@ -11,7 +11,7 @@ from .adjoint import AdjointSolve
 from .checkpoint import CheckpointSolve
 from .problem import Problem
 from .stats import SolverStats
-from .tableaus import TABLEAUS
+from .tableaus import TABLEAUS, ButcherTableau
 from .times import OutputTimes
 
 GRADIENT_MODES = ("backprop", "adjoint", "checkpoint")
@@ -23,7 +23,7 @@ def odeint(
     func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     y0: torch.Tensor,
     t: torch.Tensor,
-    method: str = "dopri5",
+    method: str | None = "dopri5",
     rtol: float = 1e-3,
     atol: float = 1e-4,
     gradient: str = "backprop",
@@ -36,8 +36,11 @@ def odeint(
     adjoint_atol: float | None = None,
     adjoint_seminorm: bool = True,
     adjoint_fold_jumps: bool = True,
+    adjoint_method: str | None = None,
     stats: SolverStats | None = None,
     options: dict | None = None,
+    adjoint_options: dict | None = None,
+    **unsupported: object,
 ) -> torch.Tensor:
     """Solve ``dy/dt = func(t, y)`` from ``y(t[0]) = y0`` and return ``y`` at the times ``t``.
 
@@ -50,7 +53,7 @@ def odeint(
             direction (repeats allowed, e.g. as padding): returns ``(batch, T, ...)`` from one
             batched integration answered by dense output.
         method: fixed-step ``euler``, ``midpoint``, ``rk4`` or adaptive ``bosh3``, ``dopri5``,
-            ``tsit5``.
+            ``tsit5`` (``None``: ``dopri5``, as in torchdiffeq).
         rtol, atol: tolerances of the adaptive error control (RMS norm over all elements).
         gradient: ``backprop`` (autograd through the steps), ``adjoint`` (backward solve of the
             adjoint system; memory independent of the number of steps) or ``checkpoint`` (replay
@@ -64,15 +67,25 @@ def odeint(
         adjoint_seminorm: leave ``dL/dtheta`` out of the backward error norm.
         adjoint_fold_jumps: let jumps of the adjoint smaller than the tolerance ride on a
             forcing term instead of stopping the backward solve at every output time.
+        adjoint_method: tableau of the backward solve (default: ``method``); adaptive if
+            ``method`` is, fixed-step (on the forward's grid) if it is not.
         stats: a :class:`SolverStats` to fill with evaluation and step counts.
         options: torchdiffeq's way of passing ``step_size``, ``first_step`` and
             ``max_num_steps`` (= ``max_steps``), accepted so that its calls run unchanged.
+        adjoint_options: torchdiffeq's ``dict(norm="seminorm")`` (``adjoint_seminorm=True``,
+            already the default here).
     """
+    if unsupported:
+        raise TypeError(_unsupported_message(sorted(unsupported)))
     if options:
         step_size, first_step, max_steps = _torchdiffeq_options(
             options, step_size, first_step, max_steps)
+    if adjoint_options:
+        adjoint_seminorm = _adjoint_norm(adjoint_options)
+    method = "dopri5" if method is None else method
     if method not in TABLEAUS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(TABLEAUS)}.")
+    adjoint_tableau = _adjoint_tableau(method, adjoint_method)
     if gradient not in GRADIENT_MODES:
         raise ValueError(f"unknown gradient {gradient!r}; choose one of {list(GRADIENT_MODES)}.")
     if not isinstance(y0, torch.Tensor) or not torch.is_floating_point(y0):
@@ -115,12 +128,89 @@ def odeint(
         adjoint_rtol=rtol if adjoint_rtol is None else adjoint_rtol,
         adjoint_atol=atol if adjoint_atol is None else adjoint_atol,
         adjoint_seminorm=adjoint_seminorm, adjoint_fold_jumps=adjoint_fold_jumps,
-        check_leaves=tracking,
+        adjoint_tableau=adjoint_tableau, check_leaves=tracking,
     )
     if not tracking or not (y0.requires_grad or params):
         return problem.solve(y0)
     solve = AdjointSolve if gradient == "adjoint" else CheckpointSolve
     return solve.apply(problem, y0, *params)
+
+
+def odeint_adjoint(
+    func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    y0: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    rtol: float = 1e-3,
+    atol: float = 1e-4,
+    method: str | None = None,
+    options: dict | None = None,
+    adjoint_rtol: float | None = None,
+    adjoint_atol: float | None = None,
+    adjoint_method: str | None = None,
+    adjoint_options: dict | None = None,
+    adjoint_params: Iterable[torch.Tensor] | None = None,
+    **kwargs: object,
+) -> torch.Tensor:
+    """torchdiffeq's ``odeint_adjoint`` call: ``odeint(..., gradient="adjoint")``.
+
+    The keywords are torchdiffeq's; the defaults are ours (``rtol=1e-3, atol=1e-4``: torchdiffeq
+    uses 1e-7 / 1e-9, pass them for the same accuracy). Any other :func:`odeint` keyword
+    (``stats=``, ``max_steps=``, ...) passes through.
+    """
+    return odeint(func, y0, t, method=method, rtol=rtol, atol=atol, gradient="adjoint",
+                  options=options, adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol,
+                  adjoint_method=adjoint_method, adjoint_options=adjoint_options,
+                  adjoint_params=adjoint_params, **kwargs)
+
+
+# torchdiffeq keywords we do not have, with the way to do without them
+_TORCHDIFFEQ_ONLY = {
+    "event_fn": "events are not supported: solve up to the event with one call and go on from "
+                "its state with a second one (root-find the event time on the dense output of "
+                "the first, e.g. from a fine t grid)",
+}
+
+
+def _unsupported_message(names: list[str]) -> str:
+    hints = [f"{n}: {_TORCHDIFFEQ_ONLY[n]}" for n in names if n in _TORCHDIFFEQ_ONLY]
+    known = ", ".join(sorted(
+        ["method", "rtol", "atol", "gradient", "step_size", "max_steps", "first_step",
+         "adjoint_params", "adjoint_rtol", "adjoint_atol", "adjoint_seminorm",
+         "adjoint_fold_jumps", "adjoint_method", "stats", "options", "adjoint_options"]))
+    text = f"odeint() got unexpected keyword argument(s) {names}"
+    return f"{text}; {'; '.join(hints)}." if hints else f"{text}; it takes {known}."
+
+
+def _adjoint_norm(adjoint_options: dict) -> bool:
+    """``adjoint_options=dict(norm="seminorm")`` as torchdiffeq takes it."""
+    unknown = sorted(set(adjoint_options) - {"norm"})
+    norm = adjoint_options.get("norm", "seminorm")
+    if unknown or norm not in ("seminorm", "default"):
+        raise ValueError(
+            f"adjoint_options={adjoint_options!r} is not supported: only norm='seminorm' (the "
+            "default here: adjoint_seminorm=True) or norm='default' (adjoint_seminorm=False); "
+            "backward tolerances are adjoint_rtol= / adjoint_atol=, its method adjoint_method=."
+        )
+    return norm == "seminorm"
+
+
+def _adjoint_tableau(method: str, adjoint_method: str | None) -> ButcherTableau:
+    """The backward solve's tableau: ``method``'s, or another of the same kind."""
+    if adjoint_method is None or adjoint_method == method:
+        return TABLEAUS[method]
+    if adjoint_method not in TABLEAUS:
+        raise ValueError(
+            f"unknown adjoint_method {adjoint_method!r}; choose one of {sorted(TABLEAUS)}.")
+    forward, backward = TABLEAUS[method], TABLEAUS[adjoint_method]
+    if forward.adaptive != backward.adaptive:
+        kinds = list(ADAPTIVE_METHODS if forward.adaptive else FIXED_METHODS)
+        raise ValueError(
+            f"adjoint_method={adjoint_method!r} with method={method!r}: the backward solve "
+            f"{'chooses its own steps' if forward.adaptive else 'follows the forward grid'}, "
+            f"so its method must be one of {kinds}."
+        )
+    return backward
 
 
 _OPTIONS = {"step_size", "first_step", "max_num_steps"}
@@ -131,9 +221,12 @@ def _torchdiffeq_options(options: dict, step_size: float | None, first_step: flo
     """``options=dict(step_size=...)`` as torchdiffeq takes it, mapped onto our arguments."""
     unknown = sorted(set(options) - _OPTIONS)
     if unknown:
+        jumps = (" For jump_t/step_t (a discontinuity of func in time), solve up to it with one "
+                 "call and go on from there with a second: every step then sees a smooth field."
+                 if {"jump_t", "step_t"} & set(unknown) else "")
         raise ValueError(
             f"options {unknown} are not supported; odeint understands {sorted(_OPTIONS)} there "
-            "(or pass step_size=, first_step=, max_steps= directly)."
+            f"(or pass step_size=, first_step=, max_steps= directly).{jumps}"
         )
     return (options.get("step_size", step_size), options.get("first_step", first_step),
             int(options.get("max_num_steps", max_steps)))

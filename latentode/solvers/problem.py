@@ -48,13 +48,17 @@ class Problem:
     adjoint_seminorm: bool = True
     adjoint_fold_jumps: bool = True
     check_leaves: bool = False  # refuse a func depending on trainable tensors not in params
+    adjoint_tableau: ButcherTableau | None = None  # the backward solve's (default: tableau)
     rk: RungeKutta = field(init=False)
+    adjoint_rk: RungeKutta = field(init=False)
     last_step: float | None = field(default=None, init=False)  # forward's final step proposal
     final_state: torch.Tensor | None = field(default=None, init=False)
     tape: RngTape | None = field(default=None, init=False)  # random fields: states to replay
 
     def __post_init__(self) -> None:
         self.rk = RungeKutta(self.tableau)
+        backward = self.adjoint_tableau
+        self.adjoint_rk = self.rk if backward in (None, self.tableau) else RungeKutta(backward)
         self.grid = (
             None
             if self.tableau.adaptive
