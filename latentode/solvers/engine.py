@@ -235,11 +235,16 @@ def integrate(
     last_trial_finite = True
     while True:
         if counters.accepted + counters.rejected >= max_steps:
+            mean = abs(t - t0) / counters.accepted if counters.accepted else abs(h)
             raise MaxStepsExceededError(
                 f"max_steps={max_steps} exceeded at t={t:.6g} on the way to t={t1:.6g} "
-                f"({counters.accepted} accepted, {counters.rejected} rejected steps). Raise "
-                "max_steps, loosen rtol/atol, or use a fixed-step method (e.g. method='rk4', "
-                "step_size=...) if the problem is stiff."
+                f"({counters.accepted} accepted, {counters.rejected} rejected steps, mean "
+                f"accepted step {mean:.3g}). Raise max_steps (torchdiffeq has no limit) or "
+                "loosen rtol/atol. If the steps stay tiny while the solution changes slowly, "
+                "the problem is stiff: explicit methods (all of ours, fixed-step ones too) are "
+                "stable only for steps below about 3/lambda, lambda the fastest decay rate, "
+                "whatever the tolerance; rescale time or the fast rate, or use an implicit "
+                "solver (e.g. scipy.integrate.solve_ivp(method='Radau'))."
             )
         goal = targets[target]
         planned = h
@@ -302,5 +307,7 @@ def _raise_underflow(t: float, h: float, rtol: float, atol: float, finite: bool)
         f"step size underflow at t={t:.6g} (h={h:.3g}): the solver cannot meet rtol={rtol:g}, "
         f"atol={atol:g} here. Try a looser tolerance, a fixed-step method "
         "(method='rk4', step_size=...), or rescaling time to a range of order one; the "
-        "problem may be stiff or the solution may blow up near this time."
+        "problem may be stiff (then a fixed step must stay below about 3/lambda for the "
+        "fastest decay rate lambda, or use an implicit solver such as "
+        "scipy.integrate.solve_ivp(method='Radau')) or the solution may blow up near this time."
     )

@@ -191,8 +191,11 @@ class Problem:
             where = f"t={bad:.6g}" if bad is not None else f"t={outputs.t1:.6g}"
             raise NonFiniteStateError(
                 f"the solution became NaN or inf (first output affected: {where}). The "
-                "vector field may overflow or the fixed step may be too large for this problem: "
-                "try a smaller step_size, an adaptive method, or check func for exploding values."
+                "vector field may overflow or the fixed step may be too large for this problem "
+                "(an explicit method diverges once step_size exceeds about 3/lambda, lambda the "
+                "fastest decay rate: a stiff problem needs steps that small, or an implicit "
+                "solver): try a smaller step_size, an adaptive method, or check func for "
+                "exploding values."
             )
         return ys
 
