@@ -125,6 +125,60 @@ def test_labels_per_time_point_and_classes():
         net.loss(times, values, mask, mask, labels=torch.zeros(4))
 
 
+def test_integer_labels_and_labels_out_of_range():
+    """Integer binary labels are labels too (were a dtype error from inside the loss); a label
+    the head cannot take is named (was an IndexError or a silent wrong target)."""
+    times, values, mask = tiny_batch()
+    net = model(n_labels=1)
+    as_int = net.loss(times, values, mask, mask, labels=torch.tensor([1, 0, 0, 1]))
+    torch.manual_seed(0)
+    net = model(n_labels=1)
+    as_float = net.loss(times, values, mask, mask, labels=torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    assert torch.isfinite(as_int["ce"]) and as_int["ce"] > 0
+    assert as_int["logits"].shape == as_float["logits"].shape
+    with pytest.raises(ValueError, match=r"binary label \(n_labels=1\) must be 0 or 1, got 2"):
+        net.loss(times, values, mask, mask, labels=torch.tensor([1, 0, 2, 1]))
+    classes = model(n_labels=3)
+    with pytest.raises(ValueError, match=r"integers 0\.\.2, got 5"):
+        classes.loss(times, values, mask, mask, labels=torch.tensor([0, 1, 5, 2]))
+    with pytest.raises(ValueError, match=r"integers 0\.\.2, got 0\.5"):
+        classes.loss(times, values, mask, mask, labels=torch.tensor([0, 1, 0.5, 2]))
+
+
+@pytest.mark.parametrize("name", ["latent_ode", "odernn", "gru_dt", "rnn_vae"])
+def test_hand_built_batches_are_checked_at_the_models_entry(name):
+    """Tensors built by hand (not by the collator): NaN where not observed is fine (the data
+    layer's convention) and gives what zeros give; everything else wrong is named."""
+    from latentode.models import GRUDT, ODERNN, RNNVAE
+
+    build = {"latent_ode": lambda: model(), "odernn": lambda: ODERNN(2, latents=3),
+             "gru_dt": lambda: GRUDT(2, latents=3), "rnn_vae": lambda: RNNVAE(2, latents=3)}
+    times, values, mask = tiny_batch()
+    net = build[name]()
+    torch.manual_seed(1)
+    zeros = net.loss(times, torch.where(mask, values, 0.0), mask, mask)["loss"]
+    torch.manual_seed(1)
+    nans = net.loss(times, torch.where(mask, values, float("nan")), mask, mask)["loss"]
+    assert torch.isfinite(nans) and torch.allclose(nans, zeros)
+    bad = values.clone()
+    bad[1, 3, 0], mask[1, 3, 0] = float("nan"), True
+    with pytest.raises(ValueError, match=r"1 NaN/inf entries where a mask marks them observed "
+                                         r"\(first: series 1, time index 3, channel 0\)"):
+        net.loss(times, bad, mask, mask)
+    with pytest.raises(ValueError, match=r"times must be strictly increasing .*times\[0\] = "):
+        net.loss(times.flip(0), values, mask, mask)
+    with pytest.raises(ValueError, match=r"times must be 1-D \(T,\).*got \(4, 7\)"):
+        net.loss(times.expand(4, 7), values, mask, mask)
+    with pytest.raises(ValueError, match=r"channels = input_dim = 2, got \(4, 7, 3\)"):
+        net.loss(times, torch.cat([values, values[..., :1]], -1), mask, mask)
+    with pytest.raises(ValueError, match=r"got \(4, 7\)\. One series"):
+        net.loss(times, values[..., 0], mask, mask)
+    with pytest.raises(ValueError, match=r"times has 6 entries but values has T = 7"):
+        net.loss(times[:6], values, mask, mask)
+    with pytest.raises(ValueError, match=r"target_mask must have the shape of values"):
+        net.loss(times, values, mask, mask[..., :1])
+
+
 def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="label_type must be one of"):
         model(n_labels=1, label_type="window")

@@ -34,6 +34,7 @@ from latentode.nn.layers import ODEFunc, is_single_euler_step
 from latentode.nn.mean_std_walk import mean_std_walk, supports
 from latentode.solvers import odeint
 
+from .inputs import checked_batch
 from .latent_ode import (
     Z0_AT,
     LatentODEOutput,
@@ -164,6 +165,7 @@ class _Recurrent(nn.Module):
         target_mask: torch.Tensor, kl_weight: float = 1.0, n_samples: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Negative IWAE bound (the log-likelihood for deterministic models) and its terms."""
+        values = checked_batch(self.input_dim, times, values, encoder_mask, target_mask)
         out = self.predict(times, values, encoder_mask, target_mask, n_samples)
         return iwae_terms(values, out.pred, target_mask, self.obs_std, self.kl(out), kl_weight,
                           getattr(self, "objective", "iwae"))
@@ -193,6 +195,7 @@ class _Deterministic(_Recurrent):
     ) -> LatentODEOutput:
         """Predictions ``(1, B, T', D)`` at ``pred_times`` (default ``times``); ``n_samples``
         is ignored (deterministic)."""
+        values = checked_batch(self.input_dim, times, values, encoder_mask)
         data = _Series.of(times, values, encoder_mask)
         h = values.new_zeros(values.shape[0], self.state_dim)
         pred, h = self.walk(h, times, times if pred_times is None else pred_times, data)
@@ -255,6 +258,7 @@ class ODERNN(Graphable, _Deterministic):
         self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
         n_samples: int | None = None, pred_times: torch.Tensor | None = None,
     ) -> LatentODEOutput:
+        values = checked_batch(self.input_dim, times, values, encoder_mask)
         if (self.cuda_graph and pred_times is None and values.is_cuda
                 and (self.training or not torch.is_grad_enabled())):
             return self._output(*self._graphs(times, values, encoder_mask))
@@ -448,6 +452,7 @@ class RNNVAE(_Recurrent):
     ) -> LatentODEOutput:
         """Encode, sample ``z0 (S, B, L)``, decode at ``pred_times`` (default ``times``): from
         ``times[0]``, or with ``z0_at="first_target"`` from ``pred_times[0]``."""
+        values = checked_batch(self.input_dim, times, values, encoder_mask)
         values = torch.where(encoder_mask, values, 0.0)  # NaN-proof: the encoder multiplies
         wanted = times if pred_times is None else pred_times.to(times)
         from_target = self.z0_at == "first_target"

@@ -20,6 +20,8 @@ from torch import nn
 from latentode.nn import ODEFunc, ODERNNEncoder, mlp
 from latentode.solvers import SolverStats, odeint
 
+from .inputs import checked_batch
+
 
 @dataclass
 class LatentODEOutput:
@@ -91,8 +93,17 @@ def label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return logits.sum() * 0.0
     chosen = logits[:, known]  # (S, N, C)
     target = labels[known]
-    if chosen.shape[-1] == 1:
-        target = target.expand(chosen.shape[0], -1)
+    n_classes = chosen.shape[-1]
+    allowed = (0, 1) if n_classes == 1 else (0, n_classes - 1)
+    as_float = target.double()
+    fits = (as_float == as_float.round()) & (as_float >= allowed[0]) & (as_float <= allowed[1])
+    if not bool(fits.all()):
+        bad = as_float[~fits][0].item()
+        kind = ("a binary label (n_labels=1) must be 0 or 1" if n_classes == 1 else
+                f"class labels (n_labels={n_classes}) must be integers 0..{n_classes - 1}")
+        raise ValueError(f"{kind}, got {bad:g}; NaN marks a series without a label.")
+    if n_classes == 1:
+        target = target.to(chosen.dtype).expand(chosen.shape[0], -1)
         return nn.functional.binary_cross_entropy_with_logits(chosen[..., 0], target)
     target = target.long().expand(chosen.shape[0], -1)
     return nn.functional.cross_entropy(chosen.reshape(-1, chosen.shape[-1]), target.reshape(-1))
@@ -313,6 +324,7 @@ class LatentODE(nn.Module):
 
         Returns a :class:`LatentODEOutput`: ``pred`` ``(S, B, T, D)``, ``mean`` and ``std`` of
         ``q(z0)`` ``(B, L)`` (and the Poisson and label terms when modelled)."""
+        values = checked_batch(self.input_dim, times, values, encoder_mask)
         mean, std = self.encode(times, values, encoder_mask, encoder_schedule)
         if z0_noise is None:
             n = self.n_samples if n_samples is None else n_samples
@@ -353,6 +365,7 @@ class LatentODE(nn.Module):
         """Negative bound (``objective``) and its terms; MSE of the sample-mean prediction on
         the targets. With ``poisson``: the point process term ``poisson``; with a classifier
         and ``labels``: ``ce`` and the ``logits``."""
+        values = checked_batch(self.input_dim, times, values, encoder_mask, target_mask)
         out = self.predict(times, values, encoder_mask, target_mask, n_samples)
         loglik = masked_gaussian_loglik(values, out.pred, target_mask, self.obs_std)  # (S, B)
         kl = gaussian_kl(out.z0_mean, out.z0_std)  # (B,)
