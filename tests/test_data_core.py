@@ -328,6 +328,24 @@ def test_value_cols_none_picks_numeric_columns_but_the_reserved_ones():
     assert_exact(ds.to_dataframe(), expected.astype({"c": np.float64}))
 
 
+def test_a_tidy_frame_read_as_wide_is_refused_not_averaged_into_one_channel():
+    """A lab's long layout (id, time, channel, value) without channel_col: the rows sharing a
+    (series, time) are different channels; averaging them trained on mixed-up data."""
+    rng = np.random.default_rng(0)
+    rows = [(s, t, ch, rng.normal()) for s in range(3) for t in range(4)
+            for ch in ("theta", "omega")]
+    tidy = pd.DataFrame(rows, columns=["trajectory", "t_s", "channel", "value"])
+    with pytest.raises(ValueError, match=r"looks tidy .* column 'channel' tells them apart "
+                                         r"\(2 values.*channel_col='channel' value_col='value'"):
+        from_dataframe(tidy, "trajectory", "t_s")
+    ds = from_dataframe(tidy, "trajectory", "t_s", channel_col="channel", value_col="value")
+    assert sorted(ds.channels) == ["omega", "theta"]
+    # a text column that does not tell duplicate rows apart is only left out, as before
+    dup = pd.concat([tidy[tidy.channel == "theta"]] * 2).assign(channel="theta")
+    with pytest.warns(UserWarning, match=r"non-numeric column\(s\) were not used"):
+        assert from_dataframe(dup, "trajectory", "t_s").channels == ["value"]
+
+
 def test_values_the_float32_model_cannot_hold_are_refused_by_channel_and_series():
     df = random_frame(3, n_series=12, max_len=6, p_missing=0.2)
     df.loc[df.index[3], "c0"] = 1e300  # squares overflow: cannot be standardised

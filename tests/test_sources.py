@@ -443,3 +443,38 @@ def test_sources_feed_from_dataframe(fixture):
     if importlib.util.find_spec("statsmodels") is not None:
         data = frame.from_dataframe(co2.load(keep_missing=True), **co2.FRAME_KWARGS)
         assert len(data) == 1 and int(data.mask.sum()) == 2225
+
+
+def test_load_dataset_names_a_missing_path_and_misspelt_options(tmp_path):
+    """Hydra's ``???`` does not fire for a partial config: the csv source says path= itself;
+    an option a source does not take is named with the nearest one (was a TypeError)."""
+    from latentode.data import load_dataset
+
+    with pytest.raises(ValueError, match=r"csv source needs path= .*data\.dataset\.path="):
+        load_dataset("csv")
+    with pytest.raises(ValueError, match=r"no option\(s\) \['idcol'\] \('idcol': did you mean "
+                                         r"'id_col'\?\)"):
+        load_dataset("csv", path=tmp_path / "x.csv", idcol="patient")
+    with pytest.raises(ValueError, match=r"periodic data source has no option\(s\) "
+                                         r"\['n_seires'\].*'n_series'"):
+        load_dataset("periodic", n_seires=3)
+
+
+def test_parquet_without_an_engine_says_what_to_install(tmp_path, monkeypatch):
+    from latentode.data.files import read_table, write_table
+
+    frame = pd.DataFrame({"series_id": [1, 1], "time": [0.0, 1.0], "x": [0.5, 0.7]})
+    write_table(frame, tmp_path / "f.csv")
+    pd.testing.assert_frame_equal(read_table(tmp_path / "f.csv"), frame)
+
+    def no_engine(*args, **kwargs):
+        raise ImportError("Unable to find a usable engine; tried using: 'pyarrow', "
+                          "'fastparquet'. A suitable version of pyarrow or fastparquet is "
+                          "required for parquet support.")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", no_engine)
+    monkeypatch.setattr(pd, "read_parquet", no_engine)
+    for call in (lambda: write_table(frame, tmp_path / "f.parquet"),
+                 lambda: read_table(tmp_path / "f.pq")):
+        with pytest.raises(ImportError, match=r"pip install 'latentode\[parquet\]'"):
+            call()

@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from latentode.cli import config_dir
 from latentode.cli.train import quiet_known_warnings
+from latentode.data.files import read_table, write_table
 from latentode.data.frame import iso_separator
 
 log = logging.getLogger(__name__)
@@ -49,16 +50,12 @@ def read_frame(path: Path) -> pd.DataFrame:
     """A CSV or parquet file as a DataFrame."""
     if not path.is_file():
         raise FileNotFoundError(f"input file {str(path)!r} does not exist.")
-    return pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path)
+    return read_table(path)
 
 
 def write_frame(frame: pd.DataFrame, path: Path) -> None:
     """``frame`` as CSV, or parquet when ``path`` ends in .parquet/.pq."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix in (".parquet", ".pq"):
-        frame.to_parquet(path, index=False)
-    else:
-        frame.to_csv(path, index=False)
+    write_table(frame, path)
 
 
 def load_forecaster(cfg: DictConfig) -> Any:

@@ -96,6 +96,7 @@ def from_dataframe(
                 )
             ]
             skipped = [c for c in df.columns if c not in reserved and c not in value_cols]
+            _refuse_tidy_as_wide(df, id_col, time_col, skipped, value_cols)
             if skipped:
                 warnings.warn(
                     f"{len(skipped)} non-numeric column(s) were not used as channels: "
@@ -348,6 +349,32 @@ def _check_finite(
 
 def _rows(n: int) -> str:
     return f"{n} row" if n == 1 else f"{n} rows"
+
+
+def _refuse_tidy_as_wide(df: pd.DataFrame, id_col: str, time_col: str, text_cols: list,
+                         value_cols: list) -> None:
+    """Refuse a tidy frame read as wide: a text column that tells apart rows sharing their
+    (series, time) names channels; averaging those rows would mix the channels into one."""
+    if not text_cols:
+        return
+    shared = df.duplicated([id_col, time_col], keep=False)
+    if not shared.any():
+        return
+    rows = df.loc[shared]
+    for col in text_cols:
+        if rows.groupby([id_col, time_col], sort=False)[col].nunique().max() > 1:
+            value = f"value_col={str(value_cols[0])!r}" if len(value_cols) == 1 else "value_col=..."
+            examples = sorted(map(str, df[col].dropna().unique()))[:3]
+            raise ValueError(
+                f"the frame looks tidy (one row per observation): {int(shared.sum())} rows share "
+                f"their ({id_col}, {time_col}) and column {str(col)!r} tells them apart "
+                f"({df[col].nunique()} values, e.g. {examples}), so they are different "
+                "channels, not duplicates to average. Pass "
+                f"channel_col={str(col)!r} {value} (latentode-train: "
+                f"data.dataset.channel_col={col} data.dataset.value_col="
+                f"{value_cols[0] if len(value_cols) == 1 else '...'}), or value_cols=[...] "
+                "if that column is not a channel name."
+            )
 
 
 def _merge_duplicates(

@@ -6,7 +6,9 @@ with each source's own column conventions, so a Hydra config can say ``name: per
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .dataset import IrregularDataset
+from .files import read_table
 from .frame import from_dataframe
 
 SOURCES = ("periodic", "hopper", "physionet", "co2", "csv")
@@ -28,10 +31,15 @@ def load_dataset(name: str, **kwargs: Any) -> IrregularDataset:
     split (hopper's in-order 80/20) hands it to the data module through ``dataset.split``.
     """
     if name == "csv":
+        if kwargs.get("path") is None:
+            raise ValueError("the csv source needs path= (the CSV or parquet file; "
+                             "latentode-train: data.dataset.path=your_file.csv).")
+        _check_options(name, kwargs, from_dataframe, {"path"})
         return _load_file(**kwargs)
     if name not in SOURCES:
         raise ValueError(f"unknown dataset {name!r}; choose one of {list(SOURCES)}.")
     module = importlib.import_module(f"latentode.data.sources.{name}")
+    _check_options(name, kwargs, module.load, {"time_scale"})
     time_scale = kwargs.pop("time_scale", None)
     frame = module.load(**kwargs)
     if hasattr(module, "frame_kwargs"):  # columns that depend on the load arguments
@@ -48,11 +56,32 @@ def load_dataset(name: str, **kwargs: Any) -> IrregularDataset:
     return dataset
 
 
+def _check_options(name: str, kwargs: dict, takes: Any, extra: set[str]) -> None:
+    """Refuse options ``takes`` does not accept, with the nearest one (a typo on the command
+    line otherwise ends in a TypeError from deep inside)."""
+    params = inspect.signature(takes).parameters
+    allowed = {p for p, v in params.items()
+               if v.kind in (v.KEYWORD_ONLY, v.POSITIONAL_OR_KEYWORD)} - {"df"} | extra
+    unknown = sorted(set(kwargs) - allowed)
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{key!r}: did you mean {close[0]!r}?")
+    raise ValueError(
+        f"the {name} data source has no option(s) {unknown}"
+        + (f" ({' '.join(hints)})" if hints else "")
+        + f"; it takes {sorted(allowed)} (latentode-train: data.dataset.<option>=...)."
+    )
+
+
 def _load_file(path: str | Path, **frame_kwargs: Any) -> IrregularDataset:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist.")
-    frame = pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path)
+    frame = read_table(path)
     time_col = frame_kwargs.get("time_col", "time")
     column = frame[time_col] if time_col in frame.columns else None
     if column is not None and (
