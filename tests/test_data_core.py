@@ -346,6 +346,16 @@ def test_a_tidy_frame_read_as_wide_is_refused_not_averaged_into_one_channel():
         assert from_dataframe(dup, "trajectory", "t_s").channels == ["value"]
 
 
+def test_durations_as_times_say_how_to_make_numbers():
+    df = pd.DataFrame({"series_id": [1, 1, 2], "time": pd.to_timedelta([0, 5, 3], unit="s"),
+                       "x": [1.0, 2.0, 3.0]})
+    with pytest.raises(ValueError, match=r"durations \(timedelta64\).*\.dt\.total_seconds\(\)"
+                                         r".*Not pd\.to_numeric"):
+        from_dataframe(df)
+    df["time"] = df["time"].dt.total_seconds()
+    assert len(from_dataframe(df)) == 2
+
+
 def test_values_the_float32_model_cannot_hold_are_refused_by_channel_and_series():
     df = random_frame(3, n_series=12, max_len=6, p_missing=0.2)
     df.loc[df.index[3], "c0"] = 1e300  # squares overflow: cannot be standardised

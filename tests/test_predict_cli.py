@@ -119,6 +119,21 @@ def test_a_warning_about_the_input_shows_once(run, tmp_path, monkeypatch):
     assert (tmp_path / "p.png").exists()
 
 
+def test_a_run_directory_names_its_last_checkpoint(run, tmp_path):
+    from latentode.cli.checkpoints import resolve_checkpoint
+
+    assert resolve_checkpoint(run) == (run / "checkpoints" / "last.ckpt").resolve()
+    assert LatentODEForecaster.from_run(run).spec.channels == ["value"]
+    with pytest.raises(FileNotFoundError, match=r"directory without checkpoints/last\.ckpt and "
+                                                r"holds no \.ckpt file"):
+        resolve_checkpoint(tmp_path)
+    for name in ("a.ckpt", "b.ckpt"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"holds 2 checkpoints \(a\.ckpt, b\.ckpt\): "
+                                                r"name one"):
+        resolve_checkpoint(tmp_path)
+
+
 def test_predict_needs_exactly_one_model(tmp_path):
     for given in ({}, {"ckpt_path": "a.ckpt", "model_dir": str(tmp_path)}):
         with pytest.raises(ValueError, match=r"exactly one of ckpt_path= .* and model_dir="):

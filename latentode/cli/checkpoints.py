@@ -52,6 +52,28 @@ class RunRecord(L.Callback):
         checkpoint[RUN_RECORD] = self.record
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint ``path`` names: a file, or a run directory (its ``checkpoints/last.ckpt``,
+    or its only checkpoint)."""
+    ckpt = Path(path).expanduser().resolve()
+    if ckpt.is_file():
+        return ckpt
+    if ckpt.is_dir():
+        for candidate in (ckpt / "checkpoints" / "last.ckpt", ckpt / "last.ckpt"):
+            if candidate.is_file():
+                return candidate
+        found = sorted(ckpt.rglob("*.ckpt"))
+        if len(found) == 1:
+            return found[0]
+        listed = ", ".join(str(f.relative_to(ckpt)) for f in found[:5])
+        raise FileNotFoundError(
+            f"{str(ckpt)!r} is a directory without checkpoints/last.ckpt"
+            + (f"; it holds {len(found)} checkpoints ({listed}): name one." if found
+               else " and holds no .ckpt file (did the run save checkpoints?).")
+        )
+    raise FileNotFoundError(f"checkpoint {str(ckpt)!r} does not exist.")
+
+
 def weights_mismatch(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor],
                      limit: int = 4) -> str | None:
     """What keeps ``theirs`` (a checkpoint's state dict) from loading into ``ours``, in a few

@@ -44,7 +44,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from latentode.cli import config_dir
-from latentode.cli.checkpoints import not_fitting, weights_mismatch
+from latentode.cli.checkpoints import not_fitting, resolve_checkpoint, weights_mismatch
 from latentode.cli.train import (
     build_datamodule,
     build_group,
@@ -211,9 +211,7 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
 
 def evaluate(eval_cfg: DictConfig) -> dict[str, float]:
     """Test ``eval_cfg.ckpt_path`` with the data and model of its run; returns the metrics."""
-    ckpt = Path(str(eval_cfg.ckpt_path)).expanduser().resolve()
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint {str(ckpt)!r} does not exist.")
+    ckpt = resolve_checkpoint(str(eval_cfg.ckpt_path))
     config_path = find_run_config(ckpt)
     log.info("run config: %s", config_path)
     cfg = OmegaConf.load(config_path)

@@ -227,6 +227,12 @@ def _check_times(df: pd.DataFrame, id_col: str, time_col: str) -> None:
             f"column {time_col!r} has {int(missing.sum())} missing times (first: series "
             f"{_plain(df[id_col].iloc[i])!r}, row {_plain(df.index[i])!r}); every row needs a time."
         )
+    if pd.api.types.is_timedelta64_dtype(col.dtype):
+        raise ValueError(
+            f"column {time_col!r} holds durations (timedelta64): make them numbers in the unit "
+            f"you mean, e.g. df[{time_col!r}] = df[{time_col!r}].dt.total_seconds() (seconds; "
+            "/ 3600 for hours). Not pd.to_numeric: that gives nanoseconds."
+        )
     if pd.api.types.is_datetime64_any_dtype(col.dtype) or pd.api.types.is_numeric_dtype(col.dtype):
         if pd.api.types.is_bool_dtype(col.dtype):
             raise ValueError(f"column {time_col!r} holds booleans, not times.")

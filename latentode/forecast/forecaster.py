@@ -385,14 +385,15 @@ class LatentODEForecaster:
     @classmethod
     def from_run(cls, ckpt_path: str | Path,
                  overrides: Sequence[str] | None = None) -> LatentODEForecaster:
-        """A forecaster from a ``latentode-train`` checkpoint: the run's ``.hydra/config.yaml``
+        """A forecaster from a ``latentode-train`` checkpoint (or its run directory: its
+        ``checkpoints/last.ckpt``): the run's ``.hydra/config.yaml``
         rebuilds its data (for the time transform and the scaler fitted on its training split)
         and model; the checkpoint's weights are loaded with ``weights_only=True``. Frames given
         to it use the training data's id, time and channel columns. The predictive noise is
         calibrated on the run's validation split (its training split when it has none), as
         ``latentode-eval`` does: one pass of ``CALIBRATION_SAMPLES`` posterior samples over at
         most ``CALIBRATION_MAX_SERIES`` series."""
-        from latentode.cli.checkpoints import not_fitting, weights_mismatch
+        from latentode.cli.checkpoints import not_fitting, resolve_checkpoint, weights_mismatch
         from latentode.cli.evaluate import (
             anchor_data_path,
             apply_overrides,
@@ -401,9 +402,7 @@ class LatentODEForecaster:
         )
         from latentode.cli.train import build_model
 
-        ckpt = Path(ckpt_path).expanduser().resolve()
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"checkpoint {str(ckpt)!r} does not exist.")
+        ckpt = resolve_checkpoint(ckpt_path)
         config_path = find_run_config(ckpt)
         cfg = OmegaConf.load(config_path)
         anchor_data_path(cfg, config_path)

@@ -99,7 +99,7 @@ def plot_batch(
         t_row = np.asarray(t_grid[b])[span]
         for d in range(n_ch):
             ax = axes[b, d]
-            legend[f"{band[0]:g}-{band[1]:g}% of samples"] = ax.fill_between(
+            legend[f"{band[0]:g}-{band[1]:g}% of latent paths (no obs. noise)"] = ax.fill_between(
                 t_row, lo[b, span, d], hi[b, span, d], color="C0", alpha=0.25, lw=0)
             (legend["mean prediction"],) = ax.plot(t_row, centre[b, span, d], color="C0",
                                                    lw=1.5)
