@@ -200,3 +200,125 @@ def test_latent_ode_is_scored_at_each_series_own_times(z0_at):
     torch.testing.assert_close(scored.values[scored.target], batch.values[batch.target_mask])
     calibrated = calibrate_noise(model, [batch], n_samples=20)
     assert calibrated.count == batch.target_mask.__and__(~batch.encoder_mask).sum((0, 1)).tolist()
+
+
+# --------------------------------------------------------------------- forecasts: lead time
+WALK = 0.5  # random-walk std per unit time: a persistence forecast's error grows like it
+
+
+class Persistence(nn.Module):
+    """Predicts, at every time, the last value the encoder saw at or before it (the first one
+    before it): inside a series the error is that of a short gap, ahead of it a random walk's
+    over the lead time. The paths spread by ``SPREAD``, the same at every lead."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(()))
+        self.obs_std, self.input_dim = 0.01, 1
+
+    def forward(self, times, values, encoder_mask, n_samples=None, pred_times=None):
+        seen = encoder_mask[..., 0]  # (B, T)
+        steps = torch.arange(seen.shape[1]).expand_as(seen)
+        last = torch.where(seen, steps, -1).cummax(1).values
+        first = seen.to(torch.int8).argmax(1, keepdim=True)
+        index = torch.where(last < 0, first, last)
+        base = values[..., 0].gather(1, index).unsqueeze(-1)
+        n = n_samples or 1
+        return SimpleNamespace(pred=base + SPREAD * torch.randn((n, *base.shape)))
+
+
+def walk_batches(seed: int, n_batches: int = 3, series: int = 40, length: int = 60):
+    """Random walks (std ``WALK`` per unit time) on [0, 10] plus N(0, 0.05^2), cut at 20-80%
+    of each series (``lead_task``), in batches as the calibration reads them."""
+    from latentode.data import Collator, from_dataframe
+    from latentode.forecast.calibration import lead_task
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_batches * series):
+        t = np.sort(rng.uniform(0, 10, length))
+        x = np.cumsum(rng.normal(size=length) * WALK * np.sqrt(np.diff(t, prepend=0.0)))
+        rows += [(s, ti, xi + 0.05 * rng.normal()) for ti, xi in zip(t, x, strict=True)]
+    import pandas as pd
+
+    ds = from_dataframe(pd.DataFrame(rows, columns=["series_id", "time", "x"]),
+                        time_scale=1.0)
+    collate = Collator(ds, lead_task(), fixed=True, seed=seed, origin="series")
+    return [collate(list(range(b * series, (b + 1) * series))) for b in range(n_batches)]
+
+
+def test_forecast_noise_grows_with_lead_time_and_covers_there():
+    """The lead curve recovers a random walk's growing error, and with it the forecasts' 90%
+    intervals cover about 90% at every lead; the noise of points inside the series does not."""
+    from latentode.forecast.calibration import calibrate_lead
+
+    model = Persistence()
+    base = NoiseCalibration(std=[0.1], obs_std=0.01)
+    cal = calibrate_lead(model, walk_batches(0), base, n_samples=20, seed=0)
+    assert len(cal.lead_times) == 8 and sum(cal.lead_count) > 1000
+    lead_std = np.asarray(cal.lead_std)[:, 0]
+    assert np.all(np.diff(lead_std) >= 0) and lead_std[0] >= 0.1
+    # excess variance ~ WALK^2 x lead (the paths' SPREAD is taken out)
+    want = np.sqrt(WALK**2 * np.asarray(cal.lead_times))
+    np.testing.assert_allclose(lead_std[2:], want[2:], rtol=0.25)
+    # std_at: the base inside the series, the curve ahead, its last value beyond it
+    at = cal.std_at(np.array([0.0, -1.0, cal.lead_times[3], 100.0]))[:, 0]
+    assert at[0] == at[1] == 0.1 and at[2] == pytest.approx(lead_std[3])
+    assert at[3] == pytest.approx(lead_std[-1])
+    test = walk_batches(1)
+    cov = predictive_coverage(model, test, {"curve": cal, "constant": cal.std}, level=0.9,
+                              n_samples=50, seed=0)
+    assert cov["curve"] == pytest.approx(0.9, abs=0.04)
+    assert cov["constant"] < 0.6
+
+
+def test_lead_curve_is_made_non_decreasing_and_floored():
+    from latentode.forecast.calibration import _lead_curve
+
+    rng = np.random.default_rng(0)
+    tau = rng.uniform(0, 4, 4000)
+    excess = np.where(tau < 2, 1.0, 0.25) + 0.01 * rng.normal(size=4000)  # falls at tau = 2
+    chan = np.zeros(4000, dtype=int)
+    times, std, counts = _lead_curve(tau, excess, chan, np.array([0.3]), bins=8)
+    std = np.asarray(std)[:, 0]
+    assert sum(counts) == 4000 and np.all(np.diff(std) >= -1e-12)
+    assert std.max() <= 1.0 + 1e-2 and std.min() >= 0.3
+    # the pooled violators: every bin the weighted mean of 1 and 0.25 in equal parts
+    np.testing.assert_allclose(std, np.sqrt(0.625), rtol=0.02)
+
+
+def test_calibration_files_of_version_1_load_without_a_curve():
+    old = {"std": [0.2], "obs_std": 0.01, "residual_rms": [0.3], "path_std": [0.1],
+           "count": [5], "points": "heldout", "split": "val", "n_samples": 100, "seed": 0,
+           "version": 1}
+    cal = NoiseCalibration.from_json(old)
+    assert cal.lead_times == [] and cal.std_at(np.array([0.0, 5.0])).tolist() == [[0.2], [0.2]]
+    curved = NoiseCalibration(std=[0.2], obs_std=0.01, lead_times=[1.0, 2.0],
+                              lead_std=[[0.3], [0.5]], lead_count=[10, 10])
+    assert NoiseCalibration.from_json(curved.to_json()) == curved
+    # linear in variance between the knots (0, 0.2^2), (1, 0.3^2), (2, 0.5^2)
+    np.testing.assert_allclose(curved.std_at(np.array([0.5, 1.5]))[:, 0],
+                               np.sqrt([(0.04 + 0.09) / 2, (0.09 + 0.25) / 2]))
+
+
+def test_mixture_quantiles_are_exact():
+    from latentode.forecast.quantiles import mixture_quantiles
+
+    stats = pytest.importorskip("scipy.stats")
+    optimize = pytest.importorskip("scipy.optimize")
+    rng = np.random.default_rng(0)
+    paths = rng.normal(size=(50, 6, 2)) * np.array([0.2, 2.0])
+    paths[:25, :, 1] += 6.0  # two modes
+    std = rng.uniform(0.1, 1.0, size=(6, 2))
+    levels = [0.05, 0.5, 0.95]
+    got = mixture_quantiles(paths, std, levels)
+    for k, q in enumerate(levels):
+        for i in range(6):
+            for d in range(2):
+                cdf = lambda x, i=i, d=d: stats.norm.cdf(  # noqa: E731
+                    (x - paths[:, i, d]) / std[i, d]).mean() - q
+                want = optimize.brentq(cdf, -50, 50, xtol=1e-13)
+                assert got[k, i, d] == pytest.approx(want, abs=1e-8)
+    # no noise: the paths' own quantiles
+    np.testing.assert_array_equal(mixture_quantiles(paths, 0.0, levels),
+                                  np.quantile(paths, levels, axis=0))

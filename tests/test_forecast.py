@@ -309,6 +309,39 @@ def test_predictive_noise_is_calibrated(fitted, data):
         fitted.predict(part, noise="huge", **kwargs)
 
 
+def test_forecast_intervals_widen_over_the_calibrated_lead_curve(fitted, data):
+    """With a lead-time curve the noise grows with the time since the last observation;
+    inside the series' span it stays the calibrated one; quantiles are exact for the sampled
+    paths (the same paths and noise give the same numbers, no noise draw)."""
+    import copy
+    import dataclasses
+
+    base = fitted.calibration
+    curved = copy.copy(fitted)
+    curved.calibration = dataclasses.replace(
+        base, lead_times=[1.0, 2.0], lead_std=[[3 * v for v in base.std], [6 * v for v in
+                                                                          base.std]],
+        lead_count=[100, 100])
+    part = data[data.series_id == "s0"]
+    last = part["time"].max()
+    inside = float(part["time"].iloc[3])
+    times = {"s0": [inside, last + 0.5, last + 1.0, last + 2.0, last + 4.0]}
+    kwargs = {"num_samples": 50, "seed": 3}
+    pred = curved.predict(part, times, **kwargs)
+    flat = fitted.predict(part, times, **kwargs)
+    for frame in (pred, flat):
+        frame["width"] = frame["q0.95"] - frame["q0.05"]
+    for channel in ("x", "y"):
+        widths = pred[pred.channel == channel]["width"].to_numpy()
+        assert np.all(np.diff(widths[1:]) > 0), widths  # wider the further ahead
+        assert widths[-1] > 3 * widths[0]
+        own = flat[flat.channel == channel]["width"].to_numpy()
+        assert widths[0] == pytest.approx(own[0], rel=1e-9)  # inside: the calibrated noise
+    np.testing.assert_array_equal(pred["mean"], flat["mean"])
+    pd.testing.assert_frame_equal(pred.drop(columns="width"),
+                                  curved.predict(part, times, **kwargs))
+
+
 # ---------------------------------------------------------------------------------- datetimes
 def test_datetimes_in_datetimes_out_tidy_and_validation(dated):
     fc, tidy, out = dated

@@ -147,7 +147,8 @@ def test_eval_reports_coverage(run, tmp_path, monkeypatch):
              monkeypatch)
     record = json.loads((out / "test_metrics.json").read_text())
     coverage = record["coverage"]
-    for key in ("test/coverage90", "test/coverage90_model_noise"):  # calibrated and obs_std
+    for key in ("test/coverage90", "test/coverage90_model_noise",  # calibrated and obs_std
+                "test/coverage90_forecast", "test/coverage90_forecast_constant"):
         assert 0.0 <= coverage[key] <= 1.0
     assert coverage["noise"] == "calibrated" and coverage["n_samples"] == 20
     assert coverage["calibration"]["split"] == "val"

@@ -23,10 +23,17 @@ observation noise. About 0.9 is calibrated; far less means over-confident interv
   far too small); ``none``: the sample paths alone.
 * ``test/coverage90_model_noise``: always with the model's ``obs_std``, to compare.
 
-Both are scored on the same sampled paths and noise draws. They are printed with the calibrated
-noise per channel and written to ``test_metrics.json`` under ``"coverage"`` (with the noise, its
-calibration and the options; ``"metrics"`` keeps exactly the keys ``latentode-train`` writes, so
-the two files compare key for key).
+With the calibrated noise, forecasts are scored too: each test series cut at a random point
+(20-80% of its span, ``latentode.forecast.calibration.lead_task``), the points after the cut
+predicted from the points before it. ``test/coverage90_forecast`` uses the noise curve over lead
+time that ``LatentODEForecaster.predict`` uses (calibrated the same way on the validation
+split), ``test/coverage90_forecast_constant`` the noise of points inside the series at every
+lead, to compare.
+
+The numbers of one kind are scored on the same sampled paths and noise draws. They are printed
+with the calibrated noise per channel and written to ``test_metrics.json`` under ``"coverage"``
+(with the noise, its calibration and the options; ``"metrics"`` keeps exactly the keys
+``latentode-train`` writes, so the two files compare key for key).
 """
 
 from __future__ import annotations
@@ -57,8 +64,10 @@ from latentode.cli.train import (
     setup_runtime,
 )
 from latentode.forecast.calibration import (
+    calibrate_lead,
     calibrate_noise,
     calibration_batches,
+    lead_task,
     model_obs_std,
     predictive_coverage,
 )
@@ -182,8 +191,17 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
     model_name = f"{name}_model_noise"
     values = predictive_coverage(model, datamodule.test_dataloader(),
                                  {name: std, model_name: obs}, level, samples, seed)
+    if calibration is not None:
+        batches, _ = calibration_batches(datamodule, split, task=lead_task())
+        calibration = calibrate_lead(model, batches, calibration, samples, seed)
+        tests, _ = calibration_batches(datamodule, "test", max_series=None, task=lead_task())
+        values.update(predictive_coverage(
+            model, tests, {f"{name}_forecast": calibration,
+                           f"{name}_forecast_constant": calibration.std},
+            level, samples, seed))
     print(format_metrics(values, f"posterior predictive coverage ({samples} samples; noise: "
-                                 f"{mode}, and obs_std={obs:g} for _model_noise)"), flush=True)
+                                 f"{mode}, and obs_std={obs:g} for _model_noise; _forecast: "
+                                 "test series cut at 20-80%, the rest forecast)"), flush=True)
     if calibration is not None:
         channels = list(datamodule.dataset.channels)
         scale = (np.ones(len(channels)) if datamodule.scaler is None

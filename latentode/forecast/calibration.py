@@ -27,6 +27,18 @@ A channel without any such point gets the estimate pooled over all channels (sta
 make them comparable). Everything is in the model's units (standardised when the data module
 scales); ``std * scaler.scale`` is the noise in data units.
 
+Forecasts: how far ahead. Held-out points between observations say how wrong the model is
+*inside* a series; a forecast's error grows with the lead time ``tau`` (from the series' last
+observation), and the paths' spread seldom grows with it as much (a posterior over ``z0``
+fitted to reconstruct shows little of the dynamics' own uncertainty). So a second pass
+(:func:`calibrate_lead`) cuts each series of the same split at a random point (``LEAD_TASK``:
+between 20% and 80% of its span), forecasts the rest and estimates the excess variance
+``mean(r^2) - mean(s^2)`` per channel in bins of ``tau`` (equal counts), made non-decreasing
+in ``tau`` (pool adjacent violators) and never below the noise above. A forecast ``tau``
+ahead then gets the noise interpolated (linearly in variance) between ``tau = 0`` (the noise
+above) and the bins' mean leads, held at the last bin's beyond them; times inside a series'
+span keep the noise above, times before its first observation count their lead backwards.
+
 Where: the validation split (its fixed, seeded task masks, the very batches validation scores)
 when there is one, else the training split with the training task's masks drawn the same fixed,
 seeded way. The training split is a fallback only: the decoder was fitted to those points (though
@@ -51,7 +63,9 @@ from .spec import without_version
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2  # 2: the lead-time curve (lead_*); version 1 files have none
+LEAD_BINS = 8  # bins of lead time (equal counts) of the forecast noise curve
+LEAD_MIN_POINTS = 30  # a bin's own channel estimate needs this many points, else pooled
 CALIBRATION_MAX_SERIES = 1000  # series of a split used for calibration (first ones, stored order)
 
 
@@ -74,6 +88,10 @@ class NoiseCalibration:
             point was held out) or ``"none"`` (no target at all: ``std`` is ``obs_std``).
         split: the data split it was estimated on (``"val"``, ``"train"``, or None).
         n_samples, seed: posterior samples per series and the sampling seed.
+        lead_times: mean lead time (model units) of each bin of the forecast curve (empty:
+            no curve, every time gets ``std``).
+        lead_std: the noise std per bin and channel ``(bins, D)``: non-decreasing, >= ``std``.
+        lead_count: forecast points per bin.
     """
 
     std: list[float]
@@ -85,17 +103,39 @@ class NoiseCalibration:
     split: str | None = None
     n_samples: int = 0
     seed: int = 0
+    lead_times: list[float] = field(default_factory=list)
+    lead_std: list[list[float]] = field(default_factory=list)
+    lead_count: list[int] = field(default_factory=list)
 
     @property
     def array(self) -> np.ndarray:
         """``std`` as a float64 array ``(D,)``."""
         return np.asarray(self.std, dtype=np.float64)
 
+    def std_at(self, leads: np.ndarray) -> np.ndarray:
+        """The noise std ``(m, D)`` at lead times ``leads (m,)`` (model units; 0 or less:
+        inside the series' span, ``std``): see the module docstring."""
+        leads = np.asarray(leads, dtype=np.float64).reshape(-1)
+        base = self.array
+        out = np.broadcast_to(base, (len(leads), len(base))).copy()
+        if not self.lead_times:
+            return out
+        knots = np.concatenate([[0.0], np.asarray(self.lead_times, dtype=np.float64)])
+        variances = np.concatenate([base[None] ** 2,
+                                    np.asarray(self.lead_std, dtype=np.float64) ** 2])
+        ahead = leads > 0
+        for c in range(len(base)):
+            out[ahead, c] = np.sqrt(np.interp(leads[ahead], knots, variances[:, c]))
+        return out
+
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "version": CALIBRATION_VERSION}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> NoiseCalibration:
+        data = dict(data)
+        if data.get("version") == 1:  # before the lead-time curve: the same fields, no curve
+            data["version"] = CALIBRATION_VERSION
         return cls(**without_version(data, CALIBRATION_VERSION, "calibration"))
 
     def write(self, path: Path) -> None:
@@ -108,6 +148,7 @@ class NoiseCalibration:
 
 def calibration_batches(
     datamodule: Any, split: str | None = None, max_series: int | None = CALIBRATION_MAX_SERIES,
+    task: Any = None,
 ) -> tuple[Iterator[Any], str]:
     """``(batches, split)``: the batches to calibrate on and the split they come from.
 
@@ -116,7 +157,8 @@ def calibration_batches(
     order, ``datamodule.batch_size`` at a time, with the data module's task masks drawn the fixed,
     seeded way validation and test draw theirs (``Collator(fixed=True, seed=datamodule.seed)``,
     on the data module's ``time_origin``), so they are the same on every call; for the
-    validation split they are the validation batches.
+    validation split they are the validation batches. ``task`` replaces the data module's
+    (e.g. :func:`lead_task` for the forecast pass).
     """
     from latentode.data import Collator
 
@@ -127,21 +169,46 @@ def calibration_batches(
         split = "val" if len(splits.get("val", ())) > 0 else "train"
     part = splits[split]
     n = len(part) if max_series is None else min(len(part), int(max_series))
-    collator = Collator(part, datamodule.task, fixed=True, seed=datamodule.seed,
+    collator = Collator(part, task if task is not None else datamodule.task, fixed=True,
+                        seed=datamodule.seed,
                         origin=getattr(datamodule, "time_origin", "batch"))
     size = int(datamodule.batch_size)
     return (collator(list(range(s, min(s + size, n)))) for s in range(0, n, size)), split
 
 
+def lead_task() -> Any:
+    """The forecast pass's task: each series cut at 20-80% of its span (fixed per series)."""
+    from latentode.data import Extrapolation
+
+    return Extrapolation(fraction=0.5, fraction_spread=0.3)
+
+
 @dataclass
 class Scored:
     """Sampled predictions at the points of a batch that can be scored, with the batch's values
-    and masks there: ``pred`` ``(S, B, K, D)``, the rest ``(B, K, D)``."""
+    and masks there: ``pred`` ``(S, B, K, D)``, the rest ``(B, K, D)``; ``leads`` ``(B, K)``:
+    each point's lead time past what the encoder saw of its series (0 inside that span)."""
 
     pred: torch.Tensor
     values: torch.Tensor
     target: torch.Tensor
     encoder: torch.Tensor
+    leads: torch.Tensor
+
+
+def _leads(point_times: torch.Tensor, times: torch.Tensor, encoder: torch.Tensor
+           ) -> torch.Tensor:
+    """Lead ``(B, K)`` of points at ``point_times`` past the span of each series' encoder
+    points (``encoder`` ``(B, T, D)`` on ``times``): after its last, or before its first; 0
+    inside it and for a series the encoder saw nothing of."""
+    seen = encoder.any(-1)  # (B, T)
+    count = seen.shape[1]
+    first = seen.to(torch.int8).argmax(1)
+    last = count - 1 - seen.flip(1).to(torch.int8).argmax(1)
+    after = point_times - times[last].unsqueeze(1)
+    before = times[first].unsqueeze(1) - point_times
+    lead = torch.clamp(torch.maximum(after, before), min=0.0)
+    return torch.where(seen.any(1, keepdim=True), lead, torch.zeros_like(lead))
 
 
 def _paths(model: Any, batch: Any, n_samples: int, seed: int, index: int,
@@ -172,7 +239,9 @@ def _predicted(model: Any, batch: Any, n_samples: int) -> Scored:
                                 batch.target_mask, n_samples=n_samples).pred
         else:
             out = model(batch.times, batch.values, batch.encoder_mask, n_samples=n_samples).pred
-        return Scored(out, batch.values, batch.target_mask, batch.encoder_mask)
+        grid = batch.times.expand(len(batch.values), -1)
+        return Scored(out, batch.values, batch.target_mask, batch.encoder_mask,
+                      _leads(grid, batch.times, batch.encoder_mask))
     times, target = batch.times, batch.target_mask
     first = first_target(target) if model.z0_at == "first_target" else 0
     has = target.any(-1)  # (B, T): nothing before ``first`` by its definition
@@ -190,7 +259,8 @@ def _predicted(model: Any, batch: Any, n_samples: int) -> Scored:
     at = idx.unsqueeze(-1).expand(-1, -1, batch.values.shape[-1])
     keep = valid.unsqueeze(-1)
     return Scored(pred[:, :, 1:], batch.values.gather(1, at), target.gather(1, at) & keep,
-                  batch.encoder_mask.gather(1, at) & keep)
+                  batch.encoder_mask.gather(1, at) & keep,
+                  _leads(times[idx], times, batch.encoder_mask))
 
 
 @torch.no_grad()
@@ -265,6 +335,87 @@ def calibrate_noise(
 
 
 @torch.no_grad()
+def calibrate_lead(
+    model: torch.nn.Module, batches: Iterable[Any], base: NoiseCalibration,
+    n_samples: int = 100, seed: int = 0, bins: int = LEAD_BINS,
+) -> NoiseCalibration:
+    """``base`` with the forecast noise curve over lead time estimated on ``batches`` (a task
+    holding out each series' end, e.g. :func:`lead_task`; see the module docstring). Without
+    enough forecast points (fewer than ``bins * LEAD_MIN_POINTS``) ``base`` comes back as is."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    taus, r2s, s2s, chans = [], [], [], []
+    try:
+        for index, batch in enumerate(batches):
+            batch = batch.to(device)
+            scored = _paths(model, batch, int(n_samples), seed, index, device)
+            pred = scored.pred.double()
+            sq = (scored.values.double() - pred.mean(0)).square()
+            var = pred.var(0, unbiased=False)
+            mask = scored.target & ~scored.encoder & (scored.leads > 0).unsqueeze(-1)
+            b, k, c = mask.nonzero(as_tuple=True)
+            taus.append(scored.leads[b, k].double().cpu().numpy())
+            r2s.append(sq[b, k, c].cpu().numpy())
+            s2s.append(var[b, k, c].cpu().numpy())
+            chans.append(c.cpu().numpy())
+    finally:
+        model.train(was_training)
+    if not taus or sum(len(t) for t in taus) < bins * LEAD_MIN_POINTS:
+        log.warning("calibrate_lead: too few forecast points for a lead-time curve; forecasts "
+                    "keep the noise of points inside the series")
+        return base
+    tau, r2, s2, chan = (np.concatenate(a) for a in (taus, r2s, s2s, chans))
+    curve = _lead_curve(tau, r2 - s2, chan, base.array, bins)
+    if curve is None:
+        return base
+    times, std, counts = curve
+    return NoiseCalibration(**{**asdict(base), "lead_times": times, "lead_std": std,
+                               "lead_count": counts})
+
+
+def _lead_curve(tau: np.ndarray, excess: np.ndarray, chan: np.ndarray, base: np.ndarray,
+                bins: int) -> tuple[list, list, list] | None:
+    """Bins of equal counts over ``tau``: mean lead, the noise std per channel (excess
+    variance, pooled over channels where one has few points, floored at ``base``, made
+    non-decreasing) and the count per bin."""
+    edges = np.unique(np.quantile(tau, np.linspace(0.0, 1.0, bins + 1)))
+    if len(edges) < 2:
+        return None
+    which = np.clip(np.searchsorted(edges, tau, side="right") - 1, 0, len(edges) - 2)
+    n_bins, dims = len(edges) - 1, len(base)
+    var = np.empty((n_bins, dims))
+    weights = np.zeros((n_bins, dims))
+    times, counts = [], []
+    for k in range(n_bins):
+        here = which == k
+        times.append(float(tau[here].mean()))
+        counts.append(int(here.sum()))
+        pooled = excess[here].mean()
+        for c in range(dims):
+            mine = here & (chan == c)
+            n = int(mine.sum())
+            var[k, c] = excess[mine].mean() if n >= LEAD_MIN_POINTS else pooled
+            weights[k, c] = max(n, 1)
+    var = np.maximum(var, base[None] ** 2)
+    for c in range(dims):
+        var[:, c] = _increasing(var[:, c], weights[:, c])
+    return times, np.sqrt(var).tolist(), counts
+
+
+def _increasing(y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The weighted least-squares non-decreasing fit of ``y`` (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [value, weight, length]
+    for value, weight in zip(y.tolist(), w.tolist(), strict=True):
+        blocks.append([value, weight, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            v2, w2, n2 = blocks.pop()
+            v1, w1, n1 = blocks.pop()
+            blocks.append([(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
+    return np.concatenate([np.full(n, v) for v, _, n in blocks])
+
+
+@torch.no_grad()
 def predictive_coverage(
     model: torch.nn.Module, batches: Iterable[Any], noise_stds: Mapping[str, Any],
     level: float = 0.9, n_samples: int = 100, seed: int = 0,
@@ -274,12 +425,15 @@ def predictive_coverage(
     ``{name: std}`` with ``std`` a number, a per-channel sequence (model units) or None/0 (the
     paths alone). Every name is scored on the same sampled paths plus the same standard normal
     draws scaled by its std, so they differ by the noise only; batch ``k`` is sampled under seed
-    ``seed * 1_000_003 + k``. NaN when no point is held out."""
+    ``seed * 1_000_003 + k``. A :class:`NoiseCalibration` as std gives each point the noise of
+    its lead time (``std_at``). NaN when no point is held out."""
     level = check_level(level)
     device = next(model.parameters()).device
-    scales = {name: None if std is None else torch.as_tensor(np.asarray(std, dtype=np.float64))
+    scales = {name: std if isinstance(std, NoiseCalibration) or std is None
+              else torch.as_tensor(np.asarray(std, dtype=np.float64))
               for name, std in noise_stds.items()}
-    any_noise = any(s is not None and bool((s > 0).any()) for s in scales.values())
+    any_noise = any(s is not None and (isinstance(s, NoiseCalibration) or bool((s > 0).any()))
+                    for s in scales.values())
     was_training = model.training
     model.eval()
     hits = dict.fromkeys(noise_stds, 0)
@@ -296,6 +450,10 @@ def predictive_coverage(
             c = 0
             for name, scale in scales.items():
                 samples = pred
+                if isinstance(scale, NoiseCalibration):
+                    leads = scored.leads.double().cpu().numpy().reshape(-1)
+                    scale = torch.as_tensor(scale.std_at(leads).reshape(
+                        *scored.leads.shape, -1))
                 if jitter is not None and scale is not None and bool((scale > 0).any()):
                     samples = pred + scale.to(pred.device, pred.dtype) * jitter
                 h, c = interval_hits(samples, scored.values, mask, level)
@@ -306,5 +464,5 @@ def predictive_coverage(
     return {name: hits[name] / count if count else float("nan") for name in noise_stds}
 
 
-__all__ = ["CALIBRATION_MAX_SERIES", "NoiseCalibration", "calibrate_noise",
-           "calibration_batches", "model_obs_std", "predictive_coverage"]
+__all__ = ["CALIBRATION_MAX_SERIES", "NoiseCalibration", "calibrate_lead", "calibrate_noise",
+           "calibration_batches", "lead_task", "model_obs_std", "predictive_coverage"]

@@ -44,14 +44,17 @@ How predictions are made:
   of the adaptive solver; a fixed-step solver with ``step_size=null`` takes one step per output
   interval, so there the answer depends on which times are asked for).
 * ``mean`` is the posterior mean of the decoded path; the quantile columns are quantiles of the
-  posterior *predictive* distribution of an observation: each sampled path plus Gaussian noise.
+  posterior *predictive* distribution of an observation: each sampled path plus Gaussian noise,
+  the mixture's quantiles computed exactly for the sampled paths (:mod:`.quantiles`).
   Values are in the data's units, times in the data's type (datetimes in, datetimes out), channels
   by their names.
 
 The predictive noise (``noise=``) is by default the *calibrated* one: per channel, the noise std
 that makes the residuals of held-out points match the predictive spread (epistemic: spread of
 the sample paths, plus aleatoric: the noise), never below the model's ``obs_std``; see
-``latentode.forecast.calibration``. The model's own ``obs_std`` is a fixed training choice (0.01
+``latentode.forecast.calibration``. Past a series' last observation (and before its first) the
+noise grows with the lead time, along a curve calibrated on forecasts of cut validation series.
+The model's own ``obs_std`` is a fixed training choice (0.01
 in standardised units) and gives far too narrow intervals; ``noise="model"`` still uses it,
 ``noise=False`` gives quantiles of the paths alone. ``fit`` calibrates after training on
 ``val_df`` (else on the training series, with the training task's encoder masks drawn the fixed,
@@ -85,9 +88,17 @@ from latentode.data.labels import check_label_head, label_head_size
 from latentode.data.windows import rescale_for_window, window_in_model_units
 from latentode.solvers import SolverError
 
-from .calibration import NoiseCalibration, calibrate_noise, calibration_batches, model_obs_std
+from .calibration import (
+    NoiseCalibration,
+    calibrate_lead,
+    calibrate_noise,
+    calibration_batches,
+    lead_task,
+    model_obs_std,
+)
 from .config import compose_train_config, override_list, prune_callbacks
 from .draw import Job, batch_mode, batches, make_job, solve
+from .quantiles import mixture_quantiles
 from .requests import Times, last_window, requested_times
 from .spec import DataSpec, check_quantiles, concat_datasets, longest_span, quantile_name
 
@@ -159,8 +170,8 @@ class _Request:
     def paths(self, answers: list, std: np.ndarray | None, noisy: bool
               ) -> tuple[np.ndarray, np.ndarray | None]:
         """``(paths (S, m, D), noisy paths or None)`` in model units from its jobs' answers;
-        ``noisy`` adds N(0, std^2) drawn from its stream (the paths themselves when ``std`` is
-        None: no noise to add)."""
+        ``noisy`` adds N(0, std^2) drawn from its stream, ``std`` ``(m, D)`` per asked time (the
+        paths themselves when ``std`` is None: no noise to add)."""
         paths = out = None
         for (idx, _), j in zip(self.chunks, self.jobs, strict=True):
             pred = answers[j][0].double().numpy()  # (S, k, D)
@@ -170,7 +181,7 @@ class _Request:
             if noisy:
                 if out is None:
                     out = np.empty_like(paths)
-                out[:, idx] = pred if std is None else pred + std * torch.randn(
+                out[:, idx] = pred if std is None else pred + std[idx] * torch.randn(
                     pred.shape, generator=self.gen, dtype=torch.float64).numpy()
         assert paths is not None
         return paths, out
@@ -531,12 +542,15 @@ class LatentODEForecaster:
     def _draw(
         self, ds: IrregularDataset, requests: list[tuple[int, Times]], num_samples: int,
         seed: int, noise: bool | str, want_logits: bool = False, batch_size: int = 64,
+        draw_noise: bool = True,
     ) -> Iterator[tuple]:
-        """Per requested series: ``(index, times, paths (S, m, D), noisy (S, m, D) or None)``,
-        in data units. ``noisy`` adds the observation noise ``noise`` names (``noise_std``) to
-        each path; None when it names none. ``want_logits``: ``(index, times, logits)`` of
-        the classifier instead. Series are solved ``batch_size`` at a time (:mod:`.draw`);
-        each draws its ``z0`` samples and its noise from its own seed."""
+        """Per requested series: ``(index, times, paths (S, m, D), noisy (S, m, D) or None,
+        std (m, D) or None)``, in data units. ``std`` is the observation noise ``noise`` names
+        at each asked time (``noise_std``, over lead time for a calibration with a curve) and
+        ``noisy`` the paths plus a draw of it (``draw_noise``); both None when it names none.
+        ``want_logits``: ``(index, times, logits)`` of the classifier instead. Series are solved
+        ``batch_size`` at a time (:mod:`.draw`); each draws its ``z0`` samples and its noise
+        from its own seed."""
         model, spec = self._fitted("predict")
         num_samples = _whole("num_samples", num_samples, 1)
         seed = _whole("seed", seed, 0)
@@ -585,13 +599,38 @@ class LatentODEForecaster:
                 if want_logits:
                     yield request.index, request.raw, answers[request.jobs[0]][1]
                     continue
-                paths, noisy = request.paths(answers, std if noisy_draws else None,
-                                             std is not None)
+                point_std = None
+                if noisy_draws:
+                    lo, hi = ds.offsets[request.index], ds.offsets[request.index + 1]
+                    point_std = self._point_noise(std, noise, ds.times[lo:hi], ds.values[lo:hi],
+                                                  spec.time.to_model(request.raw))
+                paths, noisy = request.paths(answers, point_std,
+                                             std is not None and draw_noise)
+                user_std = None
+                if std is not None:
+                    user_std = np.zeros((len(request.raw), spec.n_channels)) if (
+                        point_std is None) else point_std * np.asarray(spec.scale or 1.0)
                 yield request.index, request.raw, spec.to_user_values(paths), (
-                    None if noisy is None else spec.to_user_values(noisy))
+                    None if noisy is None else spec.to_user_values(noisy)), user_std
             pending, jobs = [], []
         if unanswered and last_error is not None:
             _warn_unanswered(unanswered, last_error)
+
+    def _point_noise(self, std: np.ndarray, noise: bool | str, t: np.ndarray,
+                     values: np.ndarray, want: np.ndarray) -> np.ndarray:
+        """The noise std ``(m, D)`` at the asked model times ``want`` of a series observed at
+        ``t``: the calibrated curve over lead time past its observed span when ``noise`` is
+        the calibration and it has one, else ``std`` at every time."""
+        calibration = self.calibration
+        calibrated = noise is True or str(noise).lower() == "calibrated"
+        if not (calibrated and calibration is not None and calibration.lead_times):
+            return np.broadcast_to(std, (len(want), len(std)))
+        seen = t[~np.isnan(values).all(1)]
+        first, last = (float(seen.min()), float(seen.max())) if len(seen) else (0.0, 0.0)
+        want = np.asarray(want, dtype=np.float64)
+        leads = np.maximum(np.maximum(want - last, first - want), 0.0) if len(seen) else (
+            np.zeros(len(want)))
+        return calibration.std_at(leads)
 
     def _history_window(self) -> float | None:
         """The training windows' span in model units (``data.window``), or None."""
@@ -718,12 +757,13 @@ class LatentODEForecaster:
         _warn_beyond_training(ds, requests, spec, windowed=self._history_window() is not None)
         frames = []
         self.noise_std(noise)  # an unknown noise is an error even without quantiles
-        for i, raw, paths, noisy in self._draw(ds, requests, num_samples, seed,
-                                               noise if qs else False, batch_size=batch_size):
+        for i, raw, paths, _, std in self._draw(ds, requests, num_samples, seed,
+                                                noise if qs else False, batch_size=batch_size,
+                                                draw_noise=False):
             cols = {"mean": paths.mean(0).ravel()}
             if qs:
-                spread = noisy if noisy is not None else paths
-                for q, level in zip(qs, np.quantile(spread, qs, axis=0), strict=True):
+                levels = mixture_quantiles(paths, 0.0 if std is None else std, qs)
+                for q, level in zip(qs, levels, strict=True):
                     cols[quantile_name(q)] = level.ravel()
             frames.append(self._long(ds, i, raw, cols))
         return self._finish(frames, ds, df)
@@ -751,8 +791,8 @@ class LatentODEForecaster:
         requests = requested_times(ds, spec.time.kind, times, horizon, freq, n)
         _warn_beyond_training(ds, requests, spec, windowed=self._history_window() is not None)
         frames = []
-        for i, raw, paths, noisy in self._draw(ds, requests, num_samples, seed, noise,
-                                               batch_size=batch_size):
+        for i, raw, paths, noisy, _ in self._draw(ds, requests, num_samples, seed, noise,
+                                                  batch_size=batch_size):
             draws = noisy if noisy is not None else paths
             s, m, d = draws.shape
             cols = {"sample": np.repeat(np.arange(s), m * d), "value": draws.ravel()}
@@ -787,10 +827,11 @@ class LatentODEForecaster:
         ds = spec.dataset(df)
         requests = requested_times(ds, spec.time.kind)
         frames = []
-        for i, raw, paths, noisy in self._draw(ds, requests, num_samples, seed, bool(qs),
-                                               batch_size=batch_size):
+        for i, raw, paths, _, std in self._draw(ds, requests, num_samples, seed, bool(qs),
+                                                batch_size=batch_size, draw_noise=False):
             cols = {"mean": paths.mean(0).ravel()}
-            for q, level in zip(qs, np.quantile(noisy, qs, axis=0) if qs else [], strict=True):
+            levels = mixture_quantiles(paths, std, qs) if qs else []
+            for q, level in zip(qs, levels, strict=True):
                 cols[quantile_name(q)] = level.ravel()
             frames.append(self._long(ds, i, raw, cols))
         pred = self._finish(frames, ds)
@@ -860,13 +901,21 @@ class LatentODEForecaster:
 
 def _calibrate(model: nn.Module, datamodule: Any) -> NoiseCalibration:
     """The predictive noise of ``model`` on ``datamodule``'s validation split (its training
-    split when it has none): ``calibrate_noise`` on ``calibration_batches``."""
+    split when it has none): ``calibrate_noise`` on ``calibration_batches``, then the forecast
+    curve over lead time (``calibrate_lead`` on the same series cut at random points)."""
     batches, split = calibration_batches(datamodule)
     calibration = calibrate_noise(model, batches, CALIBRATION_SAMPLES, CALIBRATION_SEED,
                                   split=split)
     log.info("predictive noise calibrated on %s points of the %s split: std %s (model units; "
              "obs_std %g)", calibration.points, split,
              ", ".join(f"{v:.4g}" for v in calibration.std), calibration.obs_std)
+    batches, _ = calibration_batches(datamodule, split, task=lead_task())
+    calibration = calibrate_lead(model, batches, calibration, CALIBRATION_SAMPLES,
+                                 CALIBRATION_SEED)
+    if calibration.lead_times:
+        log.info("forecast noise over lead time (model units): %s",
+                 "; ".join(f"{t:.3g}: " + ", ".join(f"{v:.3g}" for v in row) for t, row in
+                           zip(calibration.lead_times, calibration.lead_std, strict=True)))
     return calibration
 
 
