@@ -279,7 +279,7 @@ def test_lead_curve_is_made_non_decreasing_and_floored():
     tau = rng.uniform(0, 4, 4000)
     excess = np.where(tau < 2, 1.0, 0.25) + 0.01 * rng.normal(size=4000)  # falls at tau = 2
     chan = np.zeros(4000, dtype=int)
-    times, std, counts = _lead_curve(tau, excess, chan, np.array([0.3]), bins=8)
+    _, std, counts = _lead_curve(tau, excess, chan, np.array([0.3]), bins=8)
     std = np.asarray(std)[:, 0]
     assert sum(counts) == 4000 and np.all(np.diff(std) >= -1e-12)
     assert std.max() <= 1.0 + 1e-2 and std.min() >= 0.3
@@ -315,7 +315,7 @@ def test_mixture_quantiles_are_exact():
     for k, q in enumerate(levels):
         for i in range(6):
             for d in range(2):
-                cdf = lambda x, i=i, d=d: stats.norm.cdf(  # noqa: E731
+                cdf = lambda x, i=i, d=d, q=q: stats.norm.cdf(  # noqa: E731
                     (x - paths[:, i, d]) / std[i, d]).mean() - q
                 want = optimize.brentq(cdf, -50, 50, xtol=1e-13)
                 assert got[k, i, d] == pytest.approx(want, abs=1e-8)

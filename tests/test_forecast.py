@@ -148,6 +148,26 @@ def test_times_before_the_first_observation_are_supported(fitted, data):
     assert (pred["time"].min() < first.min()) and np.isfinite(pred["mean"]).all()
 
 
+@pytest.mark.parametrize("batch_size", [1, 64])
+def test_an_earlier_time_asked_changes_no_other_answer(fitted, data, batch_size):
+    """Times before a series' first observation are integrated backwards from its z0: asking
+    one does not move the answers at the other times (it moved z0 back to it before, and every
+    answer with it), and the sample paths run continuously through the first observation."""
+    part = data[data.series_id.isin(["s0", "s1"])]
+    first = float(part[part.series_id == "s0"]["time"].min())
+    later = [first + 0.3, first + 2.0, part["time"].max() + 0.5]
+    kwargs = {"num_samples": 30, "seed": 2, "batch_size": batch_size}
+    plain = fitted.predict(part, times=later, **kwargs)
+    more = fitted.predict(part, times=[first - 2.0, first - 0.5, *later], **kwargs)
+    kept = more[more.time.isin(later)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, plain)
+    assert np.isfinite(more.drop(columns=["series_id", "channel"]).to_numpy(float)).all()
+    near = fitted.sample(part[part.series_id == "s0"], times=[first - 1e-6, first + 1e-6],
+                         num_samples=5, seed=2)
+    pivot = near.pivot_table(index=["sample", "channel"], columns="time", values="value")
+    np.testing.assert_allclose(pivot.iloc[:, 0], pivot.iloc[:, 1], atol=1e-3)
+
+
 def test_per_series_times_mapping_and_independence_of_other_series(fitted, data):
     pred = fitted.predict(data, times={"s3": [1.0, 2.0], "s7": [6.0]}, num_samples=20)
     assert sorted(pred["series_id"].unique()) == ["s3", "s7"]

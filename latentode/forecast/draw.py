@@ -51,20 +51,51 @@ class Job:
 
 def make_job(hist64: np.ndarray, hist_v: np.ndarray, want64: np.ndarray, np_dtype: Any,
              from_target: bool) -> Job:
-    """The job of a history at model times ``hist64`` asked at ``want64`` (float64)."""
+    """The job of a history at model times ``hist64`` asked at ``want64`` (float64), ``z0``
+    at the earliest of the history and the asked times (the encoder evolves back to an asked
+    time before the history: the answer at every time then depends on that earliest time)."""
     # each series on its own clock from its first time (float64 first): the dynamics are
     # autonomous, and a series far from the training data's zero keeps its resolution
     zero = min(float(hist64[0]), float(want64.min()))
     hist_t = distinct_in(hist64 - zero, np_dtype)
     want = (want64 - zero).astype(np_dtype)
     start = min(hist_t[0], want.min())
-    if start < hist_t[0]:  # z0 at the earliest requested time (see the forecaster's docstring)
+    if start < hist_t[0]:  # z0 at the earliest requested time
         hist_t = np.concatenate([[start], hist_t]).astype(np_dtype)
         hist_v = np.concatenate([np.full((1, hist_v.shape[1]), np.nan), hist_v])
     # z0 at the grid's first time: the encoder's (default) or, for a latent ODE trained
     # with z0_at="first_target", the first requested time, as its training did
     grid = np.unique(want if from_target else np.concatenate([hist_t[:1], want]))
     return Job(hist_t, hist_v, grid, np.searchsorted(grid, want))
+
+
+def make_jobs(hist64: np.ndarray, hist_v: np.ndarray, want64: np.ndarray, np_dtype: Any,
+              from_target: bool, backwards: bool) -> list[tuple[np.ndarray, Job]]:
+    """``(asked positions, job)`` pairs answering ``want64`` from one history.
+
+    ``backwards`` (a latent ODE with ``z0`` at the history's start): ``z0`` stays at the
+    history's first time whatever is asked, and times before it are a second job integrated
+    backwards from there with the same ``z0`` (the same ``eps``): every answer is then
+    independent of the other times asked, and each sample path one path through all of them.
+    Otherwise one job (:func:`make_job`)."""
+    everything = np.arange(len(want64))
+    if not backwards or from_target or not (want64 < hist64[0]).any():
+        return [(everything, make_job(hist64, hist_v, want64, np_dtype, from_target))]
+    zero = float(hist64[0])
+    hist_t = distinct_in(hist64 - zero, np_dtype)
+    want = (want64 - zero).astype(np_dtype)
+    earlier = want < hist_t[0]
+    later = everything[~earlier]
+    jobs = []
+    if len(later):
+        grid = np.unique(np.concatenate([hist_t[:1], want[later]]))
+        jobs.append((later, Job(hist_t, hist_v, grid, np.searchsorted(grid, want[later]))))
+    before = everything[earlier]
+    ahead = np.unique(np.concatenate([hist_t[:1], want[before]]))  # ascending
+    grid = ahead[::-1].copy()  # from the history's start back in time
+    where = len(ahead) - 1 - np.searchsorted(ahead, want[before])
+    jobs.append((before, Job(hist_t, hist_v, grid, where)))
+    return jobs
 
 
 def batch_mode(model: nn.Module) -> str:
@@ -76,10 +107,11 @@ def batch_mode(model: nn.Module) -> str:
     return "batched" if getattr(model.encoder, "walks_series", False) else "noise"
 
 
-def _span_class(job: Job) -> int:
-    """The binary order of magnitude of the time a job's decoder must integrate over."""
+def _span_class(job: Job) -> tuple[bool, int]:
+    """The direction and binary order of magnitude of the time a job's decoder integrates
+    over (rows of one batch must all run the same way)."""
     span = float(job.grid[-1]) - float(job.grid[0])
-    return math.frexp(span)[1] if span > 0 else -1075
+    return span < 0, math.frexp(abs(span))[1] if span != 0 else -1075
 
 
 def batches(jobs: list[Job], batch_size: int, num_samples: int) -> Iterator[list[int]]:
@@ -128,6 +160,7 @@ def solve(model: nn.Module, jobs: list[Job], num_samples: int
         logits = None if out.logits is None else out.logits[:, 0]
         return [(out.pred[:, 0][:, job.where], logits)]
     times = np.unique(np.concatenate([job.hist_t for job in jobs]))
+    # rows from 0 at each job's z0, all forwards or (times before the histories) all backwards
     channels = jobs[0].hist_v.shape[1]
     values = np.zeros((len(jobs), len(times), channels), dtype=np_dtype)
     mask = np.zeros(values.shape, dtype=bool)

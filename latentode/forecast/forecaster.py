@@ -34,10 +34,11 @@ How predictions are made:
 * The latent state ``z0`` lives at the series' first observation, as in training with the csv
   data config's ``time_origin: series`` (each series' path starts at its own first time, so
   series on one absolute clock are fine). Times **before** a series' first observation are
-  supported: the grid then starts at the earliest requested time (an unobserved point the
-  ODE-RNN encoder evolves back to), as a batch's grid does in training with
-  ``time_origin: batch``. Asking for such a time moves ``z0`` and so changes the answer at the
-  other times slightly. A latent ODE trained with
+  supported: a latent ODE integrates its paths backwards from ``z0`` there (the same ``z0``
+  samples), so no answer depends on which other times are asked (before, asking an earlier
+  time moved ``z0`` back to it and every answer of the series with it, by up to 2.6 interval
+  widths). The baselines still start their grid at the earliest asked time (an unobserved
+  point the encoder evolves back to). A latent ODE trained with
   ``z0_at="first_target"`` (the paper's hopper presets) places ``z0`` at the first requested
   time instead, as in its training.
 * Any time can be asked for: predictions come from the ODE solution at those times (dense output
@@ -97,7 +98,7 @@ from .calibration import (
     model_obs_std,
 )
 from .config import compose_train_config, override_list, prune_callbacks
-from .draw import Job, batch_mode, batches, make_job, solve
+from .draw import Job, batch_mode, batches, make_jobs, solve
 from .quantiles import mixture_quantiles
 from .requests import Times, last_window, requested_times
 from .spec import DataSpec, check_quantiles, concat_datasets, longest_span, quantile_name
@@ -575,16 +576,18 @@ class LatentODEForecaster:
             if want_logits:  # one chunk: predict_proba asks at the last observation
                 chunks = chunks[:1]
             # the series' own stream: z0's draws for each chunk, then the noise's
-            request = _Request(i, raw, chunks, [], torch.Generator().manual_seed(
+            request = _Request(i, raw, [], [], torch.Generator().manual_seed(
                 _series_seed(seed, ds.ids[i])))
             for idx, seen in chunks:
-                job = make_job(t[seen], spec.to_model_values(values[seen]), want64[idx],
-                               np_dtype, from_target)
-                if mode != "alone":
-                    job.eps = torch.randn((num_samples, model.latents), generator=request.gen,
-                                          dtype=dtype)
-                request.jobs.append(len(jobs))
-                jobs.append(job)
+                eps = None if mode == "alone" else torch.randn(
+                    (num_samples, model.latents), generator=request.gen, dtype=dtype)
+                for part, job in make_jobs(t[seen], spec.to_model_values(values[seen]),
+                                           want64[idx], np_dtype, from_target,
+                                           backwards=mode != "alone"):
+                    job.eps = eps  # one z0 per history: its jobs answer the same paths
+                    request.chunks.append((idx[part], seen))
+                    request.jobs.append(len(jobs))
+                    jobs.append(job)
             pending.append(request)
             if len(jobs) < 4 * batch_size and n_req < len(requests) - 1:
                 continue
