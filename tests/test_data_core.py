@@ -1082,6 +1082,34 @@ def test_channel_scaler_never_observed_and_constant_channels():
     np.testing.assert_allclose(scaler.inverse_transform(out.values), ds.values)
 
 
+def test_log_channels_are_standardised_as_logarithms():
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"series_id": np.repeat([1, 2, 3], 4), "time": np.tile(np.arange(4.0), 3),
+                       "conc": np.exp(rng.normal(size=12)), "temp": rng.normal(size=12)})
+    ds = from_dataframe(df)
+    scaler = ChannelScaler(["conc"]).fit(ds)
+    assert scaler.log.tolist() == [True, False]
+    logged = np.log(ds.values[:, 0])
+    assert scaler.mean[0] == pytest.approx(logged.mean())
+    assert scaler.scale[0] == pytest.approx(logged.std())
+    out = scaler.apply(ds).values
+    np.testing.assert_allclose(out[:, 0], (logged - logged.mean()) / logged.std())
+    np.testing.assert_allclose(scaler.inverse_transform(out), ds.values)
+    bad = df.assign(conc=df["conc"].where(df.index != 6, 0.0))
+    with pytest.raises(ValueError, match=r"channel 'conc' is in log_channels but has 1 value\(s\)"
+                                         r" <= 0 \(e\.g\. 0, series 2\).*counts \+ 1"):
+        ChannelScaler(["conc"]).fit(from_dataframe(bad))
+    with pytest.raises(ValueError, match=r"log_channels \['cnc'\] are not channels"):
+        ChannelScaler(["cnc"]).fit(ds)
+    with pytest.raises(ValueError, match="need scale=true"):
+        LatentODEDataModule(ds, scale=False, log_channels=["conc"])
+    dm = LatentODEDataModule(ds, log_channels=["conc"], val_fraction=0.0, test_fraction=0.34)
+    dm.setup()
+    assert dm.scaler.log.tolist() == [True, False]
+    np.testing.assert_allclose(dm.inverse_values(dm.splits["test"].values),
+                               ds.subset(dm.split_index["test"]).values)
+
+
 def _by_index(batch: Batch, name: str) -> torch.Tensor:
     return getattr(batch, name)[torch.argsort(batch.index)]
 

@@ -362,6 +362,32 @@ def test_forecast_intervals_widen_over_the_calibrated_lead_curve(fitted, data):
                                   curved.predict(part, times, **kwargs))
 
 
+def test_log_channels_keep_forecasts_and_intervals_positive(tmp_path):
+    """A channel positive by nature (a concentration near zero) on a log scale: means and
+    quantiles stay positive; the spec carries the flag through save and load."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for s in range(24):
+        t = np.sort(rng.uniform(0, 5, 20))
+        level = np.exp(np.sin(2 * np.pi * rng.uniform(0.3, 0.6) * t) - 2 + 0.3 * rng.normal(
+            size=20))  # 0.05 .. 0.4
+        rows += [(f"s{s}", ti, li, np.cos(ti)) for ti, li in zip(t, level, strict=True)]
+    frame = pd.DataFrame(rows, columns=["series_id", "time", "conc", "other"])
+    fc = LatentODEForecaster({**TINY, "trainer.max_epochs": 1}).fit(frame,
+                                                                     log_channels=["conc"])
+    assert fc.spec.log == [True, False] and fc.cfg.data.log_channels == ["conc"]
+    pred = fc.predict(frame, horizon=3.0, n=4, num_samples=30)
+    conc = pred[pred.channel == "conc"]
+    assert (conc[["mean", "q0.05", "q0.5", "q0.95"]] > 0).all().all()
+    assert (conc["q0.05"] < conc["q0.5"]).all() and (conc["q0.5"] < conc["q0.95"]).all()
+    fc.save(tmp_path / "fc")
+    again = LatentODEForecaster.load(tmp_path / "fc")
+    assert again.spec.log == [True, False]
+    pd.testing.assert_frame_equal(again.predict(frame, horizon=3.0, n=4, num_samples=30), pred)
+    with pytest.raises(ValueError, match=r"channel 'conc' was trained on a log scale"):
+        fc.predict(frame.assign(conc=frame["conc"] - 1.0), horizon=1.0, n=2)
+
+
 # ---------------------------------------------------------------------------------- datetimes
 def test_datetimes_in_datetimes_out_tidy_and_validation(dated):
     fc, tidy, out = dated

@@ -226,6 +226,31 @@ def test_train_eval_and_predict_on_a_users_csv(tmp_path, monkeypatch):
     assert again["test/mse"] == pytest.approx(trained["test/mse"], rel=1e-5)
 
 
+def test_log_channels_from_the_command_line_to_predictions(tmp_path, monkeypatch):
+    """data.log_channels=[hr]: trained on log(hr); mse_data/hr is in bpm^2 (of exp of the
+    model's answer), eval runs, and latentode-predict's answers for hr are positive."""
+    _vitals().to_csv(tmp_path / "vitals.csv", index=False)
+    run = tmp_path / "run"
+    run_main(train_cli, ["latentode-train", "data=csv", f"data.dataset.path={tmp_path}/vitals.csv",
+                         "data.dataset.id_col=patient", "data.dataset.time_col=charttime",
+                         "data.log_channels=[hr]", f"hydra.run.dir={run}", *TINY[2:]],
+             monkeypatch)
+    metrics = json.loads((run / "test_metrics.json").read_text())["metrics"]
+    hr, temp = metrics["test/mse_data/hr"], metrics["test/mse_data/temp"]
+    assert 0 < temp < 1 < hr  # bpm^2 (a model of 1 epoch is off by several bpm), degC^2
+    run_main(eval_cli, ["latentode-eval", f"ckpt_path={run}", "plot=false",
+                        "coverage.n_samples=10", f"hydra.run.dir={tmp_path}/eval"], monkeypatch)
+    evaluated = json.loads((tmp_path / "eval" / "test_metrics.json").read_text())["metrics"]
+    assert evaluated["test/mse_data/hr"] == pytest.approx(hr, rel=1e-5)
+    _vitals(seed=1, n_series=2).to_csv(tmp_path / "history.csv", index=False)
+    run_main(predict_cli, ["latentode-predict", f"ckpt_path={run}",
+                           f"input={tmp_path}/history.csv", f"output={tmp_path}/pred.csv",
+                           "horizon=2.0", "n=3", f"hydra.run.dir={tmp_path}/predict"],
+             monkeypatch)
+    pred = pd.read_csv(tmp_path / "pred.csv")
+    assert (pred[pred.channel == "hr"][["mean", "q0.05"]] > 0).all().all()
+
+
 def test_a_run_trained_on_a_tidy_file_predicts_from_tidy_frames(tmp_path, monkeypatch):
     """chartevents-style rows (integer item codes, one value column): latentode-predict read a
     tidy run's input as wide and refused it; the output keeps the codes' integer type."""

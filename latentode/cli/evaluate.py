@@ -207,11 +207,13 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
         scale = (np.ones(len(channels)) if datamodule.scaler is None
                  else np.asarray(datamodule.scaler.scale, dtype=np.float64).ravel())
         table = {}
-        for c, model_std, data_std in zip(channels, calibration.std,
-                                          calibration.array * scale, strict=True):
+        log = getattr(datamodule.scaler, "log", None)
+        for j, (c, model_std, data_std) in enumerate(zip(channels, calibration.std,
+                                                         calibration.array * scale,
+                                                         strict=True)):
             table[f"noise_std/{c}"] = model_std
-            if datamodule.scaler is not None:
-                table[f"noise_std_data/{c}"] = float(data_std)
+            if datamodule.scaler is not None and not (log is not None and log[j]):
+                table[f"noise_std_data/{c}"] = float(data_std)  # log channels: multiplicative
         print(format_metrics(table, f"calibrated noise std (model units; {calibration.points} "
                                     f"points of the {calibration.split} split)"), flush=True)
     path = output_dir(cfg) / "test_metrics.json"

@@ -209,7 +209,10 @@ def build_module(cfg: DictConfig, model: torch.nn.Module, datamodule: Any) -> L.
     """The LightningModule around ``model``, with the data scaler's per-channel scale."""
     scaler = getattr(datamodule, "scaler", None)
     scale = None if scaler is None else [float(s) for s in scaler.scale]
-    return instantiate(cfg.module, model=model, scale=scale)
+    log = None if scaler is None else getattr(scaler, "log", None)
+    log_scale = None if log is None or not log.any() else (
+        [float(m) for m in scaler.mean], [bool(b) for b in log])
+    return instantiate(cfg.module, model=model, scale=scale, log_scale=log_scale)
 
 
 def build_group(cfg: DictConfig | None) -> list[Any]:

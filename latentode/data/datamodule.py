@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lightning as L
@@ -99,6 +99,8 @@ class LatentODEDataModule(L.LightningDataModule):
             ``split`` given instead (or a source that fixes one, as hopper's in-order 80/20),
             an array of "train"/"val"/"test" per series is used as is.
         scale: standardise channels with a scaler fitted on the training series' observed values.
+        log_channels: channels standardised as ``log(value)`` (positive by nature: the
+            model's answers and intervals stay positive there; see ``ChannelScaler``).
         num_workers: DataLoader worker processes.
         seed: seed of the fixed validation/test masks.
         time_origin: where each latent path starts: ``"batch"``, the batch's earliest time (the
@@ -135,6 +137,7 @@ class LatentODEDataModule(L.LightningDataModule):
         shuffle_split: bool = True,
         split: Any = None,
         scale: bool = True,
+        log_channels: Sequence[str] | None = None,
         num_workers: int = 0,
         seed: int = 0,
         train_seed: int | None = None,
@@ -156,6 +159,10 @@ class LatentODEDataModule(L.LightningDataModule):
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.split_seed, self.shuffle_split, self.split = split_seed, shuffle_split, split
         self.scale, self.num_workers, self.seed = scale, num_workers, seed
+        self.log_channels = [str(c) for c in (log_channels or [])]
+        if self.log_channels and not scale:
+            raise ValueError("log_channels are standardised on a log scale by the data's "
+                             "scaler: they need scale=true.")
         self.train_seed = train_seed
         self.dataset: IrregularDataset | None = None
         self.scaler: ChannelScaler | None = None
@@ -194,7 +201,7 @@ class LatentODEDataModule(L.LightningDataModule):
             log.info("windows of %s: %s", self.window, ", ".join(
                 f"{name} {len(part)} from {len(index[name])} series" for name, part in raw.items()))
         if self.scale:
-            self.scaler = ChannelScaler().fit(raw["train"])
+            self.scaler = ChannelScaler(self.log_channels).fit(raw["train"])
             raw = {name: self.scaler.apply(part) for name, part in raw.items()}
         for name, part in raw.items():
             check_representable(part, f"{name} split" + (", standardised" if self.scale else ""))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.preprocessing import StandardScaler
@@ -16,13 +17,54 @@ class ChannelScaler:
     Fit it on the training series only; ``transform`` and ``inverse_transform`` keep NaNs. A
     channel never observed in training, or constant there, gets scale 1 (values pass through
     shifted) rather than a division by zero.
+
+    ``log_channels``: channels that are positive by nature (concentrations, counts plus one,
+    populations, fluxes) are standardised as ``log(value)``, so the model's answers, their
+    quantiles and the noise are positive and multiplicative there; every value of such a
+    channel must be > 0.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, log_channels: Sequence[str] | None = None) -> None:
         self.scaler = StandardScaler()
+        self.log_channels = [str(c) for c in (log_channels or [])]
+        self.log: np.ndarray | None = None  # (D,) bool, set by fit
+
+    def _log_mask(self, dataset: IrregularDataset) -> np.ndarray:
+        names = [str(c) for c in dataset.channels]
+        unknown = [c for c in self.log_channels if c not in names]
+        if unknown:
+            raise ValueError(f"log_channels {unknown} are not channels of the data; its "
+                             f"channels are {names}.")
+        return np.asarray([c in self.log_channels for c in names], dtype=bool)
+
+    def _logged(self, values: np.ndarray, channels: Sequence[str] | None = None,
+                dataset: IrregularDataset | None = None) -> np.ndarray:
+        """``values`` with the log channels' logarithms, refusing values <= 0 there."""
+        if self.log is None or not self.log.any():
+            return np.asarray(values, dtype=np.float64)
+        values = np.array(values, dtype=np.float64)
+        part = values[..., self.log]
+        with np.errstate(invalid="ignore"):
+            bad = part <= 0
+        if bad.any():
+            where = np.argwhere(bad)[0]
+            j = int(np.flatnonzero(self.log)[where[-1]])
+            name = channels[j] if channels is not None else f"#{j}"
+            series = ""
+            if dataset is not None and values.ndim == 2:
+                row = int(where[0])
+                k = int(np.searchsorted(dataset.offsets, row, side="right") - 1)
+                series = f", series {dataset.ids[k]!r}"
+            raise ValueError(
+                f"channel {str(name)!r} is in log_channels but has {int(bad.sum())} value(s) "
+                f"<= 0 (e.g. {part[tuple(where)]:g}{series}): a log scale needs positive values. "
+                "Shift the column (e.g. counts + 1) or leave it out of log_channels.")
+        values[..., self.log] = np.log(part)
+        return values
 
     def fit(self, dataset: IrregularDataset) -> ChannelScaler:
-        values = dataset.values
+        self.log = self._log_mask(dataset)
+        values = self._logged(dataset.values, dataset.channels, dataset)
         never = np.isnan(values).all(0)
         if never.any():  # StandardScaler would warn and give NaN statistics
             names = [c for c, n in zip(dataset.channels, never, strict=True) if n]
@@ -55,15 +97,20 @@ class ChannelScaler:
     def scale(self) -> np.ndarray:
         return self.scaler.scale_
 
-    def transform(self, values: np.ndarray) -> np.ndarray:
-        return (np.asarray(values, dtype=np.float64) - self.mean) / self.scale
+    def transform(self, values: np.ndarray, channels: Sequence[str] | None = None,
+                  dataset: IrregularDataset | None = None) -> np.ndarray:
+        """Data units to model units (``channels``/``dataset`` name what an error shows)."""
+        return (self._logged(values, channels, dataset) - self.mean) / self.scale
 
     def inverse_transform(self, values: np.ndarray) -> np.ndarray:
-        return np.asarray(values, dtype=np.float64) * self.scale + self.mean
+        out = np.asarray(values, dtype=np.float64) * self.scale + self.mean
+        if self.log is not None and self.log.any():
+            out[..., self.log] = np.exp(out[..., self.log])
+        return out
 
     def apply(self, dataset: IrregularDataset) -> IrregularDataset:
         """``dataset`` with scaled values (NaN pattern unchanged)."""
-        return dataset.with_values(self.transform(dataset.values))
+        return dataset.with_values(self.transform(dataset.values, dataset.channels, dataset))
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)

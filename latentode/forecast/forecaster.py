@@ -285,6 +285,7 @@ class LatentODEForecaster:
         output_dir: str | Path | None = None,
         ignore_cols: Sequence[str] | None = None,
         label_col: str | None = None,
+        log_channels: Sequence[str] | None = None,
     ) -> LatentODEForecaster:
         """Train on ``train_df`` (every series; ``val_df``'s series, if given, for validation).
 
@@ -301,7 +302,9 @@ class LatentODEForecaster:
         left out of the inferred channels here and in later frames. ``label_col``: one label
         per series (e.g. in-hospital death, 0/1, NaN unknown) learnt by a classifier on ``z0``
         beside the series (``model.n_labels`` is set from the labels unless overridden);
-        :meth:`predict_proba` then gives each series' probabilities.
+        :meth:`predict_proba` then gives each series' probabilities. ``log_channels``: channels
+        positive by nature, modelled as ``log(value)`` (answers, quantiles and noise positive
+        and multiplicative there; the config's ``data.log_channels``).
         After training the predictive noise is calibrated on ``val_df``'s series (without one:
         on the training series) and kept in ``self.calibration`` (see the module docstring).
         Returns ``self``.
@@ -319,6 +322,9 @@ class LatentODEForecaster:
         if self._composed is None:  # loaded: compose afresh for a new fit
             self._composed = compose_train_config(self.config_overrides)
         cfg = copy.deepcopy(self._composed)
+        if log_channels is not None:
+            with open_dict(cfg):
+                cfg.data.log_channels = [str(c) for c in log_channels]
         if ignore_cols:
             if value_cols is not None or channel_col is not None:
                 raise ValueError("ignore_cols= is for inferred wide channels; with value_cols= "
@@ -388,6 +394,7 @@ class LatentODEForecaster:
         if scaler is not None:
             spec.mean = [float(v) for v in scaler.mean]
             spec.scale = [float(v) for v in scaler.scale]
+            spec.log = _log_flags(scaler)
         self.cfg, self.spec, self.module, self.trainer = cfg, spec, module, trainer
         self.model = model.cpu().eval()
         self.calibration = _calibrate(self.model, datamodule)
@@ -451,6 +458,7 @@ class LatentODEForecaster:
             mean=None if scaler is None else [float(v) for v in scaler.mean],
             scale=None if scaler is None else [float(v) for v in scaler.scale],
             train_span=longest_span(datamodule.splits["train"]), label_names=ds.label_names,
+            log=None if scaler is None else _log_flags(scaler),
         )
         return cls._assemble(cfg, model, spec, _calibrate(model.cpu().eval(), datamodule))
 
@@ -546,7 +554,8 @@ class LatentODEForecaster:
         draw_noise: bool = True,
     ) -> Iterator[tuple]:
         """Per requested series: ``(index, times, paths (S, m, D), noisy (S, m, D) or None,
-        std (m, D) or None)``, in data units. ``std`` is the observation noise ``noise`` names
+        std (m, D) or None)``, in model units (``spec.to_user_values`` maps values and
+        quantiles to the data's). ``std`` is the observation noise ``noise`` names
         at each asked time (``noise_std``, over lead time for a calibration with a curve) and
         ``noisy`` the paths plus a draw of it (``draw_noise``); both None when it names none.
         ``want_logits``: ``(index, times, logits)`` of the classifier instead. Series are solved
@@ -609,12 +618,11 @@ class LatentODEForecaster:
                                                   spec.time.to_model(request.raw))
                 paths, noisy = request.paths(answers, point_std,
                                              std is not None and draw_noise)
-                user_std = None
+                model_std = None
                 if std is not None:
-                    user_std = np.zeros((len(request.raw), spec.n_channels)) if (
-                        point_std is None) else point_std * np.asarray(spec.scale or 1.0)
-                yield request.index, request.raw, spec.to_user_values(paths), (
-                    None if noisy is None else spec.to_user_values(noisy)), user_std
+                    model_std = np.zeros((len(request.raw), spec.n_channels)) if (
+                        point_std is None) else point_std
+                yield request.index, request.raw, paths, noisy, model_std
             pending, jobs = [], []
         if unanswered and last_error is not None:
             _warn_unanswered(unanswered, last_error)
@@ -763,10 +771,10 @@ class LatentODEForecaster:
         for i, raw, paths, _, std in self._draw(ds, requests, num_samples, seed,
                                                 noise if qs else False, batch_size=batch_size,
                                                 draw_noise=False):
-            cols = {"mean": paths.mean(0).ravel()}
+            cols = {"mean": spec.to_user_values(paths).mean(0).ravel()}
             if qs:
                 levels = mixture_quantiles(paths, 0.0 if std is None else std, qs)
-                for q, level in zip(qs, levels, strict=True):
+                for q, level in zip(qs, spec.to_user_values(levels), strict=True):
                     cols[quantile_name(q)] = level.ravel()
             frames.append(self._long(ds, i, raw, cols))
         return self._finish(frames, ds, df)
@@ -796,7 +804,7 @@ class LatentODEForecaster:
         frames = []
         for i, raw, paths, noisy, _ in self._draw(ds, requests, num_samples, seed, noise,
                                                   batch_size=batch_size):
-            draws = noisy if noisy is not None else paths
+            draws = spec.to_user_values(noisy if noisy is not None else paths)
             s, m, d = draws.shape
             cols = {"sample": np.repeat(np.arange(s), m * d), "value": draws.ravel()}
             frames.append(self._long(ds, i, raw, cols, repeat=s))
@@ -832,8 +840,8 @@ class LatentODEForecaster:
         frames = []
         for i, raw, paths, _, std in self._draw(ds, requests, num_samples, seed, bool(qs),
                                                 batch_size=batch_size, draw_noise=False):
-            cols = {"mean": paths.mean(0).ravel()}
-            levels = mixture_quantiles(paths, std, qs) if qs else []
+            cols = {"mean": spec.to_user_values(paths).mean(0).ravel()}
+            levels = spec.to_user_values(mixture_quantiles(paths, std, qs)) if qs else []
             for q, level in zip(qs, levels, strict=True):
                 cols[quantile_name(q)] = level.ravel()
             frames.append(self._long(ds, i, raw, cols))
@@ -900,6 +908,12 @@ class LatentODEForecaster:
         return plot_forecast(spec, spec.dataset(df), pred, series=series, channels=channels,
                              max_series=max_series, window=self._history_window(),
                              channel_labels=channel_labels)
+
+
+def _log_flags(scaler: Any) -> list[bool] | None:
+    """The scaler's log channels as flags (None: no channel is on a log scale)."""
+    log = getattr(scaler, "log", None)
+    return None if log is None or not log.any() else [bool(b) for b in log]
 
 
 def _calibrate(model: nn.Module, datamodule: Any) -> NoiseCalibration:

@@ -38,6 +38,8 @@ class DataSpec:
         time: user time <-> model time.
         mean, scale: per-channel scaler statistics (data = model * scale + mean); None when the
             model was trained on unscaled values.
+        log: per channel, whether it is standardised as ``log(value)`` (``data.log_channels``:
+            data = exp(model * scale + mean) there); None: none is.
     """
 
     id_col: Any
@@ -52,6 +54,7 @@ class DataSpec:
     scale: list[float] | None = None
     train_span: float | None = None  # longest training series' span, model units (None: unknown)
     label_names: list[str] | None = None  # class names of labels given as names (predict_proba)
+    log: list[bool] | None = None
 
     # ----------------------------------------------------------------------------- basics
     @property
@@ -64,17 +67,33 @@ class DataSpec:
 
     def to_model_values(self, values: np.ndarray) -> np.ndarray:
         """Data units to the model's (scaled) units."""
+        values = np.array(values, dtype=np.float64)
         if self.mean is None or self.scale is None:
-            return np.asarray(values, dtype=np.float64)
-        return (np.asarray(values, dtype=np.float64) - np.asarray(self.mean)) / np.asarray(
-            self.scale)
+            return values
+        if self.log is not None and any(self.log):
+            log = np.asarray(self.log, dtype=bool)
+            with np.errstate(invalid="ignore"):
+                bad = values[..., log] <= 0
+            if bad.any():
+                name = np.asarray(self.channels, dtype=object)[log][np.argwhere(bad)[0][-1]]
+                raise ValueError(
+                    f"channel {name!r} was trained on a log scale (log_channels) but the frame "
+                    f"has {int(bad.sum())} value(s) <= 0 there; a log scale needs positive "
+                    "values.")
+            values[..., log] = np.log(values[..., log])
+        return (values - np.asarray(self.mean)) / np.asarray(self.scale)
 
     def to_user_values(self, values: np.ndarray) -> np.ndarray:
-        """Model units back to data units."""
+        """Model units back to data units (increasing in each channel, so quantiles map)."""
         if self.mean is None or self.scale is None:
             return np.asarray(values, dtype=np.float64)
-        return np.asarray(values, dtype=np.float64) * np.asarray(self.scale) + np.asarray(
+        out = np.asarray(values, dtype=np.float64) * np.asarray(self.scale) + np.asarray(
             self.mean)
+        if self.log is not None and any(self.log):
+            log = np.asarray(self.log, dtype=bool)
+            with np.errstate(over="ignore"):
+                out[..., log] = np.exp(out[..., log])
+        return out
 
     # ----------------------------------------------------------------------------- JSON
     def to_json(self) -> dict[str, Any]:

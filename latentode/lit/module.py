@@ -163,6 +163,9 @@ class LatentODELightning(L.LightningModule):
         train_samples, eval_samples: posterior samples per series (None: the model's default).
         scale: per-channel scale of the data's scaler (data = model * scale + mean), for
             ``mse_data``; None when the data are not scaled.
+        log_scale: the scaler's mean and log-channel mask ``(mean, log)`` when some channels
+            are standardised as ``log(value)`` (``data.log_channels``): ``mse_data`` is then of
+            ``exp(model * scale + mean)`` there; None: none are (the datamodule's, by default).
         channels: channel names, for the test's ``mse_data/<channel>`` (each channel's MSE in
             its own units: ``mse_data`` itself mixes them); None: the datamodule's dataset's.
         eval_seed: seed of the posterior samples drawn in validation and test.
@@ -183,13 +186,18 @@ class LatentODELightning(L.LightningModule):
         scale: Sequence[float] | torch.Tensor | None = None,
         eval_seed: int = 0,
         channels: Sequence[str] | None = None,
+        log_scale: tuple[Sequence[float], Sequence[bool]] | None = None,
     ):
         super().__init__()
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got "
                              f"{scheduler_interval!r}.")
-        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler", "scale", "channels"],
-                                  logger=False)
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler", "scale", "channels",
+                                          "log_scale"], logger=False)
+        self.log_scale = None
+        if log_scale is not None and any(log_scale[1]):
+            self.log_scale = (torch.as_tensor(list(log_scale[0]), dtype=torch.float32),
+                              torch.as_tensor(list(log_scale[1]), dtype=torch.bool))
         self.channels = None if channels is None else [str(c) for c in channels]
         self.model = model
         self.optimizer_factory = optimizer or functools.partial(torch.optim.Adamax, lr=1e-2)
@@ -223,6 +231,10 @@ class LatentODELightning(L.LightningModule):
         scaler = getattr(self.trainer.datamodule, "scaler", None)
         if scaler is not None:
             self.scale = torch.as_tensor(scaler.scale, dtype=torch.float32).reshape(-1)
+            log = getattr(scaler, "log", None)
+            if self.log_scale is None and log is not None and log.any():
+                self.log_scale = (torch.as_tensor(scaler.mean, dtype=torch.float32),
+                                  torch.as_tensor(log, dtype=torch.bool))
 
     # ----------------------------------------------------------------------------- schedule
     @property
@@ -275,6 +287,8 @@ class LatentODELightning(L.LightningModule):
             each = (pred.detach() - batch.values).square() * tf
             out["mse_sample"] = (each.sum() / pred.shape[0], tf.sum())
         data_sq = None if self.scale is None else sq * tf * self.scale.to(sq).square()
+        if self.log_scale is not None and self.scale is not None:
+            data_sq = self._data_errors(pred.detach(), batch.values) * tf
         out["mse_data"] = out["mse"] if data_sq is None else (data_sq.sum(), tf.sum())
         if per_channel and self.channels is not None and len(self.channels) == sq.shape[-1]:
             data_sq = sq * tf if data_sq is None else data_sq
@@ -286,6 +300,19 @@ class LatentODELightning(L.LightningModule):
             pf = part.to(sq.dtype)
             out[name] = ((sq * pf).sum(), pf.sum())
         return out
+
+    def _data_errors(self, pred: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Squared errors in data units with log channels: the mean of the samples' ``exp``
+        against ``exp`` of the value there, the affine inverse elsewhere."""
+        assert self.log_scale is not None and self.scale is not None
+        mean, log = (x.to(pred.device) for x in self.log_scale)
+        scale = self.scale.to(pred)
+
+        def data(x: torch.Tensor) -> torch.Tensor:
+            y = x * scale + mean.to(x)
+            return torch.where(log, torch.exp(y.clamp(max=80.0)), y)
+
+        return (data(pred).mean(0) - data(values)).square()
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         kl_weight = self.kl_weight

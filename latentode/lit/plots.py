@@ -59,13 +59,15 @@ def plot_batch(
     titles: list[str] | None = None,
     max_channels: int = 4,
     band: tuple[float, float] = (5.0, 95.0),
+    log: np.ndarray | None = None,
 ) -> plt.Figure:
     """One row per series, one column per channel (up to ``max_channels``).
 
     Observations are grey points, the ones the encoder saw are ringed, the target points the
     model was scored on are filled; the line is the mean over posterior samples and the band
     spans the ``band`` percentiles of the samples (the paths' spread, without observation
-    noise), both over the series' own first to last observation.
+    noise), both over the series' own first to last observation. ``log``: channels the scaler
+    standardised as ``log(value)`` (drawn as ``exp``).
     """
     values = batch.values.cpu().numpy().astype(np.float64)
     paths_np = paths.cpu().numpy().astype(np.float64)
@@ -74,6 +76,10 @@ def plot_batch(
     scale = np.ones(dims) if scale is None else np.asarray(scale, dtype=np.float64)
     values = values * scale + mean
     paths_np = paths_np * scale + mean
+    if log is not None and np.any(log):
+        log = np.asarray(log, dtype=bool)
+        values[..., log] = np.exp(values[..., log])
+        paths_np[..., log] = np.exp(paths_np[..., log])
     # rows moved to start at 0 (time_origin="series") go back to their own clock: one time
     # axis per row then, as series on an absolute clock may lie days apart
     shift = (np.zeros(values.shape[0]) if batch.origin is None
@@ -180,6 +186,7 @@ def plot_test_series(
         batch, grid, paths,
         mean=None if scaler is None else scaler.mean,
         scale=None if scaler is None else scaler.scale,
+        log=None if scaler is None else getattr(scaler, "log", None),
         time_transform=part.time_transform,
         channels=list(part.channels),
         titles=[f"series {part.ids[i]}" for i in chosen],
