@@ -506,8 +506,10 @@ def test_error_channels_differ_from_training(fitted, data):
     with pytest.raises(ValueError, match=r"\['x', 'y', 'z'\] differ from the channels the model "
                                          r"was trained on \['x', 'y'\]"):
         fitted.predict(extra)
-    with pytest.raises(ValueError, match=r"missing \['y'\]"):
+    with pytest.raises(ValueError, match=r"missing \['y'\].*all-NaN column: df\['y'\] = "):
         fitted.predict(data.drop(columns="y"))
+    unmeasured = fitted.predict(data.assign(y=float("nan")), horizon=1.0, n=2, num_samples=10)
+    assert np.isfinite(unmeasured["mean"]).all()  # the hint works: y forecast from x alone
 
 
 def test_error_time_type_differs_from_training(fitted, data, dated):

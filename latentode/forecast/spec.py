@@ -158,7 +158,9 @@ class DataSpec:
             if missing:
                 raise ValueError(
                     f"{what} lacks value column(s) {missing}: the model was trained on channels "
-                    f"{self.channels}; {what} has columns {[str(c) for c in df.columns]}."
+                    f"{self.channels}; {what} has columns {[str(c) for c in df.columns]}. A "
+                    "channel not measured in these series is an all-NaN column: "
+                    f"df[{str(missing[0])!r}] = float('nan')."
                 )
             return [by_name[c] for c in self.value_cols]
         reserved = {str(self.id_col), str(self.time_col)}
@@ -179,7 +181,9 @@ class DataSpec:
             raise ValueError(
                 f"{what}'s value channels {numeric} differ from the channels the model was "
                 f"trained on {self.channels} ({detail}); give {what} the same numeric value "
-                "columns (fit with value_cols=[...] to ignore other columns)."
+                "columns (fit with value_cols=[...] to ignore other columns)"
+                + (f"; a channel not measured in these series is an all-NaN column: "
+                   f"df[{missing[0]!r}] = float('nan')." if missing else ".")
             )
         return [by_name[c] for c in self.channels]
 
