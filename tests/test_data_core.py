@@ -1099,8 +1099,10 @@ def test_log_channels_are_standardised_as_logarithms():
     with pytest.raises(ValueError, match=r"channel 'conc' is in log_channels but has 1 value\(s\)"
                                          r" <= 0 \(e\.g\. 0, series 2\).*counts \+ 1"):
         ChannelScaler(["conc"]).fit(from_dataframe(bad))
-    with pytest.raises(ValueError, match=r"log_channels \['cnc'\] are not channels"):
+    with pytest.raises(ValueError, match=r"log_channels \['cnc'\] are not channels.*Did you "
+                                         r"mean 'conc'\?"):
         ChannelScaler(["cnc"]).fit(ds)
+    assert ChannelScaler("conc").fit(ds).log.tolist() == [True, False]  # one name, not letters
     with pytest.raises(ValueError, match="need scale=true"):
         LatentODEDataModule(ds, scale=False, log_channels=["conc"])
     dm = LatentODEDataModule(ds, log_channels=["conc"], val_fraction=0.0, test_fraction=0.34)

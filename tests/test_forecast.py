@@ -274,7 +274,8 @@ def test_ignore_cols_keeps_covariates_out_of_the_channels():
     df["age"] = df["series_id"].str[1:].astype(float) * 10  # per series: not a time series
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "never change within a series" warning either
-        fc = LatentODEForecaster({**TINY, "trainer.max_epochs": 1}).fit(df, ignore_cols=["age"])
+        fc = LatentODEForecaster({**TINY, "trainer.max_epochs": 1}).fit(df, ignore_cols=["age"],
+                                                                         val_fraction=0)
     assert fc.spec.channels == ["x", "y"]
     pred = fc.predict(df, horizon=1.0, n=2, num_samples=3)  # the column may stay in later frames
     assert set(pred["channel"]) == {"x", "y"}
@@ -306,7 +307,10 @@ def test_save_load_round_trip_predicts_identically(fitted, data, tmp_path):
 # ------------------------------------------------------------------------- predictive noise
 def test_predictive_noise_is_calibrated(fitted, data):
     cal = fitted.calibration
-    assert cal is not None and cal.split == "train" and cal.points == "heldout"
+    # no val_df: 10% of the 30 series were held out of training for it
+    assert cal is not None and cal.split == "val" and cal.points == "heldout"
+    index = fitted.trainer.datamodule.split_index
+    assert (len(index["train"]), len(index["val"])) == (27, 3)
     obs_std = fitted.model.obs_std
     assert len(cal.std) == 2 and min(cal.std) >= obs_std
     np.testing.assert_array_equal(fitted.noise_std(), cal.std)
@@ -374,12 +378,19 @@ def test_log_channels_keep_forecasts_and_intervals_positive(tmp_path):
         rows += [(f"s{s}", ti, li, np.cos(ti)) for ti, li in zip(t, level, strict=True)]
     frame = pd.DataFrame(rows, columns=["series_id", "time", "conc", "other"])
     fc = LatentODEForecaster({**TINY, "trainer.max_epochs": 1}).fit(frame,
-                                                                     log_channels=["conc"])
+                                                                     log_channels="conc")
     assert fc.spec.log == [True, False] and fc.cfg.data.log_channels == ["conc"]
     pred = fc.predict(frame, horizon=3.0, n=4, num_samples=30)
     conc = pred[pred.channel == "conc"]
     assert (conc[["mean", "q0.05", "q0.5", "q0.95"]] > 0).all().all()
     assert (conc["q0.05"] < conc["q0.5"]).all() and (conc["q0.5"] < conc["q0.95"]).all()
+    # the mean of the predictive distribution: a log-normal's, above its median
+    assert (conc["mean"] > conc["q0.5"]).all()
+    draws = fc.sample(frame[frame.series_id == "s0"], horizon=3.0, n=4, num_samples=4000,
+                      noise=True)
+    drawn = draws[draws.channel == "conc"].groupby("time")["value"].mean().to_numpy()
+    mean_s0 = conc[conc.series_id == "s0"]["mean"].to_numpy()
+    np.testing.assert_allclose(drawn, mean_s0, rtol=0.05)
     fc.save(tmp_path / "fc")
     again = LatentODEForecaster.load(tmp_path / "fc")
     assert again.spec.log == [True, False]

@@ -436,6 +436,14 @@ def test_torchdiffeq_keywords_we_lack_say_how_to_do_without():
         odeint(lambda s, y: -y, y0, t, adjoint_method="dopri8")
     with pytest.raises(ValueError, match=r"its method must be one of \['bosh3', 'dopri5', "):
         odeint(lambda s, y: -y, y0, t, method="dopri5", adjoint_method="rk4")
+    from latentode.solvers import odeint_adjoint
+
+    with pytest.raises(TypeError, match=r"odeint_adjoint is odeint\(\.\.\., gradient='adjoint'\)"):
+        odeint_adjoint(lambda s, y: -y, y0, t, gradient="checkpoint")
+    with pytest.raises(ValueError, match=r"unknown method 'scipy_solver'"):
+        odeint(lambda s, y: -y, y0, t, method="scipy_solver", options=dict(solver="LSODA"))
+    with pytest.raises(TypeError, match=r"adjoint_params must be a sequence of tensors .*a dict"):
+        odeint(lambda s, y: -y, y0, t, gradient="adjoint", adjoint_params={"w": y0})
     # torchdiffeq's method=None is its default, dopri5
     assert torch.equal(odeint(lambda s, y: -y, y0, t, method=None),
                        odeint(lambda s, y: -y, y0, t, method="dopri5"))

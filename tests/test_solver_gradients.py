@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.autograd import gradcheck
 
-from latentode.solvers import SolverStats, odeint
+from latentode.solvers import NonFiniteStateError, SolverStats, odeint
 from latentode.utils.memory import peak_memory
 
 F64 = torch.float64
@@ -302,21 +302,20 @@ def stiff_mlp_errors(seed: int, torchdiffeq) -> dict:
 
 def test_adjoint_beats_torchdiffeq_adjoint_in_accuracy_and_evaluations():
     """On the solver benchmark's stiff workload, seeds 0-2: our backward solve is more accurate
-    than torchdiffeq's ``odeint_adjoint`` on every seed with under 0.35x its evaluations
-    (measured: errors 2.6e-3 / 1.4e-3 / 1.3e-3 against 5.0e-3 / 3.6e-3 / 3.3e-3, evaluations
-    375 against 1230).
-
-    The unit of the backward solve matters here: taking the size the adjoint reaches (root of
-    the summed squares of the 50 output cotangents) instead of one output's cotangent took seed
-    0 to 103 evaluations (0.24x) but was less accurate than torchdiffeq on 2 of 8 seeds (up to
-    3.5x), so it was not adopted.
+    than torchdiffeq's ``odeint_adjoint`` on every seed with under 0.4x its evaluations
+    (measured: errors 1.2e-3 / 0.8e-3 / 0.8e-3 against 5.0e-3 / 3.6e-3 / 3.3e-3, evaluations
+    456 against 1230). Each reference is the method's own backward solve at 1e-8 with ``z``
+    put back on the forward outputs at every output time (ours: ``adjoint_fold_jumps=False``;
+    torchdiffeq restarts there). Before ``z`` was anchored, our folded solve took 375
+    evaluations but strayed from the forward path by up to 300x the tolerance, for errors of up
+    to 1e-1 against this reference.
     """
     torchdiffeq = pytest.importorskip("torchdiffeq")
     runs = [stiff_mlp_errors(seed, torchdiffeq) for seed in range(3)]
     for seed, run in enumerate(runs):
         assert run["ours"][0] < run["torchdiffeq"][0], (seed, run)
     ours, theirs = (sum(run[name][1] for run in runs) for name in ("ours", "torchdiffeq"))
-    assert ours < 0.35 * theirs, runs
+    assert ours < 0.4 * theirs, runs
 
 
 def test_adjoint_many_output_times_matches_backprop():
@@ -337,7 +336,8 @@ def test_adjoint_many_output_times_matches_backprop():
 
 @pytest.mark.parametrize("tol", [1e-3, 1e-5, 1e-7])
 def test_folded_steps_reuse_the_evaluation_at_their_start(tol):
-    """dopri5 backward over 60 folded jumps: 6 evaluations per attempted step plus the first.
+    """dopri5 backward over 60 folded jumps: 6 evaluations per attempted step plus the first,
+    plus one per step ending where ``z`` was put back on the forward outputs (a reset).
 
     A step whose forcing changed begins where the last evaluation was made, so it corrects that
     evaluation by one vector-Jacobian product instead of calling ``func`` again.
@@ -349,7 +349,8 @@ def test_folded_steps_reuse_the_evaluation_at_their_start(tol):
     torch.autograd.grad(ys.square().mean(), list(field.parameters()))
     attempts = stats.backward_steps_accepted + stats.backward_steps_rejected
     assert attempts < 60  # the jumps were folded, not stopped at
-    assert stats.nfe_backward == 6 * attempts + 1
+    assert stats.nfe_backward == 6 * attempts + 1 + stats.backward_resets
+    assert stats.backward_resets < attempts
 
 
 @pytest.mark.parametrize("varying", [False, True], ids=["constant-J", "time-varying-J"])
@@ -838,6 +839,132 @@ def test_odeint_adjoint_takes_torchdiffeqs_call():
     stats = SolverStats()  # our own keywords pass through
     odeint_adjoint(field, y0.requires_grad_(True), t, stats=stats).sum().backward()
     assert stats.nfe_backward > 0
+
+
+class _Damped(nn.Module):
+    def __init__(self, lam: float) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 2).double()
+        with torch.no_grad():
+            self.lin.weight[:] = torch.tensor([[lam, 0.3], [0.0, -1.0]])
+            self.lin.bias[:] = 0.1
+
+    def forward(self, t, y):
+        return self.lin(y)
+
+
+def _damped(lam: float) -> nn.Module:
+    return _Damped(lam)
+
+
+@pytest.mark.parametrize("fold", [True, False])
+@pytest.mark.parametrize("lam, horizon, n_out", [(-20.0, 2.0, 41), (-20.0, 5.0, 11),
+                                                 (-100.0, 2.0, 41)])
+def test_adjoint_keeps_z_on_the_forward_path_of_a_contracting_field(fold, lam, horizon, n_out):
+    """A field contracting at rate 20-100: z reconstructed backwards grows its rounding like
+    exp(|lambda| t). With many output times (jumps of the adjoint) the gradient came out 297 or
+    1e27 instead of 0.02 (torchdiffeq's restarts at each output time got it right). z is now
+    put back on the forward outputs where steps end on them, and a folded solve that strays
+    anyway starts over anchored at every output time."""
+    field = _damped(lam)
+    y0 = torch.tensor([1.0, 0.5], dtype=F64)
+    t = torch.linspace(0.0, horizon, n_out, dtype=F64)
+    grads = {}
+    for mode in ("backprop", "adjoint"):
+        ys = odeint(field, y0, t, rtol=1e-8, atol=1e-8, gradient=mode,
+                    adjoint_fold_jumps=fold)
+        grads[mode] = flat(torch.autograd.grad(ys.square().sum(), list(field.parameters())))
+    assert rel_err(grads["adjoint"], grads["backprop"]) < 1e-5
+
+
+def test_adjoint_per_sample_times_on_a_contracting_field():
+    field = _damped(-20.0)
+    y0 = torch.tensor([[1.0, 0.5], [0.2, -0.3], [2.0, 1.0]], dtype=F64)
+    t = torch.stack([torch.linspace(0.0, 2.0, 30, dtype=F64) * s for s in (1.0, 0.7, 0.9)])
+    grads = {}
+    for mode in ("backprop", "adjoint"):
+        ys = odeint(field, y0, t, rtol=1e-8, atol=1e-8, gradient=mode)
+        grads[mode] = flat(torch.autograd.grad(ys.square().sum(), list(field.parameters())))
+    assert rel_err(grads["adjoint"], grads["backprop"]) < 1e-5
+
+
+class _Encoded(nn.Module):
+    """A field conditioned on an encoder it owns: the conditioning's graph reaches its own
+    parameters, and every checkpoint segment differentiates through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.lin = nn.Linear(2, 3).double(), nn.Linear(3, 3).double()
+        self.c = None
+
+    def forward(self, t, y):
+        return torch.tanh(self.lin(y) + self.c)
+
+
+@pytest.mark.parametrize("mode", ["adjoint", "checkpoint"])
+def test_conditioning_from_an_owned_encoder_over_many_segments(mode):
+    """Checkpoint raised 'backward through the graph a second time' after its first segment."""
+    field = _Encoded()
+    x, y0 = torch.randn(4, 2, dtype=F64), torch.randn(4, 3, dtype=F64)
+    t = torch.linspace(0.0, 3.0, 7, dtype=F64)
+    grads = {}
+    for m in ("backprop", mode):
+        field.c = field.enc(x)
+        ys = odeint(field, y0, t, method="rk4", step_size=0.05, gradient=m)
+        grads[m] = flat(torch.autograd.grad(ys.square().sum(), list(field.parameters())))
+    # checkpoint: the exact gradient of the rk4 solution; adjoint: of the ODE, to rk4's error
+    assert rel_err(grads[mode], grads["backprop"]) < (1e-10 if mode == "checkpoint" else 1e-6)
+
+
+@pytest.mark.parametrize("mode", ["adjoint", "checkpoint"])
+def test_a_trainable_tensor_reached_only_later_is_refused_in_the_backward_pass(mode):
+    """func uses a hidden trainable tensor only for t > 0.5: the forward's first evaluation
+    cannot see it; the backward pass's evaluations do, and refuse it (it silently got None)."""
+    hidden = torch.randn(3, 3, dtype=F64, requires_grad=True)
+    lin = nn.Linear(3, 3).double()
+
+    class Switch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = lin
+
+        def forward(self, t, y):
+            out = self.a(y)
+            return torch.tanh(out + y @ hidden if t > 0.5 else out)
+
+    ys = odeint(Switch(), torch.randn(4, 3, dtype=F64), torch.linspace(0, 1, 5, dtype=F64),
+                gradient=mode)
+    with pytest.raises(ValueError, match=r"found in the backward pass: func reached them only "
+                                         r"after its first evaluation"):
+        ys.sum().backward()
+
+
+def test_adjoint_leaves_the_callers_random_stream_as_backprop_does():
+    field = _DropoutField()
+    y0, t = torch.randn(6, 3, dtype=F64), torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+    after = {}
+    for mode in ("backprop", "adjoint"):
+        torch.manual_seed(7)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ys = odeint(field, y0, t, gradient=mode, rtol=1e-2, atol=1e-2)
+        ys.sum().backward()
+        after[mode] = torch.rand(3)
+    assert torch.equal(after["adjoint"], after["backprop"])
+
+
+def test_a_failing_backward_solve_says_where_it_failed():
+    backwards = [False]
+
+    def breaks_backwards(t, y):  # fine forwards; NaN when the backward pass evaluates it
+        return y * float("nan") if backwards[0] else -y
+
+    y0 = torch.ones(2, dtype=F64, requires_grad=True)
+    ys = odeint(breaks_backwards, y0, torch.tensor([0.0, 1.0], dtype=F64), gradient="adjoint")
+    backwards[0] = True
+    with pytest.raises(NonFiniteStateError, match=r"in the adjoint's backward solve .*"
+                                                  r"gradient='checkpoint'"):
+        ys.sum().backward()
 
 
 # --------------------------------------------------------------------------------------------

@@ -159,6 +159,8 @@ class LatentODEDataModule(L.LightningDataModule):
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.split_seed, self.shuffle_split, self.split = split_seed, shuffle_split, split
         self.scale, self.num_workers, self.seed = scale, num_workers, seed
+        if isinstance(log_channels, str):  # one name (data.log_channels=glucose)
+            log_channels = [log_channels]
         self.log_channels = [str(c) for c in (log_channels or [])]
         if self.log_channels and not scale:
             raise ValueError("log_channels are standardised on a log scale by the data's "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import warnings
 from collections.abc import Sequence
 
@@ -26,6 +27,8 @@ class ChannelScaler:
 
     def __init__(self, log_channels: Sequence[str] | None = None) -> None:
         self.scaler = StandardScaler()
+        if isinstance(log_channels, str):  # one name (data.log_channels=glucose)
+            log_channels = [log_channels]
         self.log_channels = [str(c) for c in (log_channels or [])]
         self.log: np.ndarray | None = None  # (D,) bool, set by fit
 
@@ -33,8 +36,10 @@ class ChannelScaler:
         names = [str(c) for c in dataset.channels]
         unknown = [c for c in self.log_channels if c not in names]
         if unknown:
+            close = difflib.get_close_matches(unknown[0], names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"log_channels {unknown} are not channels of the data; its "
-                             f"channels are {names}.")
+                             f"channels are {names}.{hint}")
         return np.asarray([c in self.log_channels for c in names], dtype=bool)
 
     def _logged(self, values: np.ndarray, channels: Sequence[str] | None = None,

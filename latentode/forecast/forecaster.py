@@ -108,6 +108,7 @@ log = logging.getLogger(__name__)
 CONFIG_FILE, WEIGHTS_FILE, TRANSFORMS_FILE = "config.yaml", "weights.pt", "transforms.json"
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_SAMPLES, CALIBRATION_SEED = 100, 0  # posterior samples and seed of the calibration
+CALIBRATION_HOLDOUT_MIN = 20  # series fit needs to hold some out for calibration
 NOISE_OPTIONS = (True, False, "calibrated", "model", "none")
 
 _QUIET = (r".*treespec, LeafSpec", r".*does not have many workers which may be a bottleneck")
@@ -286,6 +287,7 @@ class LatentODEForecaster:
         ignore_cols: Sequence[str] | None = None,
         label_col: str | None = None,
         log_channels: Sequence[str] | None = None,
+        val_fraction: float = 0.1,
     ) -> LatentODEForecaster:
         """Train on ``train_df`` (every series; ``val_df``'s series, if given, for validation).
 
@@ -305,8 +307,14 @@ class LatentODEForecaster:
         :meth:`predict_proba` then gives each series' probabilities. ``log_channels``: channels
         positive by nature, modelled as ``log(value)`` (answers, quantiles and noise positive
         and multiplicative there; the config's ``data.log_channels``).
-        After training the predictive noise is calibrated on ``val_df``'s series (without one:
-        on the training series) and kept in ``self.calibration`` (see the module docstring).
+        Without ``val_df``, ``val_fraction`` of the series (seeded; at least
+        ``CALIBRATION_HOLDOUT_MIN`` series in all, else none, with a warning) are held out of
+        training for validation and calibration: the noise calibrated on series the model
+        trained on comes out narrow (0.85 coverage for 0.9 in a user pass). ``val_fraction=0``
+        trains on every series.
+        After training the predictive noise is calibrated on the validation series (without
+        any: on the training series) and kept in ``self.calibration`` (see the module
+        docstring).
         Returns ``self``.
         """
         from hydra.utils import instantiate
@@ -324,7 +332,8 @@ class LatentODEForecaster:
         cfg = copy.deepcopy(self._composed)
         if log_channels is not None:
             with open_dict(cfg):
-                cfg.data.log_channels = [str(c) for c in log_channels]
+                cfg.data.log_channels = [log_channels] if isinstance(log_channels, str) else [
+                    str(c) for c in log_channels]
         if ignore_cols:
             if value_cols is not None or channel_col is not None:
                 raise ValueError("ignore_cols= is for inferred wide channels; with value_cols= "
@@ -358,6 +367,17 @@ class LatentODEForecaster:
         if val_df is not None:
             val = spec.dataset(val_df, "val_df")
             data, split = concat_datasets(train, val), split + ["val"] * len(val)
+        elif val_fraction and len(train) >= CALIBRATION_HOLDOUT_MIN:
+            # series the model never trains on, for validation and an honest calibration
+            held = set(np.random.default_rng(0).permutation(len(train))[
+                : max(2, round(val_fraction * len(train)))].tolist())
+            split = ["val" if i in held else "train" for i in range(len(train))]
+        elif val_fraction:  # too few series to hold some out (0: the caller's choice)
+            warnings.warn(
+                f"fit calibrates the predictive noise on the training series ({len(train)} "
+                f"series, no val_df): its intervals come out narrow (a user pass measured 0.85 "
+                f"coverage for 0.9). Pass val_df=, or val_fraction= with at least "
+                f"{CALIBRATION_HOLDOUT_MIN} series.", stacklevel=2)
         has_val = "val" in split
 
         out_dir = output_dir if output_dir is not None else cfg.paths.get("output_dir")
@@ -771,7 +791,7 @@ class LatentODEForecaster:
         for i, raw, paths, _, std in self._draw(ds, requests, num_samples, seed,
                                                 noise if qs else False, batch_size=batch_size,
                                                 draw_noise=False):
-            cols = {"mean": spec.to_user_values(paths).mean(0).ravel()}
+            cols = {"mean": _predictive_mean(spec, paths, std).ravel()}
             if qs:
                 levels = mixture_quantiles(paths, 0.0 if std is None else std, qs)
                 for q, level in zip(qs, spec.to_user_values(levels), strict=True):
@@ -838,9 +858,9 @@ class LatentODEForecaster:
         ds = spec.dataset(df)
         requests = requested_times(ds, spec.time.kind)
         frames = []
-        for i, raw, paths, _, std in self._draw(ds, requests, num_samples, seed, bool(qs),
+        for i, raw, paths, _, std in self._draw(ds, requests, num_samples, seed, True,
                                                 batch_size=batch_size, draw_noise=False):
-            cols = {"mean": spec.to_user_values(paths).mean(0).ravel()}
+            cols = {"mean": _predictive_mean(spec, paths, std).ravel()}
             levels = spec.to_user_values(mixture_quantiles(paths, std, qs)) if qs else []
             for q, level in zip(qs, levels, strict=True):
                 cols[quantile_name(q)] = level.ravel()
@@ -908,6 +928,19 @@ class LatentODEForecaster:
         return plot_forecast(spec, spec.dataset(df), pred, series=series, channels=channels,
                              max_series=max_series, window=self._history_window(),
                              channel_labels=channel_labels)
+
+
+def _predictive_mean(spec: DataSpec, paths: np.ndarray, std: np.ndarray | None) -> np.ndarray:
+    """The mean ``(m, D)`` of the predictive distribution in data units: the paths' mean, on
+    log channels times ``exp((scale std)^2 / 2)`` (the mean of a log-normal noise: without it
+    the column would be the median there)."""
+    mean = spec.to_user_values(paths).mean(0)
+    if spec.log is None or std is None or spec.scale is None:
+        return mean
+    log = np.asarray(spec.log, dtype=bool)
+    spread = np.asarray(std) * np.asarray(spec.scale)
+    mean[..., log] *= np.exp(0.5 * spread[..., log] ** 2)
+    return mean
 
 
 def _log_flags(scaler: Any) -> list[bool] | None:

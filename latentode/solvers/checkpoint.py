@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .problem import Problem
+from .problem import Problem, refuse_hidden_leaves
 from .rng import RngTape, State
 
 # steps replayed under one graph: fewer backward calls (each has a fixed cost) for a graph of a
@@ -78,7 +78,11 @@ def checkpoint_backward(problem: Problem, steps: list, grad_ys: torch.Tensor) ->
                 y = y1
             outputs.append(y)
             cotangents.append(cot)
-            grads = torch.autograd.grad(outputs, (y0, *params), cotangents, allow_unused=True)
+            refuse_hidden_leaves(outputs, (y0,), params, late=True)
+            # retain_graph: func may read a tensor whose graph (an encoder's, say) reaches the
+            # parameters; every segment differentiates through it again
+            grads = torch.autograd.grad(outputs, (y0, *params), cotangents, allow_unused=True,
+                                        retain_graph=True)
         stats.backward_steps_accepted += i - first + 1
         cot = grads[0] if grads[0] is not None else torch.zeros_like(cot)
         for total, g in zip(totals, grads[1:], strict=True):

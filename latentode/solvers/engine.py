@@ -19,8 +19,10 @@ from .tableaus import ButcherTableau
 
 # f(t, y) with a Python-float time; counts its own evaluations.
 VectorField = Callable[[float, torch.Tensor], torch.Tensor]
-# on_step(t, h, t_next, y, y1, ks) is called after every accepted step.
-StepHook = Callable[[float, float, float, torch.Tensor, torch.Tensor, list], None]
+# on_step(t, h, t_next, y, y1, ks) is called after every accepted step; an adaptive solve
+# goes on from the state it returns, if any (the first stage is then evaluated afresh).
+StepHook = Callable[[float, float, float, torch.Tensor, torch.Tensor, list],
+                    torch.Tensor | None]
 # on_stop(index, t, y) -> y is called on landing at stops[index]; it may change the state.
 StopHook = Callable[[int, float, torch.Tensor], torch.Tensor]
 
@@ -281,10 +283,9 @@ def integrate(
             continue
         counters.accepted += 1
         t_next = goal if lands else t + h
-        if on_step is not None:
-            on_step(t, h, t_next, y, y1, ks)
-        y, t = y1, t_next
-        k1 = ks[-1] if rk.fsal else None
+        replaced = on_step(t, h, t_next, y, y1, ks) if on_step is not None else None
+        y, t = (y1 if replaced is None else replaced), t_next
+        k1 = ks[-1] if rk.fsal and replaced is None else None
         if lands:
             # keep the controller's plan across the landing rather than the clipped step
             h_new = max(h_new, planned) if direction > 0 else min(h_new, planned)

@@ -77,14 +77,14 @@ def odeint(
     """
     if unsupported:
         raise TypeError(_unsupported_message(sorted(unsupported)))
+    method = "dopri5" if method is None else method
+    if method not in TABLEAUS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(TABLEAUS)}.")
     if options:
         step_size, first_step, max_steps = _torchdiffeq_options(
             options, step_size, first_step, max_steps)
     if adjoint_options:
         adjoint_seminorm = _adjoint_norm(adjoint_options)
-    method = "dopri5" if method is None else method
-    if method not in TABLEAUS:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(TABLEAUS)}.")
     adjoint_tableau = _adjoint_tableau(method, adjoint_method)
     if gradient not in GRADIENT_MODES:
         raise ValueError(f"unknown gradient {gradient!r}; choose one of {list(GRADIENT_MODES)}.")
@@ -158,6 +158,9 @@ def odeint_adjoint(
     uses 1e-7 / 1e-9, pass them for the same accuracy). Any other :func:`odeint` keyword
     (``stats=``, ``max_steps=``, ...) passes through.
     """
+    if "gradient" in kwargs:
+        raise TypeError("odeint_adjoint is odeint(..., gradient='adjoint'); for another "
+                        "gradient mode call odeint(..., gradient=...).")
     return odeint(func, y0, t, method=method, rtol=rtol, atol=atol, gradient="adjoint",
                   options=options, adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol,
                   adjoint_method=adjoint_method, adjoint_options=adjoint_options,
@@ -221,9 +224,9 @@ def _torchdiffeq_options(options: dict, step_size: float | None, first_step: flo
     """``options=dict(step_size=...)`` as torchdiffeq takes it, mapped onto our arguments."""
     unknown = sorted(set(options) - _OPTIONS)
     if unknown:
-        jumps = (" For jump_t/step_t (a discontinuity of func in time), solve up to it with one "
-                 "call and go on from there with a second: every step then sees a smooth field."
-                 if {"jump_t", "step_t"} & set(unknown) else "")
+        jumps = (" For jump_t/step_t/perturb (a discontinuity of func in time), solve up to it "
+                 "with one call and go on from there with a second: every step then sees a "
+                 "smooth field." if {"jump_t", "step_t", "perturb"} & set(unknown) else "")
         raise ValueError(
             f"options {unknown} are not supported; odeint understands {sorted(_OPTIONS)} there "
             f"(or pass step_size=, first_step=, max_steps= directly).{jumps}"
@@ -235,6 +238,10 @@ def _torchdiffeq_options(options: dict, step_size: float | None, first_step: flo
 def _find_params(func: Callable, adjoint_params: Iterable[torch.Tensor] | None) -> tuple:
     """The tensors a custom backward must differentiate: explicit, or found on a Module."""
     if adjoint_params is not None:
+        if isinstance(adjoint_params, (dict, torch.Tensor)):
+            kind = "a dict" if isinstance(adjoint_params, dict) else "one tensor"
+            raise TypeError(f"adjoint_params must be a sequence of tensors (e.g. "
+                            f"list(model.parameters()) or [w]), got {kind}.")
         params = tuple(adjoint_params)
         for p in params:
             if not isinstance(p, torch.Tensor):

@@ -100,7 +100,7 @@ class Problem:
             tt = self.time(t)
             with torch.enable_grad():
                 dy = self.func(tt, y)
-            _refuse_hidden_leaves(dy, (y, tt), self.params)
+            refuse_hidden_leaves(dy, (y, tt), self.params)
             dy = dy.detach() if isinstance(dy, torch.Tensor) else dy
         else:
             dy = self.func(self.time(t), y)
@@ -200,7 +200,7 @@ class Problem:
         return ys
 
 
-def _refuse_hidden_leaves(out: object, inputs: tuple, params: tuple) -> None:
+def refuse_hidden_leaves(out: object, inputs: tuple, params: tuple, late: bool = False) -> None:
     """Refuse an output that depends on trainable tensors the custom backward would not see.
 
     The adjoint and checkpoint modes run the forward pass without a graph, so a trainable tensor
@@ -215,21 +215,27 @@ def _refuse_hidden_leaves(out: object, inputs: tuple, params: tuple) -> None:
               if id(v) not in own and v.untyped_storage().data_ptr() not in storages]
     if hidden:
         shapes = ", ".join(str(tuple(v.shape)) for v in hidden[:5])
+        when = (" (found in the backward pass: func reached them only after its first "
+                "evaluation, in a branch on t or on the state)" if late else "")
         raise ValueError(
-            f"func depends on {len(hidden)} trainable tensor(s) (shapes {shapes}) that the "
+            f"func depends on {len(hidden)} trainable tensor(s) (shapes {shapes}){when} that the "
             "adjoint and checkpoint modes cannot see, so they would get no gradient: pass them "
             "as adjoint_params=[...] (e.g. list(model.parameters())), or make func an nn.Module "
             "that owns them. A tensor computed from trainable weights outside func (e.g. "
             "conditioning from an encoder) belongs in the state y0 instead, or use "
-            "gradient='backprop'."
+            "gradient='backprop'. A leaf func makes itself from y or t (torch.cat([y, t])"
+            ".requires_grad_()) counts too: make y itself require grad (y.requires_grad_()) "
+            "and build from it."
         )
 
 
 def _graph_leaves(out: object) -> list[torch.Tensor]:
-    """The leaf tensors requiring grad that ``out`` was computed from."""
-    if not isinstance(out, torch.Tensor) or out.grad_fn is None:
+    """The leaf tensors requiring grad that ``out`` (a tensor or a list of them) came from."""
+    outs = out if isinstance(out, (list, tuple)) else [out]
+    roots = [o.grad_fn for o in outs if isinstance(o, torch.Tensor) and o.grad_fn is not None]
+    if not roots:
         return []
-    leaves, seen, stack = [], set(), [out.grad_fn]
+    leaves, seen, stack = [], set(), roots
     while stack:
         fn = stack.pop()
         if fn is None or fn in seen:
