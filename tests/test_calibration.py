@@ -295,6 +295,8 @@ def test_calibration_files_of_version_1_load_without_a_curve():
     assert cal.lead_times == [] and cal.std_at(np.array([0.0, 5.0])).tolist() == [[0.2], [0.2]]
     curved = NoiseCalibration(std=[0.2], obs_std=0.01, lead_times=[1.0, 2.0],
                               lead_std=[[0.3], [0.5]], lead_count=[10, 10])
+    # per-channel leads: a channel never observed (inf) gets the last bin's noise
+    assert curved.std_at(np.array([[0.0], [np.inf], [1.0]]))[:, 0].tolist() == [0.2, 0.5, 0.3]
     assert NoiseCalibration.from_json(curved.to_json()) == curved
     # linear in variance between the knots (0, 0.2^2), (1, 0.3^2), (2, 0.5^2)
     np.testing.assert_allclose(curved.std_at(np.array([0.5, 1.5]))[:, 0],

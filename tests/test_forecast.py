@@ -366,6 +366,37 @@ def test_forecast_intervals_widen_over_the_calibrated_lead_curve(fitted, data):
                                   curved.predict(part, times, **kwargs))
 
 
+def test_a_stale_or_unmeasured_channel_gets_its_own_lead(fitted, data):
+    """Leads count from each channel's own last observation: a channel last measured long
+    before the others is forecast with the wider noise of that lead; one never measured in the
+    series with the widest (the last bin's)."""
+    import copy
+    import dataclasses
+
+    base = fitted.calibration
+    curved = copy.copy(fitted)
+    curved.calibration = dataclasses.replace(
+        base, lead_times=[1.0, 2.0, 4.0],
+        lead_std=[[3 * v for v in base.std], [6 * v for v in base.std],
+                  [12 * v for v in base.std]], lead_count=[100, 100, 100])
+    part = data[data.series_id == "s0"].copy()
+    last = part["time"].max()
+    times = {"s0": [last + 0.2]}
+    kwargs = {"num_samples": 30, "seed": 3, "quantiles": (0.05, 0.95)}
+
+    def widths(frame):
+        pred = curved.predict(frame, times, **kwargs)
+        return (pred["q0.95"] - pred["q0.05"]).to_numpy()  # x, y
+
+    fresh = widths(part)
+    stale = part.copy()
+    stale.loc[stale["time"] > part["time"].min() + 1.0, "y"] = np.nan  # y: ~4 units stale
+    old = widths(stale)
+    assert old[1] > 3 * fresh[1] and old[0] == pytest.approx(fresh[0], rel=0.3)
+    never = widths(part.assign(y=np.nan))
+    assert never[1] > old[1]  # never measured: the last bin's noise
+
+
 def test_log_channels_keep_forecasts_and_intervals_positive(tmp_path):
     """A channel positive by nature (a concentration near zero) on a log scale: means and
     quantiles stay positive; the spec carries the flag through save and load."""

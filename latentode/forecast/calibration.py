@@ -36,8 +36,11 @@ between 20% and 80% of its span), forecasts the rest and estimates the excess va
 ``mean(r^2) - mean(s^2)`` per channel in bins of ``tau`` (equal counts), made non-decreasing
 in ``tau`` (pool adjacent violators) and never below the noise above. A forecast ``tau``
 ahead then gets the noise interpolated (linearly in variance) between ``tau = 0`` (the noise
-above) and the bins' mean leads, held at the last bin's beyond them; times inside a series'
-span keep the noise above, times before its first observation count their lead backwards.
+above) and the bins' mean leads, held at the last bin's beyond them. Leads are per channel,
+from that channel's own last observation (a lab drawn two days ago is two days stale even if
+the vitals were measured an hour ago; a channel never observed in a series gets the last bin's
+noise); times inside a channel's span keep the noise above, times before its first
+observation count their lead backwards.
 
 Where: the validation split (its fixed, seeded task masks, the very batches validation scores)
 when there is one, else the training split with the training task's masks drawn the same fixed,
@@ -113,19 +116,23 @@ class NoiseCalibration:
         return np.asarray(self.std, dtype=np.float64)
 
     def std_at(self, leads: np.ndarray) -> np.ndarray:
-        """The noise std ``(m, D)`` at lead times ``leads (m,)`` (model units; 0 or less:
-        inside the series' span, ``std``): see the module docstring."""
-        leads = np.asarray(leads, dtype=np.float64).reshape(-1)
+        """The noise std ``(m, D)`` at lead times ``leads`` ``(m,)`` (one per time) or ``(m, D)``
+        (each channel's own: past that channel's last observation), in model units; 0 or less
+        (inside the span): ``std``; infinite (a channel never observed): the last bin's."""
         base = self.array
-        out = np.broadcast_to(base, (len(leads), len(base))).copy()
+        leads = np.asarray(leads, dtype=np.float64)
+        if leads.ndim == 1:
+            leads = np.repeat(leads[:, None], len(base), axis=1)
+        out = np.broadcast_to(base, leads.shape).copy()
         if not self.lead_times:
             return out
         knots = np.concatenate([[0.0], np.asarray(self.lead_times, dtype=np.float64)])
         variances = np.concatenate([base[None] ** 2,
                                     np.asarray(self.lead_std, dtype=np.float64) ** 2])
-        ahead = leads > 0
         for c in range(len(base)):
-            out[ahead, c] = np.sqrt(np.interp(leads[ahead], knots, variances[:, c]))
+            ahead = leads[:, c] > 0
+            far = np.minimum(leads[ahead, c], knots[-1])  # inf: held at the last bin
+            out[ahead, c] = np.sqrt(np.interp(far, knots, variances[:, c]))
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -186,8 +193,9 @@ def lead_task() -> Any:
 @dataclass
 class Scored:
     """Sampled predictions at the points of a batch that can be scored, with the batch's values
-    and masks there: ``pred`` ``(S, B, K, D)``, the rest ``(B, K, D)``; ``leads`` ``(B, K)``:
-    each point's lead time past what the encoder saw of its series (0 inside that span)."""
+    and masks there: ``pred`` ``(S, B, K, D)``, the rest ``(B, K, D)``; ``leads`` ``(B, K, D)``:
+    each point's lead time past what the encoder saw of that channel of its series (0 inside
+    that span, infinite where the encoder saw none of the channel)."""
 
     pred: torch.Tensor
     values: torch.Tensor
@@ -198,17 +206,19 @@ class Scored:
 
 def _leads(point_times: torch.Tensor, times: torch.Tensor, encoder: torch.Tensor
            ) -> torch.Tensor:
-    """Lead ``(B, K)`` of points at ``point_times`` past the span of each series' encoder
-    points (``encoder`` ``(B, T, D)`` on ``times``): after its last, or before its first; 0
-    inside it and for a series the encoder saw nothing of."""
-    seen = encoder.any(-1)  # (B, T)
+    """Lead ``(B, K, D)`` of points at ``point_times`` ``(B, K)`` past the span of each
+    series' encoder points per channel (``encoder`` ``(B, T, D)`` on ``times``): after its
+    last, or before its first; 0 inside it; infinite for a channel the encoder saw none of."""
+    seen = encoder  # (B, T, D)
     count = seen.shape[1]
-    first = seen.to(torch.int8).argmax(1)
+    first = seen.to(torch.int8).argmax(1)  # (B, D)
     last = count - 1 - seen.flip(1).to(torch.int8).argmax(1)
-    after = point_times - times[last].unsqueeze(1)
-    before = times[first].unsqueeze(1) - point_times
+    at = point_times.unsqueeze(-1)  # (B, K, 1)
+    after = at - times[last].unsqueeze(1)
+    before = times[first].unsqueeze(1) - at
     lead = torch.clamp(torch.maximum(after, before), min=0.0)
-    return torch.where(seen.any(1, keepdim=True), lead, torch.zeros_like(lead))
+    never = ~seen.any(1, keepdim=True)  # (B, 1, D)
+    return torch.where(never, torch.full_like(lead, float("inf")), lead)
 
 
 def _paths(model: Any, batch: Any, n_samples: int, seed: int, index: int,
@@ -353,9 +363,10 @@ def calibrate_lead(
             pred = scored.pred.double()
             sq = (scored.values.double() - pred.mean(0)).square()
             var = pred.var(0, unbiased=False)
-            mask = scored.target & ~scored.encoder & (scored.leads > 0).unsqueeze(-1)
+            leads = scored.leads
+            mask = scored.target & ~scored.encoder & (leads > 0) & torch.isfinite(leads)
             b, k, c = mask.nonzero(as_tuple=True)
-            taus.append(scored.leads[b, k].double().cpu().numpy())
+            taus.append(leads[b, k, c].double().cpu().numpy())
             r2s.append(sq[b, k, c].cpu().numpy())
             s2s.append(var[b, k, c].cpu().numpy())
             chans.append(c.cpu().numpy())
@@ -451,9 +462,9 @@ def predictive_coverage(
             for name, scale in scales.items():
                 samples = pred
                 if isinstance(scale, NoiseCalibration):
-                    leads = scored.leads.double().cpu().numpy().reshape(-1)
-                    scale = torch.as_tensor(scale.std_at(leads).reshape(
-                        *scored.leads.shape, -1))
+                    leads = scored.leads.double().cpu().numpy()
+                    scale = torch.as_tensor(scale.std_at(leads.reshape(-1, leads.shape[-1]))
+                                            .reshape(leads.shape))
                 if jitter is not None and scale is not None and bool((scale > 0).any()):
                     samples = pred + scale.to(pred.device, pred.dtype) * jitter
                 h, c = interval_hits(samples, scored.values, mask, level)

@@ -650,17 +650,20 @@ class LatentODEForecaster:
     def _point_noise(self, std: np.ndarray, noise: bool | str, t: np.ndarray,
                      values: np.ndarray, want: np.ndarray) -> np.ndarray:
         """The noise std ``(m, D)`` at the asked model times ``want`` of a series observed at
-        ``t``: the calibrated curve over lead time past its observed span when ``noise`` is
-        the calibration and it has one, else ``std`` at every time."""
+        ``t``: the calibrated curve over lead time past each channel's observed span when
+        ``noise`` is the calibration and it has one, else ``std`` at every time."""
         calibration = self.calibration
         calibrated = noise is True or str(noise).lower() == "calibrated"
         if not (calibrated and calibration is not None and calibration.lead_times):
             return np.broadcast_to(std, (len(want), len(std)))
-        seen = t[~np.isnan(values).all(1)]
-        first, last = (float(seen.min()), float(seen.max())) if len(seen) else (0.0, 0.0)
-        want = np.asarray(want, dtype=np.float64)
-        leads = np.maximum(np.maximum(want - last, first - want), 0.0) if len(seen) else (
-            np.zeros(len(want)))
+        want = np.asarray(want, dtype=np.float64)[:, None]  # (m, 1)
+        observed = ~np.isnan(values)  # (n, D): each channel's own span
+        big = np.finfo(np.float64).max
+        first = np.where(observed, t[:, None], big).min(0)
+        last = np.where(observed, t[:, None], -big).max(0)
+        with np.errstate(over="ignore", invalid="ignore"):  # channels never observed: set below
+            leads = np.maximum(np.maximum(want - last, first - want), 0.0)  # (m, D)
+        leads[:, ~observed.any(0)] = np.inf  # never observed here: the last bin's noise
         return calibration.std_at(leads)
 
     def _history_window(self) -> float | None:
