@@ -298,9 +298,10 @@ def test_calibration_files_of_version_1_load_without_a_curve():
     # per-channel leads: a channel never observed (inf) gets the last bin's noise
     assert curved.std_at(np.array([[0.0], [np.inf], [1.0]]))[:, 0].tolist() == [0.2, 0.5, 0.3]
     assert NoiseCalibration.from_json(curved.to_json()) == curved
-    # linear in variance between the knots (0, 0.2^2), (1, 0.3^2), (2, 0.5^2)
-    np.testing.assert_allclose(curved.std_at(np.array([0.5, 1.5]))[:, 0],
-                               np.sqrt([(0.04 + 0.09) / 2, (0.09 + 0.25) / 2]))
+    # inside the span the in-series noise; before the first knot the first bin's; linear in
+    # variance between the knots (1, 0.3^2), (2, 0.5^2); the last beyond
+    np.testing.assert_allclose(curved.std_at(np.array([0.0, 0.5, 1.5, 9.0]))[:, 0],
+                               [0.2, 0.3, np.sqrt((0.09 + 0.25) / 2), 0.5])
 
 
 def test_mixture_quantiles_are_exact():

@@ -151,6 +151,9 @@ def test_eval_reports_coverage(run, tmp_path, monkeypatch):
                 "test/coverage90_forecast", "test/coverage90_forecast_constant"):
         assert 0.0 <= coverage[key] <= 1.0
     assert coverage["noise"] == "calibrated" and coverage["n_samples"] == 20
+    breakdown = coverage["forecast_breakdown"]
+    assert set(breakdown["channel"]) == {"value"} and len(breakdown["lead"]) >= 1
+    assert all(0.0 <= v <= 1.0 for v in breakdown["lead"].values() if v == v)
     assert coverage["calibration"]["split"] == "val"
     assert len(coverage["noise_std"]) == 1 and coverage["noise_std"][0] >= coverage["obs_std"]
     assert "test/mse" in record["metrics"]

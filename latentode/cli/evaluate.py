@@ -67,6 +67,7 @@ from latentode.forecast.calibration import (
     calibrate_lead,
     calibrate_noise,
     calibration_batches,
+    forecast_coverage_breakdown,
     lead_task,
     model_obs_std,
     predictive_coverage,
@@ -182,6 +183,7 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
     model = module.model
     obs = model_obs_std(model)
     calibration = None
+    breakdown: dict[str, Any] | None = None
     std: Any = {"model": obs, "none": None}.get(mode)
     if mode == "calibrated":
         batches, split = calibration_batches(datamodule)
@@ -199,6 +201,14 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
             model, tests, {f"{name}_forecast": calibration,
                            f"{name}_forecast_constant": calibration.std},
             level, samples, seed))
+        tests, _ = calibration_batches(datamodule, "test", max_series=None, task=lead_task())
+        breakdown = forecast_coverage_breakdown(
+            model, tests, calibration, [str(c) for c in datamodule.dataset.channels], level,
+            samples, seed)
+        table = {f"{name}_forecast/{c}": v for c, v in breakdown["channel"].items()}
+        table.update({f"{name}_forecast/lead{k}": v for k, v in breakdown["lead"].items()})
+        print(format_metrics(table, "forecast coverage per channel and per lead (model time "
+                                    "units past the channel's last observation)"), flush=True)
     print(format_metrics(values, f"posterior predictive coverage ({samples} samples; noise: "
                                  f"{mode}, and obs_std={obs:g} for _model_noise; _forecast: "
                                  "test series cut at 20-80%, the rest forecast)"), flush=True)
@@ -221,6 +231,7 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
         record = json.loads(path.read_text())
         record["coverage"] = {
             **values, "level": level, "n_samples": samples, "noise": mode, "obs_std": obs,
+            "forecast_breakdown": breakdown,
             "noise_std": None if std is None else np.broadcast_to(
                 np.asarray(std, dtype=np.float64), (len(datamodule.dataset.channels),)).tolist(),
             "calibration": None if calibration is None else calibration.to_json(),
