@@ -325,3 +325,72 @@ def test_mixture_quantiles_are_exact():
     # no noise: the paths' own quantiles
     np.testing.assert_array_equal(mixture_quantiles(paths, 0.0, levels),
                                   np.quantile(paths, levels, axis=0))
+
+
+class MeanOfSeen(nn.Module):
+    """Predicts each series' mean of what the encoder saw: its error variance falls with how
+    much it saw (``1 + 1/n`` times the noise's for ``n`` values), whatever the lead."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(()))
+        self.obs_std, self.input_dim = 0.01, 1
+
+    def forward(self, times, values, encoder_mask, n_samples=None, pred_times=None):
+        seen = encoder_mask.to(values.dtype)
+        mean = (values * seen).sum(1, keepdim=True) / seen.sum(1, keepdim=True).clamp_min(1)
+        base = mean.expand_as(values)
+        return SimpleNamespace(pred=base + 0.01 * torch.randn((n_samples or 1, *base.shape)))
+
+
+def level_batches(seed: int, n_batches: int = 4, series: int = 60):
+    """Constant levels plus N(0, 1), 2 to 40 points per series, cut at 20-80% (lead_task)."""
+    import pandas as pd
+
+    from latentode.data import Collator, from_dataframe
+    from latentode.forecast.calibration import lead_task
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_batches * series):
+        n = int(rng.integers(3, 40))
+        level = rng.normal() * 3
+        rows += [(s, t, level + rng.normal()) for t in np.sort(rng.uniform(0, 10, n))]
+    ds = from_dataframe(pd.DataFrame(rows, columns=["series_id", "time", "x"]), time_scale=1.0)
+    collate = Collator(ds, lead_task(), fixed=True, seed=seed, origin="series")
+    return [collate(list(range(b * series, (b + 1) * series))) for b in range(n_batches)]
+
+
+def test_forecast_noise_grows_for_short_histories():
+    """A series forecast from a few points gets more noise than one from many: the variance's
+    factor by history length falls, and short histories are covered as well as long ones."""
+    from latentode.forecast.calibration import calibrate_lead, point_noise
+
+    model = MeanOfSeen()
+    base = NoiseCalibration(std=[1.0], obs_std=0.01)
+    cal = calibrate_lead(model, level_batches(0), base, n_samples=10, seed=0)
+    factors = np.asarray(cal.history_factor)
+    assert len(factors) >= 2 and np.all(np.diff(factors) <= 1e-12)
+    assert factors[0] > 1.15 * factors[-1]  # (1 + 1/n): ~1.3 at n = 3 against ~1.05 at 20
+    test = level_batches(1)
+    with_factor: tuple[dict, dict] = ({}, {})
+    for flat_noise in (False, True):
+        hits, counts = dict.fromkeys(("short", "long"), 0), dict.fromkeys(("short", "long"), 0)
+        for batch in test:
+            from latentode.forecast.calibration import _predicted
+
+            torch.manual_seed(0)
+            scored = _predicted(model, batch, 10)
+            mask = scored.target & ~scored.encoder
+            short = (scored.history <= 6).view(-1, 1, 1).expand_as(mask)
+            if flat_noise:
+                scored.history = torch.full_like(scored.history, 10_000)  # factor of the longest
+            std = point_noise(cal, scored)
+            lo, hi = scored.pred.mean(0) - 1.645 * std, scored.pred.mean(0) + 1.645 * std
+            inside = (scored.values >= lo) & (scored.values <= hi)
+            for name, part in (("short", short), ("long", ~short)):
+                hits[name] += int((inside & mask & part).sum())
+                counts[name] += int((mask & part).sum())
+        with_factor[int(flat_noise)].update({k: hits[k] / counts[k] for k in hits})
+    assert with_factor[0]["short"] == pytest.approx(0.9, abs=0.05)
+    assert with_factor[1]["short"] < with_factor[0]["short"] - 0.03  # without: under-covered

@@ -40,7 +40,10 @@ the first bin's below its mean and the last bin's beyond its. Leads are per chan
 from that channel's own last observation (a lab drawn two days ago is two days stale even if
 the vitals were measured an hour ago; a channel never observed in a series gets the last bin's
 noise); times inside a channel's span keep the noise above, times before its first
-observation count their lead backwards.
+observation count their lead backwards. A series with a short history is forecast worse than
+one with a long one, and the paths' spread hardly shows it: the forecast variance also gets a
+factor per bin of history length (the excess over what the curve gives, non-increasing in
+the length, within ``HISTORY_FACTOR_RANGE``).
 
 Where: the validation split (its fixed, seeded task masks, the very batches validation scores)
 when there is one, else the training split with the training task's masks drawn the same fixed,
@@ -69,6 +72,8 @@ log = logging.getLogger(__name__)
 CALIBRATION_VERSION = 2  # 2: the lead-time curve (lead_*); version 1 files have none
 LEAD_BINS = 8  # bins of lead time (equal counts) of the forecast noise curve
 LEAD_MIN_POINTS = 30  # a bin's own channel estimate needs this many points, else pooled
+HISTORY_BINS = 4  # bins of history length (equal counts) of the forecast noise's factor
+HISTORY_FACTOR_RANGE = (0.25, 16.0)  # bounds of that factor on the variance
 CALIBRATION_MAX_SERIES = 1000  # series of a split used for calibration (first ones, stored order)
 
 
@@ -95,6 +100,8 @@ class NoiseCalibration:
             no curve, every time gets ``std``).
         lead_std: the noise std per bin and channel ``(bins, D)``: non-decreasing, >= ``std``.
         lead_count: forecast points per bin.
+        history_counts, history_factor: the forecast variance's factor by how many times a
+            series' history holds (bins' mean counts; non-increasing; empty: none).
     """
 
     std: list[float]
@@ -109,16 +116,20 @@ class NoiseCalibration:
     lead_times: list[float] = field(default_factory=list)
     lead_std: list[list[float]] = field(default_factory=list)
     lead_count: list[int] = field(default_factory=list)
+    history_counts: list[float] = field(default_factory=list)
+    history_factor: list[float] = field(default_factory=list)
 
     @property
     def array(self) -> np.ndarray:
         """``std`` as a float64 array ``(D,)``."""
         return np.asarray(self.std, dtype=np.float64)
 
-    def std_at(self, leads: np.ndarray) -> np.ndarray:
+    def std_at(self, leads: np.ndarray, history: float | None = None) -> np.ndarray:
         """The noise std ``(m, D)`` at lead times ``leads`` ``(m,)`` (one per time) or ``(m, D)``
         (each channel's own: past that channel's last observation), in model units; 0 or less
-        (inside the span): ``std``; infinite (a channel never observed): the last bin's."""
+        (inside the span): ``std``; infinite (a channel never observed): the last bin's.
+        ``history``: the number of times the series' history holds, for the forecast noise's
+        factor (``history_factor``; None: 1)."""
         base = self.array
         leads = np.asarray(leads, dtype=np.float64)
         if leads.ndim == 1:
@@ -131,10 +142,14 @@ class NoiseCalibration:
         # at 0 covered them 0.82 for 0.9 on the quick start), beyond the last, the last's
         knots = np.asarray(self.lead_times, dtype=np.float64)
         variances = np.asarray(self.lead_std, dtype=np.float64) ** 2
+        factor = 1.0
+        if history is not None and self.history_counts:
+            factor = float(np.interp(history, self.history_counts, self.history_factor))
         for c in range(len(base)):
             ahead = leads[:, c] > 0
             far = np.minimum(leads[ahead, c], knots[-1])  # inf: held at the last bin
-            out[ahead, c] = np.sqrt(np.interp(far, knots, variances[:, c]))
+            var = np.interp(far, knots, variances[:, c]) * factor
+            out[ahead, c] = np.sqrt(np.maximum(var, base[c] ** 2))
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -204,6 +219,16 @@ class Scored:
     target: torch.Tensor
     encoder: torch.Tensor
     leads: torch.Tensor
+    history: torch.Tensor  # (B,): times the encoder saw per series
+
+
+def point_noise(calibration: NoiseCalibration, scored: Scored) -> torch.Tensor:
+    """``calibration``'s noise std ``(B, K, D)`` at the scored points: each at its lead and
+    its series' history length, as ``LatentODEForecaster.predict`` gives it."""
+    leads = scored.leads.double().cpu().numpy()
+    history = scored.history.cpu().numpy()
+    return torch.as_tensor(np.stack([calibration.std_at(leads[b], history=int(history[b]))
+                                     for b in range(len(leads))]))
 
 
 def _leads(point_times: torch.Tensor, times: torch.Tensor, encoder: torch.Tensor
@@ -253,7 +278,8 @@ def _predicted(model: Any, batch: Any, n_samples: int) -> Scored:
             out = model(batch.times, batch.values, batch.encoder_mask, n_samples=n_samples).pred
         grid = batch.times.expand(len(batch.values), -1)
         return Scored(out, batch.values, batch.target_mask, batch.encoder_mask,
-                      _leads(grid, batch.times, batch.encoder_mask))
+                      _leads(grid, batch.times, batch.encoder_mask),
+                      batch.encoder_mask.any(-1).sum(1))
     times, target = batch.times, batch.target_mask
     first = first_target(target) if model.z0_at == "first_target" else 0
     has = target.any(-1)  # (B, T): nothing before ``first`` by its definition
@@ -272,7 +298,8 @@ def _predicted(model: Any, batch: Any, n_samples: int) -> Scored:
     keep = valid.unsqueeze(-1)
     return Scored(pred[:, :, 1:], batch.values.gather(1, at), target.gather(1, at) & keep,
                   batch.encoder_mask.gather(1, at) & keep,
-                  _leads(times[idx], times, batch.encoder_mask))
+                  _leads(times[idx], times, batch.encoder_mask),
+                  batch.encoder_mask.any(-1).sum(1))
 
 
 @torch.no_grad()
@@ -357,10 +384,11 @@ def calibrate_lead(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    taus, r2s, s2s, chans = [], [], [], []
+    taus, r2s, s2s, chans, hists = [], [], [], [], []
     try:
         for index, batch in enumerate(batches):
             batch = batch.to(device)
+            seen = batch.encoder_mask.any(-1).sum(1)  # (B,): times the encoder saw per series
             scored = _paths(model, batch, int(n_samples), seed, index, device)
             pred = scored.pred.double()
             sq = (scored.values.double() - pred.mean(0)).square()
@@ -372,19 +400,50 @@ def calibrate_lead(
             r2s.append(sq[b, k, c].cpu().numpy())
             s2s.append(var[b, k, c].cpu().numpy())
             chans.append(c.cpu().numpy())
+            hists.append(seen[b].double().cpu().numpy())
     finally:
         model.train(was_training)
     if not taus or sum(len(t) for t in taus) < bins * LEAD_MIN_POINTS:
         log.warning("calibrate_lead: too few forecast points for a lead-time curve; forecasts "
                     "keep the noise of points inside the series")
         return base
-    tau, r2, s2, chan = (np.concatenate(a) for a in (taus, r2s, s2s, chans))
+    tau, r2, s2, chan, hist = (np.concatenate(a) for a in (taus, r2s, s2s, chans, hists))
     curve = _lead_curve(tau, r2 - s2, chan, base.array, bins)
     if curve is None:
         return base
     times, std, counts = curve
-    return NoiseCalibration(**{**asdict(base), "lead_times": times, "lead_std": std,
-                               "lead_count": counts})
+    out = NoiseCalibration(**{**asdict(base), "lead_times": times, "lead_std": std,
+                              "lead_count": counts})
+    # how much history: the curve's variance against the excess, per bin of history length
+    expected = out.std_at(np.stack([tau] * len(base.std), 1))[np.arange(len(tau)), chan] ** 2
+    factors = _history_factors(hist, r2 - s2, expected)
+    if factors is not None:
+        out.history_counts, out.history_factor = factors
+    return out
+
+
+def _history_factors(hist: np.ndarray, excess: np.ndarray, expected: np.ndarray,
+                     bins: int = HISTORY_BINS) -> tuple[list, list] | None:
+    """Bins of equal counts over the number of times a series' history holds: mean count and
+    ``mean(excess) / mean(expected)``, non-increasing in the count (more history, no more
+    noise), within ``HISTORY_FACTOR_RANGE``. None when the histories hardly differ."""
+    edges = np.unique(np.quantile(hist, np.linspace(0.0, 1.0, bins + 1)))
+    if len(edges) < 3:
+        return None
+    which = np.clip(np.searchsorted(edges, hist, side="right") - 1, 0, len(edges) - 2)
+    counts, ratios, weights = [], [], []
+    for k in range(len(edges) - 1):
+        here = which == k
+        if here.sum() < LEAD_MIN_POINTS:
+            continue
+        counts.append(float(hist[here].mean()))
+        ratios.append(float(max(excess[here].mean(), 0.0) / max(expected[here].mean(), 1e-300)))
+        weights.append(float(here.sum()))
+    if len(counts) < 2:
+        return None
+    falling = _increasing(-np.asarray(ratios), np.asarray(weights)) * -1
+    low, high = HISTORY_FACTOR_RANGE
+    return counts, np.clip(falling, low, high).tolist()
 
 
 def _lead_curve(tau: np.ndarray, excess: np.ndarray, chan: np.ndarray, base: np.ndarray,
@@ -464,9 +523,7 @@ def predictive_coverage(
             for name, scale in scales.items():
                 samples = pred
                 if isinstance(scale, NoiseCalibration):
-                    leads = scored.leads.double().cpu().numpy()
-                    scale = torch.as_tensor(scale.std_at(leads.reshape(-1, leads.shape[-1]))
-                                            .reshape(leads.shape))
+                    scale = point_noise(scale, scored)
                 if jitter is not None and scale is not None and bool((scale > 0).any()):
                     samples = pred + scale.to(pred.device, pred.dtype) * jitter
                 h, c = interval_hits(samples, scored.values, mask, level)
@@ -503,7 +560,7 @@ def forecast_coverage_breakdown(
                 scored = _predicted(model, batch, n_samples)
                 jitter = torch.randn_like(scored.pred)
             leads = scored.leads.double().cpu().numpy()
-            std = calibration.std_at(leads.reshape(-1, dims)).reshape(leads.shape)
+            std = point_noise(calibration, scored).numpy()
             samples = (scored.pred.double().cpu() + torch.as_tensor(std) * jitter.double().cpu())
             lo, hi = np.quantile(samples.numpy(), [(1 - level) / 2, (1 + level) / 2], axis=0)
             values = scored.values.double().cpu().numpy()

@@ -664,7 +664,7 @@ class LatentODEForecaster:
         with np.errstate(over="ignore", invalid="ignore"):  # channels never observed: set below
             leads = np.maximum(np.maximum(want - last, first - want), 0.0)  # (m, D)
         leads[:, ~observed.any(0)] = np.inf  # never observed here: the last bin's noise
-        return calibration.std_at(leads)
+        return calibration.std_at(leads, history=int(observed.any(1).sum()))
 
     def _history_window(self) -> float | None:
         """The training windows' span in model units (``data.window``), or None."""
