@@ -249,12 +249,14 @@ def _leads(point_times: torch.Tensor, times: torch.Tensor, encoder: torch.Tensor
 
 
 def _paths(model: Any, batch: Any, n_samples: int, seed: int, index: int,
-           device: torch.device) -> Scored:
-    """Sampled predictions of one batch, seeded by ``seed`` and the batch index (torch's
-    global RNG is left as it was)."""
+           device: torch.device, jitter: bool = False) -> tuple[Scored, torch.Tensor | None]:
+    """Sampled predictions of one batch, seeded by ``seed`` and the batch index, and with
+    ``jitter`` standard normal draws of their shape from the same stream (for noise); torch's
+    global RNG is left as it was."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed * 1_000_003 + index)
-        return _predicted(model, batch, n_samples)
+        scored = _predicted(model, batch, n_samples)
+        return scored, torch.randn_like(scored.pred) if jitter else None
 
 
 def _predicted(model: Any, batch: Any, n_samples: int) -> Scored:
@@ -329,7 +331,7 @@ def calibrate_noise(
     try:
         for index, batch in enumerate(batches):
             batch = batch.to(device)
-            scored = _paths(model, batch, int(n_samples), seed, index, device)
+            scored, _ = _paths(model, batch, int(n_samples), seed, index, device)
             pred = scored.pred.double()
             mean, var = pred.mean(0), pred.var(0, unbiased=False)  # (B, K, D)
             sq = (scored.values.double() - mean).square()
@@ -389,7 +391,7 @@ def calibrate_lead(
         for index, batch in enumerate(batches):
             batch = batch.to(device)
             seen = batch.encoder_mask.any(-1).sum(1)  # (B,): times the encoder saw per series
-            scored = _paths(model, batch, int(n_samples), seed, index, device)
+            scored, _ = _paths(model, batch, int(n_samples), seed, index, device)
             pred = scored.pred.double()
             sq = (scored.values.double() - pred.mean(0)).square()
             var = pred.var(0, unbiased=False)
@@ -513,11 +515,8 @@ def predictive_coverage(
     try:
         for index, batch in enumerate(batches):
             batch = batch.to(device)
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(seed * 1_000_003 + index)
-                scored = _predicted(model, batch, n_samples)
-                pred = scored.pred
-                jitter = torch.randn_like(pred) if any_noise else None
+            scored, jitter = _paths(model, batch, n_samples, seed, index, device, any_noise)
+            pred = scored.pred
             mask = scored.target & ~scored.encoder
             c = 0
             for name, scale in scales.items():
@@ -555,10 +554,7 @@ def forecast_coverage_breakdown(
     try:
         for index, batch in enumerate(batches):
             batch = batch.to(device)
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(seed * 1_000_003 + index)
-                scored = _predicted(model, batch, n_samples)
-                jitter = torch.randn_like(scored.pred)
+            scored, jitter = _paths(model, batch, n_samples, seed, index, device, True)
             leads = scored.leads.double().cpu().numpy()
             std = point_noise(calibration, scored).numpy()
             samples = (scored.pred.double().cpu() + torch.as_tensor(std) * jitter.double().cpu())
