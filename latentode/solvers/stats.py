@@ -13,7 +13,9 @@ class SolverStats:
     returns, the backward ones when autograd runs the backward pass (adjoint and checkpoint
     modes; with ``gradient="backprop"`` autograd replays the recorded graph and no evaluations
     are counted).
-    Counters accumulate over calls until :meth:`reset`.
+    Counters accumulate over calls until :meth:`reset`. An adjoint backward solve that starts
+    over anchored (``backward_restarts``) counts the abandoned attempt's evaluations in
+    ``nfe_backward`` (work done) but not its steps.
     """
 
     nfe_forward: int = 0
