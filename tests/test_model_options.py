@@ -160,6 +160,9 @@ def test_hand_built_batches_are_checked_at_the_models_entry(name):
     torch.manual_seed(1)
     nans = net.loss(times, torch.where(mask, values, float("nan")), mask, mask)["loss"]
     assert torch.isfinite(nans) and torch.allclose(nans, zeros)
+    from latentode.models.inputs import checked_batch  # finite values whose sum overflows
+    huge = torch.full((2, 3, 2), 3e38)
+    assert checked_batch(2, torch.arange(3.0), huge, huge > 0) is huge
     bad = values.clone()
     bad[1, 3, 0], mask[1, 3, 0] = float("nan"), True
     with pytest.raises(ValueError, match=r"1 NaN/inf entries where a mask marks them observed "

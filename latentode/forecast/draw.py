@@ -87,9 +87,8 @@ def make_jobs(hist64: np.ndarray, hist_v: np.ndarray, want64: np.ndarray, np_dty
     earlier = want < hist_t[0]
     later = everything[~earlier]
     jobs = []
-    if len(later):
-        grid = np.unique(np.concatenate([hist_t[:1], want[later]]))
-        jobs.append((later, Job(hist_t, hist_v, grid, np.searchsorted(grid, want[later]))))
+    if len(later):  # the times from the history's start on: the plain job of those
+        jobs.append((later, make_job(hist64, hist_v, want64[later], np_dtype, from_target)))
     before = everything[earlier]
     ahead = np.unique(np.concatenate([hist_t[:1], want[before]]))  # ascending
     grid = ahead[::-1].copy()  # from the history's start back in time
