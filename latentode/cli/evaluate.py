@@ -197,14 +197,11 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
         batches, _ = calibration_batches(datamodule, split, task=lead_task())
         calibration = calibrate_lead(model, batches, calibration, samples, seed)
         tests, _ = calibration_batches(datamodule, "test", max_series=None, task=lead_task())
-        values.update(predictive_coverage(
-            model, tests, {f"{name}_forecast": calibration,
-                           f"{name}_forecast_constant": calibration.std},
-            level, samples, seed))
-        tests, _ = calibration_batches(datamodule, "test", max_series=None, task=lead_task())
         breakdown = forecast_coverage_breakdown(
             model, tests, calibration, [str(c) for c in datamodule.dataset.channels], level,
             samples, seed)
+        values[f"{name}_forecast"] = breakdown["all"]
+        values[f"{name}_forecast_constant"] = breakdown["all_constant"]
         table = {f"{name}_forecast/{c}": v for c, v in breakdown["channel"].items()}
         table.update({f"{name}_forecast/lead{k}": v for k, v in breakdown["lead"].items()})
         print(format_metrics(table, "forecast coverage per channel and per lead (model time "

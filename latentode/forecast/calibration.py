@@ -534,34 +534,48 @@ def predictive_coverage(
 
 
 @torch.no_grad()
+def _covered(pred: torch.Tensor, std: torch.Tensor, jitter: torch.Tensor, values: np.ndarray,
+             level: float) -> np.ndarray:
+    """Per point, whether ``values`` lie in the central ``level`` interval of the paths plus
+    ``std`` times the draws ``jitter`` (summed in the paths' dtype, as ``predictive_coverage``
+    does, so the numbers agree)."""
+    samples = (pred + std.to(pred.device, pred.dtype) * jitter).double().cpu().numpy()
+    lo, hi = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return (values >= lo) & (values <= hi)
+
+
 def forecast_coverage_breakdown(
     model: torch.nn.Module, batches: Iterable[Any], calibration: NoiseCalibration,
     channels: list[str], level: float = 0.9, n_samples: int = 100, seed: int = 0,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, Any]:
     """Coverage of the central ``level`` interval on the held-out points of ``batches`` (e.g.
-    :func:`lead_task` batches: forecasts), with ``calibration``'s noise at each point's lead,
-    per channel and per lead bin (edges: 0, the curve's mean leads, beyond; model units):
-    ``{"channel": {name: coverage}, "lead": {"<=0.23": coverage, ...}}``. A pooled number can
-    hide a channel or a horizon far off."""
+    :func:`lead_task` batches: forecasts), with ``calibration``'s noise at each point's lead:
+    pooled (``"all"``), per channel and per lead bin (edges: 0, the curve's mean leads,
+    beyond; model units), and pooled with the in-series noise at every lead
+    (``"all_constant"``), all from one pass with the draws of :func:`predictive_coverage`
+    (the same numbers): ``{"all": c, "all_constant": c, "channel": {name: c},
+    "lead": {"<=0.23": c, ...}}``. A pooled number can hide a channel or a horizon far off."""
     level = check_level(level)
     device = next(model.parameters()).device
     edges = np.asarray([0.0, *calibration.lead_times, np.inf])
     dims = len(channels)
     hits = np.zeros((dims, len(edges) - 1))
     counts = np.zeros_like(hits)
+    constant_hits = 0
+    constant = torch.as_tensor(calibration.array)
     was_training = model.training
     model.eval()
     try:
         for index, batch in enumerate(batches):
             batch = batch.to(device)
             scored, jitter = _paths(model, batch, n_samples, seed, index, device, True)
-            leads = scored.leads.double().cpu().numpy()
-            std = point_noise(calibration, scored).numpy()
-            samples = (scored.pred.double().cpu() + torch.as_tensor(std) * jitter.double().cpu())
-            lo, hi = np.quantile(samples.numpy(), [(1 - level) / 2, (1 + level) / 2], axis=0)
-            values = scored.values.double().cpu().numpy()
-            inside = (values >= lo) & (values <= hi)
+            pred, values = scored.pred, scored.values.double().cpu().numpy()
             mask = (scored.target & ~scored.encoder).cpu().numpy()
+
+            constant_hits += int(np.count_nonzero(
+                _covered(pred, constant, jitter, values, level) & mask))
+            inside = _covered(pred, point_noise(calibration, scored), jitter, values, level)
+            leads = scored.leads.double().cpu().numpy()
             which = np.clip(np.searchsorted(edges, leads, side="left") - 1, 0, len(edges) - 2)
             for c in range(dims):
                 m = mask[..., c]
@@ -576,6 +590,8 @@ def forecast_coverage_breakdown(
     labels = [f"<={edges[k + 1]:.3g}" if np.isfinite(edges[k + 1]) else f">{edges[k]:.3g}"
               for k in range(len(edges) - 1)]
     return {
+        "all": ratio(hits.sum(), counts.sum()),
+        "all_constant": ratio(constant_hits, counts.sum()),
         "channel": {name: ratio(hits[c].sum(), counts[c].sum())
                     for c, name in enumerate(channels)},
         "lead": {label: ratio(hits[:, k].sum(), counts[:, k].sum())
