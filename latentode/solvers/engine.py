@@ -20,9 +20,11 @@ from .tableaus import ButcherTableau
 # f(t, y) with a Python-float time; counts its own evaluations.
 VectorField = Callable[[float, torch.Tensor], torch.Tensor]
 # on_step(t, h, t_next, y, y1, ks) is called after every accepted step; an adaptive solve
-# goes on from the state it returns, if any (the first stage is then evaluated afresh).
+# goes on from the state it returns, if any: the first stage is then evaluated afresh, unless
+# it returns (state, True), which keeps the step's last stage (a nudge small enough that the
+# stage's error is negligible).
 StepHook = Callable[[float, float, float, torch.Tensor, torch.Tensor, list],
-                    torch.Tensor | None]
+                    torch.Tensor | tuple[torch.Tensor, bool] | None]
 # on_stop(index, t, y) -> y is called on landing at stops[index]; it may change the state.
 StopHook = Callable[[int, float, torch.Tensor], torch.Tensor]
 
@@ -81,10 +83,11 @@ def rms_ratio(
     y: torch.Tensor,
     y1: torch.Tensor | None,
     rtol: float,
-    atol: float,
+    atol: float | torch.Tensor,
     n: int | None,
 ) -> float:
-    """RMS of ``x / (atol + rtol * max(|y|, |y1|))`` over the first ``n`` elements (all if None)."""
+    """RMS of ``x / (atol + rtol * max(|y|, |y1|))`` over the first ``n`` elements (all if None);
+    ``atol`` a number or one per element."""
     with torch.no_grad():
         x, y = x.detach().reshape(-1), y.detach().reshape(-1)
         if n is not None:
@@ -184,8 +187,9 @@ def integrate(
     norm_numel: int | None = None,
     k1: torch.Tensor | None = None,
     prepare: Callable[[float, float, torch.Tensor], tuple[float, bool]] | None = None,
-    extra_error: Callable[[float, torch.Tensor, torch.Tensor, list], float] | None = None,
+    extra_error: Callable[[float, float, torch.Tensor, torch.Tensor, list], float] | None = None,
     extra_order: int = 2,
+    atol_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, float, Counters]:
     """Integrate from ``t0`` to ``t1``; return ``(y(t1), next proposed step, counters)``.
 
@@ -197,9 +201,10 @@ def integrate(
     runs before every trial step and returns ``(h, changed)``: it may shorten the step, and
     ``changed`` asks for the first stage afresh (the vector field changed between steps, e.g.
     a step-averaged forcing term).
-    ``extra_error(h, y, y1, stages)`` adds an error estimate of order ``extra_order`` in ``h``
+    ``extra_error(t, h, y, y1, stages)`` adds an error estimate of order ``extra_order`` in ``h``
     (as a ratio to the tolerance) to the step's embedded one; the controller rejects on the
-    larger of the two.
+    larger of the two. ``atol_of(y)`` gives the absolute tolerance of each normed element at a
+    step's start, for states whose parts change scale along the solve (``atol`` otherwise).
     """
     direction = 1.0 if t1 >= t0 else -1.0
     counters = Counters()
@@ -264,8 +269,9 @@ def integrate(
         if k1 is None:
             k1 = f(t, y)
         y1, ks = rk.step(f, t, h, y, k1)
-        ratio = rms_ratio(rk.error(ks, h), y, y1, rtol, atol, norm_numel)
-        extra = extra_error(h, y, y1, ks) if extra_error is not None else 0.0
+        step_atol = atol if atol_of is None else atol_of(y)
+        ratio = rms_ratio(rk.error(ks, h), y, y1, rtol, step_atol, norm_numel)
+        extra = extra_error(t, h, y, y1, ks) if extra_error is not None else 0.0
         accepted = max(ratio, extra) <= 1.0
         last_trial_finite = math.isfinite(ratio)
         if extra > ratio:  # the extra term decides: propose by its order
@@ -284,8 +290,11 @@ def integrate(
         counters.accepted += 1
         t_next = goal if lands else t + h
         replaced = on_step(t, h, t_next, y, y1, ks) if on_step is not None else None
+        keep_stage = replaced is None
+        if isinstance(replaced, tuple):
+            replaced, keep_stage = replaced
         y, t = (y1 if replaced is None else replaced), t_next
-        k1 = ks[-1] if rk.fsal and replaced is None else None
+        k1 = ks[-1] if rk.fsal and keep_stage else None
         if lands:
             # keep the controller's plan across the landing rather than the clipped step
             h_new = max(h_new, planned) if direction > 0 else min(h_new, planned)

@@ -25,7 +25,7 @@ class SolverStats:
     backward_steps_accepted: int = 0
     backward_steps_rejected: int = 0
     backward_restarts: int = 0  # adjoint solves started over anchored at every output time
-    backward_resets: int = 0  # folded adjoint steps ending on z put back on the forward path
+    backward_resets: int = 0  # folded adjoint steps ending with z moved onto the forward path
 
     def reset(self) -> None:
         for f in fields(self):
