@@ -579,6 +579,26 @@ def test_adjoint_memory_does_not_grow_with_steps():
     assert long_peak <= 1.2 * short_peak, (short_peak, long_peak)
 
 
+@pytest.mark.parametrize("layout", ["1d", "2d"])
+def test_adjoint_backward_holds_no_copies_of_many_outputs(layout):
+    """1000 output times: the backward pass's own tensors stay below 2x the outputs, 3x with
+    per-sample times, whose cotangents and stored outputs are put in time order (measured 1.3x
+    and 2.5x; it held 4.1x and 4.7x before: the cotangents divided by their unit, the folded
+    ones selected, their suffix sums, and temporaries of their size while checking z against
+    the outputs)."""
+    field = MLPField(seed=1)
+    y0 = make_y0(batch=256)
+    t = torch.linspace(0.0, 2.0, 1000, dtype=F64)
+    if layout == "2d":
+        t = torch.stack([t * (1.0 - 0.5 * i / len(y0)) for i in range(len(y0))])
+    ys = odeint(field, y0, t, gradient="adjoint")
+    cotangent = torch.randn(ys.shape, generator=torch.Generator().manual_seed(0), dtype=F64)
+    _, peak = peak_memory(lambda: ys.backward(cotangent))
+    assert field.lin1.weight.grad is not None
+    limit = 2 if layout == "1d" else 3
+    assert peak < limit * ys.numel() * ys.element_size(), (peak, ys.numel() * ys.element_size())
+
+
 def test_backprop_memory_does_grow_with_steps():
     """Sanity check of the measurement: the recorded graph is O(steps)."""
     short_peak, short = memory_and_stats("backprop", 2.0)

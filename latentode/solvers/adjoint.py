@@ -81,6 +81,8 @@ _DRIFT = 10.0
 # ... and after this many such rejections in a row the solve starts over, anchored at every
 # output time
 _DRIFT_REJECTIONS = 3
+# numbers per chunk where loops run over many outputs' cotangents or stored values
+_CHUNK = 1 << 16
 
 
 class _DriftError(Exception):
@@ -100,9 +102,13 @@ def _flat(tensors: tuple, like: tuple) -> list:
 
 
 class _Jumps:
-    """The adjoint jumps ``g_i`` at the output items: stopped at, or folded into a forcing."""
+    """The adjoint jumps ``g_i`` at the output items: stopped at, or folded into a forcing.
 
-    def __init__(self, problem: Problem, items: torch.Tensor, fold: bool):
+    ``items`` are the output cotangents as given (views where possible, never copied whole),
+    read in units of ``scale``: a backward solve over many outputs holds no copy of them.
+    """
+
+    def __init__(self, problem: Problem, items: torch.Tensor, fold: bool, scale: float):
         out = problem.outputs
         self.rtol, self.atol = problem.adjoint_rtol, problem.adjoint_atol
         self.numel = math.prod(problem.shape)
@@ -110,6 +116,7 @@ class _Jumps:
         self.per_sample = out.per_sample
         self.state_shape = problem.shape
         self.items = items
+        self.inv = 1.0 / scale
         self.rows = out.rows
         self.direction = d = out.direction
         times = np.asarray(out.times, dtype=np.float64)
@@ -131,16 +138,20 @@ class _Jumps:
         self.probe_gain = 0.0  # |J^T probe| / |probe| at the start of the step
         self._key: tuple = (len(self.fold_keys), ())
         if len(self.fold_idx):
-            index = torch.as_tensor(self.fold_idx, device=items.device)
-            self.folded = items.index_select(0, index)
+            first, last = int(self.fold_idx[0]), int(self.fold_idx[-1])
+            if last - first + 1 == len(self.fold_idx):  # the usual case: a view
+                self.folded = items[first : last + 1]
+            else:
+                self.folded = items.index_select(0, torch.as_tensor(self.fold_idx,
+                                                                    device=items.device))
             self.fold_rows = (
                 torch.as_tensor(self.rows[self.fold_idx], device=items.device)
                 if self.per_sample
                 else None
             )
-            if not self.per_sample:
-                suffix = torch.flip(torch.cumsum(torch.flip(self.folded, [0]), 0), [0])
-                self.suffix = torch.cat([suffix, torch.zeros_like(suffix[:1])])
+        # sum of the folded jumps from item _suffix_k on, kept as the solve passes them
+        self._suffix_k = len(self.fold_idx)
+        self._suffix = torch.zeros(problem.shape, dtype=items.dtype, device=items.device)
 
     @property
     def folds(self) -> bool:
@@ -150,23 +161,45 @@ class _Jumps:
         """``a`` plus the jumps of items ``idx`` (into their rows for per-sample times)."""
         if len(idx) == 0:
             return a
-        index = torch.as_tensor(idx, device=a.device)
+        first, last = int(idx[0]), int(idx[-1])
+        if last - first + 1 == len(idx):
+            picked = self.items[first : last + 1]
+        else:
+            picked = self.items.index_select(0, torch.as_tensor(idx, device=a.device))
         if not self.per_sample:
-            return a + self.items.index_select(0, index).sum(0)
+            return a + picked.sum(0) * self.inv
         rows = torch.as_tensor(self.rows[idx], device=a.device)
-        return a.index_add(0, rows, self.items.index_select(0, index))
+        return a.index_add(0, rows, picked, alpha=self.inv)
+
+    def _suffix_from(self, k: int) -> torch.Tensor:
+        """``sum of g_i`` over folded items ``k`` on; the solve passes items in decreasing
+        order, so each is added once."""
+        if k > self._suffix_k:  # never in a backward solve's order: sum afresh
+            return self._weighted(k, torch.ones(len(self.fold_idx) - k, dtype=self.items.dtype,
+                                                device=self.items.device))
+        if k < self._suffix_k:
+            ones = torch.ones(self._suffix_k - k, dtype=self.items.dtype, device=self.items.device)
+            self._suffix = self._suffix + self._weighted(k, ones)
+            self._suffix_k = k
+        return self._suffix
 
     def _weighted(self, k_lo: int, weights: torch.Tensor, absolute: bool = False) -> torch.Tensor:
-        """``sum_i weights_i g_i`` (or ``|g_i|``) over folded items ``k_lo:k_lo + len(weights)``."""
-        k_hi = k_lo + len(weights)
-        g = self.folded[k_lo:k_hi]
-        if absolute:
-            g = g.abs()
-        if not self.per_sample:
-            return torch.tensordot(weights, g, 1)
-        scaled = g * weights.view(-1, *([1] * (g.dim() - 1)))
-        zero = torch.zeros(self.state_shape, dtype=g.dtype, device=g.device)
-        return zero.index_add(0, self.fold_rows[k_lo:k_hi], scaled)
+        """``sum_i weights_i g_i`` (or ``|g_i|``) over folded items ``k_lo:k_lo + len(weights)``,
+        in chunks: a step over many outputs makes no temporary of their size."""
+        weights = weights * self.inv
+        total = torch.zeros(self.state_shape, dtype=self.items.dtype, device=self.items.device)
+        step = _chunk(self.folded)
+        for lo in range(0, len(weights), step):
+            w = weights[lo : lo + step]
+            g = self.folded[k_lo + lo : k_lo + lo + len(w)]
+            if absolute:
+                g = g.abs()
+            if not self.per_sample:
+                total += torch.tensordot(w, g, 1)
+            else:
+                rows = self.fold_rows[k_lo + lo : k_lo + lo + len(w)]
+                total.index_add_(0, rows, g * w.view(-1, *([1] * (g.dim() - 1))))
+        return total
 
     def spread(
         self,
@@ -260,12 +293,8 @@ class _Jumps:
         # its integral, and its first moment, match the jump's, so folding is exact to second
         # order even where J changes along the step; what is left is third order (_residual)
         level = torch.as_tensor([f * (3 * f - 2) for f in fracs], dtype=g.dtype, device=g.device)
-        ones = torch.ones(len(keys) - k_up, dtype=g.dtype, device=g.device)
-        if not self.per_sample:
-            inside = torch.tensordot(level, g[k_lo:k_up], 1) if fracs else 0.0
-            self.current = self.suffix[k_up] + inside
-        else:
-            self.current = self._weighted(k_lo, torch.cat([level, ones]))
+        later = self._suffix_from(k_up)
+        self.current = later + self._weighted(k_lo, level) if fracs else later
         if fracs:
             slope = [6 * f * (1 - f) for f in fracs]
             self.slope = self._weighted(
@@ -313,16 +342,15 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
     start_grad, items = out.split_grads(grad_ys)
     _, anchors = out.split_grads(ys.detach())  # the forward solution at every output item
     shape, n = problem.shape, math.prod(problem.shape)
-    scale = _cotangent_scale(items)
+    scale = _cotangent_scale(items)  # the backward solve's unit
     if not math.isfinite(scale):
         raise ValueError("the gradient of the loss with respect to odeint's output holds NaN or "
                          "inf: check the loss (a log of 0, a division by 0) rather than func.")
     if scale == 0.0:  # nothing flows back through the solve
         return (start_grad, *[torch.zeros_like(p) for p in params])
-    items = items / scale
     adaptive = problem.grid is None
     rtol, atol = problem.adjoint_rtol, problem.adjoint_atol
-    jumps = _Jumps(problem, items, fold)
+    jumps = _Jumps(problem, items, fold, scale)
     func, time = problem.func, problem.time
     n_params = sum(p.numel() for p in params)
 
@@ -376,7 +404,9 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
 
     def drift(t: float, h: float, s0: torch.Tensor, ks: list) -> tuple | None:
         """The dense ``z`` of a trial step at the output items it passes against the stored
-        forward outputs: ``(items, z, want, ratios to the tolerance)``, nearest the end first."""
+        forward outputs: ``(picked items, their z, their stored outputs, ratios to the
+        tolerance of all)``; picked is the item nearest the step's end (of each row, for
+        per-sample times). Ratios are computed in chunks of items."""
         d = out.direction
         lo, hi = bisect_left(keys, d * (t + h)), bisect_left(keys, d * t)
         if hi <= lo:
@@ -386,17 +416,33 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
                                   dtype=s0.dtype, device=s0.device)
         with torch.no_grad():
             stages = torch.stack([k[:n] for k in ks])  # (stages, n)
-            want = anchors[lo:hi].reshape(hi - lo, -1)
-            if out.per_sample:  # each item is one row of the state: only that row
-                rows = torch.as_tensor(out.rows[lo:hi], device=s0.device)
-                per_row = stages.view(len(ks), shape[0], -1).index_select(1, rows)
-                start = s0[:n].view(shape[0], -1).index_select(0, rows)
-                z = start + torch.einsum("ks,skr->kr", weights, per_row)
+            if out.per_sample:
+                per_row = stages.view(len(ks), shape[0], -1)
+                start_rows = s0[:n].view(shape[0], -1)
+
+            def dense(pos: np.ndarray) -> tuple:  # positions among lo:hi
+                index = torch.as_tensor(pos, device=s0.device)
+                want = anchors[lo:hi].index_select(0, index).reshape(len(pos), -1)
+                if out.per_sample:  # each item is one row of the state: only that row
+                    rows = torch.as_tensor(out.rows[lo + pos], device=s0.device)
+                    z = start_rows.index_select(0, rows) + torch.einsum(
+                        "ks,skr->kr", weights.index_select(0, index), per_row.index_select(1, rows))
+                else:
+                    z = torch.addmm(s0[:n].unsqueeze(0), weights.index_select(0, index), stages)
+                return z, want
+
+            ratios = []
+            step = _chunk(anchors, copies=len(ks) + 3)  # the gathered stages, z, want, tol
+            for c in range(0, hi - lo, step):
+                z, want = dense(np.arange(c, min(c + step, hi - lo)))
+                tol = want.abs().mul_(problem.rtol).add_(problem.atol)
+                ratios.append(z.sub_(want).div_(tol).square_().mean(1).sqrt_())
+            if out.per_sample:  # the first of each row's items is its nearest the end
+                _, picked = np.unique(out.rows[lo:hi], return_index=True)
             else:
-                z = torch.addmm(s0[:n].unsqueeze(0), weights, stages)  # (items, n)
-            tol = want.abs() * problem.rtol + problem.atol
-            ratios = ((z - want) / tol).square().mean(1).sqrt()
-        return np.arange(lo, hi), z, want, ratios
+                picked = np.zeros(1, dtype=np.int64)
+            z, want = dense(picked)
+        return lo + picked, z, want, torch.cat(ratios)
 
     def step_error(t: float, h: float, s0: torch.Tensor, s1: torch.Tensor, ks: list) -> float:
         """What folding leaves (:func:`fold_error`), or a rejection where ``z`` strayed beyond
@@ -421,17 +467,12 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
         measured, trial["drift"] = trial["drift"], None
         if measured is None:
             return None
-        items, z, want, _ = measured
-        if out.per_sample:  # the first of each row's items is its nearest the end
-            _, first = np.unique(out.rows[items], return_index=True)
-        else:
-            first = np.zeros(1, dtype=np.int64)
+        picked, z, want, _ = measured
         stats.backward_resets += 1
         with torch.no_grad():
-            pick = torch.as_tensor(first, device=s1.device)
-            delta = want.index_select(0, pick) - z.index_select(0, pick)
+            delta = want - z
             if out.per_sample:
-                rows = torch.as_tensor(out.rows[items[first]], device=s1.device)
+                rows = torch.as_tensor(out.rows[picked], device=s1.device)
                 z1 = s1[:n].view(shape[0], -1).index_add(0, rows, delta.to(s1))
             else:
                 z1 = s1[:n] + delta[0].to(s1)
@@ -511,6 +552,12 @@ def _anchored(z: torch.Tensor, anchors: torch.Tensor, idx: np.ndarray, rows: np.
                         anchors.index_select(0, index).to(z))
 
 
+def _chunk(items: torch.Tensor, copies: int = 1) -> int:
+    """How many items make ``_CHUNK`` numbers (``copies`` of them): the chunk of loops over
+    many outputs, so that no temporary grows with the number of outputs."""
+    return max(1, _CHUNK // (copies * max(items[0].numel(), 1))) if len(items) else 1
+
+
 def _adjoint_tol(a0: torch.Tensor, a1: torch.Tensor | None, rtol: float, atol: float
                  ) -> torch.Tensor:
     """Per-element tolerance of the adjoint over a step from ``a0`` (to ``a1``):
@@ -552,15 +599,18 @@ def _jacobian_gain(dz: torch.Tensor, z: torch.Tensor, v: torch.Tensor) -> float 
 def _cotangent_scale(items: torch.Tensor) -> float:
     """Largest RMS of one output's cotangent: the unit the backward solve works in. Computed
     on cotangents divided by their largest magnitude first, so that squaring neither
-    underflows (a loss times 1e-23 in float32 gave zero gradients) nor overflows (NaN)."""
+    underflows (a loss times 1e-23 in float32 gave zero gradients) nor overflows (NaN); in
+    chunks, so that many outputs cost no copy of them all."""
     if len(items) == 0:
         return 0.0
+    rows = items.reshape(len(items), -1)
+    chunks = rows.split(_chunk(rows))
     with torch.no_grad():
-        peak = items.abs().max().item()
+        peak = max(chunk.abs().max().item() for chunk in chunks)
         if peak == 0.0 or not math.isfinite(peak):
             return peak if peak == 0.0 else float("nan")
-        unit = (items / peak).reshape(len(items), -1).square().mean(1).max().sqrt().item()
-        return peak * unit
+        unit = max((chunk / peak).square().mean(1).max().item() for chunk in chunks)
+        return peak * math.sqrt(unit)
 
 
 class AdjointSolve(torch.autograd.Function):
