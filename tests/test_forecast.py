@@ -366,6 +366,44 @@ def test_forecast_intervals_widen_over_the_calibrated_lead_curve(fitted, data):
                                   curved.predict(part, times, **kwargs))
 
 
+def test_noise_curve_reports_the_lead_curve_in_data_units(fitted, dated):
+    """noise_curve(): the calibrated noise at lead 0 and at each bin's mean lead, in the data's
+    units (values times the scaler's scale; leads times the time scale, Timedeltas for
+    datetimes), as predict applies it."""
+    import copy
+    import dataclasses
+
+    def curved(fc):
+        out, base = copy.copy(fc), fc.calibration
+        out.calibration = dataclasses.replace(
+            base, lead_times=[0.5, 2.0], lead_count=[40, 40],
+            lead_std=[[2 * v for v in base.std], [5 * v for v in base.std]])
+        return out
+
+    flat = fitted.noise_curve()  # the tiny fixture has too few points for a curve
+    assert len(flat) == fitted.spec.n_channels and (flat["lead"] == 0).all()
+    fc = curved(fitted)
+    curve = fc.noise_curve()
+    cal, spec = fc.calibration, fc.spec
+    bins = len(cal.lead_times)
+    assert len(curve) == (1 + bins) * spec.n_channels
+    assert list(curve.columns) == ["channel", "lead", "std", "factor", "count"]
+    assert curve["factor"].isna().all()  # no log channels
+    for c, name in enumerate(spec.channels):
+        rows = curve[curve.channel == name]
+        want = np.r_[cal.std[c], np.asarray(cal.lead_std)[:, c]] * spec.scale[c]
+        np.testing.assert_allclose(rows["std"], want)
+        np.testing.assert_allclose(rows["lead"], np.r_[0.0, cal.lead_times] * spec.time.scale)
+        assert rows["std"].is_monotonic_increasing
+        at = cal.std_at(np.asarray(cal.lead_times))[:, c] * spec.scale[c]
+        np.testing.assert_allclose(rows["std"].iloc[1:], at)  # what predict uses there
+    fc = curved(dated[0])
+    leads = fc.noise_curve()["lead"]
+    assert all(isinstance(v, pd.Timedelta) for v in leads)
+    expected = pd.to_timedelta(np.r_[0.0, fc.calibration.lead_times] * 7, unit="D")
+    np.testing.assert_array_equal(leads.unique(), expected.unique())
+
+
 def test_a_stale_or_unmeasured_channel_gets_its_own_lead(fitted, data):
     """Leads count from each channel's own last observation: a channel last measured long
     before the others is forecast with the wider noise of that lead; one never measured in the
@@ -417,6 +455,10 @@ def test_log_channels_keep_forecasts_and_intervals_positive(tmp_path):
     assert (conc["q0.05"] < conc["q0.5"]).all() and (conc["q0.5"] < conc["q0.95"]).all()
     # the mean of the predictive distribution: a log-normal's, above its median
     assert (conc["mean"] > conc["q0.5"]).all()
+    curve = fc.noise_curve()  # the log channel's spread as a factor; the other's has none
+    logged = curve[curve.channel == "conc"]
+    np.testing.assert_allclose(logged["factor"], np.exp(logged["std"]))
+    assert curve[curve.channel == "other"]["factor"].isna().all()
     draws = fc.sample(frame[frame.series_id == "s0"], horizon=3.0, n=4, num_samples=4000,
                       noise=True)
     drawn = draws[draws.channel == "conc"].groupby("time")["value"].mean().to_numpy()

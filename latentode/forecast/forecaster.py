@@ -567,6 +567,41 @@ class LatentODEForecaster:
             return std
         return np.full(spec.n_channels, model_obs_std(model))
 
+    def noise_curve(self) -> pd.DataFrame:
+        """The calibrated predictive noise over lead time, in the data's units: one row per
+        channel and lead (0: inside the channel's observed span, then each bin of the forecast
+        curve at its mean lead past the channel's last observation).
+
+        Columns: ``channel``, ``lead`` (time units of the data: a Timedelta for datetimes),
+        ``std`` (data units; for a ``log_channels`` channel the std of ``log(value)``, whose
+        ``factor = exp(std)`` is the multiplicative spread), ``factor`` (log channels, else
+        NaN) and ``count`` (calibration points behind the bin). ``predict`` interpolates
+        between the bins in variance and multiplies the variance past the span by
+        ``calibration.history_factor`` at the series' history length.
+        """
+        _, spec = self._fitted("noise_curve")
+        calibration = self.calibration
+        if calibration is None:
+            raise ValueError("this forecaster has no noise calibration (fit() and from_run() "
+                             "make one; a forecaster saved without one has none).")
+        leads = np.asarray([0.0, *calibration.lead_times], dtype=np.float64)
+        std = np.vstack([calibration.array, *(np.asarray(calibration.lead_std) if
+                                              calibration.lead_times else [])])
+        counts = [int(sum(calibration.count)), *calibration.lead_count]
+        scale = np.ones(spec.n_channels) if spec.scale is None else np.asarray(spec.scale)
+        log = np.zeros(spec.n_channels, dtype=bool) if spec.log is None else np.asarray(spec.log)
+        span = leads * spec.time.scale  # the data's time units
+        if spec.time.kind == "datetime":
+            span = pd.to_timedelta(span, unit=spec.time.unit or "h")
+        rows = []
+        for i, lead in enumerate(span):
+            for c, name in enumerate(spec.channels):
+                value = std[i, c] * scale[c]
+                rows.append({"channel": name, "lead": lead, "std": value,
+                             "factor": float(np.exp(value)) if log[c] else np.nan,
+                             "count": counts[i]})
+        return pd.DataFrame(rows)
+
     @torch.no_grad()
     def _draw(
         self, ds: IrregularDataset, requests: list[tuple[int, Times]], num_samples: int,
