@@ -303,9 +303,9 @@ def stiff_mlp_errors(seed: int, torchdiffeq) -> dict:
 def test_adjoint_beats_torchdiffeq_adjoint_in_accuracy_and_evaluations():
     """On the solver benchmark's stiff workload, seeds 0-2: our backward solve is more accurate
     than torchdiffeq's ``odeint_adjoint`` on every seed with under 0.4x its evaluations
-    (measured: errors 4.1e-3 / 3.1e-3 / 2.6e-3 against 5.0e-3 / 3.6e-3 / 3.3e-3, evaluations
-    304 against 1230; with steps shortened to end on output times and ``a``'s absolute
-    tolerance fixed, 1.2e-3 / 0.8e-3 / 0.8e-3 for 456). Each reference is the method's own
+    (measured: errors 2.1e-3 / 1.6e-3 / 1.4e-3 against 5.0e-3 / 3.6e-3 / 3.3e-3, evaluations
+    357 against 1230; with steps shortened to end on output times, 1.2e-3 / 0.8e-3 / 0.8e-3
+    for 456). Each reference is the method's own
     backward solve at 1e-8 with ``z`` put back on the forward outputs at every output time
     (ours: ``adjoint_fold_jumps=False``; torchdiffeq restarts there). Before ``z`` was
     anchored, our folded solve took 375 evaluations but strayed from the forward path by up to

@@ -83,11 +83,10 @@ def rms_ratio(
     y: torch.Tensor,
     y1: torch.Tensor | None,
     rtol: float,
-    atol: float | torch.Tensor,
+    atol: float,
     n: int | None,
 ) -> float:
-    """RMS of ``x / (atol + rtol * max(|y|, |y1|))`` over the first ``n`` elements (all if None);
-    ``atol`` a number or one per element."""
+    """RMS of ``x / (atol + rtol * max(|y|, |y1|))`` over the first ``n`` elements (all if None)."""
     with torch.no_grad():
         x, y = x.detach().reshape(-1), y.detach().reshape(-1)
         if n is not None:
@@ -189,7 +188,6 @@ def integrate(
     prepare: Callable[[float, float, torch.Tensor], tuple[float, bool]] | None = None,
     extra_error: Callable[[float, float, torch.Tensor, torch.Tensor, list], float] | None = None,
     extra_order: int = 2,
-    atol_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, float, Counters]:
     """Integrate from ``t0`` to ``t1``; return ``(y(t1), next proposed step, counters)``.
 
@@ -203,8 +201,7 @@ def integrate(
     a step-averaged forcing term).
     ``extra_error(t, h, y, y1, stages)`` adds an error estimate of order ``extra_order`` in ``h``
     (as a ratio to the tolerance) to the step's embedded one; the controller rejects on the
-    larger of the two. ``atol_of(y)`` gives the absolute tolerance of each normed element at a
-    step's start, for states whose parts change scale along the solve (``atol`` otherwise).
+    larger of the two.
     """
     direction = 1.0 if t1 >= t0 else -1.0
     counters = Counters()
@@ -269,8 +266,7 @@ def integrate(
         if k1 is None:
             k1 = f(t, y)
         y1, ks = rk.step(f, t, h, y, k1)
-        step_atol = atol if atol_of is None else atol_of(y)
-        ratio = rms_ratio(rk.error(ks, h), y, y1, rtol, step_atol, norm_numel)
+        ratio = rms_ratio(rk.error(ks, h), y, y1, rtol, atol, norm_numel)
         extra = extra_error(t, h, y, y1, ks) if extra_error is not None else 0.0
         accepted = max(ratio, extra) <= 1.0
         last_trial_finite = math.isfinite(ratio)
