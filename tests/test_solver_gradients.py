@@ -884,16 +884,57 @@ def test_adjoint_keeps_z_on_the_forward_path_of_a_contracting_field(fold, lam, h
     1e27 instead of 0.02 (torchdiffeq's restarts at each output time got it right). z is now
     held to the forward outputs (put back on landings, moved by its difference at the output
     nearest each folded step's end, steps straying beyond 10x rejected), and a folded solve
-    that keeps straying starts over anchored at every output time."""
+    that keeps straying starts over anchored at every output time. Over [0, 5] with 11 outputs
+    z grows e^10-fold between outputs (7e3 times the tolerance): that gradient is recomputed
+    by checkpointing, with a warning."""
     field = _damped(lam)
     y0 = torch.tensor([1.0, 0.5], dtype=F64)
     t = torch.linspace(0.0, horizon, n_out, dtype=F64)
-    grads = {}
+    grads, stats = {}, SolverStats()
     for mode in ("backprop", "adjoint"):
         ys = odeint(field, y0, t, rtol=1e-8, atol=1e-8, gradient=mode,
-                    adjoint_fold_jumps=fold)
-        grads[mode] = flat(torch.autograd.grad(ys.square().sum(), list(field.parameters())))
+                    adjoint_fold_jumps=fold, stats=stats)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            grads[mode] = flat(torch.autograd.grad(ys.square().sum(), list(field.parameters())))
+    lost = horizon / (n_out - 1) * abs(lam) > 8  # e^8 between outputs
+    assert stats.backward_checkpointed == int(lost)
+    assert len([w for w in caught if "checkpointing" in str(w.message)]) == int(lost)
     assert rel_err(grads["adjoint"], grads["backprop"]) < 1e-5
+
+
+@pytest.mark.parametrize("layout", ["1d", "2d"])
+def test_adjoint_that_loses_z_falls_back_to_checkpointing(layout):
+    """Decay at rate 20 over [0, 5] with no output time between: z reconstructed backwards
+    grows its rounding by e^100 and nothing puts it back (the gradient came out 1e31 off, as
+    any backsolve adjoint's does). The backward solve notices z at the start is lost, says so
+    and recomputes the gradient by checkpointing: exact, memory O(steps)."""
+    field = _damped(-20.0)
+    y0 = torch.tensor([[1.0, 0.5], [0.3, -0.2]], dtype=F64)
+    t = torch.tensor([0.0, 5.0], dtype=F64)
+    if layout == "2d":
+        t = torch.stack([t, t * 0.9])
+    grads = {}
+    for mode in ("backprop", "adjoint"):
+        stats = SolverStats()
+        ys = odeint(field, y0, t, rtol=1e-8, atol=1e-8, gradient=mode, stats=stats)
+        if mode == "adjoint":
+            with pytest.warns(UserWarning, match="strayed .* computed by checkpointing"):
+                g = torch.autograd.grad(ys.square().sum(), list(field.parameters()))
+            assert stats.backward_checkpointed == 1
+            assert stats.nfe_backward > stats.nfe_forward  # the failed solve and the replay
+        else:
+            g = torch.autograd.grad(ys.square().sum(), list(field.parameters()))
+        grads[mode] = flat(g)
+    assert rel_err(grads["adjoint"], grads["backprop"]) < 1e-10
+    # with output times along the way z stays on track: no fallback, no warning
+    stats = SolverStats()
+    ys = odeint(field, y0, torch.linspace(0.0, 5.0, 41, dtype=F64), rtol=1e-8, atol=1e-8,
+                gradient="adjoint", stats=stats)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.autograd.grad(ys.square().sum(), list(field.parameters()))
+    assert stats.backward_checkpointed == 0
 
 
 def test_adjoint_per_sample_times_on_a_contracting_field():

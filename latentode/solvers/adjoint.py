@@ -59,6 +59,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from .checkpoint import checkpoint_backward
 from .engine import integrate
 from .errors import SolverError
 from .problem import Problem, refuse_hidden_leaves
@@ -85,6 +86,12 @@ _DRIFT = 10.0
 _DRIFT_REJECTIONS = 3
 # numbers per chunk where loops run over many outputs' cotangents or stored values
 _CHUNK = 1 << 16
+# a backward solve whose z ends this many times the tolerance from the forward solution at an
+# output time or at the start (where it lands without a check inside steps) has lost it: the
+# gradient is recomputed by checkpointing (a decay at rate 20 over [0, 5] without outputs gave
+# gradients 1e31 off; the benchmark's "hard" MLP over [0, 1] without outputs strays 150-240x,
+# for errors twice backprop's)
+_LOST = 100.0
 
 
 class _DriftError(Exception):
@@ -322,12 +329,17 @@ def adjoint_backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor) 
     fold = problem.adjoint_fold_jumps and problem.grid is None
     caller_state = problem.tape.read() if problem.drew_random else None
     try:
+        grads, strayed = None, 0.0
         if fold:
             try:
-                return _backward(problem, grad_ys, ys, fold=True)
+                grads, strayed = _backward(problem, grad_ys, ys, fold=True)
             except _DriftError:
                 problem.stats.backward_restarts += 1
-        return _backward(problem, grad_ys, ys, fold=False)
+        if grads is None:
+            grads, strayed = _backward(problem, grad_ys, ys, fold=False)
+        if strayed > _LOST and problem.grid is None:
+            return _checkpointed(problem, grad_ys, ys, strayed)
+        return grads
     except SolverError as err:
         raise type(err)(
             f"in the adjoint's backward solve (z reconstructed from the last output time "
@@ -339,17 +351,50 @@ def adjoint_backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor) 
             problem.tape.write(caller_state)
 
 
-def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: bool) -> tuple:
+def _checkpointed(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor,
+                  strayed: float) -> tuple:
+    """The gradient by checkpointing, for a backward solve whose ``z`` was lost: the forward
+    solve again, recording its steps (its evaluations count as backward ones), then replayed."""
+    warnings.warn(
+        f"gradient='adjoint': z, reconstructed backwards, strayed {strayed:.3g} times the "
+        "tolerance from the forward solution (a field that contracts forward expands "
+        "backwards, and between output times nothing puts z back): the adjoint's gradient "
+        "would be off by as much or far more, so this one was computed by "
+        "checkpointing instead (exact, memory O(steps x state)). gradient='checkpoint' skips "
+        "the failed backward solve; more output times inside the span keep the adjoint's z "
+        "on track.", stacklevel=3)
+    stats = problem.stats
+    kept = stats.nfe_forward, stats.steps_accepted, stats.steps_rejected
+    y0, _ = problem.outputs.split_grads(ys.detach())
+    steps: list = []
+    problem.solve(y0, record=steps)
+    stats.nfe_backward += stats.nfe_forward - kept[0]
+    stats.nfe_forward, stats.steps_accepted, stats.steps_rejected = kept
+    stats.backward_checkpointed += 1
+    return checkpoint_backward(problem, steps, grad_ys)
+
+
+def _stray(z: torch.Tensor, want: torch.Tensor, rtol: float, atol: float) -> float:
+    """The largest RMS over rows of ``(z - want) / (rtol |want| + atol)``."""
+    with torch.no_grad():
+        ratio = (z - want) / (want.abs() * rtol + atol)
+        return ratio.square().mean(-1).sqrt().max().item()
+
+
+def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: bool
+              ) -> tuple[tuple, float]:
+    """The gradients by one backward solve, and how far ``z`` strayed where it was checked
+    last (at output times it landed on, and at the start) in units of the tolerance."""
     out, params, stats = problem.outputs, problem.params, problem.stats
     start_grad, items = out.split_grads(grad_ys)
-    _, anchors = out.split_grads(ys.detach())  # the forward solution at every output item
+    y_start, anchors = out.split_grads(ys.detach())  # the forward solution at every output
     shape, n = problem.shape, math.prod(problem.shape)
     scale = _cotangent_scale(items)  # the backward solve's unit
     if not math.isfinite(scale):
         raise ValueError("the gradient of the loss with respect to odeint's output holds NaN or "
                          "inf: check the loss (a log of 0, a division by 0) rather than func.")
     if scale == 0.0:  # nothing flows back through the solve
-        return (start_grad, *[torch.zeros_like(p) for p in params])
+        return (start_grad, *[torch.zeros_like(p) for p in params]), 0.0
     adaptive = problem.grid is None
     rtol, atol = problem.adjoint_rtol, problem.adjoint_atol
     jumps = _Jumps(problem, items, fold, scale)
@@ -393,10 +438,16 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
             if gain is not None:  # a zero probe (jumps on the step's ends) says nothing
                 jumps.probe_gain = gain
 
+    strayed = [0.0]  # the most z strayed where a landing checked it
+
     def on_stop(i: int, t: float, s: torch.Tensor) -> torch.Tensor:
         idx = jumps.stop_items[i]
         a = jumps.add(s[n : 2 * n].view(shape), idx)
         z = _anchored(s[:n].view(shape), anchors, idx, out.rows)  # back on the forward path
+        if adaptive:
+            rows = (len(z), -1) if out.per_sample else (1, -1)
+            strayed[0] = max(strayed[0], _stray(s[:n].reshape(rows), z.reshape(rows),
+                                                problem.rtol, problem.atol))
         return torch.cat([z.reshape(-1), a.reshape(-1), s[2 * n :]])
 
     keys = [out.direction * float(v) for v in out.times]  # items' times, increasing
@@ -525,12 +576,15 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
     )
     stats.backward_steps_accepted += counters.accepted
     stats.backward_steps_rejected += counters.rejected
+    rows = len(y_start) if out.per_sample else 1
+    strayed[0] = max(strayed[0], _stray(state[:n].view(rows, -1), y_start.reshape(rows, -1),
+                                        problem.rtol, problem.atol))
     a0 = jumps.total_folded(state[n : 2 * n].view(shape)) * scale + start_grad
     grads, offset = [], 2 * n
     for p in params:
         grads.append(state[offset : offset + p.numel()].view_as(p) * scale)
         offset += p.numel()
-    return (a0, *grads)
+    return (a0, *grads), strayed[0]
 
 
 def _anchored(z: torch.Tensor, anchors: torch.Tensor, idx: np.ndarray, rows: np.ndarray | None

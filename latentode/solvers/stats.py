@@ -15,7 +15,9 @@ class SolverStats:
     are counted).
     Counters accumulate over calls until :meth:`reset`. An adjoint backward solve that starts
     over anchored (``backward_restarts``) counts the abandoned attempt's evaluations in
-    ``nfe_backward`` (work done) but not its steps.
+    ``nfe_backward`` (work done) but not its steps; one whose ``z`` was lost and that was
+    recomputed by checkpointing (``backward_checkpointed``) counts both solves' evaluations
+    (the forward solve repeated among them) and the replay's steps.
     """
 
     nfe_forward: int = 0
@@ -26,6 +28,7 @@ class SolverStats:
     backward_steps_rejected: int = 0
     backward_restarts: int = 0  # adjoint solves started over anchored at every output time
     backward_resets: int = 0  # folded adjoint steps ending with z moved onto the forward path
+    backward_checkpointed: int = 0  # adjoint gradients recomputed by checkpointing (z was lost)
 
     def reset(self) -> None:
         for f in fields(self):
