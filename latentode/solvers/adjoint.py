@@ -147,12 +147,7 @@ class _Jumps:
         self.probe_gain = 0.0  # |J^T probe| / |probe| at the start of the step
         self._key: tuple = (len(self.fold_keys), ())
         if len(self.fold_idx):
-            first, last = int(self.fold_idx[0]), int(self.fold_idx[-1])
-            if last - first + 1 == len(self.fold_idx):  # the usual case: a view
-                self.folded = items[first : last + 1]
-            else:
-                self.folded = items.index_select(0, torch.as_tensor(self.fold_idx,
-                                                                    device=items.device))
+            self.folded = _picked(items, self.fold_idx)
             self.fold_rows = (
                 torch.as_tensor(self.rows[self.fold_idx], device=items.device)
                 if self.per_sample
@@ -170,11 +165,7 @@ class _Jumps:
         """``a`` plus the jumps of items ``idx`` (into their rows for per-sample times)."""
         if len(idx) == 0:
             return a
-        first, last = int(idx[0]), int(idx[-1])
-        if last - first + 1 == len(idx):
-            picked = self.items[first : last + 1]
-        else:
-            picked = self.items.index_select(0, torch.as_tensor(idx, device=a.device))
+        picked = _picked(self.items, idx)
         if not self.per_sample:
             return a + picked.sum(0) * self.inv
         rows = torch.as_tensor(self.rows[idx], device=a.device)
@@ -514,7 +505,7 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
         return max(error, 1.01 * worst / _DRIFT)  # > 1: rejected, shortened by its order
 
     def watch(t: float, h: float, t_next: float, s0: torch.Tensor, s1: torch.Tensor,
-              ks: list) -> tuple | None:
+              ks: list) -> torch.Tensor | None:
         """After a folded step: move ``z`` by its difference from the forward output nearest
         the step's end (per row for per-sample times), keeping the step's last stage."""
         measured, trial["drift"] = trial["drift"], None
@@ -533,7 +524,7 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
         for i, entry in enumerate(kept):  # the kept last stage now belongs to the moved state
             if entry[1] is s1:
                 kept[i] = (entry[0], moved, *entry[2:])
-        return moved, True
+        return moved
 
     def fold_error(h: float, s0: torch.Tensor, s1: torch.Tensor, ks: list) -> float:
         """The third-order bound of what folding leaves, against the tolerance of ``a``.
@@ -598,6 +589,15 @@ def _anchored(z: torch.Tensor, anchors: torch.Tensor, idx: np.ndarray, rows: np.
         return anchors[int(idx[-1])].to(z)
     return z.index_copy(0, torch.as_tensor(rows[idx], device=z.device),
                         anchors.index_select(0, index).to(z))
+
+
+def _picked(items: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+    """``items[idx]``: a view where ``idx`` is a run of consecutive items (the usual case),
+    else a copy of those only."""
+    first, last = int(idx[0]), int(idx[-1])
+    if last - first + 1 == len(idx):
+        return items[first : last + 1]
+    return items.index_select(0, torch.as_tensor(idx, device=items.device))
 
 
 def _chunk(items: torch.Tensor, copies: int = 1) -> int:

@@ -20,11 +20,10 @@ from .tableaus import ButcherTableau
 # f(t, y) with a Python-float time; counts its own evaluations.
 VectorField = Callable[[float, torch.Tensor], torch.Tensor]
 # on_step(t, h, t_next, y, y1, ks) is called after every accepted step; an adaptive solve
-# goes on from the state it returns, if any: the first stage is then evaluated afresh, unless
-# it returns (state, True), which keeps the step's last stage (a nudge small enough that the
-# stage's error is negligible).
+# goes on from the state it returns, if any, still reusing the step's last stage (first same as
+# last): the hook may only nudge the state, by so little that the stage's error is negligible.
 StepHook = Callable[[float, float, float, torch.Tensor, torch.Tensor, list],
-                    torch.Tensor | tuple[torch.Tensor, bool] | None]
+                    torch.Tensor | None]
 # on_stop(index, t, y) -> y is called on landing at stops[index]; it may change the state.
 StopHook = Callable[[int, float, torch.Tensor], torch.Tensor]
 
@@ -286,11 +285,8 @@ def integrate(
         counters.accepted += 1
         t_next = goal if lands else t + h
         replaced = on_step(t, h, t_next, y, y1, ks) if on_step is not None else None
-        keep_stage = replaced is None
-        if isinstance(replaced, tuple):
-            replaced, keep_stage = replaced
         y, t = (y1 if replaced is None else replaced), t_next
-        k1 = ks[-1] if rk.fsal and keep_stage else None
+        k1 = ks[-1] if rk.fsal else None
         if lands:
             # keep the controller's plan across the landing rather than the clipped step
             h_new = max(h_new, planned) if direction > 0 else min(h_new, planned)
