@@ -56,8 +56,10 @@ def odeint(
             ``tsit5`` (``None``: ``dopri5``, as in torchdiffeq).
         rtol, atol: tolerances of the adaptive error control (RMS norm over all elements).
         gradient: ``backprop`` (autograd through the steps), ``adjoint`` (backward solve of the
-            adjoint system; memory independent of the number of steps) or ``checkpoint`` (replay
-            each step in the backward pass; exact gradient of the discrete solution).
+            adjoint system; memory independent of the number of steps; where the backward
+            reconstruction of ``y`` strays beyond 100x the tolerance, it warns and recomputes
+            that gradient by ``checkpoint``) or ``checkpoint`` (replay each step in the
+            backward pass; exact gradient of the discrete solution).
         step_size: fixed-step methods only; default one step per output interval.
         max_steps: bound on attempted steps (accepted plus rejected) per solve.
         first_step: adaptive methods: first step size instead of the automatic estimate.
