@@ -347,9 +347,11 @@ def _checkpointed(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor,
                   strayed: float) -> tuple:
     """The gradient by checkpointing, for a backward solve whose ``z`` was lost: the forward
     solve again, recording its steps (its evaluations count as backward ones), then replayed."""
+    yardstick = "the tolerance" if problem.grid is None else (
+        f"rtol={problem.rtol:g}/atol={problem.atol:g} (the yardstick for fixed steps too)")
     warnings.warn(
-        f"gradient='adjoint': z, reconstructed backwards, strayed {strayed:.3g} times the "
-        "tolerance from the forward solution (a field that contracts forward expands "
+        f"gradient='adjoint': z, reconstructed backwards, strayed {strayed:.3g} times "
+        f"{yardstick} from the forward solution (a field that contracts forward expands "
         "backwards, and between output times nothing puts z back): the adjoint's gradient "
         "would be off by as much or far more, so this one was computed by "
         "checkpointing instead (exact, memory O(steps x state)). gradient='checkpoint' skips "
