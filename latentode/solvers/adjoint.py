@@ -477,17 +477,20 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
                     z = torch.addmm(s0[:n].unsqueeze(0), weights.index_select(0, index), stages)
                 return z, want
 
-            ratios = []
-            step = _chunk(anchors, copies=len(ks) + 3)  # the gathered stages, z, want, tol
-            for c in range(0, hi - lo, step):
-                z, want = dense(np.arange(c, min(c + step, hi - lo)))
-                tol = want.abs().mul_(problem.rtol).add_(problem.atol)
-                ratios.append(z.sub_(want).div_(tol).square_().mean(1).sqrt_())
             if out.per_sample:  # the first of each row's items is its nearest the end
                 _, picked = np.unique(out.rows[lo:hi], return_index=True)
             else:
                 picked = np.zeros(1, dtype=np.int64)
-            z, want = dense(picked)
+            ratios, kept_z = [], None
+            step = _chunk(anchors, copies=len(ks) + 3)  # the gathered stages, z, want, tol
+            for c in range(0, hi - lo, step):
+                z, want = dense(np.arange(c, min(c + step, hi - lo)))
+                if c == 0 and hi - lo <= step:  # one chunk (the usual case): pick from it
+                    index = torch.as_tensor(picked, device=s0.device)
+                    kept_z = z.index_select(0, index), want.index_select(0, index)
+                tol = want.abs().mul_(problem.rtol).add_(problem.atol)
+                ratios.append(z.sub_(want).div_(tol).square_().mean(1).sqrt_())
+            z, want = kept_z if kept_z is not None else dense(picked)
         return lo + picked, z, want, torch.cat(ratios)
 
     def step_error(t: float, h: float, s0: torch.Tensor, s1: torch.Tensor, ks: list) -> float:
