@@ -23,7 +23,9 @@ Metrics (logged as ``{stage}/{name}``, stage one of ``train``, ``val``, ``test``
   ``solver_steps_rejected``: per batch, the generative ODE solver's function evaluations and
   steps (models with a ``solver_stats``, e.g. ``LatentODE``; backward counts in the adjoint and
   checkpoint modes only). How much a learnt vector field costs to integrate grows as it
-  stiffens during training, which these show epoch by epoch.
+  stiffens during training, which these show epoch by epoch. ``solver_backward_checkpointed``:
+  the share of batches whose adjoint gradient was recomputed by checkpointing (its backward
+  reconstruction strayed from the forward solution; the solver warns once).
 - ``poisson`` (Poisson-process log-likelihood) and ``ce`` (label cross-entropy) when the model
   has them; with labels, ``auc`` (binary labels, when both classes occur) and ``accuracy`` on
   validation and test, from the posterior-averaged class probabilities of the epoch's known
@@ -56,7 +58,8 @@ TERMS = ("loss", "loglik", "kl")
 """Loss terms every model returns, checked for NaN/inf at every step."""
 OPTIONAL_TERMS = ("poisson", "ce")
 """Terms of optional likelihoods (Poisson process, labels), checked and logged when present."""
-SOLVER_COUNTS = ("nfe_forward", "nfe_backward", "steps_accepted", "steps_rejected")
+SOLVER_COUNTS = ("nfe_forward", "nfe_backward", "steps_accepted", "steps_rejected",
+                 "backward_checkpointed")
 """The model's ``solver_stats`` fields logged per batch as ``{stage}/solver_{name}``."""
 
 
