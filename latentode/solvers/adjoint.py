@@ -369,11 +369,11 @@ def _checkpointed(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor,
 
 
 def _stray(z: torch.Tensor, want: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
-    """The largest RMS over rows of ``(z - want) / (rtol |want| + atol)`` (a 0-d tensor: read
-    once at the end, no host synchronisation per output time)."""
+    """The RMS of ``(z - want) / (rtol |want| + atol)`` per row (a tensor: no host
+    synchronisation here)."""
     with torch.no_grad():
-        ratio = (z - want) / (want.abs() * rtol + atol)
-        return ratio.square().mean(-1).sqrt().max()
+        tol = want.abs().mul_(rtol).add_(atol)
+        return (z - want).div_(tol).square_().mean(-1).sqrt_()
 
 
 def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: bool
@@ -440,7 +440,8 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
         a = jumps.add(s[n : 2 * n].view(shape), idx)
         z = _anchored(s[:n].view(shape), anchors, idx, out.rows)  # back on the forward path
         rows = (len(z), -1) if out.per_sample else (1, -1)
-        strayed.append(_stray(s[:n].reshape(rows), z.reshape(rows), problem.rtol, problem.atol))
+        strayed.append(_stray(s[:n].reshape(rows), z.reshape(rows), problem.rtol,
+                              problem.atol).max())
         return torch.cat([z.reshape(-1), a.reshape(-1), s[2 * n :]])
 
     keys = [out.direction * float(v) for v in out.times]  # items' times, increasing
@@ -481,16 +482,15 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
                 _, picked = np.unique(out.rows[lo:hi], return_index=True)
             else:
                 picked = np.zeros(1, dtype=np.int64)
-            ratios, kept_z = [], None
+            ratios, nearest = [], None
             step = _chunk(anchors, copies=len(ks) + 3)  # the gathered stages, z, want, tol
             for c in range(0, hi - lo, step):
                 z, want = dense(np.arange(c, min(c + step, hi - lo)))
                 if c == 0 and hi - lo <= step:  # one chunk (the usual case): pick from it
                     index = torch.as_tensor(picked, device=s0.device)
-                    kept_z = z.index_select(0, index), want.index_select(0, index)
-                tol = want.abs().mul_(problem.rtol).add_(problem.atol)
-                ratios.append(z.sub_(want).div_(tol).square_().mean(1).sqrt_())
-            z, want = kept_z if kept_z is not None else dense(picked)
+                    nearest = z.index_select(0, index), want.index_select(0, index)
+                ratios.append(_stray(z, want, problem.rtol, problem.atol))
+            z, want = nearest if nearest is not None else dense(picked)
         return lo + picked, z, want, torch.cat(ratios)
 
     def step_error(t: float, h: float, s0: torch.Tensor, s1: torch.Tensor, ks: list) -> float:
@@ -574,7 +574,7 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
     stats.backward_steps_rejected += counters.rejected
     rows = len(y_start) if out.per_sample else 1
     strayed.append(_stray(state[:n].view(rows, -1), y_start.reshape(rows, -1), problem.rtol,
-                          problem.atol))
+                          problem.atol).max())
     a0 = jumps.total_folded(state[n : 2 * n].view(shape)) * scale + start_grad
     grads, offset = [], 2 * n
     for p in params:
