@@ -54,7 +54,6 @@ from __future__ import annotations
 import math
 import warnings
 from bisect import bisect_left
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -147,6 +146,8 @@ class _Jumps:
         self.probe: torch.Tensor | None = None  # sum_i f_i (1 - f_i) g_i, awaiting J^T probe
         self.probe_gain = 0.0  # |J^T probe| / |probe| at the start of the step
         self._key: tuple = (len(self.fold_keys), ())
+        self._residual_key: tuple | None = None
+        self._residual_value: torch.Tensor | None = None
         if len(self.fold_idx):
             self.folded = _picked(items, self.fold_idx)
             self.fold_rows = (
@@ -185,45 +186,48 @@ class _Jumps:
         return self._suffix
 
     def _weighted(self, k_lo: int, weights: torch.Tensor, absolute: bool = False) -> torch.Tensor:
-        """``sum_i weights_i g_i`` (or ``|g_i|``) over folded items ``k_lo:k_lo + len(weights)``,
-        in chunks: a step over many outputs makes no temporary of their size."""
-        weights = weights * self.inv
-        total = torch.zeros(self.state_shape, dtype=self.items.dtype, device=self.items.device)
+        """``sum_i weights[r, i] g_i`` (or ``|g_i|``) over folded items ``k_lo:k_lo + k`` for
+        each row ``r`` of ``weights`` (shape ``(k,)`` or ``(rows, k)``; the result has the
+        state's shape, after ``rows``), in chunks: a step over many outputs makes no temporary
+        of their size."""
+        lead, k = weights.shape[:-1], weights.shape[-1]
+        weights = weights.reshape(-1, k)
+        total = torch.zeros((len(weights), *self.state_shape), dtype=self.items.dtype,
+                            device=self.items.device)
+        flat = total.view(len(weights), -1)
         step = _chunk(self.folded)
-        for lo in range(0, len(weights), step):
-            w = weights[lo : lo + step]
-            g = self.folded[k_lo + lo : k_lo + lo + len(w)]
+        for lo in range(0, k, step):
+            w = weights[:, lo : lo + step]
+            g = self.folded[k_lo + lo : k_lo + lo + w.shape[1]]
             if absolute:
                 g = g.abs()
             if not self.per_sample:
-                total += torch.tensordot(w, g, 1)
+                flat.addmm_(w, g.reshape(w.shape[1], -1), alpha=self.inv)
             else:
-                rows = self.fold_rows[k_lo + lo : k_lo + lo + len(w)]
-                total.index_add_(0, rows, g * w.view(-1, *([1] * (g.dim() - 1))))
-        return total
+                rows = self.fold_rows[k_lo + lo : k_lo + lo + w.shape[1]]
+                spread = (-1, *([1] * (g.dim() - 1)))
+                for r in range(len(w)):
+                    total[r].index_add_(0, rows, g * w[r].view(spread), alpha=self.inv)
+        return total.view(*lead, *self.state_shape)
 
-    def spread(
-        self,
-        upper: float,
-        length: float,
-        k_lo: int,
-        absolute: bool,
-        coef: Callable[[float], float] | None = None,
-    ) -> torch.Tensor:
-        """``sum_i c(f_i) g_i`` over the jumps strictly inside a step down from ``upper``.
+    def _inside(self, upper: float, lower: float) -> tuple[int, int, tuple]:
+        """The folded jumps strictly below a step's start ``upper`` and at or above its end
+        ``lower`` (forward-time keys): ``(k_lo, k_up, fractions from the far end)``."""
+        keys = self.fold_keys
+        k_up, k_lo = bisect_left(keys, upper), bisect_left(keys, lower)
+        return k_lo, k_up, tuple((keys[k] - lower) / (upper - lower) for k in range(k_lo, k_up))
 
-        ``f_i`` is a jump's distance from the step's far end as a fraction of the step and
-        ``c`` defaults to the third-order fold-error coefficient :func:`_residual`.
-        """
-        coef = coef or _residual
-        lower = upper - length
-        k_up = bisect_left(self.fold_keys, upper)  # only jumps below the step's start can count
-        weights = [
-            coef((key - lower) / length) if lower < key else 0.0
-            for key in self.fold_keys[k_lo:k_up]
-        ]
-        w = torch.as_tensor(weights, dtype=self.folded.dtype, device=self.folded.device)
-        return self._weighted(k_lo, w, absolute=absolute)
+    def _residuals(self, k_lo: int, fracs: tuple) -> torch.Tensor:
+        """``sum_i |c(f_i)| |g_i|`` (:func:`_residual`) for jumps ``k_lo, ...`` at fractions
+        ``fracs``; the last one asked is kept (a step's forecast and its forcing ask alike)."""
+        key = (k_lo, fracs)
+        if self._residual_key != key:
+            w = [abs(_residual(f)) for f in fracs]
+            self._residual_value = self._weighted(
+                k_lo, torch.as_tensor(w, dtype=self.folded.dtype, device=self.folded.device),
+                absolute=True)
+            self._residual_key = key
+        return self._residual_value
 
     def fold_error(self, length: float, spread: torch.Tensor, tol: torch.Tensor) -> float:
         """``kappa (h L)^3 RMS(spread / tol)``: the error folding leaves in one step.
@@ -246,21 +250,22 @@ class _Jumps:
             return h
         d, keys = self.direction, self.fold_keys
         upper, length = d * t, abs(h)
-        k_lo, k_up = bisect_left(keys, upper - length), bisect_left(keys, upper)
-        if k_up - k_lo == 0:
+        k_lo, k_up, fracs = self._inside(upper, upper - length)
+        if not fracs:
             return h
         n = self.numel
         tol = s[n : 2 * n].abs().mul_(self.rtol).add_(self.atol)
 
-        def forecast(step: float) -> float:
-            return self.fold_error(step, self.spread(upper, step, k_lo, True), tol)
+        def forecast(end: float) -> float:
+            lo, _, fracs = self._inside(upper, end)
+            return self.fold_error(upper - end, self._residuals(lo, fracs), tol)
 
-        if forecast(length) <= _FORECAST_MARGIN:
+        if forecast(upper - length) <= _FORECAST_MARGIN:
             return h
         lo, hi = k_lo, k_up - 1  # candidate ends: keys[lo] (longest) .. keys[hi] (shortest)
         while lo < hi:  # find the longest candidate whose forecast is within tolerance
             mid = (lo + hi) // 2
-            if forecast(upper - keys[mid]) <= _FORECAST_MARGIN:
+            if forecast(keys[mid]) <= _FORECAST_MARGIN:
                 hi = mid
             else:
                 lo = mid + 1
@@ -275,17 +280,15 @@ class _Jumps:
         return h, self._set_forcing(t, h)
 
     def _set_forcing(self, t: float, h: float) -> bool:
-        d, keys = self.direction, self.fold_keys
-        upper, lower = d * t, d * (t + h)
-        k_up, k_lo = bisect_left(keys, upper), bisect_left(keys, lower)
-        fracs = tuple((keys[k] - lower) / (upper - lower) for k in range(k_lo, k_up))
+        d = self.direction
+        k_lo, k_up, fracs = self._inside(d * t, d * (t + h))
         key = (k_up, fracs)
         self.step_start, self.step_len = t, h
         if key == self._key:
             return False
         self._key = key
         self.inside_abs = self.probe = self.slope = None
-        if k_lo == len(keys):
+        if k_lo == len(self.fold_keys):
             changed, self.current = self.current is not None, None
             return changed
         g = self.folded
@@ -293,16 +296,16 @@ class _Jumps:
         # forcing g_i (f (3f - 2) + 6 f (1 - f) s) for s from 0 (start) to 1 (end of the step):
         # its integral, and its first moment, match the jump's, so folding is exact to second
         # order even where J changes along the step; what is left is third order (_residual)
-        level = torch.as_tensor([f * (3 * f - 2) for f in fracs], dtype=g.dtype, device=g.device)
         later = self._suffix_from(k_up)
-        self.current = later + self._weighted(k_lo, level) if fracs else later
-        if fracs:
-            slope = [6 * f * (1 - f) for f in fracs]
-            self.slope = self._weighted(
-                k_lo, torch.as_tensor(slope, dtype=g.dtype, device=g.device)
-            )
-            self.inside_abs = self.spread(upper, upper - lower, k_lo, absolute=True)
-            self.probe = self.spread(upper, upper - lower, k_lo, False, lambda f: f * (1 - f))
+        if not fracs:
+            self.current = later
+            return True
+        rows = [[f * (3 * f - 2), 6 * f * (1 - f), f * (1 - f)] for f in fracs]
+        level, self.slope, self.probe = self._weighted(
+            k_lo, torch.as_tensor(rows, dtype=g.dtype, device=g.device).T
+        )
+        self.current = later + level
+        self.inside_abs = self._residuals(k_lo, fracs)
         return True
 
     def forcing(self, t: float) -> torch.Tensor:
