@@ -312,7 +312,7 @@ class _Jumps:
         """The folded jumps' forcing at time ``t`` of the current step."""
         if self.slope is None:
             return self.current
-        return self.current + self.slope * ((t - self.step_start) / self.step_len)
+        return torch.add(self.current, self.slope, alpha=(t - self.step_start) / self.step_len)
 
     def total_folded(self, a: torch.Tensor) -> torch.Tensor:
         return self.add(a, self.fold_idx)
