@@ -41,9 +41,9 @@ the step's last stage for the next one: its error, ``h b_1 J delta``, is far bel
 tolerance. Should steps be rejected that way ``_DRIFT_REJECTIONS`` times in a row, the backward
 solve starts over landing on every output time (``backward_restarts``).
 
-On the solver benchmark's "hard" workload (float64, seeds 0-7) this takes 115-145 backward
+On the solver benchmark's "hard" workload (float64, seeds 0-7) this takes 121-176 backward
 evaluations (146-166 when steps were shortened to end on output times; 115-146 before ``z``
-was held at all, with errors up to 22x torchdiffeq's) for gradient errors 0.23-0.49x
+was held at all, with errors up to 22x torchdiffeq's) for gradient errors 0.19-0.51x
 torchdiffeq's. Tolerances stay elementwise: an absolute tolerance in units of ``a``'s RMS saved
 another 20% but let small components of ``a`` that a parameter's gradient depends on go
 (Van der Pol's ``mu`` on clustered per-sample times erred 5-30x more).
