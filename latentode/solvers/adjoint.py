@@ -482,18 +482,22 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
                 return z, want
 
             if out.per_sample:  # the first of each row's items is its nearest the end
-                _, picked = np.unique(out.rows[lo:hi], return_index=True)
+                picked = np.sort(np.unique(out.rows[lo:hi], return_index=True)[1])
+                copies = len(ks) + 4  # the gathered stages, z, want, tol, difference
             else:
                 picked = np.zeros(1, dtype=np.int64)
-            ratios, nearest = [], None
-            step = _chunk(anchors, copies=len(ks) + 3)  # the gathered stages, z, want, tol
+                copies = 4  # z, want, tol, difference
+            ratios, near_z, near_want = [], [], []
+            step = _chunk(anchors, copies=copies)
             for c in range(0, hi - lo, step):
                 z, want = dense(np.arange(c, min(c + step, hi - lo)))
-                if c == 0 and hi - lo <= step:  # one chunk (the usual case): pick from it
-                    index = torch.as_tensor(picked, device=s0.device)
-                    nearest = z.index_select(0, index), want.index_select(0, index)
+                inside = picked[(picked >= c) & (picked < c + step)] - c
+                if len(inside):  # the picked items of this chunk (all in the first, usually)
+                    index = torch.as_tensor(inside, device=s0.device)
+                    near_z.append(z.index_select(0, index))
+                    near_want.append(want.index_select(0, index))
                 ratios.append(_stray(z, want, problem.rtol, problem.atol))
-            z, want = nearest if nearest is not None else dense(picked)
+            z, want = torch.cat(near_z), torch.cat(near_want)
         return lo + picked, z, want, torch.cat(ratios)
 
     def step_error(t: float, h: float, s0: torch.Tensor, s1: torch.Tensor, ks: list) -> float:
