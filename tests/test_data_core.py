@@ -1174,6 +1174,27 @@ def test_collator_fixed_and_fresh():
     assert not torch.equal(a, b) and torch.equal(a, c)  # fresh, but seeded by torch
 
 
+@pytest.mark.parametrize("task", [Extrapolation(fraction=0.5, fraction_spread=0.3),
+                                  Interpolation(fraction=0.4)], ids=["spread cut", "interp"])
+def test_fixed_masks_do_not_depend_on_the_batch(task):
+    """A series' validation/test mask is the same in any batch. Extrapolation's
+    ``fraction_spread`` cut came from the batch's generator, so a series was cut at 17, 21 or
+    27 of 50 points depending on the series it was batched with (metrics moved with the batch
+    size and the number of processes); it is now drawn from the series' own stream."""
+    ds = _module_dataset(n_series=12)
+    collate_fixed = Collator(ds, task, fixed=True, seed=0)
+
+    def seen(items: list[int], series: int) -> list[float]:
+        batch = collate_fixed(items)
+        row = items.index(series)
+        return batch.times[batch.encoder_mask[row].any(-1)].tolist()
+
+    for series in (0, 5):
+        alone = seen([series], series)
+        assert seen(list(range(12)), series) == alone
+        assert seen([5, 3, 0, 9], series) == alone
+
+
 def test_datamodule_explicit_split_and_callable_source():
     ds = _module_dataset(n_series=10)
     labels = np.array(["train", "val", "test", "train", "train", "test", "train", "val",

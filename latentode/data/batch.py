@@ -199,8 +199,9 @@ class SeriesRandom:
     ``Interpolation`` makes, one number per point, series after series) gives every point a
     uniform that depends on ``key``, its series and its position in the series only: a series
     gets the same mask in any batch, with any batch size, in any order and on any process.
-    Every further ``random(n)`` call continues each series' stream. Other draws come from one
-    generator seeded by ``key`` and the batch's series.
+    Every further ``random(n)`` call continues each series' stream; ``uniform(low, high, m)``
+    with ``m`` the number of series draws one number per series the same way. Other draws come
+    from one generator seeded by ``key`` and the batch's series.
     """
 
     def __init__(self, key: tuple[int, ...], series: np.ndarray, lengths: np.ndarray):
@@ -222,6 +223,17 @@ class SeriesRandom:
             self._calls += 1
             return series_uniforms((*self.key, self._calls), self.series, self.lengths)
         return self.generator.random(size, dtype, out)
+
+    def uniform(self, low: Any = 0.0, high: Any = 1.0, size: Any = None) -> Any:
+        """With ``size`` the batch's number of series (a task's one draw per series, such as
+        ``Extrapolation``'s cut): one uniform per series from its own stream, as
+        :meth:`random` per point; other sizes from the batch's generator."""
+        n = len(self.series)
+        if size in (n, (n,)) and np.isscalar(low) and np.isscalar(high):
+            self._calls += 1
+            u = series_uniforms((*self.key, self._calls), self.series, np.ones(n, np.int64))
+            return low + (high - low) * u
+        return self.generator.uniform(low, high, size)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.generator, name)
