@@ -303,6 +303,15 @@ def test_max_steps_exceeded_fixed_step():
         odeint(decay, Y0, tensor([0.0, 10.0]), method="rk4", step_size=0.01, max_steps=20)
 
 
+def test_max_steps_bounds_a_fixed_step_solve_without_step_size():
+    """One step per output interval counts too (50 outputs took 49 steps under max_steps=5)."""
+    t = torch.linspace(0.0, 1.0, 50, dtype=F64)
+    with no_hang(), pytest.raises(MaxStepsExceededError, match=r"one step per output interval "
+                                  r"makes 49 steps, more than max_steps=5"):
+        odeint(decay, Y0, t, method="rk4", max_steps=5)
+    assert odeint(decay, Y0, t, method="rk4", max_steps=49).shape[0] == 50
+
+
 def test_max_steps_exceeded_in_the_adjoint_backward_solve():
     """A tight backward tolerance needs more steps than the forward solve: the bound holds there."""
     a = tensor([[0.0, 1.0], [-1.0, -0.01]], requires_grad=True)

@@ -89,8 +89,10 @@ _CHUNK = 1 << 16
 # output time or at the start (where it lands without a check inside steps) has lost it: the
 # gradient is recomputed by checkpointing (a decay at rate 20 over [0, 5] without outputs gave
 # gradients 1e31 off, 9e21 with rk4; the benchmark's "hard" MLP over [0, 1] without outputs
-# strays 150-240x, for errors twice backprop's). Fixed-step methods are measured against
-# rtol/atol too (the exact gradient of their discrete solution is what checkpointing gives).
+# strays 150-240x, for errors twice backprop's). The yardstick is the looser of the forward's
+# and the backward solve's tolerances (_yardstick): against the forward's alone, a backward
+# solve asked for less accuracy was judged lost. Fixed-step methods are measured the same way
+# (the exact gradient of their discrete solution is what checkpointing gives).
 _LOST = 100.0
 
 
@@ -350,8 +352,9 @@ def _checkpointed(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor,
                   strayed: float) -> tuple:
     """The gradient by checkpointing, for a backward solve whose ``z`` was lost: the forward
     solve again, recording its steps (its evaluations count as backward ones), then replayed."""
+    rtol, atol = _yardstick(problem)
     yardstick = "the tolerance" if problem.grid is None else (
-        f"rtol={problem.rtol:g}/atol={problem.atol:g} (the yardstick for fixed steps too)")
+        f"rtol={rtol:g}/atol={atol:g} (the yardstick for fixed steps too)")
     warnings.warn(
         f"gradient='adjoint': z, reconstructed backwards, strayed {strayed:.3g} times "
         f"{yardstick} from the forward solution (a field that contracts forward expands "
@@ -362,13 +365,19 @@ def _checkpointed(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor,
         "on track.", stacklevel=3)
     stats = problem.stats
     kept = stats.nfe_forward, stats.steps_accepted, stats.steps_rejected
-    y0, _ = problem.outputs.split_grads(ys.detach())
+    y0, _ = problem.outputs.split_values(ys.detach())
     steps: list = []
     problem.solve(y0, record=steps)
     stats.nfe_backward += stats.nfe_forward - kept[0]
     stats.nfe_forward, stats.steps_accepted, stats.steps_rejected = kept
     stats.backward_checkpointed += 1
     return checkpoint_backward(problem, steps, grad_ys)
+
+
+def _yardstick(problem: Problem) -> tuple[float, float]:
+    """``(rtol, atol)`` that z's stray from the forward outputs is measured in: the looser of
+    the forward's and the backward solve's, since either solve's error shows in it."""
+    return (max(problem.rtol, problem.adjoint_rtol), max(problem.atol, problem.adjoint_atol))
 
 
 def _stray(z: torch.Tensor, want: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
@@ -385,7 +394,7 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
     last (at output times it landed on, and at the start) in units of the tolerance."""
     out, params, stats = problem.outputs, problem.params, problem.stats
     start_grad, items = out.split_grads(grad_ys)
-    y_start, anchors = out.split_grads(ys.detach())  # the forward solution at every output
+    y_start, anchors = out.split_values(ys.detach())  # the forward solution at every output
     shape, n = problem.shape, math.prod(problem.shape)
     scale = _cotangent_scale(items)  # the backward solve's unit
     if not math.isfinite(scale):
@@ -395,6 +404,7 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
         return (start_grad, *[torch.zeros_like(p) for p in params]), 0.0
     adaptive = problem.grid is None
     rtol, atol = problem.adjoint_rtol, problem.adjoint_atol
+    yardstick = _yardstick(problem)
     jumps = _Jumps(problem, items, fold, scale)
     func, time = problem.func, problem.time
     n_params = sum(p.numel() for p in params)
@@ -443,8 +453,7 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
         a = jumps.add(s[n : 2 * n].view(shape), idx)
         z = _anchored(s[:n].view(shape), anchors, idx, out.rows)  # back on the forward path
         rows = (len(z), -1) if out.per_sample else (1, -1)
-        strayed.append(_stray(s[:n].reshape(rows), z.reshape(rows), problem.rtol,
-                              problem.atol).max())
+        strayed.append(_stray(s[:n].reshape(rows), z.reshape(rows), *yardstick).max())
         return torch.cat([z.reshape(-1), a.reshape(-1), s[2 * n :]])
 
     keys = [out.direction * float(v) for v in out.times]  # items' times, increasing
@@ -496,7 +505,7 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
                     index = torch.as_tensor(inside, device=s0.device)
                     near_z.append(z.index_select(0, index))
                     near_want.append(want.index_select(0, index))
-                ratios.append(_stray(z, want, problem.rtol, problem.atol))
+                ratios.append(_stray(z, want, *yardstick))
             z, want = torch.cat(near_z), torch.cat(near_want)
         return lo + picked, z, want, torch.cat(ratios)
 
@@ -580,8 +589,7 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
     stats.backward_steps_accepted += counters.accepted
     stats.backward_steps_rejected += counters.rejected
     rows = len(y_start) if out.per_sample else 1
-    strayed.append(_stray(state[:n].view(rows, -1), y_start.reshape(rows, -1), problem.rtol,
-                          problem.atol).max())
+    strayed.append(_stray(state[:n].view(rows, -1), y_start.reshape(rows, -1), *yardstick).max())
     a0 = jumps.total_folded(state[n : 2 * n].view(shape)) * scale + start_grad
     grads, offset = [], 2 * n
     for p in params:

@@ -17,7 +17,9 @@ class SolverStats:
     over anchored (``backward_restarts``) counts the abandoned attempt's evaluations in
     ``nfe_backward`` (work done) but not its steps; one whose ``z`` was lost and that was
     recomputed by checkpointing (``backward_checkpointed``) counts both solves' evaluations
-    (the forward solve repeated among them) and the replay's steps.
+    (the forward solve repeated among them) and the steps of the lost solve and the replay.
+    A field that first draws random numbers after its first evaluation is solved twice
+    forwards (the second time recording its draws for the backward pass): both solves count.
     """
 
     nfe_forward: int = 0

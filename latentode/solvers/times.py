@@ -225,6 +225,18 @@ class OutputTimes:
         start.index_add_(0, rows, ordered[: self.n_start])
         return start, ordered[self.n_start :]
 
+    def split_values(self, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output ``ys`` itself as ``(start state, items)``: as :meth:`split_grads`, but a
+        row whose start time repeats (padding) gives its start state once, not summed."""
+        if not self.per_sample:
+            return ys[0], ys[1:]
+        flat = ys.reshape(-1, *self.shape[1:])
+        ordered = flat.index_select(0, torch.argsort(self.inverse).to(flat.device))
+        rows = torch.as_tensor(self.rows_all[: self.n_start], device=flat.device)
+        start = torch.zeros(self.shape, dtype=flat.dtype, device=flat.device)
+        start.index_copy_(0, rows, ordered[: self.n_start])  # repeats hold the same state
+        return start, ordered[self.n_start :]
+
     def assemble(self, chunks: list) -> torch.Tensor:
         """Concatenate answered chunks into ``(T, *y0.shape)`` or ``(batch, T, *rest)``."""
         out = torch.cat(chunks)
@@ -248,15 +260,22 @@ class OutputTimes:
 
 def fixed_grid(outputs: OutputTimes, step_size: float | None, max_steps: int) -> list[float]:
     """Step boundaries for a fixed-step method: the output times, or a uniform grid."""
+    from .errors import MaxStepsExceededError
+
     if step_size is None:
-        return outputs.grid()
+        grid = outputs.grid()
+        if len(grid) - 1 > max_steps:
+            raise MaxStepsExceededError(
+                f"one step per output interval makes {len(grid) - 1} steps, more than "
+                f"max_steps={max_steps}. Raise max_steps or give a step_size (the outputs are "
+                "then answered by interpolation between its steps)."
+            )
+        return grid
     if not step_size > 0:
         raise ValueError(f"step_size must be a positive number, got {step_size}.")
     span = abs(outputs.t1 - outputs.t0)
     n = max(1, math.ceil(span / step_size - 1e-9))
     if n > max_steps:
-        from .errors import MaxStepsExceededError
-
         raise MaxStepsExceededError(
             f"step_size={step_size:g} needs {n} steps to cover [{outputs.t0:g}, {outputs.t1:g}], "
             f"more than max_steps={max_steps}. Raise max_steps or use a larger step_size."
