@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from latentode.models import GRUDT, ODERNN, RNNVAE, LatentODEOutput, iwae_terms
+from latentode.models.latent_ode import sample_kl
 
 MODELS = {
     "odernn": lambda **kw: ODERNN(3, latents=8, ode_units=16, dec_units=16, obs_std=0.1, **kw),
@@ -180,11 +181,13 @@ def test_rnn_vae_kl_and_importance_weighted_bound():
     out = model(times, values, encoder, n_samples=6)
     torch.testing.assert_close(out.pred, terms["pred"])
     kl = model.kl(out)
-    again = iwae_terms(values, out.pred, mask, model.obs_std, kl)
+    per_sample = sample_kl(out.z0, out.z0_mean, out.z0_std)  # (S, B): Burda's terms
+    again = iwae_terms(values, out.pred, mask, model.obs_std, kl, kl_samples=per_sample)
     torch.testing.assert_close(again["loss"], terms["loss"])
+    torch.testing.assert_close(again["kl"], kl.mean())  # reported: the analytic KL
     from latentode.models import masked_gaussian_loglik
 
-    elbo = (masked_gaussian_loglik(values, out.pred, mask, model.obs_std) - kl).mean()
+    elbo = (masked_gaussian_loglik(values, out.pred, mask, model.obs_std) - per_sample).mean()
     assert -terms["loss"] >= elbo - 1e-5  # IWAE bound >= the mean ELBO of the same samples
     weighted = model.loss(times, values, encoder, mask, kl_weight=0.0, n_samples=1)
     assert weighted["kl"] > 0  # reported, not weighted in

@@ -16,9 +16,12 @@ from latentode.lit import LatentODELightning
 from latentode.lit.module import label_metrics
 from latentode.models import LatentODE
 from latentode.models.latent_ode import (
+    gaussian_kl,
     label_loss,
+    masked_gaussian_loglik,
     poisson_process_loglik,
     sample_bound,
+    sample_kl,
 )
 from latentode.nn import ODERNNEncoder
 
@@ -56,6 +59,41 @@ def test_objectives_against_their_definitions():
     assert bool((sample_bound(elbo, "iwae") >= sample_bound(elbo, "elbo")).all())
     with pytest.raises(ValueError, match="objective must be one of"):
         sample_bound(elbo, "vae")
+
+
+def test_iwae_is_burdas_bound_on_a_conjugate_gaussian():
+    """One observed point x ~ N(z, sigma^2), z ~ N(0, 1), q the exact posterior: Burda's IWAE
+    equals log p(x). ``iwae`` subtracted the analytic KL inside the logsumexp, which is no
+    bound: it exceeded log p(x) by 0.17. With each sample's log q - log p it is Burda's."""
+    x, sigma, samples = 3.0, 0.1, 20000
+    var = sigma**2 / (1 + sigma**2)
+    mean = torch.tensor([[x / (1 + sigma**2)]], dtype=torch.float64)
+    std = torch.tensor([[math.sqrt(var)]], dtype=torch.float64)
+    torch.manual_seed(0)
+    z0 = mean + std * torch.randn(samples, 1, 1, dtype=torch.float64)  # (S, B, L)
+    values = torch.full((1, 1, 1), x, dtype=torch.float64)
+    loglik = masked_gaussian_loglik(values, z0.view(samples, 1, 1, 1),
+                                    torch.ones(1, 1, 1, dtype=torch.bool), sigma)
+    log_px = -0.5 * x**2 / (1 + sigma**2) - 0.5 * math.log(2 * math.pi * (1 + sigma**2))
+    burda = sample_bound(loglik - sample_kl(z0, mean, std), "iwae").item()
+    assert abs(burda - log_px) < 1e-6  # exact posterior: every weight is p(x)
+    analytic = sample_bound(loglik - gaussian_kl(mean, std), "iwae").item()
+    assert analytic > log_px + 0.1  # the old form
+    torch.testing.assert_close(sample_kl(z0, mean, std).mean(), gaussian_kl(mean, std)[0],
+                               rtol=0, atol=0.02)
+
+
+def test_latent_ode_iwae_loss_uses_each_samples_kl():
+    m = model(objective="iwae")
+    times, values, mask = tiny_batch()
+    torch.manual_seed(5)
+    terms = m.loss(times, values, mask, mask, kl_weight=0.7, n_samples=3)
+    torch.manual_seed(5)
+    out = m(times, values, mask, n_samples=3)
+    loglik = masked_gaussian_loglik(values, out.pred, mask, m.obs_std)
+    bound = sample_bound(loglik - 0.7 * sample_kl(out.z0, out.z0_mean, out.z0_std), "iwae")
+    torch.testing.assert_close(terms["loss"], -bound.mean())
+    torch.testing.assert_close(terms["kl"], gaussian_kl(out.z0_mean, out.z0_std).mean())
 
 
 def test_poisson_loglik_of_a_constant_rate_is_closed_form():

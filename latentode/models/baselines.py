@@ -42,17 +42,22 @@ from .latent_ode import (
     masked_gaussian_loglik,
     predict_at_targets,
     sample_bound,
+    sample_kl,
 )
 
 
 def iwae_terms(
     values: torch.Tensor, pred: torch.Tensor, target_mask: torch.Tensor, obs_std: float,
     kl: torch.Tensor, kl_weight: float = 1.0, objective: str = "iwae",
+    kl_samples: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """:meth:`LatentODE.loss`'s terms from ``pred (S, B, T, D)`` and a per-series ``kl (B,)``;
-    ``objective`` combines the samples as :func:`~latentode.models.latent_ode.sample_bound`."""
+    ``objective`` combines the samples as :func:`~latentode.models.latent_ode.sample_bound`,
+    with each sample's ``log q - log p`` (``kl_samples (S, B)``) in place of ``kl`` for
+    ``iwae``."""
     loglik = masked_gaussian_loglik(values, pred, target_mask, obs_std)  # (S, B)
-    bound = sample_bound(loglik - kl_weight * kl, objective)
+    per_sample = objective == "iwae" and kl_samples is not None
+    bound = sample_bound(loglik - kl_weight * (kl_samples if per_sample else kl), objective)
     mask = target_mask.to(values.dtype)
     sq = (pred.mean(0) - values).square() * mask
     return {
@@ -167,8 +172,10 @@ class _Recurrent(nn.Module):
         """Negative IWAE bound (the log-likelihood for deterministic models) and its terms."""
         values = checked_batch(self.input_dim, times, values, encoder_mask, target_mask)
         out = self.predict(times, values, encoder_mask, target_mask, n_samples)
+        samples = (None if out.z0 is None
+                   else sample_kl(out.z0, out.z0_mean, out.z0_std))
         return iwae_terms(values, out.pred, target_mask, self.obs_std, self.kl(out), kl_weight,
-                          getattr(self, "objective", "iwae"))
+                          getattr(self, "objective", "iwae"), samples)
 
     def predict(
         self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
@@ -466,7 +473,8 @@ class RNNVAE(_Recurrent):
         z0 = mean + std * torch.randn((n, *mean.shape), dtype=mean.dtype, device=mean.device)
         h = self.init(z0.reshape(-1, self.latents))
         pred, _ = self.walk(h, wanted if from_target else times, wanted)
-        return LatentODEOutput(pred.reshape(n, *mean.shape[:1], *pred.shape[1:]), mean, std)
+        return LatentODEOutput(pred.reshape(n, *mean.shape[:1], *pred.shape[1:]), mean, std,
+                               z0=z0)
 
     def predict(
         self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,

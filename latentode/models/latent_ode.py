@@ -33,6 +33,7 @@ class LatentODEOutput:
     log_rate: torch.Tensor | None = None  # (S, B, T, D) Poisson log-intensity (poisson=True)
     cum_rate: torch.Tensor | None = None  # (S, B, T, D) its integral from times[0]
     logits: torch.Tensor | None = None  # (S, B[, T], C) label logits (n_labels > 0)
+    z0: torch.Tensor | None = None  # (S, B, L) the posterior samples behind pred
 
 
 def masked_gaussian_loglik(
@@ -55,6 +56,14 @@ def gaussian_kl(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """``KL(N(mean, std^2) || N(0, 1))`` averaged over latent dimensions: ``(B,)``."""
     var = std.square()
     return 0.5 * (var + mean.square() - 1.0 - torch.log(var)).mean(-1)
+
+
+def sample_kl(z0: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``log q(z0) - log p(z0)`` of each sample ``z0 (S, B, L)`` under ``q = N(mean, std^2)``
+    and ``p = N(0, 1)``, averaged over latent dimensions as :func:`gaussian_kl` is: ``(S, B)``.
+    Its mean under ``q`` is that KL; inside ``iwae``'s logsumexp it makes the bound Burda's."""
+    eps = (z0 - mean) / std
+    return (0.5 * (z0.square() - eps.square()) - torch.log(std)).mean(-1)
 
 
 OBJECTIVES = ("iwae", "elbo", "batch_iwae")
@@ -124,9 +133,11 @@ class _WithRate(nn.Module):
 def sample_bound(elbo: torch.Tensor, objective: str = "iwae") -> torch.Tensor:
     """Combine per-sample ELBO terms ``(S, B)`` into a bound per series ``(B,)``.
 
-    ``iwae``: ``logsumexp`` over samples per series, minus ``log S`` (Burda et al.);
-    ``elbo``: the mean over samples; ``batch_iwae``: the paper code's objective, ``logsumexp``
-    over samples of the batch means (no ``- log S``), spread evenly over the series.
+    ``iwae``: ``logsumexp`` over samples per series, minus ``log S`` (Burda et al.: the terms
+    must then carry each sample's own ``log q - log p``, :func:`sample_kl`, not the analytic
+    KL, or the result is no bound); ``elbo``: the mean over samples; ``batch_iwae``: the paper
+    code's objective, ``logsumexp`` over samples of the batch means with the analytic KL (no
+    ``- log S``), spread evenly over the series.
     """
     samples = elbo.shape[0]
     if objective == "iwae":
@@ -342,7 +353,7 @@ class LatentODE(nn.Module):
         out_times = times if pred_times is None else pred_times
         paths = self.latent_paths(z0, out_times)
         z = paths[..., : self.latents]
-        out = LatentODEOutput(self.decoder(z), mean, std)
+        out = LatentODEOutput(self.decoder(z), mean, std, z0=z0)
         if self.rate is not None:
             out.log_rate, out.cum_rate = self.rate(z), paths[..., self.latents :]
         if self.classifier is not None:
@@ -369,7 +380,9 @@ class LatentODE(nn.Module):
         out = self.predict(times, values, encoder_mask, target_mask, n_samples)
         loglik = masked_gaussian_loglik(values, out.pred, target_mask, self.obs_std)  # (S, B)
         kl = gaussian_kl(out.z0_mean, out.z0_std)  # (B,)
-        bound = sample_bound(loglik - kl_weight * kl, self.objective)
+        per_sample = self.objective == "iwae" and out.z0 is not None
+        kl_term = sample_kl(out.z0, out.z0_mean, out.z0_std) if per_sample else kl
+        bound = sample_bound(loglik - kl_weight * kl_term, self.objective)
         mask = target_mask.to(values.dtype)
         sq = (out.pred.mean(0) - values).square() * mask
         mse = sq.sum() / mask.sum().clamp_min(1)
