@@ -108,6 +108,19 @@ def test_poisson_loglik_of_a_constant_rate_is_closed_form():
     assert torch.allclose(got, want)
 
 
+def test_poisson_window_starts_at_each_series_first_point():
+    """Targets after a cut (extrapolation), or a series that starts late: the rate is
+    integrated from the series' first point under the mask, not from times[0], where no event
+    was counted (the rate came out at half the truth on an even split)."""
+    times = torch.tensor([0.0, 0.5, 1.5, 2.0])
+    c = 0.3
+    log_rate = torch.full((1, 1, 4, 1), c)
+    cum_rate = (math.exp(c) * (times - times[0])).view(1, 1, 4, 1)
+    after_cut = torch.tensor([[0, 0, 1, 1]], dtype=torch.bool).unsqueeze(-1)
+    got = poisson_process_loglik(log_rate, cum_rate, after_cut)
+    assert torch.allclose(got, torch.tensor([[2 * c - math.exp(c) * 0.5]]))
+
+
 def test_poisson_model_integrates_the_rate_and_trains_it():
     times, values, mask = tiny_batch()
     net = model(poisson=True)

@@ -76,15 +76,24 @@ def poisson_process_loglik(
 ) -> torch.Tensor:
     """Log-likelihood ``(S, B)`` of *when* channels were observed under an inhomogeneous
     Poisson process per channel: ``sum log rate(t_i) - integral of rate`` over each series'
-    window (``times[0]`` to its last point under ``mask``), averaged over channels with a point.
+    window, from its first point under ``mask`` to its last, averaged over channels with a
+    point. ``cum_rate`` is the rate's integral from ``times[0]``. The window starts at the first
+    point, not at ``times[0]``: in extrapolation the points before the cut are not counted as
+    events, so their span must not count either (it biased the rate low, by half on an even
+    split), and a series that starts after ``times[0]`` has no events to count before.
     """
     maskf = mask.to(log_rate.dtype)
     events = (log_rate * maskf).sum(-2)  # (S, B, D)
     seen = mask.any(-1)  # (B, T)
     steps = torch.arange(seen.shape[-1], device=seen.device)
     last = torch.where(seen, steps, -1).amax(-1).clamp_min(0)  # (B,) each series' last point
-    index = last.view(1, -1, 1, 1).expand(cum_rate.shape[0], -1, 1, cum_rate.shape[-1])
-    integral = cum_rate.gather(2, index).squeeze(2)  # (S, B, D)
+    first = torch.where(seen, steps, seen.shape[-1]).amin(-1).clamp_max(seen.shape[-1] - 1)
+
+    def at(index: torch.Tensor) -> torch.Tensor:
+        index = index.view(1, -1, 1, 1).expand(cum_rate.shape[0], -1, 1, cum_rate.shape[-1])
+        return cum_rate.gather(2, index).squeeze(2)  # (S, B, D)
+
+    integral = at(last) - at(first)
     has = mask.any(-2)  # (B, D)
     per_channel = (events - integral) * has
     return per_channel.sum(-1) / has.sum(-1).clamp_min(1)
