@@ -74,6 +74,29 @@ def test_training_logs_finite_terms_for_every_stage():
     assert test["test/mse_sample"] >= test["test/mse"]  # the samples' spread on top
 
 
+def test_predict_step_returns_each_rows_origin_on_series_clocks():
+    """With ``time_origin="series"`` every row of ``pred`` sits on its own clock; the shift was
+    not returned, so predictions could not be put back on the data's time stamps."""
+    import pandas as pd
+
+    from latentode.data import from_dataframe
+
+    starts = [0.0, 100.0, 250.0, 400.0, 555.0, 700.0, 820.0, 900.0, 950.0, 990.0]
+    frame = pd.DataFrame([(s, start + 3 * k, math.sin(k)) for s, start in enumerate(starts)
+                          for k in range(10)], columns=["series_id", "time", "v"])
+    dm = LatentODEDataModule(from_dataframe(frame), task=Interpolation(fraction=0.5),
+                             batch_size=4, time_origin="series", val_fraction=0.2,
+                             test_fraction=0.2)
+    dm.setup()
+    batch = next(iter(dm.test_dataloader()))
+    out = LatentODELightning(LatentODE(1, 4)).predict_step(batch, 0)
+    part = dm.splits["test"]
+    for row, i in enumerate(out["index"].tolist()):
+        model_time = (out["times"][0] + out["origin"][row]).double().numpy().reshape(1)
+        first = part.time_transform.to_user(model_time)[0]
+        assert first == pytest.approx(part.raw_times[part.offsets[i]])
+
+
 def test_under_a_users_own_trainer_scale_comes_from_the_datamodule_and_predict_works():
     dm = tiny_datamodule()
     module = LatentODELightning(tiny_model())  # no scale=: taken from dm's scaler at setup

@@ -445,10 +445,14 @@ class LatentODELightning(L.LightningModule):
         predictions ``pred`` ``(S, B, T, D)`` in model units (the data module's
         ``inverse_values`` turns them into data units), ``z0`` where the model's loss puts it;
         with a classifier also its ``logits`` (per series ``(S, B, C)``, per time point
-        ``(S, B, T, C)``; a sigmoid of a binary one is the risk)."""
+        ``(S, B, T, C)``; a sigmoid of a binary one is the risk). With ``time_origin="series"``
+        each row sits on its own clock: ``origin`` ``(B,)`` is what its times were moved back
+        by (row ``b``'s model times are ``times + origin[b]`` on the data's clock)."""
         out = self.model.predict(batch.times, batch.values, batch.encoder_mask,
                                  batch.target_mask, self.eval_samples)
         result = {"index": batch.index, "times": batch.times, "pred": out.pred}
+        if batch.origin is not None:
+            result["origin"] = batch.origin
         if getattr(out, "logits", None) is not None:  # a classifier: e.g. mortality risk
             result["logits"] = out.logits
         return result
