@@ -280,3 +280,30 @@ def test_epoch_sums_take_tensors_and_host_numbers_alike():
     means = sums.means(lambda x: seen.append(x) or x)
     assert means == {"mse": 2.0, "nfe": 23.0}
     assert seen[0].dtype == torch.float64 and seen[0].shape == (2, 2)  # one reduction
+
+
+def test_test_plot_shows_the_test_loaders_masks(tmp_path, monkeypatch):
+    """The test plot collated its series with a generator of its own, so the points drawn as
+    "seen by the encoder" were not the ones the test metrics used."""
+    import pandas as pd
+
+    import latentode.lit.plots as plots
+    from latentode.data import from_dataframe
+
+    frame = pd.DataFrame([(s, float(k), math.sin(k + s)) for s in range(20) for k in range(30)],
+                         columns=["series_id", "time", "v"])
+    dm = LatentODEDataModule(from_dataframe(frame), task=Interpolation(fraction=0.5),
+                             batch_size=4)
+    dm.setup()
+    drawn = {}
+    real = plots.plot_batch
+
+    def spy(batch, *args, **kwargs):
+        drawn["batch"] = batch
+        return real(batch, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "plot_batch", spy)
+    plots.plot_test_series(LatentODE(1, 4), dm, tmp_path / "p.png", n_series=4, n_samples=2)
+    tested = next(iter(dm.test_dataloader()))
+    assert torch.equal(drawn["batch"].encoder_mask, tested.encoder_mask)
+    assert (tmp_path / "p.png").exists()

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from latentode.data import Batch, collate
+from latentode.data.batch import Collator
 from latentode.data.windows import window_owner
 from latentode.models.latent_ode import first_target
 
@@ -161,7 +162,8 @@ def plot_test_series(
     n_samples: int = 30,
     seed: int = 0,
 ) -> Path:
-    """Plot the first ``n_series`` test series of ``datamodule`` (with its test task masks).
+    """Plot the first ``n_series`` test series of ``datamodule`` with the masks its test loader
+    gives them (the points the encoder saw in the test metrics).
 
     Returns the PNG's path. The model is put in eval mode for the prediction and restored.
     """
@@ -171,8 +173,12 @@ def plot_test_series(
     count = min(n_series, len(part))
     chosen = (_windows_of_distinct_series(part, count)
               if getattr(datamodule, "window", None) is not None else np.arange(count))
-    batch = collate(part, chosen, datamodule.task, np.random.default_rng(seed),
-                    origin=getattr(datamodule, "time_origin", "batch"))
+    origin = getattr(datamodule, "time_origin", "batch")
+    if hasattr(datamodule, "seed"):  # the test loader's masks: fixed per series, any batch
+        batch = Collator(part, datamodule.task, fixed=True, seed=datamodule.seed,
+                         origin=origin)(chosen.tolist())
+    else:
+        batch = collate(part, chosen, datamodule.task, np.random.default_rng(seed), origin=origin)
     device = next(model.parameters()).device
     batch = batch.to(device)
     was_training = model.training
