@@ -231,6 +231,17 @@ def test_hand_built_batches_are_checked_at_the_models_entry(name):
         net.loss(times[:6], values, mask, mask)
     with pytest.raises(ValueError, match=r"target_mask must have the shape of values"):
         net.loss(times, values, mask, mask[..., :1])
+    # 0/1 float masks worked for the latent ODE only (a torch.where error in the baselines)
+    with pytest.raises(ValueError, match=r"encoder_mask must be a bool tensor .* got "
+                                         r"torch\.float32: pass encoder_mask\.bool\(\)"):
+        net.loss(times, values, mask.float(), mask)
+    # float64 times with float32 values: a matmul dtype error in some encoders and baselines
+    with pytest.raises(ValueError, match=r"times \(torch\.float64\) and values \(torch\.float32\)"):
+        net.loss(times.double(), values, mask, mask)
+    # any finite filler where nothing is observed: 1e20 overflowed the squared error to NaN
+    torch.manual_seed(1)
+    filled = net.loss(times, torch.where(mask, values, 1e20), mask, mask)
+    assert torch.allclose(filled["loss"], zeros) and torch.isfinite(filled["mse"])
 
 
 def test_bad_options_are_refused():

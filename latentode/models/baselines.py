@@ -59,7 +59,7 @@ def iwae_terms(
     per_sample = objective == "iwae" and kl_samples is not None
     bound = sample_bound(loglik - kl_weight * (kl_samples if per_sample else kl), objective)
     mask = target_mask.to(values.dtype)
-    sq = (pred.mean(0) - values).square() * mask
+    sq = torch.where(target_mask, pred.mean(0) - values, 0.0).square()
     return {
         "loss": -bound.mean(),
         "loglik": loglik.mean(),

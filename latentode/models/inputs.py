@@ -34,11 +34,17 @@ def checked_batch(
     if len(times) != values.shape[1]:
         raise ValueError(f"times has {len(times)} entries but values has T = {values.shape[1]} "
                          f"(shape {tuple(values.shape)}): one time per column of values.")
+    if times.dtype != values.dtype:
+        raise ValueError(f"times ({times.dtype}) and values ({values.dtype}) must have one "
+                         "dtype: times.to(values.dtype).")
     for i, mask in enumerate(masks):
+        name = "encoder_mask" if i == 0 else "target_mask"
         if mask is not None and tuple(mask.shape) != tuple(values.shape):
-            name = "encoder_mask" if i == 0 else "target_mask"
             raise ValueError(f"{name} must have the shape of values {tuple(values.shape)}, got "
                              f"{tuple(mask.shape)}.")
+        if mask is not None and mask.dtype != torch.bool:
+            raise ValueError(f"{name} must be a bool tensor (true where observed), got "
+                             f"{mask.dtype}: pass {name}.bool() (or {name} > 0).")
     rising = times[1:] > times[:-1]
     # NaN/inf reach the sum: one reduction (isfinite over the batch took 10x longer, at every
     # training step); a finite sum that overflowed only sends us to the elementwise check

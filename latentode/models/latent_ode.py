@@ -41,8 +41,9 @@ def masked_gaussian_loglik(
 ) -> torch.Tensor:
     """Per-sample, per-series log-density ``(S, B)``: mean over each channel's observed points,
     then over the channels that have any (the paper's normalisation)."""
+    # unobserved entries may hold anything finite (a filler of 1e20 overflowed to inf * 0 = NaN)
+    z = torch.where(mask, values - pred, 0.0) / obs_std
     mask = mask.to(pred.dtype)
-    z = (values - pred) / obs_std
     logp = -0.5 * z.square() - math.log(obs_std) - 0.5 * math.log(2 * math.pi)
     per_channel_sum = (logp * mask).sum(-2)  # (S, B, D)
     count = mask.sum(-2)  # (B, D)
@@ -393,7 +394,7 @@ class LatentODE(nn.Module):
         kl_term = sample_kl(out.z0, out.z0_mean, out.z0_std) if per_sample else kl
         bound = sample_bound(loglik - kl_weight * kl_term, self.objective)
         mask = target_mask.to(values.dtype)
-        sq = (out.pred.mean(0) - values).square() * mask
+        sq = torch.where(target_mask, out.pred.mean(0) - values, 0.0).square()
         mse = sq.sum() / mask.sum().clamp_min(1)
         loss = -bound.mean()
         result = {"loglik": loglik.mean(), "kl": kl.mean(), "mse": mse, "pred": out.pred}
