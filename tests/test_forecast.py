@@ -132,6 +132,16 @@ def test_forecast_grid_times_are_written_without_float_noise():
     assert forecast_grid(2.905, "numeric", 1.0, None, 4).tolist() == [3.155, 3.405, 3.655, 3.905]
 
 
+def test_daily_grid_keeps_its_days_across_a_clock_change():
+    """horizon="7D", freq="D" on a zoned clock gives 7 days also in the week the clocks go
+    back (the 7th day, 169 h ahead, fell past 168 h and was dropped) or forward."""
+    from latentode.forecast.requests import forecast_grid
+
+    for last in ("2024-10-20 06:00", "2024-03-25 06:00", "2024-06-10 06:00"):
+        grid = forecast_grid(pd.Timestamp(last, tz="Europe/Berlin"), "datetime", "7D", "D", None)
+        assert len(grid) == 7 and (grid.hour == 6).all(), grid
+
+
 def test_predictions_at_times_not_in_the_data(fitted, data):
     times = [0.123456, 2.7182818, 6.5]  # between observations and beyond them
     assert not data["time"].isin(times).any()

@@ -144,7 +144,12 @@ def _datetime_grid(last: pd.Timestamp, horizon: Any, freq: Any, n: Any) -> pd.Da
             f"pd.Timedelta), got {freq!r}."
         ) from err
     if span is not None:
-        grid = pd.date_range(start=last, end=last + span, freq=offset)
+        end = last + span
+        if last.tz is not None:  # "7D" of daily steps is 7 days of the wall clock: across a
+            # clock change a calendar day is 23 or 25 hours, and the 7th step fell past 168 h
+            end = (last.tz_localize(None) + span).tz_localize(
+                last.tz, ambiguous=False, nonexistent="shift_forward")
+        grid = pd.date_range(start=last, end=end, freq=offset)
         grid = grid[grid > last]
         if len(grid) == 0:
             raise ValueError(f"horizon={horizon!r} is shorter than one step of freq={freq!r}.")
