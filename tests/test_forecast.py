@@ -142,6 +142,34 @@ def test_daily_grid_keeps_its_days_across_a_clock_change():
         assert len(grid) == 7 and (grid.hour == 6).all(), grid
 
 
+def test_integer_channel_codes_stay_integers_for_channels_a_frame_lacks():
+    """Tidy data with integer item codes: a frame with no row of one trained item (a patient
+    without that lab) got that item back as the text '202' beside the integer 101, so
+    filtering on 202 found nothing, in predict and in impute's added rows."""
+    wide = make_frame(n_series=12, n_points=10, seed=1, offset=0.0)
+    tidy = wide.rename(columns={"x": 101, "y": 202}).melt(
+        id_vars=["series_id", "time"], var_name="item", value_name="val").dropna()
+    tidy["item"] = tidy["item"].astype(int)
+    fc = LatentODEForecaster({**TINY, "trainer.max_epochs": 1}).fit(
+        tidy, channel_col="item", value_col="val")
+    lacking = tidy[(tidy.series_id == "s1") & (tidy.item == 101)]
+    pred = fc.predict(lacking, horizon=1.0, n=1, quantiles=None)
+    assert pred["item"].dtype == np.int64 and sorted(pred["item"]) == [101, 202]
+    filled = fc.impute(lacking)
+    assert filled["item"].dtype == np.int64 and (filled["item"] == 202).sum() > 0
+
+
+def test_impute_fills_nullable_integer_columns(fitted, data):
+    """Integer readings with pd.NA gaps (convert_dtypes, nullable CSV readers): impute
+    raised a TypeError putting the float fill into the Int64 column."""
+    frame = data[data.series_id.isin(["s0", "s1"])].copy()
+    frame["x"] = frame["x"].round().astype("Int64")
+    filled = fitted.impute(frame.convert_dtypes())
+    assert filled["x"].notna().all() and str(filled["x"].dtype) == "Float64"
+    observed = frame["x"].notna().to_numpy()
+    assert (filled["x"].to_numpy()[observed] == frame["x"].to_numpy()[observed]).all()
+
+
 def test_predictions_at_times_not_in_the_data(fitted, data):
     times = [0.123456, 2.7182818, 6.5]  # between observations and beyond them
     assert not data["time"].isin(times).any()

@@ -1056,7 +1056,9 @@ def _as_given(names: pd.Series, given: pd.Series) -> pd.Series:
     220045 when the frame holds codes, with the frame's dtype where every name maps."""
     original = {str(v): v for v in pd.unique(given.dropna())}
     mapped = names.map(lambda c: original.get(c, c))
-    if names.isin(list(original)).all():
+    # numeric codes: also those of channels this frame has no row of (a patient without that
+    # lab), which stayed text ('202' beside 101: filtering on 202 found nothing)
+    if names.isin(list(original)).all() or pd.api.types.is_numeric_dtype(given.dtype):
         with contextlib.suppress(TypeError, ValueError):
             return mapped.astype(given.dtype)
     return mapped
@@ -1065,6 +1067,10 @@ def _as_given(names: pd.Series, given: pd.Series) -> pd.Series:
 def _filled(column: pd.Series, missing: np.ndarray, means: pd.Series) -> pd.Series:
     """``column`` with the ``missing`` entries replaced (observed entries untouched)."""
     fill = means.to_numpy()
+    if not pd.api.types.is_float_dtype(column.dtype):  # a nullable integer (Int64) column
+        # with gaps could not take the float fill (TypeError): it becomes a float one
+        extension = not isinstance(column.dtype, np.dtype)
+        column = column.astype("Float64" if extension else np.float64)
     if pd.api.types.is_float_dtype(column.dtype) and isinstance(column.dtype, np.dtype):
         fill = fill.astype(column.dtype)
     return column.where(~missing, pd.Series(fill, index=column.index))
