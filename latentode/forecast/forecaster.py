@@ -1090,7 +1090,13 @@ def _warn_beyond_training(ds: IrregularDataset, requests: list[tuple[int, Times]
         return
     worst, worst_i = 0.0, -1
     for i, raw in requests:
-        last = ds.times[ds.offsets[i + 1] - 1]
+        lo, hi = ds.offsets[i], ds.offsets[i + 1]
+        seen = np.nonzero(~np.isnan(ds.values[lo:hi]).all(1))[0]  # rows with an observation
+        if len(seen) == 0:
+            continue
+        # from the last observation, not the last row (an all-NaN row at the asked time hid
+        # the warning)
+        last = ds.times[lo + seen[-1]]
         ahead = float(np.max(spec.time.to_model(raw))) - last
         if ahead > worst:
             worst, worst_i = ahead, i
