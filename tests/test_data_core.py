@@ -660,8 +660,17 @@ def test_iso_date_strings_are_read_as_datetimes():
     assert pd.api.types.is_datetime64_any_dtype(as_text.to_dataframe()["time"].dtype)
     assert not pd.api.types.is_datetime64_any_dtype(text["time"].dtype)  # user frame kept
     day_first = small_frame().assign(time=stamps.strftime("%d/%m/%Y %H:%M"))
-    with pytest.raises(ValueError, match=r"column 'time' has dtype .*text values.*to_datetime"):
+    with pytest.raises(ValueError, match=r"column 'time' holds text times that are not ISO "
+                                         r"8601, e\.g\. '\d\d/\d\d/\d{4} \d\d:\d\d' "
+                                         r"\(series .*, row 0\).*format=\.\.\."):
         from_dataframe(day_first)
+    with pytest.raises(ValueError, match=r"column 'time' has a non-numeric time '\?' \(series "
+                                         r".*, row 3; 1 such rows\)"):
+        from_dataframe(small_frame().assign(time=["0", "1", "2", "?", "4", "5"]))
+    # ISO text whose offset changes with the clock (winter +01:00, summer +02:00): UTC
+    dst = small_frame().assign(time=["2024-03-30T11:00+01:00", "2024-03-31T11:00+02:00",
+                                     "2024-04-01T11:00+02:00"] * 2)
+    assert str(from_dataframe(dst).to_dataframe()["time"].dt.tz) == "UTC"
 
 
 def test_error_messages_show_plain_numbers():

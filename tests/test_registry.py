@@ -60,6 +60,23 @@ def test_csv_with_iso_dates(tmp_path):
     assert ds.time_transform.kind == "datetime"
 
 
+def test_csv_times_and_ids_read_as_written(tmp_path):
+    """Only ISO 8601 text is a datetime (any format pandas guessed was read: day-first dates a
+    month apart, clock times dated today); ids '007' and '7' are two series (type inference
+    made them one), while ids written as integers stay integers."""
+    path = tmp_path / "v.csv"
+    pd.DataFrame({"series_id": ["a", "a"], "time": ["01/02/2024", "02/02/2024"],
+                  "x": [1.0, 2.0]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"holds text times that are not ISO 8601"):
+        load_dataset("csv", path=path)
+    path.write_text("patient,time,hr\n007,0,60\n007,1,61\n7,0.5,90\n7,1.5,NA\n")
+    ds = load_dataset("csv", path=path, id_col="patient")
+    assert ds.ids == ["007", "7"] and ds.lengths.tolist() == [2, 2]
+    assert np.isnan(ds.to_dataframe()["hr"].iloc[-1])
+    path.write_text("patient,time,hr\n12,0,60\n12,1,61\n3,0.5,90\n")
+    assert load_dataset("csv", path=path, id_col="patient").ids == [3, 12]
+
+
 def test_bad_names_and_paths(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
         load_dataset("mnist")

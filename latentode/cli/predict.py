@@ -41,16 +41,16 @@ from omegaconf import DictConfig, OmegaConf
 from latentode.cli import config_dir
 from latentode.cli.train import quiet_known_warnings
 from latentode.data.files import read_table, write_table
-from latentode.data.frame import iso_separator
+from latentode.data.frame import iso_separator, iso_times
 
 log = logging.getLogger(__name__)
 
 
-def read_frame(path: Path) -> pd.DataFrame:
-    """A CSV or parquet file as a DataFrame."""
+def read_frame(path: Path, id_col: str | None = None) -> pd.DataFrame:
+    """A CSV or parquet file as a DataFrame (a CSV's ``id_col`` read as written)."""
     if not path.is_file():
         raise FileNotFoundError(f"input file {str(path)!r} does not exist.")
-    return read_table(path)
+    return read_table(path, id_col)
 
 
 def write_frame(frame: pd.DataFrame, path: Path) -> None:
@@ -121,7 +121,7 @@ def _predict(cfg: DictConfig) -> pd.DataFrame:
         torch.set_num_threads(int(cfg.threads))
     forecaster = load_forecaster(cfg)
     spec = forecaster.spec
-    frame = read_frame(Path(str(cfg.input)))
+    frame = read_frame(Path(str(cfg.input)), cfg.get("id_col") or spec.id_col)
     renames = {cfg[k]: getattr(spec, k) for k in ("id_col", "time_col")
                if cfg.get(k) is not None and cfg[k] != getattr(spec, k)}
     frame = frame.rename(columns=renames)
@@ -131,7 +131,7 @@ def _predict(cfg: DictConfig) -> pd.DataFrame:
         pd.api.types.is_datetime64_any_dtype(frame[time_col].dtype)
     ):
         t_style = iso_separator(frame[time_col])
-        frame[time_col] = pd.to_datetime(frame[time_col])
+        frame = iso_times(frame, time_col)  # ISO 8601 only: other text is refused, not guessed
     labels = _plain(cfg.get("plot_labels")) or None
     if cfg.get("plot") and labels:  # checked before the work, not after it
         from latentode.forecast.plotting import check_channel_labels

@@ -192,7 +192,9 @@ def _check_ids(df: pd.DataFrame, id_col: str) -> None:
 def iso_times(df: pd.DataFrame, time_col: str) -> pd.DataFrame:
     """``df`` with a text time column of ISO 8601 dates (``2024-03-01 14:05``, as ``read_csv``
     leaves them) read as datetimes, as ``latentode-train data=csv`` reads a file; other text is
-    left for :func:`_check_times` to refuse (day-first or month-first dates are ambiguous)."""
+    left for :func:`_check_times` to refuse (day-first or month-first dates are ambiguous).
+    Offsets that differ between rows (``+01:00`` in winter, ``+02:00`` in summer) are read as
+    the same instants in UTC."""
     col = df[time_col]
     if not (pd.api.types.is_object_dtype(col.dtype) or pd.api.types.is_string_dtype(col.dtype)):
         return df
@@ -202,7 +204,10 @@ def iso_times(df: pd.DataFrame, time_col: str) -> pd.DataFrame:
     try:
         parsed = pd.to_datetime(col, format="ISO8601")
     except (ValueError, TypeError):
-        return df
+        try:  # offsets that change (a zone's clock change): the same instants, in UTC
+            parsed = pd.to_datetime(col, format="ISO8601", utc=True)
+        except (ValueError, TypeError):
+            return df
     return df.assign(**{time_col: parsed})
 
 
@@ -263,6 +268,25 @@ def _check_times(df: pd.DataFrame, id_col: str, time_col: str) -> None:
             "convert the "
             "column to one type (pd.to_datetime or pd.to_numeric) first."
         )
+    if kinds.iloc[0] == "text":
+        numbers = pd.to_numeric(col, errors="coerce")
+        bad = numbers.isna().to_numpy()
+        i = int(np.argmax(bad))
+        where = f"series {_plain(df[id_col].iloc[i])!r}, row {_plain(df.index[i])!r}"
+        if 0 < bad.mean() < 0.5:  # numbers with strays ('?', 'n/a')
+            raise ValueError(
+                f"column {time_col!r} has a non-numeric time {_plain(col.iloc[i])!r} ({where}"
+                f"; {int(bad.sum())} such rows): fix or drop them, every row needs a time."
+            )
+        if bad.any():
+            raise ValueError(
+                f"column {time_col!r} holds text times that are not ISO 8601, e.g. "
+                f"{_plain(col.iloc[i])!r} ({where}): text is read as datetimes only in ISO "
+                "8601 ('2024-03-01 14:05', '2024-03-01T14:05+01:00'), since other formats are "
+                "ambiguous (day-first or month-first, no date). Convert the column with "
+                f"pd.to_datetime(df[{time_col!r}], format=...) or write the file's times in "
+                "ISO 8601."
+            )
     raise ValueError(
         f"column {time_col!r} has dtype {col.dtype} ({kinds.iloc[0]} values); convert it with "
         "pd.to_datetime(...) or pd.to_numeric(...) first so every time has one type."

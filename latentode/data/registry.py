@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from .dataset import IrregularDataset
 from .files import read_table
@@ -81,13 +80,8 @@ def _load_file(path: str | Path, **frame_kwargs: Any) -> IrregularDataset:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist.")
-    frame = read_table(path)
-    time_col = frame_kwargs.get("time_col", "time")
-    column = frame[time_col] if time_col in frame.columns else None
-    if column is not None and (
-        pd.api.types.is_object_dtype(column.dtype) or pd.api.types.is_string_dtype(column.dtype)
-    ):
-        parsed = pd.to_datetime(frame[time_col], errors="coerce")
-        if parsed.notna().all():  # ISO date strings in a CSV are datetimes, not text
-            frame[time_col] = parsed
-    return from_dataframe(frame, **frame_kwargs)
+    # ISO 8601 text times are read as datetimes by from_dataframe; other text is refused there
+    # (this read any format pandas guessed: day-first dates a month apart, clock times dated
+    # today)
+    return from_dataframe(read_table(path, frame_kwargs.get("id_col", "series_id")),
+                          **frame_kwargs)
