@@ -954,6 +954,9 @@ def test_extrapolation_cut_time_timezone_aware():
     # series 1's 23:14 has no observation at all; series 2 has only 22:00 before the cut
     assert list(user[enc[0]]) == [pd.Timestamp("2021-03-27 22:37", tz="Europe/Berlin")]
     assert list(user[enc[1]]) == [pd.Timestamp("2021-03-27 22:00", tz="Europe/Berlin")]
+    # a naive cut_time is in the data's terms, its zone (it was read as UTC: an hour later)
+    naive = collate(ds, [0, 1], Extrapolation(cut_time="2021-03-27 23:30"), dtype=torch.float64)
+    assert torch.equal(naive.encoder_mask, batch.encoder_mask)
 
 
 def test_a_numeric_cut_time_on_datetimes_is_refused():

@@ -37,6 +37,8 @@ class TimeTransform:
     scale: float
     unit: str | None = None  # pandas unit for datetimes ("h", "D", "s", ...)
     auto: bool = False  # the scale was chosen from the data (no time_scale given)
+    tz: str | None = None  # the data's time zone (aware datetimes): where a naive time given
+    # in the data's terms (a cut_time) is read
 
     @staticmethod
     def automatic_scale(span: float) -> float:
@@ -66,7 +68,17 @@ class TimeTransform:
         auto = scale is None
         if scale is None:
             scale = cls.automatic_scale(span)
-        return cls(kind=kind, offset=lo, scale=float(scale), unit=unit, auto=auto)
+        tz = getattr(getattr(raw, "dtype", None), "tz", None) if kind == "datetime" else None
+        return cls(kind=kind, offset=lo, scale=float(scale), unit=unit, auto=auto,
+                   tz=None if tz is None else str(tz))
+
+    def local(self, when: Any) -> pd.Timestamp:
+        """A time stamp given in the data's terms: a naive one is taken to be in the data's
+        zone (not UTC, which the numbers are counted in)."""
+        stamp = pd.Timestamp(when)
+        if self.tz is not None and stamp.tzinfo is None:
+            stamp = stamp.tz_localize(self.tz, ambiguous=False, nonexistent="shift_forward")
+        return stamp
 
     def _to_number(self, raw: Any) -> np.ndarray:
         if self.kind == "datetime":

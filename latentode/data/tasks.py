@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from .dataset import TimeTransform
 
@@ -187,7 +188,9 @@ class Extrapolation:
                     "datetimes: give a date ('2024-03-02 08:00') in the time column's terms."
                 )
             try:
-                cut = float(transform.to_model(np.asarray([self.cut_time]))[0])
+                when = (transform.local(self.cut_time) if transform.kind == "datetime"
+                        else self.cut_time)
+                cut = float(transform.to_model(pd.Series([when]))[0])
             except (TypeError, ValueError) as err:
                 raise ValueError(
                     f"cut_time={self.cut_time!r} does not fit this dataset's {transform.kind} "
