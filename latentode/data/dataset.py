@@ -85,6 +85,14 @@ class TimeTransform:
             stamps = pd.to_datetime(pd.Series(np.asarray(raw)))
             if stamps.dt.tz is not None:
                 stamps = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
+            early, late = stamps.min(), stamps.max()
+            if early < pd.Timestamp.min or late > pd.Timestamp.max:  # they wrapped around
+                raise ValueError(
+                    f"times from {early} to {late} reach outside the datetimes latentode "
+                    f"counts in nanoseconds ({pd.Timestamp.min.date()} to "
+                    f"{pd.Timestamp.max.date()}): give such times as numbers (e.g. years, or "
+                    "days since a date of yours)."
+                )
             nanos = stamps.to_numpy(dtype="datetime64[ns]").astype(np.int64).astype(np.float64)
             return nanos / pd.Timedelta(1, unit=self.unit).value
         return np.asarray(raw, dtype=np.float64)
