@@ -92,6 +92,12 @@ def test_predict_from_checkpoint_and_from_saved_forecaster(run, tmp_path, monkey
                                f"input={tmp_path}/in.csv", f"output={alone}", "horizon=1.0",
                                "n=4", "batch_size=1.5", f"hydra.run.dir={tmp_path}/p_bad"],
                  monkeypatch)
+    # overrides cannot change a saved forecaster: they were ignored, silently
+    with pytest.raises(ValueError, match=r"overrides=\['no\.such\.key=1'\] apply to a run's"):
+        run_main(predict_cli, ["latentode-predict", f"model_dir={tmp_path}/saved",
+                               f"input={tmp_path}/in.csv", f"output={alone}", "horizon=1.0",
+                               "n=4", "overrides=['no.such.key=1']",
+                               f"hydra.run.dir={tmp_path}/p_over"], monkeypatch)
     monkeypatch.delenv("HYDRA_FULL_ERROR")
 
     # shared times, incl. ones before the first observation and between observations

@@ -67,8 +67,12 @@ def load_forecaster(cfg: DictConfig) -> Any:
         raise ValueError("latentode-predict needs exactly one of ckpt_path= (a latentode-train "
                          f"checkpoint) and model_dir= (a saved forecaster); got ckpt_path={ckpt}"
                          f", model_dir={model_dir}.")
+    overrides = list(cfg.get("overrides") or [])
     if ckpt is not None:
-        return LatentODEForecaster.from_run(str(ckpt), list(cfg.get("overrides") or []))
+        return LatentODEForecaster.from_run(str(ckpt), overrides)
+    if overrides:  # a saved forecaster is built already: they would do nothing, silently
+        raise ValueError(f"overrides={overrides} apply to a run's config (ckpt_path=...); a saved "
+                         "forecaster (model_dir=...) is used as saved: drop them.")
     return LatentODEForecaster.load(str(model_dir))
 
 
