@@ -171,6 +171,23 @@ def test_train_resume_and_eval_end_to_end(tmp_path, monkeypatch):
     assert not list(run.glob("metrics.*.csv"))
 
 
+def test_a_resumed_run_draws_what_the_run_would_have_drawn(tmp_path, monkeypatch):
+    """1 + 2 epochs equal 3 straight: the checkpoint keeps the random stream of the posterior
+    samples (a resume re-ran seed_everything, so the chunks drew other samples)."""
+    straight, chunked = tmp_path / "straight", tmp_path / "chunked"
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={straight}",
+                         "trainer.max_epochs=3", *TINY], monkeypatch)
+    for epochs in (1, 3):
+        run_main(train_cli, ["latentode-train", f"hydra.run.dir={chunked}", "ckpt_path=last",
+                             f"trainer.max_epochs={epochs}", *TINY], monkeypatch)
+
+    def losses(run):
+        with open(run / "metrics.csv") as f:
+            return [r["train/loss_epoch"] for r in csv.DictReader(f) if r.get("train/loss_epoch")]
+
+    assert len(losses(straight)) == 3 and losses(chunked) == losses(straight)
+
+
 def test_ckpt_path_last_starts_a_run_and_resumes_it_with_the_same_command(
     tmp_path, monkeypatch, recwarn
 ):

@@ -395,6 +395,29 @@ class LatentODELightning(L.LightningModule):
                           dataloader_idx: int = 0) -> None:
         self._add_solver("test")
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the random stream of the posterior samples, so that a resumed run draws what the
+        # run would have drawn had it gone on (Lightning keeps no random state: a resume re-ran
+        # seed_everything, and 2 + 2 epochs differed from 4 from the third on)
+        state = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        checkpoint["latentode_rng"] = state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("latentode_rng")
+        if state is None:  # a checkpoint of an earlier version
+            return
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            self._cuda_rng = state["cuda"]  # set on the device once the module is on it
+
+    def on_fit_start(self) -> None:
+        state = getattr(self, "_cuda_rng", None)
+        if state is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state, self.device)
+        self._cuda_rng = None
+
     def on_train_start(self) -> None:
         # seed_everything gives every process the same seed (and DDP the same weights): fold
         # the rank in, so that the processes draw independent posterior samples
