@@ -132,6 +132,14 @@ def test_forecast_grid_times_are_written_without_float_noise():
     assert forecast_grid(2.905, "numeric", 1.0, None, 4).tolist() == [3.155, 3.405, 3.655, 3.905]
 
 
+def test_a_numpy_timedelta_horizon_is_a_duration():
+    """np.timedelta64 is an np.integer too: it was refused as a bare number."""
+    from latentode.forecast.requests import forecast_grid
+
+    last = pd.Timestamp("2024-01-01")
+    assert len(forecast_grid(last, "datetime", np.timedelta64(2, "D"), "D", None)) == 2
+
+
 def test_daily_grid_keeps_its_days_across_a_clock_change():
     """horizon="7D", freq="D" on a zoned clock gives 7 days also in the week the clocks go
     back (the 7th day, 169 h ahead, fell past 168 h and was dropped) or forward."""
@@ -438,6 +446,8 @@ def test_noise_curve_reports_the_lead_curve_in_data_units(fitted, dated):
         np.testing.assert_allclose(rows["std"], want)
         np.testing.assert_allclose(rows["lead"], np.r_[0.0, cal.lead_times] * spec.time.scale)
         assert rows["std"].is_monotonic_increasing
+        # lead 0: the channel's own calibration points (it showed all channels' sum)
+        assert rows["count"].tolist() == [cal.count[c], *cal.lead_count]
         at = cal.std_at(np.asarray(cal.lead_times))[:, c] * spec.scale[c]
         np.testing.assert_allclose(rows["std"].iloc[1:], at)  # what predict uses there
     fc = curved(dated[0])

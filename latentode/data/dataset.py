@@ -113,7 +113,8 @@ class TimeTransform:
 def parse_duration(value: Any, what: str) -> pd.Timedelta:
     """A positive duration for datetime times (``"24h"``, ``"7D"``, a ``pd.Timedelta``); a bare
     number is refused, never guessed (``pd.Timedelta(12)`` would be 12 nanoseconds)."""
-    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+            value, (bool, np.timedelta64)):  # a numpy timedelta64 is an np.integer too
         raise ValueError(
             f"{what}={value!r} is a bare number, but the times are datetimes: give a duration "
             f"with its unit, e.g. '{value}h' or '{value}D' (or a pd.Timedelta)."

@@ -575,7 +575,8 @@ class LatentODEForecaster:
         Columns: ``channel``, ``lead`` (time units of the data: a Timedelta for datetimes),
         ``std`` (data units; for a ``log_channels`` channel the std of ``log(value)``, whose
         ``factor = exp(std)`` is the multiplicative spread), ``factor`` (log channels, else
-        NaN) and ``count`` (calibration points behind the bin). ``predict`` interpolates
+        NaN) and ``count`` (calibration points behind the bin: the channel's own at lead 0,
+        all channels' in a lead bin, as calibration counts them). ``predict`` interpolates
         between the bins in variance and multiplies the variance past the span by
         ``calibration.history_factor`` at the series' history length.
         """
@@ -587,7 +588,7 @@ class LatentODEForecaster:
         leads = np.asarray([0.0, *calibration.lead_times], dtype=np.float64)
         std = np.vstack([calibration.array, *(np.asarray(calibration.lead_std) if
                                               calibration.lead_times else [])])
-        counts = [int(sum(calibration.count)), *calibration.lead_count]
+        lead_counts = list(calibration.lead_count)
         scale = np.ones(spec.n_channels) if spec.scale is None else np.asarray(spec.scale)
         log = np.zeros(spec.n_channels, dtype=bool) if spec.log is None else np.asarray(spec.log)
         span = leads * spec.time.scale  # the data's time units
@@ -599,7 +600,8 @@ class LatentODEForecaster:
                 value = std[i, c] * scale[c]
                 rows.append({"channel": name, "lead": lead, "std": value,
                              "factor": float(np.exp(value)) if log[c] else np.nan,
-                             "count": counts[i]})
+                             "count": int(calibration.count[c]) if i == 0
+                             else lead_counts[i - 1]})
         return pd.DataFrame(rows)
 
     @torch.no_grad()
