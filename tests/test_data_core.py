@@ -970,6 +970,19 @@ def test_dates_outside_the_nanosecond_range_are_refused_not_wrapped():
         from_dataframe(frame)
 
 
+def test_times_too_close_for_float64_are_refused_not_merged():
+    """Nanosecond stamps 100 ns apart (since 1970) are one float64 model time: half the points
+    were lost at collate, silently."""
+    base = 1_700_000_000_000_000_000
+    frame = pd.DataFrame({"series_id": ["a"] * 4, "x": [1.0, 2.0, 3.0, 4.0],
+                          "time": np.array([0, 100, 200, 300], dtype=np.int64) + base})
+    with pytest.raises(ValueError, match=r"times 1700000000000000000 and 1700000000000000100 "
+                                         r"of series 'a' are distinct but equal as model times"):
+        from_dataframe(frame)
+    ok = from_dataframe(frame.assign(time=frame["time"] - base))  # with the origin taken off
+    assert len(np.unique(ok.times)) == 4
+
+
 def test_a_numeric_cut_time_on_datetimes_is_refused():
     df = random_frame(2, n_series=8, max_len=6, p_missing=0.0)
     df["time"] = pd.Timestamp("2024-03-01") + pd.to_timedelta(df["time"], unit="h")

@@ -136,10 +136,12 @@ def from_dataframe(
     raw_times = wide[time_col].to_numpy()
     transform = TimeTransform.fit(wide[time_col], unit=time_unit, scale=time_scale,
                                   starts=offsets[:-1])
+    model_times = transform.to_model(wide[time_col])
+    _check_resolution(model_times, offsets, wide, id_col, time_col)
     dataset = IrregularDataset(
         ids=list(uniques),
         offsets=offsets,
-        times=transform.to_model(wide[time_col]),
+        times=model_times,
         raw_times=raw_times,
         values=values,
         channels=channels,
@@ -187,6 +189,24 @@ def _check_ids(df: pd.DataFrame, id_col: str) -> None:
             f"{int(missing.sum())} rows have no series id in column {id_col!r} (first: row "
             f"{row!r}); give every row an id."
         )
+
+
+def _check_resolution(times: np.ndarray, offsets: np.ndarray, wide: pd.DataFrame, id_col: str,
+                      time_col: str) -> None:
+    """Refuse distinct times of a series that became one model time (float64 counts of
+    nanoseconds since 1970 resolve ~256 ns): a point would be lost silently."""
+    same = np.diff(times) <= 0
+    same[offsets[1:-1] - 1] = False  # a new series may start anywhere
+    if not same.any():
+        return
+    i = int(np.argmax(same))
+    raise ValueError(
+        f"column {time_col!r}: times {_plain(wide[time_col].iloc[i])!r} and "
+        f"{_plain(wide[time_col].iloc[i + 1])!r} of series {_plain(wide[id_col].iloc[i])!r} "
+        f"are distinct but equal as model times ({int(same.sum())} such pairs): they differ "
+        "by less than float64 resolves at that size. Subtract an origin first (e.g. times - "
+        "times.min()), or use a coarser unit."
+    )
 
 
 def iso_times(df: pd.DataFrame, time_col: str) -> pd.DataFrame:
