@@ -4,6 +4,7 @@ and ``latentode-eval``'s posterior predictive coverage."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -258,6 +259,15 @@ def test_log_channels_from_the_command_line_to_predictions(tmp_path, monkeypatch
              monkeypatch)
     pred = pd.read_csv(tmp_path / "pred.csv")
     assert (pred[pred.channel == "hr"][["mean", "q0.05"]] > 0).all().all()
+    # the file grew after training: eval rebuilds other splits and another scaler, and says so
+    grown = pd.concat([_vitals(), _vitals(seed=2, n_series=3).assign(
+        patient=lambda d: "new" + d["patient"].astype(str))])
+    grown.to_csv(tmp_path / "vitals.csv", index=False)
+    run_main(eval_cli, ["latentode-eval", f"ckpt_path={run}", "plot=false",
+                        "coverage.n_samples=10", f"hydra.run.dir={tmp_path}/eval2"], monkeypatch)
+    logged = (tmp_path / "eval2" / "eval.log").read_text()
+    assert re.search(r"differs from what it was trained on \(train split: 17 series at "
+                     r"training, 19 now; .*scaler mean", logged), logged
 
 
 def test_a_run_trained_on_a_tidy_file_predicts_from_tidy_frames(tmp_path, monkeypatch):

@@ -13,12 +13,14 @@ config files are put back from the checkpoint.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -49,7 +51,65 @@ class RunRecord(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
+        if "data" not in self.record:  # the splits and scaler are fixed once training runs
+            self.record["data"] = data_fingerprint(getattr(trainer, "datamodule", None))
         checkpoint[RUN_RECORD] = self.record
+
+
+def data_fingerprint(datamodule: Any) -> dict[str, Any] | None:
+    """What the run's data was at training: each split's number of series and a hash of their
+    ids, and the scaler's mean and scale; ``latentode-eval``/``-predict`` rebuild the data from
+    the file as it is then, and say so when it has changed (:func:`data_changes`)."""
+    splits = getattr(datamodule, "splits", None)
+    if not splits:
+        return None
+    out: dict[str, Any] = {"splits": {}}
+    for name, part in splits.items():
+        ids = sorted(str(i) for i in part.ids)
+        digest = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]
+        out["splits"][name] = {"series": len(ids), "ids": digest}
+    scaler = getattr(datamodule, "scaler", None)
+    if scaler is not None:
+        out["scaler"] = {k: [float(v) for v in np.ravel(getattr(scaler, k))]
+                         for k in ("mean", "scale")}
+    return out
+
+
+def data_changes(saved: dict[str, Any] | None, datamodule: Any) -> list[str]:
+    """How the rebuilt data differs from the run's at training (empty: the same, or unknown for
+    a checkpoint written before fingerprints were kept)."""
+    now = data_fingerprint(datamodule)
+    if not saved or now is None:
+        return []
+    lines = []
+    for name, was in saved.get("splits", {}).items():
+        current = now["splits"].get(name)
+        if current is None:
+            lines.append(f"{name} split: {was['series']} series at training, none now")
+        elif current != was:
+            same = "other series" if current["series"] == was["series"] else "now"
+            lines.append(f"{name} split: {was['series']} series at training, "
+                         f"{current['series']} {same}")
+    for key in ("mean", "scale"):
+        was, current = saved.get("scaler", {}).get(key), now.get("scaler", {}).get(key)
+        if was is not None and (current is None or len(was) != len(current)
+                                or not np.allclose(was, current, rtol=1e-6, atol=0.0)):
+            lines.append(f"scaler {key}: {np.round(was, 4).tolist()} at training, "
+                         f"{None if current is None else np.round(current, 4).tolist()} now")
+    return lines
+
+
+def warn_if_data_changed(saved: dict[str, Any] | None, datamodule: Any, what: str) -> None:
+    """Warn that ``what`` (the metrics, the forecaster) uses data other than the run's."""
+    changes = data_changes(saved, datamodule)
+    if changes:
+        import warnings
+
+        warnings.warn(
+            "the run's data, rebuilt from its config, differs from what it was trained on ("
+            + "; ".join(changes) + f"): {what} use the data as it is now (series may have "
+            "moved between splits, the scaler shifted). Point the run at its training data "
+            "(overrides=['data.dataset.path=...']) to reproduce it.", stacklevel=3)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -51,7 +51,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from latentode.cli import config_dir
-from latentode.cli.checkpoints import not_fitting, resolve_checkpoint, weights_mismatch
+from latentode.cli.checkpoints import (
+    RUN_RECORD,
+    not_fitting,
+    resolve_checkpoint,
+    warn_if_data_changed,
+    weights_mismatch,
+)
 from latentode.cli.train import (
     build_datamodule,
     build_group,
@@ -259,6 +265,8 @@ def evaluate(eval_cfg: DictConfig) -> dict[str, float]:
     if problem:
         raise ValueError(not_fitting(ckpt, config_path, problem))
     module.load_state_dict(state["state_dict"])
+    warn_if_data_changed((state.get(RUN_RECORD) or {}).get("data"), datamodule,
+                         "the test metrics")
     log.info("weights of epoch %s (global step %s) loaded", state.get("epoch"),
              state.get("global_step"))
     progress = [c for c in build_group(cfg.get("callbacks")) if "ProgressBar" in type(c).__name__]

@@ -432,7 +432,13 @@ class LatentODEForecaster:
         calibrated on the run's validation split (its training split when it has none), as
         ``latentode-eval`` does: one pass of ``CALIBRATION_SAMPLES`` posterior samples over at
         most ``CALIBRATION_MAX_SERIES`` series."""
-        from latentode.cli.checkpoints import not_fitting, resolve_checkpoint, weights_mismatch
+        from latentode.cli.checkpoints import (
+            RUN_RECORD,
+            not_fitting,
+            resolve_checkpoint,
+            warn_if_data_changed,
+            weights_mismatch,
+        )
         from latentode.cli.evaluate import (
             anchor_data_path,
             apply_overrides,
@@ -457,7 +463,10 @@ class LatentODEForecaster:
         if repeated:
             log.info("rebuilding the run's training data repeated %d warning(s) from training "
                      "(see the run's log file), e.g.: %s", len(repeated), repeated[0].message)
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+        warn_if_data_changed((saved.get(RUN_RECORD) or {}).get("data"), datamodule,
+                             "its scaler, time transform and noise calibration")
+        state = saved["state_dict"]
         weights = {k.removeprefix("model."): v for k, v in state.items()
                    if k.startswith("model.")}
         problem = weights_mismatch(model.state_dict(), weights)
