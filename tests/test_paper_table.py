@@ -241,6 +241,19 @@ def test_printed_commands_compose(protocol, tmp_path):
         assert paper_table.protocol_of(overrides) == tuple(sorted(paper_table.PROTOCOLS[protocol]))
 
 
+def test_protocol_keeps_what_changes_results():
+    """Runs are pooled into a cell by their protocol: the weight average (``~callbacks.ema``)
+    and the number of processes (the batch is per process) change results and were ignored;
+    a repeated override counts once, as Hydra applies the last."""
+    base = ["experiment=hopper_interp", "seed=1", "trainer.max_epochs=40"]
+    same = [*base, "callbacks.progress_bar.refresh_rate=0", "trainer=gpu", "hydra.run.dir=x"]
+    assert paper_table.protocol_of(same) == paper_table.protocol_of(base)
+    for changed in ("~callbacks.ema", "trainer=ddp_cpu", "trainer.devices=4"):
+        assert paper_table.protocol_of([*base, changed]) != paper_table.protocol_of(base)
+    assert paper_table.protocol_of([*base, "trainer.max_epochs=40"]) == \
+        paper_table.protocol_of(base)
+
+
 # -- collector on a synthetic tree -------------------------------------------------------------
 
 def _fake_run(path: Path, preset: str, task: str, fraction: float | None, seed: int,
