@@ -7,7 +7,8 @@ records, sensors) the union is many times longer than one series. This script bu
 recipe (``experiment=periodic_interp``'s data and model) on the periodic toy with one time grid
 PER SERIES (``data.dataset.own_grids=true``; ``--resolution`` is the clock's tick), copies the
 model into both walks with the same weights, and times a training step (forward + backward of
-the loss) on the same batches, alternating the two, one thread. It prints the walk lengths, the
+the loss, with the recipe's posterior samples: 3 for hopper) on the same batches, alternating the
+two, one thread. It prints the walk lengths, the
 median step times and their ratio, and the largest difference of the encoders' q(z0) means
 (the walks differ only in the ODE's path before each series' last observation, see
 latentode.nn.schedule).
@@ -15,7 +16,7 @@ latentode.nn.schedule).
     python scripts/bench_schedule.py                         # 1000 series, 100 points, tick 1e-3
     python scripts/bench_schedule.py --resolution 0.01 --repeats 11
     python scripts/bench_schedule.py --shared                # the paper's shared grid, for scale
-    python scripts/bench_schedule.py --shared --max-step 0.02 experiment=hopper_interp \
+    python scripts/bench_schedule.py --shared --max-step 0.01 experiment=hopper_interp \
         data.dataset.n_trajectories=1000                    # hopper: 10% of a shared grid
 """
 
@@ -59,8 +60,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def step(model, batch) -> float:
         start = time.perf_counter()
-        out = model.loss(batch.times, batch.values, batch.encoder_mask, batch.target_mask,
-                         n_samples=1)
+        out = model.loss(batch.times, batch.values, batch.encoder_mask, batch.target_mask)
         out["loss"].backward()
         return time.perf_counter() - start
 
