@@ -81,6 +81,10 @@ def test_encoder_reads_only_its_mask(kind):
     torch.testing.assert_close(s1, s2, rtol=0, atol=0)
     seen = torch.where(encoder, values + 1.0, values)
     assert not torch.allclose(model.encode(times, seen, encoder)[0], m1)
+    # the encoder called directly: NaN where it may not look (values * mask made q(z0) NaN)
+    nan = torch.where(encoder, values, float("nan"))
+    m3, s3 = model.encoder(times, nan, encoder)
+    torch.testing.assert_close((m3, s3), (m1, s1), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("kind", [*sorted(ENCODERS), "odernn-fused-gru"])

@@ -174,6 +174,9 @@ class _BackwardGRU(Graphable, nn.Module):
                              f"solver is {dict(self.solver)}.")  # type: ignore[attr-defined]
         walk = self.schedule if schedule is None else schedule
         mask = mask.to(values.dtype)
+        # what is not observed is never read: NaN there would spread through values * mask
+        values = torch.where(mask > 0, values, torch.zeros((), dtype=values.dtype,
+                                                           device=values.device))
         seen = mask.amax(-1) > 0  # (B, T): a series has an observation at this time
         times = start_at_last_observation(times, seen)
         if (self.cuda_graph and walk == "union" and values.is_cuda
