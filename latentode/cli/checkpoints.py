@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,8 +104,6 @@ def warn_if_data_changed(saved: dict[str, Any] | None, datamodule: Any, what: st
     """Warn that ``what`` (the metrics, the forecaster) uses data other than the run's."""
     changes = data_changes(saved, datamodule)
     if changes:
-        import warnings
-
         warnings.warn(
             "the run's data, rebuilt from its config, differs from what it was trained on ("
             + "; ".join(changes) + f"): {what} use the data as it is now (series may have "

@@ -24,21 +24,12 @@ def read_table(path: str | Path, id_col: str | None = None) -> pd.DataFrame:
     header = pd.read_csv(path, nrows=0).columns
     if id_col not in header:
         return pd.read_csv(path)
-    frame = pd.read_csv(path, dtype={id_col: str}, keep_default_na=False,
-                        na_values={c: _NA for c in header if c != id_col})
-    ids = frame[id_col]
-    blank = ids.str.strip() == ""
-    if blank.any():
-        frame.loc[blank, id_col] = None  # refused by name later, as an empty id was
-    present = ids[~blank]
+    frame = pd.read_csv(path, dtype={id_col: str})
+    present = frame[id_col].dropna()  # a missing id is refused by name later
     if len(present) and present.map(_canonical_int).all():
-        frame[id_col] = pd.to_numeric(frame[id_col]).astype("Int64" if blank.any() else "int64")
+        kind = "Int64" if len(present) < len(frame) else "int64"
+        frame[id_col] = pd.to_numeric(frame[id_col]).astype(kind)
     return frame
-
-
-# pandas' default missing-value spellings, for the columns other than the id column
-_NA = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
-       "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
 
 
 def _canonical_int(text: str) -> bool:
