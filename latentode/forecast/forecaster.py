@@ -100,7 +100,7 @@ from .calibration import (
 from .config import compose_train_config, override_list, prune_callbacks
 from .draw import Job, batch_mode, batches, make_jobs, solve
 from .quantiles import mixture_quantiles
-from .requests import Times, last_window, requested_times
+from .requests import Times, last_observed_row, last_window, requested_times
 from .spec import DataSpec, check_quantiles, concat_datasets, longest_span, quantile_name
 
 log = logging.getLogger(__name__)
@@ -1110,13 +1110,12 @@ def _warn_beyond_training(ds: IrregularDataset, requests: list[tuple[int, Times]
         return
     worst, worst_i = 0.0, -1
     for i, raw in requests:
-        lo, hi = ds.offsets[i], ds.offsets[i + 1]
-        seen = np.nonzero(~np.isnan(ds.values[lo:hi]).all(1))[0]  # rows with an observation
-        if len(seen) == 0:
-            continue
         # from the last observation, not the last row (an all-NaN row at the asked time hid
         # the warning)
-        last = ds.times[lo + seen[-1]]
+        row = last_observed_row(ds, i)
+        if row is None:
+            continue
+        last = ds.times[ds.offsets[i] + row]
         ahead = float(np.max(spec.time.to_model(raw))) - last
         if ahead > worst:
             worst, worst_i = ahead, i

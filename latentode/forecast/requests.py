@@ -82,12 +82,17 @@ def series_times(ds: IrregularDataset, i: int, kind: str) -> Times:
     return as_times(raw, kind, tz=data_tz(ds)) if kind == "datetime" else np.asarray(raw)
 
 
-def last_observed(ds: IrregularDataset, i: int, kind: str) -> Any:
-    """The time of series ``i``'s last observation (a row with any observed channel)."""
+def last_observed_row(ds: IrregularDataset, i: int) -> int | None:
+    """The row (within series ``i``) of its last observation, a row with any observed channel
+    (None for a series without one)."""
     lo, hi = ds.offsets[i], ds.offsets[i + 1]
     observed = np.nonzero(~np.isnan(ds.values[lo:hi]).all(1))[0]
-    times = series_times(ds, i, kind)
-    return times[observed[-1]]
+    return int(observed[-1]) if len(observed) else None
+
+
+def last_observed(ds: IrregularDataset, i: int, kind: str) -> Any:
+    """The time of series ``i``'s last observation (a row with any observed channel)."""
+    return series_times(ds, i, kind)[last_observed_row(ds, i)]
 
 
 def last_window(t: np.ndarray, observed: np.ndarray, window: float) -> np.ndarray:
