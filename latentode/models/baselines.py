@@ -39,34 +39,11 @@ from .latent_ode import (
     Z0_AT,
     LatentODEOutput,
     gaussian_kl,
-    masked_gaussian_loglik,
+    iwae_terms,
     predict_at_targets,
     sample_bound,
     sample_kl,
 )
-
-
-def iwae_terms(
-    values: torch.Tensor, pred: torch.Tensor, target_mask: torch.Tensor, obs_std: float,
-    kl: torch.Tensor, kl_weight: float = 1.0, objective: str = "iwae",
-    kl_samples: torch.Tensor | None = None,
-) -> dict[str, torch.Tensor]:
-    """:meth:`LatentODE.loss`'s terms from ``pred (S, B, T, D)`` and a per-series ``kl (B,)``;
-    ``objective`` combines the samples as :func:`~latentode.models.latent_ode.sample_bound`,
-    with each sample's ``log q - log p`` (``kl_samples (S, B)``) in place of ``kl`` for
-    ``iwae``."""
-    loglik = masked_gaussian_loglik(values, pred, target_mask, obs_std)  # (S, B)
-    per_sample = objective == "iwae" and kl_samples is not None
-    bound = sample_bound(loglik - kl_weight * (kl_samples if per_sample else kl), objective)
-    mask = target_mask.to(values.dtype)
-    sq = torch.where(target_mask, pred.mean(0) - values, 0.0).square()
-    return {
-        "loss": -bound.mean(),
-        "loglik": loglik.mean(),
-        "kl": kl.mean(),
-        "mse": sq.sum() / mask.sum().clamp_min(1),
-        "pred": pred,
-    }
 
 
 def decoder(hidden: int, out: int, units: int, layers: int) -> nn.Module:

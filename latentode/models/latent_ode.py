@@ -162,6 +162,29 @@ def sample_bound(elbo: torch.Tensor, objective: str = "iwae") -> torch.Tensor:
     raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
 
 
+def iwae_terms(
+    values: torch.Tensor, pred: torch.Tensor, target_mask: torch.Tensor, obs_std: float,
+    kl: torch.Tensor, kl_weight: float = 1.0, objective: str = "iwae",
+    kl_samples: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The loss terms of :meth:`LatentODE.loss` and the baselines from ``pred (S, B, T, D)``
+    and a per-series ``kl (B,)``; ``objective`` combines the samples as :func:`sample_bound`,
+    with each sample's ``log q - log p`` (``kl_samples (S, B)``) in place of ``kl`` for
+    ``iwae``."""
+    loglik = masked_gaussian_loglik(values, pred, target_mask, obs_std)  # (S, B)
+    per_sample = objective == "iwae" and kl_samples is not None
+    bound = sample_bound(loglik - kl_weight * (kl_samples if per_sample else kl), objective)
+    mask = target_mask.to(values.dtype)
+    sq = torch.where(target_mask, pred.mean(0) - values, 0.0).square()
+    return {
+        "loss": -bound.mean(),
+        "loglik": loglik.mean(),
+        "kl": kl.mean(),
+        "mse": sq.sum() / mask.sum().clamp_min(1),
+        "pred": pred,
+    }
+
+
 def first_target(target_mask: torch.Tensor) -> int:
     """Index of the first time point where any series has a target (0 if none)."""
     any_target = target_mask.reshape(target_mask.shape[0], target_mask.shape[1], -1).any(-1)
@@ -388,16 +411,11 @@ class LatentODE(nn.Module):
         and ``labels``: ``ce`` and the ``logits``."""
         values = checked_batch(self.input_dim, times, values, encoder_mask, target_mask)
         out = self.predict(times, values, encoder_mask, target_mask, n_samples)
-        loglik = masked_gaussian_loglik(values, out.pred, target_mask, self.obs_std)  # (S, B)
         kl = gaussian_kl(out.z0_mean, out.z0_std)  # (B,)
-        per_sample = self.objective == "iwae" and out.z0 is not None
-        kl_term = sample_kl(out.z0, out.z0_mean, out.z0_std) if per_sample else kl
-        bound = sample_bound(loglik - kl_weight * kl_term, self.objective)
-        mask = target_mask.to(values.dtype)
-        sq = torch.where(target_mask, out.pred.mean(0) - values, 0.0).square()
-        mse = sq.sum() / mask.sum().clamp_min(1)
-        loss = -bound.mean()
-        result = {"loglik": loglik.mean(), "kl": kl.mean(), "mse": mse, "pred": out.pred}
+        samples = None if out.z0 is None else sample_kl(out.z0, out.z0_mean, out.z0_std)
+        result = iwae_terms(values, out.pred, target_mask, self.obs_std, kl, kl_weight,
+                            self.objective, samples)
+        loss = result.pop("loss")
         if out.log_rate is not None:
             poisson = poisson_process_loglik(out.log_rate, out.cum_rate, target_mask).mean()
             loss = loss - self.poisson_weight * poisson
