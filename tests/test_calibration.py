@@ -394,3 +394,21 @@ def test_forecast_noise_grows_for_short_histories():
         with_factor[int(flat_noise)].update({k: hits[k] / counts[k] for k in hits})
     assert with_factor[0]["short"] == pytest.approx(0.9, abs=0.05)
     assert with_factor[1]["short"] < with_factor[0]["short"] - 0.03  # without: under-covered
+
+
+def test_lead_curve_skips_bins_that_leads_on_a_grid_leave_empty():
+    """Daily data: leads are whole days, and an equal-count bin edge can fall between two of
+    them (3.75 and 4.0 here), leaving a bin without points. Its NaN made the curve, the history
+    factors and every forecast's noise NaN, which quantiles then read as no noise (intervals
+    20x too narrow, eval's forecast coverage 0.0)."""
+    from latentode.forecast.calibration import LEAD_BINS, _lead_curve
+
+    tau = np.repeat(np.arange(1.0, 6.0), [126, 18, 6, 363, 87])
+    excess = 0.09 * tau
+    times, std, counts = _lead_curve(tau, excess, np.zeros(len(tau), int), np.array([0.1]),
+                                     LEAD_BINS)
+    assert np.isfinite(times).all() and np.isfinite(std).all() and min(counts) > 0
+    assert sum(counts) == len(tau)
+    cal = NoiseCalibration(std=[0.1], obs_std=0.01, lead_times=times, lead_std=std,
+                           lead_count=counts)
+    assert np.isfinite(cal.std_at(np.array([1.0, 2.0, 3.0, np.inf]))).all()

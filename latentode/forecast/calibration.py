@@ -457,11 +457,15 @@ def _lead_curve(tau: np.ndarray, excess: np.ndarray, chan: np.ndarray, base: np.
     if len(edges) < 2:
         return None
     which = np.clip(np.searchsorted(edges, tau, side="right") - 1, 0, len(edges) - 2)
-    n_bins, dims = len(edges) - 1, len(base)
-    var = np.empty((n_bins, dims))
-    weights = np.zeros((n_bins, dims))
+    dims = len(base)
+    # leads on a grid (daily data: 1, 2, 3...) can leave a bin between two edges empty: it is
+    # left out (its NaN mean made the whole curve, and the history factors after it, NaN, and
+    # forecasts then dropped the noise)
+    filled = [k for k in range(len(edges) - 1) if (which == k).any()]
+    var = np.empty((len(filled), dims))
+    weights = np.zeros((len(filled), dims))
     times, counts = [], []
-    for k in range(n_bins):
+    for row, k in enumerate(filled):
         here = which == k
         times.append(float(tau[here].mean()))
         counts.append(int(here.sum()))
@@ -469,8 +473,8 @@ def _lead_curve(tau: np.ndarray, excess: np.ndarray, chan: np.ndarray, base: np.
         for c in range(dims):
             mine = here & (chan == c)
             n = int(mine.sum())
-            var[k, c] = excess[mine].mean() if n >= LEAD_MIN_POINTS else pooled
-            weights[k, c] = max(n, 1)
+            var[row, c] = excess[mine].mean() if n >= LEAD_MIN_POINTS else pooled
+            weights[row, c] = max(n, 1)
     var = np.maximum(var, base[None] ** 2)
     for c in range(dims):
         var[:, c] = _increasing(var[:, c], weights[:, c])
