@@ -290,3 +290,39 @@ def test_seed_moves_init_order_and_masks_not_the_data():
     assert torch.equal(batch1.encoder_mask, batch1b.encoder_mask)
     assert not torch.equal(batch1.index, batch2.index) or not torch.equal(
         batch1.encoder_mask, batch2.encoder_mask)
+
+
+def test_a_resumed_sweep_reports_only_its_own_failures(tmp_path):
+    """A sweep dir resumed (an Optuna search continued): the summary keeps every job, but the
+    exit status is this call's. It counted an earlier call's failure, so every resume of a
+    search with one failed trial exited 1."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra.types import RunMode
+
+    from latentode.cli.sweep import SweepSummary, failed_jobs, write_job_record
+
+    def cfg(num: int):
+        return OmegaConf.create({"hydra": {
+            "mode": RunMode.MULTIRUN, "sweep": {"dir": str(tmp_path)}, "sweeper": {},
+            "runtime": {"output_dir": str(tmp_path / f"run{num}")}, "job": {"num": num}}})
+
+    def call(statuses: list[str]) -> int:
+        summary = SweepSummary()
+        failed_jobs(reset=True)
+        summary.on_multirun_start(cfg(0))
+        for num, status in enumerate(statuses):
+            (tmp_path / f"run{num}").mkdir(exist_ok=True)
+            summary.on_job_start(cfg(num))
+            write_job_record(str(tmp_path / f"run{num}"), status,
+                             metrics={"val/mse": 0.1} if status == "completed" else None,
+                             error=None if status == "completed" else RuntimeError("boom"))
+            summary.on_job_end(cfg(num), JobReturn(overrides=[f"seed={num}"],
+                                                   status=JobStatus.COMPLETED))
+        summary.on_multirun_end(cfg(0))
+        return failed_jobs()
+
+    assert call(["completed", "failed"]) == 1
+    assert call(["completed", "completed"]) == 0
+    with open(tmp_path / "summary.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["completed", "failed", "completed",
+                                                            "completed"]

@@ -221,6 +221,7 @@ class SweepSummary(Callback):
     def __init__(self, filename: str = SUMMARY) -> None:
         self.filename = filename
         self._started: dict[str, float] = {}
+        self._first_job = 0  # this call's jobs are numbered from here (a resumed sweep dir)
 
     @staticmethod
     def _multirun(config: DictConfig) -> bool:
@@ -230,6 +231,7 @@ class SweepSummary(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)  # before the sweeper opens optuna.db in it
         offset = max([*[j + 1 for j in _recorded_jobs(sweep_dir)], _study_trials(config), 0])
+        self._first_job = offset
         path = _offset_path(sweep_dir)
         if offset or path.exists():
             _write_atomic(path, f"{offset}\n")
@@ -284,8 +286,10 @@ class SweepSummary(Callback):
         if not (sweep_dir / STATE / "jobs").is_dir():
             return
         path = refresh_summary(sweep_dir)
-        with open(path, newline="") as f:
-            statuses = [row["status"] for row in csv.DictReader(f)]
+        with open(path, newline="") as f:  # this call's jobs: a resumed sweep's earlier
+            # failures are in the table but not this call's outcome (it exited 1 for them)
+            statuses = [row["status"] for row in csv.DictReader(f)
+                        if int(row["job"]) >= self._first_job]
         failed = statuses.count("failed")
         _FAILED[0] = failed
         if failed:
