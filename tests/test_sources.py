@@ -130,6 +130,10 @@ def test_periodic_own_grids_keep_the_series_and_unalign_the_times():
         periodic.load(n, m, resolution=0.01)
     with pytest.raises(ValueError, match="lattice points cannot hold"):
         periodic.load(n, m, t_max=0.1, own_grids=True, resolution=0.01)
+    # a full lattice: 0.7 / 0.1 is 6.999... in floating point, which was floored to 6 points
+    full = periodic.load(2, 8, t_max=0.7, own_grids=True, resolution=0.1)
+    np.testing.assert_allclose(np.sort(full[full.series_id == 0]["time"]), np.arange(8) * 0.1,
+                               atol=1e-12)
 
 
 def test_periodic_single_point():

@@ -47,6 +47,12 @@ OFFSET_MEAN: float = 1.0
 OFFSET_STD: float = 0.1
 
 
+def _lattice(t_max: float, resolution: float) -> int:
+    """Lattice points ``resolution, 2 resolution, ...`` up to ``t_max``: 0.7 / 0.1 is
+    6.999... in floating point, whose plain floor left the last point out."""
+    return int(np.floor(t_max / resolution + 1e-9))
+
+
 def load(
     n_series: int = 1000,
     n_points: int = 100,
@@ -86,7 +92,7 @@ def load(
         _check_real("resolution", resolution, positive=True)
         if not own_grids:
             raise ValueError("periodic.load: resolution applies to own_grids=True only.")
-        if int(t_max / resolution) < n_points - 1:
+        if _lattice(t_max, resolution) < n_points - 1:
             raise ValueError(f"periodic.load: t_max / resolution = {t_max / resolution:g} "
                              f"lattice points cannot hold n_points - 1 = {n_points - 1} times; "
                              "use a finer resolution.")
@@ -109,7 +115,7 @@ def load(
             if resolution is None:
                 draws = rng.uniform(0.0, float(t_max), size=n_points - 1)
             else:
-                lattice = int(t_max / resolution)
+                lattice = _lattice(t_max, resolution)
                 draws = (rng.choice(lattice, size=n_points - 1, replace=False) + 1) * resolution
             per_series[i] = np.sort(np.concatenate([[0.0], draws]))
     else:
