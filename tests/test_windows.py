@@ -42,9 +42,14 @@ def test_windows_hold_exactly_the_points_in_their_span():
 def test_short_windows_are_dropped_with_a_count():
     ds = from_dataframe(frame())
     with pytest.warns(UserWarning, match=r"3 window\(s\) of 1\.0 with fewer than 2 time points "
-                                         r"were dropped \(3 of 9 points"):
+                                         r"were dropped \(3 of 9 points are in no kept window"):
         kept = split_windows(ds, 1.0)
     assert kept.ids == ["a#0", "a#1", "b#0"]
+    # overlapping windows: a dropped window's points may all sit in kept ones (it said 3 of 7)
+    seven = pd.DataFrame({"series_id": "a", "time": [0.0, 1, 2, 3, 9, 10, 11],
+                          "x": np.arange(7.0)})
+    with pytest.warns(UserWarning, match=r"were dropped \(0 of 7 points are in no kept window"):
+        split_windows(from_dataframe(seven, time_scale=1), 2, stride=1)
     with pytest.raises(ValueError, match=r"no window of 0\.1 holds 2 time points"):
         split_windows(ds, 0.1)
 

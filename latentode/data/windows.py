@@ -103,14 +103,16 @@ def split_windows(
     starts = np.flatnonzero(new)
     sizes = np.diff(np.append(starts, len(point)))
     keep = sizes >= min_points
+    keep_points = np.repeat(keep, sizes)
     if not keep.all():
+        # points in no kept window (overlapping windows: a point of a dropped one may be kept)
+        lost = len(rel) - len(np.unique(point[keep_points]))
         warnings.warn(
             f"{int((~keep).sum())} window(s) of {length!r} with fewer than {min_points} time "
-            f"points were dropped ({int(sizes[~keep].sum())} of {len(rel)} points; a window "
+            f"points were dropped ({lost} of {len(rel)} points are in no kept window; a window "
             "that short has nothing to learn from). A longer window keeps them.",
             stacklevel=2,
         )
-    keep_points = np.repeat(keep, sizes)
     point, k, owner = point[keep_points], k[keep_points], owner[keep_points]
     starts, sizes = starts[keep], sizes[keep]
     if not len(sizes):
