@@ -359,8 +359,8 @@ def calibrate_noise(
         log.warning("calibrate_noise: no batches; the predictive noise stays obs_std=%g", obs)
         return NoiseCalibration(std=[obs] * int(dims), obs_std=obs, points="none", split=split,
                                 n_samples=int(n_samples), seed=int(seed))
-    points = next(name for name in ("heldout", "heldout_any_lead", "targets")
-                  if sums[name][2].sum() > 0 or name == "targets")
+    points = next((name for name in ("heldout", "heldout_any_lead") if sums[name][2].sum() > 0),
+                  "targets")
     sq_sum, var_sum, count = sums[points]
     dims = len(count)
     if count.sum() == 0:
@@ -434,15 +434,22 @@ def calibrate_lead(
     return out
 
 
+def _equal_count_bins(x: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Edges of ``bins`` bins of about equal counts over ``x`` (repeated edges merged) and each
+    value's bin. On values on a grid a bin between two edges can still be empty."""
+    edges = np.unique(np.quantile(x, np.linspace(0.0, 1.0, bins + 1)))
+    which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, max(len(edges) - 2, 0))
+    return edges, which
+
+
 def _history_factors(hist: np.ndarray, excess: np.ndarray, expected: np.ndarray,
                      bins: int = HISTORY_BINS) -> tuple[list, list] | None:
     """Bins of equal counts over the number of times a series' history holds: mean count and
     ``mean(excess) / mean(expected)``, non-increasing in the count (more history, no more
     noise), within ``HISTORY_FACTOR_RANGE``. None when the histories hardly differ."""
-    edges = np.unique(np.quantile(hist, np.linspace(0.0, 1.0, bins + 1)))
+    edges, which = _equal_count_bins(hist, bins)
     if len(edges) < 3:
         return None
-    which = np.clip(np.searchsorted(edges, hist, side="right") - 1, 0, len(edges) - 2)
     counts, ratios, weights = [], [], []
     for k in range(len(edges) - 1):
         here = which == k
@@ -463,10 +470,9 @@ def _lead_curve(tau: np.ndarray, excess: np.ndarray, chan: np.ndarray, base: np.
     """Bins of equal counts over ``tau``: mean lead, the noise std per channel (excess
     variance, pooled over channels where one has few points, floored at ``base``, made
     non-decreasing) and the count per bin."""
-    edges = np.unique(np.quantile(tau, np.linspace(0.0, 1.0, bins + 1)))
+    edges, which = _equal_count_bins(tau, bins)
     if len(edges) < 2:
         return None
-    which = np.clip(np.searchsorted(edges, tau, side="right") - 1, 0, len(edges) - 2)
     dims = len(base)
     # leads on a grid (daily data: 1, 2, 3...) can leave a bin between two edges empty: it is
     # left out (its NaN mean made the whole curve, and the history factors after it, NaN, and
