@@ -119,6 +119,75 @@ def test_encoder_starts_at_the_last_observation(kind):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("kind", sorted(ENCODERS))
+def test_encoder_knows_where_a_series_observations_begin(kind):
+    """Two series with the same values, one seen at 0.1-0.3 and one at 0.7-0.9 of [0, 1]: z0
+    sits at 0, so q(z0) must differ. The RNN encoder's GRU steps only at a series' own points
+    and gave both the same posterior (5.96e-08 apart) before its lead step."""
+    torch.manual_seed(0)
+    enc = ENCODERS[kind](2, 3, hidden=6, z0_units=8).double()
+    times = torch.linspace(0, 1, 11, dtype=torch.float64)
+    values = torch.zeros(2, 11, 2, dtype=torch.float64)
+    mask = torch.zeros(2, 11, 2, dtype=torch.bool)
+    wave = torch.tensor([[0.5, -1.0], [1.5, 0.2], [-0.3, 0.8]], dtype=torch.float64)
+    values[0, 1:4], values[1, 7:10] = wave, wave
+    mask[0, 1:4] = mask[1, 7:10] = True
+    mean, std = enc(times, values, mask)
+    assert (mean[0] - mean[1]).abs().max() > 1e-3
+    if not kind.endswith("series"):
+        return  # the union walks depend on the batch: the last gap, the ODE-RNN's zero state
+    # each alone (its own points and the start) gives its posterior in the batch
+    for b, keep in ((0, [0, 1, 2, 3]), (1, [0, 7, 8, 9])):
+        alone = enc(times[keep], values[b : b + 1, keep], mask[b : b + 1, keep])
+        torch.testing.assert_close(mean[b : b + 1], alone[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("schedule", ["union", "series"])
+def test_rnn_encoder_leaves_a_series_never_seen_at_the_zero_state(schedule):
+    """The lead step is for series with observations: one without any stays at the state
+    it starts with, whatever the batch."""
+    torch.manual_seed(0)
+    enc = RNNEncoder(3, 4, hidden=6, z0_units=8, schedule=schedule).double()
+    times, values, _, seen = tiny_batch(length=9)
+    times, values = times.double(), values.double()
+    seen[1, :4] = False  # a series that starts late
+    seen[2] = False  # one never seen
+    ours = enc(times, values, seen)
+    blank = enc._z0(torch.zeros(1, enc.state_dim, dtype=torch.float64))
+    torch.testing.assert_close(ours[0][2:3], blank[0], rtol=0, atol=0)
+
+
+def test_rnn_encoder_checkpoints_from_before_the_lead_step_predict_as_trained():
+    """A state dict of version 1 (an encoder trained without the lead step) loads into an
+    encoder that leaves the step out; version 2 and plain dicts keep it."""
+    torch.manual_seed(0)
+    enc = RNNEncoder(3, 4, hidden=6, z0_units=8)
+    times, values, _, seen = tiny_batch()
+    seen[0, :3] = False
+    state = enc.state_dict()
+    without = RNNEncoder(3, 4, hidden=6, z0_units=8, lead_step=False)
+    without.load_state_dict(state)
+    assert not torch.allclose(without(times, values, seen)[0], enc(times, values, seen)[0])
+    old = enc.state_dict()
+    old._metadata[""]["version"] = 1  # what an encoder of before the step saved
+    loaded = RNNEncoder(3, 4, hidden=6, z0_units=8)
+    loaded.load_state_dict(old)
+    assert loaded.lead_step is False
+    torch.testing.assert_close(loaded(times, values, seen), without(times, values, seen),
+                               rtol=0, atol=0)
+    for fresh in (state, dict(state)):  # version 2; a copy without metadata
+        again = RNNEncoder(3, 4, hidden=6, z0_units=8)
+        again.load_state_dict(fresh)
+        assert again.lead_step is True
+    # inside a model, as a Lightning checkpoint holds it
+    model = make_model("rnn")
+    saved = model.state_dict()
+    saved._metadata["encoder"]["version"] = 1
+    fresh_model = make_model("rnn")
+    fresh_model.load_state_dict(saved)
+    assert fresh_model.encoder.lead_step is False
+
+
 def test_gradient_modes_agree():
     times, values, mask, encoder = tiny_batch()
     grads = {}

@@ -151,6 +151,13 @@ class _BackwardGRU(Graphable, nn.Module):
     ) -> torch.Tensor:
         return torch.cat([values * mask, mask], -1)
 
+    def lead_in(self, h: torch.Tensor, lead: torch.Tensor, observed: torch.Tensor
+                ) -> torch.Tensor:
+        """The state at the end of a walk, which left each series at its first observation,
+        ``lead (B,)`` after ``times[0]`` (``observed (B,)``: the series has one). Here
+        unchanged: the ODE-RNN's walks already carried it to ``times[0]``."""
+        return h
+
     @property
     def walks_series(self) -> bool:
         """Whether ``schedule="series"`` is available (for the ODE-RNN: one Euler step per
@@ -219,7 +226,7 @@ class _BackwardGRU(Graphable, nn.Module):
             h_new = self.cell(self.step_input(values[:, i], mask[:, i], gap), h)
             h = torch.where(update.unsqueeze(-1), h_new, h)
             last = torch.where(update, times[i].expand(batch), last)
-        return h
+        return self.lead_in(h, last - times[0], seen.any(1))
 
     def _static_z0(self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,7 +253,8 @@ class _BackwardGRU(Graphable, nn.Module):
                 at = index.clamp_min(0)
                 x = self.step_input(masked[rows, at], mask[rows, at], plan.gap[e].unsqueeze(-1))
                 h = torch.where((index >= 0).unsqueeze(-1), self.cell(x, h), h)
-        return h
+        first = torch.where(seen, times, times[-1]).amin(1)  # each series' first observation
+        return self.lead_in(h, first - times[0], seen.any(1))
 
     def _z0(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, raw_std = self.to_z0(h).chunk(2, dim=-1)
@@ -274,13 +282,39 @@ class _BackwardGRU(Graphable, nn.Module):
 
 
 class RNNEncoder(_BackwardGRU):
-    """GRU over ``[values, mask, gap since the series' next observation]``, backwards in time."""
+    """GRU over ``[values, mask, gap since the series' next observation]``, backwards in time.
+
+    The GRU steps only at a series' own observations, so a walk ends at the series' first one;
+    ``lead_step`` (default) adds one last step with nothing observed and the gap from there
+    back to ``times[0]``, where ``z0`` sits: without it ``q(z0)`` could not tell a series seen
+    at 0.1-0.3 from one seen at 0.7-0.9 with the same values (the paper code's RNN steps
+    through every point of the batch, unobserved ones too, and so knows). Checkpoints of
+    encoders from before the step (state-dict version 1) load with ``lead_step=False``: they
+    predict as they were trained.
+    """
+
+    _version = 2  # 2: the lead step (nn.Module state-dict metadata)
 
     def __init__(self, input_dim: int, latent_dim: int, hidden: int = 40, z0_units: int = 100,
                  gru_units: int | None = None, schedule: str = "union",
-                 cuda_graph: bool = False):
+                 cuda_graph: bool = False, lead_step: bool = True):
         super().__init__(input_dim, latent_dim, hidden, 2 * input_dim + 1, z0_units, gru_units,
                          schedule=schedule, cuda_graph=cuda_graph)
+        self.input_dim, self.lead_step = input_dim, lead_step
+
+    def lead_in(self, h: torch.Tensor, lead: torch.Tensor, observed: torch.Tensor
+                ) -> torch.Tensor:
+        if not self.lead_step:
+            return h
+        nothing = h.new_zeros(len(h), self.input_dim)
+        h_new = self.cell(self.step_input(nothing, nothing, lead.unsqueeze(-1).to(h)), h)
+        return torch.where(observed.unsqueeze(-1), h_new, h)  # a series never seen stays at 0
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict,
+                              *args: Any) -> None:
+        if local_metadata.get("version", self._version) < 2:  # trained without the lead step
+            self.lead_step = False
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
 
     def step_input(
         self, values: torch.Tensor, mask: torch.Tensor, gap: torch.Tensor
