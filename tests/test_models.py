@@ -7,7 +7,9 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
+from latentode.cli.checkpoints import submodule_state
 from latentode.models import LatentODE, gaussian_kl, masked_gaussian_loglik
 from latentode.nn import ODERNNEncoder, RNNEncoder
 from latentode.nn.encoders import start_at_last_observation
@@ -132,7 +134,7 @@ def test_encoder_knows_where_a_series_observations_begin(kind):
     wave = torch.tensor([[0.5, -1.0], [1.5, 0.2], [-0.3, 0.8]], dtype=torch.float64)
     values[0, 1:4], values[1, 7:10] = wave, wave
     mask[0, 1:4] = mask[1, 7:10] = True
-    mean, std = enc(times, values, mask)
+    mean, _ = enc(times, values, mask)
     assert (mean[0] - mean[1]).abs().max() > 1e-3
     if not kind.endswith("series"):
         return  # the union walks depend on the batch: the last gap, the ODE-RNN's zero state
@@ -159,14 +161,16 @@ def test_rnn_encoder_leaves_a_series_never_seen_at_the_zero_state(schedule):
 
 def test_rnn_encoder_checkpoints_from_before_the_lead_step_predict_as_trained():
     """A state dict of version 1 (an encoder trained without the lead step) loads into an
-    encoder that leaves the step out; version 2 and plain dicts keep it."""
+    encoder that leaves the step out, and saves as version 1 again; version 2 brings the step;
+    a plain dict (no metadata) leaves the encoder as constructed."""
     torch.manual_seed(0)
     enc = RNNEncoder(3, 4, hidden=6, z0_units=8)
     times, values, _, seen = tiny_batch()
     seen[0, :3] = False
     state = enc.state_dict()
     without = RNNEncoder(3, 4, hidden=6, z0_units=8, lead_step=False)
-    without.load_state_dict(state)
+    without.load_state_dict(dict(state))  # no metadata: as constructed
+    assert without.lead_step is False
     assert not torch.allclose(without(times, values, seen)[0], enc(times, values, seen)[0])
     old = enc.state_dict()
     old._metadata[""]["version"] = 1  # what an encoder of before the step saved
@@ -179,12 +183,22 @@ def test_rnn_encoder_checkpoints_from_before_the_lead_step_predict_as_trained():
         again = RNNEncoder(3, 4, hidden=6, z0_units=8)
         again.load_state_dict(fresh)
         assert again.lead_step is True
-    # inside a model, as a Lightning checkpoint holds it
+    # the walk travels with the weights: saved again (a resumed old run), loaded anywhere
+    resaved = loaded.state_dict()
+    assert resaved._metadata[""]["version"] == 1
+    again = RNNEncoder(3, 4, hidden=6, z0_units=8)
+    again.load_state_dict(resaved)
+    assert again.lead_step is False
+    without.load_state_dict(state)  # weights trained with the step bring it
+    assert without.lead_step is True
+    # inside a model inside a Lightning module, as a checkpoint holds it: the weights the
+    # forecaster's from_run picks out of it (model.*) keep their metadata
     model = make_model("rnn")
-    saved = model.state_dict()
-    saved._metadata["encoder"]["version"] = 1
+    model.encoder.lead_step = False
+    saved = nn.ModuleDict({"model": model}).state_dict()
+    assert saved._metadata["model.encoder"]["version"] == 1
     fresh_model = make_model("rnn")
-    fresh_model.load_state_dict(saved)
+    fresh_model.load_state_dict(submodule_state(saved, "model."))
     assert fresh_model.encoder.lead_step is False
 
 

@@ -436,6 +436,7 @@ class LatentODEForecaster:
             RUN_RECORD,
             not_fitting,
             resolve_checkpoint,
+            submodule_state,
             warn_if_data_changed,
             weights_mismatch,
         )
@@ -476,8 +477,7 @@ class LatentODEForecaster:
                 "forecasting, train with model.encoder.schedule=series (experiment=csv and "
                 "LatentODEForecaster.fit do).", stacklevel=2)
         state = saved["state_dict"]
-        weights = {k.removeprefix("model."): v for k, v in state.items()
-                   if k.startswith("model.")}
+        weights = submodule_state(state, "model.")
         problem = weights_mismatch(model.state_dict(), weights)
         if problem:
             raise ValueError(not_fitting(ckpt, config_path, problem))

@@ -3,7 +3,8 @@
 Both take ``times (T,)`` (the batch's union of time points, increasing), ``values (B, T, D)`` and
 ``mask (B, T, D)`` (the observations the encoder may see; unobserved values are ignored). A
 series' hidden state is updated only at time points where it has an observation, so a value under
-a zero mask can change nothing.
+a zero mask can change nothing. ``q(z0)`` is for ``times[0]``: the ODE-RNN's state flows there;
+the RNN encoder ends with a GRU step that carries the gap from the series' first observation.
 
 * :class:`RNNEncoder`: a GRU whose input is ``[values, mask, time gap]``.
 * :class:`ODERNNEncoder`: ODE-RNN (Rubanova et al. 2019): between observations the hidden state
@@ -288,12 +289,11 @@ class RNNEncoder(_BackwardGRU):
     ``lead_step`` (default) adds one last step with nothing observed and the gap from there
     back to ``times[0]``, where ``z0`` sits: without it ``q(z0)`` could not tell a series seen
     at 0.1-0.3 from one seen at 0.7-0.9 with the same values (the paper code's RNN steps
-    through every point of the batch, unobserved ones too, and so knows). Checkpoints of
-    encoders from before the step (state-dict version 1) load with ``lead_step=False``: they
-    predict as they were trained.
+    through every point of the batch, unobserved ones too, and so knows). The walk a state
+    dict was trained with travels in its metadata (version 2: with the step; 1: without, as
+    every encoder before the step) and is taken on loading, so old checkpoints predict as
+    they were trained; a state dict without metadata leaves ``lead_step`` as constructed.
     """
-
-    _version = 2  # 2: the lead step (nn.Module state-dict metadata)
 
     def __init__(self, input_dim: int, latent_dim: int, hidden: int = 40, z0_units: int = 100,
                  gru_units: int | None = None, schedule: str = "union",
@@ -310,10 +310,15 @@ class RNNEncoder(_BackwardGRU):
         h_new = self.cell(self.step_input(nothing, nothing, lead.unsqueeze(-1).to(h)), h)
         return torch.where(observed.unsqueeze(-1), h_new, h)  # a series never seen stays at 0
 
+    @property
+    def _version(self) -> int:  # type: ignore[override]  # nn.Module's state-dict version
+        return 2 if self.lead_step else 1
+
     def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict,
                               *args: Any) -> None:
-        if local_metadata.get("version", self._version) < 2:  # trained without the lead step
-            self.lead_step = False
+        version = local_metadata.get("version")
+        if version is not None:  # the walk the weights were trained with
+            self.lead_step = version >= 2
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
 
     def step_input(
