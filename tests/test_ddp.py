@@ -430,3 +430,21 @@ def test_console_script_trains_with_ddp_on_a_gpu(tmp_path):
     for key, value in metrics["gpu"].items():
         assert np.isfinite(value), key
         assert metrics["ddp"][key] == pytest.approx(value, rel=1e-3, abs=1e-6), key
+
+
+def test_a_resumed_ddp_run_draws_what_the_run_would_have_drawn(tmp_path):
+    """1 + 1 epochs equal 2 straight under ``trainer=ddp_cpu``: the checkpoint keeps each
+    process's random stream (it kept rank 0's, which then reseeded every process from it)."""
+    straight, chunked = tmp_path / "straight", tmp_path / "chunked"
+    _train_cli(straight, "trainer=ddp_cpu", "trainer.max_epochs=2")
+    for epochs in (1, 2):
+        _train_cli(chunked, "trainer=ddp_cpu", "ckpt_path=last", f"trainer.max_epochs={epochs}")
+
+    def losses(run: Path) -> list[str]:
+        with open(run / "metrics.csv") as f:
+            return [r["train/loss_epoch"] for r in csv.DictReader(f) if r.get("train/loss_epoch")]
+
+    assert len(losses(straight)) == 2 and losses(chunked) == losses(straight)
+    saved = torch.load(chunked / "checkpoints" / "last.ckpt", weights_only=False)
+    ranks = saved["latentode_rng"]["ranks"]
+    assert len(ranks) == 2 and not torch.equal(ranks[0]["torch"], ranks[1]["torch"])

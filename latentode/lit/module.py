@@ -398,16 +398,28 @@ class LatentODELightning(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the random stream of the posterior samples, so that a resumed run draws what the
         # run would have drawn had it gone on (Lightning keeps no random state: a resume re-ran
-        # seed_everything, and 2 + 2 epochs differed from 4 from the third on)
+        # seed_everything, and 2 + 2 epochs differed from 4 from the third on). Every process
+        # draws its own stream: under DDP each one's is kept (Lightning saves checkpoints on
+        # every process together, rank 0 writing), rank 0's also at the top for other sizes
         state = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(self.device)
+        world = self._trainer.world_size if self._trainer is not None else 1
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            ranks: list[Any] = [None] * world
+            torch.distributed.all_gather_object(ranks, state)
+            state = {**ranks[0], "ranks": ranks}
         checkpoint["latentode_rng"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("latentode_rng")
         if state is None:  # a checkpoint of an earlier version
             return
+        ranks = state.get("ranks")
+        trainer = self._trainer
+        if trainer is not None and ranks is not None and len(ranks) == trainer.world_size:
+            state = ranks[trainer.global_rank]  # this process's own stream
+            self._own_rng = True  # on_train_start keeps it
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             self._cuda_rng = state["cuda"]  # set on the device once the module is on it
@@ -420,8 +432,10 @@ class LatentODELightning(L.LightningModule):
 
     def on_train_start(self) -> None:
         # seed_everything gives every process the same seed (and DDP the same weights): fold
-        # the rank in, so that the processes draw independent posterior samples
-        if self.trainer.world_size > 1:
+        # the rank in, so that the processes draw independent posterior samples (not when each
+        # process got its own stream back from a checkpoint of as many processes)
+        own, self._own_rng = getattr(self, "_own_rng", False), False
+        if self.trainer.world_size > 1 and not own:
             seed = int(torch.randint(0, 2**62, ()).item())
             torch.manual_seed(stream_seed(seed, self.trainer.global_rank))
 
