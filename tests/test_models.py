@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from latentode.cli.checkpoints import submodule_state
+from latentode.cli.checkpoints import (
+    check_resume,
+    submodule_state,
+    upgrade_state_dict,
+    weights_mismatch,
+)
 from latentode.models import LatentODE, gaussian_kl, masked_gaussian_loglik
 from latentode.nn import ODERNNEncoder, RNNEncoder
 from latentode.nn.encoders import start_at_last_observation
@@ -145,9 +151,9 @@ def test_encoder_knows_where_a_series_observations_begin(kind):
 
 
 @pytest.mark.parametrize("schedule", ["union", "series"])
-def test_rnn_encoder_leaves_a_series_never_seen_at_the_zero_state(schedule):
-    """The lead step is for series with observations: one without any stays at the state
-    it starts with, whatever the batch."""
+def test_rnn_encoder_gives_a_series_never_seen_the_posterior_of_no_data(schedule):
+    """The lead is for series with observations: one without any gets ``q(z0)`` of the zero
+    state and a zero lead, whatever the batch."""
     torch.manual_seed(0)
     enc = RNNEncoder(3, 4, hidden=6, z0_units=8, schedule=schedule).double()
     times, values, _, seen = tiny_batch(length=9)
@@ -155,51 +161,47 @@ def test_rnn_encoder_leaves_a_series_never_seen_at_the_zero_state(schedule):
     seen[1, :4] = False  # a series that starts late
     seen[2] = False  # one never seen
     ours = enc(times, values, seen)
-    blank = enc._z0(torch.zeros(1, enc.state_dim, dtype=torch.float64))
+    blank = enc._z0(torch.zeros(1, enc.state_dim + 1, dtype=torch.float64))
     torch.testing.assert_close(ours[0][2:3], blank[0], rtol=0, atol=0)
 
 
-def test_rnn_encoder_checkpoints_from_before_the_lead_step_predict_as_trained():
-    """A state dict of version 1 (an encoder trained without the lead step) loads into an
-    encoder that leaves the step out, and saves as version 1 again; version 2 brings the step;
-    a plain dict (no metadata) leaves the encoder as constructed."""
+def test_rnn_encoder_state_dicts_from_before_the_lead_input_predict_as_trained():
+    """A version-1 state dict (an encoder without the lead input) loads with a zero weight on
+    the lead: exactly the model it was trained as. Through a Lightning-like container and the
+    forecaster's pick of the model's weights too, and the upgrade is reported."""
     torch.manual_seed(0)
-    enc = RNNEncoder(3, 4, hidden=6, z0_units=8)
+    old = RNNEncoder(3, 4, hidden=6, z0_units=8, lead_gap=False)
     times, values, _, seen = tiny_batch()
     seen[0, :3] = False
-    state = enc.state_dict()
-    without = RNNEncoder(3, 4, hidden=6, z0_units=8, lead_step=False)
-    without.load_state_dict(dict(state))  # no metadata: as constructed
-    assert without.lead_step is False
-    assert not torch.allclose(without(times, values, seen)[0], enc(times, values, seen)[0])
-    old = enc.state_dict()
-    old._metadata[""]["version"] = 1  # what an encoder of before the step saved
-    loaded = RNNEncoder(3, 4, hidden=6, z0_units=8)
-    loaded.load_state_dict(old)
-    assert loaded.lead_step is False
-    torch.testing.assert_close(loaded(times, values, seen), without(times, values, seen),
+    saved = old.state_dict()
+    saved._metadata[""]["version"] = 1  # what an encoder of before the lead input saved
+    new = RNNEncoder(3, 4, hidden=6, z0_units=8)
+    assert not torch.allclose(new(times, values, seen)[0], old(times, values, seen)[0])
+    new.load_state_dict(saved)
+    torch.testing.assert_close(new(times, values, seen), old(times, values, seen),
                                rtol=0, atol=0)
-    for fresh in (state, dict(state)):  # version 2; a copy without metadata
-        again = RNNEncoder(3, 4, hidden=6, z0_units=8)
-        again.load_state_dict(fresh)
-        assert again.lead_step is True
-    # the walk travels with the weights: saved again (a resumed old run), loaded anywhere
-    resaved = loaded.state_dict()
-    assert resaved._metadata[""]["version"] == 1
-    again = RNNEncoder(3, 4, hidden=6, z0_units=8)
-    again.load_state_dict(resaved)
-    assert again.lead_step is False
-    without.load_state_dict(state)  # weights trained with the step bring it
-    assert without.lead_step is True
-    # inside a model inside a Lightning module, as a checkpoint holds it: the weights the
-    # forecaster's from_run picks out of it (model.*) keep their metadata
+    assert float(new.to_z0[0].weight.detach()[:, -1].abs().max()) == 0.0
+    # inside a model inside a Lightning module, as a checkpoint holds it
     model = make_model("rnn")
-    model.encoder.lead_step = False
-    saved = nn.ModuleDict({"model": model}).state_dict()
-    assert saved._metadata["model.encoder"]["version"] == 1
-    fresh_model = make_model("rnn")
-    fresh_model.load_state_dict(submodule_state(saved, "model."))
-    assert fresh_model.encoder.lead_step is False
+    model.encoder = RNNEncoder(3, 4, hidden=8, z0_units=16, lead_gap=False)
+    checkpoint = nn.ModuleDict({"model": model}).state_dict()
+    checkpoint._metadata["model.encoder"]["version"] = 1
+    fresh = make_model("rnn")
+    weights = submodule_state(checkpoint, "model.")
+    assert upgrade_state_dict(fresh, weights) == [
+        "encoder: an RNN encoder from before the lead input, given a zero weight on it"]
+    assert weights_mismatch(fresh.state_dict(), weights) is None
+    fresh.load_state_dict(weights)
+    torch.testing.assert_close(fresh.encode(times, values, seen),
+                               model.encode(times, values, seen), rtol=0, atol=0)
+    # a current state dict is left alone, with or without metadata
+    current = fresh.state_dict()
+    assert upgrade_state_dict(fresh, current) == [] and upgrade_state_dict(
+        fresh, dict(current)) == []
+    # training on from it needs the earlier layout (the optimiser's state has its shapes)
+    with pytest.raises(ValueError, match=r"model\.encoder\.lead_gap=false"):
+        check_resume(None, nn.ModuleDict({"model": fresh}),
+                     {"state_dict": checkpoint}, "old.ckpt", Path("run"))
 
 
 def test_gradient_modes_agree():

@@ -147,6 +147,26 @@ def submodule_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, to
     return out
 
 
+def upgrade_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Bring the layout of older versions of ``module``'s submodules in ``state`` up to date,
+    in place, by each one's ``upgrade_state(state, prefix, saved version)`` (the version from
+    the state dict's metadata): what ``load_state_dict`` does anyway, done first so that
+    :func:`weights_mismatch` judges the tensors that will be loaded. Returns what was
+    upgraded (``"name: how"``)."""
+    metadata = getattr(state, "_metadata", None)
+    if metadata is None:
+        return []
+    done = []
+    for name, sub in module.named_modules():
+        upgrade = getattr(sub, "upgrade_state", None)
+        if callable(upgrade):
+            note = upgrade(state, f"{name}." if name else "",
+                           metadata.get(name, {}).get("version"))
+            if note:
+                done.append(f"{name}: {note}")
+    return done
+
+
 def weights_mismatch(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor],
                      limit: int = 4) -> str | None:
     """What keeps ``theirs`` (a checkpoint's state dict) from loading into ``ours``, in a few
@@ -198,7 +218,15 @@ def check_resume(cfg: DictConfig, module: torch.nn.Module, saved: dict[str, Any]
     """Refuse to resume the checkpoint ``saved`` (read from ``ckpt_path``) into a model it does
     not fit, naming what differs and the run's own overrides (:func:`restored_on_failure` puts
     an in-place run's files back); warn about other differing settings of the same model."""
-    problem = weights_mismatch(module.state_dict(), saved.get("state_dict", {}))
+    weights = saved.get("state_dict", {})
+    upgraded = upgrade_state_dict(module, weights)
+    if upgraded:  # the weights would load, the optimiser's state for them would not
+        raise ValueError(
+            f"ckpt_path={ckpt_path} was written by an earlier latentode whose model differs "
+            "in layout (" + "; ".join(upgraded) + "): it evaluates and predicts as trained, "
+            "but training on needs the earlier layout: resume with "
+            "model.encoder.lead_gap=false (model.lead_gap=false for the RNN-VAE).")
+    problem = weights_mismatch(module.state_dict(), weights)
     record = saved.get(RUN_RECORD)
     if problem is None:  # the same model: other data or task settings may be meant, say them
         differences = [] if record is None else config_differences(record["config"], cfg)

@@ -55,6 +55,7 @@ from latentode.cli.checkpoints import (
     RUN_RECORD,
     not_fitting,
     resolve_checkpoint,
+    upgrade_state_dict,
     warn_if_data_changed,
     weights_mismatch,
 )
@@ -261,6 +262,7 @@ def evaluate(eval_cfg: DictConfig) -> dict[str, float]:
     model = build_model(cfg, datamodule)
     module = build_module(cfg, model, datamodule)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    upgrade_state_dict(module, state["state_dict"])
     problem = weights_mismatch(module.state_dict(), state["state_dict"])
     if problem:
         raise ValueError(not_fitting(ckpt, config_path, problem))

@@ -437,6 +437,7 @@ class LatentODEForecaster:
             not_fitting,
             resolve_checkpoint,
             submodule_state,
+            upgrade_state_dict,
             warn_if_data_changed,
             weights_mismatch,
         )
@@ -478,6 +479,7 @@ class LatentODEForecaster:
                 "LatentODEForecaster.fit do).", stacklevel=2)
         state = saved["state_dict"]
         weights = submodule_state(state, "model.")
+        upgrade_state_dict(model, weights)
         problem = weights_mismatch(model.state_dict(), weights)
         if problem:
             raise ValueError(not_fitting(ckpt, config_path, problem))

@@ -401,8 +401,8 @@ class RNNVAE(_Recurrent):
             at the first time with a target, and when that lies after everything the encoder
             sees (extrapolation) the encoder reads the data forwards, as the paper's code does
             (its ``run_backwards`` is false when predicting after the observed part).
-        lead_step: the recognition GRU's last step over the gap from a series' first
-            observation back to where ``z0`` sits (:class:`~latentode.nn.RNNEncoder`).
+        lead_gap: ``q(z0)`` also reads the gap from where ``z0`` sits to a series' first
+            observation (:class:`~latentode.nn.RNNEncoder`).
     """
 
     def __init__(
@@ -410,7 +410,7 @@ class RNNVAE(_Recurrent):
         hidden: int = 20, gru_units: int | None = None, dec_units: int = 100,
         dec_layers: int = 1, obs_std: float = 0.01, n_samples: int = 3,
         solver: dict[str, Any] | None = None, objective: str = "iwae", z0_at: str = "start",
-        lead_step: bool = True,
+        lead_gap: bool = True,
     ):
         super().__init__()
         sample_bound(torch.zeros(1, 1), objective)  # an unknown objective fails here
@@ -419,7 +419,7 @@ class RNNVAE(_Recurrent):
         self.z0_at = z0_at
         self.input_dim, self.latents, self.objective = input_dim, latents, objective
         self.encoder = RNNEncoder(input_dim, latents, enc_hidden, z0_units, gru_units,
-                                  lead_step=lead_step)
+                                  lead_gap=lead_gap)
         self.init = nn.Linear(latents, hidden)
         self.cell = gru_cell(input_dim + 1, hidden, gru_units)
         self.out = decoder(hidden, input_dim, dec_units, dec_layers)
