@@ -261,13 +261,19 @@ def test_rnn_vae_first_target_is_the_paper_codes_extrapolation():
     torch.manual_seed(1)
     out = paper.loss(times, values, encoder, target)
     masked = torch.where(encoder, values, 0.0)
-    mean, std = paper.encoder(-times.flip(0), masked.flip(1), encoder.flip(1))
+    until_z0 = torch.minimum(times, times[5])  # read up to where z0 sits (the lead ends there)
+    mean, std = paper.encoder(-until_z0.flip(0), masked.flip(1), encoder.flip(1))
     torch.manual_seed(1)
     z0 = mean + std * torch.randn((2, *mean.shape))
     pred, _ = paper.walk(paper.init(z0.reshape(-1, 4)), times[5:], times[5:])
     torch.testing.assert_close(out["pred"][:, :, 5:], pred.reshape(2, 4, 4, 3))
-    forwards = paper.encoder(-times.flip(0), masked.flip(1), encoder.flip(1))[0]
+    forwards = paper.encoder(-until_z0.flip(0), masked.flip(1), encoder.flip(1))[0]
     assert not torch.allclose(forwards, paper.encoder(times, masked, encoder)[0])
+    # q(z0) does not depend on how far after z0 the batch predicts
+    for end in (6, 7):
+        shorter = paper(times[:end], values[:, :end], encoder[:, :end], n_samples=1,
+                        pred_times=times[5:end])
+        torch.testing.assert_close(shorter.z0_mean, mean, rtol=0, atol=0)
     torch.manual_seed(2)  # interpolation: the same model as z0_at="start"
     a = start.loss(times, values, encoder, mask)
     torch.manual_seed(2)

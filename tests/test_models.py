@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from latentode.cli.checkpoints import (
@@ -166,42 +167,48 @@ def test_rnn_encoder_gives_a_series_never_seen_the_posterior_of_no_data(schedule
 
 
 def test_rnn_encoder_state_dicts_from_before_the_lead_input_predict_as_trained():
-    """A version-1 state dict (an encoder without the lead input) loads with a zero weight on
-    the lead: exactly the model it was trained as. Through a Lightning-like container and the
-    forecaster's pick of the model's weights too, and the upgrade is reported."""
+    """A state dict without the lead input (an encoder of before it) loads with a zero weight
+    on the lead: exactly the model it was trained as. Judged by shape, since Lightning's weight
+    averaging (the default ``callbacks.ema``) writes checkpoints without metadata; through a
+    Lightning-like container and the forecaster's pick of the model's weights too."""
     torch.manual_seed(0)
     old = RNNEncoder(3, 4, hidden=6, z0_units=8, lead_gap=False)
     times, values, _, seen = tiny_batch()
     seen[0, :3] = False
-    saved = old.state_dict()
-    saved._metadata[""]["version"] = 1  # what an encoder of before the lead input saved
     new = RNNEncoder(3, 4, hidden=6, z0_units=8)
     assert not torch.allclose(new(times, values, seen)[0], old(times, values, seen)[0])
-    new.load_state_dict(saved)
+    new.load_state_dict(dict(old.state_dict()))  # no metadata, as EMA checkpoints
     torch.testing.assert_close(new(times, values, seen), old(times, values, seen),
                                rtol=0, atol=0)
     assert float(new.to_z0[0].weight.detach()[:, -1].abs().max()) == 0.0
     # inside a model inside a Lightning module, as a checkpoint holds it
     model = make_model("rnn")
     model.encoder = RNNEncoder(3, 4, hidden=8, z0_units=16, lead_gap=False)
-    checkpoint = nn.ModuleDict({"model": model}).state_dict()
-    checkpoint._metadata["model.encoder"]["version"] = 1
-    fresh = make_model("rnn")
-    weights = submodule_state(checkpoint, "model.")
-    assert upgrade_state_dict(fresh, weights) == [
-        "encoder: an RNN encoder from before the lead input, given a zero weight on it"]
-    assert weights_mismatch(fresh.state_dict(), weights) is None
-    fresh.load_state_dict(weights)
-    torch.testing.assert_close(fresh.encode(times, values, seen),
-                               model.encode(times, values, seen), rtol=0, atol=0)
-    # a current state dict is left alone, with or without metadata
+    for checkpoint in (nn.ModuleDict({"model": model}).state_dict(),
+                       dict(nn.ModuleDict({"model": model}).state_dict())):
+        fresh = make_model("rnn")
+        weights = submodule_state(checkpoint, "model.")
+        assert upgrade_state_dict(fresh, weights) == [
+            "encoder: an RNN encoder without the lead input (an earlier latentode's, or "
+            "lead_gap=false), given a zero weight on it"]
+        assert weights_mismatch(fresh.state_dict(), weights) is None
+        fresh.load_state_dict(weights)
+        torch.testing.assert_close(fresh.encode(times, values, seen),
+                                   model.encode(times, values, seen), rtol=0, atol=0)
+    # a current state dict is left alone; so is any encoder built without the lead
     current = fresh.state_dict()
-    assert upgrade_state_dict(fresh, current) == [] and upgrade_state_dict(
-        fresh, dict(current)) == []
-    # training on from it needs the earlier layout (the optimiser's state has its shapes)
+    assert upgrade_state_dict(fresh, current) == [] and upgrade_state_dict(model, dict(
+        model.state_dict())) == []
+    # training on from it needs its own layout (the optimiser's state has its shapes); testing
+    # it alone (train=false) does not
+    container = nn.ModuleDict({"model": fresh})
     with pytest.raises(ValueError, match=r"model\.encoder\.lead_gap=false"):
-        check_resume(None, nn.ModuleDict({"model": fresh}),
-                     {"state_dict": checkpoint}, "old.ckpt", Path("run"))
+        check_resume(OmegaConf.create({"train": True}), container,
+                     {"state_dict": nn.ModuleDict({"model": model}).state_dict()}, "old.ckpt",
+                     Path("run"))
+    check_resume(OmegaConf.create({"train": False}), container,
+                 {"state_dict": nn.ModuleDict({"model": model}).state_dict()}, "old.ckpt",
+                 Path("run"))
 
 
 def test_gradient_modes_agree():

@@ -137,12 +137,14 @@ def test_baseline_presets_have_the_paper_code_networks():
     # RNN-VAE: GRUCell(29, rec_dims 30), z0_net 30 -> 300 -> 2 * 15, decoder 15 -> 300 -> 14
     vae = _built("hopper_rnn_vae")
     assert _count(vae.encoder.cell) == _gru_cell_params(2 * CHANNELS + 1, 30)
-    assert _count(vae.encoder.to_z0) == (30 + 1) * 300 + (300 + 1) * 30
+    # + 1 input beside the state: the series' lead (lead_gap; the paper's RNN steps instead
+    # through every point of the batch)
+    assert _count(vae.encoder.to_z0) == (30 + 1 + 1) * 300 + (300 + 1) * 30
     assert _count(vae.out) == (15 + 1) * 300 + (300 + 1) * CHANNELS
     # Latent ODE, RNN encoder (Encoder_z0_RNN): GRU(29, 30), hiddens_to_z0 30 -> 50 -> 2 * 15
     rnn_enc = _built("hopper_latent_ode_rnn").encoder
     assert _count(rnn_enc.cell) == _gru_cell_params(2 * CHANNELS + 1, 30)
-    assert _count(rnn_enc.to_z0) == (30 + 1) * 50 + (50 + 1) * 30
+    assert _count(rnn_enc.to_z0) == (30 + 1 + 1) * 50 + (50 + 1) * 30  # + the lead
 
 
 # -- the extrapolation's observed share --------------------------------------------------------

@@ -103,7 +103,9 @@ def test_series_walk_is_the_union_walk_of_each_series_alone(kind, max_step):
         expected_loss = expected_loss + s[0].square().sum()
     # the series with no observation reads q(z0) from the zero state (alone, it has no times;
     # in a union walk it would drift from zero with the ODE until its first observation)
-    empty = union._z0(values.new_zeros(1, union.state_dim))
+    nobody = torch.zeros(1, dtype=torch.bool)
+    empty = union._z0(union.lead_in(values.new_zeros(1, union.state_dim), values.new_zeros(1),
+                                    nobody))
     torch.testing.assert_close(mean[-1], empty[0][0])
     expected_loss = expected_loss + (empty[0][0] * torch.linspace(1, 2, 4, dtype=m.dtype)).sum()
     expected_loss = expected_loss + empty[1][0].square().sum()

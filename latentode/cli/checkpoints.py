@@ -148,20 +148,15 @@ def submodule_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, to
 
 
 def upgrade_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
-    """Bring the layout of older versions of ``module``'s submodules in ``state`` up to date,
-    in place, by each one's ``upgrade_state(state, prefix, saved version)`` (the version from
-    the state dict's metadata): what ``load_state_dict`` does anyway, done first so that
-    :func:`weights_mismatch` judges the tensors that will be loaded. Returns what was
-    upgraded (``"name: how"``)."""
-    metadata = getattr(state, "_metadata", None)
-    if metadata is None:
-        return []
+    """Bring the layout of earlier versions of ``module``'s submodules in ``state`` up to date,
+    in place, by each one's ``upgrade_state(state, prefix)``: what ``load_state_dict`` does
+    anyway, done first so that :func:`weights_mismatch` judges the tensors that will be
+    loaded. Returns what was upgraded (``"name: how"``)."""
     done = []
     for name, sub in module.named_modules():
         upgrade = getattr(sub, "upgrade_state", None)
         if callable(upgrade):
-            note = upgrade(state, f"{name}." if name else "",
-                           metadata.get(name, {}).get("version"))
+            note = upgrade(state, f"{name}." if name else "")
             if note:
                 done.append(f"{name}: {note}")
     return done
@@ -220,12 +215,12 @@ def check_resume(cfg: DictConfig, module: torch.nn.Module, saved: dict[str, Any]
     an in-place run's files back); warn about other differing settings of the same model."""
     weights = saved.get("state_dict", {})
     upgraded = upgrade_state_dict(module, weights)
-    if upgraded:  # the weights would load, the optimiser's state for them would not
+    if upgraded and cfg.get("train", True):  # the weights load, the optimiser's state would not
         raise ValueError(
-            f"ckpt_path={ckpt_path} was written by an earlier latentode whose model differs "
-            "in layout (" + "; ".join(upgraded) + "): it evaluates and predicts as trained, "
-            "but training on needs the earlier layout: resume with "
-            "model.encoder.lead_gap=false (model.lead_gap=false for the RNN-VAE).")
+            f"ckpt_path={ckpt_path} holds a model of another layout than this command builds ("
+            + "; ".join(upgraded) + "): it tests, evaluates and predicts as trained, but "
+            "training on needs its own layout: resume with model.encoder.lead_gap=false "
+            "(model.lead_gap=false for the RNN-VAE).")
     problem = weights_mismatch(module.state_dict(), weights)
     record = saved.get(RUN_RECORD)
     if problem is None:  # the same model: other data or task settings may be meant, say them

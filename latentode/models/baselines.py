@@ -446,8 +446,10 @@ class RNNVAE(_Recurrent):
         from_target = self.z0_at == "first_target"
         if from_target and _after_all_seen(wanted[0], times, encoder_mask):
             # predicting after all the encoder sees: read it forwards (the backward walk of the
-            # time-reversed series; its gaps are then the times since the previous point)
-            mean, std = self.encoder(-times.flip(0), values.flip(1), encoder_mask.flip(1))
+            # time-reversed series; its gaps are then the times since the previous point), to
+            # where z0 sits: the lead is the gap from a series' last observation to it
+            until_z0 = torch.minimum(times, wanted[0])
+            mean, std = self.encoder(-until_z0.flip(0), values.flip(1), encoder_mask.flip(1))
         else:
             mean, std = self.encoder(times, values, encoder_mask)
         n = n_samples or self.n_samples

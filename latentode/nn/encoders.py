@@ -294,12 +294,10 @@ class RNNEncoder(_BackwardGRU):
     seen at 0.7-0.9 with the same values (the paper code's RNN steps through every point of
     the batch, unobserved ones too, and so knows). On the reduced hopper protocol this input
     lowered the interpolation test MSE by ~7%, while one more GRU step over the gap raised it by
-    ~10% (docs/results.md). State dicts of encoders from before it (version 1) load with a
-    zero weight on the lead, which is exactly the model they were trained as
-    (:meth:`upgrade_state`).
+    ~10% (docs/results.md). State dicts without it (encoders from before it, or built with
+    ``lead_gap=False``) load with a zero weight on the lead, which is exactly the model they
+    were trained as (:meth:`upgrade_state`).
     """
-
-    _version = 2  # 1: the map to q(z0) had no lead input
 
     def __init__(self, input_dim: int, latent_dim: int, hidden: int = 40, z0_units: int = 100,
                  gru_units: int | None = None, schedule: str = "union",
@@ -316,21 +314,22 @@ class RNNEncoder(_BackwardGRU):
         lead = torch.where(observed, lead, torch.zeros_like(lead))
         return torch.cat([h, lead.unsqueeze(-1).to(h)], -1)
 
-    def upgrade_state(self, state_dict: dict, prefix: str, version: int | None) -> str | None:
-        """Bring a version-1 state dict (no lead input) to this layout in place: a zero column
+    def upgrade_state(self, state_dict: dict, prefix: str) -> str | None:
+        """Bring a state dict without the lead input to this layout in place: a zero column
         for the lead in the first layer of the map to ``q(z0)``, so it predicts as trained.
-        Returns what was done (None: nothing)."""
+        Judged by that layer's width, not by metadata (Lightning's weight averaging writes
+        checkpoints without it). Returns what was done (None: nothing)."""
         key = f"{prefix}to_z0.0.weight"
         weight = state_dict.get(key)
-        if (version is None or version >= 2 or not self.lead_gap or weight is None
-                or weight.shape[-1] != self.state_dim):
+        if not self.lead_gap or weight is None or weight.shape[-1] != self.state_dim:
             return None
         state_dict[key] = torch.cat([weight, weight.new_zeros(weight.shape[0], 1)], -1)
-        return "an RNN encoder from before the lead input, given a zero weight on it"
+        return ("an RNN encoder without the lead input (an earlier latentode's, or "
+                "lead_gap=false), given a zero weight on it")
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict,
                               *args: Any) -> None:
-        self.upgrade_state(state_dict, prefix, local_metadata.get("version"))
+        self.upgrade_state(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
 
     def step_input(
