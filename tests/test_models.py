@@ -13,7 +13,6 @@ from torch import nn
 
 from latentode.cli.checkpoints import (
     check_resume,
-    submodule_state,
     upgrade_state_dict,
     weights_mismatch,
 )
@@ -181,13 +180,14 @@ def test_rnn_encoder_state_dicts_from_before_the_lead_input_predict_as_trained()
     torch.testing.assert_close(new(times, values, seen), old(times, values, seen),
                                rtol=0, atol=0)
     assert float(new.to_z0[0].weight.detach()[:, -1].abs().max()) == 0.0
-    # inside a model inside a Lightning module, as a checkpoint holds it
+    # inside a model inside a Lightning module, as a checkpoint holds it (with and without
+    # metadata)
     model = make_model("rnn")
     model.encoder = RNNEncoder(3, 4, hidden=8, z0_units=16, lead_gap=False)
     for checkpoint in (nn.ModuleDict({"model": model}).state_dict(),
                        dict(nn.ModuleDict({"model": model}).state_dict())):
         fresh = make_model("rnn")
-        weights = submodule_state(checkpoint, "model.")
+        weights = {k.removeprefix("model."): v for k, v in checkpoint.items()}  # as from_run
         assert upgrade_state_dict(fresh, weights) == [
             "encoder: an RNN encoder without the lead input (an earlier latentode's, or "
             "lead_gap=false), given a zero weight on it"]

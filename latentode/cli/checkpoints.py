@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import logging
 import warnings
-from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -132,19 +131,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
                else " and holds no .ckpt file (did the run save checkpoints?).")
         )
     raise FileNotFoundError(f"checkpoint {str(ckpt)!r} does not exist.")
-
-
-def submodule_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The entries of ``state`` under ``prefix`` (``"model."``) with it removed, keeping the
-    state dict's metadata (module versions: an encoder's tells how it was trained to walk)."""
-    out: dict[str, torch.Tensor] = OrderedDict(
-        (k.removeprefix(prefix), v) for k, v in state.items() if k.startswith(prefix))
-    metadata = getattr(state, "_metadata", None)
-    if metadata is not None:
-        out._metadata = OrderedDict(  # type: ignore[attr-defined]
-            (k.removeprefix(prefix) if k != prefix[:-1] else "", v)
-            for k, v in metadata.items() if k.startswith(prefix) or k == prefix[:-1])
-    return out
 
 
 def upgrade_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:

@@ -436,7 +436,6 @@ class LatentODEForecaster:
             RUN_RECORD,
             not_fitting,
             resolve_checkpoint,
-            submodule_state,
             upgrade_state_dict,
             warn_if_data_changed,
             weights_mismatch,
@@ -478,7 +477,8 @@ class LatentODEForecaster:
                 "forecasting, train with model.encoder.schedule=series (experiment=csv and "
                 "LatentODEForecaster.fit do).", stacklevel=2)
         state = saved["state_dict"]
-        weights = submodule_state(state, "model.")
+        weights = {k.removeprefix("model."): v for k, v in state.items()
+                   if k.startswith("model.")}
         upgrade_state_dict(model, weights)
         problem = weights_mismatch(model.state_dict(), weights)
         if problem:

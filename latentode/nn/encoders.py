@@ -120,7 +120,7 @@ class _BackwardGRU(Graphable, nn.Module):
     def __init__(self, input_dim: int, latent_dim: int, hidden: int, gru_input: int,
                  z0_units: int, gru_units: int | None = None, std_state: bool = False,
                  schedule: str = "union", max_step: float | None = None,
-                 cuda_graph: bool = False):
+                 cuda_graph: bool = False, z0_extra: int = 0):
         super().__init__()
         if cuda_graph and schedule != "union":
             raise ValueError("cuda_graph records the union walk (schedule='union'); the series "
@@ -137,7 +137,8 @@ class _BackwardGRU(Graphable, nn.Module):
         self.hidden, self.std_state = hidden, std_state
         self.state_dim = 2 * hidden if std_state else hidden
         self.cell = gru_cell(gru_input, hidden, gru_units, std_state)
-        self.to_z0 = mlp(self.state_dim + self._z0_extra, 2 * latent_dim, z0_units, 1)
+        # the map to q(z0) reads the state and z0_extra more inputs (lead_in)
+        self.to_z0 = mlp(self.state_dim + z0_extra, 2 * latent_dim, z0_units, 1)
         self.cuda_graph = cuda_graph
 
     def evolve(self, h: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
@@ -262,8 +263,6 @@ class _BackwardGRU(Graphable, nn.Module):
         # |.| as in the paper code: with small initial weights q(z0) starts nearly deterministic
         return mean, raw_std.abs() + 1e-6
 
-    _z0_extra = 0
-    """Inputs of the map to ``q(z0)`` beside the state (set by subclasses, see :meth:`lead_in`)."""
     _fused_euler_gru = False
     """Whether :meth:`_fused` may replace the generic loop (set by subclasses that qualify)."""
     _mean_std_walk = False
@@ -302,9 +301,8 @@ class RNNEncoder(_BackwardGRU):
     def __init__(self, input_dim: int, latent_dim: int, hidden: int = 40, z0_units: int = 100,
                  gru_units: int | None = None, schedule: str = "union",
                  cuda_graph: bool = False, lead_gap: bool = True):
-        self._z0_extra = int(lead_gap)
         super().__init__(input_dim, latent_dim, hidden, 2 * input_dim + 1, z0_units, gru_units,
-                         schedule=schedule, cuda_graph=cuda_graph)
+                         schedule=schedule, cuda_graph=cuda_graph, z0_extra=int(lead_gap))
         self.lead_gap = lead_gap
 
     def lead_in(self, h: torch.Tensor, lead: torch.Tensor, observed: torch.Tensor
