@@ -281,3 +281,14 @@ def not_fitting(ckpt: Path, config_path: Path, problem: str) -> str:
             f"{problem}\nThat config may have been rewritten since (e.g. by resuming the run "
             "with other options): put the run's own settings back in it, or pass them with "
             "overrides=[...].")
+
+
+def load_fitting(module: torch.nn.Module, weights: dict[str, torch.Tensor], ckpt: Path,
+                 config_path: Path) -> None:
+    """Load a run's checkpointed ``weights`` into the ``module`` its config built (earlier
+    layouts upgraded first), or refuse by name when they do not fit (:func:`not_fitting`)."""
+    upgrade_state_dict(module, weights)
+    problem = weights_mismatch(module.state_dict(), weights)
+    if problem:
+        raise ValueError(not_fitting(ckpt, config_path, problem))
+    module.load_state_dict(weights)

@@ -53,11 +53,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from latentode.cli import config_dir
 from latentode.cli.checkpoints import (
     RUN_RECORD,
-    not_fitting,
+    load_fitting,
     resolve_checkpoint,
-    upgrade_state_dict,
     warn_if_data_changed,
-    weights_mismatch,
 )
 from latentode.cli.train import (
     build_datamodule,
@@ -262,11 +260,7 @@ def evaluate(eval_cfg: DictConfig) -> dict[str, float]:
     model = build_model(cfg, datamodule)
     module = build_module(cfg, model, datamodule)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    upgrade_state_dict(module, state["state_dict"])
-    problem = weights_mismatch(module.state_dict(), state["state_dict"])
-    if problem:
-        raise ValueError(not_fitting(ckpt, config_path, problem))
-    module.load_state_dict(state["state_dict"])
+    load_fitting(module, state["state_dict"], ckpt, config_path)
     warn_if_data_changed((state.get(RUN_RECORD) or {}).get("data"), datamodule,
                          "the test metrics")
     log.info("weights of epoch %s (global step %s) loaded", state.get("epoch"),

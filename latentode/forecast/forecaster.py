@@ -434,11 +434,9 @@ class LatentODEForecaster:
         most ``CALIBRATION_MAX_SERIES`` series."""
         from latentode.cli.checkpoints import (
             RUN_RECORD,
-            not_fitting,
+            load_fitting,
             resolve_checkpoint,
-            upgrade_state_dict,
             warn_if_data_changed,
-            weights_mismatch,
         )
         from latentode.cli.evaluate import (
             anchor_data_path,
@@ -479,11 +477,7 @@ class LatentODEForecaster:
         state = saved["state_dict"]
         weights = {k.removeprefix("model."): v for k, v in state.items()
                    if k.startswith("model.")}
-        upgrade_state_dict(model, weights)
-        problem = weights_mismatch(model.state_dict(), weights)
-        if problem:
-            raise ValueError(not_fitting(ckpt, config_path, problem))
-        model.load_state_dict(weights)
+        load_fitting(model, weights, ckpt, config_path)
         ds: IrregularDataset = datamodule.dataset
         scaler = datamodule.scaler
         # a run trained on a tidy file (one row per observation) reads tidy frames
