@@ -120,3 +120,32 @@ def test_config_choices_named_in_the_docs_exist() -> None:
             if not (conf / group / f"{name}.yaml").exists():
                 missing.append(f"{doc.name}: {group}={name}")
     assert not missing, f"config choices named in the docs with no conf/ file: {missing}"
+
+
+# configs among which every dotted key the docs name must exist in at least one
+COMPOSED = [[], ["experiment=csv", "data.dataset.path=x.csv"], ["experiment=hopper_interp"],
+            ["experiment=physionet_interp"], ["experiment=periodic_extrap"], ["experiment=co2"],
+            ["model=rnn_vae"], ["model=odernn"], ["model=gru_dt"], ["trainer=ddp"]]
+
+
+def test_config_keys_named_in_the_docs_exist() -> None:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    text = "".join(p.read_text() for p in [README, *(README.parent / "docs").glob("*.md")])
+    keys = set(re.findall(r"(?<![\w./+~])((?:model|data|trainer|module|callbacks|solver|logger)"
+                          r"\.[A-Za-z_0-9.]+)=", text))
+    assert len(keys) > 20  # the pattern still finds the docs' overrides
+    with initialize_config_dir(str(README.parent / "conf"), version_base=None):
+        cfgs = [OmegaConf.to_container(compose("train", overrides=o), resolve=False)
+                for o in COMPOSED]
+
+    def has(cfg: object, key: str) -> bool:
+        for part in key.split("."):
+            if not isinstance(cfg, dict) or part not in cfg:
+                return False
+            cfg = cfg[part]
+        return True
+
+    missing = sorted(k for k in keys if not any(has(c, k) for c in cfgs))
+    assert not missing, f"config keys named in the docs that no composed config has: {missing}"
