@@ -224,3 +224,50 @@ def test_physionet_without_data_names_the_directory(tmp_path):
                         tmp_path / "run")
     with pytest.raises(FileNotFoundError, match="no_physionet_here"):
         train_cli.train(cfg)
+
+
+def test_two_series_train_on_both_say_so_and_skip_the_test(tmp_path, monkeypatch):
+    """2 series leave nothing to hold out: the split said nothing, training went on without
+    validation, and the test crashed in the test plot (numpy IndexError on an empty split).
+    Now the split warns naming the way out, the test is skipped, eval refuses by name."""
+    from test_cli import run_main
+
+    from latentode.cli import evaluate as eval_cli
+    from latentode.lit.plots import plot_test_series
+
+    path = tmp_path / "two.csv"
+    write_unaligned_csv(path, n_series=2)
+    common = ["experiment=csv", f"data.dataset.path={path}"]
+    cfg = compose_train(common, tmp_path / "run")
+    with pytest.warns(UserWarning, match=r"2 series are too few to hold out validation and "
+                                         r"test series .*data\.val_fraction=0 "
+                                         r"data\.test_fraction=0"):
+        datamodule = train_cli.build_datamodule(cfg)
+    with pytest.raises(ValueError, match="the test split has no series"):
+        plot_test_series(train_cli.build_model(cfg, datamodule), datamodule, tmp_path / "p.png")
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the app's exception itself, not exit(1)
+    run = tmp_path / "run"
+    run_main(train_cli, ["latentode-train", *common, f"hydra.run.dir={run}",
+                         "trainer.max_epochs=1", "callbacks.progress_bar.refresh_rate=0"],
+             monkeypatch)
+    assert not (run / "test_metrics.json").exists()
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    with pytest.raises(ValueError, match=r"test split has no series \(2 series in all, "
+                                         r"data\.test_fraction=0\.2\): nothing to evaluate"):
+        run_main(eval_cli, ["latentode-eval", f"ckpt_path={ckpt}",
+                            f"hydra.run.dir={tmp_path / 'eval'}"], monkeypatch)
+
+
+def test_no_held_out_series_asked_for_is_not_warned(tmp_path):
+    path = tmp_path / "ten.csv"
+    write_unaligned_csv(path, n_series=10)
+    cfg = compose_train(["experiment=csv", f"data.dataset.path={path}", "data.val_fraction=0",
+                         "data.test_fraction=0"], tmp_path / "run")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*too few to hold out")
+        datamodule = train_cli.build_datamodule(cfg)
+    assert len(datamodule.splits["train"]) == 10 and len(datamodule.splits["test"]) == 0

@@ -257,6 +257,11 @@ def evaluate(eval_cfg: DictConfig) -> dict[str, float]:
             cfg.plots = {"n_series": 0}
     setup_runtime(cfg)
     datamodule = build_run_datamodule(cfg, config_path)
+    if len(datamodule.splits["test"]) == 0:
+        raise ValueError(
+            f"the run's test split has no series ({len(datamodule.dataset)} series in all, "
+            f"data.test_fraction={cfg.data.get('test_fraction')}): nothing to evaluate. Point "
+            "it at data with more series: 'overrides=[\"data.dataset.path=OTHER.csv\"]'.")
     model = build_model(cfg, datamodule)
     module = build_module(cfg, model, datamodule)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)

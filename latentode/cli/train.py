@@ -260,6 +260,13 @@ def run_test(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, dat
 
     ``label`` names the weights in the table and in ``test_metrics.json`` (default: the path).
     """
+    if not getattr(datamodule, "splits", None):
+        datamodule.setup("test")
+    if len(datamodule.splits.get("test", ())) == 0:
+        log.warning("no test series (data.test_fraction=%s, %d series in all): test metrics and "
+                    "plots skipped", cfg.get("data", {}).get("test_fraction"),
+                    len(datamodule.dataset))
+        return {}
     # a checkpoint's state_dict holds the averaged weights of a WeightAveraging (EMA) callback;
     # with the callback attached, loading it would restore the raw weights for the test instead
     trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, WeightAveraging)]

@@ -195,6 +195,7 @@ class LatentODEDataModule(L.LightningDataModule):
                 self.shuffle_split,
             )
             index = {"train": train, "val": val, "test": test}
+            _warn_if_split_empty(len(data), index, self.val_fraction, self.test_fraction)
         self.split_index = index
         raw = {name: data.subset(idx) for name, idx in index.items()}
         if self.window is not None:  # after the split: a series' windows stay together
@@ -289,6 +290,24 @@ def _warn_if_clocks_differ(data: IrregularDataset) -> None:
             "batch's earliest time, before most series began. If the times are on one "
             "absolute clock (dates, admissions on different days), set "
             "data.time_origin=series (Python: LatentODEDataModule(time_origin='series')).",
+            stacklevel=3,
+        )
+
+
+def _warn_if_split_empty(n: int, index: dict[str, np.ndarray], val_fraction: float,
+                         test_fraction: float) -> None:
+    """Held-out series asked for but too few series to give any: said, never silent (2 series
+    trained on both, then the test crashed on an empty split)."""
+    empty = [name for name, key, fraction in (("validation", "val", val_fraction),
+                                              ("test", "test", test_fraction))
+             if fraction and len(index[key]) == 0]
+    if empty:
+        what = " and ".join(empty)
+        warnings.warn(
+            f"{n} series are too few to hold out {what} series (val_fraction={val_fraction}, "
+            f"test_fraction={test_fraction} need at least 3 series; the split is by series, "
+            f"before any windows): all {n} train, and there are no {what} metrics. Add series, "
+            "or set data.val_fraction=0 data.test_fraction=0 to train on all of them knowingly.",
             stacklevel=3,
         )
 

@@ -170,6 +170,9 @@ def plot_test_series(
     if not getattr(datamodule, "splits", None):
         datamodule.setup("test")
     part = datamodule.splits["test"]
+    if len(part) == 0:
+        raise ValueError("plot_test_series: the test split has no series (data.test_fraction=0, "
+                         "or fewer than 3 series in all); nothing to plot.")
     count = min(n_series, len(part))
     chosen = (_windows_of_distinct_series(part, count)
               if getattr(datamodule, "window", None) is not None else np.arange(count))
