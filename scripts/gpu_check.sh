@@ -15,6 +15,8 @@
 # graphs (tests, bench's eval column, each epoch's test pass), backprop decoder gradients (the
 # hopper experiments' default now; lode_interp_graph_ckpt is the old checkpoint), the ODE-RNN graph:
 # STEPS="graph_tests graph_bench data lode_interp_graph lode_interp_graph_ckpt lode_interp odernn_graph_tests odernn_graph lode_profile"
+# then mixed precision (solves in float32 inside autocast, 2026-12-05; against lode_interp):
+# STEPS="data lode_interp lode_interp_bf16 lode_interp_fp16"
 set -u
 START=$(date +%s); DEADLINE=${DEADLINE:-530}
 SITE=${SITE:-.dev/site}; PAPER_DIR=${PAPER_DIR:-.dev/papercode}
@@ -60,6 +62,8 @@ step 60 150 lode_profile python3 -m latentode.cli.train experiment=hopper_interp
 step 50 120 rnn_vae_full $B --protocol hopper_interp --epochs 1 --every 1 $FULL model=hopper_rnn_vae
 step 50 120 gru_dt_full $B --protocol hopper_interp --epochs 1 --every 1 $FULL model=hopper_gru_dt
 step 60 150 lode_interp $B --protocol hopper_interp --epochs 2 --every 2 $FULL
+step 60 150 lode_interp_bf16 $B --protocol hopper_interp --epochs 2 --every 2 $FULL +trainer.precision=bf16-mixed
+step 60 150 lode_interp_fp16 $B --protocol hopper_interp --epochs 2 --every 2 $FULL +trainer.precision=16-mixed
 step 60 150 paper_interp python3 scripts/bench_paper_code.py --paper-dir "$PAPER_DIR" --stop-after 1 -- -n 10000 -s 0.1 -l 15 --dataset hopper --latent-ode --rec-dims 30 --gru-units 100 --units 300 --gen-layers 3 --rec-layers 3 --random-seed 1
 step 60 200 ddp_tests python3 -m pytest -q -p no:cacheprovider tests/test_ddp.py -k gpu
 step 40 90 lode_interp_series $B --protocol hopper_interp --epochs 1 --every 1 $FULL model.encoder.schedule=series model.encoder.max_step=0.01

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from ..solvers.precision import autocast_off, autocast_on, full, without_autocast
 from .layers import tanh_mlp
 
 
@@ -40,6 +41,10 @@ def euler_gru_scan(
         weight_hh, bias_hh: the GRU's hidden-to-hidden weights ``(3H, H)`` and bias ``(3H,)``.
         field: ``(weight, bias)`` of the vector field's linear layers, first to last.
     """
+    if autocast_on(projected.device.type):  # mixed precision: the walk in float32 (.precision)
+        with autocast_off(projected.device.type):
+            return euler_gru_scan(full(projected), updates, gaps, steps, weight_hh, bias_hh,
+                                  field)
     flat = [p for layer in field for p in layer]
     return _EulerGRUScan.apply(projected, updates, gaps, steps, weight_hh, bias_hh, *flat)
 
@@ -93,6 +98,7 @@ class _EulerGRUScan(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @without_autocast
     def backward(ctx, grad_h):
         layers, u, gaps, w_hh = ctx.layers, ctx.u, ctx.gaps, ctx.w_hh
         euler = {i: rest for i, *rest in ctx.euler_saved}

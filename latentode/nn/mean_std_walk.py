@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from ..solvers.precision import autocast_off, autocast_on, full, without_autocast
 from .layers import is_tanh_mlp, linear_pairs, tanh_mlp, tanh_mlp_backward
 
 _ops = torch.ops.aten
@@ -69,6 +70,10 @@ def mean_std_walk(
     Euler step. ``static=False`` (eager use) skips points nobody observes and zero gaps, asking
     the device once which they are; ``static=True`` visits every point, as a CUDA graph needs.
     """
+    if autocast_on(x.device.type):  # mixed precision: the walk in float32 (solvers.precision)
+        with autocast_off(x.device.type):
+            return mean_std_walk(times, full(x), seen, cell, field, hidden, static, forward,
+                                 emit)
     (u1, _, u2), (r1, _, r2) = cell.update[0], cell.reset[0]
     n1, _, n2 = cell.new
     state = 2 * hidden
@@ -151,6 +156,7 @@ class _Walk(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @without_autocast
     def backward(ctx, grad_h, grad_states):
         layers, seen, dts, units = ctx.layers, ctx.seen, ctx.dts, ctx.units
         w_gates, w_second, w_n1, w_n2 = ctx.weights

@@ -61,6 +61,7 @@ import torch
 from .checkpoint import checkpoint_backward
 from .engine import integrate
 from .errors import SolverError
+from .precision import without_autocast
 from .problem import Problem, refuse_hidden_leaves
 
 # a step is planned to use at most this share of the fold-error budget, so that a Lipschitz
@@ -691,6 +692,7 @@ class AdjointSolve(torch.autograd.Function):
         return ys
 
     @staticmethod
+    @without_autocast
     def backward(ctx, grad_ys: torch.Tensor) -> tuple:
         (ys,) = ctx.saved_tensors
         return (None, *adjoint_backward(ctx.problem, grad_ys, ys))

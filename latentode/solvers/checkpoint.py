@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from .precision import without_autocast
 from .problem import Problem, refuse_hidden_leaves
 from .rng import RngTape, State
 
@@ -110,5 +111,6 @@ class CheckpointSolve(torch.autograd.Function):
         return ys
 
     @staticmethod
+    @without_autocast
     def backward(ctx, grad_ys: torch.Tensor) -> tuple:
         return (None, *checkpoint_backward(ctx.problem, ctx.steps, grad_ys))
