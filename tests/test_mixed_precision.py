@@ -103,3 +103,19 @@ def test_training_with_bf16_mixed_precision(tmp_path, overrides):
                          "solver.gradient=adjoint", *tiny, *overrides], tmp_path)
     metrics = train_cli.train(cfg)
     assert torch.isfinite(torch.tensor(metrics["test/mse"]))
+
+
+def test_an_adaptive_solve_in_half_precision_outside_autocast_warns():
+    """Plain bfloat16 (a module cast with .bfloat16()): errors 50x the tolerance, silently."""
+    torch.manual_seed(0)
+    field = Field().to(BF16)
+    y0, t = torch.randn(8, 3, dtype=BF16), torch.linspace(0, 1.5, 6, dtype=BF16)
+    with pytest.warns(UserWarning, match=r"y0 is torch\.bfloat16 \(resolution 7\.8e-03\), "
+                                         r"coarser than rtol=0\.001.*Solve in float32"):
+        odeint(field, y0, t)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        odeint(field, y0, t, method="rk4")  # no tolerance to miss
+        odeint(field.float(), y0.float(), t.float())
