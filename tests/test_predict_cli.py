@@ -130,9 +130,13 @@ def test_a_run_directory_names_its_last_checkpoint(run, tmp_path):
     from latentode.cli.checkpoints import resolve_checkpoint
 
     assert resolve_checkpoint(run) == (run / "checkpoints" / "last.ckpt").resolve()
-    # the run's encoder walked the batch's union; the forecaster walks each series alone
-    with pytest.warns(UserWarning, match=r"trained walking each batch's union of time points"):
-        assert LatentODEForecaster.from_run(run).spec.channels == ["value"]
+    # the run's encoder walked the batch's union of a shared grid: the forecaster walks each
+    # series alone through it (tests/test_forecast_walk.py), without a warning
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*union of time points")
+        spec = LatentODEForecaster.from_run(run).spec
+    assert spec.channels == ["value"] and spec.walk_origin == "batch"
+    assert len(spec.walk_grid) == 60 and spec.walk_grid == sorted(spec.walk_grid)
     with pytest.raises(FileNotFoundError, match=r"directory without checkpoints/last\.ckpt and "
                                                 r"holds no \.ckpt file"):
         resolve_checkpoint(tmp_path)
@@ -141,6 +145,16 @@ def test_a_run_directory_names_its_last_checkpoint(run, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"holds 2 checkpoints \(a\.ckpt, b\.ckpt\): "
                                                 r"name one"):
         resolve_checkpoint(tmp_path)
+
+
+def test_a_union_walk_on_unaligned_data_is_warned_about(tmp_path, monkeypatch):
+    """Each series on its own grid: the union walk's steps depended on the batch, which no
+    series walk can follow; the forecaster says so and walks each series' own times."""
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={tmp_path}", *TINY,
+                         "data.dataset.own_grids=true", "trainer.max_epochs=1"], monkeypatch)
+    with pytest.warns(UserWarning, match=r"trained walking each batch's union of time points "
+                                         r".* on data without a shared time grid"):
+        assert LatentODEForecaster.from_run(tmp_path).spec.walk_grid is None
 
 
 def test_predict_needs_exactly_one_model(tmp_path):

@@ -143,3 +143,45 @@ def test_gradcheck_series_walk():
 def test_schedule_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ODERNNEncoder(3, 4, **kwargs)
+
+
+def test_plan_steps_through_visited_points_without_updating_there():
+    times = torch.tensor([0.0, 1.0, 2.0, 3.0, 5.0])
+    seen = torch.tensor([[0, 0, 1, 0, 1], [0, 0, 0, 1, 0]], dtype=torch.bool)
+    visit = torch.ones_like(seen)
+    plan = series_plan(times, seen, visit=visit)
+    # series 0: 5 (update) -> 3 -> 2 (update) -> 1 -> 0; the gap of an update is still to the
+    # series' next observation (the RNN's input), not to the next stop
+    assert plan.dt[:, 0].tolist() == [0, -2, -1, -1, -1]
+    assert plan.index[:, 0].tolist() == [4, -1, 2, -1, -1]
+    assert plan.gap[:, 0].tolist() == [0, 0, 3, 0, 0]
+    # series 1 starts at its last observation (t = 3): points after it are not visited
+    assert plan.dt[:, 1].tolist() == [0, -1, -1, -1, 0]
+    assert plan.index[:, 1].tolist() == [3, -1, -1, -1, -1]
+
+
+@pytest.mark.parametrize("kind", sorted(ENCODERS))
+def test_series_walk_through_a_grid_is_the_union_walk_over_that_grid(kind):
+    """What the forecaster does for a model trained on the union walk of gridded data: each
+    series walked alone, through its observations and the grid, equals the union walk of a
+    batch covering the grid (every series here observes the last point, so the union walk
+    starts at each one's last observation too)."""
+    union, series = _pair(kind)
+    times, values, mask = _batch()
+    mask[:, -1, 0] = True
+    mask[-1] = False
+    companion = torch.zeros_like(mask[:1])
+    companion[..., 0] = True  # observes every point: the batch's union is the whole grid
+    u_mean, u_std = union(times, torch.cat([values, values[:1]]), torch.cat([mask, companion]))
+    visit = torch.ones(mask.shape[:2], dtype=torch.bool)
+    s_mean, s_std = series(times, values, mask, visit=visit)
+    for b in range(len(values) - 1):  # (the empty series drifts from zero in the union walk)
+        torch.testing.assert_close(s_mean[b], u_mean[b], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(s_std[b], u_std[b], rtol=1e-10, atol=1e-12)
+    plain = series(times, values, mask)
+    if kind == "rnn":  # no ODE between points: visiting changes nothing
+        torch.testing.assert_close(plain[0], s_mean, rtol=0, atol=0)
+    else:
+        assert not torch.allclose(plain[0][:-1], s_mean[:-1])
+    with pytest.raises(ValueError, match=r"visit= lays out the series walk"):
+        union(times, values, mask, visit=visit)

@@ -47,13 +47,67 @@ class Job:
     grid: np.ndarray  # (m,) sorted distinct prediction times; z0 lives at grid[0]
     where: np.ndarray  # (k,) position in ``grid`` of each asked time
     eps: torch.Tensor | None = None  # (S, L) z0's standard normal draws (latent ODE)
+    visit: np.ndarray | None = None  # (n,) bool: hist_t points the encoder only steps through
+
+
+@dataclass(frozen=True)
+class WalkGrid:
+    """The training grid a union-trained encoder walked (``DataSpec.walk_grid``): model times
+    as stored (``origin="batch"``) or from each series' first time (``"series"``)."""
+
+    times: np.ndarray
+    origin: str = "batch"
+
+    def anchor(self, first: float) -> float | None:
+        """Where training put ``z0`` for a history starting at model time ``first``: the
+        grid's start, for batch-origin data whose history lies on the grid's span (there every
+        training batch began at it, whatever its series' first observations); else None."""
+        if self.origin != "batch" or not self.times[0] <= first <= self.times[-1]:
+            return None
+        return float(self.times[0])
+
+    def on_job_clock(self, first: float, zero: float) -> np.ndarray:
+        """The grid on the clock of a job whose history starts at model time ``first`` and
+        whose clock starts at ``zero``."""
+        return self.times - zero if self.origin == "batch" else self.times + (first - zero)
+
+
+def with_visits(hist_t: np.ndarray, hist_v: np.ndarray, points: np.ndarray, np_dtype: Any
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``hist_t`` with the ``points`` between its start and last observation added as rows
+    observing nothing, and which rows those are. A point within a millionth of the history's
+    span (or of one time unit) of an existing time is that time."""
+    observed = ~np.isnan(hist_v).all(1)
+    if not observed.any():
+        return hist_t, hist_v, None
+    lo, hi = float(hist_t[0]), float(hist_t[observed][-1])
+    points = points[(points > lo) & (points < hi)].astype(np_dtype)
+    existing = np.zeros(len(hist_t), dtype=bool)  # rows of the history that are grid points
+    if points.size:
+        tol = 1e-6 * max(hi - lo, 1.0)
+        right = np.clip(np.searchsorted(hist_t, points), 0, len(hist_t) - 1)
+        left = np.clip(right - 1, 0, len(hist_t) - 1)
+        nearest = np.where(np.abs(points - hist_t[left]) < np.abs(points - hist_t[right]),
+                           left, right)
+        matched = np.abs(points - hist_t[nearest]) <= tol
+        existing[nearest[matched]] = True
+        points = points[~matched]
+    visit = existing & ~observed  # a row observing nothing, at a grid point: stepped through
+    if not points.size:
+        return hist_t, hist_v, visit
+    times = np.concatenate([hist_t, points])
+    order = np.argsort(times, kind="stable")
+    values = np.concatenate([hist_v, np.full((len(points), hist_v.shape[1]), np.nan)])[order]
+    visit = np.concatenate([visit, np.ones(len(points), bool)])[order]
+    return times[order].astype(np_dtype), values, visit
 
 
 def make_job(hist64: np.ndarray, hist_v: np.ndarray, want64: np.ndarray, np_dtype: Any,
-             from_target: bool) -> Job:
+             from_target: bool, walk: WalkGrid | None = None) -> Job:
     """The job of a history at model times ``hist64`` asked at ``want64`` (float64), ``z0``
     at the earliest of the history and the asked times (the encoder evolves back to an asked
-    time before the history: the answer at every time then depends on that earliest time)."""
+    time before the history: the answer at every time then depends on that earliest time).
+    ``walk``: the grid the encoder steps through as well (:class:`WalkGrid`)."""
     # each series on its own clock from its first time (float64 first): the dynamics are
     # autonomous, and a series far from the training data's zero keeps its resolution
     zero = min(float(hist64[0]), float(want64.min()))
@@ -66,21 +120,31 @@ def make_job(hist64: np.ndarray, hist_v: np.ndarray, want64: np.ndarray, np_dtyp
     # z0 at the grid's first time: the encoder's (default) or, for a latent ODE trained
     # with z0_at="first_target", the first requested time, as its training did
     grid = np.unique(want if from_target else np.concatenate([hist_t[:1], want]))
-    return Job(hist_t, hist_v, grid, np.searchsorted(grid, want))
+    visit = None
+    if walk is not None:
+        hist_t, hist_v, visit = with_visits(
+            hist_t, hist_v, walk.on_job_clock(float(hist64[0]), zero), np_dtype)
+    return Job(hist_t, hist_v, grid, np.searchsorted(grid, want), visit=visit)
 
 
 def make_jobs(hist64: np.ndarray, hist_v: np.ndarray, want64: np.ndarray, np_dtype: Any,
-              from_target: bool, backwards: bool) -> list[tuple[np.ndarray, Job]]:
+              from_target: bool, backwards: bool, walk: WalkGrid | None = None
+              ) -> list[tuple[np.ndarray, Job]]:
     """``(asked positions, job)`` pairs answering ``want64`` from one history.
 
     ``backwards`` (a latent ODE with ``z0`` at the history's start): ``z0`` stays at the
     history's first time whatever is asked, and times before it are a second job integrated
     backwards from there with the same ``z0`` (the same ``eps``): every answer is then
     independent of the other times asked, and each sample path one path through all of them.
-    Otherwise one job (:func:`make_job`)."""
+    Otherwise one job (:func:`make_job`). ``walk``: see :func:`make_job`; its anchor, where
+    it has one, is the history's start (``z0`` there, as in training)."""
+    anchor = None if walk is None or from_target else walk.anchor(float(hist64[0]))
+    if anchor is not None and anchor < hist64[0]:
+        hist64 = np.concatenate([[anchor], hist64])
+        hist_v = np.concatenate([np.full((1, hist_v.shape[1]), np.nan), hist_v])
     everything = np.arange(len(want64))
     if not backwards or from_target or not (want64 < hist64[0]).any():
-        return [(everything, make_job(hist64, hist_v, want64, np_dtype, from_target))]
+        return [(everything, make_job(hist64, hist_v, want64, np_dtype, from_target, walk))]
     zero = float(hist64[0])
     hist_t = distinct_in(hist64 - zero, np_dtype)
     want = (want64 - zero).astype(np_dtype)
@@ -88,12 +152,17 @@ def make_jobs(hist64: np.ndarray, hist_v: np.ndarray, want64: np.ndarray, np_dty
     later = everything[~earlier]
     jobs = []
     if len(later):  # the times from the history's start on: the plain job of those
-        jobs.append((later, make_job(hist64, hist_v, want64[later], np_dtype, from_target)))
+        jobs.append((later, make_job(hist64, hist_v, want64[later], np_dtype, from_target,
+                                     walk)))
     before = everything[earlier]
     ahead = np.unique(np.concatenate([hist_t[:1], want[before]]))  # ascending
     grid = ahead[::-1].copy()  # from the history's start back in time
     where = len(ahead) - 1 - np.searchsorted(ahead, want[before])
-    jobs.append((before, Job(hist_t, hist_v, grid, where)))
+    visit = None
+    if walk is not None:
+        hist_t, hist_v, visit = with_visits(hist_t, hist_v, walk.on_job_clock(zero, zero),
+                                            np_dtype)
+    jobs.append((before, Job(hist_t, hist_v, grid, where, visit=visit)))
     return jobs
 
 
@@ -150,7 +219,10 @@ def solve(model: nn.Module, jobs: list[Job], num_samples: int
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
     if len(jobs) == 1:
         (job,) = jobs
-        extra = {} if job.eps is None else {"z0_noise": job.eps[:, None]}
+        extra: dict[str, Any] = {} if job.eps is None else {"z0_noise": job.eps[:, None]}
+        if job.visit is not None:
+            extra.update(encoder_schedule="series",
+                         encoder_visit=torch.from_numpy(job.visit)[None])
         mask = ~np.isnan(job.hist_v)
         out = model(torch.from_numpy(job.hist_t),
                     torch.from_numpy(np.nan_to_num(job.hist_v).astype(np_dtype))[None],
@@ -163,6 +235,7 @@ def solve(model: nn.Module, jobs: list[Job], num_samples: int
     channels = jobs[0].hist_v.shape[1]
     values = np.zeros((len(jobs), len(times), channels), dtype=np_dtype)
     mask = np.zeros(values.shape, dtype=bool)
+    visit = np.zeros(values.shape[:2], dtype=bool)
     longest = max(len(job.grid) for job in jobs)
     rows = np.empty((len(jobs), longest), dtype=np_dtype)
     for b, job in enumerate(jobs):
@@ -170,12 +243,16 @@ def solve(model: nn.Module, jobs: list[Job], num_samples: int
         seen = ~np.isnan(job.hist_v)
         values[b, at] = np.where(seen, job.hist_v, 0.0)
         mask[b, at] = seen
+        if job.visit is not None:
+            visit[b, at] = job.visit
         # every row from 0: z0 at each job's grid[0] (0 unless z0_at="first_target"; the
         # dynamics are autonomous), shorter rows padded by repeating their last time
         row = (job.grid.astype(np.float64) - float(job.grid[0])).astype(np_dtype)
         rows[b, : len(row)], rows[b, len(row):] = row, row[-1]
     eps = torch.stack([job.eps for job in jobs], 1)  # type: ignore[misc]
+    extra = {"encoder_visit": torch.from_numpy(visit)} if visit.any() else {}
     out = model(torch.from_numpy(times), torch.from_numpy(values), torch.from_numpy(mask),
-                pred_times=torch.from_numpy(rows), z0_noise=eps, encoder_schedule="series")
+                pred_times=torch.from_numpy(rows), z0_noise=eps, encoder_schedule="series",
+                **extra)
     return [(out.pred[:, b][:, job.where], None if out.logits is None else out.logits[:, b])
             for b, job in enumerate(jobs)]

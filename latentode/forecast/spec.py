@@ -40,6 +40,12 @@ class DataSpec:
             model was trained on unscaled values.
         log: per channel, whether it is standardised as ``log(value)`` (``data.log_channels``:
             data = exp(model * scale + mean) there); None: none is.
+        walk_grid, walk_origin: for a model whose encoder was trained on the union walk of
+            data on a shared grid (the paper's periodic and hopper recipes), that grid's model
+            times (``walk_origin="series"``: from each series' first time; ``"batch"``: as
+            stored). Prediction walks each series alone through its observations and these
+            points, the Euler steps the union walk gave it in training. None: its observations
+            only (a model trained on the series walk, or on unaligned data).
     """
 
     id_col: Any
@@ -55,6 +61,8 @@ class DataSpec:
     train_span: float | None = None  # longest training series' span, model units (None: unknown)
     label_names: list[str] | None = None  # class names of labels given as names (predict_proba)
     log: list[bool] | None = None
+    walk_grid: list[float] | None = None
+    walk_origin: str = "batch"
 
     # ----------------------------------------------------------------------------- basics
     @property

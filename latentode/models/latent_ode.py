@@ -318,13 +318,16 @@ class LatentODE(nn.Module):
 
     def encode(
         self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
-        schedule: str | None = None,
+        schedule: str | None = None, visit: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior ``q(z0)`` from the observations under ``mask``; ``schedule`` overrides the
-        encoder's walk (``"series"``: each series' posterior independent of the batch)."""
-        if schedule is None:
+        encoder's walk (``"series"``: each series' posterior independent of the batch), and
+        ``visit`` adds points that walk steps through (the encoder's ``forward``)."""
+        if schedule is None and visit is None:
             return self.encoder(times, values, mask)
-        return self.encoder(times, values, mask, schedule=schedule)
+        if visit is None:
+            return self.encoder(times, values, mask, schedule=schedule)
+        return self.encoder(times, values, mask, schedule=schedule, visit=visit)
 
     def latent_paths(self, z0: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
         """Integrate ``z0 (S, B, L)`` from the first time to every ``times``: ``(S, B, T, L)``,
@@ -353,6 +356,7 @@ class LatentODE(nn.Module):
         self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
         n_samples: int | None = None, pred_times: torch.Tensor | None = None,
         z0_noise: torch.Tensor | None = None, encoder_schedule: str | None = None,
+        encoder_visit: torch.Tensor | None = None,
     ) -> LatentODEOutput:
         """Encode what ``encoder_mask`` shows, sample ``z0`` and predict at ``pred_times``
         (model times, sorted; default ``times``). ``z0`` is the latent state at
@@ -364,12 +368,13 @@ class LatentODE(nn.Module):
         ``z0_noise`` ``(S, B, L)``: the standard normal draws behind ``z0 = mean + std *
         noise`` (default: drawn here, ``n_samples`` of them), e.g. drawn per series from its own
         seed so that a series' samples do not depend on the batch it is in.
-        ``encoder_schedule`` overrides the encoder's walk (:meth:`encode`).
+        ``encoder_schedule`` overrides the encoder's walk and ``encoder_visit`` adds points it
+        steps through (:meth:`encode`).
 
         Returns a :class:`LatentODEOutput`: ``pred`` ``(S, B, T, D)``, ``mean`` and ``std`` of
         ``q(z0)`` ``(B, L)`` (and the Poisson and label terms when modelled)."""
         values = checked_batch(self.input_dim, times, values, encoder_mask)
-        mean, std = self.encode(times, values, encoder_mask, encoder_schedule)
+        mean, std = self.encode(times, values, encoder_mask, encoder_schedule, encoder_visit)
         if z0_noise is None:
             n = self.n_samples if n_samples is None else n_samples
             if n < 1:

@@ -168,16 +168,20 @@ class _BackwardGRU(Graphable, nn.Module):
 
     def forward(
         self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
-        schedule: str | None = None,
+        schedule: str | None = None, visit: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean, std)`` of ``q(z0)`` at ``times[0]`` from the observations under ``mask``.
 
         ``schedule`` overrides the encoder's walk for this call: ``"series"`` makes each series'
         result independent of the others in the batch (e.g. to answer series in batches as
-        if each were alone); None keeps the encoder's own ``schedule``.
+        if each were alone); None keeps the encoder's own ``schedule``. ``visit (B, T)`` bool,
+        series walk only: points each series also steps to without an update (a grid, see
+        :func:`~latentode.nn.schedule.series_plan`).
         """
         if schedule is not None and schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES} or None, got {schedule!r}.")
+        if visit is not None and (schedule or self.schedule) != "series":
+            raise ValueError("visit= lays out the series walk; pass schedule='series' with it.")
         if schedule == "series" and not self.walks_series:
             raise ValueError(f"schedule='series' takes one Euler step per gap; this encoder's "
                              f"solver is {dict(self.solver)}.")  # type: ignore[attr-defined]
@@ -193,7 +197,7 @@ class _BackwardGRU(Graphable, nn.Module):
             mean, std = self._graphs(times, values, mask)
             return mean, std
         if walk == "series":
-            return self._z0(self._walk_series(times, values, mask, seen))
+            return self._z0(self._walk_series(times, values, mask, seen, visit))
         if self._fused_euler_gru:
             return self._z0(self._fused(times, values, mask, seen))
         if self._mean_std_walk:
@@ -240,9 +244,10 @@ class _BackwardGRU(Graphable, nn.Module):
         return self._static_z0(times, values, mask)
 
     def _walk_series(self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
-                     seen: torch.Tensor) -> torch.Tensor:
-        """Every series through its own observations, last to first (``schedule="series"``)."""
-        plan = series_plan(times, seen, self.max_step)
+                     seen: torch.Tensor, visit: torch.Tensor | None = None) -> torch.Tensor:
+        """Every series through its own observations (and ``visit``'s points), last to first
+        (``schedule="series"``)."""
+        plan = series_plan(times, seen, self.max_step, visit)
         batch = values.shape[0]
         rows = torch.arange(batch, device=values.device)
         masked = values * mask

@@ -48,26 +48,31 @@ def check_max_step(max_step: float | None) -> None:
                          f"got {max_step!r}.")
 
 
-def series_plan(times: torch.Tensor, seen: torch.Tensor, max_step: float | None = None
-                ) -> SeriesPlan:
+def series_plan(times: torch.Tensor, seen: torch.Tensor, max_step: float | None = None,
+                visit: torch.Tensor | None = None) -> SeriesPlan:
     """The events of each series of ``seen (B, T)`` over ``times (T,)`` (increasing), down to
     ``times[0]``.
 
     ``max_step``: longest move; a longer gap is split into ``ceil(gap / max_step)`` equal
-    moves (None: one move per gap). A series without observations has no events.
+    moves (None: one move per gap). ``visit (B, T)``: more points a series' moves end at
+    before its last observation, without an update there: a series walked alone on a grid
+    takes the Euler steps a union walk over that grid gives it (what a model trained on the
+    union walk of gridded data was trained with). A series without observations has no events.
     """
     check_max_step(max_step)
     t = times.detach().cpu().double().numpy()
     observed = seen.detach().cpu().numpy()
+    stops = observed if visit is None else observed | visit.detach().cpu().numpy()
     batch = observed.shape[0]
     rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for b in range(batch):
-        idx = np.flatnonzero(observed[b])[::-1]  # own observations, last first
-        if idx.size == 0:
+        own = np.flatnonzero(observed[b])
+        if own.size == 0:
             rows.append((np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0)))
             continue
-        gaps = t[idx[:-1]] - t[idx[1:]]  # > 0, between consecutive own observations
-        lead = t[idx[-1]] - t[0]  # first own observation back to the batch's first time
+        idx = np.flatnonzero(stops[b, : own[-1] + 1])[::-1]  # from the last observation back
+        gaps = t[idx[:-1]] - t[idx[1:]]  # > 0, between consecutive stops
+        lead = t[idx[-1]] - t[0]  # the earliest stop back to the batch's first time
         moves = np.append(gaps, lead) if lead > 0 else gaps
         if max_step is None:
             n = np.ones(moves.size, dtype=np.int64)
@@ -75,10 +80,11 @@ def series_plan(times: torch.Tensor, seen: torch.Tensor, max_step: float | None 
             n = np.maximum(1, np.ceil(moves / max_step - 1e-9).astype(np.int64))
         dt = np.concatenate([[0.0], np.repeat(-moves / n, n)])
         index = np.full(dt.size, -1, dtype=np.int64)
-        ends = np.concatenate([[0], np.cumsum(n)])[: idx.size]  # each observation's update
-        index[ends] = idx
-        gap = np.zeros(dt.size)
-        gap[ends[1:]] = gaps
+        ends = np.concatenate([[0], np.cumsum(n)])[: idx.size]  # each stop's event
+        updates = observed[b, idx]
+        index[ends[updates]] = idx[updates]
+        gap = np.zeros(dt.size)  # from each observation to the series' next (later) one
+        gap[ends[updates][1:]] = t[own[::-1][:-1]] - t[own[::-1][1:]]
         rows.append((dt, index, gap))
     length = max((r[0].size for r in rows), default=0)
     dt = np.zeros((length, batch))
