@@ -68,7 +68,9 @@ def test_predict_from_checkpoint_and_from_saved_forecaster(run, tmp_path, monkey
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
     # the same model saved as a forecaster directory predicts the same numbers
-    LatentODEForecaster.from_run(ckpt).save(tmp_path / "saved")
+    fitted = LatentODEForecaster.from_run(ckpt)
+    fitted.save(tmp_path / "saved")  # with the training grid its encoder walks
+    assert LatentODEForecaster.load(tmp_path / "saved").spec.walk_grid == fitted.spec.walk_grid
     again = tmp_path / "again.csv"
     run_main(predict_cli, ["latentode-predict", f"model_dir={tmp_path}/saved",
                            f"input={tmp_path}/in.csv", f"output={again}", "horizon=1.0", "n=4",
