@@ -119,3 +119,16 @@ def test_an_adaptive_solve_in_half_precision_outside_autocast_warns():
         warnings.simplefilter("error")
         odeint(field, y0, t, method="rk4")  # no tolerance to miss
         odeint(field.float(), y0.float(), t.float())
+
+
+def test_the_dtype_warning_names_the_wider_dtype_and_spares_torchdiffeqs_tolerance():
+    torch.manual_seed(0)
+    field = Field()
+    y0, t = torch.randn(4, 3), torch.linspace(0, 1, 3)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        odeint(field, y0, t, rtol=1e-7, atol=1e-9)  # torchdiffeq's defaults in float32: fine
+    with pytest.warns(UserWarning, match=r"y0 is torch\.float32 .* Solve in float64"):
+        odeint(field, y0, t, rtol=1e-9, atol=1e-10)

@@ -485,8 +485,12 @@ class LatentODELightning(L.LightningModule):
         ``(S, B, T, C)``; a sigmoid of a binary one is the risk). With ``time_origin="series"``
         each row sits on its own clock: ``origin`` ``(B,)`` is what its times were moved back
         by (row ``b``'s model times are ``times + origin[b]`` on the data's clock)."""
-        out = self.model.predict(batch.times, batch.values, batch.encoder_mask,
-                                 batch.target_mask, self.eval_samples)
+        if hasattr(self.model, "predict"):
+            out = self.model.predict(batch.times, batch.values, batch.encoder_mask,
+                                     batch.target_mask, self.eval_samples)
+        else:  # a model with only the loss/forward interface: its forward at the batch's times
+            out = self.model(batch.times, batch.values, batch.encoder_mask,
+                             n_samples=self.eval_samples)
         result = {"index": batch.index, "times": batch.times, "pred": out.pred}
         if batch.origin is not None:
             result["origin"] = batch.origin

@@ -8,6 +8,8 @@ where they are not observed (the data layer's convention): they are zero-filled 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -75,3 +77,39 @@ def checked_batch(
             "finite: set the mask false there (NaN marks a missing value)."
         )
     return torch.where(finite, values, torch.zeros((), dtype=values.dtype, device=values.device))
+
+
+def checked_posterior(encoder: Any, out: Any, batch: int, latents: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's ``q(z0)``: a ``(mean, std)`` pair of ``(batch, latents)`` tensors, ``std``
+    positive. A user's encoder (any class outside latentode) that returns something else is
+    named here, rather than by an unpacking or matmul error further on or, for a negative
+    "std" (a log-std by mistake), a NaN loss; latentode's own encoders are not re-checked for
+    positivity (that would cost a device synchronisation per step)."""
+    name = type(encoder).__name__
+    if not (isinstance(out, (tuple, list)) and len(out) == 2
+            and all(isinstance(x, torch.Tensor) for x in out)):
+        got = (f"a {type(out).__name__} of {len(out)}" if isinstance(out, (tuple, list))
+               else f"a {type(out).__name__}")
+        raise ValueError(f"encoder {name} must return (mean, std) of q(z0), two tensors of "
+                         f"shape (batch, latents) = ({batch}, {latents}); it returned {got}.")
+    mean, std = out
+    for what, x in (("mean", mean), ("std", std)):
+        if tuple(x.shape) != (batch, latents):
+            raise ValueError(f"encoder {name} returned a {what} of shape {tuple(x.shape)}; "
+                             f"q(z0) needs (batch, latents) = ({batch}, {latents}) (the "
+                             "model's latents).")
+    if not type(encoder).__module__.startswith("latentode.") and not bool((std > 0).all()):
+        raise ValueError(f"encoder {name} returned a std of q(z0) that is not positive "
+                         f"everywhere (min {float(std.min()):.3g}): return a standard "
+                         "deviation, e.g. softplus(raw) + 1e-6 or exp(log_std), not a log-std.")
+    return mean, std
+
+
+def check_decoded(decoder: Any, pred: torch.Tensor, input_dim: int) -> None:
+    """A decoder must give one output per data channel (a single output was broadcast across
+    every channel by the likelihood, silently)."""
+    if pred.shape[-1] != input_dim:
+        raise ValueError(f"decoder {type(decoder).__name__} gives {pred.shape[-1]} output "
+                         f"channel(s) per point; the data has input_dim = {input_dim}: its "
+                         f"last layer must output {input_dim}.")

@@ -20,7 +20,7 @@ from torch import nn
 from latentode.nn import ODEFunc, ODERNNEncoder, mlp
 from latentode.solvers import SolverStats, odeint
 
-from .inputs import checked_batch
+from .inputs import check_decoded, checked_batch, checked_posterior
 
 
 @dataclass
@@ -41,6 +41,10 @@ def masked_gaussian_loglik(
 ) -> torch.Tensor:
     """Per-sample, per-series log-density ``(S, B)``: mean over each channel's observed points,
     then over the channels that have any (the paper's normalisation)."""
+    if pred.shape[-1] != values.shape[-1] or pred.shape[-3:] != values.shape[-3:]:
+        raise ValueError(f"pred {tuple(pred.shape)} must end with the values' shape "
+                         f"{tuple(values.shape)} (samples, batch, T, channels): one prediction "
+                         "per series, time and channel.")
     # unobserved entries may hold anything finite (a filler of 1e20 overflowed to inf * 0 = NaN)
     z = torch.where(mask, values - pred, 0.0) / obs_std
     mask = mask.to(pred.dtype)
@@ -374,7 +378,9 @@ class LatentODE(nn.Module):
         Returns a :class:`LatentODEOutput`: ``pred`` ``(S, B, T, D)``, ``mean`` and ``std`` of
         ``q(z0)`` ``(B, L)`` (and the Poisson and label terms when modelled)."""
         values = checked_batch(self.input_dim, times, values, encoder_mask)
-        mean, std = self.encode(times, values, encoder_mask, encoder_schedule, encoder_visit)
+        mean, std = checked_posterior(
+            self.encoder, self.encode(times, values, encoder_mask, encoder_schedule,
+                                      encoder_visit), values.shape[0], self.latents)
         if z0_noise is None:
             n = self.n_samples if n_samples is None else n_samples
             if n < 1:
@@ -392,6 +398,7 @@ class LatentODE(nn.Module):
         paths = self.latent_paths(z0, out_times)
         z = paths[..., : self.latents]
         out = LatentODEOutput(self.decoder(z), mean, std, z0=z0)
+        check_decoded(self.decoder, out.pred, self.input_dim)
         if self.rate is not None:
             out.log_rate, out.cum_rate = self.rate(z), paths[..., self.latents :]
         if self.classifier is not None:
