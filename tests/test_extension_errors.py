@@ -92,3 +92,19 @@ def test_predict_step_falls_back_to_forward_for_a_model_without_predict():
     module = LatentODELightning(ForwardOnly(), eval_samples=2)
     out = module.predict_step(b, 0)
     assert out["pred"].shape == (2, 4, 20, 1)
+
+
+def test_pred_times_of_the_wrong_shape_are_named():
+    from latentode.models import GRUDT, ODERNN, RNNVAE
+
+    times, values, mask = batch(dims=1)
+    rows = times.expand(7, -1)  # one row too many
+    with pytest.raises(ValueError, match=r"per-series pred_times \(7, 8\) need one row per "
+                                         r"series: \(6, T\)"):
+        LatentODE(input_dim=1, latents=4)(times, values, mask, pred_times=rows)
+    for model in (ODERNN(input_dim=1), GRUDT(input_dim=1), RNNVAE(input_dim=1)):
+        with pytest.raises(ValueError, match=r"pred_times must be 1-D \(T',\) \(per-series "
+                                             r"times \(batch, T'\) are the latent ODE's only"):
+            model(times, values, mask, pred_times=times.expand(6, -1))
+        with pytest.raises(ValueError, match=r"pred_times must be strictly increasing"):
+            model(times, values, mask, pred_times=times.flip(0))

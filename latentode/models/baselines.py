@@ -34,7 +34,7 @@ from latentode.nn.layers import ODEFunc, is_single_euler_step
 from latentode.nn.mean_std_walk import mean_std_walk, supports
 from latentode.solvers import odeint
 
-from .inputs import checked_batch
+from .inputs import checked_batch, checked_pred_times
 from .latent_ode import (
     Z0_AT,
     LatentODEOutput,
@@ -180,6 +180,7 @@ class _Deterministic(_Recurrent):
         """Predictions ``(1, B, T', D)`` at ``pred_times`` (default ``times``); ``n_samples``
         is ignored (deterministic)."""
         values = checked_batch(self.input_dim, times, values, encoder_mask)
+        checked_pred_times(pred_times, times, values.shape[0], per_series=False)
         data = _Series.of(times, values, encoder_mask)
         h = values.new_zeros(values.shape[0], self.state_dim)
         pred, h = self.walk(h, times, times if pred_times is None else pred_times, data)
@@ -441,6 +442,7 @@ class RNNVAE(_Recurrent):
         """Encode, sample ``z0 (S, B, L)``, decode at ``pred_times`` (default ``times``): from
         ``times[0]``, or with ``z0_at="first_target"`` from ``pred_times[0]``."""
         values = checked_batch(self.input_dim, times, values, encoder_mask)
+        checked_pred_times(pred_times, times, values.shape[0], per_series=False)
         values = torch.where(encoder_mask, values, 0.0)  # NaN-proof: the encoder multiplies
         wanted = times if pred_times is None else pred_times.to(times)
         from_target = self.z0_at == "first_target"

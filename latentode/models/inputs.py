@@ -113,3 +113,30 @@ def check_decoded(decoder: Any, pred: torch.Tensor, input_dim: int) -> None:
         raise ValueError(f"decoder {type(decoder).__name__} gives {pred.shape[-1]} output "
                          f"channel(s) per point; the data has input_dim = {input_dim}: its "
                          f"last layer must output {input_dim}.")
+
+
+def checked_pred_times(pred_times: torch.Tensor | None, times: torch.Tensor, batch: int,
+                       per_series: bool) -> None:
+    """``pred_times``: 1-D (strictly increasing for the baselines; the latent ODE's solver
+    checks its own order) or, ``per_series`` (the latent ODE), ``(batch, T)`` rows; refused
+    here by name rather than deep in the solver or a baseline's walk."""
+    if pred_times is None:
+        return
+    if not isinstance(pred_times, torch.Tensor):
+        raise ValueError(f"pred_times must be a tensor of model times, got "
+                         f"{type(pred_times).__name__}.")
+    if pred_times.dim() == 2 and per_series:
+        if pred_times.shape[0] != batch:
+            raise ValueError(f"per-series pred_times {tuple(pred_times.shape)} need one row per "
+                             f"series: ({batch}, T).")
+        return
+    if pred_times.dim() != 1:
+        what = ("1-D (T',) or per series (batch, T')" if per_series else
+                "1-D (T',) (per-series times (batch, T') are the latent ODE's only: ask this "
+                "model on their union, or one series at a time)")
+        raise ValueError(f"pred_times must be {what}, got shape {tuple(pred_times.shape)}.")
+    # the latent ODE's solver refuses unsorted times itself (no second device sync here)
+    if not per_series and len(pred_times) > 1 and not bool(
+            (pred_times[1:] > pred_times[:-1]).all()):
+        raise ValueError("pred_times must be strictly increasing (sorted, no repeats): "
+                         "torch.unique(pred_times) sorts them.")

@@ -20,7 +20,7 @@ from torch import nn
 from latentode.nn import ODEFunc, ODERNNEncoder, mlp
 from latentode.solvers import SolverStats, odeint
 
-from .inputs import check_decoded, checked_batch, checked_posterior
+from .inputs import check_decoded, checked_batch, checked_posterior, checked_pred_times
 
 
 @dataclass
@@ -378,6 +378,7 @@ class LatentODE(nn.Module):
         Returns a :class:`LatentODEOutput`: ``pred`` ``(S, B, T, D)``, ``mean`` and ``std`` of
         ``q(z0)`` ``(B, L)`` (and the Poisson and label terms when modelled)."""
         values = checked_batch(self.input_dim, times, values, encoder_mask)
+        checked_pred_times(pred_times, times, values.shape[0], per_series=True)
         mean, std = checked_posterior(
             self.encoder, self.encode(times, values, encoder_mask, encoder_schedule,
                                       encoder_visit), values.shape[0], self.latents)
