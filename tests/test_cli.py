@@ -358,3 +358,23 @@ def test_resuming_with_other_model_options_is_refused_and_the_run_kept(tmp_path,
 
     with pytest.raises(ValueError, match=r"field\.net\.0\.weight: \[\d+, 6\] in the checkpoint"):
         LatentODEForecaster.from_run(last)
+
+
+@pytest.mark.parametrize(("override", "says"), [
+    ("+trainer.precison=bf16-mixed", r"trainer\.precison is not an option of "
+                                     r"lightning\.pytorch\.Trainer .*Did you mean "
+                                     r"trainer\.precision\?"),
+    ("+callbacks.model_checkpoint.save_top_kk=2", r"callbacks\.model_checkpoint\.save_top_kk is "
+                                                  r"not an option .*save_top_k\?"),
+    ("+data.batch_sizee=3", r"data\.batch_sizee is not an option of "
+                            r"latentode\.data\.LatentODEDataModule .*data\.batch_size\?"),
+    ("+module.kl_wiat_epochs=3", r"module\.kl_wiat_epochs .*module\.kl_wait_epochs\?"),
+])
+def test_a_misspelt_key_of_any_group_is_named_before_the_data_is_built(tmp_path, override,
+                                                                        says):
+    """Only model keys were checked up front: a trainer or callback typo built the data and
+    the model first, then failed in Lightning (a callback's only in its setup)."""
+    cfg = compose_train([override, *TINY], tmp_path)
+    with pytest.raises(ValueError, match=says):
+        train_cli.train(cfg)
+    assert not (tmp_path / "checkpoints").exists()

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import WeightAveraging
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -182,7 +182,7 @@ def check_arguments(node: Any, where: str) -> None:
     target = node.get("_target_")
     if isinstance(target, str):
         try:
-            params = inspect.signature(get_class(target)).parameters
+            params = inspect.signature(get_object(target)).parameters
         except (ValueError, TypeError, ImportError):  # not a class, or no signature: let it be
             params = {}
         if params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -395,6 +395,8 @@ def check_trainer_counts(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test as ``cfg`` says; returns the metrics (validation of the last epoch, test)."""
     check_trainer_counts(cfg)
+    for group in ("data", "module", "trainer", "callbacks", "logger"):  # model: build_model
+        check_arguments(cfg.get(group), group)
     resolve_last_checkpoint(cfg)
     run_dir = output_dir(cfg)
     with restored_on_failure(cfg.get("ckpt_path"), run_dir) as saved:
