@@ -378,3 +378,22 @@ def test_a_misspelt_key_of_any_group_is_named_before_the_data_is_built(tmp_path,
     with pytest.raises(ValueError, match=says):
         train_cli.train(cfg)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_resume_hint_keeps_the_runs_own_config_directory(tmp_path, monkeypatch):
+    """A run composed from a user's config directory (hydra.searchpath) was told to resume
+    with model=my_model alone, which cannot be composed without that directory."""
+    own = tmp_path / "conf" / "model"
+    own.mkdir(parents=True)
+    own.joinpath("my_model.yaml").write_text(
+        "defaults:\n  - latent_ode\n  - _self_\nlatents: 6\n")
+    search = f"hydra.searchpath=[file://{tmp_path / 'conf'}]"
+    run = tmp_path / "run"
+    run_main(train_cli, ["latentode-train", search, "model=my_model", f"hydra.run.dir={run}",
+                         "trainer.max_epochs=1", *TINY], monkeypatch)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(ValueError, match=r"own overrides: hydra\.searchpath=\[file://.*conf\] "
+                                         r"model=my_model"):
+        run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=2",
+                             f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", *TINY],
+                 monkeypatch)

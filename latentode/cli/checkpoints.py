@@ -40,11 +40,13 @@ class RunRecord(L.Callback):
     """Writes the run's config and command-line overrides into every checkpoint, with the text
     of its ``.hydra`` files (``run_dir/.hydra``, as Hydra wrote them for this run)."""
 
-    def __init__(self, config: DictConfig, overrides: list[str], run_dir: Path | None = None):
-        # unresolved, as Hydra writes .hydra/config.yaml (interpolations kept)
+    def __init__(self, config: DictConfig, overrides: list[str], run_dir: Path | None = None,
+                 search: list[str] | None = None):
+        # unresolved, as Hydra writes .hydra/config.yaml (interpolations kept); ``search``:
+        # the command's hydra.searchpath overrides (a user's config directory)
         self.record: dict[str, Any] = {
             "config": OmegaConf.to_container(config, resolve=False),
-            "overrides": list(overrides), "files": {}}
+            "overrides": list(overrides), "search": list(search or []), "files": {}}
         hydra_dir = None if run_dir is None else run_dir / ".hydra"
         for name in HYDRA_FILES:
             if hydra_dir is not None and (hydra_dir / name).is_file():
@@ -225,8 +227,8 @@ def check_resume(cfg: DictConfig, module: torch.nn.Module, saved: dict[str, Any]
         if differences:
             message.append("The run's settings that differ:\n" + "\n".join(
                 f"  {line}" for line in differences[:8]))
-        message.append("Resume with the run's own overrides: "
-                       + (" ".join(record["overrides"]) or "(none)"))
+        given = [*record.get("search", []), *record["overrides"]]
+        message.append("Resume with the run's own overrides: " + (" ".join(given) or "(none)"))
         if _in_place(ckpt_path, run_dir):
             message.append(f"(the run's {run_dir / '.hydra'} files, which this command had "
                            "overwritten, are restored from the checkpoint)")

@@ -407,8 +407,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if saved is not None:  # a model that does not fit the checkpoint: said before training
             check_resume(cfg, module, saved, str(cfg.ckpt_path), run_dir)
     callbacks = build_group(cfg.get("callbacks"))
-    callbacks.append(RunRecord(cfg, list(HydraConfig.get().overrides.task)
-                               if HydraConfig.initialized() else [], run_dir))
+    task, search = run_overrides()
+    callbacks.append(RunRecord(cfg, task, run_dir, search))
     loggers = build_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     continue_metrics(cfg, trainer)
@@ -436,6 +436,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
             best = None
         metrics.update(run_test(cfg, trainer, module, datamodule, best))
     return metrics
+
+
+def run_overrides() -> tuple[list[str], list[str]]:
+    """The command line's overrides that rebuild this run's config: the task's, and its
+    ``hydra.searchpath`` ones (a user's own config directory), without which a resume hint
+    naming the user's configs (``model=my_model``) could not be composed."""
+    if not HydraConfig.initialized():
+        return [], []
+    overrides = HydraConfig.get().overrides
+    search = [str(o) for o in overrides.hydra
+              if str(o).lstrip("+").startswith("hydra.searchpath=")]
+    return list(overrides.task), search
 
 
 def metric_value(metrics: dict[str, float], name: str | None) -> float | None:
