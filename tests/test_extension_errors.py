@@ -108,3 +108,31 @@ def test_pred_times_of_the_wrong_shape_are_named():
             model(times, values, mask, pred_times=times.expand(6, -1))
         with pytest.raises(ValueError, match=r"pred_times must be strictly increasing"):
             model(times, values, mask, pred_times=times.flip(0))
+
+
+class Damped(nn.Module):
+    """A user's vector field: linear damping with a learnt rate."""
+
+    def __init__(self):
+        super().__init__()
+        self.rate = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, t, z):
+        return -self.rate * z
+
+
+def test_a_users_field_and_decoder_replace_the_mlps_from_the_config(tmp_path):
+    from test_cli import TINY, compose_train
+
+    from latentode.cli import train as train_cli
+
+    cfg = compose_train([*TINY, "trainer.max_epochs=1", "+model.field._target_="
+                         "test_extension_errors.Damped", "+model.decoder._target_="
+                         "torch.nn.Linear", "+model.decoder.in_features=${model.latents}",
+                         "+model.decoder.out_features=1"], tmp_path)
+    datamodule = train_cli.build_datamodule(cfg)
+    model = train_cli.build_model(cfg, datamodule)
+    assert isinstance(model.field, Damped) and isinstance(model.decoder, nn.Linear)
+    assert "test/mse" in train_cli.train(cfg)
+    with pytest.raises(TypeError, match=r"decoder must be an nn\.Module"):
+        LatentODE(input_dim=1, decoder="linear")

@@ -244,6 +244,11 @@ class LatentODE(nn.Module):
             decoder integrates from the first time it predicts: in extrapolation the first
             point after what the encoder saw, in interpolation the first time, the same as
             ``"start"``). Not with ``poisson`` or a classifier.
+        field, decoder: your own modules in place of the generative ``tanh`` MLP (``field(t,
+            z) -> dz/dt``, the shape of ``z (..., latents)``; autonomous in effect, as the
+            forecaster answers each series on its own clock) and of the decoder (``z (...,
+            latents) -> (..., input_dim)``); from the command line
+            ``'+model.decoder={_target_: mymod.MyDecoder}'``.
     """
 
     def __init__(
@@ -267,6 +272,8 @@ class LatentODE(nn.Module):
         reconstruct: bool = True,
         label_units: int = 300,
         z0_at: str = "start",
+        field: nn.Module | None = None,
+        decoder: nn.Module | None = None,
     ):
         super().__init__()
         if latents < 1 or input_dim < 1:
@@ -278,6 +285,10 @@ class LatentODE(nn.Module):
                 "command line the encoder is a config group: model/encoder=rnn (a slash), not "
                 "model.encoder=rnn."
             )
+        for name, part in (("field", field), ("decoder", decoder)):
+            if part is not None and not isinstance(part, nn.Module):
+                raise TypeError(f"{name} must be an nn.Module (a config with a _target_), got "
+                                f"{type(part).__name__} {part!r}.")
         if n_samples < 1:
             raise ValueError(f"n_samples must be at least 1, got {n_samples}.")
         if objective not in OBJECTIVES:
@@ -296,9 +307,13 @@ class LatentODE(nn.Module):
         self.objective = objective
         self.input_dim, self.latents = input_dim, latents
         self.encoder = encoder if encoder is not None else ODERNNEncoder(input_dim, latents)
-        self.field = ODEFunc(latents, gen_units, gen_layers)
-        if dec_layers == 0:
-            self.decoder: nn.Module = nn.Linear(latents, input_dim)
+        # a user's field (t, z) -> dz/dt and decoder z -> (..., input_dim) replace the MLPs
+        # (gen_units/gen_layers and dec_units/dec_layers size those only)
+        self.field = field if field is not None else ODEFunc(latents, gen_units, gen_layers)
+        if decoder is not None:
+            self.decoder: nn.Module = decoder
+        elif dec_layers == 0:
+            self.decoder = nn.Linear(latents, input_dim)
         else:
             self.decoder = mlp(latents, input_dim, dec_units, dec_layers)
         self.obs_std, self.n_samples = obs_std, n_samples
