@@ -83,3 +83,72 @@ def test_no_anchor_off_the_grid_or_on_a_series_clock():
     assert WalkGrid(grid, "series").anchor(1.0) is None  # each series' own clock: from itself
     # on a series clock the grid starts at the history's first time
     np.testing.assert_allclose(WalkGrid(grid, "series").on_job_clock(10.0, 9.5), grid + 0.5)
+
+
+@pytest.mark.parametrize("encoder", ["odernn", "rnn"])
+def test_a_first_target_model_is_anchored_at_the_grid_start_too(encoder):
+    """z0_at="first_target" (the hopper presets): z0 sits at the first asked time, but the
+    encoder walked to the batch's first time in training all the same. Unanchored, a history
+    starting at grid[6] answered 0.15-0.23 off the union walk (mean |pred| 0.25)."""
+    from latentode.nn import ODERNNEncoder, RNNEncoder
+
+    torch.manual_seed(0)
+    enc = ODERNNEncoder(2, 3, hidden=8) if encoder == "odernn" else RNNEncoder(2, 3, hidden=8)
+    m = LatentODE(input_dim=2, latents=3, gen_units=8, encoder=enc,
+                  z0_at="first_target").double().eval()
+    m.solver.update(rtol=1e-10, atol=1e-12)
+    grid = np.linspace(0, 4, 21)
+    rng = np.random.default_rng(1)
+    keep = (np.arange(21) >= 6) & (rng.random(21) < 0.8)
+    keep[-1] = True
+    hist_t, hist_v = grid[keep], rng.normal(size=(keep.sum(), 2))
+    want = np.array([4.3, 4.7])
+    (_, job), = make_jobs(hist_t, hist_v, want, np.float64, from_target=True, backwards=True,
+                          walk=WalkGrid(grid, "batch"))
+    job.eps = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    values = np.zeros((2, 21, 2))
+    mask = np.zeros((2, 21, 2), dtype=bool)
+    values[0, keep], mask[0, keep] = hist_v, True
+    mask[1, :, 0] = True
+    with torch.no_grad():
+        got = solve(m, [job], 4)[0][0]
+        out = m(torch.from_numpy(grid), torch.from_numpy(values), torch.from_numpy(mask),
+                pred_times=torch.from_numpy(want),
+                z0_noise=torch.stack([job.eps, torch.zeros_like(job.eps)], 1))
+    torch.testing.assert_close(got, out.pred[:, 0], rtol=1e-7, atol=1e-9)
+
+
+def test_a_series_clock_grid_is_one_time_per_calendar_step(tmp_path, monkeypatch):
+    """Series on a 0.1 calendar starting at different steps, each on its own clock
+    (data=csv): times minus each start differ by float rounding (0.3 - 0.0 vs 0.7 - 0.4), which
+    made one grid time several, float32 repeats in the walk and every forecast a ValueError."""
+    import pandas as pd
+    from test_cli import run_main
+
+    from latentode import LatentODEForecaster
+    from latentode.cli import train as train_cli
+    from latentode.forecast.forecaster import distinct_within
+
+    assert len(distinct_within(np.array([0.3 - 0.0, 0.7 - 0.4, 0.1, 0.0]))) == 3
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(24):
+        k0 = (0, 3, 7)[i % 3]
+        ks = np.arange(k0, k0 + 30)
+        ks = ks[(rng.random(len(ks)) < 0.8) | (ks == k0)]
+        rows += [{"series_id": f"s{i}", "time": k * 0.1, "value": np.sin(k * 0.1 + i)}
+                 for k in ks]
+    pd.DataFrame(rows).to_csv(tmp_path / "grid.csv", index=False)
+    run = tmp_path / "run"
+    run_main(train_cli, ["latentode-train", "data=csv", f"data.dataset.path={tmp_path}/grid.csv",
+                         f"hydra.run.dir={run}", "trainer.max_epochs=1", "data.batch_size=8",
+                         "plots.n_series=0", "callbacks.progress_bar.refresh_rate=0"],
+             monkeypatch)
+    fc = LatentODEForecaster.from_run(run)
+    assert fc.spec.walk_origin == "series" and len(fc.spec.walk_grid) == 30
+    ks = np.array([3, 4, 8, 9, 14, 20, 25, 32])
+    hist = pd.DataFrame({"series_id": "x", "time": ks * 0.1, "value": np.sin(ks * 0.1)})
+    one = fc.predict(hist, horizon=1.0, n=5, noise=False, batch_size=1)
+    many = fc.predict(hist, horizon=1.0, n=5, noise=False)
+    assert one["mean"].notna().all()
+    np.testing.assert_allclose(one["mean"], many["mean"], rtol=0, atol=1e-4)

@@ -81,7 +81,7 @@ def with_visits(hist_t: np.ndarray, hist_v: np.ndarray, points: np.ndarray, np_d
     if not observed.any():
         return hist_t, hist_v, None
     lo, hi = float(hist_t[0]), float(hist_t[observed][-1])
-    points = points[(points > lo) & (points < hi)].astype(np_dtype)
+    points = np.unique(points[(points > lo) & (points < hi)].astype(np_dtype))
     existing = np.zeros(len(hist_t), dtype=bool)  # rows of the history that are grid points
     if points.size:
         tol = 1e-6 * max(hi - lo, 1.0)
@@ -138,7 +138,8 @@ def make_jobs(hist64: np.ndarray, hist_v: np.ndarray, want64: np.ndarray, np_dty
     independent of the other times asked, and each sample path one path through all of them.
     Otherwise one job (:func:`make_job`). ``walk``: see :func:`make_job`; its anchor, where
     it has one, is the history's start (``z0`` there, as in training)."""
-    anchor = None if walk is None or from_target else walk.anchor(float(hist64[0]))
+    # (z0_at="first_target" too: its encoder walked to the batch's first time all the same)
+    anchor = None if walk is None else walk.anchor(float(hist64[0]))
     if anchor is not None and anchor < hist64[0]:
         hist64 = np.concatenate([[anchor], hist64])
         hist_v = np.concatenate([np.full((1, hist_v.shape[1]), np.nan), hist_v])

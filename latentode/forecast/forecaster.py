@@ -1138,6 +1138,18 @@ def _set_label_head(cfg: DictConfig, labels: np.ndarray, label_col: str) -> None
 WALK_GRID_MAX = 10_000  # at most this many distinct training times count as a shared grid
 
 
+def distinct_within(times: np.ndarray, rel: float = 1e-9) -> np.ndarray:
+    """The distinct values of ``times`` where values within ``rel`` of the span (or of one time
+    unit) are one: times moved to each series' start differ by float rounding (0.3 - 0.0 and
+    0.7 - 0.4), which must not make one grid time several."""
+    values = np.sort(np.asarray(times, dtype=np.float64))
+    if values.size == 0:
+        return values
+    tol = rel * max(float(values[-1] - values[0]), 1.0)
+    keep = np.concatenate([[True], np.diff(values) > tol])
+    return values[keep]
+
+
 def _union_walk_grid(cfg: DictConfig, model: nn.Module, datamodule: Any) -> WalkGrid | None:
     """The grid a union-trained encoder walked in training, for prediction to walk each series
     through (``DataSpec.walk_grid``), or None, with a warning, where there is none to follow.
@@ -1157,7 +1169,7 @@ def _union_walk_grid(cfg: DictConfig, model: nn.Module, datamodule: Any) -> Walk
         times = np.asarray(train.times, dtype=np.float64)
         if origin == "series" and len(starts):
             times = times - np.repeat(times[starts], ends - starts)
-        distinct = np.unique(times)
+        distinct = distinct_within(times)
         longest = int((ends - starts).max()) if len(starts) else 0
         if 0 < len(distinct) <= min(WALK_GRID_MAX, 2 * longest):
             grid = WalkGrid(distinct, origin)

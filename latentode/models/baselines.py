@@ -34,7 +34,7 @@ from latentode.nn.layers import ODEFunc, is_single_euler_step
 from latentode.nn.mean_std_walk import mean_std_walk, supports
 from latentode.solvers import odeint
 
-from .inputs import checked_batch, checked_pred_times
+from .inputs import check_increasing, checked_batch, checked_pred_times
 from .latent_ode import (
     Z0_AT,
     LatentODEOutput,
@@ -109,6 +109,7 @@ class _Recurrent(nn.Module):
         (before its update), and the final state."""
         pred_times = pred_times.to(times)
         n_times, grid, wanted = len(times), times.tolist(), pred_times.tolist()
+        check_increasing(wanted)
         if wanted[0] < grid[0]:
             raise ValueError(f"pred_times start at {wanted[0]}, before times[0] = {grid[0]}.")
         exact: dict[int, list[int]] = {}

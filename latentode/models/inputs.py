@@ -8,6 +8,7 @@ where they are not observed (the data layer's convention): they are zero-filled 
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -117,8 +118,7 @@ def check_decoded(decoder: Any, pred: torch.Tensor, input_dim: int) -> None:
 
 def checked_pred_times(pred_times: torch.Tensor | None, times: torch.Tensor, batch: int,
                        per_series: bool) -> None:
-    """``pred_times``: 1-D (strictly increasing for the baselines; the latent ODE's solver
-    checks its own order) or, ``per_series`` (the latent ODE), ``(batch, T)`` rows; refused
+    """``pred_times``: 1-D or, ``per_series`` (the latent ODE), ``(batch, T)`` rows; refused
     here by name rather than deep in the solver or a baseline's walk."""
     if pred_times is None:
         return
@@ -135,8 +135,12 @@ def checked_pred_times(pred_times: torch.Tensor | None, times: torch.Tensor, bat
                 "1-D (T',) (per-series times (batch, T') are the latent ODE's only: ask this "
                 "model on their union, or one series at a time)")
         raise ValueError(f"pred_times must be {what}, got shape {tuple(pred_times.shape)}.")
-    # the latent ODE's solver refuses unsorted times itself (no second device sync here)
-    if not per_series and len(pred_times) > 1 and not bool(
-            (pred_times[1:] > pred_times[:-1]).all()):
+    # their order: the latent ODE's solver and the baselines' walk (on the host list it reads
+    # anyway) refuse unsorted times themselves, without a device sync here
+
+
+def check_increasing(wanted: list[float]) -> None:
+    """A baseline's ``pred_times`` (as the host list its walk reads) strictly increasing."""
+    if any(b <= a for a, b in itertools.pairwise(wanted)):
         raise ValueError("pred_times must be strictly increasing (sorted, no repeats): "
                          "torch.unique(pred_times) sorts them.")
