@@ -307,3 +307,40 @@ def test_test_plot_shows_the_test_loaders_masks(tmp_path, monkeypatch):
     tested = next(iter(dm.test_dataloader()))
     assert torch.equal(drawn["batch"].encoder_mask, tested.encoder_mask)
     assert (tmp_path / "p.png").exists()
+
+
+def test_param_groups_give_parts_of_the_model_their_own_optimiser_options(tmp_path):
+    """module.param_groups: e.g. a smaller learning rate for the encoder; the longest prefix
+    wins, the rest keep the optimiser's own; a name that holds no parameter is refused."""
+    import functools
+
+    from latentode.lit import LatentODELightning, exponential_decay
+    from latentode.models import LatentODE
+
+    model = LatentODE(input_dim=2, latents=3)
+    module = LatentODELightning(
+        model, optimizer=functools.partial(torch.optim.Adamax, lr=1e-2),
+        scheduler=functools.partial(exponential_decay, gamma=0.5, min_factor=0.01),
+        param_groups={"encoder": {"lr": 1e-3}, "encoder.to_z0": {"lr": 5e-4},
+                      "decoder": {"weight_decay": 0.1}})
+    conf = module.configure_optimizers()
+    groups = conf["optimizer"].param_groups
+    ids = [{id(p) for p in g["params"]} for g in groups]
+    assert [g["lr"] for g in groups] == [5e-4, 1e-3, 1e-2, 1e-2]  # to_z0, encoder, decoder, rest
+    assert groups[2]["weight_decay"] == 0.1
+    assert ids[0] == {id(p) for p in model.encoder.to_z0.parameters()}
+    assert ids[2] == {id(p) for p in model.decoder.parameters()}
+    assert set().union(*ids) == {id(p) for p in model.parameters()}
+    assert sum(len(i) for i in ids) == len(list(model.parameters()))  # each once
+    conf["lr_scheduler"]["scheduler"].step()
+    assert [g["lr"] for g in groups] == [2.5e-4, 5e-4, 5e-3, 5e-3]
+    with pytest.raises(ValueError, match=r"module\.param_groups names \['encodr'\], which hold "
+                                         r"no parameter of LatentODE; its parts: .*'encoder'"):
+        LatentODELightning(model, param_groups={"encodr": {"lr": 1e-3}})
+    from test_cli import TINY, compose_train
+
+    from latentode.cli import train as train_cli
+
+    cfg = compose_train([*TINY, "trainer.max_epochs=1",
+                         "module.param_groups={encoder: {lr: 1e-3}}"], tmp_path)
+    assert "test/mse" in train_cli.train(cfg)

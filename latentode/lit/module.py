@@ -43,7 +43,7 @@ local batch's. Each process draws its own posterior samples (the rank enters the
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -81,6 +81,15 @@ def exponential_decay(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, functools.partial(_decay_factor, gamma=gamma, min_factor=min_factor)
     )
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every mapping a dict and every non-string sequence a list."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(v) for v in value]
+    return value
 
 
 class _Sums:
@@ -172,6 +181,10 @@ class LatentODELightning(L.LightningModule):
         channels: channel names, for the test's ``mse_data/<channel>`` (each channel's MSE in
             its own units: ``mse_data`` itself mixes them); None: the datamodule's dataset's.
         eval_seed: seed of the posterior samples drawn in validation and test.
+        param_groups: optimiser options per part of the model, by the name of its submodule
+            (``{"encoder": {"lr": 1e-3}}``; a dotted prefix such as ``"encoder.cell"`` works
+            too, the longest match wins); the remaining parameters take the optimiser's own.
+            A schedule scales each group's learning rate alike.
     """
 
     def __init__(
@@ -190,8 +203,12 @@ class LatentODELightning(L.LightningModule):
         eval_seed: int = 0,
         channels: Sequence[str] | None = None,
         log_scale: tuple[Sequence[float], Sequence[bool]] | None = None,
+        param_groups: dict[str, dict[str, Any]] | None = None,
     ):
         super().__init__()
+        # plain containers (a config's mapping would make checkpoints need more than
+        # weights_only=True to load: hyperparameters are saved with them)
+        param_groups = None if param_groups is None else _plain(param_groups)
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got "
                              f"{scheduler_interval!r}.")
@@ -209,6 +226,8 @@ class LatentODELightning(L.LightningModule):
         self.kl_wait_epochs, self.kl_rate, self.fixed_kl_weight = kl_wait_epochs, kl_rate, kl_weight
         self.train_samples, self.eval_samples = train_samples, eval_samples
         self.eval_seed = eval_seed
+        self.param_groups = {str(k): dict(v) for k, v in (param_groups or {}).items()}
+        self._optimizer_params()  # a prefix that names no parameter is refused now, not later
         self.scale: torch.Tensor | None
         if scale is not None:
             scale = torch.as_tensor(list(scale) if not isinstance(scale, torch.Tensor) else scale,
@@ -546,8 +565,30 @@ class LatentODELightning(L.LightningModule):
         self._eval_epoch_end("test")
 
     # ----------------------------------------------------------------------------- optim
+    def _optimizer_params(self) -> Any:
+        """The parameters as the optimiser takes them: all of them, or with ``param_groups``
+        one group per named part (its options) and one for the rest."""
+        if not self.param_groups:
+            return self.parameters()
+        named = list(self.model.named_parameters())
+        prefixes = sorted(self.param_groups, key=len, reverse=True)  # the longest match wins
+        groups: dict[str | None, list[torch.Tensor]] = {p: [] for p in prefixes}
+        groups[None] = []
+        for name, param in named:
+            owner = next((p for p in prefixes if name == p or name.startswith(p + ".")), None)
+            groups[owner].append(param)
+        empty = [p for p in prefixes if not groups[p]]
+        if empty:
+            parts = sorted({name.split(".")[0] for name, _ in named})
+            raise ValueError(f"module.param_groups names {empty}, which hold no parameter of "
+                             f"{type(self.model).__name__}; its parts: {parts}.")
+        out = [{"params": groups[p], **self.param_groups[p]} for p in prefixes]
+        if groups[None]:
+            out.append({"params": groups[None]})
+        return out
+
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=self._optimizer_params())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
