@@ -342,11 +342,9 @@ class LatentODE(nn.Module):
         """Posterior ``q(z0)`` from the observations under ``mask``; ``schedule`` overrides the
         encoder's walk (``"series"``: each series' posterior independent of the batch), and
         ``visit`` adds points that walk steps through (the encoder's ``forward``)."""
-        if schedule is None and visit is None:
-            return self.encoder(times, values, mask)
-        if visit is None:
-            return self.encoder(times, values, mask, schedule=schedule)
-        return self.encoder(times, values, mask, schedule=schedule, visit=visit)
+        # only what is given: a user's encoder need not take either
+        options = {k: v for k, v in (("schedule", schedule), ("visit", visit)) if v is not None}
+        return self.encoder(times, values, mask, **options)
 
     def latent_paths(self, z0: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
         """Integrate ``z0 (S, B, L)`` from the first time to every ``times``: ``(S, B, T, L)``,

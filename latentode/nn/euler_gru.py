@@ -18,10 +18,11 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..solvers.precision import autocast_off, autocast_on, full, without_autocast
+from ..solvers.precision import float32_under_autocast, without_autocast
 from .layers import tanh_mlp
 
 
+@float32_under_autocast("projected")  # mixed precision: the walk in float32 (solvers.precision)
 def euler_gru_scan(
     projected: torch.Tensor,
     updates: torch.Tensor,
@@ -41,10 +42,6 @@ def euler_gru_scan(
         weight_hh, bias_hh: the GRU's hidden-to-hidden weights ``(3H, H)`` and bias ``(3H,)``.
         field: ``(weight, bias)`` of the vector field's linear layers, first to last.
     """
-    if autocast_on(projected.device.type):  # mixed precision: the walk in float32 (.precision)
-        with autocast_off(projected.device.type):
-            return euler_gru_scan(full(projected), updates, gaps, steps, weight_hh, bias_hh,
-                                  field)
     flat = [p for layer in field for p in layer]
     return _EulerGRUScan.apply(projected, updates, gaps, steps, weight_hh, bias_hh, *flat)
 

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ..solvers.precision import autocast_off, autocast_on, full, without_autocast
+from ..solvers.precision import float32_under_autocast, without_autocast
 from .layers import is_tanh_mlp, linear_pairs, tanh_mlp, tanh_mlp_backward
 
 _ops = torch.ops.aten
@@ -55,6 +55,7 @@ def supports(cell: nn.Module, field: nn.Module) -> bool:
                    cell.new)
 
 
+@float32_under_autocast("x")  # mixed precision: the walk in float32 (solvers.precision)
 def mean_std_walk(
     times: torch.Tensor, x: torch.Tensor, seen: torch.Tensor, cell: nn.Module,
     field: nn.Module, hidden: int, static: bool = True, forward: bool = False,
@@ -70,10 +71,6 @@ def mean_std_walk(
     Euler step. ``static=False`` (eager use) skips points nobody observes and zero gaps, asking
     the device once which they are; ``static=True`` visits every point, as a CUDA graph needs.
     """
-    if autocast_on(x.device.type):  # mixed precision: the walk in float32 (solvers.precision)
-        with autocast_off(x.device.type):
-            return mean_std_walk(times, full(x), seen, cell, field, hidden, static, forward,
-                                 emit)
     (u1, _, u2), (r1, _, r2) = cell.update[0], cell.reset[0]
     n1, _, n2 = cell.new
     state = 2 * hidden

@@ -10,7 +10,7 @@ from torch import nn
 
 from .adjoint import AdjointSolve
 from .checkpoint import CheckpointSolve
-from .precision import autocast_off, autocast_on, full
+from .precision import float32_under_autocast
 from .problem import Problem
 from .stats import SolverStats
 from .tableaus import TABLEAUS, ButcherTableau
@@ -21,6 +21,7 @@ FIXED_METHODS = tuple(name for name, tab in TABLEAUS.items() if not tab.adaptive
 ADAPTIVE_METHODS = tuple(name for name, tab in TABLEAUS.items() if tab.adaptive)
 
 
+@float32_under_autocast("y0")  # mixed precision: the solve in float32 (see .precision)
 def odeint(
     func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     y0: torch.Tensor,
@@ -104,14 +105,6 @@ def odeint(
         raise ValueError(f"y0 must be a floating-point tensor, got {got}.{hint}")
     if y0.dim() == 0:
         raise ValueError("y0 must have at least one dimension: shape (..., d).")
-    if autocast_on(y0.device.type):  # mixed precision: the solve in float32 (see .precision)
-        with autocast_off(y0.device.type):
-            return odeint(
-                func, full(y0), t, method, rtol, atol, gradient, step_size, max_steps,
-                first_step=first_step, adjoint_params=adjoint_params, adjoint_rtol=adjoint_rtol,
-                adjoint_atol=adjoint_atol, adjoint_seminorm=adjoint_seminorm,
-                adjoint_fold_jumps=adjoint_fold_jumps, adjoint_method=adjoint_method,
-                stats=stats)
     if not rtol > 0 or not atol >= 0:
         raise ValueError(f"rtol must be > 0 and atol >= 0, got rtol={rtol}, atol={atol}.")
     if max_steps < 1:

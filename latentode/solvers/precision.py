@@ -12,6 +12,7 @@ the forward computed even when ``backward()`` is called inside an autocast regio
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -45,6 +46,30 @@ def autocast_off(*device_types: str) -> Iterator[None]:
 def full(x: torch.Tensor) -> torch.Tensor:
     """``x`` in float32 if it is half precision (an autocast output), else unchanged."""
     return x.float() if x.dtype in HALF else x
+
+
+def float32_under_autocast(arg: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Run the decorated function with autocast off and its tensor argument ``arg`` (the state)
+    in float32 when autocast is active for that tensor's device; else call it as it is."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if not any(autocast_on(d) for d in _DEVICE_TYPES):  # the common case: one check
+                return fn(*args, **kwargs)
+            bound = signature.bind(*args, **kwargs)
+            x = bound.arguments.get(arg)
+            if not isinstance(x, torch.Tensor) or not autocast_on(x.device.type):
+                return fn(*args, **kwargs)
+            bound.arguments[arg] = full(x)
+            with autocast_off(x.device.type):
+                return fn(*bound.args, **bound.kwargs)
+
+        return wrapped
+
+    return decorate
 
 
 def without_autocast(backward: Callable[..., Any]) -> Callable[..., Any]:
