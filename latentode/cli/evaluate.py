@@ -73,6 +73,7 @@ from latentode.forecast.calibration import (
     calibrate_noise,
     calibration_batches,
     forecast_coverage_breakdown,
+    format_obs_std,
     lead_task,
     model_obs_std,
     predictive_coverage,
@@ -212,7 +213,8 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
         print(format_metrics(table, "forecast coverage per channel and per lead (model time "
                                     "units past the channel's last observation)"), flush=True)
     print(format_metrics(values, f"posterior predictive coverage ({samples} samples; noise: "
-                                 f"{mode}, and obs_std={obs:g} for _model_noise; _forecast: "
+                                 f"{mode}, and obs_std={format_obs_std(obs)} for _model_noise; "
+                                 "_forecast: "
                                  "test series cut at 20-80%, the rest forecast)"), flush=True)
     if calibration is not None:
         channels = list(datamodule.dataset.channels)

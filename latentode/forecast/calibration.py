@@ -2,11 +2,11 @@
 estimated per channel on held-out residuals.
 
 The latent ODE is trained with a Gaussian likelihood of a *fixed* ``obs_std`` (``model.obs_std``,
-0.01 in standardised units by default). That number shapes training; it is not an estimate of how
-far observations lie from the model's predictions. Intervals built from "sample paths plus
-N(0, obs_std^2)" are then far too narrow whenever the model's errors are larger (the quick
-start's 40-epoch model: errors ~0.14, and only about a third of held-out points inside the 90%
-intervals).
+0.01 in standardised units by default, or one per channel). That number shapes training; it is
+not an estimate of how far observations lie from the model's predictions. Intervals built from
+"sample paths plus N(0, obs_std^2)" are then far too narrow whenever the model's errors are
+larger (the quick start's 40-epoch model: errors ~0.14, and only about a third of held-out
+points inside the 90% intervals).
 
 The standard remedy is to calibrate the noise post hoc on residuals of points the model was not
 trained to reproduce. An observation ``y`` at a point is predicted as
@@ -22,7 +22,8 @@ variance of the sampled paths at the point, moment matching gives per channel
 
     sigma_c^2 = max(0, mean(r^2) - mean(s^2))      (means over the channel's held-out points)
 
-and the predictive noise is ``max(model.obs_std, sigma_c)``: never below the model's own noise.
+and the predictive noise is ``max(model.obs_std, sigma_c)``: never below the model's own noise
+(per channel when the model has one per channel).
 ``r^2`` is not centred, so a systematic bias widens the noise too (the intervals must cover it).
 A channel without any such point gets the estimate pooled over all channels (standardised units
 make them comparable). Everything is in the model's units (standardised when the data module
@@ -78,9 +79,31 @@ HISTORY_FACTOR_RANGE = (0.25, 16.0)  # bounds of that factor on the variance
 CALIBRATION_MAX_SERIES = 1000  # series of a split used for calibration (first ones, stored order)
 
 
-def model_obs_std(model: Any) -> float:
-    """The model's fixed observation noise (0 for a model without one)."""
-    return float(getattr(model, "obs_std", 0.0) or 0.0)
+def model_obs_std(model: Any) -> float | list[float]:
+    """The model's observation noise: a float (0 for a model without one), or a list when the
+    model has one per channel."""
+    value = getattr(model, "obs_std", 0.0)
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().double().numpy()
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [float(v) for v in np.ravel(np.asarray(value, dtype=np.float64))]
+    return float(value or 0.0)
+
+
+def obs_std_array(obs: float | list[float], channels: int) -> np.ndarray:
+    """:func:`model_obs_std`'s value as ``(channels,)`` float64."""
+    array = np.asarray(obs, dtype=np.float64)
+    if array.ndim and array.shape != (channels,):
+        raise ValueError(f"the model's obs_std has {array.size} channel(s), the data "
+                         f"{channels}.")
+    return np.broadcast_to(array, (channels,)).copy()
+
+
+def format_obs_std(obs: float | list[float]) -> str:
+    """``obs_std`` for a log line: ``0.01``, or ``[0.01, 0.05]`` per channel."""
+    if isinstance(obs, list):
+        return "[" + ", ".join(f"{v:.4g}" for v in obs) + "]"
+    return f"{obs:g}"
 
 
 @dataclass
@@ -89,7 +112,7 @@ class NoiseCalibration:
 
     Attributes:
         std: the predictive noise std per channel, ``max(obs_std, sigma_c)``.
-        obs_std: the model's fixed observation noise (the floor).
+        obs_std: the model's observation noise (the floor): one value, or one per channel.
         residual_rms: ``sqrt(mean r^2)`` per channel (residual of the posterior-mean prediction).
         path_std: ``sqrt(mean s^2)`` per channel (spread of the sampled paths).
         count: points per channel behind the estimate.
@@ -108,7 +131,7 @@ class NoiseCalibration:
     """
 
     std: list[float]
-    obs_std: float
+    obs_std: float | list[float]
     residual_rms: list[float] = field(default_factory=list)
     path_std: list[float] = field(default_factory=list)
     count: list[int] = field(default_factory=list)
@@ -356,26 +379,28 @@ def calibrate_noise(
         dims = getattr(model, "input_dim", None)
         if dims is None:
             raise ValueError("calibrate_noise got no batches to calibrate on.")
-        log.warning("calibrate_noise: no batches; the predictive noise stays obs_std=%g", obs)
-        return NoiseCalibration(std=[obs] * int(dims), obs_std=obs, points="none", split=split,
-                                n_samples=int(n_samples), seed=int(seed))
+        log.warning("calibrate_noise: no batches; the predictive noise stays obs_std=%s",
+                    format_obs_std(obs))
+        return NoiseCalibration(std=obs_std_array(obs, int(dims)).tolist(), obs_std=obs,
+                                points="none", split=split, n_samples=int(n_samples),
+                                seed=int(seed))
     points = next((name for name in ("heldout", "heldout_any_lead") if sums[name][2].sum() > 0),
                   "targets")
     sq_sum, var_sum, count = sums[points]
     dims = len(count)
     if count.sum() == 0:
-        log.warning("calibrate_noise: no target points; the predictive noise stays obs_std=%g",
-                    obs)
-        return NoiseCalibration(std=[obs] * dims, obs_std=obs, points="none", split=split,
-                                n_samples=int(n_samples), seed=int(seed),
-                                count=[0] * dims)
+        log.warning("calibrate_noise: no target points; the predictive noise stays obs_std=%s",
+                    format_obs_std(obs))
+        return NoiseCalibration(std=obs_std_array(obs, dims).tolist(), obs_std=obs,
+                                points="none", split=split, n_samples=int(n_samples),
+                                seed=int(seed), count=[0] * dims)
     pooled_sq, pooled_var = sq_sum.sum() / count.sum(), var_sum.sum() / count.sum()
     has = count > 0
     safe = np.maximum(count, 1)
     mean_sq = np.where(has, sq_sum / safe, pooled_sq)
     mean_var = np.where(has, var_sum / safe, pooled_var)
     noise = np.sqrt(np.maximum(mean_sq - mean_var, 0.0))
-    std = np.maximum(noise, obs)
+    std = np.maximum(noise, obs_std_array(obs, dims))
     return NoiseCalibration(
         std=[float(v) for v in std], obs_std=obs,
         residual_rms=[float(v) for v in np.sqrt(mean_sq)],
@@ -620,5 +645,5 @@ def forecast_coverage_breakdown(
 
 
 __all__ = ["CALIBRATION_MAX_SERIES", "NoiseCalibration", "calibrate_lead", "calibrate_noise",
-           "calibration_batches", "forecast_coverage_breakdown", "lead_task", "model_obs_std",
-           "predictive_coverage"]
+           "calibration_batches", "forecast_coverage_breakdown", "format_obs_std", "lead_task",
+           "model_obs_std", "obs_std_array", "predictive_coverage"]

@@ -94,8 +94,10 @@ from .calibration import (
     calibrate_lead,
     calibrate_noise,
     calibration_batches,
+    format_obs_std,
     lead_task,
     model_obs_std,
+    obs_std_array,
 )
 from .config import compose_train_config, override_list, prune_callbacks
 from .draw import Job, WalkGrid, batch_mode, batches, make_jobs, solve
@@ -575,7 +577,7 @@ class LatentODEForecaster:
                 raise ValueError(f"the calibration has {std.size} channel(s), the model "
                                  f"{spec.n_channels}.")
             return std
-        return np.full(spec.n_channels, model_obs_std(model))
+        return obs_std_array(model_obs_std(model), spec.n_channels)
 
     def noise_curve(self) -> pd.DataFrame:
         """The calibrated predictive noise over lead time, in the data's units: one row per
@@ -1013,8 +1015,8 @@ def _calibrate(model: nn.Module, datamodule: Any) -> NoiseCalibration:
     calibration = calibrate_noise(model, batches, CALIBRATION_SAMPLES, CALIBRATION_SEED,
                                   split=split)
     log.info("predictive noise calibrated on %s points of the %s split: std %s (model units; "
-             "obs_std %g)", calibration.points, split,
-             ", ".join(f"{v:.4g}" for v in calibration.std), calibration.obs_std)
+             "obs_std %s)", calibration.points, split,
+             ", ".join(f"{v:.4g}" for v in calibration.std), format_obs_std(calibration.obs_std))
     batches, _ = calibration_batches(datamodule, split, task=lead_task())
     calibration = calibrate_lead(model, batches, calibration, CALIBRATION_SAMPLES,
                                  CALIBRATION_SEED)

@@ -21,13 +21,14 @@ times); requested times after ``times[-1]`` are stepped through in order, with n
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from latentode.nn import RNNEncoder, mlp
+from latentode.nn import ObservationNoise, RNNEncoder, WithObservationNoise, mlp
 from latentode.nn.encoders import gru_cell
 from latentode.nn.graphs import Graphable, check_graph_solver
 from latentode.nn.layers import ODEFunc, is_single_euler_step
@@ -77,7 +78,7 @@ class _Series:
                    [True] * len(times) if static else seen.any(0).tolist())
 
 
-class _Recurrent(nn.Module):
+class _Recurrent(WithObservationNoise, nn.Module):
     """Walk the data times and the requested times; subclasses say how the state moves.
 
     ``advance(h, t_from, t_to)`` gives the states at the times ``t_to (P,)`` before any update
@@ -85,7 +86,7 @@ class _Recurrent(nn.Module):
     time, ``coast`` what happens at a requested time after the last data time.
     """
 
-    obs_std: float
+    noise: ObservationNoise
     out: nn.Module
 
     def readout(self, h: torch.Tensor) -> torch.Tensor:
@@ -152,8 +153,8 @@ class _Recurrent(nn.Module):
         out = self.predict(times, values, encoder_mask, target_mask, n_samples)
         samples = (None if out.z0 is None
                    else sample_kl(out.z0, out.z0_mean, out.z0_std))
-        return iwae_terms(values, out.pred, target_mask, self.obs_std, self.kl(out), kl_weight,
-                          getattr(self, "objective", "iwae"), samples)
+        return iwae_terms(values, out.pred, target_mask, self.noise(values), self.kl(out),
+                          kl_weight, getattr(self, "objective", "iwae"), samples)
 
     def predict(
         self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
@@ -209,7 +210,8 @@ class ODERNN(Graphable, _Deterministic):
         ode_units, ode_layers: the vector field's MLP.
         gru_units: MLP-gated GRU with this many units (paper code: 100); None: ``nn.GRUCell``.
         dec_units, dec_layers: decoder (paper code: one hidden layer of 100; 0: linear).
-        obs_std: fixed observation noise of the Gaussian likelihood.
+        obs_std: fixed observation noise std of the Gaussian likelihood: one, or one per
+            channel (:class:`~latentode.nn.ObservationNoise`).
         n_samples: unused (deterministic); kept for the common interface.
         solver: ``odeint`` options between time points; default one Euler step per gap, as
             the paper code and :class:`~latentode.nn.ODERNNEncoder`.
@@ -225,8 +227,8 @@ class ODERNN(Graphable, _Deterministic):
     def __init__(
         self, input_dim: int, latents: int = 20, ode_units: int = 100, ode_layers: int = 1,
         gru_units: int | None = None, dec_units: int = 100, dec_layers: int = 1,
-        obs_std: float = 0.01, n_samples: int = 1, solver: dict[str, Any] | None = None,
-        std_state: bool = False, cuda_graph: bool = False,
+        obs_std: float | Sequence[float] = 0.01, n_samples: int = 1,
+        solver: dict[str, Any] | None = None, std_state: bool = False, cuda_graph: bool = False,
     ):
         super().__init__()
         self.input_dim, self.latents, self.std_state = input_dim, latents, std_state
@@ -234,7 +236,8 @@ class ODERNN(Graphable, _Deterministic):
         self.ode = ODEFunc(latents, ode_units, ode_layers)
         self.cell = gru_cell(2 * input_dim, latents, gru_units, std_state)
         self.out = decoder(latents, input_dim, dec_units, dec_layers)
-        self.obs_std, self.n_samples = obs_std, n_samples
+        self.noise = ObservationNoise(input_dim, obs_std)
+        self.n_samples = n_samples
         self.solver = {"method": "euler", **(solver or {})}
         if cuda_graph:
             check_graph_solver(self.solver)
@@ -332,21 +335,23 @@ class GRUDT(_Deterministic):
         latents: GRU state size (the paper's ``--latents``).
         gru_units: MLP-gated GRU with this many units; None: ``nn.GRUCell`` (paper code).
         dec_units, dec_layers: decoder (paper code: one hidden layer of 100; 0: linear).
-        obs_std: fixed observation noise of the Gaussian likelihood.
+        obs_std: fixed observation noise std of the Gaussian likelihood: one, or one per
+            channel (:class:`~latentode.nn.ObservationNoise`).
         n_samples: unused (deterministic); kept for the common interface.
         solver: unused (no ODE); kept for the common interface.
     """
 
     def __init__(
         self, input_dim: int, latents: int = 20, gru_units: int | None = None,
-        dec_units: int = 100, dec_layers: int = 1, obs_std: float = 0.01, n_samples: int = 1,
-        solver: dict[str, Any] | None = None,
+        dec_units: int = 100, dec_layers: int = 1, obs_std: float | Sequence[float] = 0.01,
+        n_samples: int = 1, solver: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.input_dim, self.latents, self.state_dim = input_dim, latents, latents
         self.cell = gru_cell(2 * input_dim + 1, latents, gru_units)
         self.out = decoder(latents, input_dim, dec_units, dec_layers)
-        self.obs_std, self.n_samples = obs_std, n_samples
+        self.noise = ObservationNoise(input_dim, obs_std)
+        self.n_samples = n_samples
 
     def advance(self, h: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
         return h.expand(len(t_to), *h.shape)
@@ -395,7 +400,8 @@ class RNNVAE(_Recurrent):
         hidden: decoder GRU state size.
         gru_units: MLP-gated GRUs with this many units; None: ``nn.GRUCell`` (paper code).
         dec_units, dec_layers: output map (paper code: one hidden layer of 100; 0: linear).
-        obs_std: fixed observation noise of the Gaussian likelihood.
+        obs_std: fixed observation noise std of the Gaussian likelihood: one, or one per
+            channel (:class:`~latentode.nn.ObservationNoise`).
         n_samples: posterior samples for the bound.
         solver: unused (no ODE); kept for the common interface.
         objective: ``elbo``, ``iwae`` or ``batch_iwae``, as for :class:`LatentODE`.
@@ -410,7 +416,7 @@ class RNNVAE(_Recurrent):
     def __init__(
         self, input_dim: int, latents: int = 10, enc_hidden: int = 20, z0_units: int = 100,
         hidden: int = 20, gru_units: int | None = None, dec_units: int = 100,
-        dec_layers: int = 1, obs_std: float = 0.01, n_samples: int = 3,
+        dec_layers: int = 1, obs_std: float | Sequence[float] = 0.01, n_samples: int = 3,
         solver: dict[str, Any] | None = None, objective: str = "iwae", z0_at: str = "start",
         lead_gap: bool = True,
     ):
@@ -425,7 +431,8 @@ class RNNVAE(_Recurrent):
         self.init = nn.Linear(latents, hidden)
         self.cell = gru_cell(input_dim + 1, hidden, gru_units)
         self.out = decoder(hidden, input_dim, dec_units, dec_layers)
-        self.obs_std, self.n_samples = obs_std, n_samples
+        self.noise = ObservationNoise(input_dim, obs_std)
+        self.n_samples = n_samples
 
     def advance(self, h: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
         """One GRU step from ``h`` to each of ``t_to`` with the prediction at ``t_from``."""

@@ -3,7 +3,8 @@
 A plain ``nn.Module`` (no Lightning): it reads the observations the encoder may see, samples
 ``z0`` (reparameterised, ``n_samples`` of them), integrates the generative vector field with
 ``latentode.solvers`` to every requested time, and decodes to data space. The loss is the negative
-importance-weighted ELBO with a masked Gaussian likelihood of fixed ``obs_std``, normalised as in
+importance-weighted ELBO with a masked Gaussian likelihood of fixed ``obs_std`` (one, or one per
+channel), normalised as in
 the paper's code (log-density averaged over each channel's observed targets, then over channels;
 KL averaged over latent dimensions) so that its hyper-parameters carry over.
 """
@@ -11,13 +12,14 @@ KL averaged over latent dimensions) so that its hyper-parameters carry over.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from latentode.nn import ODEFunc, ODERNNEncoder, mlp
+from latentode.nn import ObservationNoise, ODEFunc, ODERNNEncoder, WithObservationNoise, mlp
 from latentode.solvers import SolverStats, odeint
 
 from .inputs import check_decoded, checked_batch, checked_posterior, checked_pred_times
@@ -37,10 +39,11 @@ class LatentODEOutput:
 
 
 def masked_gaussian_loglik(
-    values: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, obs_std: float
+    values: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, obs_std: float | torch.Tensor
 ) -> torch.Tensor:
     """Per-sample, per-series log-density ``(S, B)``: mean over each channel's observed points,
-    then over the channels that have any (the paper's normalisation)."""
+    then over the channels that have any (the paper's normalisation). ``obs_std``: one std, or
+    one per channel ``(D,)``."""
     if pred.shape[-1] != values.shape[-1] or pred.shape[-3:] != values.shape[-3:]:
         raise ValueError(f"pred {tuple(pred.shape)} must end with the values' shape "
                          f"{tuple(values.shape)} (samples, batch, T, channels): one prediction "
@@ -48,7 +51,8 @@ def masked_gaussian_loglik(
     # unobserved entries may hold anything finite (a filler of 1e20 overflowed to inf * 0 = NaN)
     z = torch.where(mask, values - pred, 0.0) / obs_std
     mask = mask.to(pred.dtype)
-    logp = -0.5 * z.square() - math.log(obs_std) - 0.5 * math.log(2 * math.pi)
+    log_std = obs_std.log() if torch.is_tensor(obs_std) else math.log(obs_std)
+    logp = -0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)
     per_channel_sum = (logp * mask).sum(-2)  # (S, B, D)
     count = mask.sum(-2)  # (B, D)
     has = count > 0
@@ -167,9 +171,9 @@ def sample_bound(elbo: torch.Tensor, objective: str = "iwae") -> torch.Tensor:
 
 
 def iwae_terms(
-    values: torch.Tensor, pred: torch.Tensor, target_mask: torch.Tensor, obs_std: float,
-    kl: torch.Tensor, kl_weight: float = 1.0, objective: str = "iwae",
-    kl_samples: torch.Tensor | None = None,
+    values: torch.Tensor, pred: torch.Tensor, target_mask: torch.Tensor,
+    obs_std: float | torch.Tensor, kl: torch.Tensor, kl_weight: float = 1.0,
+    objective: str = "iwae", kl_samples: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The loss terms of :meth:`LatentODE.loss` and the baselines from ``pred (S, B, T, D)``
     and a per-series ``kl (B,)``; ``objective`` combines the samples as :func:`sample_bound`,
@@ -213,7 +217,7 @@ def predict_at_targets(
     return out
 
 
-class LatentODE(nn.Module):
+class LatentODE(WithObservationNoise, nn.Module):
     """Latent ODE with an ODE-RNN (default) or RNN recognition network.
 
     Args:
@@ -223,7 +227,8 @@ class LatentODE(nn.Module):
             ``(times, values, mask)`` to ``(mean, std)`` of ``q(z0)``; default an ODE-RNN.
         gen_units, gen_layers: the generative vector field's MLP.
         dec_units, dec_layers: decoder MLP (``dec_layers=0``: linear, as in the paper).
-        obs_std: fixed observation noise of the Gaussian likelihood.
+        obs_std: fixed observation noise std of the Gaussian likelihood: one, or one per
+            channel (:class:`~latentode.nn.ObservationNoise`).
         n_samples: posterior samples per series in the loss (and by default in ``forward``).
         solver: ``odeint`` options for the generative ODE (method, rtol, atol, gradient, ...).
         objective: how posterior samples combine (:func:`sample_bound`): ``elbo`` (the mean
@@ -260,7 +265,7 @@ class LatentODE(nn.Module):
         gen_layers: int = 1,
         dec_units: int = 100,
         dec_layers: int = 0,
-        obs_std: float = 0.01,
+        obs_std: float | Sequence[float] = 0.01,
         n_samples: int = 1,
         solver: dict[str, Any] | None = None,
         objective: str = "elbo",
@@ -316,7 +321,8 @@ class LatentODE(nn.Module):
             self.decoder = nn.Linear(latents, input_dim)
         else:
             self.decoder = mlp(latents, input_dim, dec_units, dec_layers)
-        self.obs_std, self.n_samples = obs_std, n_samples
+        self.noise = ObservationNoise(input_dim, obs_std)
+        self.n_samples = n_samples
         self.poisson, self.poisson_weight = poisson, poisson_weight
         self.rate = mlp(latents, input_dim, gen_units, 1) if poisson else None
         self.n_labels, self.label_type = n_labels, label_type
@@ -439,7 +445,7 @@ class LatentODE(nn.Module):
         out = self.predict(times, values, encoder_mask, target_mask, n_samples)
         kl = gaussian_kl(out.z0_mean, out.z0_std)  # (B,)
         samples = None if out.z0 is None else sample_kl(out.z0, out.z0_mean, out.z0_std)
-        result = iwae_terms(values, out.pred, target_mask, self.obs_std, kl, kl_weight,
+        result = iwae_terms(values, out.pred, target_mask, self.noise(values), kl, kl_weight,
                             self.objective, samples)
         loss = result.pop("loss")
         if out.log_rate is not None:

@@ -2,5 +2,7 @@
 
 from .encoders import ODERNNEncoder, RNNEncoder
 from .layers import ODEFunc, mlp
+from .noise import ObservationNoise, WithObservationNoise
 
-__all__ = ["ODEFunc", "ODERNNEncoder", "RNNEncoder", "mlp"]
+__all__ = ["ODEFunc", "ODERNNEncoder", "ObservationNoise", "RNNEncoder", "WithObservationNoise",
+           "mlp"]
