@@ -517,6 +517,35 @@ def test_second_backward_with_retained_graph_is_identical(mode):
     assert torch.equal(first, second)
 
 
+@pytest.mark.parametrize("mode", ["adjoint", "checkpoint"])
+def test_a_derivative_of_the_gradient_is_refused_not_zero(mode):
+    """Checkpoint and adjoint gradients are first derivatives only: a Hessian or a gradient
+    penalty through them came out exactly zero (silently). Now differentiating their gradient
+    raises with the way out, while create_graph=True that needs no second derivative of the
+    solve still gives backprop's gradient."""
+    field = MLPField()
+    y0 = make_y0()
+    match = rf"odeint\(gradient='{mode}'\) gives first derivatives only: .* Use gradient='backprop'"
+
+    def final(mode_: str):
+        return lambda y: odeint(field, y, T1, rtol=1e-8, atol=1e-8, gradient=mode_)[-1].sum()
+
+    hessian = torch.autograd.functional.hessian(final("backprop"), y0[0])
+    assert hessian.abs().max() > 1e-3  # what the two modes returned as zeros
+    with pytest.raises(RuntimeError, match=match):
+        torch.autograd.functional.hessian(final(mode), y0[0])
+    params = list(field.parameters())
+    grads = {}
+    for m in ("backprop", mode):
+        y = y0.clone().requires_grad_(True)
+        grads[m] = torch.autograd.grad(final(m)(y), [y, *params], create_graph=True)
+    torch.testing.assert_close(flat([g.detach() for g in grads[mode]]),
+                               flat([g.detach() for g in grads["backprop"]]), rtol=1e-6, atol=1e-9)
+    penalty = sum(g.square().sum() for g in grads[mode])
+    with pytest.raises(RuntimeError, match=match):
+        penalty.backward()
+
+
 # --------------------------------------------------------------------------------------------
 # 3. gradients reach y0 and every parameter
 # --------------------------------------------------------------------------------------------

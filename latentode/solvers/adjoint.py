@@ -61,6 +61,7 @@ import torch
 from .checkpoint import checkpoint_backward
 from .engine import integrate
 from .errors import SolverError
+from .first_order import first_order_only
 from .precision import without_autocast
 from .problem import Problem, refuse_hidden_leaves
 
@@ -680,7 +681,8 @@ class AdjointSolve(torch.autograd.Function):
     def forward(ctx, problem: Problem, y0: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         ctx.problem = problem
         ys = problem.solve(y0.detach())
-        ctx.save_for_backward(ys)
+        ctx.save_for_backward(ys, y0, *params)  # y0, params: for first_order_only
+        ctx.first_input = 1
         if problem.drew_random:
             warnings.warn(
                 "func draws random numbers (dropout? noise?): the adjoint's backward solve "
@@ -692,7 +694,8 @@ class AdjointSolve(torch.autograd.Function):
         return ys
 
     @staticmethod
+    @first_order_only("adjoint")
     @without_autocast
     def backward(ctx, grad_ys: torch.Tensor) -> tuple:
-        (ys,) = ctx.saved_tensors
+        ys = ctx.saved_tensors[0]
         return (None, *adjoint_backward(ctx.problem, grad_ys, ys))

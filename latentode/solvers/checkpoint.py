@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from .first_order import first_order_only
 from .precision import without_autocast
 from .problem import Problem, refuse_hidden_leaves
 from .rng import RngTape, State
@@ -108,9 +109,12 @@ class CheckpointSolve(torch.autograd.Function):
         steps: list = []
         ys = problem.solve(y0.detach(), record=steps)
         ctx.problem, ctx.steps = problem, steps
+        ctx.save_for_backward(y0, *params)  # for first_order_only
+        ctx.first_input = 0
         return ys
 
     @staticmethod
+    @first_order_only("checkpoint")
     @without_autocast
     def backward(ctx, grad_ys: torch.Tensor) -> tuple:
         return (None, *checkpoint_backward(ctx.problem, ctx.steps, grad_ys))
