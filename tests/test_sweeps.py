@@ -326,3 +326,113 @@ def test_a_resumed_sweep_reports_only_its_own_failures(tmp_path):
     with open(tmp_path / "summary.csv") as f:
         assert [r["status"] for r in csv.DictReader(f)] == ["completed", "failed", "completed",
                                                             "completed"]
+
+
+# -- job numbering in a sweep dir that already holds jobs ---------------------------------------
+
+def fake_finished_run(run: Path, overrides: list[str], test_mse: float, val_mse: float) -> None:
+    """A run dir as a finished ``latentode-train`` leaves it, without a sweep's record."""
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (run / "metrics.csv").write_text(f"epoch,step,train/loss,val/mse\n0,1,2.0,\n0,1,,{val_mse}\n")
+    (run / "test_metrics.json").write_text(json.dumps({"metrics": {"test/mse": test_mse}}))
+
+
+def test_new_jobs_are_numbered_after_every_job_dir_recorded_or_not(tmp_path):
+    """Jobs were numbered after the recorded ones only: a job interrupted (no record), then
+    resumed in place with hydra.run.dir=SWEEP/1, was written over by the next job added."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra.types import RunMode
+
+    from latentode.cli.sweep import SweepSummary, job_number, job_offset, write_job_record
+
+    sweep = tmp_path / "sweep"
+
+    def cfg(num: int, sweeper: dict | None = None):
+        return OmegaConf.create({"hydra": {
+            "mode": RunMode.MULTIRUN, "sweep": {"dir": str(sweep)}, "sweeper": sweeper or {},
+            "runtime": {"output_dir": str(sweep / str(job_number(str(sweep), num)))},
+            "job": {"num": num}}})
+
+    first = SweepSummary()
+    first.on_multirun_start(cfg(0))
+    (sweep / "0").mkdir()
+    first.on_job_start(cfg(0))
+    write_job_record(sweep / "0", "completed", metrics={"val/mse": 0.5, "test/mse": 0.6})
+    first.on_job_end(cfg(0), JobReturn(overrides=["model.latents=4"], status=JobStatus.COMPLETED))
+    # job 1 was killed before its record, then resumed in place and finished there
+    fake_finished_run(sweep / "1", ["model.latents=8", "ckpt_path=last"], 0.25, 0.125)
+    (sweep / "2").mkdir()  # interrupted and left so: no finished run
+    (sweep / "3").write_text("")  # any entry named by a job number takes that number
+    for other in ("-7", "9x", "10.5", "notes"):
+        (sweep / other).mkdir()
+
+    again = SweepSummary()
+    again.on_multirun_start(cfg(0))
+    assert job_offset(sweep) == 4 and job_number(str(sweep), 1) == 5
+    assert OmegaConf.create({"d": str(sweep), "s": "${latentode.job_num:${d},0}"}).s == "4"
+    (sweep / "4").mkdir()
+    again.on_job_start(cfg(0))
+    write_job_record(sweep / "4", "completed", metrics={"val/mse": 0.3, "test/mse": 0.4})
+    again.on_job_end(cfg(0), JobReturn(overrides=["model.latents=16"],
+                                       status=JobStatus.COMPLETED))
+    again.on_multirun_end(cfg(0))
+
+    rows = summary(sweep)  # job 1's finished run is listed; job 2 (no run) and file 3 are not
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "completed"), ("1", "unrecorded"),
+                                                       ("4", "completed")]
+    assert [r["model.latents"] for r in rows] == ["4", "8", "16"]
+    resumed = rows[1]
+    assert float(resumed["test/mse"]) == 0.25 and float(resumed["val/mse"]) == 0.125
+    assert resumed["output_dir"] == str(sweep / "1") and resumed["wall_time_s"] == ""
+    assert resumed["overrides"] == "model.latents=8 ckpt_path=last"
+
+
+def test_optuna_jobs_are_numbered_after_job_dirs_and_trials(tmp_path):
+    """The Optuna sweeper's calls number their jobs the same way: after the study's trials, and
+    after job dirs the study does not know (a grid sweep run into the same dir)."""
+    optuna = pytest.importorskip("optuna")
+    from latentode.cli.sweep import SweepSummary, job_offset
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    url = f"sqlite:///{sweep / 'optuna.db'}"
+    sweeper = {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+               "storage": url, "study_name": "train"}
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}, "sweeper": sweeper}})
+    study = optuna.create_study(study_name="train", storage=url)
+    study.ask()
+    study.ask()  # trials 0 and 1, still running (a search that was killed)
+    (sweep / "0").mkdir()
+    SweepSummary().on_multirun_start(config)
+    assert job_offset(sweep) == 2  # trial k is job k
+    (sweep / "2").mkdir()
+    (sweep / "3").mkdir()
+    SweepSummary().on_multirun_start(config)
+    assert job_offset(sweep) == 4  # no job dir is written twice
+
+
+def test_a_job_resumed_in_place_is_not_written_over_by_jobs_added_later(tmp_path):
+    """The reviewer's case with the real command: a sweep's job 1 resumed in place, then a job
+    added to the sweep dir, which went into 1/ over the finished run."""
+    sweep = tmp_path / "sweep"
+    result = latentode_train(["-m", "model.latents=3", *SHORT, f"hydra.sweep.dir={sweep}"],
+                             tmp_path)
+    assert result.returncode == 0, show(result)
+    result = latentode_train(["model.latents=4", *SHORT, "ckpt_path=last",
+                              f"hydra.run.dir={sweep / '1'}"], tmp_path)
+    assert result.returncode == 0, show(result)
+    resumed = (sweep / "1" / "test_metrics.json").read_text()
+    result = latentode_train(["-m", "model.latents=5", *SHORT, f"hydra.sweep.dir={sweep}"],
+                             tmp_path)
+    assert result.returncode == 0, show(result)
+    assert "new jobs are numbered from 2" in result.stdout + result.stderr
+    assert (sweep / "1" / "test_metrics.json").read_text() == resumed
+    assert not (sweep / "1" / "metrics.1.csv").exists()
+    assert "model.latents=5" in (sweep / "2" / ".hydra" / "overrides.yaml").read_text()
+    rows = summary(sweep)
+    assert [(r["job"], r["status"], r["model.latents"]) for r in rows] == [
+        ("0", "completed", "3"), ("1", "unrecorded", "4"), ("2", "completed", "5")]
+    tested = json.loads(resumed)["metrics"]["test/mse"]
+    assert float(rows[1]["test/mse"]) == pytest.approx(tested)
+    assert float(rows[1]["val/mse"]) > 0

@@ -8,11 +8,17 @@ Every job of a sweep runs in ``<sweep dir>/<job>/``. :class:`SweepSummary`, a Hy
 ``<sweep dir>/.sweep/jobs/<job>.json`` and rewrites ``<sweep dir>/summary.csv`` from all records,
 so a sweep that is stopped still has its table. One row per job: job number, status
 (``completed``/``failed``), wall time, one column per override, the validation and test metrics,
-the error of a failed job, the overrides as typed and the run directory.
+the error of a failed job, the overrides as typed and the run directory. A numbered job dir that
+holds a finished run but no record (a job interrupted, then resumed in place with
+``hydra.run.dir=<sweep dir>/<job>``) is listed too, with status ``unrecorded``, its metrics read
+from the run dir and no wall time.
 
 A sweep rerun into an existing sweep dir (``hydra.sweep.dir=...``, e.g. to resume an Optuna
-search) numbers its jobs on from the last one, so no run directory is written twice; for an
-Optuna search job ``k`` is then trial ``k`` of the study.
+search, or to add jobs) numbers its jobs on after every job already there: after the highest
+job number among the records, the entries of the sweep dir named by a number (job dirs of
+interrupted or resumed jobs, which have no record) and the trials of an Optuna study, so no run
+directory is written twice. For an Optuna search job ``k`` is then trial ``k`` of the study, as
+long as the sweep dir holds no other jobs than the study's.
 
 Nothing here imports optuna at module level: the callback is loaded by every latentode-train run.
 """
@@ -71,12 +77,34 @@ if not OmegaConf.has_resolver(RESOLVER):
     OmegaConf.register_new_resolver(RESOLVER, lambda d, n: str(job_number(d, n)))
 
 
+def _job_of(name: str) -> int | None:
+    """The job number a name stands for (``"3"``); None for other names (``"-1"``, ``".sweep"``)."""
+    return int(name) if name.isascii() and name.isdigit() else None
+
+
 def _recorded_jobs(sweep_dir: Path) -> list[int]:
-    jobs = []
-    for path in (sweep_dir / STATE / "jobs").glob("*.json"):
-        with contextlib.suppress(ValueError):
-            jobs.append(int(path.stem))
-    return jobs
+    """Jobs with a record in ``<sweep dir>/.sweep/jobs/``."""
+    jobs = [_job_of(path.stem) for path in (sweep_dir / STATE / "jobs").glob("*.json")]
+    return [job for job in jobs if job is not None]
+
+
+def _job_entries(sweep_dir: Path) -> dict[int, Path]:
+    """Entries of the sweep dir named by a non-negative number (job dirs, or anything else that
+    would stand in a job dir's way), recorded or not: an interrupted job and a job resumed in
+    place (``hydra.run.dir=<sweep dir>/<job>``) leave a job dir but no record."""
+    try:
+        entries = list(sweep_dir.iterdir())
+    except OSError:
+        return {}
+    return {job: path for path in entries if (job := _job_of(path.name)) is not None}
+
+
+def next_job(sweep_dir: str | Path, study_trials: int = 0) -> int:
+    """The first free job number of a sweep dir: after every recorded job, every numbered entry
+    of the sweep dir and ``study_trials`` (the trials of an Optuna study stored there)."""
+    sweep_dir = Path(sweep_dir)
+    taken = [*_recorded_jobs(sweep_dir), *_job_entries(sweep_dir)]
+    return max([*[job + 1 for job in taken], study_trials, 0])
 
 
 def _study_trials(config: DictConfig) -> int:
@@ -169,8 +197,52 @@ def _override_columns(overrides: list[str]) -> dict[str, str]:
     return columns
 
 
+def _last_values(metrics_csv: Path, prefix: str) -> dict[str, float]:
+    """The last value logged of each ``prefix`` column of a run's ``metrics.csv``."""
+    values: dict[str, float] = {}
+    with contextlib.suppress(OSError), open(metrics_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key and key.startswith(prefix) and value not in ("", None):
+                    with contextlib.suppress(ValueError):
+                        values[key] = float(value)
+    return values
+
+
+def _unrecorded_row(job: int, run_dir: Path) -> dict[str, Any] | None:
+    """A summary row for a job dir without a record that holds a finished run (its
+    ``test_metrics.json`` or ``job_status.json``), e.g. a job interrupted and then resumed in
+    place; None for any other dir (a job still running, one interrupted and left so)."""
+    tested, status_file = run_dir / "test_metrics.json", run_dir / JOB_RECORD
+    if not (tested.is_file() or status_file.is_file()):
+        return None
+    metrics: dict[str, Any] = _last_values(run_dir / "metrics.csv", "val/")
+    error = ""
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        record = json.loads(status_file.read_text())
+        metrics.update(record.get("metrics") or {})
+        error = str(record.get("error") or "")
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        metrics.update(json.loads(tested.read_text()).get("metrics") or {})
+    overrides: list[str] = []
+    with contextlib.suppress(Exception):  # the run's own command line, as Hydra saved it
+        overrides = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
+    return {
+        "job": job,
+        "status": "unrecorded",
+        "wall_time_s": "",
+        "override_columns": _override_columns(overrides),
+        "metrics": {k: v for k, v in metrics.items() if k.startswith(METRIC_PREFIXES)},
+        "error": error,
+        "overrides": " ".join(overrides),
+        "output_dir": str(run_dir),
+    }
+
+
 def refresh_summary(sweep_dir: str | Path) -> Path:
-    """Rewrite ``<sweep dir>/summary.csv`` from the job records (one row per job, by number)."""
+    """Rewrite ``<sweep dir>/summary.csv`` from the job records (one row per job, by number),
+    with a row (status ``unrecorded``) for each job dir that holds a finished run but no
+    record."""
     sweep_dir = Path(sweep_dir)
     path = sweep_dir / SUMMARY
     with _locked(sweep_dir / STATE / "lock"):
@@ -178,6 +250,12 @@ def refresh_summary(sweep_dir: str | Path) -> Path:
         for record in (sweep_dir / STATE / "jobs").glob("*.json"):
             with contextlib.suppress(OSError, ValueError):
                 rows.append(json.loads(record.read_text()))
+        recorded = {str(row.get("job")) for row in rows}
+        for job, run_dir in _job_entries(sweep_dir).items():
+            if str(job) not in recorded and run_dir.is_dir():
+                row = _unrecorded_row(job, run_dir)
+                if row is not None:
+                    rows.append(row)
         rows.sort(key=lambda r: int(r.get("job", 0)))
         overrides: list[str] = []
         metrics: list[str] = []
@@ -230,13 +308,13 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)  # before the sweeper opens optuna.db in it
-        offset = max([*[j + 1 for j in _recorded_jobs(sweep_dir)], _study_trials(config), 0])
+        offset = next_job(sweep_dir, _study_trials(config))  # after every job dir, record, trial
         self._first_job = offset
         path = _offset_path(sweep_dir)
         if offset or path.exists():
             _write_atomic(path, f"{offset}\n")
         if offset:
-            log.info("sweep dir %s already holds jobs 0..%d: new jobs are numbered from %d",
+            log.info("sweep dir %s already holds jobs up to %d: new jobs are numbered from %d",
                      sweep_dir, offset - 1, offset)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
