@@ -171,7 +171,7 @@ def test_train_resume_and_eval_end_to_end(tmp_path, monkeypatch):
     assert not list(run.glob("metrics.*.csv"))
 
 
-def test_a_resumed_run_draws_what_the_run_would_have_drawn(tmp_path, monkeypatch):
+def test_a_resumed_run_draws_what_the_run_would_have_drawn(tmp_path, monkeypatch, capsys):
     """1 + 2 epochs equal 3 straight: the checkpoint keeps the random stream of the posterior
     samples (a resume re-ran seed_everything, so the chunks drew other samples)."""
     straight, chunked = tmp_path / "straight", tmp_path / "chunked"
@@ -186,6 +186,14 @@ def test_a_resumed_run_draws_what_the_run_would_have_drawn(tmp_path, monkeypatch
             return [r["train/loss_epoch"] for r in csv.DictReader(f) if r.get("train/loss_epoch")]
 
     assert len(losses(straight)) == 3 and losses(chunked) == losses(straight)
+    # fewer epochs than it trained: refused before Lightning's traceback, the run's files kept
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        run_main(train_cli, ["latentode-train", f"hydra.run.dir={chunked}", "ckpt_path=last",
+                             "trainer.max_epochs=2", *TINY], monkeypatch)
+    assert "has trained 3 epochs, more than trainer.max_epochs=2: training cannot go back. To " \
+           "test it again, use trainer.max_epochs=3" in capsys.readouterr().err
+    assert "trainer.max_epochs=3" in (chunked / ".hydra" / "overrides.yaml").read_text()
 
 
 def test_ckpt_path_last_starts_a_run_and_resumes_it_with_the_same_command(

@@ -57,6 +57,7 @@ from latentode.cli.checkpoints import (
     resolve_checkpoint,
     warn_if_data_changed,
 )
+from latentode.cli.options import refuse_foreign_options, suggest_key
 from latentode.cli.train import (
     build_datamodule,
     build_group,
@@ -132,7 +133,8 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> None:
             raise ValueError(f"override {item!r} is not of the form key=value.")
         key, raw = item.split("=", 1)
         if OmegaConf.select(cfg, key, throw_on_missing=False, default=KeyError) is KeyError:
-            raise KeyError(f"override {item!r}: the run's config has no key {key!r}.")
+            raise KeyError(f"override {item!r}: the run's config has no key {key!r}."
+                           + suggest_key(cfg, key))
         OmegaConf.update(cfg, key, yaml.safe_load(raw), merge=False)
 
 
@@ -246,6 +248,7 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
 
 def evaluate(eval_cfg: DictConfig) -> dict[str, float]:
     """Test ``eval_cfg.ckpt_path`` with the data and model of its run; returns the metrics."""
+    refuse_foreign_options(eval_cfg, "eval", "latentode-eval")
     ckpt = resolve_checkpoint(str(eval_cfg.ckpt_path))
     config_path = find_run_config(ckpt)
     log.info("run config: %s", config_path)

@@ -39,6 +39,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from latentode.cli import config_dir
+from latentode.cli.options import refuse_foreign_options
 from latentode.cli.train import quiet_known_warnings
 from latentode.data.files import read_table, write_table
 from latentode.data.frame import iso_separator, iso_times
@@ -121,6 +122,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
 
 
 def _predict(cfg: DictConfig) -> pd.DataFrame:
+    refuse_foreign_options(cfg, "predict", "latentode-predict")
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     forecaster = load_forecaster(cfg)

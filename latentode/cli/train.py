@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from latentode.cli import config_dir
 from latentode.cli.checkpoints import RunRecord, check_resume, restored_on_failure
+from latentode.cli.options import refuse_unread_settings
 from latentode.cli.sweep import failed_jobs, write_job_record
 from latentode.data.labels import check_label_head, label_head_size
 from latentode.lit.csv_logger import RunCSVLogger
@@ -339,6 +340,22 @@ def checkpoint_step(path: str) -> int:
     return checkpoint_progress(path)["global_step"]
 
 
+def check_epochs_left(cfg: DictConfig, saved: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint that trained more epochs than ``trainer.max_epochs`` (Lightning
+    raised deep inside ``fit``, after the run's ``.hydra`` files were rewritten); equal counts
+    only test again."""
+    max_epochs = (cfg.get("trainer") or {}).get("max_epochs")
+    if not cfg.get("train", True) or max_epochs is None or max_epochs < 0 or "epoch" not in saved:
+        return
+    trained = int(saved["epoch"]) + 1
+    if trained > max_epochs:
+        raise ValueError(
+            f"ckpt_path={cfg.ckpt_path} has trained {trained} epochs, more than "
+            f"trainer.max_epochs={max_epochs}: training cannot go back. To test it again, "
+            f"use trainer.max_epochs={trained} (or train=false); to train on, a larger "
+            "trainer.max_epochs.")
+
+
 def resolve_last_checkpoint(cfg: DictConfig) -> None:
     """``ckpt_path=last``: resume from this run dir's ``checkpoints/last.ckpt`` if it exists, else
     start afresh, so that one command line both starts a job and resumes it after preemption
@@ -395,6 +412,7 @@ def check_trainer_counts(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test as ``cfg`` says; returns the metrics (validation of the last epoch, test)."""
     check_trainer_counts(cfg)
+    refuse_unread_settings(cfg)
     for group in ("data", "module", "trainer", "callbacks", "logger"):  # model: build_model
         check_arguments(cfg.get(group), group)
     resolve_last_checkpoint(cfg)
@@ -406,6 +424,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         module = build_module(cfg, model, datamodule)
         if saved is not None:  # a model that does not fit the checkpoint: said before training
             check_resume(cfg, module, saved, str(cfg.ckpt_path), run_dir)
+            check_epochs_left(cfg, saved)
     callbacks = build_group(cfg.get("callbacks"))
     task, search = run_overrides()
     callbacks.append(RunRecord(cfg, task, run_dir, search))
