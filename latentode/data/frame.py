@@ -42,7 +42,8 @@ def from_dataframe(
         id_col, time_col: the series id and time stamp columns. Times may be numbers or
             datetimes (datetimes become ``time_unit``s, default hours, before rescaling); text
             in ISO 8601 (``2024-03-01T14:05``, as ``pd.read_csv`` leaves it) is read as
-            datetimes, other text is refused.
+            datetimes, other text is refused. Numbers are used as they are: a ``time_unit``
+            given for them is warned about (rescale the column yourself).
         time_scale: model time = (time - first time) / time_scale, in the times' units (hours for
             datetimes); e.g. 48 puts 48-hour records on [0, 1]. None: 1 when the longest series
             spans 0.01 to 10 units, else that span. Returned times are always in the user's
@@ -50,7 +51,10 @@ def from_dataframe(
         value_cols: channel columns (wide format); None = every numeric column but the others.
         channel_col, value_col: tidy format instead: channel name and value columns.
         static_cols: per-series covariates (must be constant within each series).
-        label_col: labels; per series (constant within a series) or per time point.
+        label_col: labels; per series (constant within a series) or per time point. Rows that
+            share a (series, time) (tidy rows, duplicates) take the label they know (NaN on the
+            others is fine); different known labels there are refused, as are different known
+            labels within a series under ``label_per="series"``. Static covariates likewise.
         label_per: "series", "time" or "auto" (series if constant within every series).
         duplicates: "mean" averages repeated (series, time) rows per channel; "error" refuses.
         empty_channels: a channel with no observed value at all: "error" (the default: a model
@@ -78,12 +82,21 @@ def from_dataframe(
     _check_ids(df, id_col)
     df = iso_times(df, time_col)
     _check_times(df, id_col, time_col)
+    if time_unit is not None and not pd.api.types.is_datetime64_any_dtype(df[time_col].dtype):
+        warnings.warn(
+            f"column {time_col!r} holds numbers, and time_unit={time_unit!r} applies to "
+            "datetimes only: the numbers are used as they are, in their own units (time_scale= "
+            "and windows are in those units too). To work in other units rescale the column "
+            f"first, e.g. df[{time_col!r}] = df[{time_col!r}] / 3600 for seconds to hours, "
+            "and leave time_unit out.",
+            stacklevel=2,
+        )
 
     if tidy:
         wide, channels = _pivot_tidy(df, id_col, time_col, channel_col, value_col, duplicates)
         carried = [c for c in (*static_cols, label_col) if c is not None]
-        if carried:
-            keys = df[[id_col, time_col, *carried]].drop_duplicates([id_col, time_col])
+        if carried:  # one row per observation: each (series, time) takes its known label
+            keys = _carried_per_time(df, id_col, time_col, carried, label_col, tidy=True)
             wide = wide.merge(keys, on=[id_col, time_col], how="left")
     else:
         reserved = {id_col, time_col, *static_cols, *([label_col] if label_col else [])}
@@ -115,7 +128,7 @@ def from_dataframe(
                    *([label_col] if label_col else [])]].copy()
         for col in value_cols:
             wide[col] = _numeric_column(wide, col, id_col)
-        wide = _merge_duplicates(wide, id_col, time_col, list(value_cols), duplicates)
+        wide = _merge_duplicates(wide, id_col, time_col, list(value_cols), duplicates, label_col)
         wide = wide.rename(columns={c: str(c) for c in value_cols})
 
     wide = wide.sort_values([id_col, time_col], kind="stable").reset_index(drop=True)
@@ -428,7 +441,8 @@ def _refuse_tidy_as_wide(df: pd.DataFrame, id_col: str, time_col: str, text_cols
 
 
 def _merge_duplicates(
-    wide: pd.DataFrame, id_col: str, time_col: str, value_cols: list, how: str
+    wide: pd.DataFrame, id_col: str, time_col: str, value_cols: list, how: str,
+    label_col: str | None = None,
 ) -> pd.DataFrame:
     dup = wide.duplicated([id_col, time_col], keep=False)
     if not dup.any():
@@ -443,7 +457,10 @@ def _merge_duplicates(
             "per channel, or remove them."
         )
     others = [c for c in wide.columns if c not in (id_col, time_col, *value_cols)]
-    agg = {c: "mean" for c in value_cols} | {c: "first" for c in others}
+    # labels and static covariates cannot be averaged: the known one (two different: refused)
+    if others:
+        _carried_per_time(wide.loc[dup], id_col, time_col, others, label_col, tidy=False)
+    agg = {c: "mean" for c in value_cols} | {c: "first" for c in others}  # "first" skips NaN
     merged = wide.groupby([id_col, time_col], sort=False, dropna=False).agg(agg).reset_index()
     warnings.warn(
         f"{int(dup.sum())} rows share their (series, time) with another row: averaged per "
@@ -452,6 +469,38 @@ def _merge_duplicates(
         stacklevel=3,
     )
     return merged
+
+
+def _carried_per_time(
+    df: pd.DataFrame, id_col: str, time_col: str, cols: list, label_col: str | None, tidy: bool,
+) -> pd.DataFrame:
+    """One row per (series, time) of the label and static covariate columns ``cols``: each the
+    value its rows know (NaN on some rows, as tidy rows of other channels often leave it, is no
+    conflict; NaN where no row knows one). Rows of one (series, time) with different known
+    values are refused: a time point holds one label, and a covariate one value per series."""
+    groups = df.groupby([id_col, time_col], sort=False, dropna=False)[list(cols)]
+    known = groups.nunique(dropna=True)
+    for col in cols:
+        several = known[col].to_numpy() > 1
+        if not several.any():
+            continue
+        series, time = known.index[int(np.argmax(several))]
+        rows = df[(df[id_col] == series) & (df[time_col] == time)]
+        values = [_plain(v) for v in pd.unique(rows[col].dropna())]
+        where = (f"series {_plain(series)!r} at time {_plain(time)!r} ({_rows(len(rows))}"
+                 f"{', one per channel' if tidy else ' merged as duplicates'})")
+        n = int(several.sum())
+        others = f"; {n - 1} more (series, time) like it" if n > 1 else ""
+        if col == label_col:
+            raise ValueError(
+                f"label column {_plain(col)!r} has different labels {values} for {where}"
+                f"{others}: a time point holds one label. Give each (series, time) one label "
+                "(leave it empty (NaN) on the other rows), or drop the rows you do not mean.")
+        raise ValueError(
+            f"static covariate column {_plain(col)!r} changes within series {_plain(series)!r}: "
+            f"{values} at time {_plain(time)!r}{others}; a static covariate must be constant "
+            "per series.")
+    return groups.first().reset_index()
 
 
 def _float32_hint(times: pd.Series, time_col: Any) -> str:
@@ -560,14 +609,23 @@ def _attach_labels(
         vals = _numeric_column(wide, label_col, id_col).to_numpy()
     first = np.repeat(vals[offsets[:-1]], np.diff(offsets))
     constant = bool(np.all(_same(vals, first)))
-    if label_per == "series" and not constant:
-        r = int(np.argmax(~_same(vals, first)))
-        raise ValueError(
-            f"label column {label_col!r} changes within series {_plain(wide[id_col].iloc[r])!r}; "
-            "use "
-            "label_per='time' for per-time-point labels."
-        )
-    if label_per == "series" or (label_per == "auto" and constant):
+    if label_per == "series":  # each series' known label (NaN on other rows: unknown there)
+        per_series = pd.Series(vals).groupby(np.repeat(np.arange(len(offsets) - 1),
+                                                       np.diff(offsets)))
+        several = per_series.nunique(dropna=True).to_numpy() > 1
+        if several.any():
+            s = int(np.argmax(several))
+            seen = pd.unique(pd.Series(vals[offsets[s]:offsets[s + 1]]).dropna())
+            shown = ([dataset.label_names[int(v)] for v in seen] if names is not None
+                     else [_plain(v) for v in seen])
+            raise ValueError(
+                f"label column {label_col!r} changes within series "
+                f"{_plain(wide[id_col].iloc[offsets[s]])!r} ({shown[:5]}; "
+                f"{int(several.sum())} such series); use label_per='time' for per-time-point "
+                "labels, or give each series one label."
+            )
+        dataset.labels, dataset.label_kind = per_series.first().to_numpy(), "series"
+    elif label_per == "auto" and constant:
         dataset.labels, dataset.label_kind = vals[offsets[:-1]], "series"
     else:
         dataset.labels, dataset.label_kind = vals, "time"
