@@ -84,6 +84,22 @@ def test_grid_sweep_writes_run_dirs_and_summary(grid):
         assert row["error"] == "" and "model.latents=" in row["overrides"]
         assert json.loads((run / "job_status.json").read_text())["status"] == "completed"
     assert not any(k.startswith("train/") for k in rows[0])
+    # the log names the best job by the optimised metric (val/mse), the failed one never
+    best = min(done, key=lambda r: float(r["val/mse"]))
+    assert f"best job by val/mse: {best['job']} ({best['val/mse']}) in {sweep / best['job']}" \
+        in result.stdout + result.stderr
+
+
+def test_best_job_reads_the_direction_and_skips_what_has_no_value(tmp_path):
+    from latentode.cli.sweep import best_job
+
+    path = tmp_path / "summary.csv"
+    path.write_text("job,status,val/mse\n0,completed,0.5\n1,failed,\n2,unrecorded,0.2\n"
+                    "3,completed,nan\n4,completed,0.9\n")
+    assert best_job(path, "val/mse") == ("2", "0.2")
+    assert best_job(path, "val/mse", "maximize") == ("4", "0.9")
+    assert best_job(path, "val/acc") is None and best_job(path, None) is None
+    assert best_job(path, "val/mse", ["minimize", "maximize"]) is None  # several objectives
 
 
 def test_failed_job_is_recorded_and_the_sweep_goes_on(grid):

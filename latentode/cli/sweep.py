@@ -375,6 +375,33 @@ class SweepSummary(Callback):
                         path)
         else:
             log.info("%d jobs completed; summary: %s", len(statuses), path)
+        best = best_job(path, config.get("optimized_metric"),
+                        OmegaConf.select(config, "hydra.sweeper.direction", default="minimize"))
+        if best is not None:
+            log.info("best job by %s: %s (%s) in %s", config.optimized_metric, best[0], best[1],
+                     sweep_dir / best[0])
+
+
+def best_job(summary: Path, metric: Any, direction: Any = "minimize") -> tuple[str, str] | None:
+    """``(job, value)`` of the summary's best completed or unrecorded row by ``metric`` (None
+    without such a column, a value, or one direction)."""
+    if not metric or not isinstance(direction, str):
+        return None
+    with open(summary, newline="") as f:
+        rows = [r for r in csv.DictReader(f)
+                if r.get("status") in ("completed", "unrecorded") and r.get(str(metric))]
+    scored = []
+    for row in rows:
+        try:
+            scored.append((float(row[str(metric)]), row))
+        except ValueError:
+            continue
+    scored = [(v, r) for v, r in scored if v == v]  # NaN never wins
+    if not scored:
+        return None
+    pick = max if direction.lower().startswith("max") else min
+    _, row = pick(scored, key=lambda item: item[0])
+    return row["job"], row[str(metric)]
 
 
 # -- a validation split for sources that fix theirs ---------------------------------------------
