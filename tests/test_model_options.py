@@ -238,6 +238,13 @@ def test_hand_built_batches_are_checked_at_the_models_entry(name):
     # float64 times with float32 values: a matmul dtype error in some encoders and baselines
     with pytest.raises(ValueError, match=r"times \(torch\.float64\) and values \(torch\.float32\)"):
         net.loss(times.double(), values, mask, mask)
+    # data and weights of different dtypes: a matmul error deep in torch, now named
+    for data, weights in ((torch.float64, "float32"), (torch.float32, "float64")):
+        net.to(getattr(torch, weights))
+        with pytest.raises(ValueError, match=rf"values are {data} but the model's weights are "
+                                             rf"torch\.{weights}: give both one dtype"):
+            net(times.to(data), values.to(data), mask)
+    net.float()
     # any finite filler where nothing is observed: 1e20 overflowed the squared error to NaN
     torch.manual_seed(1)
     filled = net.loss(times, torch.where(mask, values, 1e20), mask, mask)
@@ -249,6 +256,11 @@ def test_bad_options_are_refused():
         model(n_labels=1, label_type="window")
     with pytest.raises(ValueError, match="set n_labels"):
         model(reconstruct=False)
+    # labels alone, but no labels given: it trained the reconstruction ELBO instead, silently
+    times, values, mask = tiny_batch()
+    with pytest.raises(ValueError, match=r"reconstruct=False trains on the labels alone, but "
+                                         r"loss\(\) got no labels"):
+        model(n_labels=1, reconstruct=False).loss(times, values, mask, mask)
 
 
 def test_label_metrics_against_sklearn_definitions():

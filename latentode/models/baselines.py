@@ -35,7 +35,7 @@ from latentode.nn.layers import ODEFunc, is_single_euler_step
 from latentode.nn.mean_std_walk import mean_std_walk, supports
 from latentode.solvers import odeint
 
-from .inputs import check_increasing, checked_batch, checked_pred_times
+from .inputs import check_increasing, checked_batch, checked_pred_times, weight_dtype
 from .latent_ode import (
     Z0_AT,
     LatentODEOutput,
@@ -149,7 +149,8 @@ class _Recurrent(WithObservationNoise, nn.Module):
         target_mask: torch.Tensor, kl_weight: float = 1.0, n_samples: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Negative IWAE bound (the log-likelihood for deterministic models) and its terms."""
-        values = checked_batch(self.input_dim, times, values, encoder_mask, target_mask)
+        values = checked_batch(self.input_dim, times, values, encoder_mask, target_mask,
+                               dtype=weight_dtype(self))
         out = self.predict(times, values, encoder_mask, target_mask, n_samples)
         samples = (None if out.z0 is None
                    else sample_kl(out.z0, out.z0_mean, out.z0_std))
@@ -181,7 +182,8 @@ class _Deterministic(_Recurrent):
     ) -> LatentODEOutput:
         """Predictions ``(1, B, T', D)`` at ``pred_times`` (default ``times``); ``n_samples``
         is ignored (deterministic)."""
-        values = checked_batch(self.input_dim, times, values, encoder_mask)
+        values = checked_batch(self.input_dim, times, values, encoder_mask,
+                               dtype=weight_dtype(self))
         checked_pred_times(pred_times, times, values.shape[0], per_series=False)
         data = _Series.of(times, values, encoder_mask)
         h = values.new_zeros(values.shape[0], self.state_dim)
@@ -247,7 +249,8 @@ class ODERNN(Graphable, _Deterministic):
         self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
         n_samples: int | None = None, pred_times: torch.Tensor | None = None,
     ) -> LatentODEOutput:
-        values = checked_batch(self.input_dim, times, values, encoder_mask)
+        values = checked_batch(self.input_dim, times, values, encoder_mask,
+                               dtype=weight_dtype(self))
         if (self.cuda_graph and pred_times is None and values.is_cuda
                 and (self.training or not torch.is_grad_enabled())):
             return self._output(*self._graphs(times, values, encoder_mask))
@@ -449,7 +452,8 @@ class RNNVAE(_Recurrent):
     ) -> LatentODEOutput:
         """Encode, sample ``z0 (S, B, L)``, decode at ``pred_times`` (default ``times``): from
         ``times[0]``, or with ``z0_at="first_target"`` from ``pred_times[0]``."""
-        values = checked_batch(self.input_dim, times, values, encoder_mask)
+        values = checked_batch(self.input_dim, times, values, encoder_mask,
+                               dtype=weight_dtype(self))
         checked_pred_times(pred_times, times, values.shape[0], per_series=False)
         values = torch.where(encoder_mask, values, 0.0)  # NaN-proof: the encoder multiplies
         wanted = times if pred_times is None else pred_times.to(times)

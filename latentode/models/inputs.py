@@ -13,14 +13,23 @@ from typing import Any
 
 import torch
 
+from latentode.solvers.precision import autocast_on
+
+
+def weight_dtype(module: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of ``module``'s first floating-point parameter (None without one)."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+
 
 def checked_batch(
-    input_dim: int, times: torch.Tensor, values: torch.Tensor, *masks: torch.Tensor | None
+    input_dim: int, times: torch.Tensor, values: torch.Tensor, *masks: torch.Tensor | None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """``values`` with its NaN/inf entries, all unobserved (every mask false), set to zero,
     after checking that
     ``times`` is the batch's strictly increasing 1-D grid, ``values`` is ``(B, T, input_dim)``,
-    each mask has its shape and observed values are finite."""
+    each mask has its shape and observed values are finite; with ``dtype`` (the model's
+    weights'), that ``values`` has it too (outside autocast)."""
     if not isinstance(values, torch.Tensor) or values.dim() != 3 or values.shape[-1] != input_dim:
         shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
         raise ValueError(
@@ -40,6 +49,13 @@ def checked_batch(
     if times.dtype != values.dtype:
         raise ValueError(f"times ({times.dtype}) and values ({values.dtype}) must have one "
                          "dtype: times.to(values.dtype).")
+    if (dtype is not None and values.dtype != dtype and values.is_floating_point()
+            and not autocast_on(values.device.type)):
+        raise ValueError(
+            f"values are {values.dtype} but the model's weights are {dtype}: give both one "
+            f"dtype, model.to({dtype}) -> values.to({dtype}) and times.to({dtype}), or "
+            f"model.to({values.dtype}) (latentode.data's Collator(dtype=...) makes batches of "
+            "a dtype).")
     for i, mask in enumerate(masks):
         name = "encoder_mask" if i == 0 else "target_mask"
         if mask is not None and tuple(mask.shape) != tuple(values.shape):

@@ -22,7 +22,13 @@ from torch import nn
 from latentode.nn import ObservationNoise, ODEFunc, ODERNNEncoder, WithObservationNoise, mlp
 from latentode.solvers import SolverStats, odeint
 
-from .inputs import check_decoded, checked_batch, checked_posterior, checked_pred_times
+from .inputs import (
+    check_decoded,
+    checked_batch,
+    checked_posterior,
+    checked_pred_times,
+    weight_dtype,
+)
 
 
 @dataclass
@@ -396,7 +402,8 @@ class LatentODE(WithObservationNoise, nn.Module):
 
         Returns a :class:`LatentODEOutput`: ``pred`` ``(S, B, T, D)``, ``mean`` and ``std`` of
         ``q(z0)`` ``(B, L)`` (and the Poisson and label terms when modelled)."""
-        values = checked_batch(self.input_dim, times, values, encoder_mask)
+        values = checked_batch(self.input_dim, times, values, encoder_mask,
+                               dtype=weight_dtype(self))
         checked_pred_times(pred_times, times, values.shape[0], per_series=True)
         mean, std = checked_posterior(
             self.encoder, self.encode(times, values, encoder_mask, encoder_schedule,
@@ -441,7 +448,13 @@ class LatentODE(WithObservationNoise, nn.Module):
         """Negative bound (``objective``) and its terms; MSE of the sample-mean prediction on
         the targets. With ``poisson``: the point process term ``poisson``; with a classifier
         and ``labels``: ``ce`` and the ``logits``."""
-        values = checked_batch(self.input_dim, times, values, encoder_mask, target_mask)
+        values = checked_batch(self.input_dim, times, values, encoder_mask, target_mask,
+                               dtype=weight_dtype(self))
+        if not self.reconstruct and labels is None:
+            raise ValueError(
+                "reconstruct=False trains on the labels alone, but loss() got no labels (a "
+                "batch built without label_col holds labels=None): pass labels=batch.labels "
+                "from labelled data, or reconstruct=True.")
         out = self.predict(times, values, encoder_mask, target_mask, n_samples)
         kl = gaussian_kl(out.z0_mean, out.z0_std)  # (B,)
         samples = None if out.z0 is None else sample_kl(out.z0, out.z0_mean, out.z0_std)
