@@ -222,6 +222,25 @@ def test_nan_stops_the_run_naming_batch_and_term(monkeypatch, term):
         tiny_trainer().fit(module, datamodule=tiny_datamodule())
 
 
+def test_diverged_weights_are_named_as_such_with_the_batch():
+    """NaN weights make q(z0) NaN: the solver's bare 'y0 contains NaN' (a diverged Optuna trial
+    showed only that) now says where and what to do; odeint alone still raises a ValueError."""
+    from latentode.solvers import NonFiniteInitialStateError, odeint
+
+    model = tiny_model()
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.fill_(float("nan"))
+    module = LatentODELightning(model)
+    with pytest.raises(RuntimeError, match=r"the ODE solver failed at epoch 0, batch_idx 0 "
+                                           r"\(train\): y0 contains NaN or inf.* the weights "
+                                           r"have diverged \(lower the learning rate"):
+        tiny_trainer().fit(module, datamodule=tiny_datamodule())
+    with pytest.raises(ValueError, match=r"y0 contains NaN") as info:
+        odeint(lambda t, y: -y, torch.tensor([float("nan")]), torch.linspace(0, 1, 3))
+    assert isinstance(info.value, NonFiniteInitialStateError)
+
+
 def test_kl_annealing_schedule():
     assert [kl_weight_schedule(e) for e in range(11)] == [0.0] * 11
     assert kl_weight_schedule(11) == pytest.approx(0.01)

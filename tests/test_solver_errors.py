@@ -394,8 +394,12 @@ def test_bad_y0(y0, match):
         ({"rtol": 0.0}, r"rtol must be > 0 and atol >= 0, got rtol=0\.0"),
         ({"atol": -1e-6}, r"rtol must be > 0 and atol >= 0, got rtol=0\.001, atol=-1e-06"),
         ({"max_steps": 0}, r"max_steps must be at least 1, got 0"),
+        # per-component tolerances: a TypeError from a comparison before
+        ({"atol": [1e-6, 1e-6]}, r"atol must be one number, got \[1e-06, 1e-06\]: the error "
+                                 r"norm is an RMS over the whole state\. .* rescale them"),
+        ({"adjoint_rtol": (1e-3,)}, r"adjoint_rtol must be one number"),
     ],
-    ids=["rtol", "atol", "max_steps"],
+    ids=["rtol", "atol", "max_steps", "atol_list", "adjoint_rtol_tuple"],
 )
 def test_bad_tolerances_and_bounds(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -52,7 +52,7 @@ from torch import nn
 
 from latentode.data import Batch
 from latentode.data.batch import stream_seed
-from latentode.solvers import SolverError
+from latentode.solvers import NonFiniteInitialStateError, SolverError
 
 TERMS = ("loss", "loglik", "kl")
 """Loss terms every model returns, checked for NaN/inf at every step."""
@@ -279,9 +279,14 @@ class LatentODELightning(L.LightningModule):
                                   batch.target_mask, kl_weight=kl_weight, n_samples=n_samples,
                                   **extra)
         except SolverError as err:
+            hint = ""
+            if isinstance(err, NonFiniteInitialStateError):
+                hint = (" The posterior q(z0) (or the state the ODE starts from) came out "
+                        "non-finite: the weights have diverged (lower the learning rate, "
+                        "module.optimizer.lr) or the data holds extreme values.")
             raise RuntimeError(
                 f"the ODE solver failed at epoch {self.current_epoch}, batch_idx {batch_idx} "
-                f"({stage}): {err}"
+                f"({stage}): {err}{hint}"
             ) from err
         bad = [t for t in TERMS + OPTIONAL_TERMS
                if t in out and not bool(torch.isfinite(out[t]).all())]

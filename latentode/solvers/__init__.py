@@ -4,7 +4,13 @@
     ys = odeint(func, y0, t, method="dopri5", rtol=1e-3, atol=1e-4, gradient="adjoint")
 """
 
-from .errors import MaxStepsExceededError, NonFiniteStateError, SolverError, StepSizeUnderflowError
+from .errors import (
+    MaxStepsExceededError,
+    NonFiniteInitialStateError,
+    NonFiniteStateError,
+    SolverError,
+    StepSizeUnderflowError,
+)
 from .odeint import ADAPTIVE_METHODS, FIXED_METHODS, GRADIENT_MODES, odeint, odeint_adjoint
 from .stats import SolverStats
 from .tableaus import TABLEAUS, ButcherTableau
@@ -16,6 +22,7 @@ __all__ = [
     "TABLEAUS",
     "ButcherTableau",
     "MaxStepsExceededError",
+    "NonFiniteInitialStateError",
     "NonFiniteStateError",
     "SolverError",
     "SolverStats",

@@ -17,3 +17,8 @@ class MaxStepsExceededError(SolverError):
 
 class NonFiniteStateError(SolverError):
     """The state or the vector field became NaN or infinite."""
+
+
+class NonFiniteInitialStateError(NonFiniteStateError, ValueError):
+    """``y0`` holds NaN or inf: bad input to ``odeint`` (a ``ValueError``), and, inside a model's
+    training step, usually weights that diverged (a ``SolverError``, so training names where)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Callable, Iterable
 
@@ -10,6 +11,7 @@ from torch import nn
 
 from .adjoint import AdjointSolve
 from .checkpoint import CheckpointSolve
+from .errors import NonFiniteInitialStateError
 from .precision import float32_under_autocast
 from .problem import Problem
 from .stats import SolverStats
@@ -105,6 +107,14 @@ def odeint(
         raise ValueError(f"y0 must be a floating-point tensor, got {got}.{hint}")
     if y0.dim() == 0:
         raise ValueError("y0 must have at least one dimension: shape (..., d).")
+    for name, tol in (("rtol", rtol), ("atol", atol), ("adjoint_rtol", adjoint_rtol),
+                      ("adjoint_atol", adjoint_atol)):
+        one = isinstance(tol, numbers.Real) or (torch.is_tensor(tol) and tol.numel() == 1)
+        if tol is not None and (isinstance(tol, bool) or not one):
+            raise ValueError(
+                f"{name} must be one number, got {tol!r}: the error norm is an RMS over the "
+                "whole state. For components of very different sizes, rescale them (solve "
+                "for y / scale) so one tolerance fits all.")
     if not rtol > 0 or not atol >= 0:
         raise ValueError(f"rtol must be > 0 and atol >= 0, got rtol={rtol}, atol={atol}.")
     if max_steps < 1:
@@ -124,7 +134,8 @@ def odeint(
             "its own steps (use first_step= to set the first one)."
         )
     if not bool(torch.isfinite(y0).all()):
-        raise ValueError("y0 contains NaN or inf; the initial state must be finite.")
+        raise NonFiniteInitialStateError(
+            "y0 contains NaN or inf; the initial state must be finite.")
     if y0.numel() == 0 and isinstance(t, torch.Tensor) and t.dim() == 2 and len(t) == 0:
         return y0.new_zeros((0, t.shape[1], *y0.shape[1:])) + 0 * y0.sum()  # no rows at all
     outputs = OutputTimes(t, y0)
