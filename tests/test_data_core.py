@@ -1273,6 +1273,12 @@ def test_datamodule_refuses_bad_arguments(kwargs, error, pattern):
 def test_datamodule_callable_must_build_a_dataset():
     with pytest.raises(TypeError, match="dataset must build an IrregularDataset, got dict"):
         LatentODEDataModule(lambda: {"not": "a dataset"}).setup()
+    # an emptied config entry ('dataset:' in an experiment file): TypeError 'NoneType' object is
+    # not callable from setup() before
+    with pytest.raises(TypeError, match=r"dataset must be an IrregularDataset or a function that "
+                                        r"builds one, got NoneType None .*data\.dataset needs a "
+                                        r"_target_"):
+        LatentODEDataModule(None)
 
 
 def test_times_that_collide_in_float32_stay_distinct_and_no_point_is_merged():

@@ -146,6 +146,11 @@ class LatentODEDataModule(L.LightningDataModule):
         window_stride: Any = None,
     ):
         super().__init__()
+        if not (isinstance(dataset, IrregularDataset) or callable(dataset)):
+            raise TypeError(
+                f"dataset must be an IrregularDataset or a function that builds one, got "
+                f"{type(dataset).__name__} {dataset!r} (in a config: data.dataset needs a "
+                "_target_, e.g. the data group's own: a bare 'dataset:' empties it).")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         check_origin(time_origin)
