@@ -86,7 +86,8 @@ def test_grid_sweep_writes_run_dirs_and_summary(grid):
     assert not any(k.startswith("train/") for k in rows[0])
     # the log names the best job by the optimised metric (val/mse), the failed one never
     best = min(done, key=lambda r: float(r["val/mse"]))
-    assert f"best job by val/mse: {best['job']} ({best['val/mse']}) in {sweep / best['job']}" \
+    assert f"best job by val/mse (lowest): {best['job']} ({best['val/mse']}) in " \
+        f"{sweep / best['job']}" \
         in result.stdout + result.stderr
 
 
@@ -100,6 +101,10 @@ def test_best_job_reads_the_direction_and_skips_what_has_no_value(tmp_path):
     assert best_job(path, "val/mse", "maximize") == ("4", "0.9")
     assert best_job(path, "val/acc") is None and best_job(path, None) is None
     assert best_job(path, "val/mse", ["minimize", "maximize"]) is None  # several objectives
+    from latentode.cli.sweep import metric_direction
+
+    assert [metric_direction(m) for m in ("val/mse", "val/auc", "val/accuracy", None)] == \
+        ["minimize", "maximize", "maximize", "minimize"]
 
 
 def test_failed_job_is_recorded_and_the_sweep_goes_on(grid):

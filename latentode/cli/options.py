@@ -20,9 +20,14 @@ from latentode.cli import config_dir
 RUNTIME_KEYS = ("paths", "hydra")  # composed from the config groups, not the tool's file
 
 
-def own_options(config_name: str) -> list[str]:
+def load_config(config_name: str) -> DictConfig:
+    """``conf/<config_name>.yaml`` as written (not composed)."""
+    return OmegaConf.load(Path(config_dir()) / f"{config_name}.yaml")  # type: ignore[return-value]
+
+
+def own_options(config_name: str, data: DictConfig | None = None) -> list[str]:
     """The top-level keys of ``conf/<config_name>.yaml`` (without ``defaults``)."""
-    data = OmegaConf.load(Path(config_dir()) / f"{config_name}.yaml")
+    data = load_config(config_name) if data is None else data
     return [str(k) for k in data if k != "defaults"]
 
 
@@ -70,9 +75,8 @@ def suggest_key(cfg: DictConfig, key: str) -> str:
     return ""
 
 
-def _group_names() -> list[str]:
-    """The config groups ``conf/train.yaml``'s defaults list selects (``data``, ``model``...)."""
-    data = OmegaConf.load(Path(config_dir()) / "train.yaml")
+def _group_names(data: DictConfig) -> list[str]:
+    """The config groups a config's defaults list selects (``data``, ``model``...)."""
     names = []
     for entry in data.get("defaults", []):
         if isinstance(entry, DictConfig):
@@ -91,8 +95,9 @@ def refuse_unread_settings(cfg: DictConfig) -> None:
     experiment's own variable such as ``observed_fraction`` is read), a ``plots`` key that
     ``train.yaml`` does not define, and a callback or logger entry with settings but no
     ``_target_``."""
-    train_keys = own_options("train")
-    known = set(train_keys) | set(_group_names()) | set(RUNTIME_KEYS)
+    train = load_config("train")
+    train_keys, groups = own_options("train", train), _group_names(train)
+    known = set(train_keys) | set(groups) | set(RUNTIME_KEYS)
     text = OmegaConf.to_yaml(cfg, resolve=False) if len(cfg) else ""
     for key in cfg:
         key = str(key)
@@ -103,8 +108,8 @@ def refuse_unread_settings(cfg: DictConfig) -> None:
         raise ValueError(f"{', '.join(leaves(cfg[key], key))}: {key} is not a setting of "
                          f"latentode-train and nothing in the config reads it.{hint} Its "
                          f"settings: {', '.join(train_keys)}; its groups: "
-                         f"{', '.join(_group_names())}.")
-    plots = OmegaConf.load(Path(config_dir()) / "train.yaml").get("plots") or {}
+                         f"{', '.join(groups)}.")
+    plots = train.get("plots") or {}
     for key in cfg.get("plots") or {}:
         if key not in plots:
             close = difflib.get_close_matches(str(key), [str(k) for k in plots], n=1)

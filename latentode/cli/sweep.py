@@ -375,11 +375,21 @@ class SweepSummary(Callback):
                         path)
         else:
             log.info("%d jobs completed; summary: %s", len(statuses), path)
-        best = best_job(path, config.get("optimized_metric"),
-                        OmegaConf.select(config, "hydra.sweeper.direction", default="minimize"))
+        metric = config.get("optimized_metric")
+        direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
+        direction = direction or metric_direction(metric)
+        best = best_job(path, metric, direction)
         if best is not None:
-            log.info("best job by %s: %s (%s) in %s", config.optimized_metric, best[0], best[1],
-                     sweep_dir / best[0])
+            log.info("best job by %s (%s): %s (%s) in %s", metric,
+                     "highest" if str(direction).startswith("max") else "lowest", best[0],
+                     best[1], sweep_dir / best[0])
+
+
+def metric_direction(metric: Any) -> str:
+    """``maximize`` for a metric named like a score (``auc``, ``acc``...), else ``minimize`` (a
+    grid sweep has no sweeper direction to read)."""
+    name = str(metric or "").lower().rsplit("/", 1)[-1]
+    return "maximize" if name.startswith(("auc", "acc")) else "minimize"
 
 
 def best_job(summary: Path, metric: Any, direction: Any = "minimize") -> tuple[str, str] | None:
