@@ -437,3 +437,31 @@ def test_series_walk_refused_for_an_encoder_solver_it_cannot_take():
         encoder(times, values, mask, schedule="series")
     with pytest.raises(ValueError, match=r"schedule must be one of"):
         encoder(times, values, mask, schedule="each")
+
+
+@pytest.mark.parametrize("options", [{}, {"std_state": True, "gru_units": 12}],
+                         ids=["euler-gru", "mean-std"])
+def test_a_derivative_through_the_fused_encoder_walks_is_refused_not_zero(options):
+    """The fused walks' hand-written backward is first order: a Hessian through them came out
+    zero (torch's once_differentiable catches penalties only). Refused with the way out, which
+    walks the same Euler steps twice differentiably."""
+    torch.manual_seed(0)
+    times = torch.linspace(0, 1, 5, dtype=torch.float64)
+    values = torch.randn(2, 5, 2, dtype=torch.float64)
+    mask = torch.ones(2, 5, 2, dtype=torch.bool)
+    fused = ODERNNEncoder(2, 3, hidden=5, z0_units=8, **options).double()
+    generic = ODERNNEncoder(2, 3, hidden=5, z0_units=8, **options,
+                            solver={"method": "euler", "max_steps": 10000}).double()
+    generic.load_state_dict(fused.state_dict())
+    torch.testing.assert_close(generic(times, values, mask)[0], fused(times, values, mask)[0])
+    with pytest.raises(RuntimeError, match=r"fused .* walk gives first derivatives only: .* "
+                                           r"\+model\.encoder\.solver\.max_steps=10000"):
+        torch.autograd.functional.hessian(lambda v: fused(times, v, mask)[0].sum(), values)
+    hessian = torch.autograd.functional.hessian(lambda v: generic(times, v, mask)[0].sum(),
+                                                values)
+    assert hessian.abs().max() > 1e-6
+    # first derivatives with create_graph=True still agree
+    v = values.clone().requires_grad_(True)
+    g_fused, = torch.autograd.grad(fused(times, v, mask)[0].sum(), v, create_graph=True)
+    g_generic, = torch.autograd.grad(generic(times, v, mask)[0].sum(), v, create_graph=True)
+    torch.testing.assert_close(g_fused.detach(), g_generic.detach())

@@ -16,10 +16,10 @@ by autograd). The vector field is an MLP of ``nn.Linear`` layers with ``tanh`` b
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
+from ..solvers.first_order import first_order_only
 from ..solvers.precision import float32_under_autocast, without_autocast
-from .layers import tanh_mlp
+from .layers import FUSED_FIX, tanh_mlp
 
 
 @float32_under_autocast("projected")  # mixed precision: the walk in float32 (solvers.precision)
@@ -88,13 +88,15 @@ class _EulerGRUScan(torch.autograd.Function):
                 gru_saved.append((i, h, r, c, n, h_n, step))
             h = torch.addcmul(h, u[i] * c, step)
         if keep_for_grad:
+            ctx.save_for_backward(projected, weight_hh, bias_hh, *flat)  # for first_order_only
+            ctx.first_input = 0
             ctx.euler_saved, ctx.gru_saved = euler_saved, gru_saved
             ctx.layers, ctx.u, ctx.gaps = layers, u, gaps
             ctx.w_hh, ctx.sign, ctx.shape = w_hh, sign, projected.shape
         return h
 
     @staticmethod
-    @once_differentiable
+    @first_order_only("The ODE-RNN encoder's fused Euler-GRU walk", FUSED_FIX)
     @without_autocast
     def backward(ctx, grad_h):
         layers, u, gaps, w_hh = ctx.layers, ctx.u, ctx.gaps, ctx.w_hh

@@ -48,6 +48,11 @@ class ODEFunc(nn.Module):
         return z
 
 
+FUSED_FIX = ("For them, walk the same Euler steps through the generic loop: give the encoder's "
+             "solver any other option, e.g. +model.encoder.solver.max_steps=10000 (slower).")
+"""What to do instead when a derivative of the fused walks' gradient is asked for."""
+
+
 def is_single_euler_step(solver: dict) -> bool:
     """Whether ``odeint`` options mean one plain Euler step per gap (the recurrent models'
     default, which they take without ``odeint``'s per-call set-up)."""

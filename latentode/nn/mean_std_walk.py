@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
+from ..solvers.first_order import first_order_only
 from ..solvers.precision import float32_under_autocast, without_autocast
-from .layers import is_tanh_mlp, linear_pairs, tanh_mlp, tanh_mlp_backward
+from .layers import FUSED_FIX, is_tanh_mlp, linear_pairs, tanh_mlp, tanh_mlp_backward
 
 _ops = torch.ops.aten
 
@@ -144,6 +144,9 @@ class _Walk(torch.autograd.Function):
                 gru[i] = (h, gates, ur, r2, hr, a_new, n_s, inner, to_mean, to_std)
             h = torch.where(seen[:, i], updated, h)
         if keep:
+            ctx.save_for_backward(projected, w_gates, w_u2, b_u2, w_r2, b_r2, w_n1, w_n2, b_n2,
+                                  *flat)  # for first_order_only
+            ctx.first_input = 0
             ctx.euler, ctx.gru, ctx.layers, ctx.order = euler, gru, layers, order
             ctx.seen, ctx.dts, ctx.units, ctx.shape = seen, dts, units, projected.shape
             ctx.weights = (w_gates, w_second, w_n1, w_n2)
@@ -152,7 +155,7 @@ class _Walk(torch.autograd.Function):
         return h, torch.stack(states, 1)
 
     @staticmethod
-    @once_differentiable
+    @first_order_only("The ODE-RNN encoder's fused mean/std walk", FUSED_FIX)
     @without_autocast
     def backward(ctx, grad_h, grad_states):
         layers, seen, dts, units = ctx.layers, ctx.seen, ctx.dts, ctx.units

@@ -694,7 +694,7 @@ class AdjointSolve(torch.autograd.Function):
         return ys
 
     @staticmethod
-    @first_order_only("adjoint")
+    @first_order_only("odeint(gradient='adjoint')", "Use gradient='backprop' for them.")
     @without_autocast
     def backward(ctx, grad_ys: torch.Tensor) -> tuple:
         ys = ctx.saved_tensors[0]

@@ -114,7 +114,7 @@ class CheckpointSolve(torch.autograd.Function):
         return ys
 
     @staticmethod
-    @first_order_only("checkpoint")
+    @first_order_only("odeint(gradient='checkpoint')", "Use gradient='backprop' for them.")
     @without_autocast
     def backward(ctx, grad_ys: torch.Tensor) -> tuple:
         return (None, *checkpoint_backward(ctx.problem, ctx.steps, grad_ys))

@@ -1,4 +1,5 @@
-"""The checkpoint and adjoint gradients are first derivatives only: refuse to differentiate them.
+"""Gradients that are first derivatives only (the checkpoint and adjoint solves, the encoders'
+fused walks): refuse to differentiate them.
 
 Both backward passes compute the gradient from states saved without their history (the
 checkpoint's step boundaries, the adjoint's reverse solve), so the gradient they return does not
@@ -22,17 +23,20 @@ import torch
 from torch._C import _functions
 
 
-def first_order_only(mode: str) -> Callable[[Callable[..., tuple]], Callable[..., tuple]]:
-    """Decorate an ``autograd.Function.backward`` of ``gradient=mode`` (see the module doc)."""
-    message = (f"odeint(gradient='{mode}') gives first derivatives only: its backward pass is "
-               "not differentiable, so a Hessian, a gradient penalty or any derivative of a "
-               "gradient through this solve would be wrong (zero). Use gradient='backprop' for "
-               "them.").encode()
+def first_order_only(what: str, fix: str) -> Callable[[Callable[..., tuple]],
+                                                     Callable[..., tuple]]:
+    """Decorate an ``autograd.Function.backward`` whose result is not differentiable (see the
+    module doc): ``what`` names it in the error, ``fix`` says what to use instead. The backward
+    runs without recording a graph, as under torch's ``once_differentiable``."""
+    message = (f"{what} gives first derivatives only: its backward pass is not differentiable, "
+               "so a Hessian, a gradient penalty or any derivative of a gradient through it "
+               f"would be wrong (zero). {fix}").encode()
 
     def decorate(backward: Callable[..., tuple]) -> Callable[..., tuple]:
         @functools.wraps(backward)
         def wrapper(ctx: Any, *grads: torch.Tensor) -> tuple:
-            outputs = backward(ctx, *grads)
+            with torch.no_grad():
+                outputs = backward(ctx, *grads)
             if not torch.is_grad_enabled():
                 return outputs
             tensors = [i for i, out in enumerate(outputs) if isinstance(out, torch.Tensor)]
