@@ -69,6 +69,7 @@ from latentode.cli.train import (
     run_test,
     setup_runtime,
 )
+from latentode.cli.typos import run_app
 from latentode.forecast.calibration import (
     calibrate_lead,
     calibrate_noise,
@@ -283,9 +284,21 @@ def evaluate(eval_cfg: DictConfig) -> dict[str, float]:
     return report_coverage(eval_cfg, cfg, module, datamodule, metrics)
 
 
+_TASK_STARTED = [False]  # whether hydra_main's task ran (else Hydra failed to compose)
+
+
+def main() -> None:
+    """Entry point of ``latentode-eval``: Hydra's app; a misspelt key or option on the command line
+    gets a line naming the closest one after Hydra's error (:mod:`latentode.cli.typos`)."""
+    _TASK_STARTED[0] = False
+    run_app(hydra_main, "eval", "latentode-eval", plus_refused=False,
+            started=lambda: _TASK_STARTED[0])
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
-def main(cfg: DictConfig) -> None:
-    """Entry point of ``latentode-eval`` (Hydra parses the command line)."""
+def hydra_main(cfg: DictConfig) -> None:
+    """The Hydra app of ``latentode-eval`` (Hydra parses the command line)."""
+    _TASK_STARTED[0] = True
     quiet_known_warnings()
     evaluate(cfg)
 

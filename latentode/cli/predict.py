@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from latentode.cli import config_dir
 from latentode.cli.options import refuse_foreign_options
 from latentode.cli.train import quiet_known_warnings
+from latentode.cli.typos import run_app
 from latentode.data.files import read_table, write_table
 from latentode.data.frame import iso_separator, iso_times
 
@@ -176,9 +177,22 @@ def _predict(cfg: DictConfig) -> pd.DataFrame:
     return pred
 
 
+_TASK_STARTED = [False]  # whether hydra_main's task ran (else Hydra failed to compose)
+
+
+def main() -> None:
+    """Entry point of ``latentode-predict``: Hydra's app; a misspelt key or option on the
+    command line gets a line naming the closest one after Hydra's error
+    (:mod:`latentode.cli.typos`)."""
+    _TASK_STARTED[0] = False
+    run_app(hydra_main, "predict", "latentode-predict", plus_refused=False,
+            started=lambda: _TASK_STARTED[0])
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="predict")
-def main(cfg: DictConfig) -> None:
-    """Entry point of ``latentode-predict`` (Hydra parses the command line)."""
+def hydra_main(cfg: DictConfig) -> None:
+    """The Hydra app of ``latentode-predict`` (Hydra parses the command line)."""
+    _TASK_STARTED[0] = True
     quiet_known_warnings()
     predict(cfg)
 

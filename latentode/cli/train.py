@@ -40,6 +40,7 @@ from latentode.cli import config_dir
 from latentode.cli.checkpoints import RunRecord, check_resume, restored_on_failure
 from latentode.cli.options import refuse_unread_settings
 from latentode.cli.sweep import failed_jobs, write_job_record
+from latentode.cli.typos import run_app
 from latentode.data.labels import check_label_head, label_head_size
 from latentode.lit.csv_logger import RunCSVLogger
 from latentode.lit.plots import plot_test_series
@@ -480,11 +481,18 @@ def metric_value(metrics: dict[str, float], name: str | None) -> float | None:
     return value if math.isfinite(value) else float("inf")
 
 
+_TASK_STARTED = [False]  # whether hydra_main's task ran in this command (else Hydra failed first)
+
+
 def main() -> None:
     """Entry point of ``latentode-train``: Hydra's app; exit status 1 when jobs of a sweep
-    failed (they are recorded in its summary.csv and the other jobs still run)."""
+    failed (they are recorded in its summary.csv and the other jobs still run). When Hydra
+    cannot compose the command line (a misspelt key or group option), a line after its error
+    names the closest existing one (:mod:`latentode.cli.typos`); a run that failed is not
+    composed again."""
     failed_jobs(reset=True)
-    hydra_main()
+    _TASK_STARTED[0] = False
+    run_app(hydra_main, "train", "latentode-train", started=lambda: _TASK_STARTED[0])
     if failed_jobs():
         raise SystemExit(1)
 
@@ -492,6 +500,7 @@ def main() -> None:
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
     """The Hydra app (Hydra parses the command line): one run, or one job of a sweep."""
+    _TASK_STARTED[0] = True
     quiet_known_warnings()
     hydra_cfg = HydraConfig.get()
     log.info("output directory: %s", hydra_cfg.runtime.output_dir)

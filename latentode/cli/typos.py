@@ -1,0 +1,226 @@
+"""A misspelt override on the command line, named with the closest existing key or option.
+
+Hydra refuses ``trainer.max_epoch=1`` with "Could not override 'trainer.max_epoch'. To append
+to your config use +trainer.max_epoch=1", advice that does not help here (latentode-train
+refuses a key that nothing reads, :func:`latentode.cli.options.refuse_unread_settings`), and
+``model=hoper_latent_ode`` with the list of the group's options. After Hydra's message, the
+console scripts add one line: the key and the closest key of the composed config ("did you mean
+trainer.max_epochs?"), or the option and the closest option of its group ("did you mean
+model=hopper_latent_ode?").
+
+Only done once Hydra has failed, and only when the run itself never started (a failure inside
+training is not a composition error): the command line is composed again through Hydra's compose
+API to find the override Hydra stopped at and the config without it. A run that composes costs
+nothing more.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from latentode.cli import config_dir
+from latentode.cli.options import suggest_key
+
+_TRIES = 24  # compositions at most (each ~0.3 s): sweeps' values, then overrides taken out
+_KEY_ERRORS = (re.compile(r"Could not override '([^']+)'\."),
+               re.compile(r"Could not delete from config\. '([^']+)' does not exist\."))
+
+
+def _candidates(override: Any) -> list[str]:
+    """The single overrides a (sweep) override stands for: each value of a choice or range, and
+    null for an interval of the Optuna sweeper (its key is checked all the same)."""
+    if not override.is_sweep_override():
+        return [override.input_line]
+    try:
+        values = list(override.sweep_string_iterator())
+    except Exception:  # an interval: no value of its own to compose
+        values = []
+    return [f"{override.get_key_element()}={value}" for value in values or ["null"]]
+
+
+def _culprit(error: Exception, lines: list[str], parsed: list[Any]) -> tuple[int, str] | None:
+    """Which of the single overrides ``lines`` Hydra stopped at, and the hint's kind."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file:
+        group, _, name = str(error.missing_cfg_file).rpartition("/")
+        for i, override in enumerate(parsed):
+            if override.key_or_group.split("@")[0] == group and not override.is_delete():
+                value = lines[i].split("=", 1)[-1]
+                if value == name:
+                    return i, "group"
+        return None
+    for pattern in _KEY_ERRORS:
+        found = pattern.search(str(error))
+        if found:
+            for i, override in enumerate(parsed):
+                if override.key_or_group == found.group(1) and "/" not in found.group(1):
+                    return i, "key"
+    return None
+
+
+def _group_hint(command: str, group: str, name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=1)
+    hint = f"; did you mean {group}={close[0]}?" if close else \
+        f" (its options: {', '.join(options)})."
+    return f"{command}: {name} is not an option of the config group {group}{hint}"
+
+
+def closest_key(cfg: Any, key: str) -> str | None:
+    """The existing key of ``cfg`` closest to the dotted ``key``, each misspelt part corrected in
+    turn (``trainr.max_epoch``: trainer, then trainer.max_epochs); None if a part has no close
+    match."""
+    parts = key.split(".")
+    for _ in parts:
+        found = re.fullmatch(r" Did you mean (.+)\?", suggest_key(cfg, ".".join(parts)))
+        if found is None:
+            return None
+        fixed = found.group(1).split(".")
+        parts = [*fixed, *parts[len(fixed):]]
+        if _has_key(cfg, parts):
+            return ".".join(parts)
+    return None
+
+
+def _has_key(cfg: Any, parts: list[str]) -> bool:
+    """Whether the dotted key ``parts`` is in ``cfg`` (a value ``???`` included)."""
+    from omegaconf import DictConfig
+
+    node = cfg
+    for part in parts:
+        if not isinstance(node, DictConfig) or part not in list(node.keys()):
+            return False
+        node = node._get_node(part)
+    return True
+
+
+def _key_hint(command: str, key: str, cfg: Any, plus_refused: bool) -> str:
+    close = closest_key(cfg, key)
+    hint = f"; did you mean {close}?" if close else "."
+    line = f"{command}: {key} is not a key of the config{hint}"
+    if plus_refused and not key.startswith("hydra."):
+        line += (f" (Hydra's advice to append it with +{key}=... would not help: {command} "
+                 "refuses settings it does not read; see the keys with --cfg job.)")
+    return line
+
+
+def composition_hint(config_name: str, overrides: list[str], command: str = "latentode-train",
+                     plus_refused: bool = True, conf: str | None = None) -> str | None:
+    """The line to add to Hydra's error when ``overrides`` do not compose with ``config_name``
+    because of a key or group option that does not exist; None when they compose, or fail for
+    another reason (a syntax error, a value of the wrong type: Hydra's message says it)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # a syntax error: Hydra said so
+        return None
+    choices = [_candidates(o) for o in parsed]
+    state = GlobalHydra.instance()
+    saved = state.hydra
+    state.clear()
+    tries = [0]
+
+    def attempt(lines: list[str]) -> Exception | None:
+        tries[0] += 1
+        try:
+            compose(config_name=config_name, overrides=lines, return_hydra_config=True)
+        except ConfigCompositionException as error:
+            return error
+        return None
+
+    try:
+        with initialize_config_dir(config_dir=conf or config_dir(), version_base="1.3"):
+            # the first value of each sweep, then each other value in turn (a sweep composes
+            # every job's config before the first runs)
+            lines = [c[0] for c in choices]
+            error = attempt(lines)
+            for i, values in enumerate(choices):
+                for value in values[1:]:
+                    if error is not None or tries[0] >= _TRIES:
+                        break
+                    lines = [*lines[:i], value, *lines[i + 1:]]
+                    error = attempt(lines)
+                if error is not None:
+                    break
+            if error is None:
+                return None
+            found = _culprit(error, lines, parsed)
+            if found is None:
+                return None
+            index, kind = found
+            if kind == "group":
+                group = parsed[index].key_or_group.split("@")[0]
+                name = lines[index].split("=", 1)[1]
+                options = list(getattr(error, "options", None) or
+                               state.config_loader().get_group_options(group))
+                return _group_hint(command, group, name, options)
+            # the config composed without the key (and any other override that stops it)
+            key = parsed[index].key_or_group
+            rest, rest_parsed = lines[:index] + lines[index + 1:], \
+                parsed[:index] + parsed[index + 1:]
+            while tries[0] < _TRIES:
+                try:
+                    tries[0] += 1
+                    cfg = compose(config_name=config_name, overrides=rest,
+                                  return_hydra_config=True)
+                except ConfigCompositionException as other:
+                    more = _culprit(other, rest, rest_parsed)
+                    if more is None:
+                        return None
+                    del rest[more[0]], rest_parsed[more[0]]
+                    continue
+                return _key_hint(command, key, cfg,
+                                 plus_refused and not parsed[index].is_delete())
+            return None
+    except Exception:  # the hint must never hide Hydra's own error
+        return None
+    finally:
+        GlobalHydra.instance().hydra = saved
+
+
+def explain_failed_composition(config_name: str, argv: list[str] | None = None,
+                               command: str = "latentode-train",
+                               plus_refused: bool = True) -> None:
+    """Print :func:`composition_hint` for this command line (``sys.argv``) to stderr, if any."""
+    from hydra._internal.utils import get_args_parser
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args, _ = get_args_parser().parse_known_args(argv)
+    except BaseException:  # argparse exits on what it cannot parse: nothing to add
+        return
+    if args.config_dir is not None or args.config_path is not None:
+        return  # another config source than the one composed here
+    hint = composition_hint(args.config_name or config_name, list(args.overrides or []),
+                            command, plus_refused)
+    if hint:
+        print(hint, file=sys.stderr, flush=True)
+
+
+def run_app(app: Callable[[], Any], config_name: str, command: str,
+            plus_refused: bool = True, started: Callable[[], bool] = lambda: False) -> Any:
+    """Run a ``@hydra.main`` app; when it exits with status 1 (or raises, under
+    ``HYDRA_FULL_ERROR=1``) before ``started()`` says the task ran, add the hint to the error."""
+    try:
+        return app()
+    except SystemExit as stop:
+        if stop.code == 1 and not started():
+            explain_failed_composition(config_name, command=command, plus_refused=plus_refused)
+        raise
+    except Exception as error:
+        from hydra.errors import ConfigCompositionException
+
+        if isinstance(error, ConfigCompositionException) and not started():
+            explain_failed_composition(config_name, command=command, plus_refused=plus_refused)
+        raise
+
+
+__all__ = ["composition_hint", "explain_failed_composition", "run_app"]

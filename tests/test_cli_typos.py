@@ -1,0 +1,117 @@
+"""A misspelt override on the command line: Hydra's error is followed by a line naming the key (or
+group option) and the closest existing one, computed against the composed config; the exit
+status stays 1, and a failure inside the run is never re-composed into a suggestion."""
+
+from __future__ import annotations
+
+import pytest
+from test_cli import TINY, run_main
+
+from latentode.cli import train as train_cli
+from latentode.cli import typos
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*treespec, LeafSpec")
+
+
+def failing_main(argv: list[str], monkeypatch, capsys) -> str:
+    """Run ``latentode-train`` in process; it must exit with status 1. Returns stderr."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run_main(train_cli, ["latentode-train", *argv], monkeypatch)
+    assert stop.value.code == 1
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("override", "meant"), [
+    ("trainer.max_epoch=1", "trainer.max_epochs"),
+    ("trainr.max_epochs=1", "trainer.max_epochs"),
+    ("model.encoder.hiden=4", "model.encoder.hidden"),
+    ("hydra.run.dri=x", "hydra.run.dir"),
+    ("trainr.max_epoch=1", "trainer.max_epochs"),
+])
+def test_misspelt_key_names_the_closest_one(override, meant, tmp_path, monkeypatch, capsys):
+    err = failing_main([override, f"hydra.run.dir={tmp_path}"], monkeypatch, capsys)
+    assert "Could not override" in err  # Hydra's own message stays
+    key = override.split("=")[0]
+    assert f"latentode-train: {key} is not a key of the config; did you mean {meant}?" in err
+    if not key.startswith("hydra."):  # its advice to append the key with + is answered
+        assert f"+{key}=" in err.splitlines()[-1] and "refuses" in err.splitlines()[-1]
+    assert not (tmp_path / ".hydra").exists()
+
+
+def test_key_of_the_chosen_group_is_suggested_from_the_composed_config(monkeypatch, capsys):
+    """The candidates come from the config as composed: odernn's own keys, not latent_ode's."""
+    err = failing_main(["model=odernn", "model.latent=3", "trainer.fast_dev_run=true"],
+                       monkeypatch, capsys)
+    assert "model.latent is not a key of the config; did you mean model.latents?" in err
+    # gen_units is a key of the default model (latent_ode), not of gru_dt's
+    err = failing_main(["model=gru_dt", "model.gen_units=3"], monkeypatch, capsys)
+    assert "model.gen_units is not a key of the config; did you mean model.gru_units?" in err
+    err = failing_main(["model=gru_dt", "model.zzzzzz=3"], monkeypatch, capsys)
+    assert "model.zzzzzz is not a key of the config. (" in err and "did you mean" not in err
+
+
+def test_misspelt_group_option_names_the_closest_option(monkeypatch, capsys):
+    err = failing_main(["model=hoper_latent_ode"], monkeypatch, capsys)
+    assert "Could not find 'model/hoper_latent_ode'" in err
+    assert ("latentode-train: hoper_latent_ode is not an option of the config group model; did "
+            "you mean model=hopper_latent_ode?") in err
+    err = failing_main(["model/encoder=rn", "seed=1"], monkeypatch, capsys)
+    assert "did you mean model/encoder=rnn?" in err
+
+
+def test_a_sweep_names_its_misspelt_value(tmp_path, monkeypatch, capsys):
+    err = failing_main(["-m", "model=latent_ode,hoper_latent_ode", "trainer.max_epochs=1",
+                        f"hydra.sweep.dir={tmp_path / 'sweep'}"], monkeypatch, capsys)
+    assert "did you mean model=hopper_latent_ode?" in err
+    err = failing_main(["-m", "trainer.max_epoch=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                       monkeypatch, capsys)
+    assert "trainer.max_epoch is not a key of the config; did you mean trainer.max_epochs?" in err
+    assert not list((tmp_path / "sweep").glob("[0-9]*"))  # no job ran
+
+
+def test_failure_inside_the_run_is_not_recomposed(tmp_path, monkeypatch, capsys):
+    """``+trainer.max_epoch=1`` composes, and train() refuses it (its own message): no second
+    composition, no suggestion of Hydra's kind after it."""
+    def never(*args, **kwargs):
+        raise AssertionError("a failed run was re-composed")
+
+    monkeypatch.setattr(typos, "composition_hint", never)
+    err = failing_main(["+trainer.max_epoch=1", *TINY, f"hydra.run.dir={tmp_path}"],
+                       monkeypatch, capsys)
+    assert "trainer.max_epoch is not an option of lightning.pytorch.Trainer" in err
+    assert "is not a key of the config" not in err
+
+
+def test_hint_is_quiet_when_the_overrides_compose():
+    assert typos.composition_hint("train", ["model.latents=3", "seed=1"]) is None
+    assert typos.composition_hint("train", ["model.latents=(", "seed=1"]) is None  # syntax
+    assert typos.composition_hint("train", ["model.zzzzzz=3"]) == (
+        "latentode-train: model.zzzzzz is not a key of the config. (Hydra's advice to append it "
+        "with +model.zzzzzz=... would not help: latentode-train refuses settings it does not "
+        "read; see the keys with --cfg job.)")
+    assert typos.composition_hint("train", ["~model.latnts"]) == (
+        "latentode-train: model.latnts is not a key of the config; did you mean model.latents?")
+    # latentode-eval's config (ckpt_path: ???, a value still missing, is a key all the same)
+    assert typos.composition_hint("eval", ["ckpt_pth=x"], "latentode-eval", False) == (
+        "latentode-eval: ckpt_pth is not a key of the config; did you mean ckpt_path?")
+
+
+@pytest.mark.parametrize(("command", "override", "meant"), [
+    ("eval", "ckpt_pth=x", "ckpt_path"),
+    ("predict", "horizn=3", "horizon"),
+])
+def test_eval_and_predict_name_the_closest_option(command, override, meant, monkeypatch, capsys):
+    from latentode.cli import evaluate as eval_cli
+    from latentode.cli import predict as predict_cli
+
+    module = {"eval": eval_cli, "predict": predict_cli}[command]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run_main(module, [f"latentode-{command}", override], monkeypatch)
+    assert stop.value.code == 1
+    last = capsys.readouterr().err.splitlines()[-1]
+    key = override.split("=")[0]
+    # their own keys only; no advice about "+" (they refuse foreign keys with overrides=[...])
+    assert last == (f"latentode-{command}: {key} is not a key of the config; "
+                    f"did you mean {meant}?")
