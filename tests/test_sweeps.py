@@ -457,3 +457,135 @@ def test_a_job_resumed_in_place_is_not_written_over_by_jobs_added_later(tmp_path
     tested = json.loads(resumed)["metrics"]["test/mse"]
     assert float(rows[1]["test/mse"]) == pytest.approx(tested)
     assert float(rows[1]["val/mse"]) > 0
+
+
+# -- trials left RUNNING by a search that was killed --------------------------------------------
+
+def optuna_config(sweep: Path, url: str | None = None):
+    sweeper = {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+               "storage": url or f"sqlite:///{sweep / 'optuna.db'}", "study_name": "train"}
+    return OmegaConf.create({"hydra": {"mode": "MULTIRUN", "sweep": {"dir": str(sweep)},
+                                       "sweeper": sweeper}})
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_resumed_search_fails_the_trials_a_killed_search_left_running(tmp_path, caplog):
+    """A search killed mid-trial (SIGKILL, a preempted job) left its trial RUNNING in
+    optuna.db for good; resumed with no other search alive on the study, it is marked FAIL."""
+    optuna = pytest.importorskip("optuna")
+    from latentode.cli.sweep import SweepSummary, job_offset
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    url = f"sqlite:///{sweep / 'optuna.db'}"
+    study = optuna.create_study(study_name="train", storage=url)
+    study.tell(study.ask(), 1.0)  # trial 0 completed
+    study.ask()  # trial 1: its search was killed
+    (sweep / "0").mkdir()
+    (sweep / "1").mkdir()
+    summary = SweepSummary()
+    summary.on_multirun_start(optuna_config(sweep))
+    states = [t.state for t in optuna.load_study(study_name="train", storage=url).trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+    assert "trial 1 was left RUNNING" in caplog.text and "marked FAIL" in caplog.text
+    assert job_offset(sweep) == 2  # numbering unchanged: job 2 is trial 2
+    workers = list((sweep / ".sweep" / "workers").glob("*.json"))
+    assert len(workers) == 1 and json.loads(workers[0].read_text())["pid"] == os.getpid()
+    summary.on_multirun_end(optuna_config(sweep))
+    assert not list((sweep / ".sweep" / "workers").glob("*.json"))
+
+
+def test_trials_of_a_search_that_may_be_alive_are_only_named(tmp_path, caplog):
+    """Several searches on one study (a cluster): a RUNNING trial asked after another search
+    began may be that search's, so it stays RUNNING, named with the command that fails it;
+    older ones cannot be its and are failed. A search elsewhere (another host) counts as alive."""
+    optuna = pytest.importorskip("optuna")
+    from latentode.cli.sweep import SweepSummary, register_worker
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    url = f"sqlite:///{sweep / 'optuna.db'}"
+    study = optuna.create_study(study_name="train", storage=url)
+    study.ask()  # trial 0: before the other search began
+    register_worker(sweep, pid=dead_pid())  # a search killed: its entry left, its process gone
+    register_worker(sweep, pid=os.getppid())  # alive, on this host
+    trial = study.ask()  # trial 1: asked since, maybe by that search
+    study.ask()  # trial 2 too
+    SweepSummary().on_multirun_start(optuna_config(sweep))
+    states = [t.state for t in optuna.load_study(study_name="train", storage=url).trials]
+    running, fail = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL
+    assert states == [fail, running, running]
+    assert "trial 0 was left RUNNING" in caplog.text
+    assert len(list((sweep / ".sweep" / "workers").glob("*.json"))) == 2  # the dead one's gone
+    assert f"trials 1, 2 are RUNNING and may belong to a search still running (pid " \
+        f"{os.getppid()} on " in caplog.text
+    assert (f"optuna --storage {url} tell --study-name train --trial-number {trial.number} "
+            "--state fail") in caplog.text
+    # the CLI's command fails the trial indeed
+    command = Path(sys.executable).parent / "optuna"
+    subprocess.run([str(command), "--storage", url, "tell", "--study-name", "train",
+                    "--trial-number", "2", "--state", "fail"], check=True, capture_output=True)
+    assert optuna.load_study(study_name="train", storage=url).trials[2].state == fail
+
+    # a search on another host, begun a few seconds after trial 1 started: its clock may be
+    # behind, so trial 1 stays too
+    for entry in (sweep / ".sweep" / "workers").glob(f"*-{os.getppid()}.json"):
+        entry.unlink()  # that search ended
+    other = register_worker(sweep, pid=1234, host="node-elsewhere")
+    assert json.loads(other.read_text())["process_start"] is None
+    caplog.clear()
+    SweepSummary().on_multirun_start(optuna_config(sweep))
+    assert optuna.load_study(study_name="train", storage=url).trials[1].state == running
+    assert "trial 1 is RUNNING" in caplog.text and "pid 1234 on node-elsewhere" in caplog.text
+
+
+def test_a_study_in_other_storage_is_never_changed(tmp_path, caplog):
+    """Storage outside the sweep dir (a shared database): searches of other sweep dirs may run
+    on it unseen, so its RUNNING trials are named, not failed."""
+    optuna = pytest.importorskip("optuna")
+    from latentode.cli.sweep import SweepSummary
+
+    sweep = tmp_path / "sweep"
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    optuna.create_study(study_name="train", storage=url).ask()
+    SweepSummary().on_multirun_start(optuna_config(sweep, url))
+    trial = optuna.load_study(study_name="train", storage=url).trials[0]
+    assert trial.state == optuna.trial.TrialState.RUNNING
+    assert "trial 0 is RUNNING" in caplog.text and "tell --study-name train" in caplog.text
+
+
+@pytest.mark.slow
+def test_resumed_search_after_a_kill_fails_the_stale_trial_end_to_end(tmp_path):
+    """The real command: a search killed mid-trial, then resumed in its sweep dir."""
+    optuna = pytest.importorskip("optuna")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    import signal
+    import time
+
+    sweep = tmp_path / "sweep"
+    args = ["hparams_search=periodic_optuna", "hydra.sweeper.n_trials=1", *SHORT,
+            f"hydra.sweep.dir={sweep}"]
+    script = Path(sys.executable).parent / "latentode-train"
+    env = {**os.environ, "LATENTODE_ROOT": str(tmp_path)}
+    first = subprocess.Popen([str(script), *args, "trainer.max_epochs=100000",
+                              "trainer.limit_train_batches=1"], cwd=tmp_path, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (sweep / "0" / "metrics.csv").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    url = f"sqlite:///{sweep / 'optuna.db'}"
+    assert [t.state for t in optuna.load_study(study_name="train", storage=url).trials] == \
+        [optuna.trial.TrialState.RUNNING]
+    again = latentode_train(args, tmp_path)
+    assert again.returncode == 0, show(again)
+    assert "trial 0 was left RUNNING" in again.stdout + again.stderr
+    states = [t.state for t in optuna.load_study(study_name="train", storage=url).trials]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]

@@ -20,17 +20,27 @@ interrupted or resumed jobs, which have no record) and the trials of an Optuna s
 directory is written twice. For an Optuna search job ``k`` is then trial ``k`` of the study, as
 long as the sweep dir holds no other jobs than the study's.
 
+An Optuna search resumed in its sweep dir also settles the trials its study still holds as
+RUNNING (:func:`settle_running_trials`): a search that was killed (SIGKILL, a preempted or
+timed-out job) never tells the trial it was running, so it stayed RUNNING for good. Each search
+registers itself in ``<sweep dir>/.sweep/workers/``; a RUNNING trial that started before every
+other registered search that may still run is marked FAIL, with a warning naming it; one that
+such a search may have asked is left RUNNING and named, with the ``optuna ... tell`` command
+that fails it.
+
 Nothing here imports optuna at module level: the callback is loaded by every latentode-train run.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import csv
 import json
 import logging
 import math
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -124,6 +134,175 @@ def _study_trials(config: DictConfig) -> int:
         return 0 if study_id is None else len(storage.get_all_trials(study_id, deepcopy=False))
     except Exception:  # no such study yet (KeyError), or no database file
         return 0
+
+
+# -- trials left RUNNING by a search that stopped ---------------------------------------------
+
+WORKERS = "workers"     # <sweep dir>/.sweep/workers/<host>-<pid>.json: the searches running there
+HOST_SKEW_S = 60.0      # clocks of two hosts may differ by this much
+
+
+def _host() -> str:
+    return socket.gethostname()
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` of this host started (clock ticks since boot, from /proc), to tell
+    it from a later process given the same pid; None where /proc cannot say."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _worker_path(sweep_dir: str | Path, host: str, pid: int) -> Path:
+    return Path(sweep_dir) / STATE / WORKERS / f"{host}-{pid}.json"
+
+
+def register_worker(sweep_dir: str | Path, pid: int | None = None,
+                    host: str | None = None) -> Path:
+    """Note in the sweep dir that an Optuna search (this process, by default) runs on its study
+    from now on: a later search on the study leaves the trials it asks alone. Removed when the
+    search ends (:meth:`SweepSummary.on_multirun_end`, or at the process's exit)."""
+    pid = os.getpid() if pid is None else int(pid)
+    host = _host() if host is None else str(host)
+    entry = {"host": host, "pid": pid, "started": time.time(),
+             "process_start": _process_start(pid) if host == _host() else None}
+    path = _worker_path(sweep_dir, host, pid)
+    _write_atomic(path, json.dumps(entry) + "\n")
+    return path
+
+
+def _alive(entry: dict[str, Any]) -> bool:
+    """Whether a registered search may still run: False only for a process of this host that
+    is gone (or whose pid a later process took); a search on another host cannot be checked."""
+    if entry.get("host") != _host():
+        return True
+    pid = int(entry["pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process of that pid
+        pass
+    recorded, now = entry.get("process_start"), _process_start(pid)
+    return not (recorded and now and recorded != now)
+
+
+def _other_workers(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The other searches registered in the sweep dir that may still run (the entries of those
+    known to be gone are removed)."""
+    others = []
+    for path in sorted((sweep_dir / STATE / WORKERS).glob("*.json")):
+        try:
+            entry = json.loads(path.read_text())
+            if entry["host"] == _host() and int(entry["pid"]) == os.getpid():
+                continue  # this process's own entry (an earlier search of this process)
+            alive = _alive(entry)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if alive:
+            others.append(entry)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    return others
+
+
+def _trials(numbers: list[int], singular: str, plural: str) -> str:
+    if len(numbers) == 1:
+        return f"trial {numbers[0]} {singular}"
+    return f"trials {', '.join(map(str, numbers))} {plural}"
+
+
+def _fail_command(url: str, study: str, numbers: list[int]) -> str:
+    return "; ".join(f"optuna --storage {url} tell --study-name {study} --trial-number {n} "
+                     "--state fail" for n in numbers)
+
+
+def _fail_trial(storage: Any, trial: Any) -> bool:
+    """Mark a RUNNING trial FAIL (False if it finished meanwhile)."""
+    import optuna
+
+    note = f"left RUNNING by a search that stopped; marked FAIL on resume at {time.ctime()}"
+    try:
+        storage.set_trial_user_attr(trial._trial_id, "latentode_failed_on_resume", note)
+        if hasattr(storage, "set_trial_state_values"):  # optuna 3
+            return bool(storage.set_trial_state_values(trial._trial_id,
+                                                       optuna.trial.TrialState.FAIL))
+        return bool(storage.set_trial_state(trial._trial_id, optuna.trial.TrialState.FAIL))
+    except RuntimeError:  # "has already finished": its search told it after all
+        return False
+    except Exception as error:  # a database busy or out of reach: said, the search goes on
+        log.warning("could not mark trial %d FAIL: %s", trial.number, error_message(error))
+        return False
+
+
+def settle_running_trials(config: DictConfig, sweep_dir: Path) -> Path | None:
+    """On an Optuna search's start, the trials of its study still RUNNING: in the Hydra Optuna
+    sweeper only the search that asked a trial tells its outcome, so a trial whose search was
+    killed (SIGKILL, a preempted job, a crash) stays RUNNING for good.
+
+    Each search registers itself in ``<sweep dir>/.sweep/workers/`` (:func:`register_worker`).
+    A RUNNING trial is stale, and marked FAIL with a warning, when it started before every
+    other registered search that may still run (a search of this host whose process is gone
+    no longer counts; one on another host always does, its start taken 60 s earlier for
+    clock skew), as searches only tell the trials they asked. The others are named in a
+    warning with the ``optuna ... tell`` commands that fail them once no search runs. Storage
+    outside the sweep dir (a shared database, where searches of other sweep dirs may run
+    unseen) is never changed: its RUNNING trials are only named. Returns the search's entry
+    (None for a sweep that is no Optuna search)."""
+    sweeper = config.hydra.get("sweeper") or {}
+    if "optuna" not in str(sweeper.get("_target_", "")).lower() or not sweeper.get("storage"):
+        return None
+    url, name = str(sweeper.storage), str(sweeper.get("study_name"))
+    own = url.startswith("sqlite:///") and \
+        Path(url[len("sqlite:///"):]).resolve().parent == sweep_dir.resolve()
+    running: list[Any] = []
+    storage = None
+    if not (url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file()):
+        try:  # a new study has nothing to settle: the database is not created here
+            import optuna
+
+            storage = optuna.storages.get_storage(url)
+            study_id = storage.get_study_id_from_name(name)
+            running = [t for t in storage.get_all_trials(study_id, deepcopy=False)
+                       if t.state == optuna.trial.TrialState.RUNNING]
+        except Exception:  # no such study yet (KeyError), no optuna, a database out of reach
+            running = []
+    with _locked(sweep_dir / STATE / "lock"):  # one search's look and entry before the next's
+        others = _other_workers(sweep_dir)
+        path = register_worker(sweep_dir)
+    atexit.register(_unregister, path)
+    if not running:
+        return path
+    cutoff = min([float(o["started"]) - (0.0 if o["host"] == _host() else HOST_SKEW_S)
+                  for o in others], default=math.inf) if own else -math.inf
+    stale = [t for t in running
+             if t.datetime_start is None or t.datetime_start.timestamp() < cutoff]
+    failed = [t.number for t in stale if _fail_trial(storage, t)]
+    if failed:
+        log.warning("optuna study %r (%s): %s left RUNNING by a search that stopped (killed, or "
+                    "preempted), and no search that could still tell %s runs on this sweep dir: "
+                    "marked FAIL", name, url,
+                    _trials(failed, "was", "were"), "it" if len(failed) == 1 else "them")
+    left = [t.number for t in running if t not in stale]
+    if left:
+        where = "; ".join(f"pid {o['pid']} on {o['host']} since {time.ctime(o['started'])}"
+                          for o in others) if own else \
+            "storage outside the sweep dir, where searches of other sweep dirs may run unseen"
+        log.warning("optuna study %r (%s): %s RUNNING and may belong to a search still running "
+                    "(%s): left as %s. Once no search runs on the study, fail %s with: %s",
+                    name, url, _trials(left, "is", "are"), where,
+                    "it is" if len(left) == 1 else "they are",
+                    "it" if len(left) == 1 else "them", _fail_command(url, name, left))
+    return path
+
+
+def _unregister(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 # -- records and the summary --------------------------------------------------------------------
@@ -308,6 +487,11 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)  # before the sweeper opens optuna.db in it
+        self._worker: Path | None = None
+        try:  # an Optuna search: trials a killed search left RUNNING (never stops the sweep)
+            self._worker = settle_running_trials(config, sweep_dir)
+        except Exception:
+            log.exception("could not check the Optuna study for trials left RUNNING")
         offset = next_job(sweep_dir, _study_trials(config))  # after every job dir, record, trial
         self._first_job = offset
         path = _offset_path(sweep_dir)
@@ -361,6 +545,9 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        worker = getattr(self, "_worker", None)
+        if worker is not None:  # this search no longer runs
+            _unregister(worker)
         if not (sweep_dir / STATE / "jobs").is_dir():
             return
         path = refresh_summary(sweep_dir)
@@ -434,4 +621,4 @@ def carve_validation(n_series: int, train_fraction: float, val_fraction: float) 
 
 
 __all__ = ["SweepSummary", "carve_validation", "job_number", "refresh_summary",
-           "write_job_record"]
+           "register_worker", "settle_running_trials", "write_job_record"]
