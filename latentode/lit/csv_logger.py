@@ -6,8 +6,12 @@ epoch logged before the checkpoint. :class:`RunCSVLogger` instead
 
 - on resume (:meth:`RunCSVLogger.continue_from` with the checkpoint's global step) keeps the
   rows logged before that step, drops the ones a stopped run logged after its last checkpoint
-  (the resumed run logs those steps again), keeps earlier test rows, and appends;
-- on a test-only run (``continue_from(None)``) keeps every row and appends;
+  (the resumed run logs those steps again), keeps earlier test rows, and appends; a test row
+  logged at a step that already holds an earlier run's test row replaces it (a chunk rerun
+  whose checkpoint already reached ``max_epochs`` trains nothing and tests the same weights
+  again at the same step: one test row per step, as ``test_metrics.json`` holds the last);
+- on a test-only run (``continue_from(None)``) keeps every row and appends (Lightning logs a
+  test-only run at step 0, whatever the checkpoint's step: such rows cannot be matched);
 - on a fresh run into a dir that already holds a ``metrics.csv`` moves that file aside to
   ``metrics.N.csv`` (never deletes it) and starts a new one.
 """
@@ -28,16 +32,26 @@ log = logging.getLogger(__name__)
 _FRESH = object()  # continue_from was not called: a new run
 
 
-def _kept(row: dict[str, str], before_step: int | None) -> bool:
-    """Whether a row of an earlier run stays: logged before the resumed step, or a test result."""
-    if before_step is None:
-        return True
-    if any(key.startswith("test/") and value != "" for key, value in row.items()):
-        return True
+def _is_test_row(row: dict[str, Any]) -> bool:
+    """Whether a row holds test results (``test/...`` values)."""
+    return any(str(key).startswith("test/") and value not in ("", None)
+               for key, value in row.items())
+
+
+def _step_of(row: dict[str, Any]) -> int | None:
     try:
-        return int(float(row.get("step") or "")) < before_step
-    except ValueError:  # a row without a step cannot be placed: keep it rather than lose it
+        return int(float(row.get("step") or ""))
+    except (TypeError, ValueError):
+        return None
+
+
+def _kept(row: dict[str, str], before_step: int | None) -> bool:
+    """Whether a row of an earlier run stays: logged before the resumed step, or a test result
+    (a row without a step cannot be placed: kept rather than lost)."""
+    if before_step is None or _is_test_row(row):
         return True
+    step = _step_of(row)
+    return step is None or step < before_step
 
 
 class _RunDirWriter(ExperimentWriter):
@@ -45,7 +59,28 @@ class _RunDirWriter(ExperimentWriter):
 
     def __init__(self, log_dir: str, continue_from: Any) -> None:
         self._continue_from = continue_from
+        self._earlier_tests: set[int] = set()  # steps of an earlier run's test rows (on resume)
         super().__init__(log_dir=log_dir)
+
+    def log_metrics(self, metrics_dict: dict[str, float], step: int | None = None) -> None:
+        if step is not None and step in self._earlier_tests and _is_test_row(metrics_dict):
+            self._drop_earlier_tests(step)
+        super().log_metrics(metrics_dict, step)
+
+    def _drop_earlier_tests(self, step: int) -> None:
+        """Take an earlier run's test rows at ``step`` out of the file: tested again there."""
+        self._earlier_tests.discard(step)  # this run's own later test rows at the step append
+        path = self.metrics_file_path
+        with self._fs.open(path, "r", newline="") as f:
+            reader = csv.DictReader(f)
+            fields = list(reader.fieldnames or [])
+            rows = list(reader)
+        kept = [row for row in rows if not (_is_test_row(row) and _step_of(row) == step)]
+        with self._fs.open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(kept)
+        log.info("%s: tested again at step %d; its earlier test row replaced", path, step)
 
     def _check_log_dir_exists(self) -> None:  # called by the base __init__ instead of deleting
         path = self.metrics_file_path
@@ -66,6 +101,10 @@ class _RunDirWriter(ExperimentWriter):
             fields = list(reader.fieldnames or [])
             rows = list(reader)
         kept = [row for row in rows if _kept(row, self._continue_from)]
+        if self._continue_from is not None:  # a resume: its steps are the run's global steps
+            # (a test-only run logs at step 0 whatever it tests: its rows are only appended)
+            self._earlier_tests = {step for row in kept
+                                   if _is_test_row(row) and (step := _step_of(row)) is not None}
         self.metrics_keys = sorted(fields)
         with self._fs.open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
