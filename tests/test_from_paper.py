@@ -85,6 +85,7 @@ def test_the_networks_have_the_paper_codes_parameter_counts(flag):
         assert cfg.model.gru_units == 30 and cfg.model.std_state
     assert cfg.model.obs_std == 0.01 and cfg.data.task.count == 50
     assert (cfg.data.dataset.n_series, cfg.data.dataset.noise_weight) == (1000, 0.01)
+    assert cfg.data.scale is True  # standardised (unscaled, as run_models.py, stalls longer)
     assert cfg.module.optimizer.lr == 0.01 and cfg.trainer.max_epochs == 500
 
 

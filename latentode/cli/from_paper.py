@@ -270,6 +270,10 @@ def _data(args: argparse.Namespace, notes: list[str]) -> list[str]:
             out += [f"data.task.fraction={fraction}", f"data.task.count={count}"]
         notes.append("periodic data: the paper's recipe (random frequencies and offsets, "
                      "U[0, 1) noise) from numpy's generator, not the same numbers as torch's")
+        notes.append("periodic data are standardised here (data.scale, the default; metrics "
+                     "also in data units, test/mse_data); the paper code fits them unscaled, "
+                     "where both codes first carry the offset ~1 in the latent state and stay "
+                     "at the mean for tens of epochs (docs/results.md)")
         return [*out, *no_validation]
     # physionet: the recipe's encoder settings (each patient on its own clock) are the latent
     # ODE's with an ODE-RNN encoder; the other models take the data and its task alone
