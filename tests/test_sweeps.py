@@ -513,8 +513,9 @@ def test_trials_of_a_search_that_may_be_alive_are_only_named(tmp_path, caplog):
     url = f"sqlite:///{sweep / 'optuna.db'}"
     study = optuna.create_study(study_name="train", storage=url)
     study.ask()  # trial 0: before the other search began
-    register_worker(sweep, pid=dead_pid())  # a search killed: its entry left, its process gone
-    register_worker(sweep, pid=os.getppid())  # alive, on this host
+    # searches begun when the study held 1 trial: they ask trial 1 on
+    register_worker(sweep, 1, pid=dead_pid())  # a search killed: its entry left, process gone
+    register_worker(sweep, 1, pid=os.getppid())  # alive, on this host
     trial = study.ask()  # trial 1: asked since, maybe by that search
     study.ask()  # trial 2 too
     SweepSummary().on_multirun_start(optuna_config(sweep))
@@ -533,16 +534,37 @@ def test_trials_of_a_search_that_may_be_alive_are_only_named(tmp_path, caplog):
                     "--trial-number", "2", "--state", "fail"], check=True, capture_output=True)
     assert optuna.load_study(study_name="train", storage=url).trials[2].state == fail
 
-    # a search on another host, begun a few seconds after trial 1 started: its clock may be
-    # behind, so trial 1 stays too
+    # a search on another host (alive as far as this host can tell), begun when the study held
+    # 1 trial: trial 1 may be its, so it stays
     for entry in (sweep / ".sweep" / "workers").glob(f"*-{os.getppid()}.json"):
         entry.unlink()  # that search ended
-    other = register_worker(sweep, pid=1234, host="node-elsewhere")
+    other = register_worker(sweep, 1, pid=1234, host="node-elsewhere")
     assert json.loads(other.read_text())["process_start"] is None
     caplog.clear()
     SweepSummary().on_multirun_start(optuna_config(sweep))
     assert optuna.load_study(study_name="train", storage=url).trials[1].state == running
     assert "trial 1 is RUNNING" in caplog.text and "pid 1234 on node-elsewhere" in caplog.text
+
+
+def test_a_live_searchs_trial_in_another_time_zone_is_left_running(tmp_path, caplog):
+    """Optuna stores a trial's start in local time without its zone: a live search running
+    under another TZ asked a trial that looked hours older than its registration, and a resume
+    failed it (the live search then crashed telling it). Trial numbers decide now."""
+    optuna = pytest.importorskip("optuna")
+    from latentode.cli.sweep import SweepSummary, register_worker
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    url = f"sqlite:///{sweep / 'optuna.db'}"
+    optuna.create_study(study_name="train", storage=url)
+    register_worker(sweep, 0, pid=os.getppid())  # a live search, begun on the empty study
+    ask = f"import optuna; optuna.load_study(study_name='train', storage={url!r}).ask()"
+    subprocess.run([sys.executable, "-c", ask], check=True,  # its trial, asked 5 h "earlier"
+                   env={**os.environ, "TZ": "Etc/GMT+5"})
+    SweepSummary().on_multirun_start(optuna_config(sweep))
+    trial = optuna.load_study(study_name="train", storage=url).trials[0]
+    assert trial.state == optuna.trial.TrialState.RUNNING
+    assert "trial 0 is RUNNING and may belong to a search still running" in caplog.text
 
 
 def test_a_study_in_other_storage_is_never_changed(tmp_path, caplog):

@@ -23,10 +23,11 @@ long as the sweep dir holds no other jobs than the study's.
 An Optuna search resumed in its sweep dir also settles the trials its study still holds as
 RUNNING (:func:`settle_running_trials`): a search that was killed (SIGKILL, a preempted or
 timed-out job) never tells the trial it was running, so it stayed RUNNING for good. Each search
-registers itself in ``<sweep dir>/.sweep/workers/``; a RUNNING trial that started before every
-other registered search that may still run is marked FAIL, with a warning naming it; one that
-such a search may have asked is left RUNNING and named, with the ``optuna ... tell`` command
-that fails it.
+registers itself in ``<sweep dir>/.sweep/workers/`` with the number of trials the study held
+then; a RUNNING trial numbered below that count for every other registered search that may
+still run (so none of them can have asked it) is marked FAIL, with a warning naming it; one
+that such a search may have asked is left RUNNING and named, with the ``optuna ... tell``
+command that fails it.
 
 Nothing here imports optuna at module level: the callback is loaded by every latentode-train run.
 """
@@ -139,7 +140,6 @@ def _study_trials(config: DictConfig) -> int:
 # -- trials left RUNNING by a search that stopped ---------------------------------------------
 
 WORKERS = "workers"     # <sweep dir>/.sweep/workers/<host>-<pid>.json: the searches running there
-HOST_SKEW_S = 60.0      # clocks of two hosts may differ by this much
 
 
 def _host() -> str:
@@ -160,14 +160,15 @@ def _worker_path(sweep_dir: str | Path, host: str, pid: int) -> Path:
     return Path(sweep_dir) / STATE / WORKERS / f"{host}-{pid}.json"
 
 
-def register_worker(sweep_dir: str | Path, pid: int | None = None,
+def register_worker(sweep_dir: str | Path, trials: int, pid: int | None = None,
                     host: str | None = None) -> Path:
     """Note in the sweep dir that an Optuna search (this process, by default) runs on its study
-    from now on: a later search on the study leaves the trials it asks alone. Removed when the
-    search ends (:meth:`SweepSummary.on_multirun_end`, or at the process's exit)."""
+    from now on, which held ``trials`` trials: the trials it asks are numbered from there on, so
+    a later search on the study leaves those alone. Removed when the search ends
+    (:meth:`SweepSummary.on_multirun_end`, or at the process's exit)."""
     pid = os.getpid() if pid is None else int(pid)
     host = _host() if host is None else str(host)
-    entry = {"host": host, "pid": pid, "started": time.time(),
+    entry = {"host": host, "pid": pid, "started": time.time(), "trials": int(trials),
              "process_start": _process_start(pid) if host == _host() else None}
     path = _worker_path(sweep_dir, host, pid)
     _write_atomic(path, json.dumps(entry) + "\n")
@@ -244,15 +245,18 @@ def settle_running_trials(config: DictConfig, sweep_dir: Path) -> Path | None:
     sweeper only the search that asked a trial tells its outcome, so a trial whose search was
     killed (SIGKILL, a preempted job, a crash) stays RUNNING for good.
 
-    Each search registers itself in ``<sweep dir>/.sweep/workers/`` (:func:`register_worker`).
-    A RUNNING trial is stale, and marked FAIL with a warning, when it started before every
-    other registered search that may still run (a search of this host whose process is gone
-    no longer counts; one on another host always does, its start taken 60 s earlier for
-    clock skew), as searches only tell the trials they asked. The others are named in a
-    warning with the ``optuna ... tell`` commands that fail them once no search runs. Storage
-    outside the sweep dir (a shared database, where searches of other sweep dirs may run
-    unseen) is never changed: its RUNNING trials are only named. Returns the search's entry
-    (None for a sweep that is no Optuna search)."""
+    Each search registers itself in ``<sweep dir>/.sweep/workers/`` with the study's trial
+    count at that moment (:func:`register_worker`); the trials it asks are numbered from that
+    count on. A RUNNING trial is stale, and marked FAIL with a warning, when its number is
+    below the count of every other registered search that may still run (a search of this host
+    whose process is gone no longer counts; one on another host always does), as searches only
+    tell the trials they asked. Trial numbers, not start times, decide: Optuna stores start
+    times in local time without its zone, and two searches may run in different zones. An
+    entry without a count (written by an older latentode) protects every trial. The others are
+    named in a warning with the ``optuna ... tell`` commands that fail them once no search runs.
+    Storage outside the sweep dir (a shared database, where searches of other sweep dirs may
+    run unseen) is never changed: its RUNNING trials are only named. Returns the search's
+    entry (None for a sweep that is no Optuna search)."""
     sweeper = config.hydra.get("sweeper") or {}
     if "optuna" not in str(sweeper.get("_target_", "")).lower() or not sweeper.get("storage"):
         return None
@@ -260,27 +264,26 @@ def settle_running_trials(config: DictConfig, sweep_dir: Path) -> Path | None:
     own = url.startswith("sqlite:///") and \
         Path(url[len("sqlite:///"):]).resolve().parent == sweep_dir.resolve()
     running: list[Any] = []
-    storage = None
+    count, storage = 0, None
     if not (url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file()):
         try:  # a new study has nothing to settle: the database is not created here
             import optuna
 
             storage = optuna.storages.get_storage(url)
             study_id = storage.get_study_id_from_name(name)
-            running = [t for t in storage.get_all_trials(study_id, deepcopy=False)
-                       if t.state == optuna.trial.TrialState.RUNNING]
+            trials = storage.get_all_trials(study_id, deepcopy=False)
+            count = max((t.number + 1 for t in trials), default=0)
+            running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
         except Exception:  # no such study yet (KeyError), no optuna, a database out of reach
             running = []
     with _locked(sweep_dir / STATE / "lock"):  # one search's look and entry before the next's
         others = _other_workers(sweep_dir)
-        path = register_worker(sweep_dir)
+        path = register_worker(sweep_dir, count)
     atexit.register(_unregister, path)
     if not running:
         return path
-    cutoff = min([float(o["started"]) - (0.0 if o["host"] == _host() else HOST_SKEW_S)
-                  for o in others], default=math.inf) if own else -math.inf
-    stale = [t for t in running
-             if t.datetime_start is None or t.datetime_start.timestamp() < cutoff]
+    cutoff = min([int(o.get("trials", 0)) for o in others], default=math.inf) if own else -1
+    stale = [t for t in running if t.number < cutoff]
     failed = [t.number for t in stale if _fail_trial(storage, t)]
     if failed:
         log.warning("optuna study %r (%s): %s left RUNNING by a search that stopped (killed, or "
