@@ -115,3 +115,18 @@ def test_eval_and_predict_name_the_closest_option(command, override, meant, monk
     # their own keys only; no advice about "+" (they refuse foreign keys with overrides=[...])
     assert last == (f"latentode-{command}: {key} is not a key of the config; "
                     f"did you mean {meant}?")
+
+
+@pytest.mark.parametrize(("override", "hint"), [
+    ("experiments=hopper_interp", "did you mean experiment=hopper_interp?"),
+    ("hparam_search=periodic_optuna", "did you mean hparams_search=periodic_optuna?"),
+    # both groups offer latent_ode: naming only module (the closest key) would train the
+    # default model
+    ("modle=latent_ode", "did you mean module=latent_ode or model=latent_ode?"),
+    ("modle=hopper_odernn", "did you mean model=hopper_odernn?"),
+])
+def test_misspelt_group_name_names_the_groups_that_offer_the_value(override, hint, monkeypatch,
+                                                                   capsys):
+    err = failing_main([override], monkeypatch, capsys)
+    assert err.splitlines()[-1] == (f"latentode-train: {override.split('=')[0]} is not a config "
+                                    f"group; {hint}")

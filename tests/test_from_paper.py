@@ -125,12 +125,13 @@ def test_translated_physionet_commands_train_and_test(flags, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     ("--dataset periodic", "no model: give one of --latent-ode"),
-    ("--latent-ode --load 123", "latentode-eval run_dir="),
+    ("--latent-ode --load 123", "latentode-eval ckpt_path=<run>/checkpoints/last.ckpt"),
     ("--latent-ode --dataset activity", "experiment=csv"),
     ("--latent-ode --dataset mnist", "run_models.py knows periodic, hopper"),
     ("--classic-rnn --input-decay --rnn-cell expdecay", "GRU-D"),
     ("--latent-ode --dataset hopper --classif", "no labels"),
     ("--rnn-vae --dataset physionet --classif", "only the latent ODE has a label head"),
+    ("--latent-ode --ode-rnn --dataset physionet --classif", "takes --ode-rnn before"),
     ("--latent-ode --dataset physionet --extrap",
      "data.task._target_=latentode.data.Extrapolation"),
     ("--latent-ode -s 0", "a share in (0, 1] or a count"),
@@ -170,3 +171,21 @@ def test_main_prints_the_command_runs_it_and_fails_cleanly(capsys, monkeypatch):
 
     assert from_paper.main(["--", "--dataset", "activity", "--latent-ode"]) == 2
     assert "latentode-from-paper: --dataset activity" in capsys.readouterr().err
+
+
+def test_values_pass_exactly_and_what_differs_is_noted():
+    t = translate(shlex.split("--latent-ode --lr 0.000123456789 -s 0.9999999 --max-t 2.123456789 "
+                              "--poisson"))
+    assert "module.optimizer.lr=0.000123456789" in t.overrides
+    assert "data.task.fraction=0.9999999" in t.overrides
+    assert "data.dataset.t_max=2.123456789" in t.overrides
+    assert any("--poisson: here the rate is an MLP" in n for n in t.notes)
+    # the paper code takes the hopper file's 10,000 trajectories for any larger -n
+    t = translate(shlex.split("--latent-ode --dataset hopper -n 20000"))
+    assert "data.dataset.n_trajectories=10000" in t.overrides
+    assert any("-n 20000" in n for n in t.notes)
+    compose_train(t.overrides)
+    # PhysioNet with labels: the paper code reads set-a alone
+    notes = "\n".join(translate(shlex.split("--latent-ode --dataset physionet --classif")).notes)
+    assert "first -n of set-a (only set-a has labels)" in notes
+    assert "schedule=series" in notes and "min-max" in notes

@@ -98,7 +98,7 @@ def translate(argv: Sequence[str]) -> Translation:
     overrides += [
         f"trainer.max_epochs={args.niters}",
         f"data.batch_size={args.batch_size}",
-        f"module.optimizer.lr={args.lr:g}",
+        f"module.optimizer.lr={args.lr!r}",
         "module.scheduler.gamma=0.999",  # utils.update_learning_rate(decay_rate=0.999,
         "module.scheduler.min_factor=0.1",  # lowest=args.lr / 10), once per iteration
         f"seed={args.random_seed}",
@@ -115,9 +115,9 @@ def translate(argv: Sequence[str]) -> Translation:
 def _refuse_unsupported(args: argparse.Namespace) -> None:
     if args.load is not None:
         raise PaperFlagError(
-            "--load evaluates a saved run: use `latentode-eval run_dir=<run directory>` (or "
-            "`latentode-train ... ckpt_path=<run>/checkpoints/last.ckpt` to go on training); "
-            "the paper code's .ckpt files do not load into latentode")
+            "--load evaluates a saved run: use `latentode-eval ckpt_path=<run>/checkpoints/"
+            "last.ckpt` (or `latentode-train ... ckpt_path=<run>/checkpoints/last.ckpt` to go "
+            "on training); the paper code's .ckpt files do not load into latentode")
     if args.dataset == "activity":
         raise PaperFlagError(
             "--dataset activity (UCI person activity) is not shipped with latentode; put the "
@@ -186,6 +186,10 @@ def _model(args: argparse.Namespace, notes: list[str]) -> tuple[str, list[str]]:
                   f"model.gen_layers={args.gen_layers + 1}", f"model.obs_std={std:g}"]
     if args.poisson:
         generative.append("model.poisson=true")
+        notes.append("--poisson: here the rate is an MLP of the latent state (one hidden layer "
+                     "of model.gen_units) whose integral rides beside z in the solve; the paper "
+                     "code's ODE carries a second -l-wide state for the rate (field on 2 x -l, "
+                     "z0 of 2 x -l, a rate net of 2 hidden layers): another network")
     if args.poisson or args.classif:
         # the presets start the latent path at the first predicted time (the paper code's
         # decoder); the rate and the classifier read the whole path from its start, which in
@@ -210,9 +214,12 @@ def _model(args: argparse.Namespace, notes: list[str]) -> tuple[str, list[str]]:
 def _labels(args: argparse.Namespace, notes: list[str]) -> list[str]:
     if not args.classif:
         return []
-    if not args.latent_ode or args.rnn_vae or args.classic_rnn or args.ode_rnn:
-        raise PaperFlagError("--classif: only the latent ODE has a label head here (the "
-                             "baselines reconstruct and forecast); use --latent-ode")
+    baseline = next((n for n, on in (("--rnn-vae", args.rnn_vae), ("--classic-rnn",
+                                     args.classic_rnn), ("--ode-rnn", args.ode_rnn)) if on), None)
+    if baseline:
+        raise PaperFlagError(f"--classif with {baseline}: only the latent ODE has a label head "
+                             "here (the baselines reconstruct and forecast); run_models.py "
+                             f"takes {baseline} before --latent-ode, so give --latent-ode alone")
     if args.linear_classif:
         notes.append("--linear-classif: the classifier here is two ReLU layers of "
                      "model.label_units (the paper code's default one); no linear option")
@@ -226,7 +233,7 @@ def _share_or_count(s: float | None) -> tuple[str, str]:
     if s is None:
         return "1.0", "null"
     if s <= 1:
-        return f"{s:g}", "null"
+        return repr(s), "null"
     return "null", str(int(s))
 
 
@@ -234,7 +241,10 @@ def _data(args: argparse.Namespace, notes: list[str]) -> list[str]:
     fraction, count = _share_or_count(args.sample_tp)
     if args.dataset == "hopper":
         task = "hopper_extrap" if args.extrap else "hopper_interp"
-        out = [f"experiment={task}", f"data.dataset.n_trajectories={args.n}",
+        if args.n > 10_000:
+            notes.append(f"-n {args.n}: the hopper file holds 10,000 trajectories; the paper "
+                         "code takes them all (its [:n]), and so does this run")
+        out = [f"experiment={task}", f"data.dataset.n_trajectories={min(args.n, 10_000)}",
                # the paper code scales each channel over its whole 10,000-trajectory file
                "data.dataset.scale_trajectories=10000",
                f"data.dataset.window_seed={args.random_seed}"]
@@ -256,8 +266,8 @@ def _data(args: argparse.Namespace, notes: list[str]) -> list[str]:
     if args.dataset == "periodic":
         task = "periodic_extrap" if args.extrap else "periodic_interp"
         out = [f"experiment={task}", f"data.dataset.n_series={args.n}",
-               f"data.dataset.n_points={args.timepoints}", f"data.dataset.t_max={args.max_t:g}",
-               f"data.dataset.noise_weight={args.noise_weight:g}",
+               f"data.dataset.n_points={args.timepoints}", f"data.dataset.t_max={args.max_t!r}",
+               f"data.dataset.noise_weight={args.noise_weight!r}",
                f"data.dataset.seed={args.random_seed}"]
         if args.extrap:  # split_data_extrap: the first half of the points to the encoder
             out += [f"data.task.count={args.timepoints // 2}", "data.task.fraction=null"]
@@ -281,11 +291,16 @@ def _data(args: argparse.Namespace, notes: list[str]) -> list[str]:
         args.rnn_vae or args.classic_rnn or args.ode_rnn)
     out = (["experiment=physionet_interp", f"observed_fraction={fraction}"] if recipe else
            ["data=physionet", "task_name=physionet_interp", f"data.task.fraction={fraction}"])
-    out.append(f"data.dataset.quantization={args.quantization:g}")
+    out.append(f"data.dataset.quantization={args.quantization!r}")
     if count != "null":
         raise PaperFlagError(f"-s {args.sample_tp:g} on PhysioNet: give a share in (0, 1]")
+    pooled = "set-a" if args.classif else "set-a and set-b together"
     notes.append(f"-n {args.n}: all records of data.dataset.subset (set-a, 4,000 patients) are "
-                 "read; the paper code takes the first -n of set-a and set-b together")
+                 f"read; the paper code takes the first -n of {pooled} (only set-a has labels)")
+    notes.append("PhysioNet channels are standardised here (the paper code min-max scales "
+                 "them)" + ("; the encoder walks each patient through its own times "
+                            "(model.encoder.schedule=series, max_step=0.02), the paper code's "
+                            "through the batch's union" if recipe else ""))
     _ignored(args, notes, "--max-t", "--noise-weight", "--timepoints")
     return [*out, *no_validation]
 

@@ -98,6 +98,23 @@ def _has_key(cfg: Any, parts: list[str]) -> bool:
     return True
 
 
+def _misspelt_group(command: str, key: str, value: str, loader: Any) -> str | None:
+    """For ``experiments=hopper_interp`` (a top-level key like a config group's name): the
+    close groups, those offering ``value`` first (``modle=latent_ode``: model and module both
+    do, so both are named; a key suggestion alone would send the user to one of them)."""
+    groups = [g for g in loader.list_groups("") if g != "hydra"]
+    close = difflib.get_close_matches(key, groups, n=3, cutoff=0.7)
+    if not close:
+        return None
+    offering = [g for g in close if value in loader.get_group_options(g)]
+    if offering:
+        meant = " or ".join(f"{g}={value}" for g in offering)
+        return f"{command}: {key} is not a config group; did you mean {meant}?"
+    options = loader.get_group_options(close[0])
+    return (f"{command}: {key} is not a config group; did you mean {close[0]}? (its options: "
+            f"{', '.join(options)})")
+
+
 def _key_hint(command: str, key: str, cfg: Any, plus_refused: bool) -> str:
     close = closest_key(cfg, key)
     hint = f"; did you mean {close}?" if close else "."
@@ -177,6 +194,11 @@ def composition_hint(config_name: str, overrides: list[str], command: str = "lat
                         return None
                     del rest[more[0]], rest_parsed[more[0]]
                     continue
+                if "." not in key and not parsed[index].is_delete():
+                    hint = _misspelt_group(command, key, lines[index].split("=", 1)[-1],
+                                           state.config_loader())
+                    if hint:
+                        return hint
                 return _key_hint(command, key, cfg,
                                  plus_refused and not parsed[index].is_delete())
             return None
