@@ -139,6 +139,14 @@ def commands(protocol: str = "full", root: str | None = None,
              trainer: str | None = None, extra: Sequence[str] = ()) -> list[str]:
     """One ``latentode-train -m`` per cell family (model preset x task: every fraction and seed),
     each into its own sweep dir under ``root/protocol``, then the ``collect`` command."""
+    for what, given, known in (("task", tasks, TASKS), ("model preset", presets, tuple(ROWS))):
+        unknown = [g for g in given if g not in known]
+        if unknown:  # a command with experiment=interp would only fail when run
+            raise ValueError(f"unknown {what} {', '.join(map(repr, unknown))}: the table's are "
+                             f"{', '.join(known)}")
+    bad = [f for f in fractions if not 0 < f <= 1]
+    if bad:
+        raise ValueError(f"observed fractions must lie in (0, 1], got {bad}")
     trainer = trainer or DEFAULT_TRAINER.get(protocol, "default")
     root = root or default_root()
     overrides = [*PROTOCOLS[protocol], *extra]
@@ -576,11 +584,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:<32} test MSE x 10^-2: {100 * mse:.3f}")
         return 0
     if args.action == "commands":
-        lines = commands(args.protocol, args.root,
-                         seeds=[int(s) for s in args.seeds.split(",")],
-                         presets=args.models.split(","), tasks=args.tasks.split(","),
-                         fractions=[float(f) for f in args.fractions.split(",")],
-                         trainer=args.trainer, extra=args.overrides)
+        try:
+            lines = commands(args.protocol, args.root,
+                             seeds=[int(s) for s in args.seeds.split(",")],
+                             presets=args.models.split(","), tasks=args.tasks.split(","),
+                             fractions=[float(f) for f in args.fractions.split(",")],
+                             trainer=args.trainer, extra=args.overrides)
+        except ValueError as error:
+            cmd.error(str(error))
         print("\n".join(lines))
     else:
         print(collect(args.roots, args.csv, args.markdown, args.runs_csv))

@@ -197,9 +197,22 @@ def test_extrapolation_subsample_errors(kwargs, match):
 
 def test_commands_take_the_fractions_to_run(capsys):
     assert paper_table.main(["commands", "--protocol", "reduced", "--fractions", "0.1,0.5",
-                             "--models", "hopper_gru_dt", "--tasks", "interp"]) == 0
+                             "--models", "hopper_gru_dt", "--tasks", "hopper_interp"]) == 0
     (line, _collect) = capsys.readouterr().out.strip().splitlines()
     assert "observed_fraction=0.1,0.5" in shlex.split(line)
+    assert "experiment=hopper_interp" in shlex.split(line)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tasks", "interp"], "unknown task 'interp': the table's are hopper_interp, hopper_extrap"),
+    (["--models", "hopper_ode"], "unknown model preset 'hopper_ode'"),
+    (["--fractions", "10"], "observed fractions must lie in (0, 1], got [10.0]"),
+])
+def test_commands_refuse_what_the_table_has_not(args, message, capsys):
+    # --tasks interp printed experiment=interp, a command that failed only when run
+    with pytest.raises(SystemExit) as stop:
+        paper_table.main(["commands", *args])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_commands_write_under_latentode_root(monkeypatch, tmp_path):
