@@ -169,6 +169,13 @@ def test_main_prints_the_command_runs_it_and_fails_cleanly(capsys, monkeypatch):
     assert calls[0][1:3] == ["-m", "latentode.cli.train"]
     assert calls[0][3:] == translate(shlex.split(PERIODIC)).overrides
 
+    # latentode-train's own overrides after a second --
+    calls.clear()
+    assert from_paper.main(["--run", "--", *shlex.split(PERIODIC), "--", "trainer=gpu",
+                            "model.encoder.cuda_graph=true"]) == 0
+    assert calls[0][-2:] == ["trainer=gpu", "model.encoder.cuda_graph=true"]
+    assert calls[0][3:-2] == translate(shlex.split(PERIODIC)).overrides
+
     assert from_paper.main(["--", "--dataset", "activity", "--latent-ode"]) == 2
     assert "latentode-from-paper: --dataset activity" in capsys.readouterr().err
 

@@ -13,7 +13,8 @@ its optimiser and schedule (Adamax, ``--lr`` decayed by 0.999 per step to a tent
 protocol (the ``experiment=`` recipe of the dataset and task; 80/20 train/test, no validation
 split) and its seed. Where the two codes differ, a line on stderr says how; a flag with no
 counterpart (GRU-D's ``--input-decay``, the ``activity`` dataset...) stops with what to use
-instead. ``--run`` starts the run instead of printing it.
+instead. ``--run`` starts the run instead of printing it; latentode-train overrides after a
+second ``--`` are appended (``... --rec-layers 3 -- trainer=gpu``).
 
 The parser below takes exactly ``run_models.py``'s flags and defaults, so an omitted flag means
 what it means there (e.g. ``-l`` 6, ``--niters`` 300, ``-r`` 1991).
@@ -317,16 +318,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: print (or with ``--run``, run) the latentode-train command."""
     parser = argparse.ArgumentParser(
         prog="latentode-from-paper", description=__doc__.split("\n\n")[0],
-        usage="latentode-from-paper [--run] -- <run_models.py arguments>")
+        usage="latentode-from-paper [--run] -- <run_models.py arguments> [-- <latentode-train "
+              "overrides>]")
     parser.add_argument("--run", action="store_true", help="run it instead of printing it")
     parser.add_argument("paper_args", nargs=argparse.REMAINDER)
     opts = parser.parse_args(argv)
     paper_args = opts.paper_args[1:] if opts.paper_args[:1] == ["--"] else opts.paper_args
+    extra: list[str] = []
+    if "--" in paper_args:  # latentode-train's own overrides after a second -- (trainer=gpu)
+        cut = paper_args.index("--")
+        paper_args, extra = paper_args[:cut], paper_args[cut + 1:]
     try:
         result = translate(paper_args)
     except PaperFlagError as error:
         print(f"latentode-from-paper: {error}", file=sys.stderr)
         return 2
+    result.overrides += extra
     for note in result.notes:
         print(f"# {note}", file=sys.stderr)
     if not opts.run:
