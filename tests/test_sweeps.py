@@ -567,6 +567,24 @@ def test_a_live_searchs_trial_in_another_time_zone_is_left_running(tmp_path, cap
     assert "trial 0 is RUNNING and may belong to a search still running" in caplog.text
 
 
+def test_liveness_is_not_probed_with_a_signal_on_windows(monkeypatch):
+    """os.kill(pid, 0) sends CTRL_C_EVENT on Windows: a live search would be interrupted. There
+    a registered search of this host counts as live."""
+    from latentode.cli import sweep as sweep_module
+
+    def kill(*args):
+        raise AssertionError("os.kill called")
+
+    entry = {"host": sweep_module._host(), "pid": dead_pid(), "process_start": None}
+    monkeypatch.setattr(sweep_module.os, "kill", kill)
+    monkeypatch.setattr(sweep_module.os, "name", "nt")
+    try:
+        alive = sweep_module._alive(entry)
+    finally:
+        monkeypatch.undo()  # pytest's own paths need the real os.name
+    assert alive
+
+
 def test_a_study_in_other_storage_is_never_changed(tmp_path, caplog):
     """Storage outside the sweep dir (a shared database): searches of other sweep dirs may run
     on it unseen, so its RUNNING trials are named, not failed."""

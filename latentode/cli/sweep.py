@@ -180,6 +180,8 @@ def _alive(entry: dict[str, Any]) -> bool:
     is gone (or whose pid a later process took); a search on another host cannot be checked."""
     if entry.get("host") != _host():
         return True
+    if os.name == "nt":  # signal 0 there is CTRL_C_EVENT: it would interrupt the search
+        return True
     pid = int(entry["pid"])
     try:
         os.kill(pid, 0)
