@@ -50,7 +50,7 @@ class RunRecord(L.Callback):
         hydra_dir = None if run_dir is None else run_dir / ".hydra"
         for name in HYDRA_FILES:
             if hydra_dir is not None and (hydra_dir / name).is_file():
-                self.record["files"][name] = (hydra_dir / name).read_text()
+                self.record["files"][name] = (hydra_dir / name).read_text(encoding="utf-8")
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
@@ -274,7 +274,7 @@ def restore_run_files(record: dict[str, Any], hydra_dir: Path) -> None:
     files.setdefault("config.yaml", OmegaConf.to_yaml(OmegaConf.create(record["config"])))
     files.setdefault("overrides.yaml", yaml.safe_dump(list(record["overrides"])))
     for name, text in files.items():
-        (hydra_dir / name).write_text(text)
+        (hydra_dir / name).write_text(text, encoding="utf-8")  # Hydra writes UTF-8
 
 
 def not_fitting(ckpt: Path, config_path: Path, problem: str) -> str:

@@ -220,7 +220,7 @@ def _trials(numbers: list[int], singular: str, plural: str) -> str:
 
 
 def _fail_command(url: str, study: str, numbers: list[int]) -> str:
-    return "; ".join(f"optuna --storage {url} tell --study-name {study} --trial-number {n} "
+    return "\n".join(f"optuna --storage {url} tell --study-name {study} --trial-number {n} "
                      "--state fail" for n in numbers)
 
 
@@ -298,7 +298,8 @@ def settle_running_trials(config: DictConfig, sweep_dir: Path) -> Path | None:
                           for o in others) if own else \
             "storage outside the sweep dir, where searches of other sweep dirs may run unseen"
         log.warning("optuna study %r (%s): %s RUNNING and may belong to a search still running "
-                    "(%s): left as %s. Once no search runs on the study, fail %s with: %s",
+                    "(%s): left as %s. Once no search runs on the study, fail %s with (one "
+                    "command a line):\n%s",
                     name, url, _trials(left, "is", "are"), where,
                     "it is" if len(left) == 1 else "they are",
                     "it" if len(left) == 1 else "them", _fail_command(url, name, left))
@@ -316,7 +317,7 @@ def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", newline="") as f:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
@@ -384,7 +385,7 @@ def _override_columns(overrides: list[str]) -> dict[str, str]:
 def _last_values(metrics_csv: Path, prefix: str) -> dict[str, float]:
     """The last value logged of each ``prefix`` column of a run's ``metrics.csv``."""
     values: dict[str, float] = {}
-    with contextlib.suppress(OSError), open(metrics_csv, newline="") as f:
+    with contextlib.suppress(OSError), open(metrics_csv, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             for key, value in row.items():
                 if key and key.startswith(prefix) and value not in ("", None):
@@ -556,8 +557,9 @@ class SweepSummary(Callback):
         if not (sweep_dir / STATE / "jobs").is_dir():
             return
         path = refresh_summary(sweep_dir)
-        with open(path, newline="") as f:  # this call's jobs: a resumed sweep's earlier
-            # failures are in the table but not this call's outcome (it exited 1 for them)
+        # this call's jobs: a resumed sweep's earlier failures are in the table but not this
+        # call's outcome (it exited 1 for them)
+        with open(path, newline="", encoding="utf-8") as f:
             statuses = [row["status"] for row in csv.DictReader(f)
                         if int(row["job"]) >= self._first_job]
         failed = statuses.count("failed")
@@ -589,7 +591,7 @@ def best_job(summary: Path, metric: Any, direction: Any = "minimize") -> tuple[s
     without such a column, a value, or one direction)."""
     if not metric or not isinstance(direction, str):
         return None
-    with open(summary, newline="") as f:
+    with open(summary, newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f)
                 if r.get("status") in ("completed", "unrecorded") and r.get(str(metric))]
     scored = []

@@ -513,7 +513,8 @@ class LatentODEForecaster:
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), out / WEIGHTS_FILE)
-        (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
+        (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(self.cfg, resolve=True),
+                                       encoding="utf-8")  # OmegaConf.load reads UTF-8
         spec.write(out / TRANSFORMS_FILE)
         calibration = out / CALIBRATION_FILE
         if self.calibration is not None:

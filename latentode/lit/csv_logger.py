@@ -54,6 +54,23 @@ def _kept(row: dict[str, str], before_step: int | None) -> bool:
     return step is None or step < before_step
 
 
+class _Utf8Files:
+    """A filesystem whose text files are UTF-8 whatever the platform's default: Windows' ANSI
+    code page cannot hold a channel named ``SpO₂`` (``test/mse_data/SpO₂``), and every reader
+    of ``metrics.csv`` reads UTF-8."""
+
+    def __init__(self, fs: Any) -> None:
+        self._inner = fs
+
+    def open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        if "b" not in mode:
+            kwargs.setdefault("encoding", "utf-8")
+        return self._inner.open(path, mode, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 class _RunDirWriter(ExperimentWriter):
     """Lightning's writer, except that an existing ``metrics.csv`` is continued or moved aside."""
 
@@ -83,6 +100,8 @@ class _RunDirWriter(ExperimentWriter):
         log.info("%s: tested again at step %d; its earlier test row replaced", path, step)
 
     def _check_log_dir_exists(self) -> None:  # called by the base __init__ instead of deleting
+        if not isinstance(self._fs, _Utf8Files):  # the base __init__ has just set it
+            self._fs = _Utf8Files(self._fs)
         path = self.metrics_file_path
         if not self._fs.isfile(path):
             return
