@@ -194,6 +194,18 @@ def test_round_trip_timezone_aware_datetimes():
     assert_exact(out, sorted_frame(df))
 
 
+def test_naive_times_given_to_zoned_data_are_wall_clock_times_there():
+    # a forecaster fitted on aware times and asked with a naive frame read the naive stamps
+    # as UTC: across the daylight-saving change the model times moved by an hour, silently
+    aware = pd.Series(pd.date_range("2024-03-09 20:00", periods=12, freq="2h",
+                                    tz="America/New_York"))
+    transform = TimeTransform.fit(aware)
+    naive = aware.dt.tz_localize(None)
+    np.testing.assert_array_equal(transform.to_model(naive), transform.to_model(aware))
+    assert transform.to_model(naive[[0]])[0] == transform.to_model(
+        [transform.local(naive[0])])[0]  # as a naive times= stamp is read
+
+
 def test_round_trip_static_covariates_and_series_labels():
     df = small_frame().assign(
         age=lambda d: d["series_id"].map({1: 40.0, 2: 71.5}),

@@ -83,6 +83,13 @@ class TimeTransform:
     def _to_number(self, raw: Any) -> np.ndarray:
         if self.kind == "datetime":
             stamps = pd.to_datetime(pd.Series(np.asarray(raw)))
+            if self.tz is not None and stamps.dt.tz is None:
+                # naive stamps given to data in a zone (a forecaster fitted on aware times,
+                # asked with a naive frame) are wall-clock times there, as :meth:`local` reads
+                # a naive ``times=``: read as UTC, a daylight-saving change inside a history
+                # vanished and the answer moved, silently
+                stamps = stamps.dt.tz_localize(self.tz, ambiguous=np.zeros(len(stamps), bool),
+                                               nonexistent="shift_forward")
             if stamps.dt.tz is not None:
                 stamps = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
             early, late = stamps.min(), stamps.max()
