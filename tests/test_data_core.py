@@ -206,6 +206,22 @@ def test_naive_times_given_to_zoned_data_are_wall_clock_times_there():
         [transform.local(naive[0])])[0]  # as a naive times= stamp is read
 
 
+def test_zoned_times_given_to_naive_data_are_refused():
+    # a model fitted on naive times, asked with aware ones: they were converted to UTC and
+    # compared with the naive wall clock, moving the history by the zone's offset, silently
+    naive = pd.Series(pd.date_range("2024-03-09 20:00", periods=12, freq="2h"))
+    transform = TimeTransform.fit(naive)
+    aware = naive.dt.tz_localize("America/New_York", nonexistent="shift_forward")
+    with pytest.raises(ValueError, match=r"times in zone America/New_York given to data whose "
+                       r"times carry no zone .*tz_localize\(None\)"):
+        transform.to_model(aware)
+    with pytest.raises(ValueError, match="carry no zone"):
+        transform.to_model([transform.local(pd.Timestamp("2024-03-10 12:00", tz="UTC"))])
+    # aware data keep converting any zone
+    zoned = TimeTransform.fit(aware)
+    np.testing.assert_allclose(zoned.to_model(aware.dt.tz_convert("UTC")), zoned.to_model(aware))
+
+
 def test_round_trip_static_covariates_and_series_labels():
     df = small_frame().assign(
         age=lambda d: d["series_id"].map({1: 40.0, 2: 71.5}),

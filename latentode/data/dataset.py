@@ -59,7 +59,9 @@ class TimeTransform:
                              f"48-hour records), got {scale!r}.")
         kind = "datetime" if _is_datetime(raw) else "numeric"
         unit = (unit or "h") if kind == "datetime" else unit
-        base = cls(kind=kind, offset=0.0, scale=1.0, unit=unit)._to_number(raw)
+        tz = getattr(getattr(raw, "dtype", None), "tz", None) if kind == "datetime" else None
+        tz = None if tz is None else str(tz)
+        base = cls(kind=kind, offset=0.0, scale=1.0, unit=unit, tz=tz)._to_number(raw)
         lo, hi = float(np.min(base)), float(np.max(base))
         span = hi - lo
         if starts is not None and len(base):
@@ -68,9 +70,7 @@ class TimeTransform:
         auto = scale is None
         if scale is None:
             scale = cls.automatic_scale(span)
-        tz = getattr(getattr(raw, "dtype", None), "tz", None) if kind == "datetime" else None
-        return cls(kind=kind, offset=lo, scale=float(scale), unit=unit, auto=auto,
-                   tz=None if tz is None else str(tz))
+        return cls(kind=kind, offset=lo, scale=float(scale), unit=unit, auto=auto, tz=tz)
 
     def local(self, when: Any) -> pd.Timestamp:
         """A time stamp given in the data's terms: a naive one is taken to be in the data's
@@ -91,6 +91,13 @@ class TimeTransform:
                 stamps = stamps.dt.tz_localize(self.tz, ambiguous=np.zeros(len(stamps), bool),
                                                nonexistent="shift_forward")
             if stamps.dt.tz is not None:
+                if self.tz is None:  # which zone were the data's naive times in? unknowable
+                    raise ValueError(
+                        f"times in zone {stamps.dt.tz} given to data whose times carry no zone "
+                        "(the model was fitted on naive datetimes): give naive times on the "
+                        "training data's clock, e.g. "
+                        "times.dt.tz_convert('<that zone>').dt.tz_localize(None)."
+                    )
                 stamps = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
             early, late = stamps.min(), stamps.max()
             if early < pd.Timestamp.min or late > pd.Timestamp.max:  # they wrapped around
