@@ -45,6 +45,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -118,23 +119,35 @@ def next_job(sweep_dir: str | Path, study_trials: int = 0) -> int:
     return max([*[job + 1 for job in taken], study_trials, 0])
 
 
-def _study_trials(config: DictConfig) -> int:
-    """Trials already in the Optuna study of ``config.hydra.sweeper`` (0 if none or no Optuna)."""
+@dataclass
+class _Study:
+    """The Optuna study of a search: its storage (None while the study does not exist yet) and
+    its trials, read once at the search's start."""
+
+    url: str
+    name: str
+    storage: Any = None
+    trials: list[Any] = field(default_factory=list)
+
+
+def _optuna_study(config: DictConfig) -> _Study | None:
+    """The study of ``config.hydra.sweeper`` (None for a sweep that is no stored Optuna
+    search; no trials for a study not created yet)."""
     sweeper = config.hydra.get("sweeper") or {}
     if "optuna" not in str(sweeper.get("_target_", "")).lower() or not sweeper.get("storage"):
-        return 0
-    url = str(sweeper.storage)
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
-        return 0  # a new search: do not create the database here
+        return None
+    study = _Study(str(sweeper.storage), str(sweeper.get("study_name")))
+    if study.url.startswith("sqlite:///") and not Path(study.url[len("sqlite:///"):]).is_file():
+        return study  # a new search: do not create the database here
     try:
         import optuna
 
-        storage = optuna.storages.get_storage(url)
-        name = sweeper.get("study_name")
-        study_id = storage.get_study_id_from_name(str(name)) if name else None
-        return 0 if study_id is None else len(storage.get_all_trials(study_id, deepcopy=False))
-    except Exception:  # no such study yet (KeyError), or no database file
-        return 0
+        storage = optuna.storages.get_storage(study.url)
+        study_id = storage.get_study_id_from_name(study.name)
+        study.storage, study.trials = storage, storage.get_all_trials(study_id, deepcopy=False)
+    except Exception:  # no such study yet (KeyError), no optuna, a database out of reach
+        pass
+    return study
 
 
 # -- trials left RUNNING by a search that stopped ---------------------------------------------
@@ -242,7 +255,7 @@ def _fail_trial(storage: Any, trial: Any) -> bool:
         return False
 
 
-def settle_running_trials(config: DictConfig, sweep_dir: Path) -> Path | None:
+def settle_running_trials(study: _Study | None, sweep_dir: Path) -> Path | None:
     """On an Optuna search's start, the trials of its study still RUNNING: in the Hydra Optuna
     sweeper only the search that asked a trial tells its outcome, so a trial whose search was
     killed (SIGKILL, a preempted job, a crash) stays RUNNING for good.
@@ -258,26 +271,14 @@ def settle_running_trials(config: DictConfig, sweep_dir: Path) -> Path | None:
     named in a warning with the ``optuna ... tell`` commands that fail them once no search runs.
     Storage outside the sweep dir (a shared database, where searches of other sweep dirs may
     run unseen) is never changed: its RUNNING trials are only named. Returns the search's
-    entry (None for a sweep that is no Optuna search)."""
-    sweeper = config.hydra.get("sweeper") or {}
-    if "optuna" not in str(sweeper.get("_target_", "")).lower() or not sweeper.get("storage"):
+    entry (None for a sweep that is no Optuna search: ``study`` None)."""
+    if study is None:
         return None
-    url, name = str(sweeper.storage), str(sweeper.get("study_name"))
+    url, name, storage = study.url, study.name, study.storage
     own = url.startswith("sqlite:///") and \
         Path(url[len("sqlite:///"):]).resolve().parent == sweep_dir.resolve()
-    running: list[Any] = []
-    count, storage = 0, None
-    if not (url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file()):
-        try:  # a new study has nothing to settle: the database is not created here
-            import optuna
-
-            storage = optuna.storages.get_storage(url)
-            study_id = storage.get_study_id_from_name(name)
-            trials = storage.get_all_trials(study_id, deepcopy=False)
-            count = max((t.number + 1 for t in trials), default=0)
-            running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
-        except Exception:  # no such study yet (KeyError), no optuna, a database out of reach
-            running = []
+    count = len(study.trials)  # Optuna numbers a study's trials 0, 1, ...
+    running = [t for t in study.trials if t.state.name == "RUNNING"]
     with _locked(sweep_dir / STATE / "lock"):  # one search's look and entry before the next's
         others = _other_workers(sweep_dir)
         path = register_worker(sweep_dir, count)
@@ -494,11 +495,13 @@ class SweepSummary(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)  # before the sweeper opens optuna.db in it
         self._worker: Path | None = None
+        study = _optuna_study(config)
         try:  # an Optuna search: trials a killed search left RUNNING (never stops the sweep)
-            self._worker = settle_running_trials(config, sweep_dir)
+            self._worker = settle_running_trials(study, sweep_dir)
         except Exception:
             log.exception("could not check the Optuna study for trials left RUNNING")
-        offset = next_job(sweep_dir, _study_trials(config))  # after every job dir, record, trial
+        # after every job dir, record and trial
+        offset = next_job(sweep_dir, len(study.trials) if study else 0)
         self._first_job = offset
         path = _offset_path(sweep_dir)
         if offset or path.exists():
