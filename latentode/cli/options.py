@@ -61,18 +61,26 @@ def refuse_foreign_options(cfg: DictConfig, config_name: str, tool: str) -> None
                      + f". Its options: {', '.join(options)}.")
 
 
-def suggest_key(cfg: DictConfig, key: str) -> str:
-    """`` Did you mean a.b.c?`` for a dotted ``key`` missing from ``cfg`` (or empty)."""
+def closest_prefix(cfg: DictConfig, key: str) -> str | None:
+    """The dotted ``key`` up to its first part missing from ``cfg``, that part replaced by the
+    closest existing one (``trainr.max_epoch`` -> ``trainer``); None when no part is missing
+    or none is close."""
     parts = key.split(".")
     node: Any = cfg
     for depth, part in enumerate(parts):
         if not isinstance(node, DictConfig):
-            return ""
+            return None
         if part not in node:
             close = difflib.get_close_matches(part, [str(k) for k in node], n=1)
-            return f" Did you mean {'.'.join([*parts[:depth], close[0]])}?" if close else ""
+            return ".".join([*parts[:depth], close[0]]) if close else None
         node = node[part]
-    return ""
+    return None
+
+
+def suggest_key(cfg: DictConfig, key: str) -> str:
+    """`` Did you mean a.b.c?`` for a dotted ``key`` missing from ``cfg`` (or empty)."""
+    close = closest_prefix(cfg, key)
+    return f" Did you mean {close}?" if close else ""
 
 
 def _group_names(data: DictConfig) -> list[str]:

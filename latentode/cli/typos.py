@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from latentode.cli import config_dir
-from latentode.cli.options import suggest_key
+from latentode.cli.options import closest_prefix
 
 _TRIES = 24  # compositions at most (each ~0.3 s): sweeps' values, then overrides taken out
 _KEY_ERRORS = (re.compile(r"Could not override '([^']+)'\."),
@@ -76,10 +76,10 @@ def closest_key(cfg: Any, key: str) -> str | None:
     match."""
     parts = key.split(".")
     for _ in parts:
-        found = re.fullmatch(r" Did you mean (.+)\?", suggest_key(cfg, ".".join(parts)))
+        found = closest_prefix(cfg, ".".join(parts))
         if found is None:
             return None
-        fixed = found.group(1).split(".")
+        fixed = found.split(".")
         parts = [*fixed, *parts[len(fixed):]]
         if _has_key(cfg, parts):
             return ".".join(parts)
