@@ -94,8 +94,9 @@ def translate(argv: Sequence[str]) -> Translation:
         raise PaperFlagError(f"not run_models.py flags: {' '.join(unknown)}")
     notes: list[str] = []
     _refuse_unsupported(args)
-    model, model_overrides = _model(args, notes)
-    overrides = [*_data(args, notes), f"model={model}", *model_overrides]
+    first = _model_flag(args, notes)
+    model, model_overrides = _model(args, first, notes)
+    overrides = [*_data(args, first, notes), f"model={model}", *model_overrides]
     overrides += [
         f"trainer.max_epochs={args.niters}",
         f"data.batch_size={args.batch_size}",
@@ -147,8 +148,8 @@ def _refuse_unsupported(args: argparse.Namespace) -> None:
         raise PaperFlagError(f"-s {args.sample_tp:g}: give a share in (0, 1] or a count > 1")
 
 
-def _model(args: argparse.Namespace, notes: list[str]) -> tuple[str, list[str]]:
-    """The model preset carrying the paper code's architecture, and the flags' sizes on it."""
+def _model_flag(args: argparse.Namespace, notes: list[str]) -> str:
+    """The model flag run_models.py runs: the first of its tests that is given."""
     chosen = [name for name, on in (("--latent-ode", args.latent_ode),
                                     ("--classic-rnn", args.classic_rnn),
                                     ("--ode-rnn", args.ode_rnn), ("--rnn-vae", args.rnn_vae))
@@ -161,6 +162,12 @@ def _model(args: argparse.Namespace, notes: list[str]) -> tuple[str, list[str]]:
                  if n in chosen)
     if len(chosen) > 1:
         notes.append(f"{' and '.join(chosen)}: run_models.py runs {first} (the first it tests)")
+    return first
+
+
+def _model(args: argparse.Namespace, first: str, notes: list[str]) -> tuple[str, list[str]]:
+    """The model preset carrying the paper code's architecture for the model flag ``first``,
+    and the flags' sizes on it."""
     std = 1e-3 if args.dataset == "hopper" else 0.01  # obsrv_std in run_models.py
     latents, u = args.latents, args.units
     if first != "--latent-ode" and args.poisson:
@@ -170,19 +177,19 @@ def _model(args: argparse.Namespace, notes: list[str]) -> tuple[str, list[str]]:
         return "hopper_rnn_vae", [f"model.latents={latents}", f"model.hidden={latents}",
                                   f"model.enc_hidden={args.rec_dims}", f"model.z0_units={u}",
                                   f"model.dec_units={u}", f"model.obs_std={std:g}",
-                                  *_labels(args, notes)]
+                                  *_labels(args, first, notes)]
     if first in ("--classic-rnn", "--ode-rnn") and args.extrap:
         notes.append(f"{first} --extrap: run_models.py refuses it ('not implemented'), yet the "
                      "paper's tables report it; latentode runs it (the model predicts on from "
                      "the last point it saw)")
     if first == "--classic-rnn":
         return "hopper_gru_dt", [f"model.latents={latents}", f"model.dec_units={u}",
-                                 f"model.obs_std={std:g}", *_labels(args, notes)]
+                                 f"model.obs_std={std:g}", *_labels(args, first, notes)]
     if first == "--ode-rnn":
         return "hopper_odernn", [f"model.latents={latents}", f"model.ode_units={u}",
                                  f"model.ode_layers={args.rec_layers + 1}",
                                  f"model.gru_units={args.gru_units}", f"model.obs_std={std:g}",
-                                 *_labels(args, notes)]
+                                 *_labels(args, first, notes)]
     generative = [f"model.latents={latents}", f"model.gen_units={u}",
                   f"model.gen_layers={args.gen_layers + 1}", f"model.obs_std={std:g}"]
     if args.poisson:
@@ -202,25 +209,23 @@ def _model(args: argparse.Namespace, notes: list[str]) -> tuple[str, list[str]]:
                          "time as the paper code's decoder does")
     if args.z0_encoder == "rnn":  # Encoder_z0_RNN(lstm_output_size=--rec-dims)
         return "hopper_latent_ode_rnn", [*generative, f"model.encoder.hidden={args.rec_dims}",
-                                         *_labels(args, notes)]
+                                         *_labels(args, first, notes)]
     if args.z0_encoder != "odernn":
         raise PaperFlagError(f"--z0-encoder {args.z0_encoder!r}: odernn or rnn")
     return "hopper_latent_ode", [*generative, f"model.encoder.hidden={args.rec_dims}",
                                  f"model.encoder.ode_units={u}",
                                  f"model.encoder.ode_layers={args.rec_layers + 1}",
                                  f"model.encoder.gru_units={args.gru_units}",
-                                 *_labels(args, notes)]
+                                 *_labels(args, first, notes)]
 
 
-def _labels(args: argparse.Namespace, notes: list[str]) -> list[str]:
+def _labels(args: argparse.Namespace, first: str, notes: list[str]) -> list[str]:
     if not args.classif:
         return []
-    baseline = next((n for n, on in (("--rnn-vae", args.rnn_vae), ("--classic-rnn",
-                                     args.classic_rnn), ("--ode-rnn", args.ode_rnn)) if on), None)
-    if baseline:
-        raise PaperFlagError(f"--classif with {baseline}: only the latent ODE has a label head "
+    if first != "--latent-ode":
+        raise PaperFlagError(f"--classif with {first}: only the latent ODE has a label head "
                              "here (the baselines reconstruct and forecast); run_models.py "
-                             f"takes {baseline} before --latent-ode, so give --latent-ode alone")
+                             f"takes {first} before --latent-ode, so give --latent-ode alone")
     if args.linear_classif:
         notes.append("--linear-classif: the classifier here is two ReLU layers of "
                      "model.label_units (the paper code's default one); no linear option")
@@ -238,7 +243,7 @@ def _share_or_count(s: float | None) -> tuple[str, str]:
     return "null", str(int(s))
 
 
-def _data(args: argparse.Namespace, notes: list[str]) -> list[str]:
+def _data(args: argparse.Namespace, first: str, notes: list[str]) -> list[str]:
     fraction, count = _share_or_count(args.sample_tp)
     if args.dataset == "hopper":
         task = "hopper_extrap" if args.extrap else "hopper_interp"
@@ -288,8 +293,7 @@ def _data(args: argparse.Namespace, notes: list[str]) -> list[str]:
         return [*out, *no_validation]
     # physionet: the recipe's encoder settings (each patient on its own clock) are the latent
     # ODE's with an ODE-RNN encoder; the other models take the data and its task alone
-    recipe = args.latent_ode and args.z0_encoder == "odernn" and not (
-        args.rnn_vae or args.classic_rnn or args.ode_rnn)
+    recipe = first == "--latent-ode" and args.z0_encoder == "odernn"
     out = (["experiment=physionet_interp", f"observed_fraction={fraction}"] if recipe else
            ["data=physionet", "task_name=physionet_interp", f"data.task.fraction={fraction}"])
     out.append(f"data.dataset.quantization={args.quantization!r}")
