@@ -990,8 +990,8 @@ def test_extrapolation_cut_time_timezone_aware():
 def test_dates_outside_the_nanosecond_range_are_refused_not_wrapped():
     """Monthly records from 1677 (pandas keeps them in microseconds): counted in nanoseconds
     they wrapped around to 2262, out of order, silently."""
-    stamps = pd.Series(pd.to_datetime(["1677-06-01", "1677-08-01", "1677-10-01", "1677-12-01"]
-                                      ).as_unit("us"))
+    stamps = pd.Series(np.array(["1677-06-01", "1677-08-01", "1677-10-01", "1677-12-01"],
+                                dtype="datetime64[us]"))
     frame = pd.DataFrame({"series_id": ["a"] * 4, "time": stamps, "x": [1.0, 2.0, 3.0, 4.0]})
     with pytest.raises(ValueError, match=r"reach outside the datetimes latentode counts in "
                                          r"nanoseconds \(1677-09-21 to 2262-04-11\)"):

@@ -514,9 +514,14 @@ def test_log_channels_keep_forecasts_and_intervals_positive(tmp_path):
     assert curve[curve.channel == "other"]["factor"].isna().all()
     draws = fc.sample(frame[frame.series_id == "s0"], horizon=3.0, n=4, num_samples=4000,
                       noise=True)
-    drawn = draws[draws.channel == "conc"].groupby("time")["value"].mean().to_numpy()
-    mean_s0 = conc[conc.series_id == "s0"]["mean"].to_numpy()
-    np.testing.assert_allclose(drawn, mean_s0, rtol=0.05)
+    by_time = draws[draws.channel == "conc"].groupby("time")["value"]
+    drawn, se = by_time.mean().to_numpy(), (by_time.std() / np.sqrt(by_time.size())).to_numpy()
+    # against the predictive mean from as many z0 draws, within 4 standard errors of the
+    # draws' mean (a log-normal's tail: a fixed 5% failed by chance with other library versions)
+    many = fc.predict(frame[frame.series_id == "s0"], horizon=3.0, n=4, num_samples=4000)
+    mean_s0 = many[many.channel == "conc"]["mean"].to_numpy()
+    assert (np.abs(drawn - mean_s0) < 4 * se).all(), (drawn, mean_s0, se)
+    assert (se < 0.05 * mean_s0).all()  # the check is not vacuous
     # the same mean without quantiles (the noise was dropped then: the median, 27% lower)
     alone = fc.predict(frame, horizon=3.0, n=4, num_samples=30, quantiles=None)
     np.testing.assert_allclose(alone["mean"].to_numpy(), pred["mean"].to_numpy(), rtol=1e-6)

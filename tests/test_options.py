@@ -43,8 +43,15 @@ def test_variables_an_experiment_reads_and_selected_entries_are_kept():
     for overrides in (["experiment=hopper_interp", "observed_fraction=0.3"],
                       ["experiment=csv", "data.dataset.path=x.csv"],
                       [*TINY, "callbacks=early_stopping", "callbacks.early_stopping.patience=3"],
-                      [*TINY, "hparams_search=periodic_optuna"], ["callbacks=none"]):
+                      ["callbacks=none"]):
         refuse_unread_settings(compose_train(overrides))
+
+
+def test_a_search_config_passes_the_unread_settings_check():
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")  # the [sweeps] extra
+    from latentode.cli.options import refuse_unread_settings
+
+    refuse_unread_settings(compose_train([*TINY, "hparams_search=periodic_optuna"]))
 
 
 def test_eval_and_predict_refuse_run_settings_given_as_their_own():

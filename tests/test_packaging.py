@@ -39,3 +39,29 @@ def test_the_wheel_ships_every_config_and_the_cli_finds_them(tmp_path):
         timeout=120)
     assert found.returncode == 0, found.stderr[-2000:]
     assert Path(found.stdout.strip()) == tmp_path / "site" / "latentode" / "_conf"
+
+
+def test_lower_bounds_are_the_versions_the_lowest_check_pins():
+    """Every ``>=`` bound in pyproject.toml (runtime and extras) is pinned exactly in
+    .ci/lowest.txt, which scripts/check_lowest_deps.sh tests; a bound raised or lowered in one
+    file and not the other fails here. Not pinned there: torch (the script's TORCH=) and ruff
+    (a lint tool the suite does not run)."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    wanted = [*project["dependencies"], *(r for group in project["optional-dependencies"].values()
+                                          for r in group)]
+    bounds = {}
+    for text in wanted:
+        req = Requirement(text)
+        for spec in req.specifier:
+            if spec.operator == ">=" and req.name not in ("torch", "ruff"):
+                bounds[req.name] = Version(spec.version)
+    pinned = {}
+    for line in (ROOT / ".ci" / "lowest.txt").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pinned[name.strip()] = Version(version)
+    assert pinned == bounds

@@ -192,6 +192,7 @@ def test_search_configs_compose_and_name_existing_keys(search):
 
 
 def test_hopper_search_carves_validation_from_training_series():
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")  # hparams_search selects it
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", return_hydra_config=True,
                       overrides=["hparams_search=hopper_optuna", "data.dataset.n_trajectories=50"])

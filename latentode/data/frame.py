@@ -237,7 +237,11 @@ def iso_times(df: pd.DataFrame, time_col: str) -> pd.DataFrame:
     try:
         parsed = pd.to_datetime(col, format="ISO8601")
     except (ValueError, TypeError):
-        try:  # offsets that change (a zone's clock change): the same instants, in UTC
+        parsed = None
+    # offsets that change (a zone's clock change): the same instants, in UTC. pandas >= 2.1
+    # raises on mixed offsets; 2.0 returns them as an object column of datetimes
+    if parsed is None or not pd.api.types.is_datetime64_any_dtype(parsed.dtype):
+        try:
             parsed = pd.to_datetime(col, format="ISO8601", utc=True)
         except (ValueError, TypeError):
             return df
