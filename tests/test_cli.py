@@ -15,7 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, InstantiationException
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from latentode.cli import config_dir
 from latentode.cli import evaluate as eval_cli
@@ -240,6 +240,18 @@ def test_eval_overrides_are_checked(tmp_path):
         eval_cli.apply_overrides(cfg, ["data.batchsize=7"])
     with pytest.raises(FileNotFoundError, match=r"\.hydra/config\.yaml"):
         eval_cli.find_run_config(tmp_path / "checkpoints" / "x.ckpt")
+
+
+def test_a_run_config_that_is_not_a_mapping_is_refused_by_name(tmp_path):
+    """A run's .hydra/config.yaml holding a list failed deep in OmegaConf (ListConfig indices
+    must be integers); it is refused naming the file (found by type checking)."""
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}}, ckpt)
+    (tmp_path / "run" / ".hydra").mkdir()
+    (tmp_path / "run" / ".hydra" / "config.yaml").write_text("- a\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"config\.yaml holds a list, not a mapping"):
+        eval_cli.evaluate(OmegaConf.create({"ckpt_path": str(ckpt), "overrides": []}))
 
 
 def test_resume_from_a_missing_or_foreign_checkpoint_is_a_clear_error(tmp_path):

@@ -902,3 +902,19 @@ def test_batches_group_series_by_decoder_span_and_history_length():
     assert sorted(map(sorted, groups)) == [[0, 1, 3, 4], [2]]
     assert groups[0] == [0, 4, 3, 1]  # by history length within a span
     assert [len(g) for g in batches(jobs[:2] + jobs[3:], batch_size=2, num_samples=10)] == [2, 2]
+
+
+def test_a_forecast_grid_for_a_series_with_no_observation_is_refused_by_name():
+    """A dataset built by hand may hold a series with nothing observed: its grid was built from
+    an array indexed by None (a 2-D "last time"), not refused (found by type checking)."""
+    from dataclasses import replace
+
+    from latentode.data import from_dataframe
+    from latentode.forecast.requests import requested_times
+
+    ds = from_dataframe(pd.DataFrame({"id": [0, 0, 1, 1], "t": [0.0, 1.0, 0.0, 2.0],
+                                      "x": [1.0, 2.0, 3.0, 4.0]}), "id", "t")
+    values = ds.values.copy()
+    values[2:] = np.nan
+    with pytest.raises(ValueError, match=r"series 1 has no observation: no last one"):
+        requested_times(replace(ds, values=values), "numeric", horizon=1.0, n=2)

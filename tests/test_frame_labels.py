@@ -90,3 +90,13 @@ def test_time_unit_on_numeric_times_warns_that_the_numbers_are_used_as_they_are(
         ds = from_dataframe(stamps, time_unit="h")  # datetimes: hours, as documented
         from_dataframe(df)
     np.testing.assert_array_equal(ds.times, [0.0, 1.0, 2.0])
+
+
+def test_a_label_column_named_by_an_empty_string_is_read_as_labels():
+    """label_col="" (a falsy name) was taken for "no labels": the column became a channel and
+    the labels were lost, silently (found by type checking)."""
+    frame = pd.DataFrame({"id": [0, 0, 1, 1], "t": [0.0, 1.0, 0.0, 1.0],
+                          "x": [1.0, 2.0, 3.0, 4.0], "": [0, 0, 1, 1]})
+    ds = from_dataframe(frame, "id", "t", label_col="")
+    assert ds.channels == ["x"]
+    np.testing.assert_array_equal(ds.labels, [0.0, 1.0])

@@ -28,6 +28,7 @@ def test_the_wheel_ships_every_config_and_the_cli_finds_them(tmp_path):
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = tmp_path.glob("latentode-*.whl")
     with zipfile.ZipFile(wheel) as archive:
+        assert "latentode/py.typed" in archive.namelist()  # PEP 561: annotations for checkers
         shipped = {n.removeprefix("latentode/_conf/") for n in archive.namelist()
                    if n.startswith("latentode/_conf/")}
         archive.extractall(tmp_path / "site")
@@ -65,3 +66,14 @@ def test_lower_bounds_are_the_versions_the_lowest_check_pins():
             name, version = line.split("==")
             pinned[name.strip()] = Version(version)
     assert pinned == bounds
+
+
+@pytest.mark.slow
+def test_the_package_type_checks_clean():
+    """latentode ships py.typed, so its annotations reach users' type checkers: mypy (the
+    [tool.mypy] settings in pyproject.toml) finds no error. ~20 s; run with -m slow."""
+    pytest.importorskip("mypy")
+    run = subprocess.run([sys.executable, "-m", "mypy"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=600)
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert (ROOT / "latentode" / "py.typed").is_file()

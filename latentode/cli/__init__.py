@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 def config_dir() -> str:
@@ -31,4 +35,16 @@ def config_dir() -> str:
     )
 
 
-__all__ = ["config_dir"]
+def load_settings(path: str | Path) -> DictConfig:
+    """A YAML file of settings (a mapping, as Hydra writes a run's ``config.yaml``); a file
+    that holds a list or a single value is refused, naming it."""
+    from omegaconf import DictConfig, OmegaConf
+
+    cfg = OmegaConf.load(path)
+    if not isinstance(cfg, DictConfig):
+        raise ValueError(f"{path} holds a list, not a mapping of settings: not a config file "
+                         "that latentode wrote.")
+    return cfg
+
+
+__all__ = ["config_dir", "load_settings"]

@@ -50,7 +50,7 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from latentode.cli import config_dir
+from latentode.cli import config_dir, load_settings
 from latentode.cli.checkpoints import (
     RUN_RECORD,
     load_fitting,
@@ -253,7 +253,7 @@ def evaluate(eval_cfg: DictConfig) -> dict[str, float]:
     ckpt = resolve_checkpoint(str(eval_cfg.ckpt_path))
     config_path = find_run_config(ckpt)
     log.info("run config: %s", config_path)
-    cfg = OmegaConf.load(config_path)
+    cfg = load_settings(config_path)
     anchor_data_path(cfg, config_path)
     apply_overrides(cfg, list(eval_cfg.get("overrides") or []))
     with open_dict(cfg):

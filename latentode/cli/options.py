@@ -15,14 +15,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from latentode.cli import config_dir
+from latentode.cli import config_dir, load_settings
 
 RUNTIME_KEYS = ("paths", "hydra")  # composed from the config groups, not the tool's file
 
 
 def load_config(config_name: str) -> DictConfig:
     """``conf/<config_name>.yaml`` as written (not composed)."""
-    return OmegaConf.load(Path(config_dir()) / f"{config_name}.yaml")  # type: ignore[return-value]
+    return load_settings(Path(config_dir()) / f"{config_name}.yaml")
 
 
 def own_options(config_name: str, data: DictConfig | None = None) -> list[str]:
@@ -35,7 +35,7 @@ def leaves(value: Any, prefix: str) -> list[str]:
     """``key=value`` for every leaf under ``prefix``."""
     if isinstance(value, DictConfig) and len(value):
         return [item for k, v in value.items_ex(resolve=False)
-                for item in leaves(v, f"{prefix}.{k}")]
+                for item in leaves(v, f"{prefix}.{k!s}")]
     plain = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
     return [f"{prefix}={plain}"]
 
@@ -49,7 +49,7 @@ def refuse_foreign_options(cfg: DictConfig, config_name: str, tool: str) -> None
         return
     given = [item for k in foreign for item in leaves(cfg[k], str(k))]
     close = {k: difflib.get_close_matches(str(k), options, n=1) for k in foreign}
-    hints = [f"{k} is not an option of {tool}; did you mean {close[k][0]}?"
+    hints = [f"{k!s} is not an option of {tool}; did you mean {close[k][0]}?"
              for k in foreign if close[k]]
     run_keys = [item for item in given if item.split(".")[0].split("=")[0] not in
                 {k for k in foreign if close[k]}]
@@ -139,7 +139,7 @@ def refuse_unread_settings(cfg: DictConfig) -> None:
                     hint = (f" Select it first: {group}={key} (conf/{group}/{key}.yaml, which "
                             f"says what it keeps of the default), then set {group}.{key}.*.")
                 raise ValueError(
-                    f"{', '.join(leaves(value, f'{group}.{key}'))}: {group}.{key} names no "
+                    f"{', '.join(leaves(value, f'{group}.{key!s}'))}: {group}.{key!s} names no "
                     f"_target_, so no such {group} entry is selected and the settings would do "
                     f"nothing.{hint} Selected: {', '.join(selected) or 'none'}; the {group} "
                     f"group's choices: {', '.join(choices)} (e.g. {group}={choices[0]}).")

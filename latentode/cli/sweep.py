@@ -136,7 +136,7 @@ def _optuna_study(config: DictConfig) -> _Study | None:
     sweeper = config.hydra.get("sweeper") or {}
     if "optuna" not in str(sweeper.get("_target_", "")).lower() or not sweeper.get("storage"):
         return None
-    study = _Study(str(sweeper.storage), str(sweeper.get("study_name")))
+    study = _Study(str(sweeper.get("storage")), str(sweeper.get("study_name")))
     if study.url.startswith("sqlite:///") and not Path(study.url[len("sqlite:///"):]).is_file():
         return study  # a new search: do not create the database here
     try:

@@ -23,8 +23,9 @@ import logging
 import math
 import sys
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import lightning as L
@@ -184,7 +185,8 @@ def check_arguments(node: Any, where: str) -> None:
     target = node.get("_target_")
     if isinstance(target, str):
         try:
-            params = inspect.signature(get_object(target)).parameters
+            params: Mapping[str, inspect.Parameter] = inspect.signature(
+                get_object(target)).parameters
         except (ValueError, TypeError, ImportError):  # not a class, or no signature: let it be
             params = {}
         if params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -198,13 +200,13 @@ def check_arguments(node: Any, where: str) -> None:
                     hint += (" An experiment made for the latent ODE sets it (experiment=csv: "
                              "with a model without an encoder, use data=csv instead).")
                 raise ValueError(
-                    f"{where}.{key} is not an option of {target} (its options: "
+                    f"{where}.{key!s} is not an option of {target} (its options: "
                     f"{', '.join(options)}).{hint}")
     for key in node:
         if not str(key).startswith("_"):
             child = node._get_node(key)
             if isinstance(child, DictConfig):
-                check_arguments(child, f"{where}.{key}")
+                check_arguments(child, f"{where}.{key!s}")
 
 
 def build_module(cfg: DictConfig, model: torch.nn.Module, datamodule: Any) -> L.LightningModule:
@@ -212,7 +214,7 @@ def build_module(cfg: DictConfig, model: torch.nn.Module, datamodule: Any) -> L.
     scaler = getattr(datamodule, "scaler", None)
     scale = None if scaler is None else [float(s) for s in scaler.scale]
     log = None if scaler is None else getattr(scaler, "log", None)
-    log_scale = None if log is None or not log.any() else (
+    log_scale = None if scaler is None or log is None or not log.any() else (
         [float(m) for m in scaler.mean], [bool(b) for b in log])
     return instantiate(cfg.module, model=model, scale=scale, log_scale=log_scale)
 
@@ -271,7 +273,8 @@ def run_test(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, dat
         return {}
     # a checkpoint's state_dict holds the averaged weights of a WeightAveraging (EMA) callback;
     # with the callback attached, loading it would restore the raw weights for the test instead
-    trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, WeightAveraging)]
+    # (Trainer.callbacks and .fast_dev_run are set by its __init__, not declared in the class)
+    trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, WeightAveraging)]  # type: ignore[attr-defined]
     results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if not trainer.is_global_zero:  # under DDP the metrics are reduced; one process writes them
@@ -296,7 +299,9 @@ def run_test(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, dat
     plots = cfg.get("plots") or {}
     n_series = int(plots.get("n_series", 4)) if isinstance(plots, DictConfig) else 0
     if n_series > 0:
-        path = plot_test_series(module.model, datamodule, out / "plots" / "test_series.png",
+        model = module.model
+        assert isinstance(model, torch.nn.Module)  # LatentODELightning's (a Module attribute)
+        path = plot_test_series(model, datamodule, out / "plots" / "test_series.png",
                                 n_series=n_series, n_samples=int(plots.get("n_samples", 30)),
                                 seed=int(cfg.get("seed") or 0))
         log.info("plot written to %s", path)
@@ -433,7 +438,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     continue_metrics(cfg, trainer)
     for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)))
     try:
         device_type = trainer.strategy.root_device.type
     except (AttributeError, IndexError, TypeError, RuntimeError):  # no device chosen yet
@@ -452,7 +457,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
         if best is None and not cfg.get("train", True):
             best = cfg.get("ckpt_path")
-        if trainer.fast_dev_run:
+        if trainer.fast_dev_run:  # type: ignore[attr-defined]  # see run_test
             best = None
         metrics.update(run_test(cfg, trainer, module, datamodule, best))
     return metrics

@@ -76,7 +76,7 @@ def collate(
     dataset: IrregularDataset,
     indices: Any,
     task: Any = None,
-    rng: np.random.Generator | None = None,
+    rng: np.random.Generator | SeriesRandom | None = None,
     dtype: torch.dtype = torch.float32,
     origin: str = "batch",
 ) -> Batch:
@@ -229,7 +229,8 @@ class SeriesRandom:
         ``Extrapolation``'s cut): one uniform per series from its own stream, as
         :meth:`random` per point; other sizes from the batch's generator."""
         n = len(self.series)
-        if size in (n, (n,)) and np.isscalar(low) and np.isscalar(high):
+        scalars = np.isscalar(low) and np.isscalar(high)  # (a bool: low and high stay Any)
+        if size in (n, (n,)) and scalars:
             self._calls += 1
             u = series_uniforms((*self.key, self._calls), self.series, np.ones(n, np.int64))
             return low + (high - low) * u

@@ -233,6 +233,7 @@ class LatentODEDataModule(L.LightningDataModule):
             return int(os.environ["PL_GLOBAL_SEED"])
         seed = int(torch.randint(0, 2**62, ()).item())
         if processes > 1:  # every process must read its part of the same permutation
+            assert self.trainer is not None  # the processes are the trainer's (_processes)
             seed = int(self.trainer.strategy.broadcast(seed, src=0))
         return seed
 

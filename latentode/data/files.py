@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 
@@ -57,7 +58,8 @@ class _parquet_engine:  # noqa: N801 (a context manager used as a phrase)
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: type | None, error: BaseException | None, tb: object) -> bool:
+    def __exit__(self, kind: type | None, error: BaseException | None, tb: object
+                 ) -> Literal[False]:
         if kind is not None and issubclass(kind, ImportError) and "parquet" in str(error):
             raise ImportError(
                 "parquet files need pyarrow: pip install 'latentode[parquet]' (or pip install "

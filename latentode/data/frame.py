@@ -93,13 +93,14 @@ def from_dataframe(
         )
 
     if tidy:
+        assert channel_col is not None and value_col is not None  # (refused above otherwise)
         wide, channels = _pivot_tidy(df, id_col, time_col, channel_col, value_col, duplicates)
         carried = [c for c in (*static_cols, label_col) if c is not None]
         if carried:  # one row per observation: each (series, time) takes its known label
             keys = _carried_per_time(df, id_col, time_col, carried, label_col, tidy=True)
             wide = wide.merge(keys, on=[id_col, time_col], how="left")
     else:
-        reserved = {id_col, time_col, *static_cols, *([label_col] if label_col else [])}
+        reserved = {id_col, time_col, *static_cols, *([] if label_col is None else [label_col])}
         if value_cols is None:
             value_cols = [
                 c for c in df.columns
@@ -125,7 +126,7 @@ def from_dataframe(
                 )
         channels = [str(c) for c in value_cols]
         wide = df[[id_col, time_col, *value_cols, *static_cols,
-                   *([label_col] if label_col else [])]].copy()
+                   *([] if label_col is None else [label_col])]].copy()
         for col in value_cols:
             wide[col] = _numeric_column(wide, col, id_col)
         wide = _merge_duplicates(wide, id_col, time_col, list(value_cols), duplicates, label_col)
@@ -168,7 +169,7 @@ def from_dataframe(
     if static_cols:
         dataset.static = _per_series(wide, static_cols, offsets, id_col, "static covariate")
         dataset.static_names = list(static_cols)
-    if label_col:
+    if label_col is not None:
         _attach_labels(dataset, wide, label_col, offsets, id_col, label_per)
     return dataset
 
@@ -620,7 +621,7 @@ def _attach_labels(
         if several.any():
             s = int(np.argmax(several))
             seen = pd.unique(pd.Series(vals[offsets[s]:offsets[s + 1]]).dropna())
-            shown = ([dataset.label_names[int(v)] for v in seen] if names is not None
+            shown = ([str(names[int(v)]) for v in seen] if names is not None
                      else [_plain(v) for v in seen])
             raise ValueError(
                 f"label column {label_col!r} changes within series "

@@ -100,7 +100,7 @@ class Interpolation:
     def encoder_points(
         self, points: Points, rng: np.random.Generator, transform: TimeTransform | None = None
     ) -> np.ndarray:
-        point_obs = points.observed.any(1)
+        point_obs = np.any(points.observed, axis=1)
         n = np.add.reduceat(point_obs.astype(np.int64), points.starts)
         if self.count is not None:
             keep = np.minimum(n, self.count)
@@ -166,7 +166,7 @@ class Extrapolation:
     def _prefix(self, points: Points, transform: TimeTransform | None,
                 rng: np.random.Generator | None = None) -> np.ndarray:
         """The beginning of each series that the encoder may see (before ``subsample``)."""
-        point_obs = points.observed.any(1)
+        point_obs = np.any(points.observed, axis=1)
         if self.count is not None:
             chosen = point_obs & (points.cumulative(point_obs) <= self.count)
         elif self.fraction is not None:

@@ -370,8 +370,8 @@ def calibrate_noise(
             for name, mask in (("heldout", heldout & (scored.leads == 0)),
                                ("heldout_any_lead", heldout), ("targets", target)):
                 m = mask.double()
-                part = torch.stack([(sq * m).sum((0, 1)), (var * m).sum((0, 1)), m.sum((0, 1))])
-                part = part.cpu().numpy()
+                part = torch.stack([(sq * m).sum((0, 1)), (var * m).sum((0, 1)),
+                                    m.sum((0, 1))]).cpu().numpy()
                 sums[name] = part if name not in sums else sums[name] + part
     finally:
         model.train(was_training)
@@ -614,6 +614,7 @@ def forecast_coverage_breakdown(
         for index, batch in enumerate(batches):
             batch = batch.to(device)
             scored, jitter = _paths(model, batch, n_samples, seed, index, device, True)
+            assert jitter is not None  # asked for
             pred, values = scored.pred, scored.values.double().cpu().numpy()
             mask = (scored.target & ~scored.encoder).cpu().numpy()
 

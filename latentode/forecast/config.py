@@ -136,7 +136,7 @@ def _closest_key(message: str, cfg: DictConfig) -> str | None:
     def walk(node: object, prefix: str) -> None:
         if isinstance(node, DictConfig):
             for key in node:
-                path = f"{prefix}.{key}" if prefix else str(key)
+                path = f"{prefix}.{key!s}" if prefix else str(key)
                 keys.append(path)
                 walk(node._get_node(key), path)
 

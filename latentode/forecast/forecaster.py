@@ -83,10 +83,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from latentode.cli import load_settings
 from latentode.data import IrregularDataset, from_dataframe
 from latentode.data.frame import iso_separator, iso_times
 from latentode.data.labels import check_label_head, label_head_size
 from latentode.data.windows import rescale_for_window, window_in_model_units
+from latentode.models import LatentODE
 from latentode.solvers import SolverError
 
 from .calibration import (
@@ -354,6 +356,7 @@ class LatentODEForecaster:
             train = rescale_for_window(train, window)  # and the window is how far it saw
             window_span = window_in_model_units(train.time_transform, window)
         if label_col is not None:
+            assert train.labels is not None  # from_dataframe's with label_col
             _set_label_head(cfg, train.labels, label_col)
         if (ignore_cols or label_col is not None) and channel_col is None:
             value_cols = list(train.channels)  # later frames keep those columns: name channels
@@ -450,7 +453,7 @@ class LatentODEForecaster:
 
         ckpt = resolve_checkpoint(ckpt_path)
         config_path = find_run_config(ckpt)
-        cfg = OmegaConf.load(config_path)
+        cfg = load_settings(config_path)
         anchor_data_path(cfg, config_path)
         apply_overrides(cfg, list(overrides or []))
         with open_dict(cfg):
@@ -538,7 +541,7 @@ class LatentODEForecaster:
                 f"{str(root)!r} is not a saved forecaster: it lacks {missing} (expected "
                 f"{[CONFIG_FILE, WEIGHTS_FILE, TRANSFORMS_FILE]}, written by save())."
             )
-        cfg = OmegaConf.load(root / CONFIG_FILE)
+        cfg = load_settings(root / CONFIG_FILE)
         model = instantiate(cfg.model)
         model.load_state_dict(torch.load(root / WEIGHTS_FILE, map_location="cpu",
                                          weights_only=True))
@@ -661,7 +664,8 @@ class LatentODEForecaster:
             request = _Request(i, raw, [], [], torch.Generator().manual_seed(
                 _series_seed(seed, ds.ids[i])))
             for idx, seen in chunks:
-                eps = None if mode == "alone" else torch.randn(
+                # mode "alone" (any model but a latent ODE) draws its own noise
+                eps = None if not isinstance(model, LatentODE) else torch.randn(
                     (num_samples, model.latents), generator=request.gen, dtype=dtype)
                 for part, job in make_jobs(t[seen], spec.to_model_values(values[seen]),
                                            want64[idx], np_dtype, from_target,
@@ -685,7 +689,7 @@ class LatentODEForecaster:
                     yield request.index, request.raw, answers[request.jobs[0]][1]
                     continue
                 point_std = None
-                if noisy_draws:
+                if noisy_draws and std is not None:  # (noisy_draws: std is not None)
                     lo, hi = ds.offsets[request.index], ds.offsets[request.index + 1]
                     point_std = self._point_noise(std, noise, ds.times[lo:hi], ds.values[lo:hi],
                                                   spec.time.to_model(request.raw))
@@ -920,7 +924,8 @@ class LatentODEForecaster:
         for i, raw, paths, _, std in self._draw(ds, requests, num_samples, seed, True,
                                                 batch_size=batch_size, draw_noise=False):
             cols = {"mean": _predictive_mean(spec, paths, std).ravel()}
-            levels = spec.to_user_values(mixture_quantiles(paths, std, qs)) if qs else []
+            levels: np.ndarray | list[np.ndarray] = (
+                spec.to_user_values(mixture_quantiles(paths, std, qs)) if qs else [])
             for q, level in zip(qs, levels, strict=True):
                 cols[quantile_name(q)] = level.ravel()
             frames.append(self._long(ds, i, raw, cols))

@@ -20,7 +20,7 @@ _TOL = 1e-10  # in probability: the quantile to ~1e-10 / density
 _MAX_ITER = 60
 
 
-def mixture_quantiles(paths: np.ndarray, std: np.ndarray, levels: Sequence[float]
+def mixture_quantiles(paths: np.ndarray, std: np.ndarray | float, levels: Sequence[float]
                       ) -> np.ndarray:
     """Quantiles ``(len(levels), m, D)`` of ``(1/S) sum_s N(paths[s], std^2)`` per point.
 

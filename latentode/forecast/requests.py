@@ -7,7 +7,7 @@ rows handed back carry exactly the times asked for; the forecaster maps them to 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -15,7 +15,7 @@ import pandas as pd
 from latentode.data import IrregularDataset
 from latentode.data.dataset import parse_duration
 
-Times = np.ndarray | pd.DatetimeIndex
+Times: TypeAlias = np.ndarray | pd.DatetimeIndex
 
 
 def as_times(raw: Any, kind: str, what: str = "times", tz: Any = None) -> Times:
@@ -92,7 +92,10 @@ def last_observed_row(ds: IrregularDataset, i: int) -> int | None:
 
 def last_observed(ds: IrregularDataset, i: int, kind: str) -> Any:
     """The time of series ``i``'s last observation (a row with any observed channel)."""
-    return series_times(ds, i, kind)[last_observed_row(ds, i)]
+    row = last_observed_row(ds, i)
+    if row is None:  # (from_dataframe refuses such series; a dataset built by hand may not)
+        raise ValueError(f"series {ds.ids[i]!r} has no observation: no last one to start from.")
+    return series_times(ds, i, kind)[row]
 
 
 def last_window(t: np.ndarray, observed: np.ndarray, window: float) -> np.ndarray:
@@ -121,6 +124,7 @@ def forecast_grid(last: Any, kind: str, horizon: Any, freq: Any, n: Any) -> Time
             raise ValueError(f"{name} must be a positive number in the data's time units, got "
                              f"{value!r}.")
     if freq is None:
+        assert n is not None  # two of the three were given
         return _clean(last + horizon * np.arange(1, int(n) + 1) / int(n))
     if n is None:
         count = int(np.floor(horizon / freq * (1 + 1e-12)))

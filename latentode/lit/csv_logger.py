@@ -142,6 +142,8 @@ class RunCSVLogger(CSVLogger):
     the logger behaves as a new run's, except that an earlier file is moved aside, not deleted.
     """
 
+    _experiment: ExperimentWriter | None  # only experiment below sets it: a _RunDirWriter
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._continue_from: Any = _FRESH

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -244,13 +244,14 @@ class LatentODELightning(L.LightningModule):
         so that ``mse_data`` is in data units under any Trainer, not only the CLI's."""
         if self.trainer is None:
             return
+        # (Trainer.datamodule: set by the Trainer's data connector, not declared in the class)
         if self.channels is None:
-            dataset = getattr(self.trainer.datamodule, "dataset", None)
+            dataset = getattr(self.trainer.datamodule, "dataset", None)  # type: ignore[attr-defined]
             names = getattr(dataset, "channels", None)
             self.channels = None if names is None else [str(c) for c in names]
         if not self._scale_from_data:
             return
-        scaler = getattr(self.trainer.datamodule, "scaler", None)
+        scaler = getattr(self.trainer.datamodule, "scaler", None)  # type: ignore[attr-defined]
         if scaler is not None:
             self.scale = torch.as_tensor(scaler.scale, dtype=torch.float32).reshape(-1)
             log = getattr(scaler, "log", None)
@@ -275,9 +276,9 @@ class LatentODELightning(L.LightningModule):
         if batch.labels is not None and getattr(self.model, "classifier", None) is not None:
             extra["labels"] = batch.labels
         try:
-            out = self.model.loss(batch.times, batch.values, batch.encoder_mask,
-                                  batch.target_mask, kl_weight=kl_weight, n_samples=n_samples,
-                                  **extra)
+            loss = cast(Callable[..., Any], self.model.loss)  # nn.Module's stubs: Tensor | Module
+            out = loss(batch.times, batch.values, batch.encoder_mask, batch.target_mask,
+                       kl_weight=kl_weight, n_samples=n_samples, **extra)
         except SolverError as err:
             hint = ""
             if isinstance(err, NonFiniteInitialStateError):
@@ -425,7 +426,7 @@ class LatentODELightning(L.LightningModule):
         # seed_everything, and 2 + 2 epochs differed from 4 from the third on). Every process
         # draws its own stream: under DDP each one's is kept (Lightning saves checkpoints on
         # every process together, rank 0 writing), rank 0's also at the top for other sizes
-        state = {"torch": torch.get_rng_state()}
+        state: dict[str, Any] = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(self.device)
         world = self._trainer.world_size if self._trainer is not None else 1
@@ -510,8 +511,9 @@ class LatentODELightning(L.LightningModule):
         each row sits on its own clock: ``origin`` ``(B,)`` is what its times were moved back
         by (row ``b``'s model times are ``times + origin[b]`` on the data's clock)."""
         if hasattr(self.model, "predict"):
-            out = self.model.predict(batch.times, batch.values, batch.encoder_mask,
-                                     batch.target_mask, self.eval_samples)
+            predict = cast(Callable[..., Any], self.model.predict)  # (see _terms)
+            out = predict(batch.times, batch.values, batch.encoder_mask, batch.target_mask,
+                          self.eval_samples)
         else:  # a model with only the loss/forward interface: its forward at the batch's times
             out = self.model(batch.times, batch.values, batch.encoder_mask,
                              n_samples=self.eval_samples)
@@ -547,11 +549,11 @@ class LatentODELightning(L.LightningModule):
         local = torch.cat(parts)  # (N, 1 + C): label, then class probabilities
         if self.trainer.world_size > 1:
             count = torch.tensor([local.shape[0]], device=self.device)
-            counts = self.all_gather(count).reshape(-1)
+            counts = cast(torch.Tensor, self.all_gather(count)).reshape(-1)
             width = int(counts.max())
             padded = local.new_full((width, local.shape[1]), float("nan"))
             padded[: local.shape[0]] = local
-            gathered = self.all_gather(padded).reshape(-1, local.shape[1])
+            gathered = cast(torch.Tensor, self.all_gather(padded)).reshape(-1, local.shape[1])
             local = gathered[~torch.isnan(gathered[:, 0])]
         return label_metrics(local[:, 1:], local[:, 0])
 

@@ -88,6 +88,7 @@ class _Recurrent(WithObservationNoise, nn.Module):
 
     noise: ObservationNoise
     out: nn.Module
+    input_dim: int
 
     def readout(self, h: torch.Tensor) -> torch.Tensor:
         """Data-space prediction from a state."""

@@ -186,8 +186,8 @@ def iwae_terms(
     with each sample's ``log q - log p`` (``kl_samples (S, B)``) in place of ``kl`` for
     ``iwae``."""
     loglik = masked_gaussian_loglik(values, pred, target_mask, obs_std)  # (S, B)
-    per_sample = objective == "iwae" and kl_samples is not None
-    bound = sample_bound(loglik - kl_weight * (kl_samples if per_sample else kl), objective)
+    terms = kl_samples if objective == "iwae" and kl_samples is not None else kl
+    bound = sample_bound(loglik - kl_weight * terms, objective)
     mask = target_mask.to(values.dtype)
     sq = torch.where(target_mask, pred.mean(0) - values, 0.0).square()
     return {
@@ -462,6 +462,7 @@ class LatentODE(WithObservationNoise, nn.Module):
                             self.objective, samples)
         loss = result.pop("loss")
         if out.log_rate is not None:
+            assert out.cum_rate is not None  # set with log_rate
             poisson = poisson_process_loglik(out.log_rate, out.cum_rate, target_mask).mean()
             loss = loss - self.poisson_weight * poisson
             result["poisson"] = poisson

@@ -23,7 +23,7 @@ without launching thousands of small kernels from Python at every step. Without 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -182,9 +182,9 @@ class _BackwardGRU(Graphable, nn.Module):
             raise ValueError(f"schedule must be one of {SCHEDULES} or None, got {schedule!r}.")
         if visit is not None and (schedule or self.schedule) != "series":
             raise ValueError("visit= lays out the series walk; pass schedule='series' with it.")
-        if schedule == "series" and not self.walks_series:
+        if schedule == "series" and not self.walks_series:  # the ODE-RNN's, with its solver
             raise ValueError(f"schedule='series' takes one Euler step per gap; this encoder's "
-                             f"solver is {dict(self.solver)}.")  # type: ignore[attr-defined]
+                             f"solver is {getattr(self, 'solver', None)}.")
         walk = self.schedule if schedule is None else schedule
         mask = mask.to(values.dtype)
         # what is not observed is never read: NaN there would spread through values * mask
@@ -273,19 +273,26 @@ class _BackwardGRU(Graphable, nn.Module):
     _mean_std_walk = False
     """Whether :meth:`_walk_mean_std` may replace it (idem)."""
 
+    def _walk_mean_std(self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                       static: bool) -> torch.Tensor:
+        raise NotImplementedError  # where _mean_std_walk is set
+
     def _fused(self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
                seen: torch.Tensor) -> torch.Tensor:
         """The same recurrence for an ``nn.GRUCell`` with one Euler step per gap, as one autograd
         node (:mod:`latentode.nn.euler_gru`): the GRU's input projections for all time points in
         one matmul, the loop without per-op autograd records, the weight gradients in one
         product each. Equal to the generic loop up to rounding (tested, values and gradients)."""
-        cell = self.cell
+        cell, ode = self.cell, self.ode
+        assert isinstance(cell, nn.GRUCell) and isinstance(ode, ODEFunc)  # _fused_euler_gru's
+        # (torch's stubs leave a GRUCell's biases undeclared: here they are, and not None)
+        bias_ih, bias_hh = cast(torch.Tensor, cell.bias_ih), cast(torch.Tensor, cell.bias_hh)
         steps = seen.any(0).tolist()  # one sync for the whole sequence
         projected = nn.functional.linear(torch.cat([values * mask, mask], -1), cell.weight_ih,
-                                         cell.bias_ih)  # (B, T, 3H)
+                                         bias_ih)  # (B, T, 3H)
         gaps = (times[:-1] - times[1:]).tolist()  # t_i - t_{i+1}: negative, backwards in time
-        return euler_gru_scan(projected, seen, gaps, steps, cell.weight_hh, cell.bias_hh,
-                              linear_pairs(self.ode.net))  # type: ignore[attr-defined]
+        return euler_gru_scan(projected, seen, gaps, steps, cell.weight_hh, bias_hh,
+                              linear_pairs(ode.net))
 
 
 class RNNEncoder(_BackwardGRU):
@@ -406,8 +413,8 @@ class ODERNNEncoder(_BackwardGRU):
         (:mod:`latentode.nn.mean_std_walk`): about half the kernels of the generic loop, the
         same numbers up to rounding (tested, values and gradients)."""
         x = torch.cat([values * mask, mask], -1)
-        return mean_std_walk(times, x, mask.amax(-1) > 0, self.cell, self.ode.net,  # type: ignore[attr-defined]
-                             self.hidden, static)  # type: ignore[return-value]
+        return mean_std_walk(times, x, mask.amax(-1) > 0, self.cell, self.ode.net,
+                             self.hidden, static)
 
     @property
     def _mean_std_walk(self) -> bool:  # type: ignore[override]

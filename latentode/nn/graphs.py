@@ -18,7 +18,7 @@ from __future__ import annotations
 import warnings
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -105,7 +105,7 @@ class GraphCache:
         grad = torch.is_grad_enabled()
         key = (grad, torch.is_inference_mode_enabled(),
                *((a.shape, a.dtype, a.device, a.requires_grad) for a in args))
-        graphed = self._graphs.get(key)
+        graphed: Callable[..., tuple[torch.Tensor, ...]] | None = self._graphs.get(key)
         if graphed is None:
             if len(self._graphs) >= self.capacity:
                 self._warn_once("capacity", f"cuda_graph: {self.capacity} input shapes recorded "
@@ -117,8 +117,9 @@ class GraphCache:
                 # the samples become the graph's input buffers, overwritten at every replay
                 samples = tuple(a.detach().clone().requires_grad_(a.requires_grad)
                                 for a in args)
-                graphed = torch.cuda.make_graphed_callables(
-                    _Call(self.owner, self.fn), samples, allow_unused_input=True)
+                graphed = cast(  # the graphed _Call: a Module, called like fn
+                    Callable[..., tuple[torch.Tensor, ...]], torch.cuda.make_graphed_callables(
+                        _Call(self.owner, self.fn), samples, allow_unused_input=True))
             else:
                 graphed = ForwardGraph(self.fn, args)
             self._graphs[key] = graphed
@@ -153,8 +154,8 @@ class Graphable:
     fixed input shapes) may be replayed from CUDA graphs: ``self._graphs`` is its
     :class:`GraphCache`, made on first use and left out of copies and pickles."""
 
-    def _graph_fn(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        raise NotImplementedError
+    def _graph_fn(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError  # subclasses take their own tensors
 
     @property
     def _graphs(self) -> GraphCache:
@@ -164,7 +165,8 @@ class Graphable:
         return cache
 
     def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()  # type: ignore[misc]  # nn.Module's (drops compiled calls)
+        # nn.Module's (drops compiled calls); typeshed has object.__getstate__ from Python 3.11
+        state = super().__getstate__()  # type: ignore[misc, unused-ignore]
         state = dict(state if isinstance(state, dict) else self.__dict__)
         state.pop("_graph_cache", None)  # CUDA graphs neither copy nor pickle
         return state

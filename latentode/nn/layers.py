@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -61,13 +62,13 @@ def is_single_euler_step(solver: dict) -> bool:
         solver.get("gradient", "backprop") == "backprop")
 
 
-def is_tanh_mlp(net: nn.Module) -> bool:
+def is_tanh_mlp(net: Iterable[nn.Module]) -> bool:
     """Whether ``net`` is linear layers with biases and ``tanh`` between them, nothing else (what
     the hand-written walks differentiate)."""
     return all(type(m) is nn.Tanh or (type(m) is nn.Linear and m.bias is not None) for m in net)
 
 
-def linear_pairs(net: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def linear_pairs(net: Iterable[nn.Module]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``(weight, bias)`` of ``net``'s linear layers, first to last (a ``tanh`` MLP as the
     hand-written walks take it)."""
     return [(m.weight, m.bias) for m in net if isinstance(m, nn.Linear)]

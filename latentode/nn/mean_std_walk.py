@@ -31,6 +31,8 @@ Gradients are first order: the hand-written backward is not itself differentiabl
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 from torch import nn
 
@@ -38,10 +40,13 @@ from ..solvers.first_order import first_order_only
 from ..solvers.precision import float32_under_autocast, without_autocast
 from .layers import FUSED_FIX, is_tanh_mlp, linear_pairs, tanh_mlp, tanh_mlp_backward
 
+if TYPE_CHECKING:
+    from .encoders import MeanStdGRUCell
+
 _ops = torch.ops.aten
 
 
-def supports(cell: nn.Module, field: nn.Module) -> bool:
+def supports(cell: nn.Module, field: nn.Sequential) -> bool:
     """Whether :func:`mean_std_walk` runs this cell and vector field: a ``MeanStdGRUCell`` as
     ``gru_cell`` builds it (one hidden layer per MLP, sigmoid gates) and a ``tanh`` MLP."""
     kind = type(cell)  # by name: this module sits below latentode.nn.encoders, which defines it
@@ -49,16 +54,17 @@ def supports(cell: nn.Module, field: nn.Module) -> bool:
         return False
     if not is_tanh_mlp(field):
         return False
-    gates = (cell.update, cell.reset)
-    return all(len(g) == 2 and type(g[1]) is nn.Sigmoid and len(g[0]) == 3
-               and is_tanh_mlp(g[0]) for g in gates) and len(cell.new) == 3 and is_tanh_mlp(
-                   cell.new)
+    gru = cast("MeanStdGRUCell", cell)  # (its type, checked by name above)
+    gates = (gru.update, gru.reset)
+    return all(len(g) == 2 and type(g[1]) is nn.Sigmoid and isinstance(g[0], nn.Sequential)
+               and len(g[0]) == 3 and is_tanh_mlp(g[0]) for g in gates) and len(
+                   gru.new) == 3 and is_tanh_mlp(gru.new)
 
 
 @float32_under_autocast("x")  # mixed precision: the walk in float32 (solvers.precision)
 def mean_std_walk(
     times: torch.Tensor, x: torch.Tensor, seen: torch.Tensor, cell: nn.Module,
-    field: nn.Module, hidden: int, static: bool = True, forward: bool = False,
+    field: nn.Sequential, hidden: int, static: bool = True, forward: bool = False,
     emit: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Final ``[mean, std]`` state after the walk (``(B, 2 hidden)``), and with ``emit`` the
@@ -71,13 +77,15 @@ def mean_std_walk(
     Euler step. ``static=False`` (eager use) skips points nobody observes and zero gaps, asking
     the device once which they are; ``static=True`` visits every point, as a CUDA graph needs.
     """
-    (u1, _, u2), (r1, _, r2) = cell.update[0], cell.reset[0]
-    n1, _, n2 = cell.new
+    gru = cast("MeanStdGRUCell", cell)  # as supports() asks
+    # (weight, bias) of the two linear layers of the gates' and the new state's MLPs
+    ((wu1, bu1), (wu2, bu2)), ((wr1, br1), (wr2, br2)), ((wn1, bn1), (wn2, bn2)) = (
+        linear_pairs(cast(nn.Sequential, m)) for m in (gru.update[0], gru.reset[0], gru.new))
     state = 2 * hidden
     projected = nn.functional.linear(
-        x, torch.cat([u1.weight[:, state:], r1.weight[:, state:], n1.weight[:, state:]]),
-        torch.cat([u1.bias, r1.bias, n1.bias]))  # (B, T, 3U)
-    w_gates = torch.cat([u1.weight[:, :state], r1.weight[:, :state]])  # (2U, 2H)
+        x, torch.cat([wu1[:, state:], wr1[:, state:], wn1[:, state:]]),
+        torch.cat([bu1, br1, bn1]))  # (B, T, 3U)
+    w_gates = torch.cat([wu1[:, :state], wr1[:, :state]])  # (2U, 2H)
     length = len(times)
     zero = times.new_zeros(1)
     # the Euler step taken on arriving at each point (none at the first point visited)
@@ -97,8 +105,7 @@ def mean_std_walk(
     # tell, its needs_input_grad follows requires_grad only
     keep = torch.is_grad_enabled()
     out = _Walk.apply(projected, seen, dts.unsqueeze(-1), order, visit, move, emit, keep,
-                      w_gates, u2.weight, u2.bias, r2.weight, r2.bias, n1.weight[:, :state],
-                      n2.weight, n2.bias, *flat)
+                      w_gates, wu2, bu2, wr2, br2, wn1[:, :state], wn2, bn2, *flat)
     return out if emit else out[0]
 
 

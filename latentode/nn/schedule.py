@@ -96,6 +96,6 @@ def series_plan(times: torch.Tensor, seen: torch.Tensor, max_step: float | None 
         dt=torch.from_numpy(dt).to(device=times.device, dtype=times.dtype),
         index=torch.from_numpy(index).to(times.device),
         gap=torch.from_numpy(gap).to(device=times.device, dtype=times.dtype),
-        moves=(dt != 0).any(1).tolist(),
-        updates=(index >= 0).any(1).tolist(),
+        moves=np.any(dt != 0, axis=1).tolist(),
+        updates=np.any(index >= 0, axis=1).tolist(),
     )

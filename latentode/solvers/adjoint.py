@@ -156,7 +156,7 @@ class _Jumps:
             self.folded = _picked(items, self.fold_idx)
             self.fold_rows = (
                 torch.as_tensor(self.rows[self.fold_idx], device=items.device)
-                if self.per_sample
+                if self.rows is not None  # per-sample times
                 else None
             )
         # sum of the folded jumps from item _suffix_k on, kept as the solve passes them
@@ -174,6 +174,7 @@ class _Jumps:
         picked = _picked(self.items, idx)
         if not self.per_sample:
             return a + picked.sum(0) * self.inv
+        assert self.rows is not None  # per-sample times
         rows = torch.as_tensor(self.rows[idx], device=a.device)
         return a.index_add(0, rows, picked, alpha=self.inv)
 
@@ -208,6 +209,7 @@ class _Jumps:
             if not self.per_sample:
                 flat.addmm_(w, g.reshape(w.shape[1], -1), alpha=self.inv)
             else:
+                assert self.fold_rows is not None  # per-sample times
                 rows = self.fold_rows[k_lo + lo : k_lo + lo + w.shape[1]]
                 spread = (-1, *([1] * (g.dim() - 1)))
                 for r in range(len(w)):
@@ -225,7 +227,7 @@ class _Jumps:
         """``sum_i |c(f_i)| |g_i|`` (:func:`_residual`) for jumps ``k_lo, ...`` at fractions
         ``fracs``; the last one asked is kept (a step's forecast and its forcing ask alike)."""
         key = (k_lo, fracs)
-        if self._residual_key != key:
+        if self._residual_key != key or self._residual_value is None:  # (None: key too)
             w = [abs(_residual(f)) for f in fracs]
             self._residual_value = self._weighted(
                 k_lo, torch.as_tensor(w, dtype=self.folded.dtype, device=self.folded.device),
@@ -314,9 +316,11 @@ class _Jumps:
 
     def forcing(self, t: float) -> torch.Tensor:
         """The folded jumps' forcing at time ``t`` of the current step."""
+        current = self.current
+        assert current is not None  # callers ask while the step has a forcing
         if self.slope is None:
-            return self.current
-        return torch.add(self.current, self.slope, alpha=(t - self.step_start) / self.step_len)
+            return current
+        return torch.add(current, self.slope, alpha=(t - self.step_start) / self.step_len)
 
     def total_folded(self, a: torch.Tensor) -> torch.Tensor:
         return self.add(a, self.fold_idx)
@@ -326,7 +330,8 @@ def adjoint_backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor) 
     """Gradients ``(dL/dy0, *dL/dparams)`` from the output cotangents, by one backward solve
     (two when ``z`` strays from the forward outputs ``ys`` in a folded solve)."""
     fold = problem.adjoint_fold_jumps and problem.grid is None
-    caller_state = problem.tape.read() if problem.drew_random else None
+    tape = problem.tape
+    caller_state = tape.read() if tape is not None and problem.drew_random else None
     try:
         grads, strayed = None, 0.0
         if fold:
@@ -346,8 +351,9 @@ def adjoint_backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor) 
             "gradient='checkpoint' (exact, memory O(steps)) or 'backprop' avoid this solve."
         ) from err
     finally:
-        if caller_state is not None:  # the caller's random stream as the forward left it
-            problem.tape.write(caller_state)
+        tape = problem.tape
+        if tape is not None and caller_state is not None:  # the caller's random stream as
+            tape.write(caller_state)  # the forward left it
 
 
 def _checkpointed(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor,
@@ -485,6 +491,7 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
                 index = torch.as_tensor(pos, device=s0.device)
                 want = anchors[lo:hi].index_select(0, index).reshape(len(pos), -1)
                 if out.per_sample:  # each item is one row of the state: only that row
+                    assert out.rows is not None
                     rows = torch.as_tensor(out.rows[lo + pos], device=s0.device)
                     z = start_rows.index_select(0, rows) + torch.einsum(
                         "ks,skr->kr", weights.index_select(0, index), per_row.index_select(1, rows))
@@ -493,6 +500,7 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
                 return z, want
 
             if out.per_sample:  # the first of each row's items is its nearest the end
+                assert out.rows is not None
                 picked = np.sort(np.unique(out.rows[lo:hi], return_index=True)[1])
                 copies = len(ks) + 4  # the gathered stages, z, want, tol, difference
             else:
@@ -539,6 +547,7 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
         with torch.no_grad():
             delta = want - z
             if out.per_sample:
+                assert out.rows is not None
                 rows = torch.as_tensor(out.rows[picked], device=s1.device)
                 z1 = s1[:n].view(shape[0], -1).index_add(0, rows, delta.to(s1))
             else:
@@ -567,6 +576,7 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
             return jumps.fold_error(abs(h), jumps.inside_abs, tol)
 
     a_end = jumps.add(torch.zeros(shape, dtype=grad_ys.dtype, device=grad_ys.device), jumps.end_idx)
+    assert problem.final_state is not None  # set by the forward solve
     state = torch.cat(
         [
             problem.final_state.detach().reshape(-1),
@@ -575,7 +585,7 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
         ]
     )
     grid = None
-    if not adaptive:  # land on every forward step boundary and every output time
+    if problem.grid is not None:  # fixed steps: land on every forward step boundary and output
         d = out.direction
         grid = sorted(set(problem.grid) | set(out.times), key=lambda s: -d * s)
     state, _, counters = integrate(

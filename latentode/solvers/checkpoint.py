@@ -38,6 +38,7 @@ def checkpoint_backward(problem: Problem, steps: list, grad_ys: torch.Tensor) ->
     out, params, rk, tab = problem.outputs, problem.params, problem.rk, problem.tableau
     start_grad, items = out.split_grads(grad_ys)
     f = problem.vector_field(backward=True)
+    assert problem.final_state is not None  # set by the forward solve
     cot = torch.zeros_like(problem.final_state)
     totals = [torch.zeros_like(p) for p in params]
     stats = problem.stats
@@ -90,7 +91,7 @@ def checkpoint_backward(problem: Problem, steps: list, grad_ys: torch.Tensor) ->
         for total, g in zip(totals, grads[1:], strict=True):
             if g is not None:
                 total.add_(g)
-    if tape is not None:
+    if tape is not None and caller_state is not None:  # read together above
         tape.write(caller_state)
     return (cot + start_grad, *totals)
 

@@ -212,12 +212,13 @@ def integrate(
         h = 0.0
         for t_next in grid[1:]:
             h = t_next - t
+            assert k1 is not None  # evaluated above, and below for every next step
             y1, ks = rk.step(f, t, h, y, k1)
             counters.accepted += 1
             if on_step is not None:
                 on_step(t, h, t_next, y, y1, ks)
             y, t = y1, t_next
-            if t_next in stop_index:
+            if t_next in stop_index and on_stop is not None:
                 y = on_stop(stop_index[t_next], t, y)
             if t != t1:
                 k1 = f(t, y)
@@ -228,6 +229,7 @@ def integrate(
     if span == 0.0:
         return y, 0.0, counters
     if first_step is None:
+        assert k1 is not None  # evaluated above
         h_abs = initial_step(f, t0, y, k1, direction, tab.order, rtol, atol, span, norm_numel)
     else:
         h_abs = abs(first_step)
@@ -292,7 +294,8 @@ def integrate(
             h_new = max(h_new, planned) if direction > 0 else min(h_new, planned)
             if target == len(targets) - 1:
                 return y, h_new, counters
-            y = on_stop(target, t, y)
+            if on_stop is not None:
+                y = on_stop(target, t, y)
             k1 = None
             target += 1
         h = h_new

@@ -74,10 +74,10 @@ class Problem:
         func, stats, time, tape = self.func, self.stats, self.time, self.tape
 
         if backward:
-            def f(t: float, y: torch.Tensor) -> torch.Tensor:
+            def f_backward(t: float, y: torch.Tensor) -> torch.Tensor:
                 stats.nfe_backward += 1
                 return func(time(t), y)
-            return f
+            return f_backward
 
         def f(t: float, y: torch.Tensor) -> torch.Tensor:
             stats.nfe_forward += 1
@@ -235,7 +235,8 @@ def _graph_leaves(out: object) -> list[torch.Tensor]:
     roots = [o.grad_fn for o in outs if isinstance(o, torch.Tensor) and o.grad_fn is not None]
     if not roots:
         return []
-    leaves, seen, stack = [], set(), roots
+    stack: list[torch.autograd.graph.Node | None] = list(roots)
+    leaves, seen = [], set()
     while stack:
         fn = stack.pop()
         if fn is None or fn in seen:

@@ -34,13 +34,15 @@ class RngTape:
     def write(self, state: State) -> None:
         torch.set_rng_state(state[0])
         if state[1] is not None:
+            assert self.cuda is not None  # a CUDA state is read only where self.cuda is set
             torch.cuda.set_rng_state(state[1], self.cuda)
 
     def moved_since(self, state: State) -> bool:
         now = self.read()
         if not torch.equal(now[0], state[0]):
             return True
-        return now[1] is not None and not torch.equal(now[1], state[1])
+        # both None, or both CUDA states: this tape read them
+        return now[1] is not None and state[1] is not None and not torch.equal(now[1], state[1])
 
     def remember(self, output: torch.Tensor, before: State) -> None:
         self.recent.append((output, before))

@@ -67,6 +67,7 @@ class OutputTimes:
             raise ValueError("t contains NaN or inf; output times must be finite numbers.")
         self.per_sample = t.dim() == 2
         self.shape = tuple(y0.shape)
+        self.rows: np.ndarray | None  # each item's row of the state (per-sample times only)
         if self.per_sample:
             self._init_per_sample(host, y0)
         else:
@@ -162,6 +163,7 @@ class OutputTimes:
         # (h D^T k: a few powers instead of all stages), then gathered for the items' rows
         # and summed by powers of theta; gathering the stages themselves moved 2-3x the data
         # (items outnumber rows when each row asks for several times in one step)
+        assert self.rows is not None  # per-sample times
         host_rows = self.rows[start:stop]
         batch, n = y.shape[0], len(host_rows)
         used = tableau.dense_powers
@@ -205,6 +207,7 @@ class OutputTimes:
         g = cotangents[start:stop]
         if not self.per_sample:
             return torch.tensordot(weights, g, 1)
+        assert self.rows is not None  # per-sample times
         rows = torch.as_tensor(self.rows[start:stop], device=g.device)
         out = torch.zeros(self.shape, dtype=g.dtype, device=g.device)
         return out.index_add(0, rows, g * weights.view(-1, *([1] * (g.dim() - 1))))

@@ -112,6 +112,7 @@ def load(
     if own_grids:
         per_series = np.empty((n_series, n_points))
         for i in range(n_series):
+            draws: np.ndarray
             if resolution is None:
                 draws = rng.uniform(0.0, float(t_max), size=n_points - 1)
             else:
@@ -138,8 +139,9 @@ def _check_int(name: str, value: object, minimum: int) -> None:
 
 
 def _check_real(name: str, value: object, positive: bool) -> None:
-    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and (value > 0 if positive else value >= 0):
-        return
+    if isinstance(value, Real) and not isinstance(value, bool):
+        number = float(value)  # as math.isfinite reads it
+        if math.isfinite(number) and (number > 0 if positive else number >= 0):
+            return
     bound = "> 0" if positive else ">= 0"
     raise ValueError(f"periodic.load: {name} must be a finite number {bound}, got {value!r}")
