@@ -3,7 +3,7 @@
 # venv of its own, for users who install latentode into an environment they already have.
 #
 #   bash scripts/check_lowest_deps.sh                 # torch: the CPU build on this disk (2.13.0)
-#   TORCH=2.1.2 bash scripts/check_lowest_deps.sh     # torch's own bound (a ~2.5 GB CUDA build)
+#   TORCH=2.4.1 bash scripts/check_lowest_deps.sh     # torch's own bound (a ~2.5 GB CUDA build)
 #   VENV=/tmp/lowest bash scripts/check_lowest_deps.sh -k forecast   # extra args go to pytest
 #
 # The [hopper] and [sweeps] extras are left out (their pins are exact; their tests skip).
