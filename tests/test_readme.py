@@ -66,6 +66,19 @@ def check_forecaster(ns: dict) -> None:
     assert (Path("forecaster") / "weights.pt").exists()
 
 
+def plain_loop() -> dict:
+    """The namespace the plain-loop example leaves (a trained model, its data and scaler)."""
+    ns: dict = {}
+    exec(compile(example("from latentode.models import LatentODE"), "README.md plain loop",
+                 "exec"), ns)
+    return ns
+
+
+def check_from_model(ns: dict) -> None:
+    assert {"mean", "q0.05", "q0.5", "q0.95"} <= set(ns["pred"].columns)
+    assert ns["pred"]["mean"].notna().all() and ns["fc"].calibration.split == "val"
+
+
 # marker line -> (prelude names, text replacements, check)
 EXAMPLES = {
     "from latentode.solvers import odeint, SolverStats": (
@@ -78,6 +91,7 @@ EXAMPLES = {
         lambda: {"train_df": wide_frame(list("abcdefgh")),
                  "df": wide_frame(["a", "b"], seed=1)},
         [('"trainer.max_epochs": 50', '"trainer.max_epochs": 2')], check_forecaster),
+    "fc = LatentODEForecaster.from_model(": (plain_loop, [], check_from_model),
 }
 
 

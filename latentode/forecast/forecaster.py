@@ -59,9 +59,11 @@ The model's own ``obs_std`` is a fixed training choice (0.01
 in standardised units) and gives far too narrow intervals; ``noise="model"`` still uses it,
 ``noise=False`` gives quantiles of the paths alone. ``fit`` calibrates after training on
 ``val_df`` (else on the training series, with the training task's encoder masks drawn the fixed,
-seeded way), ``from_run`` on the run's validation split (else its training split); ``save``
-writes the result to ``calibration.json`` and ``load`` reads it back (a directory saved without
-one, by an older latentode, falls back to ``obs_std``). ``forecaster.calibration`` holds it.
+seeded way), ``from_run`` on the run's validation split (else its training split),
+``from_model`` (a model trained in your own loop) on its ``calibration_data`` (else its training
+series); ``save`` writes the result to ``calibration.json`` and ``load`` reads it back (a
+directory saved without one, by an older latentode, falls back to ``obs_std``).
+``forecaster.calibration`` holds it.
 """
 
 from __future__ import annotations
@@ -84,13 +86,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from latentode.cli import load_settings
-from latentode.data import IrregularDataset, from_dataframe
+from latentode.data import ChannelScaler, IrregularDataset, from_dataframe
 from latentode.data.frame import iso_separator, iso_times
 from latentode.data.labels import check_label_head, label_head_size
+from latentode.data.scaling import check_representable
 from latentode.data.windows import rescale_for_window, window_in_model_units
 from latentode.models import LatentODE
 from latentode.solvers import SolverError
 
+from .adopt import checked_model_config, on_spec_clock, scaled
 from .calibration import (
     NoiseCalibration,
     calibrate_lead,
@@ -498,6 +502,150 @@ class LatentODEForecaster:
         return cls._assemble(cfg, model, spec, _calibrate(model.cpu().eval(), datamodule))
 
     @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        dataset: IrregularDataset,
+        scaler: ChannelScaler | None = None,
+        *,
+        calibration_data: IrregularDataset | pd.DataFrame | None = None,
+        task: Any = None,
+        batch_size: int = 50,
+        model_config: Mapping[str, Any] | None = None,
+        time_origin: str = "batch",
+    ) -> LatentODEForecaster:
+        """A forecaster around a model trained in your own loop (``latentode.models``' models:
+        README, Models), so that ``predict``, ``impute``, ``sample``, ``plot`` and calibrated
+        intervals answer in your data's units, time type and channel names.
+
+        Args:
+            model: the trained model. The forecaster keeps a CPU copy in eval mode: your
+                model stays where it is, in its mode, and later training of it does not reach
+                the forecaster (whose noise was calibrated for these weights).
+            dataset: the data the model was trained on, in your units, before any
+                ``scaler.apply`` (what ``load_dataset``, ``from_dataframe`` and ``.subset``
+                return): its id, time and channel names, its time transform (model times) and
+                its longest series' span (forecasts asked further ahead warn). Frames given to
+                the forecaster are wide, with these columns (``dataset.to_dataframe()``'s
+                format). A dataset cut into windows (``split_windows``) is not supported:
+                the forecaster would condition on whole series, not on windows as in
+                training (use ``LatentODEForecaster.fit`` with ``data.window``).
+            scaler: the fitted ``ChannelScaler`` whose ``apply`` made the training values
+                (``log_channels`` included); None when the model saw ``dataset``'s values as
+                they are.
+            calibration_data: series to calibrate the predictive noise on, in your units
+                (an ``IrregularDataset`` with the training channels, or a DataFrame in the
+                format above): held-out series, e.g. ``ds.subset(val_idx)``, give honest
+                intervals. None: ``dataset`` itself, with a warning, as ``fit`` warns without
+                held-out series (on training series the intervals come out narrow).
+            task: which points of each calibration series the encoder sees
+                (``calibrate_noise`` scores the others): default ``Interpolation(fraction=0.5)``,
+                ``fit``'s task. The forecast curve over lead time is calibrated on the same
+                series cut at random points, as for ``fit`` and ``from_run``.
+            batch_size: calibration series per batch.
+            model_config: how to rebuild the model, Hydra style (``{"_target_":
+                "latentode.models.LatentODE", "input_dim": 1, "latents": 8}``; ``input_dim``
+                may be left out), so that ``save`` and ``load`` work; checked here to build a
+                model with the same modules, options and weight shapes. Without it the
+                forecaster predicts but does not save.
+            time_origin: the clock the model was trained on: ``"batch"`` (``Collator``'s and
+                ``LatentODEDataModule``'s default) or ``"series"`` (each series from its own
+                first time, ``fit``'s). It places ``z0`` in the calibration batches, and for an
+                encoder trained on the union walk (``schedule="union"``, the default) the
+                training grid prediction walks, as ``from_run`` does.
+
+        ``fit`` on the result trains a new model from ``conf/train.yaml`` (as on a loaded
+        forecaster), not the given one.
+        """
+        from latentode.data import Interpolation, LatentODEDataModule
+        from latentode.data.batch import check_origin
+
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch nn.Module (a latentode.models model), got "
+                            f"{type(model).__name__}.")
+        if not isinstance(dataset, IrregularDataset):
+            raise TypeError(
+                f"dataset must be an IrregularDataset (load_dataset, from_dataframe or .subset "
+                f"give one; a DataFrame: from_dataframe(df, id_col=..., time_col=...)), got "
+                f"{type(dataset).__name__}.")
+        input_dim = getattr(model, "input_dim", None)
+        if not isinstance(input_dim, int):
+            raise TypeError(f"model ({type(model).__name__}) has no input_dim: from_model takes "
+                            "the models of latentode.models (LatentODE, ODERNN, GRUDT, RNNVAE).")
+        channels = [str(c) for c in dataset.channels]
+        if input_dim != len(channels):
+            raise ValueError(
+                f"model.input_dim={input_dim} but dataset has {len(channels)} channel(s) "
+                f"{channels}: pass the dataset the model was trained on (its channels in the "
+                "model's order).")
+        if len(dataset) == 0:
+            raise ValueError("dataset holds no series: pass the data the model was trained on.")
+        check_origin(time_origin)
+        batch_size = _whole("batch_size", batch_size, 1)
+        if scaler is not None:
+            if not isinstance(scaler, ChannelScaler):
+                raise TypeError(f"scaler must be the latentode.data.ChannelScaler the model was "
+                                f"trained with (or None), got {type(scaler).__name__}.")
+            if scaler.log is None or not hasattr(scaler.scaler, "mean_"):
+                raise ValueError("scaler is not fitted: pass the ChannelScaler the training "
+                                 "values were scaled with (ChannelScaler().fit(train_data)), or "
+                                 "scaler=None for a model trained on unscaled values.")
+            if len(scaler.mean) != len(channels):
+                raise ValueError(f"scaler was fitted on {len(scaler.mean)} channel(s), dataset "
+                                 f"has {len(channels)} {channels}: pass the scaler fitted on "
+                                 "the model's training data.")
+        config = None if model_config is None else checked_model_config(model_config, model,
+                                                                           input_dim)
+        spec = DataSpec(
+            id_col=dataset.id_col, time_col=dataset.time_col, channels=channels,
+            time=dataset.time_transform, value_cols=list(channels),
+            time_unit=dataset.time_transform.unit,
+            mean=None if scaler is None else [float(v) for v in scaler.mean],
+            scale=None if scaler is None else [float(v) for v in scaler.scale],
+            train_span=longest_span(dataset), label_names=dataset.label_names,
+            log=None if scaler is None else _log_flags(scaler),
+        )
+        if calibration_data is None:
+            warnings.warn(
+                "from_model calibrates the predictive noise on the training series (no "
+                "calibration_data): its intervals come out narrow (a user pass measured 0.85 "
+                "coverage for 0.9). Pass held-out series, calibration_data=ds.subset(val_idx).",
+                stacklevel=2)
+            held = None
+        else:
+            held = on_spec_clock(spec, calibration_data, "calibration_data")
+
+        train = dataset if scaler is None else scaled(scaler, dataset, "dataset", True)
+        splits = {"train": train, "val": dataset.subset([]), "test": dataset.subset([])}
+        everything = dataset
+        if held is not None:
+            splits["val"] = held if scaler is None else scaled(scaler, held,
+                                                                "calibration_data")
+            everything = concat_datasets(dataset, held)
+        for name, part in splits.items():
+            check_representable(part, f"{name} split" + (", scaled" if scaler else ""))
+        # a data module on these splits and this scaler, as setup() would have left it
+        datamodule = LatentODEDataModule(
+            everything, task=Interpolation(fraction=0.5) if task is None else task,
+            batch_size=batch_size, scale=scaler is not None,
+            log_channels=None if scaler is None else scaler.log_channels,
+            time_origin=time_origin)
+        datamodule.dataset, datamodule.scaler, datamodule.splits = everything, scaler, splits
+        datamodule.split_index = {"train": np.arange(len(dataset)),
+                                  "val": np.arange(len(dataset), len(everything)),
+                                  "test": np.arange(0)}
+        cfg = OmegaConf.create({"model": config, "data": {
+            "time_origin": time_origin, "window": None, "batch_size": batch_size}})
+        model = copy.deepcopy(model).cpu().eval()  # the user's model stays as it is
+        encoder = getattr(model, "encoder", None)
+        if getattr(encoder, "schedule", None) == "union":
+            walk = _union_walk_grid(cfg, model, datamodule)
+            if walk is not None:
+                spec.walk_grid = [float(v) for v in walk.times]
+                spec.walk_origin = walk.origin
+        return cls._assemble(cfg, model, spec, _calibrate(model, datamodule))
+
+    @classmethod
     def _assemble(cls, cfg: DictConfig, model: nn.Module, spec: DataSpec,
                   calibration: NoiseCalibration | None = None) -> LatentODEForecaster:
         self = cls.__new__(cls)
@@ -511,8 +659,15 @@ class LatentODEForecaster:
         ``config.yaml`` (the resolved config), ``transforms.json`` (columns, time transform,
         scaler) and ``calibration.json`` (the calibrated predictive noise, when there is one).
         The weights file holds tensors only, so ``load`` reads it with ``weights_only=True`` and
-        nothing else is pickled. Returns the directory."""
+        nothing else is pickled. A ``from_model`` forecaster needs its ``model_config`` (how
+        ``load`` rebuilds the model) and is refused without one. Returns the directory."""
         model, spec = self._fitted("save")
+        if OmegaConf.select(self.cfg, "model._target_") is None:
+            raise ValueError(
+                "this forecaster cannot be saved: it has no config to rebuild its model from "
+                "(made by from_model without model_config). Pass model_config= to "
+                "LatentODEForecaster.from_model, the model's class and arguments, e.g. "
+                "{'_target_': 'latentode.models.LatentODE', 'input_dim': 1, 'latents': 8}.")
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), out / WEIGHTS_FILE)
@@ -1188,9 +1343,11 @@ def _union_walk_grid(cfg: DictConfig, model: nn.Module, datamodule: Any) -> Walk
             "time grid; the forecaster walks each series through its own observations, so that "
             "an answer does not depend on the batch, which this model was not trained for. For "
             "forecasting, train with model.encoder.schedule=series (experiment=csv and "
-            "LatentODEForecaster.fit do).", stacklevel=3)
+            "LatentODEForecaster.fit do; in Python ODERNNEncoder(..., schedule='series')).",
+            stacklevel=3)
     else:
         log.info("this run's encoder was trained on the union walk of a shared grid (%d "
                  "times): each series is walked alone through its observations and that grid, "
                  "the steps it took in training", len(grid.times))
     return grid
+

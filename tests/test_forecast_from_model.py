@@ -1,0 +1,303 @@
+"""``LatentODEForecaster.from_model``: the DataFrame API (predict, calibrated intervals, user
+units) for a model trained in a plain PyTorch loop (README, Models).
+
+The strongest check rebuilds a ``fit`` forecaster from its parts (model, training series in the
+data's units, scaler, calibration series, task) and asks for the same frame. Sizes are tiny:
+the tests check bookkeeping and units, not forecast quality.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_forecast import TINY, make_frame
+from torch.utils.data import DataLoader
+
+from latentode import LatentODEForecaster
+from latentode.data import (
+    ChannelScaler,
+    Collator,
+    Interpolation,
+    from_dataframe,
+    load_dataset,
+    split_indices,
+)
+from latentode.forecast.forecaster import _series_seed
+from latentode.forecast.spec import longest_span
+from latentode.models import GRUDT, LatentODE
+from latentode.nn import ODERNNEncoder
+
+ENCODER = {"_target_": "latentode.nn.ODERNNEncoder", "input_dim": 1, "latent_dim": 4,
+           "hidden": 8, "z0_units": 16, "ode_units": 16}
+CONFIG = {"_target_": "latentode.models.LatentODE", "input_dim": 1, "latents": 4,
+          "gen_units": 16, "encoder": ENCODER}  # the periodic fixture's model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    torch.set_num_threads(1)
+    data = make_frame()
+    fc = LatentODEForecaster({**TINY, "trainer.max_epochs": 1}).fit(data)
+    return fc, data
+
+
+@pytest.fixture(scope="module")
+def periodic():
+    """The README's plain loop, a handful of steps: model, series, split, scaler."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    ds = load_dataset("periodic", n_series=40, n_points=30)
+    train_idx, val_idx, _ = split_indices(len(ds), seed=0)
+    scaler = ChannelScaler().fit(ds.subset(train_idx))
+    train = scaler.apply(ds.subset(train_idx))
+    loader = DataLoader(range(len(train)), batch_size=16, shuffle=True,
+                        collate_fn=Collator(train, task=Interpolation(fraction=0.5)))
+    model = LatentODE(input_dim=1, latents=4, gen_units=16, encoder=ODERNNEncoder(
+        1, 4, hidden=8, z0_units=16, ode_units=16))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for b in loader:
+        loss = model.loss(b.times, b.values, b.encoder_mask, b.target_mask,
+                          kl_weight=1.0)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model, ds, train_idx, val_idx, scaler
+
+
+def wrap(periodic, **kwargs):
+    model, ds, train_idx, val_idx, scaler = periodic
+    kwargs.setdefault("calibration_data", ds.subset(val_idx))
+    return LatentODEForecaster.from_model(model, ds.subset(train_idx), scaler, **kwargs)
+
+
+# ------------------------------------------------------------------------- same as fit
+def test_rebuilt_fit_forecaster_predicts_exactly_as_fit(fitted):
+    fc, data = fitted
+    dm = fc.trainer.datamodule  # the split fit made: its training and held-out series
+    assert len(dm.splits["val"]) > 0
+    train = dm.dataset.subset(dm.split_index["train"])  # data units, as from_dataframe gave
+    held = dm.dataset.subset(dm.split_index["val"])
+    assert np.nanmean(train.values) > 50  # not scaled: the frame sits near 100
+    rebuilt = LatentODEForecaster.from_model(
+        fc.model, train, dm.scaler, calibration_data=held, task=dm.task,
+        batch_size=dm.batch_size, time_origin=fc.cfg.data.time_origin)
+    assert rebuilt.spec.mean == fc.spec.mean and rebuilt.spec.scale == fc.spec.scale
+    assert rebuilt.spec.time == fc.spec.time and rebuilt.spec.channels == fc.spec.channels
+    assert rebuilt.calibration == fc.calibration  # the same numbers, to the last bit
+    for times in ({"horizon": 1.0, "n": 3}, {}):  # forecasts, and at the observed times
+        want = fc.predict(data, num_samples=20, **times)
+        got = rebuilt.predict(data, num_samples=20, **times)
+        pd.testing.assert_frame_equal(got, want)
+    pd.testing.assert_frame_equal(rebuilt.impute(data), fc.impute(data))
+
+
+def test_the_users_model_is_left_where_it_was(fitted):
+    fc, data = fitted
+    dm = fc.trainer.datamodule
+    model = fc.model.train()  # say a training loop is still using it
+    try:
+        rebuilt = LatentODEForecaster.from_model(
+            model, dm.dataset.subset(dm.split_index["train"]), dm.scaler,
+            calibration_data=data.iloc[:50], time_origin="series")
+        assert model.training and not rebuilt.model.training
+        assert rebuilt.model is not model
+        with torch.no_grad():  # a later step on the user's model does not reach it
+            next(model.parameters()).add_(1.0)
+        assert not torch.equal(next(model.parameters()), next(rebuilt.model.parameters()))
+    finally:
+        with torch.no_grad():
+            next(model.parameters()).sub_(1.0)
+        model.eval()
+
+
+# ---------------------------------------------------------------------- README's loop
+def test_readme_loop_forecasts_in_data_units(periodic):
+    model, ds, train_idx, val_idx, scaler = periodic
+    fc = wrap(periodic)
+    frame = ds.subset(val_idx).to_dataframe()
+    pred = fc.predict(frame, horizon=1.0, n=4, num_samples=20)
+    assert list(pred.columns) == ["series_id", "time", "channel", "mean", "q0.05", "q0.5",
+                                  "q0.95"]
+    assert len(pred) == len(val_idx) * 4 and set(pred["channel"]) == {"value"}
+    assert (pred["q0.05"] < pred["q0.95"]).all()
+    assert fc.spec.train_span == longest_span(ds.subset(train_idx))
+    assert fc.spec.walk_grid is not None  # the union walk of a shared grid: from_run's way
+    assert model.training  # the loop's model: untouched
+
+    # one answer by hand: the model's forward on the series' scaled history with the
+    # forecaster's z0 draws, back through scaler.inverse_transform
+    sid = frame["series_id"].iloc[0]
+    rows = frame[frame["series_id"] == sid]
+    t, x = rows["time"].to_numpy(), rows[["value"]].to_numpy()
+    ask = float(t[-1]) + 0.7
+    got = fc.predict(rows, times=[ask], num_samples=8, quantiles=None, batch_size=1)
+    eps = torch.randn((8, 4), generator=torch.Generator().manual_seed(_series_seed(0, sid)))
+    scaled = torch.tensor(scaler.transform(x), dtype=torch.float32)[None]
+    with torch.no_grad():
+        out = fc.model(torch.tensor(t - t[0], dtype=torch.float32), scaled,
+                       torch.ones_like(scaled, dtype=torch.bool), n_samples=8,
+                       pred_times=torch.tensor([0.0, ask - t[0]], dtype=torch.float32),
+                       z0_noise=eps[:, None])
+    by_hand = scaler.inverse_transform(out.pred[:, 0, -1].double().numpy()).mean(0)
+    np.testing.assert_allclose(got["mean"].to_numpy(), by_hand, rtol=1e-5)
+    assert abs(by_hand[0] - scaler.mean[0]) < 5 * scaler.scale[0]  # the data's scale
+
+
+def test_default_calibration_is_on_the_training_series_with_a_warning(periodic):
+    with pytest.warns(UserWarning, match="calibrates the predictive noise on the training"):
+        fc = wrap(periodic, calibration_data=None)
+    assert fc.calibration is not None and fc.calibration.split == "train"
+    assert fc.calibration.points == "heldout" and min(fc.calibration.count) > 0
+    assert wrap(periodic).calibration.split == "val"  # held-out series given
+
+
+def test_log_channels_carry_through():
+    frame = make_frame(n_series=6, n_points=10)  # positive values near 100
+    ds = from_dataframe(frame)
+    scaler = ChannelScaler(log_channels=["x"]).fit(ds)
+    torch.manual_seed(0)
+    model = LatentODE(input_dim=2, latents=3, gen_units=8, encoder=ODERNNEncoder(
+        2, 3, hidden=6, z0_units=8, ode_units=8, schedule="series"))
+    fc = LatentODEForecaster.from_model(model, ds, scaler, calibration_data=frame)
+    assert fc.spec.log == [True, False]
+    pred = fc.predict(frame, horizon=0.5, n=2, num_samples=10)
+    assert (pred["q0.05"] > 0).all()
+    x = pred[pred["channel"] == "x"]
+    assert (x["mean"] > x["q0.5"]).all()  # a log-normal's mean lies above its median
+    with pytest.raises(ValueError, match=r"before scaler\.apply"):  # scaled twice: log of <= 0
+        LatentODEForecaster.from_model(model, scaler.apply(ds), scaler, calibration_data=frame)
+
+
+def test_calibration_series_are_read_on_the_training_clock():
+    frame = make_frame(n_series=8, n_points=10)
+    ds = from_dataframe(frame[frame.series_id != "s7"])
+    held = frame[frame.series_id == "s7"].assign(time=lambda f: f.time * 3 + 20.0)
+    own = from_dataframe(held)  # its own clock: from 0, in units of its 15-unit span
+    assert own.time_transform != ds.time_transform
+    torch.manual_seed(0)
+    model = LatentODE(input_dim=2, latents=3, gen_units=8, encoder=ODERNNEncoder(
+        2, 3, hidden=6, z0_units=8, ode_units=8, schedule="series"))
+    scaler = ChannelScaler().fit(ds)
+    a = LatentODEForecaster.from_model(model, ds, scaler, calibration_data=own,
+                                       time_origin="series")
+    b = LatentODEForecaster.from_model(model, ds, scaler, calibration_data=held,
+                                       time_origin="series")
+    assert a.calibration == b.calibration and a.calibration.split == "val"
+
+
+def test_a_union_walk_on_unaligned_series_is_warned_about():
+    frame = make_frame(n_series=6, n_points=8)  # every series on its own times
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="on data without a shared time grid"):
+        fc = LatentODEForecaster.from_model(LatentODE(input_dim=2, latents=3),
+                                            from_dataframe(frame), calibration_data=frame)
+    assert fc.spec.walk_grid is None and fc.spec.mean is None  # unscaled: no scaler
+
+
+def test_baseline_models_are_wrapped_too(periodic):
+    _, ds, train_idx, val_idx, scaler = periodic
+    torch.manual_seed(0)
+    fc = LatentODEForecaster.from_model(GRUDT(input_dim=1, latents=4), ds.subset(train_idx),
+                                        scaler, calibration_data=ds.subset(val_idx[:2]))
+    pred = fc.predict(ds.subset(val_idx[:2]).to_dataframe(), horizon=0.5, n=2, num_samples=3)
+    assert len(pred) == 4 and np.isfinite(pred["mean"]).all()
+
+
+# ------------------------------------------------------------------------- refusals
+def test_refuses_a_model_of_other_channels(periodic):
+    _, ds, train_idx, _, scaler = periodic
+    with pytest.raises(ValueError, match=r"model.input_dim=2 but dataset has 1 channel"):
+        LatentODEForecaster.from_model(LatentODE(input_dim=2, latents=2), ds.subset(train_idx),
+                                       scaler)
+
+
+def test_refuses_an_unfitted_scaler(periodic):
+    model, ds, train_idx, _, _ = periodic
+    with pytest.raises(ValueError, match="scaler is not fitted"):
+        LatentODEForecaster.from_model(model, ds.subset(train_idx), ChannelScaler())
+
+
+def test_warns_of_data_scaled_already(periodic):
+    model, ds, train_idx, val_idx, scaler = periodic
+    train = scaler.apply(ds.subset(train_idx))  # the README loop's name for the scaled data
+    with pytest.warns(UserWarning, match=r"dataset's channel 'value', scaled by the scaler, has "
+                                         r"mean -1\.\d+ and std 1\.\d+ \(0 and 1 on the data "
+                                         r"it was fitted on\): is it scaled already"):
+        LatentODEForecaster.from_model(model, train, scaler, calibration_data=ds.subset(val_idx))
+    far = ds.subset(val_idx).with_values(ds.subset(val_idx).values + 100.0)
+    with pytest.warns(UserWarning, match="calibration_data's channel 'value'.*scaled already"):
+        wrap(periodic, calibration_data=far)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the data as they should be: no word
+        wrap(periodic)
+
+
+def test_save_needs_a_model_config(periodic, tmp_path):
+    fc = wrap(periodic)
+    with pytest.raises(ValueError, match=r"Pass model_config= to LatentODEForecaster\.from_model"):
+        fc.save(tmp_path / "fc")
+    assert not (tmp_path / "fc").exists()
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({**CONFIG, "gen_units": 12}, r"weight 'field.net.0.weight' of shape \(12, 4\) "
+                                  r"\(torch.float32\), the model's is \(16, 4\)"),
+    ({**CONFIG, "encoder": {**ENCODER, "schedule": "series"}},
+     r"model.encoder.schedule = 'series', the model has 'union'"),
+    ({**CONFIG, "z0_at": "first_target"}, "model.z0_at = 'first_target', the model has 'start'"),
+    ({**CONFIG, "encoder": {"_target_": "latentode.nn.RNNEncoder", "input_dim": 1,
+                            "latent_dim": 4}}, "builds LatentODE weights that differ"),
+    ({"_target_": "latentode.models.ODERNN", "input_dim": 1},
+     r"builds ODERNN weights that differ from the model's \(LatentODE\)"),
+    ({**CONFIG, "objective": "nonsense"},
+     "(?s)model_config does not build a model: .*objective must be"),
+])
+def test_refuses_a_model_config_that_does_not_rebuild_the_model(periodic, config, message):
+    with pytest.raises(ValueError, match=message):
+        wrap(periodic, model_config=config)
+
+
+def test_refuses_a_model_config_without_target(periodic):
+    config = {k: v for k, v in CONFIG.items() if k != "_target_"}
+    with pytest.raises(ValueError, match="model_config needs a _target_"):
+        wrap(periodic, model_config=config)
+
+
+# ---------------------------------------------------------------------- save and load
+def test_save_and_load_predict_exactly_as_before(periodic, tmp_path):
+    config = {k: v for k, v in CONFIG.items() if k != "input_dim"}  # taken from the model
+    fc = wrap(periodic, model_config=config)
+    model, ds, _, val_idx, _ = periodic
+    frame = ds.subset(val_idx).to_dataframe()
+    loaded = LatentODEForecaster.load(fc.save(tmp_path / "fc"))
+    assert loaded.spec == fc.spec and loaded.calibration == fc.calibration
+    assert type(loaded.model) is type(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about either
+        want = fc.predict(frame, horizon=1.0, n=3, num_samples=10)
+        got = loaded.predict(frame, horizon=1.0, n=3, num_samples=10)
+    pd.testing.assert_frame_equal(got, want)
+
+
+def test_a_fit_forecasters_config_rebuilds_its_model(fitted, tmp_path):
+    fc, data = fitted
+    dm = fc.trainer.datamodule
+    rebuilt = LatentODEForecaster.from_model(
+        fc.model, dm.dataset.subset(dm.split_index["train"]), dm.scaler,
+        calibration_data=dm.dataset.subset(dm.split_index["val"]), task=dm.task,
+        batch_size=dm.batch_size, model_config=fc.cfg.model, time_origin="series")
+    loaded = LatentODEForecaster.load(rebuilt.save(tmp_path / "fc"))
+    pd.testing.assert_frame_equal(loaded.predict(data, horizon=1.0, n=2, num_samples=5),
+                                  fc.predict(data, horizon=1.0, n=2, num_samples=5))
