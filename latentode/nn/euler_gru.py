@@ -106,8 +106,8 @@ class _EulerGRUScan(torch.autograd.Function):
         zero = None
         d_x = []  # per time point, in reverse order of i
         gru_inputs, gru_deltas = [], []
-        layer_inputs = [[] for _ in layers]
-        layer_deltas = [[] for _ in layers]
+        layer_inputs: list[list[torch.Tensor]] = [[] for _ in layers]
+        layer_deltas: list[list[torch.Tensor]] = [[] for _ in layers]
         g = grad_h
         for i in range(length):  # the forward's order reversed: GRU(i), then Euler(i)
             if i in gru:
@@ -139,7 +139,7 @@ class _EulerGRUScan(torch.autograd.Function):
                 g = g + back
         sign = ctx.sign
         d_projected = torch.stack(d_x, 1) * sign
-        grads_layers = []
+        grads_layers: list[torch.Tensor | None] = []
         for inputs, deltas in zip(layer_inputs, layer_deltas, strict=True):
             if deltas:
                 d, a = torch.cat(deltas), torch.cat(inputs)

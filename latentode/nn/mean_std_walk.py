@@ -205,7 +205,8 @@ class _Walk(torch.autograd.Function):
             if emitted:
                 g = g + grad_states[:, i]
             if i in ctx.euler:
-                g = _euler_backward(g, *ctx.euler[i], layers, dts[i], layer_in, layer_d)
+                mean, acts = ctx.euler[i]
+                g = _euler_backward(g, mean, acts, layers, dts[i], layer_in, layer_d)
         d_projected = torch.stack(d_x, 1)
 
         def product(inputs: list, deltas: list) -> tuple[torch.Tensor, torch.Tensor]:
