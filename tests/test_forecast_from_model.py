@@ -301,3 +301,99 @@ def test_a_fit_forecasters_config_rebuilds_its_model(fitted, tmp_path):
     loaded = LatentODEForecaster.load(rebuilt.save(tmp_path / "fc"))
     pd.testing.assert_frame_equal(loaded.predict(data, horizon=1.0, n=2, num_samples=5),
                                   fc.predict(data, horizon=1.0, n=2, num_samples=5))
+
+
+# --------------------------------------------------------- a user pass's findings (review)
+def test_channels_in_another_order_than_the_scaler_are_refused():
+    """The same data with its channels swapped was taken, and each channel scaled with the
+    other's statistics: forecasts came back under swapped names (temp 20.7 for a channel near
+    23), silently. The scaler keeps its channels' order now, and apply refuses another."""
+    frame = make_frame(n_series=6, n_points=10)
+    ds = from_dataframe(frame, value_cols=["x", "y"])
+    swapped = from_dataframe(frame, value_cols=["y", "x"])
+    scaler = ChannelScaler().fit(ds)
+    model = LatentODE(input_dim=2, latents=3, gen_units=8)
+    with pytest.raises(ValueError, match=r"dataset has channels \['y', 'x'\], the scaler was "
+                                         r"fitted on \['x', 'y'\] \(the same channels in "
+                                         r"another order\)"):
+        LatentODEForecaster.from_model(model, swapped, scaler, calibration_data=frame)
+    with pytest.raises(ValueError, match=r"the data has channels \['y', 'x'\]"):
+        scaler.apply(swapped)
+
+
+def test_a_model_config_with_another_obs_std_is_refused(periodic):
+    """obs_std lives in a private attribute, which the options check skipped: a config without
+    the model's obs_std saved, and the reloaded forecaster's noise="model" intervals differed."""
+    model, ds, train_idx, val_idx, scaler = periodic
+    noisy = LatentODE(input_dim=1, latents=4, gen_units=16, obs_std=0.05, encoder=ODERNNEncoder(
+        1, 4, hidden=8, z0_units=16, ode_units=16))
+    noisy.load_state_dict(model.state_dict())
+    with pytest.raises(ValueError, match=r"model.noise as ObservationNoise\(obs_std=0.01\), "
+                                         r"the model has ObservationNoise\(obs_std=0.05\)"):
+        LatentODEForecaster.from_model(noisy, ds.subset(train_idx), scaler,
+                                       calibration_data=ds.subset(val_idx), model_config=CONFIG)
+
+
+def test_a_float64_model_calibrates_saves_and_loads(periodic, tmp_path):
+    """A float64 model failed in calibration (float32 batches) and could not be saved (the
+    config check compared a float32 rebuild with it)."""
+    model, ds, train_idx, val_idx, scaler = periodic
+    double = LatentODE(input_dim=1, latents=4, gen_units=16, encoder=ODERNNEncoder(
+        1, 4, hidden=8, z0_units=16, ode_units=16)).double()
+    double.load_state_dict(model.state_dict())
+    fc = LatentODEForecaster.from_model(double, ds.subset(train_idx), scaler,
+                                        calibration_data=ds.subset(val_idx), model_config=CONFIG)
+    frame = ds.subset(val_idx[:2]).to_dataframe()
+    pred = fc.predict(frame, horizon=0.5, n=2, num_samples=5)
+    again = LatentODEForecaster.load(fc.save(tmp_path / "fc"))
+    assert next(again.model.parameters()).dtype == torch.float64
+    assert again.calibration == fc.calibration
+    pd.testing.assert_frame_equal(again.predict(frame, horizon=0.5, n=2, num_samples=5), pred)
+
+
+def test_windows_and_weightless_models_are_refused(periodic):
+    from latentode.data import split_windows
+
+    model, ds, train_idx, _, scaler = periodic
+    with pytest.raises(ValueError, match=r"dataset was cut into windows of 2\.0 \(split_windows"
+                                         r"\): from_model conditions forecasts on whole series"):
+        LatentODEForecaster.from_model(model, split_windows(ds.subset(train_idx), 2.0), scaler)
+    with torch.device("meta"):
+        empty = LatentODE(input_dim=1, latents=4)
+    with pytest.raises(ValueError, match="model's weights are on the meta device"):
+        LatentODEForecaster.from_model(empty, ds.subset(train_idx), scaler)
+
+
+def test_a_model_given_other_units_than_it_trained_on_is_warned_about(periodic):
+    """scaler=None for a model trained on scaled values answered in the wrong units (means near
+    0 for data near 105), silently."""
+    model, ds, train_idx, val_idx, _ = periodic
+    shifted = ds.with_values(ds.values * 10.0 + 100.0)  # far from what the model saw
+    with pytest.warns(UserWarning, match=r"channel 'value': the calibrated noise is [\d.]+x the "
+                                         r"channel's own spread on the val series.*scaler=None"):
+        LatentODEForecaster.from_model(model, shifted.subset(train_idx),
+                                       calibration_data=shifted.subset(val_idx))
+
+
+def test_no_warning_for_an_rnn_encoders_union_walk():
+    """An RNN encoder steps at a series' own observations only, so its union walk is the
+    series walk: the union warning (which advised an ODE-RNN setting) was wrong for it."""
+    from latentode.nn import RNNEncoder
+
+    frame = make_frame(n_series=6, n_points=8)  # every series on its own times
+    torch.manual_seed(0)
+    model = LatentODE(input_dim=2, latents=3, encoder=RNNEncoder(2, 3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        LatentODEForecaster.from_model(model, from_dataframe(frame), calibration_data=frame)
+    assert not [w for w in caught if "union" in str(w.message)]
+    odernn = LatentODE(input_dim=2, latents=3)  # the ODE-RNN's union walk: still warned
+    with pytest.warns(UserWarning, match="union of time points"):
+        LatentODEForecaster.from_model(odernn, from_dataframe(frame), calibration_data=frame)
+
+
+def test_an_empty_calibration_frame_is_named(periodic):
+    model, ds, train_idx, _, scaler = periodic
+    with pytest.raises(ValueError, match=r"calibration_data \(a DataFrame\) has no rows"):
+        LatentODEForecaster.from_model(model, ds.subset(train_idx), scaler,
+                                       calibration_data=ds.to_dataframe().iloc[:0])

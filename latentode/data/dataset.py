@@ -187,6 +187,7 @@ class IrregularDataset:
     id_dtype: Any = None
     raw_time_dtype: Any = None
     split: np.ndarray | None = None  # per-series "train"/"val"/"test" fixed by a source
+    window: Any = None  # the window length split_windows cut the series into (None: whole)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -31,6 +31,7 @@ class ChannelScaler:
             log_channels = [log_channels]
         self.log_channels = [str(c) for c in (log_channels or [])]
         self.log: np.ndarray | None = None  # (D,) bool, set by fit
+        self.channels: list[str] | None = None  # the fitted data's channels, in order
 
     def _log_mask(self, dataset: IrregularDataset) -> np.ndarray:
         names = [str(c) for c in dataset.channels]
@@ -69,6 +70,7 @@ class ChannelScaler:
 
     def fit(self, dataset: IrregularDataset) -> ChannelScaler:
         self.log = self._log_mask(dataset)
+        self.channels = [str(c) for c in dataset.channels]
         values = self._logged(dataset.values, dataset.channels, dataset)
         never = np.isnan(values).all(0)
         if never.any():  # StandardScaler would warn and give NaN statistics
@@ -114,8 +116,23 @@ class ChannelScaler:
         return out
 
     def apply(self, dataset: IrregularDataset) -> IrregularDataset:
-        """``dataset`` with scaled values (NaN pattern unchanged)."""
+        """``dataset`` with scaled values (NaN pattern unchanged); its channels must be the
+        fitted data's, in the same order (the statistics are per position)."""
+        check_channels(self, dataset.channels, "the data")
         return dataset.with_values(self.transform(dataset.values, dataset.channels, dataset))
+
+
+def check_channels(scaler: ChannelScaler, channels: Sequence[str], what: str) -> None:
+    """Refuse ``channels`` other than those ``scaler`` was fitted on, or in another order: each
+    channel would be scaled with another's mean and std, silently."""
+    fitted = getattr(scaler, "channels", None)  # None: not fitted, or pickled before it was kept
+    names = [str(c) for c in channels]
+    if fitted is None or names == fitted:
+        return
+    order = " (the same channels in another order)" if sorted(names) == sorted(fitted) else ""
+    raise ValueError(f"{what} has channels {names}, the scaler was fitted on {fitted}{order}: "
+                     "give the channels the scaler was fitted on, in that order "
+                     "(dataset.channels), or fit the scaler on this data.")
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)

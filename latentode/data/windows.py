@@ -137,6 +137,7 @@ def split_windows(
         labels=labels,
         id_dtype=None,
         split=None if ds.split is None else ds.split[win_owner],
+        window=length,
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
@@ -20,6 +21,14 @@ from latentode.data import ChannelScaler, IrregularDataset
 from .spec import DataSpec
 
 SCALED_TWICE = 5.0  # |scaled mean| beyond which calibration data look scaled already
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of ``model``'s floating parameters (float32 for a model without any)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
 
 
 def checked_model_config(model_config: Mapping[str, Any], model: nn.Module,
@@ -53,6 +62,7 @@ def checked_model_config(model_config: Mapping[str, Any], model: nn.Module,
         raise ValueError(f"model_config does not build a model: {err}") from err
     if not isinstance(built, nn.Module):
         raise ValueError(f"model_config builds a {type(built).__name__}, not a torch module.")
+    built = built.to(model_dtype(model))  # a float64 model: load() casts it the same way
     fix = ("; model_config must hold the arguments the model was built with (the same "
            "class, sizes and options), so that load() rebuilds it.")
     ours, theirs = built.state_dict(), model.state_dict()
@@ -78,7 +88,12 @@ def checked_model_config(model_config: Mapping[str, Any], model: nn.Module,
             raise ValueError(f"model_config builds {where} as "
                              f"{'nothing' if found is None else found.__name__}, the model has "
                              f"a {type(module).__name__}" + fix)
-        given, rebuilt = _options(module), _options(built.get_submodule(name))
+        twin = built.get_submodule(name)
+        if module.extra_repr() != twin.extra_repr():  # settings a module shows (obs_std...)
+            raise ValueError(f"model_config builds {where} as {type(twin).__name__}("
+                             f"{twin.extra_repr()}), the model has {type(module).__name__}("
+                             f"{module.extra_repr()})" + fix)
+        given, rebuilt = _options(module), _options(twin)
         for key in sorted(set(given) | set(rebuilt)):
             if not _same(given.get(key), rebuilt.get(key)):
                 raise ValueError(f"model_config builds {where}.{key} = {rebuilt.get(key)!r}, "
@@ -108,6 +123,9 @@ def on_spec_clock(spec: DataSpec, data: Any, what: str) -> IrregularDataset:
     channels, on its time transform (another dataset's model times may be on another
     scale); values stay in data units."""
     if isinstance(data, pd.DataFrame):
+        if data.empty:
+            raise ValueError(f"{what} (a DataFrame) has no rows: give it held-out series, or "
+                             "leave it out to calibrate on the training series.")
         out = spec.dataset(data, what)
     elif isinstance(data, IrregularDataset):
         names = [str(c) for c in data.channels]

@@ -89,12 +89,12 @@ from latentode.cli import load_settings
 from latentode.data import ChannelScaler, IrregularDataset, from_dataframe
 from latentode.data.frame import iso_separator, iso_times
 from latentode.data.labels import check_label_head, label_head_size
-from latentode.data.scaling import check_representable
+from latentode.data.scaling import check_channels, check_representable
 from latentode.data.windows import rescale_for_window, window_in_model_units
 from latentode.models import LatentODE
 from latentode.solvers import SolverError
 
-from .adopt import checked_model_config, on_spec_clock, scaled
+from .adopt import checked_model_config, model_dtype, on_spec_clock, scaled
 from .calibration import (
     NoiseCalibration,
     calibrate_lead,
@@ -580,6 +580,19 @@ class LatentODEForecaster:
                 "model's order).")
         if len(dataset) == 0:
             raise ValueError("dataset holds no series: pass the data the model was trained on.")
+        for part, name in ((dataset, "dataset"), (calibration_data, "calibration_data")):
+            window = getattr(part, "window", None)
+            if window is not None:
+                raise ValueError(
+                    f"{name} was cut into windows of {window!r} (split_windows): "
+                    "from_model conditions forecasts on whole series, not on windows as the "
+                    "model was trained; pass the whole series, or train with "
+                    "LatentODEForecaster.fit(..., data.window) / latentode-train data.window.")
+        devices = {p.device.type for p in model.parameters()}
+        if "meta" in devices:
+            raise ValueError("model's weights are on the meta device (no values): load its "
+                             "trained weights (model.to_empty(device='cpu') then "
+                             "load_state_dict) before from_model.")
         check_origin(time_origin)
         batch_size = _whole("batch_size", batch_size, 1)
         if scaler is not None:
@@ -594,6 +607,7 @@ class LatentODEForecaster:
                 raise ValueError(f"scaler was fitted on {len(scaler.mean)} channel(s), dataset "
                                  f"has {len(channels)} {channels}: pass the scaler fitted on "
                                  "the model's training data.")
+            check_channels(scaler, channels, "dataset")  # the same names, in the same order
         config = None if model_config is None else checked_model_config(model_config, model,
                                                                            input_dim)
         spec = DataSpec(
@@ -636,6 +650,10 @@ class LatentODEForecaster:
                                   "test": np.arange(0)}
         cfg = OmegaConf.create({"model": config, "data": {
             "time_origin": time_origin, "window": None, "batch_size": batch_size}})
+        dtype = model_dtype(model)
+        if dtype != torch.float32:  # calibration batches in it; load() casts the rebuilt model
+            datamodule.dtype = dtype
+            cfg.model_dtype = str(dtype).removeprefix("torch.")
         model = copy.deepcopy(model).cpu().eval()  # the user's model stays as it is
         encoder = getattr(model, "encoder", None)
         if getattr(encoder, "schedule", None) == "union":
@@ -643,7 +661,9 @@ class LatentODEForecaster:
             if walk is not None:
                 spec.walk_grid = [float(v) for v in walk.times]
                 spec.walk_origin = walk.origin
-        return cls._assemble(cfg, model, spec, _calibrate(model, datamodule))
+        calibration = _calibrate(model, datamodule)
+        _warn_if_worse_than_the_mean(calibration, splits, channels, scaler is None)
+        return cls._assemble(cfg, model, spec, calibration)
 
     @classmethod
     def _assemble(cls, cfg: DictConfig, model: nn.Module, spec: DataSpec,
@@ -698,6 +718,8 @@ class LatentODEForecaster:
             )
         cfg = load_settings(root / CONFIG_FILE)
         model = instantiate(cfg.model)
+        if cfg.get("model_dtype"):  # a float64 model wrapped by from_model
+            model = model.to(getattr(torch, str(cfg.model_dtype)))
         model.load_state_dict(torch.load(root / WEIGHTS_FILE, map_location="cpu",
                                          weights_only=True))
         calibration = None
@@ -1313,6 +1335,30 @@ def distinct_within(times: np.ndarray, rel: float = 1e-9) -> np.ndarray:
     return values[keep]
 
 
+def _warn_if_worse_than_the_mean(calibration: NoiseCalibration, splits: dict[str, Any],
+                                 channels: list[str], unscaled: bool) -> None:
+    """Warn where the calibrated noise exceeds twice a channel's own spread on the series it
+    was calibrated on: the model answers far worse than that channel's mean would, as a model
+    given values in other units than it trained on does (a scaled model with scaler=None)."""
+    if calibration.split not in splits:
+        return
+    values = splits[calibration.split].values
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a channel never observed there
+        spread = np.nanstd(values, axis=0)
+    ratio = np.asarray(calibration.std, dtype=np.float64) / np.where(spread > 0, spread, np.nan)
+    bad = np.nan_to_num(ratio) > 2.0
+    if bad.any():
+        j = int(np.argmax(np.nan_to_num(ratio)))
+        hint = ("scaler=None, but was the model trained on scaled values? Pass its "
+                "ChannelScaler." if unscaled else "is this the scaler the model was trained "
+                "with, and the data it was trained on?")
+        warnings.warn(
+            f"channel {channels[j]!r}: the calibrated noise is {ratio[j]:.3g}x the channel's "
+            f"own spread on the {calibration.split} series, i.e. the model answers far worse "
+            f"than the channel's mean would. {hint}", stacklevel=3)
+
+
 def _union_walk_grid(cfg: DictConfig, model: nn.Module, datamodule: Any) -> WalkGrid | None:
     """The grid a union-trained encoder walked in training, for prediction to walk each series
     through (``DataSpec.walk_grid``), or None, with a warning, where there is none to follow.
@@ -1323,6 +1369,10 @@ def _union_walk_grid(cfg: DictConfig, model: nn.Module, datamodule: Any) -> Walk
     against 0.021; a full-size hopper run 0.0044 against 0.0022). On a shared grid (distinct
     training times at most twice the longest series' count) the union is that grid, so each
     series walked alone through it takes the training steps, independent of its batch."""
+    from latentode.nn import RNNEncoder
+
+    if isinstance(getattr(model, "encoder", None), RNNEncoder):
+        return None  # it steps at a series' own observations only: union and series walks agree
     train = datamodule.splits["train"]
     origin = OmegaConf.select(cfg, "data.time_origin", default="batch") or "batch"
     grid = None
@@ -1338,7 +1388,7 @@ def _union_walk_grid(cfg: DictConfig, model: nn.Module, datamodule: Any) -> Walk
             grid = WalkGrid(distinct, origin)
     if grid is None:
         warnings.warn(
-            "this run's encoder was trained walking each batch's union of time points "
+            "this model's encoder was trained walking each batch's union of time points "
             "(model.encoder.schedule=union, the paper code's walk) on data without a shared "
             "time grid; the forecaster walks each series through its own observations, so that "
             "an answer does not depend on the batch, which this model was not trained for. For "
