@@ -148,6 +148,10 @@ def test_daily_grid_keeps_its_days_across_a_clock_change():
     for last in ("2024-10-20 06:00", "2024-03-25 06:00", "2024-06-10 06:00"):
         grid = forecast_grid(pd.Timestamp(last, tz="Europe/Berlin"), "datetime", "7D", "D", None)
         assert len(grid) == 7 and (grid.hour == 6).all(), grid
+    # hours are elapsed time: "12h" of "6h" steps across the spring change is 2 steps (was 1)
+    night = pd.Timestamp("2024-03-30 22:00", tz="Europe/Berlin")
+    grid = forecast_grid(night, "datetime", "12h", "6h", None)
+    assert list(grid - night) == [pd.Timedelta("6h"), pd.Timedelta("12h")], grid
 
 
 def test_integer_channel_codes_stay_integers_for_channels_a_frame_lacks():

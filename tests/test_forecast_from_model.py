@@ -397,3 +397,20 @@ def test_an_empty_calibration_frame_is_named(periodic):
     with pytest.raises(ValueError, match=r"calibration_data \(a DataFrame\) has no rows"):
         LatentODEForecaster.from_model(model, ds.subset(train_idx), scaler,
                                        calibration_data=ds.to_dataframe().iloc[:0])
+
+
+def test_sampling_a_deterministic_model_says_it_has_one_path(periodic):
+    """sample(num_samples=5) on a GRU-dt returned one path (sample 0), silently."""
+    _, ds, train_idx, val_idx, scaler = periodic
+    torch.manual_seed(0)
+    fc = LatentODEForecaster.from_model(GRUDT(input_dim=1, latents=4), ds.subset(train_idx),
+                                        scaler, calibration_data=ds.subset(val_idx[:2]))
+    frame = ds.subset(val_idx[:1]).to_dataframe()
+    with pytest.warns(UserWarning, match=r"num_samples=5, but this model \(GRUDT\) is "
+                                         r"deterministic: one path per series"):
+        draws = fc.sample(frame, horizon=0.5, n=2, num_samples=5)
+    assert set(draws["sample"]) == {0}
+    with pytest.warns(UserWarning, match="noise=True draws num_samples values"):
+        noisy = fc.sample(frame, horizon=0.5, n=2, num_samples=5, noise=True)
+    assert set(noisy["sample"]) == set(range(5))  # the noise gives draws of their own
+    assert noisy.groupby("time")["value"].nunique().eq(5).all()

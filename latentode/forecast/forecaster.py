@@ -177,11 +177,12 @@ class _Request:
     jobs: list[int]  # positions of its jobs in the pending job list
     gen: torch.Generator  # its own random stream (z0 draws, then noise)
 
-    def paths(self, answers: list, std: np.ndarray | None, noisy: bool
+    def paths(self, answers: list, std: np.ndarray | None, noisy: bool, draws: int = 1
               ) -> tuple[np.ndarray, np.ndarray | None]:
         """``(paths (S, m, D), noisy paths or None)`` in model units from its jobs' answers;
         ``noisy`` adds N(0, std^2) drawn from its stream, ``std`` ``(m, D)`` per asked time (the
-        paths themselves when ``std`` is None: no noise to add)."""
+        paths themselves when ``std`` is None: no noise to add). A deterministic model's one
+        path gets ``draws`` noisy copies."""
         paths = out = None
         for (idx, _), j in zip(self.chunks, self.jobs, strict=True):
             pred = answers[j][0].double().numpy()  # (S, k, D)
@@ -189,8 +190,10 @@ class _Request:
                 paths = np.empty((pred.shape[0], len(self.raw), pred.shape[2]))
             paths[:, idx] = pred
             if noisy:
+                if std is not None and pred.shape[0] == 1 < draws:
+                    pred = np.repeat(pred, draws, 0)
                 if out is None:
-                    out = np.empty_like(paths)
+                    out = np.empty((pred.shape[0], *paths.shape[1:]))
                 out[:, idx] = pred if std is None else pred + std[idx] * torch.randn(
                     pred.shape, generator=self.gen, dtype=torch.float64).numpy()
         assert paths is not None
@@ -871,7 +874,7 @@ class LatentODEForecaster:
                     point_std = self._point_noise(std, noise, ds.times[lo:hi], ds.values[lo:hi],
                                                   spec.time.to_model(request.raw))
                 paths, noisy = request.paths(answers, point_std,
-                                             std is not None and draw_noise)
+                                             std is not None and draw_noise, num_samples)
                 model_std = None
                 if std is not None:
                     model_std = np.zeros((len(request.raw), spec.n_channels)) if (
@@ -1061,13 +1064,19 @@ class LatentODEForecaster:
         ds = spec.dataset(df)
         requests = requested_times(ds, spec.time.kind, times, horizon, freq, n)
         _warn_beyond_training(ds, requests, spec, windowed=self._history_window() is not None)
-        frames = []
+        frames, one_path = [], False
         for i, raw, paths, noisy, _ in self._draw(ds, requests, num_samples, seed, noise,
                                                   batch_size=batch_size):
             draws = spec.to_user_values(noisy if noisy is not None else paths)
             s, m, d = draws.shape
+            one_path |= paths.shape[0] == 1 < num_samples
             cols = {"sample": np.repeat(np.arange(s), m * d), "value": draws.ravel()}
             frames.append(self._long(ds, i, raw, cols, repeat=s))
+        if one_path:
+            warnings.warn(
+                f"num_samples={num_samples}, but this model ({type(self.model).__name__}) is "
+                "deterministic: one path per series. noise=True draws num_samples values "
+                "around it with the calibrated observation noise.", stacklevel=2)
         return self._finish(frames, ds, df)
 
     def impute(

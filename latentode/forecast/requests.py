@@ -154,8 +154,11 @@ def _datetime_grid(last: pd.Timestamp, horizon: Any, freq: Any, n: Any) -> pd.Da
         ) from err
     if span is not None:
         end = last + span
-        if last.tz is not None:  # "7D" of daily steps is 7 days of the wall clock: across a
-            # clock change a calendar day is 23 or 25 hours, and the 7th step fell past 168 h
+        if last.tz is not None and span % pd.Timedelta(days=1) == pd.Timedelta(0):
+            # "7D" of daily steps is 7 days of the wall clock: across a clock change a
+            # calendar day is 23 or 25 hours, and the 7th step fell past 168 h. A horizon of
+            # hours is elapsed time: "12h" of "6h" steps kept one step when the clocks went
+            # forward in between (12 h of elapsed time end at 11:00 of the wall clock)
             end = (last.tz_localize(None) + span).tz_localize(
                 last.tz, ambiguous=False, nonexistent="shift_forward")
         grid = pd.date_range(start=last, end=end, freq=offset)
