@@ -12,3 +12,11 @@ def _restore_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (module-level ``pytestmark = pytest.mark.usefixtures(
+    "one_thread")``): tiny models run faster so, and give the same numbers on any machine."""
+    torch.set_num_threads(1)
+    yield  # _restore_threads gives the count back

@@ -60,12 +60,7 @@ def make_frame(n_series: int = 30, n_points: int = 25, seed: int = 0,
     return pd.DataFrame(rows, columns=["series_id", "time", "x", "y"])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

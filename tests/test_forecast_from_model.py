@@ -37,12 +37,7 @@ CONFIG = {"_target_": "latentode.models.LatentODE", "input_dim": 1, "latents": 4
           "gen_units": 16, "encoder": ENCODER}  # the periodic fixture's model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

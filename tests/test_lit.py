@@ -15,17 +15,10 @@ from latentode.lit.module import SOLVER_COUNTS
 from latentode.models import LatentODE
 from latentode.nn import ODERNNEncoder
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*treespec, LeafSpec")
+pytestmark = [pytest.mark.filterwarnings("ignore:.*treespec, LeafSpec"),
+              pytest.mark.usefixtures("one_thread")]
 
 TERMS = ("loss", "loglik", "kl", "mse", "mse_data", "mse_seen", "mse_unseen")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_model(seed: int = 0) -> LatentODE:
