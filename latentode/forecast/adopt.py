@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from latentode.data import ChannelScaler, IrregularDataset
+from latentode.models.inputs import weight_dtype
 
 from .spec import DataSpec
 
@@ -25,10 +26,7 @@ SCALED_TWICE = 5.0  # |scaled mean| beyond which calibration data look scaled al
 
 def model_dtype(model: nn.Module) -> torch.dtype:
     """The dtype of ``model``'s floating parameters (float32 for a model without any)."""
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32
+    return weight_dtype(model) or torch.float32
 
 
 def checked_model_config(model_config: Mapping[str, Any], model: nn.Module,
