@@ -19,8 +19,11 @@ from .tableaus import TABLEAUS, ButcherTableau
 from .times import OutputTimes
 
 GRADIENT_MODES = ("backprop", "adjoint", "checkpoint")
+"""The values of ``odeint``'s ``gradient=``: how the solve is differentiated."""
 FIXED_METHODS = tuple(name for name, tab in TABLEAUS.items() if not tab.adaptive)
+"""Fixed-step methods (no error estimate): ``step_size=`` applies to these only."""
 ADAPTIVE_METHODS = tuple(name for name, tab in TABLEAUS.items() if tab.adaptive)
+"""Adaptive methods (embedded error estimate): ``rtol``/``atol`` control their steps."""
 
 
 @float32_under_autocast("y0")  # mixed precision: the solve in float32 (see .precision)

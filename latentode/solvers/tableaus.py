@@ -200,3 +200,4 @@ TSIT5 = ButcherTableau(
 TABLEAUS: dict[str, ButcherTableau] = {
     t.name: t for t in (EULER, MIDPOINT, RK4, BOSH3, DOPRI5, TSIT5)
 }
+"""Every method ``odeint`` knows, by the name its ``method=`` takes."""
