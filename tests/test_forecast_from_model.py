@@ -409,3 +409,20 @@ def test_sampling_a_deterministic_model_says_it_has_one_path(periodic):
         noisy = fc.sample(frame, horizon=0.5, n=2, num_samples=5, noise=True)
     assert set(noisy["sample"]) == set(range(5))  # the noise gives draws of their own
     assert noisy.groupby("time")["value"].nunique().eq(5).all()
+
+
+def test_the_calibration_is_on_each_series_clock_as_predict_answers():
+    """Calibrated on the batch clock (z0 at the batch's first time), a batch-trained model on
+    unaligned series got intervals covering 0.76-0.83 for 0.9 (four seeds): predict answers
+    each series on its own clock, so the calibration does too, whatever time_origin says."""
+    frame = make_frame(n_series=8, n_points=10)  # every series on its own times
+    ds = from_dataframe(frame[frame.series_id != "s7"])
+    torch.manual_seed(0)
+    model = LatentODE(input_dim=2, latents=3, gen_units=8, encoder=ODERNNEncoder(
+        2, 3, hidden=6, z0_units=8, ode_units=8, schedule="series"))
+    scaler = ChannelScaler().fit(ds)
+    held = frame[frame.series_id == "s7"]
+    batch = LatentODEForecaster.from_model(model, ds, scaler, calibration_data=held)
+    series = LatentODEForecaster.from_model(model, ds, scaler, calibration_data=held,
+                                            time_origin="series")
+    assert batch.calibration == series.calibration

@@ -198,7 +198,7 @@ class NoiseCalibration:
 
 def calibration_batches(
     datamodule: Any, split: str | None = None, max_series: int | None = CALIBRATION_MAX_SERIES,
-    task: Any = None,
+    task: Any = None, origin: str | None = None,
 ) -> tuple[Iterator[Any], str]:
     """``(batches, split)``: the batches to calibrate on and the split they come from.
 
@@ -208,7 +208,8 @@ def calibration_batches(
     seeded way validation and test draw theirs (``Collator(fixed=True, seed=datamodule.seed)``,
     on the data module's ``time_origin``, in its ``dtype`` where it has one), so they are the
     same on every call; for the validation split they are the validation batches. ``task``
-    replaces the data module's (e.g. :func:`lead_task` for the forecast pass).
+    replaces the data module's (e.g. :func:`lead_task` for the forecast pass), ``origin`` its
+    clock (the forecaster's ``"series"``: how it answers every series).
     """
     from latentode.data import Collator
 
@@ -222,7 +223,7 @@ def calibration_batches(
     dtype = getattr(datamodule, "dtype", None)  # the model's, where it is not float32
     collator = Collator(part, task if task is not None else datamodule.task, fixed=True,
                         seed=datamodule.seed,
-                        origin=getattr(datamodule, "time_origin", "batch"),
+                        origin=origin or getattr(datamodule, "time_origin", None) or "batch",
                         **({} if dtype is None else {"dtype": dtype}))
     size = int(datamodule.batch_size)
     return (collator(list(range(s, min(s + size, n)))) for s in range(0, n, size)), split
