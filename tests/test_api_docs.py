@@ -4,27 +4,13 @@ a docstring for every public name, no memory addresses, links that land on a hea
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from scripts_loader import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_api_docs.py"
-
-
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_api_docs", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_api_docs"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-make_api_docs = _load_script()
+make_api_docs = load_script("make_api_docs")
 
 
 @pytest.fixture(scope="module")

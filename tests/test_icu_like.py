@@ -4,30 +4,20 @@ packing of them into the archives the paper code's PhysioNet class opens."""
 
 from __future__ import annotations
 
-import importlib.util
 import tarfile
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
+from scripts_loader import load_script
 
 from latentode.data.sources import physionet
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("icu")
-    _load("make_icu_like").write(out, n_patients=6, sets=["a", "b"], seed=3)
+    load_script("make_icu_like").write(out, n_patients=6, sets=["a", "b"], seed=3)
     return out
 
 
@@ -53,7 +43,7 @@ def test_records_parse_with_the_shape_of_icu_stays(records):
 
 
 def test_generation_is_seeded(tmp_path):
-    make = _load("make_icu_like")
+    make = load_script("make_icu_like")
     make.write(tmp_path / "one", 3, ["a"], seed=5)
     make.write(tmp_path / "two", 3, ["a"], seed=5)
     for f in sorted((tmp_path / "one" / "set-a").iterdir()):
@@ -61,7 +51,7 @@ def test_generation_is_seeded(tmp_path):
 
 
 def test_paper_code_archives_split_the_records_in_halves(records, tmp_path):
-    raw = _load("bench_paper_code").write_physionet(tmp_path, records)
+    raw = load_script("bench_paper_code").write_physionet(tmp_path, records)
     assert raw == tmp_path / "data" / "physionet" / "PhysioNet" / "raw"
     names = {}
     for letter in "ab":
@@ -78,7 +68,7 @@ def test_paper_mse_aggregate_matches_the_paper_codes_loop():
     ``mse``: per (sample, series, channel) over the observed times, 0 where none, then means."""
     import torch
 
-    bench = _load("bench_training")
+    bench = load_script("bench_training")
     g = torch.Generator().manual_seed(0)
     s, b, t, d, paper_channels = 3, 4, 9, 5, 7
     pred, values = torch.randn(s, b, t, d, generator=g), torch.randn(b, t, d, generator=g)

@@ -5,7 +5,6 @@ commands it prints compose; the collector on a synthetic tree and on a real tiny
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -13,7 +12,6 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -22,6 +20,7 @@ import torch
 import yaml
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
+from scripts_loader import load_script
 from test_cli import CONF, compose_train
 
 from latentode.data import Extrapolation
@@ -29,23 +28,13 @@ from latentode.data.tasks import Points
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*treespec, LeafSpec")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "paper_table.py"
 PRESETS = ["hopper_latent_ode", "hopper_latent_ode_rnn", "hopper_odernn", "hopper_rnn_vae",
            "hopper_gru_dt"]
 TASKS = ["hopper_interp", "hopper_extrap"]
 CHANNELS = 14  # hopper: 7 qpos + 7 qvel
 
 
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("paper_table", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["paper_table"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-paper_table = _load_script()
+paper_table = load_script("paper_table")
 
 
 def latentode_train(args: list[str], root: Path, timeout: int = 300
