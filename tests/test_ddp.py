@@ -432,6 +432,7 @@ def test_console_script_trains_with_ddp_on_a_gpu(tmp_path):
         assert metrics["ddp"][key] == pytest.approx(value, rel=1e-3, abs=1e-6), key
 
 
+@pytest.mark.slow  # three DDP runs, ~33 s; the one-process resume is tested by default (test_cli)
 def test_a_resumed_ddp_run_draws_what_the_run_would_have_drawn(tmp_path):
     """1 + 1 epochs equal 2 straight under ``trainer=ddp_cpu``: the checkpoint keeps each
     process's random stream (it kept rank 0's, which then reseeded every process from it)."""

@@ -434,6 +434,7 @@ def test_optuna_jobs_are_numbered_after_job_dirs_and_trials(tmp_path):
     assert job_offset(sweep) == 4  # no job dir is written twice
 
 
+@pytest.mark.slow  # ~19 s of sweep runs; job numbering on resume is tested by default (job_offset)
 def test_a_job_resumed_in_place_is_not_written_over_by_jobs_added_later(tmp_path):
     """The reviewer's case with the real command: a sweep's job 1 resumed in place, then a job
     added to the sweep dir, which went into 1/ over the finished run."""
