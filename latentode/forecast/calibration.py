@@ -198,7 +198,7 @@ class NoiseCalibration:
 
 def calibration_batches(
     datamodule: Any, split: str | None = None, max_series: int | None = CALIBRATION_MAX_SERIES,
-    task: Any = None, origin: str | None = None,
+    task: Any = None, origin: str | None = None, dtype: torch.dtype = torch.float32,
 ) -> tuple[Iterator[Any], str]:
     """``(batches, split)``: the batches to calibrate on and the split they come from.
 
@@ -206,7 +206,7 @@ def calibration_batches(
     ``"train"``. The batches hold the split's first ``max_series`` series (None: all) in stored
     order, ``datamodule.batch_size`` at a time, with the data module's task masks drawn the fixed,
     seeded way validation and test draw theirs (``Collator(fixed=True, seed=datamodule.seed)``,
-    on the data module's ``time_origin``, in its ``dtype`` where it has one), so they are the
+    on the data module's ``time_origin``, in ``dtype``: the model's), so they are the
     same on every call; for the validation split they are the validation batches. ``task``
     replaces the data module's (e.g. :func:`lead_task` for the forecast pass), ``origin`` its
     clock (the forecaster's ``"series"``: how it answers every series).
@@ -220,11 +220,10 @@ def calibration_batches(
         split = "val" if len(splits.get("val", ())) > 0 else "train"
     part = splits[split]
     n = len(part) if max_series is None else min(len(part), int(max_series))
-    dtype = getattr(datamodule, "dtype", None)  # the model's, where it is not float32
     collator = Collator(part, task if task is not None else datamodule.task, fixed=True,
                         seed=datamodule.seed,
                         origin=origin or getattr(datamodule, "time_origin", None) or "batch",
-                        **({} if dtype is None else {"dtype": dtype}))
+                        dtype=dtype)
     size = int(datamodule.batch_size)
     return (collator(list(range(s, min(s + size, n)))) for s in range(0, n, size)), split
 

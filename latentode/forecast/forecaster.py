@@ -656,8 +656,7 @@ class LatentODEForecaster:
         cfg = OmegaConf.create({"model": config, "data": {
             "time_origin": time_origin, "window": None, "batch_size": batch_size}})
         dtype = model_dtype(model)
-        if dtype != torch.float32:  # calibration batches in it; load() casts the rebuilt model
-            datamodule.dtype = dtype
+        if dtype != torch.float32:  # load() casts the rebuilt model to it
             cfg.model_dtype = str(dtype).removeprefix("torch.")
         model = copy.deepcopy(model).cpu().eval()  # the user's model stays as it is
         encoder = getattr(model, "encoder", None)
@@ -1208,13 +1207,15 @@ def _calibrate(model: nn.Module, datamodule: Any) -> NoiseCalibration:
     # on each series' own clock, as predict answers every series (a model trained with
     # time_origin=batch on unaligned series, calibrated on its batch clock: 0.76-0.83 coverage
     # for 0.9, four seeds; on the series clock 0.87-0.89; docs/results.md)
-    batches, split = calibration_batches(datamodule, origin="series")
+    dtype = model_dtype(model)  # batches in the model's dtype (a float64 model: float64)
+    batches, split = calibration_batches(datamodule, origin="series", dtype=dtype)
     calibration = calibrate_noise(model, batches, CALIBRATION_SAMPLES, CALIBRATION_SEED,
                                   split=split)
     log.info("predictive noise calibrated on %s points of the %s split: std %s (model units; "
              "obs_std %s)", calibration.points, split,
              ", ".join(f"{v:.4g}" for v in calibration.std), format_obs_std(calibration.obs_std))
-    batches, _ = calibration_batches(datamodule, split, task=lead_task(), origin="series")
+    batches, _ = calibration_batches(datamodule, split, task=lead_task(), origin="series",
+                                     dtype=dtype)
     calibration = calibrate_lead(model, batches, calibration, CALIBRATION_SAMPLES,
                                  CALIBRATION_SEED)
     if calibration.lead_times:
