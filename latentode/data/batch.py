@@ -104,8 +104,9 @@ def collate(
     point_values = dataset.values[points]
     point_mask = ~np.isnan(point_values)
     flat = rows * length + cols  # one flat row index per point: cheaper than 2-D fancy indexing
-    values = np.zeros((batch * length, dims), dtype=np_dtype)
-    observed = np.zeros((batch * length, dims), dtype=bool)
+    # annotated as plain arrays: reshaped to 3-D below (numpy's stubs track shapes)
+    values: np.ndarray = np.zeros((batch * length, dims), dtype=np_dtype)
+    observed: np.ndarray = np.zeros((batch * length, dims), dtype=bool)
     values[flat] = np.nan_to_num(point_values, copy=False)
     observed[flat] = point_mask
     if task is None:
