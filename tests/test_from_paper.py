@@ -62,8 +62,9 @@ def test_the_papers_physionet_command_is_the_physionet_recipe_with_its_split():
     assert sections(ours) == sections(recipe)
     # the recipe's own model, plus the label head the command asks for and the paper code's
     # mean-and-std encoder state (conf/experiment/physionet_interp.yaml keeps a plain GRU state)
+    # (and the hopper model's output_bias=null, the same start as "auto" on standardised data)
     plain = compose_train(["experiment=physionet_interp", "model.n_labels=1", "model.z0_at=start",
-                           "model.encoder.std_state=true"])
+                           "model.encoder.std_state=true", "model.output_bias=null"])
     assert sections(ours)["model"] == sections(plain)["model"]
     assert ours.model.n_labels == 1 and ours.callbacks.model_checkpoint is None
 

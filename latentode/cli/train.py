@@ -107,6 +107,7 @@ def build_model(cfg: DictConfig, datamodule: Any) -> torch.nn.Module:
                              f"{channels} channels; leave it null to take it from the data.")
     check_arguments(cfg.model, "model")
     _warn_unused_solver(cfg)
+    _resolve_output_bias(cfg, datamodule)
     data = datamodule.dataset
     _check_labels(cfg.model, data)
     model = instantiate(cfg.model)
@@ -117,6 +118,42 @@ def build_model(cfg: DictConfig, datamodule: Any) -> torch.nn.Module:
                       "models read the time series only: they do not inform the predictions",
                       stacklevel=2)
     return model
+
+
+OUTPUT_BIAS = ("auto", "data_mean")
+"""Words ``model.output_bias`` takes besides numbers and null (the models' own option)."""
+
+
+def _resolve_output_bias(cfg: DictConfig, datamodule: Any) -> None:
+    """``model.output_bias``: ``data_mean`` starts the decoder's bias at the training series'
+    channel means (in the model's units); ``auto`` does so when the data are fed unscaled
+    (``data.scale=false``) and keeps torch's start when standardised (means ~0). The values
+    replace the word in the config, so the run records what its model started from."""
+    bias = cfg.model.get("output_bias")
+    if not isinstance(bias, str):
+        return
+    if bias not in OUTPUT_BIAS:
+        raise ValueError(f"model.output_bias must be a number, one per channel, null or one of "
+                         f"{OUTPUT_BIAS}, got {bias!r}.")
+    unscaled = not getattr(datamodule, "scale", True)
+    splits = getattr(datamodule, "splits", None)
+    if splits is None and bias == "data_mean":
+        raise ValueError(f"model.output_bias=data_mean reads the training split, which "
+                         f"{type(datamodule).__name__} does not have (no .splits): give the "
+                         "values, one per channel.")
+    with open_dict(cfg):
+        if splits is None or (bias == "auto" and not unscaled):
+            cfg.model.output_bias = None
+        else:
+            cfg.model.output_bias = channel_means(splits["train"].values)
+
+
+def channel_means(values: np.ndarray) -> list[float]:
+    """Mean of each channel's observed (non-NaN) values; 0 for a channel never observed."""
+    seen = ~np.isnan(values)
+    count = seen.sum(axis=0)
+    total = np.where(seen, values, 0.0).sum(axis=0)
+    return [float(t / c) if c else 0.0 for t, c in zip(total, count, strict=True)]
 
 
 def _check_labels(model_cfg: DictConfig, data: Any) -> None:

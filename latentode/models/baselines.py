@@ -31,7 +31,7 @@ from torch import nn
 from latentode.nn import ObservationNoise, RNNEncoder, WithObservationNoise, mlp
 from latentode.nn.encoders import gru_cell
 from latentode.nn.graphs import Graphable, check_graph_solver
-from latentode.nn.layers import ODEFunc, is_single_euler_step
+from latentode.nn.layers import ODEFunc, is_single_euler_step, start_output_bias
 from latentode.nn.mean_std_walk import mean_std_walk, supports
 from latentode.solvers import odeint
 
@@ -218,6 +218,11 @@ class ODERNN(Graphable, _Deterministic):
         n_samples: unused (deterministic); kept for the common interface.
         solver: ``odeint`` options between time points; default one Euler step per gap, as
             the paper code and :class:`~latentode.nn.ODERNNEncoder`.
+        output_bias: start the decoder's output bias here: one value or one per channel
+            (``latentode-train``'s default: the training data's channel means when they are
+            fed unscaled); None or ``"auto"`` (the configs' word, resolved there): as
+            initialised. Channels far from zero otherwise stall training at the mean
+            (docs/results.md, *Unscaled data*).
         std_state: carry ``[mean, std]`` updated by :class:`~latentode.nn.encoders.
             MeanStdGRUCell` (``gru_units``, default 100), as the paper code's ODE_RNN.
         cuda_graph: on a GPU, replay the pass that predicts at the data times (training, and
@@ -232,6 +237,7 @@ class ODERNN(Graphable, _Deterministic):
         gru_units: int | None = None, dec_units: int = 100, dec_layers: int = 1,
         obs_std: float | Sequence[float] = 0.01, n_samples: int = 1,
         solver: dict[str, Any] | None = None, std_state: bool = False, cuda_graph: bool = False,
+        output_bias: float | Sequence[float] | str | None = None,
     ):
         super().__init__()
         self.input_dim, self.latents, self.std_state = input_dim, latents, std_state
@@ -239,6 +245,7 @@ class ODERNN(Graphable, _Deterministic):
         self.ode = ODEFunc(latents, ode_units, ode_layers)
         self.cell = gru_cell(2 * input_dim, latents, gru_units, std_state)
         self.out = decoder(latents, input_dim, dec_units, dec_layers)
+        start_output_bias(self.out, output_bias, input_dim)
         self.noise = ObservationNoise(input_dim, obs_std)
         self.n_samples = n_samples
         self.solver = {"method": "euler", **(solver or {})}
@@ -343,17 +350,24 @@ class GRUDT(_Deterministic):
             channel (:class:`~latentode.nn.ObservationNoise`).
         n_samples: unused (deterministic); kept for the common interface.
         solver: unused (no ODE); kept for the common interface.
+        output_bias: start the decoder's output bias here: one value or one per channel
+            (``latentode-train``'s default: the training data's channel means when they are
+            fed unscaled); None or ``"auto"`` (the configs' word, resolved there): as
+            initialised. Channels far from zero otherwise stall training at the mean
+            (docs/results.md, *Unscaled data*).
     """
 
     def __init__(
         self, input_dim: int, latents: int = 20, gru_units: int | None = None,
         dec_units: int = 100, dec_layers: int = 1, obs_std: float | Sequence[float] = 0.01,
         n_samples: int = 1, solver: dict[str, Any] | None = None,
+        output_bias: float | Sequence[float] | str | None = None,
     ):
         super().__init__()
         self.input_dim, self.latents, self.state_dim = input_dim, latents, latents
         self.cell = gru_cell(2 * input_dim + 1, latents, gru_units)
         self.out = decoder(latents, input_dim, dec_units, dec_layers)
+        start_output_bias(self.out, output_bias, input_dim)
         self.noise = ObservationNoise(input_dim, obs_std)
         self.n_samples = n_samples
 
@@ -415,6 +429,11 @@ class RNNVAE(_Recurrent):
             (its ``run_backwards`` is false when predicting after the observed part).
         lead_gap: ``q(z0)`` also reads the gap from where ``z0`` sits to a series' first
             observation (:class:`~latentode.nn.RNNEncoder`).
+        output_bias: start the decoder's output bias here: one value or one per channel
+            (``latentode-train``'s default: the training data's channel means when they are
+            fed unscaled); None or ``"auto"`` (the configs' word, resolved there): as
+            initialised. Channels far from zero otherwise stall training at the mean
+            (docs/results.md, *Unscaled data*).
     """
 
     def __init__(
@@ -422,7 +441,7 @@ class RNNVAE(_Recurrent):
         hidden: int = 20, gru_units: int | None = None, dec_units: int = 100,
         dec_layers: int = 1, obs_std: float | Sequence[float] = 0.01, n_samples: int = 3,
         solver: dict[str, Any] | None = None, objective: str = "iwae", z0_at: str = "start",
-        lead_gap: bool = True,
+        lead_gap: bool = True, output_bias: float | Sequence[float] | str | None = None,
     ):
         super().__init__()
         sample_bound(torch.zeros(1, 1), objective)  # an unknown objective fails here
@@ -435,6 +454,7 @@ class RNNVAE(_Recurrent):
         self.init = nn.Linear(latents, hidden)
         self.cell = gru_cell(input_dim + 1, hidden, gru_units)
         self.out = decoder(hidden, input_dim, dec_units, dec_layers)
+        start_output_bias(self.out, output_bias, input_dim)
         self.noise = ObservationNoise(input_dim, obs_std)
         self.n_samples = n_samples
 

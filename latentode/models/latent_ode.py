@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from latentode.nn import ObservationNoise, ODEFunc, ODERNNEncoder, WithObservationNoise, mlp
+from latentode.nn.layers import start_output_bias
 from latentode.solvers import SolverStats, odeint
 
 from .inputs import (
@@ -260,6 +261,11 @@ class LatentODE(WithObservationNoise, nn.Module):
             forecaster answers each series on its own clock) and of the decoder (``z (...,
             latents) -> (..., input_dim)``); from the command line
             ``'+model.decoder={_target_: mymod.MyDecoder}'``.
+        output_bias: start the decoder's output bias here: one value or one per channel
+            (``latentode-train``'s default: the training data's channel means when they are
+            fed unscaled); None or ``"auto"`` (the configs' word, resolved there): as
+            initialised. Channels far from zero otherwise stall training at the mean
+            (docs/results.md, *Unscaled data*).
     """
 
     def __init__(
@@ -285,6 +291,7 @@ class LatentODE(WithObservationNoise, nn.Module):
         z0_at: str = "start",
         field: nn.Module | None = None,
         decoder: nn.Module | None = None,
+        output_bias: float | Sequence[float] | str | None = None,
     ):
         super().__init__()
         if latents < 1 or input_dim < 1:
@@ -327,6 +334,7 @@ class LatentODE(WithObservationNoise, nn.Module):
             self.decoder = nn.Linear(latents, input_dim)
         else:
             self.decoder = mlp(latents, input_dim, dec_units, dec_layers)
+        start_output_bias(self.decoder, output_bias, input_dim)
         self.noise = ObservationNoise(input_dim, obs_std)
         self.n_samples = n_samples
         self.poisson, self.poisson_weight = poisson, poisson_weight

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -27,6 +28,41 @@ def mlp(
         if i < len(sizes) - 2:
             modules.append(act())
     return nn.Sequential(*modules)
+
+
+def start_output_bias(decoder: nn.Module, bias: float | Sequence[float] | str | None,
+                      out: int) -> None:
+    """Start the bias of ``decoder``'s last linear layer (``out`` features) at ``bias``: one
+    value, or one per channel (the training data's channel means, say). ``None`` and ``"auto"``
+    leave it as initialised: ``"auto"`` is the model configs' default, which ``latentode-train``
+    replaces with the training data's channel means when it feeds them unscaled; a model built
+    from the config alone has no data to read them from.
+
+    Why: channels far from zero fed unscaled otherwise have to be reached through the latent
+    state, shared by every series; training then stays at the mean for tens of epochs
+    (docs/results.md, *Unscaled data*). A decoder without such a layer is refused.
+    """
+    if bias is None or bias == "auto":
+        return
+    if isinstance(bias, str):
+        raise ValueError(f"output_bias={bias!r}: a model takes numbers (one, or one per channel) "
+                         "or None; the word 'data_mean' is latentode-train's, which reads the "
+                         "values off the training data before building the model.")
+    last = [m for m in decoder.modules() if isinstance(m, nn.Linear)]
+    if not last or last[-1].out_features != out or last[-1].bias is None:
+        raise ValueError(
+            f"output_bias needs a decoder whose last linear layer has {out} outputs and a bias; "
+            f"{type(decoder).__name__} has none: start it yourself, or set output_bias=None.")
+    values = [float(bias)] * out if isinstance(bias, (int, float)) else [float(b) for b in bias]
+    if len(values) != out:
+        raise ValueError(f"output_bias has {len(values)} values for {out} channels: give one "
+                         "value, or one per channel.")
+    bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"output_bias must be finite, got {values[bad[0]]} for channel "
+                         f"{bad[0]}.")
+    with torch.no_grad():
+        last[-1].bias.copy_(torch.tensor(values, dtype=last[-1].bias.dtype))
 
 
 class ODEFunc(nn.Module):
