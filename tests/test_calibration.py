@@ -16,6 +16,7 @@ from latentode.forecast.calibration import (
     NoiseCalibration,
     calibrate_noise,
     calibration_batches,
+    few_series_warning,
     predictive_coverage,
 )
 
@@ -121,6 +122,17 @@ def test_fallback_to_all_targets_and_pooled_channels():
         b.encoder_mask[..., 1] = True
     cal = calibrate_noise(FakeModel(), batches, n_samples=20)
     assert cal.count[1] == 0 and cal.std[1] == pytest.approx(cal.std[0])
+
+
+def test_few_calibration_series_are_named_with_the_way_out():
+    """Below 10 series the calibrated noise varies widely (docs/results.md, Calibration on few
+    series: 90% intervals from 1-5 random validation series covered 0.45-0.98)."""
+    text = few_series_warning(9, "val")
+    assert text is not None and text.startswith("the predictive noise is calibrated on 9 "
+                                                "series (the val split)")
+    for way_out in ("val_df=", "val_fraction", "calibration_data=", "data.val_fraction"):
+        assert way_out in text
+    assert few_series_warning(10, "val") is None
 
 
 def test_json_round_trip_is_exact(tmp_path):

@@ -324,6 +324,7 @@ def test_ignore_cols_keeps_covariates_out_of_the_channels():
     df["age"] = df["series_id"].str[1:].astype(float) * 10  # per series: not a time series
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "never change within a series" warning either
+        warnings.filterwarnings("ignore", "The predictive noise is calibrated on 8 series")
         fc = LatentODEForecaster({**TINY, "trainer.max_epochs": 1}).fit(df, ignore_cols=["age"],
                                                                          val_fraction=0)
     assert fc.spec.channels == ["x", "y"]

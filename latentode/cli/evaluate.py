@@ -74,6 +74,7 @@ from latentode.forecast.calibration import (
     calibrate_lead,
     calibrate_noise,
     calibration_batches,
+    few_series_warning,
     forecast_coverage_breakdown,
     format_obs_std,
     lead_task,
@@ -196,6 +197,9 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
     std: Any = {"model": obs, "none": None}.get(mode)
     if mode == "calibrated":
         batches, split = calibration_batches(datamodule)
+        few = few_series_warning(len(datamodule.splits[split]), split)
+        if few:
+            log.warning("coverage: %s", few)
         calibration = calibrate_noise(model, batches, samples, seed, split=split)
         std = calibration.std
     name = coverage_name(level)
@@ -224,12 +228,12 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
         scale = (np.ones(len(channels)) if datamodule.scaler is None
                  else np.asarray(datamodule.scaler.scale, dtype=np.float64).ravel())
         table = {}
-        log = getattr(datamodule.scaler, "log", None)
+        logged = getattr(datamodule.scaler, "log", None)  # channels standardised as log(value)
         for j, (c, model_std, data_std) in enumerate(zip(channels, calibration.std,
                                                          calibration.array * scale,
                                                          strict=True)):
             table[f"noise_std/{c}"] = model_std
-            if datamodule.scaler is not None and not (log is not None and log[j]):
+            if datamodule.scaler is not None and not (logged is not None and logged[j]):
                 table[f"noise_std_data/{c}"] = float(data_std)  # log channels: multiplicative
         print(format_metrics(table, f"calibrated noise std (model units; {calibration.points} "
                                     f"points of the {calibration.split} split)"), flush=True)

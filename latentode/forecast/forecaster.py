@@ -100,6 +100,7 @@ from .calibration import (
     calibrate_lead,
     calibrate_noise,
     calibration_batches,
+    few_series_warning,
     format_obs_std,
     lead_task,
     model_obs_std,
@@ -321,8 +322,9 @@ class LatentODEForecaster:
         Without ``val_df``, ``val_fraction`` of the series (seeded; at least
         ``CALIBRATION_HOLDOUT_MIN`` series in all, else none, with a warning) are held out of
         training for validation and calibration: the noise calibrated on series the model
-        trained on comes out narrow (0.85 coverage for 0.9 in a user pass). ``val_fraction=0``
-        trains on every series.
+        trained on comes out narrow (0.85 coverage for 0.9 in a user pass); fewer than 10
+        held out warn too (their coverage varied 0.45-0.98 for 0.9 in a measurement: raise
+        ``val_fraction`` or pass ``val_df``). ``val_fraction=0`` trains on every series.
         After training the predictive noise is calibrated on the validation series (without
         any: on the training series) and kept in ``self.calibration`` (see the module
         docstring).
@@ -1209,6 +1211,9 @@ def _calibrate(model: nn.Module, datamodule: Any) -> NoiseCalibration:
     # for 0.9, four seeds; on the series clock 0.87-0.89; docs/results.md)
     dtype = model_dtype(model)  # batches in the model's dtype (a float64 model: float64)
     batches, split = calibration_batches(datamodule, origin="series", dtype=dtype)
+    few = few_series_warning(len(datamodule.splits[split]), split)
+    if few:
+        warnings.warn(few[0].upper() + few[1:], stacklevel=3)
     calibration = calibrate_noise(model, batches, CALIBRATION_SAMPLES, CALIBRATION_SEED,
                                   split=split)
     log.info("predictive noise calibrated on %s points of the %s split: std %s (model units; "
