@@ -444,3 +444,42 @@ def test_calibration_on_few_series_warns_and_on_enough_does_not(periodic):
         wrap(periodic, calibration_data=ds.subset(more))
     assert not [w for w in seen if "calibrated on" in str(w.message)]
 
+
+
+def test_tidy_frames_give_the_wide_answers_in_tidy_form(periodic, tmp_path):
+    """A model trained on data read from a tidy (long) frame answers tidy frames: the same
+    calibration and numbers as through wide frames, one row per (series, time, channel)."""
+    model, ds, train_idx, val_idx, scaler = periodic
+    tidy = ds.to_dataframe().melt(id_vars=["series_id", "time"], var_name="var",
+                                  value_name="val").dropna()
+    from_tidy = from_dataframe(tidy, "series_id", "time", channel_col="var", value_col="val")
+    assert from_tidy.channels == ds.channels
+    held = tidy[tidy.series_id.isin([ds.ids[i] for i in val_idx])]
+    config = {k: v for k, v in CONFIG.items() if k != "input_dim"}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The predictive noise is calibrated on 4 series")
+        wide = wrap(periodic)
+        fc = LatentODEForecaster.from_model(
+            model, from_tidy.subset(train_idx), scaler, calibration_data=held,
+            channel_col="var", value_col="val", model_config=config)
+    assert fc.calibration == wide.calibration
+    want = wide.predict(ds.subset(val_idx).to_dataframe(), horizon=1.0, n=3, num_samples=10)
+    got = fc.predict(held, horizon=1.0, n=3, num_samples=10)
+    # predictions are long either way: the channel column keeps the tidy frame's name
+    assert list(got.columns) == ["series_id", "time", "var", "mean", "q0.05", "q0.5", "q0.95"]
+    pd.testing.assert_frame_equal(got.rename(columns={"var": "channel"}), want)
+    filled = fc.impute(held)  # the frame back, tidy, its observations untouched
+    assert list(filled.columns[:4]) == ["series_id", "time", "var", "val"]
+    np.testing.assert_array_equal(filled["val"].to_numpy()[: len(held)], held["val"].to_numpy())
+    loaded = LatentODEForecaster.load(fc.save(tmp_path / "fc"))
+    pd.testing.assert_frame_equal(loaded.predict(held, horizon=1.0, n=3, num_samples=10), got)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"channel_col": "var"}, r"channel_col='var' and value_col=None: tidy frames need both"),
+    ({"channel_col": "time", "value_col": "val"},
+     r"channel_col='time' is the dataset's time column"),
+])
+def test_tidy_options_are_checked(periodic, options, message):
+    with pytest.raises(ValueError, match=message):
+        wrap(periodic, **options)

@@ -518,6 +518,8 @@ class LatentODEForecaster:
         batch_size: int = 50,
         model_config: Mapping[str, Any] | None = None,
         time_origin: str = "batch",
+        channel_col: str | None = None,
+        value_col: str | None = None,
     ) -> LatentODEForecaster:
         """A forecaster around a model trained in your own loop (``latentode.models``' models:
         README, Models), so that ``predict``, ``impute``, ``sample``, ``plot`` and calibrated
@@ -532,9 +534,10 @@ class LatentODEForecaster:
                 return): its id, time and channel names, its time transform (model times) and
                 its longest series' span (forecasts asked further ahead warn). Frames given to
                 the forecaster are wide, with these columns (``dataset.to_dataframe()``'s
-                format). A dataset cut into windows (``split_windows``) is not supported:
-                the forecaster would condition on whole series, not on windows as in
-                training (use ``LatentODEForecaster.fit`` with ``data.window``).
+                format), or tidy with ``channel_col`` and ``value_col``. A dataset cut into
+                windows (``split_windows``) is not supported: the forecaster would condition
+                on whole series, not on windows as in training (use
+                ``LatentODEForecaster.fit`` with ``data.window``).
             scaler: the fitted ``ChannelScaler`` whose ``apply`` made the training values
                 (``log_channels`` included); None when the model saw ``dataset``'s values as
                 they are.
@@ -560,6 +563,11 @@ class LatentODEForecaster:
                 walks, as ``from_run`` does. The calibration runs on each series' own clock
                 whatever it is, as ``predict`` answers (a batch-clock calibration of a
                 batch-trained model on unaligned series covered 0.76-0.83 for 0.9).
+            channel_col, value_col: frames given to the forecaster (``calibration_data``,
+                ``predict``'s, ``impute``'s) are tidy, one row per observation with the
+                channel's name in ``channel_col`` and its value in ``value_col``
+                (``from_dataframe(df, ..., channel_col=, value_col=)``'s format), and its
+                answers are tidy too. Both or neither.
 
         ``fit`` on the result trains a new model from ``conf/train.yaml`` (as on a loaded
         forecaster), not the given one.
@@ -602,6 +610,15 @@ class LatentODEForecaster:
                              "load_state_dict) before from_model.")
         check_origin(time_origin)
         batch_size = _whole("batch_size", batch_size, 1)
+        if (channel_col is None) != (value_col is None):
+            raise ValueError(f"channel_col={channel_col!r} and value_col={value_col!r}: tidy "
+                             "frames need both (the column naming each row's channel and the "
+                             "one holding its value), wide frames neither.")
+        for name, column in (("channel_col", channel_col), ("value_col", value_col)):
+            if column is not None and column in (dataset.id_col, dataset.time_col):
+                raise ValueError(f"{name}={column!r} is the dataset's "
+                                 f"{'id' if column == dataset.id_col else 'time'} column: name "
+                                 "the tidy frames' own channel and value columns.")
         if scaler is not None:
             if not isinstance(scaler, ChannelScaler):
                 raise TypeError(f"scaler must be the latentode.data.ChannelScaler the model was "
@@ -619,8 +636,8 @@ class LatentODEForecaster:
                                                                            input_dim)
         spec = DataSpec(
             id_col=dataset.id_col, time_col=dataset.time_col, channels=channels,
-            time=dataset.time_transform, value_cols=list(channels),
-            time_unit=dataset.time_transform.unit,
+            time=dataset.time_transform, value_cols=None if channel_col else list(channels),
+            channel_col=channel_col, value_col=value_col, time_unit=dataset.time_transform.unit,
             mean=None if scaler is None else [float(v) for v in scaler.mean],
             scale=None if scaler is None else [float(v) for v in scaler.scale],
             train_span=longest_span(dataset), label_names=dataset.label_names,
