@@ -12,10 +12,12 @@ import torch
 from torch import nn
 
 from latentode.data import Batch, Interpolation, LatentODEDataModule, load_dataset
+from latentode.data.windows import split_windows
 from latentode.forecast.calibration import (
     NoiseCalibration,
     calibrate_noise,
     calibration_batches,
+    few_points_warning,
     few_series_warning,
     predictive_coverage,
 )
@@ -127,12 +129,34 @@ def test_fallback_to_all_targets_and_pooled_channels():
 def test_few_calibration_series_are_named_with_the_way_out():
     """Below 10 series the calibrated noise varies widely (docs/results.md, Calibration on few
     series: 90% intervals from 1-5 random validation series covered 0.45-0.98)."""
-    text = few_series_warning(9, "val")
-    assert text is not None and text.startswith("the predictive noise is calibrated on 9 "
-                                                "series (the val split)")
-    for way_out in ("val_df=", "val_fraction", "calibration_data=", "data.val_fraction"):
-        assert way_out in text
-    assert few_series_warning(10, "val") is None
+    ds = load_dataset("periodic", n_series=12, n_points=20)
+    text = few_series_warning(ds.subset(range(9)), "val_df", "Pass more series in val_df.")
+    assert text == ("The predictive noise is calibrated on 9 series (val_df): with fewer than "
+                    "10 the intervals' coverage varies widely (90% intervals calibrated on 1-5 "
+                    "series covered 0.45-0.98 in a measurement). Pass more series in val_df.")
+    assert few_series_warning(ds.subset(range(10)), "val_df", "") is None
+
+
+def test_windows_of_one_series_count_once():
+    """Windows cut from 3 series are 3 series' worth of evidence, however many windows."""
+    ds = load_dataset("periodic", n_series=3, n_points=40)
+    windows = split_windows(ds, 1.0, min_points=2)
+    assert len(windows) >= 10  # as many windows as the warning would otherwise need series
+    text = few_series_warning(windows, "the run's validation split", "")
+    assert text is not None and text.startswith(
+        f"The predictive noise is calibrated on 3 series (the run's validation split, cut into "
+        f"{len(windows)} windows)")
+
+
+def test_channels_calibrated_on_few_points_are_named():
+    cal = NoiseCalibration(std=[0.1, 0.2, 0.3], obs_std=0.01, count=[0, 2, 500], split="val")
+    text = few_points_warning(cal, ["hr", "temp", "spo2"])
+    assert text is not None and text.startswith(
+        "The predictive noise of channel(s) 'hr' (0 points: the other channels pooled stand "
+        "in), 'temp' (2 points) is calibrated on fewer than 20 held-out points (val split)")
+    assert "spo2" not in text
+    enough = NoiseCalibration(std=[0.1], obs_std=0.01, count=[20], split="val")
+    assert few_points_warning(enough, ["hr"]) is None
 
 
 def test_json_round_trip_is_exact(tmp_path):

@@ -157,7 +157,7 @@ def test_train_resume_and_eval_end_to_end(tmp_path, monkeypatch):
     assert (evaluated / "plots" / "test_series.png").is_file()
     # TINY holds out 2 validation series: too few to calibrate the coverage's noise on
     logs = "".join(f.read_text() for f in evaluated.glob("*.log"))
-    assert "calibrated on 2 series (the val split): with fewer than 10" in logs
+    assert "calibrated on 2 series (the run's validation split): with fewer than 10" in logs
 
     # resumed into its own dir (a preempted job, a run in chunks) the run continues metrics.csv:
     # every epoch once, steps in order, the first run's test row kept

@@ -324,7 +324,7 @@ def test_ignore_cols_keeps_covariates_out_of_the_channels():
     df["age"] = df["series_id"].str[1:].astype(float) * 10  # per series: not a time series
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "never change within a series" warning either
-        warnings.filterwarnings("ignore", "The predictive noise is calibrated on 8 series")
+        warnings.filterwarnings("ignore", "The predictive noise")  # tiny data: few points
         fc = LatentODEForecaster({**TINY, "trainer.max_epochs": 1}).fit(df, ignore_cols=["age"],
                                                                          val_fraction=0)
     assert fc.spec.channels == ["x", "y"]
@@ -918,3 +918,21 @@ def test_a_forecast_grid_for_a_series_with_no_observation_is_refused_by_name():
     values[2:] = np.nan
     with pytest.raises(ValueError, match=r"series 1 has no observation: no last one"):
         requested_times(replace(ds, values=values), "numeric", horizon=1.0, n=2)
+
+
+def test_few_calibration_series_are_warned_about_once_with_fits_own_remedy():
+    """fit on 8 series calibrates on its training series and says so (one warning, not a
+    second one advising a val_fraction that cannot help below 20 series); val_df of 3 series
+    is named as such."""
+    df = make_frame(n_series=11, n_points=10, seed=4)
+    train, val = df[~df.series_id.isin(["s8", "s9", "s10"])], df[df.series_id.isin(
+        ["s8", "s9", "s10"])]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        LatentODEForecaster({**TINY, "trainer.max_epochs": 1}).fit(train)
+    texts = [str(w.message) for w in seen]
+    assert any("fit calibrates the predictive noise on the training series" in t for t in texts)
+    assert not any("is calibrated on" in t for t in texts)
+    with pytest.warns(UserWarning, match=r"calibrated on 3 series \(val_df\): with fewer than "
+                                         r"10 .* Pass more series in val_df\."):
+        LatentODEForecaster({**TINY, "trainer.max_epochs": 1}).fit(train, val_df=val)

@@ -433,8 +433,9 @@ def test_calibration_on_few_series_warns_and_on_enough_does_not(periodic):
     """The README loop's split holds out 4 series: too few to calibrate on (their coverage
     varied 0.45-0.98 for 0.9 in a measurement, docs/results.md); 12 are enough."""
     ds, val_idx = periodic[1], periodic[3]
-    with pytest.warns(UserWarning, match=r"The predictive noise is calibrated on 4 series \(the "
-                                         r"val split\): with fewer than 10"):
+    with pytest.warns(UserWarning, match=r"The predictive noise is calibrated on 4 series "
+                                         r"\(calibration_data\): with fewer than 10 .* Pass "
+                                         r"more held-out series as calibration_data\."):
         wrap(periodic)
     _, _, test_idx = split_indices(len(ds), seed=0)
     more = np.concatenate([val_idx, test_idx])
@@ -479,7 +480,40 @@ def test_tidy_frames_give_the_wide_answers_in_tidy_form(periodic, tmp_path):
     ({"channel_col": "var"}, r"channel_col='var' and value_col=None: tidy frames need both"),
     ({"channel_col": "time", "value_col": "val"},
      r"channel_col='time' is the dataset's time column"),
+    ({"channel_col": "val", "value_col": "val"}, r"channel_col and value_col are both 'val'"),
 ])
 def test_tidy_options_are_checked(periodic, options, message):
     with pytest.raises(ValueError, match=message):
         wrap(periodic, **options)
+
+
+def test_a_tidy_frame_given_to_a_wide_forecaster_says_what_it_needs(periodic):
+    ds, val_idx = periodic[1], periodic[3]
+    tidy = ds.subset(val_idx).to_dataframe().melt(id_vars=["series_id", "time"],
+                                                  var_name="var", value_name="val")
+    with pytest.raises(ValueError, match=r"lacks value column\(s\) \['value'\].* A tidy frame "
+                                         r"\(one row per observation\) needs a forecaster made "
+                                         r"for tidy frames"):
+        wrap(periodic, calibration_data=tidy)
+
+
+def test_plot_takes_integer_channel_codes_as_predict_gives_them(periodic):
+    """Lab item codes come back from predict as integers; plot takes them as they come."""
+    model, ds, train_idx, val_idx, scaler = periodic
+    tidy = ds.to_dataframe().melt(id_vars=["series_id", "time"], var_name="item",
+                                  value_name="val").dropna()
+    tidy["item"] = 220045
+    coded = from_dataframe(tidy, "series_id", "time", channel_col="item", value_col="val")
+    scaler = ChannelScaler().fit(coded.subset(train_idx))
+    held = tidy[tidy.series_id.isin([ds.ids[i] for i in val_idx])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fc = LatentODEForecaster.from_model(model, coded.subset(train_idx), scaler,
+                                            calibration_data=held, channel_col="item",
+                                            value_col="val")
+    pred = fc.predict(held, horizon=0.5, n=2, num_samples=4)
+    code = pred["item"].iloc[0]
+    assert code == 220045 and not isinstance(code, str)
+    fig = fc.plot(held, pred, channels=[code])
+    assert fig is not None
+

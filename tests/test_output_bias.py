@@ -74,23 +74,68 @@ def test_a_fresh_model_predicts_near_the_offset_it_was_given():
     ([1.0, 2.0], r"output_bias has 2 values for 3 channels"),
     ([1.0, float("nan"), 0.0], r"output_bias must be finite, got nan for channel 1"),
     ("data_mean", r"output_bias='data_mean': a model takes numbers .* latentode-train's"),
+    (["a", "b", "c"], r"output_bias must be numbers \(one, or one per channel\), got"),
 ])
 def test_bad_values_are_refused(bias, says):
     with pytest.raises(ValueError, match=says):
         LatentODE(3, latents=4, gen_units=8, output_bias=bias)
 
 
-def test_a_decoder_without_a_final_linear_layer_is_refused():
-    class Sum(nn.Module):
-        def forward(self, z):
-            return z[..., :3]
+class ExpDecoder(nn.Module):
+    """A positive output: the mean belongs after the exp, not on the linear layer's bias."""
 
-    with pytest.raises(ValueError, match=r"last linear layer has 3 outputs .* Sum has none.*"
-                                         r"output_bias=None"):
-        start_output_bias(Sum(), 1.0, 3)
-    wrong = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 5))
-    with pytest.raises(ValueError, match="last linear layer has 3 outputs"):
-        start_output_bias(wrong, 1.0, 3)
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, z):
+        return self.linear(z).exp()
+
+
+class SkipDecoder(nn.Module):
+    """An MLP plus a bias-free skip map registered after it: no single output layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+        self.skip = nn.Linear(4, 3, bias=False)
+
+    def forward(self, z):
+        return self.net(z) + self.skip(z)
+
+
+@pytest.mark.parametrize("decoder", [
+    ExpDecoder(), SkipDecoder(), nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 5)),
+    nn.Linear(4, 3, bias=False)], ids=["exp", "skip", "wrong_width", "no_bias"])
+def test_a_decoder_whose_output_is_not_a_biased_linear_layer_is_refused(decoder):
+    with pytest.raises(ValueError, match=r"ends in a linear layer with 3 outputs and a bias .* "
+                                         r"output_bias=None \(model\.output_bias=null on the "
+                                         r"command line\)"):
+        start_output_bias(decoder, 1.0, 3)
+
+
+@pytest.mark.parametrize("bias", [
+    np.array([5.0, -2.0, 0.5]), torch.tensor([5.0, -2.0, 0.5]), (5.0, -2.0, 0.5),
+    np.array([[5.0, -2.0, 0.5]])], ids=["numpy", "tensor", "tuple", "numpy_2d"])
+def test_arrays_and_tensors_of_means_are_taken(bias):
+    layer = nn.Linear(4, 3)
+    start_output_bias(layer, bias, 3)
+    assert layer.bias.tolist() == [5.0, -2.0, 0.5]
+
+
+@pytest.mark.parametrize("bias", [np.float32(2.5), torch.tensor(2.5), np.array([2.5]), 2.5],
+                         ids=["numpy_scalar", "tensor_scalar", "one_value_array", "float"])
+def test_one_value_of_any_kind_is_every_channels(bias):
+    layer = nn.Linear(4, 3)
+    start_output_bias(layer, bias, 3)
+    assert layer.bias.tolist() == [2.5] * 3
+
+
+def test_words_other_than_auto_are_refused_by_the_model():
+    with pytest.raises(ValueError, match=r"output_bias='null': a model takes numbers .* or "
+                                         r"None; the words 'auto' and 'data_mean' are "
+                                         r"latentode-train's config values"):
+        LatentODE(3, latents=4, gen_units=8, output_bias="null")
 
 
 def training_means(datamodule) -> np.ndarray:
@@ -141,3 +186,44 @@ def test_an_unknown_word_is_refused(tmp_path):
 def test_the_hopper_recipes_keep_the_start_their_numbers_were_measured_with(model):
     cfg = compose_train(["experiment=hopper_interp", f"model={model}"])
     assert cfg.model.output_bias is None
+
+
+def test_auto_leaves_a_users_decoder_as_initialised(tmp_path):
+    """What a decoder of the user's returns after its last layer (an exp, a skip map) is its
+    own business: auto does not put the data's means on its biases, even fed unscaled."""
+    cfg = compose_train([*TINY, "data.scale=false", "+model.decoder={_target_: "
+                         "torch.nn.Linear, in_features: 4, out_features: 1}", "model.latents=4"],
+                        tmp_path / "run")
+    datamodule = train_cli.build_datamodule(cfg)
+    train_cli.build_model(cfg, datamodule)
+    assert cfg.model.output_bias is None
+    cfg = compose_train([*TINY, "data.scale=false", "+model.decoder={_target_: "
+                         "torch.nn.Linear, in_features: 4, out_features: 1}", "model.latents=4",
+                         "model.output_bias=data_mean"], tmp_path / "run")
+    model = train_cli.build_model(cfg, train_cli.build_datamodule(cfg))  # asked for: done
+    np.testing.assert_allclose(model.decoder.bias.detach().numpy(),
+                               list(cfg.model.output_bias), rtol=1e-6)
+
+
+
+def test_resuming_does_not_list_the_starting_bias_as_a_difference():
+    """A resumed run loads its own weights: where fresh ones would start is no news (a run
+    from before output_bias existed lacks the key; another data file has other means)."""
+    from omegaconf import OmegaConf
+
+    from latentode.cli.checkpoints import config_differences
+
+    saved = {"model": {"latents": 4}, "data": {"scale": False}}
+    now = OmegaConf.create({"model": {"latents": 5, "output_bias": [79.5, 37.2]},
+                            "data": {"scale": False}})
+    assert config_differences(saved, now) == ["model.latents: 4 in the run, 5 now"]
+
+
+def test_an_unscaled_run_trains_from_the_means_and_says_its_units(tmp_path, capsys):
+    cfg = compose_train([*TINY, "data.scale=false", "trainer.fast_dev_run=true"],
+                        tmp_path / "run")
+    metrics = train_cli.train(cfg)
+    assert np.isfinite(metrics["test/mse"]) and metrics["test/mse"] == metrics["test/mse_data"]
+    assert len(cfg.model.output_bias) == 1  # the run's record holds the numbers
+    out = capsys.readouterr().out
+    assert "(mse: the model's units, here the data's own (data.scale=false);" in out

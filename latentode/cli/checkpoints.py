@@ -169,9 +169,15 @@ def weights_mismatch(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tens
     return "\n".join(f"  {line}" for line in lines[:limit]) + more
 
 
+START_ONLY = ("model.output_bias",)
+"""Settings that only choose where fresh weights start: a resumed run loads its own weights,
+so their difference is not worth a word (an old run lacks output_bias; data means differ)."""
+
+
 def config_differences(saved: dict[str, Any], cfg: DictConfig, sections: tuple[str, ...] = (
         "model", "data")) -> list[str]:
-    """``key: checkpoint value -> this value`` for the model and data settings that differ."""
+    """``key: checkpoint value -> this value`` for the model and data settings that differ
+    (those in ``START_ONLY`` left out)."""
     now = _plain(cfg)
     saved = _plain(OmegaConf.create(saved))
     out: list[str] = []
@@ -180,7 +186,7 @@ def config_differences(saved: dict[str, Any], cfg: DictConfig, sections: tuple[s
         if isinstance(a, dict) and isinstance(b, dict):
             for key in sorted(set(a) | set(b), key=str):
                 walk(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
-        elif a != b:
+        elif a != b and prefix not in START_ONLY:
             out.append(f"{prefix}: {a!r} in the run, {b!r} now")
 
     for section in sections:

@@ -71,9 +71,11 @@ from latentode.cli.train import (
 )
 from latentode.cli.typos import run_app
 from latentode.forecast.calibration import (
+    RUN_SPLITS,
     calibrate_lead,
     calibrate_noise,
     calibration_batches,
+    few_points_warning,
     few_series_warning,
     forecast_coverage_breakdown,
     format_obs_std,
@@ -197,10 +199,13 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
     std: Any = {"model": obs, "none": None}.get(mode)
     if mode == "calibrated":
         batches, split = calibration_batches(datamodule)
-        few = few_series_warning(len(datamodule.splits[split]), split)
+        few = few_series_warning(datamodule.splits[split], *RUN_SPLITS[split])
         if few:
             log.warning("coverage: %s", few)
         calibration = calibrate_noise(model, batches, samples, seed, split=split)
+        few = few_points_warning(calibration, [str(c) for c in datamodule.dataset.channels])
+        if few:
+            log.warning("coverage: %s", few)
         std = calibration.std
     name = coverage_name(level)
     model_name = f"{name}_model_noise"

@@ -127,8 +127,11 @@ OUTPUT_BIAS = ("auto", "data_mean")
 def _resolve_output_bias(cfg: DictConfig, datamodule: Any) -> None:
     """``model.output_bias``: ``data_mean`` starts the decoder's bias at the training series'
     channel means (in the model's units); ``auto`` does so when the data are fed unscaled
-    (``data.scale=false``) and keeps torch's start when standardised (means ~0). The values
-    replace the word in the config, so the run records what its model started from."""
+    (``data.scale=false``) and the decoder is the model's own, and keeps the start as
+    initialised when standardised (means ~0) or for a decoder of the user's
+    (``+model.decoder=...``: what its output is, after its last layer, is its own business).
+    The values replace the word in the config, so the run's record (``hparams.yaml``, the
+    checkpoint) holds what its model started from."""
     bias = cfg.model.get("output_bias")
     if not isinstance(bias, str):
         return
@@ -142,7 +145,8 @@ def _resolve_output_bias(cfg: DictConfig, datamodule: Any) -> None:
                          f"{type(datamodule).__name__} does not have (no .splits): give the "
                          "values, one per channel.")
     with open_dict(cfg):
-        if splits is None or (bias == "auto" and not unscaled):
+        users_decoder = cfg.model.get("decoder") is not None
+        if splits is None or (bias == "auto" and (not unscaled or users_decoder)):
             cfg.model.output_bias = None
         else:
             cfg.model.output_bias = channel_means(splits["train"].values)
@@ -330,9 +334,12 @@ def run_test(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, dat
     (out / "test_metrics.json").write_text(json.dumps(record, indent=2) + "\n")
     print(format_metrics(metrics, f"test metrics ({label or 'final weights'})"), flush=True)
     if "test/mse_data" in metrics:
-        print("(mse: standardised units, as the model sees the data; mse_data: the data's own "
-              "units, mse_data/<channel> each channel's; mse_seen/mse_unseen: points the "
-              "encoder saw / did not see)", flush=True)
+        scaled = getattr(datamodule, "scaler", None) is not None
+        units = ("standardised units, as the model sees the data" if scaled
+                 else "the model's units, here the data's own (data.scale=false)")
+        print(f"(mse: {units}; mse_data: the data's own units, mse_data/<channel> each "
+              "channel's; mse_seen/mse_unseen: points the encoder saw / did not see)",
+              flush=True)
     plots = cfg.get("plots") or {}
     n_series = int(plots.get("n_series", 4)) if isinstance(plots, DictConfig) else 0
     if n_series > 0:

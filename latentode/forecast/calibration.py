@@ -78,21 +78,59 @@ HISTORY_BINS = 4  # bins of history length (equal counts) of the forecast noise'
 HISTORY_FACTOR_RANGE = (0.25, 16.0)  # bounds of that factor on the variance
 CALIBRATION_MAX_SERIES = 1000  # series of a split used for calibration (first ones, stored order)
 CALIBRATION_MIN_SERIES = 10  # fewer: the calibrated noise, and so the coverage, varies widely
+CALIBRATION_MIN_POINTS = 20  # a channel's noise from fewer held-out points: ~16%+ std error
+RUN_SPLITS = {
+    "val": ("the run's validation split", "Train with a larger data.val_fraction."),
+    "train": ("the run's training split: it has no validation series",
+              "Train with data.val_fraction > 0."),
+}
+"""Where a trained run's calibration series come from, and how to have more of them: the
+``advice`` of :func:`few_series_warning` for ``from_run`` and ``latentode-eval``."""
 
 
-def few_series_warning(n: int, split: str) -> str | None:
-    """The warning for a noise calibrated on ``n`` series of ``split`` when they are fewer than
-    ``CALIBRATION_MIN_SERIES`` (None otherwise). Measured (docs/results.md, *Calibration on few
-    series*): 90% intervals calibrated on 1-5 random validation series of the periodic toy
-    covered 0.45-0.98 of the test points (10th percentile 0.61-0.81), on 10 series 0.79-0.98
+def distinct_series(part: Any) -> int:
+    """Series in ``part``, windows of one series (``split_windows``) counted once: they are
+    not independent evidence of how the model errs on a new series."""
+    window = getattr(part, "window", None)
+    if window is None:
+        return len(part)
+    from latentode.data.windows import window_owner
+
+    return len({window_owner(i) for i in part.ids})
+
+
+def few_series_warning(part: Any, what: str, remedy: str) -> str | None:
+    """The warning for a noise calibrated on ``part`` (what the batches held: ``what`` names
+    it) when it holds fewer than ``CALIBRATION_MIN_SERIES`` distinct series (None otherwise);
+    ``remedy`` says how to give more. Measured (docs/results.md, *Calibration on few series*):
+    90% intervals calibrated on 1-5 random validation series of the periodic toy covered
+    0.45-0.98 of the test points (10th percentile 0.61-0.81), on 10 series 0.79-0.98
     (0.82-0.84), on all 100 0.87-0.88."""
+    n = distinct_series(part)
     if n >= CALIBRATION_MIN_SERIES:
         return None
-    return (f"the predictive noise is calibrated on {n} series (the {split} split): with fewer "
-            f"than {CALIBRATION_MIN_SERIES} the intervals' coverage varies widely (90% intervals "
-            "calibrated on 1-5 series covered 0.45-0.98 in a measurement). Hold out more series "
-            "for it: fit(val_df=...) or a larger val_fraction, from_model(calibration_data=...), "
-            "data.val_fraction for a training run.")
+    windows = f", cut into {len(part)} windows" if getattr(part, "window", None) else ""
+    return (f"The predictive noise is calibrated on {n} series ({what}{windows}): with fewer "
+            f"than {CALIBRATION_MIN_SERIES} the intervals' coverage varies widely (90% "
+            f"intervals calibrated on 1-5 series covered 0.45-0.98 in a measurement). {remedy}")
+
+
+def few_points_warning(calibration: NoiseCalibration, channels: list[str]) -> str | None:
+    """The warning for channels whose calibrated noise rests on fewer than
+    ``CALIBRATION_MIN_POINTS`` points (none: the others' pooled noise stands in), or None."""
+    if not calibration.count:
+        return None
+    low = [(c, n) for c, n in zip(channels, calibration.count, strict=True)
+           if n < CALIBRATION_MIN_POINTS]
+    if not low:
+        return None
+    named = ", ".join(f"{c!r} ({n} point{'s' if n != 1 else ''}"
+                      f"{': the other channels pooled stand in' if n == 0 else ''})"
+                      for c, n in low)
+    return (f"The predictive noise of channel(s) {named} is calibrated on fewer than "
+            f"{CALIBRATION_MIN_POINTS} held-out points ({calibration.split} split): their "
+            "intervals may be far off. Calibrate on more series, or on series observing "
+            "those channels.")
 
 
 def model_obs_std(model: Any) -> float | list[float]:

@@ -96,10 +96,12 @@ from latentode.solvers import SolverError
 
 from .adopt import checked_model_config, model_dtype, on_spec_clock, scaled
 from .calibration import (
+    RUN_SPLITS,
     NoiseCalibration,
     calibrate_lead,
     calibrate_noise,
     calibration_batches,
+    few_points_warning,
     few_series_warning,
     format_obs_std,
     lead_task,
@@ -431,7 +433,10 @@ class LatentODEForecaster:
             spec.log = _log_flags(scaler)
         self.cfg, self.spec, self.module, self.trainer = cfg, spec, module, trainer
         self.model = model.cpu().eval()
-        self.calibration = _calibrate(self.model, datamodule)
+        advice = ({"val": ("val_df", "Pass more series in val_df.")} if val_df is not None else
+                  {"val": (f"held out of training by val_fraction={val_fraction}",
+                           "Raise val_fraction, or pass val_df.")})
+        self.calibration = _calibrate(self.model, datamodule, advice)
         return self
 
     # ============================================================================ loading
@@ -504,7 +509,8 @@ class LatentODEForecaster:
             walk_grid=None if walk is None else [float(v) for v in walk.times],
             walk_origin="batch" if walk is None else walk.origin,
         )
-        return cls._assemble(cfg, model, spec, _calibrate(model.cpu().eval(), datamodule))
+        return cls._assemble(cfg, model, spec, _calibrate(model.cpu().eval(), datamodule,
+                                                          RUN_SPLITS))
 
     @classmethod
     def from_model(
@@ -614,6 +620,10 @@ class LatentODEForecaster:
             raise ValueError(f"channel_col={channel_col!r} and value_col={value_col!r}: tidy "
                              "frames need both (the column naming each row's channel and the "
                              "one holding its value), wide frames neither.")
+        if channel_col is not None and channel_col == value_col:
+            raise ValueError(f"channel_col and value_col are both {channel_col!r}: a tidy frame "
+                             "names each row's channel in one column and holds its value in "
+                             "another.")
         for name, column in (("channel_col", channel_col), ("value_col", value_col)):
             if column is not None and column in (dataset.id_col, dataset.time_col):
                 raise ValueError(f"{name}={column!r} is the dataset's "
@@ -684,7 +694,8 @@ class LatentODEForecaster:
             if walk is not None:
                 spec.walk_grid = [float(v) for v in walk.times]
                 spec.walk_origin = walk.origin
-        calibration = _calibrate(model, datamodule)
+        calibration = _calibrate(model, datamodule, {"val": (
+            "calibration_data", "Pass more held-out series as calibration_data.")})
         _warn_if_worse_than_the_mean(calibration, splits, channels, scaler is None)
         return cls._assemble(cfg, model, spec, calibration)
 
@@ -1219,20 +1230,27 @@ def _log_flags(scaler: Any) -> list[bool] | None:
     return None if log is None or not log.any() else [bool(b) for b in log]
 
 
-def _calibrate(model: nn.Module, datamodule: Any) -> NoiseCalibration:
+def _calibrate(model: nn.Module, datamodule: Any,
+               advice: Mapping[str, tuple[str, str]] | None = None) -> NoiseCalibration:
     """The predictive noise of ``model`` on ``datamodule``'s validation split (its training
     split when it has none): ``calibrate_noise`` on ``calibration_batches``, then the forecast
-    curve over lead time (``calibrate_lead`` on the same series cut at random points)."""
+    curve over lead time (``calibrate_lead`` on the same series cut at random points).
+    ``advice``: per split, what its series are and how to give more (``few_series_warning``);
+    a split without an entry is not warned about (its caller has said what there is to say)."""
     # on each series' own clock, as predict answers every series (a model trained with
     # time_origin=batch on unaligned series, calibrated on its batch clock: 0.76-0.83 coverage
     # for 0.9, four seeds; on the series clock 0.87-0.89; docs/results.md)
     dtype = model_dtype(model)  # batches in the model's dtype (a float64 model: float64)
     batches, split = calibration_batches(datamodule, origin="series", dtype=dtype)
-    few = few_series_warning(len(datamodule.splits[split]), split)
-    if few:
-        warnings.warn(few[0].upper() + few[1:], stacklevel=3)
+    if advice and split in advice:
+        few = few_series_warning(datamodule.splits[split], *advice[split])
+        if few:
+            warnings.warn(few, stacklevel=3)
     calibration = calibrate_noise(model, batches, CALIBRATION_SAMPLES, CALIBRATION_SEED,
                                   split=split)
+    few = few_points_warning(calibration, [str(c) for c in datamodule.dataset.channels])
+    if few:
+        warnings.warn(few, stacklevel=3)
     log.info("predictive noise calibrated on %s points of the %s split: std %s (model units; "
              "obs_std %s)", calibration.points, split,
              ", ".join(f"{v:.4g}" for v in calibration.std), format_obs_std(calibration.obs_std))

@@ -75,7 +75,8 @@ def plot_forecast(
                          f"{in_pred[:10]}.")
     if not series:
         raise ValueError("no series to plot: df and pred share no series id.")
-    chans = list(channels) if channels is not None else list(spec.channels)
+    # names as text, as the model keeps them: integer codes read off predict's output match
+    chans = [str(c) for c in channels] if channels is not None else list(spec.channels)
     bad = [c for c in chans if c not in spec.channels]
     if bad:
         raise ValueError(f"channels {bad} are not the model's channels {spec.channels}.")

@@ -169,6 +169,9 @@ class DataSpec:
                     f"{self.channels}; {what} has columns {[str(c) for c in df.columns]}. A "
                     "channel not measured in these series is an all-NaN column: "
                     f"df[{str(missing[0])!r}] = float('nan')."
+                    + (" A tidy frame (one row per observation) needs a forecaster made for "
+                       "tidy frames: fit or from_model with channel_col= and value_col=."
+                       if len(missing) == len(self.value_cols) else "")
                 )
             return [by_name[c] for c in self.value_cols]
         reserved = {str(self.id_col), str(self.time_col)}

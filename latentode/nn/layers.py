@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,39 +31,60 @@ def mlp(
     return nn.Sequential(*modules)
 
 
-def start_output_bias(decoder: nn.Module, bias: float | Sequence[float] | str | None,
-                      out: int) -> None:
-    """Start the bias of ``decoder``'s last linear layer (``out`` features) at ``bias``: one
-    value, or one per channel (the training data's channel means, say). ``None`` and ``"auto"``
-    leave it as initialised: ``"auto"`` is the model configs' default, which ``latentode-train``
-    replaces with the training data's channel means when it feeds them unscaled; a model built
-    from the config alone has no data to read them from.
+def output_layer(decoder: nn.Module) -> nn.Linear | None:
+    """The layer whose output is ``decoder``'s: the decoder itself when it is an ``nn.Linear``,
+    the last module of an ``nn.Sequential`` when that is one (the models' own decoders), else
+    None: what a module of another kind returns is its ``forward``'s business (an ``exp`` or a
+    skip connection after its last linear layer)."""
+    if isinstance(decoder, nn.Linear):
+        return decoder
+    if isinstance(decoder, nn.Sequential) and len(decoder) and isinstance(decoder[-1], nn.Linear):
+        return decoder[-1]
+    return None
+
+
+def start_output_bias(decoder: nn.Module, bias: Any, out: int) -> None:
+    """Start the bias of ``decoder``'s output layer (``out`` features) at ``bias``: one value,
+    or one per channel (a list, tuple, numpy array or tensor: the training data's channel
+    means, say), in the model's units. ``None`` and ``"auto"`` leave it as initialised:
+    ``"auto"`` is the model configs' default, which ``latentode-train`` replaces with the
+    training data's channel means when it feeds them unscaled; a model built from the config
+    alone has no data to read them from.
 
     Why: channels far from zero fed unscaled otherwise have to be reached through the latent
     state, shared by every series; training then stays at the mean for tens of epochs
-    (docs/results.md, *Unscaled data*). A decoder without such a layer is refused.
+    (docs/results.md, *Unscaled data*). A decoder whose output is not a biased linear layer's
+    (:func:`output_layer`) is refused.
     """
-    if bias is None or bias == "auto":
+    if bias is None or (isinstance(bias, str) and bias == "auto"):
         return
     if isinstance(bias, str):
         raise ValueError(f"output_bias={bias!r}: a model takes numbers (one, or one per channel) "
-                         "or None; the word 'data_mean' is latentode-train's, which reads the "
-                         "values off the training data before building the model.")
-    last = [m for m in decoder.modules() if isinstance(m, nn.Linear)]
-    if not last or last[-1].out_features != out or last[-1].bias is None:
+                         "or None; the words 'auto' and 'data_mean' are latentode-train's "
+                         "config values, which it resolves from the training data.")
+    layer = output_layer(decoder)
+    if layer is None or layer.out_features != out or layer.bias is None:
         raise ValueError(
-            f"output_bias needs a decoder whose last linear layer has {out} outputs and a bias; "
-            f"{type(decoder).__name__} has none: start it yourself, or set output_bias=None.")
-    values = [float(bias)] * out if isinstance(bias, (int, float)) else [float(b) for b in bias]
-    if len(values) != out:
-        raise ValueError(f"output_bias has {len(values)} values for {out} channels: give one "
+            f"output_bias needs a decoder that ends in a linear layer with {out} outputs and a "
+            f"bias (an nn.Linear, or an nn.Sequential ending in one); {type(decoder).__name__} "
+            "does not: start its output yourself, and leave output_bias=None "
+            "(model.output_bias=null on the command line).")
+    try:
+        values = torch.as_tensor(bias, dtype=torch.float64).detach().cpu().flatten()
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"output_bias must be numbers (one, or one per channel), got "
+                         f"{bias!r}.") from error
+    if values.numel() == 1:
+        values = values.expand(out)
+    if values.numel() != out:
+        raise ValueError(f"output_bias has {values.numel()} values for {out} channels: give one "
                          "value, or one per channel.")
-    bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+    bad = [i for i, v in enumerate(values.tolist()) if not math.isfinite(v)]
     if bad:
-        raise ValueError(f"output_bias must be finite, got {values[bad[0]]} for channel "
+        raise ValueError(f"output_bias must be finite, got {values[bad[0]].item()} for channel "
                          f"{bad[0]}.")
     with torch.no_grad():
-        last[-1].bias.copy_(torch.tensor(values, dtype=last[-1].bias.dtype))
+        layer.bias.copy_(values.to(device=layer.bias.device, dtype=layer.bias.dtype))
 
 
 class ODEFunc(nn.Module):
