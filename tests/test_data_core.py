@@ -646,6 +646,8 @@ def _set(df: pd.DataFrame, row: int, col: str, value, dtype=None) -> pd.DataFram
          ValueError, r"tidy format needs both channel_col= and value_col="),
         (small_frame, {"value_col": "a"},
          ValueError, r"tidy format needs both channel_col= and value_col="),
+        (small_frame, {"channel_col": "a", "value_col": "a"},
+         ValueError, r"channel_col and value_col are both 'a'"),
         (lambda: small_frame().assign(ch=["x", None, "x", "y", "x", "y"]),
          {"channel_col": "ch", "value_col": "a"},
          ValueError, r"column 'ch' has a missing channel name \(series .*1.*, row 1\)"),
@@ -665,8 +667,8 @@ def _set(df: pd.DataFrame, row: int, col: str, value, dtype=None) -> pd.DataFram
         "empty-series", "mixed-time-types", "object-string-times", "str-dtype-times",
         "list-in-time", "bool-times", "inf-time", "static-changes", "label-changes",
         "empty-frame", "no-columns", "dict-input", "ndarray-input", "tidy-channel-only",
-        "tidy-value-only", "tidy-missing-channel", "tidy-non-numeric", "no-numeric-columns",
-        "bad-duplicates", "bad-label-per",
+        "tidy-value-only", "tidy-same-column", "tidy-missing-channel", "tidy-non-numeric",
+        "no-numeric-columns", "bad-duplicates", "bad-label-per",
     ],
 )
 @pytest.mark.filterwarnings("ignore:.*non-numeric column")

@@ -75,6 +75,9 @@ def from_dataframe(
     tidy = channel_col is not None or value_col is not None
     if tidy and (channel_col is None or value_col is None):
         raise ValueError("tidy format needs both channel_col= and value_col=.")
+    if tidy and channel_col == value_col:
+        raise ValueError(f"channel_col and value_col are both {channel_col!r}: tidy format names "
+                         "each row's channel in one column and holds its value in another.")
     extra = [c for c in (channel_col, value_col, label_col) if c is not None]
     _require_columns(df, [id_col, time_col, *extra, *static_cols, *(value_cols or [])])
     if df.empty:
