@@ -23,10 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 from latentode.nn import ObservationNoise, RNNEncoder, WithObservationNoise, mlp
 from latentode.nn.encoders import gru_cell
@@ -237,7 +240,7 @@ class ODERNN(Graphable, _Deterministic):
         gru_units: int | None = None, dec_units: int = 100, dec_layers: int = 1,
         obs_std: float | Sequence[float] = 0.01, n_samples: int = 1,
         solver: dict[str, Any] | None = None, std_state: bool = False, cuda_graph: bool = False,
-        output_bias: float | Sequence[float] | str | None = None,
+        output_bias: ArrayLike | str | None = None,
     ):
         super().__init__()
         self.input_dim, self.latents, self.std_state = input_dim, latents, std_state
@@ -361,7 +364,7 @@ class GRUDT(_Deterministic):
         self, input_dim: int, latents: int = 20, gru_units: int | None = None,
         dec_units: int = 100, dec_layers: int = 1, obs_std: float | Sequence[float] = 0.01,
         n_samples: int = 1, solver: dict[str, Any] | None = None,
-        output_bias: float | Sequence[float] | str | None = None,
+        output_bias: ArrayLike | str | None = None,
     ):
         super().__init__()
         self.input_dim, self.latents, self.state_dim = input_dim, latents, latents
@@ -441,7 +444,7 @@ class RNNVAE(_Recurrent):
         hidden: int = 20, gru_units: int | None = None, dec_units: int = 100,
         dec_layers: int = 1, obs_std: float | Sequence[float] = 0.01, n_samples: int = 3,
         solver: dict[str, Any] | None = None, objective: str = "iwae", z0_at: str = "start",
-        lead_gap: bool = True, output_bias: float | Sequence[float] | str | None = None,
+        lead_gap: bool = True, output_bias: ArrayLike | str | None = None,
     ):
         super().__init__()
         sample_bound(torch.zeros(1, 1), objective)  # an unknown objective fails here

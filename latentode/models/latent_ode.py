@@ -14,10 +14,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 from latentode.nn import ObservationNoise, ODEFunc, ODERNNEncoder, WithObservationNoise, mlp
 from latentode.nn.layers import start_output_bias
@@ -291,7 +294,7 @@ class LatentODE(WithObservationNoise, nn.Module):
         z0_at: str = "start",
         field: nn.Module | None = None,
         decoder: nn.Module | None = None,
-        output_bias: float | Sequence[float] | str | None = None,
+        output_bias: ArrayLike | str | None = None,
     ):
         super().__init__()
         if latents < 1 or input_dim < 1:

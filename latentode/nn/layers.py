@@ -5,10 +5,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 
 def mlp(
@@ -43,7 +46,7 @@ def output_layer(decoder: nn.Module) -> nn.Linear | None:
     return None
 
 
-def start_output_bias(decoder: nn.Module, bias: Any, out: int) -> None:
+def start_output_bias(decoder: nn.Module, bias: ArrayLike | str | None, out: int) -> None:
     """Start the bias of ``decoder``'s output layer (``out`` features) at ``bias``: one value,
     or one per channel (a list, tuple, numpy array or tensor: the training data's channel
     means, say), in the model's units. ``None`` and ``"auto"`` leave it as initialised:
