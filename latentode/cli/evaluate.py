@@ -75,8 +75,7 @@ from latentode.forecast.calibration import (
     calibrate_lead,
     calibrate_noise,
     calibration_batches,
-    few_points_warning,
-    few_series_warning,
+    calibration_warnings,
     forecast_coverage_breakdown,
     format_obs_std,
     lead_task,
@@ -199,13 +198,11 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
     std: Any = {"model": obs, "none": None}.get(mode)
     if mode == "calibrated":
         batches, split = calibration_batches(datamodule)
-        few = few_series_warning(datamodule.splits[split], *RUN_SPLITS[split])
-        if few:
-            log.warning("coverage: %s", few)
         calibration = calibrate_noise(model, batches, samples, seed, split=split)
-        few = few_points_warning(calibration, [str(c) for c in datamodule.dataset.channels])
-        if few:
-            log.warning("coverage: %s", few)
+        for text in calibration_warnings(datamodule.splits[split], calibration,
+                                         [str(c) for c in datamodule.dataset.channels],
+                                         RUN_SPLITS[split]):
+            log.warning("coverage: %s", text)
         std = calibration.std
     name = coverage_name(level)
     model_name = f"{name}_model_noise"

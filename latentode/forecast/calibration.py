@@ -133,6 +133,15 @@ def few_points_warning(calibration: NoiseCalibration, channels: list[str]) -> st
             "those channels.")
 
 
+def calibration_warnings(part: Any, calibration: NoiseCalibration, channels: list[str],
+                         advice: tuple[str, str] | None) -> list[str]:
+    """What to say about a noise calibrated on ``part``: too few series (checked with
+    ``advice``, what they are and how to give more) and channels on too few points."""
+    texts = [few_series_warning(part, *advice) if advice else None,
+             few_points_warning(calibration, channels)]
+    return [text for text in texts if text]
+
+
 def model_obs_std(model: Any) -> float | list[float]:
     """The model's observation noise: a float (0 for a model without one), or a list when the
     model has one per channel."""

@@ -101,8 +101,7 @@ from .calibration import (
     calibrate_lead,
     calibrate_noise,
     calibration_batches,
-    few_points_warning,
-    few_series_warning,
+    calibration_warnings,
     format_obs_std,
     lead_task,
     model_obs_std,
@@ -1242,15 +1241,12 @@ def _calibrate(model: nn.Module, datamodule: Any,
     # for 0.9, four seeds; on the series clock 0.87-0.89; docs/results.md)
     dtype = model_dtype(model)  # batches in the model's dtype (a float64 model: float64)
     batches, split = calibration_batches(datamodule, origin="series", dtype=dtype)
-    if advice and split in advice:
-        few = few_series_warning(datamodule.splits[split], *advice[split])
-        if few:
-            warnings.warn(few, stacklevel=3)
     calibration = calibrate_noise(model, batches, CALIBRATION_SAMPLES, CALIBRATION_SEED,
                                   split=split)
-    few = few_points_warning(calibration, [str(c) for c in datamodule.dataset.channels])
-    if few:
-        warnings.warn(few, stacklevel=3)
+    for text in calibration_warnings(datamodule.splits[split], calibration,
+                                     [str(c) for c in datamodule.dataset.channels],
+                                     (advice or {}).get(split)):
+        warnings.warn(text, stacklevel=3)
     log.info("predictive noise calibrated on %s points of the %s split: std %s (model units; "
              "obs_std %s)", calibration.points, split,
              ", ".join(f"{v:.4g}" for v in calibration.std), format_obs_std(calibration.obs_std))
