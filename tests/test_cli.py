@@ -421,3 +421,18 @@ def test_the_resume_hint_keeps_the_runs_own_config_directory(tmp_path, monkeypat
         run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=2",
                              f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", *TINY],
                  monkeypatch)
+
+
+def test_a_run_without_validation_series_warns_that_its_intervals_are_narrow(tmp_path,
+                                                                             monkeypatch):
+    """from_run and latentode-eval calibrate on the training split when the run has no
+    validation series; on series the model trained on the noise comes out narrow, which fit
+    and from_model say too."""
+    from latentode import LatentODEForecaster
+
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={tmp_path / 'run'}", *TINY,
+                         "data.val_fraction=0", "trainer.max_epochs=1", "plots.n_series=0"],
+             monkeypatch)
+    with pytest.warns(UserWarning, match=r"calibrated on the run's training series \(it has no "
+                                         r"validation split\).* Train with data\.val_fraction"):
+        LatentODEForecaster.from_run(tmp_path / "run")

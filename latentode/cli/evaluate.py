@@ -71,16 +71,15 @@ from latentode.cli.train import (
 )
 from latentode.cli.typos import run_app
 from latentode.forecast.calibration import (
-    RUN_SPLITS,
     calibrate_lead,
     calibrate_noise,
     calibration_batches,
-    calibration_warnings,
     forecast_coverage_breakdown,
     format_obs_std,
     lead_task,
     model_obs_std,
     predictive_coverage,
+    run_calibration_warnings,
 )
 from latentode.forecast.coverage import check_level
 
@@ -199,9 +198,9 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
     if mode == "calibrated":
         batches, split = calibration_batches(datamodule)
         calibration = calibrate_noise(model, batches, samples, seed, split=split)
-        for text in calibration_warnings(datamodule.splits[split], calibration,
-                                         [str(c) for c in datamodule.dataset.channels],
-                                         RUN_SPLITS[split]):
+        for text in run_calibration_warnings(datamodule.splits[split], calibration,
+                                             [str(c) for c in datamodule.dataset.channels],
+                                             split):
             log.warning("coverage: %s", text)
         std = calibration.std
     name = coverage_name(level)

@@ -96,7 +96,6 @@ from latentode.solvers import SolverError
 
 from .adopt import checked_model_config, model_dtype, on_spec_clock, scaled
 from .calibration import (
-    RUN_SPLITS,
     NoiseCalibration,
     calibrate_lead,
     calibrate_noise,
@@ -106,6 +105,7 @@ from .calibration import (
     lead_task,
     model_obs_std,
     obs_std_array,
+    run_calibration_warnings,
 )
 from .config import compose_train_config, override_list, prune_callbacks
 from .draw import Job, WalkGrid, batch_mode, batches, make_jobs, solve
@@ -509,7 +509,7 @@ class LatentODEForecaster:
             walk_origin="batch" if walk is None else walk.origin,
         )
         return cls._assemble(cfg, model, spec, _calibrate(model.cpu().eval(), datamodule,
-                                                          RUN_SPLITS))
+                                                          run=True))
 
     @classmethod
     def from_model(
@@ -1230,12 +1230,15 @@ def _log_flags(scaler: Any) -> list[bool] | None:
 
 
 def _calibrate(model: nn.Module, datamodule: Any,
-               advice: Mapping[str, tuple[str, str]] | None = None) -> NoiseCalibration:
+               advice: Mapping[str, tuple[str, str]] | None = None,
+               run: bool = False) -> NoiseCalibration:
     """The predictive noise of ``model`` on ``datamodule``'s validation split (its training
     split when it has none): ``calibrate_noise`` on ``calibration_batches``, then the forecast
     curve over lead time (``calibrate_lead`` on the same series cut at random points).
     ``advice``: per split, what its series are and how to give more (``few_series_warning``);
-    a split without an entry is not warned about (its caller has said what there is to say)."""
+    a split without an entry is not warned about (its caller has said what there is to say).
+    ``run``: the data module is a trained run's (``from_run``): its splits' own words
+    (``run_calibration_warnings``) instead of ``advice``."""
     # on each series' own clock, as predict answers every series (a model trained with
     # time_origin=batch on unaligned series, calibrated on its batch clock: 0.76-0.83 coverage
     # for 0.9, four seeds; on the series clock 0.87-0.89; docs/results.md)
@@ -1243,9 +1246,11 @@ def _calibrate(model: nn.Module, datamodule: Any,
     batches, split = calibration_batches(datamodule, origin="series", dtype=dtype)
     calibration = calibrate_noise(model, batches, CALIBRATION_SAMPLES, CALIBRATION_SEED,
                                   split=split)
-    for text in calibration_warnings(datamodule.splits[split], calibration,
-                                     [str(c) for c in datamodule.dataset.channels],
-                                     (advice or {}).get(split)):
+    channels = [str(c) for c in datamodule.dataset.channels]
+    part = datamodule.splits[split]
+    texts = (run_calibration_warnings(part, calibration, channels, split) if run else
+             calibration_warnings(part, calibration, channels, (advice or {}).get(split)))
+    for text in texts:
         warnings.warn(text, stacklevel=3)
     log.info("predictive noise calibrated on %s points of the %s split: std %s (model units; "
              "obs_std %s)", calibration.points, split,
