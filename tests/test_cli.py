@@ -436,3 +436,22 @@ def test_a_run_without_validation_series_warns_that_its_intervals_are_narrow(tmp
     with pytest.warns(UserWarning, match=r"calibrated on the run's training series \(it has no "
                                          r"validation split\).* Train with data\.val_fraction"):
         LatentODEForecaster.from_run(tmp_path / "run")
+
+
+def test_the_calibration_series_study_script_scores_each_draw(tmp_path, monkeypatch):
+    """scripts/study_calibration_series.py on a tiny run: all its validation series drawn at
+    once calibrate exactly as the whole split does, so their coverage is the whole split's."""
+    from scripts_loader import load_script
+
+    run = tmp_path / "run"
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", *TINY,
+                         "data.val_fraction=0.2", "trainer.max_epochs=1", "plots.n_series=0"],
+             monkeypatch)
+    script = load_script("study_calibration_series")
+    model, datamodule = script.load_run(run)
+    n = len(datamodule.splits["val"])
+    everything, rows = script.study(model, datamodule, [1, n], draws=2)
+    assert everything["series"] == n and [r["k"] for r in rows] == [1, n]
+    assert rows[1]["mean"] == rows[1]["min"] == rows[1]["max"] == everything["coverage"]
+    assert rows[1]["std_spread"] == 0.0
+    assert all(0.0 <= r["min"] <= r["max"] <= 1.0 for r in rows)
