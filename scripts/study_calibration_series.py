@@ -24,7 +24,7 @@ import torch
 
 from latentode.cli import load_settings
 from latentode.cli.checkpoints import load_fitting, resolve_checkpoint
-from latentode.cli.evaluate import build_run_datamodule, find_run_config
+from latentode.cli.evaluate import anchor_data_path, build_run_datamodule, find_run_config
 from latentode.cli.train import build_model, build_module, setup_runtime
 from latentode.forecast.calibration import (
     calibrate_noise,
@@ -41,6 +41,7 @@ def load_run(run: Path) -> tuple[torch.nn.Module, Any]:
     ckpt = resolve_checkpoint(str(run))
     config_path = find_run_config(ckpt)
     cfg = load_settings(config_path)
+    anchor_data_path(cfg, config_path)  # a data file named relative to where the run started
     setup_runtime(cfg)
     datamodule = build_run_datamodule(cfg, config_path)
     model = build_model(cfg, datamodule)
