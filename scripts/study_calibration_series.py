@@ -22,10 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from latentode.cli import load_settings
-from latentode.cli.checkpoints import load_fitting, resolve_checkpoint
-from latentode.cli.evaluate import anchor_data_path, build_run_datamodule, find_run_config
-from latentode.cli.train import build_model, build_module, setup_runtime
+from latentode.cli.runs import load_run
+from latentode.cli.train import setup_runtime
 from latentode.forecast.calibration import (
     calibrate_noise,
     calibration_batches,
@@ -35,20 +33,12 @@ from latentode.forecast.calibration import (
 SAMPLES, SEED, LEVEL = 100, 0, 0.9
 
 
-def load_run(run: Path) -> tuple[torch.nn.Module, Any]:
+def load_trained(run: Path) -> tuple[torch.nn.Module, Any]:
     """The run's trained model (eval mode) and its data module, rebuilt as latentode-eval
-    rebuilds them."""
-    ckpt = resolve_checkpoint(str(run))
-    config_path = find_run_config(ckpt)
-    cfg = load_settings(config_path)
-    anchor_data_path(cfg, config_path)  # a data file named relative to where the run started
-    setup_runtime(cfg)
-    datamodule = build_run_datamodule(cfg, config_path)
-    model = build_model(cfg, datamodule)
-    module = build_module(cfg, model, datamodule)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    load_fitting(module, state["state_dict"], ckpt, config_path)
-    return model.eval(), datamodule
+    rebuilds them (:func:`latentode.cli.runs.load_run`, with the run's threads and seed)."""
+    loaded = load_run(run, use="the calibration study",
+                      prepare=lambda cfg, _path: setup_runtime(cfg))
+    return loaded.model.eval(), loaded.datamodule
 
 
 def study(model: torch.nn.Module, datamodule: Any, ks: list[int], draws: int,
@@ -91,7 +81,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=20)
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 5, 10, 20, 50])
     args = parser.parse_args()
-    model, datamodule = load_run(args.run)
+    model, datamodule = load_trained(args.run)
     everything, rows = study(model, datamodule, args.ks, args.draws)
     print(f"| k series | coverage {LEVEL:g}, mean | 10th percentile | min - max | draws below "
           "0.80 | calibrated std's spread (x all) |")

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, InstantiationException
 from omegaconf import OmegaConf, open_dict
 
-from latentode.cli import config_dir
+from latentode.cli import config_dir, runs
 from latentode.cli import evaluate as eval_cli
 from latentode.cli import train as train_cli
 
@@ -237,12 +237,54 @@ def test_ckpt_path_last_starts_a_run_and_resumes_it_with_the_same_command(
 
 def test_eval_overrides_are_checked(tmp_path):
     cfg = compose_train(["trainer.max_epochs=1"])
-    eval_cli.apply_overrides(cfg, ["data.batch_size=7"])
+    runs.apply_overrides(cfg, ["data.batch_size=7"])
     assert cfg.data.batch_size == 7
     with pytest.raises(KeyError, match="batchsize"):
-        eval_cli.apply_overrides(cfg, ["data.batchsize=7"])
+        runs.apply_overrides(cfg, ["data.batchsize=7"])
     with pytest.raises(FileNotFoundError, match=r"\.hydra/config\.yaml"):
-        eval_cli.find_run_config(tmp_path / "checkpoints" / "x.ckpt")
+        runs.find_run_config(tmp_path / "checkpoints" / "x.ckpt")
+
+
+_UNPICKLED: list[str] = []
+
+
+def _record_unpickling(what: str) -> str:
+    _UNPICKLED.append(what)
+    return what
+
+
+class _Payload:
+    """An object whose unpickling calls a function: what a tampered checkpoint could carry."""
+
+    def __reduce__(self):
+        return (_record_unpickling, ("ran",))
+
+
+def test_runs_are_loaded_weights_only(tmp_path, monkeypatch):
+    """latentode-eval read checkpoints with weights_only=False, so evaluating a checkpoint ran
+    whatever it pickled. Every rebuild of a run (eval, from_run, the study scripts) now goes
+    through load_run, which reads tensors and plain containers only and loads the run's
+    weights into its model."""
+    run = tmp_path / "run"
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", *TINY,
+                         "trainer.max_epochs=1", "plots.n_series=0"], monkeypatch)
+    loaded = runs.load_run(run, use="this test")
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert loaded.ckpt == (run / "checkpoints" / "last.ckpt").resolve()
+    assert loaded.checkpoint["epoch"] == saved["epoch"]
+    for name, value in loaded.model.state_dict().items():
+        assert torch.equal(value, saved["state_dict"][f"model.{name}"]), name
+    saved["extra"] = _Payload()
+    tampered = tmp_path / "tampered.ckpt"
+    torch.save(saved, tampered)
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text(
+        (run / ".hydra" / "config.yaml").read_text())
+    with pytest.raises(ValueError, match=r"tampered\.ckpt holds objects other than tensors.*"
+                                         r"weights_only=False"):
+        eval_cli.evaluate(OmegaConf.create({"ckpt_path": str(tampered), "overrides": [],
+                                            "paths": {"output_dir": str(tmp_path / "eval")}}))
+    assert _UNPICKLED == []
 
 
 def test_a_run_config_that_is_not_a_mapping_is_refused_by_name(tmp_path):
@@ -448,7 +490,7 @@ def test_the_calibration_series_study_script_scores_each_draw(tmp_path, monkeypa
                          "data.val_fraction=0.2", "trainer.max_epochs=1", "plots.n_series=0"],
              monkeypatch)
     script = load_script("study_calibration_series")
-    model, datamodule = script.load_run(run)
+    model, datamodule = script.load_trained(run)
     n = len(datamodule.splits["val"])
     everything, rows = script.study(model, datamodule, [1, n], draws=2)
     assert everything["series"] == n and [r["k"] for r in rows] == [1, n]

@@ -13,6 +13,7 @@ from test_cli import TINY, compose_train
 
 from latentode.cli import evaluate as eval_cli
 from latentode.cli import predict as predict_cli
+from latentode.cli import runs
 from latentode.cli import train as train_cli
 
 
@@ -78,4 +79,4 @@ def test_a_misspelt_override_of_the_run_suggests_the_key():
     cfg = OmegaConf.create({"data": {"dataset": {"n_series": 20}}})
     with pytest.raises(KeyError, match=r"has no key 'data\.dataset\.n_serie'\. Did you mean "
                                        r"data\.dataset\.n_series\?"):
-        eval_cli.apply_overrides(cfg, ["data.dataset.n_serie=5"])
+        runs.apply_overrides(cfg, ["data.dataset.n_serie=5"])

@@ -40,28 +40,19 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import hydra
 import numpy as np
 import torch
-import yaml
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from latentode.cli import config_dir, load_settings
-from latentode.cli.checkpoints import (
-    RUN_RECORD,
-    load_fitting,
-    resolve_checkpoint,
-    warn_if_data_changed,
-)
-from latentode.cli.options import refuse_foreign_options, suggest_key
+from latentode.cli import config_dir
+from latentode.cli.options import refuse_foreign_options
+from latentode.cli.runs import load_run
 from latentode.cli.train import (
-    build_datamodule,
     build_group,
-    build_model,
     build_module,
     format_metrics,
     output_dir,
@@ -84,60 +75,6 @@ from latentode.forecast.calibration import (
 from latentode.forecast.coverage import check_level
 
 log = logging.getLogger(__name__)
-
-
-def find_run_config(ckpt_path: Path) -> Path:
-    """The ``.hydra/config.yaml`` of the run that wrote ``ckpt_path`` (searched upwards)."""
-    for parent in ckpt_path.parents:
-        candidate = parent / ".hydra" / "config.yaml"
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"no .hydra/config.yaml in any directory above {ckpt_path}; latentode-eval needs the "
-        "checkpoint inside the output directory of the latentode-train run that wrote it."
-    )
-
-
-def anchor_data_path(cfg: DictConfig, config_path: Path) -> None:
-    """A data file given relative to where the run was started (``data.dataset.path=x.csv``)
-    made absolute from that directory (Hydra's ``.hydra/hydra.yaml``), so that evaluating or
-    predicting from any other directory reads the same file."""
-    path = OmegaConf.select(cfg, "data.dataset.path", default=None)
-    hydra_file = config_path.parent / "hydra.yaml"
-    if not isinstance(path, str) or Path(path).is_absolute() or not hydra_file.is_file():
-        return
-    cwd = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd", default=None)
-    if cwd:
-        with open_dict(cfg):
-            cfg.data.dataset.path = str(Path(cwd) / path)
-
-
-def build_run_datamodule(cfg: DictConfig, config_path: Path) -> Any:
-    """The run's data module, rebuilt from its config (its scaler and time transform come from
-    the training split); a data file that is gone says how to point the run at its new place."""
-    try:
-        return build_datamodule(cfg)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(
-            f"{error} The run's data is rebuilt from its config ({config_path}): its scaler "
-            "and time transform are fitted on the training split. If the data moved, point "
-            "the run at it: latentode-eval/-predict ... 'overrides=[\"data.dataset.path=NEW\"]' "
-            "(Python: from_run(ckpt, overrides=[\"data.dataset.path=NEW\"]); data.dataset.root "
-            "for a directory source)."
-        ) from error
-
-
-def apply_overrides(cfg: DictConfig, overrides: list[str]) -> None:
-    """``key=value`` overrides on ``cfg`` in struct mode: an unknown key is an error."""
-    OmegaConf.set_struct(cfg, True)
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value.")
-        key, raw = item.split("=", 1)
-        if OmegaConf.select(cfg, key, throw_on_missing=False, default=KeyError) is KeyError:
-            raise KeyError(f"override {item!r}: the run's config has no key {key!r}."
-                           + suggest_key(cfg, key))
-        OmegaConf.update(cfg, key, yaml.safe_load(raw), merge=False)
 
 
 def coverage_name(level: float) -> str:
@@ -255,32 +192,24 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
 def evaluate(eval_cfg: DictConfig) -> dict[str, float]:
     """Test ``eval_cfg.ckpt_path`` with the data and model of its run; returns the metrics."""
     refuse_foreign_options(eval_cfg, "eval", "latentode-eval")
-    ckpt = resolve_checkpoint(str(eval_cfg.ckpt_path))
-    config_path = find_run_config(ckpt)
-    log.info("run config: %s", config_path)
-    cfg = load_settings(config_path)
-    anchor_data_path(cfg, config_path)
-    apply_overrides(cfg, list(eval_cfg.get("overrides") or []))
-    with open_dict(cfg):
-        cfg.paths = eval_cfg.paths  # outputs of this evaluation go to its own directory
-        cfg.threads = eval_cfg.get("threads", cfg.get("threads"))
-        if not eval_cfg.get("plot", True):
-            cfg.plots = {"n_series": 0}
-    setup_runtime(cfg)
-    datamodule = build_run_datamodule(cfg, config_path)
+
+    def prepare(cfg: DictConfig, _config_path: object) -> None:
+        with open_dict(cfg):
+            cfg.paths = eval_cfg.paths  # outputs of this evaluation go to its own directory
+            cfg.threads = eval_cfg.get("threads", cfg.get("threads"))
+            if not eval_cfg.get("plot", True):
+                cfg.plots = {"n_series": 0}
+        setup_runtime(cfg)
+
+    run = load_run(str(eval_cfg.ckpt_path), list(eval_cfg.get("overrides") or []),
+                   use="the test metrics", prepare=prepare)
+    cfg, datamodule, ckpt = run.cfg, run.datamodule, run.ckpt
     if len(datamodule.splits["test"]) == 0:
         raise ValueError(
             f"the run's test split has no series ({len(datamodule.dataset)} series in all, "
             f"data.test_fraction={cfg.data.get('test_fraction')}): nothing to evaluate. Point "
             "it at data with more series: 'overrides=[\"data.dataset.path=OTHER.csv\"]'.")
-    model = build_model(cfg, datamodule)
-    module = build_module(cfg, model, datamodule)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    load_fitting(module, state["state_dict"], ckpt, config_path)
-    warn_if_data_changed((state.get(RUN_RECORD) or {}).get("data"), datamodule,
-                         "the test metrics")
-    log.info("weights of epoch %s (global step %s) loaded", state.get("epoch"),
-             state.get("global_step"))
+    module = build_module(cfg, run.model, datamodule)
     progress = [c for c in build_group(cfg.get("callbacks")) if "ProgressBar" in type(c).__name__]
     trainer = instantiate(cfg.trainer, callbacks=progress, logger=False,
                           enable_checkpointing=False,

@@ -450,46 +450,20 @@ class LatentODEForecaster:
         calibrated on the run's validation split (its training split when it has none), as
         ``latentode-eval`` does: one pass of ``CALIBRATION_SAMPLES`` posterior samples over at
         most ``CALIBRATION_MAX_SERIES`` series."""
-        from latentode.cli.checkpoints import (
-            RUN_RECORD,
-            load_fitting,
-            resolve_checkpoint,
-            warn_if_data_changed,
-        )
-        from latentode.cli.evaluate import (
-            anchor_data_path,
-            apply_overrides,
-            build_run_datamodule,
-            find_run_config,
-        )
-        from latentode.cli.train import build_model
+        from latentode.cli.runs import load_run
 
-        ckpt = resolve_checkpoint(ckpt_path)
-        config_path = find_run_config(ckpt)
-        cfg = load_settings(config_path)
-        anchor_data_path(cfg, config_path)
-        apply_overrides(cfg, list(overrides or []))
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(config_path.parent.parent)  # the run dir
+        def prepare(cfg: DictConfig, config_path: Path) -> None:
+            with open_dict(cfg):
+                cfg.paths.output_dir = str(config_path.parent.parent)  # the run dir
+
         # the run's own data, rebuilt for its transforms: what it warns about (duplicates,
         # covariates...) was said at training time and is not about the frames to predict
-        with warnings.catch_warnings(record=True) as repeated:
-            warnings.simplefilter("always")
-            datamodule = build_run_datamodule(cfg, config_path)
-            model = build_model(cfg, datamodule)
-        if repeated:
-            log.info("rebuilding the run's training data repeated %d warning(s) from training "
-                     "(see the run's log file), e.g.: %s", len(repeated), repeated[0].message)
-        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-        warn_if_data_changed((saved.get(RUN_RECORD) or {}).get("data"), datamodule,
-                             "its scaler, time transform and noise calibration")
+        run = load_run(ckpt_path, list(overrides or []), prepare=prepare, quiet_rebuild=True,
+                       use="its scaler, time transform and noise calibration")
+        cfg, model, datamodule = run.cfg, run.model, run.datamodule
         walk = None
         if OmegaConf.select(cfg, "model.encoder.schedule", default=None) == "union":
             walk = _union_walk_grid(cfg, model, datamodule)
-        state = saved["state_dict"]
-        weights = {k.removeprefix("model."): v for k, v in state.items()
-                   if k.startswith("model.")}
-        load_fitting(model, weights, ckpt, config_path)
         ds: IrregularDataset = datamodule.dataset
         scaler = datamodule.scaler
         # a run trained on a tidy file (one row per observation) reads tidy frames
