@@ -13,6 +13,7 @@ from omegaconf import open_dict
 from test_cli import CONF, TINY, compose_train
 
 from latentode.cli import train as train_cli
+from latentode.data.sources import physionet
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*treespec, LeafSpec")
 
@@ -216,6 +217,27 @@ def test_physionet_recipe_carries_the_paper_hyperparameters():
     assert data.dataset.variables is None  # the 37 time series (conf/data/physionet.yaml)
     assert data.task._target_.endswith("Interpolation") and data.task.fraction == 1.0
     assert Path(data.dataset.root).parts[-2:] == ("data", "physionet")
+
+
+@pytest.mark.filterwarnings("ignore:physionet. (dropped|skipped|no outcomes)")
+def test_physionet_pooled_sets_and_the_papers_channels_from_the_command_line(tmp_path):
+    """data.dataset.subset=[a,b] data.dataset.variables=paper: the paper code's interpolation
+    data (set-a and set-b pooled, its 41 channels) through the config."""
+    root = tmp_path / "physionet"
+    fixture = write_fixture(root)
+    (root / "set-b").mkdir()
+    for path in fixture["set_dir"].glob("*.txt"):  # set-b: the same records, other RecordIDs
+        rid = int(path.stem)
+        (root / "set-b" / f"{rid + 10_000}.txt").write_text(
+            path.read_text().replace(f"RecordID,{rid}", f"RecordID,{rid + 10_000}"))
+    cfg = compose_train(["experiment=physionet_interp", f"data.dataset.root={root}",
+                         "data.dataset.subset=[a,b]", "data.dataset.variables=paper"],
+                        tmp_path / "run")
+    datamodule = train_cli.build_datamodule(cfg)
+    ids = sorted(int(i) for i in datamodule.dataset.ids)
+    every = fixture["record_ids"] + fixture["empty_ids"]  # descriptors are channels here
+    assert ids == sorted(every + [r + 10_000 for r in every])
+    assert list(datamodule.dataset.channels) == physionet.PAPER_PARAMS
 
 
 def test_physionet_without_data_names_the_directory(tmp_path):

@@ -58,8 +58,8 @@ def test_the_papers_physionet_command_is_the_physionet_recipe_with_its_split():
     recipe = compose_train(["experiment=physionet_interp", "model=hopper_latent_ode",
                             "model.n_labels=1", "model.z0_at=start", "seed=1991",
                             "data.val_fraction=0", "data.test_fraction=0.2",
-                            "trainer.limit_val_batches=0"])
-    assert sections(ours) == sections(recipe)
+                            "trainer.limit_val_batches=0", "data.dataset.variables=paper"])
+    assert sections(ours) == sections(recipe)  # with --classif: set-a alone (its labels)
     # the recipe's own model, plus the label head the command asks for and the paper code's
     # mean-and-std encoder state (conf/experiment/physionet_interp.yaml keeps a plain GRU state)
     # (and the hopper model's output_bias=null, the same start as "auto" on standardised data)
@@ -112,12 +112,21 @@ def test_translated_commands_train_and_test(flags, tmp_path):
 def test_translated_physionet_commands_train_and_test(flags, tmp_path):
     # the latent ODE with its ODE-RNN encoder takes the physionet recipe; the others its data
     write_fixture(tmp_path / "physionet")  # 4 patients in the challenge's format
+    pooled = "--classif" not in flags  # the paper code pools set-a and set-b then
+    if pooled:  # set-b: set-a's records under other RecordIDs
+        (tmp_path / "physionet" / "set-b").mkdir()
+        for path in (tmp_path / "physionet" / "set-a").glob("*.txt"):
+            rid = int(path.stem)
+            (tmp_path / "physionet" / "set-b" / f"{rid + 10_000}.txt").write_text(
+                path.read_text().replace(f"RecordID,{rid}", f"RecordID,{rid + 10_000}"))
     cfg = composed(f"--niters 1 -l 3 -u 12 --rec-dims 6 -g 12 -b 2 --dataset physionet -s 0.5 "
                    f"{flags}", [f"data.dataset.root={tmp_path / 'physionet'}",
                                 "plots.n_samples=3", "plots.n_series=1",
                                 "callbacks.progress_bar.refresh_rate=0"], tmp_path)
     assert cfg.data.dataset.name == "physionet" and cfg.task_name == "physionet_interp"
     assert cfg.data.task.fraction == 0.5 and cfg.data.dataset.quantization == 0.1
+    assert cfg.data.dataset.variables == "paper"
+    assert list(cfg.data.dataset.subset) == (["a", "b"] if pooled else ["a"])
     metrics = train_cli.train(cfg)
     assert math.isfinite(metrics["test/mse"])
     if "--classif" in flags:
@@ -195,5 +204,8 @@ def test_values_pass_exactly_and_what_differs_is_noted():
     compose_train(t.overrides)
     # PhysioNet with labels: the paper code reads set-a alone
     notes = "\n".join(translate(shlex.split("--latent-ode --dataset physionet --classif")).notes)
-    assert "first -n of set-a (only set-a has labels)" in notes
+    assert "all records of set-a (4,000 patients) are read" in notes
+    assert "41 channels" in notes
+    notes = "\n".join(translate(shlex.split("--latent-ode --dataset physionet")).notes)
+    assert "set-a and set-b (8,000 patients)" in notes and "data.dataset.subset=a" in notes
     assert "schedule=series" in notes and "min-max" in notes

@@ -264,7 +264,8 @@ def test_physionet_values_masks_static_labels(fixture, where):
             np.testing.assert_array_equal(got, np.full(len(patient), value))
         assert patient["label"].eq(fixture["labels"][rid]).all()
 
-    assert any("2 row(s) with unknown parameter names ('FooBar' x2)" in m for m in messages)
+    assert any("2 row(s) with unknown parameter names ('FooBar' x2, first in " in m
+               for m in messages)
     assert any("dropped 1 patient(s)" in m and "132541" in m for m in messages)
 
 
@@ -429,6 +430,127 @@ def test_physionet_stray_file(fixture):
     (fixture["set_dir"] / "notes.txt").write_text("hello\n")
     with pytest.raises(ValueError, match=r"notes\.txt"):
         physionet.load(fixture["root"])
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [  # a 4-field line and a 2-field one cancel in the per-file comma count: pandas' error
+       # named no file (and a 4-field first line of the set shifted every column)
+        ("Time,Parameter,Value\n00:10,HR,80\n30:00,Temp,37,2\n31:00,HR\n",
+         r"132539\.txt line 3: bad line '30:00,Temp,37,2' \(expected the 3 fields"),
+        ("Time,Parameter,Value\n00:00,RecordID,132539,1\n00:10,HR\n",
+         r"132539\.txt line 2: bad line '00:00,RecordID,132539,1'"),
+    ],
+)
+def test_physionet_lines_with_other_field_counts_are_named(fixture, content, match):
+    (fixture["set_dir"] / "132539.txt").write_text(content)
+    with pytest.raises(ValueError, match=match):
+        physionet.load(fixture["root"])
+
+
+def test_physionet_a_byte_that_is_not_utf8_is_named(fixture):
+    path = fixture["set_dir"] / "132540.txt"
+    path.write_bytes(b"Time,Parameter,Value\n00:10,HR,80\n07:40,Temp,37\xb0C\n")
+    with pytest.raises(ValueError, match=r"132540\.txt line 3: byte 0xb0 is not UTF-8"):
+        physionet.load(fixture["root"])
+
+
+def test_physionet_a_set_without_observations_is_refused(fixture):
+    """Only headers and descriptors (a truncated extraction): the loader returned an empty
+    frame and the data layer failed later with "the DataFrame has no rows"."""
+    for path in fixture["set_dir"].glob("*.txt"):
+        path.write_text("Time,Parameter,Value\n00:00,Age,50\n")
+    with pytest.raises(ValueError, match=r"none of the 4 record\(s\) in .*set-a holds an "
+                                         r"observed value.*keep_empty=True"):
+        _load(fixture["root"])
+    df, _ = _load(fixture["root"], keep_empty=True)
+    assert len(df) == 4 and df[physionet.CHANNELS].isna().all().all()
+
+
+def test_physionet_unknown_parameters_say_where(fixture):
+    lines = ["Time,Parameter,Value", *fixture["records"][132539]]
+    first = next(i for i, line in enumerate(lines, 1) if ",FooBar," in line)
+    _, messages = _load(fixture["root"])
+    assert any("'FooBar' x2, first in 13253" in m and f"line {first}" in m for m in messages
+               if "unknown parameter" in m), messages
+
+
+def test_physionet_archives_nested_sets_and_the_paper_layout(fixture, tmp_path):
+    archive = tmp_path / "dl" / "set-a.tar.gz"
+    archive.parent.mkdir()
+    archive.write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"set-a\.tar\.gz is an archive.*tar xzf "):
+        physionet.load(archive)  # the archive given as root
+    with pytest.raises(FileNotFoundError, match=r"set-a\.tar\.gz is an archive.*tar xzf "):
+        physionet.load(archive.parent)  # the archive beside, not yet extracted
+    nested = tmp_path / "nested"
+    (nested / "set-a").mkdir(parents=True)
+    fixture["set_dir"].rename(nested / "set-a" / "set-a")
+    with pytest.raises(FileNotFoundError, match=r"one level down, in .*set-a/set-a"):
+        physionet.load(nested)
+    # the paper code downloads to <data>/physionet/PhysioNet/raw/set-a (outcomes beside it)
+    paper = tmp_path / "physionet" / "PhysioNet" / "raw"
+    paper.mkdir(parents=True)
+    (nested / "set-a" / "set-a").rename(paper / "set-a")
+    fixture["outcomes"].rename(paper / "Outcomes-a.txt")
+    df, messages = _load(tmp_path / "physionet")
+    assert sorted(df["series_id"].unique()) == fixture["record_ids"]
+    assert df["label"].notna().all() and not any("outcomes" in m for m in messages)
+
+
+def test_physionet_outcomes_of_other_patients_are_not_judged(fixture):
+    """Only the loaded patients' outcomes must be 0 or 1; values print plainly (they printed
+    as np.int64(...))."""
+    text = fixture["outcomes"].read_text()
+    fixture["outcomes"].write_text(text + "999999,8,3,7,-1,-1\n")
+    df, _ = _load(fixture["root"])
+    assert set(df["label"].unique()) <= {0.0, 1.0}
+    fixture["outcomes"].write_text(text.replace("132540,16,8,8,-1,1", "132540,16,8,8,-1,-1"))
+    with pytest.raises(ValueError, match=r"line 3: RecordID 132540 with In-hospital_death -1;"):
+        _load(fixture["root"])
+
+
+def _renumbered(fixture: dict, root: Path, letter: str, offset: int) -> None:
+    """A copy of the fixture's set as set-<letter>, every RecordID moved by ``offset``."""
+    (root / f"set-{letter}").mkdir(parents=True)
+    for path in fixture["set_dir"].glob("*.txt"):
+        rid = int(path.stem)
+        text = path.read_text().replace(f"RecordID,{rid}", f"RecordID,{rid + offset}")
+        (root / f"set-{letter}" / f"{rid + offset}.txt").write_text(text)
+
+
+def test_physionet_pools_sets_as_the_paper_code(fixture, tmp_path):
+    """subset=[a, b]: the paper's interpolation data (set-a and set-b); RecordIDs must differ."""
+    _renumbered(fixture, fixture["root"], "b", 10_000)
+    a, _ = _load(fixture["root"], subset="a")
+    b, messages = _load(fixture["root"], subset="b")
+    assert any("no outcomes file" in m for m in messages)  # set-b has none here
+    pooled, _ = _load(fixture["root"], subset=["a", "b"])
+    pd.testing.assert_frame_equal(pooled, pd.concat([a, b], ignore_index=True))
+    np.testing.assert_array_equal(
+        pooled[physionet.CHANNELS].to_numpy()[: len(a)], a[physionet.CHANNELS].to_numpy())
+    _renumbered(fixture, fixture["root"], "c", 0)
+    with pytest.raises(ValueError, match=r"RecordID 132539 is in both set-a and set-c"):
+        _load(fixture["root"], subset=["a", "c"])
+    with pytest.raises(ValueError, match="distinct"):
+        _load(fixture["root"], subset=["a", "a"])
+    with pytest.raises(ValueError, match="holds record files itself"):
+        _load(fixture["set_dir"], subset=["a", "b"])
+    with pytest.raises(FileNotFoundError, match=r"set-d/.*Pooling sets \['a', 'd'\]; to read "
+                                                r"the set\(s\) found alone: subset='a'"):
+        _load(fixture["root"], subset=["a", "d"])
+    with pytest.raises(FileNotFoundError, match=r"set-e/") as raised:
+        _load(fixture["root"], subset=["e", "d"])
+    assert "Pooling" not in str(raised.value)  # neither is there: no advice to read one
+
+
+def test_physionet_variables_paper_is_the_papers_41_channels(fixture):
+    by_name, _ = _load(fixture["root"], variables=physionet.PAPER_PARAMS)
+    paper, _ = _load(fixture["root"], variables="paper")
+    pd.testing.assert_frame_equal(paper, by_name)
+    assert physionet.frame_kwargs("paper")["value_cols"] == physionet.PAPER_PARAMS
+    with pytest.raises(ValueError, match=r"list of names or 'paper'"):
+        physionet.load(fixture["root"], variables="HR")
 
 
 # ------------------------------------------------------------------- the core layer's contract

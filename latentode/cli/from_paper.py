@@ -299,9 +299,18 @@ def _data(args: argparse.Namespace, first: str, notes: list[str]) -> list[str]:
     out.append(f"data.dataset.quantization={args.quantization!r}")
     if count != "null":
         raise PaperFlagError(f"-s {args.sample_tp:g} on PhysioNet: give a share in (0, 1]")
-    pooled = "set-a" if args.classif else "set-a and set-b together"
-    notes.append(f"-n {args.n}: all records of data.dataset.subset (set-a, 4,000 patients) are "
-                 f"read; the paper code takes the first -n of {pooled} (only set-a has labels)")
+    # the paper code's data: its 41 params (descriptors as channels), set-a and set-b pooled
+    # unless it classifies (only set-a has labels)
+    out += ["data.dataset.variables=paper"]
+    if not args.classif:
+        out.append("data.dataset.subset=[a,b]")
+    read = "set-a (4,000 patients)" if args.classif else "set-a and set-b (8,000 patients)"
+    notes.append(f"-n {args.n}: all records of {read} are read; the paper code takes the first "
+                 "-n of them" + ("" if args.classif else "; with set-a alone, add "
+                                 "data.dataset.subset=a"))
+    notes.append("data.dataset.variables=paper: the paper code's 41 channels (Age, Gender, "
+                 "Height, ICUType observed at time 0 beside the 37 time series); its -1 "
+                 "(unknown) descriptors count as observed values there, as unobserved here")
     notes.append("PhysioNet channels are standardised here (the paper code min-max scales "
                  "them)" + ("; the encoder walks each patient through its own times "
                             "(model.encoder.schedule=series, max_step=0.02), the paper code's "

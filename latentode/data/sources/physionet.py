@@ -2,7 +2,9 @@
 
 Nothing is downloaded: get ``set-a.tar.gz`` and ``Outcomes-a.txt`` from
 https://physionet.org/content/challenge-2012/1.0.0/ (set-b/set-c and their outcomes work the same
-way) and extract so that ``root/set-a/<RecordID>.txt`` and ``root/Outcomes-a.txt`` exist.
+way) and extract so that ``root/set-a/<RecordID>.txt`` and ``root/Outcomes-a.txt`` exist (the
+paper code's download, ``PhysioNet/raw/set-a/`` below its data directory, is found too).
+``subset=["a", "b"]`` pools sets, as the paper code did for interpolation (8,000 patients).
 
 Format (one file per ICU stay, the first 48 hours): header ``Time,Parameter,Value``, then rows
 such as ``07:32,HR,88``; ``Time`` is ``HH:MM`` since admission (hours may exceed 23). The
@@ -16,9 +18,9 @@ github.com/YuliaRubanova/latent_ode):
   Height, ICUType followed by the challenge's 37 time series (Weight first, then Albumin ... WBC).
   Here the 37 time series are the channels (``CHANNELS``, the paper's order) and the descriptors
   are static covariates ``static_Age``, ``static_Gender``, ``static_Height``, ``static_ICUType``,
-  ``static_Weight`` (NaN where -1). Pass ``variables=PAPER_PARAMS`` to get the paper's 41-channel
-  layout, the descriptors then being channels observed at time 0 (NaN, i.e. unobserved, where
-  -1: the paper stored -1 as an observed value).
+  ``static_Weight`` (NaN where -1). Pass ``variables="paper"`` (``PAPER_PARAMS``) to get the
+  paper's 41-channel layout, the descriptors then being channels observed at time 0 (NaN,
+  i.e. unobserved, where -1: the paper stored -1 as an observed value).
 - Weight is both: the ``00:00`` descriptor is ``static_Weight`` and, unless -1, also a Weight
   observation at time 0 (as in the paper); later Weight rows are ordinary observations. Weight
   rows of -1 are never observations.
@@ -36,8 +38,10 @@ github.com/YuliaRubanova/latent_ode):
   the same on every row of a patient, float64; NaN (with a warning) for a patient missing from
   the outcomes file, or for everyone when no outcomes file is found (the paper used labels only
   for set-a).
-- Rows whose parameter is none of the known names are skipped and counted in one warning;
-  ``RecordID`` rows are checked against the file name.
+- Rows whose parameter is none of the known names are skipped and counted in one warning that
+  names where each first occurs; ``RecordID`` rows are checked against the file name. A line
+  without exactly 3 fields, a bad time or value, or a byte that is not UTF-8 is an error naming
+  the file and line.
 """
 
 from __future__ import annotations
@@ -91,7 +95,7 @@ _STATIC_ONLY = {"Age", "Gender", "Height", "ICUType"}
 _KNOWN = {"RecordID", *PAPER_PARAMS}
 
 
-def frame_kwargs(variables: Sequence[str] | None = None) -> dict[str, object]:
+def frame_kwargs(variables: Sequence[str] | str | None = None) -> dict[str, object]:
     """``from_dataframe`` keyword arguments matching ``load(root, variables=variables)``."""
     return {**FRAME_KWARGS, "value_cols": _select(variables)}
 
@@ -99,23 +103,28 @@ def frame_kwargs(variables: Sequence[str] | None = None) -> dict[str, object]:
 def load(
     root: str | Path,
     quantization: float | None = None,
-    variables: Sequence[str] | None = None,
+    variables: Sequence[str] | str | None = None,
     *,
-    subset: str = "a",
+    subset: str | Sequence[str] = "a",
     keep_empty: bool = False,
 ) -> pd.DataFrame:
-    """Parse one set of the PhysioNet 2012 challenge into a wide DataFrame (see module doc).
+    """Parse one set of the PhysioNet 2012 challenge, or several pooled, into a wide DataFrame
+    (see module doc).
 
     Args:
-        root: the directory holding ``set-<subset>/`` and ``Outcomes-<subset>.txt``, or the set
-            directory itself (its outcomes file is then looked for beside it and inside it).
+        root: the directory holding ``set-<subset>/`` and ``Outcomes-<subset>.txt`` (or the
+            paper code's layout, ``raw/set-<subset>/`` or ``PhysioNet/raw/set-<subset>/`` below
+            it), or the set directory itself (its outcomes file is then looked for beside it and
+            inside it).
         quantization: ``None`` keeps exact times; a positive number of hours rounds every time
             to that grid (the paper used 0.1) and averages what then coincides.
         variables: channels to keep, a subset of ``PAPER_PARAMS`` in the order wanted; ``None``
-            means ``CHANNELS``. Age, Gender, Height and ICUType become time-0 channels when
-            listed (they are always in the ``static_`` columns too).
+            means ``CHANNELS``, ``"paper"`` all of ``PAPER_PARAMS`` (the paper code's 41
+            channels). Age, Gender, Height and ICUType become time-0 channels when listed
+            (they are always in the ``static_`` columns too).
         subset: the set's letter when ``root`` is the parent directory (``"a"``, ``"b"``,
-            ``"c"``).
+            ``"c"``), or a list of them to pool (``["a", "b"]``: the paper code's 8,000
+            patients for interpolation; RecordIDs are unique across the challenge's sets).
         keep_empty: keep patients without any observed selected channel as one all-NaN row at
             time 0 (default: drop them with a warning).
 
@@ -132,11 +141,20 @@ def load(
     """
     channels = _select(variables)
     step = _check_quantization(quantization)
+    if not isinstance(subset, str):
+        return _load_pooled(Path(root), quantization, variables, subset, keep_empty)
     set_dir, outcome_paths = _locate(Path(root), subset)
     record_ids, records = _read_records(set_dir)
 
     static = _static_table(records, record_ids)
     sid, times, table = _observations(records, channels, step)
+    if not len(sid) and not keep_empty:
+        raise ValueError(
+            f"physionet: none of the {len(record_ids)} record(s) in {set_dir} holds an observed "
+            f"value of the selected channels ({_shown(channels)}): each holds at most its "
+            "header and descriptors. Are the files complete (extracted in full)? keep_empty=True "
+            "keeps such patients as all-NaN rows."
+        )
     empty = np.setdiff1d(np.asarray(record_ids, dtype=np.int64), sid)
     if len(empty) and not keep_empty:
         warnings.warn(
@@ -164,16 +182,71 @@ def load(
     return pd.DataFrame(columns, copy=False)
 
 
+def _load_pooled(
+    root: Path,
+    quantization: float | None,
+    variables: Sequence[str] | str | None,
+    subsets: Sequence[str],
+    keep_empty: bool,
+) -> pd.DataFrame:
+    """Several sets, each parsed as one, then stacked; a RecordID in two of them is refused."""
+    names = [str(s) for s in subsets]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(
+            f"physionet.load: subset must be a set letter or a list of distinct ones, got "
+            f"{names}."
+        )
+    if root.is_dir() and any(_is_record(p) for p in root.glob("*.txt")):
+        raise ValueError(
+            f"physionet: {root} holds record files itself; to pool sets {names}, give root as "
+            "the directory that holds set-a/, set-b/ ... side by side."
+        )
+    frames = []
+    for name in names:
+        try:
+            frames.append(load(root, quantization, variables, subset=name,
+                               keep_empty=keep_empty))
+        except FileNotFoundError as error:
+            found = [n for n in names if n != name
+                     and any(c.is_dir() for c in _set_candidates(root, n))]
+            if not found:
+                raise
+            which = found if len(found) > 1 else found[0]
+            raise FileNotFoundError(
+                f"{error} (Pooling sets {names}; to read the set(s) found alone: "
+                f"subset={which!r}.)") from None
+    seen: dict[int, str] = {}
+    for name, frame in zip(names, frames, strict=True):
+        for record in frame["series_id"].unique().tolist():
+            if record in seen:
+                raise ValueError(
+                    f"physionet: RecordID {record} is in both set-{seen[record]} and "
+                    f"set-{name}; the challenge's sets do not share patients: is one set copied "
+                    "into the other?"
+                )
+            seen[record] = name
+    out = pd.concat(frames, ignore_index=True)
+    order = np.lexsort((out["time"].to_numpy(), out["series_id"].to_numpy()))
+    return out.iloc[order].reset_index(drop=True)
+
+
+def _shown(names: Sequence[str], limit: int = 6) -> str:
+    names = list(names)
+    return ", ".join(names[:limit]) + (f" ... ({len(names)} in all)" if len(names) > limit else "")
+
+
 # --------------------------------------------------------------------------------- arguments
 
 
-def _select(variables: Sequence[str] | None) -> list[str]:
+def _select(variables: Sequence[str] | str | None) -> list[str]:
     if variables is None:
         return list(CHANNELS)
     if isinstance(variables, str):
+        if variables == "paper":
+            return list(PAPER_PARAMS)
         raise ValueError(
-            f"physionet: variables must be a list of names, got the string {variables!r}; "
-            f"write [{variables!r}]."
+            f"physionet: variables must be a list of names or 'paper' (the paper code's 41 "
+            f"channels), got the string {variables!r}; write [{variables!r}]."
         )
     chosen = list(variables)
     unknown = [v for v in chosen if v not in PAPER_PARAMS]
@@ -203,23 +276,49 @@ def _locate(root: Path, subset: str) -> tuple[Path, list[Path]]:
     """The set directory and where its outcomes file may be."""
     if not re.fullmatch(r"[A-Za-z0-9]+", str(subset)):
         raise ValueError(f"physionet.load: subset must be a set letter like 'a', got {subset!r}.")
-    if (root / f"set-{subset}").is_dir():
-        set_dir = root / f"set-{subset}"
+    found = next((c for c in _set_candidates(root, subset) if c.is_dir()), None)
+    if found is not None:
+        set_dir = found
     elif root.is_dir() and any(_is_record(p) for p in root.glob("*.txt")):
         set_dir = root
         match = re.fullmatch(r"set-(\w+)", root.name)
         subset = match.group(1) if match else subset
     else:
-        state = "is not a directory" if not root.is_dir() else "holds no set directory"
-        raise FileNotFoundError(
-            f"PhysioNet 2012 data not found: {root} {state}. Expected {root / f'set-{subset}'}/ "
-            f"(the challenge's <RecordID>.txt files) with {root / f'Outcomes-{subset}.txt'} "
-            "beside it, or root pointing at the set directory itself. Download set-"
-            f"{subset}.tar.gz and Outcomes-{subset}.txt from "
-            "https://physionet.org/content/challenge-2012/1.0.0/ and extract them there."
-        )
-    name = f"Outcomes-{subset}.txt"
-    return set_dir, [set_dir.parent / name, set_dir / name]
+        raise FileNotFoundError(_not_found(root, subset))
+    outcomes = f"Outcomes-{subset}.txt"
+    return set_dir, [set_dir.parent / outcomes, set_dir / outcomes]
+
+
+def _set_candidates(root: Path, subset: str) -> list[Path]:
+    """Where set ``subset`` may be below ``root``: ours (``root/set-a``), then the paper code's
+    download layout (``raw/set-a``, ``PhysioNet/raw/set-a``)."""
+    name = f"set-{subset}"
+    return [root / name, root / "raw" / name, root / "PhysioNet" / "raw" / name]
+
+
+def _not_found(root: Path, subset: str) -> str:
+    """Why no set directory is at ``root``, and what to do: an archive not yet extracted is
+    named with the command that extracts it."""
+    where = root.parent if root.is_file() else root
+    archives = [root] if root.is_file() else [
+        p for p in (root / f"set-{subset}.tar.gz", root / f"set-{subset}.tgz",
+                    root / f"set-{subset}.tar", root / f"set-{subset}.zip") if p.is_file()]
+    if archives and archives[0].name.endswith((".tar.gz", ".tgz", ".tar", ".zip")):
+        archive = archives[0]
+        extract = (f"unzip {archive} -d {where}" if archive.name.endswith(".zip")
+                   else f"tar xzf {archive} -C {where}" if archive.name.endswith("gz")
+                   else f"tar xf {archive} -C {where}")
+        return (f"PhysioNet 2012 data: {archive} is an archive; the loader reads the extracted "
+                f"record files. Extract it ({extract}) and point root at {where} (the "
+                f"directory then holding {where / f'set-{subset}'}/).")
+    state = "is not a directory" if not root.is_dir() else "holds no set directory"
+    return (
+        f"PhysioNet 2012 data not found: {root} {state}. Expected {root / f'set-{subset}'}/ "
+        f"(the challenge's <RecordID>.txt files) with {root / f'Outcomes-{subset}.txt'} "
+        "beside it, or root pointing at the set directory itself. Download set-"
+        f"{subset}.tar.gz and Outcomes-{subset}.txt from "
+        "https://physionet.org/content/challenge-2012/1.0.0/ and extract them there."
+    )
 
 
 def _is_record(path: Path) -> bool:
@@ -246,14 +345,18 @@ def _read_records(set_dir: Path) -> tuple[list[int], pd.DataFrame]:
             "out of the set directory."
         )
     if not files:
-        raise FileNotFoundError(f"physionet: no <RecordID>.txt files in {set_dir}.")
+        nested = sorted(d for d in set_dir.iterdir() if d.is_dir()
+                        and any(_is_record(p) for p in d.glob("*.txt")))
+        hint = (f" They are one level down, in {nested[0]}: point root there (or at {set_dir}"
+                f"'s copy of its contents)." if nested else "")
+        raise FileNotFoundError(f"physionet: no <RecordID>.txt files in {set_dir}.{hint}")
 
     record_ids: list[int] = []
     chunks: list[str] = []
     counts: list[int] = []
     line_numbers: list[np.ndarray] = []
     for path in files:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        lines = _text(path).splitlines()
         header = [h.strip() for h in lines[0].split(",")] if lines else []
         if header != _HEADER:
             raise ValueError(
@@ -263,16 +366,10 @@ def _read_records(set_dir: Path) -> tuple[list[int], pd.DataFrame]:
         body = lines[1:]
         numbers = np.arange(2, len(body) + 2)
         text = "\n".join(body)
-        if text.count(",") != 2 * len(body):  # cheap check first; then skip blank lines...
+        if text.count(",") != 2 * len(body):  # cheap check first; then skip blank lines
             numbers = numbers[[bool(line.strip()) for line in body]]
             body = [line for line in body if line.strip()]
             text = "\n".join(body)
-            for line, number in zip(body, numbers, strict=True):  # ...and name a bad line
-                if line.count(",") != 2:
-                    raise ValueError(
-                        f"physionet: {path} line {number}: {line!r} does not have the 3 fields "
-                        "Time,Parameter,Value."
-                    )
         record_ids.append(int(path.stem))
         if body:
             chunks.append(text)
@@ -286,6 +383,11 @@ def _read_records(set_dir: Path) -> tuple[list[int], pd.DataFrame]:
         }
     )
     big = "\n".join(chunks)
+    # every line has 3 fields (one file's 4-field line can hide another's 2 in the cheap check)
+    wrong = _commas_per_line(big) != 2 if len(rows) else np.zeros(0, dtype=bool)
+    if wrong.any():
+        _raise_at(wrong, rows, set_dir, pd.Series(big.split("\n")), "line",
+                  "expected the 3 fields Time,Parameter,Value; a decimal comma?")
     parsed = _parse_fast(big, len(rows)) if len(rows) else None
     if parsed is None:
         parsed = _parse_checked(big, rows, set_dir)
@@ -301,6 +403,29 @@ def _read_records(set_dir: Path) -> tuple[list[int], pd.DataFrame]:
             "from the file name). Fix or remove it."
         )
     return record_ids, rows
+
+
+def _text(path: Path) -> str:
+    """A record file's text; one that is not UTF-8 (the challenge's files are ASCII) is named
+    with the line of its first bad byte."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ValueError(
+            f"physionet: {path} line {line}: byte {raw[error.start]:#04x} is not UTF-8 text (the "
+            "challenge's records are plain ASCII: a unit or symbol typed into a value?). Fix or "
+            "remove that line."
+        ) from None
+
+
+def _commas_per_line(big: str) -> np.ndarray:
+    """The number of commas on each ``\\n``-separated line of ``big`` (vectorised)."""
+    data = np.frombuffer(big.encode("utf-8"), dtype=np.uint8)
+    commas = np.flatnonzero(data == ord(","))
+    ends = np.append(np.flatnonzero(data == ord("\n")), len(data))
+    return np.diff(np.searchsorted(commas, ends), prepend=0)
 
 
 def _parse_fast(big: str, n_rows: int) -> pd.DataFrame | None:
@@ -402,12 +527,16 @@ def _observations(
     """
     names = list(rows["param"].cat.categories)
     codes = rows["param"].cat.codes.to_numpy()
-    unknown = [(n, int((codes == i).sum())) for i, n in enumerate(names) if n not in _KNOWN]
+    unknown = [(n, np.flatnonzero(codes == i)) for i, n in enumerate(names) if n not in _KNOWN]
     if unknown:
-        listing = ", ".join(f"{name!r} x{n}" for name, n in unknown)
+        listing = ", ".join(
+            f"{name!r} x{len(at)}, first in {rows['series_id'].iat[at[0]]}.txt line "
+            f"{rows['line'].iat[at[0]]}" for name, at in unknown[:10])
+        more = f", and {len(unknown) - 10} more name(s)" if len(unknown) > 10 else ""
         warnings.warn(
-            f"physionet: skipped {sum(n for _, n in unknown)} row(s) with unknown parameter "
-            f"names ({listing}); known names are RecordID and physionet.PAPER_PARAMS.",
+            f"physionet: skipped {sum(len(at) for _, at in unknown)} row(s) with unknown "
+            f"parameter names ({listing}{more}); known names are RecordID and "
+            "physionet.PAPER_PARAMS (case-sensitive).",
             UserWarning,
             stacklevel=3,
         )
@@ -473,12 +602,14 @@ def _read_labels(paths: list[Path], record_ids: list[int]) -> pd.Series:
         )
     ids = pd.to_numeric(table["RecordID"], errors="coerce")
     outcome = pd.to_numeric(table[OUTCOME_COLUMN], errors="coerce")
-    bad = ids.isna() | (ids != ids.round()) | ~outcome.isin([0, 1])
+    # a malformed id anywhere is an error; an outcome only for the patients loaded
+    loaded = ids.isin(record_ids)
+    bad = ids.isna() | (ids != ids.round()) | (loaded & ~outcome.isin([0, 1]))
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise ValueError(
-            f"physionet: {path} line {i + 2}: RecordID {table['RecordID'].iat[i]!r} with "
-            f"{OUTCOME_COLUMN} {table[OUTCOME_COLUMN].iat[i]!r}; expected an integer id and 0 "
+            f"physionet: {path} line {i + 2}: RecordID {table['RecordID'].iat[i]} with "
+            f"{OUTCOME_COLUMN} {table[OUTCOME_COLUMN].iat[i]}; expected an integer id and 0 "
             "or 1."
         )
     ids = ids.astype(np.int64)
