@@ -569,22 +569,70 @@ def test_a_live_searchs_trial_in_another_time_zone_is_left_running(tmp_path, cap
     assert "trial 0 is RUNNING and may belong to a search still running" in caplog.text
 
 
-def test_liveness_is_not_probed_with_a_signal_on_windows(monkeypatch):
-    """os.kill(pid, 0) sends CTRL_C_EVENT on Windows: a live search would be interrupted. There
-    a registered search of this host counts as live."""
+class _FakeKernel32:
+    """kernel32's process calls over a table ``pid -> (exit code, creation time)``."""
+
+    def __init__(self, processes: dict[int, tuple[int, int]], denied: set[int] = frozenset()):
+        self.processes, self.denied, self.error, self.open = processes, denied, 0, 0
+
+    def OpenProcess(self, access, inherit, pid):  # noqa: N802 (Windows' names)
+        if pid in self.denied or pid not in self.processes:
+            self.error = 5 if pid in self.denied else 87  # access denied / no such process
+            return 0
+        self.open += 1
+        return pid
+
+    def GetExitCodeProcess(self, handle, code):  # noqa: N802
+        code._obj.value = self.processes[handle][0]
+        return 1
+
+    def GetProcessTimes(self, handle, created, *rest):  # noqa: N802
+        created._obj.value = self.processes[handle][1]
+        return 1
+
+    def CloseHandle(self, handle):  # noqa: N802
+        self.open -= 1
+        return 1
+
+
+def test_liveness_on_windows_asks_the_process_table_not_a_signal(monkeypatch):
+    """os.kill(pid, 0) sends CTRL_C_EVENT on Windows: a live search would be interrupted, so
+    every search there counted as live and a killed search's trials stayed RUNNING. Now
+    OpenProcess/GetExitCodeProcess say whether it runs and its creation time tells a reused pid."""
+    import ctypes
+
     from latentode.cli import sweep as sweep_module
 
     def kill(*args):
         raise AssertionError("os.kill called")
 
-    entry = {"host": sweep_module._host(), "pid": dead_pid(), "process_start": None}
+    running, exited, reused, denied = 101, 102, 103, 104
+    kernel = _FakeKernel32({running: (259, 7), exited: (0, 7), reused: (259, 9)}, {denied})
+    monkeypatch.setattr(sweep_module, "_kernel32", lambda: kernel)
+    monkeypatch.setattr(ctypes, "get_last_error", lambda: kernel.error, raising=False)
     monkeypatch.setattr(sweep_module.os, "kill", kill)
+    host = sweep_module._host()
+    entry = lambda pid, start="7": {"host": host, "pid": pid, "process_start": start}  # noqa: E731
     monkeypatch.setattr(sweep_module.os, "name", "nt")
     try:
-        alive = sweep_module._alive(entry)
+        answers = {
+            "running": sweep_module._alive(entry(running)),
+            "exited": sweep_module._alive(entry(exited)),
+            "reused": sweep_module._alive(entry(reused)),
+            "no such pid": sweep_module._alive(entry(999)),
+            "access denied": sweep_module._alive(entry(denied)),
+            "unrecorded start": sweep_module._alive(entry(reused, None)),
+            "recorded": sweep_module._process_start(running),
+        }
+        monkeypatch.setattr(sweep_module, "_kernel32", lambda: (_ for _ in ()).throw(
+            AttributeError("no windll")))
+        answers["no kernel32"] = sweep_module._alive(entry(exited))
     finally:
         monkeypatch.undo()  # pytest's own paths need the real os.name
-    assert alive
+    assert answers == {"running": True, "exited": False, "reused": False,
+                       "no such pid": False, "access denied": True,
+                       "unrecorded start": True, "recorded": "7", "no kernel32": True}
+    assert kernel.open == 0  # every handle closed
 
 
 def test_a_study_in_other_storage_is_never_changed(tmp_path, caplog):

@@ -160,13 +160,60 @@ def _host() -> str:
 
 
 def _process_start(pid: int) -> str | None:
-    """When process ``pid`` of this host started (clock ticks since boot, from /proc), to tell
-    it from a later process given the same pid; None where /proc cannot say."""
+    """When process ``pid`` of this host started (clock ticks since boot from /proc; on Windows
+    its creation time), to tell it from a later process given the same pid; None where neither
+    can say."""
+    if os.name == "nt":
+        try:
+            return _windows_process(int(pid))[1]
+        except (OSError, AttributeError):  # no kernel32 to ask
+            return None
     try:
         stat = Path(f"/proc/{int(pid)}/stat").read_text()
         return stat.rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError, ValueError):
         return None
+
+
+def _kernel32() -> Any:
+    """kernel32 with the process calls typed (a HANDLE is pointer-sized)."""
+    import ctypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    handle, dword = ctypes.c_void_p, ctypes.c_ulong
+    filetime = ctypes.POINTER(ctypes.c_ulonglong)  # FILETIME: two DWORDs, low first
+    kernel32.OpenProcess.argtypes = [dword, ctypes.c_int, dword]
+    kernel32.OpenProcess.restype = handle
+    kernel32.GetExitCodeProcess.argtypes = [handle, ctypes.POINTER(dword)]
+    kernel32.GetProcessTimes.argtypes = [handle, filetime, filetime, filetime, filetime]
+    kernel32.CloseHandle.argtypes = [handle]
+    return kernel32
+
+
+_STILL_ACTIVE = 259                 # GetExitCodeProcess's code for a process that runs
+_ERROR_INVALID_PARAMETER = 87       # OpenProcess of a pid no process has
+
+
+def _windows_process(pid: int) -> tuple[bool | None, str | None]:
+    """Windows: whether process ``pid`` runs (OpenProcess + GetExitCodeProcess; None when it
+    cannot say, e.g. access denied) and its creation time (None when unknown). No signal is
+    sent: ``os.kill(pid, 0)`` there is CTRL_C_EVENT, which would interrupt the search."""
+    import ctypes
+
+    kernel32 = _kernel32()
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        gone = ctypes.get_last_error() == _ERROR_INVALID_PARAMETER  # type: ignore[attr-defined]
+        return (False if gone else None), None
+    try:
+        code = ctypes.c_ulong()
+        running = (code.value == _STILL_ACTIVE
+                   if kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) else None)
+        times = [ctypes.c_ulonglong() for _ in range(4)]  # creation, exit, kernel, user
+        known = kernel32.GetProcessTimes(handle, *(ctypes.byref(t) for t in times))
+        return running, (str(times[0].value) if known else None)
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 def _worker_path(sweep_dir: str | Path, host: str, pid: int) -> Path:
@@ -193,9 +240,16 @@ def _alive(entry: dict[str, Any]) -> bool:
     is gone (or whose pid a later process took); a search on another host cannot be checked."""
     if entry.get("host") != _host():
         return True
-    if os.name == "nt":  # signal 0 there is CTRL_C_EVENT: it would interrupt the search
-        return True
     pid = int(entry["pid"])
+    if os.name == "nt":  # no signal there (signal 0 is CTRL_C_EVENT: it would interrupt it)
+        try:
+            running, started = _windows_process(pid)
+        except (OSError, AttributeError):  # no kernel32 to ask: it may run
+            return True
+        if running is False:
+            return False
+        recorded = entry.get("process_start")
+        return not (running and recorded and started and recorded != started)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
