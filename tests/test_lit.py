@@ -356,3 +356,95 @@ def test_param_groups_give_parts_of_the_model_their_own_optimiser_options(tmp_pa
     cfg = compose_train([*TINY, "trainer.max_epochs=1",
                          "module.param_groups={encoder: {lr: 1e-3}}"], tmp_path)
     assert "test/mse" in train_cli.train(cfg)
+
+
+def _fitted_checkpoint(tmp_path, scale=True) -> tuple[str, LatentODEDataModule, dict]:
+    dm = tiny_datamodule()
+    dm.setup()
+    module = LatentODELightning(tiny_model(), scale=dm.scaler.scale if scale else None,
+                                channels=list(dm.dataset.channels))
+    trainer = tiny_trainer(limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)
+    path = str(tmp_path / "fit.ckpt")
+    trainer.save_checkpoint(path)
+    test = tiny_trainer().test(module, dataloaders=dm.test_dataloader(), verbose=False)[0]
+    return path, dm, test
+
+
+def test_a_module_loaded_from_its_checkpoint_reports_data_units_as_trained(tmp_path):
+    """scale and channels were kept neither in the hyperparameters nor the state: a module
+    loaded with load_from_checkpoint and tested on the loaders logged mse_data equal to the
+    normalised mse, and no mse_data/<channel>, silently."""
+    path, dm, trained = _fitted_checkpoint(tmp_path)
+    assert trained["test/mse_data"] != pytest.approx(trained["test/mse"])
+    loaded = LatentODELightning.load_from_checkpoint(path, model=tiny_model(seed=1))
+    again = tiny_trainer().test(loaded, dataloaders=dm.test_dataloader(), verbose=False)[0]
+    assert again == pytest.approx(trained)  # mse_data and mse_data/<channel> included
+    assert torch.load(path, weights_only=True)["latentode_data_units"]["channels"] == ["value"]
+
+
+def test_without_a_known_scale_mse_data_is_said_to_be_in_model_units(tmp_path):
+    dm = tiny_datamodule()
+    dm.setup()
+    module = LatentODELightning(tiny_model())
+    with pytest.warns(UserWarning, match=r"no data scale is known .* mse_data is logged in the "
+                                         r"model's units.* pass scale=scaler\.scale"):
+        tiny_trainer().test(module, dataloaders=dm.test_dataloader(), verbose=False)
+
+
+def test_loading_a_checkpoint_keeps_the_callers_random_state(tmp_path):
+    """on_load_checkpoint restored the run's saved random state on every load: a notebook's
+    own seed was replaced by load_from_checkpoint or test(ckpt_path=...). Only a resumed fit
+    goes on with the run's stream (tests/test_cli.py: a resumed run draws what it would have)."""
+    path, dm, _ = _fitted_checkpoint(tmp_path)
+    models = [tiny_model(), tiny_model()]  # (tiny_model seeds the global stream itself)
+    torch.manual_seed(123)
+    module = LatentODELightning.load_from_checkpoint(path, model=models[0])
+    tiny_trainer().test(module, dataloaders=dm.test_dataloader(), ckpt_path=path, verbose=False)
+    after_loading = torch.rand(3)
+    torch.manual_seed(123)  # the same work with the weights put in by hand
+    plain = LatentODELightning(models[1])
+    plain.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+    tiny_trainer().test(plain, dataloaders=dm.test_dataloader(), verbose=False)
+    assert torch.equal(after_loading, torch.rand(3))
+
+
+def test_predictions_are_the_seeded_samples_of_test(tmp_path):
+    """predict drew from the global stream: two calls gave different samples. It now uses the
+    seeded stream of validation and test (eval_seed, the batch index)."""
+    dm = tiny_datamodule()
+    module = LatentODELightning(tiny_model())
+    trainer = tiny_trainer()
+    first = trainer.predict(module, datamodule=dm)  # the data module's test split
+    second = trainer.predict(module, dataloaders=dm.test_dataloader())
+    assert sum(len(b["index"]) for b in first) == len(dm.splits["test"])
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a["pred"], b["pred"])
+
+
+def test_optimiser_and_scheduler_misuse_is_named_before_training():
+    model = tiny_model()
+    optimizer = torch.optim.Adam(model.parameters())
+    with pytest.raises(TypeError, match=r"factory of the optimiser, not a built Adam.*partial"):
+        LatentODELightning(model, optimizer=optimizer)
+    with pytest.raises(TypeError, match=r"not a built StepLR"):
+        LatentODELightning(model, scheduler=torch.optim.lr_scheduler.StepLR(optimizer, 1))
+    with pytest.raises(TypeError, match=r"load_from_checkpoint\(path, model=\.\.\.\)"):
+        LatentODELightning.load_from_checkpoint("any.ckpt")
+    plateau = LatentODELightning(
+        model, scheduler=lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt))
+    with pytest.raises(ValueError, match=r"monitors 'val/loss'.*scheduler_interval='epoch'"):
+        plateau.configure_optimizers()
+    per_epoch = LatentODELightning(
+        model, scheduler=lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt),
+        scheduler_interval="epoch")
+    assert per_epoch.configure_optimizers()["lr_scheduler"]["interval"] == "epoch"
+
+
+def test_times_merged_by_a_true_half_precision_are_named_as_such():
+    from latentode.models.inputs import checked_batch
+
+    times = torch.tensor([0.0, 100.0, 100.25, 101.0]).to(torch.bfloat16)  # 100.25 -> 100
+    values = torch.zeros(1, 4, 1, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=r"torch\.bfloat16.*'bf16-mixed'"):
+        checked_batch(1, times, values)

@@ -273,6 +273,12 @@ class LatentODEDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
 
+    def predict_dataloader(self) -> DataLoader:
+        """The test split's loader, so that ``trainer.predict(module, datamodule=dm)`` answers
+        for the test series (``LatentODELightning.predict_step``); another split:
+        ``trainer.predict(module, dataloaders=dm.val_dataloader())``."""
+        return self._loader("test", train=False)
+
     def inverse_values(self, values: np.ndarray) -> np.ndarray:
         """Model-space values (scaled) back to data units."""
         return self.scaler.inverse_transform(values) if self.scaler is not None else values

@@ -31,8 +31,11 @@ Metrics (logged as ``{stage}/{name}``, stage one of ``train``, ``val``, ``test``
   validation and test, from the posterior-averaged class probabilities of the epoch's known
   labels, gathered across processes.
 
-Validation and test draw their posterior samples from a generator seeded per batch
+Validation, test and predict draw their posterior samples from a generator seeded per batch
 (``eval_seed``, the batch index), so evaluating a checkpoint gives the same numbers every time.
+Checkpoints keep the data units (``scale``, ``log_scale``, ``channels``: ``DATA_UNITS``), so a
+module loaded from one reports ``mse_data`` as the run did; the run's random stream is restored
+only when a ``fit`` resumes from it.
 
 Several processes (DDP): every epoch value (``train/*_epoch``, ``val/*``, ``test/*``) is
 reduced over all processes from sums and counts, so it is the value over the whole epoch's
@@ -42,12 +45,15 @@ local batch's. Each process draws its own posterior samples (the rank enters the
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from latentode.data import Batch
@@ -58,6 +64,9 @@ TERMS = ("loss", "loglik", "kl")
 """Loss terms every model returns, checked for NaN/inf at every step."""
 OPTIONAL_TERMS = ("poisson", "ce")
 """Terms of optional likelihoods (Poisson process, labels), checked and logged when present."""
+DATA_UNITS = "latentode_data_units"
+"""Checkpoint key of what turns model units into data units (``scale``, ``log_scale``,
+``channels``), so that a module loaded from it reports ``mse_data`` as the run did."""
 SOLVER_COUNTS = ("nfe_forward", "nfe_backward", "steps_accepted", "steps_rejected",
                  "backward_checkpointed")
 """The model's ``solver_stats`` fields logged per batch as ``{stage}/solver_{name}``."""
@@ -212,6 +221,18 @@ class LatentODELightning(L.LightningModule):
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got "
                              f"{scheduler_interval!r}.")
+        if isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"optimizer= takes a factory of the optimiser, not a built "
+                f"{type(optimizer).__name__} (the module builds it over its own parameters "
+                f"and param_groups): functools.partial(torch.optim.{type(optimizer).__name__}, "
+                "lr=...) or the class itself.")
+        if isinstance(scheduler, (torch.optim.lr_scheduler.LRScheduler,
+                                  torch.optim.lr_scheduler.ReduceLROnPlateau)):
+            raise TypeError(
+                f"scheduler= takes a factory called with the optimiser, not a built "
+                f"{type(scheduler).__name__}: functools.partial("
+                f"torch.optim.lr_scheduler.{type(scheduler).__name__}, ...).")
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler", "scale", "channels",
                                           "log_scale"], logger=False)
         self.log_scale = None
@@ -239,6 +260,24 @@ class LatentODELightning(L.LightningModule):
         self._labels: dict[str, list[torch.Tensor]] = {}
         self._solver_mark: dict[str, int] | None = None
 
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+        strict: bool | None = None, **kwargs: Any,
+    ) -> LatentODELightning:
+        """Lightning's loader; ``model=`` is required: the checkpoint holds the weights, the
+        data units (scale, channels) and the module's settings, not the model's architecture.
+        (A ``latentode-train`` run's model is rebuilt from its config by
+        ``latentode.cli.runs.load_run``.)"""
+        if "model" not in kwargs:
+            raise TypeError(
+                "LatentODELightning.load_from_checkpoint(path, model=...): build the same model "
+                "as was trained (the checkpoint holds its weights, not its architecture) and "
+                "pass it; for a latentode-train run, latentode.cli.runs.load_run(run_dir, "
+                "use=...) rebuilds it from the run's config.")
+        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict,
+                                            **kwargs)
+
     def setup(self, stage: str) -> None:
         """Without ``scale=``, take it from the datamodule's scaler (``LatentODEDataModule``),
         so that ``mse_data`` is in data units under any Trainer, not only the CLI's."""
@@ -249,9 +288,16 @@ class LatentODELightning(L.LightningModule):
             dataset = getattr(self.trainer.datamodule, "dataset", None)  # type: ignore[attr-defined]
             names = getattr(dataset, "channels", None)
             self.channels = None if names is None else [str(c) for c in names]
-        if not self._scale_from_data:
+        if not self._scale_from_data or self.scale is not None:  # given, or from a checkpoint
             return
-        scaler = getattr(self.trainer.datamodule, "scaler", None)  # type: ignore[attr-defined]
+        datamodule = self.trainer.datamodule  # type: ignore[attr-defined]
+        if not hasattr(datamodule, "scaler") and stage in ("fit", "validate", "test"):
+            rank_zero_warn(
+                "LatentODELightning: no data scale is known (scale= not given, no "
+                "LatentODEDataModule with a scaler), so mse_data is logged in the model's "
+                "units, the same as mse. If your loaders' values are standardised, pass "
+                "scale=scaler.scale (and channels=) to report errors in data units.")
+        scaler = getattr(datamodule, "scaler", None)
         if scaler is not None:
             self.scale = torch.as_tensor(scaler.scale, dtype=torch.float32).reshape(-1)
             log = getattr(scaler, "log", None)
@@ -435,13 +481,30 @@ class LatentODELightning(L.LightningModule):
             torch.distributed.all_gather_object(ranks, state)
             state = {**ranks[0], "ranks": ranks}
         checkpoint["latentode_rng"] = state
+        checkpoint[DATA_UNITS] = {  # plain lists: weights_only=True reads them
+            "scale": None if self.scale is None else self.scale.tolist(),
+            "log_scale": None if self.log_scale is None else [t.tolist() for t in self.log_scale],
+            "channels": self.channels,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        units = checkpoint.get(DATA_UNITS) or {}
+        if self.scale is None and units.get("scale") is not None:  # scale= given wins
+            self.scale = torch.tensor(units["scale"], dtype=torch.float32, device=self.device)
+            self._scale_from_data = False
+            if self.log_scale is None and units.get("log_scale") is not None:
+                mean, log = units["log_scale"]
+                self.log_scale = (torch.tensor(mean, dtype=torch.float32),
+                                  torch.tensor(log, dtype=torch.bool))
+        if self.channels is None and units.get("channels") is not None:
+            self.channels = [str(c) for c in units["channels"]]
         state = checkpoint.get("latentode_rng")
-        if state is None:  # a checkpoint of an earlier version
+        trainer = self._trainer
+        # only a resumed fit goes on with the run's random stream: loading weights to
+        # evaluate or predict (load_from_checkpoint, test(ckpt_path=...)) leaves the caller's
+        if state is None or trainer is None or trainer.state.fn != TrainerFn.FITTING:
             return
         ranks = state.get("ranks")
-        trainer = self._trainer
         if trainer is not None and ranks is not None and len(ranks) == trainer.world_size:
             state = ranks[trainer.global_rank]  # this process's own stream
             self._own_rng = True  # on_train_start keeps it
@@ -480,7 +543,10 @@ class LatentODELightning(L.LightningModule):
             self.log(f"train/{name}_epoch", value, sync_dist=True)
             self.log(f"train/{name}", value, logger=False, sync_dist=True)
 
-    def _eval_step(self, stage: str, batch: Batch, batch_idx: int) -> None:
+    @contextlib.contextmanager
+    def _eval_rng(self, batch_idx: int) -> Iterator[None]:
+        """Posterior samples of evaluation batch ``batch_idx`` from their own seeded stream
+        (``eval_seed``), the caller's random state left as it was."""
         devices = [self.device] if self.device.type == "cuda" else []
         seed = self.eval_seed * 1_000_003 + batch_idx
         rank = self._trainer.global_rank if self._trainer is not None else 0
@@ -488,6 +554,10 @@ class LatentODELightning(L.LightningModule):
             seed = stream_seed(seed, rank)
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
+            yield
+
+    def _eval_step(self, stage: str, batch: Batch, batch_idx: int) -> None:
+        with self._eval_rng(batch_idx):
             out = self._terms(stage, batch, batch_idx, 1.0, self.eval_samples)
         sums = self._sums.setdefault(stage, _Sums())
         size = batch.batch_size
@@ -510,13 +580,14 @@ class LatentODELightning(L.LightningModule):
         ``(S, B, T, C)``; a sigmoid of a binary one is the risk). With ``time_origin="series"``
         each row sits on its own clock: ``origin`` ``(B,)`` is what its times were moved back
         by (row ``b``'s model times are ``times + origin[b]`` on the data's clock)."""
-        if hasattr(self.model, "predict"):
-            predict = cast(Callable[..., Any], self.model.predict)  # (see _terms)
-            out = predict(batch.times, batch.values, batch.encoder_mask, batch.target_mask,
-                          self.eval_samples)
-        else:  # a model with only the loss/forward interface: its forward at the batch's times
-            out = self.model(batch.times, batch.values, batch.encoder_mask,
-                             n_samples=self.eval_samples)
+        with self._eval_rng(batch_idx):  # the samples test draws for the same batch
+            if hasattr(self.model, "predict"):
+                predict = cast(Callable[..., Any], self.model.predict)  # (see _terms)
+                out = predict(batch.times, batch.values, batch.encoder_mask, batch.target_mask,
+                              self.eval_samples)
+            else:  # a model with only the loss/forward interface: its forward at the times
+                out = self.model(batch.times, batch.values, batch.encoder_mask,
+                                 n_samples=self.eval_samples)
         result = {"index": batch.index, "times": batch.times, "pred": out.pred}
         if batch.origin is not None:
             result["origin"] = batch.origin
@@ -599,6 +670,14 @@ class LatentODELightning(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
+        if (isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+                and self.scheduler_interval == "step"
+                and self.scheduler_monitor.startswith(("val/", "test/"))):
+            raise ValueError(
+                f"ReduceLROnPlateau monitors {self.scheduler_monitor!r}, which is known at the "
+                "end of a validation epoch, not after every training step: pass "
+                "scheduler_interval='epoch' (latentode-train: module.scheduler_interval=epoch), "
+                "or monitor a per-step metric such as 'train/loss'.")
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval,

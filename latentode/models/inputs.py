@@ -55,7 +55,7 @@ def checked_batch(
             f"values are {values.dtype} but the model's weights are {dtype}: give both one "
             f"dtype, model.to({dtype}) -> values.to({dtype}) and times.to({dtype}), or "
             f"model.to({values.dtype}) (latentode.data's Collator(dtype=...) makes batches of "
-            "a dtype).")
+            "a dtype; under a Lightning Trainer, precision='64-true' casts both).")
     for i, mask in enumerate(masks):
         name = "encoder_mask" if i == 0 else "target_mask"
         if mask is not None and tuple(mask.shape) != tuple(values.shape):
@@ -71,10 +71,14 @@ def checked_batch(
     in_order, all_finite = torch.stack([rising.all(), torch.isfinite(total)]).tolist()  # 1 sync
     if not in_order:
         i = int((~rising).nonzero()[0])
+        coarse = times.dtype in (torch.float16, torch.bfloat16)
         raise ValueError(
             f"times must be strictly increasing (one sorted grid for the batch, no repeats): "
             f"times[{i}] = {float(times[i]):.6g}, times[{i + 1}] = {float(times[i + 1]):.6g}. "
-            "Sort the columns of values and the masks with it."
+            + (f"They are {times.dtype}, whose few mantissa bits merge nearby times: a "
+               "'16-true'/'bf16-true' precision casts the whole batch; use 'bf16-mixed' or "
+               "'16-mixed' (times and weights stay float32)." if coarse else
+               "Sort the columns of values and the masks with it.")
         )
     if all_finite:
         return values
