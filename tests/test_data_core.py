@@ -194,6 +194,20 @@ def test_round_trip_timezone_aware_datetimes():
     assert_exact(out, sorted_frame(df))
 
 
+def test_zone_aware_times_are_kept_as_datetimes_not_objects():
+    """Zone-aware stamps were held as an object array of Timestamps (128 bytes each) and read
+    back through it, one by one: from_dataframe took 16-20 s at 1e6 rows against 1.1-1.4 s for
+    numbers. They stay a DatetimeArray now; the model times and round trips are the same."""
+    stamps = pd.date_range("2021-03-27 22:00", periods=6, freq="37min", tz="Europe/Berlin")
+    df = small_frame().assign(time=stamps)
+    ds = from_dataframe(df)
+    assert isinstance(ds.raw_times.dtype, pd.DatetimeTZDtype)
+    as_objects = ds.time_transform.to_model(np.asarray(ds.raw_times, dtype=object))
+    np.testing.assert_array_equal(ds.times, as_objects)
+    np.testing.assert_array_equal(ds.subset([1]).raw_times, ds.series(1)["raw_times"])
+    assert_exact(ds.subset([0, 1]).to_dataframe(), sorted_frame(df))
+
+
 def test_naive_times_given_to_zoned_data_are_wall_clock_times_there():
     # a forecaster fitted on aware times and asked with a naive frame read the naive stamps
     # as UTC: across the daylight-saving change the model times moved by an hour, silently

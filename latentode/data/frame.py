@@ -150,7 +150,9 @@ def from_dataframe(
             f"{len(empty)} series have no observed value in any channel (e.g. {id_col} = "
             f"{_plain(empty[0])!r}); drop them, or check value_cols / the NaN encoding."
         )
-    raw_times = wide[time_col].to_numpy()
+    # zone-aware times stay a DatetimeArray (8 bytes each): to_numpy makes Timestamp objects
+    aware = isinstance(wide[time_col].dtype, pd.DatetimeTZDtype)
+    raw_times = wide[time_col].array if aware else wide[time_col].to_numpy()
     transform = TimeTransform.fit(wide[time_col], unit=time_unit, scale=time_scale,
                                   starts=offsets[:-1])
     model_times = transform.to_model(wide[time_col])
@@ -363,7 +365,11 @@ def _warn_constant_within_series(df: pd.DataFrame, id_col: str, columns: list) -
     if not columns or len(df) < 2:
         return
     groups = df.groupby(id_col, sort=False)[list(columns)]
-    varying = groups.nunique(dropna=True).gt(1).any()
+    try:  # max > min: what nunique > 1 says for numbers, at a fraction of its cost (1e7 rows:
+        # nunique took 16 s of a 36 s from_dataframe)
+        varying = (groups.max() > groups.min()).any()
+    except TypeError:  # a column with a stray string (refused by name later)
+        varying = groups.nunique(dropna=True).gt(1).any()
     repeated = groups.count().gt(1).any()  # seen twice in some series: constancy means something
     constant = [c for c in columns if repeated[c] and not varying[c]]
     if constant:
@@ -469,7 +475,10 @@ def _merge_duplicates(
     if others:
         _carried_per_time(wide.loc[dup], id_col, time_col, others, label_col, tidy=False)
     agg = {c: "mean" for c in value_cols} | {c: "first" for c in others}  # "first" skips NaN
-    merged = wide.groupby([id_col, time_col], sort=False, dropna=False).agg(agg).reset_index()
+    # only the duplicated rows are grouped (the caller sorts the result by series and time)
+    averaged = wide.loc[dup].groupby([id_col, time_col], sort=False, dropna=False).agg(agg)
+    merged = pd.concat([wide.loc[~dup], averaged.reset_index()[list(wide.columns)]],
+                       ignore_index=True)
     warnings.warn(
         f"{int(dup.sum())} rows share their (series, time) with another row: averaged per "
         f"channel into {_rows(int(dup.sum()) - (len(wide) - len(merged)))} "
