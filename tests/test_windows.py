@@ -164,3 +164,24 @@ def test_the_automatic_time_unit_is_chosen_for_the_window():
     dm = LatentODEDataModule(given, batch_size=4, window="24h", time_origin="series")
     dm.setup()
     assert dm.dataset.time_transform.scale == 48.0
+
+
+def test_windows_that_would_not_fit_in_memory_are_refused_before_they_are_built(monkeypatch):
+    """Overlapping windows copy each point into every window holding it: window 24 every 1 on
+    a 1e6-row table made 21x the points and took 6.4 GB in this call; a 1e7-row one would have
+    needed ~60 GB and been killed. The copies' size is estimated before anything is built."""
+    from latentode.data import windows
+
+    ds = from_dataframe(frame())
+    points = 24  # window 2 every 0.5 on these 9 points (min_points=1: all kept)
+    monkeypatch.setattr(windows, "WINDOW_WARN_BYTES", 100)
+    monkeypatch.setattr(windows, "_physical_memory", lambda: 1024**3 * 64)
+    with pytest.warns(UserWarning, match=r"copy each time point into 2\.7 windows on average "
+                                         r"\(24 points from 9\).*window_stride"):
+        assert len(split_windows(ds, 2.0, stride=0.5, min_points=1).times) == points
+    monkeypatch.setattr(windows, "_physical_memory", lambda: 1000)
+    with pytest.raises(MemoryError, match=r"on a machine with 0 GiB\. A longer window_stride"):
+        split_windows(ds, 2.0, stride=0.5, min_points=1)
+    monkeypatch.setattr(windows, "_physical_memory", lambda: None)  # unknown: warn only
+    with pytest.warns(UserWarning, match="GiB to build them"):
+        split_windows(ds, 2.0, stride=0.5, min_points=1)

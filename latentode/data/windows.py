@@ -13,6 +13,7 @@ series' first time; windows overlap when ``stride < length``. Windows with fewer
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import replace
 from typing import Any
@@ -91,6 +92,7 @@ def split_windows(
     first_k = np.where(first_k * step + width <= rel, first_k + 1, first_k)
     last_k = np.where(last_k * step > rel, last_k - 1, last_k)
     counts = last_k - first_k + 1
+    _check_window_memory(int(counts.sum()), len(rel), ds.n_channels, length, stride)
     point = np.repeat(np.arange(len(rel)), counts)
     k = np.repeat(first_k, counts) + (np.arange(counts.sum()) - np.repeat(
         np.cumsum(counts) - counts, counts))
@@ -139,6 +141,39 @@ def split_windows(
         split=None if ds.split is None else ds.split[win_owner],
         window=length,
     )
+
+
+WINDOW_WARN_BYTES = 2 * 1024**3
+"""Windows whose copies would take more memory than this (about) are warned of."""
+
+
+def _physical_memory() -> int | None:
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):  # not on this platform
+        return None
+
+
+def _check_window_memory(points: int, original: int, channels: int, length: Any,
+                         stride: Any) -> None:
+    """Overlapping windows copy every point into each window that holds it: a short stride on
+    a large table ran the machine out of memory (1e6 rows, window 24 every 1: 21x the points,
+    +6.4 GB in this call). Warn above ``WINDOW_WARN_BYTES``, refuse above 80% of the machine's
+    memory, before anything is allocated."""
+    need = points * (128 + 24 * channels)  # index arrays, sort keys, times, values and copy
+    if need <= WINDOW_WARN_BYTES:
+        return
+    ram = _physical_memory()
+    gib = 1024**3
+    message = (
+        f"windows of {length!r} every {stride if stride is not None else length!r} copy each "
+        f"time point into {points / max(original, 1):.1f} windows on average ({points:,} "
+        f"points from {original:,}): about {need / gib:.1f} GiB to build them"
+        + (f", on a machine with {ram / gib:.0f} GiB" if ram else "")
+        + ". A longer window_stride copies less (stride = window: each point once).")
+    if ram is not None and need > 0.8 * ram:
+        raise MemoryError(message)
+    warnings.warn(message, stacklevel=3)
 
 
 __all__ = ["rescale_for_window", "split_windows", "window_in_model_units"]
