@@ -562,10 +562,9 @@ def _pivot_tidy(
     # x every distinct time, quadratic for series on their own clocks (1M rows: out of memory)
     wide = (long.groupby([id_col, time_col, channel_col], sort=False, dropna=False)[value_col]
             .mean().unstack(channel_col))
+    # (the groups are exactly the (series, time) pairs with a row; the caller sorts them)
     wide = wide.reindex(columns=channels).reset_index()
     wide.columns.name = None
-    observed_rows = long.drop_duplicates([id_col, time_col])
-    wide = observed_rows[[id_col, time_col]].merge(wide, on=[id_col, time_col], how="left")
     return wide, channels
 
 
