@@ -553,8 +553,7 @@ def _pivot_tidy(
     n_channels = len(names)
     cell = pair_codes.astype(np.int64) * n_channels + channel_codes
     size = len(pairs) * n_channels
-    rows = np.bincount(cell, minlength=size)
-    dup = rows[cell] > 1
+    dup = np.bincount(cell, minlength=size)[cell] > 1
     if dup.any() and how == "error":
         i = int(np.argmax(dup))
         raise ValueError(
@@ -571,18 +570,20 @@ def _pivot_tidy(
     values = long[value_col].to_numpy(dtype=np.float64)
     known = ~np.isnan(values)
     counts = np.bincount(cell, weights=known, minlength=size)
+    means = np.bincount(cell, weights=np.where(known, values, 0.0), minlength=size)
     with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.bincount(cell, weights=np.where(known, values, 0.0), minlength=size) / counts
+        np.divide(means, counts, out=means)
     means[counts == 0] = np.nan  # a cell of NaN values only (or none): unobserved
+    del counts
     # only the (series, time) pairs that occur: pivot_table(dropna=False) built every series
     # x every distinct time, quadratic for series on their own clocks (1M rows: out of memory)
     pairs = np.asarray(pairs, dtype=np.int64)
     step = max(len(time_values), 1)
-    wide = pd.DataFrame({id_col: id_values.take(pairs // step),
-                         time_col: time_values.take(pairs % step)})
     table = means.reshape(len(pairs), n_channels)
     channels = [str(c) for c in names]
-    wide = pd.concat([wide, pd.DataFrame(table, columns=channels)], axis=1)
+    wide = pd.DataFrame({id_col: id_values.take(pairs // step),
+                         time_col: time_values.take(pairs % step),
+                         **{name: table[:, j] for j, name in enumerate(channels)}})
     return wide, channels
 
 
