@@ -571,9 +571,8 @@ def _pivot_tidy(
     known = ~np.isnan(values)
     counts = np.bincount(cell, weights=known, minlength=size)
     means = np.bincount(cell, weights=np.where(known, values, 0.0), minlength=size)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore"):  # 0 / 0: a cell of NaN values only (or none) is NaN
         np.divide(means, counts, out=means)
-    means[counts == 0] = np.nan  # a cell of NaN values only (or none): unobserved
     del counts
     # only the (series, time) pairs that occur: pivot_table(dropna=False) built every series
     # x every distinct time, quadratic for series on their own clocks (1M rows: out of memory)

@@ -505,7 +505,7 @@ class LatentODELightning(L.LightningModule):
         if state is None or trainer is None or trainer.state.fn != TrainerFn.FITTING:
             return
         ranks = state.get("ranks")
-        if trainer is not None and ranks is not None and len(ranks) == trainer.world_size:
+        if ranks is not None and len(ranks) == trainer.world_size:
             state = ranks[trainer.global_rank]  # this process's own stream
             self._own_rng = True  # on_train_start keeps it
         torch.set_rng_state(state["torch"])
