@@ -5,31 +5,7 @@ The wrapped model is a plain ``nn.Module`` with
     loss(times, values, encoder_mask, target_mask, kl_weight, n_samples)
         -> {"loss", "loglik", "kl", "mse", "pred" (S, B, T, D)}
 
-Metrics (logged as ``{stage}/{name}``, stage one of ``train``, ``val``, ``test``):
-
-- ``loss``, ``loglik``, ``kl``: the model's terms (per-series means). Training uses the annealed
-  KL weight of the paper (0 for ``kl_wait_epochs`` epochs, then ``1 - kl_rate**(epoch - wait)``);
-  validation and test always use weight 1, so their ``loss`` is the negative IWAE bound itself and
-  does not depend on the epoch.
-- ``mse``: squared error of the posterior-mean prediction on the target points, in the model's
-  (normalised) units, pooled over all target points of the epoch.
-- ``mse_data``: the same in data units (errors times the scaler's per-channel ``scale**2``).
-- ``mse_sample`` (validation and test): the squared error of each posterior sample, averaged
-  over the samples, in the model's units: the paper code's test MSE (slightly above ``mse``, by
-  the spread of the samples).
-- ``mse_seen`` / ``mse_unseen``: on targets the encoder saw / did not see (interpolation); a key
-  is logged only when the epoch had such points.
-- ``solver_nfe_forward``, ``solver_nfe_backward``, ``solver_steps_accepted``,
-  ``solver_steps_rejected``: per batch, the generative ODE solver's function evaluations and
-  steps (models with a ``solver_stats``, e.g. ``LatentODE``; backward counts in the adjoint and
-  checkpoint modes only). How much a learnt vector field costs to integrate grows as it
-  stiffens during training, which these show epoch by epoch. ``solver_backward_checkpointed``:
-  the share of batches whose adjoint gradient was recomputed by checkpointing (its backward
-  reconstruction strayed from the forward solution; the solver warns once).
-- ``poisson`` (Poisson-process log-likelihood) and ``ce`` (label cross-entropy) when the model
-  has them; with labels, ``auc`` (binary labels, when both classes occur) and ``accuracy`` on
-  validation and test, from the posterior-averaged class probabilities of the epoch's known
-  labels, gathered across processes.
+Metrics: :class:`LatentODELightning`'s docstring lists every logged name.
 
 Validation, test and predict draw their posterior samples from a generator seeded per batch
 (``eval_seed``, the batch index), so evaluating a checkpoint gives the same numbers every time.
@@ -194,6 +170,35 @@ class LatentODELightning(L.LightningModule):
             (``{"encoder": {"lr": 1e-3}}``; a dotted prefix such as ``"encoder.cell"`` works
             too, the longest match wins); the remaining parameters take the optimiser's own.
             A schedule scales each group's learning rate alike.
+
+    Metrics (logged as ``{stage}/{name}``, stage one of ``train``, ``val``, ``test``):
+
+    - ``loss``, ``loglik``, ``kl``: the model's terms (per-series means). Training uses the
+      annealed KL weight of the paper (0 for ``kl_wait_epochs`` epochs, then
+      ``1 - kl_rate**(epoch - wait)``); validation and test always use weight 1, so their
+      ``loss`` is the negative IWAE bound itself and does not depend on the epoch.
+    - ``mse``: squared error of the posterior-mean prediction on the target points, in the model's
+      (normalised) units, pooled over all target points of the epoch.
+    - ``mse_data``: the same in data units (errors times the scaler's per-channel ``scale**2``).
+    - ``mse_sample`` (validation and test): the squared error of each posterior sample, averaged
+      over the samples, in the model's units: the paper code's test MSE (slightly above ``mse``, by
+      the spread of the samples).
+    - ``mse_seen`` / ``mse_unseen``: on targets the encoder saw / did not see (interpolation); a key
+      is logged only when the epoch had such points.
+    - ``solver_nfe_forward``, ``solver_nfe_backward``, ``solver_steps_accepted``,
+      ``solver_steps_rejected``: per batch, the generative ODE solver's function evaluations and
+      steps (models with a ``solver_stats``, e.g. ``LatentODE``; backward counts in the adjoint and
+      checkpoint modes only). How much a learnt vector field costs to integrate grows as it
+      stiffens during training, which these show epoch by epoch. ``solver_backward_checkpointed``:
+      the share of batches whose adjoint gradient was recomputed by checkpointing (its backward
+      reconstruction strayed from the forward solution; the solver warns once).
+    - ``poisson`` (Poisson-process log-likelihood) and ``ce`` (label cross-entropy) when the model
+      has them; with labels, ``auc`` (binary labels, when both classes occur) and ``accuracy`` on
+      validation and test, from the posterior-averaged class probabilities of the epoch's known
+      labels, gathered across processes.
+
+    In a ``ModelCheckpoint`` file name, ``auto_insert_metric_name=False`` keeps the slash of
+    ``val/mse`` out of the path (``filename="{epoch}-{val/mse:.4f}"`` makes a directory).
     """
 
     def __init__(
