@@ -64,12 +64,25 @@ def distinct_in(times: np.ndarray, np_dtype: Any) -> np.ndarray:
     collision is moved up by ULPs instead, an error of a few 1e-7 relative, and no point merged."""
     cast = np.asarray(times).astype(np_dtype)
     clash = np.nonzero(cast[1:] <= cast[:-1])[0]
-    if len(clash):
+    if not len(clash):
+        return cast
+    ints = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}.get(cast.dtype)
+    if ints is None or not np.isfinite(cast).all():  # (other dtypes: one step at a time)
         up = np_dtype(np.inf)
         for i in range(int(clash[0]) + 1, len(cast)):
             if cast[i] <= cast[i - 1]:
                 cast[i] = np.nextafter(cast[i - 1], up)
-    return cast
+        return cast
+    # In a key where consecutive floats are consecutive integers, "move up to one ULP past the
+    # previous" is key[i] = max(key[i], key[i-1] + 1): a running maximum of key - i, plus i
+    # (the step-by-step loop took 16 of 392 ms of a 256-series batch on its own clocks).
+    bits = cast.view(ints).astype(np.int64)
+    low = np.int64(np.iinfo(ints).min)
+    key = np.where(bits < 0, low - bits, bits)  # negative floats count down from -0 = 0
+    at = np.arange(len(key), dtype=np.int64)
+    moved = np.maximum.accumulate(key - at) + at
+    out = np.where(moved < 0, low - moved, moved).astype(ints).view(cast.dtype)
+    return np.where(moved == key, cast, out)  # unmoved times keep their bits (-0.0)
 
 
 def collate(
