@@ -66,7 +66,8 @@ def distinct_in(times: np.ndarray, np_dtype: Any) -> np.ndarray:
     clash = np.nonzero(cast[1:] <= cast[:-1])[0]
     if not len(clash):
         return cast
-    ints = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}.get(cast.dtype)
+    widths: dict[int, np.dtype[Any]] = {4: np.dtype(np.int32), 8: np.dtype(np.int64)}
+    ints = widths.get(cast.dtype.itemsize) if cast.dtype.kind == "f" else None
     if ints is None or not np.isfinite(cast).all():  # (other dtypes: one step at a time)
         up = np_dtype(np.inf)
         for i in range(int(clash[0]) + 1, len(cast)):
