@@ -300,11 +300,10 @@ def _not_found(root: Path, subset: str) -> str:
     """Why no set directory is at ``root``, and what to do: an archive not yet extracted is
     named with the command that extracts it."""
     where = root.parent if root.is_file() else root
-    archives = [root] if root.is_file() else [
-        p for p in (root / f"set-{subset}.tar.gz", root / f"set-{subset}.tgz",
-                    root / f"set-{subset}.tar", root / f"set-{subset}.zip") if p.is_file()]
-    if archives and archives[0].name.endswith((".tar.gz", ".tgz", ".tar", ".zip")):
-        archive = archives[0]
+    suffixes = (".tar.gz", ".tgz", ".tar", ".zip")
+    candidates = [root] if root.is_file() else [root / f"set-{subset}{s}" for s in suffixes]
+    archive = next((p for p in candidates if p.is_file() and p.name.endswith(suffixes)), None)
+    if archive is not None:
         extract = (f"unzip {archive} -d {where}" if archive.name.endswith(".zip")
                    else f"tar xzf {archive} -C {where}" if archive.name.endswith("gz")
                    else f"tar xf {archive} -C {where}")
