@@ -474,3 +474,45 @@ def test_in_series_noise_ignores_points_past_a_channels_encoder_span():
     cal = calibrate_noise(FakeModel(), batches, n_samples=50, seed=0)
     np.testing.assert_allclose(cal.std, np.sqrt(np.square(NOISE) - SPREAD**2), rtol=0.1)
     assert cal.points == "heldout"
+
+
+def test_forecast_coverage_breakdown_shows_history_lengths_a_pooled_number_hides():
+    """Coverage per third of the series by history length: series cut in half after 1-3
+    points are forecast (by the mean of what was seen) with error variance 1.3-2, those
+    after 10-20 points ~1.07; one noise of 1 covers them ~0.78 and ~0.89. The short series
+    hold a twentieth of the points: the pooled number (~0.88) hides them."""
+    import pandas as pd
+
+    from latentode.data import Collator, Extrapolation, from_dataframe
+    from latentode.forecast.calibration import forecast_coverage_breakdown
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(300):
+        n = int(rng.choice([2, 3, 4])) if s % 3 == 0 else int(rng.integers(20, 41))
+        level = rng.normal() * 3
+        rows += [(s, t, level + rng.normal()) for t in np.sort(rng.uniform(0, 10, n))]
+    ds = from_dataframe(pd.DataFrame(rows, columns=["series_id", "time", "x"]), time_scale=1.0)
+    collate = Collator(ds, Extrapolation(fraction=0.5), fixed=True, seed=0, origin="series")
+    batches = [collate(list(range(b, b + 50))) for b in range(0, 300, 50)]
+    result = forecast_coverage_breakdown(MeanOfSeen(), batches,
+                                         NoiseCalibration(std=[1.0], obs_std=0.01), ["x"],
+                                         n_samples=200)
+    groups = result["history"]
+    labels = list(groups)
+    assert len(labels) == 3 and labels[0].startswith("<=") and labels[-1].startswith(">")
+    assert int(labels[0][2:]) <= 3  # the short series make the first group
+    assert groups[labels[0]] < 0.83 and groups[labels[-1]] == pytest.approx(0.89, abs=0.04)
+    assert groups[labels[0]] < result["all"] < groups[labels[-1]]
+    assert result["channel"]["x"] == result["all"]
+
+
+def test_history_groups_are_thirds_of_the_series_named_by_their_last_length():
+    from latentode.forecast.calibration import _by_history
+
+    lengths = np.array([2, 2, 5, 5, 9, 9])  # six series, two per length
+    history = np.repeat(lengths, [1, 1, 10, 10, 30, 30])  # far more points of long ones
+    hit = history > 2
+    assert _by_history(hit, history, lengths) == {"<=2": 0.0, "<=5": 1.0, ">5": 1.0}
+    assert _by_history(hit[:2], history[:2], lengths[:2]) == {"all": 0.0}  # one length
+    assert _by_history(hit[:0], history[:0], lengths[:0]) == {}

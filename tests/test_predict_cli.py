@@ -179,6 +179,8 @@ def test_eval_reports_coverage(run, tmp_path, monkeypatch):
     breakdown = coverage["forecast_breakdown"]
     assert set(breakdown["channel"]) == {"value"} and len(breakdown["lead"]) >= 1
     assert all(0.0 <= v <= 1.0 for v in breakdown["lead"].values() if v == v)
+    assert 1 <= len(breakdown["history"]) <= 3  # thirds of the test series by history length
+    assert all(0.0 <= v <= 1.0 for v in breakdown["history"].values())
     assert coverage["calibration"]["split"] == "val"
     assert len(coverage["noise_std"]) == 1 and coverage["noise_std"][0] >= coverage["obs_std"]
     assert "test/mse" in record["metrics"]

@@ -155,8 +155,11 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
         values[f"{name}_forecast_constant"] = breakdown["all_constant"]
         table = {f"{name}_forecast/{c}": v for c, v in breakdown["channel"].items()}
         table.update({f"{name}_forecast/lead{k}": v for k, v in breakdown["lead"].items()})
-        print(format_metrics(table, "forecast coverage per channel and per lead (model time "
-                                    "units past the channel's last observation)"), flush=True)
+        table.update({f"{name}_forecast/history{k}": v
+                      for k, v in breakdown["history"].items()})
+        print(format_metrics(table, "forecast coverage per channel, per lead (model time "
+                                    "units past the channel's last observation) and per "
+                                    "history length (times the encoder saw)"), flush=True)
     print(format_metrics(values, f"posterior predictive coverage ({samples} samples; noise: "
                                  f"{mode}, and obs_std={format_obs_std(obs)} for _model_noise; "
                                  "_forecast: "
