@@ -516,3 +516,26 @@ def test_history_groups_are_thirds_of_the_series_named_by_their_last_length():
     assert _by_history(hit, history, lengths) == {"<=2": 0.0, "<=5": 1.0, ">5": 1.0}
     assert _by_history(hit[:2], history[:2], lengths[:2]) == {"all": 0.0}  # one length
     assert _by_history(hit[:0], history[:0], lengths[:0]) == {}
+
+
+def test_study_forecast_cut_scores_and_runs(capsys):
+    """scripts/study_forecast_cut.py: its scores on a hand-made frame, and a tiny run whose
+    table has every cut and lead third."""
+    import pandas as pd
+    from scripts_loader import load_script
+
+    study = load_script("study_forecast_cut")
+    points = pd.DataFrame({"value": [0.0, 1.0, 5.0], "mean": [0.0, 0.0, 0.0],
+                           "q0.05": [-2.0] * 3, "q0.25": [-0.5] * 3, "q0.75": [0.5] * 3,
+                           "q0.95": [2.0] * 3})
+    got = study.scores(points)
+    assert got["mse"] == pytest.approx(26 / 3) and got["cover90"] == pytest.approx(2 / 3)
+    assert got["cover50"] == pytest.approx(1 / 3) and got["width90"] == 4.0
+    assert got["gauss90"] == pytest.approx(2 * 1.6449 * np.sqrt(26 / 3))
+    study.main(["--series", "40", "--epochs", "1", "--cuts", "0.3", "0.7",
+                "--no-history-factor"])
+    table = capsys.readouterr().out
+    for cut in ("0.300", "0.700"):
+        rows = [line.split()[-8:] for line in table.splitlines() if f" {cut} " in line]
+        assert [r[1] for r in rows] == ["all", "lead1/3", "lead2/3", "lead3/3"] * 2
+        assert all(0.0 <= float(r[-4]) <= 1.0 and 0.0 <= float(r[-3]) <= 1.0 for r in rows)
