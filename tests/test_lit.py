@@ -448,3 +448,32 @@ def test_times_merged_by_a_true_half_precision_are_named_as_such():
     values = torch.zeros(1, 4, 1, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match=r"torch\.bfloat16.*'bf16-mixed'"):
         checked_batch(1, times, values)
+
+
+def test_several_evaluation_dataloaders_are_scored_apart():
+    """trainer.test / validate with a list of dataloaders (Lightning passes dataloader_idx):
+    each is scored on its own, as alone, the first under the usual names, the others with
+    Lightning's /dataloader_idx_<k> suffix."""
+    dm = tiny_datamodule()
+    dm.setup()
+    module = LatentODELightning(tiny_model(), scale=dm.scaler.scale)
+    first, second = dm.val_dataloader(), dm.test_dataloader()
+    alone = [tiny_trainer().test(module, dataloaders=loader, verbose=False)[0]
+             for loader in (first, second)]
+    assert alone[0]["test/mse"] != alone[1]["test/mse"]
+    trainer = tiny_trainer()
+    trainer.test(module, dataloaders=[first, second], verbose=False)
+    both = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert set(both) == set(alone[0]) | {f"{k}/dataloader_idx_1" for k in alone[1]}
+    for key, value in alone[0].items():
+        assert both[key] == pytest.approx(value, rel=1e-6), key
+    for key, value in alone[1].items():
+        assert both[f"{key}/dataloader_idx_1"] == pytest.approx(value, rel=1e-6), key
+    trainer = tiny_trainer()
+    trainer.validate(module, dataloaders=[first, second], verbose=False)
+    assert float(trainer.callback_metrics["val/mse"]) == pytest.approx(alone[0]["test/mse"])
+    assert float(trainer.callback_metrics["val/mse/dataloader_idx_1"]) == pytest.approx(
+        alone[1]["test/mse"])
+    predicted = tiny_trainer().predict(module, dataloaders=[first, second])
+    assert len(predicted) == 2 and all(len(part) == len(loader)
+                                       for part, loader in zip(predicted, (first, second)))

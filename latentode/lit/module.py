@@ -197,6 +197,11 @@ class LatentODELightning(L.LightningModule):
       validation and test, from the posterior-averaged class probabilities of the epoch's known
       labels, gathered across processes.
 
+    Several evaluation dataloaders (``trainer.validate(module, dataloaders=[a, b])``, the same
+    for ``test`` and ``predict``) are scored apart, each as it would be alone: the first's
+    metrics under the names above (what monitors and ``latentode-train`` read), the others'
+    with Lightning's suffix, ``val/mse/dataloader_idx_1``.
+
     In a ``ModelCheckpoint`` file name, ``auto_insert_metric_name=False`` keeps the slash of
     ``val/mse`` out of the path (``filename="{epoch}-{val/mse:.4f}"`` makes a directory).
     """
@@ -462,14 +467,14 @@ class LatentODELightning(L.LightningModule):
 
     def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
-        self._add_solver("val")
+        self._add_solver(_loader_key("val", dataloader_idx))
 
     def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._mark_solver()
 
     def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int,
                           dataloader_idx: int = 0) -> None:
-        self._add_solver("test")
+        self._add_solver(_loader_key("test", dataloader_idx))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the random stream of the posterior samples, so that a resumed run draws what the
@@ -561,22 +566,25 @@ class LatentODELightning(L.LightningModule):
             torch.manual_seed(seed)
             yield
 
-    def _eval_step(self, stage: str, batch: Batch, batch_idx: int) -> None:
+    def _eval_step(self, stage: str, batch: Batch, batch_idx: int, dataloader_idx: int = 0
+                   ) -> None:
         with self._eval_rng(batch_idx):
             out = self._terms(stage, batch, batch_idx, 1.0, self.eval_samples)
-        sums = self._sums.setdefault(stage, _Sums())
+        key = _loader_key(stage, dataloader_idx)
+        sums = self._sums.setdefault(key, _Sums())
         size = batch.batch_size
         for t in TERMS + OPTIONAL_TERMS:
             if t in out:
                 sums.add(t, out[t] * size, size)
         if "logits" in out and batch.labels is not None:
-            self._labels.setdefault(stage, []).append(_known_predictions(out["logits"],
-                                                                          batch.labels))
+            self._labels.setdefault(key, []).append(_known_predictions(out["logits"],
+                                                                        batch.labels))
         for name, (total, count) in self._errors(batch, out["pred"], per_sample=True,
                                                  per_channel=stage == "test").items():
             sums.add(name, total, count)
 
-    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0
+                     ) -> dict[str, torch.Tensor]:
         """``trainer.predict(module, dataloaders=dm.test_dataloader())``: per batch the series'
         positions in their split (``index``), the batch's model ``times`` and the posterior
         predictions ``pred`` ``(S, B, T, D)`` in model units (the data module's
@@ -600,26 +608,31 @@ class LatentODELightning(L.LightningModule):
             result["logits"] = out.logits
         return result
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step("val", batch, batch_idx)
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("val", batch, batch_idx, dataloader_idx)
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step("test", batch, batch_idx)
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("test", batch, batch_idx, dataloader_idx)
 
     def _eval_epoch_end(self, stage: str) -> None:
-        sums = self._sums.pop(stage, None)
-        if sums is None:
-            return
-        means = sums.means(lambda x: self.trainer.strategy.reduce(x, reduce_op="sum"),
-                           self.device)
-        means.update(self._label_metrics(stage))
-        for name, value in means.items():
-            # reduced already, the same on every process (see on_train_epoch_end)
-            self.log(f"{stage}/{name}", value, prog_bar=name == "mse", sync_dist=True)
+        # several dataloaders (trainer.validate(module, dataloaders=[a, b])): the first's
+        # metrics keep their names (what monitors and the CLI read), the others' end in
+        # /dataloader_idx_<k>, Lightning's suffix
+        for key in sorted(k for k in self._sums if _loader_key_stage(k) == stage):
+            sums = self._sums.pop(key)
+            means = sums.means(lambda x: self.trainer.strategy.reduce(x, reduce_op="sum"),
+                               self.device)
+            means.update(self._label_metrics(key))
+            suffix = key[len(stage):].replace("#", "/dataloader_idx_")
+            for name, value in means.items():
+                # reduced already, the same on every process (see on_train_epoch_end)
+                self.log(f"{stage}/{name}{suffix}", value, prog_bar=name == "mse" and not suffix,
+                         sync_dist=True, add_dataloader_idx=False)
 
-    def _label_metrics(self, stage: str) -> dict[str, float]:
-        """AUC and accuracy over the epoch's known labels, gathered from every process."""
-        parts = self._labels.pop(stage, None)
+    def _label_metrics(self, key: str) -> dict[str, float]:
+        """AUC and accuracy over the epoch's known labels (of the stage and dataloader
+        ``key``), gathered from every process."""
+        parts = self._labels.pop(key, None)
         if not parts:
             return {}
         local = torch.cat(parts)  # (N, 1 + C): label, then class probabilities
@@ -633,13 +646,17 @@ class LatentODELightning(L.LightningModule):
             local = gathered[~torch.isnan(gathered[:, 0])]
         return label_metrics(local[:, 1:], local[:, 0])
 
+    def _drop(self, stage: str) -> None:
+        """Forget ``stage``'s sums and labels, of every dataloader."""
+        for store in (self._sums, self._labels):
+            for key in [k for k in store if _loader_key_stage(k) == stage]:
+                del store[key]
+
     def on_validation_epoch_start(self) -> None:
-        self._sums.pop("val", None)
-        self._labels.pop("val", None)
+        self._drop("val")
 
     def on_test_epoch_start(self) -> None:
-        self._sums.pop("test", None)
-        self._labels.pop("test", None)
+        self._drop("test")
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
@@ -689,3 +706,13 @@ class LatentODELightning(L.LightningModule):
                              "frequency": 1, "monitor": self.scheduler_monitor},
         }
 
+
+def _loader_key(stage: str, dataloader_idx: int) -> str:
+    """Where a stage's sums of one dataloader are kept: ``"val"`` for the first, ``"val#1"``
+    for the second..."""
+    return stage if not dataloader_idx else f"{stage}#{int(dataloader_idx)}"
+
+
+def _loader_key_stage(key: str) -> str:
+    """The stage of a :func:`_loader_key`."""
+    return key.split("#", 1)[0]
