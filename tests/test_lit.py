@@ -475,5 +475,4 @@ def test_several_evaluation_dataloaders_are_scored_apart():
     assert float(trainer.callback_metrics["val/mse/dataloader_idx_1"]) == pytest.approx(
         alone[1]["test/mse"])
     predicted = tiny_trainer().predict(module, dataloaders=[first, second])
-    assert len(predicted) == 2 and all(len(part) == len(loader)
-                                       for part, loader in zip(predicted, (first, second)))
+    assert [len(part) for part in predicted] == [len(first), len(second)]
