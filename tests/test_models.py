@@ -465,3 +465,97 @@ def test_a_derivative_through_the_fused_encoder_walks_is_refused_not_zero(option
     g_fused, = torch.autograd.grad(fused(times, v, mask)[0].sum(), v, create_graph=True)
     g_generic, = torch.autograd.grad(generic(times, v, mask)[0].sum(), v, create_graph=True)
     torch.testing.assert_close(g_fused.detach(), g_generic.detach())
+
+
+def unaligned_batch(series: int = 12, points: int = 9, dims: int = 3, task: str = "interp"):
+    """A float64 batch of series each at its own random times (a union ~``series`` times
+    longer than one series), one channel 30% missing."""
+    import numpy as np
+    import pandas as pd
+
+    from latentode.data import Collator, Extrapolation, Interpolation, from_dataframe
+
+    rng = np.random.default_rng(0)
+    rows = [(s, t, *rng.normal(size=dims)) for s in range(series)
+            for t in np.sort(rng.uniform(0, 5, points))]
+    df = pd.DataFrame(rows, columns=["series_id", "time", *[f"c{j}" for j in range(dims)]])
+    df.loc[rng.random(len(df)) < 0.3, "c1"] = np.nan
+    ds = from_dataframe(df, time_scale=1.0)
+    made = Interpolation(fraction=0.5) if task == "interp" else Extrapolation(fraction=0.5)
+    return Collator(ds, made, origin="series", dtype=torch.float64)(list(range(series)))
+
+
+@pytest.mark.parametrize("task", ["interp", "extrap"])
+@pytest.mark.parametrize("z0_at", ["start", "first_target"])
+def test_unaligned_series_are_decoded_at_their_own_targets_with_the_same_terms(
+        task, z0_at, monkeypatch):
+    """The loss of a batch of unaligned series asks the solver at each series' own target
+    times (rows (B, K + 1), not the union of ~B x K times) and gives the terms, the
+    predictions at the targets and the gradients of decoding the whole union (float64)."""
+    import latentode.models.latent_ode as module
+
+    batch = unaligned_batch(task=task)
+    args = (batch.times, batch.values, batch.encoder_mask, batch.target_mask)
+    torch.manual_seed(0)
+    encoder = ODERNNEncoder(3, 4, hidden=8, ode_units=16, z0_units=16)
+    model = LatentODE(3, latents=4, encoder=encoder, gen_units=16, n_samples=3,
+                      z0_at=z0_at).double()
+    asked = []
+    paths = model.latent_paths
+    monkeypatch.setattr(model, "latent_paths", lambda z0, t: asked.append(t.shape) or paths(z0, t))
+    results = {}
+    monkeypatch.setattr(module, "PACK_MIN_CELLS", 0)  # a tiny batch: packed all the same
+    for ratio in (module.PACK_RATIO, 10**9):  # packed, then the whole union
+        monkeypatch.setattr(module, "PACK_RATIO", ratio)
+        model.zero_grad()
+        torch.manual_seed(1)
+        out = model.loss(*args, kl_weight=0.5)
+        out["loss"].backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results[ratio] = (out, grads)
+    most = int(batch.target_mask.any(-1).sum(1).max())
+    first = module.first_target(batch.target_mask) if z0_at == "first_target" else 0
+    assert asked == [(len(batch.values), most + 1), (len(batch.times) - first,)]
+    (packed, g_packed), (union, g_union) = results.values()
+    for key in ("loss", "loglik", "kl", "mse"):
+        assert float(packed[key].detach()) == pytest.approx(float(union[key].detach()),
+                                                            rel=1e-12, abs=1e-12)
+    target = batch.target_mask.expand_as(union["pred"])
+    torch.testing.assert_close(packed["pred"][target], union["pred"][target],
+                               rtol=1e-12, atol=1e-14)
+    assert bool((packed["pred"][~target.any(-1, keepdim=True).expand_as(target)] == 0).all())
+    torch.testing.assert_close(g_packed, g_union, rtol=1e-10, atol=1e-13)
+
+
+def test_aligned_series_keep_the_union_and_poisson_models_the_whole_grid(monkeypatch):
+    """Series on one grid are decoded there (nothing to gather); a Poisson intensity needs
+    its integral over every time, so such a model decodes the union even when unaligned."""
+    import latentode.models.latent_ode as module
+
+    monkeypatch.setattr(module, "PACK_MIN_CELLS", 0)
+    batch = unaligned_batch()
+    times, values, target, encoder = tiny_batch()
+    for poisson, args in ((False, (times, values.double(), encoder, target)),
+                          (True, (batch.times, batch.values, batch.encoder_mask,
+                                  batch.target_mask))):
+        model = LatentODE(3, latents=4, encoder=ODERNNEncoder(3, 4, hidden=8), gen_units=16,
+                          poisson=poisson).double()
+        asked = []
+        paths = model.latent_paths
+        monkeypatch.setattr(model, "latent_paths",
+                            lambda z0, t, paths=paths, asked=asked: asked.append(t.dim()) or
+                            paths(z0, t))
+        model.loss(args[0].double(), *args[1:])
+        assert asked == [1]
+
+
+def test_small_batches_of_unaligned_series_keep_the_union(monkeypatch):
+    """Below PACK_MIN_CELLS (series x union times) the gathers cost more than they save."""
+    import latentode.models.latent_ode as module
+
+    batch = unaligned_batch()
+    model = LatentODE(3, latents=4, encoder=ODERNNEncoder(3, 4, hidden=8), gen_units=16).double()
+    cells = len(batch.values) * len(batch.times)
+    assert model._packed_targets(batch.times, batch.target_mask) is None
+    monkeypatch.setattr(module, "PACK_MIN_CELLS", cells)
+    assert model._packed_targets(batch.times, batch.target_mask) is not None

@@ -375,7 +375,7 @@ def _predicted(model: Any, batch: Any, n_samples: int) -> Scored:
     0.55 GB). The encoder, the ``z0`` draws and the solver's steps are the same as on the union.
     """
     from latentode.models import LatentODE
-    from latentode.models.latent_ode import first_target
+    from latentode.models.latent_ode import first_target, target_rows
 
     if not isinstance(model, LatentODE):
         if hasattr(model, "predict"):
@@ -389,22 +389,11 @@ def _predicted(model: Any, batch: Any, n_samples: int) -> Scored:
                       batch.encoder_mask.any(-1).sum(1))
     times, target = batch.times, batch.target_mask
     first = first_target(target) if model.z0_at == "first_target" else 0
-    has = target.any(-1)  # (B, T): nothing before ``first`` by its definition
-    counts = has.sum(1)
-    most = max(int(counts.max()), 1)
-    # each series' target positions in time order, then its last one again as padding (the
-    # start's position for a series without targets)
-    idx = torch.argsort((~has).to(torch.int8), dim=1, stable=True)[:, :most]
-    valid = torch.arange(most, device=idx.device) < counts.unsqueeze(1)
-    last = idx.gather(1, (counts - 1).clamp_min(0).unsqueeze(1))
-    idx = torch.where(valid, idx, torch.where(counts.unsqueeze(1) > 0, last, first))
-    start = times[first].expand(len(idx), 1)
-    rows = torch.cat([start, times[idx]], 1)
-    pred = model(times, batch.values, batch.encoder_mask, n_samples, pred_times=rows).pred
-    at = idx.unsqueeze(-1).expand(-1, -1, batch.values.shape[-1])
-    keep = valid.unsqueeze(-1)
-    return Scored(pred[:, :, 1:], batch.values.gather(1, at), target.gather(1, at) & keep,
-                  batch.encoder_mask.gather(1, at) & keep,
+    rows = target_rows(times, target, first)
+    pred = model(times, batch.values, batch.encoder_mask, n_samples, pred_times=rows.rows).pred
+    idx, keep = rows.idx, rows.valid.unsqueeze(-1)
+    return Scored(pred[:, :, 1:], rows.gather(batch.values), rows.gather(target) & keep,
+                  rows.gather(batch.encoder_mask) & keep,
                   _leads(times[idx], times, batch.encoder_mask),
                   batch.encoder_mask.any(-1).sum(1))
 
