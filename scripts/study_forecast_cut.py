@@ -29,16 +29,16 @@ SPAN, NOISE, AHEAD = 10.0, 0.1, 2.5
 LEVELS = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
-def oscillators(n: int, seed: int) -> pd.DataFrame:
+def oscillators(n: int, seed: int, points: tuple[int, int] = (25, 45)) -> pd.DataFrame:
     """Tidy frame (series_id, time, channel, value) of ``n`` damped oscillators, each channel
-    on its own random times."""
+    on its own random times (``points``: from ``points[0]`` to ``points[1] - 1`` of them)."""
     rng = np.random.default_rng(seed)
     frames = []
     for i in range(n):
         omega, damping = rng.uniform(1.0, 2.0), rng.uniform(0.05, 0.2)
         amplitude, phase = rng.uniform(0.5, 1.5), rng.uniform(0, 2 * np.pi)
         for name, wave in (("x", np.cos), ("v", lambda a: -np.sin(a))):
-            t = np.sort(rng.uniform(0, SPAN, int(rng.integers(25, 45))))
+            t = np.sort(rng.uniform(0, SPAN, int(rng.integers(*points))))
             clean = amplitude * np.exp(-damping * t) * wave(omega * t + phase)
             frames.append(pd.DataFrame({"series_id": i, "time": t, "channel": name,
                                         "value": clean + rng.normal(0, NOISE, len(t))}))

@@ -936,3 +936,21 @@ def test_few_calibration_series_are_warned_about_once_with_fits_own_remedy():
     with pytest.warns(UserWarning, match=r"calibrated on 3 series \(val_df\): with fewer than "
                                          r"10 .* Pass more series in val_df\."):
         LatentODEForecaster({**TINY, "trainer.max_epochs": 1}).fit(train, val_df=val)
+
+
+def test_study_impute_holds_out_interior_points_and_scores_both(capsys):
+    """scripts/study_impute.py: one in ten interior points per (series, channel) held out,
+    never the ends; linear interpolation exact on a line; a tiny run prints both MSEs."""
+    from scripts_loader import load_script
+
+    study = load_script("study_impute")
+    frame = pd.DataFrame({"series_id": 0, "channel": "x", "time": np.arange(22.0),
+                          "value": 2.0 * np.arange(22.0)})
+    hold = study.held_out(frame)
+    assert hold.sum() == 2 and not hold.iloc[0] and not hold.iloc[-1]
+    np.testing.assert_allclose(study.linear(frame[~hold], frame[hold]),
+                               frame[hold]["value"].to_numpy())
+    study.main(["--points", "4-9", "--epochs", "1"])
+    out = capsys.readouterr().out
+    row = next(line.split() for line in out.splitlines() if line.split()[:1] == ["4-8"])
+    assert all(np.isfinite(float(v)) for v in row[1:])
