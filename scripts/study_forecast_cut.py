@@ -10,7 +10,8 @@ random times in [0, 10], noise sd 0.1, frequency 1-2, damping 0.05-0.2, amplitud
 300 series, 240 given to ``LatentODEForecaster.fit`` (which holds 10% out for calibration),
 the other 60 cut at each ``--cuts`` fraction of their spans and forecast over the next 2.5
 time units with ``predict`` at the observed times. Printed per cut, pooled and per third of
-the lead times: points, MSE, coverage of the central 90% and 50% intervals, the 90%
+the lead times: points, MSE, the MSE of two naive forecasts (the channel's last seen value,
+the mean of its seen values), coverage of the central 90% and 50% intervals, the 90%
 interval's mean width, and the width a Gaussian of the points' own MSE would need
 (``2 * 1.645 * rmse``). Results: docs/results.md, *Forecast coverage by where the series is
 cut*.
@@ -52,11 +53,15 @@ def wide(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def scores(points: pd.DataFrame) -> dict[str, float]:
-    """MSE, 90% / 50% coverage and 90% widths of forecast points with their quantiles."""
+    """MSE, 90% / 50% coverage and 90% widths of forecast points with their quantiles, and
+    the MSE of the naive forecasts (``last``: the channel's last seen value, ``hmean``: the
+    mean of its seen values) where the frame has them."""
     r = points["value"] - points["mean"]
     mse = float((r**2).mean())
+    naive = {f"{name} mse": float(((points["value"] - points[name]) ** 2).mean())
+             for name in ("last", "hmean") if name in points}
     return {
-        "points": len(points), "mse": mse,
+        "points": len(points), "mse": mse, **naive,
         "cover90": float(points["value"].between(points["q0.05"], points["q0.95"]).mean()),
         "cover50": float(points["value"].between(points["q0.25"], points["q0.75"]).mean()),
         "width90": float((points["q0.95"] - points["q0.05"]).mean()),
@@ -66,8 +71,8 @@ def scores(points: pd.DataFrame) -> dict[str, float]:
 
 def forecast_at_cut(forecaster, test: pd.DataFrame, cut: float) -> pd.DataFrame:
     """Each test series cut at ``cut`` of its span: the forecast points of the next
-    ``AHEAD`` time units with the predictions there and each point's lead past its
-    channel's last observation."""
+    ``AHEAD`` time units with the predictions there, each point's lead past its channel's last
+    observation and the naive forecasts (``last`` and ``hmean``, see :func:`scores`)."""
     span = test.groupby("series_id")["time"].agg(["min", "max"])
     at = test["series_id"].map(span["min"] + cut * (span["max"] - span["min"]))
     history = test[test["time"] <= at]
@@ -77,9 +82,11 @@ def forecast_at_cut(forecaster, test: pd.DataFrame, cut: float) -> pd.DataFrame:
     out = future.merge(pred, on=["series_id", "time", "channel"], how="left")
     if out["mean"].isna().any():
         raise RuntimeError("a forecast point has no prediction")
-    last = history.groupby(["series_id", "channel"])["time"].max().rename("last")
-    out = out.join(last, on=["series_id", "channel"])
-    out["lead"] = out["time"] - out["last"]
+    seen = history.sort_values("time").groupby(["series_id", "channel"])
+    out = out.join(seen["time"].max().rename("last_time"), on=["series_id", "channel"])
+    out = out.join(seen["value"].last().rename("last"), on=["series_id", "channel"])
+    out = out.join(seen["value"].mean().rename("hmean"), on=["series_id", "channel"])
+    out["lead"] = out["time"] - out["last_time"]
     return out
 
 

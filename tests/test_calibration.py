@@ -527,8 +527,9 @@ def test_study_forecast_cut_scores_and_runs(capsys):
     study = load_script("study_forecast_cut")
     points = pd.DataFrame({"value": [0.0, 1.0, 5.0], "mean": [0.0, 0.0, 0.0],
                            "q0.05": [-2.0] * 3, "q0.25": [-0.5] * 3, "q0.75": [0.5] * 3,
-                           "q0.95": [2.0] * 3})
+                           "q0.95": [2.0] * 3, "last": [1.0] * 3, "hmean": [5.0] * 3})
     got = study.scores(points)
+    assert got["last mse"] == pytest.approx(17 / 3) and got["hmean mse"] == pytest.approx(41 / 3)
     assert got["mse"] == pytest.approx(26 / 3) and got["cover90"] == pytest.approx(2 / 3)
     assert got["cover50"] == pytest.approx(1 / 3) and got["width90"] == 4.0
     assert got["gauss90"] == pytest.approx(2 * 1.6449 * np.sqrt(26 / 3))
@@ -536,6 +537,6 @@ def test_study_forecast_cut_scores_and_runs(capsys):
                 "--no-history-factor"])
     table = capsys.readouterr().out
     for cut in ("0.300", "0.700"):
-        rows = [line.split()[-8:] for line in table.splitlines() if f" {cut} " in line]
+        rows = [line.split()[-10:] for line in table.splitlines() if f" {cut} " in line]
         assert [r[1] for r in rows] == ["all", "lead1/3", "lead2/3", "lead3/3"] * 2
         assert all(0.0 <= float(r[-4]) <= 1.0 and 0.0 <= float(r[-3]) <= 1.0 for r in rows)
