@@ -253,7 +253,7 @@ is more than ``PACK_RATIO`` times longer than the most targets of one series (un
 series: the union is about ``B`` times longer) and the batch holds at least
 ``PACK_MIN_CELLS`` (series x union times), else at the union. Below that the gathers and the
 per-series solve cost more than they save (``scripts/bench_unaligned.py``, 50-point series,
-one CPU thread: 1.1-1.2x slower at batch 8-16, 0.84x at 32, 0.57x at 64, 0.2x at 256)."""
+one CPU thread: 1.09-1.12x the time at batch 8-16, 0.80x at 32, 0.60x at 64, 0.20x at 256)."""
 
 
 def predict_at_targets(
@@ -523,10 +523,10 @@ class LatentODE(WithObservationNoise, nn.Module):
 
         Unaligned series (the batch's union of times more than ``PACK_RATIO`` times longer
         than the most targets of one series, in a batch of at least ``PACK_MIN_CELLS`` series
-        x times) are decoded at each series' own target times
-        rather than at the whole union: the same terms (to rounding; the solver's steps are
+        x times) are decoded at each series' own target times rather than at the whole
+        union: the same terms (to rounding; the solver's steps are
         the same) at a cost linear in the batch size instead of quadratic (batch 256 of
-        50-point series: forward and backward 1.24 s -> 0.25 s on a CPU thread). ``pred``
+        50-point series: forward and backward 1.38 s -> 0.28 s on a CPU thread). ``pred``
         ``(S, B, T, D)`` then holds the predictions at the targets only (0 elsewhere); ask
         :meth:`forward` or :meth:`predict` for paths at other times."""
         values = checked_batch(self.input_dim, times, values, encoder_mask, target_mask,
