@@ -524,9 +524,10 @@ class LatentODE(WithObservationNoise, nn.Module):
         Unaligned series (the batch's union of times more than ``PACK_RATIO`` times longer
         than the most targets of one series, in a batch of at least ``PACK_MIN_CELLS`` series
         x times) are decoded at each series' own target times rather than at the whole
-        union: the same terms (to rounding; the solver's steps are
-        the same) at a cost linear in the batch size instead of quadratic (batch 256 of
-        50-point series: forward and backward 1.38 s -> 0.28 s on a CPU thread). ``pred``
+        union: the same terms (to rounding; the solver's steps are the same), decoded at a
+        cost linear in the batch size instead of quadratic (batch 256 of 50-point series:
+        forward and backward 1.38 s -> 0.28 s on a CPU thread; the union batch's own checks
+        stay quadratic). ``pred``
         ``(S, B, T, D)`` then holds the predictions at the targets only (0 elsewhere); ask
         :meth:`forward` or :meth:`predict` for paths at other times."""
         values = checked_batch(self.input_dim, times, values, encoder_mask, target_mask,
