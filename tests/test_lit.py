@@ -453,7 +453,8 @@ def test_times_merged_by_a_true_half_precision_are_named_as_such():
 def test_several_evaluation_dataloaders_are_scored_apart():
     """trainer.test / validate with a list of dataloaders (Lightning passes dataloader_idx):
     each is scored on its own, as alone, the first under the usual names, the others with
-    Lightning's /dataloader_idx_<k> suffix."""
+    Lightning's /dataloader_idx_<k> suffix, in Lightning's results entry of its own loader
+    (logged at the epoch's end, every entry held both and the printed table the last's)."""
     dm = tiny_datamodule()
     dm.setup()
     module = LatentODELightning(tiny_model(), scale=dm.scaler.scale)
@@ -462,7 +463,9 @@ def test_several_evaluation_dataloaders_are_scored_apart():
              for loader in (first, second)]
     assert alone[0]["test/mse"] != alone[1]["test/mse"]
     trainer = tiny_trainer()
-    trainer.test(module, dataloaders=[first, second], verbose=False)
+    results = trainer.test(module, dataloaders=[first, second], verbose=False)
+    # Lightning's per-loader results (and printed table) hold each loader's own numbers
+    assert results == [alone[0], {f"{k}/dataloader_idx_1": v for k, v in alone[1].items()}]
     both = {k: float(v) for k, v in trainer.callback_metrics.items()}
     assert set(both) == set(alone[0]) | {f"{k}/dataloader_idx_1" for k in alone[1]}
     for key, value in alone[0].items():

@@ -468,6 +468,7 @@ class LatentODELightning(L.LightningModule):
     def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
         self._add_solver(_loader_key("val", dataloader_idx))
+        self._log_if_last("val", batch_idx, dataloader_idx)
 
     def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._mark_solver()
@@ -475,6 +476,7 @@ class LatentODELightning(L.LightningModule):
     def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int,
                           dataloader_idx: int = 0) -> None:
         self._add_solver(_loader_key("test", dataloader_idx))
+        self._log_if_last("test", batch_idx, dataloader_idx)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the random stream of the posterior samples, so that a resumed run draws what the
@@ -614,20 +616,41 @@ class LatentODELightning(L.LightningModule):
     def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step("test", batch, batch_idx, dataloader_idx)
 
+    def _log_if_last(self, stage: str, batch_idx: int, dataloader_idx: int) -> None:
+        """After a dataloader's last batch, log its metrics (:meth:`_log_loader`): logged
+        while Lightning knows which dataloader they belong to, each loader's numbers land in
+        its own entry of ``trainer.validate``'s / ``test``'s results and printed table (logged
+        at the epoch's end, every entry held every loader's and the table showed the last
+        loader's under each). Loaders of unknown length are logged at the epoch's end."""
+        trainer = self._trainer
+        if trainer is None:
+            return
+        counts = (trainer.num_test_batches if stage == "test" else
+                  trainer.num_sanity_val_batches if trainer.sanity_checking else
+                  trainer.num_val_batches)
+        if dataloader_idx < len(counts) and batch_idx + 1 == counts[dataloader_idx]:
+            self._log_loader(stage, _loader_key(stage, dataloader_idx))
+
+    def _log_loader(self, stage: str, key: str) -> None:
+        """Reduce and log the sums of ``stage``'s dataloader ``key``: the first loader's
+        metrics keep their names (what monitors and the CLI read), the others' end in
+        ``/dataloader_idx_<k>``, Lightning's suffix."""
+        sums = self._sums.pop(key, None)
+        if sums is None:
+            return
+        means = sums.means(lambda x: self.trainer.strategy.reduce(x, reduce_op="sum"),
+                           self.device)
+        means.update(self._label_metrics(key))
+        suffix = key[len(stage):].replace("#", "/dataloader_idx_")
+        for name, value in means.items():
+            # reduced already, the same on every process (see on_train_epoch_end)
+            self.log(f"{stage}/{name}{suffix}", value, prog_bar=name == "mse" and not suffix,
+                     on_step=False, on_epoch=True, sync_dist=True, add_dataloader_idx=False,
+                     batch_size=1)
+
     def _eval_epoch_end(self, stage: str) -> None:
-        # several dataloaders (trainer.validate(module, dataloaders=[a, b])): the first's
-        # metrics keep their names (what monitors and the CLI read), the others' end in
-        # /dataloader_idx_<k>, Lightning's suffix
         for key in sorted(k for k in self._sums if _loader_key_stage(k) == stage):
-            sums = self._sums.pop(key)
-            means = sums.means(lambda x: self.trainer.strategy.reduce(x, reduce_op="sum"),
-                               self.device)
-            means.update(self._label_metrics(key))
-            suffix = key[len(stage):].replace("#", "/dataloader_idx_")
-            for name, value in means.items():
-                # reduced already, the same on every process (see on_train_epoch_end)
-                self.log(f"{stage}/{name}{suffix}", value, prog_bar=name == "mse" and not suffix,
-                         sync_dist=True, add_dataloader_idx=False)
+            self._log_loader(stage, key)  # loaders of unknown length (see _log_if_last)
 
     def _label_metrics(self, key: str) -> dict[str, float]:
         """AUC and accuracy over the epoch's known labels (of the stage and dataloader
