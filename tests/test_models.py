@@ -547,6 +547,12 @@ def test_aligned_series_keep_the_union_and_poisson_models_the_whole_grid(monkeyp
                             paths(z0, t))
         model.loss(args[0].double(), *args[1:])
         assert asked == [1]
+    # a fixed-step method without step_size steps at the output times: fewer times would be
+    # other steps and another loss (rk4 on unaligned extrapolation: 6118 against 6158)
+    for solver, dims in (({"method": "rk4"}, 1), ({"method": "rk4", "step_size": 0.3}, 2)):
+        model = LatentODE(3, latents=4, encoder=ODERNNEncoder(3, 4, hidden=8), gen_units=16,
+                          solver=solver).double()
+        assert (model._packed_targets(batch.times, batch.target_mask) is not None) == (dims == 2)
 
 
 def test_small_batches_of_unaligned_series_keep_the_union(monkeypatch):

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 from latentode.nn import ObservationNoise, ODEFunc, ODERNNEncoder, WithObservationNoise, mlp
 from latentode.nn.layers import start_output_bias
-from latentode.solvers import SolverStats, odeint
+from latentode.solvers import FIXED_METHODS, SolverStats, odeint
 
 from .inputs import (
     check_decoded,
@@ -501,8 +501,12 @@ class LatentODE(WithObservationNoise, nn.Module):
                         ) -> TargetRows | None:
         """Each series' own target times when the batch's union of times is much longer (see
         ``PACK_RATIO``), for a model whose terms need nothing but the targets (no Poisson
-        intensity over the whole grid, no label per time point); else None."""
+        intensity over the whole grid, no label per time point) and whose solver's steps do
+        not depend on the output times (a fixed-step method without ``step_size`` steps once
+        per output time: fewer times, other steps, another loss); else None."""
         if self.rate is not None or (self.classifier is not None and self.label_type == "time"):
+            return None
+        if self.solver.get("method") in FIXED_METHODS and self.solver.get("step_size") is None:
             return None
         counts = target_mask.any(-1).sum(1)
         length = times.shape[0]
@@ -527,9 +531,12 @@ class LatentODE(WithObservationNoise, nn.Module):
         union: the same terms (to rounding; the solver's steps are the same), decoded at a
         cost linear in the batch size instead of quadratic (batch 256 of 50-point series:
         forward and backward 1.38 s -> 0.28 s on a CPU thread; the union batch's own checks
-        stay quadratic). ``pred``
-        ``(S, B, T, D)`` then holds the predictions at the targets only (0 elsewhere); ask
-        :meth:`forward` or :meth:`predict` for paths at other times."""
+        stay quadratic). ``pred`` ``(S, B, T, D)`` then holds the predictions at the targets
+        only (0 elsewhere, detached: it is for metrics; the terms carry the gradient); ask
+        :meth:`forward` or :meth:`predict` for paths at other times. Not for fixed-step
+        methods without ``step_size`` (one step per output time: the union's times are the
+        steps); in the adjoint mode the backward solve differs within its tolerance (fewer
+        output times)."""
         values = checked_batch(self.input_dim, times, values, encoder_mask, target_mask,
                                dtype=weight_dtype(self))
         if not self.reconstruct and labels is None:
@@ -573,8 +580,9 @@ class LatentODE(WithObservationNoise, nn.Module):
 
 def _scattered(pred: torch.Tensor, rows: TargetRows, length: int) -> torch.Tensor:
     """``pred`` ``(S, B, K, D)`` at ``rows``' positions put back on the batch's ``length``
-    times: ``(S, B, T, D)``, 0 where a series has no target (padding repeats a real position
-    with its own value, so the writes agree)."""
+    times: ``(S, B, T, D)``, 0 at the other times (padding repeats a real position with its
+    own value, so the writes agree; a series without targets gets its prediction at
+    ``first``, a point nothing scores)."""
     samples, batch, _, dims = pred.shape
     out = pred.new_zeros(samples, batch, length, dims)
     at = rows.idx.view(1, batch, -1, 1).expand(samples, -1, -1, dims)
