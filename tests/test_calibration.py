@@ -514,8 +514,14 @@ def test_history_groups_are_thirds_of_the_series_named_by_their_last_length():
     history = np.repeat(lengths, [1, 1, 10, 10, 30, 30])  # far more points of long ones
     hit = history > 2
     assert _by_history(hit, history, lengths) == {"<=2": 0.0, "<=5": 1.0, ">5": 1.0}
-    assert _by_history(hit[:2], history[:2], lengths[:2]) == {"all": 0.0}  # one length
+    assert _by_history(hit[:2], history[:2], lengths[:2]) == {"<=2": 0.0}  # one length
     assert _by_history(hit[:0], history[:0], lengths[:0]) == {}
+    # a short minority keeps a group of its own (quantiles alone put every cut at 30)
+    for short in ([1], [5, 5]):
+        lengths = np.array([*short, *[30] * 7])
+        history = np.repeat(lengths, 2)
+        got = _by_history(history > short[0], history, lengths)
+        assert got == {f"<={short[0]}": 0.0, f">{short[0]}": 1.0}
 
 
 def test_study_forecast_cut_scores_and_runs(capsys):

@@ -728,13 +728,19 @@ def _by_history(hit: np.ndarray, history: np.ndarray, lengths: np.ndarray, group
     equal numbers of series by history length (``lengths``: one per series; whole numbers of
     times: a group ends at a length, ``"<=12"``, the last ``">12"``; thirds of the series, not
     of the points, so that a few short series are not lost among the points of long ones);
-    fewer groups where the lengths hardly differ."""
+    fewer groups where the lengths hardly differ (one: ``"<=30"``, the longest)."""
     if not len(hit):
         return {}
-    cuts = np.unique(np.quantile(lengths, np.linspace(0, 1, groups + 1)[1:-1], method="lower"))
-    cuts = cuts[cuts < history.max()]
+    top = history.max()
+    cuts = np.quantile(lengths, np.linspace(0, 1, groups + 1)[1:-1], method="lower")
+    # a cut at the longest length would leave nothing above it: a short minority (one series
+    # of 1 among five of 30) then ends its own group at the next length down
+    below = lengths[lengths < top]
+    cuts = np.where(cuts >= top, below.max() if len(below) else top, cuts)
+    cuts = np.unique(cuts[cuts < top])
     which = np.searchsorted(cuts, history, side="left")
-    labels = [f"<={int(c)}" for c in cuts] + [f">{int(cuts[-1])}" if len(cuts) else "all"]
+    labels = [f"<={int(c)}" for c in cuts] + [f">{int(cuts[-1])}" if len(cuts) else
+                                              f"<={int(top)}"]
     return {label: float(hit[which == k].mean()) for k, label in enumerate(labels)
             if (which == k).any()}
 
