@@ -508,10 +508,11 @@ class LatentODE(WithObservationNoise, nn.Module):
             return None
         if self.solver.get("method") in FIXED_METHODS and self.solver.get("step_size") is None:
             return None
+        length, batch = times.shape[0], target_mask.shape[0]
+        if not batch or length * batch < PACK_MIN_CELLS:  # shapes only: no device sync
+            return None
         counts = target_mask.any(-1).sum(1)
-        length = times.shape[0]
-        if (not len(counts) or length * len(counts) < PACK_MIN_CELLS
-                or length <= PACK_RATIO * max(int(counts.max()), 1)):
+        if length <= PACK_RATIO * max(int(counts.max()), 1):
             return None
         first = first_target(target_mask) if self.z0_at == "first_target" else 0
         return target_rows(times, target_mask, first)
