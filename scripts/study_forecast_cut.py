@@ -1,6 +1,7 @@
 """How honest are forecast intervals for series cut early, midway and late?
 
     python scripts/study_forecast_cut.py [--seed 0] [--epochs 100] [--cuts 0.25 0.5 0.75]
+        [--val-fraction 0.1] [--no-history-factor]
 
 The predictive noise of forecasts (``latentode.forecast.calibration``) is calibrated on
 validation series cut at random points between 20% and 80% of their spans, so its intervals
