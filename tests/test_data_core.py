@@ -936,6 +936,33 @@ def test_extrapolation_fraction_spread_draws_a_cut_per_series_within_the_spread(
         Extrapolation(count=3, fraction_spread=0.1)
 
 
+def test_interpolation_fraction_spread_draws_a_fraction_per_series_within_the_spread():
+    ds = from_dataframe(random_frame(16, n_series=40, max_len=40, p_missing=0.0))
+    indices = np.arange(len(ds))
+    counts = np.array([np.any(ds.series(i)["mask"], 1).sum() for i in indices])
+    task = Interpolation(fraction=0.6, fraction_spread=0.3)
+    shares = []
+    for seed in range(5):
+        batch = collate(ds, indices, task, rng=np.random.default_rng(seed), dtype=torch.float64)
+        assert torch.equal(batch.target_mask, batch.mask)  # every observed point a target
+        seen = point_mask(batch.encoder_mask).sum(1)
+        low = np.maximum(1, np.round(0.3 * counts))
+        assert (seen >= low).all() and (seen <= np.round(0.9 * counts)).all()
+        shares.extend((seen / counts).tolist())
+    assert np.std(shares) > 0.05  # fractions differ between series and batches
+    assert abs(np.mean(shares) - 0.6) < 0.05
+    # no spread: the same subsets as without the option (the same draws)
+    plain = collate(ds, indices, Interpolation(fraction=0.6), rng=np.random.default_rng(0))
+    zero = collate(ds, indices, Interpolation(fraction=0.6, fraction_spread=0.0),
+                   rng=np.random.default_rng(0))
+    assert torch.equal(plain.encoder_mask, zero.encoder_mask)
+    with pytest.raises(ValueError, match=r"fraction_spread must be in \[0, 0\.25\]"):
+        Interpolation(fraction=0.75, fraction_spread=0.3)
+    with pytest.raises(ValueError, match="set fraction"):
+        Interpolation(count=3, fraction_spread=0.1)
+    Interpolation(fraction=0.75, fraction_spread=0.25)  # up to every point
+
+
 def test_extrapolation_cut_time_numeric_user_units_and_at_least_one_point():
     # seconds over years: model times are rescaled, the cut is given in user units
     df = pd.DataFrame(
@@ -1255,7 +1282,9 @@ def test_collator_fixed_and_fresh():
 
 
 @pytest.mark.parametrize("task", [Extrapolation(fraction=0.5, fraction_spread=0.3),
-                                  Interpolation(fraction=0.4)], ids=["spread cut", "interp"])
+                                  Interpolation(fraction=0.4),
+                                  Interpolation(fraction=0.5, fraction_spread=0.4)],
+                         ids=["spread cut", "interp", "interp spread"])
 def test_fixed_masks_do_not_depend_on_the_batch(task):
     """A series' validation/test mask is the same in any batch. Extrapolation's
     ``fraction_spread`` cut came from the batch's generator, so a series was cut at 17, 21 or
