@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from latentode.data import Batch, Interpolation, LatentODEDataModule, load_dataset
+from latentode.data import Batch, Interpolation, LatentODEDataModule, Mixed, load_dataset
 from latentode.data.windows import split_windows
 from latentode.forecast.calibration import (
     NoiseCalibration,
@@ -19,6 +19,7 @@ from latentode.forecast.calibration import (
     calibration_batches,
     few_points_warning,
     few_series_warning,
+    interpolation_task,
     predictive_coverage,
 )
 
@@ -198,6 +199,28 @@ def test_calibration_batches_validation_split_else_training(val_fraction):
         assert any(bool((b.target_mask & ~b.encoder_mask).any()) for b in batches)
     capped, _ = calibration_batches(dm, max_series=3)
     assert sum(b.batch_size for b in capped) == 3
+
+
+def test_calibration_batches_of_a_mixed_task_subsample_every_series():
+    """The in-series noise is calibrated on a Mixed task's interpolation part: the series it
+    would cut hold only forecasts (lead > 0), and on 3 validation series of a 30-series fit
+    none was left inside a span. Every series is then subsampled, none cut."""
+    dm = LatentODEDataModule(load_dataset("periodic", n_series=40, n_points=30),
+                             task=Mixed(), batch_size=8, val_fraction=0.5, test_fraction=0.1)
+    dm.setup()
+    assert interpolation_task(dm.task) == Interpolation(fraction=0.75, fraction_spread=0.25)
+    assert interpolation_task(dm.task.interpolation()) == dm.task.interpolation()
+
+    def cut(batch: Batch) -> torch.Tensor:
+        """Per series: the encoder saw its first k observed times, k < all of them."""
+        seen, observed = batch.encoder_mask.any(-1), batch.mask.any(-1)
+        k = seen.sum(1)
+        first = observed & (observed.cumsum(1) <= k.unsqueeze(1))
+        return (seen == first).all(1) & (k < observed.sum(1))
+
+    ours = sum(int(cut(b).sum()) for b in calibration_batches(dm)[0])
+    theirs = sum(int(cut(b).sum()) for b in dm.val_dataloader())
+    assert ours == 0 and theirs >= 5  # of 20 validation series, about half cut in validation
 
 
 def unaligned_batch(series: int = 12, points: int = 15, dims: int = 2, seed: int = 0) -> Batch:

@@ -28,6 +28,7 @@ from latentode.data import (
     Interpolation,
     IrregularDataset,
     LatentODEDataModule,
+    Mixed,
     TimeTransform,
     collate,
     from_dataframe,
@@ -963,6 +964,46 @@ def test_interpolation_fraction_spread_draws_a_fraction_per_series_within_the_sp
     Interpolation(fraction=0.75, fraction_spread=0.25)  # up to every point
 
 
+def test_mixed_task_cuts_a_share_of_the_series_and_subsamples_the_others():
+    ds = from_dataframe(random_frame(17, n_series=60, max_len=30, p_missing=0.0))
+    indices = np.arange(len(ds))
+    task = Mixed(fraction=0.75, fraction_spread=0.25, cut_fraction=0.5, cut_spread=0.3,
+                 extrapolation_share=0.5)
+    cuts = scattered = 0
+    for seed in range(3):
+        batch = collate(ds, indices, task, rng=np.random.default_rng(seed), dtype=torch.float64)
+        assert torch.equal(batch.target_mask, batch.mask)  # every observed point a target
+        enc = point_mask(batch.encoder_mask)
+        grid = batch.times.numpy()
+        for b, i in enumerate(indices):
+            t = ds.series(i)["times"]
+            seen = np.isin(t, grid[np.nonzero(enc[b])[0]])
+            assert seen.any()
+            if len(t) < 4:
+                continue
+            prefix = seen[: seen.sum()].all()  # the seen points are the first ones
+            share = (t[seen].max() - t[0]) / (t[-1] - t[0])
+            if prefix and share <= 0.8 + 1e-9 and not seen.all():
+                cuts += 1
+            else:  # a subsample of 50-100% of the points
+                scattered += 1
+                assert 0.5 * len(t) - 1 <= seen.sum() <= len(t)
+    assert 0.3 < cuts / (cuts + scattered) < 0.7  # about half the series are cut
+    # the parts' own checks, and the share
+    only_subsets = collate(ds, indices, Mixed(extrapolation_share=0.0),
+                           rng=np.random.default_rng(0))
+    plain = collate(ds, indices, Interpolation(fraction=0.75, fraction_spread=0.25),
+                    rng=np.random.default_rng(0))
+    assert torch.equal(only_subsets.encoder_mask, plain.encoder_mask)
+    with pytest.raises(ValueError, match=r"extrapolation_share must be in \[0, 1\]"):
+        Mixed(extrapolation_share=1.5)
+    with pytest.raises(ValueError, match=r"fraction_spread must be in \[0, 0\.1\]"):
+        Mixed(fraction=0.9)
+    with pytest.raises(ValueError, match=r"fraction_spread must be in \[0, 0\.2\]"):
+        Mixed(cut_fraction=0.2, cut_spread=0.3)
+    Mixed(fraction=None, count=5, fraction_spread=None)  # a count of points instead
+
+
 def test_extrapolation_cut_time_numeric_user_units_and_at_least_one_point():
     # seconds over years: model times are rescaled, the cut is given in user units
     df = pd.DataFrame(
@@ -1283,8 +1324,9 @@ def test_collator_fixed_and_fresh():
 
 @pytest.mark.parametrize("task", [Extrapolation(fraction=0.5, fraction_spread=0.3),
                                   Interpolation(fraction=0.4),
-                                  Interpolation(fraction=0.5, fraction_spread=0.4)],
-                         ids=["spread cut", "interp", "interp spread"])
+                                  Interpolation(fraction=0.5, fraction_spread=0.4),
+                                  Mixed()],
+                         ids=["spread cut", "interp", "interp spread", "mixed"])
 def test_fixed_masks_do_not_depend_on_the_batch(task):
     """A series' validation/test mask is the same in any batch. Extrapolation's
     ``fraction_spread`` cut came from the batch's generator, so a series was cut at 17, 21 or

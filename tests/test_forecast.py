@@ -408,7 +408,10 @@ def test_forecast_intervals_widen_over_the_calibrated_lead_curve(fitted, data):
         frame["width"] = frame["q0.95"] - frame["q0.05"]
     for channel in ("x", "y"):
         widths = pred[pred.channel == channel]["width"].to_numpy()
-        assert np.all(np.diff(widths[1:]) > 0), widths  # wider the further ahead
+        # wider the further ahead along the curve (leads 0.5, 1, 2); beyond its last knot
+        # the noise stays the last bin's, and the paths' spread may hardly grow
+        assert np.all(np.diff(widths[1:4]) > 0), widths
+        assert widths[4] >= widths[3] * (1 - 1e-3), widths
         assert widths[-1] > 3 * widths[0]
         own = flat[flat.channel == channel]["width"].to_numpy()
         assert widths[0] == pytest.approx(own[0], rel=1e-9)  # inside: the calibrated noise
@@ -932,7 +935,7 @@ def test_few_calibration_series_are_warned_about_once_with_fits_own_remedy():
         LatentODEForecaster({**TINY, "trainer.max_epochs": 1}).fit(train)
     texts = [str(w.message) for w in seen]
     assert any("fit calibrates the predictive noise on the training series" in t for t in texts)
-    assert not any("is calibrated on" in t for t in texts)
+    assert not any(re.search(r"calibrated on \d+ series", t) for t in texts)
     with pytest.warns(UserWarning, match=r"calibrated on 3 series \(val_df\): with fewer than "
                                          r"10 .* Pass more series in val_df\."):
         LatentODEForecaster({**TINY, "trainer.max_epochs": 1}).fit(train, val_df=val)

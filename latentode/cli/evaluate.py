@@ -67,6 +67,7 @@ from latentode.forecast.calibration import (
     calibration_batches,
     forecast_coverage_breakdown,
     format_obs_std,
+    interpolation_task,
     lead_task,
     model_obs_std,
     predictive_coverage,
@@ -142,8 +143,13 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
         std = calibration.std
     name = coverage_name(level)
     model_name = f"{name}_model_noise"
-    values = predictive_coverage(model, datamodule.test_dataloader(),
-                                 {name: std, model_name: obs}, level, samples, seed)
+    # the held-out points inside the test series: a Mixed task's cut series are forecasts,
+    # scored below with the lead curve
+    inside = (datamodule.test_dataloader()
+              if interpolation_task(datamodule.task) is datamodule.task
+              else calibration_batches(datamodule, "test", max_series=None)[0])
+    values = predictive_coverage(model, inside, {name: std, model_name: obs}, level, samples,
+                                 seed)
     if calibration is not None:
         batches, _ = calibration_batches(datamodule, split, task=lead_task())
         calibration = calibrate_lead(model, batches, calibration, samples, seed)

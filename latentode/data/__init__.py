@@ -11,7 +11,7 @@ from .dataset import IrregularDataset, TimeTransform
 from .frame import from_dataframe
 from .scaling import ChannelScaler
 from .splits import split_indices
-from .tasks import Extrapolation, Interpolation
+from .tasks import Extrapolation, Interpolation, Mixed
 from .windows import split_windows
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "Interpolation",
     "IrregularDataset",
     "LatentODEDataModule",
+    "Mixed",
     "TimeTransform",
     "collate",
     "from_dataframe",

@@ -285,8 +285,9 @@ def calibration_batches(
     seeded way validation and test draw theirs (``Collator(fixed=True, seed=datamodule.seed)``,
     on the data module's ``time_origin``, in ``dtype``: the model's), so they are the
     same on every call; for the validation split they are the validation batches. ``task``
-    replaces the data module's (e.g. :func:`lead_task` for the forecast pass), ``origin`` its
-    clock (the forecaster's ``"series"``: how it answers every series).
+    replaces the data module's (e.g. :func:`lead_task` for the forecast pass; None: the data
+    module's, a ``Mixed`` task's interpolation part: :func:`interpolation_task`), ``origin``
+    its clock (the forecaster's ``"series"``: how it answers every series).
     """
     from latentode.data import Collator
 
@@ -297,12 +298,22 @@ def calibration_batches(
         split = "val" if len(splits.get("val", ())) > 0 else "train"
     part = splits[split]
     n = len(part) if max_series is None else min(len(part), int(max_series))
-    collator = Collator(part, task if task is not None else datamodule.task, fixed=True,
+    task = task if task is not None else interpolation_task(datamodule.task)
+    collator = Collator(part, task, fixed=True,
                         seed=datamodule.seed,
                         origin=origin or getattr(datamodule, "time_origin", None) or "batch",
                         dtype=dtype)
     size = int(datamodule.batch_size)
     return (collator(list(range(s, min(s + size, n)))) for s in range(0, n, size)), split
+
+
+def interpolation_task(task: Any) -> Any:
+    """The task whose held-out points lie inside the series, for the in-series noise and its
+    coverage: a ``Mixed`` task's interpolation part (the held-out points of the series it
+    cuts are forecasts, which the lead curve answers: counted here, a fit on 30 series left
+    no held-out point inside the span of its 3 validation series), any other task itself."""
+    part = getattr(task, "interpolation", None)
+    return part() if callable(part) else task
 
 
 def lead_task() -> Any:

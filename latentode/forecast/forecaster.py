@@ -15,10 +15,11 @@ and ``fit`` builds the same ``LatentODEDataModule``, model and ``LatentODELightn
 ``latentode-train`` (the helpers of ``latentode.cli.train``) and trains them with a Lightning
 ``Trainer`` (progress bar included).
 The data settings are ``conf/data/csv.yaml``'s (splits, scaling; batch size 16 as above), the
-file itself aside; the task (what the encoder sees in training) is its ``data.task``:
-interpolation with a random half of each series' observed times, so that short series hold
-points out too (the paper's 50 points of 100 on its own data; e.g. ``{"data.task.fraction":
-0.3}`` to change it).
+file itself aside; the task (what the encoder sees in training) is its ``data.task``,
+:class:`latentode.data.Mixed`: per series and batch either a random 50-100% of its observed
+times or its beginning cut at 20-80% of its span, so that short series hold points out too and
+one model learns to fill gaps and to forecast (``{"data.task.extrapolation_share": 0}`` for
+interpolation only).
 
 How predictions are made:
 
@@ -526,9 +527,11 @@ class LatentODEForecaster:
                 intervals. None: ``dataset`` itself, with a warning, as ``fit`` warns without
                 held-out series (on training series the intervals come out narrow).
             task: which points of each calibration series the encoder sees
-                (``calibrate_noise`` scores the others): default ``Interpolation(fraction=0.5)``,
-                ``fit``'s task. The forecast curve over lead time is calibrated on the same
-                series cut at random points, as for ``fit`` and ``from_run``.
+                (``calibrate_noise`` scores the others): default ``Interpolation(fraction=0.5)``
+                (``fit`` calibrates on its ``Mixed`` task's interpolation part, 50-100% of
+                the points); a ``Mixed`` task counts by its interpolation part. The forecast
+                curve over lead time is calibrated on the same series cut at random points, as
+                for ``fit`` and ``from_run``.
             batch_size: calibration series per batch.
             model_config: how to rebuild the model, Hydra style (``{"_target_":
                 "latentode.models.LatentODE", "input_dim": 1, "latents": 8}``; ``input_dim``
