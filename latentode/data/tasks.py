@@ -126,7 +126,7 @@ class Interpolation:
         if self.count is not None:
             keep = np.minimum(n, self.count)
         else:
-            fraction = np.full(len(n), float(self.fraction))
+            fraction = np.full(len(n), self.fraction, dtype=np.float64)
             if self.fraction_spread:  # one fraction per series
                 fraction += rng.uniform(-self.fraction_spread, self.fraction_spread, len(n))
             keep = np.minimum(n, np.maximum(1, np.round(fraction * n).astype(np.int64)))
