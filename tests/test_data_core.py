@@ -1004,6 +1004,21 @@ def test_mixed_task_cuts_a_share_of_the_series_and_subsamples_the_others():
     Mixed(fraction=None, count=5, fraction_spread=None)  # a count of points instead
 
 
+@pytest.mark.parametrize("task, warns", [
+    (Interpolation(count=10), True),
+    (Mixed(fraction=None, count=10, fraction_spread=None), True),  # by its interpolation part
+    (Mixed(), False),
+])
+def test_a_count_covering_short_series_warns_that_nothing_is_held_out(task, warns):
+    ds = from_dataframe(random_frame(3, n_series=20, max_len=6, p_missing=0.0))
+    dm = LatentODEDataModule(ds, task=task, batch_size=4, val_fraction=0.0, test_fraction=0.0)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        dm.setup()
+    said = any("nothing is held out" in str(w.message) for w in seen)
+    assert said == warns
+
+
 def test_extrapolation_cut_time_numeric_user_units_and_at_least_one_point():
     # seconds over years: model times are rescaled, the cut is given in user units
     df = pd.DataFrame(

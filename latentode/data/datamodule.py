@@ -18,7 +18,7 @@ from .batch import Collator, check_origin, stream_seed
 from .dataset import IrregularDataset
 from .scaling import ChannelScaler, check_representable
 from .splits import split_indices
-from .tasks import Interpolation
+from .tasks import Interpolation, Mixed
 from .windows import rescale_for_window, split_windows
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,8 @@ class LatentODEDataModule(L.LightningDataModule):
     Args:
         dataset: an :class:`IrregularDataset`, or a callable building one (called in ``setup``,
             so a Hydra config can name a source lazily).
-        task: an ``Interpolation`` or ``Extrapolation`` (``latentode.data.tasks``), or None
-            (the encoder sees and the model predicts every observation).
+        task: an ``Interpolation``, ``Extrapolation`` or ``Mixed`` (``latentode.data.tasks``),
+            or None (the encoder sees and the model predicts every observation).
         batch_size: series per batch.
         val_fraction, test_fraction, split_seed, shuffle_split: the split by series; with
             ``split`` given instead (or a source that fixes one, as hopper's in-order 80/20),
@@ -326,7 +326,10 @@ def _warn_if_split_empty(n: int, index: dict[str, np.ndarray], val_fraction: flo
 
 def _warn_if_nothing_held_out(task: Any, train: IrregularDataset) -> None:
     """An interpolation task with ``count=`` shows short series every point: nothing is left to
-    interpolate, and metrics on unseen points (and calibrated intervals) have nothing to use."""
+    interpolate, and metrics on unseen points (and calibrated intervals) have nothing to use.
+    A ``Mixed`` task is checked by its interpolation part."""
+    if isinstance(task, Mixed):
+        task = task.interpolation()
     if not isinstance(task, Interpolation) or task.count is None or len(train) == 0:
         return
     observed = (~np.isnan(train.values)).any(1).astype(np.int64)
