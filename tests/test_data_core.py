@@ -997,11 +997,23 @@ def test_mixed_task_cuts_a_share_of_the_series_and_subsamples_the_others():
     assert torch.equal(only_subsets.encoder_mask, plain.encoder_mask)
     with pytest.raises(ValueError, match=r"extrapolation_share must be in \[0, 1\]"):
         Mixed(extrapolation_share=1.5)
-    with pytest.raises(ValueError, match=r"fraction_spread must be in \[0, 0\.1\]"):
+    with pytest.raises(ValueError, match=r"Mixed's subsample .*fraction_spread must be in "
+                                         r"\[0, 0\.1\]"):
         Mixed(fraction=0.9)
-    with pytest.raises(ValueError, match=r"fraction_spread must be in \[0, 0\.2\]"):
+    with pytest.raises(ValueError, match=r"cut_spread must be in \[0, 0\.2\] .*cut_fraction=0\.2"):
         Mixed(cut_fraction=0.2, cut_spread=0.3)
+    with pytest.raises(ValueError, match=r"cut_fraction must be in \(0, 1\)"):
+        Mixed(cut_fraction=1.0)
+    with pytest.raises(ValueError, match="extrapolation_share must be in"):
+        Mixed(extrapolation_share=None)  # data.task.extrapolation_share=null: no TypeError
+    with pytest.raises(ValueError, match=r"data\.task\.fraction=null "
+                                         r"data\.task\.fraction_spread=null data\.task\.count=N"):
+        Mixed(count=5)  # the count beside the preset's fraction: how to switch is said
     Mixed(fraction=None, count=5, fraction_spread=None)  # a count of points instead
+    # spreads up to their bound, which 1 - fraction misses by rounding (1 - 0.9 < 0.1)
+    Mixed(fraction=0.9, fraction_spread=0.1, cut_fraction=0.8, cut_spread=0.2)
+    Interpolation(fraction=0.9, fraction_spread=0.1)
+    Extrapolation(fraction=0.8, fraction_spread=0.2)
 
 
 @pytest.mark.parametrize("task, warns", [
@@ -1015,8 +1027,11 @@ def test_a_count_covering_short_series_warns_that_nothing_is_held_out(task, warn
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         dm.setup()
-    said = any("nothing is held out" in str(w.message) for w in seen)
-    assert said == warns
+    said = [str(w.message) for w in seen if "nothing is held out" in str(w.message)]
+    assert bool(said) == warns
+    if said:  # names the task given, and a share of the same task as the remedy
+        name = type(task).__name__
+        assert said[0].startswith(f"{name}(count=10)") and f"(Python: {name}(" in said[0]
 
 
 def test_extrapolation_cut_time_numeric_user_units_and_at_least_one_point():

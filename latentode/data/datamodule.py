@@ -327,8 +327,9 @@ def _warn_if_split_empty(n: int, index: dict[str, np.ndarray], val_fraction: flo
 def _warn_if_nothing_held_out(task: Any, train: IrregularDataset) -> None:
     """An interpolation task with ``count=`` shows short series every point: nothing is left to
     interpolate, and metrics on unseen points (and calibrated intervals) have nothing to use.
-    A ``Mixed`` task is checked by its interpolation part."""
-    if isinstance(task, Mixed):
+    A ``Mixed`` task is checked by its interpolation part (its cut series still forecast)."""
+    mixed = isinstance(task, Mixed)
+    if mixed:
         task = task.interpolation()
     if not isinstance(task, Interpolation) or task.count is None or len(train) == 0:
         return
@@ -337,10 +338,14 @@ def _warn_if_nothing_held_out(task: Any, train: IrregularDataset) -> None:
     whole = float(np.mean(per_series <= task.count))
     if whole >= 0.5:
         warnings.warn(
-            f"Interpolation(count={task.count}) shows the encoder every point of {whole:.0%} of "
-            f"the training series (median {int(np.median(per_series))} observed times): nothing "
-            "is held out there, so the model learns to reconstruct rather than to interpolate, "
-            "and unseen-point metrics have nothing to measure. For short series use a share: "
-            "data.task.count=null data.task.fraction=0.5 (Python: Interpolation(fraction=0.5)).",
+            f"{'Mixed' if mixed else 'Interpolation'}(count={task.count}) shows the encoder "
+            f"every point of {whole:.0%} of the {'subsampled ' if mixed else ''}training series "
+            f"(median {int(np.median(per_series))} observed times): nothing is held out there, "
+            "so the model learns to reconstruct rather than to interpolate, and unseen-point "
+            "metrics have nothing to measure there. For short series use a share: "
+            + ("data.task.count=null data.task.fraction=0.75 data.task.fraction_spread=0.25 "
+               "(Python: Mixed())." if mixed else
+               "data.task.count=null data.task.fraction=0.5 (Python: "
+               "Interpolation(fraction=0.5))."),
             stacklevel=3,
         )

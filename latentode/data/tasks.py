@@ -24,6 +24,8 @@ import pandas as pd
 
 from .dataset import TimeTransform
 
+_SPREAD_TOL = 1e-9  # spreads up to their bound pass despite rounding (1 - 0.9 < 0.1)
+
 
 @dataclass
 class Points:
@@ -111,9 +113,9 @@ class Interpolation:
         if self.fraction_spread is not None:
             if self.fraction is None:
                 raise ValueError("fraction_spread draws each series' fraction around "
-                                 "fraction=; set fraction (not count).")
+                                 "fraction=; set fraction, or fraction_spread=null with count=.")
             top = min(self.fraction, 1 - self.fraction)
-            if not 0 <= self.fraction_spread <= top:
+            if not 0 <= self.fraction_spread <= top + _SPREAD_TOL:
                 raise ValueError(
                     f"fraction_spread must be in [0, {top:g}] (fractions within (0, 1] around "
                     f"fraction={self.fraction:g}), got {self.fraction_spread}.")
@@ -170,7 +172,8 @@ class Extrapolation:
         if self.fraction_spread is not None:
             if self.fraction is None:
                 raise ValueError("fraction_spread draws a cut around fraction=; set fraction.")
-            if not 0 <= self.fraction_spread <= min(self.fraction, 1 - self.fraction):
+            if not 0 <= self.fraction_spread <= min(self.fraction,
+                                                    1 - self.fraction) + _SPREAD_TOL:
                 raise ValueError(
                     f"fraction_spread must be in [0, {min(self.fraction, 1 - self.fraction):g}] "
                     f"(cuts within the series), got {self.fraction_spread}.")
@@ -257,12 +260,24 @@ class Mixed:
     extrapolation_share: float = 0.5
 
     def __post_init__(self) -> None:
-        if isinstance(self.extrapolation_share, bool) or not (
-                0 <= self.extrapolation_share <= 1):
+        if not _real(self.extrapolation_share) or not 0 <= self.extrapolation_share <= 1:
             raise ValueError(f"extrapolation_share must be in [0, 1] (the share of series cut "
                              f"rather than subsampled), got {self.extrapolation_share!r}.")
-        self.interpolation()  # each part checks its own options
-        self.extrapolation()
+        if not _real(self.cut_fraction) or not 0 < self.cut_fraction < 1:
+            raise ValueError(f"cut_fraction must be in (0, 1) (where the cut series are cut, as "
+                             f"a share of their spans), got {self.cut_fraction!r}.")
+        top = min(self.cut_fraction, 1 - self.cut_fraction)
+        if not _real(self.cut_spread) or not 0 <= self.cut_spread <= top + _SPREAD_TOL:
+            raise ValueError(f"cut_spread must be in [0, {top:g}] (cuts within the series around "
+                             f"cut_fraction={self.cut_fraction:g}), got {self.cut_spread!r}.")
+        try:
+            self.interpolation()
+        except ValueError as err:
+            raise ValueError(
+                f"Mixed's subsample (fraction={self.fraction!r}, count={self.count!r}, "
+                f"fraction_spread={self.fraction_spread!r}): {err} A count of points instead: "
+                "data.task.fraction=null data.task.fraction_spread=null data.task.count=N."
+            ) from None
 
     def interpolation(self) -> Interpolation:
         """The mask of the series that are subsampled."""
@@ -285,3 +300,9 @@ class Mixed:
     def targets(self, points: Points, encoder: np.ndarray) -> None:
         """Every observed point is a target (None: the batch reuses its observation mask)."""
         return None
+
+
+def _real(value: object) -> bool:
+    """A number (not a bool, not None)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value,
+                                                                                       bool)

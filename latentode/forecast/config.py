@@ -63,8 +63,8 @@ def compose_train_config(overrides: Sequence[str]) -> DictConfig:
     try:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
             # output_dir refers to Hydra's runtime; the forecaster sets it in fit
-            # a user's own series: the csv data config (its task holds half of each series'
-            # points out, whatever their length) unless the overrides pick a data config
+            # a user's own series: the csv data config (its Mixed task holds points out of
+            # every series, whatever its length) unless the overrides pick a data config
             data = [] if any(o.lstrip("+~").startswith("data=") for o in overrides) \
                 else ["data=csv", *_own_data_recipe()]
             # the encoder walks each series through its own times in training, as prediction

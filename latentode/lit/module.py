@@ -183,8 +183,9 @@ class LatentODELightning(L.LightningModule):
     - ``mse_sample`` (validation and test): the squared error of each posterior sample, averaged
       over the samples, in the model's units: the paper code's test MSE (slightly above ``mse``, by
       the spread of the samples).
-    - ``mse_seen`` / ``mse_unseen``: on targets the encoder saw / did not see (interpolation); a key
-      is logged only when the epoch had such points.
+    - ``mse_seen`` / ``mse_unseen``: on targets the encoder saw / did not see (interpolated or,
+      under a ``Mixed`` or extrapolation task, forecast); a key is logged only when the epoch
+      had such points.
     - ``solver_nfe_forward``, ``solver_nfe_backward``, ``solver_steps_accepted``,
       ``solver_steps_rejected``: per batch, the generative ODE solver's function evaluations and
       steps (models with a ``solver_stats``, e.g. ``LatentODE``; backward counts in the adjoint and
