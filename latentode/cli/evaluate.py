@@ -44,7 +44,6 @@ from typing import Any
 
 import hydra
 import numpy as np
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
@@ -96,24 +95,6 @@ def noise_mode(value: Any) -> str:
     if mode not in NOISE_MODES:
         raise ValueError(f"coverage.noise must be one of {list(NOISE_MODES)}, got {value!r}.")
     return mode
-
-
-def heldout_coverage(model: torch.nn.Module, datamodule: Any, level: float = 0.9,
-                     n_samples: int = 100, seed: int = 0, noise: Any = True) -> float:
-    """Empirical coverage of the central ``level`` posterior predictive interval on the test
-    loader's held-out points (``target_mask & ~encoder_mask``), pooled over batches; samples are
-    seeded per batch, so the number is reproducible. NaN when no point is held out.
-
-    ``noise``: True the model's ``obs_std``, False/None the paths alone, a number or a
-    per-channel sequence that std (model units)."""
-    if noise is True:
-        std: Any = model_obs_std(model)
-    elif noise is False or noise is None:
-        std = None
-    else:
-        std = noise
-    return predictive_coverage(model, datamodule.test_dataloader(), {"value": std}, level,
-                               n_samples, seed)["value"]
 
 
 def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodule: Any,
