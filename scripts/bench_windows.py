@@ -1,6 +1,7 @@
 """Whole series against windows: 6-hour forecasts of held-out sensors, trained both ways.
 
     python scripts/bench_windows.py [--epochs 100] [--seeds 1 2] [--csv sensors.csv]
+        [--overrides KEY=VALUE ...]
 
 Writes (or reads, with ``--csv``) a synthetic sensor table: 40 sensors installed at random
 times over three months, each recording every 5-20 minutes for 2-5 days with occasional
@@ -59,6 +60,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--csv", type=Path, default=None, help="read this table instead")
+    parser.add_argument("--overrides", nargs="*", default=[],
+                        help="config overrides for both fits, e.g. data.task.extrapolation_share=0")
     args = parser.parse_args()
     from latentode import LatentODEForecaster
 
@@ -80,7 +83,8 @@ def main() -> None:
             start = time.perf_counter()
             fc = LatentODEForecaster({"trainer.max_epochs": args.epochs, "data.batch_size": 8,
                                       "seed": seed, "callbacks.progress_bar.refresh_rate": 0,
-                                      **extra}).fit(train, id_col="sensor_id",
+                                      **extra, **dict(o.split("=", 1) for o in args.overrides)}
+                                     ).fit(train, id_col="sensor_id",
                                                     time_col="timestamp")
             seconds = time.perf_counter() - start
             pred = fc.predict(history, times=times, num_samples=50)
