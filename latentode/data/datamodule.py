@@ -18,7 +18,7 @@ from .batch import Collator, check_origin, stream_seed
 from .dataset import IrregularDataset
 from .scaling import ChannelScaler, check_representable
 from .splits import split_indices
-from .tasks import Interpolation, Mixed
+from .tasks import Interpolation, Mixed, interpolation_task
 from .windows import rescale_for_window, split_windows
 
 log = logging.getLogger(__name__)
@@ -329,8 +329,7 @@ def _warn_if_nothing_held_out(task: Any, train: IrregularDataset) -> None:
     interpolate, and metrics on unseen points (and calibrated intervals) have nothing to use.
     A ``Mixed`` task is checked by its interpolation part (its cut series still forecast)."""
     mixed = isinstance(task, Mixed)
-    if mixed:
-        task = task.interpolation()
+    task = interpolation_task(task)
     if not isinstance(task, Interpolation) or task.count is None or len(train) == 0:
         return
     observed = (~np.isnan(train.values)).any(1).astype(np.int64)

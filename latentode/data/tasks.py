@@ -18,6 +18,7 @@ cost grows with the number of observations, not with ``batch x union of times``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -300,6 +301,15 @@ class Mixed:
     def targets(self, points: Points, encoder: np.ndarray) -> None:
         """Every observed point is a target (None: the batch reuses its observation mask)."""
         return None
+
+
+def interpolation_task(task: Any) -> Any:
+    """The task whose held-out points lie inside the series, for the in-series noise, its
+    coverage and the held-out checks: a ``Mixed`` task's interpolation part (the held-out
+    points of the series it cuts are forecasts: counted as in-series points, a fit on 30
+    series left no held-out point inside the span of its 3 validation series), any other task
+    itself."""
+    return task.interpolation() if isinstance(task, Mixed) else task
 
 
 def _real(value: object) -> bool:

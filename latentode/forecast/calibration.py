@@ -66,6 +66,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from latentode.data.tasks import interpolation_task
+
 from .coverage import check_level, interval_hits
 from .spec import without_version
 
@@ -305,15 +307,6 @@ def calibration_batches(
                         dtype=dtype)
     size = int(datamodule.batch_size)
     return (collator(list(range(s, min(s + size, n)))) for s in range(0, n, size)), split
-
-
-def interpolation_task(task: Any) -> Any:
-    """The task whose held-out points lie inside the series, for the in-series noise and its
-    coverage: a ``Mixed`` task's interpolation part (the held-out points of the series it
-    cuts are forecasts, which the lead curve answers: counted here, a fit on 30 series left
-    no held-out point inside the span of its 3 validation series), any other task itself."""
-    part = getattr(task, "interpolation", None)
-    return part() if callable(part) else task
 
 
 def lead_task() -> Any:
