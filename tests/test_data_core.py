@@ -25,6 +25,7 @@ from latentode.data import (
     ChannelScaler,
     Collator,
     Extrapolation,
+    Folds,
     Interpolation,
     IrregularDataset,
     LatentODEDataModule,
@@ -1014,6 +1015,41 @@ def test_mixed_task_cuts_a_share_of_the_series_and_subsamples_the_others():
     Mixed(fraction=0.9, fraction_spread=0.1, cut_fraction=0.8, cut_spread=0.2)
     Interpolation(fraction=0.9, fraction_spread=0.1)
     Extrapolation(fraction=0.8, fraction_spread=0.2)
+
+
+def test_folds_hold_out_every_point_once_over_the_passes_whatever_the_batch():
+    ds = from_dataframe(random_frame(18, n_series=30, max_len=25, p_missing=0.3))
+    indices = list(range(len(ds)))
+    k = 4
+    held = []
+    for fold in range(k):
+        collator = Collator(ds, Folds(folds=k, fold=fold), fixed=True, seed=5,
+                            dtype=torch.float64)
+        batch = collator(indices)
+        assert torch.equal(batch.target_mask, batch.mask)  # every observed point a target
+        assert_whole_points(batch)
+        out = point_mask(batch.mask) & ~point_mask(batch.encoder_mask)
+        held.append(out)
+        # the same series hold out the same times in another batch, in another order
+        subset = indices[::-1][:7]
+        again = collator(subset)
+        back = point_mask(again.mask) & ~point_mask(again.encoder_mask)
+        for row, i in enumerate(subset):
+            assert np.array_equal(again.times.numpy()[back[row]], batch.times.numpy()[out[i]])
+    held = np.stack(held)  # (folds, B, T)
+    counts = point_mask(batch.mask).sum(1)
+    times_out = held.sum(0)
+    assert times_out.max() == 1  # no point held out twice
+    many = counts >= 2
+    # every point of a series with two or more is held out once; sizes differ by at most one
+    assert np.array_equal(times_out[many].sum(1), counts[many])
+    sizes = held.sum(2)[:, many]
+    assert (sizes.max(0) - sizes.min(0) <= 1).all()
+    assert times_out[~many].sum() == 0  # a one-point series keeps its point
+    with pytest.raises(ValueError, match="folds must be an integer >= 2"):
+        Folds(folds=1)
+    with pytest.raises(ValueError, match=r"fold must be an integer in \[0, 2\]"):
+        Folds(folds=3, fold=3)
 
 
 @pytest.mark.parametrize("task, warns", [

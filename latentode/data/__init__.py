@@ -11,7 +11,7 @@ from .dataset import IrregularDataset, TimeTransform
 from .frame import from_dataframe
 from .scaling import ChannelScaler
 from .splits import split_indices
-from .tasks import Extrapolation, Interpolation, Mixed
+from .tasks import Extrapolation, Folds, Interpolation, Mixed
 from .windows import split_windows
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "ChannelScaler",
     "Collator",
     "Extrapolation",
+    "Folds",
     "Interpolation",
     "IrregularDataset",
     "LatentODEDataModule",

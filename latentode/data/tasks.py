@@ -10,8 +10,10 @@
   ``--extrap``); the targets stay the points after it.
 * :class:`Mixed` (``conf/data/csv.yaml``'s, so the forecaster's): per series and batch, an
   interpolation mask or a cut, so one model learns to fill gaps and to forecast.
+* :class:`Folds`: one of ``folds`` passes that together hold out every observed point once, the
+  encoder seeing the rest of its series (the forecaster's calibration of its in-series noise).
 
-Both work on the batch's points before they are laid on the union grid (``Points``), so their
+They work on the batch's points before they are laid on the union grid (``Points``), so their
 cost grows with the number of observations, not with ``batch x union of times``.
 """
 
@@ -303,6 +305,47 @@ class Mixed:
         return None
 
 
+@dataclass(frozen=True)
+class Folds:
+    """Fold ``fold`` of ``folds``: the encoder sees every observed time point of each series but
+    those dealt to fold ``fold``.
+
+    Each series' observed time points are dealt into ``folds`` folds of (nearly) equal size in
+    a random order drawn from the series' stream, so with a fixed collator (validation, test,
+    calibration: ``Collator(fixed=True)``) the ``folds`` passes hold out every point exactly
+    once while the encoder sees ``(folds - 1) / folds`` of the series. That is the density
+    ``LatentODEForecaster``'s predict and impute condition on (all of a series' points) more
+    nearly than a training task's subsample: the in-series noise is calibrated on it
+    (``latentode.forecast.calibration``). A series keeps at least one point for the encoder
+    (a one-point series is never held out). Every observed point is a target.
+    """
+
+    folds: int = 5
+    fold: int = 0
+
+    def __post_init__(self) -> None:
+        if not _whole(self.folds) or self.folds < 2:
+            raise ValueError(f"folds must be an integer >= 2, got {self.folds!r}.")
+        if not _whole(self.fold) or not 0 <= self.fold < self.folds:
+            raise ValueError(f"fold must be an integer in [0, {self.folds - 1}], "
+                             f"got {self.fold!r}.")
+
+    def encoder_points(
+        self, points: Points, rng: np.random.Generator, transform: TimeTransform | None = None
+    ) -> np.ndarray:
+        point_obs = np.any(points.observed, axis=1)
+        scores = np.where(point_obs, rng.random(len(point_obs)), 2.0) + 4.0 * points.rows
+        order = np.argsort(scores, kind="stable")
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order)) - points.starts[points.rows[order]]
+        chosen = point_obs & (rank % self.folds != self.fold)
+        return _with_at_least_one(chosen, points, point_obs)
+
+    def targets(self, points: Points, encoder: np.ndarray) -> None:
+        """Every observed point is a target (None: the batch reuses its observation mask)."""
+        return None
+
+
 def interpolation_task(task: Any) -> Any:
     """The task whose held-out points lie inside the series, for the in-series noise, its
     coverage and the held-out checks: a ``Mixed`` task's interpolation part (the held-out
@@ -310,6 +353,11 @@ def interpolation_task(task: Any) -> Any:
     series left no held-out point inside the span of its 3 validation series), any other task
     itself."""
     return task.interpolation() if isinstance(task, Mixed) else task
+
+
+def _whole(value: object) -> bool:
+    """An integer (not a bool)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _real(value: object) -> bool:
