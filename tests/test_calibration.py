@@ -223,6 +223,35 @@ def test_calibration_batches_of_a_mixed_task_subsample_every_series():
     assert ours == 0 and theirs >= 5  # of 20 validation series, about half cut in validation
 
 
+def test_calibration_batches_with_folds_hold_every_validation_point_out_once():
+    """The forecaster's in-series calibration: K passes of Folds over each chunk of series,
+    each point held out once while the encoder sees the other (K - 1) / K of its series."""
+    dm = LatentODEDataModule(load_dataset("periodic", n_series=30, n_points=20),
+                             task=Mixed(), batch_size=4, val_fraction=0.4, test_fraction=0.1)
+    dm.setup()
+    batches, split = calibration_batches(dm, folds=5, origin="series")
+    batches = list(batches)
+    n = len(dm.splits["val"])
+    assert split == "val" and len(batches) == 5 * -(-n // 4)  # five passes per chunk
+    held = observed = 0
+    for k in range(0, len(batches), 5):
+        chunk = batches[k:k + 5]
+        outs = [b.target_mask.any(-1) & ~b.encoder_mask.any(-1) for b in chunk]
+        assert all(torch.equal(b.values, chunk[0].values) for b in chunk)  # the same series
+        assert int(sum(o.int() for o in outs).max()) == 1  # no point held out twice
+        held += sum(int(o.sum()) for o in outs)
+        observed += int(chunk[0].mask.any(-1).sum())
+        seen = chunk[0].encoder_mask.any(-1).sum(1) / chunk[0].mask.any(-1).sum(1)
+        assert ((seen >= 0.75) & (seen <= 0.85)).all()  # four fifths of 20 points
+    assert held == observed  # every point of every validation series, once
+    # a task given keeps its own masks, folds or not (from_model's task=)
+    plain = list(calibration_batches(dm)[0])
+    given = list(calibration_batches(dm, task=interpolation_task(dm.task), folds=5)[0])
+    assert len(given) == len(plain)
+    assert all(torch.equal(a.encoder_mask, b.encoder_mask)
+               for a, b in zip(plain, given, strict=True))
+
+
 def unaligned_batch(series: int = 12, points: int = 15, dims: int = 2, seed: int = 0) -> Batch:
     """Series each observed at its own times (the union is ``series`` times longer), half of
     each series' points shown to the encoder, every observed point a target."""

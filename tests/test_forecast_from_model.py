@@ -86,7 +86,7 @@ def test_rebuilt_fit_forecaster_predicts_exactly_as_fit(fitted):
     held = dm.dataset.subset(dm.split_index["val"])
     assert np.nanmean(train.values) > 50  # not scaled: the frame sits near 100
     rebuilt = LatentODEForecaster.from_model(
-        fc.model, train, dm.scaler, calibration_data=held, task=dm.task,
+        fc.model, train, dm.scaler, calibration_data=held,
         batch_size=dm.batch_size, time_origin=fc.cfg.data.time_origin)
     assert rebuilt.spec.mean == fc.spec.mean and rebuilt.spec.scale == fc.spec.scale
     assert rebuilt.spec.time == fc.spec.time and rebuilt.spec.channels == fc.spec.channels
@@ -287,12 +287,31 @@ def test_save_and_load_predict_exactly_as_before(periodic, tmp_path):
     pd.testing.assert_frame_equal(got, want)
 
 
+def test_from_model_calibrates_on_folds_unless_given_a_task(fitted):
+    """Default: every held-out point once over five Folds passes (fit's calibration, the test
+    above); task= keeps the given task's masks (here fit's Mixed task: its subsample shows the
+    encoder 50-100% of a series, so far fewer points are scored)."""
+    fc, _ = fitted
+    dm = fc.trainer.datamodule
+    train = dm.dataset.subset(dm.split_index["train"])
+    common = {"calibration_data": dm.dataset.subset(dm.split_index["val"]),
+              "batch_size": dm.batch_size, "time_origin": fc.cfg.data.time_origin}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folds = LatentODEForecaster.from_model(fc.model, train, dm.scaler, **common)
+        given = LatentODEForecaster.from_model(fc.model, train, dm.scaler, task=dm.task,
+                                               **common)
+    assert np.allclose(folds.calibration.std, fc.calibration.std, rtol=1e-6)  # fit's own
+    assert 2 * sum(given.calibration.count) < sum(folds.calibration.count)
+    assert given.calibration.std != folds.calibration.std
+
+
 def test_a_fit_forecasters_config_rebuilds_its_model(fitted, tmp_path):
     fc, data = fitted
     dm = fc.trainer.datamodule
     rebuilt = LatentODEForecaster.from_model(
         fc.model, dm.dataset.subset(dm.split_index["train"]), dm.scaler,
-        calibration_data=dm.dataset.subset(dm.split_index["val"]), task=dm.task,
+        calibration_data=dm.dataset.subset(dm.split_index["val"]),
         batch_size=dm.batch_size, model_config=fc.cfg.model, time_origin="series")
     loaded = LatentODEForecaster.load(rebuilt.save(tmp_path / "fc"))
     pd.testing.assert_frame_equal(loaded.predict(data, horizon=1.0, n=2, num_samples=5),

@@ -47,11 +47,16 @@ one with a long one, and the paths' spread hardly shows it: the forecast varianc
 factor per bin of history length (the excess over what the curve gives, non-increasing in
 the length, within ``HISTORY_FACTOR_RANGE``).
 
-Where: the validation split (its fixed, seeded task masks, the very batches validation scores)
-when there is one, else the training split with the training task's masks drawn the same fixed,
-seeded way. The training split is a fallback only: the decoder was fitted to those points (though
-not through the encoder's view of them), so its residuals are smaller than on new series and the
-noise comes out on the narrow side.
+Where: the validation split when there is one, else the training split. The training split is
+a fallback only: the decoder was fitted to those points (though not through the encoder's view
+of them), so its residuals are smaller than on new series and the noise comes out on the narrow
+side. Which points: ``calibration_batches`` draws the data module's task masks the fixed,
+seeded way validation draws them (the very validation batches); with ``folds=K`` it makes ``K``
+passes of :class:`~latentode.data.Folds` instead, every point held out once while the encoder
+sees the other ``(K - 1) / K`` of its series. The forecaster calibrates on five folds:
+``predict`` conditions on all of a series' points, and the noise of a model shown 50-100% of
+each series (a ``Mixed`` task's subsample) left its imputation intervals wide on dense data
+(docs/results.md, *In-series noise: folds*).
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ LEAD_MIN_POINTS = 30  # a bin's own channel estimate needs this many points, els
 HISTORY_BINS = 4  # bins of history length (equal counts) of the forecast noise's factor
 HISTORY_FACTOR_RANGE = (0.25, 16.0)  # bounds of that factor on the variance
 CALIBRATION_MAX_SERIES = 1000  # series of a split used for calibration (first ones, stored order)
+CALIBRATION_FOLDS = 5  # passes of the forecaster's in-series calibration (Folds)
 CALIBRATION_MIN_SERIES = 10  # fewer: the calibrated noise, and so the coverage, varies widely
 CALIBRATION_MIN_POINTS = 20  # a channel's noise from fewer held-out points: ~16%+ std error
 RUN_SPLITS = {
@@ -278,6 +284,7 @@ class NoiseCalibration:
 def calibration_batches(
     datamodule: Any, split: str | None = None, max_series: int | None = CALIBRATION_MAX_SERIES,
     task: Any = None, origin: str | None = None, dtype: torch.dtype = torch.float32,
+    folds: int | None = None,
 ) -> tuple[Iterator[Any], str]:
     """``(batches, split)``: the batches to calibrate on and the split they come from.
 
@@ -289,9 +296,12 @@ def calibration_batches(
     same on every call; for the validation split they are the validation batches. ``task``
     replaces the data module's (e.g. :func:`lead_task` for the forecast pass; None: the data
     module's, a ``Mixed`` task's interpolation part: :func:`interpolation_task`), ``origin``
-    its clock (the forecaster's ``"series"``: how it answers every series).
+    its clock (the forecaster's ``"series"``: how it answers every series). ``folds`` (with
+    ``task`` None): ``folds`` batches per ``batch_size`` series instead, one per
+    :class:`~latentode.data.Folds` fold, so every observed point is held out once while the
+    encoder sees the rest of its series.
     """
-    from latentode.data import Collator
+    from latentode.data import Collator, Folds
 
     if not getattr(datamodule, "splits", None):
         datamodule.setup()
@@ -300,13 +310,16 @@ def calibration_batches(
         split = "val" if len(splits.get("val", ())) > 0 else "train"
     part = splits[split]
     n = len(part) if max_series is None else min(len(part), int(max_series))
-    task = task if task is not None else interpolation_task(datamodule.task)
-    collator = Collator(part, task, fixed=True,
-                        seed=datamodule.seed,
-                        origin=origin or getattr(datamodule, "time_origin", None) or "batch",
-                        dtype=dtype)
+    if task is not None or folds is None:
+        tasks = [task if task is not None else interpolation_task(datamodule.task)]
+    else:
+        tasks = [Folds(folds=int(folds), fold=k) for k in range(int(folds))]
+    collators = [Collator(part, one, fixed=True, seed=datamodule.seed,
+                          origin=origin or getattr(datamodule, "time_origin", None) or "batch",
+                          dtype=dtype) for one in tasks]
     size = int(datamodule.batch_size)
-    return (collator(list(range(s, min(s + size, n)))) for s in range(0, n, size)), split
+    return (collator(list(range(s, min(s + size, n)))) for s in range(0, n, size)
+            for collator in collators), split
 
 
 def lead_task() -> Any:

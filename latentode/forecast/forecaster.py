@@ -59,8 +59,9 @@ noise grows with the lead time, along a curve calibrated on forecasts of cut val
 The model's own ``obs_std`` is a fixed training choice (0.01
 in standardised units) and gives far too narrow intervals; ``noise="model"`` still uses it,
 ``noise=False`` gives quantiles of the paths alone. ``fit`` calibrates after training on
-``val_df`` (else on the training series, with the training task's encoder masks drawn the fixed,
-seeded way), ``from_run`` on the run's validation split (else its training split),
+``val_df`` or the series ``val_fraction`` holds out (else on the training series), each point
+held out once over five passes while the encoder sees the rest of its series
+(``latentode.data.Folds``), ``from_run`` on the run's validation split (else its training split),
 ``from_model`` (a model trained in your own loop) on its ``calibration_data`` (else its training
 series); ``save`` writes the result to ``calibration.json`` and ``load`` reads it back (a
 directory saved without one, by an older latentode, falls back to ``obs_std``).
@@ -97,6 +98,7 @@ from latentode.solvers import SolverError
 
 from .adopt import checked_model_config, model_dtype, on_spec_clock, scaled
 from .calibration import (
+    CALIBRATION_FOLDS,
     NoiseCalibration,
     calibrate_lead,
     calibrate_noise,
@@ -527,11 +529,12 @@ class LatentODEForecaster:
                 intervals. None: ``dataset`` itself, with a warning, as ``fit`` warns without
                 held-out series (on training series the intervals come out narrow).
             task: which points of each calibration series the encoder sees
-                (``calibrate_noise`` scores the others): default ``Interpolation(fraction=0.5)``
-                (``fit`` calibrates on its ``Mixed`` task's interpolation part, 50-100% of
-                the points); a ``Mixed`` task counts by its interpolation part. The forecast
-                curve over lead time is calibrated on the same series cut at random points, as
-                for ``fit`` and ``from_run``.
+                (``calibrate_noise`` scores the others; a ``Mixed`` task counts by its
+                interpolation part). Default: five passes of ``latentode.data.Folds``, each
+                point held out once while the encoder sees the other four fifths of its
+                series, as ``fit`` and ``from_run`` calibrate (``predict`` conditions on all
+                of a series' points). The forecast curve over lead time is calibrated on the
+                same series cut at random points, as for ``fit`` and ``from_run``.
             batch_size: calibration series per batch.
             model_config: how to rebuild the model, Hydra style (``{"_target_":
                 "latentode.models.LatentODE", "input_dim": 1, "latents": 8}``; ``input_dim``
@@ -671,7 +674,7 @@ class LatentODEForecaster:
                 spec.walk_grid = [float(v) for v in walk.times]
                 spec.walk_origin = walk.origin
         calibration = _calibrate(model, datamodule, {"val": (
-            "calibration_data", "Pass more held-out series as calibration_data.")})
+            "calibration_data", "Pass more held-out series as calibration_data.")}, task=task)
         _warn_if_worse_than_the_mean(calibration, splits, channels, scaler is None)
         return cls._assemble(cfg, model, spec, calibration)
 
@@ -1208,10 +1211,12 @@ def _log_flags(scaler: Any) -> list[bool] | None:
 
 def _calibrate(model: nn.Module, datamodule: Any,
                advice: Mapping[str, tuple[str, str]] | None = None,
-               run: bool = False) -> NoiseCalibration:
+               run: bool = False, task: Any = None) -> NoiseCalibration:
     """The predictive noise of ``model`` on ``datamodule``'s validation split (its training
-    split when it has none): ``calibrate_noise`` on ``calibration_batches``, then the forecast
-    curve over lead time (``calibrate_lead`` on the same series cut at random points).
+    split when it has none): ``calibrate_noise`` on ``calibration_batches`` (``task``'s masks;
+    None: ``CALIBRATION_FOLDS`` passes of ``Folds``, every point held out once while the
+    encoder sees the rest of its series, near the density ``predict`` conditions on), then the
+    forecast curve over lead time (``calibrate_lead`` on the same series cut at random points).
     ``advice``: per split, what its series are and how to give more (``few_series_warning``);
     a split without an entry is not warned about (its caller has said what there is to say).
     ``run``: the data module is a trained run's (``from_run``): its splits' own words
@@ -1220,7 +1225,11 @@ def _calibrate(model: nn.Module, datamodule: Any,
     # time_origin=batch on unaligned series, calibrated on its batch clock: 0.76-0.83 coverage
     # for 0.9, four seeds; on the series clock 0.87-0.89; docs/results.md)
     dtype = model_dtype(model)  # batches in the model's dtype (a float64 model: float64)
-    batches, split = calibration_batches(datamodule, origin="series", dtype=dtype)
+    # the in-series noise from points held out of series the encoder sees the rest of: the
+    # training task's subsample (50-100% seen) left imputation intervals too wide on dense
+    # damped oscillators (0.95 for 0.9), Folds 0.90 (docs/results.md, *In-series noise: folds*)
+    batches, split = calibration_batches(datamodule, origin="series", dtype=dtype, task=task,
+                                         folds=None if task is not None else CALIBRATION_FOLDS)
     calibration = calibrate_noise(model, batches, CALIBRATION_SAMPLES, CALIBRATION_SEED,
                                   split=split)
     channels = [str(c) for c in datamodule.dataset.channels]
