@@ -185,6 +185,15 @@ def test_eval_reports_coverage(run, tmp_path, monkeypatch):
     assert len(coverage["noise_std"]) == 1 and coverage["noise_std"][0] >= coverage["obs_std"]
     assert "test/mse" in record["metrics"]
     assert "test/coverage90" not in record["metrics"]
+    # held out: every point once over five folds (default), or the run's task masks
+    assert coverage["held_out"] == "folds"
+    task_out = tmp_path / "eval_task"
+    run_main(eval_cli, ["latentode-eval", f"ckpt_path={run}/checkpoints/last.ckpt",
+                        f"hydra.run.dir={task_out}", "plot=false", "coverage.n_samples=20",
+                        "coverage.held_out=task"], monkeypatch)
+    by_task = json.loads((task_out / "test_metrics.json").read_text())["coverage"]
+    assert by_task["held_out"] == "task"
+    assert sum(by_task["calibration"]["count"]) < sum(coverage["calibration"]["count"])
 
 
 def test_eval_noise_option():
@@ -192,6 +201,13 @@ def test_eval_noise_option():
         == ["calibrated", "model", "none", "calibrated", "none", "none"]
     with pytest.raises(ValueError, match=r"coverage\.noise must be one of"):
         eval_cli.noise_mode("obs_std")
+    assert [eval_cli.held_out_mode(v) for v in ("folds", "Task")] == ["folds", "task"]
+    with pytest.raises(ValueError, match=r"coverage\.held_out must be one of \['folds', "
+                                         r"'task'\] .* got 'all'"):
+        eval_cli.held_out_mode("all")
+    with pytest.raises(ValueError, match=r"coverage\.held_out must be one of"):  # before the test
+        eval_cli.evaluate(OmegaConf.create({"ckpt_path": "missing.ckpt",
+                                            "coverage": {"held_out": "all"}}))
     assert predict_cli.noise_option(True) == "calibrated" and predict_cli.noise_option(
         "model") == "model"
 

@@ -23,6 +23,13 @@ observation noise. About 0.9 is calibrated; far less means over-confident interv
   far too small); ``none``: the sample paths alone.
 * ``test/coverage90_model_noise``: always with the model's ``obs_std``, to compare.
 
+Which points are held out (``coverage.held_out``), in the calibration and on the test series
+alike: ``folds`` (default) five passes of ``latentode.data.Folds``, every observed point held
+out once while the encoder sees the other four fifths of its series, as
+``LatentODEForecaster`` calibrates (its ``predict`` conditions on all of a series' points);
+``task`` the run's own task masks (an interpolation protocol's density, a ``Mixed`` task's
+interpolation part), as before 2026-12-06.
+
 With the calibrated noise, forecasts are scored too: each test series cut at a random point
 (20-80% of its span, ``latentode.forecast.calibration.lead_task``), the points after the cut
 predicted from the points before it. ``test/coverage90_forecast`` uses the noise curve over lead
@@ -61,6 +68,7 @@ from latentode.cli.train import (
 )
 from latentode.cli.typos import run_app
 from latentode.forecast.calibration import (
+    CALIBRATION_FOLDS,
     calibrate_lead,
     calibrate_noise,
     calibration_batches,
@@ -83,6 +91,7 @@ def coverage_name(level: float) -> str:
 
 
 NOISE_MODES = ("calibrated", "model", "none")
+HELD_OUT = ("folds", "task")  # coverage.held_out: which test points, and the calibration's
 
 
 def noise_mode(value: Any) -> str:
@@ -94,6 +103,16 @@ def noise_mode(value: Any) -> str:
     mode = str(value).strip().lower()
     if mode not in NOISE_MODES:
         raise ValueError(f"coverage.noise must be one of {list(NOISE_MODES)}, got {value!r}.")
+    return mode
+
+
+def held_out_mode(value: Any) -> str:
+    """``coverage.held_out`` as one of ``HELD_OUT``."""
+    mode = str(value).strip().lower()
+    if mode not in HELD_OUT:
+        raise ValueError(f"coverage.held_out must be one of {list(HELD_OUT)} (folds: each point "
+                         f"once, the encoder seeing the rest of its series; task: the run's "
+                         f"task masks), got {value!r}.")
     return mode
 
 
@@ -114,8 +133,10 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
     calibration = None
     breakdown: dict[str, Any] | None = None
     std: Any = {"model": obs, "none": None}.get(mode)
+    held_out = held_out_mode(options.get("held_out", "folds"))
+    folds = CALIBRATION_FOLDS if held_out == "folds" else None
     if mode == "calibrated":
-        batches, split = calibration_batches(datamodule)
+        batches, split = calibration_batches(datamodule, folds=folds)
         calibration = calibrate_noise(model, batches, samples, seed, split=split)
         for text in run_calibration_warnings(datamodule.splits[split], calibration,
                                              [str(c) for c in datamodule.dataset.channels],
@@ -124,11 +145,15 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
         std = calibration.std
     name = coverage_name(level)
     model_name = f"{name}_model_noise"
-    # the held-out points inside the test series: a Mixed task's cut series are forecasts,
-    # scored below with the lead curve
-    inside = (datamodule.test_dataloader()
-              if interpolation_task(datamodule.task) is datamodule.task
-              else calibration_batches(datamodule, "test", max_series=None)[0])
+    # the held-out points inside the test series: every point once over the folds (as the
+    # noise was calibrated: the density predict conditions on), or the run's task masks (a
+    # Mixed task's cut series are forecasts, scored below with the lead curve)
+    if folds is not None:
+        inside = calibration_batches(datamodule, "test", max_series=None, folds=folds)[0]
+    elif interpolation_task(datamodule.task) is datamodule.task:
+        inside = datamodule.test_dataloader()
+    else:
+        inside = calibration_batches(datamodule, "test", max_series=None)[0]
     values = predictive_coverage(model, inside, {name: std, model_name: obs}, level, samples,
                                  seed)
     if calibration is not None:
@@ -170,6 +195,7 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
         record = json.loads(path.read_text())
         record["coverage"] = {
             **values, "level": level, "n_samples": samples, "noise": mode, "obs_std": obs,
+            "held_out": held_out,
             "forecast_breakdown": breakdown,
             "noise_std": None if std is None else np.broadcast_to(
                 np.asarray(std, dtype=np.float64), (len(datamodule.dataset.channels),)).tolist(),
@@ -182,6 +208,9 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
 def evaluate(eval_cfg: DictConfig) -> dict[str, float]:
     """Test ``eval_cfg.ckpt_path`` with the data and model of its run; returns the metrics."""
     refuse_foreign_options(eval_cfg, "eval", "latentode-eval")
+    options = eval_cfg.get("coverage") or {}
+    noise_mode(options.get("noise", "calibrated"))  # before the test pass: fail early
+    held_out_mode(options.get("held_out", "folds"))
 
     def prepare(cfg: DictConfig, _config_path: object) -> None:
         with open_dict(cfg):
