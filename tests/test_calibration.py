@@ -17,6 +17,7 @@ from latentode.forecast.calibration import (
     NoiseCalibration,
     calibrate_noise,
     calibration_batches,
+    density_warning,
     few_points_warning,
     few_series_warning,
     interpolation_task,
@@ -158,6 +159,26 @@ def test_channels_calibrated_on_few_points_are_named():
     assert "spo2" not in text
     enough = NoiseCalibration(std=[0.1], obs_std=0.01, count=[20], split="val")
     assert few_points_warning(enough, ["hr"]) is None
+
+
+def test_a_model_worse_from_more_of_a_series_is_named_with_the_remedy():
+    task = Interpolation(count=50)
+    folds = NoiseCalibration(std=[0.29, 0.10], obs_std=0.01, count=[9738, 400], split="val")
+    at_task = NoiseCalibration(std=[0.125, 0.09], obs_std=0.01, count=[4810, 200], split="val")
+    text = density_warning(folds, at_task, task, ["value", "other"])
+    assert text is not None and text.startswith(
+        "The model predicts points inside a series worse when its encoder sees 4/5 of the "
+        "series than at its training task's density (Interpolation(fraction=None, count=50, "
+        "fraction_spread=None)): in-series noise 0.29 against 0.125 for channel 'value' "
+        "(model units, val split).")
+    assert "data.task.fraction_spread=0.25" in text and "Mixed" in text
+    # 1.5x or less, fewer than 20 points either way, or better on folds: nothing to say
+    assert density_warning(at_task, at_task, task, ["value", "other"]) is None
+    near = NoiseCalibration(std=[0.1875, 0.1], obs_std=0.01, count=[100, 100], split="val")
+    assert density_warning(near, at_task, task, ["value", "other"]) is None
+    few = NoiseCalibration(std=[0.125, 0.09], obs_std=0.01, count=[19, 200], split="val")
+    assert density_warning(folds, few, task, ["value", "other"]) is None
+    assert density_warning(at_task, folds, task, ["value", "other"]) is None
 
 
 def test_json_round_trip_is_exact(tmp_path):

@@ -87,6 +87,7 @@ CALIBRATION_MAX_SERIES = 1000  # series of a split used for calibration (first o
 CALIBRATION_FOLDS = 5  # passes of the forecaster's in-series calibration (Folds)
 CALIBRATION_MIN_SERIES = 10  # fewer: the calibrated noise, and so the coverage, varies widely
 CALIBRATION_MIN_POINTS = 20  # a channel's noise from fewer held-out points: ~16%+ std error
+DENSITY_RATIO = 1.5  # in-series noise on folds over the training task's: above, a warning
 RUN_SPLITS = {
     "val": ("the run's validation split", "Train with a larger data.val_fraction."),
     "train": ("the run's training split: it has no validation series",
@@ -139,6 +140,33 @@ def few_points_warning(calibration: NoiseCalibration, channels: list[str]) -> st
             f"{CALIBRATION_MIN_POINTS} held-out points ({calibration.split} split): their "
             "intervals may be far off. Calibrate on more series, or on series observing "
             "those channels.")
+
+
+def density_warning(on_folds: NoiseCalibration, on_task: NoiseCalibration, task: Any,
+                    channels: list[str], folds: int = CALIBRATION_FOLDS) -> str | None:
+    """The warning for a model that predicts points inside a series clearly worse (in-series
+    noise more than ``DENSITY_RATIO`` times) when its encoder sees ``(folds - 1) / folds`` of
+    the series than at its training ``task``'s density, or None. Channels with fewer than
+    ``CALIBRATION_MIN_POINTS`` points either way are not compared. The quick start's model,
+    trained seeing 50 of each series' 100 points: 0.29 against 0.125 (docs/results.md,
+    *In-series noise: folds*); ``predict`` conditions on all of a series' points."""
+    ratios = [(a / b, c, a, b) for c, a, b, n, m in zip(
+        channels, on_folds.std, on_task.std, on_folds.count or [], on_task.count or [],
+        strict=False) if n >= CALIBRATION_MIN_POINTS and m >= CALIBRATION_MIN_POINTS and b > 0]
+    if not ratios:
+        return None
+    ratio, channel, a, b = max(ratios)
+    if ratio <= DENSITY_RATIO:
+        return None
+    return (f"The model predicts points inside a series worse when its encoder sees "
+            f"{folds - 1}/{folds} of the series than at its training task's density ({task}): "
+            f"in-series noise {a:.3g} against {b:.3g} for channel {channel!r} (model units, "
+            f"{on_folds.split} split). predict and impute condition on all of a series' "
+            "points, so their intervals are calibrated wide and their errors can exceed the "
+            "run's test MSE (scored at the training density). Train on a spread of densities: "
+            "an Interpolation fraction with fraction_spread (e.g. data.task.count=null "
+            "data.task.fraction=0.75 +data.task.fraction_spread=0.25), or the Mixed task "
+            "(conf/data/csv.yaml; LatentODEForecaster.fit's default).")
 
 
 def calibration_warnings(part: Any, calibration: NoiseCalibration, channels: list[str],

@@ -88,10 +88,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from latentode.cli import load_settings
-from latentode.data import ChannelScaler, IrregularDataset, from_dataframe
+from latentode.data import ChannelScaler, Interpolation, IrregularDataset, from_dataframe
 from latentode.data.frame import iso_separator, iso_times
 from latentode.data.labels import check_label_head, label_head_size
 from latentode.data.scaling import check_channels, check_representable
+from latentode.data.tasks import interpolation_task
 from latentode.data.windows import rescale_for_window, window_in_model_units
 from latentode.models import LatentODE
 from latentode.solvers import SolverError
@@ -104,6 +105,7 @@ from .calibration import (
     calibrate_noise,
     calibration_batches,
     calibration_warnings,
+    density_warning,
     format_obs_std,
     lead_task,
     model_obs_std,
@@ -557,7 +559,7 @@ class LatentODEForecaster:
         ``fit`` on the result trains a new model from ``conf/train.yaml`` (as on a loaded
         forecaster), not the given one.
         """
-        from latentode.data import Interpolation, LatentODEDataModule
+        from latentode.data import LatentODEDataModule
         from latentode.data.batch import check_origin
 
         if not isinstance(model, nn.Module):
@@ -674,7 +676,8 @@ class LatentODEForecaster:
                 spec.walk_grid = [float(v) for v in walk.times]
                 spec.walk_origin = walk.origin
         calibration = _calibrate(model, datamodule, {"val": (
-            "calibration_data", "Pass more held-out series as calibration_data.")}, task=task)
+            "calibration_data", "Pass more held-out series as calibration_data.")}, task=task,
+            trained_task=False)
         _warn_if_worse_than_the_mean(calibration, splits, channels, scaler is None)
         return cls._assemble(cfg, model, spec, calibration)
 
@@ -1211,7 +1214,8 @@ def _log_flags(scaler: Any) -> list[bool] | None:
 
 def _calibrate(model: nn.Module, datamodule: Any,
                advice: Mapping[str, tuple[str, str]] | None = None,
-               run: bool = False, task: Any = None) -> NoiseCalibration:
+               run: bool = False, task: Any = None,
+               trained_task: bool = True) -> NoiseCalibration:
     """The predictive noise of ``model`` on ``datamodule``'s validation split (its training
     split when it has none): ``calibrate_noise`` on ``calibration_batches`` (``task``'s masks;
     None: ``CALIBRATION_FOLDS`` passes of ``Folds``, every point held out once while the
@@ -1220,7 +1224,9 @@ def _calibrate(model: nn.Module, datamodule: Any,
     ``advice``: per split, what its series are and how to give more (``few_series_warning``);
     a split without an entry is not warned about (its caller has said what there is to say).
     ``run``: the data module is a trained run's (``from_run``): its splits' own words
-    (``run_calibration_warnings``) instead of ``advice``."""
+    (``run_calibration_warnings``) instead of ``advice``. ``trained_task``: the data module's
+    task is the one the model trained on (``fit``, ``from_run``; not ``from_model``'s): on
+    folds, the noise is compared with its interpolation masks' (``density_warning``)."""
     # on each series' own clock, as predict answers every series (a model trained with
     # time_origin=batch on unaligned series, calibrated on its batch clock: 0.76-0.83 coverage
     # for 0.9, four seeds; on the series clock 0.87-0.89; docs/results.md)
@@ -1236,6 +1242,13 @@ def _calibrate(model: nn.Module, datamodule: Any,
     part = datamodule.splits[split]
     texts = (run_calibration_warnings(part, calibration, channels, split) if run else
              calibration_warnings(part, calibration, channels, (advice or {}).get(split)))
+    trained = interpolation_task(datamodule.task)
+    if task is None and trained_task and isinstance(trained, Interpolation):
+        batches, _ = calibration_batches(datamodule, split, origin="series", dtype=dtype)
+        on_task = calibrate_noise(model, batches, CALIBRATION_SAMPLES, CALIBRATION_SEED,
+                                  split=split)
+        density = density_warning(calibration, on_task, trained, channels)
+        texts += [density] if density else []
     for text in texts:
         warnings.warn(text, stacklevel=3)
     log.info("predictive noise calibrated on %s points of the %s split: std %s (model units; "
