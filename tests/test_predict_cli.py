@@ -187,6 +187,22 @@ def test_eval_reports_coverage(run, tmp_path, monkeypatch):
     assert "test/coverage90" not in record["metrics"]
     # held out: every point once over five folds (default), or the run's task masks
     assert coverage["held_out"] == "folds"
+    # the very number: the test series' folds on their own clocks, each point with the noise
+    # of its lead (a series' first and last held out are short forecasts; this tiny run has
+    # too few forecast points for a curve), as from_run answers
+    from latentode.cli.runs import load_run
+    from latentode.forecast.calibration import (
+        NoiseCalibration,
+        calibration_batches,
+        predictive_coverage,
+    )
+
+    loaded = load_run(f"{run}/checkpoints/last.ckpt", [], use="the test")
+    noise = NoiseCalibration.from_json(coverage["calibration"])
+    folds = calibration_batches(loaded.datamodule, "test", max_series=None, folds=5,
+                                origin="series")[0]
+    again = predictive_coverage(loaded.model.eval(), folds, {"c": noise}, 0.9, 20, 0)["c"]
+    assert again == coverage["test/coverage90"]
     task_out = tmp_path / "eval_task"
     run_main(eval_cli, ["latentode-eval", f"ckpt_path={run}/checkpoints/last.ckpt",
                         f"hydra.run.dir={task_out}", "plot=false", "coverage.n_samples=20",

@@ -25,10 +25,12 @@ observation noise. About 0.9 is calibrated; far less means over-confident interv
 
 Which points are held out (``coverage.held_out``), in the calibration and on the test series
 alike: ``folds`` (default) five passes of ``latentode.data.Folds``, every observed point held
-out once while the encoder sees the other four fifths of its series, as
-``LatentODEForecaster`` calibrates (its ``predict`` conditions on all of a series' points);
-``task`` the run's own task masks (an interpolation protocol's density, a ``Mixed`` task's
-interpolation part), as before 2026-12-06.
+out once while the encoder sees the other four fifths of its series, each series on its own
+clock and a held-out point past its channel's span (a series' first or last) with the lead
+curve, as ``LatentODEForecaster.from_run`` calibrates and answers (its ``predict`` conditions
+on all of a series' points); ``task`` the run's own task masks on the run's clock, every
+held-out point with the in-series noise (an interpolation protocol's density, a ``Mixed``
+task's interpolation part), as before 2026-12-06.
 
 With the calibrated noise, forecasts are scored too: each test series cut at a random point
 (20-80% of its span, ``latentode.forecast.calibration.lead_task``), the points after the cut
@@ -51,6 +53,7 @@ from typing import Any
 
 import hydra
 import numpy as np
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
@@ -67,6 +70,7 @@ from latentode.cli.train import (
     setup_runtime,
 )
 from latentode.cli.typos import run_app
+from latentode.forecast.adopt import model_dtype
 from latentode.forecast.calibration import (
     CALIBRATION_FOLDS,
     calibrate_lead,
@@ -135,21 +139,31 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
     std: Any = {"model": obs, "none": None}.get(mode)
     held_out = held_out_mode(options.get("held_out", "folds"))
     folds = CALIBRATION_FOLDS if held_out == "folds" else None
+    # folds: as from_run's forecaster calibrates and answers (each series on its own clock, in
+    # the model's dtype; points past a channel's span, a series' first and last when held out,
+    # with the lead curve); task: the run's clock and masks, as before
+    origin = "series" if folds is not None else None
+    dtype = model_dtype(model) if folds is not None else torch.float32
+    channels = [str(c) for c in datamodule.dataset.channels]
     if mode == "calibrated":
-        batches, split = calibration_batches(datamodule, folds=folds)
+        batches, split = calibration_batches(datamodule, folds=folds, origin=origin,
+                                             dtype=dtype)
         calibration = calibrate_noise(model, batches, samples, seed, split=split)
-        for text in run_calibration_warnings(datamodule.splits[split], calibration,
-                                             [str(c) for c in datamodule.dataset.channels],
+        for text in run_calibration_warnings(datamodule.splits[split], calibration, channels,
                                              split):
             log.warning("coverage: %s", text)
-        std = calibration.std
+        batches, _ = calibration_batches(datamodule, split, task=lead_task(), origin=origin,
+                                         dtype=dtype)
+        calibration = calibrate_lead(model, batches, calibration, samples, seed)
+        std = calibration if folds is not None else calibration.std
     name = coverage_name(level)
     model_name = f"{name}_model_noise"
     # the held-out points inside the test series: every point once over the folds (as the
     # noise was calibrated: the density predict conditions on), or the run's task masks (a
     # Mixed task's cut series are forecasts, scored below with the lead curve)
     if folds is not None:
-        inside = calibration_batches(datamodule, "test", max_series=None, folds=folds)[0]
+        inside = calibration_batches(datamodule, "test", max_series=None, folds=folds,
+                                     origin=origin, dtype=dtype)[0]
     elif interpolation_task(datamodule.task) is datamodule.task:
         inside = datamodule.test_dataloader()
     else:
@@ -157,12 +171,10 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
     values = predictive_coverage(model, inside, {name: std, model_name: obs}, level, samples,
                                  seed)
     if calibration is not None:
-        batches, _ = calibration_batches(datamodule, split, task=lead_task())
-        calibration = calibrate_lead(model, batches, calibration, samples, seed)
-        tests, _ = calibration_batches(datamodule, "test", max_series=None, task=lead_task())
-        breakdown = forecast_coverage_breakdown(
-            model, tests, calibration, [str(c) for c in datamodule.dataset.channels], level,
-            samples, seed)
+        tests, _ = calibration_batches(datamodule, "test", max_series=None, task=lead_task(),
+                                       origin=origin, dtype=dtype)
+        breakdown = forecast_coverage_breakdown(model, tests, calibration, channels, level,
+                                                samples, seed)
         values[f"{name}_forecast"] = breakdown["all"]
         values[f"{name}_forecast_constant"] = breakdown["all_constant"]
         table = {f"{name}_forecast/{c}": v for c, v in breakdown["channel"].items()}
@@ -172,8 +184,9 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
         print(format_metrics(table, "forecast coverage per channel, per lead (model time "
                                     "units past the channel's last observation) and per "
                                     "history length (times the encoder saw)"), flush=True)
-    print(format_metrics(values, f"posterior predictive coverage ({samples} samples; noise: "
-                                 f"{mode}, and obs_std={format_obs_std(obs)} for _model_noise; "
+    print(format_metrics(values, f"posterior predictive coverage ({samples} samples; held "
+                                 f"out: {held_out}; noise: {mode}, and "
+                                 f"obs_std={format_obs_std(obs)} for _model_noise; "
                                  "_forecast: "
                                  "test series cut at 20-80%, the rest forecast)"), flush=True)
     if calibration is not None:
@@ -189,7 +202,8 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
             if datamodule.scaler is not None and not (logged is not None and logged[j]):
                 table[f"noise_std_data/{c}"] = float(data_std)  # log channels: multiplicative
         print(format_metrics(table, f"calibrated noise std (model units; {calibration.points} "
-                                    f"points of the {calibration.split} split)"), flush=True)
+                                    f"points of the {calibration.split} split, held out: "
+                                    f"{held_out})"), flush=True)
     path = output_dir(cfg) / "test_metrics.json"
     if path.is_file():
         record = json.loads(path.read_text())
@@ -198,7 +212,8 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
             "held_out": held_out,
             "forecast_breakdown": breakdown,
             "noise_std": None if std is None else np.broadcast_to(
-                np.asarray(std, dtype=np.float64), (len(datamodule.dataset.channels),)).tolist(),
+                np.asarray(calibration.std if calibration is not None else std,
+                           dtype=np.float64), (len(datamodule.dataset.channels),)).tolist(),
             "calibration": None if calibration is None else calibration.to_json(),
         }
         path.write_text(json.dumps(record, indent=2) + "\n")
