@@ -265,6 +265,9 @@ def test_calibration_batches_with_folds_hold_every_validation_point_out_once():
         seen = chunk[0].encoder_mask.any(-1).sum(1) / chunk[0].mask.any(-1).sum(1)
         assert ((seen >= 0.75) & (seen <= 0.85)).all()  # four fifths of 20 points
     assert held == observed  # every point of every validation series, once
+    for bad in (0, 1, 2.5, -1):  # no silent empty or truncated loop
+        with pytest.raises(ValueError, match="folds must be an integer >= 2"):
+            list(calibration_batches(dm, folds=bad)[0])
     # a task given keeps its own masks, folds or not (from_model's task=)
     plain = list(calibration_batches(dm)[0])
     given = list(calibration_batches(dm, task=interpolation_task(dm.task), folds=5)[0])

@@ -341,7 +341,8 @@ def calibration_batches(
     if task is not None or folds is None:
         tasks = [task if task is not None else interpolation_task(datamodule.task)]
     else:
-        tasks = [Folds(folds=int(folds), fold=k) for k in range(int(folds))]
+        Folds(folds=folds)  # folds=0 or 2.5 refused here, not an empty or truncated loop
+        tasks = [Folds(folds=folds, fold=k) for k in range(folds)]
     collators = [Collator(part, one, fixed=True, seed=datamodule.seed,
                           origin=origin or getattr(datamodule, "time_origin", None) or "batch",
                           dtype=dtype) for one in tasks]

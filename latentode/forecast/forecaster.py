@@ -453,8 +453,11 @@ class LatentODEForecaster:
         and model; the checkpoint's weights are loaded with ``weights_only=True``. Frames given
         to it use the training data's id, time and channel columns. The predictive noise is
         calibrated on the run's validation split (its training split when it has none), as
-        ``latentode-eval`` does: one pass of ``CALIBRATION_SAMPLES`` posterior samples over at
-        most ``CALIBRATION_MAX_SERIES`` series."""
+        ``latentode-eval`` does by default (``coverage.held_out=folds``): ``CALIBRATION_FOLDS``
+        passes of ``Folds`` over at most ``CALIBRATION_MAX_SERIES`` series, each with
+        ``CALIBRATION_SAMPLES`` posterior samples, on each series' own clock; a model that
+        predicts clearly worse from four fifths of a series than at its training task's
+        density is warned about (``density_warning``)."""
         from latentode.cli.runs import load_run
 
         def prepare(cfg: DictConfig, config_path: Path) -> None:
