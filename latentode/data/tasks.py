@@ -81,16 +81,21 @@ def _with_at_least_one(chosen: np.ndarray, points: Points, point_obs: np.ndarray
     return chosen
 
 
-def _random_subset(
-    flags: np.ndarray, keep: np.ndarray, points: Points, rng: np.random.Generator
-) -> np.ndarray:
-    """``keep[row]`` of each row's flagged points, chosen at random: one float sort, row-major
-    (a random order within each row, unflagged points last)."""
+def _random_ranks(flags: np.ndarray, points: Points, rng: np.random.Generator) -> np.ndarray:
+    """Each point's place in a random order of its row's flagged points (unflagged points
+    last): one float sort, row-major, from one ``rng.random`` draw per point."""
     scores = np.where(flags, rng.random(len(flags)), 2.0) + 4.0 * points.rows
     order = np.argsort(scores, kind="stable")
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order)) - points.starts[points.rows[order]]
-    return flags & (rank < keep[points.rows])
+    return rank
+
+
+def _random_subset(
+    flags: np.ndarray, keep: np.ndarray, points: Points, rng: np.random.Generator
+) -> np.ndarray:
+    """``keep[row]`` of each row's flagged points, chosen at random."""
+    return flags & (_random_ranks(flags, points, rng) < keep[points.rows])
 
 
 @dataclass(frozen=True)
@@ -334,10 +339,7 @@ class Folds:
         self, points: Points, rng: np.random.Generator, transform: TimeTransform | None = None
     ) -> np.ndarray:
         point_obs = np.any(points.observed, axis=1)
-        scores = np.where(point_obs, rng.random(len(point_obs)), 2.0) + 4.0 * points.rows
-        order = np.argsort(scores, kind="stable")
-        rank = np.empty(len(order), dtype=np.int64)
-        rank[order] = np.arange(len(order)) - points.starts[points.rows[order]]
+        rank = _random_ranks(point_obs, points, rng)  # dealt round-robin in a random order
         chosen = point_obs & (rank % self.folds != self.fold)
         return _with_at_least_one(chosen, points, point_obs)
 
