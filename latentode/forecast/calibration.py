@@ -162,8 +162,9 @@ def density_warning(on_folds: NoiseCalibration, on_task: NoiseCalibration, task:
             f"{folds - 1}/{folds} of the series than at its training task's density ({task}): "
             f"in-series noise {a:.3g} against {b:.3g} for channel {channel!r} (model units, "
             f"{on_folds.split} split). predict and impute condition on all of a series' "
-            "points, so their intervals are calibrated wide and their errors can exceed the "
-            "run's test MSE (scored at the training density). Train on a spread of densities: "
+            "points, so their errors can exceed the run's test MSE (scored at the training "
+            "density) and their intervals, calibrated on those errors, are wide. Train on a "
+            "spread of densities: "
             "an Interpolation fraction with fraction_spread (e.g. data.task.count=null "
             "data.task.fraction=0.75 +data.task.fraction_spread=0.25), or the Mixed task "
             "(conf/data/csv.yaml; LatentODEForecaster.fit's default).")
