@@ -171,7 +171,8 @@ def test_a_model_worse_from_more_of_a_series_is_named_with_the_remedy():
         "series than at its training task's density (Interpolation(fraction=None, count=50, "
         "fraction_spread=None)): in-series noise 0.29 against 0.125 for channel 'value' "
         "(model units, val split).")
-    assert "data.task.fraction_spread=0.25" in text and "Mixed" in text
+    assert "data.task.count=null data.task.fraction=0.75 ++data.task.fraction_spread=0.25" in text
+    assert "or the Mixed task" in text
     # 1.5x or less, fewer than 20 points either way, or better on folds: nothing to say
     assert density_warning(at_task, at_task, task, ["value", "other"]) is None
     near = NoiseCalibration(std=[0.1875, 0.1], obs_std=0.01, count=[100, 100], split="val")
@@ -179,6 +180,17 @@ def test_a_model_worse_from_more_of_a_series_is_named_with_the_remedy():
     few = NoiseCalibration(std=[0.125, 0.09], obs_std=0.01, count=[19, 200], split="val")
     assert density_warning(folds, few, task, ["value", "other"]) is None
     assert density_warning(at_task, folds, task, ["value", "other"]) is None
+    # a task holding nothing out calibrates on reconstructions (points="targets"): no comparison
+    seen = NoiseCalibration(std=[0.05, 0.05], obs_std=0.01, count=[9000, 900], split="val",
+                            points="targets")
+    assert density_warning(folds, seen, Interpolation(fraction=1.0), ["value", "other"]) is None
+    # a Mixed task: named with its subsample, the advice fits its config (no count, no Mixed)
+    mixed = density_warning(folds, at_task, Mixed(fraction=0.5, fraction_spread=0.0),
+                            ["value", "other"])
+    assert mixed is not None and "Mixed(fraction=0.5" in mixed
+    assert "its subsample Interpolation(fraction=0.5" in mixed
+    assert "(data.task.fraction=0.75 ++data.task.fraction_spread=0.25)" in mixed
+    assert "count=null" not in mixed and "or the Mixed task" not in mixed
 
 
 def test_json_round_trip_is_exact(tmp_path):

@@ -863,13 +863,15 @@ def test_models_that_cannot_batch_answer_series_one_by_one(model, mode, data):
 def test_fit_compares_the_noise_on_folds_with_its_training_tasks(data, monkeypatch):
     """A model that predicts worse from 4/5 of a series than at its training density is named
     (the quick start's: in-series noise 0.29 against 0.125); with the threshold at 0 any fit's
-    comparison speaks, so the wiring is checked on a one-epoch model."""
+    comparison speaks, so the wiring is checked on a one-epoch model (fit's Mixed task, compared
+    at its subsample's masks)."""
     import latentode.forecast.calibration as calibration
 
     torch.set_num_threads(1)
     monkeypatch.setattr(calibration, "DENSITY_RATIO", 0.0)
     with pytest.warns(UserWarning, match=r"worse when its encoder sees 4/5 of the series than "
-                                         r"at its training task's density \(Interpolation\("):
+                                         r"at its training task's density \(Mixed\(.*, its "
+                                         r"subsample Interpolation\("):
         fc = LatentODEForecaster({**TINY, "trainer.max_epochs": 1}).fit(data)
     dm = fc.trainer.datamodule
     with warnings.catch_warnings(record=True) as seen:  # from_model: its task is not training's

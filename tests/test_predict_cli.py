@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from latentode import LatentODEForecaster
@@ -210,6 +211,43 @@ def test_eval_reports_coverage(run, tmp_path, monkeypatch):
     by_task = json.loads((task_out / "test_metrics.json").read_text())["coverage"]
     assert by_task["held_out"] == "task"
     assert sum(by_task["calibration"]["count"]) < sum(coverage["calibration"]["count"])
+
+
+def test_eval_folds_coverage_is_what_from_run_answers(tmp_path, monkeypatch):
+    """Enough validation series for a lead curve: under held_out=folds, test/coverage90
+    scores the test series' folds on their own clocks with the whole calibration (each point
+    the noise of its lead: a series' first and last held out are short forecasts), as
+    from_run answers (the first version gave every point the in-series noise)."""
+    from latentode.cli.runs import load_run
+    from latentode.forecast.calibration import NoiseCalibration, calibration_batches
+
+    run_dir = tmp_path / "run"
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={run_dir}", *TINY,
+                         "data.val_fraction=0.5"], monkeypatch)
+    seen: list = []
+    scored = eval_cli.predictive_coverage
+
+    def spy(model, batches, noise_stds, *args):
+        batches = list(batches)
+        seen.append((batches, noise_stds))
+        return scored(model, batches, noise_stds, *args)
+
+    monkeypatch.setattr(eval_cli, "predictive_coverage", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_main(eval_cli, ["latentode-eval", f"ckpt_path={run_dir}/checkpoints/last.ckpt",
+                            f"hydra.run.dir={tmp_path / 'eval'}", "plot=false",
+                            "coverage.n_samples=20"], monkeypatch)
+        from_run = LatentODEForecaster.from_run(run_dir).calibration
+    (batches, noise_stds), = seen
+    noise = noise_stds["test/coverage90"]
+    assert isinstance(noise, NoiseCalibration) and noise.lead_times  # the curve, not one std
+    assert np.allclose(noise.std, from_run.std, rtol=0.1)  # 20 samples against 100
+    dm = load_run(f"{run_dir}/checkpoints/last.ckpt", [], use="the test").datamodule
+    own = list(calibration_batches(dm, "test", max_series=None, folds=5, origin="series")[0])
+    assert len(batches) == len(own)  # every test point once over the folds, on series clocks
+    for a, b in zip(batches, own, strict=True):
+        assert torch.equal(a.times, b.times) and torch.equal(a.encoder_mask, b.encoder_mask)
 
 
 def test_eval_noise_option():

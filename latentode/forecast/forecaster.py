@@ -1250,7 +1250,7 @@ def _calibrate(model: nn.Module, datamodule: Any,
         batches, _ = calibration_batches(datamodule, split, origin="series", dtype=dtype)
         on_task = calibrate_noise(model, batches, CALIBRATION_SAMPLES, CALIBRATION_SEED,
                                   split=split)
-        density = density_warning(calibration, on_task, trained, channels)
+        density = density_warning(calibration, on_task, datamodule.task, channels)
         texts += [density] if density else []
     for text in texts:
         warnings.warn(text, stacklevel=3)
