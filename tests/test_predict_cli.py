@@ -59,6 +59,7 @@ def test_predict_from_checkpoint_and_from_saved_forecaster(run, tmp_path, monkey
     out = tmp_path / "pred.csv"
     run_main(predict_cli, ["latentode-predict", f"ckpt_path={ckpt}", f"input={tmp_path}/in.csv",
                            f"output={out}", "horizon=1.0", "n=4", f"plot={tmp_path}/p.png",
+                           f"save_dir={tmp_path}/saved_cli",
                            f"hydra.run.dir={tmp_path}/predict_run"], monkeypatch)
     pred = pd.read_csv(out)
     assert list(pred.columns) == COLUMNS
@@ -77,6 +78,13 @@ def test_predict_from_checkpoint_and_from_saved_forecaster(run, tmp_path, monkey
                            f"input={tmp_path}/in.csv", f"output={again}", "horizon=1.0", "n=4",
                            f"hydra.run.dir={tmp_path}/predict_again"], monkeypatch)
     pd.testing.assert_frame_equal(pd.read_csv(again), pred)
+    # save_dir= saved the forecaster the first call built (its calibration included)
+    cli_saved = tmp_path / "cli_saved.csv"
+    run_main(predict_cli, ["latentode-predict", f"model_dir={tmp_path}/saved_cli",
+                           f"input={tmp_path}/in.csv", f"output={cli_saved}", "horizon=1.0",
+                           "n=4", f"hydra.run.dir={tmp_path}/predict_cli_saved"], monkeypatch)
+    pd.testing.assert_frame_equal(pd.read_csv(cli_saved), pred)
+    assert (tmp_path / "saved_cli" / "calibration.json").is_file()
     alone = tmp_path / "alone.csv"  # each series solved alone: the same within the tolerance
     run_main(predict_cli, ["latentode-predict", f"model_dir={tmp_path}/saved",
                            f"input={tmp_path}/in.csv", f"output={alone}", "horizon=1.0", "n=4",
@@ -164,6 +172,14 @@ def test_predict_needs_exactly_one_model(tmp_path):
     for given in ({}, {"ckpt_path": "a.ckpt", "model_dir": str(tmp_path)}):
         with pytest.raises(ValueError, match=r"exactly one of ckpt_path= .* and model_dir="):
             predict_cli.load_forecaster(OmegaConf.create(given))
+
+
+def test_save_dir_needs_a_checkpoint(run, tmp_path):
+    saved = LatentODEForecaster.from_run(run).save(tmp_path / "fc")
+    with pytest.raises(ValueError, match=r"save_dir=.* saves a forecaster built from a run "
+                                         r"\(ckpt_path=\.\.\.\); model_dir= is one saved"):
+        predict_cli.predict(OmegaConf.create({"model_dir": str(saved), "input": "x.csv",
+                                              "output": "y.csv", "save_dir": str(tmp_path)}))
 
 
 def test_eval_reports_coverage(run, tmp_path, monkeypatch):

@@ -9,6 +9,9 @@ The model is either a ``latentode-train`` checkpoint (``ckpt_path=``: the run's
 ``.hydra/config.yaml``, found above the checkpoint as ``latentode-eval`` does, rebuilds the data,
 so the time transform and the scaler fitted on its training split, and the model; ``overrides=``
 change that config) or a directory written by ``LatentODEForecaster.save`` (``model_dir=``).
+With ``ckpt_path``, ``save_dir=`` also saves the forecaster built from the run there: the
+rebuild and the noise calibration are done once, later calls with ``model_dir=`` answer the
+same.
 Every series of ``input`` (CSV or parquet, the training data's columns; ``id_col=``/``time_col=``
 rename them) is conditioned on its rows there and answered at ``times=`` (shared by all series),
 on a grid after its last observation (``horizon=`` with ``n=`` or ``freq=``), or by default at its
@@ -127,6 +130,15 @@ def _predict(cfg: DictConfig) -> pd.DataFrame:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     forecaster = load_forecaster(cfg)
+    save_dir = cfg.get("save_dir")
+    if save_dir is not None:
+        if cfg.get("model_dir") is not None:
+            raise ValueError(f"save_dir={save_dir} saves a forecaster built from a run "
+                             "(ckpt_path=...); model_dir= is one saved already: drop save_dir.")
+        # the run's rebuild and the noise calibration (seconds to minutes) done once:
+        # later calls take model_dir= and answer exactly as this one
+        log.info("forecaster saved to %s (later: model_dir=%s)", forecaster.save(str(save_dir)),
+                 save_dir)
     spec = forecaster.spec
     frame = read_frame(Path(str(cfg.input)), cfg.get("id_col") or spec.id_col)
     renames = {cfg[k]: getattr(spec, k) for k in ("id_col", "time_col")
