@@ -70,6 +70,16 @@ def _check_sizes(fraction: float | None, count: int | None, whole_allowed: bool)
         raise ValueError(f"count must be at least 1, got {count}.")
 
 
+def _check_spread(name: str, spread: Any, center_name: str, center: float, what: str
+                  ) -> None:
+    """``spread`` around ``center`` keeps ``center +- spread`` within (0, 1): in ``[0,
+    min(center, 1 - center)]``, the bound itself passing despite rounding (1 - 0.9 < 0.1)."""
+    top = min(center, 1 - center)
+    if not _real(spread) or not 0 <= spread <= top + _SPREAD_TOL:
+        raise ValueError(f"{name} must be in [0, {top:g}] ({what} around "
+                         f"{center_name}={center:g}), got {spread!r}.")
+
+
 def _with_at_least_one(chosen: np.ndarray, points: Points, point_obs: np.ndarray) -> np.ndarray:
     """Give every series with data at least its first observed point."""
     has = np.add.reduceat(chosen.astype(np.int64), points.starts) > 0
@@ -122,11 +132,8 @@ class Interpolation:
             if self.fraction is None:
                 raise ValueError("fraction_spread draws each series' fraction around "
                                  "fraction=; set fraction, or fraction_spread=null with count=.")
-            top = min(self.fraction, 1 - self.fraction)
-            if not 0 <= self.fraction_spread <= top + _SPREAD_TOL:
-                raise ValueError(
-                    f"fraction_spread must be in [0, {top:g}] (fractions within (0, 1] around "
-                    f"fraction={self.fraction:g}), got {self.fraction_spread}.")
+            _check_spread("fraction_spread", self.fraction_spread, "fraction", self.fraction,
+                          "fractions within (0, 1]")
 
     def encoder_points(
         self, points: Points, rng: np.random.Generator, transform: TimeTransform | None = None
@@ -180,11 +187,8 @@ class Extrapolation:
         if self.fraction_spread is not None:
             if self.fraction is None:
                 raise ValueError("fraction_spread draws a cut around fraction=; set fraction.")
-            if not 0 <= self.fraction_spread <= min(self.fraction,
-                                                    1 - self.fraction) + _SPREAD_TOL:
-                raise ValueError(
-                    f"fraction_spread must be in [0, {min(self.fraction, 1 - self.fraction):g}] "
-                    f"(cuts within the series), got {self.fraction_spread}.")
+            _check_spread("fraction_spread", self.fraction_spread, "fraction", self.fraction,
+                          "cuts within the series")
             if self.subsample is not None:
                 raise ValueError("fraction_spread does not combine with subsample.")
 
@@ -274,10 +278,8 @@ class Mixed:
         if not _real(self.cut_fraction) or not 0 < self.cut_fraction < 1:
             raise ValueError(f"cut_fraction must be in (0, 1) (where the cut series are cut, as "
                              f"a share of their spans), got {self.cut_fraction!r}.")
-        top = min(self.cut_fraction, 1 - self.cut_fraction)
-        if not _real(self.cut_spread) or not 0 <= self.cut_spread <= top + _SPREAD_TOL:
-            raise ValueError(f"cut_spread must be in [0, {top:g}] (cuts within the series around "
-                             f"cut_fraction={self.cut_fraction:g}), got {self.cut_spread!r}.")
+        _check_spread("cut_spread", self.cut_spread, "cut_fraction", self.cut_fraction,
+                      "cuts within the series")
         try:
             self.interpolation()
         except ValueError as err:
