@@ -73,8 +73,7 @@ from latentode.cli.typos import run_app
 from latentode.forecast.adopt import model_dtype
 from latentode.forecast.calibration import (
     CALIBRATION_FOLDS,
-    calibrate_lead,
-    calibrate_noise,
+    calibrate_split,
     calibration_batches,
     forecast_coverage_breakdown,
     format_obs_std,
@@ -146,15 +145,12 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
     dtype = model_dtype(model) if folds is not None else torch.float32
     channels = [str(c) for c in datamodule.dataset.channels]
     if mode == "calibrated":
-        batches, split = calibration_batches(datamodule, folds=folds, origin=origin,
-                                             dtype=dtype)
-        calibration = calibrate_noise(model, batches, samples, seed, split=split)
+        calibration = calibrate_split(model, datamodule, samples, seed, folds=folds,
+                                      origin=origin, dtype=dtype)
+        split = str(calibration.split)
         for text in run_calibration_warnings(datamodule.splits[split], calibration, channels,
                                              split):
             log.warning("coverage: %s", text)
-        batches, _ = calibration_batches(datamodule, split, task=lead_task(), origin=origin,
-                                         dtype=dtype)
-        calibration = calibrate_lead(model, batches, calibration, samples, seed)
         std = calibration if folds is not None else calibration.std
     name = coverage_name(level)
     model_name = f"{name}_model_noise"

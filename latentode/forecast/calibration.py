@@ -363,6 +363,24 @@ def calibration_batches(
             for collator in collators), split
 
 
+def calibrate_split(
+    model: torch.nn.Module, datamodule: Any, n_samples: int, seed: int, *,
+    task: Any = None, folds: int | None = None, origin: str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> NoiseCalibration:
+    """The predictive noise of ``model`` on ``datamodule``'s calibration split (its validation
+    split, else its training split: ``calibration.split``): :func:`calibrate_noise` on
+    :func:`calibration_batches` (``task``, ``folds``), then the forecast curve over lead time
+    (:func:`calibrate_lead` on the same series cut by :func:`lead_task`), both on ``origin``'s
+    clock in ``dtype``. What the forecaster and ``latentode-eval`` calibrate with."""
+    batches, split = calibration_batches(datamodule, task=task, origin=origin, dtype=dtype,
+                                         folds=folds)
+    base = calibrate_noise(model, batches, n_samples, seed, split=split)
+    batches, _ = calibration_batches(datamodule, split, task=lead_task(), origin=origin,
+                                     dtype=dtype)
+    return calibrate_lead(model, batches, base, n_samples, seed)
+
+
 def lead_task() -> Any:
     """The forecast pass's task: each series cut at 20-80% of its span (fixed per series)."""
     from latentode.data import Extrapolation

@@ -101,13 +101,12 @@ from .adopt import checked_model_config, model_dtype, on_spec_clock, scaled
 from .calibration import (
     CALIBRATION_FOLDS,
     NoiseCalibration,
-    calibrate_lead,
     calibrate_noise,
+    calibrate_split,
     calibration_batches,
     calibration_warnings,
     density_warning,
     format_obs_std,
-    lead_task,
     model_obs_std,
     obs_std_array,
     run_calibration_warnings,
@@ -1237,10 +1236,10 @@ def _calibrate(model: nn.Module, datamodule: Any,
     # the in-series noise from points held out of series the encoder sees the rest of: the
     # training task's subsample (50-100% seen) left imputation intervals too wide on dense
     # damped oscillators (0.95 for 0.9), Folds 0.90 (docs/results.md, *In-series noise: folds*)
-    batches, split = calibration_batches(datamodule, origin="series", dtype=dtype, task=task,
-                                         folds=None if task is not None else CALIBRATION_FOLDS)
-    calibration = calibrate_noise(model, batches, CALIBRATION_SAMPLES, CALIBRATION_SEED,
-                                  split=split)
+    calibration = calibrate_split(
+        model, datamodule, CALIBRATION_SAMPLES, CALIBRATION_SEED, task=task, origin="series",
+        dtype=dtype, folds=None if task is not None else CALIBRATION_FOLDS)
+    split = str(calibration.split)
     channels = [str(c) for c in datamodule.dataset.channels]
     part = datamodule.splits[split]
     texts = (run_calibration_warnings(part, calibration, channels, split) if run else
@@ -1257,10 +1256,6 @@ def _calibrate(model: nn.Module, datamodule: Any,
     log.info("predictive noise calibrated on %s points of the %s split: std %s (model units; "
              "obs_std %s)", calibration.points, split,
              ", ".join(f"{v:.4g}" for v in calibration.std), format_obs_std(calibration.obs_std))
-    batches, _ = calibration_batches(datamodule, split, task=lead_task(), origin="series",
-                                     dtype=dtype)
-    calibration = calibrate_lead(model, batches, calibration, CALIBRATION_SAMPLES,
-                                 CALIBRATION_SEED)
     if calibration.lead_times:
         log.info("forecast noise over lead time (model units): %s",
                  "; ".join(f"{t:.3g}: " + ", ".join(f"{v:.3g}" for v in row) for t, row in
