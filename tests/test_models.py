@@ -177,8 +177,9 @@ def test_rnn_encoder_state_dicts_from_before_the_lead_input_predict_as_trained()
     new = RNNEncoder(3, 4, hidden=6, z0_units=8)
     assert not torch.allclose(new(times, values, seen)[0], old(times, values, seen)[0])
     new.load_state_dict(dict(old.state_dict()))  # no metadata, as EMA checkpoints
-    torch.testing.assert_close(new(times, values, seen), old(times, values, seen),
-                               rtol=0, atol=0)
+    # the same model up to float32 rounding: the zero-weight column can change the matmul's
+    # summation order (bit-equal on one host's CPU, 6e-9 apart on another's)
+    torch.testing.assert_close(new(times, values, seen), old(times, values, seen))
     assert float(new.to_z0[0].weight.detach()[:, -1].abs().max()) == 0.0
     # inside a model inside a Lightning module, as a checkpoint holds it (with and without
     # metadata)
@@ -194,7 +195,7 @@ def test_rnn_encoder_state_dicts_from_before_the_lead_input_predict_as_trained()
         assert weights_mismatch(fresh.state_dict(), weights) is None
         fresh.load_state_dict(weights)
         torch.testing.assert_close(fresh.encode(times, values, seen),
-                                   model.encode(times, values, seen), rtol=0, atol=0)
+                                   model.encode(times, values, seen))
     # a current state dict is left alone; so is any encoder built without the lead
     current = fresh.state_dict()
     assert upgrade_state_dict(fresh, current) == [] and upgrade_state_dict(model, dict(
