@@ -497,3 +497,20 @@ def test_the_calibration_series_study_script_scores_each_draw(tmp_path, monkeypa
     assert rows[1]["mean"] == rows[1]["min"] == rows[1]["max"] == everything["coverage"]
     assert rows[1]["std_spread"] == 0.0
     assert all(0.0 <= r["min"] <= r["max"] <= 1.0 for r in rows)
+
+
+def test_a_run_with_its_own_output_dir_can_be_evaluated(tmp_path, monkeypatch):
+    """``paths.output_dir=`` apart from Hydra's run dir: the checkpoints went there and the
+    run's config stayed in Hydra's dir, so latentode-eval found no config above the
+    checkpoint; the record is copied beside the outputs."""
+    out, hydra_dir = tmp_path / "mine", tmp_path / "hydra"
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={hydra_dir}",
+                         f"paths.output_dir={out}", "trainer.max_epochs=1", *TINY], monkeypatch)
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / ".hydra" / "config.yaml").read_text() == (
+        hydra_dir / ".hydra" / "config.yaml").read_text()
+    run_main(eval_cli, ["latentode-eval", f"ckpt_path={out}/checkpoints/last.ckpt",
+                        f"hydra.run.dir={tmp_path / 'eval'}", "plot=false",
+                        "coverage.enabled=false"], monkeypatch)
+    assert "test/mse" in json.loads((tmp_path / "eval" / "test_metrics.json").read_text())[
+        "metrics"]

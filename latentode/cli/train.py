@@ -21,6 +21,7 @@ import inspect
 import json
 import logging
 import math
+import shutil
 import sys
 import warnings
 from collections.abc import Mapping
@@ -546,13 +547,31 @@ def main() -> None:
         raise SystemExit(1)
 
 
+def keep_config_with_outputs(cfg: DictConfig, hydra_cfg: Any) -> Path:
+    """The run's output directory, with Hydra's record of the run (``.hydra/``) copied into it
+    when ``paths.output_dir`` was set apart from Hydra's run dir: ``latentode-eval``,
+    ``latentode-predict`` and ``from_run`` find a run's config above its checkpoint, and a
+    run trained with ``paths.output_dir=runs/a`` had its checkpoints there and its config in
+    ``outputs/train/<date>``, so none of them could use it."""
+    out = Path(cfg.paths.output_dir)
+    run_dir, subdir = Path(hydra_cfg.runtime.output_dir), hydra_cfg.output_subdir
+    if subdir is None or out.resolve() == run_dir.resolve():
+        return out
+    record = run_dir / str(subdir)
+    if record.is_dir():
+        shutil.copytree(record, out / ".hydra", dirs_exist_ok=True)
+        log.info("paths.output_dir is not Hydra's run dir (%s): its record copied to %s",
+                 run_dir, out / ".hydra")
+    return out
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
     """The Hydra app (Hydra parses the command line): one run, or one job of a sweep."""
     _TASK_STARTED[0] = True
     quiet_known_warnings()
     hydra_cfg = HydraConfig.get()
-    log.info("output directory: %s", hydra_cfg.runtime.output_dir)
+    log.info("output directory: %s", keep_config_with_outputs(cfg, hydra_cfg))
     if hydra_cfg.mode != RunMode.MULTIRUN:  # errors propagate; no sweep reads the metric
         metrics, name = train(cfg), cfg.get("optimized_metric")
         # (a test-only run, or one whose checkpoint already reached max_epochs, logs no val/
