@@ -536,3 +536,42 @@ def test_plot_takes_integer_channel_codes_as_predict_gives_them(periodic):
     fig = fc.plot(held, pred, channels=[code])
     assert fig is not None
 
+
+
+# ------------------------------------------------------------------------- subsets
+def test_subsets_condition_predictions_and_their_calibration(periodic, tmp_path):
+    """``subsets=``: each posterior sample conditioned on a random subset of the series drawn
+    as training drew the encoder's points; calibrated so, saved and loaded with it, each series
+    answered from its own stream whatever its batch."""
+    from latentode.forecast.subsets import Subsets
+
+    config = {k: v for k, v in CONFIG.items() if k != "input_dim"}
+    plain = wrap(periodic, model_config=config)
+    sub = wrap(periodic, model_config=config, subsets=Interpolation(fraction=0.5))
+    assert plain.spec.subsets is None
+    assert Subsets.from_json(sub.spec.subsets) == Subsets(Interpolation(fraction=0.5))
+    assert sub.calibration.std != plain.calibration.std  # calibrated on its own answers
+    _, ds, _, val_idx, _ = periodic
+    frame = ds.subset(val_idx).to_dataframe()
+    want = sub.predict(frame, horizon=1.0, n=3, num_samples=20)
+    assert not np.allclose(want["mean"], plain.predict(frame, horizon=1.0, n=3,
+                                                       num_samples=20)["mean"])
+    alone = sub.predict(frame, horizon=1.0, n=3, num_samples=20, batch_size=1)
+    np.testing.assert_allclose(alone["mean"], want["mean"], rtol=0, atol=2e-3)  # solver's rtol
+    one = frame[frame[ds.id_col] == frame[ds.id_col].iloc[0]]
+    first = sub.predict(one, horizon=1.0, n=3, num_samples=20)
+    np.testing.assert_allclose(first["mean"], want["mean"][:len(first)], rtol=0, atol=2e-3)
+    loaded = LatentODEForecaster.load(sub.save(tmp_path / "sub"))
+    assert loaded.spec == sub.spec and loaded.calibration == sub.calibration
+    pd.testing.assert_frame_equal(loaded.predict(frame, horizon=1.0, n=3, num_samples=20), want)
+
+
+def test_subsets_need_a_latent_ode(periodic):
+    _, ds, train_idx, val_idx, scaler = periodic
+    with pytest.raises(ValueError, match=r"subsets condition a LatentODE's posterior samples; "
+                                         r"GRUDT has none"):
+        LatentODEForecaster.from_model(GRUDT(input_dim=1, latents=4), ds.subset(train_idx),
+                                       scaler, calibration_data=ds.subset(val_idx[:2]),
+                                       subsets=Interpolation(fraction=0.5))
+    with pytest.raises(TypeError, match=r"subsets must be a latentode.data.Interpolation"):
+        wrap(periodic, subsets=0.5)

@@ -471,3 +471,67 @@ def test_predict_writes_label_probabilities(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"data\.dataset\.label_col= and model\.n_labels="):
         predict_cli.predict(cfg)
     assert not (tmp_path / "never.csv").exists()
+
+
+def test_subsets_from_a_run_and_through_latentode_predict(run, tmp_path, monkeypatch):
+    """from_run(subsets=True): the run's training task (periodic: the encoder sees 50 points)
+    draws the subsets; latentode-predict's subsets= builds the same forecaster, and a saved
+    forecaster refuses the option (it keeps its own)."""
+    from latentode.forecast.subsets import Subsets
+
+    ckpt = run / "checkpoints" / "last.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = LatentODEForecaster.from_run(ckpt, subsets=False)
+        sub = LatentODEForecaster.from_run(ckpt, subsets=True)
+    assert plain.spec.subsets is None
+    assert Subsets.from_json(sub.spec.subsets).task.count == 50
+    history = periodic.load(n_series=3, n_points=60, seed=5)
+    history.to_csv(tmp_path / "in.csv", index=False)
+    want = sub.predict(history, horizon=1.0, n=4)
+    assert not np.allclose(want["mean"], plain.predict(history, horizon=1.0, n=4)["mean"])
+    out = tmp_path / "pred.csv"
+    run_main(predict_cli, ["latentode-predict", f"ckpt_path={ckpt}", f"input={tmp_path}/in.csv",
+                           f"output={out}", "horizon=1.0", "n=4", "subsets=true",
+                           f"save_dir={tmp_path}/saved",
+                           f"hydra.run.dir={tmp_path}/predict_run"], monkeypatch)
+    got = pd.read_csv(out)
+    np.testing.assert_allclose(got["mean"], want["mean"], rtol=1e-6, atol=1e-9)
+    assert LatentODEForecaster.load(tmp_path / "saved").spec.subsets == sub.spec.subsets
+    with pytest.raises(ValueError, match=r"subsets=False chooses how a forecaster built from a "
+                                         r"run .* keeps its own: drop subsets"):
+        predict_cli.load_forecaster(OmegaConf.create({"model_dir": str(tmp_path / "saved"),
+                                                      "subsets": False}))
+    with pytest.raises(ValueError, match=r"subsets must be one of"):
+        predict_cli.load_forecaster(OmegaConf.create({"ckpt_path": str(ckpt),
+                                                      "subsets": "often"}))
+
+
+def test_eval_scores_what_a_forecaster_with_subsets_answers(run, tmp_path, monkeypatch):
+    """coverage.subsets=true: the calibration and the test folds predicted with subsets, the
+    very number recomputed from the record; a wrong value is refused before the test pass."""
+    from latentode.cli.runs import load_run
+    from latentode.forecast.calibration import (
+        NoiseCalibration,
+        calibration_batches,
+        predictive_coverage,
+    )
+    from latentode.forecast.subsets import Subsets
+
+    out = tmp_path / "eval"
+    run_main(eval_cli, ["latentode-eval", f"ckpt_path={run}/checkpoints/last.ckpt",
+                        f"hydra.run.dir={out}", "plot=false", "coverage.n_samples=20",
+                        "coverage.subsets=true"], monkeypatch)
+    coverage = json.loads((out / "test_metrics.json").read_text())["coverage"]
+    subsets = Subsets.from_json(coverage["subsets"])
+    assert subsets is not None and subsets.task.count == 50
+    loaded = load_run(f"{run}/checkpoints/last.ckpt", [], use="the test")
+    noise = NoiseCalibration.from_json(coverage["calibration"])
+    folds = calibration_batches(loaded.datamodule, "test", max_series=None, folds=5,
+                                origin="series")[0]
+    again = predictive_coverage(loaded.model.eval(), folds, {"c": noise}, 0.9, 20, 0,
+                                subsets)["c"]
+    assert again == coverage["test/coverage90"]
+    with pytest.raises(ValueError, match=r"subsets must be one of"):
+        eval_cli.evaluate(OmegaConf.create({"ckpt_path": "missing.ckpt",
+                                            "coverage": {"subsets": "often"}}))

@@ -73,6 +73,7 @@ from latentode.cli.typos import run_app
 from latentode.forecast.adopt import model_dtype
 from latentode.forecast.calibration import (
     CALIBRATION_FOLDS,
+    calibrate_forecaster,
     calibrate_split,
     calibration_batches,
     forecast_coverage_breakdown,
@@ -82,8 +83,10 @@ from latentode.forecast.calibration import (
     model_obs_std,
     predictive_coverage,
     run_calibration_warnings,
+    subsets_mode,
 )
 from latentode.forecast.coverage import check_level
+from latentode.forecast.subsets import Subsets
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +147,23 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
     origin = "series" if folds is not None else None
     dtype = model_dtype(model) if folds is not None else torch.float32
     channels = [str(c) for c in datamodule.dataset.channels]
+    asked = subsets_mode(options.get("subsets", "auto"))
+    subsets = None  # predicting as from_run's forecaster: with subsets or not
+    if folds is not None and asked is True:
+        subsets = Subsets.of_task(datamodule.task)
+        if subsets is None:
+            raise ValueError(f"coverage.subsets=true: the run's task ({datamodule.task}) shows "
+                             "the encoder every point, nothing to draw subsets from; use "
+                             "coverage.subsets=auto or false.")
     if mode == "calibrated":
-        calibration = calibrate_split(model, datamodule, samples, seed, folds=folds,
-                                      origin=origin, dtype=dtype)
+        if folds is not None:
+            calibration, subsets, texts = calibrate_forecaster(
+                model, datamodule, samples, seed, subsets=asked, origin=origin, dtype=dtype)
+        else:
+            calibration, texts = calibrate_split(model, datamodule, samples, seed), []
         split = str(calibration.split)
         for text in run_calibration_warnings(datamodule.splits[split], calibration, channels,
-                                             split):
+                                             split) + texts:
             log.warning("coverage: %s", text)
         std = calibration if folds is not None else calibration.std
     name = coverage_name(level)
@@ -165,12 +179,12 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
     else:
         inside = calibration_batches(datamodule, "test", max_series=None)[0]
     values = predictive_coverage(model, inside, {name: std, model_name: obs}, level, samples,
-                                 seed)
+                                 seed, subsets)
     if calibration is not None:
         tests, _ = calibration_batches(datamodule, "test", max_series=None, task=lead_task(),
                                        origin=origin, dtype=dtype)
         breakdown = forecast_coverage_breakdown(model, tests, calibration, channels, level,
-                                                samples, seed)
+                                                samples, seed, subsets)
         values[f"{name}_forecast"] = breakdown["all"]
         values[f"{name}_forecast_constant"] = breakdown["all_constant"]
         table = {f"{name}_forecast/{c}": v for c, v in breakdown["channel"].items()}
@@ -180,8 +194,10 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
         print(format_metrics(table, "forecast coverage per channel, per lead (model time "
                                     "units past the channel's last observation) and per "
                                     "history length (times the encoder saw)"), flush=True)
+    conditioned = "all seen points" if subsets is None else str(subsets)
     print(format_metrics(values, f"posterior predictive coverage ({samples} samples; held "
-                                 f"out: {held_out}; noise: {mode}, and "
+                                 f"out: {held_out}; conditioned on {conditioned}; noise: "
+                                 f"{mode}, and "
                                  f"obs_std={format_obs_std(obs)} for _model_noise; "
                                  "_forecast: "
                                  "test series cut at 20-80%, the rest forecast)"), flush=True)
@@ -206,6 +222,7 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
         record["coverage"] = {
             **values, "level": level, "n_samples": samples, "noise": mode, "obs_std": obs,
             "held_out": held_out,
+            "subsets": None if subsets is None else subsets.to_json(),
             "forecast_breakdown": breakdown,
             "noise_std": None if std is None else np.broadcast_to(
                 np.asarray(calibration.std if calibration is not None else std,
@@ -222,6 +239,7 @@ def evaluate(eval_cfg: DictConfig) -> dict[str, float]:
     options = eval_cfg.get("coverage") or {}
     noise_mode(options.get("noise", "calibrated"))  # before the test pass: fail early
     held_out_mode(options.get("held_out", "folds"))
+    subsets_mode(options.get("subsets", "auto"))
 
     def prepare(cfg: DictConfig, _config_path: object) -> None:
         with open_dict(cfg):

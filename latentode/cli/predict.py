@@ -66,6 +66,7 @@ def write_frame(frame: pd.DataFrame, path: Path) -> None:
 def load_forecaster(cfg: DictConfig) -> Any:
     """The forecaster named by ``ckpt_path`` or ``model_dir`` (exactly one)."""
     from latentode.forecast import LatentODEForecaster
+    from latentode.forecast.calibration import subsets_mode
 
     ckpt, model_dir = cfg.get("ckpt_path"), cfg.get("model_dir")
     if (ckpt is None) == (model_dir is None):
@@ -73,11 +74,16 @@ def load_forecaster(cfg: DictConfig) -> Any:
                          f"checkpoint) and model_dir= (a saved forecaster); got ckpt_path={ckpt}"
                          f", model_dir={model_dir}.")
     overrides = list(cfg.get("overrides") or [])
+    subsets = subsets_mode(cfg.get("subsets", "auto"))
     if ckpt is not None:
-        return LatentODEForecaster.from_run(str(ckpt), overrides)
+        return LatentODEForecaster.from_run(str(ckpt), overrides, subsets=subsets)
     if overrides:  # a saved forecaster is built already: they would do nothing, silently
         raise ValueError(f"overrides={overrides} apply to a run's config (ckpt_path=...); a saved "
                          "forecaster (model_dir=...) is used as saved: drop them.")
+    if subsets != "auto":  # likewise: it predicts with the subsets it was saved with
+        raise ValueError(f"subsets={cfg.get('subsets')} chooses how a forecaster built from a "
+                         "run (ckpt_path=...) conditions; a saved forecaster (model_dir=...) "
+                         "keeps its own: drop subsets.")
     return LatentODEForecaster.load(str(model_dir))
 
 

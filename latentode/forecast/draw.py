@@ -31,6 +31,8 @@ from torch import nn
 from latentode.data.batch import distinct_in
 from latentode.models import LatentODE
 
+from .subsets import Subsets, subset_forward
+
 # a batch holds at most this many (sample, series, time) points in its decoded paths and
 # (series, time, channel) entries in its encoder input: about 100 MB of float32 per tensor
 # at 20 latents, whatever the batch size asked for
@@ -48,6 +50,7 @@ class Job:
     where: np.ndarray  # (k,) position in ``grid`` of each asked time
     eps: torch.Tensor | None = None  # (S, L) z0's standard normal draws (latent ODE)
     visit: np.ndarray | None = None  # (n,) bool: hist_t points the encoder only steps through
+    subset_seed: int | None = None  # seeds the history's subsets (``solve``'s ``subsets``)
 
 
 @dataclass(frozen=True)
@@ -183,12 +186,14 @@ def _span_class(job: Job) -> tuple[bool, int]:
     return span < 0, math.frexp(abs(span))[1] if span != 0 else -1075
 
 
-def batches(jobs: list[Job], batch_size: int, num_samples: int) -> Iterator[list[int]]:
+def batches(jobs: list[Job], batch_size: int, num_samples: int, copies: int = 1
+            ) -> Iterator[list[int]]:
     """Groups of job positions to solve together: jobs whose decoder spans are within a factor
     of two of each other (a batch integrates to its longest row: one series asked far ahead
     would hold up the rest), within those of similar history length (short histories do not
     wait on long ones), at most ``batch_size`` per group and within the memory bounds above (a
-    job too large for them alone is a group of one)."""
+    job too large for them alone is a group of one). ``copies``: encoder rows per job (its
+    subsets, :func:`solve`)."""
     spans = [_span_class(job) for job in jobs]
     order = sorted(range(len(jobs)), key=lambda j: (
         spans[j], len(jobs[j].hist_t), len(jobs[j].grid)))
@@ -199,7 +204,7 @@ def batches(jobs: list[Job], batch_size: int, num_samples: int) -> Iterator[list
         n_union, n_grid = union + len(job.hist_t), max(longest, len(job.grid))
         size = len(group) + 1
         if group and (size > batch_size or num_samples * size * n_grid > MAX_PATH_POINTS
-                      or size * n_union * job.hist_v.shape[1] > MAX_INPUT_ENTRIES
+                      or copies * size * n_union * job.hist_v.shape[1] > MAX_INPUT_ENTRIES
                       or spans[j] != spans[group[0]]):
             yield group
             group, n_union, n_grid = [], len(job.hist_t), len(job.grid)
@@ -209,15 +214,49 @@ def batches(jobs: list[Job], batch_size: int, num_samples: int) -> Iterator[list
         yield group
 
 
-def solve(model: nn.Module, jobs: list[Job], num_samples: int
-          ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+def _subset_masks(jobs: list[Job], subsets: Subsets, num_samples: int, at: list[np.ndarray],
+                  length: int) -> np.ndarray:
+    """``(K, B, length)``: each job's subsets of its observed history rows, drawn from its
+    ``subset_seed`` (so from its series' stream, whatever batch it is in), laid on the
+    positions ``at[b]`` of its rows."""
+    k = subsets.count(num_samples)
+    out = np.zeros((k, len(jobs), length), dtype=bool)
+    for b, job in enumerate(jobs):
+        if job.subset_seed is None:
+            raise ValueError("solve with subsets needs each job's subset_seed.")
+        seen = ~np.isnan(job.hist_v).all(1)
+        drawn = subsets.masks(seen[None], k, np.random.default_rng(job.subset_seed))[:, 0]
+        out[:, b, at[b]] = drawn
+    return out
+
+
+def solve(model: nn.Module, jobs: list[Job], num_samples: int,
+          subsets: Subsets | None = None) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """Each job's ``(paths at its asked times (S, k, D), label logits (S, C) or None)``.
 
     More than one job: one batched pass (``batch_mode`` "batched"). One job: the model on that
-    history alone, with the job's ``eps`` as ``z0_noise`` when it has one.
+    history alone, with the job's ``eps`` as ``z0_noise`` when it has one. ``subsets`` (a
+    latent ODE, jobs with ``eps`` and ``subset_seed``): each ``z0`` sample conditioned on a
+    random subset of its history (:mod:`.subsets`).
     """
     dtype = next(model.parameters()).dtype
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    if subsets is not None and len(jobs) == 1:
+        (job,) = jobs
+        assert job.eps is not None  # a latent ODE's job
+        masks = _subset_masks(jobs, subsets, num_samples, [np.arange(len(job.hist_t))],
+                              len(job.hist_t))
+        extra = {}
+        if job.visit is not None:
+            extra.update(encoder_schedule="series",
+                         encoder_visit=torch.from_numpy(job.visit)[None])
+        seen = ~np.isnan(job.hist_v)
+        pred, logits = subset_forward(
+            model, masks, torch.from_numpy(job.hist_t),
+            torch.from_numpy(np.nan_to_num(job.hist_v).astype(np_dtype))[None],
+            torch.from_numpy(seen)[None], job.eps[:, None], pred_times=torch.from_numpy(job.grid),
+            **extra)
+        return [(pred[:, 0][:, job.where], None if logits is None else logits[:, 0])]
     if len(jobs) == 1:
         (job,) = jobs
         extra: dict[str, Any] = {} if job.eps is None else {"z0_noise": job.eps[:, None]}
@@ -252,8 +291,17 @@ def solve(model: nn.Module, jobs: list[Job], num_samples: int
         rows[b, : len(row)], rows[b, len(row):] = row, row[-1]
     eps = torch.stack([job.eps for job in jobs], 1)  # type: ignore[misc]
     extra = {"encoder_visit": torch.from_numpy(visit)} if visit.any() else {}
-    out = model(torch.from_numpy(times), torch.from_numpy(values), torch.from_numpy(mask),
-                pred_times=torch.from_numpy(rows), z0_noise=eps, encoder_schedule="series",
-                **extra)
-    return [(out.pred[:, b][:, job.where], None if out.logits is None else out.logits[:, b])
+    if subsets is not None:
+        masks = _subset_masks(jobs, subsets, num_samples,
+                              [np.searchsorted(times, job.hist_t) for job in jobs], len(times))
+        pred, logits = subset_forward(
+            model, masks, torch.from_numpy(times), torch.from_numpy(values),
+            torch.from_numpy(mask), eps, pred_times=torch.from_numpy(rows),
+            encoder_schedule="series", **extra)
+    else:
+        out = model(torch.from_numpy(times), torch.from_numpy(values), torch.from_numpy(mask),
+                    pred_times=torch.from_numpy(rows), z0_noise=eps,
+                    encoder_schedule="series", **extra)
+        pred, logits = out.pred, out.logits
+    return [(pred[:, b][:, job.where], None if logits is None else logits[:, b])
             for b, job in enumerate(jobs)]

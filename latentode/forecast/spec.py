@@ -46,6 +46,9 @@ class DataSpec:
             stored). Prediction walks each series alone through its observations and these
             points, the Euler steps the union walk gave it in training. None: its observations
             only (a model trained on the series walk, or on unaligned data).
+        subsets: ``Subsets.to_json()`` of the forecaster's subset conditioning (each posterior
+            sample conditioned on a random subset of a series' points drawn as in training:
+            ``latentode.forecast.subsets``), or None: on all of them.
     """
 
     id_col: Any
@@ -63,6 +66,7 @@ class DataSpec:
     log: list[bool] | None = None
     walk_grid: list[float] | None = None
     walk_origin: str = "batch"
+    subsets: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------------------- basics
     @property

@@ -1,0 +1,166 @@
+"""Subset conditioning (``latentode.forecast.subsets``): each posterior sample conditioned on a
+random subset of the history drawn as the training task drew the encoder's points."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from latentode.data import Extrapolation, Folds, Interpolation, Mixed
+from latentode.forecast import calibration
+from latentode.forecast.calibration import NoiseCalibration, calibrate_forecaster, subsets_mode
+from latentode.forecast.subsets import Subsets, subset_forward
+from latentode.models import LatentODE
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_subsets_keep_the_tasks_share_of_the_seen_points_only():
+    rng = np.random.default_rng(0)
+    seen = rng.random((6, 40)) < 0.6
+    seen[5] = False  # a row showing nothing keeps nothing
+    masks = Subsets(Interpolation(fraction=0.5)).masks(seen, 7, np.random.default_rng(1))
+    assert masks.shape == (7, 6, 40)
+    assert not (masks & ~seen).any()  # only seen points
+    n = seen.sum(1)
+    expected = np.where(n > 0, np.maximum(1, np.round(0.5 * n)), 0)
+    np.testing.assert_array_equal(masks.sum(2), np.broadcast_to(expected, (7, 6)))
+    assert len({masks[k, 0].tobytes() for k in range(7)}) == 7  # different subsets
+    again = Subsets(Interpolation(fraction=0.5)).masks(seen, 7, np.random.default_rng(1))
+    np.testing.assert_array_equal(masks, again)  # the seed decides
+    counted = Subsets(Interpolation(count=3)).masks(seen, 2, np.random.default_rng(1))
+    np.testing.assert_array_equal(counted.sum(2), np.broadcast_to(np.minimum(n, 3), (2, 6)))
+
+
+def test_a_historys_subsets_ignore_rows_that_show_nothing():
+    """A z0 row or a stepped-through point before, between or after the observations does
+    not change which observations a subset keeps (a series' two jobs draw the same)."""
+    seen = np.array([True, True, False, True, True, True, False, True])
+    subsets = Subsets(Interpolation(fraction=0.5), draws=4)
+    plain = subsets.masks(seen[seen][None], 4, np.random.default_rng(5))[:, 0]
+    padded = subsets.masks(seen[None], 4, np.random.default_rng(5))[:, 0]
+    np.testing.assert_array_equal(padded[:, seen], plain)
+    assert not padded[:, ~seen].any()
+
+
+def test_the_subsets_a_training_task_describes():
+    assert Subsets.of_task(Interpolation(count=50)).task == Interpolation(count=50)
+    spread = Mixed(fraction=0.75, fraction_spread=0.25)
+    assert Subsets.of_task(spread).task == spread.interpolation()
+    assert Subsets.of_task(Extrapolation(fraction=0.5, subsample=0.1)).task == Interpolation(
+        fraction=0.1)
+    for every_point in (Interpolation(fraction=1.0), Extrapolation(fraction=0.5), Folds(),
+                        None):
+        assert Subsets.of_task(every_point) is None
+    assert Subsets.of_task(Interpolation(fraction=0.9, fraction_spread=0.1)) is not None
+    data = Subsets(Interpolation(fraction=0.5, fraction_spread=0.2), draws=3).to_json()
+    assert Subsets.from_json(data) == Subsets(Interpolation(fraction=0.5, fraction_spread=0.2),
+                                              draws=3)
+    assert Subsets.from_json(None) is None
+    with pytest.raises(ValueError, match=r"draws must be a positive integer, got 0"):
+        Subsets(Interpolation(count=2), draws=0)
+    with pytest.raises(TypeError, match=r"must be a latentode.data.Interpolation"):
+        Subsets(Folds())  # type: ignore[arg-type]
+    assert Subsets(Interpolation(count=2), draws=10).count(4) == 4  # at most one per sample
+
+
+@pytest.mark.parametrize("samples", [6, 7, 2])
+def test_each_sample_is_the_model_on_its_subset(samples):
+    """Sample ``s`` of row ``b`` is exactly the model conditioned on ``mask[b]`` within subset
+    ``s % K``, with ``z0_noise[s, b]``, whatever ``S`` (``K`` divides it or not)."""
+    torch.manual_seed(0)
+    model = LatentODE(input_dim=2, latents=3, gen_units=8).double().eval()
+    rng = np.random.default_rng(0)
+    times = torch.from_numpy(np.sort(rng.uniform(0, 2, 12)))
+    values = torch.from_numpy(rng.normal(size=(3, 12, 2)))
+    mask = torch.from_numpy(rng.random((3, 12, 2)) < 0.7)
+    mask[:, 0] = True
+    pred_times = torch.stack([times[:6], times[2:8] - times[2], times[6:] - times[6]])
+    pred_times = pred_times - pred_times[:, :1]
+    subsets = Subsets(Interpolation(fraction=0.5), draws=3)
+    k = subsets.count(samples)
+    masks = subsets.masks(mask.any(-1).numpy(), k, np.random.default_rng(2))
+    eps = torch.from_numpy(rng.normal(size=(samples, 3, 3)))
+    with torch.no_grad():
+        pred, logits = subset_forward(model, masks, times, values, mask, eps,
+                                      pred_times=pred_times)
+        assert pred.shape == (samples, 3, 6, 2) and logits is None
+        for s in range(samples):
+            for b in range(3):
+                alone = mask[b:b + 1] & torch.from_numpy(masks[s % k, b])[None, :, None]
+                want = model(times, values[b:b + 1], alone, pred_times=pred_times[b:b + 1],
+                             z0_noise=eps[s:s + 1, b:b + 1]).pred[0, 0]
+                torch.testing.assert_close(pred[s, b], want, rtol=1e-9, atol=1e-9)
+
+
+def _noise(std: float, points: str = "heldout") -> NoiseCalibration:
+    return NoiseCalibration(std=[std], obs_std=0.01, count=[100], points=points, split="val")
+
+
+@pytest.fixture
+def stubbed(monkeypatch):
+    """``calibrate_forecaster`` on stubs: the folds noise 0.3 conditioned on every point, 0.1 on
+    subsets (``better``) or 0.4, 0.1 at the training task's masks; what it asked for recorded."""
+    asked: list = []
+    state = {"better": True}
+
+    def split(model, dm, n, seed, *, subsets=None, **kwargs):
+        asked.append(subsets)
+        return _noise(0.3 if subsets is None else 0.1 if state["better"] else 0.4)
+
+    monkeypatch.setattr(calibration, "calibrate_split", split)
+    monkeypatch.setattr(calibration, "calibration_batches", lambda *a, **k: ([], "val"))
+    monkeypatch.setattr(calibration, "calibrate_noise", lambda *a, **k: _noise(0.1))
+    dm = SimpleNamespace(task=Interpolation(count=50), dataset=SimpleNamespace(channels=["v"]))
+    return dm, asked, state
+
+
+def test_auto_subsets_when_the_model_is_density_fragile_and_they_help(stubbed):
+    dm, asked, state = stubbed
+    cal, chosen, texts = calibrate_forecaster(None, dm, 10, 0)
+    assert chosen == Subsets(Interpolation(count=50)) and cal.std == [0.1]
+    assert asked == [None, chosen]
+    (text,) = texts
+    assert "therefore condition each posterior sample on one of 10 subsets (count=50)" in text
+    assert "in-series noise 0.1 against 0.3 from all of them" in text
+    state["better"] = False  # subsets that do not help are not used, and said so
+    cal, chosen, texts = calibrate_forecaster(None, dm, 10, 0)
+    assert chosen is None and cal.std == [0.3]
+    assert "did not help: in-series noise 0.4 against 0.3" in texts[0]
+    asked.clear()
+    cal, chosen, texts = calibrate_forecaster(None, dm, 10, 0, subsets=False)
+    assert chosen is None and asked == [None] and "subsets=True conditions" in texts[0]
+    asked.clear()
+    cal, chosen, texts = calibrate_forecaster(None, dm, 10, 0, subsets="true")
+    assert chosen == Subsets(Interpolation(count=50)) and asked == [chosen] and texts == []
+    mine = Subsets(Interpolation(fraction=0.3), draws=4)  # given: used, no comparison
+    assert calibrate_forecaster(None, dm, 10, 0, subsets=mine, trained_task=False)[1] == mine
+    # not the model's training task (from_model): auto never subsamples
+    assert calibrate_forecaster(None, dm, 10, 0, trained_task=False)[1] is None
+
+
+def test_subsets_options_are_checked(stubbed):
+    dm, _, _ = stubbed
+    dm.task = Interpolation(fraction=1.0)  # shows every point: nothing to draw from
+    with pytest.raises(ValueError, match=r"subsets=True conditions on subsets drawn as the "
+                                         r"encoder's training drew them, but its task"):
+        calibrate_forecaster(None, dm, 10, 0, subsets=True)
+    with pytest.raises(ValueError, match=r"subsets must be one of \['auto', 'true', 'false'\]"):
+        subsets_mode("sometimes")
+    assert [subsets_mode(v) for v in ("Auto", "TRUE", "false", True, False)] == [
+        "auto", True, False, True, False]
+
+
+def test_a_wrong_subsets_value_is_refused_before_any_work():
+    import pandas as pd
+
+    from latentode import LatentODEForecaster
+
+    frame = pd.DataFrame({"series_id": [0, 0], "time": [0.0, 1.0], "x": [1.0, 2.0]})
+    with pytest.raises(ValueError, match=r"subsets must be one of"):  # not after training
+        LatentODEForecaster().fit(frame, subsets="yes")
+    with pytest.raises(ValueError, match=r"subsets must be one of"):  # not after the rebuild
+        LatentODEForecaster.from_run("no/such/run.ckpt", subsets="yes")
