@@ -691,3 +691,27 @@ def test_calibrate_noise_records_the_coverage_floor():
     loaded = NoiseCalibration.from_json({k: v for k, v in gauss.to_json().items()
                                          if k != "coverage_std"})
     assert loaded.coverage_std == []  # an older file reads
+
+
+def test_the_floors_sample_is_uniform_and_keeps_in_span_points_apart():
+    """At most ``size`` points per channel, a uniform sample whatever the batch they came in;
+    the points inside their channel's span kept apart (a few dozen of them among thousands
+    past it were crowded out of one shared sample), the others dropped once any turns up."""
+    from latentode.forecast.calibration import _Reservoir
+
+    sample = _Reservoir(channels=2, samples=3, seed=0, size=500)
+    for batch in range(4):  # channel 0: 1000 points per batch, each tagged with its batch
+        dev = torch.full((3, 1000), float(batch))
+        sample.add(dev, np.zeros(1000, dtype=np.int64), np.zeros(1000, dtype=bool))
+    outside = sample.devs(0, inside_only=False)
+    assert outside.shape == (3, 500)
+    shares = np.bincount(outside[0].astype(int), minlength=4) / 500
+    assert np.abs(shares - 0.25).max() < 0.07  # each batch about a quarter
+    assert sample.devs(1, inside_only=False).shape == (3, 0)
+    inside = np.zeros(1000, dtype=bool)
+    inside[:30] = True  # 30 points inside the span among 970 past it
+    sample.add(torch.ones(3, 1000), np.zeros(1000, dtype=np.int64), inside)
+    assert sample.devs(0, inside_only=True).shape == (3, 30)  # every one of them
+    assert sample.devs(0, inside_only=False).shape == (3, 0)  # no longer needed
+    wide = _Reservoir(channels=1000, samples=100, seed=0)
+    assert wide.size == 200  # wide data: a budget for all channels

@@ -535,3 +535,7 @@ def test_eval_scores_what_a_forecaster_with_subsets_answers(run, tmp_path, monke
     with pytest.raises(ValueError, match=r"subsets must be one of"):
         eval_cli.evaluate(OmegaConf.create({"ckpt_path": "missing.ckpt",
                                             "coverage": {"subsets": "often"}}))
+    with pytest.raises(ValueError, match=r"coverage\.subsets=true scores a forecaster .* "
+                                         r"coverage\.held_out=task scores the run's own"):
+        eval_cli.evaluate(OmegaConf.create({"ckpt_path": "missing.ckpt", "coverage": {
+            "subsets": True, "held_out": "task"}}))

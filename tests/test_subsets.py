@@ -96,20 +96,30 @@ def test_each_sample_is_the_model_on_its_subset(samples):
                 torch.testing.assert_close(pred[s, b], want, rtol=1e-9, atol=1e-9)
 
 
-def _noise(std: float, points: str = "heldout") -> NoiseCalibration:
-    return NoiseCalibration(std=[std], obs_std=0.01, count=[100], points=points, split="val")
+def _noise(std: float, rms: float | None = None) -> NoiseCalibration:
+    return NoiseCalibration(std=[std], obs_std=0.01, count=[100], points="heldout", split="val",
+                            residual_rms=[std if rms is None else rms])
+
+
+LATENT = LatentODE(input_dim=1, latents=2, gen_units=4)
 
 
 @pytest.fixture
 def stubbed(monkeypatch):
     """``calibrate_forecaster`` on stubs: the folds noise 0.3 conditioned on every point, 0.1 on
-    subsets (``better``) or 0.4, 0.1 at the training task's masks; what it asked for recorded."""
+    subsets (``better``) or 0.4, 0.1 at the training task's masks; what it asked for recorded.
+    ``state["wider"]``: subsets with a lower noise (their paths spread more) but a higher
+    residual rms."""
     asked: list = []
-    state = {"better": True}
+    state = {"better": True, "wider": False}
 
     def split(model, dm, n, seed, *, subsets=None, **kwargs):
         asked.append(subsets)
-        return _noise(0.3 if subsets is None else 0.1 if state["better"] else 0.4)
+        if subsets is None:
+            return _noise(0.3)
+        if state["wider"]:
+            return _noise(0.2, rms=0.5)
+        return _noise(0.1 if state["better"] else 0.4)
 
     monkeypatch.setattr(calibration, "calibrate_split", split)
     monkeypatch.setattr(calibration, "calibration_batches", lambda *a, **k: ([], "val"))
@@ -120,26 +130,38 @@ def stubbed(monkeypatch):
 
 def test_auto_subsets_when_the_model_is_density_fragile_and_they_help(stubbed):
     dm, asked, state = stubbed
-    cal, chosen, texts = calibrate_forecaster(None, dm, 10, 0)
+    cal, chosen, texts = calibrate_forecaster(LATENT, dm, 10, 0)
     assert chosen == Subsets(Interpolation(count=50)) and cal.std == [0.1]
     assert asked == [None, chosen]
     (text,) = texts
     assert "therefore condition each posterior sample on one of 10 subsets (count=50)" in text
-    assert "in-series noise 0.1 against 0.3 from all of them" in text
+    assert "held-out rms 0.1 against 0.3 from all of them" in text
     state["better"] = False  # subsets that do not help are not used, and said so
-    cal, chosen, texts = calibrate_forecaster(None, dm, 10, 0)
+    cal, chosen, texts = calibrate_forecaster(LATENT, dm, 10, 0)
     assert chosen is None and cal.std == [0.3]
-    assert "did not help: in-series noise 0.4 against 0.3" in texts[0]
+    assert "did not help: held-out rms 0.4 against 0.3" in texts[0]
+    # wider paths lower the moment-matched noise whatever the predictions: the error decides
+    state["wider"] = True
+    assert calibrate_forecaster(LATENT, dm, 10, 0)[1] is None
     asked.clear()
-    cal, chosen, texts = calibrate_forecaster(None, dm, 10, 0, subsets=False)
+    cal, chosen, texts = calibrate_forecaster(LATENT, dm, 10, 0, subsets=False)
     assert chosen is None and asked == [None] and "subsets=True conditions" in texts[0]
     asked.clear()
-    cal, chosen, texts = calibrate_forecaster(None, dm, 10, 0, subsets="true")
+    cal, chosen, texts = calibrate_forecaster(LATENT, dm, 10, 0, subsets="true")
     assert chosen == Subsets(Interpolation(count=50)) and asked == [chosen] and texts == []
     mine = Subsets(Interpolation(fraction=0.3), draws=4)  # given: used, no comparison
-    assert calibrate_forecaster(None, dm, 10, 0, subsets=mine, trained_task=False)[1] == mine
+    assert calibrate_forecaster(LATENT, dm, 10, 0, subsets=mine, trained_task=False)[1] == mine
     # not the model's training task (from_model): auto never subsamples
-    assert calibrate_forecaster(None, dm, 10, 0, trained_task=False)[1] is None
+    assert calibrate_forecaster(LATENT, dm, 10, 0, trained_task=False)[1] is None
+    # a model that is not a latent ODE has none: auto passes, anything else is refused
+    from latentode.models import GRUDT
+
+    asked.clear()
+    baseline = GRUDT(input_dim=1, latents=2)
+    assert calibrate_forecaster(baseline, dm, 10, 0)[1] is None and None in asked
+    for value in (True, "true", "TRUE", mine, Interpolation(count=5)):
+        with pytest.raises(ValueError, match=r"GRUDT has none: use subsets=False"):
+            calibrate_forecaster(baseline, dm, 10, 0, subsets=value)
 
 
 def test_subsets_options_are_checked(stubbed):
@@ -147,7 +169,9 @@ def test_subsets_options_are_checked(stubbed):
     dm.task = Interpolation(fraction=1.0)  # shows every point: nothing to draw from
     with pytest.raises(ValueError, match=r"subsets=True conditions on subsets drawn as the "
                                          r"encoder's training drew them, but its task"):
-        calibrate_forecaster(None, dm, 10, 0, subsets=True)
+        calibrate_forecaster(LATENT, dm, 10, 0, subsets=True)
+    with pytest.raises(ValueError, match=r"task \(not known\) .* or name the training "):
+        calibrate_forecaster(LATENT, dm, 10, 0, subsets=True, trained_task=False)
     with pytest.raises(ValueError, match=r"subsets must be one of \['auto', 'true', 'false'\]"):
         subsets_mode("sometimes")
     assert [subsets_mode(v) for v in ("Auto", "TRUE", "false", True, False)] == [
@@ -164,3 +188,25 @@ def test_a_wrong_subsets_value_is_refused_before_any_work():
         LatentODEForecaster().fit(frame, subsets="yes")
     with pytest.raises(ValueError, match=r"subsets must be one of"):  # not after the rebuild
         LatentODEForecaster.from_run("no/such/run.ckpt", subsets="yes")
+
+
+def test_fewer_samples_than_subsets_are_refused_by_name():
+    masks = np.ones((4, 1, 3), dtype=bool)
+    with pytest.raises(ValueError, match=r"masks hold 4 subsets for 3 posterior samples"):
+        subset_forward(LATENT, masks, torch.arange(3.0), torch.zeros(1, 3, 1),
+                       torch.ones(1, 3, 1, dtype=torch.bool), torch.zeros(3, 1, 2))
+
+
+def test_fit_refuses_subsets_that_cannot_work_before_training():
+    from test_forecast import TINY, make_frame
+
+    from latentode import LatentODEForecaster
+
+    torch.set_num_threads(1)
+    every_point = LatentODEForecaster({**TINY, "data.task.fraction": 1.0,
+                                       "data.task.fraction_spread": None,
+                                       "trainer.max_epochs": 1})
+    with pytest.raises(ValueError, match=r"subsets=True conditions on subsets drawn as the "
+                                         r"encoder's training drew them, but its task"):
+        every_point.fit(make_frame(n_series=12), subsets=True)
+    assert every_point.model is None  # refused before training, not after

@@ -83,10 +83,10 @@ from latentode.forecast.calibration import (
     model_obs_std,
     predictive_coverage,
     run_calibration_warnings,
+    subsets_candidate,
     subsets_mode,
 )
 from latentode.forecast.coverage import check_level
-from latentode.forecast.subsets import Subsets
 
 log = logging.getLogger(__name__)
 
@@ -149,22 +149,23 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
     channels = [str(c) for c in datamodule.dataset.channels]
     asked = subsets_mode(options.get("subsets", "auto"))
     subsets = None  # predicting as from_run's forecaster: with subsets or not
-    if folds is not None and asked is True:
-        subsets = Subsets.of_task(datamodule.task)
-        if subsets is None:
-            raise ValueError(f"coverage.subsets=true: the run's task ({datamodule.task}) shows "
-                             "the encoder every point, nothing to draw subsets from; use "
-                             "coverage.subsets=auto or false.")
-    if mode == "calibrated":
-        if folds is not None:
-            calibration, subsets, texts = calibrate_forecaster(
-                model, datamodule, samples, seed, subsets=asked, origin=origin, dtype=dtype)
-        else:
-            calibration, texts = calibrate_split(model, datamodule, samples, seed), []
+    texts: list[str] = []
+    if folds is not None and (mode == "calibrated" or asked is not False):
+        # from_run's calibration, and with it whether its forecaster answers with subsets
+        # (decided there whatever noise is scored here)
+        calibration, subsets, texts = calibrate_forecaster(
+            model, datamodule, samples, seed, subsets=asked, origin=origin, dtype=dtype)
+    elif mode == "calibrated":
+        calibration = calibrate_split(model, datamodule, samples, seed)
+    if calibration is not None:
         split = str(calibration.split)
         for text in run_calibration_warnings(datamodule.splits[split], calibration, channels,
                                              split) + texts:
             log.warning("coverage: %s", text)
+    if mode != "calibrated":
+        calibration = None  # the decision's; the noise scored is the model's or none
+    else:
+        assert calibration is not None
         std = calibration if folds is not None else calibration.std
     name = coverage_name(level)
     model_name = f"{name}_model_noise"
@@ -238,8 +239,12 @@ def evaluate(eval_cfg: DictConfig) -> dict[str, float]:
     refuse_foreign_options(eval_cfg, "eval", "latentode-eval")
     options = eval_cfg.get("coverage") or {}
     noise_mode(options.get("noise", "calibrated"))  # before the test pass: fail early
-    held_out_mode(options.get("held_out", "folds"))
-    subsets_mode(options.get("subsets", "auto"))
+    held_out = held_out_mode(options.get("held_out", "folds"))
+    asked = subsets_mode(options.get("subsets", "auto"))
+    if held_out == "task" and asked is True:
+        raise ValueError("coverage.subsets=true scores a forecaster that conditions on subsets "
+                         "(held_out=folds); coverage.held_out=task scores the run's own task "
+                         "masks: drop one of them.")
 
     def prepare(cfg: DictConfig, _config_path: object) -> None:
         with open_dict(cfg):
@@ -252,6 +257,8 @@ def evaluate(eval_cfg: DictConfig) -> dict[str, float]:
     run = load_run(str(eval_cfg.ckpt_path), list(eval_cfg.get("overrides") or []),
                    use="the test metrics", prepare=prepare)
     cfg, datamodule, ckpt = run.cfg, run.datamodule, run.ckpt
+    if held_out == "folds":  # subsets that cannot work refused before the test pass
+        subsets_candidate(run.model, datamodule.task, asked)
     if len(datamodule.splits["test"]) == 0:
         raise ValueError(
             f"the run's test split has no series ({len(datamodule.dataset)} series in all, "

@@ -116,9 +116,9 @@ class Interpolation:
     ``fraction +- fraction_spread``, per batch (fixed per series in validation and test, like
     the subset itself). A model trained on one fraction meets a different density when it is
     asked to predict from *all* of a series' points (``LatentODEForecaster``'s predict and
-    impute): trained on half of each series of dense oscillators, its imputation error from
-    nine tenths was up to 1.5x its error from half (docs/results.md, *Training task of the
-    forecaster*).
+    impute, unless it conditions on subsets: ``latentode.forecast.subsets``): trained on half
+    of each series of dense oscillators, its imputation error from nine tenths was up to 1.5x
+    its error from half (docs/results.md, *Training task of the forecaster*).
     """
 
     fraction: float | None = None

@@ -99,7 +99,9 @@ CALIBRATION_MIN_SERIES = 10  # fewer: the calibrated noise, and so the coverage,
 CALIBRATION_MIN_POINTS = 20  # a channel's noise from fewer held-out points: ~16%+ std error
 DENSITY_RATIO = 1.5  # in-series noise on folds over the training task's: above, a warning
 COVERAGE_LEVEL = 0.9  # the noise is at least what covers this share of calibration points
-COVERAGE_POINTS = 4_000  # per channel: a uniform sample of the points behind that floor (SE 0.005)
+COVERAGE_POINTS = 10_000  # per channel: a uniform sample of the points behind that floor
+COVERAGE_BUDGET = 20_000_000  # float32 values kept for it in all (80 MB): fewer points per
+                              # channel on wide data (at 100 samples: 10000 up to 20 channels)
 RUN_SPLITS = {
     "val": ("the run's validation split", "Train with a larger data.val_fraction."),
     "train": ("the run's training split: it has no validation series",
@@ -403,10 +405,13 @@ SUBSET_MODES = ("auto", "true", "false")
 
 
 def subsets_mode(value: Any) -> Any:
-    """``subsets=`` as ``"auto"``, True or False, or a :class:`Subsets` as given (Hydra's
-    ``true``/``false`` arrive as bools, a command line's may be strings)."""
+    """``subsets=`` as ``"auto"``, True or False, or a :class:`Subsets` (one given, or made of
+    an ``Interpolation`` given: the encoder's training subsample; Hydra's ``true``/``false``
+    arrive as bools, a command line's may be strings)."""
     if isinstance(value, (Subsets, bool)):
         return value
+    if isinstance(value, Interpolation):
+        return Subsets(value)
     mode = str(value).strip().lower()
     if mode not in SUBSET_MODES:
         raise ValueError(f"subsets must be one of {list(SUBSET_MODES)} (auto: when the model "
@@ -416,12 +421,41 @@ def subsets_mode(value: Any) -> Any:
     return mode if mode == "auto" else mode == "true"
 
 
-def _pooled(calibration: NoiseCalibration) -> float:
-    """The in-series noise variance pooled over channels, weighted by their points."""
-    weights = np.asarray(calibration.count or [1] * len(calibration.std), dtype=np.float64)
+def subsets_candidate(model: Any, task: Any, subsets: Any, trained_task: bool = True
+                      ) -> tuple[Any, Subsets | None]:
+    """``(mode, candidate)``: ``subsets`` as :func:`subsets_mode` reads it and the subsets it
+    could use (None: none; with ``mode`` False, for advice only). Refused with a ValueError,
+    before any work where callers check early:
+    subsets for a model that is not a latent ODE (True, or subsets given; ``"auto"`` simply
+    has none), and True when ``task`` (the training task; ``trained_task`` False: not known)
+    shows the encoder every point."""
+    from latentode.models import LatentODE
+
+    mode = subsets_mode(subsets)
+    if not isinstance(model, LatentODE):
+        if mode == "auto" or mode is False:
+            return mode, None
+        raise ValueError(f"subsets condition a LatentODE's posterior samples; "
+                         f"{type(model).__name__} has none: use subsets=False.")
+    if isinstance(mode, Subsets):
+        return mode, mode
+    candidate = Subsets.of_task(task) if trained_task else None
+    if mode is True and candidate is None:
+        raise ValueError(f"subsets=True conditions on subsets drawn as the encoder's training "
+                         f"drew them, but its task ({task if trained_task else 'not known'}) "
+                         "shows it every point of the history: use subsets='auto' or False"
+                         + ("." if trained_task else ", or name the training subsample."))
+    return mode, candidate
+
+
+def _pooled_rms(calibration: NoiseCalibration) -> float:
+    """The residual rms of the posterior-mean prediction at the in-series points, pooled over
+    channels by their points."""
+    rms = np.asarray(calibration.residual_rms or calibration.std, dtype=np.float64)
+    weights = np.asarray(calibration.count or [1] * len(rms), dtype=np.float64)
     if weights.sum() <= 0:
         weights = np.ones_like(weights)
-    return float(np.average(np.square(calibration.array), weights=weights))
+    return float(np.sqrt(np.average(np.square(rms), weights=weights)))
 
 
 def calibrate_forecaster(
@@ -437,18 +471,14 @@ def calibrate_forecaster(
     in-series noise is compared with the one at that task's interpolation masks
     (:func:`density_warning`), and ``subsets``: ``"auto"`` conditions each posterior sample on
     a random subset drawn as in training when the model predicts clearly worse from four fifths
-    of a series than at its training density and that lowers the pooled in-series noise
-    (the quick start's model: 0.27 -> 0.07); True always (the training task must subsample);
-    False never; a :class:`Subsets` always, those.
+    of a series than at its training density and the subsets' predictions are better there
+    (lower pooled residual rms at the held-out points; the quick start's model: 0.27 -> 0.10);
+    True always (the training task must subsample); False never; a :class:`Subsets` (or an
+    ``Interpolation``) always, those. A model that is not a latent ODE has none
+    (:func:`subsets_candidate`).
     """
-    mode = subsets_mode(subsets)
+    mode, candidate = subsets_candidate(model, datamodule.task, subsets, trained_task)
     folds = None if task is not None else CALIBRATION_FOLDS
-    candidate = mode if isinstance(mode, Subsets) else (
-        Subsets.of_task(datamodule.task) if trained_task else None)
-    if mode is True and candidate is None:
-        raise ValueError(f"subsets=True conditions on subsets drawn as the encoder's training "
-                         f"drew them, but its task ({datamodule.task}) shows it every point of "
-                         "the history: use subsets='auto' or False.")
     use = candidate if mode is True or isinstance(mode, Subsets) else None
 
     def calibrate(with_subsets: Subsets | None) -> NoiseCalibration:
@@ -472,16 +502,19 @@ def calibrate_forecaster(
                         "training, without retraining.)")
         return calibration, None, [density] if density else []
     trial = calibrate(candidate)
-    before, after = np.sqrt(_pooled(calibration)), np.sqrt(_pooled(trial))
+    # the predictions' error decides, not the noise: wider paths lower the moment-matched
+    # noise whether or not the predictions improve
+    before, after = _pooled_rms(calibration), _pooled_rms(trial)
     if after < before:
         return trial, candidate, [
             density.split(" predict and impute")[0] + f" predict and impute therefore "
             f"condition each posterior sample on one of {candidate} of a series' points, "
-            f"drawn as the training task drew the encoder's: in-series noise {after:.3g} "
-            f"against {before:.3g} from all of them (pooled over channels, model units). "
-            "subsets=False conditions on all points."]
+            f"drawn as the training task drew the encoder's: held-out rms {after:.3g} against "
+            f"{before:.3g} from all of them (pooled over channels, model units), in-series "
+            f"noise {np.sqrt(np.mean(np.square(trial.array))):.3g}. subsets=False conditions "
+            "on all points."]
     return calibration, None, [density + f" (Conditioning on {candidate} drawn as in training "
-                                         f"did not help: in-series noise {after:.3g} against "
+                                         f"did not help: held-out rms {after:.3g} against "
                                          f"{before:.3g}.)"]
 
 
@@ -645,7 +678,7 @@ def calibrate_noise(
                 sums[name] = part if name not in sums else sums[name] + part
             b, k, c = heldout.nonzero(as_tuple=True)
             if sample is None:
-                sample = _Reservoir(pred.shape[-1], COVERAGE_POINTS, seed)
+                sample = _Reservoir(pred.shape[-1], pred.shape[0], seed)
             sample.add((scored.values[b, k, c].unsqueeze(0) - scored.pred[:, b, k, c]),
                        c.cpu().numpy(), (scored.leads[b, k, c] == 0).cpu().numpy())
     finally:
@@ -692,38 +725,60 @@ def calibrate_noise(
 
 
 class _Reservoir:
-    """A uniform sample of at most ``size`` points per channel (the smallest of random keys
-    drawn from ``seed``'s stream), each with its value minus every path ``(S,)`` and whether
-    it lies inside its channel's span of encoder points."""
+    """A uniform sample of at most ``size`` held-out points per channel (those of the smallest
+    random keys, drawn from ``seed``'s stream), each as its value minus every path ``(S,)``,
+    in preallocated blocks (a batch writes only the points it adds). Points inside their
+    channel's span of encoder points (lead 0, what the in-series noise is estimated on) are
+    kept apart from the others, which are kept only until the first point inside a span turns
+    up: they serve only a calibration that has none (``points="heldout_any_lead"``)."""
 
-    def __init__(self, channels: int, size: int, seed: int):
-        self.rng, self.size = np.random.default_rng([int(seed), 90]), int(size)
-        self.keys = [np.empty(0) for _ in range(channels)]
-        self.dev = [np.empty((0, 0), dtype=np.float32) for _ in range(channels)]
-        self.inside = [np.empty(0, dtype=bool) for _ in range(channels)]
+    def __init__(self, channels: int, samples: int, seed: int, size: int = COVERAGE_POINTS):
+        self.rng = np.random.default_rng([int(seed), 90])
+        # wide data: at most COVERAGE_BUDGET values in all (at least 200 points per channel)
+        self.size = int(min(size, max(200, COVERAGE_BUDGET // max(1, channels * samples))))
+        self.channels, self.samples = channels, samples
+        self.parts: dict[bool, list[Any]] = {True: [None] * channels, False: [None] * channels}
+        self.any_inside = False
 
     def add(self, dev: torch.Tensor, channel: np.ndarray, inside: np.ndarray) -> None:
         """Offer points: ``dev`` ``(S, n)``, their ``channel`` and ``inside`` ``(n,)``."""
-        keys = self.rng.random(len(channel))
+        self.any_inside = self.any_inside or bool(inside.any())
+        if self.any_inside:
+            self.parts[False] = [None] * self.channels
         values = dev.detach().float().cpu().numpy()
-        for c in np.unique(channel):
-            at = channel == c
-            key = np.concatenate([self.keys[c], keys[at]])
-            kept = self.dev[c] if self.dev[c].size else np.empty((values.shape[0], 0),
-                                                                   dtype=np.float32)
-            block = np.concatenate([kept, values[:, at]], axis=1)
-            flags = np.concatenate([self.inside[c], inside[at]])
-            if len(key) > self.size:
-                keep = np.argpartition(key, self.size)[: self.size]
-                key, block, flags = key[keep], block[:, keep], flags[keep]
-            self.keys[c], self.dev[c], self.inside[c] = key, block, flags
+        keys = self.rng.random(len(channel))
+        for flag in (True, False) if not self.any_inside else (True,):
+            for c in np.unique(channel[inside == flag]):
+                at = np.flatnonzero((channel == c) & (inside == flag))
+                self._offer(flag, int(c), keys[at], values[:, at])
+
+    def _offer(self, flag: bool, c: int, keys: np.ndarray, values: np.ndarray) -> None:
+        part = self.parts[flag][c]
+        if part is None:
+            part = self.parts[flag][c] = [np.full(self.size, np.inf),
+                                         np.empty((self.samples, self.size), np.float32), 0]
+        held, block, count = part
+        merged = np.concatenate([held[:count], keys])
+        if len(merged) <= self.size:  # room for all
+            held[count:len(merged)] = keys
+            block[:, count:len(merged)] = values
+            part[2] = len(merged)
+            return
+        keep = np.zeros(len(merged), dtype=bool)
+        keep[np.argpartition(merged, self.size - 1)[: self.size]] = True
+        new = np.flatnonzero(keep[count:])  # offered points that stay
+        free = np.concatenate([np.arange(count, self.size), np.flatnonzero(~keep[:count])])
+        slots = free[: len(new)]  # empty slots first, then those of the points evicted
+        held[slots], block[:, slots] = keys[new], values[:, new]
+        part[2] = self.size
 
     def devs(self, channel: int, inside_only: bool) -> np.ndarray:
-        """``(S, n)``: the channel's sampled points (those inside its span only)."""
-        dev = self.dev[channel]
-        if not dev.size:
-            return np.empty((0, 0))
-        return dev[:, self.inside[channel]] if inside_only else dev
+        """``(S, n)``: the channel's sampled points inside its span (``inside_only``) or, for a
+        calibration with none inside any span, past it."""
+        part = self.parts[bool(inside_only)][channel]
+        if part is None:
+            return np.empty((self.samples, 0))
+        return part[1][:, : part[2]]
 
 
 def coverage_std(dev: np.ndarray, start: float, level: float = COVERAGE_LEVEL) -> float:

@@ -105,6 +105,7 @@ from .calibration import (
     model_obs_std,
     obs_std_array,
     run_calibration_warnings,
+    subsets_candidate,
     subsets_mode,
 )
 from .config import compose_train_config, override_list, prune_callbacks
@@ -412,6 +413,7 @@ class LatentODEForecaster:
         datamodule = instantiate(cfg.data, _partial_=True)(dataset=data, split=split)
         datamodule.setup("fit")
         model = build_model(cfg, datamodule)
+        subsets_candidate(model, datamodule.task, subsets)  # what cannot work, before training
         module = build_module(cfg, model, datamodule)
 
         drop_adverts()
@@ -465,7 +467,7 @@ class LatentODEForecaster:
         density is warned about (``density_warning``). ``subsets``: whether ``predict`` and
         ``impute`` condition each posterior sample on a random subset of a series' points drawn
         as the run's training task drew the encoder's: ``"auto"`` when the model predicts
-        clearly worse from four fifths of a series and subsets lower its in-series noise (the
+        clearly worse from four fifths of a series and subsets predict better there (the
         quick start's model: held-out rms 0.27 -> 0.105, model units), True always, False never
         (:mod:`latentode.forecast.subsets`)."""
         from latentode.cli.runs import load_run
@@ -1273,13 +1275,6 @@ def _calibrate(model: nn.Module, datamodule: Any,
     # the in-series noise from points held out of series the encoder sees the rest of: the
     # training task's subsample (50-100% seen) left imputation intervals too wide on dense
     # damped oscillators (0.95 for 0.9), Folds 0.90 (docs/results.md, *In-series noise: folds*)
-    if subsets not in (False, "false") and not isinstance(model, LatentODE):
-        if subsets is True or isinstance(subsets, (Subsets, Interpolation)):
-            raise ValueError(f"subsets condition a LatentODE's posterior samples; "
-                             f"{type(model).__name__} has none: use subsets=False.")
-        subsets = False
-    if isinstance(subsets, Interpolation):
-        subsets = Subsets(subsets)
     calibration, chosen, density = calibrate_forecaster(
         model, datamodule, CALIBRATION_SAMPLES, CALIBRATION_SEED, task=task, subsets=subsets,
         trained_task=trained_task, origin="series", dtype=dtype)

@@ -54,8 +54,9 @@ class Subsets:
     def of_task(cls, task: Any, draws: int = SUBSET_DRAWS) -> Subsets | None:
         """The subsets a model trained on ``task`` saw: an ``Interpolation``'s own (None when
         it shows the encoder every point), a ``Mixed`` task's interpolation part, an
-        ``Extrapolation``'s ``subsample`` share of the prefix (None without one); None for any
-        other task."""
+        ``Extrapolation``'s ``subsample`` share of the prefix (None without one: as an
+        ``Interpolation(fraction=subsample)``, which keeps ``round(f n)`` of ``n`` points where
+        training kept ``floor(f n)``: one more at most); None for any other task."""
         if isinstance(task, Mixed):
             task = task.interpolation()
         elif isinstance(task, Extrapolation):
@@ -123,6 +124,9 @@ def subset_forward(
     ``encoder_visit``) as for the model's forward."""
     k, batch = masks.shape[:2]
     samples = int(z0_noise.shape[0])
+    if k > samples:
+        raise ValueError(f"masks hold {k} subsets for {samples} posterior samples: at most one "
+                         f"subset per sample (Subsets.count({samples}) subsets).")
     per = math.ceil(samples / k)
     # sample s -> (its subset s % K, its place s // K there); the last places of subsets
     # with fewer samples repeat sample 0 of theirs (computed, never returned)
