@@ -711,10 +711,10 @@ def calibrate_noise(
     std = np.maximum(noise, obs_std_array(obs, dims))
     floor = np.zeros(dims)
     if sample is not None and points != "targets":
-        for c in range(dims):
-            dev = sample.devs(c, inside_only=points == "heldout")
+        for channel in range(dims):
+            dev = sample.devs(channel, inside_only=points == "heldout")
             if dev.shape[1] >= CALIBRATION_MIN_POINTS:
-                floor[c] = coverage_std(dev, float(std[c]))
+                floor[channel] = coverage_std(dev, float(std[channel]))
     return NoiseCalibration(
         std=[float(v) for v in np.maximum(std, floor)], obs_std=obs,
         residual_rms=[float(v) for v in np.sqrt(mean_sq)],

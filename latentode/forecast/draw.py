@@ -246,16 +246,16 @@ def solve(model: nn.Module, jobs: list[Job], num_samples: int,
         assert job.eps is not None  # a latent ODE's job
         masks = _subset_masks(jobs, subsets, num_samples, [np.arange(len(job.hist_t))],
                               len(job.hist_t))
-        extra = {}
+        walk: dict[str, Any] = {}
         if job.visit is not None:
-            extra.update(encoder_schedule="series",
-                         encoder_visit=torch.from_numpy(job.visit)[None])
+            walk.update(encoder_schedule="series",
+                        encoder_visit=torch.from_numpy(job.visit)[None])
         seen = ~np.isnan(job.hist_v)
         pred, logits = subset_forward(
             model, masks, torch.from_numpy(job.hist_t),
             torch.from_numpy(np.nan_to_num(job.hist_v).astype(np_dtype))[None],
             torch.from_numpy(seen)[None], job.eps[:, None], pred_times=torch.from_numpy(job.grid),
-            **extra)
+            **walk)
         return [(pred[:, 0][:, job.where], None if logits is None else logits[:, 0])]
     if len(jobs) == 1:
         (job,) = jobs
