@@ -539,3 +539,30 @@ def test_eval_scores_what_a_forecaster_with_subsets_answers(run, tmp_path, monke
                                          r"coverage\.held_out=task scores the run's own"):
         eval_cli.evaluate(OmegaConf.create({"ckpt_path": "missing.ckpt", "coverage": {
             "subsets": True, "held_out": "task"}}))
+
+
+def test_eval_without_calibrated_noise_calibrates_only_to_decide_subsets(run, tmp_path,
+                                                                         monkeypatch):
+    """coverage.noise=none: no calibration where there are no subsets to decide on (it ran and
+    was thrown away), and no words about a calibrated noise it does not score."""
+    calls: list = []
+    real = eval_cli.calibrate_forecaster
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("subsets"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(eval_cli, "calibrate_forecaster", counted)
+    monkeypatch.setattr(eval_cli, "calibrate_split", lambda *a, **k: calls.append("split"))
+    every_point = 'overrides=["data.task.count=null","data.task.fraction=1.0"]'  # no subsets
+    for name, extra, expected in (("off", ["coverage.subsets=false"], []),
+                                  ("auto", [], ["auto"]),  # the run's task: count=50
+                                  ("none_to_decide", [every_point], [])):
+        calls.clear()
+        run_main(eval_cli, ["latentode-eval", f"ckpt_path={run}/checkpoints/last.ckpt",
+                            f"hydra.run.dir={tmp_path / name}", "plot=false",
+                            "coverage.n_samples=5", "coverage.noise=none", *extra], monkeypatch)
+        assert calls == expected, name
+        assert "predictive noise is calibrated on" not in (tmp_path / name / "eval.log").read_text()
+        record = json.loads((tmp_path / name / "test_metrics.json").read_text())["coverage"]
+        assert record["calibration"] is None and record["noise_std"] is None

@@ -150,18 +150,21 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
     asked = subsets_mode(options.get("subsets", "auto"))
     subsets = None  # predicting as from_run's forecaster: with subsets or not
     texts: list[str] = []
-    if folds is not None and (mode == "calibrated" or asked is not False):
-        # from_run's calibration, and with it whether its forecaster answers with subsets
-        # (decided there whatever noise is scored here)
+    # from_run's calibration, and with it whether its forecaster answers with subsets (decided
+    # so whatever noise is scored here; with the model's or none, only where there are
+    # subsets to decide on)
+    decide = asked is not False and subsets_candidate(model, datamodule.task, asked)[1] is not None
+    if folds is not None and (mode == "calibrated" or decide):
         calibration, subsets, texts = calibrate_forecaster(
             model, datamodule, samples, seed, subsets=asked, origin=origin, dtype=dtype)
     elif mode == "calibrated":
         calibration = calibrate_split(model, datamodule, samples, seed)
-    if calibration is not None:
+    if calibration is not None and mode == "calibrated":  # about the noise scored
         split = str(calibration.split)
-        for text in run_calibration_warnings(datamodule.splits[split], calibration, channels,
-                                             split) + texts:
-            log.warning("coverage: %s", text)
+        texts = run_calibration_warnings(datamodule.splits[split], calibration, channels,
+                                         split) + texts
+    for text in texts:
+        log.warning("coverage: %s", text)
     if mode != "calibrated":
         calibration = None  # the decision's; the noise scored is the model's or none
     else:

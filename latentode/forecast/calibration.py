@@ -101,7 +101,8 @@ DENSITY_RATIO = 1.5  # in-series noise on folds over the training task's: above,
 COVERAGE_LEVEL = 0.9  # the noise is at least what covers this share of calibration points
 COVERAGE_POINTS = 10_000  # per channel: a uniform sample of the points behind that floor
 COVERAGE_BUDGET = 20_000_000  # float32 values kept for it in all (80 MB): fewer points per
-                              # channel on wide data (at 100 samples: 10000 up to 20 channels)
+                              # channel on wide data (at 100 samples: 10000 up to 20 channels;
+                              # never fewer than 200, so past 1000 channels it is exceeded)
 RUN_SPLITS = {
     "val": ("the run's validation split", "Train with a larger data.val_fraction."),
     "train": ("the run's training split: it has no validation series",
@@ -250,7 +251,7 @@ class NoiseCalibration:
     """Per-channel predictive observation noise and how it was estimated (model units).
 
     Attributes:
-        std: the predictive noise std per channel, ``max(obs_std, sigma_c)``.
+        std: the predictive noise std per channel, ``max(obs_std, sigma_c, coverage_std)``.
         obs_std: the model's observation noise (the floor): one value, or one per channel.
         residual_rms: ``sqrt(mean r^2)`` per channel (residual of the posterior-mean prediction).
         path_std: ``sqrt(mean s^2)`` per channel (spread of the sampled paths).
