@@ -555,8 +555,7 @@ def test_eval_without_calibrated_noise_calibrates_only_to_decide_subsets(run, tm
     monkeypatch.setattr(eval_cli, "calibrate_forecaster", counted)
     monkeypatch.setattr(eval_cli, "calibrate_split", lambda *a, **k: calls.append("split"))
     every_point = 'overrides=["data.task.count=null","data.task.fraction=1.0"]'  # no subsets
-    for name, extra, expected in (("off", ["coverage.subsets=false"], []),
-                                  ("auto", [], ["auto"]),  # the run's task: count=50
+    for name, extra, expected in (("auto", [], ["auto"]),  # the run's task: count=50
                                   ("none_to_decide", [every_point], [])):
         calls.clear()
         run_main(eval_cli, ["latentode-eval", f"ckpt_path={run}/checkpoints/last.ckpt",
