@@ -241,35 +241,28 @@ def solve(model: nn.Module, jobs: list[Job], num_samples: int,
     """
     dtype = next(model.parameters()).dtype
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
-    if subsets is not None and len(jobs) == 1:
+    if len(jobs) == 1:
         (job,) = jobs
-        assert job.eps is not None  # a latent ODE's job
-        masks = _subset_masks(jobs, subsets, num_samples, [np.arange(len(job.hist_t))],
-                              len(job.hist_t))
         walk: dict[str, Any] = {}
         if job.visit is not None:
             walk.update(encoder_schedule="series",
                         encoder_visit=torch.from_numpy(job.visit)[None])
         seen = ~np.isnan(job.hist_v)
-        pred, logits = subset_forward(
-            model, masks, torch.from_numpy(job.hist_t),
-            torch.from_numpy(np.nan_to_num(job.hist_v).astype(np_dtype))[None],
-            torch.from_numpy(seen)[None], job.eps[:, None], pred_times=torch.from_numpy(job.grid),
-            **walk)
+        args = (torch.from_numpy(job.hist_t),
+                torch.from_numpy(np.nan_to_num(job.hist_v).astype(np_dtype))[None],
+                torch.from_numpy(seen)[None])
+        if subsets is not None:
+            assert job.eps is not None  # a latent ODE's job
+            masks = _subset_masks(jobs, subsets, num_samples, [np.arange(len(job.hist_t))],
+                                  len(job.hist_t))
+            pred, logits = subset_forward(model, masks, *args, job.eps[:, None],
+                                          pred_times=torch.from_numpy(job.grid), **walk)
+        else:
+            noise = {} if job.eps is None else {"z0_noise": job.eps[:, None]}
+            out = model(*args, n_samples=int(num_samples), pred_times=torch.from_numpy(job.grid),
+                        **noise, **walk)
+            pred, logits = out.pred, out.logits
         return [(pred[:, 0][:, job.where], None if logits is None else logits[:, 0])]
-    if len(jobs) == 1:
-        (job,) = jobs
-        extra: dict[str, Any] = {} if job.eps is None else {"z0_noise": job.eps[:, None]}
-        if job.visit is not None:
-            extra.update(encoder_schedule="series",
-                         encoder_visit=torch.from_numpy(job.visit)[None])
-        mask = ~np.isnan(job.hist_v)
-        out = model(torch.from_numpy(job.hist_t),
-                    torch.from_numpy(np.nan_to_num(job.hist_v).astype(np_dtype))[None],
-                    torch.from_numpy(mask)[None], n_samples=int(num_samples),
-                    pred_times=torch.from_numpy(job.grid), **extra)
-        logits = None if out.logits is None else out.logits[:, 0]
-        return [(out.pred[:, 0][:, job.where], logits)]
     times = np.unique(np.concatenate([job.hist_t for job in jobs]))
     # rows from 0 at each job's z0, all forwards or (times before the histories) all backwards
     channels = jobs[0].hist_v.shape[1]
