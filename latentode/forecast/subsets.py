@@ -102,8 +102,8 @@ class Subsets:
         out = np.zeros((copies * seen.shape[0], seen.shape[1]), dtype=bool)
         if len(rows):
             # rows with no seen point hold no point at all (reduceat needs non-empty rows)
-            kept, row_of = np.unique(rows, return_inverse=True)
-            starts = np.searchsorted(row_of, np.arange(len(kept)))
+            row_of = np.unique(rows, return_inverse=True)[1]  # rows renumbered 0, 1, ...
+            starts = np.searchsorted(row_of, np.arange(row_of[-1] + 1))
             points = Points(rows=row_of, starts=starts, times=times.astype(np.float64),
                             observed=np.ones((len(rows), 1), dtype=bool))
             chosen = self.task.encoder_points(points, rng)
