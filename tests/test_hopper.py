@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging.config
 import sys
 from pathlib import Path
 
@@ -85,6 +86,17 @@ def test_deterministic_cached_and_prefix_stable(
     np.testing.assert_array_equal(fresh, raw[:5])
     other = hopper.generate(2, seed=124, cache_dir=None, progress=False)
     assert not np.array_equal(other, raw[:2])
+
+
+def test_logging_reconfigured_after_dm_control_keeps_pytests_capture_open(
+    raw: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """dm_control's absl log handler closed the stream it was made with (pytest's capture file)
+    when an in-process Hydra run reconfigured logging: this test errored at teardown and every
+    later test with "I/O operation on closed file" (conftest hands absl the real stderr)."""
+    logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})  # as Hydra does
+    print("still captured")
+    assert capsys.readouterr().out == "still captured\n"
 
 
 def test_missing_dm_control_says_what_to_install(
