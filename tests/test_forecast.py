@@ -945,6 +945,26 @@ def test_a_forecast_grid_for_a_series_with_no_observation_is_refused_by_name():
         requested_times(replace(ds, values=values), "numeric", horizon=1.0, n=2)
 
 
+def test_zone_aware_times_asked_of_naive_data_are_refused_like_a_zone_aware_history():
+    """A model fitted on naive datetimes answered a zone-aware ``times=`` (list, per-series
+    mapping, offset strings) as if its clock were UTC: US/Eastern midnight came back as 05:00,
+    silently, where a zone-aware history is refused (which zone the naive clock was in cannot be
+    known)."""
+    from latentode.data import from_dataframe
+    from latentode.forecast.requests import requested_times
+
+    ds = from_dataframe(pd.DataFrame({
+        "id": [7, 7], "t": pd.to_datetime(["2024-03-09 08:00", "2024-03-09 20:00"]),
+        "x": [1.0, 2.0]}), "id", "t")
+    for times in ([pd.Timestamp("2024-03-10", tz="US/Eastern")], ["2024-03-10T00:00+09:00"],
+                  {7: [pd.Timestamp("2024-03-10", tz="UTC")]}):
+        with pytest.raises(ValueError, match=r"times in zone .* asked of data whose times carry "
+                                             r"no zone .*tz_localize\(None\)"):
+            requested_times(ds, "datetime", times=times)
+    naive = requested_times(ds, "datetime", times=["2024-03-10"])  # naive: the data's clock
+    assert naive[0][1][0] == pd.Timestamp("2024-03-10")
+
+
 def test_few_calibration_series_are_warned_about_once_with_fits_own_remedy():
     """fit on 8 series calibrates on its training series and says so (one warning, not a
     second one advising a val_fraction that cannot help below 20 series); val_df of 3 series

@@ -60,10 +60,18 @@ def as_times(raw: Any, kind: str, what: str = "times", tz: Any = None) -> Times:
 
 
 def align_tz(index: pd.DatetimeIndex, tz: Any) -> pd.DatetimeIndex:
-    """``index`` in time zone ``tz``: naive times are taken to be in it; with ``tz`` None,
-    aware times become naive UTC (as ``TimeTransform`` reads naive times)."""
+    """``index`` in time zone ``tz``: naive times are taken to be in it, aware ones converted.
+    With ``tz`` None (data on a naive clock) aware times are refused, as ``TimeTransform``
+    refuses them in a history: which zone the naive clock was in cannot be known, and reading it
+    as UTC moved every answer by the clock's offset, silently."""
     if tz is None:
-        return index.tz_convert("UTC").tz_localize(None) if index.tz is not None else index
+        if index.tz is not None:
+            raise ValueError(
+                f"times in zone {index.tz} asked of data whose times carry no zone (the model "
+                "was fitted on naive datetimes): give naive times on the training data's "
+                "clock, e.g. times.tz_convert('<that zone>').tz_localize(None)."
+            )
+        return index
     if index.tz is None:
         return index.tz_localize(tz)
     return index.tz_convert(tz)
