@@ -1070,6 +1070,25 @@ def test_a_count_covering_short_series_warns_that_nothing_is_held_out(task, warn
         assert said[0].startswith(f"{name}(count=10)") and f"(Python: {name}(" in said[0]
 
 
+def test_training_series_observed_at_one_time_each_are_warned_about_with_the_id_column():
+    """A row id given as the series id (an easy slip with ICU exports) splits every series into
+    one-row pieces: training ran on them without a word. Series with some times stay quiet."""
+    df = random_frame(3, n_series=12, max_len=6, p_missing=0.0)
+    by_row = df.assign(series_id=np.arange(len(df)))
+    for frame, warns in ((by_row, True), (df, False)):
+        dm = LatentODEDataModule(from_dataframe(frame), task=Interpolation(count=3),
+                                 batch_size=4, val_fraction=0.0, test_fraction=0.0)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            dm.setup()
+        said = [str(w.message) for w in seen if "observed at a single time" in str(w.message)]
+        assert bool(said) == warns
+        if said:  # counts them, names the column to check; no second warning on the same data
+            assert said[0].startswith(f"{len(frame)} of the {len(frame)} training series")
+            assert "data.dataset.id_col" in said[0]
+            assert not [w for w in seen if "nothing is held out" in str(w.message)]
+
+
 def test_extrapolation_cut_time_numeric_user_units_and_at_least_one_point():
     # seconds over years: model times are rescaled, the cut is given in user units
     df = pd.DataFrame(

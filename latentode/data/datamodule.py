@@ -213,7 +213,8 @@ class LatentODEDataModule(L.LightningDataModule):
             raw = {name: self.scaler.apply(part) for name, part in raw.items()}
         for name, part in raw.items():
             check_representable(part, f"{name} split" + (", standardised" if self.scale else ""))
-        _warn_if_nothing_held_out(self.task, raw["train"])
+        if not _warn_if_single_times(raw["train"]):
+            _warn_if_nothing_held_out(self.task, raw["train"])
         if self.time_origin == "batch":  # windows of one series start at different times
             _warn_if_clocks_differ(data if self.window is None else raw["train"])
         self.splits = raw
@@ -322,6 +323,28 @@ def _warn_if_split_empty(n: int, index: dict[str, np.ndarray], val_fraction: flo
             "or set data.val_fraction=0 data.test_fraction=0 to train on all of them knowingly.",
             stacklevel=3,
         )
+
+
+def _warn_if_single_times(train: IrregularDataset) -> bool:
+    """Most training series observed at one time only have no dynamics to learn; the usual
+    cause is a wrong series id column (a row or visit id splits every series into one-row
+    pieces), which trained without a word before. Returns whether it warned."""
+    if len(train) < 2:
+        return False
+    seen = np.concatenate([[0], np.cumsum((~np.isnan(train.values)).any(1))])
+    per_series = seen[train.offsets[1:]] - seen[train.offsets[:-1]]  # empty series: 0
+    single = int(np.sum(per_series <= 1))
+    if single < 0.5 * len(train):
+        return False
+    warnings.warn(
+        f"{single} of the {len(train)} training series are observed at a single time "
+        f"(median {int(np.median(per_series))} observed times): a series needs two or more "
+        "times to show how it changes, so the model has almost nothing to learn from. If that "
+        "is unexpected, check the series id column (id_col= / data.dataset.id_col): a row or "
+        "visit id in its place splits every series into one-row pieces.",
+        stacklevel=3,
+    )
+    return True
 
 
 def _warn_if_nothing_held_out(task: Any, train: IrregularDataset) -> None:
