@@ -582,6 +582,9 @@ def test_plot_writes_png(dated, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match=r"series \['nope'\] are not in both df and pred"):
         fc.plot(tidy, pred, series=["nope"])
+    numbered = pred.assign(series_id=pred["series_id"].str[1:].astype(int))
+    with pytest.raises(ValueError, match=r"pred has series \[0, 1, 2"):  # not np.int64(0)
+        fc.plot(tidy, numbered, series=["s0"])
     # channels titled by name rather than by their codes
     named = fc.plot(tidy, pred, series=["s0"], channel_labels={"x": "position"})
     assert [ax.get_title() for ax in named.axes] == ["s0: position", "s0: y"]

@@ -65,7 +65,7 @@ def plot_forecast(
         raise ValueError(f"pred lacks column(s) {absent}; pass the frame predict() returned "
                          f"(columns {need} and quantiles).")
     position = {key: i for i, key in enumerate(ds.ids)}
-    in_pred = list(pd.unique(pred[spec.id_col]))
+    in_pred = pd.unique(pred[spec.id_col]).tolist()  # Python values: 3 in messages, not np.int64(3)
     if series is None:
         series = [s for s in in_pred if s in position][:max_series]
     series = list(series)
