@@ -716,7 +716,18 @@ def test_iso_date_strings_are_read_as_datetimes():
     # ISO text whose offset changes with the clock (winter +01:00, summer +02:00): UTC
     dst = small_frame().assign(time=["2024-03-30T11:00+01:00", "2024-03-31T11:00+02:00",
                                      "2024-04-01T11:00+02:00"] * 2)
-    assert str(from_dataframe(dst).to_dataframe()["time"].dt.tz) == "UTC"
+    with pytest.warns(UserWarning, match=r"column 'time' holds times with different UTC "
+                                         r"offsets \(e\.g\. '2024-03-30T11:00\+01:00' and "
+                                         r"'2024-03-31T11:00\+02:00'.*tz_convert"):
+        assert str(from_dataframe(dst).to_dataframe()["time"].dt.tz) == "UTC"
+    # some times with an offset, some without: the latter were read as UTC, silently
+    mixed = small_frame().assign(time=["2024-03-30T11:00", "2024-03-30T12:00+01:00",
+                                       "2024-03-30T13:00Z", "2024-03-30 14:00:00.5+0100",
+                                       "2024-03-30T15:00", "2024-03-30T16:00"])
+    with pytest.raises(ValueError, match=r"column 'time' mixes times with a UTC offset "
+                                         r"\('2024-03-30T12:00\+01:00', row 1\) and without one "
+                                         r"\('2024-03-30T11:00', row 0\)"):
+        from_dataframe(mixed)
 
 
 def test_error_messages_show_plain_numbers():

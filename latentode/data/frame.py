@@ -233,7 +233,9 @@ def iso_times(df: pd.DataFrame, time_col: str) -> pd.DataFrame:
     leaves them) read as datetimes, as ``latentode-train data=csv`` reads a file; other text is
     left for :func:`_check_times` to refuse (day-first or month-first dates are ambiguous).
     Offsets that differ between rows (``+01:00`` in winter, ``+02:00`` in summer) are read as
-    the same instants in UTC."""
+    the same instants in UTC, with a warning (answers then come back in UTC); text mixing times
+    with and without an offset is refused (a naive time's zone cannot be known; it was read as
+    UTC)."""
     col = df[time_col]
     if not (pd.api.types.is_object_dtype(col.dtype) or pd.api.types.is_string_dtype(col.dtype)):
         return df
@@ -251,7 +253,39 @@ def iso_times(df: pd.DataFrame, time_col: str) -> pd.DataFrame:
             parsed = pd.to_datetime(col, format="ISO8601", utc=True)
         except (ValueError, TypeError):
             return df
+        _check_offsets(present, time_col)
     return df.assign(**{time_col: parsed})
+
+
+# a time of day followed by a UTC offset (Z, +01, +0100, +01:00) at the end of ISO 8601 text
+_OFFSET = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+
+
+def _check_offsets(present: pd.Series, time_col: str) -> None:
+    """ISO times whose offsets differ, read as UTC by :func:`iso_times`: refuse a mix of times
+    with and without an offset, warn where the offsets differ (a clock change)."""
+    text = present.str.strip()
+    aware = text.str.contains(_OFFSET, regex=True).to_numpy()
+    if aware.all():
+        offsets = text.str.extract(r"(Z|[+-]\d{2}(?::?\d{2})?)$")[0].to_numpy()
+        other = int(np.argmax(offsets != offsets[0]))  # the first with another offset
+        warnings.warn(
+            f"column {time_col!r} holds times with different UTC offsets (e.g. "
+            f"{present.iloc[0]!r} and {present.iloc[other]!r}; a daylight-saving "
+            "change writes them so): read as the same instants in UTC, so times come back in "
+            "UTC. To keep the local clock, parse the column with its zone first, e.g. "
+            f"pd.to_datetime(df[{time_col!r}], utc=True).dt.tz_convert('Europe/Berlin').",
+            stacklevel=3,
+        )
+        return
+    naive = int(np.argmin(aware))
+    i = int(np.argmax(aware))
+    raise ValueError(
+        f"column {time_col!r} mixes times with a UTC offset ({present.iloc[i]!r}, row "
+        f"{_plain(present.index[i])!r}) and without one ({present.iloc[naive]!r}, row "
+        f"{_plain(present.index[naive])!r}): which zone the times without one are in cannot be "
+        "known. Write every time with its offset, or none."
+    )
 
 
 def iso_separator(column: pd.Series) -> str | None:
