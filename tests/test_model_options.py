@@ -286,9 +286,6 @@ def labelled_frame(n: int = 40, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["series_id", "time", "value", "label"])
 
 
-@pytest.mark.slow  # ~16 s of training; by default the label metrics are checked against
-# sklearn (test_label_metrics_against_sklearn_definitions) and a label is learnt through fit
-# (test_forecast: test_a_label_per_series_is_learnt_and_predicted_as_probabilities)
 @pytest.mark.filterwarnings("ignore:.*treespec, LeafSpec")
 @pytest.mark.filterwarnings("ignore:.*does not have many workers")
 def test_lightning_logs_auc_and_accuracy_and_learns_the_label():

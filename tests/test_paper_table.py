@@ -423,7 +423,6 @@ def test_per_run_csv_round_trips_and_adds_up_with_run_dirs(tmp_path, capsys):
 # -- a real tiny sweep, collected ---------------------------------------------------------------
 
 @pytest.mark.filterwarnings("ignore:Total length of .DataLoader. across ranks is zero")
-@pytest.mark.slow  # ~13 s of sweep runs; the collector runs by default on synthetic run trees
 def test_tiny_hopper_sweep_is_collected(tmp_path, capsys):
     pytest.importorskip("dm_control")
     pytest.importorskip("mujoco")

@@ -300,8 +300,6 @@ def stiff_mlp_errors(seed: int, torchdiffeq) -> dict:
     return out
 
 
-@pytest.mark.slow  # ~14 s, a comparison with torchdiffeq (scripts/bench_solver.py times it);
-# adjoint gradients against backprop and gradcheck run by default
 def test_adjoint_beats_torchdiffeq_adjoint_in_accuracy_and_evaluations():
     """On the solver benchmark's stiff workload, seeds 0-2: our backward solve is more accurate
     than torchdiffeq's ``odeint_adjoint`` on every seed with under 0.4x its evaluations

@@ -253,7 +253,6 @@ def test_ray_launcher_config_composes():
     assert launcher.ray.init.address == "auto" and launcher.ray.remote.num_gpus == 1
 
 
-@pytest.mark.slow  # ~17 s (a submitit job process); its launcher config composes by default
 def test_submitit_local_runs_a_tiny_job(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sweep"
