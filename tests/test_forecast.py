@@ -93,6 +93,27 @@ def dated(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------ predict
+def test_a_history_far_outside_the_training_values_is_warned_about(fitted, data):
+    """A history in other units (x 1e6: a unit mix-up) gave ordinary-looking forecasts without
+    a word; predict, sample and impute now name the channel, series and value."""
+    history = data[data.series_id.isin(["s0", "s1"])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the training data's own values: no warning
+        fitted.predict(history, horizon=1.0, n=2, num_samples=5)
+    mixed_up = history.assign(y=history["y"] * 1e6)
+    first = re.escape(f"{mixed_up['y'].dropna().iloc[0]:.4g}")
+    said = (rf"channel 'y' of series 's0' holds {first}, more than 50 training standard "
+            r"deviations from the training data's mean \(.*\); \d+ such value\(s\) in "
+            r"channel\(s\) \['y'\].*in the training data's units\?")
+    for call in (lambda: fitted.predict(mixed_up, horizon=1.0, n=2, num_samples=5),
+                 lambda: fitted.sample(mixed_up, horizon=1.0, n=2, num_samples=2),
+                 lambda: fitted.impute(mixed_up, num_samples=2)):
+        with pytest.warns(UserWarning, match=said) as seen:
+            call()
+        assert [w.filename for w in seen if "standard deviations" in str(w.message)] == [
+            __file__]  # pointed at the caller's line
+
+
 def test_predict_columns_units_and_quantile_order(fitted, data):
     pred = fitted.predict(data, horizon=1.0, n=5, num_samples=50)
     assert list(pred.columns) == ["series_id", "time", "channel", "mean", "q0.05", "q0.5",

@@ -859,6 +859,7 @@ class LatentODEForecaster:
         ``batch_size`` at a time (:mod:`.draw`); each draws its ``z0`` samples and its noise
         from its own seed."""
         model, spec = self._fitted("predict")
+        _warn_far_from_training(ds, spec)
         num_samples = _whole("num_samples", num_samples, 1)
         seed = _whole("seed", seed, 0)
         batch_size = _whole("batch_size", batch_size, 1)
@@ -1393,6 +1394,37 @@ def _warn_beyond_training(ds: IrregularDataset, requests: list[tuple[int, Times]
             "ahead, so expect errors well beyond the quantiles.",
             stacklevel=3,
         )
+
+
+FAR_SDS = 50.0  # history values this many training standard deviations out are warned about
+
+
+def _warn_far_from_training(ds: IrregularDataset, spec: DataSpec) -> None:
+    """Warn when a history holds a value further than ``FAR_SDS`` training standard deviations
+    from the channel's training mean (on a log channel, on its log scale): most often a unit
+    mix-up (mg/dL for mmol/L, Pa for kPa), which gave ordinary-looking forecasts without a word
+    (a history at 1e6x the training scale moved a test forecast's mean by 0.5%). Nothing to
+    compare with for a model trained on unscaled values."""
+    if spec.mean is None or spec.scale is None or not len(ds.values):
+        return
+    with np.errstate(invalid="ignore"):
+        far = np.abs(spec.to_model_values(ds.values)) > FAR_SDS
+    if not far.any():
+        return
+    row, j = np.argwhere(far)[0]
+    series = int(np.searchsorted(ds.offsets, row, side="right") - 1)
+    log = bool(spec.log is not None and spec.log[j])
+    typical = spec.to_user_values(np.asarray(spec.mean)[None])[0, j]
+    channels = sorted({spec.channels[c] for c in np.nonzero(far.any(0))[0]})
+    warnings.warn(
+        f"channel {spec.channels[j]!r} of series {ds.ids[series]!r} holds "
+        f"{ds.values[row, j]:.4g}, more than {FAR_SDS:g} training standard deviations from "
+        f"the training data's {'typical value' if log else 'mean'} ({typical:.4g}"
+        f"{', on the log scale it was trained on' if log else ''}); {int(far.sum())} such "
+        f"value(s) in channel(s) {channels}. The model never saw values like these, so its "
+        "answers there are guesses: are they in the training data's units?",
+        stacklevel=5,  # the user's call (of predict, sample, impute: through _draw)
+    )
 
 
 def _set_label_head(cfg: DictConfig, labels: np.ndarray, label_col: str) -> None:
