@@ -58,6 +58,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from latentode.cli import config_dir
+from latentode.cli.errors import input_errors
 from latentode.cli.options import refuse_foreign_options
 from latentode.cli.runs import load_run
 from latentode.cli.train import (
@@ -292,7 +293,8 @@ def hydra_main(cfg: DictConfig) -> None:
     """The Hydra app of ``latentode-eval`` (Hydra parses the command line)."""
     _TASK_STARTED[0] = True
     quiet_known_warnings()
-    evaluate(cfg)
+    with input_errors("latentode-eval"):
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from latentode.cli import config_dir
+from latentode.cli.errors import input_errors
 from latentode.cli.options import refuse_foreign_options
 from latentode.cli.train import quiet_known_warnings
 from latentode.cli.typos import run_app
@@ -212,7 +213,8 @@ def hydra_main(cfg: DictConfig) -> None:
     """The Hydra app of ``latentode-predict`` (Hydra parses the command line)."""
     _TASK_STARTED[0] = True
     quiet_known_warnings()
-    predict(cfg)
+    with input_errors("latentode-predict"):
+        predict(cfg)
 
 
 if __name__ == "__main__":

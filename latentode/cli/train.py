@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from latentode.cli import config_dir
 from latentode.cli.checkpoints import RunRecord, check_resume, restored_on_failure
+from latentode.cli.errors import input_errors
 from latentode.cli.options import refuse_unread_settings
 from latentode.cli.sweep import failed_jobs, write_job_record
 from latentode.cli.typos import run_app
@@ -573,7 +574,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     log.info("output directory: %s", keep_config_with_outputs(cfg, hydra_cfg))
     if hydra_cfg.mode != RunMode.MULTIRUN:  # errors propagate; no sweep reads the metric
-        metrics, name = train(cfg), cfg.get("optimized_metric")
+        with input_errors("latentode-train"):
+            metrics = train(cfg)
+        name = cfg.get("optimized_metric")
         # (a test-only run, or one whose checkpoint already reached max_epochs, logs no val/
         # metric: nothing to warn about outside a sweep)
         return metric_value(metrics, name) if name in metrics else None

@@ -1,0 +1,71 @@
+"""A bad input on the command line ends in latentode's message alone (status 1), not in a
+traceback through Hydra; other errors keep theirs, and HYDRA_FULL_ERROR=1 keeps every one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_cli import run_main
+
+from latentode.cli import predict as predict_cli
+from latentode.cli import train as train_cli
+from latentode.cli.errors import raised_by_latentode
+from latentode.data import from_dataframe
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*treespec, LeafSpec")
+
+
+def bad_csv(path) -> str:
+    rng = np.random.default_rng(0)
+    rows = [(s, t, str(np.sin(t) + s)) for s in range(6) for t in np.sort(rng.uniform(0, 5, 6))]
+    df = pd.DataFrame(rows, columns=["series_id", "time", "temp"])
+    df.loc[5, "temp"] = "?"
+    df.to_csv(path, index=False)
+    return str(path)
+
+
+def test_a_bad_csv_ends_in_its_message_and_the_run_log_keeps_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    argv = ["latentode-train", "experiment=csv", f"data.dataset.path={bad_csv(tmp_path / 'q.csv')}",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    with pytest.raises(SystemExit) as stop:
+        run_main(train_cli, argv, monkeypatch)
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("latentode-train: error: column 'temp' has a non-numeric value '?' "
+                          "(series 0, row 5)")
+    assert "Traceback" not in err and "Error executing job" not in err
+    assert "HYDRA_FULL_ERROR=1" in err
+    logged = (tmp_path / "run" / "csv.log").read_text()
+    assert "[ERROR] - latentode-train: error: column 'temp' has a non-numeric value" in logged
+    # HYDRA_FULL_ERROR=1: the exception itself, for a debugger or a traceback
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(ValueError, match="non-numeric value"):
+        run_main(train_cli, argv, monkeypatch)
+
+
+def test_predict_names_a_missing_checkpoint_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        run_main(predict_cli, ["latentode-predict", f"ckpt_path={tmp_path / 'none.ckpt'}",
+                               f"input={tmp_path / 'in.csv'}", f"hydra.run.dir={tmp_path}"],
+                 monkeypatch)
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("latentode-predict: error: checkpoint ") and "does not exist" in err
+    assert "Traceback" not in err
+
+
+def test_only_errors_latentode_raised_on_purpose_are_shortened():
+    with pytest.raises(ValueError, match="non-numeric value") as ours:
+        from_dataframe(pd.DataFrame({"series_id": [1, 1], "time": [0.0, 1.0], "x": ["1", "?"]}))
+    assert raised_by_latentode(ours.value)
+    with pytest.raises(ValueError) as library:
+        np.zeros(3).reshape(2, 2)
+    assert not raised_by_latentode(library.value)
+    from latentode.cli import errors
+
+    with pytest.raises(ValueError) as slip:  # a failed unpacking in our code is a bug: traced
+        exec(compile("a, b = [1, 2, 3]", errors.__file__, "exec"))  # as if at its line 1
+    assert not raised_by_latentode(slip.value)
