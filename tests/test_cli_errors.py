@@ -45,6 +45,35 @@ def test_a_bad_csv_ends_in_its_message_and_the_run_log_keeps_it(tmp_path, monkey
         run_main(train_cli, argv, monkeypatch)
 
 
+def test_a_constructors_check_is_one_line_too(tmp_path, monkeypatch, capsys):
+    """The data module's own check reaches the command wrapped in Hydra's
+    InstantiationException ("Error in call to target ..."): its message alone."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    good = tmp_path / "good.csv"
+    pd.read_csv(bad_csv(good)).replace("?", "1.0").to_csv(good, index=False)
+    with pytest.raises(SystemExit):
+        run_main(train_cli, ["latentode-train", "experiment=csv", f"data.dataset.path={good}",
+                             "data.batch_size=0", f"hydra.run.dir={tmp_path / 'run'}"],
+                 monkeypatch)
+    err = capsys.readouterr().err
+    assert err.startswith("latentode-train: error: batch_size must be at least 1, got 0.")
+    assert "Error in call to target" not in err
+
+
+def test_a_sweeps_failed_job_does_not_stop_the_next(tmp_path, monkeypatch):
+    """Jobs of -m raise as before: SystemExit from the first job had ended the whole sweep
+    (no second job, no summary.csv)."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    sweep = tmp_path / "sweep"
+    with pytest.raises((SystemExit, FileNotFoundError)):
+        run_main(predict_cli, ["latentode-predict", "-m",
+                               f"ckpt_path={tmp_path / 'a.ckpt'},{tmp_path / 'b.ckpt'}",
+                               f"input={tmp_path / 'in.csv'}", f"hydra.sweep.dir={sweep}"],
+                 monkeypatch)
+    assert (sweep / "0").is_dir() and (sweep / "1").is_dir()
+    assert (sweep / "summary.csv").is_file()
+
+
 def test_predict_names_a_missing_checkpoint_in_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(SystemExit) as stop:

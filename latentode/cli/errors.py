@@ -5,7 +5,9 @@ that names the column, series or value and what to do. Under Hydra that message 
 after "Error executing job" and ~20 lines of traceback through Hydra's and our frames. The
 commands now print ``<command>: error: <message>`` alone and exit with status 1; the message also
 goes into the run's log file. Only errors latentode raised on purpose (a ``raise`` statement in
-the package) are shortened: anything else, a bug included, keeps its traceback, and
+the package, also when a constructor's check reaches us wrapped in Hydra's
+``InstantiationException``) are shortened: anything else, a bug included, keeps its traceback,
+as do the jobs of a sweep (``-m``: Hydra records the failure and runs the next job), and
 ``HYDRA_FULL_ERROR=1`` keeps every traceback.
 """
 
@@ -41,14 +43,34 @@ def raised_by_latentode(error: BaseException) -> bool:
     return inside and linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise")
 
 
+def _input_error(error: BaseException) -> BaseException | None:
+    """The error latentode raised on purpose behind ``error`` (itself, or the cause of Hydra's
+    ``InstantiationException`` when a constructor's check refused a config value), else None."""
+    from hydra.errors import InstantiationException
+
+    if isinstance(error, InstantiationException) and error.__cause__ is not None:
+        error = error.__cause__
+    return error if isinstance(error, SHORTENED) and raised_by_latentode(error) else None
+
+
+def _in_a_sweep() -> bool:
+    """A job of ``-m``: it must raise, so that Hydra records it failed and runs the next job
+    (``SystemExit`` stopped the whole sweep and its summary)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 @contextmanager
 def input_errors(command: str) -> Iterator[None]:
     """Run the block; an error latentode raised on purpose exits with status 1 after one line
     on stderr (and an ERROR record in the run's log file) instead of propagating to Hydra."""
     try:
         yield
-    except SHORTENED as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not raised_by_latentode(error):
+    except Exception as raised:
+        error = _input_error(raised)
+        if error is None or os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_a_sweep():
             raise
         record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s: error: %s",
                                 (command, error), None)
