@@ -728,6 +728,18 @@ def test_iso_date_strings_are_read_as_datetimes():
                                          r"\('2024-03-30T12:00\+01:00', row 1\) and without one "
                                          r"\('2024-03-30T11:00', row 0\)"):
         from_dataframe(mixed)
+    # ISO's basic format and hour-only times carry offsets too (they were taken for times
+    # without one: "mixes ... ('20240330T110000+0100', row 0) and without one (the same)");
+    # an empty or NaT entry is a missing time, not a time without an offset
+    for times in (["20240330T110000+0100", "20240331T110000+0200"] * 3,
+                  ["2024-03-30T11+01:00", "2024-03-31T11+02:00"] * 3):
+        with pytest.warns(UserWarning, match=rf"different UTC offsets \(e\.g\. "
+                                             rf"'{re.escape(times[0])}' and "
+                                             rf"'{re.escape(times[1])}'"):
+            from_dataframe(small_frame().assign(time=times))
+    for gap in ("", "NaT"):
+        with pytest.raises(ValueError, match=r"column 'time' has 1 missing times"):
+            from_dataframe(small_frame().assign(time=[*dst["time"][:3], gap, *dst["time"][4:]]))
 
 
 def test_error_messages_show_plain_numbers():

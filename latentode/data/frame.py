@@ -253,33 +253,39 @@ def iso_times(df: pd.DataFrame, time_col: str) -> pd.DataFrame:
             parsed = pd.to_datetime(col, format="ISO8601", utc=True)
         except (ValueError, TypeError):
             return df
-        _check_offsets(present, time_col)
+        _check_offsets(present, parsed, time_col)
     return df.assign(**{time_col: parsed})
 
 
-# a time of day followed by a UTC offset (Z, +01, +0100, +01:00) at the end of ISO 8601 text
-_OFFSET = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+# an ISO time's UTC offset (Z, +01, +0100, +01:00) ends the text right after a digit of its time
+# of day (which a "T" or a space opens: a date alone, 2024-03-30, has none)
+_OFFSET = r"\d\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
 
 
-def _check_offsets(present: pd.Series, time_col: str) -> None:
-    """ISO times whose offsets differ, read as UTC by :func:`iso_times`: refuse a mix of times
-    with and without an offset, warn where the offsets differ (a clock change)."""
+def _check_offsets(present: pd.Series, parsed: pd.Series, time_col: str) -> None:
+    """ISO times whose offsets differ, read as UTC by :func:`iso_times` (``parsed``): refuse a
+    mix of times with and without an offset, warn where the offsets differ (a clock change).
+    Text that reads as no time (empty, ``NaT``) is left to the missing-time check."""
     text = present.str.strip()
-    aware = text.str.contains(_OFFSET, regex=True).to_numpy()
-    if aware.all():
+    valid = parsed.loc[present.index].notna().to_numpy()
+    aware = (text.str.contains(r"[T ]", regex=True)
+             & text.str.contains(_OFFSET, regex=True)).to_numpy(dtype=bool)
+    if not aware[valid].any():
+        return
+    if aware[valid].all():
         offsets = text.str.extract(r"(Z|[+-]\d{2}(?::?\d{2})?)$")[0].to_numpy()
-        other = int(np.argmax(offsets != offsets[0]))  # the first with another offset
+        other = int(np.argmax(valid & (offsets != offsets[np.argmax(valid)])))
         warnings.warn(
             f"column {time_col!r} holds times with different UTC offsets (e.g. "
-            f"{present.iloc[0]!r} and {present.iloc[other]!r}; a daylight-saving "
-            "change writes them so): read as the same instants in UTC, so times come back in "
-            "UTC. To keep the local clock, parse the column with its zone first, e.g. "
-            f"pd.to_datetime(df[{time_col!r}], utc=True).dt.tz_convert('Europe/Berlin').",
+            f"{present.iloc[int(np.argmax(valid))]!r} and {present.iloc[other]!r}; a "
+            "daylight-saving change writes them so): read as the same instants in UTC, so times "
+            "come back in UTC. To keep the local clock, parse the column with its zone first, "
+            f"e.g. pd.to_datetime(df[{time_col!r}], utc=True).dt.tz_convert('Europe/Berlin').",
             stacklevel=3,
         )
         return
-    naive = int(np.argmin(aware))
-    i = int(np.argmax(aware))
+    naive = int(np.argmax(valid & ~aware))
+    i = int(np.argmax(valid & aware))
     raise ValueError(
         f"column {time_col!r} mixes times with a UTC offset ({present.iloc[i]!r}, row "
         f"{_plain(present.index[i])!r}) and without one ({present.iloc[naive]!r}, row "
