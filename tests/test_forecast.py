@@ -95,23 +95,63 @@ def dated(tmp_path_factory):
 # ------------------------------------------------------------------------------------ predict
 def test_a_history_far_outside_the_training_values_is_warned_about(fitted, data):
     """A history in other units (x 1e6: a unit mix-up) gave ordinary-looking forecasts without
-    a word; predict, sample and impute now name the channel, series and value."""
+    a word; predict, sample and impute now name the channel, series, value and the training
+    range (in data units)."""
     history = data[data.series_id.isin(["s0", "s1"])]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the training data's own values: no warning
-        fitted.predict(history, horizon=1.0, n=2, num_samples=5)
+        fitted.predict(data, horizon=1.0, n=2, num_samples=5)
     mixed_up = history.assign(y=history["y"] * 1e6)
     first = re.escape(f"{mixed_up['y'].dropna().iloc[0]:.4g}")
-    said = (rf"channel 'y' of series 's0' holds {first}, more than 50 training standard "
-            r"deviations from the training data's mean \(.*\); \d+ such value\(s\) in "
-            r"channel\(s\) \['y'\].*in the training data's units\?")
+    spec = fitted.spec
+    low, high = np.asarray(spec.value_range[1]) * spec.scale[1] + spec.mean[1]
+    assert data["y"].min() <= low + 1e-9 and high <= data["y"].max() + 1e-9  # training values
+    said = (rf"channel 'y' of series 's0' holds {first}, far outside the training values "
+            rf"\({re.escape(f'{low:.4g}')} to {re.escape(f'{high:.4g}')}\); \d+ such "
+            r"value\(s\) in channel\(s\) \['y'\].*in the training data's units\?")
     for call in (lambda: fitted.predict(mixed_up, horizon=1.0, n=2, num_samples=5),
                  lambda: fitted.sample(mixed_up, horizon=1.0, n=2, num_samples=2),
                  lambda: fitted.impute(mixed_up, num_samples=2)):
         with pytest.warns(UserWarning, match=said) as seen:
             call()
-        assert [w.filename for w in seen if "standard deviations" in str(w.message)] == [
+        assert [w.filename for w in seen if "far outside" in str(w.message)] == [
             __file__]  # pointed at the caller's line
+
+
+def test_the_far_from_training_check_on_spikes_log_channels_and_old_forecasters():
+    """Judged against the training range, not training SDs: a rare spike the model was trained
+    on (an event channel: 0, once 1, at 110 SDs) warned as never seen; glucose given in mg/dL
+    to a model of mmol/L on a log channel (x18, and even x1e6) did not warn at all."""
+    from latentode.data import TimeTransform, from_dataframe
+    from latentode.forecast.forecaster import _warn_far_from_training
+    from latentode.forecast.spec import DataSpec
+
+    def warned(values, **spec):
+        ds = from_dataframe(pd.DataFrame({"series_id": 1, "time": np.arange(len(values)),
+                                          "x": np.asarray(values, dtype=float)}))
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            _warn_far_from_training(ds, DataSpec("series_id", "time", ["x"],
+                                                 TimeTransform("numeric", 0.0, 1.0), **spec))
+        return [str(w.message) for w in seen]
+
+    n = 12_000  # event channel: 0 everywhere, 1 once
+    mean, sd = 1 / n, np.sqrt((1 / n) * (1 - 1 / n))
+    event = {"mean": [mean], "scale": [sd], "value_range": [[-mean / sd, (1 - mean) / sd]]}
+    assert not warned([0.0, 1.0, 0.0], **event)
+    assert warned([0.0, 5.0], **event)  # 5: beyond the range by more than half of it
+    # glucose, mmol/L on a log scale (log-mean log 6.8, log-sd 0.33, trained on 3.2 to 14)
+    log_glucose = {"mean": [np.log(6.8)], "scale": [0.33], "log": [True],
+                   "value_range": [[(np.log(3.2) - np.log(6.8)) / 0.33,
+                                    (np.log(14.0) - np.log(6.8)) / 0.33]]}
+    mmol = np.array([4.0, 6.5, 9.0, 12.0])
+    assert not warned(mmol, **log_glucose)
+    assert warned(mmol * 18, **log_glucose) and warned(mmol * 1e6, **log_glucose)
+    assert warned(mmol / 18, **log_glucose)  # the other way round too, on a log scale
+    said = warned(mmol * 18, **log_glucose)[0]
+    assert "holds 72, far outside the training values (3.2 to 14)" in said
+    # unscaled models are checked on their own units; old forecasters (no range) are not
+    assert warned([1e6], value_range=[[0.0, 10.0]]) and not warned([1e6])
 
 
 def test_predict_columns_units_and_quantile_order(fitted, data):

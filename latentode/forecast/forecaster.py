@@ -112,7 +112,14 @@ from .config import compose_train_config, override_list, prune_callbacks
 from .draw import Job, WalkGrid, batch_mode, batches, make_jobs, solve
 from .quantiles import mixture_quantiles
 from .requests import Times, last_observed_row, last_window, requested_times
-from .spec import DataSpec, check_quantiles, concat_datasets, longest_span, quantile_name
+from .spec import (
+    DataSpec,
+    check_quantiles,
+    concat_datasets,
+    longest_span,
+    quantile_name,
+    value_range,
+)
 from .subsets import Subsets
 
 log = logging.getLogger(__name__)
@@ -441,6 +448,7 @@ class LatentODEForecaster:
             spec.mean = [float(v) for v in scaler.mean]
             spec.scale = [float(v) for v in scaler.scale]
             spec.log = _log_flags(scaler)
+        spec.value_range = value_range(datamodule.splits["train"])
         self.cfg, self.spec, self.module, self.trainer = cfg, spec, module, trainer
         self.model = model.cpu().eval()
         advice = ({"val": ("val_df", "Pass more series in val_df.")} if val_df is not None else
@@ -503,6 +511,7 @@ class LatentODEForecaster:
             log=None if scaler is None else _log_flags(scaler),
             walk_grid=None if walk is None else [float(v) for v in walk.times],
             walk_origin="batch" if walk is None else walk.origin,
+            value_range=value_range(datamodule.splits["train"]),
         )
         calibration, chosen = _calibrate(model.cpu().eval(), datamodule, run=True,
                                          subsets=subsets)
@@ -672,6 +681,7 @@ class LatentODEForecaster:
             held = on_spec_clock(spec, calibration_data, "calibration_data")
 
         train = dataset if scaler is None else scaled(scaler, dataset, "dataset", True)
+        spec.value_range = value_range(train)
         splits = {"train": train, "val": dataset.subset([]), "test": dataset.subset([])}
         everything = dataset
         if held is not None:
@@ -1396,33 +1406,45 @@ def _warn_beyond_training(ds: IrregularDataset, requests: list[tuple[int, Times]
         )
 
 
-FAR_SDS = 50.0  # history values this many training standard deviations out are warned about
+FAR_MARGIN = 0.5  # history values beyond the training range by this share of it are warned about
 
 
 def _warn_far_from_training(ds: IrregularDataset, spec: DataSpec) -> None:
-    """Warn when a history holds a value further than ``FAR_SDS`` training standard deviations
-    from the channel's training mean (on a log channel, on its log scale): most often a unit
-    mix-up (mg/dL for mmol/L, Pa for kPa), which gave ordinary-looking forecasts without a word
-    (a history at 1e6x the training scale moved a test forecast's mean by 0.5%). Nothing to
-    compare with for a model trained on unscaled values."""
-    if spec.mean is None or spec.scale is None or not len(ds.values):
+    """Warn when a history holds a value outside its channel's training range by more than
+    ``FAR_MARGIN`` of that range (in model units: on a log channel, on its log scale) and, for
+    a standardised channel, more than 3 training SDs from its mean: most often a unit mix-up
+    (mg/dL for mmol/L, Pa for kPa), which gave ordinary-looking forecasts without a word (a
+    history at 1e6x the training scale moved a test forecast's mean by 0.5%). Values the model
+    was trained on never warn (rare spikes included), and a linear channel given values 18x
+    too small mostly stays inside its range: the check catches values too large, and on log
+    channels both. Nothing is checked for a forecaster saved without the range."""
+    if spec.value_range is None or not len(ds.values):
+        return
+    known = [j for j, r in enumerate(spec.value_range) if r is not None]
+    if not known:
         return
     with np.errstate(invalid="ignore"):
-        far = np.abs(spec.to_model_values(ds.values)) > FAR_SDS
+        model = spec.to_model_values(ds.values)[:, known]
+        lo, hi = np.array([spec.value_range[j] for j in known]).T
+        margin = FAR_MARGIN * (hi - lo)
+        far = (model < lo - margin) | (model > hi + margin)
+        if spec.scale is not None:  # a near-constant channel: not for a hair's difference
+            far &= np.abs(model) > 3.0
     if not far.any():
         return
-    row, j = np.argwhere(far)[0]
+    row, k = np.argwhere(far)[0]
+    j = known[k]
     series = int(np.searchsorted(ds.offsets, row, side="right") - 1)
-    log = bool(spec.log is not None and spec.log[j])
-    typical = spec.to_user_values(np.asarray(spec.mean)[None])[0, j]
-    channels = sorted({spec.channels[c] for c in np.nonzero(far.any(0))[0]})
+    ends = np.zeros((2, spec.n_channels))
+    ends[:, j] = spec.value_range[j]
+    low, high = spec.to_user_values(ends)[:, j]  # the training range in data units
+    channels = sorted({spec.channels[known[c]] for c in np.nonzero(far.any(0))[0]})
     warnings.warn(
         f"channel {spec.channels[j]!r} of series {ds.ids[series]!r} holds "
-        f"{ds.values[row, j]:.4g}, more than {FAR_SDS:g} training standard deviations from "
-        f"the training data's {'typical value' if log else 'mean'} ({typical:.4g}"
-        f"{', on the log scale it was trained on' if log else ''}); {int(far.sum())} such "
-        f"value(s) in channel(s) {channels}. The model never saw values like these, so its "
-        "answers there are guesses: are they in the training data's units?",
+        f"{ds.values[row, j]:.4g}, far outside the training values ({low:.4g} to {high:.4g}); "
+        f"{int(far.sum())} such value(s) in channel(s) {channels}. The model was not trained "
+        "on values like these, so its answers there are guesses: are they in the training "
+        "data's units?",
         stacklevel=5,  # the user's call (of predict, sample, impute: through _draw)
     )
 

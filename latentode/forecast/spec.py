@@ -46,6 +46,9 @@ class DataSpec:
             stored). Prediction walks each series alone through its observations and these
             points, the Euler steps the union walk gave it in training. None: its observations
             only (a model trained on the series walk, or on unaligned data).
+        value_range: per channel ``[lowest, highest]`` of the training values in model units
+            (None for a channel never observed; the field None: not recorded, forecasters saved
+            before 2026-12-07): histories far outside it are warned about.
         subsets: ``Subsets.to_json()`` of the forecaster's subset conditioning (each posterior
             sample conditioned on a random subset of a series' points drawn as in training:
             ``latentode.forecast.subsets``), or None: on all of them.
@@ -67,6 +70,7 @@ class DataSpec:
     walk_grid: list[float] | None = None
     walk_origin: str = "batch"
     subsets: dict[str, Any] | None = None
+    value_range: list[list[float] | None] | None = None
 
     # ----------------------------------------------------------------------------- basics
     @property
@@ -263,6 +267,16 @@ def without_version(data: Mapping[str, Any], expected: int, what: str) -> dict[s
 
 
 __all__ = ["DataSpec", "check_quantiles", "concat_datasets", "quantile_name"]
+
+
+def value_range(ds: IrregularDataset) -> list[list[float] | None]:
+    """Per channel ``[lowest, highest]`` of ``ds``'s values (None where none is observed)."""
+    values = np.asarray(ds.values, dtype=np.float64)
+    out: list[list[float] | None] = []
+    for j in range(values.shape[1]):
+        seen = values[:, j][~np.isnan(values[:, j])]
+        out.append([float(seen.min()), float(seen.max())] if seen.size else None)
+    return out
 
 
 def longest_span(ds: IrregularDataset) -> float:
