@@ -740,6 +740,12 @@ def test_iso_date_strings_are_read_as_datetimes():
     for gap in ("", "NaT"):
         with pytest.raises(ValueError, match=r"column 'time' has 1 missing times"):
             from_dataframe(small_frame().assign(time=[*dst["time"][:3], gap, *dst["time"][4:]]))
+    # frames concatenated without ignore_index repeat index labels: an IndexError from the
+    # offsets' mask (labels looked up twice each) instead of the warning
+    twice = pd.concat([dst, dst.assign(series_id=dst["series_id"] + 10)])
+    assert twice.index.has_duplicates
+    with pytest.warns(UserWarning, match=r"different UTC offsets"):
+        from_dataframe(twice)
 
 
 def test_error_messages_show_plain_numbers():

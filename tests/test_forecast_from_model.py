@@ -90,6 +90,8 @@ def test_rebuilt_fit_forecaster_predicts_exactly_as_fit(fitted):
         batch_size=dm.batch_size, time_origin=fc.cfg.data.time_origin)
     assert rebuilt.spec.mean == fc.spec.mean and rebuilt.spec.scale == fc.spec.scale
     assert rebuilt.spec.time == fc.spec.time and rebuilt.spec.channels == fc.spec.channels
+    assert fc.spec.value_range is not None  # the training range the far-value check reads
+    assert rebuilt.spec.value_range == fc.spec.value_range
     assert rebuilt.calibration == fc.calibration  # the same numbers, to the last bit
     for times in ({"horizon": 1.0, "n": 3}, {}):  # forecasts, and at the observed times
         want = fc.predict(data, num_samples=20, **times)

@@ -72,7 +72,22 @@ def test_predict_from_checkpoint_and_from_saved_forecaster(run, tmp_path, monkey
     # the same model saved as a forecaster directory predicts the same numbers
     fitted = LatentODEForecaster.from_run(ckpt)
     fitted.save(tmp_path / "saved")  # with the training grid its encoder walks
-    assert LatentODEForecaster.load(tmp_path / "saved").spec.walk_grid == fitted.spec.walk_grid
+    loaded = LatentODEForecaster.load(tmp_path / "saved")
+    assert loaded.spec.walk_grid == fitted.spec.walk_grid
+    assert fitted.spec.value_range is not None  # recorded by from_run, kept by save / load
+    assert loaded.spec.value_range == fitted.spec.value_range
+    with pytest.warns(UserWarning, match="far outside the training values"):
+        loaded.predict(history.assign(value=history["value"] * 1000), horizon=1.0, n=2)
+    # a forecaster saved before the range was recorded loads, predicts, and is not checked
+    spec_file = tmp_path / "saved" / "transforms.json"
+    old = json.loads(spec_file.read_text())
+    del old["value_range"]
+    spec_file.write_text(json.dumps(old))
+    older = LatentODEForecaster.load(tmp_path / "saved")
+    assert older.spec.value_range is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        older.predict(history.assign(value=history["value"] * 1000), horizon=1.0, n=2)
     again = tmp_path / "again.csv"
     run_main(predict_cli, ["latentode-predict", f"model_dir={tmp_path}/saved",
                            f"input={tmp_path}/in.csv", f"output={again}", "horizon=1.0", "n=4",

@@ -253,7 +253,7 @@ def iso_times(df: pd.DataFrame, time_col: str) -> pd.DataFrame:
             parsed = pd.to_datetime(col, format="ISO8601", utc=True)
         except (ValueError, TypeError):
             return df
-        _check_offsets(present, parsed, time_col)
+        _check_offsets(present, parsed[col.notna().to_numpy()], time_col)  # by position
     return df.assign(**{time_col: parsed})
 
 
@@ -263,11 +263,12 @@ _OFFSET = r"\d\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
 
 
 def _check_offsets(present: pd.Series, parsed: pd.Series, time_col: str) -> None:
-    """ISO times whose offsets differ, read as UTC by :func:`iso_times` (``parsed``): refuse a
+    """ISO times whose offsets differ, read as UTC by :func:`iso_times` (``parsed``, row for row
+    with ``present``): refuse a
     mix of times with and without an offset, warn where the offsets differ (a clock change).
     Text that reads as no time (empty, ``NaT``) is left to the missing-time check."""
     text = present.str.strip()
-    valid = parsed.loc[present.index].notna().to_numpy()
+    valid = parsed.notna().to_numpy()  # row for row with present (labels may repeat)
     aware = (text.str.contains(r"[T ]", regex=True)
              & text.str.contains(_OFFSET, regex=True)).to_numpy(dtype=bool)
     if not aware[valid].any():
