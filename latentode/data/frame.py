@@ -264,9 +264,9 @@ _OFFSET = r"\d\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
 
 def _check_offsets(present: pd.Series, parsed: pd.Series, time_col: str) -> None:
     """ISO times whose offsets differ, read as UTC by :func:`iso_times` (``parsed``, row for row
-    with ``present``): refuse a
-    mix of times with and without an offset, warn where the offsets differ (a clock change).
-    Text that reads as no time (empty, ``NaT``) is left to the missing-time check."""
+    with ``present``): refuse a mix of times with and without an offset, warn where the offsets
+    differ (a clock change). Text that reads as no time (empty, ``NaT``) is left to the
+    missing-time check."""
     text = present.str.strip()
     valid = parsed.notna().to_numpy()  # row for row with present (labels may repeat)
     aware = (text.str.contains(r"[T ]", regex=True)
