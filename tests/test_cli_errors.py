@@ -34,7 +34,8 @@ def test_a_bad_csv_ends_in_its_message_and_the_run_log_keeps_it(tmp_path, monkey
     assert stop.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("latentode-train: error: column 'temp' has a non-numeric value '?' "
-                          "(series 0, row 5)")
+                          "(series 0, row 7)")  # the file's line 7 (pandas' row 5 before)
+    assert (tmp_path / "q.csv").read_text().splitlines()[7 - 1].endswith(",?")
     assert "Traceback" not in err and "Error executing job" not in err
     assert "HYDRA_FULL_ERROR=1" in err
     logged = (tmp_path / "run" / "csv.log").read_text()

@@ -15,21 +15,27 @@ def read_table(path: str | Path, id_col: str | None = None) -> pd.DataFrame:
 
     A CSV's ``id_col`` is read as text and made integers only where every id is written as
     one (``7``, not ``007`` or ``7.0``): type inference made the ids ``007`` and ``7`` one
-    series."""
+    series. A CSV's rows are labelled with their lines in the file (the header is line 1), so
+    that an error naming "row 7" points at line 7 (it named the 0-based row, 5)."""
     path = Path(path)
     if path.suffix in PARQUET:
         with _parquet_engine():
             return pd.read_parquet(path)
-    if id_col is None:
-        return pd.read_csv(path)
     header = pd.read_csv(path, nrows=0).columns
-    if id_col not in header:
-        return pd.read_csv(path)
+    if id_col is None or id_col not in header:
+        return _by_line(pd.read_csv(path))
     frame = pd.read_csv(path, dtype={id_col: str})
     present = frame[id_col].dropna()  # a missing id is refused by name later
     if len(present) and present.map(_canonical_int).all():
         kind = "Int64" if len(present) < len(frame) else "int64"
         frame[id_col] = pd.to_numeric(frame[id_col]).astype(kind)
+    return _by_line(frame)
+
+
+def _by_line(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its rows labelled 2, 3, ...: their lines in a CSV with one header line
+    (blank lines, which read_csv skips, and quoted line breaks aside)."""
+    frame.index = pd.RangeIndex(2, len(frame) + 2)
     return frame
 
 
