@@ -331,8 +331,7 @@ def _warn_if_single_times(train: IrregularDataset) -> bool:
     pieces), which trained without a word before. Returns whether it warned."""
     if len(train) < 2:
         return False
-    seen = np.concatenate([[0], np.cumsum((~np.isnan(train.values)).any(1))])
-    per_series = seen[train.offsets[1:]] - seen[train.offsets[:-1]]  # empty series: 0
+    per_series = train.observed_times
     single = int(np.sum(per_series <= 1))
     if single < 0.5 * len(train):
         return False
@@ -355,8 +354,7 @@ def _warn_if_nothing_held_out(task: Any, train: IrregularDataset) -> None:
     task = interpolation_task(task)
     if not isinstance(task, Interpolation) or task.count is None or len(train) == 0:
         return
-    observed = (~np.isnan(train.values)).any(1).astype(np.int64)
-    per_series = np.add.reduceat(observed, train.offsets[:-1])
+    per_series = train.observed_times
     whole = float(np.mean(per_series <= task.count))
     if whole >= 0.5:
         warnings.warn(

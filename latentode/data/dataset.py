@@ -221,6 +221,12 @@ class IrregularDataset:
         """``(N, D)`` True where a value was observed."""
         return ~np.isnan(self.values)
 
+    @property
+    def observed_times(self) -> np.ndarray:
+        """``(n_series,)`` how many of each series' times observe any channel (0 for none)."""
+        seen = np.concatenate([[0], np.cumsum(self.mask.any(1))])
+        return seen[self.offsets[1:]] - seen[self.offsets[:-1]]
+
     def series(self, i: int) -> dict[str, Any]:
         """One series as arrays: ``id``, ``times``, ``raw_times``, ``values``, ``mask``..."""
         lo, hi = self.offsets[i], self.offsets[i + 1]
