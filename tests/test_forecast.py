@@ -129,10 +129,10 @@ def test_the_far_from_training_check_on_spikes_log_channels_and_old_forecasters(
     def warned(values, **spec):
         ds = from_dataframe(pd.DataFrame({"series_id": 1, "time": np.arange(len(values)),
                                           "x": np.asarray(values, dtype=float)}))
+        made = DataSpec("series_id", "time", ["x"], TimeTransform("numeric", 0.0, 1.0), **spec)
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
-            _warn_far_from_training(ds, DataSpec("series_id", "time", ["x"],
-                                                 TimeTransform("numeric", 0.0, 1.0), **spec))
+            _warn_far_from_training(ds, made, made.to_model_values(ds.values))
         return [str(w.message) for w in seen]
 
     n = 12_000  # event channel: 0 everywhere, 1 once

@@ -869,7 +869,8 @@ class LatentODEForecaster:
         ``batch_size`` at a time (:mod:`.draw`); each draws its ``z0`` samples and its noise
         from its own seed."""
         model, spec = self._fitted("predict")
-        _warn_far_from_training(ds, spec)
+        model_values = spec.to_model_values(ds.values)  # once: the check and every history
+        _warn_far_from_training(ds, spec, model_values)
         num_samples = _whole("num_samples", num_samples, 1)
         seed = _whole("seed", seed, 0)
         batch_size = _whole("batch_size", batch_size, 1)
@@ -891,7 +892,7 @@ class LatentODEForecaster:
         last_error: SolverError | None = None
         for n_req, (i, raw) in enumerate(requests):
             lo, hi = ds.offsets[i], ds.offsets[i + 1]
-            values, t = ds.values[lo:hi], ds.times[lo:hi]
+            values, t = model_values[lo:hi], ds.times[lo:hi]  # model units (NaN unobserved)
             want64 = spec.time.to_model(raw)
             chunks = _history_chunks(t, ~np.isnan(values).all(1), want64, window)
             if want_logits:  # one chunk: predict_proba asks at the last observation
@@ -906,7 +907,7 @@ class LatentODEForecaster:
                 # its subsets from the same stream (after eps: eps as without them)
                 subset_seed = None if subsets is None else int(
                     torch.randint(2**62, (1,), generator=request.gen))
-                for part, job in make_jobs(t[seen], spec.to_model_values(values[seen]),
+                for part, job in make_jobs(t[seen], values[seen],
                                            want64[idx], np_dtype, from_target,
                                            backwards=mode != "alone", walk=walk):
                     job.eps = eps  # one z0 per history: its jobs answer the same paths
@@ -1409,10 +1410,12 @@ def _warn_beyond_training(ds: IrregularDataset, requests: list[tuple[int, Times]
 FAR_MARGIN = 0.5  # history values beyond the training range by this share of it are warned about
 
 
-def _warn_far_from_training(ds: IrregularDataset, spec: DataSpec) -> None:
+def _warn_far_from_training(ds: IrregularDataset, spec: DataSpec,
+                            model_values: np.ndarray) -> None:
     """Warn when a history holds a value outside its channel's training range by more than
-    ``FAR_MARGIN`` of that range (in model units: on a log channel, on its log scale) and, for
-    a standardised channel, more than 3 training SDs from its mean: most often a unit mix-up
+    ``FAR_MARGIN`` of that range (``model_values``, ``ds``'s values in model units: on a log
+    channel, on its log scale) and, for a standardised channel, more than 3 training SDs from
+    its mean: most often a unit mix-up
     (mg/dL for mmol/L, Pa for kPa), which gave ordinary-looking forecasts without a word (a
     history at 1e6x the training scale moved a test forecast's mean by 0.5%). Values the model
     was trained on never warn (rare spikes included), and a linear channel given values 18x
@@ -1424,7 +1427,7 @@ def _warn_far_from_training(ds: IrregularDataset, spec: DataSpec) -> None:
     if not known:
         return
     with np.errstate(invalid="ignore"):
-        model = spec.to_model_values(ds.values)[:, known]
+        model = model_values[:, known]
         lo, hi = np.array([spec.value_range[j] for j in known]).T
         margin = FAR_MARGIN * (hi - lo)
         far = (model < lo - margin) | (model > hi + margin)
