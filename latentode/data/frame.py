@@ -259,7 +259,8 @@ def iso_times(df: pd.DataFrame, time_col: str) -> pd.DataFrame:
 
 # an ISO time's UTC offset (Z, +01, +0100, +01:00) ends the text right after a digit of its time
 # of day (which a "T" or a space opens: a date alone, 2024-03-30, has none)
-_OFFSET = r"\d\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+_ZONE = r"Z|[+-]\d{2}(?::?\d{2})?"
+_OFFSET = rf"\d\s*(?:{_ZONE})$"
 
 
 def _check_offsets(present: pd.Series, parsed: pd.Series, time_col: str) -> None:
@@ -274,7 +275,7 @@ def _check_offsets(present: pd.Series, parsed: pd.Series, time_col: str) -> None
     if not aware[valid].any():
         return
     if aware[valid].all():
-        offsets = text.str.extract(r"(Z|[+-]\d{2}(?::?\d{2})?)$")[0].to_numpy()
+        offsets = text.str.extract(rf"({_ZONE})$")[0].to_numpy()
         other = int(np.argmax(valid & (offsets != offsets[np.argmax(valid)])))
         warnings.warn(
             f"column {time_col!r} holds times with different UTC offsets (e.g. "
