@@ -21,8 +21,7 @@ def read_table(path: str | Path, id_col: str | None = None) -> pd.DataFrame:
     if path.suffix in PARQUET:
         with _parquet_engine():
             return pd.read_parquet(path)
-    header = pd.read_csv(path, nrows=0).columns
-    if id_col is None or id_col not in header:
+    if id_col is None or id_col not in pd.read_csv(path, nrows=0).columns:
         return _by_line(pd.read_csv(path))
     frame = pd.read_csv(path, dtype={id_col: str})
     present = frame[id_col].dropna()  # a missing id is refused by name later
