@@ -109,19 +109,27 @@ def stubbed(monkeypatch):
     """``calibrate_forecaster`` on stubs: the folds noise 0.3 conditioned on every point, 0.1 on
     subsets (``better``) or 0.4, 0.1 at the training task's masks; what it asked for recorded.
     ``state["wider"]``: subsets with a lower noise (their paths spread more) but a higher
-    residual rms."""
+    residual rms. ``state["leads"]``: the subsets of each forecast-curve pass (one per call:
+    only the calibration returned gets one)."""
     asked: list = []
-    state = {"better": True, "wider": False}
+    state = {"better": True, "wider": False, "leads": []}
 
-    def split(model, dm, n, seed, *, subsets=None, **kwargs):
+    def split(model, dm, n, seed, *, subsets=None, lead=True, **kwargs):
         asked.append(subsets)
         if subsets is None:
-            return _noise(0.3)
-        if state["wider"]:
-            return _noise(0.2, rms=0.5)
-        return _noise(0.1 if state["better"] else 0.4)
+            out = _noise(0.3)
+        elif state["wider"]:
+            out = _noise(0.2, rms=0.5)
+        else:
+            out = _noise(0.1 if state["better"] else 0.4)
+        return with_lead(model, dm, out, n, seed, subsets=subsets) if lead else out
+
+    def with_lead(model, dm, base, n, seed, *, subsets=None, **kwargs):
+        state["leads"].append(subsets)
+        return base
 
     monkeypatch.setattr(calibration, "calibrate_split", split)
+    monkeypatch.setattr(calibration, "with_lead_curve", with_lead)
     monkeypatch.setattr(calibration, "calibration_batches", lambda *a, **k: ([], "val"))
     monkeypatch.setattr(calibration, "calibrate_noise", lambda *a, **k: _noise(0.1))
     dm = SimpleNamespace(task=Interpolation(count=50), dataset=SimpleNamespace(channels=["v"]))
@@ -133,6 +141,7 @@ def test_auto_subsets_when_the_model_is_density_fragile_and_they_help(stubbed):
     cal, chosen, texts = calibrate_forecaster(LATENT, dm, 10, 0)
     assert chosen == Subsets(Interpolation(count=50)) and cal.std == [0.1]
     assert asked == [None, chosen]
+    assert state["leads"] == [chosen]  # the curve of the plain calibration is not made for nothing
     (text,) = texts
     assert "therefore condition each posterior sample on one of 10 subsets (count=50)" in text
     assert "held-out rms 0.1 against 0.3 from all of them" in text
@@ -140,6 +149,7 @@ def test_auto_subsets_when_the_model_is_density_fragile_and_they_help(stubbed):
     cal, chosen, texts = calibrate_forecaster(LATENT, dm, 10, 0)
     assert chosen is None and cal.std == [0.3]
     assert "did not help: held-out rms 0.4 against 0.3" in texts[0]
+    assert state["leads"][-1] is None and len(state["leads"]) == 2
     # wider paths lower the moment-matched noise whatever the predictions: the error decides
     state["wider"] = True
     assert calibrate_forecaster(LATENT, dm, 10, 0)[1] is None
