@@ -470,3 +470,75 @@ def test_an_empty_batch_gives_an_empty_answer():
     ys.sum().backward()
     assert y0.grad.shape == (0, 3)
     assert odeint(lambda s, y: -y, y0, t.expand(0, 3)).shape == (0, 3, 3)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rk4", "euler"])
+def test_a_func_overwriting_the_tensor_it_returned_is_refused(method):
+    """A func writing into a kept buffer: every stage aliased the last one (dopri5 on
+    dy/dt = -y gave 0.499 for e^-1 = 0.368, silently)."""
+    buffer = torch.empty(2, 3, dtype=F64)
+
+    def reused(t, y):
+        buffer.copy_(-y)
+        return buffer
+
+    with pytest.raises(ValueError, match=r"returned the tensor it had returned on its previous "
+                                         r"call, overwritten in place.*buffer\.clone\(\)"):
+        odeint(reused, Y0, T, method=method)
+    # one unchanging tensor (a constant field) and y itself are fine
+    constant = torch.full((2, 3), 2.0, dtype=F64)
+    assert torch.allclose(odeint(lambda t, y: constant, Y0, T)[-1], Y0 + 2.0)
+    assert torch.allclose(odeint(lambda t, y: y, Y0, T, rtol=1e-8, atol=1e-8)[-1],
+                          Y0 * math.e)
+
+
+def test_step_size_and_first_step_as_tensors_and_a_zero_first_step():
+    ours = odeint(decay, Y0, T, method="rk4", step_size=0.1)
+    # torchdiffeq's callers pass one-element tensors (a TypeError from numpy before)
+    assert torch.equal(odeint(decay, Y0, T, method="rk4", step_size=tensor(0.1)), ours)
+    assert torch.equal(odeint(decay, Y0, T, method="rk4",
+                              options=dict(step_size=tensor([0.1]))), ours)
+    assert torch.allclose(odeint(decay, Y0, T, method="rk4", step_size=torch.tensor(0.1)),
+                          ours, rtol=1e-6)  # float32's 0.1: another grid, as close as that
+    assert torch.equal(odeint(decay, Y0, T, first_step=tensor(0.05)),
+                       odeint(decay, Y0, T, first_step=0.05))
+    # first_step=0 was a "step size underflow ... the problem may be stiff" error
+    for bad in (0.0, float("nan")):
+        with pytest.raises(ValueError, match=r"first_step must be a nonzero number"):
+            odeint(decay, Y0, T, first_step=bad)
+    with pytest.raises(ValueError, match=r"step_size must be one number .* got \[0\.1\]"):
+        odeint(decay, Y0, T, method="rk4", step_size=[0.1])
+
+
+def test_a_complex_state_is_refused_without_advice_that_drops_its_imaginary_part():
+    with pytest.raises(ValueError, match=r"Complex states are not supported, and y0\.float\(\) "
+                                         r"would drop the imaginary part.*view_as_real"):
+        odeint(lambda t, y: -1j * y, torch.ones(2, dtype=torch.complex64), T)
+
+
+@pytest.mark.parametrize("transform", ["grad", "jacrev", "jvp", "vmap"])
+def test_torch_func_transforms_are_refused_by_name(transform):
+    """They failed inside with "Cannot access data pointer of Tensor that doesn't have
+    storage"."""
+    def solve(y):
+        return odeint(decay, y, T)[-1].sum()
+
+    y = torch.ones(3, dtype=F64)
+    calls = {"grad": lambda: torch.func.grad(solve)(y),
+             "jacrev": lambda: torch.func.jacrev(solve)(y),
+             "jvp": lambda: torch.func.jvp(solve, (y,), (torch.ones_like(y),)),
+             "vmap": lambda: torch.func.vmap(solve)(torch.ones(4, 3, dtype=F64))}
+    with pytest.raises(RuntimeError, match=r"odeint does not run under torch\.func transforms"
+                                           r".*torch\.autograd"):
+        calls[transform]()
+    # torch.autograd's own functional API works
+    jac = torch.autograd.functional.jacobian(solve, y)
+    assert torch.allclose(jac, torch.full((3,), math.exp(-1.0), dtype=F64), atol=1e-3)
+
+
+def test_a_solve_under_inference_mode_is_not_stopped_by_the_buffer_check():
+    """Inference tensors keep no version counter: the check of a reused output buffer raised
+    "Inference tensors do not track version counter" on every solve under inference_mode."""
+    with torch.inference_mode():
+        out = odeint(decay, Y0, T, rtol=1e-8, atol=1e-8)
+    assert torch.allclose(out[-1], Y0 * math.exp(-1.0))

@@ -1190,3 +1190,24 @@ def test_no_grad_values_equal_across_modes(method, layout):
     for m in ("adjoint", "checkpoint"):  # with grad on, the values do not change either
         assert torch.equal(odeint(field, y0, t, method=method, gradient=m, **kwargs).detach(),
                            quiet["backprop"]), m
+
+
+@pytest.mark.parametrize("mode", ["adjoint", "checkpoint"])
+def test_a_tensor_reached_only_later_is_refused_when_nothing_else_needs_a_gradient(mode):
+    """The same hidden tensor, a plain func and a y0 that needs no gradient: the mode found
+    nothing to differentiate and solved under autograd, so the answer was backpropagated
+    through every step (the memory the mode was asked to avoid) without a word."""
+    hidden = torch.tensor(2.0, dtype=F64, requires_grad=True)
+
+    def late(t, y):
+        return -y * (hidden if t > 0.5 else 1.0)
+
+    y0, t = torch.ones(3, dtype=F64), torch.linspace(0, 1, 5, dtype=F64)
+    with pytest.raises(ValueError, match=r"found after the solve: func reached them only after "
+                                         r"its first evaluation.*adjoint_params="):
+        odeint(late, y0, t, gradient=mode)
+    ys = odeint(late, y0, t, gradient=mode, adjoint_params=[hidden])  # named: fine
+    ys.sum().backward()
+    assert hidden.grad is not None and torch.isfinite(hidden.grad)
+    with torch.no_grad():  # nothing to differentiate: fine too
+        assert odeint(late, y0, t, gradient=mode).shape == (5, 3)

@@ -439,7 +439,7 @@ def _backward(problem: Problem, grad_ys: torch.Tensor, ys: torch.Tensor, fold: b
             tt = time(t)
             dz = func(tt, z)
         if stats.nfe_backward % _LEAF_CHECK_EVERY == 1:  # a tensor func reaches only later
-            refuse_hidden_leaves(dz, (z, tt), params, late=True)
+            refuse_hidden_leaves(dz, (z, tt), params, late="in the backward pass")
         _probe(dz, z)
         out = torch.cat([dz.detach().reshape(-1), *_vjp(dz, z, params, a)])
         kept.append((t, s, z, dz, forcing, out))

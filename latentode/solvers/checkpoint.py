@@ -81,7 +81,7 @@ def checkpoint_backward(problem: Problem, steps: list, grad_ys: torch.Tensor) ->
                 y = y1
             outputs.append(y)
             cotangents.append(cot)
-            refuse_hidden_leaves(outputs, (y0,), params, late=True)
+            refuse_hidden_leaves(outputs, (y0,), params, late="in the backward pass")
             # retain_graph: func may read a tensor whose graph (an encoder's, say) reaches the
             # parameters; every segment differentiates through it again
             grads = torch.autograd.grad(outputs, (y0, *params), cotangents, allow_unused=True,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+import math
 import numbers
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -13,7 +15,7 @@ from .adjoint import AdjointSolve
 from .checkpoint import CheckpointSolve
 from .errors import NonFiniteInitialStateError
 from .precision import float32_under_autocast
-from .problem import Problem
+from .problem import Problem, refuse_hidden_leaves
 from .stats import SolverStats
 from .tableaus import TABLEAUS, ButcherTableau
 from .times import OutputTimes
@@ -53,7 +55,9 @@ def odeint(
     """Solve ``dy/dt = func(t, y)`` from ``y(t[0]) = y0`` and return ``y`` at the times ``t``.
 
     Args:
-        func: ``func(t, y) -> dy/dt`` with the shape of ``y``; any callable or ``nn.Module``.
+        func: ``func(t, y) -> dy/dt`` with the shape of ``y``; any callable or ``nn.Module``,
+            returning a new tensor on every call (not a buffer it overwrites), and given ``t``
+            as a 0-d tensor in ``y0``'s dtype (float32 rounds times near 1e5 to ~0.01).
         y0: initial state, shape ``(..., d)``.
         t: output times. 1-D, strictly increasing or decreasing, ``t[0]`` the start: returns
             ``(len(t), *y0.shape)``. Or 2-D ``(batch, T)`` per-sample times (``y0`` of shape
@@ -87,6 +91,7 @@ def odeint(
     """
     if unsupported:
         raise TypeError(_unsupported_message(sorted(unsupported)))
+    _refuse_functorch()
     method = "dopri5" if method is None else method
     if method not in TABLEAUS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(TABLEAUS)}.")
@@ -105,6 +110,11 @@ def odeint(
             hint = (" A state of several tensors (torchdiffeq's tuples) is one tensor here: "
                     "concatenate them along the last dimension (torch.cat) and split inside "
                     "func.")
+        elif isinstance(y0, torch.Tensor) and y0.is_complex():
+            hint = (" Complex states are not supported, and y0.float() would drop the imaginary "
+                    "part: solve for the real pair instead, y0 = torch.view_as_real(y0) (shape "
+                    "(..., d, 2)), with func taking and returning that layout "
+                    "(torch.view_as_complex inside it, torch.view_as_real on its answer).")
         elif isinstance(y0, torch.Tensor):
             hint = " Convert it with y0.float() (or .double())."
         raise ValueError(f"y0 must be a floating-point tensor, got {got}.{hint}")
@@ -122,6 +132,10 @@ def odeint(
         raise ValueError(f"rtol must be > 0 and atol >= 0, got rtol={rtol}, atol={atol}.")
     if max_steps < 1:
         raise ValueError(f"max_steps must be at least 1, got {max_steps}.")
+    step_size, first_step = _number("step_size", step_size), _number("first_step", first_step)
+    if first_step is not None and not 0 < abs(first_step) < math.inf:
+        raise ValueError(f"first_step must be a nonzero number (its size; the direction "
+                         f"follows t), got {first_step}.")
     tableau = TABLEAUS[method]
     if tableau.adaptive and torch.finfo(y0.dtype).eps > 2 * rtol:
         wider = ("float64 (y0.double() and the module's .double())" if y0.dtype == torch.float32
@@ -158,7 +172,13 @@ def odeint(
         adjoint_tableau=adjoint_tableau, check_leaves=tracking,
     )
     if not tracking or not (y0.requires_grad or params):
-        return problem.solve(y0)
+        ys = problem.solve(y0)
+        if tracking and ys.requires_grad:
+            # func reached a trainable tensor only after the first evaluation (the one checked),
+            # in a branch on t or the state: the answer would be backpropagated through every
+            # step, the memory the adjoint / checkpoint mode was asked to avoid
+            refuse_hidden_leaves(ys, (y0,), params, late="after the solve")
+        return ys
     solve = AdjointSolve if gradient == "adjoint" else CheckpointSolve
     return solve.apply(problem, y0, *params)
 
@@ -202,14 +222,27 @@ _TORCHDIFFEQ_ONLY = {
 }
 
 
-def _unsupported_message(names: list[str]) -> str:
+def check_options(options: Mapping[str, object], owner: str) -> None:
+    """Refuse keys of ``options`` that :func:`odeint` does not take (or that ``owner``, the
+    model passing them, sets itself: ``stats``), when a model is built rather than at its
+    first solve, naming ``owner``."""
+    reserved = {"func", "y0", "t", "stats", "unsupported"}
+    known = set(inspect.signature(odeint).parameters) - reserved
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(_unsupported_message(unknown, f"{owner}'s solver options got",
+                                             sorted(known)))
+
+
+def _unsupported_message(names: list[str], who: str = "odeint() got",
+                         known: list[str] | None = None) -> str:
     hints = [f"{n}: {_TORCHDIFFEQ_ONLY[n]}" for n in names if n in _TORCHDIFFEQ_ONLY]
-    known = ", ".join(sorted(
+    takes = ", ".join(known or sorted(
         ["method", "rtol", "atol", "gradient", "step_size", "max_steps", "first_step",
          "adjoint_params", "adjoint_rtol", "adjoint_atol", "adjoint_seminorm",
          "adjoint_fold_jumps", "adjoint_method", "stats", "options", "adjoint_options"]))
-    text = f"odeint() got unexpected keyword argument(s) {names}"
-    return f"{text}; {'; '.join(hints)}." if hints else f"{text}; it takes {known}."
+    text = f"{who} unexpected keyword argument(s) {names}"
+    return f"{text}; {'; '.join(hints)}." if hints else f"{text}; it takes {takes}."
 
 
 def _adjoint_norm(adjoint_options: dict) -> bool:
@@ -244,6 +277,37 @@ def _adjoint_tableau(method: str, adjoint_method: str | None) -> ButcherTableau:
 
 
 _OPTIONS = {"step_size", "first_step", "max_num_steps"}
+
+
+def _number(name: str, value: object) -> float | None:
+    """``step_size`` / ``first_step`` as a Python float: torchdiffeq's callers often pass
+    one-element tensors (refused with the reason when it is anything else)."""
+    if value is None:
+        return None
+    if torch.is_tensor(value) and value.numel() == 1 and not value.requires_grad:
+        return float(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(f"{name} must be one number (a float, or a one-element tensor that needs "
+                     f"no gradient), got {value!r}.")
+
+
+def _refuse_functorch() -> None:
+    """Refuse a call under a ``torch.func`` transform (grad, jacrev, jacfwd, jvp, vmap), which
+    failed deep inside with "Cannot access data pointer of Tensor that doesn't have storage":
+    the solver reads output times and error norms on the host to choose its steps. Skipped
+    while torch.compile traces (it runs the solver eagerly between graph breaks)."""
+    if torch.compiler.is_compiling():
+        return
+    level = getattr(torch._C._functorch, "maybe_current_level", None)
+    if level is not None and level() is not None:
+        raise RuntimeError(
+            "odeint does not run under torch.func transforms (grad, jacrev, jacfwd, jvp, "
+            "vmap, functional_call inside them): it reads times and error norms on the host "
+            "to choose its steps. Use torch.autograd instead: torch.autograd.grad or "
+            "loss.backward() (functional_call works there, with adjoint_params= its "
+            "tensors), torch.autograd.functional.jacobian / jvp, and a batch dimension in "
+            "y0 in place of vmap.")
 
 
 def _torchdiffeq_options(options: dict, step_size: float | None, first_step: float | None,

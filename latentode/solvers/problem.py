@@ -65,6 +65,7 @@ class Problem:
             else fixed_grid(self.outputs, self.step_size, self.max_steps)
         )
         self._checked = False
+        self._first: tuple[torch.Tensor, int] | None = None  # checked by the next evaluation
 
     def time(self, t: float) -> torch.Tensor:
         return torch.tensor(t, dtype=self.dtype, device=self.device)
@@ -86,10 +87,36 @@ class Problem:
                 dy = func(time(t), y)
                 tape.remember(dy, before)
                 return dy
+            if self._first is not None:  # the second evaluation: is the first one intact?
+                dy = func(time(t), y)
+                self._check_reuse(dy)
+                return dy
             if self._checked:
                 return func(time(t), y)
             return self._first_evaluation(t, y)
         return f
+
+    def _check_reuse(self, dy: object) -> None:
+        """Refuse a ``func`` that wrote its answer into the tensor it returned before (a
+        preallocated output buffer): the steps keep every evaluation as a stage, so each
+        overwrote the last and the solution came out silently wrong (dopri5 on dy/dt = -y:
+        0.499 for e^-1 = 0.368). Seen by the version counter of the first answer's storage,
+        checked once per solve, without a copy or a device sync; a func that returns one
+        unchanging tensor (a constant field) is fine."""
+        first, version = self._first  # type: ignore[misc]
+        self._first = None
+        if not isinstance(dy, torch.Tensor) or dy.is_inference() or first._version == version:
+            return
+        try:
+            shared = dy.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+        except RuntimeError:  # a tensor without storage of its own
+            return
+        if shared:
+            raise ValueError(
+                "func(t, y) returned the tensor it had returned on its previous call, "
+                "overwritten in place (out=, copy_, or an in-place op on a buffer it keeps): "
+                "the solver keeps each evaluation as a stage of the step, so every answer must "
+                "be a new tensor. Return the computed tensor itself, or buffer.clone().")
 
     def _first_evaluation(self, t: float, y: torch.Tensor) -> torch.Tensor:
         """The first evaluation of a solve, checked: its shape and values, and (``check_leaves``)
@@ -105,6 +132,8 @@ class Problem:
         else:
             dy = self.func(self.time(t), y)
         self._check_first(dy, y, t)
+        # (tensors made under torch.inference_mode keep no version counter: not checked)
+        self._first = None if dy.is_inference() else (dy, dy._version)
         tape = self.tape
         if tape is not None and tape.moved_since(tape.start):
             tape.active = True
@@ -200,14 +229,15 @@ class Problem:
         return ys
 
 
-def refuse_hidden_leaves(out: object, inputs: tuple, params: tuple, late: bool = False) -> None:
+def refuse_hidden_leaves(out: object, inputs: tuple, params: tuple, late: str = "") -> None:
     """Refuse an output that depends on trainable tensors the custom backward would not see.
 
     The adjoint and checkpoint modes run the forward pass without a graph, so a trainable tensor
     reached through a closure, a ``functools.partial``, a callable object or a tensor attribute
     set on a module (conditioning from an encoder, say) would silently get no gradient. The
     inputs ``(y, t)`` and views of them are not: a field may make them require grad (FFJORD's
-    trace makes its slice of the state a leaf).
+    trace makes its slice of the state a leaf). ``late``: where a later check found them
+    (the first evaluation of every solve is checked; later ones where it is cheap).
     """
     own = {id(p) for p in params}
     storages = {x.untyped_storage().data_ptr() for x in inputs}
@@ -215,8 +245,8 @@ def refuse_hidden_leaves(out: object, inputs: tuple, params: tuple, late: bool =
               if id(v) not in own and v.untyped_storage().data_ptr() not in storages]
     if hidden:
         shapes = ", ".join(str(tuple(v.shape)) for v in hidden[:5])
-        when = (" (found in the backward pass: func reached them only after its first "
-                "evaluation, in a branch on t or on the state)" if late else "")
+        when = (f" (found {late}: func reached them only after its first evaluation, in a "
+                "branch on t or on the state)" if late else "")
         raise ValueError(
             f"func depends on {len(hidden)} trainable tensor(s) (shapes {shapes}){when} that the "
             "adjoint and checkpoint modes cannot see, so they would get no gradient: pass them "
