@@ -566,3 +566,92 @@ def test_small_batches_of_unaligned_series_keep_the_union(monkeypatch):
     assert model._packed_targets(batch.times, batch.target_mask) is None
     monkeypatch.setattr(module, "PACK_MIN_CELLS", cells)
     assert model._packed_targets(batch.times, batch.target_mask) is not None
+
+
+def test_latent_ode_names_pred_times_out_of_order():
+    """Unsorted pred_times were refused naming the solver's ``t``, which the caller never
+    passed; decreasing ones stay a solve backwards from z0 at pred_times[0] (the forecaster's
+    times before a history's start)."""
+    model = LatentODE(input_dim=2, latents=3).eval()
+    times = torch.linspace(0.0, 1.0, 5)
+    values, mask = torch.randn(2, 5, 2), torch.ones(2, 5, 2, dtype=torch.bool)
+    for bad, where in ((torch.tensor([0.0, 2.0, 1.0]), r"pred_times\[2\] = 1 follows 2"),
+                       (torch.tensor([1.0, 0.5, 0.7]), r"pred_times\[2\] = 0\.7 follows 0\.5"),
+                       (torch.tensor([0.0, 1.0, 1.0]), r"pred_times\[2\] = 1 follows 1")):
+        with pytest.raises(ValueError, match=r"pred_times must be strictly monotonic .*"
+                                             + where + r".*torch\.unique"):
+            model(times, values, mask, 2, pred_times=bad)
+    rows = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.5, 0.2]])
+    with pytest.raises(ValueError, match=r"monotonic, every row in the same direction .* row 1: "
+                                         r"pred_times\[2\] = 0\.2 follows 0\.5"):
+        model(times, values, mask, 2, pred_times=rows)
+    rows[1, 2] = 0.7  # repeats pad a row: fine
+    assert model(times, values, mask, 2, pred_times=rows).pred.shape == (2, 2, 3, 2)
+    noise = torch.randn(1, 2, 3)
+    back = model(times, values, mask, 1, pred_times=torch.tensor([0.0, -0.5]), z0_noise=noise)
+    ahead = model(times, values, mask, 1, pred_times=torch.tensor([0.0, 0.5]), z0_noise=noise)
+    assert torch.equal(back.pred[:, :, 0], ahead.pred[:, :, 0])  # both start at z0
+
+
+def test_latent_ode_refuses_parts_that_do_not_fit_when_built():
+    """They failed at the first batch with "mat1 and mat2 shapes cannot be multiplied"."""
+    with pytest.raises(ValueError, match=r"encoder ODERNNEncoder has input_dim=3, but the "
+                                         r"model's is 2 \(the data's channels\)"):
+        LatentODE(input_dim=2, latents=4, encoder=ODERNNEncoder(3, 4))
+    with pytest.raises(ValueError, match=r"encoder RNNEncoder has latent_dim=5, but the "
+                                         r"model's is 4"):
+        LatentODE(input_dim=2, latents=4, encoder=RNNEncoder(2, 5))
+    for decoder in (nn.Linear(5, 2), nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2))):
+        with pytest.raises(ValueError, match=r"first layer reads 5 input\(s\), but the decoder "
+                                             r"is given the latent state z of latents=4"):
+            LatentODE(input_dim=2, latents=4, decoder=decoder)
+
+    class NoTime(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, z):
+            return self.lin(z)
+
+    with pytest.raises(TypeError, match=r"field NoTime must be called as field\(t, z\).*takes "
+                                        r"1 positional argument"):
+        LatentODE(input_dim=2, latents=4, field=NoTime())
+    # what fits is built as before
+    LatentODE(input_dim=2, latents=4, encoder=RNNEncoder(2, 4), decoder=nn.Linear(4, 2))
+
+
+def test_misspelt_solver_options_are_refused_when_a_model_is_built():
+    from latentode.models import ODERNN
+
+    with pytest.raises(TypeError, match=r"LatentODE's solver options got unexpected keyword "
+                                        r"argument\(s\) \['methd'\]; it takes .*method"):
+        LatentODE(input_dim=2, solver=dict(methd="rk4"))
+    with pytest.raises(TypeError, match=r"ODERNN's solver options .*\['event_fn'\]; event_fn: "
+                                        r"events are not supported"):
+        ODERNN(2, solver={"event_fn": None})
+    with pytest.raises(TypeError, match=r"ODERNNEncoder's solver options .*\['stats'\]"):
+        ODERNNEncoder(2, 3, solver={"stats": None})
+
+
+def test_sizes_that_would_build_a_broken_network_are_refused_by_name():
+    """gen_layers=-1 built no hidden layer ([units] * -1 is empty), gen_units=0 a zero-width
+    field, an encoder of hidden=0 a q(z0) that ignored its input, latents=4.5 a TypeError
+    from torch: each trained or failed without naming the option."""
+    from latentode.models import GRUDT, ODERNN, RNNVAE
+
+    for kwargs, message in ((dict(gen_layers=-1), r"LatentODE: gen_layers must be a whole number "
+                                                  r">= 0, got -1"),
+                            (dict(gen_units=0), r"gen_units must be a whole number >= 1, got 0"),
+                            (dict(latents=4.5), r"latents must be a whole number >= 1, got 4\.5"),
+                            (dict(n_samples=1.5), r"n_samples must be a whole number >= 1")):
+        with pytest.raises(ValueError, match=message):
+            LatentODE(input_dim=2, **kwargs)
+    with pytest.raises(ValueError, match=r"RNNEncoder: hidden must be a whole number >= 1, got 0"):
+        RNNEncoder(2, 3, hidden=0)
+    with pytest.raises(ValueError, match=r"ODERNNEncoder: ode_layers must be a whole number >= 0"):
+        ODERNNEncoder(2, 3, ode_layers=-2)
+    for model, kwargs in ((ODERNN, dict(ode_units=0)), (GRUDT, dict(dec_layers=-1)),
+                          (RNNVAE, dict(enc_hidden=0))):
+        with pytest.raises(ValueError, match=rf"{model.__name__}: {next(iter(kwargs))} must be"):
+            model(2, **kwargs)

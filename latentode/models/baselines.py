@@ -34,9 +34,10 @@ if TYPE_CHECKING:
 from latentode.nn import ObservationNoise, RNNEncoder, WithObservationNoise, mlp
 from latentode.nn.encoders import gru_cell
 from latentode.nn.graphs import Graphable, check_graph_solver
-from latentode.nn.layers import ODEFunc, is_single_euler_step, start_output_bias
+from latentode.nn.layers import ODEFunc, check_sizes, is_single_euler_step, start_output_bias
 from latentode.nn.mean_std_walk import mean_std_walk, supports
 from latentode.solvers import odeint
+from latentode.solvers.odeint import check_options
 
 from .inputs import check_increasing, checked_batch, checked_pred_times, weight_dtype
 from .latent_ode import (
@@ -243,6 +244,9 @@ class ODERNN(Graphable, _Deterministic):
         output_bias: ArrayLike | str | None = None,
     ):
         super().__init__()
+        check_sizes("ODERNN", input_dim=input_dim, latents=latents, ode_units=ode_units,
+                    ode_layers=ode_layers, gru_units=gru_units, dec_units=dec_units,
+                    dec_layers=dec_layers, n_samples=n_samples)
         self.input_dim, self.latents, self.std_state = input_dim, latents, std_state
         self.state_dim = 2 * latents if std_state else latents
         self.ode = ODEFunc(latents, ode_units, ode_layers)
@@ -251,6 +255,7 @@ class ODERNN(Graphable, _Deterministic):
         start_output_bias(self.out, output_bias, input_dim)
         self.noise = ObservationNoise(input_dim, obs_std)
         self.n_samples = n_samples
+        check_options(solver or {}, "ODERNN")
         self.solver = {"method": "euler", **(solver or {})}
         if cuda_graph:
             check_graph_solver(self.solver)
@@ -367,6 +372,8 @@ class GRUDT(_Deterministic):
         output_bias: ArrayLike | str | None = None,
     ):
         super().__init__()
+        check_sizes("GRUDT", input_dim=input_dim, latents=latents, gru_units=gru_units,
+                    dec_units=dec_units, dec_layers=dec_layers, n_samples=n_samples)
         self.input_dim, self.latents, self.state_dim = input_dim, latents, latents
         self.cell = gru_cell(2 * input_dim + 1, latents, gru_units)
         self.out = decoder(latents, input_dim, dec_units, dec_layers)
@@ -447,6 +454,9 @@ class RNNVAE(_Recurrent):
         lead_gap: bool = True, output_bias: ArrayLike | str | None = None,
     ):
         super().__init__()
+        check_sizes("RNNVAE", input_dim=input_dim, latents=latents, enc_hidden=enc_hidden,
+                    z0_units=z0_units, hidden=hidden, gru_units=gru_units, dec_units=dec_units,
+                    dec_layers=dec_layers, n_samples=n_samples)
         sample_bound(torch.zeros(1, 1), objective)  # an unknown objective fails here
         if z0_at not in Z0_AT:
             raise ValueError(f"z0_at must be one of {Z0_AT}, got {z0_at!r}.")

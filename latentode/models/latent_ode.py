@@ -11,6 +11,7 @@ KL averaged over latent dimensions) so that its hyper-parameters carry over.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,11 +24,13 @@ if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
 from latentode.nn import ObservationNoise, ODEFunc, ODERNNEncoder, WithObservationNoise, mlp
-from latentode.nn.layers import start_output_bias
+from latentode.nn.layers import check_sizes, start_output_bias
 from latentode.solvers import FIXED_METHODS, SolverStats, odeint
+from latentode.solvers.odeint import check_options
 
 from .inputs import (
     check_decoded,
+    check_sorted_rows,
     checked_batch,
     checked_posterior,
     checked_pred_times,
@@ -256,6 +259,37 @@ per-series solve cost more than they save (``scripts/bench_unaligned.py``, 50-po
 one CPU thread: 1.09-1.12x the time at batch 8-16, 0.80x at 32, 0.60x at 64, 0.20x at 256)."""
 
 
+def check_parts(encoder: nn.Module, field: nn.Module, decoder: nn.Module, input_dim: int,
+                latents: int) -> None:
+    """Refuse parts that cannot fit together, when the model is built (they failed at the
+    first batch with a bare matrix-shape error): an encoder of another ``input_dim`` or
+    ``latent_dim`` (where it says), a decoder whose first linear layer does not read
+    ``latents`` inputs, a field that does not take ``(t, z)``."""
+    for name, want, what in (("input_dim", input_dim, "the data's channels"),
+                             ("latent_dim", latents, "the model's latents")):
+        got = getattr(encoder, name, None)
+        if isinstance(got, int) and got != want:
+            raise ValueError(f"encoder {type(encoder).__name__} has {name}={got}, but the "
+                             f"model's is {want} ({what}): build it with {name}={want}.")
+    first = decoder[0] if isinstance(decoder, nn.Sequential) and len(decoder) else decoder
+    if isinstance(first, nn.Linear) and first.in_features != latents:
+        raise ValueError(f"decoder {type(decoder).__name__}'s first layer reads "
+                         f"{first.in_features} input(s), but the decoder is given the latent "
+                         f"state z of latents={latents}: make it nn.Linear({latents}, ...).")
+    try:
+        params = inspect.signature(getattr(field, "forward", field)).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a C callable): left to the solve
+        return
+    kinds = [p.kind for p in params]
+    positional = sum(k in (inspect.Parameter.POSITIONAL_ONLY,
+                           inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds)
+    if positional < 2 and inspect.Parameter.VAR_POSITIONAL not in kinds:
+        raise TypeError(f"field {type(field).__name__} must be called as field(t, z) (time, "
+                        f"latent state) -> dz/dt, as odeint calls it; its forward takes "
+                        f"{positional} positional argument(s). An autonomous field ignores t: "
+                        "def forward(self, t, z).")
+
+
 def predict_at_targets(
     model: nn.Module, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
     target_mask: torch.Tensor, n_samples: int | None = None,
@@ -346,6 +380,9 @@ class LatentODE(WithObservationNoise, nn.Module):
         if latents < 1 or input_dim < 1:
             raise ValueError(f"latents and input_dim must be at least 1, got latents={latents}, "
                              f"input_dim={input_dim}.")
+        check_sizes("LatentODE", latents=latents, input_dim=input_dim, gen_units=gen_units,
+                    gen_layers=gen_layers, dec_units=dec_units, dec_layers=dec_layers,
+                    label_units=label_units, n_samples=n_samples)
         if encoder is not None and not isinstance(encoder, nn.Module):
             raise TypeError(
                 f"encoder must be an nn.Module, got {type(encoder).__name__} {encoder!r}; on the "
@@ -383,6 +420,7 @@ class LatentODE(WithObservationNoise, nn.Module):
             self.decoder = nn.Linear(latents, input_dim)
         else:
             self.decoder = mlp(latents, input_dim, dec_units, dec_layers)
+        check_parts(self.encoder, self.field, self.decoder, input_dim, latents)
         start_output_bias(self.decoder, output_bias, input_dim)
         self.noise = ObservationNoise(input_dim, obs_std)
         self.n_samples = n_samples
@@ -397,6 +435,7 @@ class LatentODE(WithObservationNoise, nn.Module):
                 nn.Linear(label_units, label_units), nn.ReLU(),
                 nn.Linear(label_units, n_labels),
             )
+        check_options(solver or {}, "LatentODE")
         self.solver = {"method": "dopri5", "rtol": 1e-3, "atol": 1e-4,
                        "gradient": "checkpoint", **(solver or {})}
         self.solver_stats = SolverStats()
@@ -445,7 +484,8 @@ class LatentODE(WithObservationNoise, nn.Module):
         encoder_visit: torch.Tensor | None = None,
     ) -> LatentODEOutput:
         """Encode what ``encoder_mask`` shows, sample ``z0`` and predict at ``pred_times``
-        (model times, sorted; default ``times``). ``z0`` is the latent state at
+        (model times, sorted: increasing, or decreasing for a solve backwards from ``z0``;
+        default ``times``). ``z0`` is the latent state at
         ``pred_times[0]``: to predict later times from the batch's start, begin ``pred_times``
         with ``times[0]`` (and drop that row from ``pred``); starting later places ``z0`` there,
         as ``z0_at="first_target"`` does on purpose. ``pred_times`` may be ``(B, T)``: each
@@ -462,6 +502,8 @@ class LatentODE(WithObservationNoise, nn.Module):
         values = checked_batch(self.input_dim, times, values, encoder_mask,
                                dtype=weight_dtype(self))
         checked_pred_times(pred_times, times, values.shape[0], per_series=True)
+        if pred_times is not None:
+            check_sorted_rows(pred_times)
         mean, std = checked_posterior(
             self.encoder, self.encode(times, values, encoder_mask, encoder_schedule,
                                       encoder_visit), values.shape[0], self.latents)

@@ -29,10 +29,11 @@ import torch
 from torch import nn
 
 from latentode.solvers import odeint
+from latentode.solvers.odeint import check_options
 
 from .euler_gru import euler_gru_scan
 from .graphs import Graphable, check_graph_solver
-from .layers import ODEFunc, is_single_euler_step, is_tanh_mlp, linear_pairs, mlp
+from .layers import ODEFunc, check_sizes, is_single_euler_step, is_tanh_mlp, linear_pairs, mlp
 from .mean_std_walk import mean_std_walk, supports
 from .schedule import check_max_step, series_plan
 
@@ -133,6 +134,9 @@ class _BackwardGRU(Graphable, nn.Module):
                              "takes one step per gap of the batch's time points. Set "
                              "schedule='series' or max_step=None.")
         check_max_step(max_step)
+        check_sizes(type(self).__name__, input_dim=input_dim, latent_dim=latent_dim,
+                    hidden=hidden, z0_units=z0_units, gru_units=gru_units)
+        self.input_dim, self.latent_dim = input_dim, latent_dim  # checked by the latent ODE
         self.schedule, self.max_step = schedule, max_step
         self.hidden, self.std_state = hidden, std_state
         self.state_dim = 2 * hidden if std_state else hidden
@@ -368,7 +372,9 @@ class ODERNNEncoder(_BackwardGRU):
     ):
         super().__init__(input_dim, latent_dim, hidden, 2 * input_dim, z0_units, gru_units,
                          std_state, schedule, max_step, cuda_graph)
+        check_sizes("ODERNNEncoder", ode_units=ode_units, ode_layers=ode_layers)
         self.ode = ODEFunc(hidden, ode_units, ode_layers)
+        check_options(solver or {}, "ODERNNEncoder")
         self.solver = {"method": "euler", **(solver or {})}
         if cuda_graph:
             check_graph_solver(self.solver)

@@ -14,6 +14,20 @@ if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
 
+def check_sizes(owner: str, **sizes: object) -> None:
+    """Refuse sizes that would build a broken network without a word, naming them: a count of
+    units that is not a whole number >= 1 (0 made a layer of no width: an encoder whose
+    q(z0) ignored its input), or of layers (``*_layers``) not >= 0 (-1 made none: ``[u] * -1``
+    is empty). None: the option's default, not checked."""
+    for name, value in sizes.items():
+        if value is None:
+            continue
+        least = 0 if name.endswith("layers") else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{owner}: {name} must be a whole number >= {least}, got "
+                             f"{value!r}.")
+
+
 def mlp(
     n_in: int, n_out: int, units: int = 100, layers: int = 1, act: type = nn.Tanh
 ) -> nn.Sequential:
@@ -22,6 +36,7 @@ def mlp(
     Weights start small (normal, std 0.1) and biases at zero, as in the paper's code, so a fresh
     vector field is gentle and the first solves take few steps.
     """
+    check_sizes("mlp", units=units, layers=layers)
     sizes = [n_in] + [units] * layers + [n_out]
     modules: list[nn.Module] = []
     for i, (a, b) in enumerate(itertools.pairwise(sizes)):
