@@ -130,3 +130,20 @@ def test_misspelt_group_name_names_the_groups_that_offer_the_value(override, hin
     err = failing_main([override], monkeypatch, capsys)
     assert err.splitlines()[-1] == (f"latentode-train: {override.split('=')[0]} is not a config "
                                     f"group; {hint}")
+
+
+@pytest.mark.parametrize(("override", "said"), [
+    ("data.batch_size=abc", "data.batch_size='abc' must be a whole number (int)"),
+    ("model.latents=4.5", "model.latents=4.5 must be a whole number (int)"),
+    ("model.encoder.hidden=true", "model.encoder.hidden=True must be a whole number (int)"),
+    ("seed=abc", "seed='abc' must be a whole number (or null)"),
+    ("module.kl_rate=1.5", "module.kl_rate must be in [0, 1]"),
+    ("module.optimizer.lr=-1", "module.optimizer: Invalid learning rate: -1"),
+])
+def test_a_value_of_the_wrong_type_or_range_is_refused_in_one_line(override, said, tmp_path,
+                                                                  monkeypatch, capsys):
+    """Each ended in a traceback from deep inside (a comparison of str and int, torch's empty(),
+    int('abc'), Adamax's constructor inside fit) or trained a wrong objective (kl_rate)."""
+    err = failing_main([*TINY, override, f"hydra.run.dir={tmp_path}"], monkeypatch, capsys)
+    assert f"latentode-train: error: {said}" in err
+    assert "Traceback" not in err

@@ -479,3 +479,20 @@ def test_several_evaluation_dataloaders_are_scored_apart():
         alone[1]["test/mse"])
     predicted = tiny_trainer().predict(module, dataloaders=[first, second])
     assert [len(part) for part in predicted] == [len(first), len(second)]
+
+
+def test_kl_schedule_and_optimiser_settings_that_cannot_work_are_refused_when_built():
+    """kl_rate=1.5 made the KL weight -0.5 (the KL term rewarded), kl_weight=-1 was used as
+    given, lr=-1 failed inside fit with Lightning's traceback."""
+    import functools
+
+    model = LatentODE(input_dim=2, latents=3)
+    for kwargs, message in (
+            (dict(kl_rate=1.5), r"module\.kl_rate must be in \[0, 1\] .* got 1\.5"),
+            (dict(kl_weight=-1.0), r"module\.kl_weight .* must be a number >= 0, or null"),
+            (dict(kl_wait_epochs=-5), r"module\.kl_wait_epochs must be a whole number >= 0"),
+            (dict(optimizer=functools.partial(torch.optim.Adamax, lr=-1.0)),
+             r"module\.optimizer: Invalid learning rate: -1")):
+        with pytest.raises(ValueError, match=message):
+            LatentODELightning(model, **kwargs)
+    LatentODELightning(model, kl_rate=0.0, kl_weight=0.0, kl_wait_epochs=0)  # edges: fine

@@ -63,14 +63,21 @@ def test_eval_and_predict_refuse_run_settings_given_as_their_own():
     with pytest.raises(ValueError, match=r"latentode-eval got data\.dataset\.n_series=200, "
                                          r"model\.latents=3: latentode-eval rebuilds the run "
                                          r"from its own saved config; to change it, pass "
-                                         r"'overrides=\[data\.dataset\.n_series=200,"
-                                         r"model\.latents=3\]'\. Its options: .*ckpt_path"):
+                                         r"'overrides=\[\"data\.dataset\.n_series=200\","
+                                         r"\"model\.latents=3\"\]'\. Its options: .*ckpt_path"
+                       ) as refused:
         eval_cli.evaluate(cfg)
+    # the advice parses as Hydra reads a command line (unquoted, [a.b=1] was refused by it)
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    advice = str(refused.value).split("pass '")[1].split("'")[0]
+    assert OverridesParser.create().parse_override(advice).value() == [
+        "data.dataset.n_series=200", "model.latents=3"]
     with pytest.raises(ValueError, match=r"plott is not an option of latentode-eval; did you "
                                          r"mean plot\?"):
         eval_cli.evaluate(OmegaConf.create({"ckpt_path": "missing.ckpt", "plott": False}))
     with pytest.raises(ValueError, match=r"latentode-predict got seed=3, data\.x=1: .*did you "
-                                         r"mean seed\?|latentode-predict got .*'overrides=\[data"):
+                                         r"mean seed\?|latentode-predict got .*'overrides=\[\"data"):
         predict_cli.predict(OmegaConf.create({"input": "a.csv", "output": "b.csv", "sede": 3,
                                               "data": {"x": 1}}))
 

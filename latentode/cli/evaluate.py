@@ -1,7 +1,7 @@
 """``latentode-eval ckpt_path=...``: the test metrics of a checkpoint, from its run's config.
 
     latentode-eval ckpt_path=outputs/train/<run>/checkpoints/last.ckpt
-    latentode-eval ckpt_path=... 'overrides=[data.batch_size=200]'
+    latentode-eval ckpt_path=... 'overrides=["data.batch_size=200"]'
 
 The run's resolved-at-use config is read from the run directory (the nearest ``.hydra/config.yaml``
 above the checkpoint); data, model and LightningModule are rebuilt from it and the checkpoint's

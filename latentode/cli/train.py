@@ -84,6 +84,13 @@ def quiet_known_warnings() -> None:
 
 def setup_runtime(cfg: DictConfig) -> None:
     """Torch threads and seeds from the config."""
+    for key in ("threads", "seed"):  # int("abc") raised from here with a traceback
+        value = cfg.get(key)
+        try:  # (text of digits, e.g. from ${oc.env:SLURM_ARRAY_TASK_ID}, is fine)
+            if value is not None and (isinstance(value, (bool, float)) or int(value) is None):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}={value!r} must be a whole number (or null).") from None
     threads = cfg.get("threads")
     if threads:
         torch.set_num_threads(int(threads))
@@ -245,11 +252,40 @@ def check_arguments(node: Any, where: str) -> None:
                 raise ValueError(
                     f"{where}.{key!s} is not an option of {target} (its options: "
                     f"{', '.join(options)}).{hint}")
+            for key, param in params.items():
+                if key in node:
+                    check_value_type(node, str(key), param.annotation, where)
     for key in node:
         if not str(key).startswith("_"):
             child = node._get_node(key)
             if isinstance(child, DictConfig):
                 check_arguments(child, f"{where}.{key!s}")
+
+
+_SIMPLE_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "None": (type(None),)}
+
+
+def check_value_type(node: DictConfig, key: str, annotation: Any, where: str) -> None:
+    """Refuse a value whose type a simple annotation (``int``, ``float | None``, ``bool``...)
+    rules out, naming the key (``model.latents=4.5``, ``data.batch_size=abc``: a TypeError
+    from deep inside torch or a comparison before). Annotations of other kinds are not
+    checked; a value Hydra cannot resolve yet is left to ``instantiate``."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    parts = [part.strip() for part in str(text).split("|")]
+    if not parts or not all(part in _SIMPLE_TYPES for part in parts):
+        return
+    try:
+        value = node[key]
+    except Exception:  # a missing or unresolvable value: instantiate says what is wrong
+        return
+    allowed = tuple(t for part in parts for t in _SIMPLE_TYPES[part])
+    # (True is an int to Python: not a whole number here)
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        wanted = " or ".join("null" if p == "None" else
+                             {"int": "a whole number", "float": "a number", "bool": "true/false",
+                              "str": "text"}[p] for p in parts)
+        raise ValueError(f"{where}.{key}={value!r} must be {wanted} ({text}).")
 
 
 def build_module(cfg: DictConfig, model: torch.nn.Module, datamodule: Any) -> L.LightningModule:

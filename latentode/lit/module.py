@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
@@ -143,6 +144,22 @@ def label_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]
     return {"accuracy": float((probs.argmax(-1).double() == labels).double().mean())}
 
 
+def _check_kl(wait: object, rate: object, weight: object) -> None:
+    """The KL weight's schedule, ``1 - kl_rate ** (epoch - kl_wait_epochs)`` after the wait,
+    or ``kl_weight`` fixed: a rate above 1 or a negative weight rewarded the KL term
+    (weight -0.5 from kl_rate=1.5), silently."""
+    if isinstance(wait, bool) or not isinstance(wait, int) or wait < 0:
+        raise ValueError(f"module.kl_wait_epochs must be a whole number >= 0, got {wait!r}.")
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+        raise ValueError(f"module.kl_rate must be in [0, 1] (the KL weight after the wait is "
+                         f"1 - kl_rate ** epochs: 0.99 rises over ~100 epochs, 0 at once), "
+                         f"got {rate!r}.")
+    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))
+                               or not 0 <= weight < math.inf):
+        raise ValueError(f"module.kl_weight (a fixed KL weight) must be a number >= 0, or null "
+                         f"for the schedule, got {weight!r}.")
+
+
 class LatentODELightning(L.LightningModule):
     """Lightning wrapper around a latent ODE (or any model with the same ``loss`` interface).
 
@@ -229,6 +246,7 @@ class LatentODELightning(L.LightningModule):
         # plain containers (a config's mapping would make checkpoints need more than
         # weights_only=True to load: hyperparameters are saved with them)
         param_groups = None if param_groups is None else _plain(param_groups)
+        _check_kl(kl_wait_epochs, kl_rate, kl_weight)
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got "
                              f"{scheduler_interval!r}.")
@@ -259,7 +277,12 @@ class LatentODELightning(L.LightningModule):
         self.train_samples, self.eval_samples = train_samples, eval_samples
         self.eval_seed = eval_seed
         self.param_groups = {str(k): dict(v) for k, v in (param_groups or {}).items()}
-        self._optimizer_params()  # a prefix that names no parameter is refused now, not later
+        # the optimiser built once on its parameters and dropped: a prefix that names no
+        # parameter, lr=-1 or a value of the wrong type refused now, not inside fit
+        try:
+            self.optimizer_factory(self._optimizer_params())
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"module.optimizer: {error}") from error
         self.scale: torch.Tensor | None
         if scale is not None:
             scale = torch.as_tensor(list(scale) if not isinstance(scale, torch.Tensor) else scale,
