@@ -226,6 +226,19 @@ def test_ckpt_path_last_starts_a_run_and_resumes_it_with_the_same_command(
     # the same step tested again: its row replaced, not repeated
     assert len([r for r in rows if r.get("test/mse")]) == 2
     assert json.loads((run / "test_metrics.json").read_text())["epochs"] == 2
+    # the same dir without ckpt_path (a new run by mistake) replaced the checkpoints, test
+    # metrics, plots and .hydra files silently: refused, the run left as it was
+    kept = {p: p.read_bytes() for p in [run / "test_metrics.json", *run.glob(".hydra/*.yaml"),
+                                        *run.glob("checkpoints/*.ckpt")]}
+    with pytest.raises(SystemExit) as stop:
+        run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "model.latents=6",
+                             "trainer.max_epochs=1", *TINY], monkeypatch)
+    assert stop.value.code == 1
+    log_text = (run / "train.log").read_text()
+    assert re.search(r"latentode-train: error: .*run holds a run already \(best_epoch\d+\.ckpt, "
+                     r".*last\.ckpt, test_metrics\.json\): a new run there would replace",
+                     log_text)
+    assert {p: p.read_bytes() for p in kept} == kept
 
     cfg = compose_train(["ckpt_path=last", "~callbacks.last_checkpoint"], tmp_path / "other")
     with pytest.raises(ValueError, match=r"callbacks\.last_checkpoint is switched off"):

@@ -411,6 +411,64 @@ def test_new_jobs_are_numbered_after_every_job_dir_recorded_or_not(tmp_path):
     assert resumed["overrides"] == "model.latents=8 ckpt_path=last"
 
 
+def test_a_job_resumed_or_rerun_in_place_after_its_record_shows_its_new_run(tmp_path):
+    """The table kept a recorded job's first outcome after the job dir was trained on
+    (``ckpt_path=last hydra.run.dir=SWEEP/0``) or a failed job was fixed and rerun there: its
+    old metrics, overrides and status stayed, and the best-job line was computed from them."""
+    import os
+
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra.types import RunMode
+
+    from latentode.cli.sweep import (
+        SweepSummary,
+        best_job,
+        refresh_enclosing_sweep,
+        refresh_summary,
+        write_job_record,
+    )
+
+    sweep = tmp_path / "sweep"
+
+    def cfg(num: int):
+        return OmegaConf.create({"hydra": {
+            "mode": RunMode.MULTIRUN, "sweep": {"dir": str(sweep)}, "sweeper": {},
+            "runtime": {"output_dir": str(sweep / str(num))}, "job": {"num": num}}})
+
+    summary_cb = SweepSummary()
+    summary_cb.on_multirun_start(cfg(0))
+    for num, status in enumerate(["completed", "failed"]):
+        (sweep / str(num)).mkdir(parents=True)
+        summary_cb.on_job_start(cfg(num))
+        if status == "completed":
+            (sweep / "0" / "test_metrics.json").write_text(
+                json.dumps({"metrics": {"test/mse": 0.9}}))
+        write_job_record(sweep / str(num), status,
+                         metrics={"val/mse": 0.8, "test/mse": 0.9} if num == 0 else None,
+                         error=None if num == 0 else RuntimeError("dopri6"))
+        summary_cb.on_job_end(cfg(num), JobReturn(
+            overrides=[f"model.latents={4 * (num + 1)}"], status=JobStatus.COMPLETED))
+    summary_cb.on_multirun_end(cfg(0))
+    assert [r["status"] for r in summary(sweep)] == ["completed", "failed"]
+    # job 0 trained on in place, job 1 fixed and rerun there: newer test metrics in each dir
+    later = (sweep / ".sweep" / "jobs" / "1.json").stat().st_mtime + 5
+    for num, (mse, overrides) in enumerate([(0.3, ["model.latents=4", "trainer.max_epochs=3",
+                                                   "ckpt_path=last"]),
+                                            (0.2, ["model.latents=8", "solver.method=rk4"])]):
+        run = sweep / str(num)
+        (run / ".hydra").mkdir(exist_ok=True)
+        (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        (run / "test_metrics.json").write_text(json.dumps({"metrics": {"test/mse": mse}}))
+        os.utime(run / "test_metrics.json", (later, later))
+    assert refresh_enclosing_sweep(sweep / "1") == sweep / "summary.csv"
+    rows = summary(sweep)
+    assert [(r["status"], r["test/mse"]) for r in rows] == [("rerun", "0.3"), ("rerun", "0.2")]
+    assert rows[0]["trainer.max_epochs"] == "3" and rows[1]["solver.method"] == "rk4"
+    assert rows[1]["error"] == ""  # the stale job_status.json (failed) is not read
+    assert best_job(refresh_summary(sweep), "test/mse") == ("1", "0.2")
+    assert refresh_enclosing_sweep(tmp_path) is None  # not a sweep's job dir
+
+
 def test_optuna_jobs_are_numbered_after_job_dirs_and_trials(tmp_path):
     """The Optuna sweeper's calls number their jobs the same way: after the study's trials, and
     after job dirs the study does not know (a grid sweep run into the same dir)."""

@@ -271,6 +271,32 @@ def restored_on_failure(ckpt_path: str | None, run_dir: Path
         raise
 
 
+def refuse_replacing_a_run(run_dir: Path) -> None:
+    """Refuse a new run (no ``ckpt_path``) into a directory that holds one: its checkpoints,
+    ``test_metrics.json``, plots and ``.hydra`` files were replaced without a word (only
+    ``metrics.csv`` was moved aside). Hydra has already rewritten ``.hydra`` for this command:
+    put back from the directory's last checkpoint where it holds them."""
+    found = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
+    if (run_dir / "test_metrics.json").is_file():
+        found.append("test_metrics.json")
+    if not found:
+        return
+    newest = max((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime,
+                 default=None)
+    if newest is not None:
+        with contextlib.suppress(Exception):  # an unreadable checkpoint: nothing to put back
+            record = torch.load(newest, map_location="cpu", weights_only=False,
+                                mmap=True).get(RUN_RECORD)
+            if record is not None:
+                restore_run_files(record, run_dir / ".hydra")
+    shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+    raise ValueError(
+        f"{run_dir} holds a run already ({shown}): a new run there would replace its "
+        f"checkpoints, test metrics and config. Continue it with ckpt_path=last (and the "
+        f"run's own options), train into another directory (hydra.run.dir=...), or move "
+        f"this one away first.")
+
+
 def restore_run_files(record: dict[str, Any], hydra_dir: Path) -> None:
     """Write back the ``.hydra`` files a checkpoint's run record holds (checkpoints of older
     versions hold only the config and overrides)."""

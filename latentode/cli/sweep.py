@@ -449,19 +449,40 @@ def _last_values(metrics_csv: Path, prefix: str) -> dict[str, float]:
     return values
 
 
-def _unrecorded_row(job: int, run_dir: Path) -> dict[str, Any] | None:
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def _rerun_in_place(record: Path, run_dir: Path) -> bool:
+    """Whether a recorded job's dir holds a run finished after its record was written: the
+    job resumed or run again there (``ckpt_path=last hydra.run.dir=<job dir>``, a failed job
+    fixed and rerun). Its record, and its ``job_status.json``, describe the earlier run."""
+    tested, written = _mtime(run_dir / "test_metrics.json"), _mtime(record)
+    return tested is not None and written is not None and tested > written
+
+
+def _unrecorded_row(job: int, run_dir: Path, status: str = "unrecorded"
+                    ) -> dict[str, Any] | None:
     """A summary row for a job dir without a record that holds a finished run (its
     ``test_metrics.json`` or ``job_status.json``), e.g. a job interrupted and then resumed in
-    place; None for any other dir (a job still running, one interrupted and left so)."""
+    place, or (``status="rerun"``) one whose record an in-place rerun outdated; None for any
+    other dir (a job still running, one interrupted and left so). A ``job_status.json``
+    older than ``test_metrics.json`` is the earlier run's and is not read."""
     tested, status_file = run_dir / "test_metrics.json", run_dir / JOB_RECORD
     if not (tested.is_file() or status_file.is_file()):
         return None
     metrics: dict[str, Any] = _last_values(run_dir / "metrics.csv", "val/")
     error = ""
-    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
-        record = json.loads(status_file.read_text())
-        metrics.update(record.get("metrics") or {})
-        error = str(record.get("error") or "")
+    tested_at, status_at = _mtime(tested), _mtime(status_file)
+    stale = tested_at is not None and status_at is not None and status_at < tested_at
+    if not stale:
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            record = json.loads(status_file.read_text())
+            metrics.update(record.get("metrics") or {})
+            error = str(record.get("error") or "")
     with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
         metrics.update(json.loads(tested.read_text()).get("metrics") or {})
     overrides: list[str] = []
@@ -469,7 +490,7 @@ def _unrecorded_row(job: int, run_dir: Path) -> dict[str, Any] | None:
         overrides = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
     return {
         "job": job,
-        "status": "unrecorded",
+        "status": status,
         "wall_time_s": "",
         "override_columns": _override_columns(overrides),
         "metrics": {k: v for k, v in metrics.items() if k.startswith(METRIC_PREFIXES)},
@@ -489,7 +510,11 @@ def refresh_summary(sweep_dir: str | Path) -> Path:
         rows = []
         for record in (sweep_dir / STATE / "jobs").glob("*.json"):
             with contextlib.suppress(OSError, ValueError):
-                rows.append(json.loads(record.read_text()))
+                row = json.loads(record.read_text())
+                run_dir = Path(str(row.get("output_dir", "")))
+                if row.get("output_dir") and _rerun_in_place(record, run_dir):
+                    row = _unrecorded_row(int(row["job"]), run_dir, "rerun") or row
+                rows.append(row)
         recorded = {str(row.get("job")) for row in rows}
         for job, run_dir in _job_entries(sweep_dir).items():
             if str(job) not in recorded and run_dir.is_dir():
@@ -515,6 +540,15 @@ def refresh_summary(sweep_dir: str | Path) -> Path:
             buffer.seek(0)
             _write_atomic(path, buffer.read())
     return path
+
+
+def refresh_enclosing_sweep(run_dir: str | Path) -> Path | None:
+    """After a single run in a sweep's job dir (a job resumed or rerun in place), rewrite that
+    sweep's ``summary.csv`` so that its row says what the dir holds now; None outside one."""
+    sweep_dir = Path(run_dir).resolve().parent
+    if _job_of(Path(run_dir).name) is None or not (sweep_dir / STATE / "jobs").is_dir():
+        return None
+    return refresh_summary(sweep_dir)
 
 
 _FAILED = [0]  # failed jobs of the last sweep in this process, for the command's exit status
@@ -644,13 +678,14 @@ def metric_direction(metric: Any) -> str:
 
 
 def best_job(summary: Path, metric: Any, direction: Any = "minimize") -> tuple[str, str] | None:
-    """``(job, value)`` of the summary's best completed or unrecorded row by ``metric`` (None
-    without such a column, a value, or one direction)."""
+    """``(job, value)`` of the summary's best completed, unrecorded or rerun row by ``metric``
+    (None without such a column, a value, or one direction)."""
     if not metric or not isinstance(direction, str):
         return None
     with open(summary, newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f)
-                if r.get("status") in ("completed", "unrecorded") and r.get(str(metric))]
+                if r.get("status") in ("completed", "unrecorded", "rerun")
+                and r.get(str(metric))]
     scored = []
     for row in rows:
         try:

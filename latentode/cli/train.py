@@ -39,10 +39,15 @@ from lightning.pytorch.callbacks import WeightAveraging
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from latentode.cli import config_dir
-from latentode.cli.checkpoints import RunRecord, check_resume, restored_on_failure
+from latentode.cli.checkpoints import (
+    RunRecord,
+    check_resume,
+    refuse_replacing_a_run,
+    restored_on_failure,
+)
 from latentode.cli.errors import input_errors
 from latentode.cli.options import refuse_unread_settings
-from latentode.cli.sweep import failed_jobs, write_job_record
+from latentode.cli.sweep import failed_jobs, refresh_enclosing_sweep, write_job_record
 from latentode.cli.typos import run_app
 from latentode.data.labels import check_label_head, label_head_size
 from latentode.lit.csv_logger import RunCSVLogger
@@ -505,6 +510,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_arguments(cfg.get(group), group)
     resolve_last_checkpoint(cfg)
     run_dir = output_dir(cfg)
+    if cfg.get("train", True) and not cfg.get("ckpt_path"):
+        refuse_replacing_a_run(run_dir)
     with restored_on_failure(cfg.get("ckpt_path"), run_dir) as saved:
         setup_runtime(cfg)
         datamodule = build_datamodule(cfg)
@@ -612,6 +619,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     if hydra_cfg.mode != RunMode.MULTIRUN:  # errors propagate; no sweep reads the metric
         with input_errors("latentode-train"):
             metrics = train(cfg)
+        refresh_enclosing_sweep(Path(hydra_cfg.runtime.output_dir))
         name = cfg.get("optimized_metric")
         # (a test-only run, or one whose checkpoint already reached max_epochs, logs no val/
         # metric: nothing to warn about outside a sweep)
