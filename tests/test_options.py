@@ -77,7 +77,8 @@ def test_eval_and_predict_refuse_run_settings_given_as_their_own():
                                          r"mean plot\?"):
         eval_cli.evaluate(OmegaConf.create({"ckpt_path": "missing.ckpt", "plott": False}))
     with pytest.raises(ValueError, match=r"latentode-predict got seed=3, data\.x=1: .*did you "
-                                         r"mean seed\?|latentode-predict got .*'overrides=\[\"data"):
+                                         r"mean seed\?|latentode-predict got .*'overrides="
+                                         r"\[\"data"):
         predict_cli.predict(OmegaConf.create({"input": "a.csv", "output": "b.csv", "sede": 3,
                                               "data": {"x": 1}}))
 
