@@ -738,3 +738,19 @@ def test_resumed_search_after_a_kill_fails_the_stale_trial_end_to_end(tmp_path):
     assert "trial 0 was left RUNNING" in again.stdout + again.stderr
     states = [t.state for t in optuna.load_study(study_name="train", storage=url).trials]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+
+
+def test_sweep_records_get_the_permissions_of_ordinary_files(tmp_path):
+    """summary.csv and the job records were 0600 (mkstemp's) whatever the umask: the group of
+    a shared cluster could not read the table."""
+    import os
+    import stat
+
+    from latentode.cli.sweep import write_job_record
+
+    old = os.umask(0o022)
+    try:
+        path = write_job_record(tmp_path, "completed", metrics={"val/mse": 1.0})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

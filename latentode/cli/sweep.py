@@ -368,12 +368,23 @@ def _unregister(path: Path) -> None:
 
 # -- records and the summary --------------------------------------------------------------------
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _write_atomic(path: Path, text: str) -> None:
+    """``text`` into ``path`` whole (a temporary file moved over it), with the permissions an
+    ordinary file gets (``mkstemp``'s are 0600: a shared cluster's group could not read the
+    sweep's table)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
             f.write(text)
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
