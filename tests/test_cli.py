@@ -403,7 +403,8 @@ def test_resuming_with_other_model_options_is_refused_and_the_run_kept(tmp_path,
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the app's exception itself, not exit(1)
     with pytest.raises(ValueError, match=r"(?s)holds a different model than this command "
                        r"builds.*model\.latents: 6 in the run, \d+ now.*own overrides: .*"
-                       r"model\.latents=6.*are restored from the checkpoint"):
+                       r"model\.latents=6.* hydra\.run\.dir=\S+ ckpt_path=last\n"
+                       r".*are restored from the checkpoint"):
         run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=2",
                              f"ckpt_path={last}", *TINY], monkeypatch)
     config = run / ".hydra" / "config.yaml"

@@ -233,8 +233,12 @@ def check_resume(cfg: DictConfig, module: torch.nn.Module, saved: dict[str, Any]
         if differences:
             message.append("The run's settings that differ:\n" + "\n".join(
                 f"  {line}" for line in differences[:8]))
-        given = [*record.get("search", []), *record["overrides"]]
-        message.append("Resume with the run's own overrides: " + (" ".join(given) or "(none)"))
+        given = [o for o in [*record.get("search", []), *record["overrides"]]
+                 if not str(o).startswith(("ckpt_path=", "hydra.run.dir="))]
+        # where and from what: pasted without them, the hint started a fresh run elsewhere
+        where = (f"hydra.run.dir={run_dir} ckpt_path=last" if _in_place(ckpt_path, run_dir)
+                 else f"ckpt_path={ckpt_path}")
+        message.append("Resume with the run's own overrides: " + " ".join([*given, where]))
         if _in_place(ckpt_path, run_dir):
             message.append(f"(the run's {run_dir / '.hydra'} files, which this command had "
                            "overwritten, are restored from the checkpoint)")
