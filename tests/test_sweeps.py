@@ -754,3 +754,20 @@ def test_sweep_records_get_the_permissions_of_ordinary_files(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_a_search_whose_metric_is_never_logged_stops_after_its_first_trial(tmp_path):
+    """optimized_metric=val/mes: every trial trained, then Optuna ended with a traceback
+    ("Record does not exist"): 30 trainings for nothing by default."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "sweep"
+    result = latentode_train(["hparams_search=periodic_optuna", "hydra.sweeper.n_trials=3",
+                              "optimized_metric=val/mes", *SHORT, f"hydra.sweep.dir={sweep}"],
+                             tmp_path)
+    err = result.stdout + result.stderr
+    assert result.returncode == 1, err
+    assert ("latentode-train: error: optimized_metric=val/mes was not logged by this trial, so "
+            "the search has nothing to optimise") in err
+    assert "Did you mean val/mse?" in err and "Record does not exist" not in err
+    assert sorted(p.name for p in sweep.iterdir() if p.name.isdigit()) == ["0"]
+    assert json.loads((sweep / "0" / "job_status.json").read_text())["status"] == "failed"

@@ -275,7 +275,8 @@ def check_value_type(node: DictConfig, key: str, annotation: Any, where: str) ->
     """Refuse a value whose type a simple annotation (``int``, ``float | None``, ``bool``...)
     rules out, naming the key (``model.latents=4.5``, ``data.batch_size=abc``: a TypeError
     from deep inside torch or a comparison before). Annotations of other kinds are not
-    checked; a value Hydra cannot resolve yet is left to ``instantiate``."""
+    checked; a value Hydra cannot resolve yet is left to ``instantiate``, and the configs' word
+    ``auto`` to the code that resolves it before (``refresh_rate: auto``: :func:`build_group`)."""
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
     parts = [part.strip() for part in str(text).split("|")]
     if not parts or not all(part in _SIMPLE_TYPES for part in parts):
@@ -283,6 +284,8 @@ def check_value_type(node: DictConfig, key: str, annotation: Any, where: str) ->
     try:
         value = node[key]
     except Exception:  # a missing or unresolvable value: instantiate says what is wrong
+        return
+    if value == "auto":
         return
     allowed = tuple(t for part in parts for t in _SIMPLE_TYPES[part])
     # (True is an int to Python: not a whole number here)
@@ -644,8 +647,30 @@ def sweep_job(cfg: DictConfig, run_dir: Path) -> float | None:
         write_job_record(run_dir, "failed", error=error)
         return None
     value = metric_value(metrics, cfg.get("optimized_metric"))
+    name = cfg.get("optimized_metric")
+    if value is None and name and name not in metrics and _searching():
+        # every trial would train for nothing and the search end in Optuna's "Record does not
+        # exist" (no trial has a value): stopped after the first
+        close = difflib.get_close_matches(str(name), list(metrics), n=1)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        message = (f"optimized_metric={name} was not logged by this trial, so the search has "
+                   f"nothing to optimise; it stops here rather than train the other trials for "
+                   f"nothing.{hint} Validation metrics logged: "
+                   f"{', '.join(k for k in sorted(metrics) if k.startswith('val/')) or 'none'}.")
+        write_job_record(run_dir, "failed", metrics=metrics, error=ValueError(message))
+        log.error("stopping the search: %s", message)
+        raise SystemExit(f"latentode-train: error: {message}")
     write_job_record(run_dir, "completed", metrics=metrics, objective=value)
     return value
+
+
+def _searching() -> bool:
+    """Whether this job is a trial of a search that optimises the returned metric (a sweeper
+    other than Hydra's grid: Optuna's, say)."""
+    if not HydraConfig.initialized():
+        return False
+    target = str(OmegaConf.select(HydraConfig.get(), "sweeper._target_", default="") or "")
+    return bool(target) and not target.endswith("BasicSweeper")
 
 
 if __name__ == "__main__":
