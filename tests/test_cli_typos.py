@@ -147,3 +147,16 @@ def test_a_value_of_the_wrong_type_or_range_is_refused_in_one_line(override, sai
     err = failing_main([*TINY, override, f"hydra.run.dir={tmp_path}"], monkeypatch, capsys)
     assert f"latentode-train: error: {said}" in err
     assert "Traceback" not in err
+
+
+def test_the_default_configs_pass_the_value_checks():
+    """The type check refused the default callbacks' ``refresh_rate: auto`` (a word the code
+    resolves before instantiating), so a plain ``latentode-train`` failed; the tests'
+    TINY overrides set it to 0 and hid it."""
+    from test_cli import compose_train
+
+    for overrides in ([], ["model=odernn"], ["model=gru_dt"], ["model=rnn_vae"],
+                      ["experiment=periodic_extrap"], ["trainer=ddp_cpu"]):
+        cfg = compose_train([*overrides, "model.input_dim=3"])  # (set from the data)
+        for group in ("data", "model", "module", "trainer", "callbacks", "logger"):
+            train_cli.check_arguments(cfg.get(group), group)
