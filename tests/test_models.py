@@ -373,7 +373,7 @@ def test_latent_ode_class_defaults_are_the_configs():
     conf = OmegaConf.load(f"{config_dir()}/model/latent_ode.yaml")
     model = LatentODE(2)
     assert (model.objective, model.n_samples) == (conf.objective, conf.n_samples)
-    with pytest.raises(ValueError, match="n_samples must be at least 1, got 0"):
+    with pytest.raises(ValueError, match="n_samples must be a whole number >= 1, got 0"):
         LatentODE(2, n_samples=0)
     times = torch.linspace(0, 1, 5)
     values, mask = torch.zeros(3, 5, 2), torch.ones(3, 5, 2, dtype=torch.bool)

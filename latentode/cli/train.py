@@ -285,7 +285,7 @@ def check_value_type(node: DictConfig, key: str, annotation: Any, where: str) ->
         value = node[key]
     except Exception:  # a missing or unresolvable value: instantiate says what is wrong
         return
-    if value == "auto":
+    if value is None or value == "auto":  # (null: filled in from the data, e.g. input_dim)
         return
     allowed = tuple(t for part in parts for t in _SIMPLE_TYPES[part])
     # (True is an int to Python: not a whole number here)
