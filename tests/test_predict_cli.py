@@ -580,3 +580,19 @@ def test_eval_without_calibrated_noise_calibrates_only_to_decide_subsets(run, tm
         assert "predictive noise is calibrated on" not in (tmp_path / name / "eval.log").read_text()
         record = json.loads((tmp_path / name / "test_metrics.json").read_text())["coverage"]
         assert record["calibration"] is None and record["noise_std"] is None
+
+
+def test_a_parquet_output_without_an_engine_is_refused_before_any_work(tmp_path, monkeypatch):
+    """It failed only after the forecaster was rebuilt and every series predicted."""
+    import importlib.util
+
+    from latentode.cli import predict as predict_module
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None)
+    loaded = []
+    monkeypatch.setattr(predict_module, "load_forecaster", lambda cfg: loaded.append(cfg))
+    cfg = OmegaConf.create({"input": str(tmp_path / "in.csv"), "output": str(tmp_path / "o.pq"),
+                            "ckpt_path": "missing.ckpt"})
+    with pytest.raises(ImportError, match=r"parquet files need pyarrow: pip install "):
+        predict_module.predict(cfg)
+    assert not loaded

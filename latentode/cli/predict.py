@@ -46,7 +46,7 @@ from latentode.cli.errors import input_errors
 from latentode.cli.options import refuse_foreign_options
 from latentode.cli.train import quiet_known_warnings
 from latentode.cli.typos import run_app
-from latentode.data.files import read_table, write_table
+from latentode.data.files import check_writable, read_table, write_table
 from latentode.data.frame import iso_separator, iso_times
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,9 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
 
 def _predict(cfg: DictConfig) -> pd.DataFrame:
     refuse_foreign_options(cfg, "predict", "latentode-predict")
+    for key in ("output", "proba_output"):  # a parquet output without an engine: said first
+        if cfg.get(key) is not None:
+            check_writable(str(cfg[key]))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     forecaster = load_forecaster(cfg)

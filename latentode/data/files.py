@@ -57,6 +57,18 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
         frame.to_parquet(path, index=False)
 
 
+def check_writable(path: str | Path) -> None:
+    """Refuse, before any work, a parquet ``path`` without an engine to write it (the
+    install line), where it failed only after everything was computed."""
+    if Path(path).suffix not in PARQUET:
+        return
+    import importlib.util
+
+    if not any(importlib.util.find_spec(name) for name in ("pyarrow", "fastparquet")):
+        with _parquet_engine():
+            raise ImportError(f"{path}: writing parquet needs pyarrow or fastparquet")
+
+
 class _parquet_engine:  # noqa: N801 (a context manager used as a phrase)
     """Turn pandas' missing-engine ImportError into the install line."""
 
