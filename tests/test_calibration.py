@@ -715,3 +715,44 @@ def test_the_floors_sample_is_uniform_and_keeps_in_span_points_apart():
     assert sample.devs(0, inside_only=False).shape == (3, 0)  # no longer needed
     wide = _Reservoir(channels=1000, samples=100, seed=0)
     assert wide.size == 200  # wide data: a budget for all channels
+
+
+def test_a_factor_per_series_covers_series_of_unequal_noise_where_one_noise_cannot():
+    """Series differ in how well the model fits them (here: their noise, 0.1 or 0.5 per
+    point): one noise for all covers the quiet ones ~100% and the loud ones far below 0.9.
+    Scaled per series by its residual at the points the encoder saw, both cover ~0.9, and the
+    noise recorded is that of the median series (docs/results.md, a factor per series)."""
+    from latentode.forecast.calibration import seen_residual
+
+    def batches(seed: int, noise: float, n: int = 2) -> list[Batch]:
+        return make_batches(seed, n_batches=n, series=20, noise=(noise, noise))
+
+    model = FakeModel(spread=0.0)
+    calibration = batches(0, 0.1) + batches(1, 0.5)
+    one = calibrate_noise(model, calibration, n_samples=20, seed=0)
+    each = calibrate_noise(model, calibration, n_samples=20, seed=0, per_series=True)
+    assert one.series_kappa is None and not one.series_mbar
+    assert each.series_kappa == 4.0 and len(each.series_mbar) == 2
+    quiet, loud = batches(2, 0.1), batches(3, 0.5)
+    cover = {name: [predictive_coverage(model, part, {"c": cal}, n_samples=50, seed=0)["c"]
+                    for part in (quiet, loud)] for name, cal in (("one", one), ("each", each))}
+    assert cover["one"][0] > 0.99 and cover["one"][1] < 0.75  # one noise: wrong for both
+    # nearer 0.9 for both (the shrinkage toward the median keeps some of the gap: two
+    # noises 5x apart, 20 series each, are the hardest case for it)
+    assert cover["each"][0] == pytest.approx(0.9, abs=0.03)
+    assert 0.78 < cover["each"][1] < 0.9 and cover["each"][1] > cover["one"][1] + 0.04
+    # the factor itself: shrunk toward 1 by kappa points, 1 without seen points or a median
+    m, n = np.array([[4 * each.series_mbar[0], 0.0]]), np.array([[4.0, 0.0]])
+    np.testing.assert_allclose(each.series_factor(m, n), [[(4 * 4 + 4) / 8, 1.0]])
+    assert np.all(one.series_factor(m, n) == 1.0)
+    # the in-series std only: past the span (a forecast) the lead curve is left as it was
+    lead = NoiseCalibration(std=[1.0], obs_std=0.0, lead_times=[1.0, 2.0],
+                            lead_std=[[2.0], [3.0]], lead_count=[50, 50])
+    got = lead.std_at(np.array([0.0, 1.5]), factor=np.array([4.0]))
+    np.testing.assert_allclose(got[:, 0], [2.0, np.sqrt(6.5)])
+    # the seen-point residual a forecaster reads: the paths' mean against the seen values
+    scored = SimpleNamespace(
+        pred=torch.zeros(3, 1, 2, 1), values=torch.tensor([[[1.0], [3.0]]]),
+        target=torch.ones(1, 2, 1, dtype=torch.bool),
+        encoder=torch.tensor([[[True], [False]]]))
+    assert [a.tolist() for a in seen_residual(scored)] == [[[1.0]], [[1.0]]]

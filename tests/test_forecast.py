@@ -1063,3 +1063,32 @@ def test_study_impute_holds_out_interior_points_and_scores_both(capsys):
     out = capsys.readouterr().out
     row = next(line.split() for line in out.splitlines() if line.split()[:1] == ["4-8"])
     assert all(np.isfinite(float(v)) for v in row[1:])
+
+
+def test_a_series_fitted_worse_gets_wider_in_series_intervals(fitted, data):
+    """The calibration scales the in-series noise per series by its residual at its own
+    points (NoiseCalibration.series_factor): the same series with noise added to its history
+    is predicted with wider intervals inside it; noise=False paths are those of predict's
+    mean, and sample's noiseless paths too."""
+    cal = fitted.calibration
+    assert cal is not None and cal.series_kappa is not None and len(cal.series_mbar) == 2
+    one = data[data["series_id"] == data["series_id"].iloc[0]].copy()
+    rough = one.copy()
+    rough["series_id"] = "rough"
+    rng = np.random.default_rng(0)
+    for channel in ("x", "y"):
+        spread = 3 * np.nanstd(one[channel].to_numpy())
+        rough[channel] = rough[channel] + rng.normal(0, spread, len(rough))
+    both = pd.concat([one, rough], ignore_index=True)
+    inside = np.sort(one["time"].to_numpy())[1:-1][:3] + 1e-3
+    pred = fitted.predict(both, inside, num_samples=50)
+    width = (pred["q0.95"] - pred["q0.05"]).groupby(pred["series_id"] == "rough").mean()
+    assert width[True] > 1.5 * width[False]
+    # the paths are those of predict's mean (asking the history's times beside moves nothing)
+    plain = fitted.predict(both, inside, num_samples=50, quantiles=None)
+    np.testing.assert_array_equal(plain["mean"].to_numpy(), pred["mean"].to_numpy())
+    # a calibration file without the factor's fields (before it) loads without one
+    saved = {k: v for k, v in cal.to_json().items() if not k.startswith("series_")}
+    from latentode.forecast.calibration import NoiseCalibration
+
+    assert NoiseCalibration.from_json(saved).series_kappa is None

@@ -95,6 +95,9 @@ HISTORY_BINS = 4  # bins of history length (equal counts) of the forecast noise'
 HISTORY_FACTOR_RANGE = (0.25, 16.0)  # bounds of that factor on the variance
 CALIBRATION_MAX_SERIES = 1000  # series of a split used for calibration (first ones, stored order)
 CALIBRATION_FOLDS = 5  # passes of the forecaster's in-series calibration (Folds)
+SERIES_KAPPA = 4.0  # shrinkage (in points) of a series' own noise factor toward 1: see
+# NoiseCalibration.series_factor; 2-8 were within 0.02 nats of the best everywhere, 0 failed on
+# series whose few seen points fit almost exactly (docs/results.md, a factor per series)
 CALIBRATION_MIN_SERIES = 10  # fewer: the calibrated noise, and so the coverage, varies widely
 CALIBRATION_MIN_POINTS = 20  # a channel's noise from fewer held-out points: ~16%+ std error
 DENSITY_RATIO = 1.5  # in-series noise on folds over the training task's: above, a warning
@@ -272,6 +275,10 @@ class NoiseCalibration:
         lead_count: forecast points per bin.
         history_counts, history_factor: the forecast variance's factor by how many times a
             series' history holds (bins' mean counts; non-increasing; empty: none).
+        series_kappa, series_mbar: the in-series variance's factor per series and channel
+            (:meth:`series_factor`): its shrinkage in points and, per channel, the median over
+            the calibration series of the mean squared residual at their seen points (model
+            units); None / empty: no factor (one noise for every series, as before).
     """
 
     std: list[float]
@@ -289,16 +296,39 @@ class NoiseCalibration:
     lead_count: list[int] = field(default_factory=list)
     history_counts: list[float] = field(default_factory=list)
     history_factor: list[float] = field(default_factory=list)
+    series_kappa: float | None = None
+    series_mbar: list[float] = field(default_factory=list)
+
+    def series_factor(self, m: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """The factor on the in-series noise variance of series whose posterior mean misses
+        their own seen points by ``m`` (mean squared residual per channel, model units) over
+        ``n`` points, ``(..., D)`` each: ``(n m + kappa mbar) / ((n + kappa) mbar)``, a
+        series' own residual relative to the calibration series' median, shrunk toward 1 by
+        ``kappa`` points. A series fitted worse than the calibration series were is predicted
+        worse at its unseen points too (Spearman 0.75-0.93): one noise for all covered 0.80 of
+        the sparse series of one seed for 0.9, the factor 0.89. 1 where there is no factor,
+        where a channel has no seen point or the median is 0."""
+        m = np.nan_to_num(np.asarray(m, dtype=np.float64))
+        n = np.asarray(n, dtype=np.float64)
+        if self.series_kappa is None or not self.series_mbar:
+            return np.ones(np.broadcast_shapes(m.shape, n.shape))
+        mbar = np.asarray(self.series_mbar, dtype=np.float64)
+        kappa = float(self.series_kappa)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g = (n * m + kappa * mbar) / ((n + kappa) * mbar)
+        return np.where((mbar > 0) & np.isfinite(g), np.maximum(g, 1e-6), 1.0)
 
     @property
     def array(self) -> np.ndarray:
         """``std`` as a float64 array ``(D,)``."""
         return np.asarray(self.std, dtype=np.float64)
 
-    def std_at(self, leads: np.ndarray, history: float | None = None) -> np.ndarray:
+    def std_at(self, leads: np.ndarray, history: float | None = None,
+               factor: np.ndarray | None = None) -> np.ndarray:
         """The noise std ``(m, D)`` at lead times ``leads`` ``(m,)`` (one per time) or ``(m, D)``
         (each channel's own: past that channel's last observation), in model units; 0 or less
-        (inside the span): ``std``; infinite (a channel never observed): the last bin's.
+        (inside the span): ``std``, its variance times the series' ``factor`` ``(D,)``
+        (:meth:`series_factor`; None: 1); infinite (a channel never observed): the last bin's.
         ``history``: the number of times the series' history holds, for the forecast noise's
         factor (``history_factor``; None: 1)."""
         base = self.array
@@ -306,6 +336,9 @@ class NoiseCalibration:
         if leads.ndim == 1:
             leads = np.repeat(leads[:, None], len(base), axis=1)
         out = np.broadcast_to(base, leads.shape).copy()
+        if factor is not None:
+            inside = ~(leads > 0)
+            out = np.where(inside, out * np.sqrt(np.broadcast_to(factor, out.shape)), out)
         if not self.lead_times:
             return out
         # between the bins' mean leads, linear in variance; before the first, the first bin's
@@ -387,15 +420,19 @@ def calibrate_split(
     model: torch.nn.Module, datamodule: Any, n_samples: int, seed: int, *,
     task: Any = None, folds: int | None = None, origin: str | None = None,
     dtype: torch.dtype = torch.float32, subsets: Subsets | None = None, lead: bool = True,
+    per_series: bool = False,
 ) -> NoiseCalibration:
     """The predictive noise of ``model`` on ``datamodule``'s calibration split (its validation
     split, else its training split: ``calibration.split``): :func:`calibrate_noise` on
     :func:`calibration_batches` (``task``, ``folds``), then (``lead``) the forecast curve over
     lead time (:func:`with_lead_curve`), both on ``origin``'s clock in ``dtype``, predicting
-    with ``subsets`` when given. What the forecaster and ``latentode-eval`` calibrate with."""
+    with ``subsets`` when given; ``per_series`` (on ``folds``, whose targets include the
+    encoder's points): a factor per series (:func:`calibrate_noise`). What the forecaster and
+    ``latentode-eval`` calibrate with."""
     batches, split = calibration_batches(datamodule, task=task, origin=origin, dtype=dtype,
                                          folds=folds)
-    base = calibrate_noise(model, batches, n_samples, seed, split=split, subsets=subsets)
+    base = calibrate_noise(model, batches, n_samples, seed, split=split, subsets=subsets,
+                           per_series=per_series and folds is not None)
     if not lead:
         return base
     return with_lead_curve(model, datamodule, base, n_samples, seed, origin=origin, dtype=dtype,
@@ -497,7 +534,8 @@ def calibrate_forecaster(
 
     def calibrate(with_subsets: Subsets | None, lead: bool = True) -> NoiseCalibration:
         return calibrate_split(model, datamodule, n_samples, seed, task=task, folds=folds,
-                               origin=origin, dtype=dtype, subsets=with_subsets, lead=lead)
+                               origin=origin, dtype=dtype, subsets=with_subsets, lead=lead,
+                               per_series=series_factor_applies(model))
 
     def with_lead(base: NoiseCalibration, with_subsets: Subsets | None) -> NoiseCalibration:
         return with_lead_curve(model, datamodule, base, n_samples, seed, origin=origin,
@@ -562,11 +600,44 @@ class Scored:
 
 def point_noise(calibration: NoiseCalibration, scored: Scored) -> torch.Tensor:
     """``calibration``'s noise std ``(B, K, D)`` at the scored points: each at its lead and
-    its series' history length, as ``LatentODEForecaster.predict`` gives it."""
+    its series' history length, and with its series' factor from the points the encoder saw
+    (:func:`seen_residual`), as ``LatentODEForecaster.predict`` gives it."""
     leads = scored.leads.double().cpu().numpy()
     history = scored.history.cpu().numpy()
-    return torch.as_tensor(np.stack([calibration.std_at(leads[b], history=int(history[b]))
-                                     for b in range(len(leads))]))
+    factor = None
+    if calibration.series_kappa is not None:
+        m, n = seen_residual(scored)
+        factor = calibration.series_factor(m, n)
+    return torch.as_tensor(np.stack([
+        calibration.std_at(leads[b], history=int(history[b]),
+                           factor=None if factor is None else factor[b])
+        for b in range(len(leads))]))
+
+
+def seen_residual(scored: Scored) -> tuple[np.ndarray, np.ndarray]:
+    """``(m, n)`` ``(B, D)``: per series and channel the mean squared residual of the
+    posterior mean (the paths' mean) at the scored points the encoder saw, and their count
+    (0 where it saw none: ``m`` 0 there)."""
+    with torch.no_grad():
+        seen = (scored.target & scored.encoder).double()
+        sq = (scored.values.double() - scored.pred.double().mean(0)).square()
+        n = seen.sum(1)
+        m = (sq * seen).sum(1) / n.clamp(min=1)
+    return m.cpu().numpy(), n.cpu().numpy()
+
+
+def series_factor_applies(model: Any) -> bool:
+    """Whether ``LatentODEForecaster`` can scale ``model``'s in-series noise per series: it
+    needs the posterior mean at a history's own times, asked beside the requested ones, which
+    must not change the answers (a latent ODE with ``z0`` at the history's start, on a solver
+    whose steps do not follow the output times)."""
+    from latentode.models import LatentODE
+    from latentode.solvers import FIXED_METHODS
+
+    if not isinstance(model, LatentODE) or getattr(model, "z0_at", "start") != "start":
+        return False
+    solver = getattr(model, "solver", {}) or {}
+    return not (solver.get("method") in FIXED_METHODS and solver.get("step_size") is None)
 
 
 def _leads(point_times: torch.Tensor, times: torch.Tensor, encoder: torch.Tensor
@@ -652,7 +723,7 @@ def _predicted(model: Any, batch: Any, n_samples: int, subsets: Subsets | None =
 @torch.no_grad()
 def calibrate_noise(
     model: torch.nn.Module, batches: Iterable[Any], n_samples: int = 100, seed: int = 0,
-    split: str | None = None, subsets: Subsets | None = None,
+    split: str | None = None, subsets: Subsets | None = None, per_series: bool = False,
 ) -> NoiseCalibration:
     """The per-channel predictive noise of ``model`` on ``batches`` (see the module docstring).
 
@@ -666,6 +737,11 @@ def calibrate_noise(
         split: recorded in the result (where the batches come from).
         subsets: each posterior sample conditioned on a random subset of what the encoder
             sees (:mod:`latentode.forecast.subsets`), as the forecaster predicts with them.
+        per_series: the in-series noise with a factor per series and channel
+            (:meth:`NoiseCalibration.series_factor`, ``SERIES_KAPPA``): the noise is then that
+            of a series fitted as well as the median one, moment-matched on the held-out
+            points' ``(r^2 - s^2) / g`` and floored the same way; the batches must show the
+            encoder's points as targets too (``Folds`` does), else no factor.
     """
     if isinstance(n_samples, bool) or int(n_samples) < 2:
         raise ValueError(f"n_samples must be an integer >= 2 (the spread of the paths is "
@@ -676,6 +752,11 @@ def calibrate_noise(
     model.eval()
     sums: dict[str, np.ndarray] = {}  # name -> (3, D): sum r^2, sum s^2, count
     sample: _Reservoir | None = None  # held-out points' value minus each path, for the floor
+    # per_series: each in-series held-out point's r^2, s^2, channel and its series' seen-point
+    # (m, n); and every (series, channel) pair's m where it has seen points, for the median
+    points_ps: list[np.ndarray] = []
+    pair_m: list[np.ndarray] = []
+    pair_c: list[np.ndarray] = []
     try:
         for index, batch in enumerate(batches):
             batch = batch.to(device)
@@ -686,6 +767,21 @@ def calibrate_noise(
             sq = (scored.values.double() - mean).square()
             target = scored.target
             heldout = target & ~scored.encoder
+            aux = None
+            if per_series:
+                m, n = (torch.as_tensor(a) for a in seen_residual(scored))  # (B, D)
+                has = (n > 0).numpy()
+                pair_m.append(m.numpy()[has])
+                pair_c.append(np.nonzero(has)[1])
+                inside_b, inside_k, inside_c = (heldout & (scored.leads == 0)).nonzero(
+                    as_tuple=True)
+                points_ps.append(np.stack([
+                    sq[inside_b, inside_k, inside_c].cpu().numpy(),
+                    var[inside_b, inside_k, inside_c].cpu().numpy(),
+                    inside_c.cpu().numpy().astype(np.float64),
+                    m[inside_b.cpu(), inside_c.cpu()].numpy(),
+                    n[inside_b.cpu(), inside_c.cpu()].numpy()]))
+                aux = (m, n)
             # the in-series noise from held-out points inside each channel's span of encoder
             # points (lead 0), the only ones std_at answers with it: those past the span take
             # the lead curve, and counted here they inflated the noise (a sparse channel 0.58
@@ -697,10 +793,14 @@ def calibrate_noise(
                                     m.sum((0, 1))]).cpu().numpy()
                 sums[name] = part if name not in sums else sums[name] + part
             b, k, c = heldout.nonzero(as_tuple=True)
+            dev = scored.values[b, k, c].unsqueeze(0) - scored.pred[:, b, k, c]
+            if aux is not None:  # each point's series (m, n) rides along as two more rows
+                bc, cc = b.cpu(), c.cpu()
+                dev = torch.cat([dev.cpu().double(), aux[0][bc, cc].unsqueeze(0),
+                                 aux[1][bc, cc].unsqueeze(0)])
             if sample is None:
-                sample = _Reservoir(pred.shape[-1], pred.shape[0], seed)
-            sample.add((scored.values[b, k, c].unsqueeze(0) - scored.pred[:, b, k, c]),
-                       c.cpu().numpy(), (scored.leads[b, k, c] == 0).cpu().numpy())
+                sample = _Reservoir(pred.shape[-1], dev.shape[0], seed)
+            sample.add(dev, c.cpu().numpy(), (scored.leads[b, k, c] == 0).cpu().numpy())
     finally:
         model.train(was_training)
     if not sums:
@@ -728,11 +828,21 @@ def calibrate_noise(
     mean_sq = np.where(has, sq_sum / safe, pooled_sq)
     mean_var = np.where(has, var_sum / safe, pooled_var)
     noise = np.sqrt(np.maximum(mean_sq - mean_var, 0.0))
+    factors = None
+    if per_series and points == "heldout" and points_ps:
+        factors = _series_scale(np.concatenate(points_ps, 1), np.concatenate(pair_m),
+                                np.concatenate(pair_c), dims, noise)
+        if factors is not None:
+            factors, noise = factors
     std = np.maximum(noise, obs_std_array(obs, dims))
     floor = np.zeros(dims)
     if sample is not None and points != "targets":
         for channel in range(dims):
             dev = sample.devs(channel, inside_only=points == "heldout")
+            if factors is not None:  # value minus path over sqrt(g): N(path, sigma^2 g)
+                dev = dev[:-2] / np.sqrt(_channel_factor(factors, dev[-2], dev[-1], channel))
+            elif per_series:
+                dev = dev[:-2]
             if dev.shape[1] >= CALIBRATION_MIN_POINTS:
                 floor[channel] = coverage_std(dev, float(std[channel]))
     return NoiseCalibration(
@@ -741,7 +851,45 @@ def calibrate_noise(
         path_std=[float(v) for v in np.sqrt(mean_var)],
         count=[int(v) for v in count], coverage_std=[float(v) for v in floor], points=points,
         split=split, n_samples=int(n_samples), seed=int(seed),
+        series_kappa=None if factors is None else factors.series_kappa,
+        series_mbar=[] if factors is None else list(factors.series_mbar),
     )
+
+
+def _series_scale(points: np.ndarray, pair_m: np.ndarray, pair_c: np.ndarray, dims: int,
+                  noise: np.ndarray) -> tuple[NoiseCalibration, np.ndarray] | None:
+    """``(holder of the factor, noise per channel)`` for :func:`calibrate_noise`'s
+    ``per_series``: ``points`` ``(5, P)`` (r^2, s^2, channel, m, n per held-out point),
+    ``pair_m`` / ``pair_c`` every (series, channel) pair's seen-point m and channel. The noise
+    of a channel is ``sqrt(max(0, mean((r^2 - s^2) / g)))`` over its points; a channel without
+    points keeps ``noise``'s (pooled) value. None without any seen point."""
+    mbar = np.zeros(dims)
+    for c in range(dims):
+        values = pair_m[pair_c == c]
+        if len(values):
+            mbar[c] = float(np.median(values))
+    if not (mbar > 0).any():
+        return None
+    holder = NoiseCalibration(std=[0.0] * dims, obs_std=0.0, series_kappa=SERIES_KAPPA,
+                              series_mbar=[float(v) for v in mbar])
+    r2, s2, chan, m, n = points
+    chan = chan.astype(np.int64)
+    out = noise.copy()
+    for c in range(dims):
+        at = chan == c
+        if at.any():
+            g = _channel_factor(holder, m[at], n[at], c)
+            out[c] = float(np.sqrt(max(0.0, float(np.mean((r2[at] - s2[at]) / g)))))
+    return holder, out
+
+
+def _channel_factor(holder: NoiseCalibration, m: np.ndarray, n: np.ndarray, channel: int
+                    ) -> np.ndarray:
+    """``holder.series_factor`` of points of one ``channel`` (``m``, ``n`` ``(P,)``)."""
+    dims = len(holder.series_mbar)
+    big_m, big_n = np.zeros((len(m), dims)), np.zeros((len(m), dims))
+    big_m[:, channel], big_n[:, channel] = m, n
+    return holder.series_factor(big_m, big_n)[:, channel]
 
 
 class _Reservoir:

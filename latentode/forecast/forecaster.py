@@ -105,6 +105,7 @@ from .calibration import (
     model_obs_std,
     obs_std_array,
     run_calibration_warnings,
+    series_factor_applies,
     subsets_candidate,
     subsets_mode,
 )
@@ -187,6 +188,7 @@ class _Request:
     chunks: list  # (asked positions, history mask) per job (_history_chunks)
     jobs: list[int]  # positions of its jobs in the pending job list
     gen: torch.Generator  # its own random stream (z0 draws, then noise)
+    total: int = 0  # times answered: the asked ones, then the history's own (0: the asked)
 
     def paths(self, answers: list, std: np.ndarray | None, noisy: bool, draws: int = 1
               ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -198,7 +200,7 @@ class _Request:
         for (idx, _), j in zip(self.chunks, self.jobs, strict=True):
             pred = answers[j][0].double().numpy()  # (S, k, D)
             if paths is None:
-                paths = np.empty((pred.shape[0], len(self.raw), pred.shape[2]))
+                paths = np.empty((pred.shape[0], self.total or len(self.raw), pred.shape[2]))
             paths[:, idx] = pred
             if noisy:
                 if std is not None and pred.shape[0] == 1 < draws:
@@ -876,6 +878,14 @@ class LatentODEForecaster:
         batch_size = _whole("batch_size", batch_size, 1)
         std = self.noise_std(noise)
         noisy_draws = std is not None and bool((std > 0).any())
+        calibration = self.calibration
+        # the in-series noise scaled per series (NoiseCalibration.series_factor): the posterior
+        # mean at the history's own times is asked beside the requested ones, whatever noise
+        # is asked for (the paths stay those of predict: more output times move them by the
+        # solver's rounding, 1e-11)
+        per_series = (not want_logits and calibration is not None
+                      and calibration.series_kappa is not None
+                      and series_factor_applies(model))
         dtype = next(model.parameters()).dtype
         np_dtype = np.float64 if dtype == torch.float64 else np.float32
         model.eval()
@@ -894,12 +904,15 @@ class LatentODEForecaster:
             lo, hi = ds.offsets[i], ds.offsets[i + 1]
             values, t = model_values[lo:hi], ds.times[lo:hi]  # model units (NaN unobserved)
             want64 = spec.time.to_model(raw)
-            chunks = _history_chunks(t, ~np.isnan(values).all(1), want64, window)
+            seen_rows = ~np.isnan(values).all(1)
+            if per_series:
+                want64 = np.concatenate([want64, t[seen_rows]])
+            chunks = _history_chunks(t, seen_rows, want64, window)
             if want_logits:  # one chunk: predict_proba asks at the last observation
                 chunks = chunks[:1]
             # the series' own stream: z0's draws for each chunk, then the noise's
             request = _Request(i, raw, [], [], torch.Generator().manual_seed(
-                _series_seed(seed, ds.ids[i])))
+                _series_seed(seed, ds.ids[i])), total=len(want64))
             for idx, seen in chunks:
                 # mode "alone" (any model but a latent ODE) draws its own noise
                 eps = None if not isinstance(model, LatentODE) else torch.randn(
@@ -931,8 +944,13 @@ class LatentODEForecaster:
                     yield request.index, request.raw, answers[request.jobs[0]][1]
                     continue
                 point_std = None
+                lo, hi = ds.offsets[request.index], ds.offsets[request.index + 1]
+                if per_series:
+                    yield request.index, request.raw, *self._per_series_draw(
+                        request, answers, std, noise, ds.times[lo:hi], model_values[lo:hi],
+                        draw_noise)
+                    continue
                 if noisy_draws and std is not None:  # (noisy_draws: std is not None)
-                    lo, hi = ds.offsets[request.index], ds.offsets[request.index + 1]
                     point_std = self._point_noise(std, noise, ds.times[lo:hi], ds.values[lo:hi],
                                                   spec.time.to_model(request.raw))
                 paths, noisy = request.paths(answers, point_std,
@@ -946,15 +964,50 @@ class LatentODEForecaster:
         if unanswered and last_error is not None:
             _warn_unanswered(unanswered, last_error)
 
+    def _per_series_draw(self, request: _Request, answers: list, std: np.ndarray | None,
+                         noise: bool | str, t: np.ndarray, values: np.ndarray,
+                         draw_noise: bool) -> tuple[np.ndarray, np.ndarray | None,
+                                                    np.ndarray | None]:
+        """``(paths, noisy or None, std or None)`` as :meth:`_draw` yields them, of a request
+        answered at its asked times and then at its history's own (``request.total``): the
+        posterior mean's residual there gives the series' factor on the calibrated in-series
+        noise (:meth:`NoiseCalibration.series_factor`); the noise is drawn from the series'
+        stream once the factor is known."""
+        assert self.calibration is not None and self.spec is not None
+        everything, _ = request.paths(answers, None, False)
+        asked = len(request.raw)
+        paths, at_history = everything[:, :asked], everything[:, asked:]
+        if std is None:
+            return paths, None, None
+        factor = None
+        if noise is True or str(noise).lower() == "calibrated":
+            seen = values[~np.isnan(values).all(1)]  # (n, D) model units, NaN unobserved
+            residual = seen - at_history.mean(0)
+            n = (~np.isnan(residual)).sum(0)
+            m = np.nansum(residual**2, 0) / np.maximum(n, 1)
+            factor = self.calibration.series_factor(m, n)
+        point_std = np.zeros((asked, len(std)))
+        if bool((std > 0).any()):
+            point_std = np.asarray(self._point_noise(
+                std, noise, t, values, self.spec.time.to_model(request.raw), factor))
+        noisy = None
+        if draw_noise:
+            noisy = paths + point_std * torch.randn(paths.shape, generator=request.gen,
+                                                    dtype=torch.float64).numpy()
+        return paths, noisy, point_std
+
     def _point_noise(self, std: np.ndarray, noise: bool | str, t: np.ndarray,
-                     values: np.ndarray, want: np.ndarray) -> np.ndarray:
+                     values: np.ndarray, want: np.ndarray, factor: np.ndarray | None = None
+                     ) -> np.ndarray:
         """The noise std ``(m, D)`` at the asked model times ``want`` of a series observed at
         ``t``: the calibrated curve over lead time past each channel's observed span when
-        ``noise`` is the calibration and it has one, else ``std`` at every time."""
+        ``noise`` is the calibration and it has one, else ``std`` at every time; inside the
+        span (everywhere, without a curve) its variance times the series' ``factor``."""
         calibration = self.calibration
         calibrated = noise is True or str(noise).lower() == "calibrated"
         if not (calibrated and calibration is not None and calibration.lead_times):
-            return np.broadcast_to(std, (len(want), len(std)))
+            out = np.broadcast_to(std, (len(want), len(std)))
+            return out if factor is None else out * np.sqrt(factor)
         want = np.asarray(want, dtype=np.float64)[:, None]  # (m, 1)
         observed = ~np.isnan(values)  # (n, D): each channel's own span
         big = np.finfo(np.float64).max
@@ -963,7 +1016,7 @@ class LatentODEForecaster:
         with np.errstate(over="ignore", invalid="ignore"):  # channels never observed: set below
             leads = np.maximum(np.maximum(want - last, first - want), 0.0)  # (m, D)
         leads[:, ~observed.any(0)] = np.inf  # never observed here: the last bin's noise
-        return calibration.std_at(leads, history=int(observed.any(1).sum()))
+        return calibration.std_at(leads, history=int(observed.any(1).sum()), factor=factor)
 
     def _history_window(self) -> float | None:
         """The training windows' span in model units (``data.window``), or None."""
