@@ -12,6 +12,7 @@ import math
 import re
 import signal
 
+import numpy as np
 import pytest
 import torch
 
@@ -472,10 +473,12 @@ def test_an_empty_batch_gives_an_empty_answer():
     assert odeint(lambda s, y: -y, y0, t.expand(0, 3)).shape == (0, 3, 3)
 
 
-@pytest.mark.parametrize("method", ["dopri5", "rk4", "euler"])
+@pytest.mark.parametrize("method", ["dopri5", "rk4", "midpoint"])
 def test_a_func_overwriting_the_tensor_it_returned_is_refused(method):
     """A func writing into a kept buffer: every stage aliased the last one (dopri5 on
-    dy/dt = -y gave 0.499 for e^-1 = 0.368, silently)."""
+    dy/dt = -y gave 0.499 for e^-1 = 0.368, silently). Euler uses each answer before the
+    next call, and answers written to distinct slices of one buffer overwrite nothing: both
+    fine (a first version refused them)."""
     buffer = torch.empty(2, 3, dtype=F64)
 
     def reused(t, y):
@@ -485,6 +488,18 @@ def test_a_func_overwriting_the_tensor_it_returned_is_refused(method):
     with pytest.raises(ValueError, match=r"returned the tensor it had returned on its previous "
                                          r"call, overwritten in place.*buffer\.clone\(\)"):
         odeint(reused, Y0, T, method=method)
+    exact = odeint(decay, Y0, T, method="euler", step_size=0.01)
+    assert torch.equal(odeint(reused, Y0, T, method="euler", step_size=0.01), exact)
+    slots = torch.empty(100_000, 2, 3, dtype=F64)
+    calls = [0]
+
+    def sliced(t, y):
+        calls[0] += 1
+        return torch.neg(y, out=slots[calls[0]])
+
+    step = {} if method == "dopri5" else {"step_size": 0.1}
+    assert torch.allclose(odeint(sliced, Y0, T, method=method, **step)[-1],
+                          odeint(decay, Y0, T, method=method, **step)[-1])
     # one unchanging tensor (a constant field) and y itself are fine
     constant = torch.full((2, 3), 2.0, dtype=F64)
     assert torch.allclose(odeint(lambda t, y: constant, Y0, T)[-1], Y0 + 2.0)
@@ -500,6 +515,7 @@ def test_step_size_and_first_step_as_tensors_and_a_zero_first_step():
                               options=dict(step_size=tensor([0.1]))), ours)
     assert torch.allclose(odeint(decay, Y0, T, method="rk4", step_size=torch.tensor(0.1)),
                           ours, rtol=1e-6)  # float32's 0.1: another grid, as close as that
+    assert torch.equal(odeint(decay, Y0, T, method="rk4", step_size=np.array(0.1)), ours)
     assert torch.equal(odeint(decay, Y0, T, first_step=tensor(0.05)),
                        odeint(decay, Y0, T, first_step=0.05))
     # first_step=0 was a "step size underflow ... the problem may be stiff" error

@@ -15,6 +15,7 @@ Everything is float64 and small so the file runs in seconds.
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 
 import pytest
@@ -1197,7 +1198,7 @@ def test_a_tensor_reached_only_later_is_refused_when_nothing_else_needs_a_gradie
     """The same hidden tensor, a plain func and a y0 that needs no gradient: the mode found
     nothing to differentiate and solved under autograd, so the answer was backpropagated
     through every step (the memory the mode was asked to avoid) without a word."""
-    hidden = torch.tensor(2.0, dtype=F64, requires_grad=True)
+    hidden = nn.Parameter(torch.tensor(2.0, dtype=F64))
 
     def late(t, y):
         return -y * (hidden if t > 0.5 else 1.0)
@@ -1211,3 +1212,19 @@ def test_a_tensor_reached_only_later_is_refused_when_nothing_else_needs_a_gradie
     assert hidden.grad is not None and torch.isfinite(hidden.grad)
     with torch.no_grad():  # nothing to differentiate: fine too
         assert odeint(late, y0, t, gradient=mode).shape == (5, 3)
+
+
+@pytest.mark.parametrize("mode", ["adjoint", "checkpoint"])
+def test_a_field_making_each_state_a_leaf_still_solves_in_the_custom_modes(mode):
+    """A gradient field (FFJORD-like: each state it gets made a leaf to differentiate) with
+    no parameters and a y0 that needs no grad was refused by the after-solve check (each later
+    state's leaf looked like a hidden trainable tensor)."""
+    def grad_field(t, y):
+        with torch.enable_grad():
+            y = y.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad((y**2).sum(), y, create_graph=True)
+        return -g
+
+    y0, t = torch.ones(4, 3, dtype=F64), torch.linspace(0, 1, 5, dtype=F64)
+    out = odeint(grad_field, y0, t, gradient=mode, rtol=1e-8, atol=1e-8)
+    assert torch.allclose(out[-1], y0 * math.exp(-2.0), rtol=1e-6)

@@ -177,7 +177,10 @@ def odeint(
             # func reached a trainable tensor only after the first evaluation (the one checked),
             # in a branch on t or the state: the answer would be backpropagated through every
             # step, the memory the adjoint / checkpoint mode was asked to avoid
-            refuse_hidden_leaves(ys, (y0,), params, late="after the solve")
+            # (nn.Parameters only: a field may make each state it gets a leaf, as FFJORD's
+            # trace does, and only the first one shares y0's storage)
+            refuse_hidden_leaves(ys, (y0,), params, late="after the solve",
+                                 parameters_only=True)
         return ys
     solve = AdjointSolve if gradient == "adjoint" else CheckpointSolve
     return solve.apply(problem, y0, *params)
@@ -286,6 +289,8 @@ def _number(name: str, value: object) -> float | None:
         return None
     if torch.is_tensor(value) and value.numel() == 1 and not value.requires_grad:
         return float(value)
+    if getattr(value, "shape", None) == () and hasattr(value, "dtype"):  # 0-d numpy arrays
+        value = value.item()
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return float(value)
     raise ValueError(f"{name} must be one number (a float, or a one-element tensor that needs "

@@ -107,8 +107,8 @@ class Problem:
         self._first = None
         if not isinstance(dy, torch.Tensor) or dy.is_inference() or first._version == version:
             return
-        try:
-            shared = dy.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+        try:  # the same memory, not another slice of one buffer (whose version it shares)
+            shared = dy.data_ptr() == first.data_ptr() and dy.shape == first.shape
         except RuntimeError:  # a tensor without storage of its own
             return
         if shared:
@@ -132,8 +132,10 @@ class Problem:
         else:
             dy = self.func(self.time(t), y)
         self._check_first(dy, y, t)
-        # (tensors made under torch.inference_mode keep no version counter: not checked)
-        self._first = None if dy.is_inference() else (dy, dy._version)
+        # (tensors made under torch.inference_mode keep no version counter: not checked; a
+        # one-stage method (euler) uses each answer before the next call: harmless there)
+        if not dy.is_inference() and len(self.tableau.c) > 1:
+            self._first = (dy, dy._version)
         tape = self.tape
         if tape is not None and tape.moved_since(tape.start):
             tape.active = True
@@ -229,7 +231,8 @@ class Problem:
         return ys
 
 
-def refuse_hidden_leaves(out: object, inputs: tuple, params: tuple, late: str = "") -> None:
+def refuse_hidden_leaves(out: object, inputs: tuple, params: tuple, late: str = "",
+                         parameters_only: bool = False) -> None:
     """Refuse an output that depends on trainable tensors the custom backward would not see.
 
     The adjoint and checkpoint modes run the forward pass without a graph, so a trainable tensor
@@ -237,12 +240,15 @@ def refuse_hidden_leaves(out: object, inputs: tuple, params: tuple, late: str = 
     set on a module (conditioning from an encoder, say) would silently get no gradient. The
     inputs ``(y, t)`` and views of them are not: a field may make them require grad (FFJORD's
     trace makes its slice of the state a leaf). ``late``: where a later check found them
-    (the first evaluation of every solve is checked; later ones where it is cheap).
+    (the first evaluation of every solve is checked; later ones where it is cheap);
+    ``parameters_only``: only ``nn.Parameter``s count (a check over the whole solve's graph,
+    where the states a field made leaves of cannot be told apart from trainable tensors).
     """
     own = {id(p) for p in params}
     storages = {x.untyped_storage().data_ptr() for x in inputs}
     hidden = [v for v in _graph_leaves(out)
-              if id(v) not in own and v.untyped_storage().data_ptr() not in storages]
+              if id(v) not in own and v.untyped_storage().data_ptr() not in storages
+              and (not parameters_only or isinstance(v, torch.nn.Parameter))]
     if hidden:
         shapes = ", ".join(str(tuple(v.shape)) for v in hidden[:5])
         when = (f" (found {late}: func reached them only after its first evaluation, in a "
