@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -239,6 +240,22 @@ def test_ckpt_path_last_starts_a_run_and_resumes_it_with_the_same_command(
                      r".*last\.ckpt, test_metrics\.json\): a new run there would replace",
                      log_text)
     assert {p: p.read_bytes() for p in kept} == kept
+    # without checkpoints (deleted to save space) the .hydra files are kept all the same
+    bare = tmp_path / "bare"
+    shutil.copytree(run, bare)
+    shutil.rmtree(bare / "checkpoints")
+    kept = {p: p.read_bytes() for p in bare.glob(".hydra/*.yaml")}
+    with pytest.raises(SystemExit):
+        run_main(train_cli, ["latentode-train", f"hydra.run.dir={bare}", "model.latents=5",
+                             "trainer.max_epochs=1", *TINY], monkeypatch)
+    assert {p: p.read_bytes() for p in kept} == kept
+    # ckpt_path=last where only a best checkpoint is left: said so, not "use ckpt_path=last"
+    (run / "checkpoints" / "last.ckpt").unlink()
+    with pytest.raises(SystemExit):
+        run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "ckpt_path=last",
+                             "trainer.max_epochs=3", *TINY], monkeypatch)
+    assert "ckpt_path=last found no checkpoints/last.ckpt there" in (
+        run / "train.log").read_text()
 
     cfg = compose_train(["ckpt_path=last", "~callbacks.last_checkpoint"], tmp_path / "other")
     with pytest.raises(ValueError, match=r"callbacks\.last_checkpoint is switched off"):

@@ -160,3 +160,13 @@ def test_the_default_configs_pass_the_value_checks():
         cfg = compose_train([*overrides, "model.input_dim=3"])  # (set from the data)
         for group in ("data", "model", "module", "trainer", "callbacks", "logger"):
             train_cli.check_arguments(cfg.get(group), group)
+
+
+def test_whole_counts_written_as_floats_pass_the_type_check():
+    """EarlyStopping's patience: 1e3 (or inf) worked and was refused as not a whole number."""
+    from test_cli import compose_train
+
+    cfg = compose_train(["callbacks=early_stopping", "callbacks.early_stopping.patience=1e3"])
+    train_cli.check_arguments(cfg.callbacks, "callbacks")
+    cfg = compose_train(["callbacks=early_stopping", "callbacks.early_stopping.patience=inf"])
+    train_cli.check_arguments(cfg.callbacks, "callbacks")

@@ -496,3 +496,24 @@ def test_kl_schedule_and_optimiser_settings_that_cannot_work_are_refused_when_bu
         with pytest.raises(ValueError, match=message):
             LatentODELightning(model, **kwargs)
     LatentODELightning(model, kl_rate=0.0, kl_weight=0.0, kl_wait_epochs=0)  # edges: fine
+
+
+def test_optimisers_not_built_up_front_keep_working():
+    """The options check builds torch.optim's optimisers once at construction, with params=
+    as configure_optimizers passes them; a factory of one's own taking params by keyword was
+    called positionally ("got multiple values for argument 'lr'"), and one needing DDP's
+    process group (ZeroRedundancyOptimizer) failed before the group existed."""
+    import functools
+
+    def make(lr, *, params):
+        return torch.optim.SGD(params, lr=lr)
+
+    module = LatentODELightning(LatentODE(input_dim=2, latents=3),
+                                optimizer=functools.partial(make, lr=1e-3))
+    assert module.configure_optimizers() is not None
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    LatentODELightning(LatentODE(input_dim=2, latents=3), optimizer=functools.partial(
+        ZeroRedundancyOptimizer, optimizer_class=torch.optim.Adam, lr=1e-3))
+    LatentODELightning(LatentODE(input_dim=2, latents=3), kl_rate=np.float32(0.99),
+                       kl_wait_epochs=np.int64(3))  # numpy numbers are numbers

@@ -655,3 +655,38 @@ def test_sizes_that_would_build_a_broken_network_are_refused_by_name():
                           (RNNVAE, dict(enc_hidden=0))):
         with pytest.raises(ValueError, match=rf"{model.__name__}: {next(iter(kwargs))} must be"):
             model(2, **kwargs)
+
+
+def test_construction_checks_leave_what_works_alone():
+    """Refused by the first version of the construction checks, all of it working before:
+    numpy integers as sizes, label_units=0 without labels, a Sequential subclass reading
+    features of z, a LazyLinear decoder, a user's encoder whose input_dim means its own input
+    width."""
+    import numpy as np
+
+    LatentODE(np.int64(3), latents=np.int64(4), dec_units=np.int64(20))
+    LatentODE(2, label_units=0)
+
+    class Squares(nn.Sequential):
+        def forward(self, z):
+            return super().forward(torch.cat([z, z**2], -1))
+
+    class OwnEncoder(nn.Module):
+        input_dim = 6  # values and mask of 3 channels: its own meaning
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(6, 8)
+
+        def forward(self, times, values, mask):
+            x = torch.cat([values.nan_to_num(), mask.to(values.dtype)], -1).mean(1)
+            mean, log_std = self.lin(x).chunk(2, -1)
+            return mean, log_std.exp()
+
+    model = LatentODE(3, latents=4, encoder=OwnEncoder(),
+                      decoder=Squares(nn.Linear(8, 3)))
+    times = torch.linspace(0, 1, 5)
+    values, mask = torch.randn(2, 5, 3), torch.ones(2, 5, 3, dtype=torch.bool)
+    assert model(times, values, mask, 2).pred.shape == (2, 2, 5, 3)
+    lazy = LatentODE(3, latents=4, decoder=nn.Sequential(nn.LazyLinear(3)))
+    assert lazy(times, values, mask, 1).pred.shape == (1, 2, 5, 3)

@@ -275,30 +275,72 @@ def restored_on_failure(ckpt_path: str | None, run_dir: Path
         raise
 
 
-def refuse_replacing_a_run(run_dir: Path) -> None:
-    """Refuse a new run (no ``ckpt_path``) into a directory that holds one: its checkpoints,
-    ``test_metrics.json``, plots and ``.hydra`` files were replaced without a word (only
-    ``metrics.csv`` was moved aside). Hydra has already rewritten ``.hydra`` for this command:
-    put back from the directory's last checkpoint where it holds them."""
+_SNAPSHOTS: dict[str, dict[str, bytes]] = {}  # run dir -> its .hydra files before this command
+
+
+def _run_files(run_dir: Path) -> list[str]:
+    """What shows that ``run_dir`` holds a run: its checkpoints and ``test_metrics.json``."""
     found = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
     if (run_dir / "test_metrics.json").is_file():
         found.append("test_metrics.json")
+    return found
+
+
+def snapshot_run_files(run_dir: str | Path) -> None:
+    """Keep in memory the ``.hydra`` files of a directory that holds a run, before Hydra
+    rewrites them for this command (a Hydra callback's ``on_run_start``; the copy into
+    ``paths.output_dir``), so that :func:`refuse_replacing_a_run` can put them back also
+    where no checkpoint holds them (checkpoints deleted or switched off)."""
+    run_dir = Path(run_dir)
+    hydra_dir = run_dir / ".hydra"
+    if hydra_dir.is_dir() and _run_files(run_dir):
+        _SNAPSHOTS[str(run_dir.resolve())] = {p.name: p.read_bytes()
+                                              for p in hydra_dir.iterdir() if p.is_file()}
+
+
+def refuse_replacing_a_run(run_dir: Path, asked_last: bool = False,
+                           own_output_dir: bool = False) -> None:
+    """Refuse a new run (no ``ckpt_path``) into a directory that holds one: its checkpoints,
+    ``test_metrics.json``, plots and ``.hydra`` files were replaced without a word (only
+    ``metrics.csv`` was moved aside). Hydra has already rewritten ``.hydra`` for this command:
+    put back from the snapshot taken before (:func:`snapshot_run_files`), else from the
+    directory's newest checkpoint that holds them. ``asked_last``: the command said
+    ``ckpt_path=last`` and found no ``last.ckpt``; ``own_output_dir``: the directory is
+    ``paths.output_dir``, set apart from Hydra's."""
+    found = _run_files(run_dir)
     if not found:
         return
-    newest = max((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime,
-                 default=None)
-    if newest is not None:
-        with contextlib.suppress(Exception):  # an unreadable checkpoint: nothing to put back
-            record = torch.load(newest, map_location="cpu", weights_only=False,
-                                mmap=True).get(RUN_RECORD)
-            if record is not None:
-                restore_run_files(record, run_dir / ".hydra")
+    snapshot = _SNAPSHOTS.pop(str(run_dir.resolve()), None)
+    restored = False
+    if snapshot:
+        for name, data in snapshot.items():
+            (run_dir / ".hydra" / name).write_bytes(data)
+        restored = True
+    else:
+        newest = max((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime,
+                     default=None)
+        if newest is not None:
+            with contextlib.suppress(Exception):  # an unreadable checkpoint: nothing put back
+                record = torch.load(newest, map_location="cpu", weights_only=False,
+                                    mmap=True).get(RUN_RECORD)
+                if record is not None:
+                    restore_run_files(record, run_dir / ".hydra")
+                    restored = True
     shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+    where = "paths.output_dir=..." if own_output_dir else "hydra.run.dir=..."
+    if asked_last:
+        resume = (f"ckpt_path=last found no checkpoints/last.ckpt there (callbacks."
+                  f"last_checkpoint off?): continue from one of its checkpoints with "
+                  f"ckpt_path={run_dir / 'checkpoints'}/<file>")
+    else:
+        resume = "Continue it with ckpt_path=last (and the run's own options)"
+    lost = "" if restored or not (run_dir / ".hydra").is_dir() else (
+        f" (Hydra had already rewritten its {run_dir / '.hydra'} files for this command, and "
+        "no copy of the run's own was found to put back.)")
     raise ValueError(
         f"{run_dir} holds a run already ({shown}): a new run there would replace its "
-        f"checkpoints, test metrics and config. Continue it with ckpt_path=last (and the "
-        f"run's own options), train into another directory (hydra.run.dir=...), or move "
-        f"this one away first.")
+        f"checkpoints, test metrics and config. {resume}, train into another directory "
+        f"({where}), or move this one away first.{lost}")
 
 
 def restore_run_files(record: dict[str, Any], hydra_dir: Path) -> None:

@@ -609,6 +609,14 @@ class SweepSummary(Callback):
             log.info("sweep dir %s already holds jobs up to %d: new jobs are numbered from %d",
                      sweep_dir, offset - 1, offset)
 
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Before Hydra writes a single run's ``.hydra`` files: keep those of a run already in
+        its directory, put back if the new run is refused there."""
+        from latentode.cli.checkpoints import snapshot_run_files
+
+        with contextlib.suppress(Exception):  # (an unresolvable dir: nothing to keep)
+            snapshot_run_files(str(config.hydra.run.dir))
+
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._started[str(config.hydra.runtime.output_dir)] = time.perf_counter()
 

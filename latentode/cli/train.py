@@ -44,6 +44,7 @@ from latentode.cli.checkpoints import (
     check_resume,
     refuse_replacing_a_run,
     restored_on_failure,
+    snapshot_run_files,
 )
 from latentode.cli.errors import input_errors
 from latentode.cli.options import refuse_unread_settings
@@ -288,6 +289,9 @@ def check_value_type(node: DictConfig, key: str, annotation: Any, where: str) ->
     if value is None or value == "auto":  # (null: filled in from the data, e.g. input_dim)
         return
     allowed = tuple(t for part in parts for t in _SIMPLE_TYPES[part])
+    if (int in allowed and isinstance(value, float)
+            and (value.is_integer() or math.isinf(value))):
+        return  # a count given as 1e3 or .inf (EarlyStopping's patience): Lightning takes it
     # (True is an int to Python: not a whole number here)
     if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
         wanted = " or ".join("null" if p == "None" else
@@ -511,10 +515,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     refuse_unread_settings(cfg)
     for group in ("data", "module", "trainer", "callbacks", "logger"):  # model: build_model
         check_arguments(cfg.get(group), group)
+    asked_last = cfg.get("ckpt_path") == "last"
     resolve_last_checkpoint(cfg)
     run_dir = output_dir(cfg)
     if cfg.get("train", True) and not cfg.get("ckpt_path"):
-        refuse_replacing_a_run(run_dir)
+        own = HydraConfig.initialized() and Path(
+            HydraConfig.get().runtime.output_dir).resolve() != run_dir.resolve()
+        refuse_replacing_a_run(run_dir, asked_last=asked_last, own_output_dir=own)
     with restored_on_failure(cfg.get("ckpt_path"), run_dir) as saved:
         setup_runtime(cfg)
         datamodule = build_datamodule(cfg)
@@ -606,6 +613,7 @@ def keep_config_with_outputs(cfg: DictConfig, hydra_cfg: Any) -> Path:
         return out
     record = run_dir / str(subdir)
     if record.is_dir():
+        snapshot_run_files(out)  # a run there already: its files, if the run is refused
         shutil.copytree(record, out / ".hydra", dirs_exist_ok=True)
         log.info("paths.output_dir is not Hydra's run dir (%s): its record copied to %s",
                  run_dir, out / ".hydra")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import numbers
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
@@ -144,17 +145,26 @@ def label_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]
     return {"accuracy": float((probs.argmax(-1).double() == labels).double().mean())}
 
 
+def _plain_torch_optimizer(factory: Any) -> bool:
+    """Whether ``factory`` is one of ``torch.optim``'s optimisers (or a partial of one), which
+    can be built once up front to check its options; another (ZeroRedundancyOptimizer needs
+    DDP's process group, a user's own function) is left to ``configure_optimizers``."""
+    target = factory.func if isinstance(factory, functools.partial) else factory
+    return (isinstance(target, type) and issubclass(target, torch.optim.Optimizer)
+            and target.__module__.startswith("torch.optim"))
+
+
 def _check_kl(wait: object, rate: object, weight: object) -> None:
     """The KL weight's schedule, ``1 - kl_rate ** (epoch - kl_wait_epochs)`` after the wait,
     or ``kl_weight`` fixed: a rate above 1 or a negative weight rewarded the KL term
     (weight -0.5 from kl_rate=1.5), silently."""
-    if isinstance(wait, bool) or not isinstance(wait, int) or wait < 0:
+    if isinstance(wait, bool) or not isinstance(wait, numbers.Integral) or wait < 0:
         raise ValueError(f"module.kl_wait_epochs must be a whole number >= 0, got {wait!r}.")
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate <= 1:
         raise ValueError(f"module.kl_rate must be in [0, 1] (the KL weight after the wait is "
                          f"1 - kl_rate ** epochs: 0.99 rises over ~100 epochs, 0 at once), "
                          f"got {rate!r}.")
-    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))
+    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, numbers.Real)
                                or not 0 <= weight < math.inf):
         raise ValueError(f"module.kl_weight (a fixed KL weight) must be a number >= 0, or null "
                          f"for the schedule, got {weight!r}.")
@@ -279,10 +289,13 @@ class LatentODELightning(L.LightningModule):
         self.param_groups = {str(k): dict(v) for k, v in (param_groups or {}).items()}
         # the optimiser built once on its parameters and dropped: a prefix that names no
         # parameter, lr=-1 or a value of the wrong type refused now, not inside fit
-        try:
-            self.optimizer_factory(self._optimizer_params())
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"module.optimizer: {error}") from error
+        if _plain_torch_optimizer(self.optimizer_factory):
+            try:  # as configure_optimizers calls it
+                self.optimizer_factory(params=self._optimizer_params())
+            except (ValueError, TypeError) as error:
+                raise ValueError(f"module.optimizer: {error}") from error
+        else:
+            self._optimizer_params()  # a prefix that names no parameter is refused now
         self.scale: torch.Tensor | None
         if scale is not None:
             scale = torch.as_tensor(list(scale) if not isinstance(scale, torch.Tensor) else scale,

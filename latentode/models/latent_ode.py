@@ -265,14 +265,19 @@ def check_parts(encoder: nn.Module, field: nn.Module, decoder: nn.Module, input_
     first batch with a bare matrix-shape error): an encoder of another ``input_dim`` or
     ``latent_dim`` (where it says), a decoder whose first linear layer does not read
     ``latents`` inputs, a field that does not take ``(t, z)``."""
+    from latentode.nn.encoders import _BackwardGRU
+
+    # (only latentode's encoders: a user's may mean something else by input_dim)
     for name, want, what in (("input_dim", input_dim, "the data's channels"),
                              ("latent_dim", latents, "the model's latents")):
-        got = getattr(encoder, name, None)
-        if isinstance(got, int) and got != want:
+        got = getattr(encoder, name, None) if isinstance(encoder, _BackwardGRU) else None
+        if got is not None and got != want:
             raise ValueError(f"encoder {type(encoder).__name__} has {name}={got}, but the "
                              f"model's is {want} ({what}): build it with {name}={want}.")
-    first = decoder[0] if isinstance(decoder, nn.Sequential) and len(decoder) else decoder
-    if isinstance(first, nn.Linear) and first.in_features != latents:
+    # a plain Linear or Sequential only (a subclass may feed its first layer other features;
+    # a LazyLinear learns its width from the first batch)
+    first = decoder[0] if type(decoder) is nn.Sequential and len(decoder) else decoder
+    if type(first) is nn.Linear and first.in_features != latents:
         raise ValueError(f"decoder {type(decoder).__name__}'s first layer reads "
                          f"{first.in_features} input(s), but the decoder is given the latent "
                          f"state z of latents={latents}: make it nn.Linear({latents}, ...).")
@@ -382,7 +387,7 @@ class LatentODE(WithObservationNoise, nn.Module):
                              f"input_dim={input_dim}.")
         check_sizes("LatentODE", latents=latents, input_dim=input_dim, gen_units=gen_units,
                     gen_layers=gen_layers, dec_units=dec_units, dec_layers=dec_layers,
-                    label_units=label_units, n_samples=n_samples)
+                    n_samples=n_samples, label_units=label_units if n_labels else None)
         if encoder is not None and not isinstance(encoder, nn.Module):
             raise TypeError(
                 f"encoder must be an nn.Module, got {type(encoder).__name__} {encoder!r}; on the "

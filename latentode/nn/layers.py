@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,8 @@ def check_sizes(owner: str, **sizes: object) -> None:
         if value is None:
             continue
         least = 0 if name.endswith("layers") else 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if not whole or value < least:  # (numpy integers are whole numbers too)
             raise ValueError(f"{owner}: {name} must be a whole number >= {least}, got "
                              f"{value!r}.")
 
