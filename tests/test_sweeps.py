@@ -420,6 +420,8 @@ def test_a_job_resumed_or_rerun_in_place_after_its_record_shows_its_new_run(tmp_
     from hydra.core.utils import JobReturn, JobStatus
     from hydra.types import RunMode
 
+    import time
+
     from latentode.cli.sweep import (
         SweepSummary,
         best_job,
@@ -450,6 +452,15 @@ def test_a_job_resumed_or_rerun_in_place_after_its_record_shows_its_new_run(tmp_
             overrides=[f"model.latents={4 * (num + 1)}"], status=JobStatus.COMPLETED))
     summary_cb.on_multirun_end(cfg(0))
     assert [r["status"] for r in summary(sweep)] == ["completed", "failed"]
+    # a copy of the sweep dir (cp -r: every file's time new, the job dirs after .sweep/) is
+    # not a rerun: the record keeps a hash of test_metrics.json, not its time
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy, copy_function=shutil.copy)
+    os.utime(copy / "0" / "test_metrics.json", (later := time.time() + 60, later))
+    assert [r["status"] for r in summary(refresh_summary(copy).parent)] == ["completed",
+                                                                             "failed"]
     # job 0 trained on in place, job 1 fixed and rerun there: newer test metrics in each dir
     later = (sweep / ".sweep" / "jobs" / "1.json").stat().st_mtime + 5
     for num, (mse, overrides) in enumerate([(0.3, ["model.latents=4", "trainer.max_epochs=3",
@@ -746,14 +757,17 @@ def test_sweep_records_get_the_permissions_of_ordinary_files(tmp_path):
     import os
     import stat
 
-    from latentode.cli.sweep import write_job_record
+    from latentode.cli.sweep import refresh_summary, write_job_record
 
     old = os.umask(0o022)
     try:
         path = write_job_record(tmp_path, "completed", metrics={"val/mse": 1.0})
+        (tmp_path / ".sweep" / "jobs").mkdir(parents=True)
+        table = refresh_summary(tmp_path)
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(table.stat().st_mode) == 0o644
 
 
 def test_a_search_whose_metric_is_never_logged_stops_after_its_first_trial(tmp_path):
@@ -771,3 +785,6 @@ def test_a_search_whose_metric_is_never_logged_stops_after_its_first_trial(tmp_p
     assert "Did you mean val/mse?" in err and "Record does not exist" not in err
     assert sorted(p.name for p in sweep.iterdir() if p.name.isdigit()) == ["0"]
     assert json.loads((sweep / "0" / "job_status.json").read_text())["status"] == "failed"
+    # the table as at any job's end (the stop passes by Hydra's): the job, failed, and why
+    (row,) = summary(sweep)
+    assert row["status"] == "failed" and "optimized_metric=val/mes" in row["error"]

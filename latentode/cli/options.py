@@ -54,8 +54,10 @@ def refuse_foreign_options(cfg: DictConfig, config_name: str, tool: str) -> None
     run_keys = [item for item in given if item.split(".")[0].split("=")[0] not in
                 {k for k in foreign if close[k]}]
     if run_keys:
-        # each item quoted: Hydra's list grammar refuses an unquoted "=" ([a.b=1] fails)
-        quoted = ",".join(f'"{item}"' for item in run_keys)
+        # each item quoted: Hydra's list grammar refuses an unquoted "=" ([a.b=1] fails); a
+        # quote inside an item escaped (+data.x="a,b")
+        quoted = ",".join('"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                          for item in run_keys)
         hints.append(f"{tool} rebuilds the run from its own saved config; to change it, pass "
                      f"'overrides=[{quoted}]'")
     raise ValueError(f"{tool} got {', '.join(given)}: " + "; ".join(hints)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -369,7 +370,13 @@ def _unregister(path: Path) -> None:
 # -- records and the summary --------------------------------------------------------------------
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask, read without changing it where the OS says it (Linux 4.7+): setting
+    it to read it would let another thread create a file meanwhile with mode 0666."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
@@ -467,12 +474,26 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
-def _rerun_in_place(record: Path, run_dir: Path) -> bool:
+def _digest(path: Path) -> str | None:
+    """A short hash of a small file's bytes (None: no such file)."""
+    try:
+        return hashlib.sha1(path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
+def _rerun_in_place(record: Path, run_dir: Path, row: dict[str, Any]) -> bool:
     """Whether a recorded job's dir holds a run finished after its record was written: the
     job resumed or run again there (``ckpt_path=last hydra.run.dir=<job dir>``, a failed job
-    fixed and rerun). Its record, and its ``job_status.json``, describe the earlier run."""
-    tested, written = _mtime(run_dir / "test_metrics.json"), _mtime(record)
-    return tested is not None and written is not None and tested > written
+    fixed and rerun). Its record, and its ``job_status.json``, describe the earlier run. The
+    record keeps a hash of the job's ``test_metrics.json`` (copies of a sweep dir change
+    every file's time, not its bytes); records without one compare times."""
+    tested = run_dir / "test_metrics.json"
+    if "tested" in row:
+        now = _digest(tested)
+        return now is not None and now != row["tested"]
+    at, written = _mtime(tested), _mtime(record)
+    return at is not None and written is not None and at > written
 
 
 def _unrecorded_row(job: int, run_dir: Path, status: str = "unrecorded"
@@ -523,7 +544,7 @@ def refresh_summary(sweep_dir: str | Path) -> Path:
             with contextlib.suppress(OSError, ValueError):
                 row = json.loads(record.read_text())
                 run_dir = Path(str(row.get("output_dir", "")))
-                if row.get("output_dir") and _rerun_in_place(record, run_dir):
+                if row.get("output_dir") and _rerun_in_place(record, run_dir, row):
                     row = _unrecorded_row(int(row["job"]), run_dir, "rerun") or row
                 rows.append(row)
         recorded = {str(row.get("job")) for row in rows}
@@ -559,7 +580,11 @@ def refresh_enclosing_sweep(run_dir: str | Path) -> Path | None:
     sweep_dir = Path(run_dir).resolve().parent
     if _job_of(Path(run_dir).name) is None or not (sweep_dir / STATE / "jobs").is_dir():
         return None
-    return refresh_summary(sweep_dir)
+    try:  # a finished run must not fail over the table (as a sweep's job end)
+        return refresh_summary(sweep_dir)
+    except Exception:
+        log.exception("could not update the sweep summary of %s", sweep_dir)
+        return None
 
 
 _FAILED = [0]  # failed jobs of the last sweep in this process, for the command's exit status
@@ -655,6 +680,7 @@ class SweepSummary(Callback):
             "error": error,
             "overrides": " ".join(overrides),
             "output_dir": str(run_dir),
+            "tested": _digest(run_dir / "test_metrics.json"),  # what _rerun_in_place compares
         }
         _write_atomic(sweep_dir / STATE / "jobs" / f"{job}.json", json.dumps(row, indent=1))
         refresh_summary(sweep_dir)

@@ -16,6 +16,7 @@ config (``.hydra/config.yaml``), ``metrics.csv``, ``checkpoints/`` (best and ``l
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import json
@@ -656,20 +657,40 @@ def sweep_job(cfg: DictConfig, run_dir: Path) -> float | None:
         return None
     value = metric_value(metrics, cfg.get("optimized_metric"))
     name = cfg.get("optimized_metric")
-    if value is None and name and name not in metrics and _searching():
-        # every trial would train for nothing and the search end in Optuna's "Record does not
-        # exist" (no trial has a value): stopped after the first
+    validated = sorted(k for k in metrics if k.startswith("val/"))
+    if value is None and name and name not in metrics and validated and _searching():
+        # the trial validated but under other names: a misspelt metric, which every trial
+        # would miss (each trained for nothing, then Optuna's "Record does not exist"). A
+        # trial that did not validate at all fails alone, as before.
         close = difflib.get_close_matches(str(name), list(metrics), n=1)
         hint = f" Did you mean {close[0]}?" if close else ""
         message = (f"optimized_metric={name} was not logged by this trial, so the search has "
                    f"nothing to optimise; it stops here rather than train the other trials for "
-                   f"nothing.{hint} Validation metrics logged: "
-                   f"{', '.join(k for k in sorted(metrics) if k.startswith('val/')) or 'none'}.")
-        write_job_record(run_dir, "failed", metrics=metrics, error=ValueError(message))
+                   f"nothing.{hint} Validation metrics logged: {', '.join(validated)}.")
+        error = ValueError(message)
+        write_job_record(run_dir, "failed", metrics=metrics, error=error)
+        record_stopped_job(run_dir, error)  # the table, as Hydra's job end would have
         log.error("stopping the search: %s", message)
         raise SystemExit(f"latentode-train: error: {message}")
     write_job_record(run_dir, "completed", metrics=metrics, objective=value)
     return value
+
+
+def record_stopped_job(run_dir: Path, error: BaseException) -> None:
+    """The sweep's record and ``summary.csv`` row of a job that stops the search (SystemExit
+    passes by Hydra's job end, which writes them)."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from latentode.cli.sweep import SweepSummary
+
+    hydra_cfg = HydraConfig.get()
+    config = OmegaConf.create({"hydra": {
+        "mode": hydra_cfg.mode, "runtime": {"output_dir": str(run_dir)},
+        "sweep": {"dir": str(hydra_cfg.sweep.dir)}, "job": {"num": hydra_cfg.job.num}}})
+    done = JobReturn(overrides=list(hydra_cfg.overrides.task), status=JobStatus.FAILED,
+                     _return_value=error)
+    with contextlib.suppress(Exception):  # the table must not hide the error itself
+        SweepSummary().on_job_end(config, done)
 
 
 def _searching() -> bool:
