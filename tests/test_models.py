@@ -585,6 +585,8 @@ def test_latent_ode_names_pred_times_out_of_order():
     with pytest.raises(ValueError, match=r"monotonic, every row in the same direction .* row 1: "
                                          r"pred_times\[2\] = 0\.2 follows 0\.5"):
         model(times, values, mask, 2, pred_times=rows)
+    with pytest.raises(ValueError, match=r"pred_times contains NaN or inf"):  # an IndexError
+        model(times, values, mask, 2, pred_times=torch.tensor([0.0, math.nan, 1.0]))
     rows[1, 2] = 0.7  # repeats pad a row: fine
     assert model(times, values, mask, 2, pred_times=rows).pred.shape == (2, 2, 3, 2)
     noise = torch.randn(1, 2, 3)

@@ -182,8 +182,10 @@ class LatentODELightning(L.LightningModule):
             None for a constant learning rate.
         scheduler_interval: ``"step"`` or ``"epoch"``.
         scheduler_monitor: metric for schedulers that need one (ReduceLROnPlateau).
-        kl_wait_epochs, kl_rate: KL annealing (:func:`kl_weight_schedule`).
-        kl_weight: a fixed training KL weight instead of the schedule.
+        kl_wait_epochs, kl_rate: KL annealing (:func:`kl_weight_schedule`): a whole number of
+            epochs >= 0, a rate in [0, 1] (the weight after the wait, ``1 - kl_rate **
+            epochs``, stays in [0, 1]).
+        kl_weight: a fixed training KL weight (>= 0) instead of the schedule.
         train_samples, eval_samples: posterior samples per series (None: the model's default).
         scale: per-channel scale of the data's scaler (data = model * scale + mean), for
             ``mse_data``; None when the data are not scaled.

@@ -166,6 +166,8 @@ def check_sorted_rows(pred_times: torch.Tensor) -> None:
     times are a solve backwards from ``z0`` at ``pred_times[0]`` (the forecaster's times
     before a history's start). One small host copy; the solver makes one anyway."""
     host = pred_times.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(host).all()):
+        raise ValueError("pred_times contains NaN or inf: model times must be finite.")
     steps = host.diff(dim=-1)
     strict = host.dim() == 1
     if bool((steps > 0).all() if strict else (steps >= 0).all()):
