@@ -416,11 +416,10 @@ def test_a_job_resumed_or_rerun_in_place_after_its_record_shows_its_new_run(tmp_
     (``ckpt_path=last hydra.run.dir=SWEEP/0``) or a failed job was fixed and rerun there: its
     old metrics, overrides and status stayed, and the best-job line was computed from them."""
     import os
+    import time
 
     from hydra.core.utils import JobReturn, JobStatus
     from hydra.types import RunMode
-
-    import time
 
     from latentode.cli.sweep import (
         SweepSummary,
