@@ -982,6 +982,14 @@ class LatentODEForecaster:
         factor = None
         if noise is True or str(noise).lower() == "calibrated":
             seen = values[~np.isnan(values).all(1)]  # (n, D) model units, NaN unobserved
+            # the history's points answered from what the asked times are conditioned on
+            # (a model on windows: the window of the asked times, not the others)
+            conditioning = [h for idx, h in request.chunks if (idx < asked).any()]
+            used = np.zeros(len(seen), dtype=bool)
+            for idx, history in request.chunks:
+                if any(np.array_equal(history, h) for h in conditioning):
+                    used[idx[idx >= asked] - asked] = True
+            seen = np.where(used[:, None], seen, np.nan)
             residual = seen - at_history.mean(0)
             n = (~np.isnan(residual)).sum(0)
             m = np.nansum(residual**2, 0) / np.maximum(n, 1)
