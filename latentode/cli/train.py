@@ -667,9 +667,9 @@ def sweep_job(cfg: DictConfig, run_dir: Path) -> float | None:
         message = (f"optimized_metric={name} was not logged by this trial, so the search has "
                    f"nothing to optimise; it stops here rather than train the other trials for "
                    f"nothing.{hint} Validation metrics logged: {', '.join(validated)}.")
-        error = ValueError(message)
-        write_job_record(run_dir, "failed", metrics=metrics, error=error)
-        record_stopped_job(run_dir, error)  # the table, as Hydra's job end would have
+        stopped = ValueError(message)
+        write_job_record(run_dir, "failed", metrics=metrics, error=stopped)
+        record_stopped_job(run_dir, stopped)  # the table, as Hydra's job end would have
         log.error("stopping the search: %s", message)
         raise SystemExit(f"latentode-train: error: {message}")
     write_job_record(run_dir, "completed", metrics=metrics, objective=value)
@@ -698,7 +698,8 @@ def _searching() -> bool:
     other than Hydra's grid: Optuna's, say)."""
     if not HydraConfig.initialized():
         return False
-    target = str(OmegaConf.select(HydraConfig.get(), "sweeper._target_", default="") or "")
+    sweeper = cast(Any, HydraConfig.get()).sweeper
+    target = str(sweeper.get("_target_", "") if sweeper is not None else "")
     return bool(target) and not target.endswith("BasicSweeper")
 
 

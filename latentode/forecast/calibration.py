@@ -346,13 +346,13 @@ class NoiseCalibration:
         # at 0 covered them 0.82 for 0.9 on the quick start), beyond the last, the last's
         knots = np.asarray(self.lead_times, dtype=np.float64)
         variances = np.asarray(self.lead_std, dtype=np.float64) ** 2
-        factor = 1.0
+        by_history = 1.0
         if history is not None and self.history_counts:
-            factor = float(np.interp(history, self.history_counts, self.history_factor))
+            by_history = float(np.interp(history, self.history_counts, self.history_factor))
         for c in range(len(base)):
             ahead = leads[:, c] > 0
             far = np.minimum(leads[ahead, c], knots[-1])  # inf: held at the last bin
-            var = np.interp(far, knots, variances[:, c]) * factor
+            var = np.interp(far, knots, variances[:, c]) * by_history
             out[ahead, c] = np.sqrt(np.maximum(var, base[c] ** 2))
         return out
 
@@ -828,23 +828,24 @@ def calibrate_noise(
     mean_sq = np.where(has, sq_sum / safe, pooled_sq)
     mean_var = np.where(has, var_sum / safe, pooled_var)
     noise = np.sqrt(np.maximum(mean_sq - mean_var, 0.0))
-    factors = None
+    factors: NoiseCalibration | None = None
     if per_series and points == "heldout" and points_ps:
-        factors = _series_scale(np.concatenate(points_ps, 1), np.concatenate(pair_m),
-                                np.concatenate(pair_c), dims, noise)
-        if factors is not None:
-            factors, noise = factors
+        scaled = _series_scale(np.concatenate(points_ps, 1), np.concatenate(pair_m),
+                               np.concatenate(pair_c), dims, noise)
+        if scaled is not None:
+            factors, noise = scaled
     std = np.maximum(noise, obs_std_array(obs, dims))
     floor = np.zeros(dims)
     if sample is not None and points != "targets":
         for channel in range(dims):
-            dev = sample.devs(channel, inside_only=points == "heldout")
+            devs = sample.devs(channel, inside_only=points == "heldout")
             if factors is not None:  # value minus path over sqrt(g): N(path, sigma^2 g)
-                dev = dev[:-2] / np.sqrt(_channel_factor(factors, dev[-2], dev[-1], channel))
+                devs = devs[:-2] / np.sqrt(_channel_factor(factors, devs[-2], devs[-1],
+                                                           channel))
             elif per_series:
-                dev = dev[:-2]
-            if dev.shape[1] >= CALIBRATION_MIN_POINTS:
-                floor[channel] = coverage_std(dev, float(std[channel]))
+                devs = devs[:-2]
+            if devs.shape[1] >= CALIBRATION_MIN_POINTS:
+                floor[channel] = coverage_std(devs, float(std[channel]))
     return NoiseCalibration(
         std=[float(v) for v in np.maximum(std, floor)], obs_std=obs,
         residual_rms=[float(v) for v in np.sqrt(mean_sq)],

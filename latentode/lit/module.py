@@ -160,12 +160,12 @@ def _check_kl(wait: object, rate: object, weight: object) -> None:
     (weight -0.5 from kl_rate=1.5), silently."""
     if isinstance(wait, bool) or not isinstance(wait, numbers.Integral) or wait < 0:
         raise ValueError(f"module.kl_wait_epochs must be a whole number >= 0, got {wait!r}.")
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate <= 1:
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= float(rate) <= 1:
         raise ValueError(f"module.kl_rate must be in [0, 1] (the KL weight after the wait is "
                          f"1 - kl_rate ** epochs: 0.99 rises over ~100 epochs, 0 at once), "
                          f"got {rate!r}.")
     if weight is not None and (isinstance(weight, bool) or not isinstance(weight, numbers.Real)
-                               or not 0 <= weight < math.inf):
+                               or not 0 <= float(weight) < math.inf):
         raise ValueError(f"module.kl_weight (a fixed KL weight) must be a number >= 0, or null "
                          f"for the schedule, got {weight!r}.")
 

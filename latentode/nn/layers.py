@@ -6,7 +6,7 @@ import itertools
 import math
 import numbers
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
 
-def check_sizes(owner: str, **sizes: object) -> None:
+def check_sizes(owner: str, **sizes: Any) -> None:
     """Refuse sizes that would build a broken network without a word, naming them: a count of
     units that is not a whole number >= 1 (0 made a layer of no width: an encoder whose
     q(z0) ignored its input), or of layers (``*_layers``) not >= 0 (-1 made none: ``[u] * -1``

@@ -7,6 +7,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -290,7 +291,7 @@ def _number(name: str, value: object) -> float | None:
     if torch.is_tensor(value) and value.numel() == 1 and not value.requires_grad:
         return float(value)
     if getattr(value, "shape", None) == () and hasattr(value, "dtype"):  # 0-d numpy arrays
-        value = value.item()
+        value = cast(Any, value).item()
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return float(value)
     raise ValueError(f"{name} must be one number (a float, or a one-element tensor that needs "
