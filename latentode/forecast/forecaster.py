@@ -179,6 +179,11 @@ def _series_seed(seed: int, key: Any) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] % (2**63 - 1))
 
 
+def _calibrated(noise: bool | str) -> bool:
+    """Whether ``noise=`` names the calibrated noise (``True`` or ``"calibrated"``)."""
+    return noise is True or str(noise).lower() == "calibrated"
+
+
 @dataclass
 class _Request:
     """One requested series while it waits for its jobs to be solved."""
@@ -980,7 +985,7 @@ class LatentODEForecaster:
         if std is None:
             return paths, None, None
         factor = None
-        if noise is True or str(noise).lower() == "calibrated":
+        if _calibrated(noise):
             seen = values[~np.isnan(values).all(1)]  # (n, D) model units, NaN unobserved
             # the history's points answered from what the asked times are conditioned on
             # (a model on windows: the window of the asked times, not the others)
@@ -1012,8 +1017,7 @@ class LatentODEForecaster:
         ``noise`` is the calibration and it has one, else ``std`` at every time; inside the
         span (everywhere, without a curve) its variance times the series' ``factor``."""
         calibration = self.calibration
-        calibrated = noise is True or str(noise).lower() == "calibrated"
-        if not (calibrated and calibration is not None and calibration.lead_times):
+        if not (_calibrated(noise) and calibration is not None and calibration.lead_times):
             out = np.broadcast_to(std, (len(want), len(std)))
             return out if factor is None else out * np.sqrt(factor)
         want = np.asarray(want, dtype=np.float64)[:, None]  # (m, 1)
