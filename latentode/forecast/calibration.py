@@ -308,15 +308,9 @@ class NoiseCalibration:
         worse at its unseen points too (Spearman 0.75-0.93): one noise for all covered 0.80 of
         the sparse series of one seed for 0.9, the factor 0.89. 1 where there is no factor,
         where a channel has no seen point or the median is 0."""
-        m = np.nan_to_num(np.asarray(m, dtype=np.float64))
-        n = np.asarray(n, dtype=np.float64)
         if self.series_kappa is None or not self.series_mbar:
-            return np.ones(np.broadcast_shapes(m.shape, n.shape))
-        mbar = np.asarray(self.series_mbar, dtype=np.float64)
-        kappa = float(self.series_kappa)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            g = (n * m + kappa * mbar) / ((n + kappa) * mbar)
-        return np.where((mbar > 0) & np.isfinite(g), np.maximum(g, 1e-6), 1.0)
+            return np.ones(np.broadcast_shapes(np.shape(m), np.shape(n)))
+        return shrunk_factor(m, n, np.asarray(self.series_mbar), float(self.series_kappa))
 
     @property
     def array(self) -> np.ndarray:
@@ -372,6 +366,16 @@ class NoiseCalibration:
     @classmethod
     def read(cls, path: Path) -> NoiseCalibration:
         return cls.from_json(json.loads(Path(path).read_text()))
+
+
+def shrunk_factor(m: Any, n: Any, mbar: Any, kappa: float) -> np.ndarray:
+    """``(n m + kappa mbar) / ((n + kappa) mbar)``, broadcast; 1 where ``mbar`` is 0 (see
+    :meth:`NoiseCalibration.series_factor`)."""
+    m = np.nan_to_num(np.asarray(m, dtype=np.float64))
+    n, mbar = np.asarray(n, dtype=np.float64), np.asarray(mbar, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g = (n * m + kappa * mbar) / ((n + kappa) * mbar)
+    return np.where((mbar > 0) & np.isfinite(g), np.maximum(g, 1e-6), 1.0)
 
 
 def calibration_batches(
@@ -828,20 +832,20 @@ def calibrate_noise(
     mean_sq = np.where(has, sq_sum / safe, pooled_sq)
     mean_var = np.where(has, var_sum / safe, pooled_var)
     noise = np.sqrt(np.maximum(mean_sq - mean_var, 0.0))
-    factors: NoiseCalibration | None = None
+    mbar: np.ndarray | None = None  # per_series: the channels' median seen-point residual
     if per_series and points == "heldout" and points_ps:
         scaled = _series_scale(np.concatenate(points_ps, 1), np.concatenate(pair_m),
                                np.concatenate(pair_c), dims, noise)
         if scaled is not None:
-            factors, noise = scaled
+            mbar, noise = scaled
     std = np.maximum(noise, obs_std_array(obs, dims))
     floor = np.zeros(dims)
     if sample is not None and points != "targets":
         for channel in range(dims):
             devs = sample.devs(channel, inside_only=points == "heldout")
-            if factors is not None:  # value minus path over sqrt(g): N(path, sigma^2 g)
-                devs = devs[:-2] / np.sqrt(_channel_factor(factors, devs[-2], devs[-1],
-                                                           channel))
+            if mbar is not None:  # value minus path over sqrt(g): N(path, sigma^2 g)
+                devs = devs[:-2] / np.sqrt(shrunk_factor(devs[-2], devs[-1], mbar[channel],
+                                                         SERIES_KAPPA))
             elif per_series:
                 devs = devs[:-2]
             if devs.shape[1] >= CALIBRATION_MIN_POINTS:
@@ -852,14 +856,14 @@ def calibrate_noise(
         path_std=[float(v) for v in np.sqrt(mean_var)],
         count=[int(v) for v in count], coverage_std=[float(v) for v in floor], points=points,
         split=split, n_samples=int(n_samples), seed=int(seed),
-        series_kappa=None if factors is None else factors.series_kappa,
-        series_mbar=[] if factors is None else list(factors.series_mbar),
+        series_kappa=None if mbar is None else SERIES_KAPPA,
+        series_mbar=[] if mbar is None else [float(v) for v in mbar],
     )
 
 
 def _series_scale(points: np.ndarray, pair_m: np.ndarray, pair_c: np.ndarray, dims: int,
-                  noise: np.ndarray) -> tuple[NoiseCalibration, np.ndarray] | None:
-    """``(holder of the factor, noise per channel)`` for :func:`calibrate_noise`'s
+                  noise: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(mbar, noise)`` per channel for :func:`calibrate_noise`'s
     ``per_series``: ``points`` ``(5, P)`` (r^2, s^2, channel, m, n per held-out point),
     ``pair_m`` / ``pair_c`` every (series, channel) pair's seen-point m and channel. The noise
     of a channel is ``sqrt(max(0, mean((r^2 - s^2) / g)))`` over its points; a channel without
@@ -871,26 +875,15 @@ def _series_scale(points: np.ndarray, pair_m: np.ndarray, pair_c: np.ndarray, di
             mbar[c] = float(np.median(values))
     if not (mbar > 0).any():
         return None
-    holder = NoiseCalibration(std=[0.0] * dims, obs_std=0.0, series_kappa=SERIES_KAPPA,
-                              series_mbar=[float(v) for v in mbar])
     r2, s2, chan, m, n = points
     chan = chan.astype(np.int64)
     out = noise.copy()
     for c in range(dims):
         at = chan == c
         if at.any():
-            g = _channel_factor(holder, m[at], n[at], c)
+            g = shrunk_factor(m[at], n[at], mbar[c], SERIES_KAPPA)
             out[c] = float(np.sqrt(max(0.0, float(np.mean((r2[at] - s2[at]) / g)))))
-    return holder, out
-
-
-def _channel_factor(holder: NoiseCalibration, m: np.ndarray, n: np.ndarray, channel: int
-                    ) -> np.ndarray:
-    """``holder.series_factor`` of points of one ``channel`` (``m``, ``n`` ``(P,)``)."""
-    dims = len(holder.series_mbar)
-    big_m, big_n = np.zeros((len(m), dims)), np.zeros((len(m), dims))
-    big_m[:, channel], big_n[:, channel] = m, n
-    return holder.series_factor(big_m, big_n)[:, channel]
+    return mbar, out
 
 
 class _Reservoir:
