@@ -787,3 +787,20 @@ def test_a_search_whose_metric_is_never_logged_stops_after_its_first_trial(tmp_p
     # the table as at any job's end (the stop passes by Hydra's): the job, failed, and why
     (row,) = summary(sweep)
     assert row["status"] == "failed" and "optimized_metric=val/mes" in row["error"]
+
+
+def test_a_trial_that_did_not_validate_fails_alone(tmp_path, monkeypatch):
+    """Only a misspelt metric stops a search (the trial validated under other names); a trial
+    without any validation metric (max_epochs below check_val_every_n_epoch, say) fails as
+    before and the search goes on."""
+    from latentode.cli import train as train_cli
+
+    monkeypatch.setattr(train_cli, "_searching", lambda: True)
+    cfg = OmegaConf.create({"optimized_metric": "val/mse"})
+    monkeypatch.setattr(train_cli, "train", lambda c: {"train/loss": 1.0, "test/mse": 2.0})
+    assert train_cli.sweep_job(cfg, tmp_path) is None  # no SystemExit
+    assert json.loads((tmp_path / "job_status.json").read_text())["status"] == "completed"
+    monkeypatch.setattr(train_cli, "train", lambda c: {"val/loss": 1.0})
+    monkeypatch.setattr(train_cli, "record_stopped_job", lambda run_dir, error: None)
+    with pytest.raises(SystemExit, match=r"optimized_metric=val/mse was not logged"):
+        train_cli.sweep_job(cfg, tmp_path)
