@@ -756,3 +756,18 @@ def test_a_factor_per_series_covers_series_of_unequal_noise_where_one_noise_cann
         target=torch.ones(1, 2, 1, dtype=torch.bool),
         encoder=torch.tensor([[[True], [False]]]))
     assert [a.tolist() for a in seen_residual(scored)] == [[[1.0]], [[1.0]]]
+
+
+def test_the_series_factor_is_bounded_and_version_2_files_load():
+    """An unbounded factor scaled a std by 1e150 where the calibration series' median residual
+    was near 0; a NaN residual shrank the noise; calibration files of version 2 (before the
+    factor) load without one."""
+    cal = NoiseCalibration(std=[1.0], obs_std=0.0, series_kappa=4.0, series_mbar=[1e-300])
+    assert cal.series_factor(np.array([1.0]), np.array([5.0]))[0] == 16.0
+    cal = NoiseCalibration(std=[1.0], obs_std=0.0, series_kappa=4.0, series_mbar=[1.0])
+    assert cal.series_factor(np.array([0.0]), np.array([500.0]))[0] == 1 / 16
+    assert cal.series_factor(np.array([np.nan]), np.array([3.0]))[0] == 1.0
+    old = {**NoiseCalibration(std=[1.0], obs_std=0.0).to_json(), "version": 2}
+    for key in ("series_kappa", "series_mbar"):
+        old.pop(key)
+    assert NoiseCalibration.from_json(old).series_kappa is None

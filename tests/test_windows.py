@@ -112,6 +112,9 @@ def test_forecaster_trained_on_windows_conditions_on_the_last_window():
                               "callbacks.progress_bar.refresh_rate": 0}).fit(df)
     assert fc.spec.train_span <= 3.0
     assert fc.spec.time.scale == 1.0  # a window of 3 units needs no rescaling
+    # no per-series factor on windows: it pooled every asked window's residuals into one
+    # factor, solved every window of a history and drew other z0 samples (a review)
+    assert fc.calibration.series_kappa is None
     part = df[df.series_id.isin(["s0", "s1"])]
     last = part.groupby("series_id").time.transform("max")
     recent = part[part.time >= last - 3.0]

@@ -88,13 +88,14 @@ from .subsets import Subsets, subset_forward
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_VERSION = 2  # 2: the lead-time curve (lead_*); version 1 files have none
+CALIBRATION_VERSION = 3  # 3: the factor per series (series_*); 2: the lead-time curve (lead_*)
 LEAD_BINS = 8  # bins of lead time (equal counts) of the forecast noise curve
 LEAD_MIN_POINTS = 30  # a bin's own channel estimate needs this many points, else pooled
 HISTORY_BINS = 4  # bins of history length (equal counts) of the forecast noise's factor
 HISTORY_FACTOR_RANGE = (0.25, 16.0)  # bounds of that factor on the variance
 CALIBRATION_MAX_SERIES = 1000  # series of a split used for calibration (first ones, stored order)
 CALIBRATION_FOLDS = 5  # passes of the forecaster's in-series calibration (Folds)
+SERIES_FACTOR_RANGE = (1 / 16, 16.0)  # bounds of that factor on the variance (std x 0.25-4)
 SERIES_KAPPA = 4.0  # shrinkage (in points) of a series' own noise factor toward 1: see
 # NoiseCalibration.series_factor; 2-8 were within 0.02 nats of the best everywhere, 0 failed on
 # series whose few seen points fit almost exactly (docs/results.md, a factor per series)
@@ -356,7 +357,7 @@ class NoiseCalibration:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> NoiseCalibration:
         data = dict(data)
-        if data.get("version") == 1:  # before the lead-time curve: the same fields, no curve
+        if data.get("version") in (1, 2):  # before the curve / the factor: fields missing
             data["version"] = CALIBRATION_VERSION
         return cls(**without_version(data, CALIBRATION_VERSION, "calibration"))
 
@@ -371,11 +372,14 @@ class NoiseCalibration:
 def shrunk_factor(m: Any, n: Any, mbar: Any, kappa: float) -> np.ndarray:
     """``(n m + kappa mbar) / ((n + kappa) mbar)``, broadcast; 1 where ``mbar`` is 0 (see
     :meth:`NoiseCalibration.series_factor`)."""
-    m = np.nan_to_num(np.asarray(m, dtype=np.float64))
+    m = np.asarray(m, dtype=np.float64)
     n, mbar = np.asarray(n, dtype=np.float64), np.asarray(mbar, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         g = (n * m + kappa * mbar) / ((n + kappa) * mbar)
-    return np.where((mbar > 0) & np.isfinite(g), np.maximum(g, 1e-6), 1.0)
+    # bounded as the history factor is: a median fitted to rounding, or a series far denser
+    # than the calibration's, would otherwise scale the std by 1e150 or 0.09
+    g = np.clip(g, *SERIES_FACTOR_RANGE)
+    return np.where((mbar > 0) & np.isfinite(g), g, 1.0)
 
 
 def calibration_batches(
@@ -539,7 +543,8 @@ def calibrate_forecaster(
     def calibrate(with_subsets: Subsets | None, lead: bool = True) -> NoiseCalibration:
         return calibrate_split(model, datamodule, n_samples, seed, task=task, folds=folds,
                                origin=origin, dtype=dtype, subsets=with_subsets, lead=lead,
-                               per_series=series_factor_applies(model))
+                               per_series=series_factor_applies(
+                                   model, getattr(datamodule, "window", None)))
 
     def with_lead(base: NoiseCalibration, with_subsets: Subsets | None) -> NoiseCalibration:
         return with_lead_curve(model, datamodule, base, n_samples, seed, origin=origin,
@@ -630,14 +635,17 @@ def seen_residual(scored: Scored) -> tuple[np.ndarray, np.ndarray]:
     return m.cpu().numpy(), n.cpu().numpy()
 
 
-def series_factor_applies(model: Any) -> bool:
+def series_factor_applies(model: Any, window: Any = None) -> bool:
     """Whether ``LatentODEForecaster`` can scale ``model``'s in-series noise per series: it
     needs the posterior mean at a history's own times, asked beside the requested ones, which
     must not change the answers (a latent ODE with ``z0`` at the history's start, on a solver
-    whose steps do not follow the output times)."""
+    whose steps do not follow the output times, not trained on windows: a history's other
+    windows would be solved too, draw other z0 samples and pool their residuals)."""
     from latentode.models import LatentODE
     from latentode.solvers import FIXED_METHODS
 
+    if window is not None:
+        return False
     if not isinstance(model, LatentODE) or getattr(model, "z0_at", "start") != "start":
         return False
     solver = getattr(model, "solver", {}) or {}

@@ -888,15 +888,15 @@ class LatentODEForecaster:
         # mean at the history's own times is asked beside the requested ones, whatever noise
         # is asked for (the paths stay those of predict: more output times move them by the
         # solver's rounding, 1e-11)
+        window = self._history_window()
         per_series = (not want_logits and calibration is not None
                       and calibration.series_kappa is not None
-                      and series_factor_applies(model))
+                      and series_factor_applies(model, window))
         dtype = next(model.parameters()).dtype
         np_dtype = np.float64 if dtype == torch.float64 else np.float32
         model.eval()
         mode = batch_mode(model)
         from_target = getattr(model, "z0_at", "start") == "first_target"
-        window = self._history_window()
         subsets = Subsets.from_json(spec.subsets) if isinstance(model, LatentODE) else None
         walk = None  # the training grid a union-trained encoder walks (batched models only)
         if spec.walk_grid is not None and mode == "batched":
@@ -986,15 +986,8 @@ class LatentODEForecaster:
             return paths, None, None
         factor = None
         if _calibrated(noise):
+            # (one history: a model trained on windows has no factor, series_factor_applies)
             seen = values[~np.isnan(values).all(1)]  # (n, D) model units, NaN unobserved
-            # the history's points answered from what the asked times are conditioned on
-            # (a model on windows: the window of the asked times, not the others)
-            conditioning = [h for idx, h in request.chunks if (idx < asked).any()]
-            used = np.zeros(len(seen), dtype=bool)
-            for idx, history in request.chunks:
-                if any(np.array_equal(history, h) for h in conditioning):
-                    used[idx[idx >= asked] - asked] = True
-            seen = np.where(used[:, None], seen, np.nan)
             residual = seen - at_history.mean(0)
             n = (~np.isnan(residual)).sum(0)
             m = np.nansum(residual**2, 0) / np.maximum(n, 1)
