@@ -93,16 +93,25 @@ def setup_runtime(cfg: DictConfig) -> None:
     """Torch threads and seeds from the config."""
     for key in ("threads", "seed"):  # int("abc") raised from here with a traceback
         value = cfg.get(key)
-        try:  # (text of digits, e.g. from ${oc.env:SLURM_ARRAY_TASK_ID}, is fine)
-            if value is not None and (isinstance(value, (bool, float)) or int(value) is None):
-                raise ValueError
-        except (TypeError, ValueError):
-            raise ValueError(f"{key}={value!r} must be a whole number (or null).") from None
+        if value is not None and not _whole_number(value):
+            raise ValueError(f"{key}={value!r} must be a whole number (or null).")
     threads = cfg.get("threads")
     if threads:
         torch.set_num_threads(int(threads))
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+
+def _whole_number(value: Any) -> bool:
+    """An int, or text of one (``${oc.env:SLURM_ARRAY_TASK_ID}`` gives text); not a bool or a
+    float."""
+    if isinstance(value, (bool, float)):
+        return False
+    try:
+        int(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def build_datamodule(cfg: DictConfig) -> Any:
