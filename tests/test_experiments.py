@@ -240,6 +240,35 @@ def test_physionet_pooled_sets_and_the_papers_channels_from_the_command_line(tmp
     assert list(datamodule.dataset.channels) == physionet.PAPER_PARAMS
 
 
+@pytest.mark.filterwarnings("ignore:physionet. (dropped|skipped)")
+@pytest.mark.filterwarnings("ignore:.*have no observed value")
+def test_physionet_recipe_carries_no_labels_or_statics_unless_asked(tmp_path):
+    """Every physionet_interp run warned twice that the labels and the descriptors were loaded
+    but unread; they are left out unless asked for (data.dataset.labels=true classifies)."""
+    import warnings
+
+    root = tmp_path / "physionet"
+    write_fixture(root)
+    common = ["experiment=physionet_interp", f"data.dataset.root={root}", *TINY_MODEL,
+              *TINY_ODE_RNN]
+    cfg = compose_train(common, tmp_path / "run")
+    datamodule = train_cli.build_datamodule(cfg)
+    assert datamodule.dataset.labels is None and datamodule.dataset.static is None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*(are loaded|loaded and batched)")
+        train_cli.build_model(cfg, datamodule)
+    cfg = compose_train([*common, "data.dataset.labels=true", "data.dataset.static=true",
+                         "model.n_labels=1"], tmp_path / "run2")
+    datamodule = train_cli.build_datamodule(cfg)
+    assert datamodule.dataset.label_col == "label" and datamodule.dataset.labels is not None
+    assert datamodule.dataset.static_names == physionet.STATIC_COLUMNS
+    with pytest.warns(UserWarning, match="loaded and batched"):
+        train_cli.build_model(cfg, datamodule)
+    cfg = compose_train([*common, "model.n_labels=1"], tmp_path / "run3")
+    with pytest.raises(ValueError, match=r"data\.dataset\.labels=true for data=physionet"):
+        train_cli.build_model(cfg, train_cli.build_datamodule(cfg))
+
+
 def test_physionet_without_data_names_the_directory(tmp_path):
     missing = tmp_path / "no_physionet_here"
     cfg = compose_train(["experiment=physionet_interp", f"data.dataset.root={missing}"],

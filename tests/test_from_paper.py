@@ -58,7 +58,8 @@ def test_the_papers_physionet_command_is_the_physionet_recipe_with_its_split():
     recipe = compose_train(["experiment=physionet_interp", "model=hopper_latent_ode",
                             "model.n_labels=1", "model.z0_at=start", "seed=1991",
                             "data.val_fraction=0", "data.test_fraction=0.2",
-                            "trainer.limit_val_batches=0", "data.dataset.variables=paper"])
+                            "trainer.limit_val_batches=0", "data.dataset.variables=paper",
+                            "data.dataset.labels=true"])
     assert sections(ours) == sections(recipe)  # with --classif: set-a alone (its labels)
     # the recipe's own model, plus the label head the command asks for and the paper code's
     # mean-and-std encoder state (conf/experiment/physionet_interp.yaml keeps a plain GRU state)

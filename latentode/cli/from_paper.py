@@ -302,7 +302,9 @@ def _data(args: argparse.Namespace, first: str, notes: list[str]) -> list[str]:
     # the paper code's data: its 41 params (descriptors as channels), set-a and set-b pooled
     # unless it classifies (only set-a has labels)
     out += ["data.dataset.variables=paper"]
-    if not args.classif:
+    if args.classif:
+        out.append("data.dataset.labels=true")
+    else:
         out.append("data.dataset.subset=[a,b]")
     read = "set-a (4,000 patients)" if args.classif else "set-a and set-b (8,000 patients)"
     notes.append(f"-n {args.n}: all records of {read} are read; the paper code takes the first "

@@ -192,7 +192,8 @@ def _check_labels(model_cfg: DictConfig, data: Any) -> None:
     if n_labels and data.labels is None:
         raise ValueError(
             f"model.n_labels={n_labels} asks for a classifier, but the data have no labels: name "
-            "the label column (data.dataset.label_col=... for data=csv) or set model.n_labels=0."
+            "the label column (data.dataset.label_col=... for data=csv; "
+            "data.dataset.labels=true for data=physionet) or set model.n_labels=0."
         )
     if data.labels is None:
         return

@@ -28,6 +28,9 @@ def load_dataset(name: str, **kwargs: Any) -> IrregularDataset:
     take their source's ``load`` arguments and ``time_scale`` (``from_dataframe``'s: the model's
     unit of time, e.g. 48 for PhysioNet's 48-hour stays in hours). A source that fixes its
     split (hopper's in-order 80/20) hands it to the data module through ``dataset.split``.
+    ``labels=False`` / ``static=False`` leave out a source's labels / static covariates (PhysioNet
+    has both: a run that does not classify need not carry them, nor be warned that nothing reads
+    them).
     """
     if name == "csv":
         if kwargs.get("path") is None:
@@ -38,8 +41,9 @@ def load_dataset(name: str, **kwargs: Any) -> IrregularDataset:
     if name not in SOURCES:
         raise ValueError(f"unknown dataset {name!r}; choose one of {list(SOURCES)}.")
     module = importlib.import_module(f"latentode.data.sources.{name}")
-    _check_options(name, kwargs, module.load, {"time_scale"})
+    _check_options(name, kwargs, module.load, {"time_scale", "labels", "static"})
     time_scale = kwargs.pop("time_scale", None)
+    labels, static = bool(kwargs.pop("labels", True)), bool(kwargs.pop("static", True))
     frame = module.load(**kwargs)
     if hasattr(module, "frame_kwargs"):  # columns that depend on the load arguments
         frame_kwargs = dict(module.frame_kwargs(kwargs.get("variables")))
@@ -48,6 +52,11 @@ def load_dataset(name: str, **kwargs: Any) -> IrregularDataset:
     channels = getattr(module, "CHANNELS", None)
     if "value_cols" not in frame_kwargs and isinstance(channels, (list, tuple)):
         frame_kwargs["value_cols"] = list(channels)  # the source's channels, not its split column
+    if not labels:
+        frame_kwargs.pop("label_col", None)
+        frame_kwargs.pop("label_per", None)
+    if not static:
+        frame_kwargs.pop("static_cols", None)
     dataset = from_dataframe(frame, **frame_kwargs, time_scale=time_scale)
     if "split" in frame.columns:
         per_series = frame.groupby(dataset.id_col, sort=False)["split"].first()
