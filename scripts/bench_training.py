@@ -74,7 +74,7 @@ RUN = [  # what every protocol switches off: validation, checkpoints, progress b
     "+trainer.enable_progress_bar=false",
     "+trainer.enable_model_summary=false",
     "+trainer.enable_checkpointing=false",
-    "callbacks=ema",  # the default run's weight average; no checkpoints, no progress bar
+    "callbacks=ema_only",  # the default run's weight average; no checkpoints, no progress bar
     "~logger",
     "plots.n_series=0",
 ]

@@ -51,6 +51,28 @@ def test_key_of_the_chosen_group_is_suggested_from_the_composed_config(monkeypat
     assert "model.zzzzzz is not a key of the config. (" in err and "did you mean" not in err
 
 
+@pytest.mark.parametrize("piece", ["ema", "model_checkpoint", "progress_bar"])
+def test_a_default_callback_is_not_an_option_that_replaces_the_set(piece, monkeypatch, capsys):
+    """callbacks=ema replaced the whole default set with the average alone: no best or last
+    checkpoint (nothing to resume from) and a test of the last weights. The pieces are parts of
+    the default set now; selecting one says so and names the ways to change it."""
+    err = failing_main([f"callbacks={piece}"], monkeypatch, capsys)
+    assert (f"latentode-train: callbacks={piece} is not an option: {piece} is one of the default "
+            f"callbacks") in err and f"~callbacks.{piece}" in err and "callbacks=ema_only" in err
+
+
+def test_the_default_callbacks_and_the_average_alone_compose():
+    from test_cli import compose_train
+
+    assert set(compose_train([]).callbacks) == {"model_checkpoint", "last_checkpoint",
+                                                "progress_bar", "lr_monitor", "ema"}
+    assert set(compose_train(["callbacks=early_stopping"]).callbacks) == {
+        "model_checkpoint", "last_checkpoint", "progress_bar", "lr_monitor", "ema",
+        "early_stopping"}
+    assert set(compose_train(["callbacks=ema_only"]).callbacks) == {"ema"}
+    assert compose_train(["callbacks.ema.decay=0.9"]).callbacks.ema.decay == 0.9
+
+
 def test_misspelt_group_option_names_the_closest_option(monkeypatch, capsys):
     err = failing_main(["model=hoper_latent_ode"], monkeypatch, capsys)
     assert "Could not find 'model/hoper_latent_ode'" in err

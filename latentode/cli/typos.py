@@ -63,7 +63,14 @@ def _culprit(error: Exception, lines: list[str], parsed: list[Any]) -> tuple[int
     return None
 
 
-def _group_hint(command: str, group: str, name: str, options: list[str]) -> str:
+def _group_hint(command: str, group: str, name: str, options: list[str],
+                pieces: list[str] = ()) -> str:
+    """``pieces``: the group's ``parts/`` (configs the default set is made of, not options)."""
+    if group == "callbacks" and name in pieces:
+        return (f"{command}: callbacks={name} is not an option: {name} is one of the default "
+                f"callbacks (conf/callbacks/parts/), on unless removed (~callbacks.{name}; its "
+                f"settings: callbacks.{name}.<key>=...); selecting it alone would drop the "
+                "checkpoints. callbacks=ema_only trains with the weight average alone.")
     close = difflib.get_close_matches(name, options, n=1)
     hint = f"; did you mean {group}={close[0]}?" if close else \
         f" (its options: {', '.join(options)})."
@@ -178,7 +185,8 @@ def composition_hint(config_name: str, overrides: list[str], command: str = "lat
                 name = lines[index].split("=", 1)[1]
                 options = list(getattr(error, "options", None) or
                                state.config_loader().get_group_options(group))
-                return _group_hint(command, group, name, options)
+                pieces = list(state.config_loader().get_group_options(f"{group}/parts"))
+                return _group_hint(command, group, name, options, pieces)
             # the config composed without the key (and any other override that stops it)
             key = parsed[index].key_or_group
             rest, rest_parsed = lines[:index] + lines[index + 1:], \
