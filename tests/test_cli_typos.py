@@ -192,3 +192,23 @@ def test_whole_counts_written_as_floats_pass_the_type_check():
     train_cli.check_arguments(cfg.callbacks, "callbacks")
     cfg = compose_train(["callbacks=early_stopping", "callbacks.early_stopping.patience=inf"])
     train_cli.check_arguments(cfg.callbacks, "callbacks")
+
+
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_eval_and_predict_help_lists_their_own_options_not_trains_groups(
+        command, monkeypatch, capsys):
+    """latentode-eval --help listed latentode-train's config groups (model=, callbacks=, ...),
+    none of which it takes: its help is its own config and how to change the run's."""
+    from latentode.cli import evaluate as eval_cli
+    from latentode.cli import predict as predict_cli
+
+    module = eval_cli if command == "eval" else predict_cli
+    capsys.readouterr()
+    try:
+        run_main(module, [f"latentode-{command}", "--help"], monkeypatch)
+    except SystemExit as stop:
+        assert stop.code in (0, None)
+    out = capsys.readouterr().out
+    assert out.startswith(f"latentode-{command} ")
+    assert "Configuration groups" not in out and "experiment:" not in out
+    assert "overrides=[\"data.batch_size=100\"]" in out and f"task_name: {command}" in out
