@@ -212,3 +212,15 @@ def test_eval_and_predict_help_lists_their_own_options_not_trains_groups(
     assert out.startswith(f"latentode-{command} ")
     assert "Configuration groups" not in out and "experiment:" not in out
     assert "overrides=[\"data.batch_size=100\"]" in out and f"task_name: {command}" in out
+
+
+def test_a_sweep_with_cfg_job_is_refused_without_a_traceback(monkeypatch, capsys):
+    """-m --cfg job: Hydra raised a ValueError, shown as a traceback."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run_main(train_cli, ["latentode-train", "-m", "--cfg", "job", "model.latents=4,8"],
+                 monkeypatch)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "latentode-train: Only one of --run, --multirun, --cfg" in err
+    assert "model.latents=8 --cfg job" in err and "Traceback" not in err
