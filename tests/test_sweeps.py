@@ -15,7 +15,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from test_cli import CONF, TINY, compose_train, run_main
 
 from latentode.cli import sweep as sweep_cli
@@ -190,6 +190,27 @@ def test_search_configs_compose_and_name_existing_keys(search):
     for key in sweeper.params:
         assert OmegaConf.select(cfg, key, default="missing") != "missing", key
     assert search.split("_")[0] in cfg.data.dataset.name
+
+
+def test_a_search_space_the_chosen_model_lacks_stops_before_any_trial(tmp_path, capsys):
+    """hparams_search=periodic_optuna model=odernn: every trial died in Hydra's "+model.gen_units"
+    advice and stayed RUNNING in the study; now the search stops first, naming the keys."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    cfg = compose_hydra(["hparams_search=periodic_optuna", "model=odernn",
+                         f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    with pytest.raises(SystemExit) as stop:
+        sweep_cli.SweepSummary().on_multirun_start(cfg)
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert ("names model.gen_units (did you mean model.ode_units?); model.encoder.hidden, which "
+            "the composed config (model=odernn) does not have") in err
+    assert not (tmp_path / "sweep").exists()  # nothing made: no study, no trial RUNNING
+    sweep_cli.check_search_space(compose_hydra(["hparams_search=periodic_optuna"]))  # fits
+    # keys under a searched group belong to each trial's choice; + keys are the user's
+    with open_dict(cfg):
+        cfg.hydra.sweeper.params["model"] = "choice(latent_ode,odernn)"
+        cfg.hydra.sweeper.params["+model.extra"] = "choice(1,2)"
+    sweep_cli.check_search_space(cfg)
 
 
 def test_hopper_search_carves_validation_from_training_series():

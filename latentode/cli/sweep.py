@@ -43,6 +43,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -149,6 +150,48 @@ def _optuna_study(config: DictConfig) -> _Study | None:
     except Exception:  # no such study yet (KeyError), no optuna, a database out of reach
         pass
     return study
+
+
+def check_search_space(config: DictConfig) -> None:
+    """Stop a search whose space (``hydra.sweeper.params``) names keys the composed config lacks,
+    before any trial: ``hparams_search=periodic_optuna model=odernn`` searched
+    ``model.gen_units``, which ODE-RNN does not have; every trial then died in Hydra's "use
+    +model.gen_units" (advice that adds an unread key) and left its Optuna trial RUNNING. Keys
+    under a searched config group (``model: choice(latent_ode, odernn)``) belong to each
+    trial's own choice and are not checked; ``+``/``~`` keys are the user's."""
+    from latentode.cli.typos import _has_key, closest_key
+
+    params = config.hydra.get("sweeper", {}).get("params") or {}
+    if not params:
+        return
+    choices = config.hydra.get("runtime", {}).get("choices") or {}
+    searched_groups = [str(k).replace("/", ".") + "." for k in params if str(k) in choices]
+    missing = []
+    for key in (str(k) for k in params):
+        if (key[:1] in "+~" or key in choices or "/" in key
+                or any(key.startswith(g) for g in searched_groups)):
+            continue
+        if not _has_key(config, key.split(".")):
+            missing.append(key)
+    if not missing:
+        return
+    job = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    named = []
+    for key in missing:
+        close = closest_key(job, key)
+        named.append(key + (f" (did you mean {close}?)" if close else ""))
+    chosen = ", ".join(f"{group}={choices[group]}" for group in sorted(choices)
+                       if not group.startswith("hydra") and "/" not in group
+                       and any(key.startswith(group + ".") for key in missing))
+    # SystemExit: Hydra turns a callback's exceptions into warnings and sweeps on
+    print(
+        f"latentode-train: the search space (hydra.sweeper.params) names {'; '.join(named)}, "
+        f"which the composed config{f' ({chosen})' if chosen else ''} does not have: every "
+        "trial would fail before training. Search the keys of the chosen options (a search "
+        "file of your own in conf/hparams_search/, or a sweep on the command line: "
+        "model.latents='choice(10,20)'), or choose the options the search was written for.",
+        file=sys.stderr, flush=True)
+    raise SystemExit(1)
 
 
 # -- trials left RUNNING by a search that stopped ---------------------------------------------
@@ -616,6 +659,7 @@ class SweepSummary(Callback):
         return config.hydra.get("mode") == RunMode.MULTIRUN
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_search_space(config)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)  # before the sweeper opens optuna.db in it
         self._worker: Path | None = None
