@@ -724,6 +724,20 @@ def test_error_channels_differ_from_training(fitted, data):
     assert np.isfinite(unmeasured["mean"]).all()  # the hint works: y forecast from x alone
 
 
+def test_numbers_kept_as_text_predict_as_they_trained(fitted, data):
+    """fit reads a channel of numbers kept as text ("80.5"); predict called that column
+    missing and advised overwriting it with NaN, on the very frame the model trained on."""
+    text = data.assign(x=data["x"].map(lambda v: "" if np.isnan(v) else repr(v)).replace("", None))
+    ours = fitted.predict(text, horizon=1.0, n=2, num_samples=10, seed=3)
+    plain = fitted.predict(data, horizon=1.0, n=2, num_samples=10, seed=3)
+    pd.testing.assert_frame_equal(ours, plain)
+    stray = text.copy()
+    stray.loc[stray.index[4], "x"] = "?"
+    with pytest.raises(ValueError, match=r"column 'x' has a non-numeric value '\?' \(series "
+                                         r"'s0', row 4\)"):
+        fitted.predict(stray)
+
+
 def test_error_time_type_differs_from_training(fitted, data, dated):
     stamped = data.assign(time=pd.Timestamp("2024-01-01") + pd.to_timedelta(data.time, "D"))
     with pytest.raises(ValueError, match="trained on numeric times"):
