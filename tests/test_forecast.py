@@ -373,6 +373,14 @@ def test_asking_far_beyond_the_training_spans_warns(fitted, data):
         fitted.predict(data, times=[far], num_samples=2)
     with pytest.warns(UserWarning, match="never trained that far ahead"):
         fitted.sample(data, times=[far], num_samples=2)
+    # before the history: a backward solve, warned alike (it was not)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fitted.predict(data, times=[-0.5 * span], num_samples=2)
+    with pytest.warns(UserWarning, match=r"asked for times up to \d+\.\dx the longest training "
+                                         r"series' span before the first observation \(series "
+                                         r"'s\d+'\): the latent path runs backwards"):
+        fitted.predict(data, times=[-3 * span], num_samples=2)
     # counted from the last observation: an all-NaN row at the asked time hid the warning
     empty = pd.DataFrame({"series_id": ["s0"], "time": [far], "x": [np.nan], "y": [np.nan]})
     with pytest.warns(UserWarning, match="never trained that far ahead"):

@@ -1438,23 +1438,38 @@ __all__ = ["LatentODEForecaster"]
 def _warn_beyond_training(ds: IrregularDataset, requests: list[tuple[int, Times]],
                           spec: DataSpec, windowed: bool = False) -> None:
     """Warn when a series is asked for further past its last observation than any training
-    series (or, for a model trained on windows, a window) ever ran: the model has never been
-    trained that far, and its paths diverge there. A windowed model's path starts at the start of
+    series (or, for a model trained on windows, a window) ever ran, or further before its first
+    than a training series lasts (a backward solve; it answered one year back with -9.8 degC and
+    narrow quantiles without a word): the model has never been trained that far, and its paths
+    diverge there. A windowed model's path starts at the start of
     the window it is conditioned on, so every forecast of one runs past what a training path
     covered; the warning is for horizons longer than a whole window."""
     if not spec.train_span or not requests:
         return
-    worst, worst_i = 0.0, -1
+    worst, worst_i, back, back_i = 0.0, -1, 0.0, -1
     for i, raw in requests:
         # from the last observation, not the last row (an all-NaN row at the asked time hid
         # the warning)
         row = last_observed_row(ds, i)
         if row is None:
             continue
-        last = ds.times[ds.offsets[i] + row]
-        ahead = float(np.max(spec.time.to_model(raw))) - last
+        lo = ds.offsets[i]
+        first_row = int(np.argmax(~np.isnan(ds.values[lo:ds.offsets[i + 1]]).all(1)))
+        asked = spec.time.to_model(raw)
+        ahead = float(np.max(asked)) - ds.times[lo + row]
+        before = ds.times[lo + first_row] - float(np.min(asked))
         if ahead > worst:
             worst, worst_i = ahead, i
+        if before > back:
+            back, back_i = before, i
+    if back > spec.train_span:  # a solve backwards from z0, which no training path ran
+        warnings.warn(
+            f"asked for times up to {back / spec.train_span:.1f}x the longest training series' "
+            f"span before the first observation (series {ds.ids[back_i]!r}): the latent path "
+            "runs backwards there, which training never did, so expect errors well beyond the "
+            "quantiles.",
+            stacklevel=3,
+        )
     if worst > spec.train_span:
         what = "training windows' span" if windowed else "longest training series' span"
         warnings.warn(
