@@ -210,6 +210,34 @@ def test_daily_grid_keeps_its_days_across_a_clock_change():
     assert list(grid - night) == [pd.Timedelta("6h"), pd.Timedelta("12h")], grid
 
 
+def test_naive_times_on_a_clock_change_are_read_alike_and_said():
+    """A naive times= value the clocks skipped or repeat raised pandas' "nonexistent time ...
+    Try using the 'nonexistent' argument" (an argument no caller can pass), while the same time
+    in a history was moved to after the gap unsaid. Both paths read them alike now and warn."""
+    from latentode.data.dataset import TimeTransform
+    from latentode.forecast.requests import align_tz
+
+    zone = "America/New_York"
+    fitted = TimeTransform.fit(pd.Series(pd.date_range("2024-03-08", periods=4, freq="D",
+                                                       tz=zone)))
+    asked = pd.DatetimeIndex(["2024-03-10 02:30", "2024-11-03 01:30", "2024-06-01 12:00"])
+    with pytest.warns(UserWarning, match=r"naive times on a daylight-saving change in "
+                      r"America/New_York \(first: 2024-03-10 02:30:00\): 1 the clocks skipped, "
+                      r"read as just after the gap; 1 the clocks show twice, read as the later"):
+        aligned = align_tz(asked, zone)
+    assert list(aligned) == [pd.Timestamp("2024-03-10 03:00", tz=zone),
+                             pd.Timestamp("2024-11-03 01:30-05:00").tz_convert(zone),
+                             pd.Timestamp("2024-06-01 12:00", tz=zone)]
+    with pytest.warns(UserWarning, match="daylight-saving change"):
+        history = fitted._to_number(pd.Series(asked))
+    assert np.allclose(history, fitted._to_number(pd.Series(aligned)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # ordinary naive times: nothing said
+        align_tz(asked[2:], zone)
+        fitted._to_number(pd.Series(asked[2:]))
+        assert fitted.local("2024-06-01 12:00") == asked[2].tz_localize(zone)
+
+
 def test_integer_channel_codes_stay_integers_for_channels_a_frame_lacks():
     """Tidy data with integer item codes: a frame with no row of one trained item (a patient
     without that lab) got that item back as the text '202' beside the integer 101, so

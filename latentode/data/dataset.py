@@ -10,6 +10,7 @@ back to the user (``to_dataframe``, predictions) is in original units, exactly.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -77,7 +78,7 @@ class TimeTransform:
         zone (not UTC, which the numbers are counted in)."""
         stamp = pd.Timestamp(when)
         if self.tz is not None and stamp.tzinfo is None:
-            stamp = stamp.tz_localize(self.tz, ambiguous=False, nonexistent="shift_forward")
+            stamp = localize_wall_clock(pd.DatetimeIndex([stamp]), self.tz)[0]
         return stamp
 
     def _to_number(self, raw: Any) -> np.ndarray:
@@ -91,8 +92,8 @@ class TimeTransform:
                 # asked with a naive frame) are wall-clock times there, as :meth:`local` reads
                 # a naive ``times=``: read as UTC, a daylight-saving change inside a history
                 # vanished and the answer moved, silently
-                stamps = stamps.dt.tz_localize(self.tz, ambiguous=np.zeros(len(stamps), bool),
-                                               nonexistent="shift_forward")
+                stamps = pd.Series(localize_wall_clock(pd.DatetimeIndex(stamps), self.tz),
+                                   index=stamps.index)
             if stamps.dt.tz is not None:
                 if self.tz is None:  # which zone were the data's naive times in? unknowable
                     raise ValueError(
@@ -125,6 +126,35 @@ class TimeTransform:
             nanos = np.round(number * pd.Timedelta(1, unit=self.unit).value).astype(np.int64)
             return nanos.astype("datetime64[ns]")
         return number
+
+
+def localize_wall_clock(index: pd.DatetimeIndex, tz: Any) -> pd.DatetimeIndex:
+    """Naive wall-clock times in zone ``tz``. A time the clocks skipped (spring forward) is
+    moved forward by the gap, a time they show twice (fall back) is read as the later, standard-
+    time one; either is warned about, naming the first such time: pandas refused them with
+    advice of arguments no caller of ours can pass, and the history path shifted them unsaid."""
+    try:
+        strict = index.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
+    except TypeError:  # aware already: nothing to localize
+        return index
+    odd = np.asarray(strict.isna() & ~index.isna())
+    if not odd.any():
+        return strict
+    kept = index.tz_localize(tz, ambiguous=np.zeros(len(index), bool),
+                             nonexistent="shift_forward")
+    shifted = odd & np.asarray(kept.tz_localize(None) != index)
+    first = index[int(np.argmax(odd))]
+    skipped, repeated = int(shifted.sum()), int(odd.sum() - shifted.sum())
+    parts = [f"{skipped} the clocks skipped, read as just after the gap" if skipped else "",
+             f"{repeated} the clocks show twice, read as the later (standard-time) one"
+             if repeated else ""]
+    warnings.warn(
+        f"naive times on a daylight-saving change in {tz} (first: {first}): "
+        f"{'; '.join(p for p in parts if p)}. Give zone-aware times (or UTC) to say which was "
+        "meant.",
+        stacklevel=4,
+    )
+    return kept
 
 
 def parse_duration(value: Any, what: str) -> pd.Timedelta:

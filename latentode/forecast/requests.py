@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from latentode.data import IrregularDataset
-from latentode.data.dataset import parse_duration
+from latentode.data.dataset import localize_wall_clock, parse_duration
 
 Times: TypeAlias = np.ndarray | pd.DatetimeIndex
 
@@ -72,8 +72,8 @@ def align_tz(index: pd.DatetimeIndex, tz: Any) -> pd.DatetimeIndex:
                 "clock, e.g. times.tz_convert('<that zone>').tz_localize(None)."
             )
         return index
-    if index.tz is None:
-        return index.tz_localize(tz)
+    if index.tz is None:  # wall-clock times there, as a naive history is read
+        return localize_wall_clock(index, tz)
     return index.tz_convert(tz)
 
 
