@@ -208,6 +208,19 @@ def _check_ids(df: pd.DataFrame, id_col: str) -> None:
             f"{int(missing.sum())} rows have no series id in column {id_col!r} (first: row "
             f"{row!r}); give every row an id."
         )
+    if df[id_col].dtype == object:  # mixed types: 1 and "1" are two series that print alike
+        ids = pd.unique(df[id_col])
+        text = pd.Series([str(i) for i in ids])
+        twins = text.duplicated(keep=False).to_numpy()
+        if twins.any():
+            same = [ids[k] for k in np.nonzero(twins)[0] if text[k] == text[twins].iloc[0]]
+            shown = " and ".join(f"{_plain(v)!r} ({type(v).__name__})" for v in same)
+            raise ValueError(
+                f"column {id_col!r} holds series ids {shown}: different values, so different "
+                "series, that read the same as text (every output and CSV would show them as "
+                f"one id; {int(text[twins].nunique())} such id(s)). Give the column one type, "
+                f"e.g. df[{id_col!r}] = df[{id_col!r}].astype(str) if they are one series."
+            )
 
 
 def _check_resolution(times: np.ndarray, offsets: np.ndarray, wide: pd.DataFrame, id_col: str,
