@@ -388,6 +388,25 @@ def test_impute_fills_every_gap_and_leaves_observations_alone(fitted, data):
     assert shuffled["x"].isna().any()  # the input itself is untouched
 
 
+def test_impute_fills_a_repeated_row_with_what_was_measured_then(fitted, dated):
+    """Two rows of one (series, time), each with one channel: each row's gap was filled with
+    the posterior mean though the other row had measured it (temp 36.8 beside 38.5)."""
+    h = pd.DataFrame({"series_id": ["s0"] * 4, "time": [1.0, 2.0, 2.0, 3.0],
+                      "x": [100.0, 101.0, np.nan, np.nan], "y": [100.5, np.nan, 99.0, np.nan]})
+    with pytest.warns(UserWarning, match="averaged"):
+        filled = fitted.impute(h, quantiles=[0.1, 0.9], num_samples=10)
+    assert list(filled["x"][:3]) == [100.0, 101.0, 101.0]
+    assert list(filled["y"][:3]) == [100.5, 99.0, 99.0]
+    assert filled.loc[:2, ["x_q0.1", "y_q0.9"]].isna().all().all()  # measured: no interval
+    assert filled.loc[3, ["x", "y", "x_q0.1"]].notna().all()  # a real gap: predicted
+    fc, tidy, _ = dated  # tidy: one (series, time, channel) twice, measured on one of its rows
+    part = tidy[tidy.series_id == "s1"].reset_index(drop=True)
+    twin = part.iloc[[0]].assign(val=np.nan)
+    with pytest.warns(UserWarning, match="averaged"):
+        filled = fc.impute(pd.concat([part, twin], ignore_index=True), complete=False)
+    assert filled["val"].iloc[-1] == part["val"].iloc[0]
+
+
 def test_asking_far_beyond_the_training_spans_warns(fitted, data):
     span = fitted.spec.train_span
     times = data.groupby("series_id")["time"]

@@ -1220,7 +1220,9 @@ class LatentODEForecaster:
         with ``complete`` (the default) rows are added after ``df``'s own for every channel a
         series lacks at one of its times (id, time, channel and the filled value; other columns
         NaN; an integer index numbered on from its largest label); ``complete=False`` fills
-        NaN values only. Wide frames hold every channel at every time already.
+        NaN values only. Wide frames hold every channel at every time already. A gap on a row
+        that repeats another row's (series, time) takes what that row measured (the
+        duplicates' mean, as the model read them), not a prediction.
         """
         qs = check_quantiles(quantiles)
         _, spec = self._fitted("impute")
@@ -1236,16 +1238,17 @@ class LatentODEForecaster:
                 cols[quantile_name(q)] = level.ravel()
             frames.append(self._long(ds, i, raw, cols))
         pred = self._finish(frames, ds)
-        return self._fill(df, pred, qs, complete)
+        return self._fill(df, pred, qs, complete, ds)
 
     def _fill(self, df: pd.DataFrame, pred: pd.DataFrame, qs: list[float],
-              complete: bool = False) -> pd.DataFrame:
+              complete: bool = False, ds: IrregularDataset | None = None) -> pd.DataFrame:
         spec = self.spec
         assert spec is not None
         keys = [spec.id_col, spec.time_col]
         out = df.copy()
         # the times as the predictions hold them (ISO text read as datetimes, as in predict)
         df = iso_times(df[[*keys, *([spec.channel_col] if spec.tidy else [])]], spec.time_col)
+        pred = _observed_first(pred, ds, df, spec, qs)
         if spec.tidy:
             looked = df[[*keys, spec.channel_col]].astype({spec.channel_col: str}).merge(
                 pred, how="left", on=[*keys, spec.channel_col])
@@ -1418,6 +1421,30 @@ def _as_given(names: pd.Series, given: pd.Series) -> pd.Series:
         with contextlib.suppress(TypeError, ValueError):
             return mapped.astype(given.dtype)
     return mapped
+
+
+def _observed_first(pred: pd.DataFrame, ds: IrregularDataset | None, df: pd.DataFrame,
+                    spec: DataSpec, qs: list[float]) -> pd.DataFrame:
+    """``pred`` (long: id, time, channel, mean, quantiles) where a channel was observed at that
+    (series, time) on another row of ``df``: the observation (the duplicates' mean, as the model
+    read them), quantiles NaN. Without this a row repeating its (series, time) was filled with
+    the posterior mean though the value had been measured then (temp 36.8 beside 38.5)."""
+    keys = [spec.id_col, spec.time_col]
+    if ds is None or not df.duplicated(
+            [*keys, *([spec.channel_col] if spec.tidy else [])]).any():
+        return pred
+    channel = spec.channel_col if spec.tidy else "channel"  # as predict names it
+    seen = ds.to_dataframe()[[*keys, *ds.channels]].melt(
+        id_vars=keys, var_name=channel, value_name="\0seen").dropna(subset=["\0seen"])
+    merged = pred.merge(seen.astype({channel: str}), how="left", on=[*keys, channel])
+    known = merged["\0seen"].notna().to_numpy()
+    if not known.any():
+        return pred
+    pred = pred.copy()
+    pred.loc[known, "mean"] = merged.loc[known, "\0seen"].to_numpy()
+    for q in qs:
+        pred.loc[known, quantile_name(q)] = np.nan
+    return pred
 
 
 def _filled(column: pd.Series, missing: np.ndarray, means: pd.Series) -> pd.Series:
