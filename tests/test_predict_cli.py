@@ -582,7 +582,8 @@ def test_eval_without_calibrated_noise_calibrates_only_to_decide_subsets(run, tm
         assert record["calibration"] is None and record["noise_std"] is None
 
 
-def test_a_parquet_output_without_an_engine_is_refused_before_any_work(tmp_path, monkeypatch):
+def test_a_parquet_output_without_an_engine_is_refused_before_any_work(tmp_path, monkeypatch,
+                                                                     capsys):
     """It failed only after the forecaster was rebuilt and every series predicted."""
     import importlib.util
 
@@ -596,3 +597,15 @@ def test_a_parquet_output_without_an_engine_is_refused_before_any_work(tmp_path,
     with pytest.raises(ImportError, match=r"parquet files need pyarrow: pip install "):
         predict_module.predict(cfg)
     assert not loaded
+    # on the command line: the one line, not Hydra's traceback (was: ImportError's traceback)
+    from test_cli import run_main
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        run_main(predict_module, ["latentode-predict", f"input={tmp_path / 'in.csv'}",
+                                  f"output={tmp_path / 'o.parquet'}", "ckpt_path=missing.ckpt",
+                                  f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch)
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("latentode-predict: error: parquet files need pyarrow: pip install ")
+    assert "Traceback" not in err

@@ -1,7 +1,8 @@
 """A bad input on the command line ends in its message, not a traceback.
 
-latentode's checks raise ``ValueError`` (or ``TypeError``, ``FileNotFoundError``) with a message
-that names the column, series or value and what to do. Under Hydra that message came last
+latentode's checks raise ``ValueError`` (or ``TypeError``, ``FileNotFoundError``, an
+``ImportError`` naming the extra to install) with a message that names the column, series or
+value and what to do. Under Hydra that message came last
 after "Error executing job" and ~20 lines of traceback through Hydra's and our frames. The
 commands now print ``<command>: error: <message>`` alone and exit with status 1; the message also
 goes into the run's log file. Only errors latentode raised on purpose (a ``raise`` statement in
@@ -24,7 +25,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PACKAGE = Path(__file__).resolve().parents[1]
-SHORTENED = (ValueError, TypeError, FileNotFoundError)
+SHORTENED = (ValueError, TypeError, FileNotFoundError, ImportError)
 
 
 def raised_by_latentode(error: BaseException) -> bool:
