@@ -224,3 +224,16 @@ def test_a_sweep_with_cfg_job_is_refused_without_a_traceback(monkeypatch, capsys
     err = capsys.readouterr().err
     assert "latentode-train: Only one of --run, --multirun, --cfg" in err
     assert "model.latents=8 --cfg job" in err and "Traceback" not in err
+
+
+def test_a_sweep_key_of_only_some_options_is_named_as_such(monkeypatch, capsys):
+    """-m model/encoder=odernn,rnn model.encoder.ode_units=50: the rnn encoder has no ode_units,
+    and the hint sent the user to another key ("did you mean model.encoder.z0_units?")."""
+    err = failing_main(["-m", "model/encoder=odernn,rnn", "model.encoder.ode_units=50"],
+                       monkeypatch, capsys)
+    assert ("latentode-train: model.encoder.ode_units is a key of the config with "
+            "model/encoder=odernn but not with model/encoder=rnn: a sweep (-m) composes every "
+            "combination") in err and "did you mean" not in err.splitlines()[-1]
+    err = failing_main(["-m", "model/encoder=odernn,rnn", "model.encoder.ode_unit=50"],
+                       monkeypatch, capsys)  # a typo in a sweep: still the closest key
+    assert "model.encoder.ode_unit is not a key of the config; did you mean " in err
