@@ -808,6 +808,14 @@ def test_a_search_whose_metric_is_never_logged_stops_after_its_first_trial(tmp_p
     # the table as at any job's end (the stop passes by Hydra's): the job, failed, and why
     (row,) = summary(sweep)
     assert row["status"] == "failed" and "optimized_metric=val/mes" in row["error"]
+    # its trial is FAIL in the study (it stayed RUNNING until the next resume failed it)
+    import optuna
+
+    storage = f"sqlite:///{sweep / 'optuna.db'}"
+    (name,) = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    (trial,) = optuna.load_study(study_name=name, storage=storage).trials
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert "stopped the search" in trial.user_attrs["latentode_failed"]
 
 
 def test_a_trial_that_did_not_validate_fails_alone(tmp_path, monkeypatch):

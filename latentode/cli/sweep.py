@@ -335,13 +335,15 @@ def _fail_command(url: str, study: str, numbers: list[int]) -> str:
                      "--state fail" for n in numbers)
 
 
-def _fail_trial(storage: Any, trial: Any) -> bool:
+def _fail_trial(storage: Any, trial: Any, why: str = "") -> bool:
     """Mark a RUNNING trial FAIL (False if it finished meanwhile)."""
     import optuna
 
-    note = f"left RUNNING by a search that stopped; marked FAIL on resume at {time.ctime()}"
+    note = (f"{why} at {time.ctime()}" if why else
+            f"left RUNNING by a search that stopped; marked FAIL on resume at {time.ctime()}")
     try:
-        storage.set_trial_user_attr(trial._trial_id, "latentode_failed_on_resume", note)
+        storage.set_trial_user_attr(trial._trial_id, "latentode_failed" if why else
+                                    "latentode_failed_on_resume", note)
         if hasattr(storage, "set_trial_state_values"):  # optuna 3
             return bool(storage.set_trial_state_values(trial._trial_id,
                                                        optuna.trial.TrialState.FAIL))
@@ -403,6 +405,26 @@ def settle_running_trials(study: _Study | None, sweep_dir: Path) -> Path | None:
                     "it is" if len(left) == 1 else "they are",
                     "it" if len(left) == 1 else "them", _fail_command(url, name, left))
     return path
+
+
+def fail_trial_of_job(config: DictConfig, overrides: list[str]) -> list[int]:
+    """Mark FAIL the RUNNING trial(s) of the study whose parameters are this job's
+    ``overrides`` (the Optuna sweeper writes each as ``name=value``), when the job stops the
+    search: the sweeper never tells a trial whose job raised SystemExit, so it stayed RUNNING
+    until a later resume failed it. Storage outside the sweep dir is left alone (as in
+    :func:`settle_running_trials`). Returns the trial numbers failed."""
+    study = _optuna_study(config)
+    if study is None or study.storage is None:
+        return []
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    url = study.url
+    if not (url.startswith("sqlite:///") and
+            Path(url[len("sqlite:///"):]).resolve().parent == sweep_dir.resolve()):
+        return []
+    given = set(overrides)
+    mine = [t for t in study.trials if t.state.name == "RUNNING" and t.params
+            and all(f"{name}={value}" in given for name, value in t.params.items())]
+    return [t.number for t in mine if _fail_trial(study.storage, t, "stopped the search")]
 
 
 def _unregister(path: Path) -> None:

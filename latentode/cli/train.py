@@ -688,19 +688,22 @@ def sweep_job(cfg: DictConfig, run_dir: Path) -> float | None:
 
 def record_stopped_job(run_dir: Path, error: BaseException) -> None:
     """The sweep's record and ``summary.csv`` row of a job that stops the search (SystemExit
-    passes by Hydra's job end, which writes them)."""
+    passes by Hydra's job end, which writes them), and its Optuna trial marked FAIL."""
     from hydra.core.utils import JobReturn, JobStatus
 
-    from latentode.cli.sweep import SweepSummary
+    from latentode.cli.sweep import SweepSummary, fail_trial_of_job
 
     hydra_cfg = HydraConfig.get()
     config = OmegaConf.create({"hydra": {
         "mode": hydra_cfg.mode, "runtime": {"output_dir": str(run_dir)},
-        "sweep": {"dir": str(hydra_cfg.sweep.dir)}, "job": {"num": hydra_cfg.job.num}}})
+        "sweep": {"dir": str(hydra_cfg.sweep.dir)}, "job": {"num": hydra_cfg.job.num},
+        "sweeper": OmegaConf.to_container(hydra_cfg.sweeper, resolve=True)}})
     done = JobReturn(overrides=list(hydra_cfg.overrides.task), status=JobStatus.FAILED,
                      _return_value=error)
     with contextlib.suppress(Exception):  # the table must not hide the error itself
         SweepSummary().on_job_end(config, done)
+    with contextlib.suppress(Exception):  # its trial: FAIL now, not RUNNING until a resume
+        fail_trial_of_job(config, list(hydra_cfg.overrides.task))
 
 
 def _searching() -> bool:
