@@ -19,6 +19,7 @@ from latentode.cli.checkpoints import (
 from latentode.models import LatentODE, gaussian_kl, masked_gaussian_loglik
 from latentode.nn import ODERNNEncoder, RNNEncoder
 from latentode.nn.encoders import start_at_last_observation
+from latentode.solvers import odeint
 
 ENCODERS = {
     "odernn": ODERNNEncoder,
@@ -575,18 +576,25 @@ def test_latent_ode_names_pred_times_out_of_order():
     model = LatentODE(input_dim=2, latents=3).eval()
     times = torch.linspace(0.0, 1.0, 5)
     values, mask = torch.randn(2, 5, 2), torch.ones(2, 5, 2, dtype=torch.bool)
-    for bad, where in ((torch.tensor([0.0, 2.0, 1.0]), r"pred_times\[2\] = 1 follows 2"),
-                       (torch.tensor([1.0, 0.5, 0.7]), r"pred_times\[2\] = 0\.7 follows 0\.5"),
-                       (torch.tensor([0.0, 1.0, 1.0]), r"pred_times\[2\] = 1 follows 1")):
-        with pytest.raises(ValueError, match=r"pred_times must be strictly monotonic .*"
-                                             + where + r".*torch\.unique"):
+    for bad, where in ((torch.tensor([0.0, 2.0, 1.0]),
+                        r"monotonic \(increasing, as it starts\), but pred_times\[2\] = 1 comes "
+                        r"after pred_times\[1\] = 2"),
+                       (torch.tensor([1.0, 0.5, 0.7]),
+                        r"monotonic \(decreasing, as it starts\), but pred_times\[2\] = 0\.7"),
+                       (torch.tensor([0.0, 1.0, 1.0]),
+                        r"strictly monotonic, but pred_times\[2\] = 1 repeats pred_times\[1\]")):
+        with pytest.raises(ValueError, match=r"pred_times must be .*" + where
+                           + r".*integrates from pred_times\[0\].*torch\.unique"):
             model(times, values, mask, 2, pred_times=bad)
     rows = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.5, 0.2]])
-    with pytest.raises(ValueError, match=r"monotonic, every row in the same direction .* row 1: "
-                                         r"pred_times\[2\] = 0\.2 follows 0\.5"):
+    with pytest.raises(ValueError, match=r"pred_times\[1\] must be monotonic \(increasing, as it "
+                                         r"starts\), but pred_times\[1\]\[2\] = 0\.2 comes after "
+                                         r"pred_times\[1\]\[1\] = 0\.5"):
         model(times, values, mask, 2, pred_times=rows)
     with pytest.raises(ValueError, match=r"pred_times contains NaN or inf"):  # an IndexError
         model(times, values, mask, 2, pred_times=torch.tensor([0.0, math.nan, 1.0]))
+    with pytest.raises(ValueError, match=r"^t contains NaN"):  # the solver alone names its t
+        odeint(lambda t, y: -y, torch.ones(2), torch.tensor([0.0, math.nan]))
     rows[1, 2] = 0.7  # repeats pad a row: fine
     assert model(times, values, mask, 2, pred_times=rows).pred.shape == (2, 2, 3, 2)
     noise = torch.randn(1, 2, 3)

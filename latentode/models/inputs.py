@@ -156,40 +156,8 @@ def checked_pred_times(pred_times: torch.Tensor | None, times: torch.Tensor, bat
                 "model on their union, or one series at a time)")
         raise ValueError(f"pred_times must be {what}, got shape {tuple(pred_times.shape)}.")
     # their order: the baselines' walk refuses unsorted times on the host list it reads
-    # anyway (check_increasing), the latent ODE in check_sorted_rows
-
-
-def check_sorted_rows(pred_times: torch.Tensor) -> None:
-    """The latent ODE's ``pred_times`` in time order, named as such (its solver refused
-    unsorted ones naming its own ``t``, which the caller never passed): 1-D strictly monotonic,
-    the rows of a ``(batch, T)`` monotonic in one direction (repeats pad rows). Decreasing
-    times are a solve backwards from ``z0`` at ``pred_times[0]`` (the forecaster's times
-    before a history's start). One small host copy; the solver makes one anyway."""
-    host = pred_times.detach().to("cpu", torch.float64)
-    if not bool(torch.isfinite(host).all()):
-        raise ValueError("pred_times contains NaN or inf: model times must be finite.")
-    steps = host.diff(dim=-1)
-    strict = host.dim() == 1
-    if bool((steps > 0).all() if strict else (steps >= 0).all()):
-        return
-    if bool((steps < 0).all() if strict else (steps <= 0).all()):
-        return
-    moves = steps[steps != 0]  # the direction of the first move is the one expected
-    up = bool(moves[0] > 0) if moves.numel() else True
-    # (strict: a repeat is out of order too; rows: repeats pad them)
-    wrong = steps.sign() == (-1 if up else 1)
-    bad = (wrong | (steps == 0)) if strict else wrong
-    where = bad.nonzero()[0].tolist()
-    i = where[-1]
-    row = f"row {where[0]}: " if not strict else ""
-    line = host if strict else host[where[0]]
-    order = "strictly monotonic (sorted, no repeats)" if strict else (
-        "monotonic, every row in the same direction (sorted; repeats only as padding)")
-    raise ValueError(
-        f"pred_times must be {order}: {row}pred_times[{i + 1}] = {float(line[i + 1]):.6g} "
-        f"follows {float(line[i]):.6g}. The latent ODE integrates from pred_times[0], its z0's "
-        "time (backwards where they decrease): sort them (torch.unique(pred_times) sorts and "
-        "drops repeats) and reorder the answer.")
+    # anyway (check_increasing); the latent ODE's solver checks them and the model renames
+    # its t (OutputTimesError.named)
 
 
 def check_increasing(wanted: list[float]) -> None:

@@ -25,12 +25,11 @@ if TYPE_CHECKING:
 
 from latentode.nn import ObservationNoise, ODEFunc, ODERNNEncoder, WithObservationNoise, mlp
 from latentode.nn.layers import check_sizes, start_output_bias
-from latentode.solvers import FIXED_METHODS, SolverStats, odeint
+from latentode.solvers import FIXED_METHODS, OutputTimesError, SolverStats, odeint
 from latentode.solvers.odeint import check_options
 
 from .inputs import (
     check_decoded,
-    check_sorted_rows,
     checked_batch,
     checked_posterior,
     checked_pred_times,
@@ -507,8 +506,6 @@ class LatentODE(WithObservationNoise, nn.Module):
         values = checked_batch(self.input_dim, times, values, encoder_mask,
                                dtype=weight_dtype(self))
         checked_pred_times(pred_times, times, values.shape[0], per_series=True)
-        if pred_times is not None:
-            check_sorted_rows(pred_times)
         mean, std = checked_posterior(
             self.encoder, self.encode(times, values, encoder_mask, encoder_schedule,
                                       encoder_visit), values.shape[0], self.latents)
@@ -526,7 +523,15 @@ class LatentODE(WithObservationNoise, nn.Module):
             eps = z0_noise.to(mean)
         z0 = mean + std * eps
         out_times = times if pred_times is None else pred_times
-        paths = self.latent_paths(z0, out_times)
+        try:
+            paths = self.latent_paths(z0, out_times)
+        except OutputTimesError as error:  # the solver's t is pred_times, passed through
+            if pred_times is None:
+                raise
+            raise ValueError(
+                f"{error.named('pred_times')} The latent ODE integrates from pred_times[0], its "
+                "z0's time (backwards where they decrease): sort them (torch.unique(pred_times) "
+                "sorts and drops repeats) and reorder the answer.") from None
         z = paths[..., : self.latents]
         out = LatentODEOutput(self.decoder(z), mean, std, z0=z0)
         check_decoded(self.decoder, out.pred, self.input_dim)

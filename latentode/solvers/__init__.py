@@ -8,6 +8,7 @@ from .errors import (
     MaxStepsExceededError,
     NonFiniteInitialStateError,
     NonFiniteStateError,
+    OutputTimesError,
     SolverError,
     StepSizeUnderflowError,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "MaxStepsExceededError",
     "NonFiniteInitialStateError",
     "NonFiniteStateError",
+    "OutputTimesError",
     "SolverError",
     "SolverStats",
     "StepSizeUnderflowError",

@@ -22,3 +22,21 @@ class NonFiniteStateError(SolverError):
 class NonFiniteInitialStateError(NonFiniteStateError, ValueError):
     """``y0`` holds NaN or inf: bad input to ``odeint`` (a ``ValueError``), and, inside a model's
     training step, usually weights that diverged (a ``SolverError``, so training names where)."""
+
+
+class OutputTimesError(ValueError):
+    """Output times ``t`` that cannot be answered (unsorted, repeated, not finite, rows that
+    start apart). ``named(name)`` gives the message with the caller's name for ``t``, so that a
+    model passing its own argument straight through (a latent ODE's ``pred_times``) names it
+    without checking the times a second time."""
+
+    MARK = "\x00t"
+
+    def __init__(self, template: str):
+        self.template = template
+        super().__init__(self.named("t"))
+
+    def named(self, name: str) -> str:
+        """The message with ``t`` called ``name``."""
+        return self.template.replace(self.MARK, name)
+

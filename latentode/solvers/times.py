@@ -13,12 +13,14 @@ import math
 import numpy as np
 import torch
 
+from .errors import OutputTimesError
 from .tableaus import ButcherTableau
 
 
 def _describe_order(t: np.ndarray, row: int | None) -> str | None:
     """Message for the first place where a time series is not monotonic, else None."""
-    where = "t" if row is None else f"t[{row}]"
+    t_ = OutputTimesError.MARK
+    where = t_ if row is None else f"{t_}[{row}]"
     diffs = np.diff(t)
     if diffs.size == 0:
         return None
@@ -64,7 +66,8 @@ class OutputTimes:
             )
         host = t.detach().to("cpu", torch.float64).numpy()
         if not np.all(np.isfinite(host)):
-            raise ValueError("t contains NaN or inf; output times must be finite numbers.")
+            raise OutputTimesError(f"{OutputTimesError.MARK} contains NaN or inf; output times "
+                                   "must be finite numbers.")
         self.per_sample = t.dim() == 2
         self.shape = tuple(y0.shape)
         self.rows: np.ndarray | None  # each item's row of the state (per-sample times only)
@@ -73,7 +76,7 @@ class OutputTimes:
         else:
             msg = _describe_order(host, None)
             if msg:
-                raise ValueError(msg)
+                raise OutputTimesError(msg)
             self.t0, self.t1 = float(host[0]), float(host[-1])
             self.times = host[1:].tolist()  # items: every time after the start
             self.rows = None
@@ -90,9 +93,11 @@ class OutputTimes:
         starts = host[:, 0]
         if not np.all(starts == starts[0]):
             r = int(np.argmax(starts != starts[0]))
-            raise ValueError(
-                f"every row of per-sample t must start at the same time: t[0, 0] = "
-                f"{starts[0]:.6g} but t[{r}, 0] = {starts[r]:.6g}. Prepend the common start time."
+            t_ = OutputTimesError.MARK
+            raise OutputTimesError(
+                f"every row of per-sample {t_} must start at the same time: {t_}[0, 0] = "
+                f"{starts[0]:.6g} but {t_}[{r}, 0] = {starts[r]:.6g}. Prepend the common start "
+                "time."
             )
         spans = host[:, -1] - host[:, 0]
         sign = np.sign(spans[np.argmax(np.abs(spans))]) or 1.0
@@ -102,12 +107,14 @@ class OutputTimes:
                 own = _describe_order(host[r], r)
                 if own is None:  # monotonic, but the other way round from the longest row
                     ways = ["increasing", "decreasing"][:: 1 if sign > 0 else -1]
+                    t_ = OutputTimesError.MARK
                     own = (
-                        f"every row of per-sample t must run the same way: the longest row is "
-                        f"{ways[0]} but t[{r}] is {ways[1]} (t[{r}, -1] = {host[r, -1]:.6g} vs "
-                        f"start {host[r, 0]:.6g}). Integrate the two directions in separate calls."
+                        f"every row of per-sample {t_} must run the same way: the longest row "
+                        f"is {ways[0]} but {t_}[{r}] is {ways[1]} ({t_}[{r}, -1] = "
+                        f"{host[r, -1]:.6g} vs start {host[r, 0]:.6g}). Integrate the two "
+                        "directions in separate calls."
                     )
-                raise ValueError(own)
+                raise OutputTimesError(own)
         self.t0 = float(starts[0])
         flat = host.reshape(-1)
         self.t1 = float(flat.max() if sign > 0 else flat.min())
