@@ -383,7 +383,8 @@ def test_latent_ode_class_defaults_are_the_configs():
     with pytest.raises(TypeError, match=r"encoder must be an nn\.Module, got str 'rnn'.*"
                                         r"model/encoder=rnn \(a slash\)"):
         LatentODE(2, encoder="rnn")
-    with pytest.raises(ValueError, match="latents and input_dim must be at least 1"):
+    with pytest.raises(ValueError, match=r"LatentODE: latents must be a whole number >= 1, "
+                                         r"got -3"):
         LatentODE(2, latents=-3)
 
 

@@ -381,9 +381,6 @@ class LatentODE(WithObservationNoise, nn.Module):
         output_bias: ArrayLike | str | None = None,
     ):
         super().__init__()
-        if latents < 1 or input_dim < 1:
-            raise ValueError(f"latents and input_dim must be at least 1, got latents={latents}, "
-                             f"input_dim={input_dim}.")
         check_sizes("LatentODE", latents=latents, input_dim=input_dim, gen_units=gen_units,
                     gen_layers=gen_layers, dec_units=dec_units, dec_layers=dec_layers,
                     n_samples=n_samples, label_units=label_units if n_labels else None)
@@ -397,8 +394,6 @@ class LatentODE(WithObservationNoise, nn.Module):
             if part is not None and not isinstance(part, nn.Module):
                 raise TypeError(f"{name} must be an nn.Module (a config with a _target_), got "
                                 f"{type(part).__name__} {part!r}.")
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be at least 1, got {n_samples}.")
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
         if label_type not in LABELS:
