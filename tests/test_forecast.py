@@ -1091,7 +1091,7 @@ def test_zone_aware_times_asked_of_naive_data_are_refused_like_a_zone_aware_hist
         "x": [1.0, 2.0]}), "id", "t")
     for times in ([pd.Timestamp("2024-03-10", tz="US/Eastern")], ["2024-03-10T00:00+09:00"],
                   {7: [pd.Timestamp("2024-03-10", tz="UTC")]}):
-        with pytest.raises(ValueError, match=r"times in zone .* asked of data whose times carry "
+        with pytest.raises(ValueError, match=r"times in zone .* given to data whose times carry "
                                              r"no zone .*tz_localize\(None\)"):
             requested_times(ds, "datetime", times=times)
     naive = requested_times(ds, "datetime", times=["2024-03-10"])  # naive: the data's clock

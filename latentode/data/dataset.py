@@ -96,12 +96,7 @@ class TimeTransform:
                                    index=stamps.index)
             if stamps.dt.tz is not None:
                 if self.tz is None:  # which zone were the data's naive times in? unknowable
-                    raise ValueError(
-                        f"times in zone {stamps.dt.tz} given to data whose times carry no zone "
-                        "(the model was fitted on naive datetimes): give naive times on the "
-                        "training data's clock, e.g. "
-                        "times.dt.tz_convert('<that zone>').dt.tz_localize(None)."
-                    )
+                    raise ValueError(zone_for_naive_data(stamps.dt.tz, ".dt"))
                 stamps = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
             early, late = stamps.min(), stamps.max()
             if early < pd.Timestamp.min or late > pd.Timestamp.max:  # they wrapped around
@@ -126,6 +121,15 @@ class TimeTransform:
             nanos = np.round(number * pd.Timedelta(1, unit=self.unit).value).astype(np.int64)
             return nanos.astype("datetime64[ns]")
         return number
+
+
+def zone_for_naive_data(tz: Any, accessor: str = "") -> str:
+    """The refusal of zone-aware times given to data on a naive clock (a history frame, or a
+    forecaster's ``times=``): which zone that clock was in cannot be known, and reading it as
+    UTC moved every answer by the clock's offset, silently."""
+    return (f"times in zone {tz} given to data whose times carry no zone (the model was fitted "
+            "on naive datetimes): give naive times on the training data's clock, e.g. "
+            f"times{accessor}.tz_convert('<that zone>'){accessor}.tz_localize(None).")
 
 
 def localize_wall_clock(index: pd.DatetimeIndex, tz: Any) -> pd.DatetimeIndex:

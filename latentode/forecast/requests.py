@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from latentode.data import IrregularDataset
-from latentode.data.dataset import localize_wall_clock, parse_duration
+from latentode.data.dataset import localize_wall_clock, parse_duration, zone_for_naive_data
 
 Times: TypeAlias = np.ndarray | pd.DatetimeIndex
 
@@ -66,11 +66,7 @@ def align_tz(index: pd.DatetimeIndex, tz: Any) -> pd.DatetimeIndex:
     as UTC moved every answer by the clock's offset, silently."""
     if tz is None:
         if index.tz is not None:
-            raise ValueError(
-                f"times in zone {index.tz} asked of data whose times carry no zone (the model "
-                "was fitted on naive datetimes): give naive times on the training data's "
-                "clock, e.g. times.tz_convert('<that zone>').tz_localize(None)."
-            )
+            raise ValueError(zone_for_naive_data(index.tz))
         return index
     if index.tz is None:  # wall-clock times there, as a naive history is read
         return localize_wall_clock(index, tz)
