@@ -299,10 +299,21 @@ def test_two_series_train_on_both_say_so_and_skip_the_test(tmp_path, monkeypatch
 
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the app's exception itself, not exit(1)
     run = tmp_path / "run"
-    run_main(train_cli, ["latentode-train", *common, f"hydra.run.dir={run}",
-                         "trainer.max_epochs=1", "callbacks.progress_bar.refresh_rate=0"],
-             monkeypatch)
+    import warnings
+
+    with warnings.catch_warnings():  # nothing to validate: Lightning warned of an empty
+        # loader and, every epoch, of a best checkpoint's val/mse it never found
+        warnings.filterwarnings("error", message=".*(Total length of .DataLoader.|could not "
+                                "find the monitored key)")
+        run_main(train_cli, ["latentode-train", *common, f"hydra.run.dir={run}",
+                             "trainer.max_epochs=1", "callbacks.progress_bar.refresh_rate=0"],
+                 monkeypatch)
     assert not (run / "test_metrics.json").exists()
+    # early stopping on val/mse: Lightning's RuntimeError after the first epoch; now refused
+    with pytest.raises(ValueError, match=r"early stopping watches val/mse, but this run "
+                                         r"validates nothing \(no validation series\)"):
+        run_main(train_cli, ["latentode-train", *common, f"hydra.run.dir={tmp_path / 'es'}",
+                             "trainer.max_epochs=1", "callbacks=early_stopping"], monkeypatch)
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
     with pytest.raises(ValueError, match=r"test split has no series \(2 series in all, "

@@ -542,10 +542,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
             check_resume(cfg, module, saved, str(cfg.ckpt_path), run_dir)
             check_epochs_left(cfg, saved)
     callbacks = build_group(cfg.get("callbacks"))
+    no_validation = _without_validation(cfg, datamodule)
+    if no_validation:
+        callbacks = drop_validation_monitors(callbacks, no_validation)
     task, search = run_overrides()
     callbacks.append(RunRecord(cfg, task, run_dir, search))
     loggers = build_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    skip = {"limit_val_batches": 0} if no_validation and (cfg.trainer or {}).get(
+        "limit_val_batches") is None else {}  # (Lightning: "Total length ... is zero")
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                     **skip)
     continue_metrics(cfg, trainer)
     for logger in trainer.loggers:
         logger.log_hyperparams(cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)))
@@ -571,6 +577,42 @@ def train(cfg: DictConfig) -> dict[str, float]:
             best = None
         metrics.update(run_test(cfg, trainer, module, datamodule, best))
     return metrics
+
+
+def _without_validation(cfg: DictConfig, datamodule: Any) -> str:
+    """Why this run validates nothing ('' when it does): no validation series (too few series
+    to hold any out, ``data.val_fraction=0``, a source's fixed split without one) or
+    ``trainer.limit_val_batches=0``."""
+    if (cfg.get("trainer") or {}).get("limit_val_batches") == 0:
+        return "trainer.limit_val_batches=0"
+    splits = getattr(datamodule, "splits", None)
+    if isinstance(splits, dict) and "val" in splits and len(splits["val"]) == 0:
+        return "no validation series"
+    return ""
+
+
+def drop_validation_monitors(callbacks: list[Any], why: str) -> list[Any]:
+    """Callbacks watching a ``val/`` metric in a run that validates nothing: early stopping is
+    refused by name (Lightning raised "Early stopping conditioned on metric val/mse which is
+    not available" after the first epoch), a best-checkpoint callback is left out with a line
+    in the log (Lightning warned every epoch that it found no val/mse): the test then uses the
+    last weights."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    kept = []
+    for callback in callbacks:
+        monitor = getattr(callback, "monitor", None)
+        if not (isinstance(monitor, str) and monitor.startswith("val/")):
+            kept.append(callback)
+            continue
+        if isinstance(callback, EarlyStopping):
+            raise ValueError(
+                f"early stopping watches {monitor}, but this run validates nothing ({why}): "
+                "hold out validation series (data.val_fraction > 0, with 3 or more series) or "
+                "train without it (callbacks=default).")
+        log.info("%s: the checkpoint of the best %s is not kept (%s); the test uses the last "
+                 "weights", type(callback).__name__, monitor, why)
+    return kept
 
 
 def run_overrides() -> tuple[list[str], list[str]]:
