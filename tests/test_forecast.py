@@ -121,7 +121,8 @@ def test_a_history_far_outside_the_training_values_is_warned_about(fitted, data)
 def test_the_far_from_training_check_on_spikes_log_channels_and_old_forecasters():
     """Judged against the training range, not training SDs: a rare spike the model was trained
     on (an event channel: 0, once 1, at 110 SDs) warned as never seen; glucose given in mg/dL
-    to a model of mmol/L on a log channel (x18, and even x1e6) did not warn at all."""
+    to a model of mmol/L on a log channel (x18, and even x1e6) did not warn at all, nor mmol/L
+    to a linear model of mg/dL."""
     from latentode.data import TimeTransform, from_dataframe
     from latentode.forecast.forecaster import _warn_far_from_training
     from latentode.forecast.spec import DataSpec
@@ -150,6 +151,14 @@ def test_the_far_from_training_check_on_spikes_log_channels_and_old_forecasters(
     assert warned(mmol / 18, **log_glucose)  # the other way round too, on a log scale
     said = warned(mmol * 18, **log_glucose)[0]
     assert "holds 72, far outside the training values (3.2 to 14)" in said
+    # glucose in mg/dL on a linear channel (trained on 40 to 400, mean 120, SD 40): mmol/L
+    # (18x smaller) stayed inside the margin (5.5 is -2.9 SDs); now below a quarter of the
+    # smallest training value of a positive channel warns. A channel trained on 0 does not.
+    mg = {"mean": [120.0], "scale": [40.0], "value_range": [[-2.0, 7.0]]}
+    assert not warned([45.0, 90.0, 380.0], **mg)
+    said = warned(mmol, **mg)
+    assert said and "holds 4, far outside the training values (40 to 400)" in said[0]
+    assert not warned([0.0, 0.5], mean=[1.0], scale=[1.0], value_range=[[-1.0, 9.0]])
     # unscaled models are checked on their own units; old forecasters (no range) are not
     assert warned([1e6], value_range=[[0.0, 10.0]]) and not warned([1e6])
 

@@ -1508,6 +1508,7 @@ def _warn_beyond_training(ds: IrregularDataset, requests: list[tuple[int, Times]
 
 
 FAR_MARGIN = 0.5  # history values beyond the training range by this share of it are warned about
+FAR_FACTOR = 4.0  # and, on a channel trained on positive values, below its smallest / this
 
 
 def _warn_far_from_training(ds: IrregularDataset, spec: DataSpec,
@@ -1518,9 +1519,11 @@ def _warn_far_from_training(ds: IrregularDataset, spec: DataSpec,
     its mean: most often a unit mix-up
     (mg/dL for mmol/L, Pa for kPa), which gave ordinary-looking forecasts without a word (a
     history at 1e6x the training scale moved a test forecast's mean by 0.5%). Values the model
-    was trained on never warn (rare spikes included), and a linear channel given values 18x
-    too small mostly stays inside its range: the check catches values too large, and on log
-    channels both. Nothing is checked for a forecaster saved without the range."""
+    was trained on never warn (rare spikes included). A linear channel given values 18x too
+    small mostly stays inside that margin (glucose in mmol/L, 5.5, to a model of mg/dL trained
+    on 40 to 400), so a channel trained on positive values only also warns below
+    ``1 / FAR_FACTOR`` of its smallest training value. Nothing is checked for a forecaster saved
+    without the range."""
     if spec.value_range is None or not len(ds.values):
         return
     known = [j for j, r in enumerate(spec.value_range) if r is not None]
@@ -1533,6 +1536,12 @@ def _warn_far_from_training(ds: IrregularDataset, spec: DataSpec,
         far = (model < lo - margin) | (model > hi + margin)
         if spec.scale is not None:  # a near-constant channel: not for a hair's difference
             far &= np.abs(model) > 3.0
+        ends = np.zeros((2, spec.n_channels))
+        ends[:, known] = np.array([lo, hi])
+        low_data = spec.to_user_values(ends)[0, known]  # the smallest training values
+        linear = np.array([not (spec.log and spec.log[j]) for j in known])
+        small = linear & (low_data > 0) & (ds.values[:, known] < low_data / FAR_FACTOR)
+        far |= small
     if not far.any():
         return
     row, k = np.argwhere(far)[0]
