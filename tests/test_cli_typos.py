@@ -237,3 +237,20 @@ def test_a_sweep_key_of_only_some_options_is_named_as_such(monkeypatch, capsys):
     err = failing_main(["-m", "model/encoder=odernn,rnn", "model.encoder.ode_unit=50"],
                        monkeypatch, capsys)  # a typo in a sweep: still the closest key
     assert "model.encoder.ode_unit is not a key of the config; did you mean " in err
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(monkeypatch):
+    """`latentode-train --help | head`: Python's BrokenPipeError traceback after the lines."""
+    import os
+
+    def app():
+        raise BrokenPipeError(32, "Broken pipe")
+
+    saved = os.dup(1)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            typos.run_app(app, "train", "latentode-train")
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    assert stop.value.code == 141

@@ -17,6 +17,7 @@ nothing more.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -253,6 +254,10 @@ def run_app(app: Callable[[], Any], config_name: str, command: str,
     ``HYDRA_FULL_ERROR=1``) before ``started()`` says the task ran, add the hint to the error."""
     try:
         return app()
+    except BrokenPipeError:  # `latentode-train --help | head`: the reader left, not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # (Python's advice: no second error at exit)
+        raise SystemExit(141) from None
     except SystemExit as stop:
         if stop.code == 1 and not started():
             explain_failed_composition(config_name, command=command, plus_refused=plus_refused)
