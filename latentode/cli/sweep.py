@@ -175,7 +175,7 @@ def check_search_space(config: DictConfig) -> None:
             missing.append(key)
     if not missing:
         return
-    job = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    job = OmegaConf.masked_copy(config, [str(k) for k in config if k != "hydra"])
     named = []
     for key in missing:
         close = closest_key(job, key)

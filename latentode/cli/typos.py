@@ -20,7 +20,7 @@ import difflib
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from latentode.cli import config_dir
@@ -65,7 +65,7 @@ def _culprit(error: Exception, lines: list[str], parsed: list[Any]) -> tuple[int
 
 
 def _group_hint(command: str, group: str, name: str, options: list[str],
-                pieces: list[str] = ()) -> str:
+                pieces: Sequence[str] = ()) -> str:
     """``pieces``: the group's ``parts/`` (configs the default set is made of, not options)."""
     if group == "callbacks" and name in pieces:
         return (f"{command}: callbacks={name} is not an option: {name} is one of the default "
