@@ -36,6 +36,14 @@ def test_train_refuses_settings_nothing_reads(extra, match):
         train_cli.train(compose_train([*TINY, *extra]))
 
 
+def test_a_piece_of_the_default_callbacks_set_without_it_names_how_to_add_it():
+    from latentode.cli.options import refuse_unread_settings
+
+    with pytest.raises(ValueError, match=r"Add it first: \+callbacks/parts=ema "
+                                         r"\(conf/callbacks/parts/ema\.yaml"):
+        refuse_unread_settings(compose_train(["callbacks=none", "+callbacks.ema.decay=0.9"]))
+
+
 def test_variables_an_experiment_reads_and_selected_entries_are_kept():
     """``observed_fraction`` (hopper experiments) is read by ``${observed_fraction}``; a
     selected callback takes its settings; the groups' and train.yaml's own keys pass."""
@@ -44,7 +52,7 @@ def test_variables_an_experiment_reads_and_selected_entries_are_kept():
     for overrides in (["experiment=hopper_interp", "observed_fraction=0.3"],
                       ["experiment=csv", "data.dataset.path=x.csv"],
                       [*TINY, "callbacks=early_stopping", "callbacks.early_stopping.patience=3"],
-                      ["callbacks=none"]):
+                      ["callbacks=none"], ["callbacks=none", "+callbacks/parts=ema"]):
         refuse_unread_settings(compose_train(overrides))
 
 
