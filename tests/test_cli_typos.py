@@ -254,3 +254,15 @@ def test_a_reader_that_leaves_early_is_not_an_error(monkeypatch):
         os.dup2(saved, 1)
         os.close(saved)
     assert stop.value.code == 141
+
+
+def test_an_option_the_target_takes_gets_the_plus_advice(monkeypatch, capsys):
+    """trainer.precision is a Trainer argument the config does not list: the hint said + would
+    not help, where +trainer.precision=... is the documented way and works."""
+    err = failing_main(["trainer.precision=bf16-mixed"], monkeypatch, capsys)
+    assert ("latentode-train: trainer.precision is not in the config, but "
+            "lightning.pytorch.Trainer takes precision: add it with +trainer.precision=...") in err
+    assert "would not help" not in err
+    from test_cli import compose_train
+
+    assert compose_train(["+trainer.precision=bf16-mixed"]).trainer.precision == "bf16-mixed"

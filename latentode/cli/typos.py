@@ -17,6 +17,7 @@ nothing more.
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 import re
 import sys
@@ -123,7 +124,32 @@ def _misspelt_group(command: str, key: str, value: str, loader: Any) -> str | No
             f"{', '.join(options)})")
 
 
+def _target_takes(cfg: Any, key: str) -> str | None:
+    """The ``_target_`` of ``key``'s parent when it takes ``key``'s last part as an argument
+    (``trainer.precision``: ``lightning.Trainer`` does, though the config does not list it),
+    else None."""
+    from omegaconf import DictConfig, OmegaConf
+
+    parent, _, name = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else None
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return None
+    target = str(node._get_node("_target_")._value())
+    try:
+        from hydra.utils import get_object
+
+        takes = inspect.signature(get_object(target)).parameters
+    except Exception:  # not importable here, or no signature: no claim either way
+        return None
+    return target if name in takes else None
+
+
 def _key_hint(command: str, key: str, cfg: Any, plus_refused: bool) -> str:
+    target = _target_takes(cfg, key)
+    if target is not None:
+        name = key.rpartition(".")[2]
+        return (f"{command}: {key} is not in the config, but {target} takes {name}: add it "
+                f"with +{key}=...")
     close = closest_key(cfg, key)
     hint = f"; did you mean {close}?" if close else "."
     line = f"{command}: {key} is not a key of the config{hint}"
