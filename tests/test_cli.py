@@ -269,7 +269,7 @@ def test_eval_overrides_are_checked(tmp_path):
     cfg = compose_train(["trainer.max_epochs=1"])
     runs.apply_overrides(cfg, ["data.batch_size=7"])
     assert cfg.data.batch_size == 7
-    with pytest.raises(KeyError, match="batchsize"):
+    with pytest.raises(ValueError, match="batchsize"):
         runs.apply_overrides(cfg, ["data.batchsize=7"])
     with pytest.raises(FileNotFoundError, match=r"\.hydra/config\.yaml"):
         runs.find_run_config(tmp_path / "checkpoints" / "x.ckpt")

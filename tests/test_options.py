@@ -93,6 +93,6 @@ def test_eval_and_predict_refuse_run_settings_given_as_their_own():
 
 def test_a_misspelt_override_of_the_run_suggests_the_key():
     cfg = OmegaConf.create({"data": {"dataset": {"n_series": 20}}})
-    with pytest.raises(KeyError, match=r"has no key 'data\.dataset\.n_serie'\. Did you mean "
+    with pytest.raises(ValueError, match=r"has no key 'data\.dataset\.n_serie'\. Did you mean "
                                        r"data\.dataset\.n_series\?"):
         runs.apply_overrides(cfg, ["data.dataset.n_serie=5"])

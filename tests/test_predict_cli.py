@@ -609,3 +609,22 @@ def test_a_parquet_output_without_an_engine_is_refused_before_any_work(tmp_path,
     err = capsys.readouterr().err
     assert err.startswith("latentode-predict: error: parquet files need pyarrow: pip install ")
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_a_misspelt_key_in_overrides_is_one_line(run, tmp_path, monkeypatch, capsys, command):
+    """'overrides=["data.dataset.n_serie=200"]' ended in Hydra's traceback of a KeyError."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    module = eval_cli if command == "eval" else predict_cli
+    extra = [] if command == "eval" else [f"input={tmp_path}/in.csv", f"output={tmp_path}/o.csv"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run_main(module, [f"latentode-{command}", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+                          'overrides=["data.dataset.n_serie=200"]', *extra,
+                          f"hydra.run.dir={tmp_path / 'out'}"], monkeypatch)
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"latentode-{command}: error: override 'data.dataset.n_serie=200': the "
+                          "run's config has no key 'data.dataset.n_serie'. Did you mean "
+                          "data.dataset.n_series?")
+    assert "Traceback" not in err

@@ -99,8 +99,8 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> None:
             raise ValueError(f"override {item!r} is not of the form key=value.")
         key, raw = item.split("=", 1)
         if OmegaConf.select(cfg, key, throw_on_missing=False, default=KeyError) is KeyError:
-            raise KeyError(f"override {item!r}: the run's config has no key {key!r}."
-                           + suggest_key(cfg, key))
+            raise ValueError(f"override {item!r}: the run's config has no key {key!r}."
+                             + suggest_key(cfg, key))
         OmegaConf.update(cfg, key, yaml.safe_load(raw), merge=False)
 
 
