@@ -770,6 +770,13 @@ def test_unknown_config_key_is_an_error():
     with pytest.raises(ConfigCompositionException, match=r"model\.nothing_like_it") as info:
         LatentODEForecaster({"model.nothing_like_it": 3})
     assert "Did you mean" not in str(info.value)
+    # settings nothing reads: refused as on the command line (they trained without a word)
+    with pytest.raises(ValueError, match=r"sede is not a setting of latentode-train .*Did you "
+                                         r"mean seed\?"):
+        LatentODEForecaster({"+sede": 3})
+    with pytest.raises(ValueError, match=r"Select it first: callbacks=early_stopping"):
+        LatentODEForecaster({"+callbacks.early_stopping.patience": 3})
+    LatentODEForecaster({"callbacks": "early_stopping", "callbacks.early_stopping.patience": 3})
 
 
 def test_error_series_in_times_not_in_df(fitted, data):

@@ -284,12 +284,19 @@ class LatentODEForecaster:
     Args:
         config_overrides: Hydra overrides of ``conf/train.yaml``: a dict (``{"model.latents": 8,
             "trainer.max_epochs": 5}``) or ``key=value`` strings. Unknown keys are errors (Hydra's
-            ``ConfigCompositionException``), raised here rather than in ``fit``.
+            ``ConfigCompositionException``), raised here rather than in ``fit``, and so are
+            settings nothing reads (``+sede``; a callback's settings without selecting it), as
+            on the command line.
     """
 
     def __init__(self, config_overrides: Mapping[str, Any] | Sequence[str] | None = None):
         self.config_overrides = override_list(config_overrides)
         self._composed: DictConfig | None = compose_train_config(self.config_overrides)
+        from latentode.cli.options import refuse_unread_settings
+
+        # "+sede": 3 or "+callbacks.early_stopping.patience": 3 (not selected) trained without
+        # a word here, where latentode-train refuses them
+        refuse_unread_settings(self._composed)
         self.cfg: DictConfig = copy.deepcopy(self._composed)  # after fit: the config it ran
         self.model: nn.Module | None = None
         self.spec: DataSpec | None = None
