@@ -234,6 +234,14 @@ def test_a_sweep_key_of_only_some_options_is_named_as_such(monkeypatch, capsys):
     assert ("latentode-train: model.encoder.ode_units is a key of the config with "
             "model/encoder=odernn but not with model/encoder=rnn: a sweep (-m) composes every "
             "combination") in err and "did you mean" not in err.splitlines()[-1]
+    err = failing_main(["-m", "model/encoder=rnn,odernn", "model.encoder.ode_units=50"],
+                       monkeypatch, capsys)  # the other order: the first combination fails
+    assert ("model.encoder.ode_units is a key of the config with model/encoder=odernn but not "
+            "with model/encoder=rnn") in err
+    err = failing_main(["-m", "model=odernn,latent_ode", "model.gen_units=8"], monkeypatch,
+                       capsys)
+    assert ("model.gen_units is a key of the config with model=latent_ode but not with "
+            "model=odernn") in err
     err = failing_main(["-m", "model/encoder=odernn,rnn", "model.encoder.ode_unit=50"],
                        monkeypatch, capsys)  # a typo in a sweep: still the closest key
     assert "model.encoder.ode_unit is not a key of the config; did you mean " in err

@@ -193,13 +193,12 @@ def composition_hint(config_name: str, overrides: list[str], command: str = "lat
             # every job's config before the first runs)
             lines = [c[0] for c in choices]
             error = attempt(lines)
-            composed, changed = (list(lines) if error is None else None), -1
             for i, values in enumerate(choices):
                 for value in values[1:]:
                     if error is not None or tries[0] >= _TRIES:
                         break
                     lines = [*lines[:i], value, *lines[i + 1:]]
-                    error, changed = attempt(lines), i
+                    error = attempt(lines)
                 if error is not None:
                     break
             if error is None:
@@ -217,17 +216,27 @@ def composition_hint(config_name: str, overrides: list[str], command: str = "lat
                 return _group_hint(command, group, name, options, pieces)
             # the config composed without the key (and any other override that stops it)
             key = parsed[index].key_or_group
-            if composed is not None and changed >= 0 and changed != index:
-                # a key of the sweep's first combination, not of another value's: a grid of a
-                # key that only some options have (it was "did you mean" another key)
-                tries[0] += 1
-                first = compose(config_name=config_name, overrides=composed,
-                                return_hydra_config=True)
-                if _has_key(first, key.split(".")):
-                    return (f"{command}: {key} is a key of the config with {composed[changed]} "
-                            f"but not with {lines[changed]}: a sweep (-m) composes every "
-                            "combination of its values. Sweep the options apart (one -m per "
-                            f"option, each with its own keys), or leave {key} out.")
+            # a key that another swept value of some override has (a grid of a key only some
+            # options have; it was "did you mean" another key, in either order of the options)
+            for j, values in enumerate(choices):
+                if j == index or len(values) < 2:
+                    continue
+                for value in values:
+                    if value == lines[j] or tries[0] >= _TRIES:
+                        continue
+                    other = [*lines[:j], value, *lines[j + 1:]]
+                    del other[index]
+                    tries[0] += 1
+                    try:
+                        there = compose(config_name=config_name, overrides=other,
+                                        return_hydra_config=True)
+                    except ConfigCompositionException:
+                        continue
+                    if _has_key(there, key.split(".")):
+                        return (f"{command}: {key} is a key of the config with {value} but not "
+                                f"with {lines[j]}: a sweep (-m) composes every combination of "
+                                "its values. Sweep the options apart (one -m per option, each "
+                                f"with its own keys), or leave {key} out.")
             rest, rest_parsed = lines[:index] + lines[index + 1:], \
                 parsed[:index] + parsed[index + 1:]
             while tries[0] < _TRIES:
