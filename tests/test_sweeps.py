@@ -211,6 +211,21 @@ def test_a_search_space_the_chosen_model_lacks_stops_before_any_trial(tmp_path, 
         cfg.hydra.sweeper.params["model"] = "choice(latent_ode,odernn)"
         cfg.hydra.sweeper.params["+model.extra"] = "choice(1,2)"
     sweep_cli.check_search_space(cfg)
+    # a group swept on the command line: each option is checked (the check saw the default
+    # model and passed, and trial 0, model=odernn, died in Hydra's advice)
+    swept = compose_hydra(["hparams_search=periodic_optuna",
+                           f"hydra.sweep.dir={tmp_path / 'sweep2'}"])
+    with open_dict(swept):
+        swept.hydra.overrides.task = ["hparams_search=periodic_optuna", "model=odernn,latent_ode"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        sweep_cli.check_search_space(swept)
+    assert ("model.gen_units is a key of the config with model=latent_ode but not with "
+            "model=odernn") in capsys.readouterr().err
+    with open_dict(swept):
+        swept.hydra.overrides.task = ["hparams_search=periodic_optuna",
+                                      "model=latent_ode,hopper_latent_ode"]
+    sweep_cli.check_search_space(swept)  # both have every key searched
 
 
 def test_hopper_search_carves_validation_from_training_series():

@@ -158,14 +158,34 @@ def check_search_space(config: DictConfig) -> None:
     ``model.gen_units``, which ODE-RNN does not have; every trial then died in Hydra's "use
     +model.gen_units" (advice that adds an unread key) and left its Optuna trial RUNNING. Keys
     under a searched config group (``model: choice(latent_ode, odernn)``) belong to each
-    trial's own choice and are not checked; ``+``/``~`` keys are the user's."""
+    trial's own choice and are not checked, nor under a group swept on the command line
+    (``model=odernn,latent_ode``); ``+``/``~`` keys are the user's."""
     from latentode.cli.typos import _has_key, closest_key
 
     params = config.hydra.get("sweeper", {}).get("params") or {}
     if not params:
         return
     choices = config.hydra.get("runtime", {}).get("choices") or {}
-    searched_groups = [str(k).replace("/", ".") + "." for k in params if str(k) in choices]
+    searched = {str(k) for k in params if str(k) in choices}
+    task = [str(o) for o in config.hydra.get("overrides", {}).get("task") or []]
+    try:  # groups swept on the command line (model=odernn,latent_ode): each trial's own too
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        on_line = {o.key_or_group for o in OverridesParser.create().parse_overrides(task)
+                   if o.is_sweep_override() and o.key_or_group in choices}
+    except Exception:  # an override Hydra would refuse: Hydra says so
+        on_line = set()
+    if on_line:  # each option with the search space, composed as the trials would be
+        from latentode.cli.typos import composition_hint
+
+        space = [f"{k}={v}" for k, v in params.items() if str(k)[:1] not in "+~"]
+        hint = composition_hint("train", [*task, *space])
+        if hint:
+            print(f"latentode-train: the search space (hydra.sweeper.params) does not fit every "
+                  f"option swept on the command line, so some trials would fail before "
+                  f"training:\n{hint}", file=sys.stderr, flush=True)
+            raise SystemExit(1)
+    searched_groups = [group.replace("/", ".") + "." for group in searched | on_line]
     missing = []
     for key in (str(k) for k in params):
         if (key[:1] in "+~" or key in choices or "/" in key
