@@ -159,6 +159,12 @@ def test_the_far_from_training_check_on_spikes_log_channels_and_old_forecasters(
     said = warned(mmol, **mg)
     assert said and "holds 4, far outside the training values (40 to 400)" in said[0]
     assert not warned([0.0, 0.5], mean=[1.0], scale=[1.0], value_range=[[-1.0, 9.0]])
+    # not: one low reading among ordinary ones, zeros and negatives (degC trained on 1 to 30),
+    # a 0 the model was trained on that comes back from the scaler as ~1e-14
+    celsius = {"mean": [15.0], "scale": [7.0], "value_range": [[-2.0, 15.0 / 7.0]]}
+    assert not warned([12.0, 0.2, 14.0], **celsius) and not warned([-1.0, 0.0], **celsius)
+    rounded = {"mean": [3.0], "scale": [7.0], "value_range": [[(2.842e-14 - 3.0) / 7.0, 10.0]]}
+    assert not warned([0.0, 0.0], **rounded)
     # unscaled models are checked on their own units; old forecasters (no range) are not
     assert warned([1e6], value_range=[[0.0, 10.0]]) and not warned([1e6])
 

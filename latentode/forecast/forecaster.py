@@ -1528,9 +1528,8 @@ def _warn_far_from_training(ds: IrregularDataset, spec: DataSpec,
     history at 1e6x the training scale moved a test forecast's mean by 0.5%). Values the model
     was trained on never warn (rare spikes included). A linear channel given values 18x too
     small mostly stays inside that margin (glucose in mmol/L, 5.5, to a model of mg/dL trained
-    on 40 to 400), so a channel trained on positive values only also warns below
-    ``1 / FAR_FACTOR`` of its smallest training value. Nothing is checked for a forecaster saved
-    without the range."""
+    on 40 to 400): see :func:`_far_below`. Nothing is checked for a forecaster saved without
+    the range."""
     if spec.value_range is None or not len(ds.values):
         return
     known = [j for j, r in enumerate(spec.value_range) if r is not None]
@@ -1543,12 +1542,7 @@ def _warn_far_from_training(ds: IrregularDataset, spec: DataSpec,
         far = (model < lo - margin) | (model > hi + margin)
         if spec.scale is not None:  # a near-constant channel: not for a hair's difference
             far &= np.abs(model) > 3.0
-        ends = np.zeros((2, spec.n_channels))
-        ends[:, known] = np.array([lo, hi])
-        low_data = spec.to_user_values(ends)[0, known]  # the smallest training values
-        linear = np.array([not (spec.log and spec.log[j]) for j in known])
-        small = linear & (low_data > 0) & (ds.values[:, known] < low_data / FAR_FACTOR)
-        far |= small
+        far |= _far_below(ds, spec, known, lo, hi)
     if not far.any():
         return
     row, k = np.argwhere(far)[0]
@@ -1566,6 +1560,27 @@ def _warn_far_from_training(ds: IrregularDataset, spec: DataSpec,
         "data's units?",
         stacklevel=5,  # the user's call (of predict, sample, impute: through _draw)
     )
+
+
+def _far_below(ds: IrregularDataset, spec: DataSpec, known: list[int], lo: np.ndarray,
+               hi: np.ndarray) -> np.ndarray:
+    """``(rows, len(known))``: the values below ``1 / FAR_FACTOR`` of a linear channel's smallest
+    training value, where that channel was trained on positive values only and the series'
+    median of it lies there too (above 0): a unit mix-up shifts a whole series by a factor. One
+    low reading among ordinary ones, zeros and negative values (a temperature in degC near 0)
+    are left to the range margin."""
+    ends = np.zeros((2, spec.n_channels))
+    ends[:, known] = np.array([lo, hi])
+    low, high = spec.to_user_values(ends)[:, known]  # the training extremes in data units
+    linear = np.array([not (spec.log and spec.log[j]) for j in known])
+    positive = linear & (low > 1e-9 * np.abs(high))  # (a 0 comes back as ~1e-14)
+    values = ds.values[:, known]
+    lengths = np.diff(ds.offsets)
+    series = np.repeat(np.arange(len(lengths)), lengths)
+    median = pd.DataFrame(values).groupby(series).median().to_numpy()  # (series, k), NaN-free
+    tiny = positive & (values > 0) & (values < low / FAR_FACTOR)
+    shifted = positive & (median > 0) & (median < low / FAR_FACTOR)
+    return tiny & shifted[series]
 
 
 def _set_label_head(cfg: DictConfig, labels: np.ndarray, label_col: str) -> None:
