@@ -209,6 +209,13 @@ def _load(*args, **kwargs) -> tuple[pd.DataFrame, list[str]]:
     return df, [str(w.message) for w in caught]
 
 
+def _load_registry(load_dataset, root) -> tuple[object, list[str]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = load_dataset("physionet", root=root, labels=False, static=False)
+    return ds, [str(w.message) for w in caught]
+
+
 def test_physionet_channels_match_the_paper_code():
     assert len(physionet.PAPER_PARAMS) == 41 and len(physionet.CHANNELS) == 37
     assert physionet.PAPER_PARAMS[:5] == ["Age", "Gender", "Height", "ICUType", "Weight"]
@@ -374,6 +381,17 @@ def test_physionet_labels_missing_patient_or_file(fixture):
     df, messages = _load(fixture["root"])
     assert df["label"].isna().all()
     assert any("no outcomes file" in m for m in messages)
+    # labels=False (the interpolation recipe's default): the outcomes file is not read at all
+    df, messages = _load(fixture["root"], labels=False)
+    assert df["label"].isna().all() and not any("outcomes" in m for m in messages)
+    outcomes.write_text("RecordID,In-hospital_death\nabc,1\n")  # malformed
+    with pytest.raises(ValueError, match="abc"):
+        physionet.load(fixture["root"])
+    _load(fixture["root"], labels=False)  # not read: no error
+    from latentode.data import load_dataset
+
+    _, messages = _load_registry(load_dataset, fixture["root"])
+    assert not any("outcomes" in m for m in messages)
 
 
 @pytest.mark.parametrize(

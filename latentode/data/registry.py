@@ -44,6 +44,8 @@ def load_dataset(name: str, **kwargs: Any) -> IrregularDataset:
     _check_options(name, kwargs, module.load, {"time_scale", "labels", "static"})
     time_scale = kwargs.pop("time_scale", None)
     labels, static = bool(kwargs.pop("labels", True)), bool(kwargs.pop("static", True))
+    if "labels" in inspect.signature(module.load).parameters:  # (physionet: no outcomes read)
+        kwargs["labels"] = labels
     frame = module.load(**kwargs)
     if hasattr(module, "frame_kwargs"):  # columns that depend on the load arguments
         frame_kwargs = dict(module.frame_kwargs(kwargs.get("variables")))

@@ -107,6 +107,7 @@ def load(
     *,
     subset: str | Sequence[str] = "a",
     keep_empty: bool = False,
+    labels: bool = True,
 ) -> pd.DataFrame:
     """Parse one set of the PhysioNet 2012 challenge, or several pooled, into a wide DataFrame
     (see module doc).
@@ -127,6 +128,8 @@ def load(
             patients for interpolation; RecordIDs are unique across the challenge's sets).
         keep_empty: keep patients without any observed selected channel as one all-NaN row at
             time 0 (default: drop them with a warning).
+        labels: read the outcomes file into ``label``; False leaves the file alone (no warning
+            when it is missing, no error when it is malformed) and ``label`` NaN.
 
     Returns:
         ``series_id`` (int64 RecordID), ``time`` (float64 hours since admission), one float64
@@ -142,7 +145,7 @@ def load(
     channels = _select(variables)
     step = _check_quantization(quantization)
     if not isinstance(subset, str):
-        return _load_pooled(Path(root), quantization, variables, subset, keep_empty)
+        return _load_pooled(Path(root), quantization, variables, subset, keep_empty, labels)
     set_dir, outcome_paths = _locate(Path(root), subset)
     record_ids, records = _read_records(set_dir)
 
@@ -173,12 +176,16 @@ def load(
         order = np.lexsort((times, sid))
         sid, times, table = sid[order], times[order], table[:, order]
 
-    labels = _read_labels(outcome_paths, record_ids)
     patient = np.searchsorted(static.index.to_numpy(), sid)  # static is sorted by RecordID
     columns: dict[str, np.ndarray] = {"series_id": sid, "time": times}
     columns |= dict(zip(channels, table, strict=True))
     columns |= {name: static[name].to_numpy()[patient] for name in STATIC_COLUMNS}
-    columns[LABEL_COLUMN] = labels.reindex(static.index).to_numpy(dtype=np.float64)[patient]
+    if labels:
+        outcome = _read_labels(outcome_paths, record_ids)
+        columns[LABEL_COLUMN] = outcome.reindex(static.index).to_numpy(
+            dtype=np.float64)[patient]
+    else:
+        columns[LABEL_COLUMN] = np.full(len(sid), np.nan)
     return pd.DataFrame(columns, copy=False)
 
 
@@ -188,6 +195,7 @@ def _load_pooled(
     variables: Sequence[str] | str | None,
     subsets: Sequence[str],
     keep_empty: bool,
+    labels: bool = True,
 ) -> pd.DataFrame:
     """Several sets, each parsed as one, then stacked; a RecordID in two of them is refused."""
     names = [str(s) for s in subsets]
@@ -205,7 +213,7 @@ def _load_pooled(
     for name in names:
         try:
             frames.append(load(root, quantization, variables, subset=name,
-                               keep_empty=keep_empty))
+                               keep_empty=keep_empty, labels=labels))
         except FileNotFoundError as error:
             found = [n for n in names if n != name
                      and any(c.is_dir() for c in _set_candidates(root, n))]
