@@ -585,15 +585,19 @@ def test_latent_ode_names_pred_times_out_of_order():
                        (torch.tensor([0.0, 1.0, 1.0]),
                         r"strictly monotonic, but pred_times\[2\] = 1 repeats pred_times\[1\]")):
         with pytest.raises(ValueError, match=r"pred_times must be .*" + where
-                           + r".*integrates from pred_times\[0\].*torch\.unique"):
+                           + r".*integrates from pred_times\[0\].*sort them"):
             model(times, values, mask, 2, pred_times=bad)
     rows = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.5, 0.2]])
     with pytest.raises(ValueError, match=r"pred_times\[1\] must be monotonic \(increasing, as it "
                                          r"starts\), but pred_times\[1\]\[2\] = 0\.2 comes after "
                                          r"pred_times\[1\]\[1\] = 0\.5"):
         model(times, values, mask, 2, pred_times=rows)
-    with pytest.raises(ValueError, match=r"pred_times contains NaN or inf"):  # an IndexError
+    with pytest.raises(ValueError, match=r"pred_times contains NaN or inf; output times must "
+                                         r"be finite numbers\.$"):  # an IndexError; no sorting
         model(times, values, mask, 2, pred_times=torch.tensor([0.0, math.nan, 1.0]))
+    with pytest.raises(ValueError, match=r"every row of per-sample pred_times must start at the "
+                                         r"same time.*common start time\.$"):
+        model(times, values, mask, 2, pred_times=torch.tensor([[0.0, 1.0], [0.5, 1.0]]))
     with pytest.raises(ValueError, match=r"^t contains NaN"):  # the solver alone names its t
         odeint(lambda t, y: -y, torch.ones(2), torch.tensor([0.0, math.nan]))
     rows[1, 2] = 0.7  # repeats pad a row: fine

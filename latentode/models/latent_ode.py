@@ -523,10 +523,10 @@ class LatentODE(WithObservationNoise, nn.Module):
         except OutputTimesError as error:  # the solver's t is pred_times, passed through
             if pred_times is None:
                 raise
-            raise ValueError(
-                f"{error.named('pred_times')} The latent ODE integrates from pred_times[0], its "
-                "z0's time (backwards where they decrease): sort them (torch.unique(pred_times) "
-                "sorts and drops repeats) and reorder the answer.") from None
+            advice = (" The latent ODE integrates from pred_times[0], its z0's time (backwards "
+                      "where they decrease): sort them and reorder the answer."
+                      if error.kind == "order" else "")
+            raise ValueError(f"{error.named('pred_times')}{advice}") from None
         z = paths[..., : self.latents]
         out = LatentODEOutput(self.decoder(z), mean, std, z0=z0)
         check_decoded(self.decoder, out.pred, self.input_dim)

@@ -32,8 +32,9 @@ class OutputTimesError(ValueError):
 
     MARK = "\x00t"
 
-    def __init__(self, template: str):
+    def __init__(self, template: str, kind: str = "order"):
         self.template = template
+        self.kind = kind  # "order" (unsorted, repeated), "finite", "start", "direction"
         super().__init__(self.named("t"))
 
     def named(self, name: str) -> str:

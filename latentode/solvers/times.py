@@ -67,7 +67,7 @@ class OutputTimes:
         host = t.detach().to("cpu", torch.float64).numpy()
         if not np.all(np.isfinite(host)):
             raise OutputTimesError(f"{OutputTimesError.MARK} contains NaN or inf; output times "
-                                   "must be finite numbers.")
+                                   "must be finite numbers.", kind="finite")
         self.per_sample = t.dim() == 2
         self.shape = tuple(y0.shape)
         self.rows: np.ndarray | None  # each item's row of the state (per-sample times only)
@@ -97,7 +97,7 @@ class OutputTimes:
             raise OutputTimesError(
                 f"every row of per-sample {t_} must start at the same time: {t_}[0, 0] = "
                 f"{starts[0]:.6g} but {t_}[{r}, 0] = {starts[r]:.6g}. Prepend the common start "
-                "time."
+                "time.", kind="start"
             )
         spans = host[:, -1] - host[:, 0]
         sign = np.sign(spans[np.argmax(np.abs(spans))]) or 1.0
@@ -108,12 +108,11 @@ class OutputTimes:
                 if own is None:  # monotonic, but the other way round from the longest row
                     ways = ["increasing", "decreasing"][:: 1 if sign > 0 else -1]
                     t_ = OutputTimesError.MARK
-                    own = (
+                    raise OutputTimesError(
                         f"every row of per-sample {t_} must run the same way: the longest row "
                         f"is {ways[0]} but {t_}[{r}] is {ways[1]} ({t_}[{r}, -1] = "
                         f"{host[r, -1]:.6g} vs start {host[r, 0]:.6g}). Integrate the two "
-                        "directions in separate calls."
-                    )
+                        "directions in separate calls.", kind="direction")
                 raise OutputTimesError(own)
         self.t0 = float(starts[0])
         flat = host.reshape(-1)
