@@ -59,6 +59,17 @@ def test_a_default_callback_is_not_an_option_that_replaces_the_set(piece, monkey
     err = failing_main([f"callbacks={piece}"], monkeypatch, capsys)
     assert (f"latentode-train: callbacks={piece} is not an option: {piece} is one of the default "
             f"callbacks") in err and f"~callbacks.{piece}" in err and "callbacks=ema_only" in err
+    assert f"+callbacks/parts={piece}" in err
+    # a list of pieces (Hydra's raw "Could not load 'callbacks/ema'" alone)
+    err = failing_main([f"callbacks=[{piece},lr_monitor]"], monkeypatch, capsys)
+    assert (f"callbacks=[{piece},lr_monitor] names pieces of the default set "
+            f"(conf/callbacks/parts/), not options of callbacks; those pieces alone: "
+            f"callbacks=none '+callbacks/parts=[{piece},lr_monitor]'") in err
+    from latentode import LatentODEForecaster  # the forecaster's overrides: the same hint
+
+    with pytest.raises(Exception, match=rf"LatentODEForecaster: callbacks={piece} is not an "
+                                        r"option"):
+        LatentODEForecaster([f"callbacks={piece}"])
 
 
 def test_the_default_callbacks_and_the_average_alone_compose():

@@ -141,9 +141,10 @@ def refuse_unread_settings(cfg: DictConfig) -> None:
                 if key in choices:
                     hint = (f" Select it first: {group}={key} (conf/{group}/{key}.yaml, which "
                             f"says what it keeps of the default), then set {group}.{key}.*.")
-                elif (Path(config_dir()) / group / "parts" / f"{key}.yaml").is_file():
-                    hint = (f" Add it first: +{group}/parts={key} (conf/{group}/parts/{key}.yaml, "
-                            f"a piece of the default set), then set {group}.{key}.*.")
+                elif (Path(config_dir()) / group / "parts" / f"{key!s}.yaml").is_file():
+                    hint = (f" Add it first: +{group}/parts={key!s} (conf/{group}/parts/"
+                            f"{key!s}.yaml, a piece of the default set), then set "
+                            f"{group}.{key!s}.*.")
                 raise ValueError(
                     f"{', '.join(leaves(value, f'{group}.{key!s}'))}: {group}.{key!s} names no "
                     f"_target_, so no such {group} entry is selected and the settings would do "

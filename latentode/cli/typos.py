@@ -53,7 +53,8 @@ def _culprit(error: Exception, lines: list[str], parsed: list[Any]) -> tuple[int
         for i, override in enumerate(parsed):
             if override.key_or_group.split("@")[0] == group and not override.is_delete():
                 value = lines[i].split("=", 1)[-1]
-                if value == name:
+                listed = [v.strip() for v in value.strip("[]").split(",")]
+                if value == name or (value.startswith("[") and name in listed):
                     return i, "group"
         return None
     for pattern in _KEY_ERRORS:
@@ -66,13 +67,20 @@ def _culprit(error: Exception, lines: list[str], parsed: list[Any]) -> tuple[int
 
 
 def _group_hint(command: str, group: str, name: str, options: list[str],
-                pieces: Sequence[str] = ()) -> str:
-    """``pieces``: the group's ``parts/`` (configs the default set is made of, not options)."""
+                pieces: Sequence[str] = (), value: str = "") -> str:
+    """``pieces``: the group's ``parts/`` (configs the default set is made of, not options);
+    ``value``: the override's value (a list selects several)."""
+    if group == "callbacks" and name in pieces and value.startswith("["):
+        return (f"{command}: callbacks={value} names pieces of the default set "
+                "(conf/callbacks/parts/), not options of callbacks; those pieces alone: "
+                f"callbacks=none '+callbacks/parts={value}'.")
     if group == "callbacks" and name in pieces:
         return (f"{command}: callbacks={name} is not an option: {name} is one of the default "
                 f"callbacks (conf/callbacks/parts/), on unless removed (~callbacks.{name}; its "
-                f"settings: callbacks.{name}.<key>=...); selecting it alone would drop the "
-                "checkpoints. callbacks=ema_only trains with the weight average alone.")
+                f"settings: callbacks.{name}.<key>=...; into another set: "
+                f"+callbacks/parts={name}). Selecting it alone replaced the whole default set "
+                f"({', '.join(pieces)}) with it; callbacks=ema_only trains with the weight "
+                "average alone.")
     close = difflib.get_close_matches(name, options, n=1)
     hint = f"; did you mean {group}={close[0]}?" if close else \
         f" (its options: {', '.join(options)})."
@@ -134,7 +142,7 @@ def _target_takes(cfg: Any, key: str) -> str | None:
     node = OmegaConf.select(cfg, parent) if parent else None
     if not isinstance(node, DictConfig) or "_target_" not in node:
         return None
-    target = str(node._get_node("_target_")._value())
+    target = str(node.get("_target_"))
     try:
         from hydra.utils import get_object
 
@@ -209,11 +217,14 @@ def composition_hint(config_name: str, overrides: list[str], command: str = "lat
             index, kind = found
             if kind == "group":
                 group = parsed[index].key_or_group.split("@")[0]
-                name = lines[index].split("=", 1)[1]
+                missing = getattr(error, "missing_cfg_file", None)  # a listed option's
+                name = str(missing).rpartition("/")[2] if missing else \
+                    lines[index].split("=", 1)[1]
                 options = list(getattr(error, "options", None) or
                                state.config_loader().get_group_options(group))
                 pieces = list(state.config_loader().get_group_options(f"{group}/parts"))
-                return _group_hint(command, group, name, options, pieces)
+                return _group_hint(command, group, name, options, pieces,
+                                   lines[index].split("=", 1)[1])
             # the config composed without the key (and any other override that stops it)
             key = parsed[index].key_or_group
             # a key that another swept value of some override has (a grid of a key only some

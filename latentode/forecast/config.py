@@ -80,6 +80,11 @@ def compose_train_config(overrides: Sequence[str]) -> DictConfig:
                 return compose(config_name="train", overrides=[*base, *overrides])
             except ConfigCompositionException as error:
                 hint = _closest_key(str(error), compose(config_name="train", overrides=base))
+                if hint is None:  # a group's option (callbacks=ema: a piece of the default set)
+                    from latentode.cli.typos import composition_hint
+
+                    hint = composition_hint("train", [*base, *overrides],
+                                            command="LatentODEForecaster", plus_refused=False)
                 if hint is None:
                     raise
                 raise ConfigCompositionException(f"{error}\n{hint}") from error
