@@ -235,6 +235,11 @@ def test_a_sweep_with_cfg_job_is_refused_without_a_traceback(monkeypatch, capsys
     err = capsys.readouterr().err
     assert "latentode-train: Only one of --run, --multirun, --cfg" in err
     assert "model.latents=8 --cfg job" in err and "Traceback" not in err
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # -m --info: Hydra's refusal, without --cfg's advice
+        run_main(train_cli, ["latentode-train", "-m", "--info"], monkeypatch)
+    err = capsys.readouterr().err
+    assert "Only one of --run" in err and "--cfg job" not in err
 
 
 def test_a_sweep_key_of_only_some_options_is_named_as_such(monkeypatch, capsys):

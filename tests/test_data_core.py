@@ -634,6 +634,8 @@ def _set(df: pd.DataFrame, row: int, col: str, value, dtype=None) -> pd.DataFram
         (lambda: _set(small_frame(), 3, "series_id", "2", object), {},
          ValueError, r"column 'series_id' holds series ids 2 \(int\) and '2' \(str\): "
                      r"different values, so different series, that read the same as text"),
+        (lambda: _set(small_frame(), 3, "series_id", "2", object).astype({"series_id": "category"}),
+         {}, ValueError, r"holds series ids 2 \(int\) and '2' \(str\)"),
         (lambda: small_frame().assign(a=[np.nan, 1.0, 1.0, np.nan, np.nan, 1.0],
                                       b=[np.nan, 1.0, 1.0, np.nan, np.nan, 1.0]), {},
          ValueError, r"1 series have no observed value in any channel \(e\.g\. series_id = .*2"),
@@ -683,7 +685,7 @@ def _set(df: pd.DataFrame, row: int, col: str, value, dtype=None) -> pd.DataFram
     ids=[
         "misspelt-time-kwarg", "misspelt-time-column", "misspelt-value-col", "unknown-static",
         "non-numeric-value", "stray-string-auto", "empty-channel", "inf-value", "neg-inf-value",
-        "nan-time", "nat-time", "missing-id", "ids-alike-as-text",
+        "nan-time", "nat-time", "missing-id", "ids-alike-as-text", "categorical-ids-alike",
         "empty-series", "mixed-time-types", "object-string-times", "str-dtype-times",
         "list-in-time", "bool-times", "inf-time", "static-changes", "label-changes",
         "empty-frame", "no-columns", "dict-input", "ndarray-input", "tidy-channel-only",

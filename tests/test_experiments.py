@@ -314,6 +314,11 @@ def test_two_series_train_on_both_say_so_and_skip_the_test(tmp_path, monkeypatch
                                          r"validates nothing \(no validation series\)"):
         run_main(train_cli, ["latentode-train", *common, f"hydra.run.dir={tmp_path / 'es'}",
                              "trainer.max_epochs=1", "callbacks=early_stopping"], monkeypatch)
+    with pytest.raises(ValueError, match=r"validates nothing \(trainer\.limit_val_batches=0\.0\): "
+                                         r"drop trainer\.limit_val_batches=0, or train without"):
+        run_main(train_cli, ["latentode-train", *common, f"hydra.run.dir={tmp_path / 'es2'}",
+                             "trainer.max_epochs=1", "callbacks=early_stopping",
+                             "trainer.limit_val_batches=0.0"], monkeypatch)
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
     with pytest.raises(ValueError, match=r"test split has no series \(2 series in all, "

@@ -441,7 +441,7 @@ def test_asking_far_beyond_the_training_spans_warns(fitted, data):
         fitted.predict(data, times=[-0.5 * span], num_samples=2)
     with pytest.warns(UserWarning, match=r"asked for times up to \d+\.\dx the longest training "
                                          r"series' span before the first observation \(series "
-                                         r"'s\d+'\): the latent path runs backwards"):
+                                         r"'s\d+'\): the model was never trained to answer"):
         fitted.predict(data, times=[-3 * span], num_samples=2)
     # counted from the last observation: an all-NaN row at the asked time hid the warning
     empty = pd.DataFrame({"series_id": ["s0"], "time": [far], "x": [np.nan], "y": [np.nan]})

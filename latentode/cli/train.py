@@ -583,8 +583,9 @@ def _without_validation(cfg: DictConfig, datamodule: Any) -> str:
     """Why this run validates nothing ('' when it does): no validation series (too few series
     to hold any out, ``data.val_fraction=0``, a source's fixed split without one) or
     ``trainer.limit_val_batches=0``."""
-    if (cfg.get("trainer") or {}).get("limit_val_batches") == 0:
-        return "trainer.limit_val_batches=0"
+    limit = (cfg.get("trainer") or {}).get("limit_val_batches")
+    if limit is not None and not isinstance(limit, bool) and limit == 0:
+        return f"trainer.limit_val_batches={limit}"
     splits = getattr(datamodule, "splits", None)
     if isinstance(splits, dict) and "val" in splits and len(splits["val"]) == 0:
         return "no validation series"
@@ -606,10 +607,12 @@ def drop_validation_monitors(callbacks: list[Any], why: str) -> list[Any]:
             kept.append(callback)
             continue
         if isinstance(callback, EarlyStopping):
+            fix = ("drop trainer.limit_val_batches=0" if why.startswith("trainer.") else
+                   "hold out validation series (data.val_fraction > 0, with 3 or more series; "
+                   "a source's fixed split without them, as the hopper's, has none to hold)")
             raise ValueError(
                 f"early stopping watches {monitor}, but this run validates nothing ({why}): "
-                "hold out validation series (data.val_fraction > 0, with 3 or more series) or "
-                "train without it (callbacks=default).")
+                f"{fix}, or train without it (callbacks=default).")
         log.info("%s: the checkpoint of the best %s is not kept (%s); the test uses the last "
                  "weights", type(callback).__name__, monitor, why)
     return kept

@@ -315,9 +315,11 @@ def run_app(app: Callable[[], Any], config_name: str, command: str,
             explain_failed_composition(config_name, command=command, plus_refused=plus_refused)
         if (isinstance(error, ValueError) and str(error).startswith("Only one of --run")
                 and not started()):  # Hydra's refusal of -m --cfg job: a traceback before
-            print(f"{command}: {error} (Hydra). To see a sweep job's config, drop -m and give "
-                  "that job's value of each swept key (model.latents=8 --cfg job).",
-                  file=sys.stderr, flush=True)
+            job = (" To see a sweep job's config, drop -m and give that job's value of each "
+                   "swept key (model.latents=8 --cfg job)."
+                   if any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in sys.argv)
+                   else "")
+            print(f"{command}: {error} (Hydra).{job}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         raise
 

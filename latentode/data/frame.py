@@ -208,8 +208,11 @@ def _check_ids(df: pd.DataFrame, id_col: str) -> None:
             f"{int(missing.sum())} rows have no series id in column {id_col!r} (first: row "
             f"{row!r}); give every row an id."
         )
-    if df[id_col].dtype == object:  # mixed types: 1 and "1" are two series that print alike
-        ids = pd.unique(df[id_col])
+    column = df[id_col]
+    if column.dtype == object or (isinstance(column.dtype, pd.CategoricalDtype)
+                                  and column.cat.categories.dtype == object):
+        # mixed types: 1 and "1" are two series that print alike
+        ids = pd.unique(column.astype(object))
         text = pd.Series([str(i) for i in ids])
         twins = text.duplicated(keep=False).to_numpy()
         if twins.any():

@@ -1499,9 +1499,9 @@ def _warn_beyond_training(ds: IrregularDataset, requests: list[tuple[int, Times]
     if back > spec.train_span:  # a solve backwards from z0, which no training path ran
         warnings.warn(
             f"asked for times up to {back / spec.train_span:.1f}x the longest training series' "
-            f"span before the first observation (series {ds.ids[back_i]!r}): the latent path "
-            "runs backwards there, which training never did, so expect errors well beyond the "
-            "quantiles.",
+            f"span before the first observation (series {ds.ids[back_i]!r}): the model was "
+            "never trained to answer that far before a history (a latent ODE with z0 at the "
+            "start solves backwards there), so expect errors well beyond the quantiles.",
             stacklevel=3,
         )
     if worst > spec.train_span:
