@@ -1577,7 +1577,7 @@ def _far_below(ds: IrregularDataset, spec: DataSpec, known: list[int], lo: np.nd
     values = ds.values[:, known]
     lengths = np.diff(ds.offsets)
     series = np.repeat(np.arange(len(lengths)), lengths)
-    median = pd.DataFrame(values).groupby(series).median().to_numpy()  # (series, k), NaN-free
+    median = pd.DataFrame(values).groupby(series).median().to_numpy()  # (series, k); NaN: unseen
     tiny = positive & (values > 0) & (values < low / FAR_FACTOR)
     shifted = positive & (median > 0) & (median < low / FAR_FACTOR)
     return tiny & shifted[series]
