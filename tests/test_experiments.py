@@ -314,11 +314,16 @@ def test_two_series_train_on_both_say_so_and_skip_the_test(tmp_path, monkeypatch
                                          r"validates nothing \(no validation series\)"):
         run_main(train_cli, ["latentode-train", *common, f"hydra.run.dir={tmp_path / 'es'}",
                              "trainer.max_epochs=1", "callbacks=early_stopping"], monkeypatch)
-    with pytest.raises(ValueError, match=r"validates nothing \(trainer\.limit_val_batches=0\.0\): "
-                                         r"drop trainer\.limit_val_batches=0, or train without"):
-        run_main(train_cli, ["latentode-train", *common, f"hydra.run.dir={tmp_path / 'es2'}",
-                             "trainer.max_epochs=1", "callbacks=early_stopping",
-                             "trainer.limit_val_batches=0.0"], monkeypatch)
+    ten = tmp_path / "ten.csv"  # validation series, switched off by limit_val_batches
+    write_unaligned_csv(ten, n_series=10)
+    for limit in ("0.0", "false"):  # (false: Lightning reads it as 0)
+        with pytest.raises(ValueError, match=r"validates nothing \(trainer\.limit_val_batches="
+                                             r"(0\.0|False)\): set trainer\.limit_val_batches="
+                                             r"null"):
+            run_main(train_cli, ["latentode-train", "experiment=csv", f"data.dataset.path={ten}",
+                                 f"hydra.run.dir={tmp_path / ('es' + limit)}",
+                                 "trainer.max_epochs=1", "callbacks=early_stopping",
+                                 f"trainer.limit_val_batches={limit}"], monkeypatch)
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
     with pytest.raises(ValueError, match=r"test split has no series \(2 series in all, "
@@ -338,3 +343,27 @@ def test_no_held_out_series_asked_for_is_not_warned(tmp_path):
         warnings.filterwarnings("error", message=".*too few to hold out")
         datamodule = train_cli.build_datamodule(cfg)
     assert len(datamodule.splits["train"]) == 10 and len(datamodule.splits["test"]) == 0
+
+
+def test_no_validation_series_is_named_before_an_experiments_own_limit():
+    """The hopper recipes set trainer.limit_val_batches=0 themselves and have no validation
+    series: the refusal named the setting the user never gave ("drop it"), then, once dropped,
+    the missing series. The series come first, with the way that helps (data.split)."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"trainer": {"limit_val_batches": 0}})
+    empty = SimpleNamespace(splits={"train": [1], "val": [], "test": [1]})
+    assert train_cli._without_validation(cfg, empty) == "no validation series"
+    full = SimpleNamespace(splits={"train": [1], "val": [1], "test": [1]})
+    assert train_cli._without_validation(cfg, full) == "trainer.limit_val_batches=0"
+    assert train_cli._without_validation(OmegaConf.create({"trainer": {"limit_val_batches":
+                                                                       False}}), full)
+    assert not train_cli._without_validation(OmegaConf.create({"trainer": {}}), full)
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    with pytest.raises(ValueError, match=r"carve some from the training series with "
+                                         r"data\.split, as hparams_search=hopper_optuna does"):
+        train_cli.drop_validation_monitors([EarlyStopping(monitor="val/mse")],
+                                           "no validation series")

@@ -583,12 +583,12 @@ def _without_validation(cfg: DictConfig, datamodule: Any) -> str:
     """Why this run validates nothing ('' when it does): no validation series (too few series
     to hold any out, ``data.val_fraction=0``, a source's fixed split without one) or
     ``trainer.limit_val_batches=0``."""
-    limit = (cfg.get("trainer") or {}).get("limit_val_batches")
-    if limit is not None and not isinstance(limit, bool) and limit == 0:
-        return f"trainer.limit_val_batches={limit}"
     splits = getattr(datamodule, "splits", None)
     if isinstance(splits, dict) and "val" in splits and len(splits["val"]) == 0:
         return "no validation series"
+    limit = (cfg.get("trainer") or {}).get("limit_val_batches")
+    if limit is not None and limit == 0:  # (False too: Lightning reads it as 0)
+        return f"trainer.limit_val_batches={limit}"
     return ""
 
 
@@ -607,9 +607,12 @@ def drop_validation_monitors(callbacks: list[Any], why: str) -> list[Any]:
             kept.append(callback)
             continue
         if isinstance(callback, EarlyStopping):
-            fix = ("drop trainer.limit_val_batches=0" if why.startswith("trainer.") else
+            fix = ("set trainer.limit_val_batches=null (an experiment may set it to 0)"
+                   if why.startswith("trainer.") else
                    "hold out validation series (data.val_fraction > 0, with 3 or more series; "
-                   "a source's fixed split without them, as the hopper's, has none to hold)")
+                   "for a source's fixed split without them, as the hopper's, carve some "
+                   "from the training series with data.split, as hparams_search=hopper_optuna "
+                   "does)")
             raise ValueError(
                 f"early stopping watches {monitor}, but this run validates nothing ({why}): "
                 f"{fix}, or train without it (callbacks=default).")
