@@ -258,6 +258,10 @@ def test_a_sweep_key_of_only_some_options_is_named_as_such(monkeypatch, capsys):
                        capsys)
     assert ("model.gen_units is a key of the config with model=latent_ode but not with "
             "model=odernn") in err
+    # a long sweep of values (no group): the closest key still, in the compositions' budget
+    err = failing_main(["-m", "model.latents=range(1,30)", "model.gen_unit=3"], monkeypatch,
+                       capsys)
+    assert "model.gen_unit is not a key of the config; did you mean model.gen_units?" in err
     err = failing_main(["-m", "model/encoder=odernn,rnn", "model.encoder.ode_unit=50"],
                        monkeypatch, capsys)  # a typo in a sweep: still the closest key
     assert "model.encoder.ode_unit is not a key of the config; did you mean " in err

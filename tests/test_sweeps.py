@@ -226,6 +226,20 @@ def test_a_search_space_the_chosen_model_lacks_stops_before_any_trial(tmp_path, 
         swept.hydra.overrides.task = ["hparams_search=periodic_optuna",
                                       "model=latent_ode,hopper_latent_ode"]
     sweep_cli.check_search_space(swept)  # both have every key searched
+    # a model of the user's own config directory (hydra.searchpath): composed with it, not
+    # refused as "not an option of the config group model"
+    own = tmp_path / "own_conf" / "model"
+    own.mkdir(parents=True)
+    (own / "my_model.yaml").write_text("defaults:\n  - latent_ode\n  - _self_\nlatents: 5\n")
+    with open_dict(swept):
+        swept.hydra.overrides.task = ["hparams_search=periodic_optuna", "model=latent_ode,my_model"]
+        swept.hydra.overrides.hydra = [f"hydra.searchpath=[file://{own.parent}]"]
+    sweep_cli.check_search_space(swept)
+    with open_dict(swept):
+        swept.hydra.overrides.task = ["hparams_search=periodic_optuna", "model=odernn,my_model"]
+    with pytest.raises(SystemExit):
+        sweep_cli.check_search_space(swept)
+    assert "with model=my_model but not with model=odernn" in capsys.readouterr().err
 
 
 def test_hopper_search_carves_validation_from_training_series():

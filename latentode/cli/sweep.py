@@ -179,11 +179,18 @@ def check_search_space(config: DictConfig) -> None:
         from latentode.cli.typos import composition_hint
 
         space = [f"{k}={v}" for k, v in params.items() if str(k)[:1] not in "+~"]
-        hint = composition_hint("train", [*task, *space])
+        # the run's own config directories (hydra.searchpath: a user's search file or model)
+        search = [str(o) for o in config.hydra.get("overrides", {}).get("hydra") or []
+                  if str(o).lstrip("+").startswith("hydra.searchpath=")]
+        hint = composition_hint("train", [*search, *task, *space])
+        if hint and "is a key of the config with" not in hint and \
+                "is not a key of the config" not in hint:
+            hint = None  # (a config this composition could not find: the sweep will say)
         if hint:
             print(f"latentode-train: the search space (hydra.sweeper.params) does not fit every "
                   f"option swept on the command line, so some trials would fail before "
-                  f"training:\n{hint}", file=sys.stderr, flush=True)
+                  f"training (sweep those options in separate searches, or search only the "
+                  f"keys they share):\n{hint}", file=sys.stderr, flush=True)
             raise SystemExit(1)
     searched_groups = [group.replace("/", ".") + "." for group in searched | on_line]
     missing = []

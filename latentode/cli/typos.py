@@ -27,6 +27,7 @@ from typing import Any
 from latentode.cli import config_dir
 from latentode.cli.options import closest_prefix
 
+_OTHER_OPTIONS = 8  # of them for a key that another swept option of a group has
 _TRIES = 24  # compositions at most (each ~0.3 s): sweeps' values, then overrides taken out
 _KEY_ERRORS = (re.compile(r"Could not override '([^']+)'\."),
                re.compile(r"Could not delete from config\. '([^']+)' does not exist\."))
@@ -132,6 +133,14 @@ def _misspelt_group(command: str, key: str, value: str, loader: Any) -> str | No
             f"{', '.join(options)})")
 
 
+def _is_group(loader: Any, override: Any) -> bool:
+    """Whether ``override`` chooses a config group's option (``model=...``, ``model/encoder``)."""
+    try:
+        return bool(loader.get_group_options(override.key_or_group.split("@")[0]))
+    except Exception:
+        return False
+
+
 def _target_takes(cfg: Any, key: str) -> str | None:
     """The ``_target_`` of ``key``'s parent when it takes ``key``'s last part as an argument
     (``trainer.precision``: ``lightning.Trainer`` does, though the config does not list it),
@@ -227,13 +236,17 @@ def composition_hint(config_name: str, overrides: list[str], command: str = "lat
                                    lines[index].split("=", 1)[1])
             # the config composed without the key (and any other override that stops it)
             key = parsed[index].key_or_group
-            # a key that another swept value of some override has (a grid of a key only some
-            # options have; it was "did you mean" another key, in either order of the options)
+            # a key that another swept option of a config group has (a grid of a key only some
+            # options have; it was "did you mean" another key, in either order of the options);
+            # group sweeps only (a value of trainer.max_epochs changes no key), at most
+            # _OTHER_OPTIONS compositions, leaving the rest for the closest key below
+            loader = state.config_loader()
+            budget = tries[0] + _OTHER_OPTIONS
             for j, values in enumerate(choices):
-                if j == index or len(values) < 2:
+                if j == index or len(values) < 2 or not _is_group(loader, parsed[j]):
                     continue
                 for value in values:
-                    if value == lines[j] or tries[0] >= _TRIES:
+                    if value == lines[j] or tries[0] >= min(budget, _TRIES):
                         continue
                     other = [*lines[:j], value, *lines[j + 1:]]
                     del other[index]
