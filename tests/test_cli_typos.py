@@ -65,6 +65,10 @@ def test_a_default_callback_is_not_an_option_that_replaces_the_set(piece, monkey
     assert (f"callbacks=[{piece},lr_monitor] names pieces of the default set "
             f"(conf/callbacks/parts/), not options of callbacks; those pieces alone: "
             f"callbacks=none '+callbacks/parts=[{piece},lr_monitor]'") in err
+    err = failing_main([f"callbacks=[default,{piece}]"], monkeypatch, capsys)  # mixed
+    assert (f"callbacks=[default,{piece}]: {piece} is a piece of the default set "
+            "(conf/callbacks/parts/), not an option of callbacks") in err
+    assert "callbacks=none '+callbacks/parts=" not in err
     from latentode import LatentODEForecaster  # the forecaster's overrides: the same hint
 
     with pytest.raises(Exception, match=rf"LatentODEForecaster: callbacks={piece} is not an "

@@ -582,11 +582,15 @@ def test_latent_ode_names_pred_times_out_of_order():
                         r"after pred_times\[1\] = 2"),
                        (torch.tensor([1.0, 0.5, 0.7]),
                         r"monotonic \(decreasing, as it starts\), but pred_times\[2\] = 0\.7"),
-                       (torch.tensor([0.0, 1.0, 1.0]),
-                        r"strictly monotonic, but pred_times\[2\] = 1 repeats pred_times\[1\]")):
+                       ):
         with pytest.raises(ValueError, match=r"pred_times must be .*" + where
                            + r".*integrates from pred_times\[0\].*sort them"):
             model(times, values, mask, 2, pred_times=bad)
+    with pytest.raises(ValueError, match=r"strictly monotonic, but pred_times\[2\] = 1 repeats "
+                                         r"pred_times\[1\]\. Remove duplicate output times "
+                                         r"\(keeping pred_times\[0\], the start, first\).*"
+                                         r"integrates from pred_times\[0\].*keep it first\.$"):
+        model(times, values, mask, 2, pred_times=torch.tensor([0.0, 1.0, 1.0]))
     rows = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.5, 0.2]])
     with pytest.raises(ValueError, match=r"pred_times\[1\] must be monotonic \(increasing, as it "
                                          r"starts\), but pred_times\[1\]\[2\] = 0\.2 comes after "

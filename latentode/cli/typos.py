@@ -71,17 +71,22 @@ def _group_hint(command: str, group: str, name: str, options: list[str],
                 pieces: Sequence[str] = (), value: str = "") -> str:
     """``pieces``: the group's ``parts/`` (configs the default set is made of, not options);
     ``value``: the override's value (a list selects several)."""
-    if group == "callbacks" and name in pieces and value.startswith("["):
+    listed = [v.strip() for v in value.strip("[]").split(",")] if value.startswith("[") else []
+    if group == "callbacks" and listed and all(v in pieces for v in listed):
         return (f"{command}: callbacks={value} names pieces of the default set "
                 "(conf/callbacks/parts/), not options of callbacks; those pieces alone: "
                 f"callbacks=none '+callbacks/parts={value}'.")
-    if group == "callbacks" and name in pieces:
+    if group == "callbacks" and name in pieces and not listed:
         return (f"{command}: callbacks={name} is not an option: {name} is one of the default "
                 f"callbacks (conf/callbacks/parts/), on unless removed (~callbacks.{name}; its "
                 f"settings: callbacks.{name}.<key>=...; into another set: "
-                f"+callbacks/parts={name}). Selecting it alone replaced the whole default set "
-                f"({', '.join(pieces)}) with it; callbacks=ema_only trains with the weight "
+                f"+callbacks/parts={name}). Selecting it alone would replace the whole default "
+                f"set ({', '.join(pieces)}) with it; callbacks=ema_only trains with the weight "
                 "average alone.")
+    if group == "callbacks" and name in pieces:  # a list mixing pieces with options or typos
+        return (f"{command}: callbacks={value}: {name} is a piece of the default set "
+                f"(conf/callbacks/parts/), not an option of callbacks (its options: "
+                f"{', '.join(options)}); pieces are added with +callbacks/parts=<piece>.")
     close = difflib.get_close_matches(name, options, n=1)
     hint = f"; did you mean {group}={close[0]}?" if close else \
         f" (its options: {', '.join(options)})."

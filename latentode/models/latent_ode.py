@@ -523,9 +523,12 @@ class LatentODE(WithObservationNoise, nn.Module):
         except OutputTimesError as error:  # the solver's t is pred_times, passed through
             if pred_times is None:
                 raise
-            advice = (" The latent ODE integrates from pred_times[0], its z0's time (backwards "
-                      "where they decrease): sort them and reorder the answer."
-                      if error.kind == "order" else "")
+            first = "pred_times[0]" if out_times.dim() == 1 else "pred_times[:, 0]"
+            advice = {"order": f" The latent ODE integrates from {first}, its z0's time "
+                               "(backwards where they decrease): sort them and reorder the "
+                               "answer.",
+                      "repeat": f" The latent ODE integrates from {first}, its z0's time: keep "
+                                "it first."}.get(error.kind, "")
             raise ValueError(f"{error.named('pred_times')}{advice}") from None
         z = paths[..., : self.latents]
         out = LatentODEOutput(self.decoder(z), mean, std, z0=z0)

@@ -34,7 +34,7 @@ class OutputTimesError(ValueError):
 
     def __init__(self, template: str, kind: str = "order"):
         self.template = template
-        self.kind = kind  # "order" (unsorted, repeated), "finite", "start", "direction"
+        self.kind = kind  # "order", "repeat", "finite", "start", "direction"
         super().__init__(self.named("t"))
 
     def named(self, name: str) -> str:

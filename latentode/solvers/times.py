@@ -28,7 +28,8 @@ def _describe_order(t: np.ndarray, row: int | None) -> str | None:
         i = int(np.argmax(diffs == 0)) + 1
         return (
             f"{where} must be strictly monotonic, but {where}[{i}] = {t[i]:.6g} repeats "
-            f"{where}[{i - 1}]. Remove duplicate output times (np.unique) and index the result."
+            f"{where}[{i - 1}]. Remove duplicate output times (keeping {where}[0], the start, "
+            "first) and index the result."
         )
     nonzero = diffs[diffs != 0]
     if nonzero.size == 0:
@@ -76,7 +77,7 @@ class OutputTimes:
         else:
             msg = _describe_order(host, None)
             if msg:
-                raise OutputTimesError(msg)
+                raise OutputTimesError(msg, kind="repeat" if " repeats " in msg else "order")
             self.t0, self.t1 = float(host[0]), float(host[-1])
             self.times = host[1:].tolist()  # items: every time after the start
             self.rows = None
