@@ -54,8 +54,7 @@ def _culprit(error: Exception, lines: list[str], parsed: list[Any]) -> tuple[int
         for i, override in enumerate(parsed):
             if override.key_or_group.split("@")[0] == group and not override.is_delete():
                 value = lines[i].split("=", 1)[-1]
-                listed = [v.strip() for v in value.strip("[]").split(",")]
-                if value == name or (value.startswith("[") and name in listed):
+                if value == name or name in _listed(value):
                     return i, "group"
         return None
     for pattern in _KEY_ERRORS:
@@ -67,11 +66,16 @@ def _culprit(error: Exception, lines: list[str], parsed: list[Any]) -> tuple[int
     return None
 
 
+def _listed(value: str) -> list[str]:
+    """The options of a list selection (``[model_checkpoint,ema]``); [] for one option."""
+    return [v.strip() for v in value.strip("[]").split(",")] if value.startswith("[") else []
+
+
 def _group_hint(command: str, group: str, name: str, options: list[str],
                 pieces: Sequence[str] = (), value: str = "") -> str:
     """``pieces``: the group's ``parts/`` (configs the default set is made of, not options);
     ``value``: the override's value (a list selects several)."""
-    listed = [v.strip() for v in value.strip("[]").split(",")] if value.startswith("[") else []
+    listed = _listed(value)
     if group == "callbacks" and listed and all(v in pieces for v in listed):
         return (f"{command}: callbacks={value} names pieces of the default set "
                 "(conf/callbacks/parts/), not options of callbacks; those pieces alone: "
