@@ -367,3 +367,17 @@ def test_no_validation_series_is_named_before_an_experiments_own_limit():
                                          r"data\.split, as hparams_search=hopper_optuna does"):
         train_cli.drop_validation_monitors([EarlyStopping(monitor="val/mse")],
                                            "no validation series")
+
+
+def test_another_encoders_option_names_the_preset_made_for_the_chosen_one():
+    """experiment=hopper_interp model/encoder=rnn: the hopper preset's ODE-RNN sizes reached the
+    RNN encoder, and the refusal asked "did you mean model.encoder.z0_units?"."""
+    cfg = compose_train(["experiment=hopper_interp", "model/encoder=rnn"])
+    with pytest.raises(ValueError, match=r"ode_units is an option of model/encoder=odernn .*"
+                                         r"remove it \(~model\.encoder\.ode_units\) or choose "
+                                         r"the preset made for rnn: "
+                                         r"model=hopper_latent_ode_rnn\.$"):
+        train_cli.check_arguments(cfg.model, "model")
+    cfg = compose_train(["model/encoder=rnn", "+model.encoder.z0_unit=3"])
+    with pytest.raises(ValueError, match=r"Did you mean model\.encoder\.z0_units\?"):
+        train_cli.check_arguments(cfg.model, "model")  # a typo stays a typo

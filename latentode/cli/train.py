@@ -263,6 +263,9 @@ def check_arguments(node: Any, where: str) -> None:
                     continue
                 close = difflib.get_close_matches(str(key), options, n=1)
                 hint = f" Did you mean {where}.{close[0]}?" if close else ""
+                other = _other_encoders_option(target, str(key))
+                if other:  # not a typo: a setting for another encoder (was "did you mean")
+                    hint = other.replace("WHERE", where)
                 if key == "encoder":
                     hint += (" An experiment made for the latent ODE sets it (experiment=csv: "
                              "with a model without an encoder, use data=csv instead).")
@@ -277,6 +280,30 @@ def check_arguments(node: Any, where: str) -> None:
             child = node._get_node(key)
             if isinstance(child, DictConfig):
                 check_arguments(child, f"{where}.{key!s}")
+
+
+def _other_encoders_option(target: str, key: str) -> str:
+    """For ``model.encoder.ode_units`` under the RNN encoder: whose option it is, and the
+    presets made for the chosen encoder (``experiment=hopper_interp model/encoder=rnn``: the
+    hopper latent ODE's preset sets the ODE-RNN encoder's sizes; its RNN twin is
+    ``model=hopper_latent_ode_rnn``); '' when no other encoder config has ``key``."""
+    import re
+
+    encoders = Path(config_dir()) / "model" / "encoder"
+    texts = {p.stem: p.read_text() for p in sorted(encoders.glob("*.yaml"))}
+    chosen = [name for name, text in texts.items()
+              if re.search(rf"^_target_:\s*{re.escape(target)}\s*$", text, re.M)]
+    owners = [name for name, text in texts.items()
+              if name not in chosen and re.search(rf"^{re.escape(key)}:", text, re.M)]
+    if not chosen or not owners:
+        return ""
+    presets = sorted(p.stem for p in encoders.parent.glob("*.yaml")
+                     if re.search(rf"override encoder:\s*{chosen[0]}\b", p.read_text()))
+    return (f" {key} is an option of model/encoder={owners[0]} (a model preset made for that "
+            f"encoder sets it); with model/encoder={chosen[0]} remove it "
+            f"(~WHERE.{key})" + (f" or choose the preset made for {chosen[0]}: "
+                                  f"{', '.join('model=' + p for p in presets)}" if presets
+                                  else "") + ".")
 
 
 _SIMPLE_TYPES: dict[str, tuple[type, ...]] = {
