@@ -517,3 +517,29 @@ def test_optimisers_not_built_up_front_keep_working():
         ZeroRedundancyOptimizer, optimizer_class=torch.optim.Adam, lr=1e-3))
     LatentODELightning(LatentODE(input_dim=2, latents=3), kl_rate=np.float32(0.99),
                        kl_wait_epochs=np.int64(3))  # numpy numbers are numbers
+
+
+def test_resuming_with_another_scheduler_or_a_model_of_other_sizes_is_named(tmp_path):
+    """load_from_checkpoint does not restore the optimiser and scheduler: resuming a loaded
+    module of a run with another scheduler died in torch ("KeyError: 'lr_lambdas'"), and a
+    model of other sizes gave a state_dict size-mismatch dump."""
+    import functools
+
+    path, dm, _ = _fitted_checkpoint(tmp_path)  # the default Adamax and exponential decay
+    plateau = functools.partial(torch.optim.lr_scheduler.ReduceLROnPlateau, patience=1)
+    other = LatentODELightning(tiny_model(), scheduler=plateau, scheduler_interval="epoch",
+                               scheduler_monitor="train/loss")
+    with pytest.raises(ValueError, match=r"the checkpoint was trained with Adamax and scheduler "
+                                         r"LambdaLR; this module builds Adamax and "
+                                         r"ReduceLROnPlateau\. Resume with the same"):
+        tiny_trainer(max_epochs=2, limit_train_batches=1, limit_val_batches=0).fit(
+            other, datamodule=dm, ckpt_path=path)
+    same = LatentODELightning.load_from_checkpoint(path, model=tiny_model(seed=1))
+    tiny_trainer(max_epochs=2, limit_train_batches=1, limit_val_batches=0).fit(
+        same, datamodule=dm, ckpt_path=path)  # the same optimiser and scheduler: resumes
+    torch.manual_seed(0)
+    wider = LatentODE(1, latents=5, encoder=ODERNNEncoder(1, 5, hidden=8, ode_units=16,
+                                                          z0_units=16), gen_units=16)
+    with pytest.raises(ValueError, match=r"the model passed does not have the checkpoint's "
+                                         r"architecture \(\d+ tensor\(s\) of other shapes"):
+        LatentODELightning.load_from_checkpoint(path, model=wider)

@@ -315,17 +315,27 @@ class LatentODELightning(L.LightningModule):
         strict: bool | None = None, **kwargs: Any,
     ) -> LatentODELightning:
         """Lightning's loader; ``model=`` is required: the checkpoint holds the weights, the
-        data units (scale, channels) and the module's settings, not the model's architecture.
-        (A ``latentode-train`` run's model is rebuilt from its config by
-        ``latentode.cli.runs.load_run``.)"""
+        data units (scale, channels) and the module's settings, not the model's architecture,
+        nor the optimiser and scheduler (pass ``optimizer=`` / ``scheduler=`` again to train
+        on; resuming with others than the run's is refused by name). (A ``latentode-train``
+        run's model is rebuilt from its config by ``latentode.cli.runs.load_run``.)"""
         if "model" not in kwargs:
             raise TypeError(
                 "LatentODELightning.load_from_checkpoint(path, model=...): build the same model "
                 "as was trained (the checkpoint holds its weights, not its architecture) and "
                 "pass it; for a latentode-train run, latentode.cli.runs.load_run(run_dir, "
                 "use=...) rebuilds it from the run's config.")
-        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict,
-                                            **kwargs)
+        try:
+            return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file,
+                                                strict, **kwargs)
+        except RuntimeError as error:
+            if "size mismatch" not in str(error):
+                raise
+            lines = [line.strip() for line in str(error).splitlines() if "size mismatch" in line]
+            raise ValueError(
+                f"the model passed does not have the checkpoint's architecture ({len(lines)} "
+                f"tensor(s) of other shapes; first: {lines[0]}): build it with the sizes it was "
+                "trained with (latents, units, layers, the encoder's).") from None
 
     def setup(self, stage: str) -> None:
         """Without ``scale=``, take it from the datamodule's scaler (``LatentODEDataModule``),
@@ -532,6 +542,8 @@ class LatentODELightning(L.LightningModule):
             torch.distributed.all_gather_object(ranks, state)
             state = {**ranks[0], "ranks": ranks}
         checkpoint["latentode_rng"] = state
+        if getattr(self, "_optimization", None):  # what built the state Lightning saves
+            checkpoint["latentode_optimization"] = dict(self._optimization)
         checkpoint[DATA_UNITS] = {  # plain lists: weights_only=True reads them
             "scale": None if self.scale is None else self.scale.tolist(),
             "log_scale": None if self.log_scale is None else [t.tolist() for t in self.log_scale],
@@ -539,6 +551,7 @@ class LatentODELightning(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._saved_optimization = checkpoint.get("latentode_optimization")
         units = checkpoint.get(DATA_UNITS) or {}
         if self.scale is None and units.get("scale") is not None:  # scale= given wins
             self.scale = torch.tensor(units["scale"], dtype=torch.float32, device=self.device)
@@ -629,8 +642,8 @@ class LatentODELightning(L.LightningModule):
         """``trainer.predict(module, dataloaders=dm.test_dataloader())``: per batch the series'
         positions in their split (``index``), the batch's model ``times`` and the posterior
         predictions ``pred`` ``(S, B, T, D)`` in model units (the data module's
-        ``inverse_values`` turns them into data units), ``z0`` where the model's loss puts it;
-        with a classifier also its ``logits`` (per series ``(S, B, C)``, per time point
+        ``inverse_values`` turns them into data units), with ``z0`` where the model's loss puts
+        it; with a classifier also its ``logits`` (per series ``(S, B, C)``, per time point
         ``(S, B, T, C)``; a sigmoid of a binary one is the risk). With ``time_origin="series"``
         each row sits on its own clock: ``origin`` ``(B,)`` is what its times were moved back
         by (row ``b``'s model times are ``times + origin[b]`` on the data's clock)."""
@@ -751,9 +764,22 @@ class LatentODELightning(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=self._optimizer_params())
-        if self.scheduler_factory is None:
+        scheduler = None if self.scheduler_factory is None else self.scheduler_factory(optimizer)
+        self._optimization = {"optimizer": type(optimizer).__name__,
+                              "scheduler": None if scheduler is None else type(scheduler).__name__}
+        saved = getattr(self, "_saved_optimization", None)
+        resuming = self._trainer is not None and self._trainer.ckpt_path is not None
+        if resuming and saved and saved != self._optimization:
+            # Lightning would load one optimiser's or scheduler's state into another: a KeyError
+            # from deep inside torch ('lr_lambdas'), or a silently wrong state
+            raise ValueError(
+                f"the checkpoint was trained with {saved['optimizer']} and scheduler "
+                f"{saved['scheduler']}; this module builds {self._optimization['optimizer']} and "
+                f"{self._optimization['scheduler']}. Resume with the same optimizer= and "
+                "scheduler= (load_from_checkpoint does not restore them), or start a new run "
+                "from the weights (fit without ckpt_path).")
+        if scheduler is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
         if (isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
                 and self.scheduler_interval == "step"
                 and self.scheduler_monitor.startswith(("val/", "test/"))):
