@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from latentode.data import from_dataframe
 from latentode.data.sources import co2, periodic, physionet
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -383,7 +384,11 @@ def test_physionet_labels_missing_patient_or_file(fixture):
     assert any("no outcomes file" in m for m in messages)
     # labels=False (the interpolation recipe's default): the outcomes file is not read at all
     df, messages = _load(fixture["root"], labels=False)
-    assert df["label"].isna().all() and not any("outcomes" in m for m in messages)
+    assert "label" not in df.columns and not any("outcomes" in m for m in messages)
+    kwargs = physionet.frame_kwargs(labels=False)  # matches it: no label column asked for
+    assert "label_col" not in kwargs and from_dataframe(df, **kwargs).labels is None
+    with pytest.raises(ValueError, match=r"column 'label' is not in the DataFrame"):
+        from_dataframe(df, **physionet.FRAME_KWARGS)  # not NaN labels read as data
     outcomes.write_text("RecordID,In-hospital_death\nabc,1\n")  # malformed
     with pytest.raises(ValueError, match="abc"):
         physionet.load(fixture["root"])

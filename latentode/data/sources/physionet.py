@@ -95,9 +95,15 @@ _STATIC_ONLY = {"Age", "Gender", "Height", "ICUType"}
 _KNOWN = {"RecordID", *PAPER_PARAMS}
 
 
-def frame_kwargs(variables: Sequence[str] | str | None = None) -> dict[str, object]:
-    """``from_dataframe`` keyword arguments matching ``load(root, variables=variables)``."""
-    return {**FRAME_KWARGS, "value_cols": _select(variables)}
+def frame_kwargs(variables: Sequence[str] | str | None = None,
+                 labels: bool = True) -> dict[str, object]:
+    """``from_dataframe`` keyword arguments matching ``load(root, variables=variables,
+    labels=labels)``."""
+    out = {**FRAME_KWARGS, "value_cols": _select(variables)}
+    if not labels:
+        out.pop("label_col")
+        out.pop("label_per")
+    return out
 
 
 def load(
@@ -129,13 +135,14 @@ def load(
         keep_empty: keep patients without any observed selected channel as one all-NaN row at
             time 0 (default: drop them with a warning).
         labels: read the outcomes file into ``label``; False leaves the file alone (no warning
-            when it is missing, no error when it is malformed) and ``label`` NaN.
+            when it is missing, no error when it is malformed) and the frame without ``label``
+            (``frame_kwargs(variables, labels=False)`` matches it).
 
     Returns:
         ``series_id`` (int64 RecordID), ``time`` (float64 hours since admission), one float64
         column per selected channel (NaN = not observed), ``static_Age``, ``static_Gender``,
-        ``static_Height``, ``static_ICUType``, ``static_Weight`` and ``label`` (float64 0/1,
-        NaN = unknown), sorted by ``series_id`` then ``time``.
+        ``static_Height``, ``static_ICUType``, ``static_Weight`` and (``labels=True``) ``label``
+        (float64 0/1, NaN = unknown), sorted by ``series_id`` then ``time``.
 
     Raises:
         FileNotFoundError: no set directory where expected.
@@ -180,12 +187,10 @@ def load(
     columns: dict[str, np.ndarray] = {"series_id": sid, "time": times}
     columns |= dict(zip(channels, table, strict=True))
     columns |= {name: static[name].to_numpy()[patient] for name in STATIC_COLUMNS}
-    if labels:
+    if labels:  # (without: no label column, so that no caller reads NaN labels as data)
         outcome = _read_labels(outcome_paths, record_ids)
         columns[LABEL_COLUMN] = outcome.reindex(static.index).to_numpy(
             dtype=np.float64)[patient]
-    else:
-        columns[LABEL_COLUMN] = np.full(len(sid), np.nan)
     return pd.DataFrame(columns, copy=False)
 
 
