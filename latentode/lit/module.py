@@ -281,6 +281,10 @@ class LatentODELightning(L.LightningModule):
             self.log_scale = (torch.as_tensor(list(log_scale[0]), dtype=torch.float32),
                               torch.as_tensor(list(log_scale[1]), dtype=torch.bool))
         self.channels = None if channels is None else [str(c) for c in channels]
+        # the optimiser's and scheduler's classes: built (configure_optimizers), and those of a
+        # checkpoint being loaded (on_load_checkpoint), compared when a fit resumes
+        self._optimization: dict[str, str | None] | None = None
+        self._saved_optimization: dict[str, str | None] | None = None
         self.model = model
         self.optimizer_factory = optimizer or functools.partial(torch.optim.Adamax, lr=1e-2)
         self.scheduler_factory = scheduler
@@ -542,7 +546,7 @@ class LatentODELightning(L.LightningModule):
             torch.distributed.all_gather_object(ranks, state)
             state = {**ranks[0], "ranks": ranks}
         checkpoint["latentode_rng"] = state
-        if getattr(self, "_optimization", None):  # what built the state Lightning saves
+        if self._optimization:  # what built the state Lightning saves
             checkpoint["latentode_optimization"] = dict(self._optimization)
         checkpoint[DATA_UNITS] = {  # plain lists: weights_only=True reads them
             "scale": None if self.scale is None else self.scale.tolist(),
@@ -767,7 +771,7 @@ class LatentODELightning(L.LightningModule):
         scheduler = None if self.scheduler_factory is None else self.scheduler_factory(optimizer)
         self._optimization = {"optimizer": type(optimizer).__name__,
                               "scheduler": None if scheduler is None else type(scheduler).__name__}
-        saved = getattr(self, "_saved_optimization", None)
+        saved = self._saved_optimization
         resuming = self._trainer is not None and self._trainer.ckpt_path is not None
         if resuming and saved and saved != self._optimization:
             # Lightning would load one optimiser's or scheduler's state into another: a KeyError

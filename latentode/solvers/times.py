@@ -17,8 +17,8 @@ from .errors import OutputTimesError
 from .tableaus import ButcherTableau
 
 
-def _describe_order(t: np.ndarray, row: int | None) -> str | None:
-    """Message for the first place where a time series is not monotonic, else None."""
+def _describe_order(t: np.ndarray, row: int | None) -> OutputTimesError | None:
+    """The error for the first place where a time series is not monotonic, else None."""
     t_ = OutputTimesError.MARK
     where = t_ if row is None else f"{t_}[{row}]"
     diffs = np.diff(t)
@@ -26,10 +26,10 @@ def _describe_order(t: np.ndarray, row: int | None) -> str | None:
         return None
     if row is None and np.any(diffs == 0):
         i = int(np.argmax(diffs == 0)) + 1
-        return (
+        return OutputTimesError(
             f"{where} must be strictly monotonic, but {where}[{i}] = {t[i]:.6g} repeats "
             f"{where}[{i - 1}]. Remove duplicate output times (keeping {where}[0], the start, "
-            "first) and index the result."
+            "first) and index the result.", kind="repeat"
         )
     nonzero = diffs[diffs != 0]
     if nonzero.size == 0:
@@ -39,7 +39,7 @@ def _describe_order(t: np.ndarray, row: int | None) -> str | None:
     if bad.size:
         i = int(bad[0]) + 1
         direction = "increasing" if sign > 0 else "decreasing"
-        return (
+        return OutputTimesError(
             f"{where} must be monotonic ({direction}, as it starts), but {where}[{i}] = "
             f"{t[i]:.6g} comes after {where}[{i - 1}] = {t[i - 1]:.6g}. Sort the output times."
         )
@@ -75,9 +75,9 @@ class OutputTimes:
         if self.per_sample:
             self._init_per_sample(host, y0)
         else:
-            msg = _describe_order(host, None)
-            if msg:
-                raise OutputTimesError(msg, kind="repeat" if " repeats " in msg else "order")
+            error = _describe_order(host, None)
+            if error is not None:
+                raise error
             self.t0, self.t1 = float(host[0]), float(host[-1])
             self.times = host[1:].tolist()  # items: every time after the start
             self.rows = None
@@ -114,7 +114,7 @@ class OutputTimes:
                         f"is {ways[0]} but {t_}[{r}] is {ways[1]} ({t_}[{r}, -1] = "
                         f"{host[r, -1]:.6g} vs start {host[r, 0]:.6g}). Integrate the two "
                         "directions in separate calls.", kind="direction")
-                raise OutputTimesError(own)
+                raise own
         self.t0 = float(starts[0])
         flat = host.reshape(-1)
         self.t1 = float(flat.max() if sign > 0 else flat.min())
