@@ -197,7 +197,14 @@ def test_values_pass_exactly_and_what_differs_is_noted():
     assert "module.optimizer.lr=0.000123456789" in t.overrides
     assert "data.task.fraction=0.9999999" in t.overrides
     assert "data.dataset.t_max=2.123456789" in t.overrides
-    assert any("--poisson: here the rate is an MLP" in n for n in t.notes)
+    assert any("--poisson: the paper code scales the rate's integral" in n for n in t.notes)
+    # the paper code's Poisson network: z0 and the field on 2 x -l, the rate on the last -l
+    t = translate(shlex.split("--latent-ode -l 15 -u 40 --poisson"))
+    assert {"model.poisson=true", "model.latents=30", "model.rate_latents=15",
+            "model.rate_layers=2", "model.gen_units=40"} <= set(t.overrides)
+    model = instantiate(compose_train(t.overrides).model, input_dim=3)
+    assert model.decoder.in_features == 15 and model.rate[0].in_features == 15
+    assert model.field.net[0].in_features == 30
     # the paper code takes the hopper file's 10,000 trajectories for any larger -n
     t = translate(shlex.split("--latent-ode --dataset hopper -n 20000"))
     assert "data.dataset.n_trajectories=10000" in t.overrides

@@ -147,6 +147,58 @@ def test_poisson_model_integrates_the_rate_and_trains_it():
     assert torch.allclose(both["loss"], base - 0.1 * both["poisson"], rtol=1e-4)
 
 
+class _Still(torch.nn.Module):
+    """A field that leaves z where it starts (dz/dt = 0)."""
+
+    def forward(self, t, z):
+        return torch.zeros_like(z)
+
+
+def test_rate_latents_split_the_state_between_the_decoder_and_the_rate():
+    # the paper code's Poisson network: the last rate_latents drive the rate alone
+    times, values, mask = tiny_batch()
+    torch.manual_seed(0)
+    encoder = ODERNNEncoder(2, 4, hidden=6, z0_units=8)
+    net = LatentODE(2, latents=4, encoder=encoder, gen_units=8, obs_std=0.1, poisson=True,
+                    rate_latents=1, rate_layers=2, n_labels=1, field=_Still())
+    assert net.decoder.in_features == 3 and net.rate[0].in_features == 1
+    assert sum(isinstance(m, torch.nn.Linear) for m in net.rate) == 3  # 2 hidden layers
+    assert net.classifier[0].in_features == 3
+    eps = torch.randn(2, 4, 4)
+    base = net(times, values, mask, z0_noise=eps)
+    moved_rate, moved_data = eps.clone(), eps.clone()
+    moved_rate[..., 3] += 1.0
+    moved_data[..., :3] += 1.0
+    rate_only = net(times, values, mask, z0_noise=moved_rate)
+    data_only = net(times, values, mask, z0_noise=moved_data)
+    # z stays at z0: the prediction and the label read z[:3], the rate z[3:]
+    assert torch.equal(rate_only.pred, base.pred) and torch.equal(rate_only.logits, base.logits)
+    assert not torch.allclose(rate_only.log_rate, base.log_rate)
+    assert torch.equal(data_only.log_rate, base.log_rate)
+    assert not torch.allclose(data_only.pred, base.pred)
+    # the integral is of the rate read from z[3:]
+    trap = torch.cumulative_trapezoid(base.log_rate.exp(), times, dim=2)
+    assert torch.allclose(base.cum_rate[:, :, 1:], trap, rtol=1e-4, atol=1e-6)
+    terms = net.loss(times, values, mask, mask)
+    terms["loss"].backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.rate.parameters())
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"rate_latents": 2}, "set poisson=True with it"),
+    ({"rate_latents": 3, "poisson": True}, "leaves the decoder none of latents=3"),
+    ({"rate_latents": -1, "poisson": True}, "rate_latents must be a whole number >= 0"),
+    ({"rate_latents": 1.5, "poisson": True}, "rate_latents must be a whole number >= 0"),
+    ({"rate_latents": 1, "poisson": True, "rate_layers": -1}, "rate_layers must be"),
+    ({"rate_latents": 1, "poisson": True, "decoder": torch.nn.Linear(3, 2)},
+     r"given the first 2 of latents=3 \(the rest drive the Poisson rate\): make it "
+     r"nn.Linear\(2, ...\)"),
+])
+def test_rate_latents_refused_with_what_to_set(options, message):
+    with pytest.raises(ValueError, match=message):
+        model(**options)
+
+
 def test_series_labels_loss_ignores_unknown_labels_and_reaches_the_classifier():
     times, values, mask = tiny_batch()
     net = model(n_labels=1)

@@ -193,11 +193,14 @@ def _model(args: argparse.Namespace, first: str, notes: list[str]) -> tuple[str,
     generative = [f"model.latents={latents}", f"model.gen_units={u}",
                   f"model.gen_layers={args.gen_layers + 1}", f"model.obs_std={std:g}"]
     if args.poisson:
-        generative.append("model.poisson=true")
-        notes.append("--poisson: here the rate is an MLP of the latent state (one hidden layer "
-                     "of model.gen_units) whose integral rides beside z in the solve; the paper "
-                     "code's ODE carries a second -l-wide state for the rate (field on 2 x -l, "
-                     "z0 of 2 x -l, a rate net of 2 hidden layers): another network")
+        # the paper code's ODEFunc_w_Poisson: z0 and the field on 2 x -l, the decoder on the
+        # first -l, the rate's net (create_net, n_layers=1: 2 hidden layers) on the last -l
+        generative[0] = f"model.latents={2 * latents}"
+        generative += ["model.poisson=true", f"model.rate_latents={latents}",
+                       "model.rate_layers=2"]
+        notes.append("--poisson: the paper code scales the rate's integral by 1/100 inside "
+                     "its solve (the same integral; its step control weighs it less); here it "
+                     "rides unscaled beside z")
     if args.poisson or args.classif:
         # the presets start the latent path at the first predicted time (the paper code's
         # decoder); the rate and the classifier read the whole path from its start, which in

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -149,15 +150,17 @@ def label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class _WithRate(nn.Module):
-    """The generative field on ``[z, integral of rate]``: ``d/dt [z, R] = [f(z), exp(g(z))]``."""
+    """The generative field on ``[z, integral of rate]``: ``d/dt [z, R] = [f(z), exp(g(z))]``;
+    ``g`` reads ``z[..., rate_from:]`` (all of ``z`` when 0)."""
 
-    def __init__(self, field: nn.Module, rate: nn.Module, latents: int):
+    def __init__(self, field: nn.Module, rate: nn.Module, latents: int, rate_from: int = 0):
         super().__init__()
-        self.field, self.rate, self.latents = field, rate, latents
+        self.field, self.rate, self.latents, self.rate_from = field, rate, latents, rate_from
 
     def forward(self, t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         z = state[..., : self.latents]
-        return torch.cat([self.field(t, z), torch.exp(self.rate(z))], -1)
+        rate = torch.exp(self.rate(z[..., self.rate_from :]))
+        return torch.cat([self.field(t, z), rate], -1)
 
 
 def sample_bound(elbo: torch.Tensor, objective: str = "iwae") -> torch.Tensor:
@@ -258,12 +261,29 @@ per-series solve cost more than they save (``scripts/bench_unaligned.py``, 50-po
 one CPU thread: 1.09-1.12x the time at batch 8-16, 0.80x at 32, 0.60x at 64, 0.20x at 256)."""
 
 
+def check_rate_latents(rate_latents: int, latents: int, poisson: bool) -> None:
+    """``rate_latents``: a whole number, with ``poisson``, leaving the decoder at least one
+    latent."""
+    whole = isinstance(rate_latents, numbers.Integral) and not isinstance(rate_latents, bool)
+    if not whole or rate_latents < 0:
+        raise ValueError(f"LatentODE: rate_latents must be a whole number >= 0, got "
+                         f"{rate_latents!r}.")
+    if rate_latents and not poisson:
+        raise ValueError(f"rate_latents={rate_latents} sets the Poisson rate's share of the "
+                         "latent state: set poisson=True with it, or rate_latents=0.")
+    if rate_latents and rate_latents >= latents:
+        raise ValueError(f"rate_latents={rate_latents} leaves the decoder none of "
+                         f"latents={latents}: the paper code's network is latents=2 l with "
+                         f"rate_latents=l (e.g. latents={2 * rate_latents}).")
+
+
 def check_parts(encoder: nn.Module, field: nn.Module, decoder: nn.Module, input_dim: int,
-                latents: int) -> None:
+                latents: int, decoded: int | None = None) -> None:
     """Refuse parts that cannot fit together, when the model is built (they failed at the
     first batch with a bare matrix-shape error): an encoder of another ``input_dim`` or
     ``latent_dim`` (where it says), a decoder whose first linear layer does not read
-    ``latents`` inputs, a field that does not take ``(t, z)``."""
+    ``decoded`` inputs (default ``latents``), a field that does not take ``(t, z)``."""
+    decoded = latents if decoded is None else decoded
     from latentode.nn.encoders import _BackwardGRU
 
     # (only latentode's encoders: a user's may mean something else by input_dim)
@@ -276,10 +296,12 @@ def check_parts(encoder: nn.Module, field: nn.Module, decoder: nn.Module, input_
     # a plain Linear or Sequential only (a subclass may feed its first layer other features;
     # a LazyLinear learns its width from the first batch)
     first = decoder[0] if type(decoder) is nn.Sequential and len(decoder) else decoder
-    if type(first) is nn.Linear and first.in_features != latents:
+    if type(first) is nn.Linear and first.in_features != decoded:
+        given = (f"the latent state z of latents={latents}" if decoded == latents else
+                 f"the first {decoded} of latents={latents} (the rest drive the Poisson rate)")
         raise ValueError(f"decoder {type(decoder).__name__}'s first layer reads "
-                         f"{first.in_features} input(s), but the decoder is given the latent "
-                         f"state z of latents={latents}: make it nn.Linear({latents}, ...).")
+                         f"{first.in_features} input(s), but the decoder is given {given}: "
+                         f"make it nn.Linear({decoded}, ...).")
     try:
         params = inspect.signature(getattr(field, "forward", field)).parameters.values()
     except (TypeError, ValueError):  # no signature to read (a C callable): left to the solve
@@ -331,6 +353,13 @@ class LatentODE(WithObservationNoise, nn.Module):
         poisson: also model *when* points are observed: a Poisson process per channel whose
             log-intensity is an MLP of ``z(t)``, integrated with the latent ODE (paper, 3.4);
             its log-likelihood enters the loss with weight ``poisson_weight`` (paper: 0.1).
+        rate_latents: with ``poisson``, the last ``rate_latents`` of the ``latents`` drive
+            the rate alone and the decoder reads the others (the paper code's network:
+            ``latents=2 l, rate_latents=l``, the field on all ``2 l``); 0: the rate and the
+            decoder both read the whole state. The classifier reads the decoder's share (as
+            the paper code's reads its decoder's latents).
+        rate_layers: hidden layers of the rate's MLP (``gen_units`` wide, tanh; the paper
+            code's has 2).
         n_labels: a classification head (0: none): ``1`` for a binary label, ``C > 1`` for
             classes. ``label_type="series"`` classifies each series from ``z0`` (e.g.
             mortality); ``"time"`` labels every time point from ``z(t)`` (e.g. activity).
@@ -379,11 +408,15 @@ class LatentODE(WithObservationNoise, nn.Module):
         field: nn.Module | None = None,
         decoder: nn.Module | None = None,
         output_bias: ArrayLike | str | None = None,
+        rate_latents: int = 0,
+        rate_layers: int = 1,
     ):
         super().__init__()
         check_sizes("LatentODE", latents=latents, input_dim=input_dim, gen_units=gen_units,
                     gen_layers=gen_layers, dec_units=dec_units, dec_layers=dec_layers,
-                    n_samples=n_samples, label_units=label_units if n_labels else None)
+                    n_samples=n_samples, label_units=label_units if n_labels else None,
+                    rate_layers=rate_layers if poisson else None)
+        check_rate_latents(rate_latents, latents, poisson)
         if encoder is not None and not isinstance(encoder, nn.Module):
             raise TypeError(
                 f"encoder must be an nn.Module, got {type(encoder).__name__} {encoder!r}; on the "
@@ -413,24 +446,28 @@ class LatentODE(WithObservationNoise, nn.Module):
         # a user's field (t, z) -> dz/dt and decoder z -> (..., input_dim) replace the MLPs
         # (gen_units/gen_layers and dec_units/dec_layers size those only)
         self.field = field if field is not None else ODEFunc(latents, gen_units, gen_layers)
+        # the decoder's share of the latent state (all of it unless the rate has its own)
+        self.decoded = latents - rate_latents
         if decoder is not None:
             self.decoder: nn.Module = decoder
         elif dec_layers == 0:
-            self.decoder = nn.Linear(latents, input_dim)
+            self.decoder = nn.Linear(self.decoded, input_dim)
         else:
-            self.decoder = mlp(latents, input_dim, dec_units, dec_layers)
-        check_parts(self.encoder, self.field, self.decoder, input_dim, latents)
+            self.decoder = mlp(self.decoded, input_dim, dec_units, dec_layers)
+        check_parts(self.encoder, self.field, self.decoder, input_dim, latents, self.decoded)
         start_output_bias(self.decoder, output_bias, input_dim)
         self.noise = ObservationNoise(input_dim, obs_std)
         self.n_samples = n_samples
         self.poisson, self.poisson_weight = poisson, poisson_weight
-        self.rate = mlp(latents, input_dim, gen_units, 1) if poisson else None
+        self.rate_latents = rate_latents
+        self.rate = (mlp(rate_latents or latents, input_dim, gen_units, rate_layers)
+                     if poisson else None)
         self.n_labels, self.label_type = n_labels, label_type
         self.label_weight, self.reconstruct = label_weight, reconstruct
         self.classifier = None
         if n_labels > 0:
             self.classifier = nn.Sequential(
-                nn.Linear(latents, label_units), nn.ReLU(),
+                nn.Linear(self.decoded, label_units), nn.ReLU(),
                 nn.Linear(label_units, label_units), nn.ReLU(),
                 nn.Linear(label_units, n_labels),
             )
@@ -466,7 +503,8 @@ class LatentODE(WithObservationNoise, nn.Module):
         func = self.field
         if self.rate is not None:
             state = torch.cat([state, state.new_zeros(*state.shape[:-1], self.input_dim)], -1)
-            func = _WithRate(self.field, self.rate, latents)
+            func = _WithRate(self.field, self.rate, latents, self.decoded if self.rate_latents
+                             else 0)
         z = odeint(func, state, times, stats=self.solver_stats, **self.solver)
         if per_series:  # (B, T, S, L) -> (S, B, T, L)
             return z.permute(2, 0, 1, 3)
@@ -474,7 +512,7 @@ class LatentODE(WithObservationNoise, nn.Module):
 
     def decode_paths(self, z0: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
         """Integrate ``z0 (S, B, L)`` to every ``times`` and decode: ``(S, B, T, D)``."""
-        return self.decoder(self.latent_paths(z0, times)[..., : self.latents])
+        return self.decoder(self.latent_paths(z0, times)[..., : self.decoded])
 
     def forward(
         self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
@@ -531,12 +569,15 @@ class LatentODE(WithObservationNoise, nn.Module):
                                 "it first."}.get(error.kind, "")
             raise ValueError(f"{error.named('pred_times')}{advice}") from None
         z = paths[..., : self.latents]
-        out = LatentODEOutput(self.decoder(z), mean, std, z0=z0)
+        out = LatentODEOutput(self.decoder(z[..., : self.decoded]), mean, std, z0=z0)
         check_decoded(self.decoder, out.pred, self.input_dim)
         if self.rate is not None:
-            out.log_rate, out.cum_rate = self.rate(z), paths[..., self.latents :]
+            rate_from = self.decoded if self.rate_latents else 0
+            out.log_rate = self.rate(z[..., rate_from:])
+            out.cum_rate = paths[..., self.latents :]
         if self.classifier is not None:
-            out.logits = self.classifier(z0 if self.label_type == "series" else z)
+            read = z0 if self.label_type == "series" else z
+            out.logits = self.classifier(read[..., : self.decoded])
         return out
 
     def predict(
