@@ -200,6 +200,25 @@ def test_a_resumed_run_draws_what_the_run_would_have_drawn(tmp_path, monkeypatch
     assert "trainer.max_epochs=3" in (chunked / ".hydra" / "overrides.yaml").read_text()
 
 
+def test_a_copied_run_resumed_in_place_keeps_to_its_own_checkpoints(tmp_path, monkeypatch):
+    # Lightning kept the saved best_model_path, an absolute path into the original directory:
+    # the copy tested the original's checkpoint, or died (FileNotFoundError) once it was gone
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={original}",
+                         "trainer.max_epochs=2", *TINY], monkeypatch)
+    shutil.copytree(original, copy)
+    original.rename(tmp_path / "elsewhere")
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={copy}", "ckpt_path=last",
+                         "trainer.max_epochs=3", *TINY], monkeypatch)
+    record = json.loads((copy / "test_metrics.json").read_text())
+    best = sorted((copy / "checkpoints").glob("best_*.ckpt"))
+    assert len(best) == 1 and record["ckpt_path"] == str(best[0])  # one best, its own
+    saved = torch.load(copy / "checkpoints" / "last.ckpt", weights_only=False)
+    states = [v for k, v in saved["callbacks"].items() if "val/mse" in k]
+    assert states[0]["best_model_path"] == str(best[0])
+    assert str(tmp_path / "original") not in json.dumps(states, default=str)
+
+
 def test_ckpt_path_last_starts_a_run_and_resumes_it_with_the_same_command(
     tmp_path, monkeypatch, recwarn
 ):

@@ -543,3 +543,29 @@ def test_resuming_with_another_scheduler_or_a_model_of_other_sizes_is_named(tmp_
     with pytest.raises(ValueError, match=r"the model passed does not have the checkpoint's "
                                          r"architecture \(\d+ tensor\(s\) of other shapes"):
         LatentODELightning.load_from_checkpoint(path, model=wider)
+
+
+def test_run_checkpoint_record_follows_a_moved_run_and_not_another_runs(tmp_path):
+    from latentode.lit import RunModelCheckpoint
+
+    old, here = tmp_path / "old", tmp_path / "here"
+    here.mkdir()
+    (here / "best_epoch001.ckpt").write_bytes(b"x")
+    (here / "best_epoch000.ckpt").write_bytes(b"x")
+    state = {"monitor": "val/mse", "best_model_score": torch.tensor(0.5),
+             "best_model_path": str(old / "best_epoch001.ckpt"), "current_score": None,
+             "dirpath": str(old), "kth_best_model_path": str(old / "best_epoch001.ckpt"),
+             "kth_value": torch.tensor(0.5), "last_model_path": "",
+             "best_k_models": {str(old / "best_epoch001.ckpt"): torch.tensor(0.5)}}
+    moved = RunModelCheckpoint(dirpath=here, monitor="val/mse")
+    moved.load_state_dict(state)  # the run moved here: its record, its paths here
+    assert moved.best_model_path == str(here / "best_epoch001.ckpt")
+    assert moved.best_model_score == 0.5
+    assert list(moved.best_k_models) == [str(here / "best_epoch001.ckpt")]
+    other = RunModelCheckpoint(dirpath=tmp_path / "fresh", monitor="val/mse")
+    other.load_state_dict(state)  # another run's checkpoint: this directory's own record
+    assert other.best_model_path == "" and other.best_model_score is None
+    assert other.best_k_models == {}
+    same = RunModelCheckpoint(dirpath=old, monitor="val/mse")
+    same.load_state_dict(state)  # in place: Lightning's own behaviour
+    assert same.best_model_path == str(old / "best_epoch001.ckpt")
