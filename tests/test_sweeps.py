@@ -6,8 +6,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +43,22 @@ def latentode_train(args: list[str], root: Path, timeout: int = 180) -> subproce
     result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout,
                             env=env, cwd=root)
     return result
+
+
+def stopped_by(signal_number: int, args: list[str], root: Path, checkpoint: Path
+               ) -> subprocess.CompletedProcess:
+    """``latentode-train args`` sent ``signal_number`` once ``checkpoint`` is written."""
+    script = Path(sys.executable).parent / "latentode-train"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "latentode.cli.train"]
+    env = {**os.environ, "LATENTODE_ROOT": str(root)}
+    proc = subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=root)
+    deadline = time.monotonic() + 150
+    while not checkpoint.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal_number)
+    out, err = proc.communicate(timeout=150)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def summary(sweep_dir: Path) -> list[dict[str, str]]:
@@ -89,6 +108,39 @@ def test_grid_sweep_writes_run_dirs_and_summary(grid):
     assert f"best job by val/mse (lowest): {best['job']} ({best['val/mse']}) in " \
         f"{sweep / best['job']}" \
         in result.stdout + result.stderr
+
+
+LONG = [*TINY, "trainer.max_epochs=1000", "plots.n_series=0"]
+
+
+@pytest.mark.parametrize(("stop", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_run_stopped_by_a_signal_says_so_and_exits_with_it(tmp_path, stop, status):
+    # SIGTERM (a scheduler's preemption) exited 0 with nothing in the log: it looked finished
+    run = tmp_path / "run"
+    result = stopped_by(stop, [*LONG, f"hydra.run.dir={run}"], tmp_path,
+                        run / "checkpoints" / "last.ckpt")
+    assert result.returncode == status, show(result)
+    log_text = (run / "train.log").read_text()
+    name = signal.Signals(stop).name
+    here = re.escape(str(run))
+    assert re.search(rf"training stopped by {name} during epoch \d+, not tested: "
+                     rf"{here}/checkpoints/last.ckpt holds \d+ epochs\. To go on, run the same "
+                     rf"command with ckpt_path=last hydra.run.dir={here}",
+                     log_text), log_text[-2000:]
+    assert not (run / "test_metrics.json").exists()
+
+
+def test_a_sweep_stopped_by_sigterm_records_the_job_and_stops(tmp_path):
+    # the interrupted job was missing from summary.csv and the command exited 0
+    sweep = tmp_path / "sweep"
+    result = stopped_by(signal.SIGTERM, ["-m", *LONG, "model.latents=3,4",
+                                         f"hydra.sweep.dir={sweep}"], tmp_path,
+                        sweep / "0" / "checkpoints" / "last.ckpt")
+    assert result.returncode == 143, show(result)
+    rows = summary(sweep)
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "interrupted")], rows
+    assert "training stopped by SIGTERM" in rows[0]["error"]
+    assert not (sweep / "1").exists()  # the sweep stopped with it
 
 
 def test_best_job_reads_the_direction_and_skips_what_has_no_value(tmp_path):

@@ -23,9 +23,10 @@ import json
 import logging
 import math
 import shutil
+import signal
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -37,6 +38,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from latentode.cli import config_dir
@@ -589,6 +591,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     hint = cuda_graph_hint(device_type, model)
     if hint:
         log.info(hint)
+    with stopped_by_signal(trainer, run_dir):
+        return _fit_and_test(cfg, trainer, module, datamodule)
+
+
+def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule,
+                  datamodule: Any) -> dict[str, float]:
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
         if cfg.get("ckpt_path"):  # resuming in place finds its own checkpoints there, as it should
@@ -604,6 +612,49 @@ def train(cfg: DictConfig) -> dict[str, float]:
             best = None
         metrics.update(run_test(cfg, trainer, module, datamodule, best))
     return metrics
+
+
+class TrainingInterrupted(SystemExit):
+    """A run stopped by SIGTERM (a scheduler's preemption) or SIGINT (Ctrl+C): exit status
+    128 + the signal's number, as a shell reports a process the signal ended."""
+
+    def __init__(self, signal_name: str, message: str):
+        super().__init__(128 + int(getattr(signal, signal_name)))
+        self.signal_name, self.message = signal_name, message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@contextlib.contextmanager
+def stopped_by_signal(trainer: L.Trainer, run_dir: Path) -> Iterator[None]:
+    """Turn Lightning's ends of a run stopped by a signal into :class:`TrainingInterrupted`,
+    logged with where the run stands: Lightning raised SystemExit with no code for SIGTERM (exit
+    status 0, nothing in the log: a preempted job looked finished) and exited 1 for Ctrl+C."""
+    try:
+        yield
+    except SystemExit as stop:
+        if isinstance(stop, TrainingInterrupted):
+            raise
+        if isinstance(stop, SIGTERMException):
+            name = "SIGTERM"
+        elif isinstance(stop.__context__, KeyboardInterrupt):
+            name = "SIGINT"
+        else:
+            raise
+        last = next((Path(c.dirpath) / f"{c.filename}.ckpt" for c in trainer.checkpoint_callbacks
+                     if getattr(c, "monitor", "") is None and getattr(c, "dirpath", None)
+                     and getattr(c, "filename", None)), run_dir / "checkpoints" / "last.ckpt")
+        try:
+            kept = f"{last} holds {checkpoint_progress(str(last))['epochs']} epochs"
+        except (OSError, ValueError):
+            kept = f"no {last} to resume from"
+        where = ("while testing" if trainer.testing
+                 else f"during epoch {trainer.current_epoch + 1}, not tested")
+        message = (f"training stopped by {name} {where}: {kept}. To go on, run the same command "
+                   f"with ckpt_path=last hydra.run.dir={run_dir}")
+        log.error(message)
+        raise TrainingInterrupted(name, message) from None
 
 
 def _without_validation(cfg: DictConfig, datamodule: Any) -> str:
@@ -735,6 +786,12 @@ def sweep_job(cfg: DictConfig, run_dir: Path) -> float | None:
     """
     try:
         metrics = train(cfg)
+    except TrainingInterrupted as stop:  # the sweep stops too: recorded, its table written
+        write_job_record(run_dir, "interrupted", error=stop)
+        record_stopped_job(run_dir, stop, recorded=True)
+        log.error("the sweep stops with this job (%s): the jobs after it did not run",
+                  stop.signal_name)
+        raise
     except Exception as error:
         log.exception("job failed (%s); recorded in the sweep's summary.csv, the sweep goes on",
                       type(error).__name__)
@@ -761,9 +818,10 @@ def sweep_job(cfg: DictConfig, run_dir: Path) -> float | None:
     return value
 
 
-def record_stopped_job(run_dir: Path, error: BaseException) -> None:
+def record_stopped_job(run_dir: Path, error: BaseException, recorded: bool = False) -> None:
     """The sweep's record and ``summary.csv`` row of a job that stops the search (SystemExit
-    passes by Hydra's job end, which writes them), and its Optuna trial marked FAIL."""
+    passes by Hydra's job end, which writes them), and its Optuna trial marked FAIL;
+    ``recorded``: the row's status and error from the job's ``job_status.json``."""
     from hydra.core.utils import JobReturn, JobStatus
 
     from latentode.cli.sweep import SweepSummary, fail_trial_of_job
@@ -773,8 +831,9 @@ def record_stopped_job(run_dir: Path, error: BaseException) -> None:
         "mode": hydra_cfg.mode, "runtime": {"output_dir": str(run_dir)},
         "sweep": {"dir": str(hydra_cfg.sweep.dir)}, "job": {"num": hydra_cfg.job.num},
         "sweeper": OmegaConf.to_container(hydra_cfg.sweeper, resolve=True)}})
-    done = JobReturn(overrides=list(hydra_cfg.overrides.task), status=JobStatus.FAILED,
-                     _return_value=error)
+    done = JobReturn(overrides=list(hydra_cfg.overrides.task),
+                     status=JobStatus.COMPLETED if recorded else JobStatus.FAILED,
+                     _return_value=None if recorded else error)
     with contextlib.suppress(Exception):  # the table must not hide the error itself
         SweepSummary().on_job_end(config, done)
     with contextlib.suppress(Exception):  # its trial: FAIL now, not RUNNING until a resume
