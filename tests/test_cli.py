@@ -437,9 +437,11 @@ def test_resuming_with_other_model_options_is_refused_and_the_run_kept(tmp_path,
     assert "optimized_metric" not in logged.out + logged.err
     hydra_files = {p.name: p.read_text() for p in (run / ".hydra").iterdir()}
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the app's exception itself, not exit(1)
+    # (the hint asks for this command's length, trainer.max_epochs=2, not the run's 1)
     with pytest.raises(ValueError, match=r"(?s)holds a different model than this command "
                        r"builds.*model\.latents: 6 in the run, \d+ now.*own overrides: .*"
-                       r"model\.latents=6.* hydra\.run\.dir=\S+ ckpt_path=last\n"
+                       r"trainer\.max_epochs=2 model\.latents=6.* hydra\.run\.dir=\S+ "
+                       r"ckpt_path=last\n"
                        r".*are restored from the checkpoint"):
         run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=2",
                              f"ckpt_path={last}", *TINY], monkeypatch)
@@ -453,6 +455,14 @@ def test_resuming_with_other_model_options_is_refused_and_the_run_kept(tmp_path,
         run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=2",
                              f"ckpt_path={last}", "model.latents=6", *TINY,
                              "data.batch_size=0"], monkeypatch)
+    assert {p.name: p.read_text() for p in (run / ".hydra").iterdir()} == hydra_files
+    # another learning rate was ignored without a word (Lightning loads the saved optimiser
+    # state, its lr included) while the run's config claimed it
+    with pytest.raises(ValueError, match=r"(?s)loads the checkpoint's optimiser state.*would "
+                       r"not take effect:\n  module\.optimizer\.lr: \S+ in the run, 0\.5 now"):
+        run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=2",
+                             f"ckpt_path={last}", "model.latents=6", *TINY,
+                             "module.optimizer.lr=0.5"], monkeypatch)
     assert {p.name: p.read_text() for p in (run / ".hydra").iterdir()} == hydra_files
     # the same model on other data settings resumes, and says what differs
     other = tmp_path / "other_data"

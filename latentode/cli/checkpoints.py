@@ -174,6 +174,11 @@ START_ONLY = ("model.output_bias",)
 so their difference is not worth a word (an old run lacks output_bias; data means differ)."""
 
 
+RESTORED_ON_RESUME = ("module.optimizer.", "module.param_groups")
+"""Settings a resumed run takes from the checkpoint whatever the command says: Lightning loads
+the optimiser's state with its param groups' ``lr``, betas, weight decay."""
+
+
 def config_differences(saved: dict[str, Any], cfg: DictConfig, sections: tuple[str, ...] = (
         "model", "data")) -> list[str]:
     """``key: checkpoint value -> this value`` for the model and data settings that differ
@@ -218,7 +223,16 @@ def check_resume(cfg: DictConfig, module: torch.nn.Module, saved: dict[str, Any]
     problem = weights_mismatch(module.state_dict(), weights)
     record = saved.get(RUN_RECORD)
     if problem is None:  # the same model: other data or task settings may be meant, say them
-        differences = [] if record is None else config_differences(record["config"], cfg)
+        differences = [] if record is None else config_differences(
+            record["config"], cfg, ("model", "data", "module"))
+        restored = [d for d in differences if d.startswith(RESTORED_ON_RESUME)]
+        if restored and cfg.get("train", True):
+            raise ValueError(
+                "resuming loads the checkpoint's optimiser state, settings included, over this "
+                "command's, so these would not take effect:\n" + "\n".join(
+                    f"  {line}" for line in restored[:8]) + "\nResume with the run's values "
+                "(the schedule's settings, module.scheduler.*, do apply from here on), or "
+                "start a new run for other optimiser settings.")
         if differences:
             log.warning("resuming with settings that differ from the run's (intended?):\n%s",
                         "\n".join(f"  {line}" for line in differences[:12]))
@@ -233,7 +247,8 @@ def check_resume(cfg: DictConfig, module: torch.nn.Module, saved: dict[str, Any]
         if differences:
             message.append("The run's settings that differ:\n" + "\n".join(
                 f"  {line}" for line in differences[:8]))
-        given = [o for o in [*record.get("search", []), *record["overrides"]]
+        given = [_asked_length(str(o), cfg) for o in [*record.get("search", []),
+                                                      *record["overrides"]]
                  if not str(o).startswith(("ckpt_path=", "hydra.run.dir="))]
         # where and from what: pasted without them, the hint started a fresh run elsewhere
         where = (f"hydra.run.dir={run_dir} ckpt_path=last" if _in_place(ckpt_path, run_dir)
@@ -243,6 +258,17 @@ def check_resume(cfg: DictConfig, module: torch.nn.Module, saved: dict[str, Any]
             message.append(f"(the run's {run_dir / '.hydra'} files, which this command had "
                            "overwritten, are restored from the checkpoint)")
     raise ValueError("\n".join(message))
+
+
+def _asked_length(override: str, cfg: DictConfig) -> str:
+    """The run's override of how long to train, with this command's value (the hint repeated
+    the run's ``trainer.max_epochs=6`` to a resume asking for 7: pasted, it trained nothing)."""
+    key, sep, _ = override.lstrip("+").partition("=")
+    if sep and key in ("trainer.max_epochs", "trainer.max_steps"):
+        now = (cfg.get("trainer") or {}).get(key.split(".", 1)[1])
+        if now is not None:
+            return f"{override.split('=', 1)[0]}={now}"
+    return override
 
 
 def _in_place(ckpt_path: str, run_dir: Path) -> bool:
