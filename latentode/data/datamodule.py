@@ -263,6 +263,11 @@ class LatentODEDataModule(L.LightningDataModule):
             collate_fn=collator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # its own generator: each iterator draws a worker base seed, from the global stream
+            # without one (the posterior samples' stream: one draw per epoch, or one per fit with
+            # persistent workers, so num_workers and runs in chunks changed the training); the
+            # collator seeds its own draws, so the base seed is never read
+            generator=torch.Generator(),
         )
 
     def train_dataloader(self) -> DataLoader:
