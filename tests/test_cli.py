@@ -21,6 +21,7 @@ from omegaconf import OmegaConf, open_dict
 from latentode.cli import config_dir, runs
 from latentode.cli import evaluate as eval_cli
 from latentode.cli import train as train_cli
+from latentode.cli.checkpoints import read_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*treespec, LeafSpec")
 
@@ -355,6 +356,19 @@ def test_resume_from_a_missing_or_foreign_checkpoint_is_a_clear_error(tmp_path):
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(ValueError, match="not a Lightning training checkpoint"):
         train_cli.checkpoint_step(str(foreign))
+    # a file cut short (a run killed while writing it): torch's bare OSError / RuntimeError
+    run = tmp_path / "run" / "checkpoints"
+    run.mkdir(parents=True)
+    torch.save({"epoch": 0, "global_step": 1, "state_dict": {"w": torch.zeros(500)}},
+               run / "best_epoch000.ckpt")
+    whole = (run / "best_epoch000.ckpt").read_bytes()
+    (run / "last.ckpt").write_bytes(whole[: len(whole) // 2])
+    cut = (r"last\.ckpt cannot be read as a checkpoint: the file is cut short or damaged .*"
+           r"other checkpoints: best_epoch000\.ckpt \(pass one as ckpt_path=\)")
+    with pytest.raises(ValueError, match=cut):
+        train_cli.checkpoint_step(str(run / "last.ckpt"))
+    with pytest.raises(ValueError, match=cut):  # latentode-eval / predict read it so too
+        read_checkpoint(run / "last.ckpt", weights_only=True, mmap=False)
 
 
 def test_a_classifier_without_labels_in_the_data_is_refused(tmp_path):

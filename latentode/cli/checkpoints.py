@@ -179,6 +179,26 @@ RESTORED_ON_RESUME = ("module.optimizer.", "module.param_groups")
 the optimiser's state with its param groups' ``lr``, betas, weight decay."""
 
 
+def read_checkpoint(path: str | Path, weights_only: bool = False, mmap: bool = True,
+                    what: str = "ckpt_path=") -> Any:
+    """``torch.load`` of a checkpoint, its failures named: a missing file, and one cut short or
+    damaged (a run killed while writing it: OSError or RuntimeError from inside torch), with the
+    run's other checkpoints to use instead."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what}{path}: no such checkpoint file") from None
+    except (OSError, RuntimeError, EOFError) as error:
+        others = sorted(p.name for p in Path(path).parent.glob("*.ckpt")
+                        if p.name != Path(path).name)
+        instead = (f"; the run's other checkpoints: {', '.join(others[:6])} (pass one as "
+                   f"ckpt_path=)" if others else "")
+        first = (str(error).splitlines() or [""])[0].split(". ")[0]
+        raise ValueError(f"{what}{path} cannot be read as a checkpoint: the file is cut short or "
+                         f"damaged (a run stopped while writing it?){instead}. torch said: "
+                         f"{type(error).__name__}: {first}") from None
+
+
 def config_differences(saved: dict[str, Any], cfg: DictConfig, sections: tuple[str, ...] = (
         "model", "data")) -> list[str]:
     """``key: checkpoint value -> this value`` for the model and data settings that differ
@@ -286,10 +306,7 @@ def restored_on_failure(ckpt_path: str | None, run_dir: Path
     and ``latentode-predict`` keep working on the run."""
     saved = None
     if ckpt_path:
-        try:
-            saved = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file") from None
+        saved = read_checkpoint(ckpt_path)
     record = saved.get(RUN_RECORD) if saved and _in_place(str(ckpt_path), run_dir) else None
     try:
         yield saved

@@ -27,6 +27,7 @@ from latentode.cli import load_settings
 from latentode.cli.checkpoints import (
     RUN_RECORD,
     load_fitting,
+    read_checkpoint,
     resolve_checkpoint,
     warn_if_data_changed,
 )
@@ -139,7 +140,7 @@ def load_run(ckpt_path: str | Path, overrides: Sequence[str] = (), *, use: str,
         log.info("rebuilding the run's training data repeated %d warning(s) from training "
                  "(see the run's log file), e.g.: %s", len(repeated), repeated[0].message)
     try:
-        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+        checkpoint = read_checkpoint(ckpt, weights_only=True, mmap=False, what="")
     except pickle.UnpicklingError as error:
         raise ValueError(
             f"{ckpt} holds objects other than tensors and plain containers, which latentode "

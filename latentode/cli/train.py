@@ -45,6 +45,7 @@ from latentode.cli import config_dir
 from latentode.cli.checkpoints import (
     RunRecord,
     check_resume,
+    read_checkpoint,
     refuse_replacing_a_run,
     restored_on_failure,
     snapshot_run_files,
@@ -465,10 +466,7 @@ def cuda_graph_hint(device_type: str, model: torch.nn.Module) -> str | None:
 def checkpoint_progress(path: str) -> dict[str, int]:
     """How far training had got when a Lightning checkpoint was saved: ``epochs`` trained (our
     checkpoints are written at epoch ends) and ``global_step``; read without building the model."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint file") from None
+    saved = read_checkpoint(path)
     if not isinstance(saved, dict) or "global_step" not in saved or "epoch" not in saved:
         raise ValueError(f"ckpt_path={path} is not a Lightning training checkpoint (no "
                          "epoch/global_step); pass a checkpoint written by latentode-train")
