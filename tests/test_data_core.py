@@ -36,6 +36,7 @@ from latentode.data import (
     split_indices,
 )
 from latentode.data.batch import distinct_in
+from latentode.data.frame import uncertainty_pairs
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -438,6 +439,23 @@ def test_columns_constant_within_every_series_are_flagged_as_likely_covariates()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert "age" not in from_dataframe(df, static_cols=["age"]).channels
+
+
+def test_a_column_named_as_another_ones_uncertainty_is_flagged():
+    # a light curve's flux_err was modelled as a channel without a word (a review)
+    df = random_frame(6, n_series=10, max_len=8, p_missing=0.0)
+    df = df.rename(columns={"c0": "flux", "c1": "flux_err", "c2": "magerr"})
+    df["mag"] = df["flux"] * 2
+    with pytest.warns(UserWarning, match=r"named like measurement uncertainties \('flux_err' of "
+                                         r"'flux', 'magerr' of 'mag'\) .*value_cols=\[\.\.\.\]"):
+        ds = from_dataframe(df)
+    assert "flux_err" in ds.channels  # a warning only
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from_dataframe(df, value_cols=["flux", "mag"])
+        from_dataframe(df.rename(columns={"flux_err": "flux_rate"}).drop(columns="magerr"))
+    assert uncertainty_pairs(["y", "sigma_y", "e_temp", "temp", "time", "ages", "age"]) == [
+        ("sigma_y", "y"), ("e_temp", "temp")]
 
 
 def test_dataset_repr_is_a_summary():

@@ -9,6 +9,7 @@ skipped or merged on purpose is counted in a warning, never dropped silently.
 from __future__ import annotations
 
 import difflib
+import re
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -122,6 +123,7 @@ def from_dataframe(
                     stacklevel=2,
                 )
             _warn_constant_within_series(df, id_col, value_cols)
+            _warn_uncertainty_columns(value_cols)
             if not value_cols:
                 raise ValueError(
                     f"no numeric value columns found besides {sorted(map(str, reserved))}; "
@@ -415,6 +417,41 @@ def _mostly_numeric(column: pd.Series) -> bool:
         return False
     numeric = pd.to_numeric(present, errors="coerce").notna()
     return bool(numeric.mean() >= 0.5)
+
+
+_UNCERTAINTY = re.compile(
+    r"^(?:(?P<base>.+?)(?:[_\-. ](?:err|error|errors|sigma|sig|unc|uncert|uncertainty|std|"
+    r"stderr|sd|e)|(?:err|error|sigma|unc))|(?:err|error|e|sigma|sig|unc|d)[_\-. ]"
+    r"(?P<after>.+))$", re.IGNORECASE)
+
+
+def uncertainty_pairs(columns: Sequence[Any]) -> list[tuple[str, str]]:
+    """``(column, channel)`` pairs where a column is named as the measurement uncertainty of
+    another (``flux_err`` / ``flux``, ``magerr`` / ``mag``, ``sigma_y`` / ``y``)."""
+    names = {str(c).lower(): str(c) for c in columns}
+    pairs = []
+    for column in map(str, columns):
+        match = _UNCERTAINTY.match(column)
+        base = match and (match.group("base") or match.group("after"))
+        if base and base.lower() in names and names[base.lower()] != column:
+            pairs.append((column, names[base.lower()]))
+    return pairs
+
+
+def _warn_uncertainty_columns(columns: list) -> None:
+    """A light curve's ``flux_err`` was modelled as a data channel of its own without a word
+    (its forecasts' intervals even went below zero)."""
+    pairs = uncertainty_pairs(columns)
+    if pairs:
+        shown = ", ".join(f"{c!r} of {b!r}" for c, b in pairs[:4])
+        warnings.warn(
+            f"column(s) named like measurement uncertainties ({shown}) are modelled as data "
+            "channels of their own. If they are uncertainties: the likelihood has one noise "
+            "level per channel and reads no per-point uncertainty; leave them out with "
+            "value_cols=[...] (latentode-train: data.dataset.value_cols; "
+            "LatentODEForecaster.fit: ignore_cols=[...]).",
+            stacklevel=3,
+        )
 
 
 def _warn_constant_within_series(df: pd.DataFrame, id_col: str, columns: list) -> None:
