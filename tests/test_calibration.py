@@ -191,6 +191,13 @@ def test_a_model_worse_from_more_of_a_series_is_named_with_the_remedy():
     assert "its subsample Interpolation(fraction=0.5" in mixed
     assert "(data.task.fraction=0.75 ++data.task.fraction_spread=0.25)" in mixed
     assert "count=null" not in mixed and "or the Mixed task" not in mixed
+    # a task that spreads densities already was told to do so (the forecaster's default)
+    spread = density_warning(folds, at_task, Mixed(fraction=0.75, fraction_spread=0.25),
+                             ["value", "other"])
+    assert spread is not None and "fraction_spread=0.25" in spread
+    assert "train on a spread" not in spread
+    assert spread.endswith("It trained on a spread of densities already: longer training "
+                           "usually closes the gap.")
 
 
 def test_json_round_trip_is_exact(tmp_path):
@@ -406,6 +413,19 @@ def test_forecast_noise_grows_with_lead_time_and_covers_there():
                               n_samples=50, seed=0)
     assert cov["curve"] == pytest.approx(0.9, abs=0.04)
     assert cov["constant"] < 0.6
+
+
+def test_too_few_forecast_points_for_a_lead_curve_warn_with_the_remedy():
+    # sparse series: the curve was dropped with a log line, forecasts under-covered (a review)
+    from latentode.forecast.calibration import calibrate_lead
+
+    base = NoiseCalibration(std=[0.1], obs_std=0.01)
+    with pytest.warns(UserWarning, match=r"too few forecast points to calibrate on \(\d+; a "
+                                         r"lead-time curve needs 240\).*likely too narrow.*"
+                                         r"val_fraction="):
+        cal = calibrate_lead(Persistence(), walk_batches(0, n_batches=1, series=3, length=8),
+                             base, n_samples=5, seed=0)
+    assert cal is base
 
 
 def test_lead_curve_is_made_non_decreasing_and_floored():

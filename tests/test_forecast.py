@@ -456,6 +456,7 @@ def test_ignore_cols_keeps_covariates_out_of_the_channels():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "never change within a series" warning either
         warnings.filterwarnings("ignore", "The predictive noise")  # tiny data: few points
+        warnings.filterwarnings("ignore", "too few forecast points")  # no lead curve
         fc = LatentODEForecaster({**TINY, "trainer.max_epochs": 1}).fit(df, ignore_cols=["age"],
                                                                          val_fraction=0)
     assert fc.spec.channels == ["x", "y"]
@@ -539,9 +540,10 @@ def test_forecast_intervals_widen_over_the_calibrated_lead_curve(fitted, data):
         frame["width"] = frame["q0.95"] - frame["q0.05"]
     for channel in ("x", "y"):
         widths = pred[pred.channel == channel]["width"].to_numpy()
-        # wider the further ahead along the curve (leads 0.5, 1, 2); beyond its last knot
-        # the noise stays the last bin's, and the paths' spread may hardly grow
-        assert np.all(np.diff(widths[1:4]) > 0), widths
+        # wider the further ahead along the curve (leads 1, 2); before its first knot (0.5)
+        # and beyond its last (4) the noise stays that bin's, and the paths' spread may
+        # hardly grow
+        assert widths[3] > widths[2] >= widths[1] * (1 - 1e-3), widths
         assert widths[4] >= widths[3] * (1 - 1e-3), widths
         assert widths[-1] > 3 * widths[0]
         own = flat[flat.channel == channel]["width"].to_numpy()

@@ -336,6 +336,7 @@ def test_train_eval_and_predict_on_a_users_csv(tmp_path, monkeypatch):
     with warnings.catch_warnings():  # the 'ward' warning of training is not repeated as if it
         warnings.simplefilter("error")  # were about the frames to predict
         warnings.filterwarnings("ignore", "The predictive noise")  # tiny data: few series
+        warnings.filterwarnings("ignore", "too few forecast points")  # no lead curve
         LatentODEForecaster.from_run(ckpt)
     run_main(eval_cli, ["latentode-eval", f"ckpt_path={ckpt}", "plot=false",
                         f"hydra.run.dir={tmp_path}/eval"], monkeypatch)

@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -184,17 +185,20 @@ def density_warning(on_folds: NoiseCalibration, on_task: NoiseCalibration, task:
         return None
     part = interpolation_task(task)
     named = f"{task}" if part is task else f"{task}, its subsample {part}"
-    # ++ adds the key or overrides it, whichever the config holds
-    spread = ("data.task.fraction=0.75 ++data.task.fraction_spread=0.25" if part is not task
-              else "data.task.count=null data.task.fraction=0.75 "
-                   "++data.task.fraction_spread=0.25")
-    return (f"The model predicts points inside a series worse when its encoder sees "
+    said = (f"The model predicts points inside a series worse when its encoder sees "
             f"{folds - 1}/{folds} of the series than at its training task's density "
             f"({named}): in-series noise {a:.3g} against {b:.3g} for channel {channel!r} "
             f"(model units, {on_folds.split} split). predict and impute condition on all of "
             "a series' points, so their errors can exceed the run's test MSE (scored at the "
-            "training density) and their intervals, calibrated on those errors, are wide. For "
-            f"forecasting, train on a spread of densities ({spread}"
+            "training density) and their intervals, calibrated on those errors, are wide. ")
+    if getattr(part, "fraction_spread", 0):  # the advice below is taken already
+        return said + ("It trained on a spread of densities already: longer training "
+                       "usually closes the gap.")
+    # ++ adds the key or overrides it, whichever the config holds
+    spread = ("data.task.fraction=0.75 ++data.task.fraction_spread=0.25" if part is not task
+              else "data.task.count=null data.task.fraction=0.75 "
+                   "++data.task.fraction_spread=0.25")
+    return (said + f"For forecasting, train on a spread of densities ({spread}"
             + (", or the Mixed task of conf/data/csv.yaml, LatentODEForecaster.fit's default"
                if part is task else "") +
             "); a paper protocol's benchmark keeps its own task.")
@@ -1008,9 +1012,16 @@ def calibrate_lead(
             hists.append(seen[b].double().cpu().numpy())
     finally:
         model.train(was_training)
-    if not taus or sum(len(t) for t in taus) < bins * LEAD_MIN_POINTS:
-        log.warning("calibrate_lead: too few forecast points for a lead-time curve; forecasts "
-                    "keep the noise of points inside the series")
+    found = sum(len(t) for t in taus)
+    if found < bins * LEAD_MIN_POINTS:
+        # (a log line before: on sparse series, the very case the curve is for, forecasts
+        # covered 0.75 of a nominal 0.9 with nothing to act on)
+        warnings.warn(
+            f"too few forecast points to calibrate on ({found}; a lead-time curve needs "
+            f"{bins * LEAD_MIN_POINTS}): forecast intervals keep the noise of points inside "
+            "the series, widening neither with lead time nor for short histories, and are "
+            "likely too narrow. Calibrate on more series: LatentODEForecaster.fit(val_fraction="
+            "...) or val_df=, or a run with a larger data.val_fraction.", stacklevel=2)
         return base
     tau, r2, s2, chan, hist = (np.concatenate(a) for a in (taus, r2s, s2s, chans, hists))
     curve = _lead_curve(tau, r2 - s2, chan, base.array, bins)
