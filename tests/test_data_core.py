@@ -564,8 +564,11 @@ def test_duplicates_mean_is_nan_aware_and_warns_with_count():
         }
     )
     # the warning and the error count alike: the rows involved (5), then what they became
+    # (and an example to look at: the warning named none, the error did)
     with pytest.warns(UserWarning, match=r"^5 rows share their \(series, time\) with another "
-                                         r"row: averaged per channel into 2 rows"):
+                                         r"row, e\.g\. series 1 at time 1\.0: averaged per "
+                                         r"channel into 2 rows \(duplicates='mean'; "
+                                         r"duplicates='error' refuses them\)"):
         ds = from_dataframe(df)
     expected = pd.DataFrame(
         {"series_id": [1, 1, 2], "time": [0.0, 1.0, 0.0], "a": [1.0, 5.0, 5.0],

@@ -574,10 +574,13 @@ def _merge_duplicates(
     averaged = wide.loc[dup].groupby([id_col, time_col], sort=False, dropna=False).agg(agg)
     merged = pd.concat([wide.loc[~dup], averaged.reset_index()[list(wide.columns)]],
                        ignore_index=True)
+    first = int(np.argmax(dup.to_numpy()))
     warnings.warn(
-        f"{int(dup.sum())} rows share their (series, time) with another row: averaged per "
-        f"channel into {_rows(int(dup.sum()) - (len(wide) - len(merged)))} "
-        f"(duplicates='mean').{_float32_hint(wide[time_col], time_col)}",
+        f"{int(dup.sum())} rows share their (series, time) with another row, e.g. series "
+        f"{_plain(wide[id_col].iloc[first])!r} at time {_plain(wide[time_col].iloc[first])!r}: "
+        f"averaged per channel into {_rows(int(dup.sum()) - (len(wide) - len(merged)))} "
+        f"(duplicates='mean'; duplicates='error' refuses them)."
+        f"{_float32_hint(wide[time_col], time_col)}",
         stacklevel=3,
     )
     return merged
