@@ -1371,6 +1371,22 @@ def test_channel_scaler_never_observed_and_constant_channels():
     np.testing.assert_allclose(scaler.inverse_transform(out.values), ds.values)
 
 
+def test_positive_channels_over_many_orders_of_magnitude_suggest_log_channels():
+    # 1e-3..1e6 standardised linearly gave intervals like [-314391, 379470] for 0.0053
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"series_id": np.repeat([1, 2, 3], 4), "time": np.tile(np.arange(4.0), 3),
+                       "big": 10.0 ** rng.uniform(-3, 6, 12), "temp": rng.normal(size=12) + 37,
+                       "signed": np.linspace(-1e3, 1e3, 12), "small": np.linspace(1, 5e3, 12)})
+    ds = from_dataframe(df)
+    with pytest.warns(UserWarning, match=r"channel\(s\) 'big' \(\S+ to \S+\) hold positive "
+                                         r"values over more than 10000x.*log_channels=\['big'\] "
+                                         r"\(latentode-train: data\.log_channels"):
+        ChannelScaler().fit(ds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # on a log scale, or signed, or 5000x: nothing to say
+        ChannelScaler(["big"]).fit(ds)
+
+
 def test_log_channels_are_standardised_as_logarithms():
     rng = np.random.default_rng(0)
     df = pd.DataFrame({"series_id": np.repeat([1, 2, 3], 4), "time": np.tile(np.arange(4.0), 3),

@@ -11,6 +11,30 @@ from sklearn.preprocessing import StandardScaler
 
 from .dataset import IrregularDataset
 
+WIDE_RANGE = 1e4
+"""A channel of positive values whose largest is this many times its smallest is suggested for
+``log_channels`` (standardised linearly, the small values all sit at the channel's bottom and
+the Gaussian noise of its large ones gives intervals far below zero for them)."""
+
+
+def _warn_wide_ranges(values: np.ndarray, channels: list[str], log: np.ndarray) -> None:
+    """Name positive channels spanning more than ``WIDE_RANGE`` that are not on a log scale."""
+    wide = []
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN channel
+        low, high = np.nanmin(values, 0), np.nanmax(values, 0)
+    for name, lo, hi, logged in zip(channels, low, high, log, strict=True):
+        if not logged and np.isfinite(lo) and lo > 0 and hi > WIDE_RANGE * lo:
+            wide.append(f"{name!r} ({lo:.3g} to {hi:.3g})")
+    if wide:
+        names = [w.split(" (")[0].strip("'") for w in wide]
+        warnings.warn(
+            f"channel(s) {', '.join(wide[:5])} hold positive values over more than "
+            f"{WIDE_RANGE:g}x: standardised linearly, their intervals for small values reach "
+            f"far below zero. On a log scale they are modelled multiplicatively and stay "
+            f"positive: log_channels={names[:5]} (latentode-train: data.log_channels; "
+            f"LatentODEForecaster.fit(log_channels=...)).", stacklevel=3)
+
 
 class ChannelScaler:
     """A scikit-learn ``StandardScaler`` per channel that ignores unobserved (NaN) entries.
@@ -94,6 +118,7 @@ class ChannelScaler:
         self.scaler.scale_ = np.where(
             np.isfinite(self.scaler.scale_) & (self.scaler.scale_ > 0), self.scaler.scale_, 1.0
         )
+        _warn_wide_ranges(values, self.channels, self.log)
         return self
 
     @property
