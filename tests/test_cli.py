@@ -201,6 +201,22 @@ def test_a_resumed_run_draws_what_the_run_would_have_drawn(tmp_path, monkeypatch
     assert "trainer.max_epochs=3" in (chunked / ".hydra" / "overrides.yaml").read_text()
 
 
+def test_a_run_in_chunks_with_loader_workers_trains_as_one_straight_run(tmp_path, monkeypatch):
+    """With data.num_workers=2 a resumed run trained its second epoch on the first epoch's
+    batches and masks: Lightning makes the loader's iterator before it sets the sampler's
+    epoch, and worker processes fetch their first batches at once (a review)."""
+    straight, chunked = tmp_path / "straight", tmp_path / "chunked"
+    workers = ["data.num_workers=2", "test=false", "plots.n_series=0"]
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={straight}",
+                         "trainer.max_epochs=2", *TINY, *workers], monkeypatch)
+    for epochs in (1, 2):
+        run_main(train_cli, ["latentode-train", f"hydra.run.dir={chunked}", "ckpt_path=last",
+                             f"trainer.max_epochs={epochs}", *TINY, *workers], monkeypatch)
+    a, b = (torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+            for run in (straight, chunked))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_copied_run_resumed_in_place_keeps_to_its_own_checkpoints(tmp_path, monkeypatch):
     # Lightning kept the saved best_model_path, an absolute path into the original directory:
     # the copy tested the original's checkpoint, or died (FileNotFoundError) once it was gone
@@ -218,6 +234,25 @@ def test_a_copied_run_resumed_in_place_keeps_to_its_own_checkpoints(tmp_path, mo
     states = [v for k, v in saved["callbacks"].items() if "val/mse" in k]
     assert states[0]["best_model_path"] == str(best[0])
     assert str(tmp_path / "original") not in json.dumps(states, default=str)
+
+
+def test_a_run_written_with_lightnings_model_checkpoint_resumes_with_its_record(
+        tmp_path, monkeypatch):
+    # RunModelCheckpoint's state is saved under ModelCheckpoint's key: runs written before it
+    # (Lightning's class in the config) kept no best score, and a worse epoch became "best"
+    run = tmp_path / "run"
+    lightnings = [f"callbacks.{name}._target_=lightning.pytorch.callbacks.ModelCheckpoint"
+                  for name in ("model_checkpoint", "last_checkpoint")]
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=2",
+                         *TINY, *lightnings], monkeypatch)
+    before = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]
+    best = next(v for k, v in before.items() if "val/mse" in k)
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=3",
+                         "ckpt_path=last", *TINY], monkeypatch)
+    after = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]
+    state = next(v for k, v in after.items() if "val/mse" in k)
+    assert state["best_model_score"] <= best["best_model_score"]  # the record carried over
+    assert len(list((run / "checkpoints").glob("best_*.ckpt"))) == 1
 
 
 def test_ckpt_path_last_starts_a_run_and_resumes_it_with_the_same_command(
@@ -371,6 +406,16 @@ def test_resume_from_a_missing_or_foreign_checkpoint_is_a_clear_error(tmp_path):
         read_checkpoint(run / "last.ckpt", weights_only=True, mmap=False)
 
 
+def test_options_added_since_a_run_are_not_listed_as_its_differences(tmp_path):
+    from latentode.cli.checkpoints import config_differences
+
+    cfg = compose_train(TINY, tmp_path)
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    del saved["model"]["rate_latents"]  # a run from before the option existed
+    saved["data"]["batch_size"] = 3
+    assert config_differences(saved, cfg) == ["data.batch_size: 3 in the run, 8 now"]
+
+
 def test_a_classifier_without_labels_in_the_data_is_refused(tmp_path):
     cfg = compose_train([*TINY, "model.n_labels=1"], tmp_path / "run")
     datamodule = train_cli.build_datamodule(cfg)
@@ -459,6 +504,11 @@ def test_resuming_with_other_model_options_is_refused_and_the_run_kept(tmp_path,
                        r".*are restored from the checkpoint"):
         run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=2",
                              f"ckpt_path={last}", *TINY], monkeypatch)
+    # a command that gives no length keeps the run's (not the default's 40: a review)
+    with pytest.raises(ValueError, match=r"(?s)own overrides: .*trainer\.max_epochs=1 "
+                                         r"model\.latents=6"):
+        run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", f"ckpt_path={last}",
+                             *TINY], monkeypatch)
     config = run / ".hydra" / "config.yaml"
     assert {p.name: p.read_text() for p in (run / ".hydra").iterdir()} == hydra_files
     with pytest.raises(FileNotFoundError, match=r"ckpt_path=.*nope\.ckpt: no such checkpoint"):

@@ -8,6 +8,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from latentode.data import Interpolation, LatentODEDataModule, collate, load_dataset
 from latentode.lit import LatentODELightning, exponential_decay, kl_weight_schedule
@@ -557,15 +558,30 @@ def test_run_checkpoint_record_follows_a_moved_run_and_not_another_runs(tmp_path
              "dirpath": str(old), "kth_best_model_path": str(old / "best_epoch001.ckpt"),
              "kth_value": torch.tensor(0.5), "last_model_path": "",
              "best_k_models": {str(old / "best_epoch001.ckpt"): torch.tensor(0.5)}}
-    moved = RunModelCheckpoint(dirpath=here, monitor="val/mse")
+    from types import SimpleNamespace
+
+    def resumed(callback, path):  # the trainer knows the checkpoint when the state is loaded
+        callback._trainer_ref = SimpleNamespace(ckpt_path=str(path))
+        return callback
+
+    moved = resumed(RunModelCheckpoint(dirpath=here, monitor="val/mse"), here / "last.ckpt")
     moved.load_state_dict(state)  # the run moved here: its record, its paths here
     assert moved.best_model_path == str(here / "best_epoch001.ckpt")
     assert moved.best_model_score == 0.5
     assert list(moved.best_k_models) == [str(here / "best_epoch001.ckpt")]
-    other = RunModelCheckpoint(dirpath=tmp_path / "fresh", monitor="val/mse")
+    other = resumed(RunModelCheckpoint(dirpath=tmp_path / "fresh", monitor="val/mse"),
+                    old / "last.ckpt")
     other.load_state_dict(state)  # another run's checkpoint: this directory's own record
     assert other.best_model_path == "" and other.best_model_score is None
     assert other.best_k_models == {}
+    # ... also where this directory holds files of the same names (a review: sweep jobs all
+    # write best_epochNNN.ckpt): another run's score was put on this run's file
+    alike = resumed(RunModelCheckpoint(dirpath=here, monitor="val/mse"), old / "last.ckpt")
+    alike.load_state_dict(state)
+    assert alike.best_model_path == "" and alike.best_k_models == {}
+    # saved under ModelCheckpoint's key: runs written before this class keep their record
+    plain = ModelCheckpoint(dirpath=here, monitor="val/mse")
+    assert RunModelCheckpoint(dirpath=here, monitor="val/mse").state_key == plain.state_key
     same = RunModelCheckpoint(dirpath=old, monitor="val/mse")
     same.load_state_dict(state)  # in place: Lightning's own behaviour
     assert same.best_model_path == str(old / "best_epoch001.ckpt")

@@ -140,6 +140,11 @@ def test_a_sweep_stopped_by_sigterm_records_the_job_and_stops(tmp_path):
     rows = summary(sweep)
     assert [(r["job"], r["status"]) for r in rows] == [("0", "interrupted")], rows
     assert "training stopped by SIGTERM" in rows[0]["error"]
+    # the job's own command: "the same command" with -m started the sweep afresh elsewhere
+    logged = (sweep / "0" / "train.log").read_text()
+    assert re.search(rf"To go on with this job: latentode-train .*model\.latents=3 "
+                     rf"ckpt_path=last hydra\.run\.dir={re.escape(str(sweep / '0'))} \(without "
+                     rf"-m; the sweep's later jobs did not run\)", logged), logged[-2000:]
     assert not (sweep / "1").exists()  # the sweep stopped with it
 
 

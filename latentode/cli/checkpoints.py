@@ -201,16 +201,22 @@ def read_checkpoint(path: str | Path, weights_only: bool = False, mmap: bool = T
 
 def config_differences(saved: dict[str, Any], cfg: DictConfig, sections: tuple[str, ...] = (
         "model", "data")) -> list[str]:
-    """``key: checkpoint value -> this value`` for the model and data settings that differ
-    (those in ``START_ONLY`` left out)."""
+    """``key: checkpoint value -> this value`` for the settings of ``sections`` that differ
+    (those in ``START_ONLY`` left out, and keys the run's config lacks, options added since it
+    ran, unless this command sets them)."""
     now = _plain(cfg)
     saved = _plain(OmegaConf.create(saved))
     out: list[str] = []
+    given = given_keys()
 
     def walk(a: Any, b: Any, prefix: str) -> None:
         if isinstance(a, dict) and isinstance(b, dict):
             for key in sorted(set(a) | set(b), key=str):
-                walk(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
+                name = f"{prefix}.{key}" if prefix else str(key)
+                if key not in a and not any(g == name or g.startswith(name + ".")
+                                            for g in given):
+                    continue  # a newer option at its default (rate_latents: None -> 0)
+                walk(a.get(key), b.get(key), name)
         elif a != b and prefix not in START_ONLY:
             out.append(f"{prefix}: {a!r} in the run, {b!r} now")
 
@@ -280,11 +286,22 @@ def check_resume(cfg: DictConfig, module: torch.nn.Module, saved: dict[str, Any]
     raise ValueError("\n".join(message))
 
 
+def given_keys() -> set[str]:
+    """The keys this command line sets (``key=value``, ``+key=``, ``++key=``), inside the Hydra
+    app; empty outside it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    return {str(o).lstrip("+~").partition("=")[0] for o in HydraConfig.get().overrides.task}
+
+
 def _asked_length(override: str, cfg: DictConfig) -> str:
-    """The run's override of how long to train, with this command's value (the hint repeated
-    the run's ``trainer.max_epochs=6`` to a resume asking for 7: pasted, it trained nothing)."""
+    """The run's override of how long to train, with this command's value when this command
+    gives one (the hint repeated the run's ``trainer.max_epochs=6`` to a resume asking for 7:
+    pasted, it trained nothing; one that gives none keeps the run's, not the default)."""
     key, sep, _ = override.lstrip("+").partition("=")
-    if sep and key in ("trainer.max_epochs", "trainer.max_steps"):
+    if sep and key in ("trainer.max_epochs", "trainer.max_steps") and key in given_keys():
         now = (cfg.get("trainer") or {}).get(key.split(".", 1)[1])
         if now is not None:
             return f"{override.split('=', 1)[0]}={now}"
@@ -341,6 +358,26 @@ def snapshot_run_files(run_dir: str | Path) -> None:
                                               for p in hydra_dir.iterdir() if p.is_file()}
 
 
+def put_back_run_files(run_dir: Path) -> bool:
+    """Put back the ``.hydra`` files Hydra rewrote for this command in a directory that holds
+    a run: from the snapshot taken before (:func:`snapshot_run_files`), else from the newest
+    readable checkpoint's run record. Whether anything was put back."""
+    snapshot = _SNAPSHOTS.pop(str(run_dir.resolve()), None)
+    if snapshot:
+        for name, data in snapshot.items():
+            (run_dir / ".hydra" / name).write_bytes(data)
+        return True
+    for newest in sorted((run_dir / "checkpoints").glob("*.ckpt"),
+                         key=lambda p: p.stat().st_mtime, reverse=True):
+        with contextlib.suppress(Exception):  # an unreadable checkpoint: try the next
+            record = torch.load(newest, map_location="cpu", weights_only=False,
+                                mmap=True).get(RUN_RECORD)
+            if record is not None:
+                restore_run_files(record, run_dir / ".hydra")
+                return True
+    return False
+
+
 def refuse_replacing_a_run(run_dir: Path, asked_last: bool = False,
                            own_output_dir: bool = False) -> None:
     """Refuse a new run (no ``ckpt_path``) into a directory that holds one: its checkpoints,
@@ -353,22 +390,7 @@ def refuse_replacing_a_run(run_dir: Path, asked_last: bool = False,
     found = _run_files(run_dir)
     if not found:
         return
-    snapshot = _SNAPSHOTS.pop(str(run_dir.resolve()), None)
-    restored = False
-    if snapshot:
-        for name, data in snapshot.items():
-            (run_dir / ".hydra" / name).write_bytes(data)
-        restored = True
-    else:
-        newest = max((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime,
-                     default=None)
-        if newest is not None:
-            with contextlib.suppress(Exception):  # an unreadable checkpoint: nothing put back
-                record = torch.load(newest, map_location="cpu", weights_only=False,
-                                    mmap=True).get(RUN_RECORD)
-                if record is not None:
-                    restore_run_files(record, run_dir / ".hydra")
-                    restored = True
+    restored = put_back_run_files(run_dir)
     shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
     where = "paths.output_dir=..." if own_output_dir else "hydra.run.dir=..."
     if asked_last:

@@ -22,6 +22,7 @@ import inspect
 import json
 import logging
 import math
+import shlex
 import shutil
 import signal
 import sys
@@ -45,6 +46,7 @@ from latentode.cli import config_dir
 from latentode.cli.checkpoints import (
     RunRecord,
     check_resume,
+    put_back_run_files,
     read_checkpoint,
     refuse_replacing_a_run,
     restored_on_failure,
@@ -554,8 +556,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for group in ("data", "module", "trainer", "callbacks", "logger"):  # model: build_model
         check_arguments(cfg.get(group), group)
     asked_last = cfg.get("ckpt_path") == "last"
-    resolve_last_checkpoint(cfg)
     run_dir = output_dir(cfg)
+    try:
+        resolve_last_checkpoint(cfg)
+    except BaseException:  # a damaged last.ckpt: the run's .hydra files as they were
+        if asked_last and put_back_run_files(run_dir):
+            log.error("this resume failed before training: the run's %s files were put back",
+                      run_dir / ".hydra")
+        raise
     if cfg.get("train", True) and not cfg.get("ckpt_path"):
         own = HydraConfig.initialized() and Path(
             HydraConfig.get().runtime.output_dir).resolve() != run_dir.resolve()
@@ -612,6 +620,19 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule
     return metrics
 
 
+def _going_on(run_dir: Path) -> str:
+    """How to continue a stopped run: the same command in place, or for a sweep's job (where
+    the same command starts the sweep afresh in a new directory) the job's own command."""
+    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        return f"To go on, run the same command with ckpt_path=last hydra.run.dir={run_dir}"
+    task, search = run_overrides()
+    given = [o for o in [*search, *task] if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
+    command = " ".join(shlex.quote(o) for o in [*given, "ckpt_path=last",
+                                                 f"hydra.run.dir={run_dir}"])
+    return (f"To go on with this job: latentode-train {command} (without -m; the sweep's later "
+            "jobs did not run)")
+
+
 class TrainingInterrupted(SystemExit):
     """A run stopped by SIGTERM (a scheduler's preemption) or SIGINT (Ctrl+C): exit status
     128 + the signal's number, as a shell reports a process the signal ended."""
@@ -649,8 +670,7 @@ def stopped_by_signal(trainer: L.Trainer, run_dir: Path) -> Iterator[None]:
             kept = f"no {last} to resume from"
         where = ("while testing" if trainer.testing
                  else f"during epoch {trainer.current_epoch + 1}, not tested")
-        message = (f"training stopped by {name} {where}: {kept}. To go on, run the same command "
-                   f"with ckpt_path=last hydra.run.dir={run_dir}")
+        message = f"training stopped by {name} {where}: {kept}. {_going_on(run_dir)}"
         log.error(message)
         raise TrainingInterrupted(name, message) from None
 

@@ -256,6 +256,12 @@ class LatentODEDataModule(L.LightningDataModule):
             collator = Collator(part, self.task, fixed=True, seed=self.seed,
                                 origin=self.time_origin)
         sampler = SeriesSampler(len(part), processes, rank, shuffle=train, seed=seed)
+        progress = getattr(getattr(self.trainer, "fit_loop", None), "epoch_progress", None)
+        if train and progress is not None:
+            # the epoch the fit goes on with, as Lightning's own set_epoch counts it: Lightning
+            # makes the iterator first, and worker processes fetch their first batches at once
+            # (a run resumed with data.num_workers=2 trained its second epoch on the first's)
+            sampler.set_epoch(int(progress.current.processed))
         return DataLoader(
             SeriesKeys(len(part)),
             batch_size=self.batch_size,

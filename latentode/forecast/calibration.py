@@ -1021,7 +1021,7 @@ def calibrate_lead(
             f"{bins * LEAD_MIN_POINTS}): forecast intervals keep the noise of points inside "
             "the series, widening neither with lead time nor for short histories, and are "
             "likely too narrow. Calibrate on more series: LatentODEForecaster.fit(val_fraction="
-            "...) or val_df=, or a run with a larger data.val_fraction.", stacklevel=2)
+            "...) or val_df=, or a run with a larger data.val_fraction.", stacklevel=3)
         return base
     tau, r2, s2, chan, hist = (np.concatenate(a) for a in (taus, r2s, s2s, chans, hists))
     curve = _lead_curve(tau, r2 - s2, chan, base.array, bins)

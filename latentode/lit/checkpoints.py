@@ -28,14 +28,29 @@ class RunModelCheckpoint(ModelCheckpoint):
     epoch after the resume became "best". Here a run whose checkpoint files are in this
     directory under the same names (moved, copied, reached by another path) gets its record
     back with the paths moved here; a checkpoint from another run starts this directory's own
-    record (nothing of the other directory is tested or deleted)."""
+    record (nothing of the other directory is tested or deleted). The record is saved under
+    ``ModelCheckpoint``'s own key, so runs written before this class resume with it."""
+
+    @property
+    def state_key(self) -> str:
+        # Lightning finds a callback's saved state by its class name: keep ModelCheckpoint's
+        return "ModelCheckpoint" + super().state_key[len(type(self).__qualname__):]
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._trainer_ref = trainer
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved_dir = state_dict.get("dirpath")
         if saved_dir is None or self.dirpath is None or saved_dir == self.dirpath:
             super().load_state_dict(state_dict)
             return
-        moved = self._moved_here(state_dict, saved_dir)
+        trainer = getattr(self, "_trainer_ref", None)
+        resumed = getattr(trainer, "ckpt_path", None)
+        # the record follows only a run resumed from a checkpoint in this directory: another
+        # run's files of the same names (best_epoch002.ckpt) are not its own
+        moved = (self._moved_here(state_dict, saved_dir) if resumed is not None
+                 and _same_dir(Path(resumed).parent, self.dirpath) else None)
         if moved is None:
             log.info("checkpoint record of %s not carried over to %s (its files are not here): "
                      "this run keeps its own best checkpoint from now on", saved_dir,
