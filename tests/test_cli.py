@@ -416,6 +416,21 @@ def test_options_added_since_a_run_are_not_listed_as_its_differences(tmp_path):
     assert config_differences(saved, cfg) == ["data.batch_size: 3 in the run, 8 now"]
 
 
+def test_a_damaged_last_checkpoint_leaves_the_runs_config_as_it_was(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=1",
+                         *TINY], monkeypatch)
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])
+    kept = {p.name: p.read_text() for p in (run / ".hydra").iterdir()}
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(ValueError, match=r"last\.ckpt cannot be read as a checkpoint.*other "
+                                         r"checkpoints: best_epoch000\.ckpt"):
+        run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "ckpt_path=last",
+                             "trainer.max_epochs=2", *TINY], monkeypatch)
+    assert {p.name: p.read_text() for p in (run / ".hydra").iterdir()} == kept
+
+
 def test_a_classifier_without_labels_in_the_data_is_refused(tmp_path):
     cfg = compose_train([*TINY, "model.n_labels=1"], tmp_path / "run")
     datamodule = train_cli.build_datamodule(cfg)
