@@ -1185,3 +1185,57 @@ def test_a_series_fitted_worse_gets_wider_in_series_intervals(fitted, data):
     from latentode.forecast.calibration import NoiseCalibration
 
     assert NoiseCalibration.from_json(saved).series_kappa is None
+
+
+# -------------------------------------------------------------------------------------- score
+def test_score_hides_part_of_each_series_and_scores_it_against_predict(fitted, data):
+    from latentode.forecast.scoring import hidden_times
+
+    part = data[data.series_id.isin(["s0", "s1", "s2", "s3"])]
+    table = fitted.score(part, fraction=0.3, num_samples=20, seed=1)
+    assert list(table.index) == ["x", "y"] and table.attrs["series"] == 4
+    # recomputed by hand from the same hidden points and the same predict call
+    hide = hidden_times(part["time"], part["series_id"], "points", 0.3, 1)
+    for _, rows in part.groupby("series_id"):
+        times = np.sort(rows["time"].to_numpy())
+        hidden = np.sort(rows.loc[hide.loc[rows.index], "time"].to_numpy())
+        assert times[0] not in hidden and len(hidden) == round(0.3 * len(times))
+    requested = {s: np.unique(r["time"].to_numpy()) for s, r in
+                 part[hide].groupby("series_id")}
+    pred = fitted.predict(part[~hide], requested, num_samples=20, quantiles=(0.05, 0.95),
+                          seed=1)
+    truth = part[hide].melt(id_vars=["series_id", "time"], var_name="channel").dropna()
+    both = truth.merge(pred, on=["series_id", "time", "channel"])
+    x = both[both.channel == "x"]
+    assert table.loc["x", "n"] == len(x)
+    assert table.loc["x", "mse"] == pytest.approx(((x["value"] - x["mean"]) ** 2).mean())
+    assert table.loc["x", "coverage"] == pytest.approx(
+        ((x["value"] >= x["q0.05"]) & (x["value"] <= x["q0.95"])).mean())
+    # the naive answer: linear interpolation of the series' own history of that channel
+    s0 = part[~hide & (part.series_id == "s0")].dropna(subset=["x"]).sort_values("time")
+    at = x[x.series_id == "s0"]
+    naive = np.interp(at["time"], s0["time"], s0["x"])
+    assert np.isfinite(table.loc["x", "naive_mse"]) and len(naive) == len(at)
+    # forecasting: the last 30% of each span hidden, the first time kept
+    end = hidden_times(part["time"], part["series_id"], "end", 0.3, 0)
+    for _, rows in part.groupby("series_id"):
+        t = rows["time"]
+        cut = t.min() + 0.7 * (t.max() - t.min())
+        assert (end.loc[rows.index] == (t > cut)).all()
+    assert fitted.score(part, "end", num_samples=10).attrs["holdout"] == "end"
+
+
+def test_score_on_tidy_zoned_data_and_its_refusals(dated):
+    fc, tidy, _ = dated
+    table = fc.score(tidy, fraction=0.25, num_samples=10)
+    assert set(table.index) == {"x", "y"} and (table["n"] > 0).all()
+    assert ((table["coverage"] >= 0) & (table["coverage"] <= 1)).all()
+    with pytest.raises(ValueError, match="holdout must be one of"):
+        fc.score(tidy, "middle")
+    with pytest.raises(ValueError, match=r"fraction must be a number in \(0, 1\)"):
+        fc.score(tidy, fraction=1.0)
+    one = tidy.groupby(["series_id", "var"]).head(1)
+    one = one[one.time == one.groupby("series_id").time.transform("min")]
+    with pytest.raises(ValueError, match="nothing to score: every series of df is observed at "
+                                         "one time only"):
+        fc.score(one)

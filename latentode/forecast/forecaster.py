@@ -1169,6 +1169,42 @@ class LatentODEForecaster:
             frames.append(self._long(ds, i, raw, cols))
         return self._finish(frames, ds, df)
 
+    def score(
+        self,
+        df: pd.DataFrame,
+        holdout: str = "points",
+        *,
+        fraction: float = 0.2,
+        level: float = 0.9,
+        num_samples: int = 100,
+        seed: int = 0,
+        batch_size: int = 64,
+    ) -> pd.DataFrame:
+        """Held-out scores on the series of ``df`` (new series, or the training ones), in the
+        data's units: part of each series is hidden and predicted from the rest by
+        :meth:`predict`.
+
+        Args:
+            df: series in the training format.
+            holdout: ``"points"`` hides a random ``fraction`` of each series' observation
+                times (imputation), ``"end"`` the times in the last ``fraction`` of its span
+                (forecasting). Each series keeps its first time; one observed at a single
+                time is left out.
+            level: the central predictive interval scored (0.9: 5th to 95th percentile).
+            num_samples, seed, batch_size: as for :meth:`predict` (``seed`` also draws the
+                hidden points).
+
+        Returns:
+            One row per channel: ``n`` hidden values, ``mse`` and ``mae`` of the posterior
+            mean, ``coverage`` of the interval (about ``level`` when calibrated) and its mean
+            ``width``, and ``naive_mse`` of linear interpolation of the channel's own history
+            (its last value held beyond it; over the ``naive_n`` values with a history of that
+            channel). ``attrs`` hold the options and the number of series scored.
+        """
+        from .scoring import score
+
+        return score(self, df, holdout, fraction, level, num_samples, seed, batch_size)
+
     def sample(
         self,
         df: pd.DataFrame,

@@ -1,0 +1,156 @@
+"""Held-out scores of a forecaster on series it was not trained on, in the data's units.
+
+Part of each series is hidden, predicted from the rest with the forecaster's own ``predict``
+(its scaler, clock and calibrated noise), and compared with what was hidden: per channel the
+mean squared and absolute error of the posterior mean, the coverage and mean width of the
+central predictive interval, and the squared error of a naive answer from the same history
+(linear interpolation of the channel's own history, its last value held beyond it), so that a
+number has something to stand against. ``holdout="points"`` hides a random ``fraction`` of each
+series' observation times (imputation); ``"end"`` the last ``fraction`` of its span
+(forecasting).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from latentode.data.frame import iso_times
+
+from .spec import quantile_name
+
+if TYPE_CHECKING:
+    from .forecaster import LatentODEForecaster
+
+HOLDOUTS = ("points", "end")
+
+
+def _check(holdout: str, fraction: float, level: float) -> None:
+    if holdout not in HOLDOUTS:
+        raise ValueError(f"holdout must be one of {HOLDOUTS} (points: a random fraction of each "
+                         f"series' times; end: the last fraction of its span), got {holdout!r}.")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
+            0 < fraction < 1):
+        raise ValueError(f"fraction must be a number in (0, 1): the share of each series "
+                         f"hidden, got {fraction!r}.")
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1) (0.9: the 5th to 95th percentile), got "
+                         f"{level!r}.")
+
+
+def hidden_times(times: pd.Series, ids: pd.Series, holdout: str, fraction: float,
+                 seed: int) -> pd.Series:
+    """Per row, whether its (series, time) is hidden. Every series keeps its first time; a
+    series observed at one time only hides nothing."""
+    rng = np.random.default_rng(seed)
+    hide = pd.Series(False, index=times.index)
+    for _, rows in times.groupby(ids, sort=True):
+        distinct = np.unique(rows.to_numpy())
+        if len(distinct) < 2:
+            continue
+        if holdout == "points":
+            k = min(max(1, round(fraction * len(distinct))), len(distinct) - 1)
+            chosen = rng.choice(distinct[1:], size=k, replace=False)
+        else:
+            span = distinct[-1] - distinct[0]
+            cut = distinct[0] + (1 - fraction) * span
+            chosen = distinct[1:][distinct[1:] > cut]
+            if not len(chosen):
+                chosen = distinct[-1:]
+        hide.loc[rows.index] = rows.isin(chosen).to_numpy()
+    return hide
+
+
+def long_values(df: pd.DataFrame, forecaster: LatentODEForecaster) -> pd.DataFrame:
+    """``df``'s observations as rows of id, time, channel, value (observed values only)."""
+    spec = forecaster.spec
+    assert spec is not None
+    if spec.tidy:
+        out = df[[spec.id_col, spec.time_col, spec.channel_col, spec.value_col]].rename(
+            columns={spec.value_col: "value"})
+        out["value"] = pd.to_numeric(out["value"])
+        return out.dropna(subset=["value"])
+    columns = spec._value_columns(df, "df")
+    named = {c: name for c, name in zip(columns, spec.channels, strict=True)}
+    out = df[[spec.id_col, spec.time_col, *columns]].rename(columns=named).melt(
+        id_vars=[spec.id_col, spec.time_col], value_vars=list(spec.channels),
+        var_name="channel", value_name="value")
+    out["value"] = pd.to_numeric(out["value"])
+    return out.dropna(subset=["value"])
+
+
+def _numbers(times: pd.Series) -> np.ndarray:
+    """Times as floats (datetimes: nanoseconds since the epoch, UTC), for interpolation."""
+    if pd.api.types.is_datetime64_any_dtype(times.dtype):
+        return times.array.asi8.astype(np.float64)
+    return times.to_numpy(dtype=np.float64)
+
+
+def score(forecaster: LatentODEForecaster, df: pd.DataFrame, holdout: str = "points",
+          fraction: float = 0.2, level: float = 0.9, num_samples: int = 100, seed: int = 0,
+          batch_size: int = 64) -> pd.DataFrame:
+    """See :meth:`LatentODEForecaster.score`."""
+    _check(holdout, fraction, level)
+    spec = forecaster.spec
+    if spec is None:
+        raise ValueError("score needs a fitted forecaster: fit, from_run, from_model or load "
+                         "first.")
+    spec.dataset(df)  # the whole frame checked as predict checks a history (named errors)
+    df = iso_times(df, spec.time_col)
+    hide = hidden_times(df[spec.time_col], df[spec.id_col], holdout, fraction, seed)
+    if not hide.any():
+        raise ValueError("nothing to score: every series of df is observed at one time only "
+                         "(score hides part of each series and predicts it from the rest).")
+    history = df.loc[~hide]
+    truth = long_values(df.loc[hide], forecaster).reset_index(drop=True)
+    if truth.empty:
+        raise ValueError("nothing to score: the hidden times hold no observed value.")
+    requested = {key: np.unique(rows.to_numpy()) for key, rows in
+                 df.loc[hide, spec.time_col].groupby(df.loc[hide, spec.id_col], sort=True)}
+    low, high = (1 - level) / 2, (1 + level) / 2
+    pred = forecaster.predict(history, requested, num_samples=num_samples,
+                              quantiles=(low, high), seed=seed, batch_size=batch_size)
+    channel = spec.channel_col if spec.tidy else "channel"
+    keys = [spec.id_col, spec.time_col, channel]
+    truth = truth.rename(columns={spec.channel_col: channel} if spec.tidy else {})
+    joined = truth.merge(pred, on=keys, how="left", validate="many_to_one")
+    if joined["mean"].isna().any():  # (a defect, not the user's: predict answers every time)
+        raise RuntimeError("score: predictions missing for some hidden rows.")
+    past = long_values(history, forecaster).rename(
+        columns={spec.channel_col: channel} if spec.tidy else {})
+    joined["naive"] = _naive(past, joined, spec.id_col, spec.time_col, channel)
+    lo, hi = quantile_name(low), quantile_name(high)
+    err = joined["value"] - joined["mean"]
+    joined["sq"], joined["abs"] = err.pow(2), err.abs()
+    joined["inside"] = (joined["value"] >= joined[lo]) & (joined["value"] <= joined[hi])
+    joined["width"] = joined[hi] - joined[lo]
+    joined["naive_sq"] = (joined["value"] - joined["naive"]).pow(2)
+    table = joined.groupby(channel, sort=False).agg(
+        n=("sq", "size"), mse=("sq", "mean"), mae=("abs", "mean"),
+        coverage=("inside", "mean"), width=("width", "mean"),
+        naive_mse=("naive_sq", "mean"), naive_n=("naive_sq", "count"))
+    order = [c for c in pred[channel].drop_duplicates() if c in table.index]
+    table = table.loc[order]
+    table.index.name = "channel"
+    table.attrs.update(holdout=holdout, fraction=fraction, level=level, seed=seed,
+                       series=int(df.loc[hide, spec.id_col].nunique()))
+    return table
+
+
+def _naive(past: pd.DataFrame, rows: pd.DataFrame, id_col: Any, time_col: Any,
+           channel: Any) -> np.ndarray:
+    """Linear interpolation of each (series, channel)'s history at ``rows``' times (its first or
+    last value held beyond its ends); NaN where the history never observed it."""
+    out = np.full(len(rows), np.nan)
+    groups = dict(iter(past.groupby([id_col, channel], sort=False)))
+    for key, hidden in rows.groupby([id_col, channel], sort=False):
+        seen = groups.get(key)
+        if seen is None or seen.empty:
+            continue
+        seen = seen.sort_values(time_col)
+        out[rows.index.get_indexer(hidden.index)] = np.interp(
+            _numbers(hidden[time_col]), _numbers(seen[time_col]),
+            seen["value"].to_numpy(dtype=np.float64))
+    return out
