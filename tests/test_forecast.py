@@ -403,6 +403,26 @@ def test_impute_fills_every_gap_and_leaves_observations_alone(fitted, data):
     assert shuffled["x"].isna().any()  # the input itself is untouched
 
 
+def test_impute_indicator_marks_filled_and_added_values(fitted, data, dated):
+    # tidy frames completed with absent rows gave no way to tell them from observed ones
+    part = data[data.series_id.isin(["s0", "s1"])]
+    wide = fitted.impute(part, num_samples=5, indicator=True)
+    for col in ("x", "y"):
+        assert wide[f"{col}_imputed"].dtype == bool
+        assert wide[f"{col}_imputed"].equals(part[col].isna())
+    fc, tidy, _ = dated
+    some = tidy[tidy.series_id == "s1"].reset_index(drop=True)
+    some.loc[0, "val"] = np.nan
+    out = fc.impute(some, num_samples=5, indicator=True)
+    assert out["imputed"].dtype == bool
+    assert list(out["imputed"][: len(some)]) == [True] + [False] * (len(some) - 1)
+    assert out["imputed"][len(some):].all() and len(out) > len(some)  # the added rows
+    assert fc.impute(some, num_samples=5).columns.tolist() == some.columns.tolist()
+    with pytest.raises(ValueError, match=r"indicator=True adds column\(s\) \['imputed'\], but "
+                                         r"df has \['imputed'\] already"):
+        fc.impute(some.assign(imputed=1), indicator=True)
+
+
 def test_impute_fills_a_repeated_row_with_what_was_measured_then(fitted, dated):
     """Two rows of one (series, time), each with one channel: each row's gap was filled with
     the posterior mean though the other row had measured it (temp 36.8 beside 38.5)."""

@@ -1251,6 +1251,7 @@ class LatentODEForecaster:
         seed: int = 0,
         complete: bool = True,
         batch_size: int = 64,
+        indicator: bool = False,
     ) -> pd.DataFrame:
         """``df`` with every missing value of the channels filled by the posterior mean.
 
@@ -1266,9 +1267,18 @@ class LatentODEForecaster:
         NaN values only. Wide frames hold every channel at every time already. A gap on a row
         that repeats another row's (series, time) takes what that row measured (the
         duplicates' mean, as the model read them), not a prediction.
+
+        ``indicator``: also say which values are filled: a boolean column ``imputed`` (tidy:
+        True on filled and added rows) or ``<channel>_imputed`` per channel (wide).
         """
         qs = check_quantiles(quantiles)
         _, spec = self._fitted("impute")
+        if indicator:
+            names = ["imputed"] if spec.tidy else [f"{c}_imputed" for c in spec.channels]
+            taken = [n for n in names if n in map(str, df.columns)]
+            if taken:
+                raise ValueError(f"indicator=True adds column(s) {names}, but df has "
+                                 f"{taken} already: rename it, or leave indicator out.")
         ds = spec.dataset(df)
         requests = requested_times(ds, spec.time.kind)
         frames = []
@@ -1281,10 +1291,11 @@ class LatentODEForecaster:
                 cols[quantile_name(q)] = level.ravel()
             frames.append(self._long(ds, i, raw, cols))
         pred = self._finish(frames, ds)
-        return self._fill(df, pred, qs, complete, ds)
+        return self._fill(df, pred, qs, complete, ds, indicator)
 
     def _fill(self, df: pd.DataFrame, pred: pd.DataFrame, qs: list[float],
-              complete: bool = False, ds: IrregularDataset | None = None) -> pd.DataFrame:
+              complete: bool = False, ds: IrregularDataset | None = None,
+              indicator: bool = False) -> pd.DataFrame:
         spec = self.spec
         assert spec is not None
         keys = [spec.id_col, spec.time_col]
@@ -1300,7 +1311,10 @@ class LatentODEForecaster:
             for q in qs:
                 name = quantile_name(q)
                 out[name] = np.where(missing, looked[name].to_numpy(), np.nan)
-            return _with_absent_rows(out, df, pred, spec, qs) if complete else out
+            if indicator:
+                out["imputed"] = missing
+            return (_with_absent_rows(out, df, pred, spec, qs, indicator) if complete
+                    else out)
         # one row per (id, time) asked: pivot_table(dropna=False) built every id x every time
         # (1000 unaligned meters: 22 GB)
         wide = pred.set_index([*keys, "channel"])[["mean", *map(quantile_name, qs)]].unstack(
@@ -1315,6 +1329,8 @@ class LatentODEForecaster:
             for q in qs:
                 out[f"{name}_{quantile_name(q)}"] = np.where(
                     missing, looked[f"{quantile_name(q)}\0{name}"].to_numpy(), np.nan)
+            if indicator:
+                out[f"{name}_imputed"] = missing
         return out
 
     # =============================================================================== plot
@@ -1413,7 +1429,8 @@ def _calibrate(model: nn.Module, datamodule: Any,
 
 
 def _with_absent_rows(out: pd.DataFrame, keys_df: pd.DataFrame, pred: pd.DataFrame,
-                      spec: DataSpec, qs: list[float]) -> pd.DataFrame:
+                      spec: DataSpec, qs: list[float], indicator: bool = False
+                      ) -> pd.DataFrame:
     """``out`` (a filled tidy frame) followed by rows for the (id, time, channel) combinations
     ``pred`` holds and the frame does not: each series' channels absent at one of its times.
     ``keys_df`` holds the frame's keys with times as the predictions hold them."""
@@ -1431,7 +1448,8 @@ def _with_absent_rows(out: pd.DataFrame, keys_df: pd.DataFrame, pred: pd.DataFra
         added[spec.time_col] = added[spec.time_col].map(lambda t: t.isoformat(sep=sep))
     # what is constant within each series (an outcome, a ward) is the series' own value
     for col in out.columns:
-        if col in (*keys, spec.value_col) or col in {quantile_name(q) for q in qs}:
+        if col in (*keys, spec.value_col) or col in {quantile_name(q) for q in qs} or (
+                indicator and col == "imputed"):
             continue
         per = out.groupby(spec.id_col, sort=False)[col]
         if (per.nunique(dropna=False) <= 1).all():
@@ -1441,6 +1459,8 @@ def _with_absent_rows(out: pd.DataFrame, keys_df: pd.DataFrame, pred: pd.DataFra
     added[spec.value_col] = absent["mean"].to_numpy()
     for q in qs:
         added[quantile_name(q)] = absent[quantile_name(q)].to_numpy()
+    if indicator:
+        added["imputed"] = True
     ranged = isinstance(out.index, pd.RangeIndex) and out.index.start == 0 and \
         out.index.step == 1
     if pd.api.types.is_integer_dtype(out.index.dtype) and not ranged:  # numbered on from the max
