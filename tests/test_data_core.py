@@ -458,6 +458,24 @@ def test_a_column_named_as_another_ones_uncertainty_is_flagged():
         ("sigma_y", "y"), ("e_temp", "temp")]
 
 
+def test_very_long_training_series_point_to_windows():
+    # 6 sensors of 27k-48k points trained one optimiser step per epoch without a word
+    t = np.arange(6000.0)
+    df = pd.DataFrame({"series_id": np.repeat([1, 2], 6000), "time": np.tile(t, 2),
+                       "v": np.sin(np.tile(t, 2) / 50)})
+    ds = from_dataframe(df, time_scale=1.0)
+    with pytest.warns(UserWarning, match=r"the training series are long \(up to 6000 "
+                                         r"observation times, median 6000, 2 series\).*1 "
+                                         r"optimiser step\(s\) per epoch.*data\.window="):
+        LatentODEDataModule(ds, val_fraction=0.0, test_fraction=0.0).setup()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LatentODEDataModule(ds, val_fraction=0.0, test_fraction=0.0, window=500.0,
+                            time_origin="series").setup()
+        short = from_dataframe(df[df.time < 4999], time_scale=1.0)
+        LatentODEDataModule(short, val_fraction=0.0, test_fraction=0.0).setup()
+
+
 def test_dataset_repr_is_a_summary():
     ds = from_dataframe(random_frame(5, n_series=30, max_len=40))
     text = repr(ds)
