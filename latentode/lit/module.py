@@ -339,7 +339,9 @@ class LatentODELightning(L.LightningModule):
             raise ValueError(
                 f"the model passed does not have the checkpoint's architecture ({len(lines)} "
                 f"tensor(s) of other shapes; first: {lines[0]}): build it with the sizes it was "
-                "trained with (latents, units, layers, the encoder's).") from None
+                "trained with (latents, units, layers, the encoder's); for a latentode-train "
+                "run, latentode.cli.runs.load_run(ckpt, use=...) rebuilds it from the run's "
+                "config.") from None
 
     def setup(self, stage: str) -> None:
         """Without ``scale=``, take it from the datamodule's scaler (``LatentODEDataModule``),
