@@ -4,6 +4,7 @@ small sample spread, and the values are that function plus Gaussian noise of kno
 
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -421,11 +422,19 @@ def test_too_few_forecast_points_for_a_lead_curve_warn_with_the_remedy():
 
     base = NoiseCalibration(std=[0.1], obs_std=0.01)
     with pytest.warns(UserWarning, match=r"too few forecast points to calibrate on \(\d+; a "
-                                         r"lead-time curve needs 240\).*likely too narrow.*"
+                                         r"lead-time curve needs 30\).*likely too narrow.*"
                                          r"val_fraction="):
         cal = calibrate_lead(Persistence(), walk_batches(0, n_batches=1, series=3, length=8),
                              base, n_samples=5, seed=0)
     assert cal is base
+    # between two bins' worth and eight: a curve of fewer bins, not none (sparse series'
+    # forecasts kept the in-series noise and covered 0.75 for 0.9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        few = calibrate_lead(Persistence(), walk_batches(0, n_batches=1, series=8, length=30),
+                             base, n_samples=5, seed=0)
+    assert 60 <= sum(few.lead_count) < 240 and 2 <= len(few.lead_times) < 8
+    assert few.lead_std[-1][0] > few.lead_std[0][0] >= 0.1  # it widens with the lead
 
 
 def test_lead_curve_is_made_non_decreasing_and_floored():

@@ -986,9 +986,11 @@ def calibrate_lead(
     subsets: Subsets | None = None,
 ) -> NoiseCalibration:
     """``base`` with the forecast noise curve over lead time estimated on ``batches`` (a task
-    holding out each series' end, e.g. :func:`lead_task`; see the module docstring). Without
-    enough forecast points (fewer than ``bins * LEAD_MIN_POINTS``) ``base`` comes back as is.
-    ``subsets``: as for :func:`calibrate_noise`."""
+    holding out each series' end, e.g. :func:`lead_task`; see the module docstring). With
+    fewer than ``bins * LEAD_MIN_POINTS`` forecast points the curve has fewer bins (at least
+    ``LEAD_MIN_POINTS`` points each; one bin: one forecast noise for every lead); with fewer
+    than ``LEAD_MIN_POINTS`` ``base`` comes back as is, with a warning. ``subsets``: as for
+    :func:`calibrate_noise`."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -1013,16 +1015,22 @@ def calibrate_lead(
     finally:
         model.train(was_training)
     found = sum(len(t) for t in taus)
-    if found < bins * LEAD_MIN_POINTS:
+    advice = ("Calibrate on more series: LatentODEForecaster.fit(val_fraction=...) or val_df=, "
+              "or a run with a larger data.val_fraction.")
+    if found < LEAD_MIN_POINTS:
         # (a log line before: on sparse series, the very case the curve is for, forecasts
         # covered 0.75 of a nominal 0.9 with nothing to act on)
         warnings.warn(
             f"too few forecast points to calibrate on ({found}; a lead-time curve needs "
-            f"{bins * LEAD_MIN_POINTS}): forecast intervals keep the noise of points inside "
-            "the series, widening neither with lead time nor for short histories, and are "
-            "likely too narrow. Calibrate on more series: LatentODEForecaster.fit(val_fraction="
-            "...) or val_df=, or a run with a larger data.val_fraction.", stacklevel=3)
+            f"{LEAD_MIN_POINTS}): forecast intervals keep the noise of points inside the "
+            f"series, widening neither with lead time nor for short histories, and are likely "
+            f"too narrow. {advice}", stacklevel=3)
         return base
+    if found < bins * LEAD_MIN_POINTS:  # fewer bins of LEAD_MIN_POINTS each (one: a level
+        # for every lead), not none
+        log.info("calibrate_lead: %d forecast points, a lead-time curve of %d bin(s) instead "
+                 "of %d. %s", found, found // LEAD_MIN_POINTS, bins, advice)
+        bins = found // LEAD_MIN_POINTS
     tau, r2, s2, chan, hist = (np.concatenate(a) for a in (taus, r2s, s2s, chans, hists))
     curve = _lead_curve(tau, r2 - s2, chan, base.array, bins)
     if curve is None:
