@@ -5,7 +5,7 @@
 
 The run's resolved-at-use config is read from the run directory (the nearest ``.hydra/config.yaml``
 above the checkpoint); data, model and LightningModule are rebuilt from it and the checkpoint's
-weights are tested. Validation/test posterior samples are seeded per batch, so the numbers equal
+weights are tested. Validation/test posterior samples are seeded per series, so the numbers equal
 the ones ``latentode-train`` printed for the same checkpoint. ``overrides`` change the run's
 config (unknown keys are errors); results go to this evaluation's own output directory.
 

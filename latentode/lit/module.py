@@ -7,8 +7,10 @@ The wrapped model is a plain ``nn.Module`` with
 
 Metrics: :class:`LatentODELightning`'s docstring lists every logged name.
 
-Validation, test and predict draw their posterior samples from a generator seeded per batch
-(``eval_seed``, the batch index), so evaluating a checkpoint gives the same numbers every time.
+Validation, test and predict draw each series' posterior samples from a seed of ``eval_seed``
+and the series' position in its split (:func:`latentode.models.posterior.series_noise`; a
+model's own draws, outside latentode's models, from a generator seeded per batch), so evaluating
+a checkpoint gives the same numbers every time, under any batch size or process count.
 Checkpoints keep the data units (``scale``, ``log_scale``, ``channels``: ``DATA_UNITS``), so a
 module loaded from one reports ``mse_data`` as the run did; the run's random stream is restored
 only when a ``fit`` resumes from it.
@@ -36,6 +38,7 @@ from torch import nn
 
 from latentode.data import Batch
 from latentode.data.batch import stream_seed
+from latentode.models.posterior import series_noise
 from latentode.solvers import NonFiniteInitialStateError, SolverError
 
 TERMS = ("loss", "loglik", "kl")
@@ -77,6 +80,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Sequence) and not isinstance(value, str):
         return [_plain(v) for v in value]
     return value
+
 
 
 class _Sums:
@@ -628,7 +632,11 @@ class LatentODELightning(L.LightningModule):
 
     def _eval_step(self, stage: str, batch: Batch, batch_idx: int, dataloader_idx: int = 0
                    ) -> None:
-        with self._eval_rng(batch_idx):
+        # each series' posterior samples from its own seed: a series scores alike in any batch
+        # (batch size, process count); they were drawn per batch
+        # (the key leaves the stage and loader out: a loader scores alike as validation or
+        # test, first or second)
+        with self._eval_rng(batch_idx), series_noise(batch.index.tolist(), (self.eval_seed,)):
             out = self._terms(stage, batch, batch_idx, 1.0, self.eval_samples)
         key = _loader_key(stage, dataloader_idx)
         sums = self._sums.setdefault(key, _Sums())
@@ -653,7 +661,8 @@ class LatentODELightning(L.LightningModule):
         ``(S, B, T, C)``; a sigmoid of a binary one is the risk). With ``time_origin="series"``
         each row sits on its own clock: ``origin`` ``(B,)`` is what its times were moved back
         by (row ``b``'s model times are ``times + origin[b]`` on the data's clock)."""
-        with self._eval_rng(batch_idx):  # the samples test draws for the same batch
+        with self._eval_rng(batch_idx), series_noise(  # the samples test draws
+                batch.index.tolist(), (self.eval_seed,)):
             if hasattr(self.model, "predict"):
                 predict = cast(Callable[..., Any], self.model.predict)  # (see _terms)
                 out = predict(batch.times, batch.values, batch.encoder_mask, batch.target_mask,

@@ -49,6 +49,7 @@ from .latent_ode import (
     sample_bound,
     sample_kl,
 )
+from .posterior import posterior_noise
 
 
 def decoder(hidden: int, out: int, units: int, layers: int) -> nn.Module:
@@ -501,7 +502,7 @@ class RNNVAE(_Recurrent):
         else:
             mean, std = self.encoder(times, values, encoder_mask)
         n = n_samples or self.n_samples
-        z0 = mean + std * torch.randn((n, *mean.shape), dtype=mean.dtype, device=mean.device)
+        z0 = mean + std * posterior_noise(n, mean)
         h = self.init(z0.reshape(-1, self.latents))
         pred, _ = self.walk(h, wanted if from_target else times, wanted)
         return LatentODEOutput(pred.reshape(n, *mean.shape[:1], *pred.shape[1:]), mean, std,

@@ -36,6 +36,7 @@ from .inputs import (
     checked_pred_times,
     weight_dtype,
 )
+from .posterior import posterior_noise
 
 
 @dataclass
@@ -546,7 +547,7 @@ class LatentODE(WithObservationNoise, nn.Module):
             n = self.n_samples if n_samples is None else n_samples
             if n < 1:
                 raise ValueError(f"n_samples must be at least 1, got {n}.")
-            eps = torch.randn((n, *mean.shape), dtype=mean.dtype, device=mean.device)
+            eps = posterior_noise(n, mean)
         else:
             if z0_noise.shape[1:] != mean.shape or (
                     n_samples is not None and n_samples != z0_noise.shape[0]):
