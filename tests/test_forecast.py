@@ -1215,12 +1215,13 @@ def test_a_series_fitted_worse_gets_wider_in_series_intervals(fitted, data):
 def test_score_hides_part_of_each_series_and_scores_it_against_predict(fitted, data):
     from latentode.forecast.scoring import hidden_times
 
-    part = data[data.series_id.isin(["s0", "s1", "s2", "s3"])]
+    part = data[data.series_id.isin(["s0", "s1", "s2", "s3"])].reset_index(drop=True)
     table = fitted.score(part, fraction=0.3, num_samples=20, seed=1)
     assert list(table.index) == ["x", "y"] and table.attrs["series"] == 4
     # recomputed by hand from the same hidden points and the same predict call
-    hide = hidden_times(part["time"], part["series_id"], "points", 0.3, 1)
-    for _, rows in part.groupby("series_id"):
+    observed = part[["x", "y"]].notna().any(axis=1)
+    hide = hidden_times(part["time"], part["series_id"], "points", 0.3, 1, observed)
+    for _, rows in part[observed].groupby("series_id"):
         times = np.sort(rows["time"].to_numpy())
         hidden = np.sort(rows.loc[hide.loc[rows.index], "time"].to_numpy())
         assert times[0] not in hidden and len(hidden) == round(0.3 * len(times))
@@ -1247,6 +1248,22 @@ def test_score_hides_part_of_each_series_and_scores_it_against_predict(fitted, d
         cut = t.min() + 0.7 * (t.max() - t.min())
         assert (end.loc[rows.index] == (t > cut)).all()
     assert fitted.score(part, "end", num_samples=10).attrs["holdout"] == "end"
+
+
+def test_score_with_repeated_index_labels_and_empty_rows(fitted):
+    # a concat without ignore_index crashed score; a series whose first row held no value had
+    # its only observed time hidden, then was refused as empty (a review)
+    a, b = make_frame(4, 20, seed=1), make_frame(4, 20, seed=2)
+    both = pd.concat([a, b.assign(series_id="t" + b["series_id"])])
+    assert both.index.duplicated().any()
+    table = fitted.score(both, fraction=np.float32(0.3), num_samples=5)
+    assert table.attrs["series"] == 8
+    lone = pd.DataFrame({"series_id": ["z", "z"], "time": [1.0, 2.0],
+                         "x": [np.nan, 100.0], "y": [np.nan, 100.2]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = fitted.score(pd.concat([a, lone], ignore_index=True), num_samples=5)
+    assert out.attrs["series"] == 4  # z: one observed time, kept, nothing hidden
 
 
 def test_score_on_tidy_zoned_data_and_its_refusals(dated):

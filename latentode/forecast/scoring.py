@@ -12,6 +12,8 @@ series' observation times (imputation); ``"end"`` the last ``fraction`` of its s
 
 from __future__ import annotations
 
+import numbers
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,22 +33,24 @@ def _check(holdout: str, fraction: float, level: float) -> None:
     if holdout not in HOLDOUTS:
         raise ValueError(f"holdout must be one of {HOLDOUTS} (points: a random fraction of each "
                          f"series' times; end: the last fraction of its span), got {holdout!r}.")
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not (
             0 < fraction < 1):
         raise ValueError(f"fraction must be a number in (0, 1): the share of each series "
                          f"hidden, got {fraction!r}.")
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1) (0.9: the 5th to 95th percentile), got "
                          f"{level!r}.")
 
 
 def hidden_times(times: pd.Series, ids: pd.Series, holdout: str, fraction: float,
-                 seed: int) -> pd.Series:
-    """Per row, whether its (series, time) is hidden. Every series keeps its first time; a
-    series observed at one time only hides nothing."""
+                 seed: int, observed: pd.Series | None = None) -> pd.Series:
+    """Per row, whether its (series, time) is hidden, among the times ``observed`` (rows
+    holding a value; default all). Every series keeps its first observed time; a series
+    observed at one time only hides nothing. ``times`` must have a unique index."""
     rng = np.random.default_rng(seed)
     hide = pd.Series(False, index=times.index)
-    for _, rows in times.groupby(ids, sort=True):
+    seen = times if observed is None else times[observed.to_numpy(dtype=bool)]
+    for _, rows in seen.groupby(ids.loc[seen.index], sort=True):
         distinct = np.unique(rows.to_numpy())
         if len(distinct) < 2:
             continue
@@ -97,9 +101,17 @@ def score(forecaster: LatentODEForecaster, df: pd.DataFrame, holdout: str = "poi
     if spec is None:
         raise ValueError("score needs a fitted forecaster: fit, from_run, from_model or load "
                          "first.")
-    spec.dataset(df)  # the whole frame checked as predict checks a history (named errors)
-    df = iso_times(df, spec.time_col)
-    hide = hidden_times(df[spec.time_col], df[spec.id_col], holdout, fraction, seed)
+    with warnings.catch_warnings():  # its warnings come once, from predict's history below
+        warnings.simplefilter("ignore")
+        spec.dataset(df)  # the whole frame checked as predict checks a history (named errors)
+    # (a concat's repeated index labels: rows are told apart by position)
+    df = iso_times(df.reset_index(drop=True), spec.time_col)
+    if spec.tidy:
+        observed = pd.to_numeric(df[spec.value_col], errors="coerce").notna()
+    else:
+        values = df[spec._value_columns(df, "df")]
+        observed = values.apply(pd.to_numeric, errors="coerce").notna().any(axis=1)
+    hide = hidden_times(df[spec.time_col], df[spec.id_col], holdout, fraction, seed, observed)
     if not hide.any():
         raise ValueError("nothing to score: every series of df is observed at one time only "
                          "(score hides part of each series and predicts it from the rest).")
