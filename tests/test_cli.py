@@ -404,6 +404,14 @@ def test_resume_from_a_missing_or_foreign_checkpoint_is_a_clear_error(tmp_path):
         train_cli.checkpoint_step(str(run / "last.ckpt"))
     with pytest.raises(ValueError, match=cut):  # latentode-eval / predict read it so too
         read_checkpoint(run / "last.ckpt", weights_only=True, mmap=False)
+    # text in its place (a Git LFS pointer): torch's bare KeyError 101; an empty file
+    (run / "last.ckpt").write_text("hello")
+    for weights_only in (True, False):
+        with pytest.raises(ValueError, match=r"cannot be read as a checkpoint: the file is cut"):
+            read_checkpoint(run / "last.ckpt", weights_only=weights_only, mmap=False)
+    (run / "last.ckpt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"cannot be read as a checkpoint \(an empty file\)"):
+        read_checkpoint(run / "last.ckpt")
 
 
 def test_options_added_since_a_run_are_not_listed_as_its_differences(tmp_path):

@@ -456,6 +456,21 @@ def test_a_column_named_as_another_ones_uncertainty_is_flagged():
         from_dataframe(df.rename(columns={"flux_err": "flux_rate"}).drop(columns="magerr"))
     assert uncertainty_pairs(["y", "sigma_y", "e_temp", "temp", "time", "ages", "age"]) == [
         ("sigma_y", "y"), ("e_temp", "temp")]
+    # deltas and spreads are features as often as not (a review's false positives)
+    assert uncertainty_pairs(["hr", "d_hr", "hr_std", "x", "x_sd", "temp_e", "f", "f_ivar"]) == [
+        ("f_ivar", "f")]
+    # tidy data: the channels' names (they were not checked)
+    tidy = df.melt(id_vars=["series_id", "time"], var_name="var", value_name="val").dropna()
+    with pytest.warns(UserWarning, match=r"channel\(s\) of 'var' named like measurement "
+                                         r"uncertainties .*leave their rows out: "
+                                         r"df\[~df\['var'\]\.isin\(\['flux_err', 'magerr'\]\)\]"):
+        from_dataframe(tidy, channel_col="var", value_col="val")
+    # a tidy repeat is named with an example, as the wide one is
+    twice = pd.concat([tidy.iloc[:1], tidy], ignore_index=True)
+    with pytest.warns(UserWarning, match=r"\d+ repeated \(series, time, channel\) observations "
+                                         r"were averaged, e\.g\. series \d+, channel 'flux' at "
+                                         r"time \S+ \(duplicates='mean'; duplicates='error'"):
+        from_dataframe(twice, channel_col="var", value_col="val")
 
 
 def test_very_long_training_series_point_to_windows():

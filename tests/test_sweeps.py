@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -142,10 +143,20 @@ def test_a_sweep_stopped_by_sigterm_records_the_job_and_stops(tmp_path):
     assert "training stopped by SIGTERM" in rows[0]["error"]
     # the job's own command: "the same command" with -m started the sweep afresh elsewhere
     logged = (sweep / "0" / "train.log").read_text()
-    assert re.search(rf"To go on with this job: latentode-train .*model\.latents=3 "
-                     rf"ckpt_path=last hydra\.run\.dir={re.escape(str(sweep / '0'))} \(without "
-                     rf"-m; the sweep's later jobs did not run\)", logged), logged[-2000:]
+    job = re.escape(str(sweep / "0"))
+    said = re.search(rf"To go on with this job: latentode-train (.*model\.latents=3 "
+                     rf"hydra\.mode=RUN ckpt_path=last hydra\.run\.dir={job}) \(without -m; "
+                     rf"the sweep's later jobs did not run\)", logged)
+    assert said, logged[-2000:]
     assert not (sweep / "1").exists()  # the sweep stopped with it
+    # the command resumes that job in place (a search's MULTIRUN config made it a new sweep)
+    trained = torch.load(sweep / "0" / "checkpoints" / "last.ckpt", weights_only=False)["epoch"]
+    args = [a.replace("trainer.max_epochs=1000", f"trainer.max_epochs={trained + 2}")
+            for a in shlex.split(said.group(1))]
+    again = latentode_train(args, tmp_path)
+    assert again.returncode == 0, show(again)
+    assert json.loads((sweep / "0" / "test_metrics.json").read_text())["epochs"] == trained + 2
+    assert not (tmp_path / "outputs").exists()  # no new run or sweep elsewhere
 
 
 def test_best_job_reads_the_direction_and_skips_what_has_no_value(tmp_path):

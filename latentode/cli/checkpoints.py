@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import pickle
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,15 +189,26 @@ def read_checkpoint(path: str | Path, weights_only: bool = False, mmap: bool = T
         return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
     except FileNotFoundError:
         raise FileNotFoundError(f"{what}{path}: no such checkpoint file") from None
-    except (OSError, RuntimeError, EOFError) as error:
-        others = sorted(p.name for p in Path(path).parent.glob("*.ckpt")
-                        if p.name != Path(path).name)
-        instead = (f"; the run's other checkpoints: {', '.join(others[:6])} (pass one as "
-                   f"ckpt_path=)" if others else "")
-        first = (str(error).splitlines() or [""])[0].split(". ")[0]
-        raise ValueError(f"{what}{path} cannot be read as a checkpoint: the file is cut short or "
-                         f"damaged (a run stopped while writing it?){instead}. torch said: "
-                         f"{type(error).__name__}: {first}") from None
+    except pickle.UnpicklingError as error:
+        if weights_only:  # objects weights_only refuses, or garbage: the caller tells which
+            raise
+        raise _damaged(path, what, error) from None
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError) as error:
+        # (text in place of a checkpoint, a Git LFS pointer: KeyError from torch's old loader)
+        raise _damaged(path, what, error) from None
+
+
+def _damaged(path: str | Path, what: str, error: BaseException) -> ValueError:
+    """The error for a checkpoint file torch cannot read, naming the run's other ones."""
+    others = sorted(p.name for p in Path(path).parent.glob("*.ckpt") if p.name != Path(path).name)
+    instead = (f"; the run's other checkpoints: {', '.join(others[:6])} (pass one as "
+               f"ckpt_path=)" if others else "")
+    first = (str(error).splitlines() or [""])[0].split(". ")[0]
+    said = f"{type(error).__name__}: {first}" if first else type(error).__name__
+    empty = " (an empty file)" if Path(path).is_file() and Path(path).stat().st_size == 0 else ""
+    return ValueError(f"{what}{path} cannot be read as a checkpoint{empty}: the file is cut "
+                      f"short or damaged (a run stopped while writing it?){instead}. torch said: "
+                      f"{said}")
 
 
 def config_differences(saved: dict[str, Any], cfg: DictConfig, sections: tuple[str, ...] = (
@@ -279,6 +291,8 @@ def check_resume(cfg: DictConfig, module: torch.nn.Module, saved: dict[str, Any]
         # where and from what: pasted without them, the hint started a fresh run elsewhere
         where = (f"hydra.run.dir={run_dir} ckpt_path=last" if _in_place(ckpt_path, run_dir)
                  else f"ckpt_path={ckpt_path}")
+        if any(str(o).lstrip("+").startswith("hparams_search=") for o in given):
+            where = f"hydra.mode=RUN {where}"  # a search's config sets MULTIRUN itself
         message.append("Resume with the run's own overrides: " + " ".join([*given, where]))
         if _in_place(ckpt_path, run_dir):
             message.append(f"(the run's {run_dir / '.hydra'} files, which this command had "

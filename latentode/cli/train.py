@@ -627,7 +627,8 @@ def _going_on(run_dir: Path) -> str:
         return f"To go on, run the same command with ckpt_path=last hydra.run.dir={run_dir}"
     task, search = run_overrides()
     given = [o for o in [*search, *task] if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
-    command = " ".join(shlex.quote(o) for o in [*given, "ckpt_path=last",
+    # hydra.mode=RUN: a search's config (hparams_search=...) sets MULTIRUN itself
+    command = " ".join(shlex.quote(o) for o in [*given, "hydra.mode=RUN", "ckpt_path=last",
                                                  f"hydra.run.dir={run_dir}"])
     return (f"To go on with this job: latentode-train {command} (without -m; the sweep's later "
             "jobs did not run)")

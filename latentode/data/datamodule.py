@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from latentode.utils.stack import user_stacklevel
+
 from .batch import Collator, check_origin, stream_seed
 from .dataset import IrregularDataset
 from .scaling import ChannelScaler, check_representable
@@ -319,7 +321,7 @@ def _warn_if_long_series(data: IrregularDataset, batch_size: int) -> None:
         f"point, {steps} optimiser step(s) per epoch. Long series of many cycles train far "
         "better cut into windows of a span holding a few hundred points: data.window=... "
         "(LatentODEForecaster({'data.window': ...}); README: Windows on long series).",
-        stacklevel=3,
+        stacklevel=user_stacklevel(),
     )
 
 

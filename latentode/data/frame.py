@@ -99,6 +99,7 @@ def from_dataframe(
     if tidy:
         assert channel_col is not None and value_col is not None  # (refused above otherwise)
         wide, channels = _pivot_tidy(df, id_col, time_col, channel_col, value_col, duplicates)
+        _warn_uncertainty_columns(channels, str(channel_col))
         carried = [c for c in (*static_cols, label_col) if c is not None]
         if carried:  # one row per observation: each (series, time) takes its known label
             keys = _carried_per_time(df, id_col, time_col, carried, label_col, tidy=True)
@@ -420,9 +421,12 @@ def _mostly_numeric(column: pd.Series) -> bool:
 
 
 _UNCERTAINTY = re.compile(
-    r"^(?:(?P<base>.+?)(?:[_\-. ](?:err|error|errors|sigma|sig|unc|uncert|uncertainty|std|"
-    r"stderr|sd|e)|(?:err|error|sigma|unc))|(?:err|error|e|sigma|sig|unc|d)[_\-. ]"
-    r"(?P<after>.+))$", re.IGNORECASE)
+    r"^(?:(?P<base>.+?)(?:[_\-. ](?:err|error|errors|sigma|unc|uncert|uncertainty|stderr|ivar|"
+    r"variance)|(?:err|error|sigma|unc|ivar))|(?:err|error|e|sigma|unc)[_\-. ](?P<after>.+))$",
+    re.IGNORECASE)
+"""Names of uncertainties: a suffix or prefix (``flux_err``, ``magerr``, ``flux_ivar``,
+``e_flux``, ``sigma_y``). Not ``d`` / ``std`` / ``sd`` / ``_e``: deltas and spreads of a
+channel (``d_hr``, ``hr_std``) are features as often as not."""
 
 
 def uncertainty_pairs(columns: Sequence[Any]) -> list[tuple[str, str]]:
@@ -438,18 +442,21 @@ def uncertainty_pairs(columns: Sequence[Any]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _warn_uncertainty_columns(columns: list) -> None:
+def _warn_uncertainty_columns(columns: list, channel_col: str | None = None) -> None:
     """A light curve's ``flux_err`` was modelled as a data channel of its own without a word
-    (its forecasts' intervals even went below zero)."""
+    (its forecasts' intervals even went below zero). ``channel_col``: tidy data's channels."""
     pairs = uncertainty_pairs(columns)
     if pairs:
         shown = ", ".join(f"{c!r} of {b!r}" for c, b in pairs[:4])
+        what, remedy = (("column(s)", "leave them out with value_cols=[...] (latentode-train: "
+                         "data.dataset.value_cols; LatentODEForecaster.fit: ignore_cols=[...])")
+                        if channel_col is None else
+                        (f"channel(s) of {channel_col!r}", "leave their rows out: "
+                         f"df[~df[{channel_col!r}].isin({[c for c, _ in pairs[:4]]})]"))
         warnings.warn(
-            f"column(s) named like measurement uncertainties ({shown}) are modelled as data "
+            f"{what} named like measurement uncertainties ({shown}) are modelled as data "
             "channels of their own. If they are uncertainties: the likelihood has one noise "
-            "level per channel and reads no per-point uncertainty; leave them out with "
-            "value_cols=[...] (latentode-train: data.dataset.value_cols; "
-            "LatentODEForecaster.fit: ignore_cols=[...]).",
+            f"level per channel and reads no per-point uncertainty; {remedy}.",
             stacklevel=3,
         )
 
@@ -577,7 +584,7 @@ def _merge_duplicates(
     first = int(np.argmax(dup.to_numpy()))
     warnings.warn(
         f"{int(dup.sum())} rows share their (series, time) with another row, e.g. series "
-        f"{_plain(wide[id_col].iloc[first])!r} at time {_plain(wide[time_col].iloc[first])!r}: "
+        f"{_plain(wide[id_col].iloc[first])!r} at time {_plain(wide[time_col].iloc[first])}: "
         f"averaged per channel into {_rows(int(dup.sum()) - (len(wide) - len(merged)))} "
         f"(duplicates='mean'; duplicates='error' refuses them)."
         f"{_float32_hint(wide[time_col], time_col)}",
@@ -660,9 +667,13 @@ def _pivot_tidy(
             "pass duplicates='mean' to average them, or remove them."
         )
     if dup.any():
+        i = int(np.argmax(dup))
         warnings.warn(
-            f"{int(dup.sum())} repeated (series, time, channel) observations were averaged "
-            f"(duplicates='mean').{_float32_hint(long[time_col], time_col)}",
+            f"{int(dup.sum())} repeated (series, time, channel) observations were averaged, "
+            f"e.g. series {_plain(long[id_col].iloc[i])!r}, channel "
+            f"{_plain(long[channel_col].iloc[i])!r} at time {_plain(long[time_col].iloc[i])} "
+            f"(duplicates='mean'; duplicates='error' refuses them)."
+            f"{_float32_hint(long[time_col], time_col)}",
             stacklevel=3,
         )
     values = long[value_col].to_numpy(dtype=np.float64)

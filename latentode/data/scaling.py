@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.preprocessing import StandardScaler
 
+from latentode.utils.stack import user_stacklevel
+
 from .dataset import IrregularDataset
 
 WIDE_RANGE = 1e4
@@ -33,7 +35,7 @@ def _warn_wide_ranges(values: np.ndarray, channels: list[str], log: np.ndarray) 
             f"{WIDE_RANGE:g}x: standardised linearly, their intervals for small values reach "
             f"far below zero. On a log scale they are modelled multiplicatively and stay "
             f"positive: log_channels={names[:5]} (latentode-train: data.log_channels; "
-            f"LatentODEForecaster.fit(log_channels=...)).", stacklevel=3)
+            f"LatentODEForecaster.fit(log_channels=...)).", stacklevel=user_stacklevel())
 
 
 class ChannelScaler:

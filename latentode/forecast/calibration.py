@@ -82,6 +82,7 @@ import torch
 
 from latentode.data import Interpolation
 from latentode.data.tasks import interpolation_task
+from latentode.utils.stack import user_stacklevel
 
 from .coverage import check_level, interval_hits
 from .spec import without_version
@@ -191,7 +192,9 @@ def density_warning(on_folds: NoiseCalibration, on_task: NoiseCalibration, task:
             f"(model units, {on_folds.split} split). predict and impute condition on all of "
             "a series' points, so their errors can exceed the run's test MSE (scored at the "
             "training density) and their intervals, calibrated on those errors, are wide. ")
-    if getattr(part, "fraction_spread", 0):  # the advice below is taken already
+    fraction, spread = getattr(part, "fraction", None), getattr(part, "fraction_spread", 0)
+    if fraction is not None and spread and fraction + spread >= (folds - 1) / folds - 0.05:
+        # the advice below is taken already: its densities reach what predict conditions on
         return said + ("It trained on a spread of densities already: longer training "
                        "usually closes the gap.")
     # ++ adds the key or overrides it, whichever the config holds
@@ -1024,7 +1027,7 @@ def calibrate_lead(
             f"too few forecast points to calibrate on ({found}; a lead-time curve needs "
             f"{LEAD_MIN_POINTS}): forecast intervals keep the noise of points inside the "
             f"series, widening neither with lead time nor for short histories, and are likely "
-            f"too narrow. {advice}", stacklevel=3)
+            f"too narrow. {advice}", stacklevel=user_stacklevel())
         return base
     if found < bins * LEAD_MIN_POINTS:  # fewer bins of LEAD_MIN_POINTS each (one: a level
         # for every lead), not none
