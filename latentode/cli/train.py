@@ -38,7 +38,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_object, instantiate
-from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -663,8 +663,8 @@ def stopped_by_signal(trainer: L.Trainer, run_dir: Path) -> Iterator[None]:
         else:
             raise
         last = next((Path(c.dirpath) / f"{c.filename}.ckpt" for c in trainer.checkpoint_callbacks
-                     if getattr(c, "monitor", "") is None and getattr(c, "dirpath", None)
-                     and getattr(c, "filename", None)), run_dir / "checkpoints" / "last.ckpt")
+                     if isinstance(c, ModelCheckpoint) and c.monitor is None and c.dirpath
+                     and c.filename), run_dir / "checkpoints" / "last.ckpt")
         try:
             kept = f"{last} holds {checkpoint_progress(str(last))['epochs']} epochs"
         except (OSError, ValueError):
