@@ -439,6 +439,12 @@ def test_too_few_forecast_points_for_a_lead_curve_warn_with_the_remedy():
                              base, n_samples=5, seed=0)
     assert 60 <= sum(few.lead_count) < 240 and 2 <= len(few.lead_times) < 8
     assert few.lead_std[-1][0] > few.lead_std[0][0] >= 0.1  # it widens with the lead
+    # no history factor from so few points (its bins put 0.36 on every history: a review)
+    for seed in range(1000, 1012):
+        sparse = calibrate_lead(Persistence(), walk_batches(seed, n_batches=1, series=8,
+                                                             length=30),
+                                base, n_samples=5, seed=0)
+        assert sparse.history_factor == [], seed
 
 
 def test_lead_curve_is_made_non_decreasing_and_floored():

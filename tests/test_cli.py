@@ -405,7 +405,7 @@ def test_resume_from_a_missing_or_foreign_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=cut):  # latentode-eval / predict read it so too
         read_checkpoint(run / "last.ckpt", weights_only=True, mmap=False)
     # text in its place (a Git LFS pointer): torch's bare KeyError 101; an empty file
-    (run / "last.ckpt").write_text("hello")
+    (run / "last.ckpt").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab")
     for weights_only in (True, False):
         with pytest.raises(ValueError, match=r"cannot be read as a checkpoint: the file is cut"):
             read_checkpoint(run / "last.ckpt", weights_only=weights_only, mmap=False)

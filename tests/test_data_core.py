@@ -489,6 +489,11 @@ def test_very_long_training_series_point_to_windows():
                             time_origin="series").setup()
         short = from_dataframe(df[df.time < 4999], time_scale=1.0)
         LatentODEDataModule(short, val_fraction=0.0, test_fraction=0.0).setup()
+        # a grid kept whole, 50 of its 6000 rows observed: rows without a value do not count
+        sparse = df.assign(v=df["v"].where(df["time"] % 120 == 0))
+        kept = from_dataframe(sparse, time_scale=1.0)
+        assert len(kept.times) == 12000
+        LatentODEDataModule(kept, val_fraction=0.0, test_fraction=0.0).setup()
 
 
 def test_dataset_repr_is_a_summary():

@@ -622,3 +622,6 @@ def test_evaluation_scores_a_series_alike_in_any_batch():
     with series_noise([9], (0, 3)):
         b = posterior_noise(2, mean[:1])
     assert torch.equal(a[:, 1], b[:, 0]) and not torch.equal(a[:, 0], a[:, 1])
+    with series_noise([5], (0, 3)):  # float64 models draw float64 (a review)
+        wide = posterior_noise(2, mean[:1].double())
+    assert wide.dtype == torch.float64 and not torch.equal(wide, wide.float().double())

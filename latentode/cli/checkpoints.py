@@ -190,12 +190,25 @@ def read_checkpoint(path: str | Path, weights_only: bool = False, mmap: bool = T
     except FileNotFoundError:
         raise FileNotFoundError(f"{what}{path}: no such checkpoint file") from None
     except pickle.UnpicklingError as error:
-        if weights_only:  # objects weights_only refuses, or garbage: the caller tells which
+        # weights_only refuses objects of a real checkpoint (the caller explains) and garbage
+        # alike: a file that is neither torch's zip nor a pickle is garbage (text, a Git LFS
+        # pointer), and was told to be loaded with weights_only=False
+        if weights_only and _looks_like_a_checkpoint(path):
             raise
         raise _damaged(path, what, error) from None
     except (OSError, RuntimeError, EOFError, KeyError, ValueError) as error:
         # (text in place of a checkpoint, a Git LFS pointer: KeyError from torch's old loader)
         raise _damaged(path, what, error) from None
+
+
+def _looks_like_a_checkpoint(path: str | Path) -> bool:
+    """Whether the file starts as torch.save writes: a zip archive, or a pickle (protocol 2+)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def _damaged(path: str | Path, what: str, error: BaseException) -> ValueError:

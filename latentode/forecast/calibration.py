@@ -1029,8 +1029,8 @@ def calibrate_lead(
             f"series, widening neither with lead time nor for short histories, and are likely "
             f"too narrow. {advice}", stacklevel=user_stacklevel())
         return base
-    if found < bins * LEAD_MIN_POINTS:  # fewer bins of LEAD_MIN_POINTS each (one: a level
-        # for every lead), not none
+    full = found >= bins * LEAD_MIN_POINTS
+    if not full:  # fewer bins of LEAD_MIN_POINTS each (one: a level for every lead), not none
         log.info("calibrate_lead: %d forecast points, a lead-time curve of %d bin(s) instead "
                  "of %d. %s", found, found // LEAD_MIN_POINTS, bins, advice)
         bins = found // LEAD_MIN_POINTS
@@ -1043,7 +1043,10 @@ def calibrate_lead(
                               "lead_count": counts})
     # how much history: the curve's variance against the excess, per bin of history length
     expected = out.std_at(np.stack([tau] * len(base.std), 1))[np.arange(len(tau)), chan] ** 2
-    factors = _history_factors(hist, r2 - s2, expected)
+    # the history factor only from as many points as a full curve: from fewer, its bins
+    # (some left out under LEAD_MIN_POINTS) put 0.36 on every history in a review's draw,
+    # forecasts covering 0.66 for 0.9
+    factors = _history_factors(hist, r2 - s2, expected) if full else None
     if factors is not None:
         out.history_counts, out.history_factor = factors
     return out

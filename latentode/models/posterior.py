@@ -45,6 +45,8 @@ def posterior_noise(n: int, mean: torch.Tensor) -> torch.Tensor:
     if len(series) != mean.shape[0]:
         raise RuntimeError(f"series_noise names {len(series)} series for a batch of "
                            f"{mean.shape[0]}.")
-    draws = [torch.randn((n, *mean.shape[1:]), generator=torch.Generator().manual_seed(
-        _seed(*key, i))) for i in series]
+    # (float64 models draw float64, as torch.randn does for them; others float32, then cast)
+    dtype = torch.float64 if mean.dtype == torch.float64 else torch.float32
+    draws = [torch.randn((n, *mean.shape[1:]), dtype=dtype, generator=torch.Generator(
+        ).manual_seed(_seed(*key, i))) for i in series]
     return torch.stack(draws, 1).to(device=mean.device, dtype=mean.dtype)
