@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from latentode.utils.seeds import _GOLDEN, _MASK64, _mix, stream_seed
+
 from .dataset import IrregularDataset
 from .tasks import Points
 
@@ -172,24 +174,6 @@ def check_origin(origin: str) -> None:
         )
 
 
-_MASK64 = (1 << 64) - 1
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser on ``uint64`` arrays (wrapping arithmetic)."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def stream_seed(*key: int) -> int:
-    """A well-mixed seed in ``[0, 2**63)`` from a tuple of integers (no Python ``hash``)."""
-    with np.errstate(over="ignore"):
-        h = np.zeros(1, dtype=np.uint64)
-        for k in key:
-            h = _mix(h + _GOLDEN + np.uint64(int(k) & _MASK64))
-    return int(h[0] >> np.uint64(1))
 
 
 def series_uniforms(key: tuple[int, ...], series: np.ndarray, lengths: np.ndarray) -> np.ndarray:

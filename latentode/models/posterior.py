@@ -12,8 +12,9 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 
-import numpy as np
 import torch
+
+from latentode.utils.seeds import stream_seed
 
 _SERIES: ContextVar[tuple[list[int], tuple[int, ...]] | None] = ContextVar(
     "latentode_series_noise", default=None)
@@ -30,11 +31,6 @@ def series_noise(series: Sequence[int], key: Sequence[int]) -> Iterator[None]:
         _SERIES.reset(token)
 
 
-def _seed(*key: int) -> int:
-    return int(np.random.SeedSequence([k & (2**63 - 1) for k in key]).generate_state(
-        2, dtype=np.uint32).view(np.uint64)[0] >> np.uint64(1))
-
-
 def posterior_noise(n: int, mean: torch.Tensor) -> torch.Tensor:
     """``(n, *mean.shape)`` standard normal draws: from torch's global stream, or per series
     inside :func:`series_noise` (whose series must be ``mean``'s rows)."""
@@ -48,5 +44,5 @@ def posterior_noise(n: int, mean: torch.Tensor) -> torch.Tensor:
     # (float64 models draw float64, as torch.randn does for them; others float32, then cast)
     dtype = torch.float64 if mean.dtype == torch.float64 else torch.float32
     draws = [torch.randn((n, *mean.shape[1:]), dtype=dtype, generator=torch.Generator(
-        ).manual_seed(_seed(*key, i))) for i in series]
+        ).manual_seed(stream_seed(*key, i))) for i in series]
     return torch.stack(draws, 1).to(device=mean.device, dtype=mean.dtype)
