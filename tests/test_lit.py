@@ -382,11 +382,6 @@ def test_a_module_loaded_from_its_checkpoint_reports_data_units_as_trained(tmp_p
     again = tiny_trainer().test(loaded, dataloaders=dm.test_dataloader(), verbose=False)[0]
     assert again == pytest.approx(trained)  # mse_data and mse_data/<channel> included
     assert torch.load(path, weights_only=True)["latentode_data_units"]["channels"] == ["value"]
-    other = LatentODE(1, latents=3, encoder=ODERNNEncoder(1, 3, hidden=9, ode_units=16,
-                                                          z0_units=16), gen_units=16)
-    with pytest.raises(ValueError, match=r"does not have the checkpoint's architecture .*"
-                                         r"latentode\.cli\.runs\.load_run\(ckpt, use=\.\.\.\)"):
-        LatentODELightning.load_from_checkpoint(path, model=other)
 
 
 def test_without_a_known_scale_mse_data_is_said_to_be_in_model_units(tmp_path):
@@ -547,7 +542,8 @@ def test_resuming_with_another_scheduler_or_a_model_of_other_sizes_is_named(tmp_
     wider = LatentODE(1, latents=5, encoder=ODERNNEncoder(1, 5, hidden=8, ode_units=16,
                                                           z0_units=16), gen_units=16)
     with pytest.raises(ValueError, match=r"the model passed does not have the checkpoint's "
-                                         r"architecture \(\d+ tensor\(s\) of other shapes"):
+                                         r"architecture \(\d+ tensor\(s\) of other shapes.*"
+                                         r"latentode\.cli\.runs\.load_run\(ckpt, use=\.\.\.\)"):
         LatentODELightning.load_from_checkpoint(path, model=wider)
 
 

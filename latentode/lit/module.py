@@ -618,25 +618,25 @@ class LatentODELightning(L.LightningModule):
             self.log(f"train/{name}", value, logger=False, sync_dist=True)
 
     @contextlib.contextmanager
-    def _eval_rng(self, batch_idx: int) -> Iterator[None]:
-        """Posterior samples of evaluation batch ``batch_idx`` from their own seeded stream
-        (``eval_seed``), the caller's random state left as it was."""
+    def _eval_rng(self, batch: Batch, batch_idx: int) -> Iterator[None]:
+        """Posterior samples of an evaluation batch: each series' from its own seed
+        (``eval_seed`` and its place in the split, :func:`series_noise`: a series scores alike
+        in any batch, batch size or process count; the key leaves the stage and loader out, so
+        a loader scores alike as validation or test, first or second), a model's own draws from
+        a stream seeded per batch; the caller's random state left as it was."""
         devices = [self.device] if self.device.type == "cuda" else []
         seed = self.eval_seed * 1_000_003 + batch_idx
         rank = self._trainer.global_rank if self._trainer is not None else 0
         if rank > 0:  # other processes draw other samples than rank 0
             seed = stream_seed(seed, rank)
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), series_noise(batch.index.tolist(),
+                                                                   (self.eval_seed,)):
             torch.manual_seed(seed)
             yield
 
     def _eval_step(self, stage: str, batch: Batch, batch_idx: int, dataloader_idx: int = 0
                    ) -> None:
-        # each series' posterior samples from its own seed: a series scores alike in any batch
-        # (batch size, process count); they were drawn per batch
-        # (the key leaves the stage and loader out: a loader scores alike as validation or
-        # test, first or second)
-        with self._eval_rng(batch_idx), series_noise(batch.index.tolist(), (self.eval_seed,)):
+        with self._eval_rng(batch, batch_idx):
             out = self._terms(stage, batch, batch_idx, 1.0, self.eval_samples)
         key = _loader_key(stage, dataloader_idx)
         sums = self._sums.setdefault(key, _Sums())
@@ -661,8 +661,7 @@ class LatentODELightning(L.LightningModule):
         ``(S, B, T, C)``; a sigmoid of a binary one is the risk). With ``time_origin="series"``
         each row sits on its own clock: ``origin`` ``(B,)`` is what its times were moved back
         by (row ``b``'s model times are ``times + origin[b]`` on the data's clock)."""
-        with self._eval_rng(batch_idx), series_noise(  # the samples test draws
-                batch.index.tolist(), (self.eval_seed,)):
+        with self._eval_rng(batch, batch_idx):  # the samples test draws for these series
             if hasattr(self.model, "predict"):
                 predict = cast(Callable[..., Any], self.model.predict)  # (see _terms)
                 out = predict(batch.times, batch.values, batch.encoder_mask, batch.target_mask,
