@@ -298,8 +298,9 @@ def check_resume(cfg: DictConfig, module: torch.nn.Module, saved: dict[str, Any]
         if differences:
             message.append("The run's settings that differ:\n" + "\n".join(
                 f"  {line}" for line in differences[:8]))
-        given = [_asked_length(str(o), cfg) for o in [*record.get("search", []),
-                                                      *record["overrides"]]
+        asked = given_keys()
+        given = [_asked_length(str(o), cfg, asked) for o in [*record.get("search", []),
+                                                             *record["overrides"]]
                  if not str(o).startswith(("ckpt_path=", "hydra.run.dir="))]
         # where and from what: pasted without them, the hint started a fresh run elsewhere
         where = (f"hydra.run.dir={run_dir} ckpt_path=last" if _in_place(ckpt_path, run_dir)
@@ -323,12 +324,13 @@ def given_keys() -> set[str]:
     return {str(o).lstrip("+~").partition("=")[0] for o in HydraConfig.get().overrides.task}
 
 
-def _asked_length(override: str, cfg: DictConfig) -> str:
+def _asked_length(override: str, cfg: DictConfig, asked: set[str]) -> str:
     """The run's override of how long to train, with this command's value when this command
     gives one (the hint repeated the run's ``trainer.max_epochs=6`` to a resume asking for 7:
-    pasted, it trained nothing; one that gives none keeps the run's, not the default)."""
+    pasted, it trained nothing; one that gives none keeps the run's, not the default).
+    ``asked``: the keys this command sets (:func:`given_keys`)."""
     key, sep, _ = override.lstrip("+").partition("=")
-    if sep and key in ("trainer.max_epochs", "trainer.max_steps") and key in given_keys():
+    if sep and key in ("trainer.max_epochs", "trainer.max_steps") and key in asked:
         now = (cfg.get("trainer") or {}).get(key.split(".", 1)[1])
         if now is not None:
             return f"{override.split('=', 1)[0]}={now}"
