@@ -1280,3 +1280,21 @@ def test_score_on_tidy_zoned_data_and_its_refusals(dated):
     with pytest.raises(ValueError, match="nothing to score: every series of df is observed at "
                                          "one time only"):
         fc.score(one)
+
+
+@pytest.mark.parametrize("channels", [["value"], ["channel", "value"]])
+def test_score_reads_channels_named_value_or_channel(channels):
+    """pandas' melt refused value_name="value" beside a channel called "value" (the periodic
+    data's), so score failed on a run trained on it."""
+    from types import SimpleNamespace
+
+    from latentode.forecast.scoring import long_values
+
+    df = pd.DataFrame({"id": ["a", "a", "b"], "t": [0.0, 1.0, 0.0],
+                       **{c: [1.0 + i, np.nan, 3.0 + i] for i, c in enumerate(channels)}})
+    spec = SimpleNamespace(tidy=False, id_col="id", time_col="t", channels=channels,
+                           _value_columns=lambda frame, name: channels)
+    out = long_values(df, SimpleNamespace(spec=spec))
+    assert list(out.columns) == ["id", "t", "channel", "value"]
+    assert out["channel"].tolist() == [c for c in channels for _ in range(2)]
+    assert out["value"].tolist() == [v for i in range(len(channels)) for v in (1.0 + i, 3.0 + i)]

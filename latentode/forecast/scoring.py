@@ -78,9 +78,12 @@ def long_values(df: pd.DataFrame, forecaster: LatentODEForecaster) -> pd.DataFra
         return out.dropna(subset=["value"])
     columns = spec._value_columns(df, "df")
     named = {c: name for c, name in zip(columns, spec.channels, strict=True)}
+    # melted under names no channel has (pandas refuses value_name="value" beside a channel
+    # called "value", the periodic data's), then named channel and value
     out = df[[spec.id_col, spec.time_col, *columns]].rename(columns=named).melt(
         id_vars=[spec.id_col, spec.time_col], value_vars=list(spec.channels),
-        var_name="channel", value_name="value")
+        var_name=" channel", value_name=" value").rename(
+        columns={" channel": "channel", " value": "value"})
     out["value"] = pd.to_numeric(out["value"])
     return out.dropna(subset=["value"])
 
