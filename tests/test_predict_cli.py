@@ -629,3 +629,42 @@ def test_a_misspelt_key_in_overrides_is_one_line(run, tmp_path, monkeypatch, cap
                           "run's config has no key 'data.dataset.n_serie'. Did you mean "
                           "data.dataset.n_series?")
     assert "Traceback" not in err
+
+
+def test_predict_scores_a_users_file_with_the_runs_scaler(run, tmp_path, monkeypatch):
+    """score=end: the run's held-out scores on series of one's own (a review asked for it from
+    the command line; the Python side was LatentODEForecaster.score)."""
+    ckpt = run / "checkpoints" / "last.ckpt"
+    new = periodic.load(n_series=6, n_points=40, seed=11)
+    new.to_csv(tmp_path / "new.csv", index=False)
+    out = tmp_path / "scores.csv"
+    run_main(predict_cli, ["latentode-predict", f"ckpt_path={ckpt}", f"input={tmp_path}/new.csv",
+                           f"output={out}", "score=end", "score_fraction=0.3", "num_samples=20",
+                           f"hydra.run.dir={tmp_path}/score_run"], monkeypatch)
+    scores = pd.read_csv(out)
+    assert list(scores.columns) == ["channel", "n", "mse", "mae", "coverage", "width",
+                                    "naive_mse", "naive_n"]
+    assert scores["channel"].tolist() == ["value"]
+    expected = LatentODEForecaster.from_run(ckpt).score(new, "end", fraction=0.3, num_samples=20)
+    assert scores["n"].iloc[0] == expected["n"].iloc[0] > 0
+    for column in ("mse", "mae", "coverage", "width", "naive_mse"):
+        assert scores[column].iloc[0] == pytest.approx(expected[column].iloc[0], rel=1e-6)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["score=middle"], r"score must be points .* or end .*, got 'middle'"),
+    (["score=end", "horizon=2.0", "n=3"], r"score=end writes scores, not forecasts: drop "
+                                          r"horizon, n "),
+    (["score=points", "noise=model"], r"score=points scores intervals with the calibrated "
+                                      r"noise; noise=model is for forecasts"),
+    (["score=end", "score_fraction=1.5"], r"score_fraction must be a number in \(0, 1\)"),
+    (["score=end", "score_level=abc"], r"score_level must be a number in \(0, 1\)"),
+])
+def test_score_options_are_checked_before_the_model_is_loaded(tmp_path, extra, message):
+    cfg = OmegaConf.load(Path(predict_cli.config_dir()) / "predict.yaml")
+    cfg.merge_with({"ckpt_path": str(tmp_path / "missing.ckpt"), "input": "x.csv",
+                    "output": str(tmp_path / "y.csv")})
+    del cfg["defaults"]
+    cfg.merge_with(OmegaConf.from_dotlist(extra))
+    with pytest.raises(ValueError, match=message):  # not the missing checkpoint's error
+        predict_cli.predict(cfg)

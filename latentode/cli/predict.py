@@ -25,6 +25,16 @@ are read as datetimes when the model was trained on datetimes. ``proba_output=``
 each series' label probabilities (``LatentODEForecaster.predict_proba``: one row per series, ``p``
 for a binary label, else ``p0, p1, ...``), for a model trained with a label per series
 (``fit(label_col=)``, or ``data.dataset.label_col=`` with ``model.n_labels=``).
+
+``score=points`` or ``score=end`` scores the model on ``input`` instead: part of each series is
+hidden (``score_fraction`` of its times at random, or the last ``score_fraction`` of its span),
+predicted from the rest with the calibrated noise, and ``output`` gets one row per channel
+(``LatentODEForecaster.score``: ``n``, ``mse``, ``mae``, ``coverage`` and ``width`` of the
+central ``score_level`` interval, ``naive_mse`` of linear interpolation of the channel's own
+history), in the data's units: a run's test metrics for series of one's own, through the run's
+time transform and scaler.
+
+    latentode-predict ckpt_path=... input=new.csv output=scores.csv score=end
 """
 
 from __future__ import annotations
@@ -139,6 +149,7 @@ def _predict(cfg: DictConfig) -> pd.DataFrame:
             check_writable(str(cfg[key]))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
+    holdout = score_mode(cfg)  # before the rebuild and calibration (seconds to minutes)
     forecaster = load_forecaster(cfg)
     save_dir = cfg.get("save_dir")
     if save_dir is not None:
@@ -161,6 +172,8 @@ def _predict(cfg: DictConfig) -> pd.DataFrame:
     ):
         t_style = iso_separator(frame[time_col])
         frame = iso_times(frame, time_col)  # ISO 8601 only: other text is refused, not guessed
+    if holdout is not None:
+        return _score(cfg, forecaster, frame, holdout)
     labels = _plain(cfg.get("plot_labels")) or None
     if cfg.get("plot") and labels:  # checked before the work, not after it
         from latentode.forecast.plotting import check_channel_labels
@@ -197,6 +210,49 @@ def _predict(cfg: DictConfig) -> pd.DataFrame:
         fig.savefig(plot_path, dpi=100)
         log.info("plot written to %s", plot_path)
     return pred
+
+
+SCORE_EXCLUDES = ("times", "horizon", "freq", "n", "proba_output", "plot")
+"""Options of the forecasts that ``score=`` would leave unused (refused beside it)."""
+
+
+def score_mode(cfg: DictConfig) -> str | None:
+    """``score=`` checked before any work: ``points``, ``end`` or None (forecasts)."""
+    value = cfg.get("score")
+    if value is None or value is False:
+        return None
+    mode = str(value).strip().lower()
+    if mode not in ("points", "end"):
+        raise ValueError(f"score must be points (hide random times of each series) or end (the "
+                         f"end of each series' span), got {value!r}.")
+    given = [k for k in SCORE_EXCLUDES if cfg.get(k) is not None]
+    if given:
+        raise ValueError(f"score={mode} writes scores, not forecasts: drop {', '.join(given)} "
+                         "(the hidden times are what it predicts).")
+    if noise_option(cfg.get("noise", "calibrated")) != "calibrated":
+        raise ValueError(f"score={mode} scores intervals with the calibrated noise; "
+                         f"noise={cfg.get('noise')} is for forecasts: drop it.")
+    for key, what in (("score_fraction", "the share of each series hidden"),
+                      ("score_level", "the central interval scored, 0.9: 5th to 95th percentile")):
+        value = cfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise ValueError(f"{key} must be a number in (0, 1) ({what}), got {value!r}.")
+    return mode
+
+
+def _score(cfg: DictConfig, forecaster: Any, frame: pd.DataFrame, holdout: str) -> pd.DataFrame:
+    """``score=``: the forecaster's held-out scores on ``frame``, written to ``output``."""
+    table = forecaster.score(frame, holdout, fraction=float(cfg.score_fraction),
+                             level=float(cfg.score_level), num_samples=cfg.num_samples,
+                             seed=cfg.seed, batch_size=cfg.batch_size)
+    table = table.reset_index()
+    write_frame(table, Path(str(cfg.output)))
+    with pd.option_context("display.width", 120, "display.max_columns", 20):
+        log.info("scores of %d series (score=%s, score_fraction=%s), data units:\n%s",
+                 table.attrs.get("series", 0), holdout, cfg.score_fraction,
+                 table.to_string(index=False))
+    log.info("scores written to %s", cfg.output)
+    return table
 
 
 _TASK_STARTED = [False]  # whether hydra_main's task ran (else Hydra failed to compose)
