@@ -661,3 +661,38 @@ def test_a_run_with_its_own_output_dir_can_be_evaluated(tmp_path, monkeypatch):
                         "coverage.enabled=false"], monkeypatch)
     assert "test/mse" in json.loads((tmp_path / "eval" / "test_metrics.json").read_text())[
         "metrics"]
+
+
+def test_a_run_that_learned_little_says_so_with_the_command_to_go_on(tmp_path, monkeypatch):
+    """A run at the channel means' level (the default recipe's plateau: 1 seed in 24 stayed
+    there for 40 epochs, test MSE 0.88 normalised) printed its metrics like any other."""
+    run = tmp_path / "run"
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=1",
+                         "test=false", *TINY], monkeypatch)
+    log_text = (run / "train.log").read_text()
+    said = re.search(r"WARNING\] - the model has learned little beyond the channel means: "
+                     r"val/mse (\S+) is (\S+) of what predicting each channel's mean scores on "
+                     r"the validation split \((\S+)\)\. .* After 1 epochs: train longer or with "
+                     r"another seed\. To go on, run the same command with ckpt_path=last "
+                     rf"hydra\.run\.dir={re.escape(str(run))} trainer\.max_epochs=2\.",
+                     log_text)
+    assert said, log_text[-2000:]
+    val, share, baseline = (float(v) for v in said.groups())
+    assert share == pytest.approx(val / baseline, abs=0.01) and share >= train_cli.LEARNED_LITTLE
+
+
+def test_a_run_that_learned_is_not_warned_about(caplog):
+    from types import SimpleNamespace
+
+    from latentode.data import from_dataframe
+    from latentode.data.sources import periodic
+
+    data = SimpleNamespace(splits={"val": from_dataframe(periodic.load(n_series=5, n_points=20),
+                                                         id_col="series_id", time_col="time")})
+    baseline = data.splits["val"].channel_mean_mse()
+    with caplog.at_level("WARNING", logger="latentode.cli.train"):
+        train_cli.check_learned({"val/mse": 0.5 * baseline}, data, 40, Path("run"))
+        assert not caplog.records
+        train_cli.check_learned({"val/mse": 0.9 * baseline}, data, 40, Path("run"))
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "the model has learned little beyond the channel means"]

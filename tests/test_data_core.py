@@ -1665,3 +1665,13 @@ def test_distinct_times_move_up_as_the_step_by_step_loop_did(np_dtype):
         np.testing.assert_array_equal(got[nonzero].view(f"i{got.itemsize}"),
                                       expected[nonzero].view(f"i{got.itemsize}"))
         assert np.all(np.diff(got) > 0)
+
+
+def test_channel_mean_mse_pools_the_observed_values_of_every_channel():
+    frame = pd.DataFrame({"series_id": [0, 0, 1, 1], "time": [0.0, 1.0, 0.0, 2.0],
+                          "a": [1.0, 3.0, np.nan, 5.0], "b": [0.0, np.nan, 2.0, np.nan]})
+    ds = from_dataframe(frame, id_col="series_id", time_col="time")
+    # a: mean 3, squares 4 + 0 + 4; b: mean 1, squares 1 + 1; five observed values
+    assert ds.channel_mean_mse() == pytest.approx((4 + 0 + 4 + 1 + 1) / 5)
+    empty = ds.with_values(np.full_like(ds.values, np.nan))
+    assert np.isnan(empty.channel_mean_mse())

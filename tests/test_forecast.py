@@ -1298,3 +1298,17 @@ def test_score_reads_channels_named_value_or_channel(channels):
     assert list(out.columns) == ["id", "t", "channel", "value"]
     assert out["channel"].tolist() == [c for c in channels for _ in range(2)]
     assert out["value"].tolist() == [v for i in range(len(channels)) for v in (1.0 + i, 3.0 + i)]
+
+
+def test_a_fit_that_learned_little_warns_with_what_to_do(data):
+    """fit returned a model no better than the channel means without a word (the default
+    recipe's plateau)."""
+    torch.set_num_threads(1)
+    with pytest.warns(UserWarning, match=r"the model has learned little beyond the channel "
+                                         r"means: val/mse \S+ is \S+ of what predicting each "
+                                         r"channel's mean scores on the validation split .* "
+                                         r"After 1 epochs: fit longer \(config_overrides "
+                                         r"trainer\.max_epochs=2\) or with another seed") as seen:
+        LatentODEForecaster({**TINY, "trainer.max_epochs": 1, "module.optimizer.lr": 1e-6}).fit(
+            data)
+    assert [w.filename for w in seen if "learned little" in str(w.message)] == [__file__]

@@ -104,6 +104,17 @@ def test_grid_sweep_writes_run_dirs_and_summary(grid):
         assert row["error"] == "" and "model.latents=" in row["overrides"]
         assert json.loads((run / "job_status.json").read_text())["status"] == "completed"
     assert not any(k.startswith("train/") for k in rows[0])
+    # a job that learned little names its own command to train longer (one epoch here), with
+    # the new length in place of the job's
+    job = sweep / "0"
+    said = re.search(r"After 1 epochs: train longer or with another seed\. To go on with this "
+                     r"job: latentode-train (.*) \(without -m\)\.",
+                     (job / "train.log").read_text())
+    assert said, (job / "train.log").read_text()[-2000:]
+    command = shlex.split(said.group(1))
+    assert "model.latents=3" in command and "trainer.max_epochs=1" not in command
+    assert command[-4:] == ["hydra.mode=RUN", "ckpt_path=last", f"hydra.run.dir={job}",
+                            "trainer.max_epochs=2"]
     # the log names the best job by the optimised metric (val/mse), the failed one never
     best = min(done, key=lambda r: float(r["val/mse"]))
     assert f"best job by val/mse (lowest): {best['job']} ({best['val/mse']}) in " \

@@ -610,6 +610,8 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics.update(_scalars(trainer.callback_metrics, "val/"))
         metrics.update(_scalars(trainer.callback_metrics, "train/"))
+        if not trainer.fast_dev_run:  # type: ignore[attr-defined]  # a smoke test learns nothing
+            check_learned(metrics, datamodule, trainer.current_epoch, output_dir(cfg))
     if cfg.get("test", True):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
         if best is None and not cfg.get("train", True):
@@ -620,18 +622,53 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule
     return metrics
 
 
-def _going_on(run_dir: Path) -> str:
-    """How to continue a stopped run: the same command in place, or for a sweep's job (where
-    the same command starts the sweep afresh in a new directory) the job's own command."""
+LEARNED_LITTLE = 0.8
+"""A run whose last validation MSE is at least this share of the channel-mean predictor's
+learned little: latent ODEs sit near that level for a while before they learn (the default
+recipe at 0.88-0.95 of it until it leaves; learned runs end below 0.05)."""
+
+
+def learned_little(val: float | None, datamodule: Any) -> str | None:
+    """What to say when the last validation MSE ``val`` is at least :data:`LEARNED_LITTLE` of
+    what predicting each channel's mean scores on the validation split (else None): such a run
+    printed its metrics like any other."""
+    split = getattr(datamodule, "splits", {}).get("val")
+    if val is None or split is None or not len(split):
+        return None
+    baseline = split.channel_mean_mse()
+    if not baseline > 0 or val < LEARNED_LITTLE * baseline:
+        return None
+    return (f"the model has learned little beyond the channel means: val/mse {val:.4g} is "
+            f"{val / baseline:.2f} of what predicting each channel's mean scores on the "
+            f"validation split ({baseline:.4g}). Latent ODEs can stay near that level for tens "
+            "of epochs before they learn (README: Results, Training)")
+
+
+def check_learned(metrics: dict[str, float], datamodule: Any, epochs: int,
+                  run_dir: Path) -> None:
+    """Log :func:`learned_little`'s warning with the command that trains the run longer."""
+    said = learned_little(metrics.get("val/mse"), datamodule)
+    if said:
+        log.warning("%s. After %d epochs: train longer or with another seed. %s.", said, epochs,
+                    _going_on(run_dir, 2 * max(epochs, 1)))
+
+
+def _going_on(run_dir: Path, epochs: int | None = None) -> str:
+    """How to continue a stopped run (or, given ``epochs``, to train a finished one to that
+    many): the same command in place, or for a sweep's job (where the same command starts the
+    sweep afresh in a new directory) the job's own command."""
+    more = [] if epochs is None else [f"trainer.max_epochs={epochs}"]
     if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
-        return f"To go on, run the same command with ckpt_path=last hydra.run.dir={run_dir}"
+        return ("To go on, run the same command with "
+                + " ".join(["ckpt_path=last", f"hydra.run.dir={run_dir}", *more]))
     task, search = run_overrides()
-    given = [o for o in [*search, *task] if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
+    given = [o for o in [*search, *task] if not o.startswith(
+        ("ckpt_path=", "hydra.run.dir=", *(("trainer.max_epochs=",) if more else ())))]
     # hydra.mode=RUN: a search's config (hparams_search=...) sets MULTIRUN itself
     command = " ".join(shlex.quote(o) for o in [*given, "hydra.mode=RUN", "ckpt_path=last",
-                                                 f"hydra.run.dir={run_dir}"])
-    return (f"To go on with this job: latentode-train {command} (without -m; the sweep's later "
-            "jobs did not run)")
+                                                 f"hydra.run.dir={run_dir}", *more])
+    return f"To go on with this job: latentode-train {command} (without -m" + (
+        "; the sweep's later jobs did not run)" if epochs is None else ")")
 
 
 class TrainingInterrupted(SystemExit):

@@ -255,6 +255,19 @@ class IrregularDataset:
         """``(N, D)`` True where a value was observed."""
         return ~np.isnan(self.values)
 
+    def channel_mean_mse(self) -> float:
+        """MSE of predicting each channel's mean at every observed value, pooled over values
+        as the models' ``mse`` is: what a model that learned nothing more scores (about 1 on
+        standardised data). NaN without observed values."""
+        values = np.asarray(self.values, dtype=np.float64)
+        seen = ~np.isnan(values)
+        if not seen.any():
+            return float("nan")
+        counts = seen.sum(0)
+        means = np.divide(np.nansum(values, 0), counts, out=np.zeros(values.shape[1]),
+                          where=counts > 0)
+        return float(np.nansum((values - means) ** 2) / seen.sum())
+
     @property
     def observed_times(self) -> np.ndarray:
         """``(n_series,)`` how many of each series' times observe any channel (0 for none)."""

@@ -369,6 +369,7 @@ class LatentODEForecaster:
             build_model,
             build_module,
             drop_adverts,
+            learned_little,
             setup_runtime,
         )
 
@@ -457,6 +458,13 @@ class LatentODEForecaster:
             for logger in trainer.loggers:
                 logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
             trainer.fit(module, datamodule=datamodule)
+        val = trainer.callback_metrics.get("val/mse")
+        said = learned_little(None if val is None else float(val), datamodule)
+        if said:
+            warnings.warn(f"{said}. After {trainer.current_epoch} epochs: fit longer "
+                          f"(config_overrides trainer.max_epochs="
+                          f"{2 * max(trainer.current_epoch, 1)}) or with another seed.",
+                          stacklevel=user_stacklevel())
 
         scaler = datamodule.scaler
         if scaler is not None:
