@@ -681,7 +681,7 @@ def test_a_run_that_learned_little_says_so_with_the_command_to_go_on(tmp_path, m
     assert share == pytest.approx(val / baseline, abs=0.01) and share >= train_cli.LEARNED_LITTLE
 
 
-def test_a_run_that_learned_is_not_warned_about(caplog):
+def test_learned_little_compares_with_the_channel_means_score():
     from types import SimpleNamespace
 
     from latentode.data import from_dataframe
@@ -690,9 +690,44 @@ def test_a_run_that_learned_is_not_warned_about(caplog):
     data = SimpleNamespace(splits={"val": from_dataframe(periodic.load(n_series=5, n_points=20),
                                                          id_col="series_id", time_col="time")})
     baseline = data.splits["val"].channel_mean_mse()
-    with caplog.at_level("WARNING", logger="latentode.cli.train"):
-        train_cli.check_learned({"val/mse": 0.5 * baseline}, data, 40, Path("run"))
-        assert not caplog.records
-        train_cli.check_learned({"val/mse": 0.9 * baseline}, data, 40, Path("run"))
-    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
-        "the model has learned little beyond the channel means"]
+    said = train_cli.learned_little
+    assert said(0.5 * baseline, data) is None and said(0.79 * baseline, data) is None
+    assert said(0.8 * baseline, data).startswith("the model has learned little beyond the "
+                                                 "channel means: val/mse")
+    assert said(float("nan"), data) is None and said(float("inf"), data) is None  # diverged
+    # a classifier trained on its labels alone (reconstruct=false): its MSE means nothing
+    assert said(baseline, data, SimpleNamespace(reconstruct=False)) is None
+    assert said(baseline, data, SimpleNamespace(reconstruct=True)) is not None
+    assert said(baseline, SimpleNamespace(splits={})) is None  # no validation split
+
+
+@pytest.mark.parametrize("callbacks, advice", [
+    (["callbacks=none"], r"After 2 epochs: train again with another seed or "
+                         r"trainer\.max_epochs=4 \(this run keeps no last\.ckpt to resume\)\."),
+    (["callbacks=early_stopping", "callbacks.early_stopping.patience=1",
+      "callbacks.early_stopping.min_delta=100", "trainer.max_epochs=10"],
+     r"After 2 epochs: training stopped after 2 of 10 epochs \(early stopping\): train again "
+     r"with another seed or a longer patience\."),
+])
+def test_learned_little_advice_where_a_resume_would_not_help(tmp_path, monkeypatch, callbacks,
+                                                            advice):
+    """A review: with callbacks=none the printed ckpt_path=last command failed, and an
+    early-stopped run was told to resume to twice its epochs (below its max), where early
+    stopping stopped it again."""
+    run = tmp_path / "run"
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=2",
+                         "test=false", *[a for a in TINY if not a.startswith("callbacks.")],
+                         *callbacks], monkeypatch)
+    log_text = (run / "train.log").read_text()
+    assert re.search(r"the model has learned little .* " + advice, log_text), log_text[-2000:]
+
+
+def test_the_learning_rate_warms_up_over_module_scheduler_warmup_steps(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=2",
+                         "test=false", "module.scheduler.warmup_steps=4", *TINY], monkeypatch)
+    rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r.get("lr-Adamax")]
+    # logged at each epoch's start: 2 training series batches of 8 per epoch
+    lrs = {int(r["step"]): float(r["lr-Adamax"]) for r in rows}
+    assert lrs[0] == pytest.approx(3e-2 / 4)
+    assert lrs[2] == pytest.approx(3e-2 * 3 / 4 * 0.998**2)

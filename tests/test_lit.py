@@ -270,6 +270,24 @@ def test_exponential_decay_has_a_floor():
     assert lrs == pytest.approx([1.0, 0.5, 0.25, 0.125, 0.1, 0.1])
 
 
+def test_exponential_decay_warms_up_linearly_then_decays_from_step_zero():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = exponential_decay(opt, gamma=0.5, min_factor=0.1, warmup_steps=4)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # (step + 1) / 4 for the first 4 steps, times the decay counted from step 0
+    assert lrs == pytest.approx([0.25, 0.5 * 0.5, 0.75 * 0.25, 0.125, 0.1, 0.1])
+
+
+def test_exponential_decay_refuses_a_negative_warm_up():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ValueError, match="warmup_steps must be >= 0"):
+        exponential_decay(opt, warmup_steps=-1)
+
+
 def test_default_optimizer_is_adamax_with_step_schedule():
     module = LatentODELightning(tiny_model())
     config = module.configure_optimizers()

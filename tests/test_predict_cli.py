@@ -658,6 +658,9 @@ def test_predict_scores_a_users_file_with_the_runs_scaler(run, tmp_path, monkeyp
     (["score=points", "noise=model"], r"score=points scores intervals with the calibrated "
                                       r"noise; noise=model is for forecasts"),
     (["score=end", "score_fraction=1.5"], r"score_fraction must be a number in \(0, 1\)"),
+    (["score=end", "quantiles=[0.25,0.75]"], r"score=end scores the central score_level "
+                                              r"interval; quantiles=\[0.25, 0.75\] are for "
+                                              r"forecasts"),
     (["score=end", "score_level=abc"], r"score_level must be a number in \(0, 1\)"),
 ])
 def test_score_options_are_checked_before_the_model_is_loaded(tmp_path, extra, message):

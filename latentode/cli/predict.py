@@ -212,6 +212,9 @@ def _predict(cfg: DictConfig) -> pd.DataFrame:
     return pred
 
 
+DEFAULT_QUANTILES = [0.05, 0.5, 0.95]
+"""``quantiles``' default in conf/predict.yaml (``score=`` refuses others: it uses none)."""
+
 SCORE_EXCLUDES = ("times", "horizon", "freq", "n", "proba_output", "plot")
 """Options of the forecasts that ``score=`` would leave unused (refused beside it)."""
 
@@ -229,6 +232,11 @@ def score_mode(cfg: DictConfig) -> str | None:
     if given:
         raise ValueError(f"score={mode} writes scores, not forecasts: drop {', '.join(given)} "
                          "(the hidden times are what it predicts).")
+    quantiles = _plain(cfg.get("quantiles"))
+    if quantiles is not None and [float(q) for q in quantiles] != DEFAULT_QUANTILES:
+        raise ValueError(f"score={mode} scores the central score_level interval; "
+                         f"quantiles={quantiles} are for forecasts: drop them (score_level=0.8 "
+                         "scores the 10th to 90th percentile).")
     if noise_option(cfg.get("noise", "calibrated")) != "calibrated":
         raise ValueError(f"score={mode} scores intervals with the calibrated noise; "
                          f"noise={cfg.get('noise')} is for forecasts: drop it.")

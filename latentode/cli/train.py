@@ -611,7 +611,7 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule
         metrics.update(_scalars(trainer.callback_metrics, "val/"))
         metrics.update(_scalars(trainer.callback_metrics, "train/"))
         if not trainer.fast_dev_run:  # type: ignore[attr-defined]  # a smoke test learns nothing
-            check_learned(metrics, datamodule, trainer.current_epoch, output_dir(cfg))
+            check_learned(trainer, module, datamodule, output_dir(cfg))
     if cfg.get("test", True):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
         if best is None and not cfg.get("train", True):
@@ -628,29 +628,52 @@ learned little: latent ODEs sit near that level for a while before they learn (t
 recipe at 0.88-0.95 of it until it leaves; learned runs end below 0.05)."""
 
 
-def learned_little(val: float | None, datamodule: Any) -> str | None:
-    """What to say when the last validation MSE ``val`` is at least :data:`LEARNED_LITTLE` of
-    what predicting each channel's mean scores on the validation split (else None): such a run
-    printed its metrics like any other."""
+def learned_little(val: float | None, datamodule: Any, model: Any = None) -> str | None:
+    """What to say when the validation MSE ``val`` is at least :data:`LEARNED_LITTLE` of what
+    predicting each channel's mean scores on the validation split (else None): such a run
+    printed its metrics like any other. Not for a model trained without reconstructing
+    (``reconstruct=False``: labels alone, its MSE means nothing) or a non-finite ``val`` (a
+    diverged run, said elsewhere)."""
     split = getattr(datamodule, "splits", {}).get("val")
-    if val is None or split is None or not len(split):
+    if val is None or not math.isfinite(val) or split is None or not len(split):
+        return None
+    if getattr(model, "reconstruct", True) is False:
         return None
     baseline = split.channel_mean_mse()
     if not baseline > 0 or val < LEARNED_LITTLE * baseline:
         return None
     return (f"the model has learned little beyond the channel means: val/mse {val:.4g} is "
             f"{val / baseline:.2f} of what predicting each channel's mean scores on the "
-            f"validation split ({baseline:.4g}). Latent ODEs can stay near that level for tens "
-            "of epochs before they learn (README: Results, Training)")
+            f"validation split ({baseline:.4g}). These models can stay near that level for "
+            "tens of epochs before they learn (README: Results, Training)")
 
 
-def check_learned(metrics: dict[str, float], datamodule: Any, epochs: int,
+def check_learned(trainer: L.Trainer, module: L.LightningModule, datamodule: Any,
                   run_dir: Path) -> None:
-    """Log :func:`learned_little`'s warning with the command that trains the run longer."""
-    said = learned_little(metrics.get("val/mse"), datamodule)
-    if said:
-        log.warning("%s. After %d epochs: train longer or with another seed. %s.", said, epochs,
-                    _going_on(run_dir, 2 * max(epochs, 1)))
+    """Log :func:`learned_little`'s warning on the best validation MSE with what to do: the
+    command that trains the run longer where it keeps a last checkpoint and was not stopped
+    early (resuming an early-stopped run stops it again), else a new run."""
+    scores = [float(v) for v in (trainer.callback_metrics.get("val/mse"), getattr(
+        trainer.checkpoint_callback, "best_model_score", None)) if v is not None]
+    if getattr(trainer.checkpoint_callback, "monitor", None) != "val/mse":
+        scores = scores[:1]
+    said = learned_little(min(scores) if scores else None, datamodule,
+                          getattr(module, "model", None))
+    if not said:
+        return
+    epochs = trainer.current_epoch
+    asked = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 \
+        else epochs
+    longer = max(2 * max(epochs, 1), asked)
+    if epochs < asked:
+        todo = (f"training stopped after {epochs} of {asked} epochs (early stopping): train "
+                "again with another seed or a longer patience.")
+    elif not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        todo = (f"train again with another seed or trainer.max_epochs={longer} (this run "
+                "keeps no last.ckpt to resume).")
+    else:
+        todo = f"train longer or with another seed. {_going_on(run_dir, longer)}."
+    log.warning("%s. After %d epochs: %s", said, epochs, todo)
 
 
 def _going_on(run_dir: Path, epochs: int | None = None) -> str:

@@ -459,7 +459,7 @@ class LatentODEForecaster:
                 logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
             trainer.fit(module, datamodule=datamodule)
         val = trainer.callback_metrics.get("val/mse")
-        said = learned_little(None if val is None else float(val), datamodule)
+        said = learned_little(None if val is None else float(val), datamodule, model)
         if said:
             warnings.warn(f"{said}. After {trainer.current_epoch} epochs: fit longer "
                           f"(config_overrides trainer.max_epochs="

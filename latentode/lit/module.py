@@ -60,16 +60,22 @@ def kl_weight_schedule(epoch: int, wait_epochs: int = 10, rate: float = 0.99) ->
     return 1.0 - rate ** (epoch - wait_epochs)
 
 
-def _decay_factor(step: int, gamma: float, min_factor: float) -> float:
-    return max(gamma**step, min_factor)
+def _decay_factor(step: int, gamma: float, min_factor: float, warmup_steps: int = 0) -> float:
+    warmup = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    return warmup * max(gamma**step, min_factor)
 
 
 def exponential_decay(
-    optimizer: torch.optim.Optimizer, gamma: float = 0.999, min_factor: float = 0.1
+    optimizer: torch.optim.Optimizer, gamma: float = 0.999, min_factor: float = 0.1,
+    warmup_steps: int = 0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """``lr * max(gamma**step, min_factor)``: ExponentialLR with the paper code's floor (lr/10)."""
+    """``lr * max(gamma**step, min_factor)``: ExponentialLR with the paper code's floor (lr/10),
+    times a linear warm-up ``(step + 1) / warmup_steps`` over the first ``warmup_steps``."""
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0 (0: no warm-up), got {warmup_steps}")
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, functools.partial(_decay_factor, gamma=gamma, min_factor=min_factor)
+        optimizer, functools.partial(_decay_factor, gamma=gamma, min_factor=min_factor,
+                                     warmup_steps=warmup_steps)
     )
 
 
