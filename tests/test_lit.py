@@ -639,3 +639,29 @@ def test_evaluation_scores_a_series_alike_in_any_batch():
     with series_noise([5], (0, 3)):  # float64 models draw float64 (a review)
         wide = posterior_noise(2, mean[:1].double())
     assert wide.dtype == torch.float64 and not torch.equal(wide, wide.float().double())
+
+
+def test_grad_clip_scales_with_the_likelihoods_std_and_clips_the_whole_gradient():
+    """A first-step gradient spike (1.2-1.9e6 on the default recipe, normal steps under 3e4)
+    became Adamax's scale for the whole run: grad_clip / obs_std^2 caps it."""
+    module = LatentODELightning(tiny_model(), grad_clip=10)  # obs_std 0.1
+    assert module.grad_clip_norm() == pytest.approx(10 / 0.1**2)
+    two = LatentODE(2, latents=3, gen_units=8, obs_std=[0.05, 0.2],
+                    encoder=ODERNNEncoder(2, 3, hidden=4, ode_units=8, z0_units=8))
+    assert LatentODELightning(two, grad_clip=10).grad_clip_norm() == pytest.approx(10 / 0.05**2)
+    assert LatentODELightning(tiny_model()).grad_clip_norm() is None
+    optimizer = module.configure_optimizers()["optimizer"]
+    params = [p for p in module.parameters() if p.requires_grad]
+    for scale, expected in ((1e5, 1000.0), (1e-3, None)):  # a spike is clipped, a step is not
+        for p in params:
+            p.grad = torch.full_like(p, scale)
+        before = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        module.configure_gradient_clipping(optimizer)
+        after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        assert float(after) == pytest.approx(expected if expected else float(before), rel=1e-4)
+
+
+@pytest.mark.parametrize("value", [0, -1.0, True, "10"])
+def test_grad_clip_refuses_what_is_not_a_positive_number(value):
+    with pytest.raises(ValueError, match="grad_clip must be a positive number"):
+        LatentODELightning(tiny_model(), grad_clip=value)

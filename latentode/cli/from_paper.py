@@ -103,6 +103,7 @@ def translate(argv: Sequence[str]) -> Translation:
         f"module.optimizer.lr={args.lr!r}",
         "module.scheduler.gamma=0.999",  # utils.update_learning_rate(decay_rate=0.999,
         "module.scheduler.min_factor=0.1",  # lowest=args.lr / 10), once per iteration
+        "module.grad_clip=null",  # the paper code clips no gradient
         f"seed={args.random_seed}",
     ]
     if args.viz:
