@@ -209,6 +209,8 @@ class LatentODELightning(L.LightningModule):
             (``{"encoder": {"lr": 1e-3}}``; a dotted prefix such as ``"encoder.cell"`` works
             too, the longest match wins); the remaining parameters take the optimiser's own.
             A schedule scales each group's learning rate alike.
+        grad_clip: clip each step's gradient norm at ``grad_clip / obs_std**2`` (None: no
+            clip; see :meth:`configure_gradient_clipping`); the configs' default is 10.
 
     Metrics (logged as ``{stage}/{name}``, stage one of ``train``, ``val``, ``test``):
 
