@@ -625,8 +625,8 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule
 LEARNED_LITTLE = 0.7
 """A run whose validation MSE is at least this share of the channel-mean predictor's learned
 little: latent ODEs can sit near that level for a while before they learn. On the default
-recipe (40 seeds) the two runs that never left it ended at 0.77 and 0.88 (normalised, about
-the same share); the others ended below 0.05, a late one at 0.26."""
+recipe without ``module.grad_clip`` (40 seeds) the two runs that never left it ended at 0.77
+and 0.88 (normalised, about the same share); the others below 0.05, a late one at 0.26."""
 
 
 def learned_little(val: float | None, datamodule: Any, model: Any = None) -> str | None:
