@@ -706,7 +706,8 @@ def test_learned_little_compares_with_the_channel_means_score():
                          r"trainer\.max_epochs=4 \(this run keeps no last\.ckpt to resume\)\."),
     (["callbacks=early_stopping", "callbacks.early_stopping.patience=1",
       "callbacks.early_stopping.min_delta=100", "trainer.max_epochs=10"],
-     r"After 2 epochs: training stopped after 2 of 10 epochs \(early stopping\): train again "
+     r"After 2 epochs: training stopped after 2 of 10 epochs \(early stopping, max_steps or "
+     r"max_time\): train again "
      r"with another seed or a longer patience\."),
 ])
 def test_learned_little_advice_where_a_resume_would_not_help(tmp_path, monkeypatch, callbacks,
@@ -731,3 +732,38 @@ def test_the_learning_rate_warms_up_over_module_scheduler_warmup_steps(tmp_path,
     lrs = {int(r["step"]): float(r["lr-Adamax"]) for r in rows}
     assert lrs[0] == pytest.approx(3e-2 / 4)
     assert lrs[2] == pytest.approx(3e-2 * 3 / 4 * 0.998**2)
+
+
+def test_learned_little_judges_val_mse_only(tmp_path, monkeypatch):
+    """A review: with no val/mse logged and the checkpoint monitoring train/loss, the best
+    train/loss (4998) was reported as "val/mse 4998 is 5147.03 of ..." """
+    run = tmp_path / "run"
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=2",
+                         "test=false", "trainer.limit_val_batches=0",
+                         "callbacks.model_checkpoint.monitor=train/loss", *TINY], monkeypatch)
+    assert "learned little" not in (run / "train.log").read_text()
+
+
+def test_a_resumed_run_keeps_its_grad_clip_unless_the_command_gives_one(tmp_path, monkeypatch):
+    """A review: a run trained before module.grad_clip existed (no clip) was resumed with the
+    new default 10 without a word."""
+    from latentode.cli.checkpoints import RUN_RECORD
+
+    run = tmp_path / "run"
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=1",
+                         "test=false", *TINY], monkeypatch)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=False)
+    del saved[RUN_RECORD]["config"]["module"]["grad_clip"]  # as recorded before the option
+    torch.save(saved, ckpt)
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=2",
+                         "test=false", "ckpt_path=last", *TINY], monkeypatch)
+    assert "module.grad_clip=None, as the run trained" in (run / "train.log").read_text()
+    assert OmegaConf.load(run / ".hydra" / "config.yaml").module.grad_clip is None
+    record = torch.load(ckpt, weights_only=False)[RUN_RECORD]
+    assert record["config"]["module"]["grad_clip"] is None  # and so on the next resume
+    # given on the command line, the command's value
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=3",
+                         "test=false", "ckpt_path=last", "module.grad_clip=5", *TINY],
+             monkeypatch)
+    assert OmegaConf.load(run / ".hydra" / "config.yaml").module.grad_clip == 5

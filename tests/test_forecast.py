@@ -1312,3 +1312,15 @@ def test_a_fit_that_learned_little_warns_with_what_to_do(data):
         LatentODEForecaster({**TINY, "trainer.max_epochs": 1, "module.optimizer.lr": 1e-6}).fit(
             data)
     assert [w.filename for w in seen if "learned little" in str(w.message)] == [__file__]
+
+
+def test_an_early_stopped_fit_that_learned_little_is_not_told_to_fit_fewer_epochs(data):
+    """A review: after early stopping at 2 of 10 epochs fit advised max_epochs=4."""
+    torch.set_num_threads(1)
+    with pytest.warns(UserWarning, match=r"learned little .* After 2 epochs: training stopped "
+                                         r"after 2 of 10 epochs \(early stopping, max_steps or "
+                                         r"max_time\): fit again with another seed"):
+        LatentODEForecaster({**TINY, "trainer.max_epochs": 10, "module.optimizer.lr": 1e-6,
+                             "callbacks": "early_stopping",
+                             "callbacks.early_stopping.patience": 1,
+                             "callbacks.early_stopping.min_delta": 100}).fit(data)

@@ -25,7 +25,7 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 log = logging.getLogger(__name__)
@@ -312,6 +312,36 @@ def check_resume(cfg: DictConfig, module: torch.nn.Module, saved: dict[str, Any]
             message.append(f"(the run's {run_dir / '.hydra'} files, which this command had "
                            "overwritten, are restored from the checkpoint)")
     raise ValueError("\n".join(message))
+
+
+KEPT_ON_RESUME = {"module.grad_clip": None}
+"""Settings a resumed run keeps from its record unless the command gives them, so that a
+default changed since it started does not change it midway; the value is what a run recorded
+before the option existed did (``grad_clip``: no clip)."""
+
+
+def keep_run_settings(cfg: DictConfig, saved: dict[str, Any], run_dir: Path) -> None:
+    """Set :data:`KEPT_ON_RESUME`'s keys to the resumed run's values (in ``cfg`` and this run's
+    ``.hydra/config.yaml``) where the command does not give them."""
+    record = saved.get(RUN_RECORD)
+    if record is None:
+        return
+    given = given_keys()
+    run_cfg = OmegaConf.create(record["config"])
+    for key, before in KEPT_ON_RESUME.items():
+        if key in given:
+            continue
+        value = OmegaConf.select(run_cfg, key, default=before)
+        if OmegaConf.select(cfg, key, default=None) == value:
+            continue
+        with open_dict(cfg):
+            OmegaConf.update(cfg, key, value, force_add=True)
+        log.info("%s=%s, as the run trained (give %s=... to change it)", key, value, key)
+        path = run_dir / ".hydra" / "config.yaml"
+        if path.is_file():
+            written = OmegaConf.load(path)
+            OmegaConf.update(written, key, value, force_add=True)
+            OmegaConf.save(written, path)
 
 
 def given_keys() -> set[str]:

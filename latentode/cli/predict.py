@@ -233,7 +233,8 @@ def score_mode(cfg: DictConfig) -> str | None:
         raise ValueError(f"score={mode} writes scores, not forecasts: drop {', '.join(given)} "
                          "(the hidden times are what it predicts).")
     quantiles = _plain(cfg.get("quantiles"))
-    if quantiles is not None and [float(q) for q in quantiles] != DEFAULT_QUANTILES:
+    if quantiles is not None and (not isinstance(quantiles, list) or sorted(
+            float(q) for q in quantiles) != DEFAULT_QUANTILES):
         raise ValueError(f"score={mode} scores the central score_level interval; "
                          f"quantiles={quantiles} are for forecasts: drop them (score_level=0.8 "
                          "scores the 10th to 90th percentile).")

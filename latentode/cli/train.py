@@ -46,6 +46,7 @@ from latentode.cli import config_dir
 from latentode.cli.checkpoints import (
     RunRecord,
     check_resume,
+    keep_run_settings,
     put_back_run_files,
     read_checkpoint,
     refuse_replacing_a_run,
@@ -572,6 +573,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         setup_runtime(cfg)
         datamodule = build_datamodule(cfg)
         model = build_model(cfg, datamodule)
+        if saved is not None:  # a default changed since the run started: kept as it trained
+            keep_run_settings(cfg, saved, run_dir)
         module = build_module(cfg, model, datamodule)
         if saved is not None:  # a model that does not fit the checkpoint: said before training
             check_resume(cfg, module, saved, str(cfg.ckpt_path), run_dir)
@@ -649,26 +652,41 @@ def learned_little(val: float | None, datamodule: Any, model: Any = None) -> str
             "tens of epochs before they learn (README: Results, Training)")
 
 
-def check_learned(trainer: L.Trainer, module: L.LightningModule, datamodule: Any,
-                  run_dir: Path) -> None:
-    """Log :func:`learned_little`'s warning on the best validation MSE with what to do: the
-    command that trains the run longer where it keeps a last checkpoint and was not stopped
-    early (resuming an early-stopped run stops it again), else a new run."""
-    scores = [float(v) for v in (trainer.callback_metrics.get("val/mse"), getattr(
-        trainer.checkpoint_callback, "best_model_score", None)) if v is not None]
-    if getattr(trainer.checkpoint_callback, "monitor", None) != "val/mse":
-        scores = scores[:1]
-    said = learned_little(min(scores) if scores else None, datamodule,
-                          getattr(module, "model", None))
+def learned_little_report(trainer: L.Trainer, module: L.LightningModule, datamodule: Any
+                          ) -> tuple[str, int, int] | None:
+    """:func:`learned_little` on the fit's best validation MSE (the last epoch's, and the
+    checkpoint's best where it monitors ``val/mse``), with the epochs run and asked; None
+    when it learned, or logged no ``val/mse``."""
+    last = trainer.callback_metrics.get("val/mse")
+    if last is None:
+        return None
+    scores = [float(last)]
+    callback = trainer.checkpoint_callback
+    best = getattr(callback, "best_model_score", None)
+    if getattr(callback, "monitor", None) == "val/mse" and best is not None:
+        scores.append(float(best))
+    said = learned_little(min(scores), datamodule, getattr(module, "model", None))
     if not said:
-        return
+        return None
     epochs = trainer.current_epoch
     asked = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 \
         else epochs
+    return said, epochs, asked
+
+
+def check_learned(trainer: L.Trainer, module: L.LightningModule, datamodule: Any,
+                  run_dir: Path) -> None:
+    """Log :func:`learned_little`'s warning with what to do: the command that trains the run
+    longer where it keeps a last checkpoint and ran all its epochs (resuming an early-stopped
+    run stops it again), else a new run."""
+    report = learned_little_report(trainer, module, datamodule)
+    if report is None:
+        return
+    said, epochs, asked = report
     longer = max(2 * max(epochs, 1), asked)
     if epochs < asked:
-        todo = (f"training stopped after {epochs} of {asked} epochs (early stopping): train "
-                "again with another seed or a longer patience.")
+        todo = (f"training stopped after {epochs} of {asked} epochs (early stopping, max_steps "
+                "or max_time): train again with another seed or a longer patience.")
     elif not (run_dir / "checkpoints" / "last.ckpt").is_file():
         todo = (f"train again with another seed or trainer.max_epochs={longer} (this run "
                 "keeps no last.ckpt to resume).")

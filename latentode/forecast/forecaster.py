@@ -369,7 +369,7 @@ class LatentODEForecaster:
             build_model,
             build_module,
             drop_adverts,
-            learned_little,
+            learned_little_report,
             setup_runtime,
         )
 
@@ -458,13 +458,15 @@ class LatentODEForecaster:
             for logger in trainer.loggers:
                 logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
             trainer.fit(module, datamodule=datamodule)
-        val = trainer.callback_metrics.get("val/mse")
-        said = learned_little(None if val is None else float(val), datamodule, model)
-        if said:
-            warnings.warn(f"{said}. After {trainer.current_epoch} epochs: fit longer "
-                          f"(config_overrides trainer.max_epochs="
-                          f"{2 * max(trainer.current_epoch, 1)}) or with another seed.",
-                          stacklevel=user_stacklevel())
+        report = learned_little_report(trainer, module, datamodule)
+        if report is not None:
+            said, epochs, asked = report
+            todo = (f"training stopped after {epochs} of {asked} epochs (early stopping, "
+                    "max_steps or max_time): fit again with another seed or a longer patience"
+                    if epochs < asked else
+                    f"fit longer (config_overrides trainer.max_epochs="
+                    f"{max(2 * max(epochs, 1), asked)}) or with another seed")
+            warnings.warn(f"{said}. After {epochs} epochs: {todo}.", stacklevel=user_stacklevel())
 
         scaler = datamodule.scaler
         if scaler is not None:
@@ -1541,10 +1543,11 @@ grid (rounded or jittered times are on it: 4 decimals scored alike, a review mea
 
 
 def grid_misses(grid: np.ndarray, t: np.ndarray) -> tuple[int, int]:
-    """``(off, n)``: how many of the sorted times ``t`` within the grid's span lie off
+    """``(off, n)``: how many of the times ``t`` within the grid's span lie off
     ``grid``, of ``n`` there. Times past the span are walked on their own steps; they are
     compared as a stretch starting at the grid's start (a later stretch of the training clock,
     next year's dates of daily data, is on the grid so; another grid shifted past it is not)."""
+    t = np.sort(t)
     inside = (t >= grid[0]) & (t <= grid[-1])
     parts = [t[inside]]
     past = t[t > grid[-1]]
