@@ -241,11 +241,10 @@ def score_mode(cfg: DictConfig) -> str | None:
     if noise_option(cfg.get("noise", "calibrated")) != "calibrated":
         raise ValueError(f"score={mode} scores intervals with the calibrated noise; "
                          f"noise={cfg.get('noise')} is for forecasts: drop it.")
-    for key, what in (("score_fraction", "the share of each series hidden"),
-                      ("score_level", "the central interval scored, 0.9: 5th to 95th percentile")):
-        value = cfg.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-            raise ValueError(f"{key} must be a number in (0, 1) ({what}), got {value!r}.")
+    from latentode.forecast.scoring import check_fraction_and_level
+
+    check_fraction_and_level(cfg.get("score_fraction"), cfg.get("score_level"),
+                             ("score_fraction", "score_level"))
     return mode
 
 

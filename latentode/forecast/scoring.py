@@ -33,13 +33,18 @@ def _check(holdout: str, fraction: float, level: float) -> None:
     if holdout not in HOLDOUTS:
         raise ValueError(f"holdout must be one of {HOLDOUTS} (points: a random fraction of each "
                          f"series' times; end: the last fraction of its span), got {holdout!r}.")
-    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not (
-            0 < fraction < 1):
-        raise ValueError(f"fraction must be a number in (0, 1): the share of each series "
-                         f"hidden, got {fraction!r}.")
-    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1) (0.9: the 5th to 95th percentile), got "
-                         f"{level!r}.")
+    check_fraction_and_level(fraction, level)
+
+
+def check_fraction_and_level(fraction: Any, level: Any,
+                             names: tuple[str, str] = ("fraction", "level")) -> None:
+    """:meth:`LatentODEForecaster.score`'s ``fraction`` and ``level``, each a number in (0, 1);
+    ``names``: what the caller calls them (``latentode-predict``'s ``score_fraction``)."""
+    for value, name, what in ((fraction, names[0], "the share of each series hidden"),
+                              (level, names[1], "0.9: the 5th to 95th percentile")):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+                0 < float(value) < 1):
+            raise ValueError(f"{name} must be a number in (0, 1) ({what}), got {value!r}.")
 
 
 def hidden_times(times: pd.Series, ids: pd.Series, holdout: str, fraction: float,

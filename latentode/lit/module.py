@@ -799,9 +799,7 @@ class LatentODELightning(L.LightningModule):
         std = getattr(self.model, "obs_std", None)
         if std is None:
             return float(clip)
-        smallest = float(torch.as_tensor(std).min()) if torch.is_tensor(std) or isinstance(
-            std, (list, tuple)) else float(std)
-        return float(clip) / smallest**2
+        return float(clip) / float(torch.as_tensor(std).min()) ** 2
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
                                     gradient_clip_val: float | None = None,
