@@ -28,6 +28,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from latentode.cli.lock import LOCK_FILE
+
 log = logging.getLogger(__name__)
 
 RUN_RECORD = "latentode_run"
@@ -406,13 +408,15 @@ def _run_files(run_dir: Path) -> list[str]:
 
 
 def snapshot_run_files(run_dir: str | Path) -> None:
-    """Keep in memory the ``.hydra`` files of a directory that holds a run, before Hydra
-    rewrites them for this command (a Hydra callback's ``on_run_start``; the copy into
-    ``paths.output_dir``), so that :func:`refuse_replacing_a_run` can put them back also
-    where no checkpoint holds them (checkpoints deleted or switched off)."""
+    """Keep in memory the ``.hydra`` files of a directory that holds a run, or that a run trains
+    into (:mod:`latentode.cli.lock`), before Hydra rewrites them for this command (a Hydra
+    callback's ``on_run_start``; the copy into ``paths.output_dir``), so that
+    :func:`refuse_replacing_a_run` can put them back also where no checkpoint holds them
+    (checkpoints deleted or switched off)."""
     run_dir = Path(run_dir)
     hydra_dir = run_dir / ".hydra"
-    if hydra_dir.is_dir() and _run_files(run_dir):
+    training = (run_dir / LOCK_FILE).is_file()  # a run there still young: no checkpoint yet
+    if hydra_dir.is_dir() and (_run_files(run_dir) or training):
         _SNAPSHOTS[str(run_dir.resolve())] = {p.name: p.read_bytes()
                                               for p in hydra_dir.iterdir() if p.is_file()}
 

@@ -54,6 +54,7 @@ from latentode.cli.checkpoints import (
     snapshot_run_files,
 )
 from latentode.cli.errors import input_errors
+from latentode.cli.lock import RunDirInUseError, run_dir_lock
 from latentode.cli.options import refuse_unread_settings
 from latentode.cli.sweep import failed_jobs, refresh_enclosing_sweep, write_job_record
 from latentode.cli.typos import run_app
@@ -551,13 +552,23 @@ def check_trainer_counts(cfg: DictConfig) -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Train and test as ``cfg`` says; returns the metrics (validation of the last epoch, test)."""
+    """Train and test as ``cfg`` says; returns the metrics (validation of the last epoch, test).
+    Another command training into the same directory is refused (:mod:`latentode.cli.lock`)."""
+    run_dir = output_dir(cfg)
+    try:
+        with run_dir_lock(run_dir):
+            return _train(cfg, run_dir)
+    except RunDirInUseError:  # Hydra has written this command's .hydra files over the other's
+        put_back_run_files(run_dir)
+        raise
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     check_trainer_counts(cfg)
     refuse_unread_settings(cfg)
     for group in ("data", "module", "trainer", "callbacks", "logger"):  # model: build_model
         check_arguments(cfg.get(group), group)
     asked_last = cfg.get("ckpt_path") == "last"
-    run_dir = output_dir(cfg)
     try:
         resolve_last_checkpoint(cfg)
     except BaseException:  # a damaged last.ckpt: the run's .hydra files as they were

@@ -1,0 +1,89 @@
+"""One ``latentode-train`` at a time per run directory (:mod:`latentode.cli.lock`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from test_cli import TINY, run_main
+
+from latentode.cli import train as train_cli
+from latentode.cli.lock import LOCK_FILE, RunDirInUseError, run_dir_lock
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*treespec, LeafSpec")
+
+
+def hold_lock(run: Path) -> subprocess.Popen:
+    """Another process holding ``run``'s lock until killed (as a training run would)."""
+    code = textwrap.dedent(f"""
+        import time
+        from latentode.cli.lock import run_dir_lock
+        with run_dir_lock({str(run)!r}):
+            print("held", flush=True)
+            time.sleep(120)
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_run_into_a_directory_in_use_is_refused_and_the_first_kept(
+        tmp_path, monkeypatch, capsys):
+    # two commands training into one directory overwrote each other's checkpoints and
+    # metrics without a word; the second now stops before it builds anything, and the first
+    # run's .hydra files (which Hydra had rewritten for the second) are put back
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    first = "seed: 1  # the first run's config\n"
+    (run / ".hydra" / "config.yaml").write_text(first)
+    holder = hold_lock(run)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}",
+                                 "trainer.max_epochs=1", *TINY], monkeypatch)
+        assert stop.value.code == 1
+        err = capsys.readouterr().err
+        assert f"{run} is in use by another latentode-train (pid {holder.pid} on " in err
+        assert "hydra.run.dir=..." in err
+        assert (run / ".hydra" / "config.yaml").read_text() == first
+        assert not (run / "checkpoints").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)  # killed: its lock file stays behind
+        holder.wait()
+    assert (run / LOCK_FILE).is_file()
+    # a lock file left by a killed process does not block: the system dropped its lock
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=1",
+                         *TINY], monkeypatch)
+    assert json.loads((run / "test_metrics.json").read_text())["epochs"] == 1
+    assert not (run / LOCK_FILE).exists()  # removed when the run ends
+
+
+def test_the_lock_names_its_holder_and_is_free_again_after_it(tmp_path):
+    with run_dir_lock(tmp_path):
+        text = (tmp_path / LOCK_FILE).read_text()
+        assert text.startswith(f"pid {os.getpid()} on ")
+        held = rf"pid {os.getpid()} on .*, started "
+        with pytest.raises(RunDirInUseError, match=held), run_dir_lock(tmp_path):
+            pass
+    with run_dir_lock(tmp_path):  # released: taken again
+        pass
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("variable", ["LOCAL_RANK", "RANK", "SLURM_PROCID"])
+def test_the_other_processes_of_a_data_parallel_run_share_the_first_ones_directory(
+        tmp_path, monkeypatch, variable):
+    # Lightning's DDP launcher re-runs the command with LOCAL_RANK=1 in the same directory
+    with run_dir_lock(tmp_path):
+        monkeypatch.setenv(variable, "1")
+        with run_dir_lock(tmp_path):
+            pass
+        monkeypatch.setenv(variable, "0")
+        with pytest.raises(RunDirInUseError), run_dir_lock(tmp_path):
+            pass
