@@ -767,3 +767,25 @@ def test_a_resumed_run_keeps_its_grad_clip_unless_the_command_gives_one(tmp_path
                          "test=false", "ckpt_path=last", "module.grad_clip=5", *TINY],
              monkeypatch)
     assert OmegaConf.load(run / ".hydra" / "config.yaml").module.grad_clip == 5
+
+
+def test_a_checkpoint_trained_with_other_settings_than_its_runs_config_says_so(
+        tmp_path, monkeypatch):
+    """A resume with other options of the same shapes (``model.obs_std``) rewrites the run's
+    ``.hydra/config.yaml``: a checkpoint from before it was then evaluated as the new model
+    without a word (the weights fit). Its own run record names what differs."""
+    run = tmp_path / "run"
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=1",
+                         *TINY], monkeypatch)
+    before = run / "checkpoints" / "before.ckpt"
+    shutil.copy(run / "checkpoints" / "last.ckpt", before)
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=2",
+                         "ckpt_path=last", "model.obs_std=0.02", *TINY], monkeypatch)
+    with pytest.warns(UserWarning, match=r"(?s)before\.ckpt was trained with settings other "
+                      r"than its run's config .*config\.yaml gives.*\n  model\.obs_std: 0\.01 "
+                      r"in the run, 0\.02 now\n.*overrides=\[\.\.\.\]"):
+        runs.load_run(before, use="this test")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*trained with settings other")
+        runs.load_run(before, ["model.obs_std=0.01"], use="this test")  # put back: as trained
+        runs.load_run(run, use="this test")  # last.ckpt: trained as the config says

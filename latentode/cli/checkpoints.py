@@ -25,7 +25,7 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from latentode.cli.lock import LOCK_FILE
@@ -227,14 +227,15 @@ def _damaged(path: str | Path, what: str, error: BaseException) -> ValueError:
 
 
 def config_differences(saved: dict[str, Any], cfg: DictConfig, sections: tuple[str, ...] = (
-        "model", "data")) -> list[str]:
+        "model", "data"), given: set[str] | None = None) -> list[str]:
     """``key: checkpoint value -> this value`` for the settings of ``sections`` that differ
     (those in ``START_ONLY`` left out, and keys the run's config lacks, options added since it
-    ran, unless this command sets them)."""
+    ran, unless this command sets them). ``given``: the keys this command sets (default: the
+    Hydra command line's, :func:`given_keys`)."""
     now = _plain(cfg)
     saved = _plain(OmegaConf.create(saved))
     out: list[str] = []
-    given = given_keys()
+    given = given_keys() if given is None else given
 
     def walk(a: Any, b: Any, prefix: str) -> None:
         if isinstance(a, dict) and isinstance(b, dict):
@@ -253,11 +254,28 @@ def config_differences(saved: dict[str, Any], cfg: DictConfig, sections: tuple[s
 
 
 def _plain(cfg: DictConfig) -> Any:
-    """``cfg`` as plain containers, resolved where it can be (inside the Hydra app)."""
+    """``cfg`` as plain containers, resolved where it can be: outside the Hydra app a run's
+    record keeps ``${hydra:...}`` (its output paths), so each value is resolved on its own and
+    one that cannot be stays as written (``${..latents}`` resolved beside it: compared with a
+    config resolved in full, it differed from ``10`` in every run)."""
     try:
         return OmegaConf.to_container(cfg, resolve=True)
     except (OmegaConfBaseException, ValueError):  # an interpolation only Hydra's app resolves
-        return OmegaConf.to_container(cfg, resolve=False)
+        return _each_resolved(cfg)
+
+
+def _each_resolved(node: Any) -> Any:
+    if not isinstance(node, (DictConfig, ListConfig)):
+        return node
+    written: Any = OmegaConf.to_container(node, resolve=False)
+    keys = list(written) if isinstance(written, dict) else range(len(written))
+    out: dict[Any, Any] = {}
+    for key in keys:
+        try:
+            out[key] = _each_resolved(node[key])
+        except (OmegaConfBaseException, ValueError):
+            out[key] = written[key]  # as written: "${hydra:runtime.output_dir}"
+    return out if isinstance(written, dict) else list(out.values())
 
 
 def check_resume(cfg: DictConfig, module: torch.nn.Module, saved: dict[str, Any],

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from latentode.cli import load_settings
 from latentode.cli.checkpoints import (
     RUN_RECORD,
+    config_differences,
     load_fitting,
     read_checkpoint,
     resolve_checkpoint,
@@ -105,6 +106,32 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> None:
         OmegaConf.update(cfg, key, yaml.safe_load(raw), merge=False)
 
 
+ANCHORED = ("data.dataset.path",)
+"""Settings :func:`anchor_data_path` rewrites (a relative data file made absolute)."""
+
+
+def warn_if_config_changed(saved: dict[str, Any] | None, cfg: DictConfig,
+                           overrides: Sequence[str], ckpt: Path, config_path: Path) -> None:
+    """Warn when the run's config file builds a model or data other than those the checkpoint
+    was trained with (its run record, ``saved``), apart from the caller's ``overrides``: the
+    weights of a model of the same shapes load without a word (an ``obs_std``, a solver or a
+    time scale changed by a resume with other options, which rewrites the config file, or by
+    hand), and an earlier checkpoint of that run would then be used as another model."""
+    if not saved:
+        return
+    given = {str(o).lstrip("+~").partition("=")[0] for o in overrides} | set(ANCHORED)
+    lines = [line for line in config_differences(saved, cfg, ("model", "data"), given)
+             if not any(line.startswith((f"{key}:", f"{key}.")) for key in given)]
+    if lines:
+        shown = "\n".join(f"  {line}" for line in lines[:8]) + (
+            f"\n  ... and {len(lines) - 8} more" if len(lines) > 8 else "")
+        warnings.warn(
+            f"{ckpt} was trained with settings other than its run's config {config_path} "
+            f"gives (the run was resumed with other options, or the file edited):\n{shown}\n"
+            "The model and data are built from the config file; to use the checkpoint as it "
+            "was trained, pass its values with overrides=[...].", stacklevel=3)
+
+
 def load_run(ckpt_path: str | Path, overrides: Sequence[str] = (), *, use: str,
              prepare: Callable[[DictConfig, Path], None] | None = None,
              quiet_rebuild: bool = False) -> LoadedRun:
@@ -149,7 +176,9 @@ def load_run(ckpt_path: str | Path, overrides: Sequence[str] = (), *, use: str,
             "load it with torch.load(..., weights_only=False), keep 'state_dict', "
             "'latentode_run', 'epoch' and 'global_step', and torch.save that instead. "
             f"torch said: {str(error).splitlines()[0]}") from error
-    warn_if_data_changed((checkpoint.get(RUN_RECORD) or {}).get("data"), datamodule, use)
+    record = checkpoint.get(RUN_RECORD) or {}
+    warn_if_data_changed(record.get("data"), datamodule, use)
+    warn_if_config_changed(record.get("config"), cfg, overrides, ckpt, config_path)
     weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()
                if k.startswith("model.")}
     load_fitting(model, weights, ckpt, config_path)
