@@ -1324,3 +1324,29 @@ def test_an_early_stopped_fit_that_learned_little_is_not_told_to_fit_fewer_epoch
                              "callbacks": "early_stopping",
                              "callbacks.early_stopping.patience": 1,
                              "callbacks.early_stopping.min_delta": 100}).fit(data)
+
+
+@pytest.mark.parametrize("name", ["channel", "mean", "q0.9"])
+def test_an_id_column_named_like_a_forecast_column_is_refused_before_training(data, name):
+    """The forecasts' frames hold ``channel`` (wide data), ``mean``, quantile, ``sample`` and
+    ``value`` columns beside the id and time: an id column named ``channel`` came back holding
+    the channel names (every series' id lost, without a word)."""
+    with pytest.raises(ValueError, match=rf"id_col='{re.escape(name)}' is also the name of a "
+                       r"column of the forecasts' frames .*rename that column"):
+        LatentODEForecaster(TINY).fit(data.rename(columns={"series_id": name}), id_col=name)
+
+
+def test_names_the_forecasts_do_not_use_are_free():
+    from latentode.data import TimeTransform
+    from latentode.forecast.spec import DataSpec
+
+    time = TimeTransform(kind="numeric", offset=0.0, scale=1.0)
+    # tidy data: the channel column is the user's own, so "channel" is free, "value" is not
+    DataSpec(id_col="channel", time_col="t", channels=["a"], time=time, channel_col="var",
+             value_col="val")
+    DataSpec(id_col="id", time_col="t", channels=["a"], time=time, channel_col="channel",
+             value_col="value")
+    DataSpec(id_col="quality", time_col="t", channels=["a"], time=time)  # q, not a quantile
+    with pytest.raises(ValueError, match=r"channel_col='sample' is also"):
+        DataSpec(id_col="id", time_col="t", channels=["a"], time=time, channel_col="sample",
+                 value_col="val")

@@ -72,6 +72,24 @@ class DataSpec:
     subsets: dict[str, Any] | None = None
     value_range: list[list[float] | None] | None = None
 
+    def __post_init__(self) -> None:
+        # the forecasts' frames hold id, time and channel columns beside columns of their own:
+        # an id column called "channel" or "mean" was overwritten by them (every series' id
+        # lost, without a word)
+        ours = ["mean", "sample", "value", "q0.05, q0.95 ..."]
+        roles = [("id_col", self.id_col), ("time_col", self.time_col)]
+        if self.tidy:
+            roles.append(("channel_col", self.channel_col))
+        else:
+            ours.insert(0, "channel")
+        for role, name in roles:
+            if _output_name(str(name), wide=not self.tidy):
+                raise ValueError(
+                    f"{role}={name!r} is also the name of a column of the forecasts' frames "
+                    f"({', '.join(ours)}), which would overwrite it: rename that column of the "
+                    f"data (df.rename(columns={{{str(name)!r}: 'series'}}) or another name) "
+                    "and fit on it.")
+
     # ----------------------------------------------------------------------------- basics
     @property
     def tidy(self) -> bool:
@@ -251,6 +269,17 @@ def check_quantiles(quantiles: Sequence[float] | None) -> list[float]:
             )
         out.append(value)
     return out
+
+
+def _output_name(name: str, wide: bool) -> bool:
+    """Whether ``name`` is one of the columns forecasts add: ``mean``, ``sample``, ``value``,
+    a quantile's (:func:`quantile_name`), and, for wide data, ``channel``."""
+    if name in ("mean", "sample", "value") or (wide and name == "channel"):
+        return True
+    try:
+        return name.startswith("q") and quantile_name(float(name[1:])) == name
+    except ValueError:
+        return False
 
 
 def quantile_name(q: float) -> str:
