@@ -554,6 +554,10 @@ def check_trainer_counts(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test as ``cfg`` says; returns the metrics (validation of the last epoch, test).
     Another command training into the same directory is refused (:mod:`latentode.cli.lock`)."""
+    check_trainer_counts(cfg)
+    refuse_unread_settings(cfg)
+    for group in ("data", "module", "trainer", "callbacks", "logger"):  # model: build_model
+        check_arguments(cfg.get(group), group)
     run_dir = output_dir(cfg)
     try:
         with run_dir_lock(run_dir):
@@ -564,10 +568,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    check_trainer_counts(cfg)
-    refuse_unread_settings(cfg)
-    for group in ("data", "module", "trainer", "callbacks", "logger"):  # model: build_model
-        check_arguments(cfg.get(group), group)
     asked_last = cfg.get("ckpt_path") == "last"
     try:
         resolve_last_checkpoint(cfg)
