@@ -70,7 +70,9 @@ def exponential_decay(
     warmup_steps: int = 0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """``lr * max(gamma**step, min_factor)``: ExponentialLR with the paper code's floor (lr/10),
-    times a linear warm-up ``(step + 1) / warmup_steps`` over the first ``warmup_steps``."""
+    times a linear warm-up ``(step + 1) / warmup_steps`` over the first ``warmup_steps``.
+    A step is one call of the scheduler: an optimiser step with the module's
+    ``scheduler_interval="step"`` (the configs'), an epoch with ``"epoch"``."""
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0 (0: no warm-up), got {warmup_steps}")
     return torch.optim.lr_scheduler.LambdaLR(
