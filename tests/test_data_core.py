@@ -416,6 +416,29 @@ def test_values_the_float32_model_cannot_hold_are_refused_by_channel_and_series(
     LatentODEDataModule(from_dataframe(df), batch_size=4).setup()  # standardised: fine
 
 
+def test_unscaled_channels_far_from_unit_spread_are_warned_about():
+    """Fed unscaled (``scale=False``) in units x1000 or x0.01, the default run stayed at the
+    channel means whatever the clip or obs_std (docs/results.md): said before training."""
+    df = random_frame(5, n_series=20, max_len=10, p_missing=0.2)
+
+    def setup(frame: pd.DataFrame, scale: bool = False) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            LatentODEDataModule(from_dataframe(frame), batch_size=4, scale=scale).setup()
+        return [str(w.message) for w in caught if "far from unit spread" in str(w.message)]
+
+    assert setup(df) == []
+    wide = df.assign(c1=df["c1"] * 1000)
+    said = setup(wide)
+    assert len(said) == 1 and re.search(r"data\.scale=false, and the training series' "
+                                        r"channel\(s\) 'c1' \(std [\d.]+e\+03, mean ", said[0])
+    assert "'c0'" not in said[0] and "Keep data.scale=true" in said[0]
+    tiny = df.assign(**{c: df[c] * 0.001 for c in ("c0", "c1", "c2")})
+    assert all(f"'{c}'" in " ".join(setup(tiny)) for c in ("c0", "c1", "c2"))
+    assert setup(df.assign(c2=df["c2"] * 0.001)) == []  # narrow beside unit channels: fine
+    assert setup(wide, scale=True) == []
+
+
 def test_an_interpolation_count_that_holds_nothing_out_warns():
     ds = from_dataframe(random_frame(4, n_series=20, max_len=8, p_missing=0.0))
     with pytest.warns(UserWarning, match=r"Interpolation\(count=50\) shows the encoder every "
