@@ -11,6 +11,7 @@ the model, and the checkpoint's weights, checked against the model by name befor
 
 from __future__ import annotations
 
+import copy
 import logging
 import pickle
 import warnings
@@ -109,19 +110,30 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> None:
 ANCHORED = ("data.dataset.path",)
 """Settings :func:`anchor_data_path` rewrites (a relative data file made absolute)."""
 
+NOT_THE_MODEL = ("data.batch_size", "data.num_workers")
+"""Settings that change how a run's data are served, not what the model or its scores are."""
 
-def warn_if_config_changed(saved: dict[str, Any] | None, cfg: DictConfig,
-                           overrides: Sequence[str], ckpt: Path, config_path: Path) -> None:
-    """Warn when the run's config file builds a model or data other than those the checkpoint
-    was trained with (its run record, ``saved``), apart from the caller's ``overrides``: the
-    weights of a model of the same shapes load without a word (an ``obs_std``, a solver or a
-    time scale changed by a resume with other options, which rewrites the config file, or by
-    hand), and an earlier checkpoint of that run would then be used as another model."""
+
+def warn_if_config_changed(saved: dict[str, Any] | None, written: DictConfig, cfg: DictConfig,
+                           ckpt: Path, config_path: Path) -> None:
+    """Warn when the run's config file (``written``) builds a model or data other than those
+    the checkpoint was trained with (its run record, ``saved``), and the caller's overrides
+    (``cfg``: the file's config with them) do not put them back: the weights of a model of the
+    same shapes load without a word (an ``obs_std``, a solver or a time scale changed by a
+    resume with other options, which rewrites the config file, or by hand), and an earlier
+    checkpoint of that run would then be used as another model. What the overrides change
+    themselves (``solver.rtol=...``, also where it reaches the model through an
+    interpolation) is the caller's choice, not said."""
     if not saved:
         return
-    given = {str(o).lstrip("+~").partition("=")[0] for o in overrides} | set(ANCHORED)
-    lines = [line for line in config_differences(saved, cfg, ("model", "data"), given)
-             if not any(line.startswith((f"{key}:", f"{key}.")) for key in given)]
+
+    def keys(config: DictConfig) -> dict[str, str]:
+        lines = config_differences(saved, config, ("model", "data"), set())
+        out = {line.split(":", 1)[0]: line for line in lines}
+        return {k: v for k, v in out.items() if not k.startswith((*ANCHORED, *NOT_THE_MODEL))}
+
+    in_file = keys(written)
+    lines = [line for key, line in keys(cfg).items() if key in in_file]
     if lines:
         shown = "\n".join(f"  {line}" for line in lines[:8]) + (
             f"\n  ... and {len(lines) - 8} more" if len(lines) > 8 else "")
@@ -155,6 +167,7 @@ def load_run(ckpt_path: str | Path, overrides: Sequence[str] = (), *, use: str,
     log.info("run config: %s", config_path)
     cfg = load_settings(config_path)
     anchor_data_path(cfg, config_path)
+    written = copy.deepcopy(cfg)  # the file's settings, for warn_if_config_changed
     apply_overrides(cfg, list(overrides))
     if prepare is not None:
         prepare(cfg, config_path)
@@ -178,7 +191,7 @@ def load_run(ckpt_path: str | Path, overrides: Sequence[str] = (), *, use: str,
             f"torch said: {str(error).splitlines()[0]}") from error
     record = checkpoint.get(RUN_RECORD) or {}
     warn_if_data_changed(record.get("data"), datamodule, use)
-    warn_if_config_changed(record.get("config"), cfg, overrides, ckpt, config_path)
+    warn_if_config_changed(record.get("config"), written, cfg, ckpt, config_path)
     weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()
                if k.startswith("model.")}
     load_fitting(model, weights, ckpt, config_path)
