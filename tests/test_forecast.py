@@ -1341,12 +1341,21 @@ def test_names_the_forecasts_do_not_use_are_free():
     from latentode.forecast.spec import DataSpec
 
     time = TimeTransform(kind="numeric", offset=0.0, scale=1.0)
+
+    def spec(**kw):
+        return DataSpec(**{"id_col": "id", "time_col": "t", "channels": ["a"], "time": time,
+                           **kw})
+
     # tidy data: the channel column is the user's own, so "channel" is free, "value" is not
-    DataSpec(id_col="channel", time_col="t", channels=["a"], time=time, channel_col="var",
-             value_col="val")
-    DataSpec(id_col="id", time_col="t", channels=["a"], time=time, channel_col="channel",
-             value_col="value")
-    DataSpec(id_col="quality", time_col="t", channels=["a"], time=time)  # q, not a quantile
+    spec(id_col="channel", channel_col="var", value_col="val").check_output_names()
+    spec(channel_col="channel", value_col="value").check_output_names()
+    for name in ("quality", "q1", "q50", "q0", "qnan"):  # no quantile is named so (0 < q < 1)
+        spec(time_col=name).check_output_names()
     with pytest.raises(ValueError, match=r"channel_col='sample' is also"):
-        DataSpec(id_col="id", time_col="t", channels=["a"], time=time, channel_col="sample",
-                 value_col="val")
+        spec(channel_col="sample", value_col="val").check_output_names()
+    # made from a run or loaded (saved before the check): refused only where a frame clashes
+    loaded = spec(id_col="value")
+    loaded.check_no_clash(["mean", "q0.05"], "predict")
+    with pytest.raises(ValueError, match=r"sample: this forecaster's id_col is 'value', a name "
+                       r"its frame gives to a column of its own \(channel, sample, value\)"):
+        loaded.check_no_clash(["sample", "value"], "sample")

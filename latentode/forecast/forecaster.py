@@ -411,6 +411,7 @@ class LatentODEForecaster:
             channel_col=channel_col, value_col=value_col, time_unit=time_unit,
             train_span=min(longest_span(train), window_span), label_names=train.label_names,
         )
+        spec.check_output_names()  # before training
         data, split = train, ["train"] * len(train)
         if val_df is not None:
             val = spec.dataset(val_df, "val_df")
@@ -695,6 +696,7 @@ class LatentODEForecaster:
             train_span=longest_span(dataset), label_names=dataset.label_names,
             log=None if scaler is None else _log_flags(scaler),
         )
+        spec.check_output_names()
         if calibration_data is None:
             warnings.warn(
                 "from_model calibrates the predictive noise on the training series (no "
@@ -1056,6 +1058,7 @@ class LatentODEForecaster:
         was 16% of a forecast of 1500 series)."""
         spec = self.spec
         assert spec is not None
+        spec.check_no_clash(list(columns), "this forecast")
         d = spec.n_channels
         m = len(raw)
         pick = np.tile(np.repeat(np.arange(m), d), repeat)

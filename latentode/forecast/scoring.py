@@ -109,6 +109,7 @@ def score(forecaster: LatentODEForecaster, df: pd.DataFrame, holdout: str = "poi
     if spec is None:
         raise ValueError("score needs a fitted forecaster: fit, from_run, from_model or load "
                          "first.")
+    spec.check_no_clash(["value"], "score")  # (its frames hold id, time, channel, value)
     with warnings.catch_warnings():  # its warnings come once, from predict's history below
         warnings.simplefilter("ignore")
         spec.dataset(df)  # the whole frame checked as predict checks a history (named errors)

@@ -72,23 +72,41 @@ class DataSpec:
     subsets: dict[str, Any] | None = None
     value_range: list[list[float] | None] | None = None
 
-    def __post_init__(self) -> None:
-        # the forecasts' frames hold id, time and channel columns beside columns of their own:
-        # an id column called "channel" or "mean" was overwritten by them (every series' id
-        # lost, without a word)
+    def check_output_names(self) -> None:
+        """Refuse id, time or (tidy) channel columns named like a column the forecasts add
+        (``mean``, ``sample``, ``value``, a quantile's ``q0.9``; ``channel`` for wide data):
+        an id column called ``channel`` was overwritten by the channel names, every series' id
+        lost without a word. Checked where a forecaster is made from the user's frames (fit,
+        from_model); one loaded or made from a run says so in the method whose frame clashes
+        (:meth:`check_no_clash`)."""
         ours = ["mean", "sample", "value", "q0.05, q0.95 ..."]
-        roles = [("id_col", self.id_col), ("time_col", self.time_col)]
-        if self.tidy:
-            roles.append(("channel_col", self.channel_col))
-        else:
+        if not self.tidy:
             ours.insert(0, "channel")
-        for role, name in roles:
+        for role, name in self._named_columns():
             if _output_name(str(name), wide=not self.tidy):
                 raise ValueError(
                     f"{role}={name!r} is also the name of a column of the forecasts' frames "
                     f"({', '.join(ours)}), which would overwrite it: rename that column of the "
                     f"data (df.rename(columns={{{str(name)!r}: 'series'}}) or another name) "
                     "and fit on it.")
+
+    def check_no_clash(self, added: Sequence[str], method: str) -> None:
+        """Refuse to build ``method``'s frame when one of its ``added`` columns (and, for
+        wide data, ``channel``) would overwrite the id or time column."""
+        taken = [*([] if self.tidy else ["channel"]), *map(str, added)]
+        for role, name in self._named_columns():
+            if str(name) in taken:
+                raise ValueError(
+                    f"{method}: this forecaster's {role} is {name!r}, a name its frame gives "
+                    f"to a column of its own ({', '.join(taken)}): the ids would be lost. "
+                    "Rename that column of the training data and fit again (a run: train it "
+                    "again on the renamed file).")
+
+    def _named_columns(self) -> list[tuple[str, Any]]:
+        roles = [("id_col", self.id_col), ("time_col", self.time_col)]
+        if self.tidy:
+            roles.append(("channel_col", self.channel_col))
+        return roles
 
     # ----------------------------------------------------------------------------- basics
     @property
@@ -277,9 +295,10 @@ def _output_name(name: str, wide: bool) -> bool:
     if name in ("mean", "sample", "value") or (wide and name == "channel"):
         return True
     try:
-        return name.startswith("q") and quantile_name(float(name[1:])) == name
+        q = float(name[1:])
     except ValueError:
         return False
+    return name.startswith("q") and 0 < q < 1 and quantile_name(q) == name
 
 
 def quantile_name(q: float) -> str:
