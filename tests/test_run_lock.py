@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import lightning as L
 import pytest
 from test_cli import TINY, run_main
 
@@ -87,3 +89,54 @@ def test_the_other_processes_of_a_data_parallel_run_share_the_first_ones_directo
         monkeypatch.setenv(variable, "0")
         with pytest.raises(RunDirInUseError), run_dir_lock(tmp_path):
             pass
+
+
+def test_a_sweep_job_refused_there_writes_nothing_into_the_other_runs_directory(
+        tmp_path, monkeypatch):
+    # two searches sharing a sweep dir can pick the same job directory: the refused job wrote
+    # job_status.json "failed" into the other run's directory (a review)
+    sweep = tmp_path / "sweep"
+    job = sweep / "x"
+    (job / ".hydra").mkdir(parents=True)
+    holder = hold_lock(job)
+    try:
+        with pytest.raises(SystemExit) as stop:  # one failed job: exit status 1
+            run_main(train_cli, ["latentode-train", "-m", f"hydra.sweep.dir={sweep}",
+                                 "hydra.sweep.subdir=x", "seed=5", "trainer.max_epochs=1",
+                                 *TINY], monkeypatch)
+        assert stop.value.code == 1
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert not (job / "job_status.json").exists()
+    with open(sweep / "summary.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["status"] == "failed"
+    assert "RunDirInUseError" in row["error"] and "is in use by another" in row["error"]
+
+
+class Intruder(L.Callback):
+    """Rewrites the run's config mid-training, as a refused sweep job's Hydra does."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        (self.path / ".hydra" / "config.yaml").write_text("seed: 5  # another command's\n")
+
+
+def test_a_run_puts_back_its_config_files_that_another_command_rewrote(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=1",
+                         "+callbacks.intruder._target_=test_run_lock.Intruder",
+                         f"+callbacks.intruder.path={run}", *TINY], monkeypatch)
+    written = (run / ".hydra" / "config.yaml").read_text()
+    assert "another command" not in written and "intruder" in written
+    assert "config.yaml had been rewritten by another command" in (run / "train.log").read_text()
+
+
+def test_the_hint_names_the_option_that_chose_the_directory(tmp_path):
+    with run_dir_lock(tmp_path, "paths.output_dir"), pytest.raises(
+            RunDirInUseError, match=r"train into another directory \(paths\.output_dir=\.\.\.\)"
+    ), run_dir_lock(tmp_path, "paths.output_dir"):
+        pass

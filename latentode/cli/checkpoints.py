@@ -489,6 +489,20 @@ def refuse_replacing_a_run(run_dir: Path, asked_last: bool = False,
         f"({where}), or move this one away first.{lost}")
 
 
+def keep_own_run_files(record: dict[str, Any], run_dir: Path) -> None:
+    """At the end of a run, put back its ``.hydra`` files (as its run ``record`` holds them)
+    where another command into the same directory rewrote them before it was refused (a
+    sweep's job, whose files Hydra writes before any callback could keep the run's)."""
+    hydra_dir = run_dir / ".hydra"
+    files = record.get("files") or {}
+    changed = [name for name, text in files.items() if (hydra_dir / name).is_file()
+               and (hydra_dir / name).read_text(encoding="utf-8") != text]
+    if changed:
+        restore_run_files(record, hydra_dir)
+        log.warning("%s: %s had been rewritten by another command (refused there); put back",
+                    hydra_dir, ", ".join(changed))
+
+
 def restore_run_files(record: dict[str, Any], hydra_dir: Path) -> None:
     """Write back the ``.hydra`` files a checkpoint's run record holds (checkpoints of older
     versions hold only the config and overrides)."""

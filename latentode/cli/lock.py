@@ -48,16 +48,19 @@ def first_process() -> bool:
 
 
 @contextlib.contextmanager
-def run_dir_lock(run_dir: str | Path) -> Iterator[None]:
+def run_dir_lock(run_dir: str | Path, option: str = "hydra.run.dir") -> Iterator[None]:
     """Hold ``run_dir``'s lock while the block runs; :class:`RunDirInUseError` when another
-    process holds it. Where locks are not available (no ``fcntl``, a file system without
-    ``flock``) the block runs unlocked, with a line in the log."""
+    process holds it (``option``: the setting that names another directory). Where locks are
+    not available (no ``fcntl``: Windows; a file system without ``flock``) the block runs
+    unlocked, with a line in the log."""
+    if _fcntl is None:
+        log.info("%s is not locked against a second run (no fcntl on this system)", run_dir)
     if _fcntl is None or not first_process():
         yield
         return
     path = Path(run_dir) / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = _locked_handle(path)
+    handle = _locked_handle(path, option)
     if handle is None:
         yield
         return
@@ -71,7 +74,7 @@ def run_dir_lock(run_dir: str | Path) -> Iterator[None]:
         handle.close()
 
 
-def _locked_handle(path: Path) -> IO[str] | None:
+def _locked_handle(path: Path, option: str) -> IO[str] | None:
     """An open, exclusively locked handle of ``path`` with this process's description written
     in it; None when the file system refuses locks."""
     for _ in range(10):  # the file unlinked between open and lock: try the new one
@@ -86,7 +89,7 @@ def _locked_handle(path: Path) -> IO[str] | None:
                 f"{path.parent} is in use by another latentode-train ({holder}): two runs in "
                 "one directory overwrite each other's checkpoints and metrics. Wait for it to "
                 "end (a resume then goes on from its last.ckpt), stop it, or train into another "
-                "directory (hydra.run.dir=...).") from None
+                f"directory ({option}=...).") from None
         except OSError as error:  # (ENOLCK, EOPNOTSUPP: some network file systems)
             handle.close()
             log.info("%s cannot be locked (%s): a second run into it would not be refused",
@@ -103,7 +106,7 @@ def _locked_handle(path: Path) -> IO[str] | None:
         handle.truncate()
         started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}: "
-                     f"{' '.join(sys.argv[:1] + sys.argv[1:][:12])}\n")
+                     f"{' '.join(sys.argv)}\n")
         handle.flush()
         return handle
     log.info("%s: its lock file kept changing; not locked", path.parent)

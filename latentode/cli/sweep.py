@@ -679,6 +679,15 @@ def refresh_enclosing_sweep(run_dir: str | Path) -> Path | None:
         return None
 
 
+_REFUSED: dict[str, BaseException] = {}  # job dir -> why the job was refused there
+
+
+def record_refused_job(run_dir: str | Path, error: BaseException) -> None:
+    """A job refused before it wrote anything in ``run_dir`` (another run trains there): its
+    row in the summary says so, and no ``job_status.json`` is written into the other's dir."""
+    _REFUSED[str(Path(run_dir))] = error
+
+
 _FAILED = [0]  # failed jobs of the last sweep in this process, for the command's exit status
 
 
@@ -753,7 +762,11 @@ class SweepSummary(Callback):
         wall = time.perf_counter() - started if started is not None else float("nan")
         job = job_number(str(sweep_dir), config.hydra.job.num)
         record_path = run_dir / JOB_RECORD
-        if job_return.status == JobStatus.FAILED:
+        refused = _REFUSED.pop(str(run_dir), None)
+        metrics: dict[str, Any]
+        if refused is not None:
+            status, metrics, error = "failed", {}, error_message(refused)
+        elif job_return.status == JobStatus.FAILED:
             status, metrics = "failed", {}
             error = error_message(job_return._return_value)
         elif record_path.is_file():

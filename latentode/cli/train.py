@@ -46,6 +46,7 @@ from latentode.cli import config_dir
 from latentode.cli.checkpoints import (
     RunRecord,
     check_resume,
+    keep_own_run_files,
     keep_run_settings,
     put_back_run_files,
     read_checkpoint,
@@ -56,7 +57,12 @@ from latentode.cli.checkpoints import (
 from latentode.cli.errors import input_errors
 from latentode.cli.lock import RunDirInUseError, run_dir_lock
 from latentode.cli.options import refuse_unread_settings
-from latentode.cli.sweep import failed_jobs, refresh_enclosing_sweep, write_job_record
+from latentode.cli.sweep import (
+    failed_jobs,
+    record_refused_job,
+    refresh_enclosing_sweep,
+    write_job_record,
+)
 from latentode.cli.typos import run_app
 from latentode.data.labels import check_label_head, label_head_size
 from latentode.lit.csv_logger import RunCSVLogger
@@ -559,15 +565,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for group in ("data", "module", "trainer", "callbacks", "logger"):  # model: build_model
         check_arguments(cfg.get(group), group)
     run_dir = output_dir(cfg)
+    own = HydraConfig.initialized() and Path(
+        HydraConfig.get().runtime.output_dir).resolve() != run_dir.resolve()
+    record: dict[str, Any] = {}  # this run's RunRecord, once made
     try:
-        with run_dir_lock(run_dir):
-            return _train(cfg, run_dir)
+        with run_dir_lock(run_dir, "paths.output_dir" if own else "hydra.run.dir"):
+            try:
+                return _train(cfg, run_dir, record)
+            finally:
+                keep_own_run_files(record, run_dir)
     except RunDirInUseError:  # Hydra has written this command's .hydra files over the other's
         put_back_run_files(run_dir)
         raise
 
 
-def _train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, float]:
     asked_last = cfg.get("ckpt_path") == "last"
     try:
         resolve_last_checkpoint(cfg)
@@ -595,7 +607,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if no_validation:
         callbacks = drop_validation_monitors(callbacks, no_validation)
     task, search = run_overrides()
-    callbacks.append(RunRecord(cfg, task, run_dir, search))
+    run_record = RunRecord(cfg, task, run_dir, search)
+    record.update(run_record.record)
+    callbacks.append(run_record)
     loggers = build_group(cfg.get("logger"))
     skip = {"limit_val_batches": 0} if no_validation and (cfg.trainer or {}).get(
         "limit_val_batches") is None else {}  # (Lightning: "Total length ... is zero")
@@ -895,6 +909,10 @@ def sweep_job(cfg: DictConfig, run_dir: Path) -> float | None:
     """
     try:
         metrics = train(cfg)
+    except RunDirInUseError as refused:  # the directory is another run's: nothing written there
+        log.error("job refused: %s", refused)
+        record_refused_job(run_dir, refused)
+        return None
     except TrainingInterrupted as stop:  # the sweep stops too: recorded, its table written
         write_job_record(run_dir, "interrupted", error=stop)
         record_stopped_job(run_dir, stop, recorded=True)
