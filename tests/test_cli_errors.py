@@ -99,3 +99,22 @@ def test_only_errors_latentode_raised_on_purpose_are_shortened():
     with pytest.raises(ValueError) as slip:  # a failed unpacking in our code is a bug: traced
         exec(compile("a, b = [1, 2, 3]", errors.__file__, "exec"))  # as if at its line 1
     assert not raised_by_latentode(slip.value)
+
+
+def test_warnings_of_the_commands_show_no_location_of_ours():
+    """Under ``python -m latentode.cli.train`` a data warning was logged as ``<frozen
+    runpy>:198: UserWarning: ...`` (every frame is latentode's or a library's, so the
+    outermost is runpy's), and elsewhere with a source line of ours, read as the problem's."""
+    import os
+
+    import latentode
+    from latentode.utils.stack import format_warning_for_commands
+
+    ours = os.path.join(os.path.dirname(latentode.__file__), "data", "datamodule.py")
+    for filename in ("<frozen runpy>", ours, "/venv/bin/latentode-train"):
+        assert format_warning_for_commands("scale it", UserWarning, filename, 198,
+                                           "warn(...)") == "UserWarning: scale it\n"
+    # a user's own module (a _target_ of theirs) keeps where it warned
+    shown = format_warning_for_commands("odd", RuntimeWarning, "/home/u/my_decoder.py", 7,
+                                        "x = 1")
+    assert shown == "/home/u/my_decoder.py:7: RuntimeWarning: odd\n  x = 1\n"

@@ -68,6 +68,7 @@ from latentode.data.labels import check_label_head, label_head_size
 from latentode.lit.csv_logger import RunCSVLogger
 from latentode.lit.plots import plot_test_series
 from latentode.models import ODERNN, LatentODE
+from latentode.utils.stack import format_warning_for_commands
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ def quiet_known_warnings() -> None:
     # run in one process (tests, notebooks) installs it again if something restored showwarning
     logging.captureWarnings(False)
     logging.captureWarnings(True)
+    warnings.formatwarning = format_warning_for_commands  # (no "<frozen runpy>:198:")
     drop_adverts()
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec")
     warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _LIBRARIES = tuple(f"{os.sep}{name}{os.sep}" for name in (
@@ -26,3 +27,19 @@ def user_stacklevel() -> int:
         frame = frame.f_back
         level += 1
     return level
+
+
+_DEFAULT_FORMAT = warnings.formatwarning
+
+
+def format_warning_for_commands(message: Warning | str, category: type[Warning],
+                                filename: str, lineno: int, line: str | None = None) -> str:
+    """``warnings.formatwarning`` for latentode's commands: a warning whose location is inside
+    latentode, its libraries or the command itself (every frame is: no user code runs there)
+    is shown as ``Category: message`` alone; the location was ``<frozen runpy>:198`` under
+    ``python -m`` and the source line one of ours, read as where the problem was. Warnings
+    from elsewhere (a user's own module named by ``_target_``) keep the location."""
+    name = os.path.basename(filename)
+    if _internal(filename) or name.startswith("latentode-"):
+        return f"{category.__name__}: {message}\n"
+    return _DEFAULT_FORMAT(message, category, filename, lineno, line)
