@@ -223,6 +223,12 @@ def test_daily_grid_keeps_its_days_across_a_clock_change():
     night = pd.Timestamp("2024-03-30 22:00", tz="Europe/Berlin")
     grid = forecast_grid(night, "datetime", "12h", "6h", None)
     assert list(grid - night) == [pd.Timedelta("6h"), pd.Timedelta("12h")], grid
+    # and so are hourly steps over whole days: "24h" or "1D" of "6h" steps are 4 steps, as
+    # with n=4 (they were 3 across the spring change: a review)
+    for horizon, freq in (("24h", "6h"), ("1D", "6h"), ("2D", "12h")):
+        grid = forecast_grid(night, "datetime", horizon, freq, None)
+        assert grid[-1] - night == pd.Timedelta(horizon) and len(grid) == 4, grid
+    assert (forecast_grid(night, "datetime", "1D", None, 4) - night)[-1] == pd.Timedelta("24h")
 
 
 def test_naive_times_on_a_clock_change_are_read_alike_and_said():

@@ -158,11 +158,13 @@ def _datetime_grid(last: pd.Timestamp, horizon: Any, freq: Any, n: Any) -> pd.Da
         ) from err
     if span is not None:
         end = last + span
-        if last.tz is not None and span % pd.Timedelta(days=1) == pd.Timedelta(0):
-            # "7D" of daily steps is 7 days of the wall clock: across a clock change a
-            # calendar day is 23 or 25 hours, and the 7th step fell past 168 h. A horizon of
-            # hours is elapsed time: "12h" of "6h" steps kept one step when the clocks went
-            # forward in between (12 h of elapsed time end at 11:00 of the wall clock)
+        calendar = isinstance(offset, pd.offsets.Day) or not isinstance(offset, pd.offsets.Tick)
+        if last.tz is not None and calendar:
+            # steps of the wall clock ("D", "W", "MS"): "7D" of daily steps is 7 days of the
+            # wall clock, whereas across a clock change a calendar day is 23 or 25 hours (the
+            # 7th step fell past 168 h). Steps of elapsed time ("6h") count elapsed time, as
+            # n= does: "12h" or "1D" of "6h" steps kept one step fewer when the clocks went
+            # forward in between ("24h" read as a whole day ended 23 h later)
             end = (last.tz_localize(None) + span).tz_localize(
                 last.tz, ambiguous=False, nonexistent="shift_forward")
         grid = pd.date_range(start=last, end=end, freq=offset)
