@@ -831,6 +831,10 @@ def test_error_channels_differ_from_training(fitted, data):
         fitted.predict(data.drop(columns="y"))
     unmeasured = fitted.predict(data.assign(y=float("nan")), horizon=1.0, n=2, num_samples=10)
     assert np.isfinite(unmeasured["mean"]).all()  # the hint works: y forecast from x alone
+    # a channel spelt otherwise is named (a review: SpO2 / spo2 got no suggestion)
+    with pytest.raises(ValueError, match=r"missing \['y'\]; not in training \['Y'\]\).* "
+                                         r"float\('nan'\)\. Did you mean 'Y' for 'y'\?$"):
+        fitted.predict(data.rename(columns={"y": "Y"}))
 
 
 def test_numbers_kept_as_text_predict_as_they_trained(fitted, data):

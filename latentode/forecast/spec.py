@@ -9,6 +9,7 @@ type or channels differ from training, with messages that name both sides.
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -210,7 +211,8 @@ class DataSpec:
             if missing:
                 raise ValueError(
                     f"{what} lacks value column(s) {missing}: the model was trained on channels "
-                    f"{self.channels}; {what} has columns {[str(c) for c in df.columns]}. A "
+                    f"{self.channels}; {what} has columns {[str(c) for c in df.columns]}."
+                    f"{_did_you_mean(missing, list(by_name))} A "
                     "channel not measured in these series is an all-NaN column: "
                     f"df[{str(missing[0])!r}] = float('nan')."
                     + (" A tidy frame (one row per observation) needs a forecaster made for "
@@ -242,6 +244,7 @@ class DataSpec:
                 "columns (fit with value_cols=[...] to ignore other columns)"
                 + (f"; a channel not measured in these series is an all-NaN column: "
                    f"df[{missing[0]!r}] = float('nan')." if missing else ".")
+                + _did_you_mean(missing, extra)
             )
         return [by_name[c] for c in self.channels]
 
@@ -287,6 +290,18 @@ def check_quantiles(quantiles: Sequence[float] | None) -> list[float]:
             )
         out.append(value)
     return out
+
+
+def _did_you_mean(missing: Sequence[str], present: Sequence[str]) -> str:
+    """`` Did you mean 'spo2' for 'SpO2'?`` for missing columns close to present ones (case
+    aside), or ''."""
+    lower = {p.lower(): p for p in map(str, present)}
+    pairs = []
+    for name in missing:
+        close = difflib.get_close_matches(str(name).lower(), list(lower), n=1)
+        if close:
+            pairs.append(f"{lower[close[0]]!r} for {str(name)!r}")
+    return f" Did you mean {', '.join(pairs)}?" if pairs else ""
 
 
 def _output_name(name: str, wide: bool) -> bool:
