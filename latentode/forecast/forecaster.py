@@ -1434,10 +1434,12 @@ def _calibrate(model: nn.Module, datamodule: Any,
     for text in texts:
         warnings.warn(text, stacklevel=3)
     log.info("predictive noise calibrated on %s points of the %s split: std %s (model units; "
-             "obs_std %s)", calibration.points, split,
-             ", ".join(f"{v:.4g}" for v in calibration.std), format_obs_std(calibration.obs_std))
+             "obs_std %s)", calibration.points, split, ", ".join(
+                 f"{name} {v:.4g}" for name, v in zip(channels, calibration.std, strict=False)),
+             format_obs_std(calibration.obs_std))
     if calibration.lead_times:
-        log.info("forecast noise over lead time (model units): %s",
+        log.info("forecast noise over lead time (model units; channels %s): %s",
+                 ", ".join(channels),
                  "; ".join(f"{t:.3g}: " + ", ".join(f"{v:.3g}" for v in row) for t, row in
                            zip(calibration.lead_times, calibration.lead_std, strict=True)))
     return calibration, chosen
