@@ -1369,3 +1369,21 @@ def test_names_the_forecasts_do_not_use_are_free():
     with pytest.raises(ValueError, match=r"sample: this forecaster's id_col is 'value', a name "
                        r"its frame gives to a column of its own \(channel, sample, value\)"):
         loaded.check_no_clash(["sample", "value"], "sample")
+
+
+def test_a_numeric_column_the_training_frame_lacked_is_said_to_be_unused(data, tmp_path):
+    """With the channels named at fit (value_cols, ignore_cols, label_col), a later frame's new
+    column (a vital added to the table) was silently left out; the training frame's own other
+    columns (age, chosen out of the channels) stay quiet."""
+    torch.set_num_threads(1)
+    frame = data.assign(age=50.0)
+    fc = LatentODEForecaster({**TINY, "trainer.max_epochs": 1}).fit(frame, value_cols=["x", "y"])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*not channels of the model")
+        fc.predict(frame, horizon=1.0, n=1, num_samples=5)
+    fc.save(tmp_path / "fc")
+    for model in (fc, LatentODEForecaster.load(tmp_path / "fc")):
+        with pytest.warns(UserWarning, match=r"df has numeric column\(s\) \['RR'\] that the frame "
+                          r"the model was fitted on had not: they are not channels of the model "
+                          r"and are not used \(its channels: \['x', 'y'\]\)"):
+            model.predict(frame.assign(RR=15.0), horizon=1.0, n=1, num_samples=5)

@@ -374,6 +374,7 @@ class LatentODEForecaster:
         )
 
         subsets_mode(subsets)  # a wrong value refused before training, not after
+        frame_columns = [str(c) for c in train_df.columns]  # (ignore_cols included)
         if self._composed is None:  # loaded: compose afresh for a new fit
             self._composed = compose_train_config(self.config_overrides)
         cfg = copy.deepcopy(self._composed)
@@ -410,6 +411,7 @@ class LatentODEForecaster:
             else [str(c) for c in value_cols],
             channel_col=channel_col, value_col=value_col, time_unit=time_unit,
             train_span=min(longest_span(train), window_span), label_names=train.label_names,
+            train_columns=None if channel_col is not None else frame_columns,
         )
         spec.check_output_names()  # before training
         data, split = train, ["train"] * len(train)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from latentode.data import IrregularDataset, TimeTransform, from_dataframe
+from latentode.utils.stack import user_stacklevel
 
 SPEC_VERSION = 1
 
@@ -50,6 +52,9 @@ class DataSpec:
         value_range: per channel ``[lowest, highest]`` of the training values in model units
             (None for a channel never observed; the field None: not recorded, forecasters saved
             before 2026-12-07): histories far outside it are warned about.
+        train_columns: the columns of the wide frame ``fit`` was given (None: unknown, tidy, or
+            saved before 2026-12-07): a later frame's numeric columns beyond them are warned
+            about (a new vital added to the table was silently unused).
         subsets: ``Subsets.to_json()`` of the forecaster's subset conditioning (each posterior
             sample conditioned on a random subset of a series' points drawn as in training:
             ``latentode.forecast.subsets``), or None: on all of them.
@@ -72,6 +77,7 @@ class DataSpec:
     walk_origin: str = "batch"
     subsets: dict[str, Any] | None = None
     value_range: list[list[float] | None] | None = None
+    train_columns: list[str] | None = None
 
     def check_output_names(self) -> None:
         """Refuse id, time or (tidy) channel columns named like a column the forecasts add
@@ -102,6 +108,20 @@ class DataSpec:
                     f"to a column of its own ({', '.join(taken)}): the ids would be lost. "
                     "Rename that column of the training data and fit again (a run: train it "
                     "again on the renamed file).")
+
+    def _warn_new_columns(self, df: pd.DataFrame, what: str) -> None:
+        """Numeric columns of ``df`` the training frame did not have: not channels, unused."""
+        if self.train_columns is None:
+            return
+        known = {*self.train_columns, str(self.id_col), str(self.time_col)}
+        new = [str(c) for c in df.columns if str(c) not in known
+               and pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
+        if new:
+            warnings.warn(
+                f"{what} has numeric column(s) {new[:8]} that the frame the model was fitted on "
+                f"had not: they are not channels of the model and are not used (its channels: "
+                f"{self.channels}). Fit again with them to use them.",
+                stacklevel=user_stacklevel())
 
     def _named_columns(self) -> list[tuple[str, Any]]:
         roles = [("id_col", self.id_col), ("time_col", self.time_col)]
@@ -219,6 +239,7 @@ class DataSpec:
                        "tidy frames: fit or from_model with channel_col= and value_col=."
                        if len(missing) == len(self.value_cols) else "")
                 )
+            self._warn_new_columns(df, what)
             return [by_name[c] for c in self.value_cols]
         reserved = {str(self.id_col), str(self.time_col)}
         # a training channel is taken whatever its dtype: fit reads numbers kept as text (a
