@@ -118,3 +118,15 @@ def test_warnings_of_the_commands_show_no_location_of_ours():
     shown = format_warning_for_commands("odd", RuntimeWarning, "/home/u/my_decoder.py", 7,
                                         "x = 1")
     assert shown == "/home/u/my_decoder.py:7: RuntimeWarning: odd\n  x = 1\n"
+
+
+def test_a_command_run_in_process_leaves_the_warning_display_as_it_was(tmp_path, monkeypatch):
+    """A notebook calling a command's main() kept its warnings going into that run's log file,
+    formatted without locations, for the rest of the session (a review)."""
+    import warnings
+
+    shown, formatted = warnings.showwarning, warnings.formatwarning
+    run_main(train_cli, ["latentode-train", f"hydra.run.dir={tmp_path / 'run'}",
+                         "trainer.fast_dev_run=true", "data.dataset.n_series=20",
+                         "data.dataset.n_points=30"], monkeypatch)
+    assert warnings.showwarning is shown and warnings.formatwarning is formatted

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -319,7 +321,21 @@ def explain_failed_composition(config_name: str, argv: list[str] | None = None,
 def run_app(app: Callable[[], Any], config_name: str, command: str,
             plus_refused: bool = True, started: Callable[[], bool] = lambda: False) -> Any:
     """Run a ``@hydra.main`` app; when it exits with status 1 (or raises, under
-    ``HYDRA_FULL_ERROR=1``) before ``started()`` says the task ran, add the hint to the error."""
+    ``HYDRA_FULL_ERROR=1``) before ``started()`` says the task ran, add the hint to the error.
+    The warning filters, display and format the command sets (warnings into its log file,
+    ``UserWarning: message``) are its own: put back when it returns, so that a command run
+    in-process (a notebook, a script) leaves later warnings as they were."""
+    shown, formatted = warnings.showwarning, warnings.formatwarning
+    try:
+        with warnings.catch_warnings():
+            return _run_app(app, config_name, command, plus_refused, started)
+    finally:
+        logging.captureWarnings(False)  # (logging's record of what it replaced, reset)
+        warnings.showwarning, warnings.formatwarning = shown, formatted
+
+
+def _run_app(app: Callable[[], Any], config_name: str, command: str, plus_refused: bool,
+             started: Callable[[], bool]) -> Any:
     try:
         return app()
     except BrokenPipeError:  # `latentode-train --help | head`: the reader left, not an error
