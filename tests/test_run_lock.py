@@ -113,6 +113,7 @@ def test_a_sweep_job_refused_there_writes_nothing_into_the_other_runs_directory(
         (row,) = list(csv.DictReader(f))
     assert row["status"] == "failed"
     assert "RunDirInUseError" in row["error"] and "is in use by another" in row["error"]
+    assert "(hydra.sweep.dir=...)" in row["error"]  # not hydra.run.dir, which no sweep reads
 
 
 class Intruder(L.Callback):

@@ -569,9 +569,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_dir = output_dir(cfg)
     own = HydraConfig.initialized() and Path(
         HydraConfig.get().runtime.output_dir).resolve() != run_dir.resolve()
+    sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    option = "paths.output_dir" if own else "hydra.sweep.dir" if sweep else "hydra.run.dir"
     record: dict[str, Any] = {}  # this run's RunRecord, once made
     try:
-        with run_dir_lock(run_dir, "paths.output_dir" if own else "hydra.run.dir"):
+        with run_dir_lock(run_dir, option):
             try:
                 return _train(cfg, run_dir, record)
             finally:
