@@ -229,6 +229,18 @@ def test_daily_grid_keeps_its_days_across_a_clock_change():
         grid = forecast_grid(night, "datetime", horizon, freq, None)
         assert grid[-1] - night == pd.Timedelta(horizon) and len(grid) == 4, grid
     assert (forecast_grid(night, "datetime", "1D", None, 4) - night)[-1] == pd.Timedelta("24h")
+    # a daily step on a time the clocks skip or show twice raised pandas' "nonexistent time
+    # ... Try using the 'nonexistent' argument" (midnight data in Santiago; 02:30 in New York):
+    # read as just after the gap, and as the later (standard-time) one (a review)
+    grid = forecast_grid(pd.Timestamp("2025-09-05", tz="America/Santiago"), "datetime", "7D",
+                         "D", None)
+    assert len(grid) == 7 and str(grid[1]) == "2025-09-07 01:00:00-03:00", grid
+    grid = forecast_grid(pd.Timestamp("2025-03-08 02:30", tz="America/New_York"), "datetime",
+                         None, "D", 2)
+    assert [str(t) for t in grid] == ["2025-03-09 03:00:00-04:00", "2025-03-10 02:30:00-04:00"]
+    fall = pd.Timestamp("2025-11-01 01:30", tz="America/New_York")
+    grid = forecast_grid(fall, "datetime", "2D", "D", None)
+    assert [str(t) for t in grid] == ["2025-11-02 01:30:00-05:00", "2025-11-03 01:30:00-05:00"]
 
 
 def test_naive_times_on_a_clock_change_are_read_alike_and_said():

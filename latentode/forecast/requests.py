@@ -156,24 +156,38 @@ def _datetime_grid(last: pd.Timestamp, horizon: Any, freq: Any, n: Any) -> pd.Da
             f"freq must be a pandas frequency for datetime times (e.g. 'D', '6h', 'MS' or a "
             f"pd.Timedelta), got {freq!r}."
         ) from err
-    if span is not None:
-        end = last + span
+    start = last
+    if last.tz is not None:
+        # Steps of the wall clock ("D", "W", "MS") are laid on the wall clock and then placed
+        # in the zone: "7D" of daily steps is 7 days of the wall clock, whereas across a clock
+        # change a calendar day is 23 or 25 hours (the 7th step fell past 168 h), and a step on
+        # a time the clocks skip or show twice raised pandas' "nonexistent time" (midnight
+        # data in Santiago, Havana, Beirut). Steps of elapsed time ("6h") count elapsed time,
+        # as n= does ("1D" of "6h" steps: 4, not 3 when the clocks went forward).
         calendar = isinstance(offset, pd.offsets.Day) or not isinstance(offset, pd.offsets.Tick)
-        if last.tz is not None and calendar:
-            # steps of the wall clock ("D", "W", "MS"): "7D" of daily steps is 7 days of the
-            # wall clock, whereas across a clock change a calendar day is 23 or 25 hours (the
-            # 7th step fell past 168 h). Steps of elapsed time ("6h") count elapsed time, as
-            # n= does: "12h" or "1D" of "6h" steps kept one step fewer when the clocks went
-            # forward in between ("24h" read as a whole day ended 23 h later)
-            end = (last.tz_localize(None) + span).tz_localize(
-                last.tz, ambiguous=False, nonexistent="shift_forward")
-        grid = pd.date_range(start=last, end=end, freq=offset)
-        grid = grid[grid > last]
-        if len(grid) == 0:
-            raise ValueError(f"horizon={horizon!r} is shorter than one step of freq={freq!r}.")
-        return grid
-    grid = pd.date_range(start=last, periods=int(n) + 1, freq=offset)
-    return grid[grid > last][: int(n)]
+        start = last.tz_localize(None) if calendar else last.tz_convert("UTC")
+    if span is not None:
+        grid = pd.date_range(start=start, end=start + span, freq=offset)
+    else:
+        grid = pd.date_range(start=start, periods=int(n) + 1, freq=offset)
+    grid = grid[grid > start]
+    if last.tz is not None:
+        grid = (_on_wall_clock(grid, last.tz) if grid.tz is None
+                else grid.tz_convert(last.tz))
+        grid = grid[grid > last].unique()
+    if n is not None and span is None:
+        grid = grid[: int(n)]
+    if len(grid) == 0:
+        raise ValueError(f"horizon={horizon!r} is shorter than one step of freq={freq!r}.")
+    return grid
+
+
+def _on_wall_clock(grid: pd.DatetimeIndex, tz: Any) -> pd.DatetimeIndex:
+    """Naive wall-clock times placed in zone ``tz``: one the clocks skip reads as just after
+    the gap, one they show twice as the later, standard-time one (as naive times given to
+    zoned data are read, :func:`align_tz`)."""
+    return grid.tz_localize(tz, ambiguous=np.zeros(len(grid), dtype=bool),
+                            nonexistent="shift_forward")
 
 
 def requested_times(
