@@ -1393,9 +1393,12 @@ def test_a_numeric_column_the_training_frame_lacked_is_said_to_be_unused(data, t
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*not channels of the model")
         fc.predict(frame, horizon=1.0, n=1, num_samples=5)
+        # impute's own columns and reset_index's are not new vitals (a review)
+        filled = fc.impute(frame, quantiles=(0.1, 0.9), indicator=True, num_samples=5)
+        fc.predict(filled.reset_index(), horizon=1.0, n=1, num_samples=5)
     fc.save(tmp_path / "fc")
     for model in (fc, LatentODEForecaster.load(tmp_path / "fc")):
         with pytest.warns(UserWarning, match=r"df has numeric column\(s\) \['RR'\] that the frame "
                           r"the model was fitted on had not: they are not channels of the model "
-                          r"and are not used \(its channels: \['x', 'y'\]\)"):
+                          r"and are not used \(its channels: \['x', 'y'\]\); to model them"):
             model.predict(frame.assign(RR=15.0), horizon=1.0, n=1, num_samples=5)

@@ -113,15 +113,27 @@ class DataSpec:
         """Numeric columns of ``df`` the training frame did not have: not channels, unused."""
         if self.train_columns is None:
             return
-        known = {*self.train_columns, str(self.id_col), str(self.time_col)}
-        new = [str(c) for c in df.columns if str(c) not in known
+        known = {*self.train_columns, str(self.id_col), str(self.time_col), "index"}
+        new = [str(c) for c in df.columns if str(c) not in known and not self._ours(str(c))
                and pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
         if new:
             warnings.warn(
                 f"{what} has numeric column(s) {new[:8]} that the frame the model was fitted on "
                 f"had not: they are not channels of the model and are not used (its channels: "
-                f"{self.channels}). Fit again with them to use them.",
+                f"{self.channels}); to model them, fit again with them.",
                 stacklevel=user_stacklevel())
+
+    def _ours(self, name: str) -> bool:
+        """Whether ``name`` is a column impute adds to a wide frame (``x_q0.05``, ``x_imputed``)
+        or pandas' ``reset_index`` does (``level_0``)."""
+        if name.startswith("level_") and name[6:].isdigit():
+            return True
+        for channel in self.channels:
+            rest = name[len(channel):] if name.startswith(channel) else None
+            if rest == "_imputed" or (rest and rest.startswith("_")
+                                      and _quantile_column(rest[1:])):
+                return True
+        return False
 
     def _named_columns(self) -> list[tuple[str, Any]]:
         roles = [("id_col", self.id_col), ("time_col", self.time_col)]
@@ -330,6 +342,11 @@ def _output_name(name: str, wide: bool) -> bool:
     a quantile's (:func:`quantile_name`), and, for wide data, ``channel``."""
     if name in ("mean", "sample", "value") or (wide and name == "channel"):
         return True
+    return _quantile_column(name)
+
+
+def _quantile_column(name: str) -> bool:
+    """Whether ``name`` is a quantile's column (:func:`quantile_name` of a level in (0, 1))."""
     try:
         q = float(name[1:])
     except ValueError:
