@@ -436,6 +436,8 @@ def test_unscaled_channels_far_from_unit_spread_are_warned_about():
     tiny = df.assign(**{c: df[c] * 0.001 for c in ("c0", "c1", "c2")})
     assert all(f"'{c}'" in " ".join(setup(tiny)) for c in ("c0", "c1", "c2"))
     assert setup(df.assign(c2=df["c2"] * 0.001)) == []  # narrow beside unit channels: fine
+    said = setup(df.assign(c0=df["c0"] + 1000))  # unit spread far from zero (a review)
+    assert len(said) == 1 and re.search(r"'c0' \(std [\d.]+, mean (999|1\.0\de\+03)\)", said[0])
     assert setup(wide, scale=True) == []
 
 

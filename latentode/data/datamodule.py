@@ -324,9 +324,16 @@ unscaled in units x0.01 / x1 / x10 / x100 / x1000 (channel std 0.007 / 0.7 / 7 /
 the models learn in units of about 1 (weights start at unit scale, Adamax moves each by about
 the learning rate per step)."""
 
+OFFSET_LIMIT = 10.0
+"""Unscaled training channels whose mean lies further from zero are warned about too: the
+encoder reads the raw values. The sines in units x1 (std 0.7) moved up by 5 / 20 / 1000 ended
+at 0.12-0.14 / 0.84-0.90 / 0.82-0.86 of the variance (2 seeds; the decoder's bias started at
+the mean, ``output_bias: auto``), against 0.05-0.06 where they were (mean 1.08)."""
+
 
 def _warn_if_far_from_unit(data: IrregularDataset) -> None:
-    """Name unscaled training channels far from unit spread, with the way out (the scaler)."""
+    """Name unscaled training channels far from unit spread or from zero, with the way out
+    (the scaler)."""
     values = np.asarray(data.values, dtype=np.float64)
     seen = ~np.isnan(values)
     if not seen.any():
@@ -341,7 +348,7 @@ def _warn_if_far_from_unit(data: IrregularDataset) -> None:
     # one wide channel dominates the loss; narrow ones matter only when all are (a narrow
     # channel beside others is fitted less closely, as its errors weigh little: the hopper's
     # qvel3, std 0.035, in the paper's units)
-    far = [c for c in spread if c[1] > high]
+    far = [c for c in spread if c[1] > high or abs(c[2]) > OFFSET_LIMIT]
     if not far and spread and max(c[1] for c in spread) < low:
         far = spread
     if not far:
@@ -350,10 +357,11 @@ def _warn_if_far_from_unit(data: IrregularDataset) -> None:
         f" and {len(far) - 5} more" if len(far) > 5 else "")
     warnings.warn(
         f"data.scale=false, and the training series' channel(s) {named} are far from unit "
-        f"spread (outside {low:g}-{high:g}): the models learn in units of about 1, and on "
-        "such data the default run stayed near the channel means (docs/results.md, Unscaled "
-        "data in other units). Keep data.scale=true (the default: metrics are reported in the "
-        "data's units as well, mse_data) or rescale those channels.",
+        f"spread (std outside {low:g}-{high:g}) or from zero (mean beyond +-{OFFSET_LIMIT:g}): "
+        "the models learn in units of about 1, and on such data the default run stayed near "
+        "the channel means (docs/results.md, Unscaled data in other units). Keep "
+        "data.scale=true (the default: metrics are reported in the data's units as well, "
+        "mse_data) or rescale those channels.",
         stacklevel=user_stacklevel(),
     )
 
