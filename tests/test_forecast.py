@@ -238,6 +238,11 @@ def test_daily_grid_keeps_its_days_across_a_clock_change():
     grid = forecast_grid(pd.Timestamp("2025-03-08 02:30", tz="America/New_York"), "datetime",
                          None, "D", 2)
     assert [str(t) for t in grid] == ["2025-03-09 03:00:00-04:00", "2025-03-10 02:30:00-04:00"]
+    # hourly steps given as a DateOffset count elapsed time too: n=5 gives 5 (were 4: two wall
+    # times in the skipped hour merged; a review)
+    grid = forecast_grid(pd.Timestamp("2025-03-29 23:00", tz="Europe/Berlin"), "datetime", None,
+                         pd.DateOffset(hours=1), 5)
+    assert len(grid) == 5 and (grid.to_series().diff().dropna() == pd.Timedelta("1h")).all()
     fall = pd.Timestamp("2025-11-01 01:30", tz="America/New_York")
     grid = forecast_grid(fall, "datetime", "2D", "D", None)
     assert [str(t) for t in grid] == ["2025-11-02 01:30:00-05:00", "2025-11-03 01:30:00-05:00"]

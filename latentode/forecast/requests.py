@@ -164,12 +164,11 @@ def _datetime_grid(last: pd.Timestamp, horizon: Any, freq: Any, n: Any) -> pd.Da
         # a time the clocks skip or show twice raised pandas' "nonexistent time" (midnight
         # data in Santiago, Havana, Beirut). Steps of elapsed time ("6h") count elapsed time,
         # as n= does ("1D" of "6h" steps: 4, not 3 when the clocks went forward).
-        calendar = isinstance(offset, pd.offsets.Day) or not isinstance(offset, pd.offsets.Tick)
-        start = last.tz_localize(None) if calendar else last.tz_convert("UTC")
+        start = last.tz_localize(None) if _on_the_wall(offset) else last.tz_convert("UTC")
     if span is not None:
         grid = pd.date_range(start=start, end=start + span, freq=offset)
-    else:
-        grid = pd.date_range(start=start, periods=int(n) + 1, freq=offset)
+    else:  # (spares: wall times a skipped hour merges are dropped below)
+        grid = pd.date_range(start=start, periods=int(n) + 8, freq=offset)
     grid = grid[grid > start]
     if last.tz is not None:
         grid = (_on_wall_clock(grid, last.tz) if grid.tz is None
@@ -180,6 +179,20 @@ def _datetime_grid(last: pd.Timestamp, horizon: Any, freq: Any, n: Any) -> pd.Da
     if len(grid) == 0:
         raise ValueError(f"horizon={horizon!r} is shorter than one step of freq={freq!r}.")
     return grid
+
+
+_CLOCK_UNITS = {"hours", "minutes", "seconds", "milliseconds", "microseconds", "nanoseconds"}
+
+
+def _on_the_wall(offset: Any) -> bool:
+    """Whether steps of ``offset`` follow the wall clock (days, weeks, months, business days)
+    rather than elapsed time (hours and less, also as ``pd.DateOffset(hours=1)``)."""
+    if isinstance(offset, pd.offsets.Day):
+        return True
+    if isinstance(offset, pd.offsets.Tick):
+        return False
+    kwds = set(getattr(offset, "kwds", {}) or {})
+    return not (type(offset) is pd.DateOffset and kwds and kwds <= _CLOCK_UNITS)
 
 
 def _on_wall_clock(grid: pd.DatetimeIndex, tz: Any) -> pd.DatetimeIndex:
