@@ -1383,9 +1383,19 @@ def test_names_the_forecasts_do_not_use_are_free():
     # made from a run or loaded (saved before the check): refused only where a frame clashes
     loaded = spec(id_col="value")
     loaded.check_no_clash(["mean", "q0.05"], "predict")
-    with pytest.raises(ValueError, match=r"sample: this forecaster's id_col is 'value', a name "
+    with pytest.raises(ValueError, match=r"sample: this forecaster's id_col 'value' is a name "
                        r"its frame gives to a column of its own \(channel, sample, value\)"):
         loaded.check_no_clash(["sample", "value"], "sample")
+    # a channel named like another's impute column: impute wrote x's quantile over it, its
+    # observed values lost (a review)
+    with pytest.raises(ValueError, match=r"impute: this forecaster's channel 'x_q0\.1' is a "
+                                         r"name its frame gives to a column of its own"):
+        spec(channels=["x", "x_q0.1"]).check_output_names()
+    spec(channels=["x", "x_q0.1"]).check_no_clash(  # loaded: impute without quantiles is fine
+        spec(channels=["x", "x_q0.1"]).impute_columns([]), "impute")
+    with pytest.raises(ValueError, match=r"impute: this forecaster's channel 'x_q0\.1'"):
+        loaded2 = spec(channels=["x", "x_q0.1"])
+        loaded2.check_no_clash(loaded2.impute_columns([0.1, 0.9]), "impute")
 
 
 def test_a_numeric_column_the_training_frame_lacked_is_said_to_be_unused(data, tmp_path):

@@ -96,18 +96,32 @@ class DataSpec:
                     f"({', '.join(ours)}), which would overwrite it: rename that column of the "
                     f"data (df.rename(columns={{{str(name)!r}: 'series'}}) or another name) "
                     "and fit on it.")
+        if not self.tidy:
+            self.check_no_clash(self.impute_columns(), "impute")
+
+    def impute_columns(self, quantiles: Sequence[float] | None = None) -> list[str]:
+        """The columns impute adds to a wide frame: ``<channel>_imputed`` and one per quantile
+        (any level when ``quantiles`` is None: those channels' names that look so)."""
+        added = [f"{c}_imputed" for c in self.channels]
+        if quantiles is not None:
+            return added + [f"{c}_{quantile_name(q)}" for c in self.channels for q in quantiles]
+        return added + [c for c in self.channels if self._ours(c) and not c.startswith("level_")]
 
     def check_no_clash(self, added: Sequence[str], method: str) -> None:
         """Refuse to build ``method``'s frame when one of its ``added`` columns (and, for
-        wide data, ``channel``) would overwrite the id or time column."""
+        wide data, ``channel``) would overwrite the id or time column or, for impute, a
+        channel (``x_q0.1`` beside ``x``)."""
         taken = [*([] if self.tidy else ["channel"]), *map(str, added)]
-        for role, name in self._named_columns():
+        roles = self._named_columns()
+        if method == "impute":
+            roles += [("channel", c) for c in self.channels]
+        for role, name in roles:
             if str(name) in taken:
                 raise ValueError(
-                    f"{method}: this forecaster's {role} is {name!r}, a name its frame gives "
-                    f"to a column of its own ({', '.join(taken)}): the ids would be lost. "
-                    "Rename that column of the training data and fit again (a run: train it "
-                    "again on the renamed file).")
+                    f"{method}: this forecaster's {role} {name!r} is a name its frame gives "
+                    f"to a column of its own ({', '.join(taken[:8])}): its values would be "
+                    "lost. Rename that column of the training data and fit again (a run: "
+                    "train it again on the renamed file).")
 
     def _warn_new_columns(self, df: pd.DataFrame, what: str) -> None:
         """Numeric columns of ``df`` the training frame did not have: not channels, unused."""
