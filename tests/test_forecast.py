@@ -840,6 +840,9 @@ def test_error_series_in_times_not_in_df(fitted, data):
 
 
 def test_error_channels_differ_from_training(fitted, data):
+    # impute's output, quantile columns included, predicts as its input does (a review)
+    filled = fitted.impute(data, quantiles=(0.1, 0.9), num_samples=5)
+    fitted.predict(filled, horizon=1.0, n=1, num_samples=5)
     extra = data.assign(z=1.0)
     with pytest.raises(ValueError, match=r"\['x', 'y', 'z'\] differ from the channels the model "
                                          r"was trained on \['x', 'y'\]"):

@@ -270,11 +270,13 @@ class DataSpec:
         reserved = {str(self.id_col), str(self.time_col)}
         # a training channel is taken whatever its dtype: fit reads numbers kept as text (a
         # CSV's "80.5"), and a stray '?' is named by from_dataframe, not called a missing column
+        # (impute's own columns, x_q0.1 and x_imputed, are passed over: predict on its output)
         numeric = [
             str(c) for c in df.columns
             if str(c) not in reserved and (
                 str(c) in self.channels
-                or (pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])))
+                or (pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+                    and not self._ours(str(c))))
         ]
         if set(numeric) != set(self.channels):
             missing = [c for c in self.channels if c not in numeric]
