@@ -255,6 +255,12 @@ def test_round_trip_static_covariates_and_series_labels():
     ds2 = from_dataframe(df, value_cols=["a", "b"], static_cols=["age", "sex"],
                          label_col="died", label_per="series")
     assert_exact(ds2.to_dataframe(), sorted_frame(df))
+    # covariates of other dtypes come back in them (an int age came back as float64: a review)
+    typed = df.assign(age=df["age"].round().astype("int64"), sex=df["sex"].astype(bool),
+                      weight=df["series_id"].map({1: 70, 2: None}).astype("Int64"))
+    out = from_dataframe(typed, value_cols=["a", "b"], static_cols=["age", "sex", "weight"],
+                         label_col="died").to_dataframe()
+    assert_exact(out[list(typed.columns)], sorted_frame(typed))
 
 
 def test_tidy_series_on_their_own_clocks_need_memory_linear_in_the_rows():

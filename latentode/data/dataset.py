@@ -180,6 +180,19 @@ def parse_duration(value: Any, what: str) -> pd.Timedelta:
     return span
 
 
+def _as_read(column: np.ndarray, dtype: Any) -> Any:
+    """A static covariate stored as floats, back in the dtype it was read with (an int age
+    came back as float64) where that holds its values exactly (not with NaN in an int)."""
+    if dtype is None:
+        return column
+    try:
+        cast = pd.array(column).astype(dtype)
+        back = pd.array(cast).to_numpy(dtype=np.float64, na_value=np.nan)
+    except (TypeError, ValueError):
+        return column
+    return cast if np.array_equal(back, column, equal_nan=True) else column
+
+
 def _is_datetime(raw: Any) -> bool:
     dtype = getattr(raw, "dtype", None)
     return dtype is not None and (
@@ -215,6 +228,7 @@ class IrregularDataset:
     time_transform: TimeTransform
     static: np.ndarray | None = None
     static_names: list[str] | None = None
+    static_dtypes: list[Any] | None = None  # the static columns' dtypes, for to_dataframe
     labels: np.ndarray | None = None
     label_kind: str | None = None
     id_col: str = "series_id"
@@ -343,7 +357,9 @@ class IrregularDataset:
             frame[name] = self.values[:, d]
         if self.static is not None:
             for s, name in enumerate(self.static_names or []):
-                frame[name] = np.repeat(self.static[:, s], n)
+                dtypes = self.static_dtypes or []
+                dtype = dtypes[s] if s < len(dtypes) else None
+                frame[name] = _as_read(np.repeat(self.static[:, s], n), dtype)
         if self.labels is not None and self.label_col:
             labels = np.repeat(self.labels, n) if self.label_kind == "series" else self.labels
             if self.label_names is not None:  # back to the names they were read from

@@ -177,6 +177,7 @@ def from_dataframe(
     if static_cols:
         dataset.static = _per_series(wide, static_cols, offsets, id_col, "static covariate")
         dataset.static_names = list(static_cols)
+        dataset.static_dtypes = [df[c].dtype for c in static_cols]
     if label_col is not None:
         _attach_labels(dataset, wide, label_col, offsets, id_col, label_per)
     return dataset
