@@ -123,10 +123,16 @@ def test_warnings_of_the_commands_show_no_location_of_ours():
 def test_a_command_run_in_process_leaves_the_warning_display_as_it_was(tmp_path, monkeypatch):
     """A notebook calling a command's main() kept its warnings going into that run's log file,
     formatted without locations, for the rest of the session (a review)."""
+    import logging
     import warnings
 
     shown, formatted = warnings.showwarning, warnings.formatwarning
+    handlers = logging.getLogger().handlers[:]
     run_main(train_cli, ["latentode-train", f"hydra.run.dir={tmp_path / 'run'}",
                          "trainer.fast_dev_run=true", "data.dataset.n_series=20",
                          "data.dataset.n_points=30"], monkeypatch)
     assert warnings.showwarning is shown and warnings.formatwarning is formatted
+    # and later logging does not go on into the finished run's log file
+    assert logging.getLogger().handlers == handlers
+    logging.getLogger("after").warning("a line of the calling process")
+    assert "a line of the calling process" not in (tmp_path / "run" / "train.log").read_text()

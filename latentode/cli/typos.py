@@ -326,12 +326,30 @@ def run_app(app: Callable[[], Any], config_name: str, command: str,
     ``UserWarning: message``) are its own: put back when it returns, so that a command run
     in-process (a notebook, a script) leaves later warnings as they were."""
     shown, formatted = warnings.showwarning, warnings.formatwarning
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     try:
         with warnings.catch_warnings():
             return _run_app(app, config_name, command, plus_refused, started)
     finally:
         logging.captureWarnings(False)  # (logging's record of what it replaced, reset)
         warnings.showwarning, warnings.formatwarning = shown, formatted
+        _put_back_root_logging(root, handlers, level)
+
+
+def _put_back_root_logging(root: logging.Logger, handlers: list[logging.Handler],
+                           level: int) -> None:
+    """The root logger's handlers and level as before the command: Hydra's (its run's log
+    file, its console format) are closed, so that later logging of the calling process does
+    not go on into the finished run's ``train.log``."""
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
 
 
 def _run_app(app: Callable[[], Any], config_name: str, command: str, plus_refused: bool,
