@@ -132,6 +132,13 @@ def zone_for_naive_data(tz: Any, accessor: str = "") -> str:
             f"times{accessor}.tz_convert('<that zone>'){accessor}.tz_localize(None).")
 
 
+def later_on_a_change(index: pd.DatetimeIndex, tz: Any) -> pd.DatetimeIndex:
+    """Naive wall-clock times placed in zone ``tz`` without a word: one the clocks skipped
+    reads as just after the gap, one they show twice as the later, standard-time one."""
+    return index.tz_localize(tz, ambiguous=np.zeros(len(index), bool),
+                             nonexistent="shift_forward")
+
+
 def localize_wall_clock(index: pd.DatetimeIndex, tz: Any) -> pd.DatetimeIndex:
     """Naive wall-clock times in zone ``tz``. A time the clocks skipped (spring forward) is
     moved forward by the gap, a time they show twice (fall back) is read as the later, standard-
@@ -144,8 +151,7 @@ def localize_wall_clock(index: pd.DatetimeIndex, tz: Any) -> pd.DatetimeIndex:
     odd = np.asarray(strict.isna() & ~index.isna())
     if not odd.any():
         return strict
-    kept = index.tz_localize(tz, ambiguous=np.zeros(len(index), bool),
-                             nonexistent="shift_forward")
+    kept = later_on_a_change(index, tz)
     shifted = odd & np.asarray(kept.tz_localize(None) != index)
     first = index[int(np.argmax(odd))]
     skipped, repeated = int(shifted.sum()), int(odd.sum() - shifted.sum())

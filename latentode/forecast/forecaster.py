@@ -1291,9 +1291,7 @@ class LatentODEForecaster:
         qs = check_quantiles(quantiles)
         _, spec = self._fitted("impute")
         if not spec.tidy:  # (a channel x_q0.1 beside x: overwritten by x's quantile)
-            spec.check_no_clash(spec.impute_columns(qs)
-                                + ([f"{c}_imputed" for c in spec.channels] if indicator else []),
-                                "impute")
+            spec.check_no_clash(spec.impute_columns(qs), "impute")
         if indicator:
             names = ["imputed"] if spec.tidy else [f"{c}_imputed" for c in spec.channels]
             taken = [n for n in names if n in map(str, df.columns)]

@@ -13,7 +13,12 @@ import numpy as np
 import pandas as pd
 
 from latentode.data import IrregularDataset
-from latentode.data.dataset import localize_wall_clock, parse_duration, zone_for_naive_data
+from latentode.data.dataset import (
+    later_on_a_change,
+    localize_wall_clock,
+    parse_duration,
+    zone_for_naive_data,
+)
 
 Times: TypeAlias = np.ndarray | pd.DatetimeIndex
 
@@ -171,7 +176,9 @@ def _datetime_grid(last: pd.Timestamp, horizon: Any, freq: Any, n: Any) -> pd.Da
         grid = pd.date_range(start=start, periods=int(n) + 8, freq=offset)
     grid = grid[grid > start]
     if last.tz is not None:
-        grid = (_on_wall_clock(grid, last.tz) if grid.tz is None
+        # (a generated step on a skipped or repeated time is placed as a naive history's is,
+        # localize_wall_clock, without its warning: the user gave no such time)
+        grid = (later_on_a_change(grid, last.tz) if grid.tz is None
                 else grid.tz_convert(last.tz))
         grid = grid[grid > last].unique()
     if n is not None and span is None:
@@ -193,14 +200,6 @@ def _on_the_wall(offset: Any) -> bool:
         return False
     kwds = set(getattr(offset, "kwds", {}) or {})
     return not (type(offset) is pd.DateOffset and kwds and kwds <= _CLOCK_UNITS)
-
-
-def _on_wall_clock(grid: pd.DatetimeIndex, tz: Any) -> pd.DatetimeIndex:
-    """Naive wall-clock times placed in zone ``tz``: one the clocks skip reads as just after
-    the gap, one they show twice as the later, standard-time one (as naive times given to
-    zoned data are read, :func:`align_tz`)."""
-    return grid.tz_localize(tz, ambiguous=np.zeros(len(grid), dtype=bool),
-                            nonexistent="shift_forward")
 
 
 def requested_times(
