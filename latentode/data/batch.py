@@ -43,6 +43,7 @@ class Batch:
     static: torch.Tensor | None = None  # (B, S)
     labels: torch.Tensor | None = None  # (B,) per series or (B, T) per time point; NaN unknown
     origin: torch.Tensor | None = None  # (B,) model time each row was moved back by ("series")
+    errors: torch.Tensor | None = None  # (B, T, D) measurement uncertainties, 0 where none
 
     @property
     def batch_size(self) -> int:
@@ -142,7 +143,11 @@ def collate(
     shape = (batch, length, dims)
     values, observed = values.reshape(shape), observed.reshape(shape)
     encoder, target = encoder.reshape(shape), target.reshape(shape)
-    static = labels = None
+    static = labels = errors = None
+    if dataset.errors is not None:  # 0 where none was given, or nothing observed
+        grid_errors: np.ndarray = np.zeros((batch * length, dims), dtype=np_dtype)
+        grid_errors[flat] = np.nan_to_num(dataset.errors[points], nan=0.0)
+        errors = torch.from_numpy(grid_errors.reshape(shape))
     if dataset.static is not None:
         static = torch.as_tensor(dataset.static[indices], dtype=dtype)
     if dataset.labels is not None:
@@ -162,6 +167,7 @@ def collate(
         static=static,
         labels=labels,
         origin=None if shift is None else torch.as_tensor(shift, dtype=dtype),
+        errors=errors,
     )
 
 

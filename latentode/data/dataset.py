@@ -222,6 +222,11 @@ class IrregularDataset:
         labels: per-series ``(n_series,)`` or per-time-point ``(N,)`` labels, or None;
             ``label_kind`` is "series" or "time"; NaN marks an unknown label. Labels read
             from names (text, categories) are class numbers ``k`` for ``label_names[k]``.
+        errors: ``(N, D)`` each value's measurement uncertainty (one standard deviation, in the
+            values' units: scaled with them), NaN where none was given, or None (no
+            uncertainties at all). The models' likelihood then has variance
+            ``obs_std^2 + error^2`` at that point, so noisy points weigh less;
+            ``error_names`` are the columns they were read from (per channel, None: none).
         id_col, time_col, label_col: column names used by ``to_dataframe``.
     """
 
@@ -245,6 +250,8 @@ class IrregularDataset:
     raw_time_dtype: Any = None
     split: np.ndarray | None = None  # per-series "train"/"val"/"test" fixed by a source
     window: Any = None  # the window length split_windows cut the series into (None: whole)
+    errors: np.ndarray | None = None  # (N, D) per-point measurement uncertainty, NaN: none given
+    error_names: list[str | None] | None = None  # the column each channel's errors came from
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -308,6 +315,8 @@ class IrregularDataset:
             out["static"] = self.static[i]
         if self.labels is not None:
             out["label"] = self.labels[i] if self.label_kind == "series" else self.labels[lo:hi]
+        if self.errors is not None:
+            out["errors"] = self.errors[lo:hi]
         return out
 
     def point_index(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -333,6 +342,7 @@ class IrregularDataset:
             times=self.times[points],
             raw_times=self.raw_times[points],
             values=self.values[points].copy(),
+            errors=None if self.errors is None else self.errors[points].copy(),
             static=None if self.static is None else self.static[indices],
             labels=labels,
             split=None if self.split is None else self.split[indices],
@@ -345,11 +355,26 @@ class IrregularDataset:
         return replace(self, times=self.times * (old.scale / transform.scale),
                        time_transform=transform)
 
-    def with_values(self, values: np.ndarray) -> IrregularDataset:
-        """The same series with other values (e.g. scaled), NaN pattern unchanged."""
+    def with_values(self, values: np.ndarray, errors: np.ndarray | None = None
+                    ) -> IrregularDataset:
+        """The same series with other values (e.g. scaled), NaN pattern unchanged; ``errors``
+        (the uncertainties in the new values' units) replace the old ones when given (keep
+        them in step: scaled values need scaled errors)."""
         if values.shape != self.values.shape:
             raise ValueError(f"values must have shape {self.values.shape}, got {values.shape}")
-        return replace(self, values=values)
+        if errors is not None and errors.shape != values.shape:
+            raise ValueError(f"errors must have shape {values.shape}, got {errors.shape}")
+        return replace(self, values=values, errors=self.errors if errors is None else errors)
+
+    def error_columns(self) -> list[str | None]:
+        """The column of each channel's uncertainties in :meth:`to_dataframe` (None: none):
+        the names they were read from, else ``<channel>_err``."""
+        if self.errors is None:
+            return [None] * self.n_channels
+        names = list(self.error_names or [None] * self.n_channels)
+        given = (~np.isnan(self.errors)).any(0)
+        return [name if name is not None else (f"{channel}_err" if has else None)
+                for name, channel, has in zip(names, self.channels, given, strict=True)]
 
     def to_dataframe(self) -> pd.DataFrame:
         """The data back in wide format, original ids, time stamps, channels and columns."""
@@ -361,6 +386,9 @@ class IrregularDataset:
         ) else self.raw_times
         for d, name in enumerate(self.channels):
             frame[name] = self.values[:, d]
+        for d, name in enumerate(self.error_columns()):
+            if name is not None and self.errors is not None:
+                frame[name] = self.errors[:, d]
         if self.static is not None:
             for s, name in enumerate(self.static_names or []):
                 dtypes = self.static_dtypes or []

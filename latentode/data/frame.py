@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,8 @@ def from_dataframe(
     time_scale: float | None = None,
     duplicates: str = "mean",
     empty_channels: str = "error",
+    uncertainty_cols: Mapping[str, str] | None = None,
+    uncertainty_col: str | None = None,
 ) -> IrregularDataset:
     """Build an :class:`IrregularDataset` from a long-format DataFrame.
 
@@ -62,6 +64,15 @@ def from_dataframe(
             cannot learn it, and would answer for it with untrained guesses) or "warn" (kept, for
             a fixed channel list of which a subset may lack some, e.g. PhysioNet's labs) or
             "ignore" (frames to condition predictions on: nothing measured yet is fine).
+        uncertainty_cols: wide format: ``{channel: column}``, the column holding each value's
+            measurement uncertainty (one standard deviation, in the channel's units; e.g.
+            ``{"flux": "flux_err"}``). The models' Gaussian likelihood then has variance
+            ``obs_std^2 + error^2`` at each point, so noisy points weigh less in training; the
+            encoder reads the values as they are. Not every channel needs one. An observed
+            value without its uncertainty (NaN) is read as having none beyond ``obs_std``
+            (counted in a warning); negative or infinite ones are refused.
+        uncertainty_col: tidy format: the column holding each observation's uncertainty.
+            Averaged duplicates get the uncertainty of their mean, ``sqrt(sum e^2) / k``.
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"from_dataframe needs a pandas DataFrame, got {type(df).__name__}.")
@@ -79,8 +90,18 @@ def from_dataframe(
     if tidy and channel_col == value_col:
         raise ValueError(f"channel_col and value_col are both {channel_col!r}: tidy format names "
                          "each row's channel in one column and holds its value in another.")
-    extra = [c for c in (channel_col, value_col, label_col) if c is not None]
-    _require_columns(df, [id_col, time_col, *extra, *static_cols, *(value_cols or [])])
+    if tidy and uncertainty_cols is not None:
+        raise ValueError(f"uncertainty_cols= is for wide frames (a column per channel); tidy "
+                         f"data hold each observation's uncertainty in one column: "
+                         f"uncertainty_col='<its name>' beside value_col={value_col!r}.")
+    if not tidy and uncertainty_col is not None:
+        raise ValueError("uncertainty_col= is for tidy frames (channel_col=, value_col=); a "
+                         "wide frame names each channel's uncertainty column: "
+                         "uncertainty_cols={'<channel>': '<its uncertainty column>'}.")
+    errors_of = _check_uncertainty_names(uncertainty_cols, value_cols)
+    extra = [c for c in (channel_col, value_col, label_col, uncertainty_col) if c is not None]
+    _require_columns(df, [id_col, time_col, *extra, *static_cols, *(value_cols or []),
+                          *errors_of.values()])
     if df.empty:
         raise ValueError("the DataFrame has no rows.")
     _check_ids(df, id_col)
@@ -98,14 +119,16 @@ def from_dataframe(
 
     if tidy:
         assert channel_col is not None and value_col is not None  # (refused above otherwise)
-        wide, channels = _pivot_tidy(df, id_col, time_col, channel_col, value_col, duplicates)
+        wide, channels = _pivot_tidy(df, id_col, time_col, channel_col, value_col,
+                                     duplicates, uncertainty_col)
         _warn_uncertainty_columns(channels, str(channel_col))
         carried = [c for c in (*static_cols, label_col) if c is not None]
         if carried:  # one row per observation: each (series, time) takes its known label
             keys = _carried_per_time(df, id_col, time_col, carried, label_col, tidy=True)
             wide = wide.merge(keys, on=[id_col, time_col], how="left")
     else:
-        reserved = {id_col, time_col, *static_cols, *([] if label_col is None else [label_col])}
+        reserved = {id_col, time_col, *static_cols, *([] if label_col is None else [label_col]),
+                    *errors_of.values()}
         if value_cols is None:
             value_cols = [
                 c for c in df.columns
@@ -124,24 +147,33 @@ def from_dataframe(
                     stacklevel=2,
                 )
             _warn_constant_within_series(df, id_col, value_cols)
-            _warn_uncertainty_columns(value_cols)
+            _warn_uncertainty_columns(value_cols, given=errors_of)
             if not value_cols:
                 raise ValueError(
                     f"no numeric value columns found besides {sorted(map(str, reserved))}; "
                     "pass value_cols=[...] or use channel_col=/value_col= for tidy data."
                 )
         channels = [str(c) for c in value_cols]
+        _check_uncertainty_channels(errors_of, channels)
         wide = df[[id_col, time_col, *value_cols, *static_cols,
                    *([] if label_col is None else [label_col])]].copy()
         for col in value_cols:
             wide[col] = _numeric_column(wide, col, id_col)
-        wide = _merge_duplicates(wide, id_col, time_col, list(value_cols), duplicates, label_col)
+        pairs = {}
+        for col in value_cols:  # each channel's errors under a name of ours (one column may
+            if str(col) in errors_of:  # serve two channels)
+                pairs[col] = _error_key(str(col))
+                wide[pairs[col]] = _error_column(df, errors_of[str(col)], id_col, time_col)
+        wide = _merge_duplicates(wide, id_col, time_col, list(value_cols), duplicates, label_col,
+                                 pairs)
         wide = wide.rename(columns={c: str(c) for c in value_cols})
 
     wide = wide.sort_values([id_col, time_col], kind="stable").reset_index(drop=True)
     values = wide[channels].to_numpy(dtype=np.float64)
     _check_finite(values, wide, id_col, time_col, channels)
     _check_channels_observed(values, channels, empty_channels)
+    errors = _read_errors(wide, values, id_col, time_col, channels,
+                          errors_of if uncertainty_col is None else str(uncertainty_col))
     codes, uniques = pd.factorize(wide[id_col], sort=False)
     counts = np.bincount(codes, minlength=len(uniques))
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -174,6 +206,9 @@ def from_dataframe(
         id_dtype=df[id_col].dtype,
         raw_time_dtype=df[time_col].dtype,
     )
+    if errors is not None:
+        dataset.errors = errors
+        dataset.error_names = [errors_of.get(c) for c in channels]
     if static_cols:
         dataset.static = _per_series(wide, static_cols, offsets, id_col, "static covariate")
         dataset.static_names = list(static_cols)
@@ -443,23 +478,126 @@ def uncertainty_pairs(columns: Sequence[Any]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _warn_uncertainty_columns(columns: list, channel_col: str | None = None) -> None:
+def _warn_uncertainty_columns(columns: list, channel_col: str | None = None,
+                              given: Mapping[str, Any] | None = None) -> None:
     """A light curve's ``flux_err`` was modelled as a data channel of its own without a word
-    (its forecasts' intervals even went below zero). ``channel_col``: tidy data's channels."""
-    pairs = uncertainty_pairs(columns)
+    (its forecasts' intervals even went below zero). ``channel_col``: tidy data's channels;
+    ``given``: the uncertainty columns the caller named (not channels: not warned of)."""
+    used = {str(c) for c in (given or {}).values()}
+    pairs = [(c, b) for c, b in uncertainty_pairs(columns) if c not in used]
     if pairs:
         shown = ", ".join(f"{c!r} of {b!r}" for c, b in pairs[:4])
-        what, remedy = (("column(s)", "leave them out with value_cols=[...] (latentode-train: "
-                         "data.dataset.value_cols; LatentODEForecaster.fit: ignore_cols=[...])")
+        given = {b: c for c, b in pairs[:4]}
+        what, remedy = (("column(s)", f"give them as uncertainty_cols={given} (each value's "
+                         "standard deviation: noisy points then weigh less in the likelihood; "
+                         "latentode-train: data.dataset.uncertainty_cols), or leave them out "
+                         "with value_cols=[...] (LatentODEForecaster.fit: ignore_cols=[...])")
                         if channel_col is None else
-                        (f"channel(s) of {channel_col!r}", "leave their rows out: "
+                        (f"channel(s) of {channel_col!r}", "they belong beside the values, "
+                         "one uncertainty_col= per observation row (a pivot of these rows), or "
+                         "leave their rows out: "
                          f"df[~df[{channel_col!r}].isin({[c for c, _ in pairs[:4]]})]"))
         warnings.warn(
             f"{what} named like measurement uncertainties ({shown}) are modelled as data "
-            "channels of their own. If they are uncertainties: the likelihood has one noise "
-            f"level per channel and reads no per-point uncertainty; {remedy}.",
+            f"channels of their own. If they are uncertainties: {remedy}.",
             stacklevel=3,
         )
+
+
+def _error_key(channel: str) -> str:
+    """The working column of ``channel``'s uncertainties (a name no user column has)."""
+    return f"\0error\0{channel}"
+
+
+_VARIANCE = re.compile(r"(?:^|[_\-. ])(?:ivar|invvar|var|variance|weight|weights|w)$|ivar$",
+                       re.IGNORECASE)
+
+
+def _check_uncertainty_names(uncertainty_cols: Any, value_cols: Sequence[Any] | None
+                             ) -> dict[str, Any]:
+    """``uncertainty_cols`` as ``{channel name: column}``, or a ``ValueError`` saying how to
+    give it; columns named like variances or weights are warned about (standard deviations
+    are read: a variance taken for one weighs a point by its square root)."""
+    if uncertainty_cols is None:
+        return {}
+    if not isinstance(uncertainty_cols, Mapping):
+        raise ValueError(
+            f"uncertainty_cols must map each channel to the column of its uncertainties, e.g. "
+            f"{{'flux': 'flux_err'}} (latentode-train: data.dataset.uncertainty_cols="
+            f"{{flux:flux_err}}), got {uncertainty_cols!r}.")
+    out = {str(channel): column for channel, column in uncertainty_cols.items()}
+    values = {str(c) for c in value_cols or []}
+    for channel, column in out.items():
+        if str(column) in values or str(column) == channel:
+            raise ValueError(
+                f"column {_plain(column)!r} is given as a channel and as the uncertainty of "
+                f"{channel!r}: an uncertainty column is not a channel; leave it out of "
+                "value_cols.")
+        if _VARIANCE.search(str(column)):
+            warnings.warn(
+                f"uncertainty column {_plain(column)!r} of {channel!r} is named like a variance "
+                "or weight, but uncertainties are read as standard deviations in the channel's "
+                "units: if it holds variances give np.sqrt of it, if inverse variances "
+                f"1 / np.sqrt of it (e.g. df['{channel}_err'] = 1 / np.sqrt(df[{column!r}])).",
+                stacklevel=3)
+    return out
+
+
+def _check_uncertainty_channels(errors_of: dict[str, Any], channels: list[str]) -> None:
+    unknown = [c for c in errors_of if c not in channels]
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], channels, n=1)
+        raise ValueError(
+            f"uncertainty_cols names channel(s) {unknown} that are not channels of the data "
+            f"({channels[:10]}{'...' if len(channels) > 10 else ''})"
+            + (f"; did you mean {near[0]!r}?" if near else
+               ": its keys are channels, its values the columns of their uncertainties."))
+
+
+def _error_column(df: pd.DataFrame, col: Any, id_col: str, time_col: str) -> pd.Series:
+    """Uncertainty column ``col`` as float64, negative or infinite values refused by series and
+    time (before any averaging squares the sign away)."""
+    errs = _numeric_column(df, col, id_col)
+    with np.errstate(invalid="ignore"):
+        bad = (np.isinf(errs) | (errs < 0)).to_numpy()
+    if bad.any():
+        r = int(np.argmax(bad))
+        raise ValueError(
+            f"uncertainty column {_plain(col)!r} holds {errs.iloc[r]} (series "
+            f"{_plain(df[id_col].iloc[r])!r}, time {_plain(df[time_col].iloc[r])!r}): "
+            "uncertainties are standard deviations, finite and >= 0. Give 0 for an exact "
+            "value, or leave a value you cannot trust out (NaN: not observed).")
+    return errs
+
+
+def _read_errors(wide: pd.DataFrame, values: np.ndarray, id_col: str, time_col: str,
+                 channels: list[str], source: dict[str, Any] | str) -> np.ndarray | None:
+    """The ``(N, D)`` uncertainties of ``values`` from the working columns (NaN where none was
+    given, or no value observed); observed values without one counted in a warning."""
+    keys = [_error_key(c) for c in channels]
+    if not any(k in wide.columns for k in keys):
+        return None
+    errors = np.column_stack([wide[k].to_numpy(dtype=np.float64) if k in wide.columns
+                              else np.full(len(wide), np.nan) for k in keys])
+    observed = ~np.isnan(values)
+    errors[~observed] = np.nan  # an uncertainty of nothing measured says nothing
+
+    def column(j: int) -> str:
+        if isinstance(source, str):
+            return f"column {_plain(source)!r} (channel {channels[j]!r})"
+        return f"column {_plain(source[channels[j]])!r}"
+
+    has = np.array([k in wide.columns for k in keys])
+    missing = observed & np.isnan(errors) & has
+    if missing.any():
+        r, j = np.argwhere(missing)[0]
+        warnings.warn(
+            f"{int(missing.sum())} observed value(s) have no uncertainty (NaN), e.g. "
+            f"{column(int(j))} of series {_plain(wide[id_col].iloc[r])!r} at time "
+            f"{_plain(wide[time_col].iloc[r])!r}: read as having none beyond the model's "
+            "obs_std (give the value NaN instead if it is not to be trusted).",
+            stacklevel=3)
+    return errors
 
 
 def _warn_constant_within_series(df: pd.DataFrame, id_col: str, columns: list) -> None:
@@ -559,8 +697,11 @@ def _refuse_tidy_as_wide(df: pd.DataFrame, id_col: str, time_col: str, text_cols
 
 def _merge_duplicates(
     wide: pd.DataFrame, id_col: str, time_col: str, value_cols: list, how: str,
-    label_col: str | None = None,
+    label_col: str | None = None, errors: Mapping[Any, str] | None = None,
 ) -> pd.DataFrame:
+    """Repeated (series, time) rows averaged per channel (``how="mean"``) or refused;
+    ``errors`` (value column: its uncertainty column) become the uncertainty of the mean."""
+    errors = dict(errors or {})
     dup = wide.duplicated([id_col, time_col], keep=False)
     if not dup.any():
         return wide
@@ -573,13 +714,27 @@ def _merge_duplicates(
             "duplicates='mean' to average them "
             "per channel, or remove them."
         )
-    others = [c for c in wide.columns if c not in (id_col, time_col, *value_cols)]
+    others = [c for c in wide.columns
+              if c not in (id_col, time_col, *value_cols, *errors.values())]
     # labels and static covariates cannot be averaged: the known one (two different: refused)
     if others:
         _carried_per_time(wide.loc[dup], id_col, time_col, others, label_col, tidy=False)
     agg = {c: "mean" for c in value_cols} | {c: "first" for c in others}  # "first" skips NaN
     # only the duplicated rows are grouped (the caller sorts the result by series and time)
-    averaged = wide.loc[dup].groupby([id_col, time_col], sort=False, dropna=False).agg(agg)
+    rows = wide.loc[dup]
+    if errors:  # per group: sum of known values' e^2, count of known values, missing e's
+        rows = rows.copy()
+        for value, error in errors.items():
+            known = rows[value].notna()
+            rows[error] = rows[error].where(known).pow(2)
+            rows[error + "\0n"] = known.astype(np.float64)
+            rows[error + "\0gap"] = (known & rows[error].isna()).astype(np.float64)
+            agg |= {error: "sum", error + "\0n": "sum", error + "\0gap": "sum"}
+    averaged = rows.groupby([id_col, time_col], sort=False, dropna=False).agg(agg)
+    for error in errors.values():  # the mean of k values with errors e_i: sqrt(sum e_i^2) / k
+        n = averaged.pop(error + "\0n")
+        gap = averaged.pop(error + "\0gap")
+        averaged[error] = np.sqrt(averaged[error]).div(n).where((gap == 0) & (n > 0))
     merged = pd.concat([wide.loc[~dup], averaged.reset_index()[list(wide.columns)]],
                        ignore_index=True)
     first = int(np.argmax(dup.to_numpy()))
@@ -638,8 +793,11 @@ def _float32_hint(times: pd.Series, time_col: Any) -> str:
 
 
 def _pivot_tidy(
-    df: pd.DataFrame, id_col: str, time_col: str, channel_col: str, value_col: str, how: str
+    df: pd.DataFrame, id_col: str, time_col: str, channel_col: str, value_col: str, how: str,
+    error_col: str | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
+    """One row per (series, time), one column per channel (and, with ``error_col``, one
+    working column per channel of the uncertainties, of the mean where averaged)."""
     long = df[[id_col, time_col, channel_col, value_col]].copy()
     if long[channel_col].isna().any():
         i = int(np.argmax(long[channel_col].isna().to_numpy()))
@@ -683,6 +841,14 @@ def _pivot_tidy(
     means = np.bincount(cell, weights=np.where(known, values, 0.0), minlength=size)
     with np.errstate(invalid="ignore"):  # 0 / 0: a cell of NaN values only (or none) is NaN
         np.divide(means, counts, out=means)
+    spread = None
+    if error_col is not None:  # the mean of k values with errors e_i: sqrt(sum e_i^2) / k
+        errs = _error_column(df, error_col, id_col, time_col).to_numpy(dtype=np.float64)
+        gaps = np.bincount(cell, weights=known & np.isnan(errs), minlength=size)
+        spread = np.bincount(cell, weights=np.where(known, np.nan_to_num(errs) ** 2, 0.0),
+                             minlength=size)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            spread = np.where(gaps > 0, np.nan, np.sqrt(spread) / counts)
     del counts
     # only the (series, time) pairs that occur: pivot_table(dropna=False) built every series
     # x every distinct time, quadratic for series on their own clocks (1M rows: out of memory)
@@ -693,6 +859,10 @@ def _pivot_tidy(
     wide = pd.DataFrame({id_col: id_values.take(pairs // step),
                          time_col: time_values.take(pairs % step),
                          **{name: table[:, j] for j, name in enumerate(channels)}})
+    if spread is not None:
+        spread = spread.reshape(len(pairs), n_channels)
+        for j, name in enumerate(channels):
+            wide[_error_key(name)] = spread[:, j]
     return wide, channels
 
 

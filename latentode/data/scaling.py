@@ -142,11 +142,25 @@ class ChannelScaler:
             out[..., self.log] = np.exp(out[..., self.log])
         return out
 
+    def transform_errors(self, errors: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Measurement uncertainties of ``values`` (data units) in model units: divided by the
+        channel's scale; on a log channel first relative, ``error / value`` (the first-order
+        uncertainty of ``log(value)``)."""
+        out = np.array(errors, dtype=np.float64)
+        if self.log is not None and self.log.any():
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[..., self.log] = out[..., self.log] / np.asarray(values)[..., self.log]
+        return out / self.scale
+
     def apply(self, dataset: IrregularDataset) -> IrregularDataset:
-        """``dataset`` with scaled values (NaN pattern unchanged); its channels must be the
-        fitted data's, in the same order (the statistics are per position)."""
+        """``dataset`` with scaled values (NaN pattern unchanged) and uncertainties; its
+        channels must be the fitted data's, in the same order (the statistics are per
+        position)."""
         check_channels(self, dataset.channels, "the data")
-        return dataset.with_values(self.transform(dataset.values, dataset.channels, dataset))
+        errors = (None if dataset.errors is None
+                  else self.transform_errors(dataset.errors, dataset.values))
+        return dataset.with_values(self.transform(dataset.values, dataset.channels, dataset),
+                                   errors)
 
 
 def check_channels(scaler: ChannelScaler, channels: Sequence[str], what: str) -> None:

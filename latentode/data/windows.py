@@ -135,6 +135,7 @@ def split_windows(
         times=ds.times[point],
         raw_times=ds.raw_times[point],
         values=ds.values[point].copy(),
+        errors=None if ds.errors is None else ds.errors[point].copy(),
         static=None if ds.static is None else ds.static[win_owner],
         labels=labels,
         id_dtype=None,

@@ -329,6 +329,8 @@ class LatentODEForecaster:
         log_channels: Sequence[str] | None = None,
         val_fraction: float = 0.1,
         subsets: bool | str = "auto",
+        uncertainty_cols: Mapping[str, str] | None = None,
+        uncertainty_col: str | None = None,
     ) -> LatentODEForecaster:
         """Train on ``train_df`` (every series; ``val_df``'s series, if given, for validation).
 
@@ -360,6 +362,11 @@ class LatentODEForecaster:
         sample on a random subset of a series' points drawn as the training task drew the
         encoder's (``"auto"``: when that predicts points inside a series clearly better than
         conditioning on all of them; True, False: always, never; :mod:`.subsets`).
+        ``uncertainty_cols`` (wide: ``{channel: column}``) or ``uncertainty_col`` (tidy): each
+        value's measurement uncertainty, one standard deviation in the channel's units
+        (``from_dataframe``): training weighs each point by ``1 / (obs_std^2 + error^2)``, so
+        noisy points pull the fit less; ``val_df``'s are read too; histories given to
+        :meth:`predict` need none (the encoder reads values only).
         Returns ``self``.
         """
         from hydra.utils import instantiate
@@ -393,7 +400,9 @@ class LatentODEForecaster:
         train = from_dataframe(train_df, id_col, time_col, value_cols, channel_col=channel_col,
                                value_col=value_col, time_unit=time_unit,
                                time_scale=time_scale, label_col=label_col,
-                               label_per="series" if label_col is not None else "auto")
+                               label_per="series" if label_col is not None else "auto",
+                               uncertainty_cols=uncertainty_cols,
+                               uncertainty_col=uncertainty_col)
         window = cfg.data.get("window")
         window_span = np.inf
         if window is not None:  # the time unit for the window, as the data module chooses it;
@@ -412,6 +421,9 @@ class LatentODEForecaster:
             channel_col=channel_col, value_col=value_col, time_unit=time_unit,
             train_span=min(longest_span(train), window_span), label_names=train.label_names,
             train_columns=None if channel_col is not None else frame_columns,
+            uncertainty_cols=None if uncertainty_cols is None else {
+                str(k): v for k, v in uncertainty_cols.items()},
+            uncertainty_col=uncertainty_col,
         )
         spec.check_output_names()  # before training
         data, split = train, ["train"] * len(train)

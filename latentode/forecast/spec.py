@@ -55,6 +55,10 @@ class DataSpec:
         train_columns: the columns of the wide frame ``fit`` was given (None: unknown, tidy, or
             saved before 2026-12-07): a later frame's numeric columns beyond them are warned
             about (a new vital added to the table was silently unused).
+        uncertainty_cols, uncertainty_col: the columns of the values' measurement
+            uncertainties fit read (wide ``{channel: column}``, tidy one column; None: none).
+            A later frame's are read where it has them (validation frames weigh their points
+            as training did) and are never channels.
         subsets: ``Subsets.to_json()`` of the forecaster's subset conditioning (each posterior
             sample conditioned on a random subset of a series' points drawn as in training:
             ``latentode.forecast.subsets``), or None: on all of them.
@@ -78,6 +82,8 @@ class DataSpec:
     subsets: dict[str, Any] | None = None
     value_range: list[list[float] | None] | None = None
     train_columns: list[str] | None = None
+    uncertainty_cols: dict[str, Any] | None = None
+    uncertainty_col: Any = None
 
     def check_output_names(self) -> None:
         """Refuse id, time or (tidy) channel columns named like a column the forecasts add
@@ -221,9 +227,11 @@ class DataSpec:
         if not isinstance(df, pd.DataFrame):
             raise TypeError(f"{what} must be a pandas DataFrame, got {type(df).__name__}.")
         if self.tidy:
+            errors = (self.uncertainty_col if self.uncertainty_col is not None
+                      and self.uncertainty_col in df.columns else None)
             ds = from_dataframe(df, self.id_col, self.time_col, channel_col=self.channel_col,
                                 value_col=self.value_col, time_unit=self.time_unit,
-                                empty_channels="ignore")
+                                empty_channels="ignore", uncertainty_col=errors)
             unknown = [c for c in ds.channels if c not in self.channels]
             if unknown:
                 raise ValueError(
@@ -231,14 +239,23 @@ class DataSpec:
                     f"model was not trained on; trained on {self.channels}, {what} has "
                     f"{ds.channels}."
                 )
+            order = [self.channels.index(name) for name in ds.channels]
             values = np.full((len(ds.values), self.n_channels), np.nan)
-            for j, name in enumerate(ds.channels):
-                values[:, self.channels.index(name)] = ds.values[:, j]
-            ds = replace(ds, values=values, channels=list(self.channels))
+            values[:, order] = ds.values
+            uncertain = None
+            if ds.errors is not None:
+                uncertain = np.full(values.shape, np.nan)
+                uncertain[:, order] = ds.errors
+            ds = replace(ds, values=values, channels=list(self.channels), errors=uncertain,
+                         error_names=None)
         else:
             columns = self._value_columns(df, what)
+            present = {str(c) for c in df.columns}
+            errors_of = {channel: column for channel, column in
+                         (self.uncertainty_cols or {}).items() if str(column) in present}
             ds = from_dataframe(df, self.id_col, self.time_col, columns,
-                                time_unit=self.time_unit, empty_channels="ignore")
+                                time_unit=self.time_unit, empty_channels="ignore",
+                                uncertainty_cols=errors_of or None)
         if ds.time_transform.kind != self.time.kind:  # numbers, datetimes or ISO date text
             advice = ("convert it with pd.to_datetime" if self.time.kind == "datetime"
                       else "pass the same time units as in training")
@@ -267,7 +284,8 @@ class DataSpec:
                 )
             self._warn_new_columns(df, what)
             return [by_name[c] for c in self.value_cols]
-        reserved = {str(self.id_col), str(self.time_col)}
+        reserved = {str(self.id_col), str(self.time_col),
+                    *(str(c) for c in (self.uncertainty_cols or {}).values())}
         # a training channel is taken whatever its dtype: fit reads numbers kept as text (a
         # CSV's "80.5"), and a stray '?' is named by from_dataframe, not called a missing column
         # (impute's own columns, x_q0.1 and x_imputed, are passed over: predict on its output)
@@ -309,6 +327,9 @@ def concat_datasets(a: IrregularDataset, b: IrregularDataset) -> IrregularDatase
         times=np.concatenate([a.times, b.times]),
         raw_times=raw,
         values=np.concatenate([a.values, b.values]),
+        errors=None if a.errors is None and b.errors is None else np.concatenate(
+            [_errors_of(a), _errors_of(b)]),
+        error_names=a.error_names or b.error_names,
         channels=list(a.channels),
         time_transform=a.time_transform,
         id_col=a.id_col,
@@ -319,6 +340,11 @@ def concat_datasets(a: IrregularDataset, b: IrregularDataset) -> IrregularDatase
         label_col=a.label_col,
         label_names=a.label_names,
     )
+
+
+def _errors_of(ds: IrregularDataset) -> np.ndarray:
+    """``ds``'s uncertainties, NaN (none given) where it has none."""
+    return ds.errors if ds.errors is not None else np.full(ds.values.shape, np.nan)
 
 
 def check_quantiles(quantiles: Sequence[float] | None) -> list[float]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -405,6 +406,9 @@ class LatentODELightning(L.LightningModule):
         extra = {}
         if batch.labels is not None and getattr(self.model, "classifier", None) is not None:
             extra["labels"] = batch.labels
+        if batch.errors is not None:
+            check_reads_errors(self.model)
+            extra["errors"] = batch.errors
         try:
             loss = cast(Callable[..., Any], self.model.loss)  # nn.Module's stubs: Tensor | Module
             out = loss(batch.times, batch.values, batch.encoder_mask, batch.target_mask,
@@ -865,3 +869,16 @@ def _loader_key(stage: str, dataloader_idx: int) -> str:
 def _loader_key_stage(key: str) -> str:
     """The stage of a :func:`_loader_key`."""
     return key.split("#", 1)[0]
+
+
+def check_reads_errors(model: nn.Module) -> None:
+    """Refuse, before a batch's uncertainties are dropped, a model whose ``loss`` takes no
+    ``errors=``: the data were read with uncertainty columns the model would not weigh."""
+    params = inspect.signature(cast(Callable[..., Any], model.loss)).parameters
+    if "errors" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    raise ValueError(
+        f"the data carry measurement uncertainties (uncertainty_cols), but "
+        f"{type(model).__name__}.loss takes no errors=: give it an errors=None argument "
+        "(the (B, T, D) uncertainties, latentode.models.inputs.point_noise adds them to the "
+        "noise), or read the data without uncertainty_cols.")

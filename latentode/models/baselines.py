@@ -39,7 +39,13 @@ from latentode.nn.mean_std_walk import mean_std_walk, supports
 from latentode.solvers import odeint
 from latentode.solvers.odeint import check_options
 
-from .inputs import check_increasing, checked_batch, checked_pred_times, weight_dtype
+from .inputs import (
+    check_increasing,
+    checked_batch,
+    checked_pred_times,
+    point_noise,
+    weight_dtype,
+)
 from .latent_ode import (
     Z0_AT,
     LatentODEOutput,
@@ -153,14 +159,18 @@ class _Recurrent(WithObservationNoise, nn.Module):
     def loss(
         self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
         target_mask: torch.Tensor, kl_weight: float = 1.0, n_samples: int | None = None,
+        errors: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Negative IWAE bound (the log-likelihood for deterministic models) and its terms."""
+        """Negative IWAE bound (the log-likelihood for deterministic models) and its terms;
+        ``errors`` ``(B, T, D)``: measurement uncertainties added to ``obs_std`` in quadrature
+        (:func:`~latentode.models.inputs.point_noise`)."""
         values = checked_batch(self.input_dim, times, values, encoder_mask, target_mask,
                                dtype=weight_dtype(self))
+        noise = point_noise(self.noise(values), errors, values)
         out = self.predict(times, values, encoder_mask, target_mask, n_samples)
         samples = (None if out.z0 is None
                    else sample_kl(out.z0, out.z0_mean, out.z0_std))
-        return iwae_terms(values, out.pred, target_mask, self.noise(values), self.kl(out),
+        return iwae_terms(values, out.pred, target_mask, noise, self.kl(out),
                           kl_weight, getattr(self, "objective", "iwae"), samples)
 
     def predict(

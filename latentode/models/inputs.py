@@ -165,3 +165,23 @@ def check_increasing(wanted: list[float]) -> None:
     if any(b <= a for a, b in itertools.pairwise(wanted)):
         raise ValueError("pred_times must be strictly increasing (sorted, no repeats): "
                          "torch.unique(pred_times) sorts them.")
+
+
+def point_noise(obs_std: float | torch.Tensor, errors: torch.Tensor | None,
+                values: torch.Tensor) -> float | torch.Tensor:
+    """The likelihood's std at each point: ``obs_std`` (one, or ``(D,)``) alone, or with
+    measurement uncertainties ``errors`` ``(B, T, D)`` (one std each, in the values' units, 0
+    where none), ``sqrt(obs_std^2 + errors^2)`` ``(B, T, D)``: a point measured less precisely
+    weighs less, in proportion to its variance."""
+    if errors is None:
+        return obs_std
+    if not isinstance(errors, torch.Tensor) or tuple(errors.shape) != tuple(values.shape):
+        shape = tuple(errors.shape) if isinstance(errors, torch.Tensor) else type(errors).__name__
+        raise ValueError(f"errors must have the shape of values {tuple(values.shape)} (one "
+                         f"uncertainty per series, time and channel; 0 where none), got {shape}.")
+    errors = errors.to(dtype=values.dtype, device=values.device)
+    if not bool(torch.isfinite(errors).all()) or bool((errors < 0).any()):
+        raise ValueError("errors must be finite and >= 0 (standard deviations; 0 where none "
+                         "was given), got a negative, NaN or infinite one.")
+    return torch.sqrt(torch.as_tensor(obs_std, dtype=values.dtype, device=values.device) ** 2
+                      + errors.square())

@@ -34,6 +34,7 @@ from .inputs import (
     checked_batch,
     checked_posterior,
     checked_pred_times,
+    point_noise,
     weight_dtype,
 )
 from .posterior import posterior_noise
@@ -56,8 +57,8 @@ def masked_gaussian_loglik(
     values: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, obs_std: float | torch.Tensor
 ) -> torch.Tensor:
     """Per-sample, per-series log-density ``(S, B)``: mean over each channel's observed points,
-    then over the channels that have any (the paper's normalisation). ``obs_std``: one std, or
-    one per channel ``(D,)``."""
+    then over the channels that have any (the paper's normalisation). ``obs_std``: one std,
+    one per channel ``(D,)`` or one per point ``(B, T, D)``."""
     if pred.shape[-1] != values.shape[-1] or pred.shape[-3:] != values.shape[-3:]:
         raise ValueError(f"pred {tuple(pred.shape)} must end with the values' shape "
                          f"{tuple(values.shape)} (samples, batch, T, channels): one prediction "
@@ -612,11 +613,13 @@ class LatentODE(WithObservationNoise, nn.Module):
     def loss(
         self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
         target_mask: torch.Tensor, kl_weight: float = 1.0, n_samples: int | None = None,
-        labels: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None, errors: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Negative bound (``objective``) and its terms; MSE of the sample-mean prediction on
         the targets. With ``poisson``: the point process term ``poisson``; with a classifier
-        and ``labels``: ``ce`` and the ``logits``.
+        and ``labels``: ``ce`` and the ``logits``. ``errors`` ``(B, T, D)``: each value's
+        measurement uncertainty (0 where none), added to ``obs_std`` in quadrature
+        (:func:`~latentode.models.inputs.point_noise`).
 
         Unaligned series (the batch's union of times more than ``PACK_RATIO`` times longer
         than the most targets of one series, in a batch of at least ``PACK_MIN_CELLS`` series
@@ -637,6 +640,7 @@ class LatentODE(WithObservationNoise, nn.Module):
                 "reconstruct=False trains on the labels alone, but loss() got no labels (a "
                 "batch built without label_col holds labels=None): pass labels=batch.labels "
                 "from labelled data, or reconstruct=True.")
+        noise = point_noise(self.noise(values), errors, values)
         packed = self._packed_targets(times, target_mask)
         if packed is None:
             out = self.predict(times, values, encoder_mask, target_mask, n_samples)
@@ -645,9 +649,11 @@ class LatentODE(WithObservationNoise, nn.Module):
             out = self(times, values, encoder_mask, n_samples, pred_times=packed.rows)
             at_values, at_pred = packed.gather(values), out.pred[:, :, 1:]
             at_target = packed.gather(target_mask) & packed.valid.unsqueeze(-1)
+            if errors is not None:
+                noise = packed.gather(noise)
         kl = gaussian_kl(out.z0_mean, out.z0_std)  # (B,)
         samples = None if out.z0 is None else sample_kl(out.z0, out.z0_mean, out.z0_std)
-        result = iwae_terms(at_values, at_pred, at_target, self.noise(values), kl, kl_weight,
+        result = iwae_terms(at_values, at_pred, at_target, noise, kl, kl_weight,
                             self.objective, samples)
         if packed is not None:  # on the batch's times for metrics: the targets' predictions
             result["pred"] = _scattered(at_pred.detach(), packed, target_mask.shape[1])

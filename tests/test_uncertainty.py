@@ -1,0 +1,339 @@
+"""Per-point measurement uncertainties: read from frames, carried with the values through every
+data step, scaled with them, and weighing each point's likelihood by ``obs_std^2 + err^2``."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_cli import compose_train, read_metrics, run_main
+
+from latentode.cli import train as train_cli
+from latentode.data import ChannelScaler, from_dataframe
+from latentode.data.batch import collate
+from latentode.data.windows import split_windows
+from latentode.forecast.spec import concat_datasets
+from latentode.lit.module import check_reads_errors
+from latentode.models import LatentODE
+from latentode.models import latent_ode as latent_ode_module
+from latentode.models.baselines import GRUDT, ODERNN, RNNVAE
+from latentode.models.inputs import point_noise
+from latentode.models.latent_ode import masked_gaussian_loglik
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*treespec, LeafSpec")
+
+
+def light_curves(n: int = 6, points: int = 12, seed: int = 0) -> pd.DataFrame:
+    """Wide frame with flux (+ flux_err) and mag (+ mag_err), rows shuffled."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        t = np.sort(rng.uniform(0, 10, points))
+        err = rng.uniform(0.05, 0.5, points)
+        rows.append(pd.DataFrame({"star": f"s{i}", "t": t, "flux": np.sin(t) + 2,
+                                  "flux_err": err, "mag": np.cos(t), "mag_err": 2 * err}))
+    df = pd.concat(rows, ignore_index=True)
+    return df.sample(frac=1.0, random_state=1).reset_index(drop=True)
+
+
+ERRS = {"flux": "flux_err", "mag": "mag_err"}
+
+
+def read(df: pd.DataFrame, **kwargs):
+    return from_dataframe(df, "star", "t", uncertainty_cols=ERRS, **kwargs)
+
+
+# ------------------------------------------------------------------------------ reading
+def test_wide_uncertainties_follow_their_values_and_round_trip():
+    df = light_curves()
+    ds = read(df)
+    assert ds.channels == ["flux", "mag"]  # the uncertainty columns are not channels
+    back = ds.to_dataframe()
+    original = df.sort_values(["star", "t"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(back[list(df.columns)], original[list(df.columns)],
+                                  check_dtype=False)
+    assert ds.error_names == ["flux_err", "mag_err"]
+
+
+def test_no_warning_that_given_uncertainty_columns_look_like_channels():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read(light_curves())
+    with pytest.warns(UserWarning, match="named like measurement uncertainties .*'mag_err'"):
+        from_dataframe(light_curves(), "star", "t", uncertainty_cols={"flux": "flux_err"})
+
+
+def test_an_uncertainty_without_its_value_is_dropped_and_a_value_without_one_is_counted():
+    df = light_curves()
+    df.loc[0, "flux"] = np.nan  # no value: its uncertainty says nothing
+    df.loc[1, "flux_err"] = np.nan  # a value without an uncertainty: only obs_std
+    with pytest.warns(UserWarning, match=r"1 observed value\(s\) have no uncertainty .*"
+                                         r"column 'flux_err' of series"):
+        ds = read(df)
+    order = df.sort_values(["star", "t"]).index.to_numpy()
+    row0, row1 = int(np.argmax(order == 0)), int(np.argmax(order == 1))
+    assert np.isnan(ds.errors[row0, 0]) and np.isnan(ds.errors[row1, 0])
+    assert ds.errors[row1, 1] == df.loc[1, "mag_err"]
+
+
+def test_averaged_duplicates_get_the_uncertainty_of_their_mean():
+    df = pd.DataFrame({"star": ["a"] * 4, "t": [0.0, 1.0, 1.0, 1.0],
+                       "flux": [1.0, 2.0, 4.0, np.nan], "flux_err": [0.1, 0.3, 0.4, 9.0]})
+    with pytest.warns(UserWarning, match="averaged"):
+        ds = from_dataframe(df, "star", "t", uncertainty_cols={"flux": "flux_err"})
+    np.testing.assert_allclose(ds.values[:, 0], [1.0, 3.0])
+    np.testing.assert_allclose(ds.errors[:, 0], [0.1, math.hypot(0.3, 0.4) / 2])
+    df.loc[2, "flux_err"] = np.nan  # one of the averaged values has none: the mean's unknown
+    with pytest.warns(UserWarning):
+        ds = from_dataframe(df, "star", "t", uncertainty_cols={"flux": "flux_err"})
+    assert np.isnan(ds.errors[1, 0])
+
+
+def test_tidy_uncertainties_per_channel_and_averaged():
+    df = pd.DataFrame({"id": [1, 1, 1, 1, 2], "t": [0, 0, 1, 1, 0],
+                       "ch": ["x", "y", "x", "x", "y"], "v": [1.0, 2.0, 3.0, 5.0, 7.0],
+                       "e": [0.1, 0.2, 0.6, 0.8, 0.3]})
+    with pytest.warns(UserWarning, match="averaged"):
+        ds = from_dataframe(df, "id", "t", channel_col="ch", value_col="v", uncertainty_col="e")
+    assert ds.channels == ["x", "y"]
+    np.testing.assert_allclose(ds.errors, [[0.1, 0.2], [0.5, np.nan], [np.nan, 0.3]])
+    assert list(ds.to_dataframe().columns[-2:]) == ["x_err", "y_err"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"uncertainty_cols": {"flx": "flux_err"}}, r"names channel\(s\) \['flx'\] .*did you mean "
+                                                r"'flux'\?"),
+    ({"uncertainty_cols": ["flux_err"]}, r"must map each channel to the column .*"
+                                         r"\{'flux': 'flux_err'\}"),
+    ({"uncertainty_cols": {"flux": "mag"}, "value_cols": ["flux", "mag"]},
+     r"column 'mag' is given as a channel and as the uncertainty of 'flux'"),
+    ({"uncertainty_cols": {"flux": "nope"}}, "nope"),
+    ({"uncertainty_col": "flux_err"}, r"uncertainty_col= is for tidy frames"),
+])
+def test_misnamed_uncertainties_are_refused_with_the_way_out(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        from_dataframe(light_curves(), "star", "t", **kwargs)
+
+
+@pytest.mark.parametrize("bad", [-0.1, np.inf])
+def test_negative_or_infinite_uncertainties_are_refused_by_series_and_time(bad):
+    df = light_curves()
+    df.loc[3, "mag_err"] = bad
+    with pytest.raises(ValueError, match=rf"uncertainty column 'mag_err' holds {bad} \(series "
+                                         rf"'{df.loc[3, 'star']}', time .*finite and >= 0"):
+        read(df)
+    long = df.melt(["star", "t"], ["flux"], "ch", "v").assign(e=-1.0)  # tidy: before averaging
+    with pytest.raises(ValueError, match=r"uncertainty column 'e' holds -1\.0"):
+        from_dataframe(long, "star", "t", channel_col="ch", value_col="v", uncertainty_col="e")
+
+
+def test_variances_given_as_uncertainties_are_warned_about():
+    df = light_curves().rename(columns={"flux_err": "flux_ivar"})
+    with pytest.warns(UserWarning, match=r"'flux_ivar' of 'flux' is named like a variance .*"
+                                         r"1 / np.sqrt"):
+        from_dataframe(df, "star", "t", value_cols=["flux"], uncertainty_cols={"flux": "flux_ivar"})
+
+
+# ------------------------------------------------------------------------------ data steps
+def test_subsets_windows_and_concatenation_keep_each_points_uncertainty():
+    ds = read(light_curves())
+    sub = ds.subset([3, 1])
+    np.testing.assert_array_equal(sub.errors, np.concatenate([ds.series(3)["errors"],
+                                                              ds.series(1)["errors"]]))
+    windows = split_windows(ds, 5.0, min_points=1)
+    keys = zip(np.repeat(ds.ids, ds.lengths), ds.times, strict=True)
+    by_time = dict(zip(keys, ds.errors[:, 0], strict=True))
+    owners = [i.rsplit("#", 1)[0] if isinstance(i, str) else i for i in windows.ids]
+    for k, owner in enumerate(owners):
+        lo, hi = windows.offsets[k], windows.offsets[k + 1]
+        for t, e in zip(windows.times[lo:hi], windows.errors[lo:hi, 0], strict=True):
+            assert by_time[(owner, t)] == e
+    both = concat_datasets(ds, from_dataframe(light_curves(seed=1), "star", "t",
+                                              value_cols=["flux", "mag"]))
+    assert both.errors.shape == both.values.shape
+    assert np.isnan(both.errors[len(ds.times):]).all()
+
+
+def test_scaling_divides_the_uncertainties_by_the_scale_and_logs_make_them_relative():
+    ds = read(light_curves())
+    scaler = ChannelScaler(log_channels=["flux"]).fit(ds)
+    scaled = scaler.apply(ds)
+    np.testing.assert_allclose(scaled.errors[:, 1], ds.errors[:, 1] / scaler.scale[1])
+    np.testing.assert_allclose(scaled.errors[:, 0],
+                               ds.errors[:, 0] / ds.values[:, 0] / scaler.scale[0])
+
+
+def test_collate_puts_uncertainties_on_the_batch_grid_and_zero_elsewhere():
+    df = light_curves(n=3)
+    df.loc[df.index[::3], "mag"] = np.nan
+    ds = read(df)
+    batch = collate(ds, [2, 0])
+    assert batch.errors.shape == batch.values.shape
+    for row, i in enumerate([2, 0]):
+        s = ds.series(i)
+        cols = np.searchsorted(batch.times.numpy(), s["times"].astype(np.float32))
+        want = np.nan_to_num(s["errors"]).astype(np.float32)
+        np.testing.assert_array_equal(batch.errors[row, cols].numpy(), want)
+    assert (batch.errors[~batch.mask] == 0).all()
+    assert collate(from_dataframe(df, "star", "t", value_cols=["flux"]), [0]).errors is None
+
+
+# ------------------------------------------------------------------------------ likelihood
+def test_point_noise_adds_uncertainties_in_quadrature_and_checks_them():
+    values = torch.zeros(2, 3, 2)
+    errors = torch.tensor([0.0, 0.3, 4.0]).view(1, 3, 1).expand(2, 3, 2)
+    std = point_noise(torch.tensor([0.4, 0.01]), errors, values)
+    assert point_noise(0.1, None, values) == 0.1
+    torch.testing.assert_close(std[0, :, 0], torch.tensor([0.4, 0.5, math.hypot(0.4, 4.0)]))
+    with pytest.raises(ValueError, match=r"errors must have the shape of values \(2, 3, 2\)"):
+        point_noise(0.1, errors[:, :2], values)
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        point_noise(0.1, -errors, values)
+
+
+def test_the_loglik_with_per_point_stds_is_the_gaussian_density_averaged_as_the_paper():
+    torch.manual_seed(0)
+    values, pred = torch.randn(2, 4, 2, dtype=torch.float64), torch.randn(3, 2, 4, 2,
+                                                                       dtype=torch.float64)
+    mask = torch.rand(2, 4, 2) < 0.7
+    mask[:, 0] = True
+    std = torch.rand(2, 4, 2, dtype=torch.float64) + 0.1
+    got = masked_gaussian_loglik(values, pred, mask, std)
+    dens = torch.distributions.Normal(pred, std).log_prob(values)
+    per_channel = (dens * mask).sum(-2) / mask.sum(-2)
+    torch.testing.assert_close(got, per_channel.mean(-1))
+
+
+def small_latent_ode(**kwargs) -> LatentODE:
+    torch.manual_seed(0)
+    return LatentODE(2, latents=4, gen_units=8, obs_std=0.1, n_samples=2, **kwargs).double()
+
+
+def batch_for_loss(n: int = 3, length: int = 6):
+    torch.manual_seed(1)
+    times = torch.linspace(0, 1, length, dtype=torch.float64)
+    values = torch.randn(n, length, 2, dtype=torch.float64)
+    mask = torch.ones(n, length, 2, dtype=torch.bool)
+    return times, values, mask
+
+
+@pytest.mark.parametrize("make", [
+    small_latent_ode,
+    lambda: ODERNN(2, latents=4, ode_units=8, dec_units=8, obs_std=0.1).double(),
+    lambda: GRUDT(2, latents=4, dec_units=8, obs_std=0.1).double(),
+    lambda: RNNVAE(2, latents=4, enc_hidden=8, z0_units=8, hidden=8, obs_std=0.1).double(),
+])
+def test_each_models_likelihood_has_variance_obs_std_squared_plus_the_uncertainty(make):
+    """The same forward pass (same seed: the uncertainties change no prediction), its
+    likelihood with per-point stds ``sqrt(obs_std^2 + err^2)``; zero uncertainties give the
+    loss without them."""
+    model = make()
+    times, values, mask = batch_for_loss()
+    errors = torch.zeros_like(values)
+    errors[1, 3, 0], errors[0, 2, 1] = 0.2, 3.0
+
+    def loss(errs):
+        torch.manual_seed(2)
+        return model.loss(times, values, mask, mask, errors=errs)
+
+    plain = loss(None)
+    torch.testing.assert_close(loss(torch.zeros_like(values))["loss"], plain["loss"])
+    weighted = loss(errors)
+    std = point_noise(model.noise(values), errors, values)
+    want = masked_gaussian_loglik(values, plain["pred"], mask, std).mean()
+    torch.testing.assert_close(weighted["loglik"], want)
+    assert float(weighted["loglik"].detach()) != pytest.approx(float(plain["loglik"].detach()))
+    torch.testing.assert_close(weighted["pred"], plain["pred"])
+
+
+def test_likelihood_term_of_a_point_scales_exactly_with_its_variance():
+    """With the prediction held fixed (no encoder path), the loglik's gradient with respect to
+    the prediction at a point is ``-(pred - value) / (obs_std^2 + err^2)`` / its count."""
+    values = torch.tensor([[[1.0], [2.0]]], dtype=torch.float64)
+    pred = torch.tensor([[[[0.0], [0.0]]]], dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(1, 2, 1, dtype=torch.bool)
+    errors = torch.tensor([[[0.0], [3.0]]], dtype=torch.float64)
+    loglik = masked_gaussian_loglik(values, pred, mask, point_noise(0.5, errors, values))
+    (grad,) = torch.autograd.grad(loglik.sum(), pred)
+    torch.testing.assert_close(grad.flatten(), torch.tensor([1 / 0.25, 2 / 9.25],
+                                                            dtype=torch.float64) / 2)
+
+
+def test_packed_targets_read_each_targets_own_uncertainty(monkeypatch):
+    model = small_latent_ode()
+    torch.manual_seed(3)
+    n, length = 6, 24
+    times = torch.linspace(0, 1, length, dtype=torch.float64)
+    values = torch.randn(n, length, 2, dtype=torch.float64)
+    mask = torch.zeros(n, length, 2, dtype=torch.bool)
+    for b in range(n):  # unaligned: each series its own four times
+        mask[b, b::6] = True
+    errors = torch.rand(n, length, 2, dtype=torch.float64) * mask
+    torch.manual_seed(4)
+    union = model.loss(times, values, mask, mask, errors=errors)
+    monkeypatch.setattr(latent_ode_module, "PACK_MIN_CELLS", 0)
+    assert model._packed_targets(times, mask) is not None
+    torch.manual_seed(4)
+    packed = model.loss(times, values, mask, mask, errors=errors)
+    torch.testing.assert_close(packed["loglik"], union["loglik"], rtol=1e-4, atol=1e-6)
+
+
+def test_a_model_whose_loss_takes_no_uncertainties_is_refused_by_name():
+    class Plain(torch.nn.Module):
+        def loss(self, times, values, encoder_mask, target_mask, kl_weight=1.0,
+                 n_samples=None):
+            raise AssertionError
+
+    with pytest.raises(ValueError, match=r"Plain\.loss takes no errors="):
+        check_reads_errors(Plain())
+    check_reads_errors(small_latent_ode())
+
+
+# ------------------------------------------------------------------------------ entry points
+def write_light_curves(path, n: int = 12) -> None:
+    df = light_curves(n=n, points=15)
+    df.loc[df.index[::4], "mag"] = np.nan
+    df.to_csv(path, index=False)
+
+
+def test_train_command_reads_uncertainties(tmp_path, monkeypatch):
+    path = tmp_path / "lc.csv"
+    write_light_curves(path)
+    run = tmp_path / "run"
+    tiny = ["model.gen_units=16", "model.encoder.hidden=8", "model.encoder.z0_units=16",
+            "plots.n_series=2", "plots.n_samples=5", "callbacks.progress_bar.refresh_rate=0",
+            "trainer.log_every_n_steps=1", "data.batch_size=4"]
+    run_main(train_cli, ["latentode-train", "experiment=csv", f"data.dataset.path={path}",
+                         "data.dataset.id_col=star", "data.dataset.time_col=t",
+                         "data.dataset.uncertainty_cols={flux:flux_err,mag:mag_err}",
+                         "trainer.max_epochs=1", f"hydra.run.dir={run}", *tiny], monkeypatch)
+    assert math.isfinite(read_metrics(run)["test/loglik"])
+    cfg = compose_train(["experiment=csv", f"data.dataset.path={path}",
+                         "data.dataset.id_col=star", "data.dataset.time_col=t",
+                         "data.dataset.uncertainty_cols={flux:flx_err}", *tiny], tmp_path / "r2")
+    with pytest.raises(ValueError, match=r"column 'flx_err' is not in the DataFrame\. Did you "
+                                         r"mean 'flux_err'"):
+        train_cli.build_datamodule(cfg).setup("fit")
+
+
+def test_forecaster_fits_on_uncertainties_and_predicts_from_histories_with_or_without():
+    from latentode.forecast import LatentODEForecaster
+
+    df = light_curves(n=12, points=15)
+    forecaster = LatentODEForecaster(["trainer.max_epochs=1", "model.gen_units=8",
+                                      "model.encoder.hidden=8", "model.encoder.z0_units=8",
+                                      "callbacks.progress_bar.refresh_rate=0"])
+    forecaster.fit(df, "star", "t", uncertainty_cols=ERRS, val_fraction=0)
+    assert forecaster.spec.channels == ["flux", "mag"]
+    assert forecaster.spec.uncertainty_cols == ERRS
+    history = df[df["star"] == "s0"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "unused new column" for the errors
+        with_errors = forecaster.predict(history, [11.0, 12.0], quantiles=None)
+    without = forecaster.predict(history.drop(columns=["flux_err", "mag_err"]), [11.0, 12.0],
+                                 quantiles=None)
+    pd.testing.assert_frame_equal(with_errors, without)
