@@ -312,6 +312,15 @@ def test_train_command_reads_uncertainties(tmp_path, monkeypatch):
                          "data.dataset.uncertainty_cols={flux:flux_err,mag:mag_err}",
                          "trainer.max_epochs=1", f"hydra.run.dir={run}", *tiny], monkeypatch)
     assert math.isfinite(read_metrics(run)["test/loglik"])
+    from latentode.forecast import LatentODEForecaster
+
+    forecaster = LatentODEForecaster.from_run(run)
+    assert forecaster.spec.uncertainty_cols == ERRS
+    history = pd.read_csv(path).query("star == 's1'")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        pred = forecaster.predict(history, [10.5], quantiles=None)
+    assert sorted(pred["channel"]) == ["flux", "mag"]
     cfg = compose_train(["experiment=csv", f"data.dataset.path={path}",
                          "data.dataset.id_col=star", "data.dataset.time_col=t",
                          "data.dataset.uncertainty_cols={flux:flx_err}", *tiny], tmp_path / "r2")

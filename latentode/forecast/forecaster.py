@@ -552,6 +552,9 @@ class LatentODEForecaster:
             walk_grid=None if walk is None else [float(v) for v in walk.times],
             walk_origin="batch" if walk is None else walk.origin,
             value_range=value_range(datamodule.splits["train"]),
+            uncertainty_cols=None if tidy else errors_read(ds),
+            uncertainty_col=OmegaConf.select(cfg, "data.dataset.uncertainty_col", default=None)
+            if tidy else None,
         )
         calibration, chosen = _calibrate(model.cpu().eval(), datamodule, run=True,
                                          subsets=subsets)
@@ -709,6 +712,7 @@ class LatentODEForecaster:
             scale=None if scaler is None else [float(v) for v in scaler.scale],
             train_span=longest_span(dataset), label_names=dataset.label_names,
             log=None if scaler is None else _log_flags(scaler),
+            uncertainty_cols=None if channel_col else errors_read(dataset),
         )
         spec.check_output_names()
         if calibration_data is None:
@@ -1404,6 +1408,13 @@ def _predictive_mean(spec: DataSpec, paths: np.ndarray, std: np.ndarray | None) 
     spread = np.asarray(std) * np.asarray(spec.scale)
     mean[..., log] *= np.exp(0.5 * spread[..., log] ** 2)
     return mean
+
+
+def errors_read(ds: IrregularDataset) -> dict[str, Any] | None:
+    """``{channel: column}`` of the uncertainty columns ``ds`` was read with (None: none)."""
+    names = ds.error_names or []
+    found = {c: n for c, n in zip(ds.channels, names, strict=False) if n is not None}
+    return found or None
 
 
 def _log_flags(scaler: Any) -> list[bool] | None:
