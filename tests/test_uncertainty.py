@@ -346,3 +346,112 @@ def test_forecaster_fits_on_uncertainties_and_predicts_from_histories_with_or_wi
     without = forecaster.predict(history.drop(columns=["flux_err", "mag_err"]), [11.0, 12.0],
                                  quantiles=None)
     pd.testing.assert_frame_equal(with_errors, without)
+
+
+# ------------------------------------------------------------------------------ review fixes
+def test_huge_uncertainties_stay_finite_and_beyond_float32_are_refused_by_name():
+    values = torch.zeros(1, 2, 1)
+    std = point_noise(0.01, torch.tensor([[[1e20], [0.0]]]), values)  # squared: inf in float32
+    assert torch.isfinite(std).all() and float(std[0, 0, 0]) == pytest.approx(1e20)
+    df = light_curves()
+    df.loc[2, "flux_err"] = 1e39
+    from latentode.data.scaling import check_representable
+
+    with pytest.raises(ValueError, match=rf"channel 'flux' of series '{df.loc[2, 'star']}' "
+                                         r"\(train\) has uncertainty 1e\+39, beyond float32"):
+        check_representable(read(df), "train")
+
+
+@pytest.mark.parametrize("kwargs, role", [
+    ({"uncertainty_cols": {"flux": "t"}}, "the time column"),
+    ({"uncertainty_cols": {"flux": "star"}}, "the id column"),
+    ({"uncertainty_cols": {"flux": "mag_err"}, "static_cols": ["mag_err"]}, "a static covariate"),
+])
+def test_an_uncertainty_column_with_another_role_is_refused(kwargs, role):
+    with pytest.raises(ValueError, match=rf"given as the uncertainty of 'flux' and as {role}"):
+        from_dataframe(light_curves(), "star", "t", **kwargs)
+    long = light_curves().melt(["star", "t"], ["flux"], "ch", "v")
+    with pytest.raises(ValueError, match="as the value column"):
+        from_dataframe(long, "star", "t", channel_col="ch", value_col="v", uncertainty_col="v")
+
+
+def test_variance_names_are_judged_without_the_channels_and_converted_in_the_advice():
+    df = light_curves().rename(columns={"flux_err": "flux_ivar", "mag": "w", "mag_err": "sigma_w"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # sigma_w of w is a standard deviation
+        from_dataframe(df, "star", "t", uncertainty_cols={"w": "sigma_w"}, value_cols=["w"])
+    with pytest.warns(UserWarning, match=r"uncertainty_cols=\{'w': 'sigma_w'\} .*variances first "
+                                         r"as standard deviations: df\['flux_err'\] = 1 / "
+                                         r"np\.sqrt\(df\['flux_ivar'\]\)"):
+        from_dataframe(df, "star", "t")
+
+
+def test_a_limit_given_as_an_uncertainty_is_refused_saying_what_an_uncertainty_is():
+    df = light_curves().astype({"flux_err": object})
+    df.loc[4, "flux_err"] = "<0.1"
+    with pytest.raises(ValueError, match=r"column 'flux_err' has a non-numeric value '<0\.1' .*"
+                                         r"a limit such as '<0\.1' is not a standard deviation"):
+        read(df)
+
+
+def test_a_column_two_channels_share_comes_back_whole():
+    df = light_curves()
+    df["err"] = df["flux_err"]
+    df.loc[df.index[::2], "mag"] = np.nan
+    ds = from_dataframe(df, "star", "t", value_cols=["flux", "mag"],
+                        uncertainty_cols={"flux": "err", "mag": "err"})
+    back = ds.to_dataframe()
+    want = df.sort_values(["star", "t"])["err"].to_numpy()
+    np.testing.assert_array_equal(back["err"].to_numpy(), want)
+
+
+def fitted(df: pd.DataFrame, **kwargs):
+    from latentode.forecast import LatentODEForecaster
+
+    return LatentODEForecaster(["trainer.max_epochs=1", "model.gen_units=8",
+                                "model.encoder.hidden=8", "model.encoder.z0_units=8",
+                                "callbacks.progress_bar.refresh_rate=0"]).fit(
+        df, "star", "t", val_fraction=0, **kwargs)
+
+
+def test_training_sees_the_uncertainties_and_histories_pass_theirs_over(monkeypatch):
+    seen = []
+    original = LatentODE.loss
+
+    def spy(self, *args, errors=None, **kwargs):
+        seen.append(errors)
+        return original(self, *args, errors=errors, **kwargs)
+
+    monkeypatch.setattr(LatentODE, "loss", spy)
+    df = light_curves(n=12, points=15)
+    forecaster = fitted(df, uncertainty_cols=ERRS, ignore_cols=["flux_err", "mag_err"])
+    assert seen and all(e is not None and (e > 0).any() for e in seen)
+    assert forecaster.spec.channels == ["flux", "mag"]
+    history = df[df["star"] == "s0"].astype({"flux_err": object})
+    history.loc[history.index[0], "flux_err"] = "<0.1"  # unread: predict reads values only
+    history.loc[history.index[1], "mag_err"] = -1.0
+    history.loc[history.index[2], "mag_err"] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        forecaster.predict(history, [11.0], quantiles=None)
+    seen.clear()
+    fitted(df[["star", "t", "flux", "mag"]])
+    assert seen and all(e is None for e in seen)
+
+
+def test_the_lightning_module_hands_the_batchs_uncertainties_to_the_loss():
+    from latentode.lit import LatentODELightning
+
+    ds = read(light_curves(n=3))
+    batch = collate(ds, [0, 1, 2])
+    model = LatentODE(2, latents=4, gen_units=8, obs_std=0.1, n_samples=2)
+    module = LatentODELightning(model)
+    torch.manual_seed(0)
+    with_errors = module._terms("val", batch, 0, 1.0, None)
+    torch.manual_seed(0)
+    want = model.loss(batch.times, batch.values, batch.encoder_mask, batch.target_mask,
+                      errors=batch.errors)
+    torch.manual_seed(0)
+    plain = model.loss(batch.times, batch.values, batch.encoder_mask, batch.target_mask)
+    torch.testing.assert_close(with_errors["loglik"], want["loglik"])
+    assert float(with_errors["loglik"].detach()) != pytest.approx(float(plain["loglik"].detach()))

@@ -387,8 +387,10 @@ class IrregularDataset:
         for d, name in enumerate(self.channels):
             frame[name] = self.values[:, d]
         for d, name in enumerate(self.error_columns()):
-            if name is not None and self.errors is not None:
-                frame[name] = self.errors[:, d]
+            if name is not None and self.errors is not None:  # a column two channels share:
+                have = frame.get(name)  # each row's from the channel that has one
+                frame[name] = self.errors[:, d] if have is None else np.where(
+                    np.isnan(have), self.errors[:, d], have)
         if self.static is not None:
             for s, name in enumerate(self.static_names or []):
                 dtypes = self.static_dtypes or []

@@ -98,7 +98,12 @@ def from_dataframe(
         raise ValueError("uncertainty_col= is for tidy frames (channel_col=, value_col=); a "
                          "wide frame names each channel's uncertainty column: "
                          "uncertainty_cols={'<channel>': '<its uncertainty column>'}.")
-    errors_of = _check_uncertainty_names(uncertainty_cols, value_cols)
+    roles = {"the id column": [id_col], "the time column": [time_col],
+             "the channel column": [channel_col], "the value column": [value_col],
+             "the label column": [label_col], "a static covariate": static_cols}
+    errors_of = _check_uncertainty_names(uncertainty_cols, value_cols, roles)
+    if uncertainty_col is not None:
+        _check_uncertainty_names({"each observation": uncertainty_col}, None, roles)
     extra = [c for c in (channel_col, value_col, label_col, uncertainty_col) if c is not None]
     _require_columns(df, [id_col, time_col, *extra, *static_cols, *(value_cols or []),
                           *errors_of.values()])
@@ -487,11 +492,16 @@ def _warn_uncertainty_columns(columns: list, channel_col: str | None = None,
     pairs = [(c, b) for c, b in uncertainty_pairs(columns) if c not in used]
     if pairs:
         shown = ", ".join(f"{c!r} of {b!r}" for c, b in pairs[:4])
-        given = {b: c for c, b in pairs[:4]}
-        what, remedy = (("column(s)", f"give them as uncertainty_cols={given} (each value's "
-                         "standard deviation: noisy points then weigh less in the likelihood; "
-                         "latentode-train: data.dataset.uncertainty_cols), or leave them out "
-                         "with value_cols=[...] (LatentODEForecaster.fit: ignore_cols=[...])")
+        given = {b: c for c, b in pairs[:4] if not looks_like_variance(c, b)}
+        converted = [_as_std(c, b) for c, b in pairs[:4] if looks_like_variance(c, b)]
+        what, remedy = (("column(s)", (f"give them as uncertainty_cols={given} " if given else
+                                       "give them as uncertainty_cols ")
+                         + "(each value's standard deviation: noisy points then weigh less in "
+                         "the likelihood; latentode-train: data.dataset.uncertainty_cols"
+                         + (f"; variances first as standard deviations: {'; '.join(converted)}"
+                            if converted else "")
+                         + "), or leave them out with value_cols=[...] "
+                         "(LatentODEForecaster.fit: ignore_cols=[...])")
                         if channel_col is None else
                         (f"channel(s) of {channel_col!r}", "they belong beside the values, "
                          "one uncertainty_col= per observation row (a pivot of these rows), or "
@@ -509,12 +519,22 @@ def _error_key(channel: str) -> str:
     return f"\0error\0{channel}"
 
 
-_VARIANCE = re.compile(r"(?:^|[_\-. ])(?:ivar|invvar|var|variance|weight|weights|w)$|ivar$",
+_VARIANCE = re.compile(r"^(?:ivar|invvar|inv_var|var|variance|weight|weights|wt)$|ivar$",
                        re.IGNORECASE)
 
 
-def _check_uncertainty_names(uncertainty_cols: Any, value_cols: Sequence[Any] | None
-                             ) -> dict[str, Any]:
+def looks_like_variance(column: Any, channel: str) -> bool:
+    """Whether uncertainty column ``column`` of ``channel`` is named as a variance, inverse
+    variance or weight (``flux_ivar``, ``var_flux``, ``flux_weight``) rather than a standard
+    deviation: judged on the name without the channel's (``sigma_w`` of ``w`` is a std)."""
+    name = str(column)
+    at = name.lower().find(channel.lower()) if channel else -1
+    rest = name[:at] + name[at + len(channel):] if at >= 0 else name
+    return bool(_VARIANCE.search(rest.strip("_-. ")))
+
+
+def _check_uncertainty_names(uncertainty_cols: Any, value_cols: Sequence[Any] | None,
+                             others: dict[str, Any] | None = None) -> dict[str, Any]:
     """``uncertainty_cols`` as ``{channel name: column}``, or a ``ValueError`` saying how to
     give it; columns named like variances or weights are warned about (standard deviations
     are read: a variance taken for one weighs a point by its square root)."""
@@ -527,18 +547,23 @@ def _check_uncertainty_names(uncertainty_cols: Any, value_cols: Sequence[Any] | 
             f"{{flux:flux_err}}), got {uncertainty_cols!r}.")
     out = {str(channel): column for channel, column in uncertainty_cols.items()}
     values = {str(c) for c in value_cols or []}
+    roles = {str(c): role for role, cs in (others or {}).items() for c in cs if c is not None}
     for channel, column in out.items():
+        if str(column) in roles:
+            raise ValueError(
+                f"column {_plain(column)!r} is given as the uncertainty of {channel!r} and as "
+                f"{roles[str(column)]}: a column holds one thing; name the uncertainty column.")
         if str(column) in values or str(column) == channel:
             raise ValueError(
                 f"column {_plain(column)!r} is given as a channel and as the uncertainty of "
                 f"{channel!r}: an uncertainty column is not a channel; leave it out of "
                 "value_cols.")
-        if _VARIANCE.search(str(column)):
+        if looks_like_variance(column, channel):
             warnings.warn(
                 f"uncertainty column {_plain(column)!r} of {channel!r} is named like a variance "
                 "or weight, but uncertainties are read as standard deviations in the channel's "
                 "units: if it holds variances give np.sqrt of it, if inverse variances "
-                f"1 / np.sqrt of it (e.g. df['{channel}_err'] = 1 / np.sqrt(df[{column!r}])).",
+                f"1 / np.sqrt of it (e.g. {_as_std(str(column), channel)}).",
                 stacklevel=3)
     return out
 
@@ -557,7 +582,8 @@ def _check_uncertainty_channels(errors_of: dict[str, Any], channels: list[str]) 
 def _error_column(df: pd.DataFrame, col: Any, id_col: str, time_col: str) -> pd.Series:
     """Uncertainty column ``col`` as float64, negative or infinite values refused by series and
     time (before any averaging squares the sign away)."""
-    errs = _numeric_column(df, col, id_col)
+    errs = _numeric_column(df, col, id_col, way_out="(an uncertainty unknown: NaN; a limit "
+                           "such as '<0.1' is not a standard deviation)")
     with np.errstate(invalid="ignore"):
         bad = (np.isinf(errs) | (errs < 0)).to_numpy()
     if bad.any():
@@ -600,6 +626,14 @@ def _read_errors(wide: pd.DataFrame, values: np.ndarray, id_col: str, time_col: 
     return errors
 
 
+def _as_std(column: str, channel: str) -> str:
+    """The line that turns variance-like column ``column`` into ``channel``'s standard
+    deviations (inverse variances and weights: ``1 / sqrt``; variances: ``sqrt``)."""
+    inverse = any(k in column.lower() for k in ("ivar", "inv", "weight", "wt"))
+    how = "1 / np.sqrt" if inverse else "np.sqrt"
+    return f"df['{channel}_err'] = {how}(df[{column!r}])"
+
+
 def _warn_constant_within_series(df: pd.DataFrame, id_col: str, columns: list) -> None:
     """Columns picked as channels that never change within a series look like static
     covariates or labels (age, outcome): say so, rather than model them as time series."""
@@ -635,7 +669,8 @@ def _check_channels_observed(values: np.ndarray, channels: list[str], how: str) 
     warnings.warn(message, stacklevel=3)
 
 
-def _numeric_column(df: pd.DataFrame, col: Any, id_col: str) -> pd.Series:
+def _numeric_column(df: pd.DataFrame, col: Any, id_col: str,
+                    way_out: str = "(or leave the column out of value_cols=[...])") -> pd.Series:
     series = df[col]
     if pd.api.types.is_bool_dtype(series.dtype):
         return series.astype(np.float64)
@@ -646,7 +681,7 @@ def _numeric_column(df: pd.DataFrame, col: Any, id_col: str) -> pd.Series:
         raise ValueError(
             f"column {_plain(col)!r} has a non-numeric value {_plain(series.iloc[i])!r} (series "
             f"{_plain(df[id_col].iloc[i])!r}, row {_plain(df.index[i])!r}); clean it, or leave it "
-            "empty (NaN) if it was not observed (or leave the column out of value_cols=[...])."
+            f"empty (NaN) if it was not observed {way_out}."
         )
     return converted.astype(np.float64)
 

@@ -180,7 +180,19 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def check_representable(dataset: IrregularDataset, what: str) -> None:
-    """Refuse values the float32 model would turn into inf, naming channel and series."""
+    """Refuse values (and uncertainties) the float32 model would turn into inf, naming channel
+    and series."""
+    if dataset.errors is not None:
+        with np.errstate(invalid="ignore"):
+            huge = dataset.errors > FLOAT32_MAX
+        if huge.any():
+            row, j = np.argwhere(huge)[0]
+            series = int(np.searchsorted(dataset.offsets, row, side="right") - 1)
+            raise ValueError(
+                f"channel {dataset.channels[j]!r} of series {dataset.ids[series]!r} ({what}) has "
+                f"uncertainty {dataset.errors[row, j]:.3g}, beyond float32's range (the model "
+                "computes in float32): a value that uncertain says nothing; give it as NaN (not "
+                "observed), or its uncertainty in other units.")
     with np.errstate(invalid="ignore"):
         big = np.abs(dataset.values) > FLOAT32_MAX
     if not big.any():

@@ -396,7 +396,11 @@ class LatentODEForecaster:
             missing = [c for c in ignore_cols if c not in train_df.columns]
             if missing:
                 raise ValueError(f"ignore_cols {missing} are not columns of train_df.")
-            train_df = train_df.drop(columns=list(ignore_cols))
+            # an uncertainty column listed too is read as one (an older warning advised
+            # ignore_cols for them): not a channel either way, but not dropped
+            kept = {str(c) for c in [*(uncertainty_cols or {}).values(), uncertainty_col]
+                    if c is not None}
+            train_df = train_df.drop(columns=[c for c in ignore_cols if str(c) not in kept])
         train = from_dataframe(train_df, id_col, time_col, value_cols, channel_col=channel_col,
                                value_col=value_col, time_unit=time_unit,
                                time_scale=time_scale, label_col=label_col,
@@ -428,7 +432,7 @@ class LatentODEForecaster:
         spec.check_output_names()  # before training
         data, split = train, ["train"] * len(train)
         if val_df is not None:
-            val = spec.dataset(val_df, "val_df")
+            val = spec.dataset(val_df, "val_df", errors=True)
             data, split = concat_datasets(train, val), split + ["val"] * len(val)
         elif val_fraction and len(train) >= CALIBRATION_HOLDOUT_MIN:
             # series the model never trains on, for validation and an honest calibration

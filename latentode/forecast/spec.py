@@ -221,17 +221,20 @@ class DataSpec:
         return cls.from_json(json.loads(path.read_text()))
 
     # ----------------------------------------------------------------------------- frames
-    def dataset(self, df: pd.DataFrame, what: str = "df") -> IrregularDataset:
+    def dataset(self, df: pd.DataFrame, what: str = "df", errors: bool = False
+                ) -> IrregularDataset:
         """``df`` as an ``IrregularDataset`` with the training channels (order and names) and
-        model times on the training time scale; values stay in data units."""
+        model times on the training time scale; values stay in data units. ``errors``: read
+        the measurement uncertainties too (frames to train or validate on; histories to
+        predict from need none, and theirs are passed over unread)."""
         if not isinstance(df, pd.DataFrame):
             raise TypeError(f"{what} must be a pandas DataFrame, got {type(df).__name__}.")
         if self.tidy:
-            errors = (self.uncertainty_col if self.uncertainty_col is not None
-                      and self.uncertainty_col in df.columns else None)
+            error_col = (self.uncertainty_col if errors and self.uncertainty_col is not None
+                         and self.uncertainty_col in df.columns else None)
             ds = from_dataframe(df, self.id_col, self.time_col, channel_col=self.channel_col,
                                 value_col=self.value_col, time_unit=self.time_unit,
-                                empty_channels="ignore", uncertainty_col=errors)
+                                empty_channels="ignore", uncertainty_col=error_col)
             unknown = [c for c in ds.channels if c not in self.channels]
             if unknown:
                 raise ValueError(
@@ -252,7 +255,8 @@ class DataSpec:
             columns = self._value_columns(df, what)
             present = {str(c) for c in df.columns}
             errors_of = {channel: column for channel, column in
-                         (self.uncertainty_cols or {}).items() if str(column) in present}
+                         (self.uncertainty_cols or {}).items()
+                         if errors and str(column) in present}
             ds = from_dataframe(df, self.id_col, self.time_col, columns,
                                 time_unit=self.time_unit, empty_channels="ignore",
                                 uncertainty_cols=errors_of or None)

@@ -878,7 +878,7 @@ def check_reads_errors(model: nn.Module) -> None:
     if "errors" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
     raise ValueError(
-        f"the data carry measurement uncertainties (uncertainty_cols), but "
+        f"the data carry measurement uncertainties (uncertainty_cols / uncertainty_col), but "
         f"{type(model).__name__}.loss takes no errors=: give it an errors=None argument "
         "(the (B, T, D) uncertainties, latentode.models.inputs.point_noise adds them to the "
-        "noise), or read the data without uncertainty_cols.")
+        "noise), or read the data without uncertainty_cols / uncertainty_col.")

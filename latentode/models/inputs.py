@@ -183,5 +183,6 @@ def point_noise(obs_std: float | torch.Tensor, errors: torch.Tensor | None,
     if not bool(torch.isfinite(errors).all()) or bool((errors < 0).any()):
         raise ValueError("errors must be finite and >= 0 (standard deviations; 0 where none "
                          "was given), got a negative, NaN or infinite one.")
-    return torch.sqrt(torch.as_tensor(obs_std, dtype=values.dtype, device=values.device) ** 2
-                      + errors.square())
+    # hypot: a huge uncertainty (a catalogue's 1e20 for "unmeasured") squared overflows float32
+    return torch.hypot(torch.as_tensor(obs_std, dtype=values.dtype, device=values.device),
+                       errors)

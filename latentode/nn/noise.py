@@ -3,6 +3,8 @@
 The paper trains with one fixed ``obs_std`` (0.01, 1e-3 for the hopper). Per channel, a user
 who knows one sensor is noisier than the rest gives that channel a larger std, so that its
 errors weigh less in the loss (the weight of a channel's squared errors is ``1 / std^2``).
+Measurement uncertainties known per point (``from_dataframe(uncertainty_cols=...)``) are added
+to it in quadrature by the models' loss (:func:`latentode.models.inputs.point_noise`).
 
 The noise is not learned: with the paper's normalisation (log-density averaged over each
 channel's points, KL averaged over latents) and Adamax, a learned std made the quick start's
