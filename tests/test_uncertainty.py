@@ -186,13 +186,44 @@ def test_collate_puts_uncertainties_on_the_batch_grid_and_zero_elsewhere():
 def test_point_noise_adds_uncertainties_in_quadrature_and_checks_them():
     values = torch.zeros(2, 3, 2)
     errors = torch.tensor([0.0, 0.3, 4.0]).view(1, 3, 1).expand(2, 3, 2)
-    std = point_noise(torch.tensor([0.4, 0.01]), errors, values)
+    std = point_noise(torch.tensor([0.4, 0.01]), errors, values, weighting="absolute")
     assert point_noise(0.1, None, values) == 0.1
     torch.testing.assert_close(std[0, :, 0], torch.tensor([0.4, 0.5, math.hypot(0.4, 4.0)]))
     with pytest.raises(ValueError, match=r"errors must have the shape of values \(2, 3, 2\)"):
         point_noise(0.1, errors[:, :2], values)
     with pytest.raises(ValueError, match="finite and >= 0"):
         point_noise(0.1, -errors, values)
+    with pytest.raises(ValueError, match=r"error_weighting must be one of \('relative', "
+                                         r"'absolute'\), got 'variance'"):
+        point_noise(0.1, errors, values, weighting="variance")
+    with pytest.raises(ValueError, match="error_weighting must be one of"):
+        LatentODE(2, error_weighting="relativ")
+
+
+def test_relative_weighting_shares_the_weight_without_changing_its_mean():
+    """Each channel's mean weight 1 / std^2 over the targets stays 1 / obs_std^2; the points'
+    weights keep the ratios of 1 / (obs_std^2 + err^2); equal uncertainties change nothing;
+    points that are not targets, and channels without any, do not count."""
+    torch.manual_seed(0)
+    values = torch.zeros(3, 5, 2, dtype=torch.float64)
+    errors = torch.rand(3, 5, 2, dtype=torch.float64)
+    mask = torch.rand(3, 5, 2) < 0.6
+    mask[..., 1] = False
+    mask[0, 0, 0] = True
+    obs = torch.tensor([0.1, 0.2], dtype=torch.float64)
+    std = point_noise(obs, errors, values, mask)
+    weight = std.square().reciprocal()
+    torch.testing.assert_close(weight[..., 0][mask[..., 0]].mean(), 1 / obs[0] ** 2)
+    absolute = point_noise(obs, errors, values, mask, weighting="absolute")
+    ratio = weight[..., 0] * absolute[..., 0].square()
+    torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio[0, 0])))
+    torch.testing.assert_close(std[..., 1], absolute[..., 1])  # no targets: as given
+    far = errors.clone()
+    far[~mask] = 1e6  # a non-target's uncertainty changes no target's weight
+    torch.testing.assert_close(point_noise(obs, far, values, mask)[mask], std[mask])
+    same = point_noise(obs, torch.full_like(errors, 0.7), values, mask)
+    torch.testing.assert_close(same[..., 0][mask[..., 0]],
+                               torch.full((int(mask[..., 0].sum()),), 0.1, dtype=torch.float64))
 
 
 def test_the_loglik_with_per_point_stds_is_the_gaussian_density_averaged_as_the_paper():
@@ -223,8 +254,9 @@ def batch_for_loss(n: int = 3, length: int = 6):
 
 @pytest.mark.parametrize("make", [
     small_latent_ode,
+    lambda: small_latent_ode(error_weighting="absolute"),
     lambda: ODERNN(2, latents=4, ode_units=8, dec_units=8, obs_std=0.1).double(),
-    lambda: GRUDT(2, latents=4, dec_units=8, obs_std=0.1).double(),
+    lambda: GRUDT(2, latents=4, dec_units=8, obs_std=0.1, error_weighting="absolute").double(),
     lambda: RNNVAE(2, latents=4, enc_hidden=8, z0_units=8, hidden=8, obs_std=0.1).double(),
 ])
 def test_each_models_likelihood_has_variance_obs_std_squared_plus_the_uncertainty(make):
@@ -243,7 +275,7 @@ def test_each_models_likelihood_has_variance_obs_std_squared_plus_the_uncertaint
     plain = loss(None)
     torch.testing.assert_close(loss(torch.zeros_like(values))["loss"], plain["loss"])
     weighted = loss(errors)
-    std = point_noise(model.noise(values), errors, values)
+    std = point_noise(model.noise(values), errors, values, mask, model.error_weighting)
     want = masked_gaussian_loglik(values, plain["pred"], mask, std).mean()
     torch.testing.assert_close(weighted["loglik"], want)
     assert float(weighted["loglik"].detach()) != pytest.approx(float(plain["loglik"].detach()))
@@ -257,7 +289,8 @@ def test_likelihood_term_of_a_point_scales_exactly_with_its_variance():
     pred = torch.tensor([[[[0.0], [0.0]]]], dtype=torch.float64, requires_grad=True)
     mask = torch.ones(1, 2, 1, dtype=torch.bool)
     errors = torch.tensor([[[0.0], [3.0]]], dtype=torch.float64)
-    loglik = masked_gaussian_loglik(values, pred, mask, point_noise(0.5, errors, values))
+    loglik = masked_gaussian_loglik(values, pred, mask,
+                                    point_noise(0.5, errors, values, weighting="absolute"))
     (grad,) = torch.autograd.grad(loglik.sum(), pred)
     torch.testing.assert_close(grad.flatten(), torch.tensor([1 / 0.25, 2 / 9.25],
                                                             dtype=torch.float64) / 2)
@@ -351,8 +384,11 @@ def test_forecaster_fits_on_uncertainties_and_predicts_from_histories_with_or_wi
 # ------------------------------------------------------------------------------ review fixes
 def test_huge_uncertainties_stay_finite_and_beyond_float32_are_refused_by_name():
     values = torch.zeros(1, 2, 1)
-    std = point_noise(0.01, torch.tensor([[[1e20], [0.0]]]), values)  # squared: inf in float32
+    huge = torch.tensor([[[1e20], [0.0]]])  # squared: inf in float32
+    std = point_noise(0.01, huge, values, weighting="absolute")
     assert torch.isfinite(std).all() and float(std[0, 0, 0]) == pytest.approx(1e20)
+    std = point_noise(0.01, huge, values)
+    assert torch.isfinite(std).all() and float(std[0, 1, 0]) == pytest.approx(0.01 * 0.5**0.5)
     df = light_curves()
     df.loc[2, "flux_err"] = 1e39
     from latentode.data.scaling import check_representable

@@ -40,6 +40,7 @@ from latentode.solvers import odeint
 from latentode.solvers.odeint import check_options
 
 from .inputs import (
+    check_error_weighting,
     check_increasing,
     checked_batch,
     checked_pred_times,
@@ -166,7 +167,8 @@ class _Recurrent(WithObservationNoise, nn.Module):
         (:func:`~latentode.models.inputs.point_noise`)."""
         values = checked_batch(self.input_dim, times, values, encoder_mask, target_mask,
                                dtype=weight_dtype(self))
-        noise = point_noise(self.noise(values), errors, values)
+        noise = point_noise(self.noise(values), errors, values, target_mask,
+                            getattr(self, "error_weighting", "relative"))
         out = self.predict(times, values, encoder_mask, target_mask, n_samples)
         samples = (None if out.z0 is None
                    else sample_kl(out.z0, out.z0_mean, out.z0_std))
@@ -230,6 +232,10 @@ class ODERNN(Graphable, _Deterministic):
         dec_units, dec_layers: decoder (paper code: one hidden layer of 100; 0: linear).
         obs_std: fixed observation noise std of the Gaussian likelihood: one, or one per
             channel (:class:`~latentode.nn.ObservationNoise`).
+        error_weighting: how measurement uncertainties (``loss(errors=...)``) enter the
+            likelihood: ``relative`` (they share the data's weight among the points, the
+            mean weight staying ``1 / obs_std^2``) or ``absolute`` (variance
+            ``obs_std^2 + err^2``); :func:`~latentode.models.inputs.point_noise`.
         n_samples: unused (deterministic); kept for the common interface.
         solver: ``odeint`` options between time points; default one Euler step per gap, as
             the paper code and :class:`~latentode.nn.ODERNNEncoder`.
@@ -252,7 +258,7 @@ class ODERNN(Graphable, _Deterministic):
         gru_units: int | None = None, dec_units: int = 100, dec_layers: int = 1,
         obs_std: float | Sequence[float] = 0.01, n_samples: int = 1,
         solver: dict[str, Any] | None = None, std_state: bool = False, cuda_graph: bool = False,
-        output_bias: ArrayLike | str | None = None,
+        output_bias: ArrayLike | str | None = None, error_weighting: str = "relative",
     ):
         super().__init__()
         check_sizes("ODERNN", input_dim=input_dim, latents=latents, ode_units=ode_units,
@@ -265,6 +271,7 @@ class ODERNN(Graphable, _Deterministic):
         self.out = decoder(latents, input_dim, dec_units, dec_layers)
         start_output_bias(self.out, output_bias, input_dim)
         self.noise = ObservationNoise(input_dim, obs_std)
+        self.error_weighting = check_error_weighting(error_weighting)
         self.n_samples = n_samples
         check_options(solver or {}, "ODERNN")
         self.solver = {"method": "euler", **(solver or {})}
@@ -367,6 +374,10 @@ class GRUDT(_Deterministic):
         dec_units, dec_layers: decoder (paper code: one hidden layer of 100; 0: linear).
         obs_std: fixed observation noise std of the Gaussian likelihood: one, or one per
             channel (:class:`~latentode.nn.ObservationNoise`).
+        error_weighting: how measurement uncertainties (``loss(errors=...)``) enter the
+            likelihood: ``relative`` (they share the data's weight among the points, the
+            mean weight staying ``1 / obs_std^2``) or ``absolute`` (variance
+            ``obs_std^2 + err^2``); :func:`~latentode.models.inputs.point_noise`.
         n_samples: unused (deterministic); kept for the common interface.
         solver: unused (no ODE); kept for the common interface.
         output_bias: start the decoder's output bias here: one value or one per channel
@@ -380,7 +391,7 @@ class GRUDT(_Deterministic):
         self, input_dim: int, latents: int = 20, gru_units: int | None = None,
         dec_units: int = 100, dec_layers: int = 1, obs_std: float | Sequence[float] = 0.01,
         n_samples: int = 1, solver: dict[str, Any] | None = None,
-        output_bias: ArrayLike | str | None = None,
+        output_bias: ArrayLike | str | None = None, error_weighting: str = "relative",
     ):
         super().__init__()
         check_sizes("GRUDT", input_dim=input_dim, latents=latents, gru_units=gru_units,
@@ -390,6 +401,7 @@ class GRUDT(_Deterministic):
         self.out = decoder(latents, input_dim, dec_units, dec_layers)
         start_output_bias(self.out, output_bias, input_dim)
         self.noise = ObservationNoise(input_dim, obs_std)
+        self.error_weighting = check_error_weighting(error_weighting)
         self.n_samples = n_samples
 
     def advance(self, h: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:
@@ -441,6 +453,10 @@ class RNNVAE(_Recurrent):
         dec_units, dec_layers: output map (paper code: one hidden layer of 100; 0: linear).
         obs_std: fixed observation noise std of the Gaussian likelihood: one, or one per
             channel (:class:`~latentode.nn.ObservationNoise`).
+        error_weighting: how measurement uncertainties (``loss(errors=...)``) enter the
+            likelihood: ``relative`` (they share the data's weight among the points, the
+            mean weight staying ``1 / obs_std^2``) or ``absolute`` (variance
+            ``obs_std^2 + err^2``); :func:`~latentode.models.inputs.point_noise`.
         n_samples: posterior samples for the bound.
         solver: unused (no ODE); kept for the common interface.
         objective: ``elbo``, ``iwae`` or ``batch_iwae``, as for :class:`LatentODE`.
@@ -463,6 +479,7 @@ class RNNVAE(_Recurrent):
         dec_layers: int = 1, obs_std: float | Sequence[float] = 0.01, n_samples: int = 3,
         solver: dict[str, Any] | None = None, objective: str = "iwae", z0_at: str = "start",
         lead_gap: bool = True, output_bias: ArrayLike | str | None = None,
+        error_weighting: str = "relative",
     ):
         super().__init__()
         check_sizes("RNNVAE", input_dim=input_dim, latents=latents, enc_hidden=enc_hidden,
@@ -480,6 +497,7 @@ class RNNVAE(_Recurrent):
         self.out = decoder(hidden, input_dim, dec_units, dec_layers)
         start_output_bias(self.out, output_bias, input_dim)
         self.noise = ObservationNoise(input_dim, obs_std)
+        self.error_weighting = check_error_weighting(error_weighting)
         self.n_samples = n_samples
 
     def advance(self, h: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ from latentode.solvers.odeint import check_options
 
 from .inputs import (
     check_decoded,
+    check_error_weighting,
     checked_batch,
     checked_posterior,
     checked_pred_times,
@@ -347,6 +348,10 @@ class LatentODE(WithObservationNoise, nn.Module):
         dec_units, dec_layers: decoder MLP (``dec_layers=0``: linear, as in the paper).
         obs_std: fixed observation noise std of the Gaussian likelihood: one, or one per
             channel (:class:`~latentode.nn.ObservationNoise`).
+        error_weighting: how measurement uncertainties (``loss(errors=...)``) enter the
+            likelihood: ``relative`` (they share the data's weight among the points, the
+            mean weight staying ``1 / obs_std^2``) or ``absolute`` (variance
+            ``obs_std^2 + err^2``); :func:`~latentode.models.inputs.point_noise`.
         n_samples: posterior samples per series in the loss (and by default in ``forward``).
         solver: ``odeint`` options for the generative ODE (method, rtol, atol, gradient, ...).
         objective: how posterior samples combine (:func:`sample_bound`): ``elbo`` (the mean
@@ -412,6 +417,7 @@ class LatentODE(WithObservationNoise, nn.Module):
         output_bias: ArrayLike | str | None = None,
         rate_latents: int = 0,
         rate_layers: int = 1,
+        error_weighting: str = "relative",
     ):
         super().__init__()
         check_sizes("LatentODE", latents=latents, input_dim=input_dim, gen_units=gen_units,
@@ -459,6 +465,7 @@ class LatentODE(WithObservationNoise, nn.Module):
         check_parts(self.encoder, self.field, self.decoder, input_dim, latents, self.decoded)
         start_output_bias(self.decoder, output_bias, input_dim)
         self.noise = ObservationNoise(input_dim, obs_std)
+        self.error_weighting = check_error_weighting(error_weighting)
         self.n_samples = n_samples
         self.poisson, self.poisson_weight = poisson, poisson_weight
         self.rate_latents = rate_latents
@@ -640,7 +647,8 @@ class LatentODE(WithObservationNoise, nn.Module):
                 "reconstruct=False trains on the labels alone, but loss() got no labels (a "
                 "batch built without label_col holds labels=None): pass labels=batch.labels "
                 "from labelled data, or reconstruct=True.")
-        noise = point_noise(self.noise(values), errors, values)
+        noise = point_noise(self.noise(values), errors, values, target_mask,
+                            self.error_weighting)
         packed = self._packed_targets(times, target_mask)
         if packed is None:
             out = self.predict(times, values, encoder_mask, target_mask, n_samples)
