@@ -21,7 +21,9 @@ series, one in five interior points is held out and predicted from the rest (``i
 the last quarter of each series' span is forecast from the first three quarters (``ahead``).
 Printed: the MSE of the predicted means against the noiseless sine at those times (not
 against the noisy values, whose noise neither model can predict), per noise kind and seed,
-and the ratio with / without. Results: docs/results.md, *Measurement uncertainties*.
+and the ratio with / without. ``--overrides model.error_weighting=absolute`` weighs by the
+variances themselves instead of relative to each other. Results: docs/results.md,
+*Measurement uncertainties*.
 """
 
 from __future__ import annotations
