@@ -15,8 +15,9 @@ known to the user and given beside it as ``y_err``:
   level does not).
 
 240 series train ``LatentODEForecaster.fit`` twice with one seed, once reading the
-uncertainties (``uncertainty_cols={"y": "y_err"}``: each point's likelihood variance
-``obs_std^2 + err^2``) and once without (every point weighs the same). Of the other 60
+uncertainties (``uncertainty_cols={"y": "y_err"}``: each point weighs ``1 / (obs_std^2 +
+err^2)`` relative to its series' others, ``model.error_weighting: relative``) and once without
+(every point weighs the same). Of the other 60
 series, one in five interior points is held out and predicted from the rest (``inside``), and
 the last quarter of each series' span is forecast from the first three quarters (``ahead``).
 Printed: the MSE of the predicted means against the noiseless sine at those times (not

@@ -200,30 +200,40 @@ def test_point_noise_adds_uncertainties_in_quadrature_and_checks_them():
         LatentODE(2, error_weighting="relativ")
 
 
-def test_relative_weighting_shares_the_weight_without_changing_its_mean():
-    """Each channel's mean weight 1 / std^2 over the targets stays 1 / obs_std^2; the points'
-    weights keep the ratios of 1 / (obs_std^2 + err^2); equal uncertainties change nothing;
-    points that are not targets, and channels without any, do not count."""
+def test_relative_weighting_shares_each_series_weight_without_changing_its_mean():
+    """Each series and channel's mean weight 1 / std^2 over its targets stays 1 / obs_std^2
+    (per channel obs_std); the points' weights keep the ratios of 1 / (obs_std^2 + err^2);
+    equal uncertainties change nothing, whatever their size; points that are not targets, and
+    series-channels without any, do not count; a series' stds do not depend on the others in
+    its batch."""
     torch.manual_seed(0)
     values = torch.zeros(3, 5, 2, dtype=torch.float64)
     errors = torch.rand(3, 5, 2, dtype=torch.float64)
     mask = torch.rand(3, 5, 2) < 0.6
-    mask[..., 1] = False
-    mask[0, 0, 0] = True
+    mask[:, 0] = True
+    mask[2, :, 1] = False  # series 2 has no target in channel 1
     obs = torch.tensor([0.1, 0.2], dtype=torch.float64)
     std = point_noise(obs, errors, values, mask)
     weight = std.square().reciprocal()
-    torch.testing.assert_close(weight[..., 0][mask[..., 0]].mean(), 1 / obs[0] ** 2)
+    for b in range(3):
+        for d in range(2):
+            if mask[b, :, d].any():
+                torch.testing.assert_close(weight[b, :, d][mask[b, :, d]].mean(), 1 / obs[d] ** 2)
     absolute = point_noise(obs, errors, values, mask, weighting="absolute")
-    ratio = weight[..., 0] * absolute[..., 0].square()
-    torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio[0, 0])))
-    torch.testing.assert_close(std[..., 1], absolute[..., 1])  # no targets: as given
+    ratio = weight * absolute.square()  # one factor per series and channel
+    torch.testing.assert_close(ratio, ratio[:, :1].expand_as(ratio))
+    torch.testing.assert_close(std[2, :, 1], absolute[2, :, 1])  # no targets: as given
     far = errors.clone()
     far[~mask] = 1e6  # a non-target's uncertainty changes no target's weight
     torch.testing.assert_close(point_noise(obs, far, values, mask)[mask], std[mask])
-    same = point_noise(obs, torch.full_like(errors, 0.7), values, mask)
-    torch.testing.assert_close(same[..., 0][mask[..., 0]],
-                               torch.full((int(mask[..., 0].sum()),), 0.1, dtype=torch.float64))
+    alone = point_noise(obs, errors[1:2], values[1:2], mask[1:2])
+    torch.testing.assert_close(alone[0], std[1])
+    for size in (0.0, 0.7, 1e20, 1e37):
+        same = point_noise(obs, torch.full_like(errors, size), values, mask)
+        torch.testing.assert_close(same[mask], obs.expand_as(same)[mask], rtol=1e-5, atol=0)
+    half = point_noise(0.01, torch.full((256, 300, 1), 0.05).half(), torch.zeros(
+        256, 300, 1, dtype=torch.half))  # half precision's sums overflowed
+    assert torch.isfinite(half).all() and float(half[0, 0, 0]) == pytest.approx(0.01)
 
 
 def test_the_loglik_with_per_point_stds_is_the_gaussian_density_averaged_as_the_paper():
@@ -265,18 +275,25 @@ def test_each_models_likelihood_has_variance_obs_std_squared_plus_the_uncertaint
     loss without them."""
     model = make()
     times, values, mask = batch_for_loss()
-    errors = torch.zeros_like(values)
+    target = mask.clone()
+    target[:, 1::2] = False  # every other time only: the rest is for the encoder
+    errors = torch.rand_like(values)  # every point, targets or not
     errors[1, 3, 0], errors[0, 2, 1] = 0.2, 3.0
 
     def loss(errs):
         torch.manual_seed(2)
-        return model.loss(times, values, mask, mask, errors=errs)
+        return model.loss(times, values, mask, target, errors=errs)
 
     plain = loss(None)
     torch.testing.assert_close(loss(torch.zeros_like(values))["loss"], plain["loss"])
     weighted = loss(errors)
-    std = point_noise(model.noise(values), errors, values, mask, model.error_weighting)
-    want = masked_gaussian_loglik(values, plain["pred"], mask, std).mean()
+    obs = torch.as_tensor(model.noise(values), dtype=values.dtype)
+    std = torch.hypot(obs, errors)
+    if model.error_weighting == "relative":  # by hand: each series' targets' mean weight
+        w = torch.where(target, std.square().reciprocal(), 0.0)
+        mean = w.sum(1, keepdim=True) / target.sum(1, keepdim=True)
+        std = std * (mean * obs.square()).sqrt()
+    want = masked_gaussian_loglik(values, plain["pred"], target, std).mean()
     torch.testing.assert_close(weighted["loglik"], want)
     assert float(weighted["loglik"].detach()) != pytest.approx(float(plain["loglik"].detach()))
     torch.testing.assert_close(weighted["pred"], plain["pred"])

@@ -186,15 +186,18 @@ def point_noise(obs_std: float | torch.Tensor, errors: torch.Tensor | None,
     where none): ``sqrt(obs_std^2 + errors^2)`` ``(B, T, D)``, so a point measured less
     precisely weighs less, in proportion to its variance.
 
-    ``weighting="relative"`` (the default) then rescales each channel's stds so that the mean
-    weight ``1 / std^2`` over the batch's targets (``target_mask``) is ``1 / obs_std^2``, as
-    without uncertainties: the uncertainties share the data's weight among the points, and
-    ``obs_std`` keeps setting the weight of the data against the KL term. With the paper's
-    normalisation (log-density averaged over points, not summed) ``obs_std`` is that balance's
-    knob rather than a noise level: the variances themselves (``"absolute"``) trained 1.2-3x
-    worse on noisy sines, even with the same uncertainty at every point (docs/results.md,
-    *Measurement uncertainties*). Equal uncertainties everywhere change nothing under
-    ``"relative"``."""
+    ``weighting="relative"`` (the default) then rescales the stds of each series and channel
+    so that their mean weight ``1 / std^2`` over its targets (``target_mask``; None: every
+    point) is ``1 / obs_std^2``, as without uncertainties: the uncertainties share a series'
+    weight among its points, and ``obs_std`` keeps setting the weight of the data against the
+    series' KL term. With the paper's normalisation (log-density averaged over each series'
+    points, not summed) ``obs_std`` is that balance's knob rather than a noise level: the
+    variances themselves (``"absolute"``) trained 1.2-3x worse on noisy sines, even with the
+    same uncertainty at every point (docs/results.md, *Measurement uncertainties*). Per
+    series, so a series' terms do not depend on the others in its batch; a series noisier
+    than another as a whole does not weigh less than it under ``"relative"`` (each series
+    weighs the same under this normalisation anyway). Equal uncertainties within a series
+    change nothing, and a point without one (0) is the series' most precise."""
     check_error_weighting(weighting)
     if errors is None:
         return obs_std
@@ -202,18 +205,23 @@ def point_noise(obs_std: float | torch.Tensor, errors: torch.Tensor | None,
         shape = tuple(errors.shape) if isinstance(errors, torch.Tensor) else type(errors).__name__
         raise ValueError(f"errors must have the shape of values {tuple(values.shape)} (one "
                          f"uncertainty per series, time and channel; 0 where none), got {shape}.")
-    errors = errors.to(dtype=values.dtype, device=values.device)
+    # at least float32: half precision's sums and squares overflow and underflow here
+    dtype = torch.promote_types(values.dtype, torch.float32)
+    errors = errors.to(dtype=dtype, device=values.device)
     if not bool(torch.isfinite(errors).all()) or bool((errors < 0).any()):
         raise ValueError("errors must be finite and >= 0 (standard deviations; 0 where none "
                          "was given), got a negative, NaN or infinite one.")
-    base = torch.as_tensor(obs_std, dtype=values.dtype, device=values.device)
+    base = torch.as_tensor(obs_std, dtype=dtype, device=values.device)
     # hypot: a huge uncertainty (a catalogue's 1e20 for "unmeasured") squared overflows float32
     std = torch.hypot(base, errors)
     if weighting == "absolute":
         return std
     mask = torch.ones_like(errors, dtype=torch.bool) if target_mask is None else target_mask
-    ratio = torch.where(mask, (base / std).square(), 0.0)  # each target's weight x obs_std^2
-    count = mask.sum((0, 1))
-    mean = ratio.sum((0, 1)) / count.clamp_min(1)  # (D,), in (0, 1]
-    mean = torch.where(count > 0, mean, 1.0).clamp_min(torch.finfo(values.dtype).tiny)
-    return std * mean.sqrt()
+    # relative to each series-channel's most precise target: ratios in (0, 1], one of them 1,
+    # so their mean neither underflows nor overflows whatever the uncertainties' size
+    least = torch.where(mask, std, torch.inf).amin(1, keepdim=True)  # (B, 1, D)
+    has = mask.any(1, keepdim=True)
+    least = torch.where(has, least, 1.0)
+    ratio = torch.where(mask, (least / std).square(), 0.0)
+    mean = ratio.sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp_min(1)
+    return torch.where(has, std * (base / least) * mean.sqrt(), std)

@@ -4,7 +4,8 @@ The paper trains with one fixed ``obs_std`` (0.01, 1e-3 for the hopper). Per cha
 who knows one sensor is noisier than the rest gives that channel a larger std, so that its
 errors weigh less in the loss (the weight of a channel's squared errors is ``1 / std^2``).
 Measurement uncertainties known per point (``from_dataframe(uncertainty_cols=...)``) are added
-to it in quadrature by the models' loss (:func:`latentode.models.inputs.point_noise`).
+to it in quadrature by the models' loss and, by default, share each series' weight among its
+points relative to each other (:func:`latentode.models.inputs.point_noise`).
 
 The noise is not learned: with the paper's normalisation (log-density averaged over each
 channel's points, KL averaged over latents) and Adamax, a learned std made the quick start's
