@@ -386,10 +386,10 @@ class IrregularDataset:
         ) else self.raw_times
         for d, name in enumerate(self.channels):
             frame[name] = self.values[:, d]
-        for d, name in enumerate(self.error_columns()):
-            if name is not None and self.errors is not None:  # a column two channels share:
-                have = frame.get(name)  # each row's from the channel that has one
-                frame[name] = self.errors[:, d] if have is None else np.where(
+        for d, error_name in enumerate(self.error_columns()):
+            if error_name is not None and self.errors is not None:  # a column two channels
+                have = frame.get(error_name)  # share: each row's from the channel with one
+                frame[error_name] = self.errors[:, d] if have is None else np.where(
                     np.isnan(have), self.errors[:, d], have)
         if self.static is not None:
             for s, name in enumerate(self.static_names or []):

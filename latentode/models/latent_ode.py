@@ -657,7 +657,7 @@ class LatentODE(WithObservationNoise, nn.Module):
             out = self(times, values, encoder_mask, n_samples, pred_times=packed.rows)
             at_values, at_pred = packed.gather(values), out.pred[:, :, 1:]
             at_target = packed.gather(target_mask) & packed.valid.unsqueeze(-1)
-            if errors is not None:
+            if isinstance(noise, torch.Tensor) and noise.dim() == 3:  # per point: (B, T, D)
                 noise = packed.gather(noise)
         kl = gaussian_kl(out.z0_mean, out.z0_std)  # (B,)
         samples = None if out.z0 is None else sample_kl(out.z0, out.z0_mean, out.z0_std)
