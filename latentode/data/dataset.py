@@ -224,8 +224,9 @@ class IrregularDataset:
             from names (text, categories) are class numbers ``k`` for ``label_names[k]``.
         errors: ``(N, D)`` each value's measurement uncertainty (one standard deviation, in the
             values' units: scaled with them), NaN where none was given, or None (no
-            uncertainties at all). The models' likelihood then has variance
-            ``obs_std^2 + error^2`` at that point, so noisy points weigh less;
+            uncertainties at all). The models' likelihood then weighs a point by
+            ``1 / (obs_std^2 + error^2)`` (relative to its series' others by default:
+            ``latentode.models.inputs.point_noise``), so noisy points weigh less;
             ``error_names`` are the columns they were read from (per channel, None: none).
         id_col, time_col, label_col: column names used by ``to_dataframe``.
     """

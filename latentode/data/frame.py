@@ -66,9 +66,10 @@ def from_dataframe(
             "ignore" (frames to condition predictions on: nothing measured yet is fine).
         uncertainty_cols: wide format: ``{channel: column}``, the column holding each value's
             measurement uncertainty (one standard deviation, in the channel's units; e.g.
-            ``{"flux": "flux_err"}``). The models' Gaussian likelihood then has variance
-            ``obs_std^2 + error^2`` at each point, so noisy points weigh less in training; the
-            encoder reads the values as they are. Not every channel needs one. An observed
+            ``{"flux": "flux_err"}``). The models' Gaussian likelihood then weighs each point
+            by ``1 / (obs_std^2 + error^2)``, relative to its series' others by default
+            (``latentode.models.inputs.point_noise``), so noisy points weigh less in training;
+            the encoder reads the values as they are. Not every channel needs one. An observed
             value without its uncertainty (NaN) is read as having none beyond ``obs_std``
             (counted in a warning); negative or infinite ones are refused.
         uncertainty_col: tidy format: the column holding each observation's uncertainty.
@@ -621,7 +622,8 @@ def _read_errors(wide: pd.DataFrame, values: np.ndarray, id_col: str, time_col: 
             f"{int(missing.sum())} observed value(s) have no uncertainty (NaN), e.g. "
             f"{column(int(j))} of series {_plain(wide[id_col].iloc[r])!r} at time "
             f"{_plain(wide[time_col].iloc[r])!r}: read as having none beyond the model's "
-            "obs_std (give the value NaN instead if it is not to be trusted).",
+            "obs_std, its series' most precise kind of point (give the value NaN instead if it "
+            "is not to be trusted).",
             stacklevel=3)
     return errors
 

@@ -182,24 +182,19 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 def check_representable(dataset: IrregularDataset, what: str) -> None:
     """Refuse values (and uncertainties) the float32 model would turn into inf, naming channel
     and series."""
+    checks = [("holds", dataset.values,
+               "rescale that column, or keep scale=true so channels are standardised.")]
     if dataset.errors is not None:
+        checks.append(("has uncertainty", dataset.errors,
+                       "a value that uncertain says nothing: give it as NaN (not observed), "
+                       "or its uncertainty in other units."))
+    for has, array, advice in checks:
         with np.errstate(invalid="ignore"):
-            huge = dataset.errors > FLOAT32_MAX
-        if huge.any():
-            row, j = np.argwhere(huge)[0]
+            big = np.abs(array) > FLOAT32_MAX
+        if big.any():
+            row, j = np.argwhere(big)[0]
             series = int(np.searchsorted(dataset.offsets, row, side="right") - 1)
             raise ValueError(
-                f"channel {dataset.channels[j]!r} of series {dataset.ids[series]!r} ({what}) has "
-                f"uncertainty {dataset.errors[row, j]:.3g}, beyond float32's range (the model "
-                "computes in float32): a value that uncertain says nothing; give it as NaN (not "
-                "observed), or its uncertainty in other units.")
-    with np.errstate(invalid="ignore"):
-        big = np.abs(dataset.values) > FLOAT32_MAX
-    if not big.any():
-        return
-    row, j = np.argwhere(big)[0]
-    series = int(np.searchsorted(dataset.offsets, row, side="right") - 1)
-    raise ValueError(
-        f"channel {dataset.channels[j]!r} of series {dataset.ids[series]!r} ({what}) holds "
-        f"{dataset.values[row, j]:.3g}, beyond float32's range (the model computes in float32): "
-        "rescale that column, or keep scale=true so channels are standardised.")
+                f"channel {dataset.channels[j]!r} of series {dataset.ids[series]!r} ({what}) "
+                f"{has} {array[row, j]:.3g}, beyond float32's range (the model computes in "
+                f"float32): {advice}")

@@ -364,9 +364,10 @@ class LatentODEForecaster:
         conditioning on all of them; True, False: always, never; :mod:`.subsets`).
         ``uncertainty_cols`` (wide: ``{channel: column}``) or ``uncertainty_col`` (tidy): each
         value's measurement uncertainty, one standard deviation in the channel's units
-        (``from_dataframe``): training weighs each point by ``1 / (obs_std^2 + error^2)``, so
-        noisy points pull the fit less; ``val_df``'s are read too; histories given to
-        :meth:`predict` need none (the encoder reads values only).
+        (``from_dataframe``): training weighs each point by ``1 / (obs_std^2 + error^2)``
+        relative to its series' others (``model.error_weighting``), so noisy points pull the
+        fit less; ``val_df``'s are read too; histories given to :meth:`predict` need none
+        (the encoder reads values only; theirs are passed over unread).
         Returns ``self``.
         """
         from hydra.utils import instantiate

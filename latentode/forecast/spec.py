@@ -57,8 +57,8 @@ class DataSpec:
             about (a new vital added to the table was silently unused).
         uncertainty_cols, uncertainty_col: the columns of the values' measurement
             uncertainties fit read (wide ``{channel: column}``, tidy one column; None: none).
-            A later frame's are read where it has them (validation frames weigh their points
-            as training did) and are never channels.
+            A validation frame's are read where it has them (its points weigh as training's
+            do); other frames' are passed over; they are never channels.
         subsets: ``Subsets.to_json()`` of the forecaster's subset conditioning (each posterior
             sample conditioned on a random subset of a series' points drawn as in training:
             ``latentode.forecast.subsets``), or None: on all of them.

@@ -349,7 +349,7 @@ class LatentODE(WithObservationNoise, nn.Module):
         obs_std: fixed observation noise std of the Gaussian likelihood: one, or one per
             channel (:class:`~latentode.nn.ObservationNoise`).
         error_weighting: how measurement uncertainties (``loss(errors=...)``) enter the
-            likelihood: ``relative`` (they share the data's weight among the points, the
+            likelihood: ``relative`` (they share each series' weight among its points, the
             mean weight staying ``1 / obs_std^2``) or ``absolute`` (variance
             ``obs_std^2 + err^2``); :func:`~latentode.models.inputs.point_noise`.
         n_samples: posterior samples per series in the loss (and by default in ``forward``).
