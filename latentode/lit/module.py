@@ -220,9 +220,12 @@ class LatentODELightning(L.LightningModule):
     - ``loss``, ``loglik``, ``kl``: the model's terms (per-series means). Training uses the
       annealed KL weight of the paper (0 for ``kl_wait_epochs`` epochs, then
       ``1 - kl_rate**(epoch - wait)``); validation and test always use weight 1, so their
-      ``loss`` is the negative IWAE bound itself and does not depend on the epoch.
+      ``loss`` is the negative IWAE bound itself and does not depend on the epoch (with
+      measurement uncertainties, ``Batch.errors``, the likelihood weighs each point by them:
+      ``latentode.models.inputs.point_noise``).
     - ``mse``: squared error of the posterior-mean prediction on the target points, in the model's
-      (normalised) units, pooled over all target points of the epoch.
+      (normalised) units, pooled over all target points of the epoch (unweighted, uncertainties
+      or not).
     - ``mse_data``: the same in data units (errors times the scaler's per-channel ``scale**2``).
     - ``mse_sample`` (validation and test): the squared error of each posterior sample, averaged
       over the samples, in the model's units: the paper code's test MSE (slightly above ``mse``, by
