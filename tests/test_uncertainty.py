@@ -112,7 +112,8 @@ def test_tidy_uncertainties_per_channel_and_averaged():
     ({"uncertainty_cols": {"flux": "mag"}, "value_cols": ["flux", "mag"]},
      r"column 'mag' is given as a channel and as the uncertainty of 'flux'"),
     ({"uncertainty_cols": {"flux": "nope"}}, "nope"),
-    ({"uncertainty_col": "flux_err"}, r"uncertainty_col= is for tidy frames"),
+    ({"uncertainty_col": "flux_err"}, r"uncertainty_col= is for tidy frames.*latentode-train: "
+                                      r"data\.dataset\.uncertainty_cols="),
 ])
 def test_misnamed_uncertainties_are_refused_with_the_way_out(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -94,11 +94,13 @@ def from_dataframe(
     if tidy and uncertainty_cols is not None:
         raise ValueError(f"uncertainty_cols= is for wide frames (a column per channel); tidy "
                          f"data hold each observation's uncertainty in one column: "
-                         f"uncertainty_col='<its name>' beside value_col={value_col!r}.")
+                         f"uncertainty_col='<its name>' beside value_col={value_col!r} "
+                         "(latentode-train: data.dataset.uncertainty_col=<its name>).")
     if not tidy and uncertainty_col is not None:
         raise ValueError("uncertainty_col= is for tidy frames (channel_col=, value_col=); a "
                          "wide frame names each channel's uncertainty column: "
-                         "uncertainty_cols={'<channel>': '<its uncertainty column>'}.")
+                         "uncertainty_cols={'<channel>': '<its uncertainty column>'} "
+                         "(latentode-train: data.dataset.uncertainty_cols='{<channel>:<column>}').")
     roles = {"the id column": [id_col], "the time column": [time_col],
              "the channel column": [channel_col], "the value column": [value_col],
              "the label column": [label_col], "a static covariate": static_cols}
