@@ -232,6 +232,12 @@ def test_relative_weighting_shares_each_series_weight_without_changing_its_mean(
     for size in (0.0, 0.7, 1e20, 1e37):
         same = point_noise(obs, torch.full_like(errors, size), values, mask)
         torch.testing.assert_close(same[mask], obs.expand_as(same)[mask], rtol=1e-5, atol=0)
+    err = torch.tensor([[[0.0], [0.0], [3e38], [3e38]]])  # non-targets' std underflowed to 0
+    target = torch.tensor([[[False], [False], [True], [True]]])
+    tiny = point_noise(1e-4, err, torch.zeros(1, 4, 1), target)
+    assert (tiny > 0).all()
+    assert torch.isfinite(masked_gaussian_loglik(torch.zeros(1, 4, 1), torch.zeros(1, 1, 4, 1),
+                                                 target, tiny)).all()
     half = point_noise(0.01, torch.full((256, 300, 1), 0.05).half(), torch.zeros(
         256, 300, 1, dtype=torch.half))  # half precision's sums overflowed
     assert torch.isfinite(half).all() and float(half[0, 0, 0]) == pytest.approx(0.01)

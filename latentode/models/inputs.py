@@ -224,4 +224,7 @@ def point_noise(obs_std: float | torch.Tensor, errors: torch.Tensor | None,
     least = torch.where(has, least, 1.0)
     ratio = torch.where(mask, (least / std).square(), 0.0)
     mean = ratio.sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp_min(1)
-    return torch.where(has, std * (base / least) * mean.sqrt(), std)
+    # (a non-target's rescaled std underflowed to 0 beside targets of ~1e38 at obs_std 1e-4:
+    # 0 / 0 made the loss NaN where the mask zeroes it)
+    return torch.where(has, std * (base / least) * mean.sqrt(), std).clamp_min(
+        torch.finfo(dtype).tiny)
