@@ -208,7 +208,7 @@ def point_noise(obs_std: float | torch.Tensor, errors: torch.Tensor | None,
     # at least float32: half precision's sums and squares overflow and underflow here
     dtype = torch.promote_types(values.dtype, torch.float32)
     errors = errors.to(dtype=dtype, device=values.device)
-    if not bool(torch.isfinite(errors).all()) or bool((errors < 0).any()):
+    if not bool((torch.isfinite(errors) & (errors >= 0)).all()):  # one host sync per step
         raise ValueError("errors must be finite and >= 0 (standard deviations; 0 where none "
                          "was given), got a negative, NaN or infinite one.")
     base = torch.as_tensor(obs_std, dtype=dtype, device=values.device)
