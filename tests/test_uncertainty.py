@@ -346,8 +346,8 @@ def test_a_model_whose_loss_takes_no_uncertainties_is_refused_by_name():
             raise AssertionError
 
     with pytest.raises(ValueError, match=r"Plain\.loss takes no errors="):
-        check_reads_errors(Plain)
-    check_reads_errors(LatentODE)
+        check_reads_errors(Plain())
+    check_reads_errors(small_latent_ode())
 
 
 # ------------------------------------------------------------------------------ entry points

@@ -410,7 +410,7 @@ class LatentODELightning(L.LightningModule):
         if batch.labels is not None and getattr(self.model, "classifier", None) is not None:
             extra["labels"] = batch.labels
         if batch.errors is not None:
-            check_reads_errors(type(self.model))
+            check_reads_errors(self.model)
             extra["errors"] = batch.errors
         try:
             loss = cast(Callable[..., Any], self.model.loss)  # nn.Module's stubs: Tensor | Module
@@ -874,16 +874,21 @@ def _loader_key_stage(key: str) -> str:
     return key.split("#", 1)[0]
 
 
-@functools.cache
-def check_reads_errors(model: type) -> None:
-    """Refuse, before a batch's uncertainties are dropped, a model class whose ``loss`` takes no
+_READS_ERRORS: set[int] = set()  # ids of the model classes whose loss takes errors=
+
+
+def check_reads_errors(model: nn.Module) -> None:
+    """Refuse, before a batch's uncertainties are dropped, a model whose ``loss`` takes no
     ``errors=``: the data were read with uncertainty columns the model would not weigh (once
-    per class: not a signature inspection per training step)."""
+    per model class: not a signature inspection per training step)."""
+    if id(type(model)) in _READS_ERRORS:
+        return
     params = inspect.signature(cast(Callable[..., Any], model.loss)).parameters
     if "errors" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        _READS_ERRORS.add(id(type(model)))
         return
     raise ValueError(
         f"the data carry measurement uncertainties (uncertainty_cols / uncertainty_col), but "
-        f"{model.__name__}.loss takes no errors=: give it an errors=None argument "
+        f"{type(model).__name__}.loss takes no errors=: give it an errors=None argument "
         "(the (B, T, D) uncertainties, latentode.models.inputs.point_noise adds them to the "
         "noise), or read the data without uncertainty_cols / uncertainty_col.")
