@@ -1,7 +1,8 @@
 """Per-point measurement uncertainties in the likelihood: does weighing noisy points less help?
 
     python scripts/study_uncertainty.py [--noise loguniform mixture equal] [--epochs 100]
-        [--seeds 0 1 2] [--series 300] [--overrides KEY=VALUE ...]
+        [--seeds 0 1 2] [--series 300] [--arms read weights "not read"]
+        [--overrides KEY=VALUE ...]
 
 Sines of random frequency (0.5-1.5 rad per unit), phase and amplitude (0.5-1.5), each series
 observed at 30 random times in [0, 10]; every value carries its own Gaussian noise, of a std
@@ -14,17 +15,24 @@ known to the user and given beside it as ``y_err``:
 - ``equal``: every std 0.3 (the control: the uncertainties say nothing a per-channel noise
   level does not).
 
-240 series train ``LatentODEForecaster.fit`` twice with one seed, once reading the
-uncertainties (``uncertainty_cols={"y": "y_err"}``: each point weighs ``1 / (obs_std^2 +
-err^2)`` relative to its series' others, ``model.error_weighting: relative``) and once without
-(every point weighs the same). Of the other 60
-series, one in five interior points is held out and predicted from the rest (``inside``), and
-the last quarter of each series' span is forecast from the first three quarters (``ahead``).
-Printed: the MSE of the predicted means against the noiseless sine at those times (not
-against the noisy values, whose noise neither model can predict), per noise kind and seed,
-and the ratio with / without. ``--overrides model.error_weighting=absolute`` weighs by the
-variances themselves instead of relative to each other. Results: docs/results.md,
-*Measurement uncertainties*.
+240 series train ``LatentODEForecaster.fit`` with one seed in up to three arms (``--arms``):
+
+- ``read``: the uncertainties given (``uncertainty_cols={"y": "y_err"}``) and read both ways,
+  as shipped: each point weighs ``1 / (obs_std^2 + err^2)`` relative to its series' others in
+  the likelihood (``model.error_weighting: relative``), and the encoder reads each value with
+  confidence ``1 / (1 + err^2)`` in model units (``model.encoder_error_scale: 1.0``), in
+  training and in every forecast from a history that carries them;
+- ``weights``: given, weighing the likelihood only (``model.encoder_error_scale=null``);
+- ``not read``: not given (every point weighs the same, the encoder reads all alike).
+
+Of the other 60 series, one in five interior points is held out and predicted from the rest
+(``inside``), and the last quarter of each series' span is forecast from the first three
+quarters (``ahead``), by the forecaster, from histories with their ``y_err`` where the arm
+gives them. Printed: the MSE of the predicted means against the noiseless sine at those
+times (not against the noisy values, whose noise no model can predict), per noise kind and
+seed, and each arm's ratio to ``not read``. ``--overrides model.error_weighting=absolute``
+weighs by the variances themselves instead of relative to each other. Results:
+docs/results.md, *Measurement uncertainties*.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 NOISES = ("loguniform", "mixture", "equal")
+ARMS = {"read": [], "weights": ["model.encoder_error_scale=null"], "not read": []}
 
 
 def sines(n: int, seed: int, noise: str, points: int = 30) -> pd.DataFrame:
@@ -85,7 +94,8 @@ def mse_truth(forecaster, seen: pd.DataFrame, asked: pd.DataFrame, columns: list
     return float(((got["mean"] - got["truth"]) ** 2).mean())
 
 
-def study(noise: str, seed: int, n: int, epochs: int, overrides: list[str]) -> list[dict]:
+def study(noise: str, seed: int, n: int, epochs: int, overrides: list[str],
+          arms: list[str]) -> list[dict]:
     from latentode.forecast import LatentODEForecaster
 
     data = sines(n, seed, noise)
@@ -93,15 +103,15 @@ def study(noise: str, seed: int, n: int, epochs: int, overrides: list[str]) -> l
     train, test = data[data["series_id"] < cut], data[data["series_id"] >= cut]
     seen_in, asked_in, seen_end, asked_end = holdouts(test, seed)
     rows = []
-    for weighted in (True, False):
-        columns = ["series_id", "time", "y", *(["y_err"] if weighted else [])]
+    for arm in arms:
+        given = arm != "not read"
+        columns = ["series_id", "time", "y", *(["y_err"] if given else [])]
         start = time.perf_counter()
         forecaster = LatentODEForecaster([f"trainer.max_epochs={epochs}", f"seed={seed}",
-                                          *overrides])
-        forecaster.fit(train[columns], uncertainty_cols={"y": "y_err"} if weighted else None)
+                                          *ARMS[arm], *overrides])
+        forecaster.fit(train[columns], uncertainty_cols={"y": "y_err"} if given else None)
         fit = time.perf_counter() - start
-        rows.append({"noise": noise, "seed": seed, "errors": "read" if weighted else "not read",
-                     "fit s": fit,
+        rows.append({"noise": noise, "seed": seed, "errors": arm, "fit s": fit,
                      "inside": mse_truth(forecaster, seen_in, asked_in, columns),
                      "ahead": mse_truth(forecaster, seen_end, asked_end, columns)})
     return rows
@@ -113,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--series", type=int, default=300)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--overrides", nargs="*", default=[])
     args = parser.parse_args(argv)
 
@@ -120,18 +131,19 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(1)
     rows = [row for noise in args.noise for seed in args.seeds
-            for row in study(noise, seed, args.series, args.epochs, args.overrides)]
+            for row in study(noise, seed, args.series, args.epochs, args.overrides, args.arms)]
     table = pd.DataFrame(rows)
     print(f"{args.epochs} epochs, {args.series} series (80% train), overrides "
           f"{args.overrides or 'none'}; MSE of the predicted mean against the noiseless sine")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if "not read" not in args.arms or len(args.arms) < 2:
+        return
     wide = table.pivot_table(index=["noise", "seed"], columns="errors",
                              values=["inside", "ahead"])
-    ratios = pd.DataFrame({f"{part} {how}": wide[(part, how)] for part in ("inside", "ahead")
-                           for how in ("read", "not read")})
-    for part in ("inside", "ahead"):
-        ratios[f"{part} ratio"] = ratios[f"{part} read"] / ratios[f"{part} not read"]
-    print("\nwith / without the uncertainties (ratio below 1: reading them helped)")
+    ratios = pd.DataFrame({f"{part} {arm}": wide[(part, arm)] / wide[(part, "not read")]
+                           for part in ("inside", "ahead") for arm in args.arms
+                           if arm != "not read"})
+    print("\neach arm / not read (below 1: reading the uncertainties helped)")
     print(ratios.to_string(float_format=lambda v: f"{v:.3f}"))
     print(ratios.groupby("noise").mean().to_string(float_format=lambda v: f"{v:.3f}"))
 

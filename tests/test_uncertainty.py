@@ -269,9 +269,9 @@ def batch_for_loss(n: int = 3, length: int = 6):
     return times, values, mask
 
 
-@pytest.mark.parametrize("make", [
-    small_latent_ode,
-    lambda: small_latent_ode(error_weighting="absolute"),
+@pytest.mark.parametrize("make", [  # latent ODEs whose encoder reads every value alike
+    lambda: small_latent_ode(encoder_error_scale=None),
+    lambda: small_latent_ode(error_weighting="absolute", encoder_error_scale=None),
     lambda: ODERNN(2, latents=4, ode_units=8, dec_units=8, obs_std=0.1).double(),
     lambda: GRUDT(2, latents=4, dec_units=8, obs_std=0.1, error_weighting="absolute").double(),
     lambda: RNNVAE(2, latents=4, enc_hidden=8, z0_units=8, hidden=8, obs_std=0.1).double(),
@@ -396,13 +396,18 @@ def test_forecaster_fits_on_uncertainties_and_predicts_from_histories_with_or_wi
     forecaster.fit(df, "star", "t", uncertainty_cols=ERRS, val_fraction=0)
     assert forecaster.spec.channels == ["flux", "mag"]
     assert forecaster.spec.uncertainty_cols == ERRS
+    assert forecaster.model.encoder_error_scale == 1.0  # the encoder reads them (default)
     history = df[df["star"] == "s0"]
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no "unused new column" for the errors
         with_errors = forecaster.predict(history, [11.0, 12.0], quantiles=None)
     without = forecaster.predict(history.drop(columns=["flux_err", "mag_err"]), [11.0, 12.0],
                                  quantiles=None)
-    pd.testing.assert_frame_equal(with_errors, without)
+    # a history's uncertainties reach the encoder: noisy values move the answer less
+    assert not np.allclose(with_errors["mean"], without["mean"])
+    exact = forecaster.predict(history.assign(flux_err=0.0, mag_err=0.0), [11.0, 12.0],
+                               quantiles=None)
+    pd.testing.assert_frame_equal(exact, without)  # 0: as precise as a value without one
 
 
 # ------------------------------------------------------------------------------ review fixes
@@ -465,16 +470,18 @@ def test_a_column_two_channels_share_comes_back_whole():
     np.testing.assert_array_equal(back["err"].to_numpy(), want)
 
 
-def fitted(df: pd.DataFrame, **kwargs):
+def fitted(df: pd.DataFrame, *overrides: str, **kwargs):
     from latentode.forecast import LatentODEForecaster
 
     return LatentODEForecaster(["trainer.max_epochs=1", "model.gen_units=8",
                                 "model.encoder.hidden=8", "model.encoder.z0_units=8",
-                                "callbacks.progress_bar.refresh_rate=0"]).fit(
+                                "callbacks.progress_bar.refresh_rate=0", *overrides]).fit(
         df, "star", "t", val_fraction=0, **kwargs)
 
 
 def test_training_sees_the_uncertainties_and_histories_pass_theirs_over(monkeypatch):
+    """Without ``encoder_error_scale`` a history's uncertainties are not read (nothing would
+    use them): bad ones there are no error."""
     seen = []
     original = LatentODE.loss
 
@@ -484,7 +491,8 @@ def test_training_sees_the_uncertainties_and_histories_pass_theirs_over(monkeypa
 
     monkeypatch.setattr(LatentODE, "loss", spy)
     df = light_curves(n=12, points=15)
-    forecaster = fitted(df, uncertainty_cols=ERRS, ignore_cols=["flux_err", "mag_err"])
+    forecaster = fitted(df, "model.encoder_error_scale=null", uncertainty_cols=ERRS,
+                        ignore_cols=["flux_err", "mag_err"])
     assert seen and all(e is not None and (e > 0).any() for e in seen)
     assert forecaster.spec.channels == ["flux", "mag"]
     history = df[df["star"] == "s0"].astype({"flux_err": object})
@@ -497,6 +505,20 @@ def test_training_sees_the_uncertainties_and_histories_pass_theirs_over(monkeypa
     seen.clear()
     fitted(df[["star", "t", "flux", "mag"]])
     assert seen and all(e is None for e in seen)
+
+
+def test_a_history_s_bad_uncertainties_are_refused_when_the_encoder_reads_them():
+    df = light_curves(n=12, points=15)
+    forecaster = fitted(df, uncertainty_cols=ERRS)
+    history = df[df["star"] == "s0"].astype({"flux_err": object})
+    history.loc[history.index[0], "flux_err"] = "<0.1"
+    with pytest.raises(ValueError, match=r"column 'flux_err' has a non-numeric value '<0.1' "
+                                         r"\(series 's0'"):
+        forecaster.predict(history, [11.0], quantiles=None)
+    history = df[df["star"] == "s0"].copy()
+    history.loc[history.index[1], "mag_err"] = -1.0
+    with pytest.raises(ValueError, match="mag_err"):
+        forecaster.predict(history, [11.0], quantiles=None)
 
 
 def test_the_lightning_module_hands_the_batchs_uncertainties_to_the_loss():

@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.preprocessing import StandardScaler
 
 from latentode.utils.stack import user_stacklevel
@@ -146,11 +147,7 @@ class ChannelScaler:
         """Measurement uncertainties of ``values`` (data units) in model units: divided by the
         channel's scale; on a log channel first relative, ``error / value`` (the first-order
         uncertainty of ``log(value)``)."""
-        out = np.array(errors, dtype=np.float64)
-        if self.log is not None and self.log.any():
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[..., self.log] = out[..., self.log] / np.asarray(values)[..., self.log]
-        return out / self.scale
+        return errors_to_model(errors, values, self.scale, self.log)
 
     def apply(self, dataset: IrregularDataset) -> IrregularDataset:
         """``dataset`` with scaled values (NaN pattern unchanged) and uncertainties; its
@@ -161,6 +158,20 @@ class ChannelScaler:
                   else self.transform_errors(dataset.errors, dataset.values))
         return dataset.with_values(self.transform(dataset.values, dataset.channels, dataset),
                                    errors)
+
+
+def errors_to_model(errors: np.ndarray, values: np.ndarray, scale: ArrayLike,
+                    log: ArrayLike | None = None) -> np.ndarray:
+    """Uncertainties ``errors`` of ``values`` (data units, ``(..., D)``) in model units:
+    divided by each channel's ``scale``; on a ``log`` channel first relative, ``error /
+    value`` (the first-order uncertainty of ``log(value)``)."""
+    out = np.array(errors, dtype=np.float64)
+    if log is not None:
+        log = np.asarray(log, dtype=bool)
+        if log.any():
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[..., log] = out[..., log] / np.asarray(values)[..., log]
+    return out / np.asarray(scale, dtype=np.float64)
 
 
 def check_channels(scaler: ChannelScaler, channels: Sequence[str], what: str) -> None:

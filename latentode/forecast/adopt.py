@@ -124,7 +124,7 @@ def on_spec_clock(spec: DataSpec, data: Any, what: str) -> IrregularDataset:
         if data.empty:
             raise ValueError(f"{what} (a DataFrame) has no rows: give it held-out series, or "
                              "leave it out to calibrate on the training series.")
-        out = spec.dataset(data, what)
+        out = spec.dataset(data, what, errors=True)  # held-out series, read as training was
     elif isinstance(data, IrregularDataset):
         names = [str(c) for c in data.channels]
         if names != spec.channels:

@@ -721,9 +721,11 @@ def _predicted(model: Any, batch: Any, n_samples: int, subsets: Subsets | None =
     times, target = batch.times, batch.target_mask
     first = first_target(target) if model.z0_at == "first_target" else 0
     rows = target_rows(times, target, first)
+    # the uncertainties the encoder reads (model.encoder_error_scale), as in training
+    extra = {} if getattr(batch, "errors", None) is None else {"encoder_errors": batch.errors}
     if subsets is None:
         pred = model(times, batch.values, batch.encoder_mask, n_samples,
-                     pred_times=rows.rows).pred
+                     pred_times=rows.rows, **extra).pred
     else:
         rng = np.random.default_rng(int(torch.randint(2**62, (1,))))
         masks = subsets.masks(batch.encoder_mask.any(-1).cpu().numpy(),
@@ -731,7 +733,7 @@ def _predicted(model: Any, batch: Any, n_samples: int, subsets: Subsets | None =
         eps = torch.randn((n_samples, len(batch.values), model.latents),
                           dtype=batch.values.dtype, device=batch.values.device)
         pred, _ = subset_forward(model, masks, times, batch.values, batch.encoder_mask, eps,
-                                 pred_times=rows.rows)
+                                 pred_times=rows.rows, **extra)
     idx, keep = rows.idx, rows.valid.unsqueeze(-1)
     return Scored(pred[:, :, 1:], rows.gather(batch.values), rows.gather(target) & keep,
                   rows.gather(batch.encoder_mask) & keep,

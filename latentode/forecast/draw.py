@@ -51,6 +51,7 @@ class Job:
     eps: torch.Tensor | None = None  # (S, L) z0's standard normal draws (latent ODE)
     visit: np.ndarray | None = None  # (n,) bool: hist_t points the encoder only steps through
     subset_seed: int | None = None  # seeds the history's subsets (``solve``'s ``subsets``)
+    hist_e: np.ndarray | None = None  # (n, D) measurement uncertainties, model units, NaN none
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,25 @@ class WalkGrid:
         return self.times - zero if self.origin == "batch" else self.times + (first - zero)
 
 
-def with_visits(hist_t: np.ndarray, hist_v: np.ndarray, points: np.ndarray, np_dtype: Any
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _blank_rows(rows: np.ndarray | None, n: int, at_start: bool = True) -> np.ndarray | None:
+    """``rows`` (values or uncertainties, ``(k, D)``) with ``n`` rows of NaN before (or
+    after) them; None stays None."""
+    if rows is None:
+        return None
+    blank = np.full((n, rows.shape[1]), np.nan)
+    return np.concatenate([blank, rows] if at_start else [rows, blank])
+
+
+def with_visits(hist_t: np.ndarray, hist_v: np.ndarray, points: np.ndarray, np_dtype: Any,
+                hist_e: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """``hist_t`` with the ``points`` between its start and last observation added as rows
-    observing nothing, and which rows those are. A point within a millionth of the history's
-    span (or of one time unit) of an existing time is that time."""
+    observing nothing, and which rows those are (and ``hist_e``, the uncertainties, with
+    the same rows added, NaN). A point within a millionth of the history's span (or of one
+    time unit) of an existing time is that time."""
     observed = ~np.isnan(hist_v).all(1)
     if not observed.any():
-        return hist_t, hist_v, None
+        return hist_t, hist_v, None, hist_e
     lo, hi = float(hist_t[0]), float(hist_t[observed][-1])
     points = np.unique(points[(points > lo) & (points < hi)].astype(np_dtype))
     existing = np.zeros(len(hist_t), dtype=bool)  # rows of the history that are grid points
@@ -97,20 +109,24 @@ def with_visits(hist_t: np.ndarray, hist_v: np.ndarray, points: np.ndarray, np_d
         points = points[~matched]
     visit = existing & ~observed  # a row observing nothing, at a grid point: stepped through
     if not points.size:
-        return hist_t, hist_v, visit
+        return hist_t, hist_v, visit, hist_e
     times = np.concatenate([hist_t, points])
     order = np.argsort(times, kind="stable")
     values = np.concatenate([hist_v, np.full((len(points), hist_v.shape[1]), np.nan)])[order]
+    errors = _blank_rows(hist_e, len(points), at_start=False)
     visit = np.concatenate([visit, np.ones(len(points), bool)])[order]
-    return times[order].astype(np_dtype), values, visit
+    return (times[order].astype(np_dtype), values, visit,
+            None if errors is None else errors[order])
 
 
 def make_job(hist64: np.ndarray, hist_v: np.ndarray, want64: np.ndarray, np_dtype: Any,
-             from_target: bool, walk: WalkGrid | None = None) -> Job:
+             from_target: bool, walk: WalkGrid | None = None,
+             hist_e: np.ndarray | None = None) -> Job:
     """The job of a history at model times ``hist64`` asked at ``want64`` (float64), ``z0``
     at the earliest of the history and the asked times (the encoder evolves back to an asked
     time before the history: the answer at every time then depends on that earliest time).
-    ``walk``: the grid the encoder steps through as well (:class:`WalkGrid`)."""
+    ``walk``: the grid the encoder steps through as well (:class:`WalkGrid`); ``hist_e``:
+    the history's uncertainties (model units, NaN where none), kept row for row."""
     # each series on its own clock from its first time (float64 first): the dynamics are
     # autonomous, and a series far from the training data's zero keeps its resolution
     zero = min(float(hist64[0]), float(want64.min()))
@@ -120,19 +136,20 @@ def make_job(hist64: np.ndarray, hist_v: np.ndarray, want64: np.ndarray, np_dtyp
     if start < hist_t[0]:  # z0 at the earliest requested time
         hist_t = np.concatenate([[start], hist_t]).astype(np_dtype)
         hist_v = np.concatenate([np.full((1, hist_v.shape[1]), np.nan), hist_v])
+        hist_e = _blank_rows(hist_e, 1)
     # z0 at the grid's first time: the encoder's (default) or, for a latent ODE trained
     # with z0_at="first_target", the first requested time, as its training did
     grid = np.unique(want if from_target else np.concatenate([hist_t[:1], want]))
     visit = None
     if walk is not None:
-        hist_t, hist_v, visit = with_visits(
-            hist_t, hist_v, walk.on_job_clock(float(hist64[0]), zero), np_dtype)
-    return Job(hist_t, hist_v, grid, np.searchsorted(grid, want), visit=visit)
+        hist_t, hist_v, visit, hist_e = with_visits(
+            hist_t, hist_v, walk.on_job_clock(float(hist64[0]), zero), np_dtype, hist_e)
+    return Job(hist_t, hist_v, grid, np.searchsorted(grid, want), visit=visit, hist_e=hist_e)
 
 
 def make_jobs(hist64: np.ndarray, hist_v: np.ndarray, want64: np.ndarray, np_dtype: Any,
-              from_target: bool, backwards: bool, walk: WalkGrid | None = None
-              ) -> list[tuple[np.ndarray, Job]]:
+              from_target: bool, backwards: bool, walk: WalkGrid | None = None,
+              hist_e: np.ndarray | None = None) -> list[tuple[np.ndarray, Job]]:
     """``(asked positions, job)`` pairs answering ``want64`` from one history.
 
     ``backwards`` (a latent ODE with ``z0`` at the history's start): ``z0`` stays at the
@@ -140,15 +157,18 @@ def make_jobs(hist64: np.ndarray, hist_v: np.ndarray, want64: np.ndarray, np_dty
     backwards from there with the same ``z0`` (the same ``eps``): every answer is then
     independent of the other times asked, and each sample path one path through all of them.
     Otherwise one job (:func:`make_job`). ``walk``: see :func:`make_job`; its anchor, where
-    it has one, is the history's start (``z0`` there, as in training)."""
+    it has one, is the history's start (``z0`` there, as in training). ``hist_e``: the
+    history's uncertainties (model units, NaN where none), for an encoder that reads them."""
     # (z0_at="first_target" too: its encoder walked to the batch's first time all the same)
     anchor = None if walk is None else walk.anchor(float(hist64[0]))
     if anchor is not None and anchor < hist64[0]:
         hist64 = np.concatenate([[anchor], hist64])
         hist_v = np.concatenate([np.full((1, hist_v.shape[1]), np.nan), hist_v])
+        hist_e = _blank_rows(hist_e, 1)
     everything = np.arange(len(want64))
     if not backwards or from_target or not (want64 < hist64[0]).any():
-        return [(everything, make_job(hist64, hist_v, want64, np_dtype, from_target, walk))]
+        return [(everything, make_job(hist64, hist_v, want64, np_dtype, from_target, walk,
+                                      hist_e))]
     zero = float(hist64[0])
     hist_t = distinct_in(hist64 - zero, np_dtype)
     want = (want64 - zero).astype(np_dtype)
@@ -157,16 +177,16 @@ def make_jobs(hist64: np.ndarray, hist_v: np.ndarray, want64: np.ndarray, np_dty
     jobs = []
     if len(later):  # the times from the history's start on: the plain job of those
         jobs.append((later, make_job(hist64, hist_v, want64[later], np_dtype, from_target,
-                                     walk)))
+                                     walk, hist_e)))
     before = everything[earlier]
     ahead = np.unique(np.concatenate([hist_t[:1], want[before]]))  # ascending
     grid = ahead[::-1].copy()  # from the history's start back in time
     where = len(ahead) - 1 - np.searchsorted(ahead, want[before])
     visit = None
     if walk is not None:
-        hist_t, hist_v, visit = with_visits(hist_t, hist_v, walk.on_job_clock(zero, zero),
-                                            np_dtype)
-    jobs.append((before, Job(hist_t, hist_v, grid, where, visit=visit)))
+        hist_t, hist_v, visit, hist_e = with_visits(
+            hist_t, hist_v, walk.on_job_clock(zero, zero), np_dtype, hist_e)
+    jobs.append((before, Job(hist_t, hist_v, grid, where, visit=visit, hist_e=hist_e)))
     return jobs
 
 
@@ -230,6 +250,11 @@ def _subset_masks(jobs: list[Job], subsets: Subsets, num_samples: int, at: list[
     return out
 
 
+def _model_errors(hist_e: np.ndarray, np_dtype: Any) -> np.ndarray:
+    """A job's uncertainties as the model takes them: 0 where none (NaN)."""
+    return np.nan_to_num(hist_e, nan=0.0).astype(np_dtype)
+
+
 def solve(model: nn.Module, jobs: list[Job], num_samples: int,
           subsets: Subsets | None = None) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """Each job's ``(paths at its asked times (S, k, D), label logits (S, C) or None)``.
@@ -247,6 +272,8 @@ def solve(model: nn.Module, jobs: list[Job], num_samples: int,
         if job.visit is not None:
             walk.update(encoder_schedule="series",
                         encoder_visit=torch.from_numpy(job.visit)[None])
+        if job.hist_e is not None:
+            walk["encoder_errors"] = torch.from_numpy(_model_errors(job.hist_e, np_dtype))[None]
         seen = ~np.isnan(job.hist_v)
         args = (torch.from_numpy(job.hist_t),
                 torch.from_numpy(np.nan_to_num(job.hist_v).astype(np_dtype))[None],
@@ -269,6 +296,8 @@ def solve(model: nn.Module, jobs: list[Job], num_samples: int,
     values = np.zeros((len(jobs), len(times), channels), dtype=np_dtype)
     mask = np.zeros(values.shape, dtype=bool)
     visit = np.zeros(values.shape[:2], dtype=bool)
+    reads_errors = any(job.hist_e is not None for job in jobs)
+    errors = np.zeros(values.shape, dtype=np_dtype) if reads_errors else None
     longest = max(len(job.grid) for job in jobs)
     rows = np.empty((len(jobs), longest), dtype=np_dtype)
     for b, job in enumerate(jobs):
@@ -278,12 +307,16 @@ def solve(model: nn.Module, jobs: list[Job], num_samples: int,
         mask[b, at] = seen
         if job.visit is not None:
             visit[b, at] = job.visit
+        if errors is not None and job.hist_e is not None:
+            errors[b, at] = _model_errors(job.hist_e, np_dtype)
         # every row from 0: z0 at each job's grid[0] (0 unless z0_at="first_target"; the
         # dynamics are autonomous), shorter rows padded by repeating their last time
         row = (job.grid.astype(np.float64) - float(job.grid[0])).astype(np_dtype)
         rows[b, : len(row)], rows[b, len(row):] = row, row[-1]
     eps = torch.stack([job.eps for job in jobs], 1)  # type: ignore[misc]
-    extra = {"encoder_visit": torch.from_numpy(visit)} if visit.any() else {}
+    extra: dict[str, Any] = {"encoder_visit": torch.from_numpy(visit)} if visit.any() else {}
+    if errors is not None:
+        extra["encoder_errors"] = torch.from_numpy(errors)
     if subsets is not None:
         masks = _subset_masks(jobs, subsets, num_samples,
                               [np.searchsorted(times, job.hist_t) for job in jobs], len(times))

@@ -920,6 +920,7 @@ class LatentODEForecaster:
         from its own seed."""
         model, spec = self._fitted("predict")
         model_values = spec.to_model_values(ds.values)  # once: the check and every history
+        model_errors = None if ds.errors is None else spec.to_model_errors(ds.errors, ds.values)
         _warn_far_from_training(ds, spec, model_values)
         num_samples = _whole("num_samples", num_samples, 1)
         seed = _whole("seed", seed, 0)
@@ -952,6 +953,7 @@ class LatentODEForecaster:
         for n_req, (i, raw) in enumerate(requests):
             lo, hi = ds.offsets[i], ds.offsets[i + 1]
             values, t = model_values[lo:hi], ds.times[lo:hi]  # model units (NaN unobserved)
+            errors = None if model_errors is None else model_errors[lo:hi]
             want64 = spec.time.to_model(raw)
             seen_rows = ~np.isnan(values).all(1)
             if per_series:
@@ -971,7 +973,8 @@ class LatentODEForecaster:
                     torch.randint(2**62, (1,), generator=request.gen))
                 for part, job in make_jobs(t[seen], values[seen],
                                            want64[idx], np_dtype, from_target,
-                                           backwards=mode != "alone", walk=walk):
+                                           backwards=mode != "alone", walk=walk,
+                                           hist_e=None if errors is None else errors[seen]):
                     job.eps = eps  # one z0 per history: its jobs answer the same paths
                     job.subset_seed = subset_seed  # and the same subsets
                     request.chunks.append((idx[part], seen))
@@ -1067,6 +1070,15 @@ class LatentODEForecaster:
         leads[:, ~observed.any(0)] = np.inf  # never observed here: the last bin's noise
         return calibration.std_at(leads, history=int(observed.any(1).sum()), factor=factor)
 
+    def _history(self, df: pd.DataFrame) -> IrregularDataset:
+        """A history to answer from, with its measurement uncertainties when the model's
+        encoder reads them (``model.encoder_error_scale``, a spec with uncertainty columns);
+        otherwise they are passed over unread."""
+        model, spec = self._fitted("predict")
+        reads = (isinstance(model, LatentODE) and model.encoder_error_scale is not None
+                 and (spec.uncertainty_cols is not None or spec.uncertainty_col is not None))
+        return spec.dataset(df, errors=reads)
+
     def _history_window(self) -> float | None:
         """The training windows' span in model units (``data.window``), or None."""
         value = OmegaConf.select(self.cfg, "data.window")
@@ -1124,7 +1136,7 @@ class LatentODEForecaster:
             raise ValueError("predict_proba needs a model fitted with label_col= (a classifier "
                              "of one label per series; latentode-train: data.dataset.label_col="
                              " and model.n_labels=); this one has none.")
-        ds = spec.dataset(df)
+        ds = self._history(df)
         rows = []
         # asked at each series' last time: z0 from its whole history (a model trained on
         # windows: from its last window, as its labels were learnt per window)
@@ -1188,7 +1200,7 @@ class LatentODEForecaster:
         """
         qs = check_quantiles(quantiles)
         _, spec = self._fitted("predict")
-        ds = spec.dataset(df)
+        ds = self._history(df)
         requests = requested_times(ds, spec.time.kind, times, horizon, freq, n)
         _warn_beyond_training(ds, requests, spec, windowed=self._history_window() is not None)
         frames = []
@@ -1262,7 +1274,7 @@ class LatentODEForecaster:
         observation noise, ``"model"`` the model's ``obs_std``, as in ``predict``); with the same
         seed they are the paths behind ``predict``'s mean."""
         _, spec = self._fitted("sample")
-        ds = spec.dataset(df)
+        ds = self._history(df)
         requests = requested_times(ds, spec.time.kind, times, horizon, freq, n)
         _warn_beyond_training(ds, requests, spec, windowed=self._history_window() is not None)
         frames, one_path = [], False
@@ -1319,7 +1331,7 @@ class LatentODEForecaster:
             if taken:
                 raise ValueError(f"indicator=True adds column(s) {names}, but df has "
                                  f"{taken} already: rename it, or leave indicator out.")
-        ds = spec.dataset(df)
+        ds = self._history(df)
         requests = requested_times(ds, spec.time.kind)
         frames = []
         for i, raw, paths, _, std in self._draw(ds, requests, num_samples, seed, True,

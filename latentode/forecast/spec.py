@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from latentode.data import IrregularDataset, TimeTransform, from_dataframe
+from latentode.data.scaling import errors_to_model
 from latentode.utils.stack import user_stacklevel
 
 SPEC_VERSION = 1
@@ -187,6 +188,13 @@ class DataSpec:
                     "values.")
             values[..., log] = np.log(values[..., log])
         return (values - np.asarray(self.mean)) / np.asarray(self.scale)
+
+    def to_model_errors(self, errors: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Measurement uncertainties of ``values`` (both in data units) in the model's units,
+        as the training data's scaler put them (:func:`~latentode.data.scaling.errors_to_model`)."""
+        if self.mean is None or self.scale is None:
+            return np.array(errors, dtype=np.float64)
+        return errors_to_model(errors, values, self.scale, self.log)
 
     def to_user_values(self, values: np.ndarray) -> np.ndarray:
         """Model units back to data units (increasing in each channel, so quantiles map)."""

@@ -121,7 +121,7 @@ def subset_forward(
     ``masks[s % K, b]`` (``masks`` ``(K, B, T)`` from :meth:`Subsets.masks`), drawn with
     ``z0_noise[s, b]`` (``(S, B, L)``): one pass over ``K * B`` rows of ``ceil(S / K)``
     samples each. ``pred_times`` (1-D or per row) and ``extra`` (``encoder_schedule``,
-    ``encoder_visit``) as for the model's forward."""
+    ``encoder_visit``, ``encoder_errors``) as for the model's forward."""
     k, batch = masks.shape[:2]
     samples = int(z0_noise.shape[0])
     if k > samples:
@@ -143,6 +143,9 @@ def subset_forward(
     visit = extra.get("encoder_visit")
     if visit is not None:
         extra = {**extra, "encoder_visit": visit.repeat(k, 1)}
+    errors = extra.get("encoder_errors")
+    if errors is not None:
+        extra = {**extra, "encoder_errors": errors.repeat(k, 1, 1)}
     out = model(times, rep_values, mask, pred_times=pred_times, z0_noise=noise, **extra)
 
     def back(x: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,10 @@ def predict_paths(
         grid = grid[grid >= times[first_target(batch.target_mask)]]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        out = model(times, batch.values, batch.encoder_mask, n_samples=n_samples, pred_times=grid)
+        extra = ({"encoder_errors": batch.errors} if getattr(batch, "errors", None) is not None
+                 and getattr(model, "encoder_error_scale", None) is not None else {})
+        out = model(times, batch.values, batch.encoder_mask, n_samples=n_samples,
+                    pred_times=grid, **extra)
     return grid, out.pred
 
 

@@ -9,6 +9,7 @@ where they are not observed (the data layer's convention): they are zero-filled 
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import torch
@@ -176,6 +177,41 @@ def check_error_weighting(weighting: str) -> str:
                          f"{weighting!r}: relative (uncertainties share the data's weight among "
                          "the points) or absolute (variance obs_std^2 + err^2).")
     return weighting
+
+
+def encoder_confidence(mask: torch.Tensor, errors: torch.Tensor | None, scale: float | None,
+                       dtype: torch.dtype) -> torch.Tensor:
+    """The encoder's view of ``mask`` given measurement uncertainties: each observed value's
+    confidence ``1 / (1 + (err / scale)^2)`` in ``(0, 1]`` (1 without an uncertainty, 1/2 at
+    ``err = scale``), 0 where not observed, as ``dtype``; ``mask`` itself when there are no
+    ``errors`` or no ``scale``. Every encoder reads ``[values * mask, mask]``, so a soft mask
+    lets a noisy value move the posterior less, and tells the encoder so, without new inputs."""
+    if errors is None or scale is None:
+        return mask
+    if not isinstance(errors, torch.Tensor) or tuple(errors.shape) != tuple(mask.shape):
+        shape = tuple(errors.shape) if isinstance(errors, torch.Tensor) else type(errors).__name__
+        raise ValueError(f"encoder_errors must have the shape of the encoder mask "
+                         f"{tuple(mask.shape)} (one uncertainty per series, time and channel; "
+                         f"0 where none), got {shape}.")
+    # float32 at least: a half-precision square overflows at 256
+    wide = torch.promote_types(dtype, torch.float32)
+    errors = errors.to(dtype=wide, device=mask.device)
+    if not bool((torch.isfinite(errors) & (errors >= 0)).all()):  # one host sync
+        raise ValueError("encoder_errors must be finite and >= 0 (standard deviations; 0 where "
+                         "none was given), got a negative, NaN or infinite one.")
+    # (a huge uncertainty squares to inf: confidence 0, as if not observed)
+    return (mask.to(wide) / (1.0 + (errors / scale).square())).to(dtype)
+
+
+def check_error_scale(scale: float | None) -> float | None:
+    if scale is None:
+        return None
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not (
+            math.isfinite(scale) and scale > 0):
+        raise ValueError(f"encoder_error_scale must be a positive number (the uncertainty, in "
+                         f"model units, at which a value counts half in the encoder) or None "
+                         f"(the encoder reads every value alike), got {scale!r}.")
+    return float(scale)
 
 
 def point_noise(obs_std: float | torch.Tensor, errors: torch.Tensor | None,

@@ -31,10 +31,12 @@ from latentode.solvers.odeint import check_options
 
 from .inputs import (
     check_decoded,
+    check_error_scale,
     check_error_weighting,
     checked_batch,
     checked_posterior,
     checked_pred_times,
+    encoder_confidence,
     point_noise,
     weight_dtype,
 )
@@ -322,16 +324,19 @@ def check_parts(encoder: nn.Module, field: nn.Module, decoder: nn.Module, input_
 def predict_at_targets(
     model: nn.Module, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
     target_mask: torch.Tensor, n_samples: int | None = None,
+    encoder_errors: torch.Tensor | None = None,
 ) -> LatentODEOutput:
     """``model(...)`` at ``times`` with ``z0`` where the model's ``z0_at`` puts it.
 
     With ``first_target`` the decoder starts at the first time any series has a target; the
     points before it, which hold no target, repeat the first prediction so that ``pred`` keeps
-    the batch's length for masked metrics."""
+    the batch's length for masked metrics. ``encoder_errors`` reach a latent ODE's encoder
+    (:meth:`LatentODE.encode`); other models are not given them."""
+    extra = {} if encoder_errors is None else {"encoder_errors": encoder_errors}
     first = first_target(target_mask) if model.z0_at == "first_target" else 0
     if not first:
-        return model(times, values, encoder_mask, n_samples)
-    out = model(times, values, encoder_mask, n_samples, pred_times=times[first:])
+        return model(times, values, encoder_mask, n_samples, **extra)
+    out = model(times, values, encoder_mask, n_samples, pred_times=times[first:], **extra)
     out.pred = torch.cat([out.pred[:, :, :1].expand(-1, -1, first, -1), out.pred], 2)
     return out
 
@@ -389,6 +394,14 @@ class LatentODE(WithObservationNoise, nn.Module):
             fed unscaled); None or ``"auto"`` (the configs' word, resolved there): as
             initialised. Channels far from zero otherwise stall training at the mean
             (docs/results.md, *Unscaled data*).
+        encoder_error_scale: with measurement uncertainties (``encoder_errors=`` /
+            ``loss(errors=)``), the encoder reads each observed value with confidence
+            ``1 / (1 + (err / scale)^2)`` in place of its mask's 1 (a soft mask: the value
+            and its mask entry both scaled), so noisy values move ``q(z0)`` less; ``scale`` is
+            the uncertainty, in model units (the scaler's: units of the channel's spread), at
+            which a value counts half. None: the encoder reads every value alike and the
+            uncertainties only weigh the likelihood (docs/results.md, *Measurement
+            uncertainties*).
     """
 
     def __init__(
@@ -418,6 +431,7 @@ class LatentODE(WithObservationNoise, nn.Module):
         rate_latents: int = 0,
         rate_layers: int = 1,
         error_weighting: str = "relative",
+        encoder_error_scale: float | None = 1.0,
     ):
         super().__init__()
         check_sizes("LatentODE", latents=latents, input_dim=input_dim, gen_units=gen_units,
@@ -466,6 +480,7 @@ class LatentODE(WithObservationNoise, nn.Module):
         start_output_bias(self.decoder, output_bias, input_dim)
         self.noise = ObservationNoise(input_dim, obs_std)
         self.error_weighting = check_error_weighting(error_weighting)
+        self.encoder_error_scale = check_error_scale(encoder_error_scale)
         self.n_samples = n_samples
         self.poisson, self.poisson_weight = poisson, poisson_weight
         self.rate_latents = rate_latents
@@ -491,12 +506,17 @@ class LatentODE(WithObservationNoise, nn.Module):
     def encode(
         self, times: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
         schedule: str | None = None, visit: torch.Tensor | None = None,
+        errors: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior ``q(z0)`` from the observations under ``mask``; ``schedule`` overrides the
         encoder's walk (``"series"``: each series' posterior independent of the batch), and
-        ``visit`` adds points that walk steps through (the encoder's ``forward``)."""
+        ``visit`` adds points that walk steps through (the encoder's ``forward``). ``errors``
+        ``(B, T, D)``: measurement uncertainties in model units (0 where none), read as a soft
+        mask with ``encoder_error_scale`` (:func:`~latentode.models.inputs.encoder_confidence`;
+        the encoder is then given a float mask)."""
         # only what is given: a user's encoder need not take either
         options = {k: v for k, v in (("schedule", schedule), ("visit", visit)) if v is not None}
+        mask = encoder_confidence(mask, errors, self.encoder_error_scale, values.dtype)
         return self.encoder(times, values, mask, **options)
 
     def latent_paths(self, z0: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
@@ -527,7 +547,7 @@ class LatentODE(WithObservationNoise, nn.Module):
         self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
         n_samples: int | None = None, pred_times: torch.Tensor | None = None,
         z0_noise: torch.Tensor | None = None, encoder_schedule: str | None = None,
-        encoder_visit: torch.Tensor | None = None,
+        encoder_visit: torch.Tensor | None = None, encoder_errors: torch.Tensor | None = None,
     ) -> LatentODEOutput:
         """Encode what ``encoder_mask`` shows, sample ``z0`` and predict at ``pred_times``
         (model times, sorted: increasing, or decreasing for a solve backwards from ``z0``;
@@ -541,7 +561,9 @@ class LatentODE(WithObservationNoise, nn.Module):
         noise`` (default: drawn here, ``n_samples`` of them), e.g. drawn per series from its own
         seed so that a series' samples do not depend on the batch it is in.
         ``encoder_schedule`` overrides the encoder's walk and ``encoder_visit`` adds points it
-        steps through (:meth:`encode`).
+        steps through; ``encoder_errors`` ``(B, T, D)`` are the values' measurement
+        uncertainties in model units (0 where none) the encoder reads with
+        ``encoder_error_scale`` (:meth:`encode`).
 
         Returns a :class:`LatentODEOutput`: ``pred`` ``(S, B, T, D)``, ``mean`` and ``std`` of
         ``q(z0)`` ``(B, L)`` (and the Poisson and label terms when modelled)."""
@@ -550,7 +572,8 @@ class LatentODE(WithObservationNoise, nn.Module):
         checked_pred_times(pred_times, times, values.shape[0], per_series=True)
         mean, std = checked_posterior(
             self.encoder, self.encode(times, values, encoder_mask, encoder_schedule,
-                                      encoder_visit), values.shape[0], self.latents)
+                                      encoder_visit, encoder_errors),
+            values.shape[0], self.latents)
         if z0_noise is None:
             n = self.n_samples if n_samples is None else n_samples
             if n < 1:
@@ -592,10 +615,12 @@ class LatentODE(WithObservationNoise, nn.Module):
     def predict(
         self, times: torch.Tensor, values: torch.Tensor, encoder_mask: torch.Tensor,
         target_mask: torch.Tensor, n_samples: int | None = None,
+        encoder_errors: torch.Tensor | None = None,
     ) -> LatentODEOutput:
         """:meth:`forward` at ``times`` with ``z0`` where ``z0_at`` puts it for these targets
         (:func:`predict_at_targets`)."""
-        return predict_at_targets(self, times, values, encoder_mask, target_mask, n_samples)
+        return predict_at_targets(self, times, values, encoder_mask, target_mask, n_samples,
+                                  encoder_errors)
 
     def _packed_targets(self, times: torch.Tensor, target_mask: torch.Tensor
                         ) -> TargetRows | None:
@@ -625,8 +650,9 @@ class LatentODE(WithObservationNoise, nn.Module):
         """Negative bound (``objective``) and its terms; MSE of the sample-mean prediction on
         the targets. With ``poisson``: the point process term ``poisson``; with a classifier
         and ``labels``: ``ce`` and the ``logits``. ``errors`` ``(B, T, D)``: each value's
-        measurement uncertainty (0 where none), added to ``obs_std`` in quadrature
-        (:func:`~latentode.models.inputs.point_noise`).
+        measurement uncertainty in model units (0 where none): they weigh the points in the
+        likelihood (``error_weighting``, :func:`~latentode.models.inputs.point_noise`) and,
+        with ``encoder_error_scale``, soften the encoder's mask (:meth:`encode`).
 
         Unaligned series (the batch's union of times more than ``PACK_RATIO`` times longer
         than the most targets of one series, in a batch of at least ``PACK_MIN_CELLS`` series
@@ -651,10 +677,11 @@ class LatentODE(WithObservationNoise, nn.Module):
                             self.error_weighting)
         packed = self._packed_targets(times, target_mask)
         if packed is None:
-            out = self.predict(times, values, encoder_mask, target_mask, n_samples)
+            out = self.predict(times, values, encoder_mask, target_mask, n_samples, errors)
             at_values, at_pred, at_target = values, out.pred, target_mask
         else:
-            out = self(times, values, encoder_mask, n_samples, pred_times=packed.rows)
+            out = self(times, values, encoder_mask, n_samples, pred_times=packed.rows,
+                       encoder_errors=errors)
             at_values, at_pred = packed.gather(values), out.pred[:, :, 1:]
             at_target = packed.gather(target_mask) & packed.valid.unsqueeze(-1)
             if isinstance(noise, torch.Tensor) and noise.dim() == 3:  # per point: (B, T, D)

@@ -1,7 +1,8 @@
 """Recognition encoders: read a batch's observations backwards in time, give q(z0) = N(mean, std).
 
 Both take ``times (T,)`` (the batch's union of time points, increasing), ``values (B, T, D)`` and
-``mask (B, T, D)`` (the observations the encoder may see; unobserved values are ignored). A
+``mask (B, T, D)`` (the observations the encoder may see; unobserved values are ignored; a float
+mask in [0, 1] is each value's confidence, read as ``[values * mask, mask]``). A
 series' hidden state is updated only at time points where it has an observation, so a value under
 a zero mask can change nothing. ``q(z0)`` is for ``times[0]``: the ODE-RNN's state flows there;
 the RNN encoder's map to ``q(z0)`` also reads the gap from there to the series' first observation.
@@ -254,7 +255,6 @@ class _BackwardGRU(Graphable, nn.Module):
         plan = series_plan(times, seen, self.max_step, visit)
         batch = values.shape[0]
         rows = torch.arange(batch, device=values.device)
-        masked = values * mask
         h = values.new_zeros(batch, self.state_dim)
         for e in range(plan.length):
             if plan.moves[e]:
@@ -262,7 +262,9 @@ class _BackwardGRU(Graphable, nn.Module):
             if plan.updates[e]:
                 index = plan.index[e]
                 at = index.clamp_min(0)
-                x = self.step_input(masked[rows, at], mask[rows, at], plan.gap[e].unsqueeze(-1))
+                # (step_input multiplies by the mask: once, as the union walk does; a soft
+                # mask, encoder_errors, multiplied twice read its confidence squared)
+                x = self.step_input(values[rows, at], mask[rows, at], plan.gap[e].unsqueeze(-1))
                 h = torch.where((index >= 0).unsqueeze(-1), self.cell(x, h), h)
         first = torch.where(seen, times, times[-1]).amin(1)  # each series' first observation
         return self.lead_in(h, first - times[0], seen.any(1))
