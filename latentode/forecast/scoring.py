@@ -112,7 +112,7 @@ def score(forecaster: LatentODEForecaster, df: pd.DataFrame, holdout: str = "poi
     spec.check_no_clash(["value"], "score")  # (its frames hold id, time, channel, value)
     with warnings.catch_warnings():  # its warnings come once, from predict's history below
         warnings.simplefilter("ignore")
-        spec.dataset(df)  # the whole frame checked as predict checks a history (named errors)
+        forecaster._history(df)  # the whole frame checked as predict checks a history
     # (a concat's repeated index labels: rows are told apart by position)
     df = iso_times(df.reset_index(drop=True), spec.time_col)
     if spec.tidy:
