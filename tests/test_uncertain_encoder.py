@@ -247,3 +247,17 @@ def test_every_walk_reads_a_soft_mask_alike(make, monkeypatch):
     # they differ by ~1e-6 here, with hard masks as well; the confidence squared moved 3e-3)
     torch.testing.assert_close(torch.cat(series(times, values, soft), -1), want, rtol=1e-3,
                                atol=2e-5)
+
+
+def test_a_tidy_history_s_uncertainties_reach_the_encoder():
+    df = light_curves(n=12, points=15)
+    long = pd.concat([df[["star", "t", ch, err]].rename(columns={ch: "v", err: "e"}).assign(ch=ch)
+                      for ch, err in ERRS.items()], ignore_index=True)
+    forecaster = fitted(long, channel_col="ch", value_col="v", uncertainty_col="e")
+    history = long[long["star"] == "s0"]
+    read = forecaster.predict(history, [11.0], quantiles=None)
+    exact = forecaster.predict(history.assign(e=0.0), [11.0], quantiles=None)
+    assert not np.allclose(read["mean"], exact["mean"])
+    with pytest.warns(UserWarning, match=r"no column\(s\) \['e'\]"):
+        without = forecaster.predict(history.drop(columns="e"), [11.0], quantiles=None)
+    pd.testing.assert_frame_equal(without, exact)

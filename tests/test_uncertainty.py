@@ -401,8 +401,11 @@ def test_forecaster_fits_on_uncertainties_and_predicts_from_histories_with_or_wi
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no "unused new column" for the errors
         with_errors = forecaster.predict(history, [11.0, 12.0], quantiles=None)
-    without = forecaster.predict(history.drop(columns=["flux_err", "mag_err"]), [11.0, 12.0],
-                                 quantiles=None)
+    with pytest.warns(UserWarning, match=r"reads measurement uncertainties .*no column\(s\) "
+                                         r"\['flux_err', 'mag_err'\]: those values are read "
+                                         "as exact"):
+        without = forecaster.predict(history.drop(columns=["flux_err", "mag_err"]),
+                                     [11.0, 12.0], quantiles=None)
     # a history's uncertainties reach the encoder: noisy values move the answer less
     assert not np.allclose(with_errors["mean"], without["mean"])
     exact = forecaster.predict(history.assign(flux_err=0.0, mag_err=0.0), [11.0, 12.0],

@@ -1077,6 +1077,20 @@ class LatentODEForecaster:
         model, spec = self._fitted("predict")
         reads = (isinstance(model, LatentODE) and model.encoder_error_scale is not None
                  and (spec.uncertainty_cols is not None or spec.uncertainty_col is not None))
+        if reads and isinstance(df, pd.DataFrame):
+            present = {str(c) for c in df.columns}
+            wanted = ([str(spec.uncertainty_col)] if spec.tidy else
+                      [str(col) for channel, col in (spec.uncertainty_cols or {}).items()
+                       if str(channel) in present])  # (a channel absent: nothing to read)
+            missing = [col for col in wanted if col not in present]
+            if missing:
+                warnings.warn(
+                    f"the model's encoder reads measurement uncertainties (trained with them, "
+                    f"model.encoder_error_scale={model.encoder_error_scale}), but this history "
+                    f"has no column(s) {missing}: those values are read as exact (confidence 1),"
+                    f" unlike in training. Pass the columns, or train with "
+                    f"model.encoder_error_scale=null to forecast from histories without them.",
+                    stacklevel=user_stacklevel())
         return spec.dataset(df, errors=reads)
 
     def _history_window(self) -> float | None:
