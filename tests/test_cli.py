@@ -755,13 +755,18 @@ def test_a_resumed_run_keeps_its_grad_clip_unless_the_command_gives_one(tmp_path
     ckpt = run / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, weights_only=False)
     del saved[RUN_RECORD]["config"]["module"]["grad_clip"]  # as recorded before the option
+    del saved[RUN_RECORD]["config"]["model"]["encoder_error_scale"]  # (idem)
     torch.save(saved, ckpt)
     run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=2",
                          "test=false", "ckpt_path=last", *TINY], monkeypatch)
-    assert "module.grad_clip=None, as the run trained" in (run / "train.log").read_text()
-    assert OmegaConf.load(run / ".hydra" / "config.yaml").module.grad_clip is None
+    log = (run / "train.log").read_text()
+    assert "module.grad_clip=None, as the run trained" in log
+    assert "model.encoder_error_scale=None, as the run trained" in log
+    written = OmegaConf.load(run / ".hydra" / "config.yaml")
+    assert written.module.grad_clip is None and written.model.encoder_error_scale is None
     record = torch.load(ckpt, weights_only=False)[RUN_RECORD]
     assert record["config"]["module"]["grad_clip"] is None  # and so on the next resume
+    assert record["config"]["model"]["encoder_error_scale"] is None
     # given on the command line, the command's value
     run_main(train_cli, ["latentode-train", f"hydra.run.dir={run}", "trainer.max_epochs=3",
                          "test=false", "ckpt_path=last", "module.grad_clip=5", *TINY],

@@ -76,7 +76,8 @@ ENCODERS = {
 @pytest.mark.parametrize("encoder", list(ENCODERS))
 def test_the_posterior_reads_no_uncertainty_as_none_and_an_infinite_one_as_unobserved(encoder):
     torch.manual_seed(0)
-    model = LatentODE(2, latents=4, gen_units=8, encoder=ENCODERS[encoder]()).double()
+    model = LatentODE(2, latents=4, gen_units=8, encoder=ENCODERS[encoder](),
+                      encoder_error_scale=1.0).double()
     times, values, mask, errors = batch()
 
     def posterior(m, e=None):
@@ -101,7 +102,8 @@ def test_the_loss_hands_the_uncertainties_to_the_encoder_on_the_packed_path_too(
     """Unaligned series decode at their own targets (``_packed_targets``): the same terms as
     on the union, uncertainties read by the encoder on both."""
     torch.manual_seed(0)
-    model = LatentODE(2, latents=4, gen_units=8, obs_std=0.1, n_samples=2).double()
+    model = LatentODE(2, latents=4, gen_units=8, obs_std=0.1, n_samples=2,
+                      encoder_error_scale=1.0).double()
     n, length = 6, 24
     times = torch.linspace(0, 1, length, dtype=torch.float64)
     values = torch.randn(n, length, 2, dtype=torch.float64)
@@ -124,13 +126,22 @@ def test_the_loss_hands_the_uncertainties_to_the_encoder_on_the_packed_path_too(
 
 
 # ------------------------------------------------------------------------------ the forecaster
-def test_jobs_keep_the_uncertainties_beside_their_values_through_added_rows():
+@pytest.mark.parametrize("from_target, backwards", [(False, True), (True, False),
+                                                    (False, False)])
+@pytest.mark.parametrize("grid", [None, [0.0, 1.5, 3.0, 3.5], [1.0, 1.5, 3.0, 3.5]])
+def test_jobs_keep_the_uncertainties_beside_their_values_through_added_rows(
+        from_target, backwards, grid):
+    """Rows added before the history (z0 at an earlier asked time or at the walk grid's
+    start), grid points the walk steps through, the part asked before the history answered
+    backwards: each value keeps its own uncertainty."""
     hist_t = np.array([1.0, 2.0, 4.0])
     hist_v = np.array([[0.1, np.nan], [0.2, 0.3], [np.nan, 0.4]])
     hist_e = np.array([[0.5, np.nan], [0.6, 0.7], [np.nan, 0.8]])
-    walk = WalkGrid(np.array([0.0, 1.5, 3.0, 3.5]))  # grid points the walk steps through
-    for _, job in make_jobs(hist_t, hist_v, np.array([0.5, 5.0]), np.float64, False,
-                            backwards=True, walk=walk, hist_e=hist_e):
+    walk = None if grid is None else WalkGrid(np.array(grid))  # points the walk steps through
+    jobs = make_jobs(hist_t, hist_v, np.array([0.5, 5.0]), np.float64, from_target,
+                     backwards=backwards, walk=walk, hist_e=hist_e)
+    assert len(jobs) == (2 if backwards and grid != [0.0, 1.5, 3.0, 3.5] else 1)
+    for _, job in jobs:
         assert job.hist_e is not None and job.hist_e.shape == job.hist_v.shape
         observed = ~np.isnan(job.hist_v)
         np.testing.assert_array_equal(~np.isnan(job.hist_e), observed)
@@ -142,7 +153,8 @@ def test_jobs_keep_the_uncertainties_beside_their_values_through_added_rows():
 def test_batched_answers_equal_lone_answers_with_uncertainties():
     torch.manual_seed(0)
     model = LatentODE(2, latents=4, gen_units=8, encoder=ODERNNEncoder(
-        2, 4, hidden=8, z0_units=8), solver={"rtol": 1e-10, "atol": 1e-12}).double().eval()
+        2, 4, hidden=8, z0_units=8), solver={"rtol": 1e-10, "atol": 1e-12},
+        encoder_error_scale=1.0).double().eval()
     rng = np.random.default_rng(0)
     jobs = []
     for k in range(3):
@@ -164,7 +176,7 @@ def test_batched_answers_equal_lone_answers_with_uncertainties():
 
 def test_subsets_give_each_row_its_uncertainties():
     torch.manual_seed(0)
-    model = LatentODE(2, latents=4, gen_units=8).double().eval()
+    model = LatentODE(2, latents=4, gen_units=8, encoder_error_scale=1.0).double().eval()
     times, values, mask, errors = batch()
     noise = torch.randn(4, 3, 4, dtype=torch.float64)
     everything = np.ones((4, 3, len(times)), dtype=bool)  # 4 subsets, each the whole history
@@ -206,7 +218,8 @@ def test_the_lightning_predict_step_hands_the_encoder_the_uncertainties():
 
     ds = read(light_curves(n=3))
     b = collate(ds, [0, 1, 2])
-    model = LatentODE(2, latents=4, gen_units=8, obs_std=0.1, n_samples=2)
+    model = LatentODE(2, latents=4, gen_units=8, obs_std=0.1, n_samples=2,
+                      encoder_error_scale=1.0)
     module = LatentODELightning(model)
     got = module.predict_step(b, 0)["pred"]
     model.encoder_error_scale = None
@@ -261,3 +274,193 @@ def test_a_tidy_history_s_uncertainties_reach_the_encoder():
     with pytest.warns(UserWarning, match=r"no column\(s\) \['e'\]"):
         without = forecaster.predict(history.drop(columns="e"), [11.0], quantiles=None)
     pd.testing.assert_frame_equal(without, exact)
+
+
+# ------------------------------------------------------------------------------ alignment
+def _err(values: np.ndarray, channel: str) -> np.ndarray:
+    """Each value's uncertainty as a function of the value: any misplaced one shows."""
+    return 0.1 * np.abs(values) + 0.01 if channel == "flux" else 0.3 * np.abs(values) + 0.05
+
+
+class _Spy:
+    """Every LatentODE forward's (values, encoder mask, encoder_errors)."""
+
+    def __init__(self, monkeypatch):
+        self.calls: list = []
+        original = LatentODE.forward
+
+        def forward(model, times, values, mask, *args, encoder_errors=None, **kwargs):
+            self.calls.append((values.detach().double().numpy(), mask.numpy(), None if
+                               encoder_errors is None else encoder_errors.double().numpy()))
+            return original(model, times, values, mask, *args, encoder_errors=encoder_errors,
+                            **kwargs)
+
+        monkeypatch.setattr(LatentODE, "forward", forward)
+
+    def check(self, spec, what: str) -> None:
+        """Each observed entry's uncertainty is its own value's, in model units."""
+        assert self.calls, what
+        mean, scale = np.asarray(spec.mean), np.asarray(spec.scale)
+        log = np.asarray(spec.log if spec.log is not None else [False] * len(mean))
+        for values, mask, errors in self.calls:
+            assert errors is not None, what
+            for c, name in enumerate(spec.channels):
+                at = mask[..., c].astype(bool)
+                data = values[..., c][at] * scale[c] + mean[c]
+                data = np.exp(data) if log[c] else data
+                want = _err(data, name) / (np.abs(data) if log[c] else 1.0) / scale[c]
+                np.testing.assert_allclose(errors[..., c][at], want, rtol=1e-4, err_msg=what)
+        self.calls.clear()
+
+
+def test_each_value_reaches_the_encoder_with_its_own_uncertainty_on_every_path(monkeypatch):
+    """Training, calibration, batched and lone answers, times before a history (backwards
+    jobs), training windows, subsets, a log channel, impute and score."""
+    from latentode.forecast import LatentODEForecaster
+
+    df = light_curves(n=12, points=15)
+    for channel, column in ERRS.items():
+        df[column] = _err(df[channel].to_numpy(), channel)
+    df = df[["star", "t", "mag_err", "mag", "flux_err", "flux"]]  # columns reordered
+    spy = _Spy(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # few series, few epochs
+        forecaster = LatentODEForecaster([
+            "trainer.max_epochs=1", "model.gen_units=8", "model.encoder.hidden=8",
+            "model.encoder.z0_units=8", "callbacks.progress_bar.refresh_rate=0",
+            "data.window=4.0"]).fit(df, "star", "t", uncertainty_cols=ERRS, val_fraction=0.25,
+                                    log_channels=["flux"], subsets=True)
+        spec = forecaster.spec
+        assert spec.log == [True, False] or spec.log == [False, True]
+        assert spec.subsets is not None
+        spy.check(spec, "fit and calibration")
+        history = df[df["star"].isin(["s0", "s1", "s2"])].sample(frac=1.0, random_state=0)
+        history.loc[history.index[:4], "mag"] = np.nan  # rows with one channel only
+        history.loc[history.index[:4], "mag_err"] = np.nan
+        forecaster.predict(history, [-1.0, 3.0, 7.0, 11.0], quantiles=None)
+        spy.check(spec, "predict, batched")
+        forecaster.predict(history, [-1.0, 11.0], quantiles=None, batch_size=1)
+        spy.check(spec, "predict, alone")
+        gaps = history.copy()
+        gaps.loc[gaps.index[5:9], "flux"] = np.nan
+        gaps.loc[gaps.index[5:9], "flux_err"] = np.nan
+        forecaster.impute(gaps)
+        spy.check(spec, "impute")
+        forecaster.score(history)
+        spy.check(spec, "score")
+
+
+@pytest.mark.parametrize("tidy", [False, True])
+def test_a_history_s_uncertainties_follow_their_values_into_model_units(tidy):
+    """The spec reads a history's uncertainties beside their values, in the model's channel
+    order whatever the frame's, and puts them in model units as the scaler did (a log
+    channel: relative first)."""
+    from latentode.data import TimeTransform
+    from latentode.forecast.spec import DataSpec
+
+    df = light_curves(n=3)
+    for channel, column in ERRS.items():
+        df[column] = _err(df[channel].to_numpy(), channel)
+    common = dict(id_col="star", time_col="t", channels=["flux", "mag"],
+                  time=TimeTransform("numeric", 0.0, 1.0), mean=[2.0, 0.1], scale=[0.5, 0.7],
+                  log=[True, False])
+    if tidy:
+        frame = pd.concat([df[["star", "t", ch, err]].rename(columns={ch: "v", err: "e"})
+                           .assign(ch=ch) for ch, err in (("mag", "mag_err"),
+                                                          ("flux", "flux_err"))])
+        frame = frame[~((frame["star"] == "s0") & (frame["ch"] == "mag"))]  # one channel
+        spec = DataSpec(**common, channel_col="ch", value_col="v", uncertainty_col="e")
+    else:
+        frame = df[["star", "t", "mag_err", "mag", "flux_err", "flux"]]
+        spec = DataSpec(**common, value_cols=["flux", "mag"], uncertainty_cols=ERRS)
+    ds = spec.dataset(frame, errors=True)
+    assert ds.errors is not None and ds.channels == ["flux", "mag"]
+    for c, name in enumerate(ds.channels):
+        seen = ~np.isnan(ds.values[:, c])
+        np.testing.assert_allclose(ds.errors[seen, c], _err(ds.values[seen, c], name))
+    model = spec.to_model_errors(ds.errors, ds.values)
+    np.testing.assert_allclose(model[:, 0], ds.errors[:, 0] / ds.values[:, 0] / 0.5)
+    np.testing.assert_allclose(model[:, 1], ds.errors[:, 1] / 0.7)
+
+
+def test_first_target_predictions_and_plots_read_the_uncertainties():
+    from test_uncertainty import read
+
+    from latentode.lit.plots import predict_paths
+
+    b = collate(read(light_curves(n=3)), [0, 1, 2])
+    torch.manual_seed(0)
+    model = LatentODE(2, latents=4, gen_units=8, z0_at="first_target", encoder_error_scale=1.0)
+    target = b.target_mask.clone()
+    target[:, :3] = False  # z0 at a later time: predict_at_targets' other path
+
+    def both(scale):
+        model.encoder_error_scale = scale
+        torch.manual_seed(1)
+        pred = model.predict(b.times, b.values, b.encoder_mask, target, 2,
+                             encoder_errors=b.errors).pred
+        return pred, predict_paths(model, b, n_samples=2, n_grid=5)[1]
+
+    for read_, alike in zip(both(1.0), both(None), strict=True):
+        assert not torch.allclose(read_, alike)
+
+
+def test_an_encoder_that_does_not_say_it_reads_a_soft_mask_is_refused_by_name():
+    class Mine(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = RNNEncoder(2, 4, hidden=8, z0_units=8)
+
+        def forward(self, times, values, mask):
+            return self.inner(times, values, torch.where(mask, 1.0, 0.0))  # a bool mask
+
+    times, values, mask, errors = batch()
+    model = LatentODE(2, latents=4, encoder=Mine(), encoder_error_scale=1.0).double()
+    with pytest.raises(ValueError, match=r"encoder Mine does not say it reads one: .*"
+                                         r"reads_soft_mask = True .*encoder_error_scale=None"):
+        model.encode(times, values, mask, errors=errors)
+    model.encode(times, values, mask)  # without uncertainties: as before
+    model.encoder_error_scale = None
+    model.encode(times, values, mask, errors=errors)
+    assert check_error_scale(np.float32(0.5)) == 0.5
+
+
+def test_huge_history_uncertainties_read_as_unobserved_not_refused():
+    from latentode.forecast.draw import _model_errors
+
+    got = _model_errors(np.array([[1e39, np.nan], [np.inf, 0.3]]), np.float32)
+    assert np.isfinite(got).all() and got[0, 1] == 0 and got[1, 1] == np.float32(0.3)
+    mask = torch.ones(1, 2, 2, dtype=torch.bool)
+    soft = encoder_confidence(mask, torch.from_numpy(got)[None], 1.0, torch.float32)
+    torch.testing.assert_close(soft[0, :, 0], torch.zeros(2))  # confidence 0: unobserved
+
+
+def test_from_model_reads_tidy_uncertainties_for_calibration_and_histories(monkeypatch):
+    from latentode.data import ChannelScaler, from_dataframe
+    from latentode.forecast import LatentODEForecaster
+
+    df = light_curves(n=10)
+    for channel, column in ERRS.items():
+        df[column] = _err(df[channel].to_numpy(), channel)
+    long = pd.concat([df[["star", "t", ch, err]].rename(columns={ch: "v", err: "e"})
+                      .assign(ch=ch) for ch, err in ERRS.items()], ignore_index=True)
+    tidy = dict(channel_col="ch", value_col="v")
+    train, held = long[long["star"] < "s7"], long[long["star"] >= "s7"]
+    ds = from_dataframe(train, "star", "t", uncertainty_col="e", **tidy)
+    scaler = ChannelScaler().fit(ds)
+    torch.manual_seed(0)
+    model = LatentODE(2, latents=4, gen_units=8, encoder_error_scale=1.0)
+    with pytest.warns(UserWarning, match="no column to read them from in a history"):
+        LatentODEForecaster.from_model(model, ds, scaler, calibration_data=held, **tidy)
+    spy = _Spy(monkeypatch)
+    forecaster = LatentODEForecaster.from_model(model, ds, scaler, calibration_data=held,
+                                                uncertainty_col="e", **tidy)
+    assert forecaster.spec.uncertainty_col == "e"
+    spy.check(forecaster.spec, "from_model's calibration on calibration_data")
+    forecaster.predict(held, [11.0], quantiles=None)
+    spy.check(forecaster.spec, "predict from a tidy history")
+    with pytest.raises(ValueError, match="uncertainty_col= names the uncertainty column of "
+                                         "tidy frames"):
+        LatentODEForecaster.from_model(model, from_dataframe(df, "star", "t",
+                                                             uncertainty_cols=ERRS),
+                                       scaler, uncertainty_col="e")

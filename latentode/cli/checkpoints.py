@@ -334,10 +334,11 @@ def check_resume(cfg: DictConfig, module: torch.nn.Module, saved: dict[str, Any]
     raise ValueError("\n".join(message))
 
 
-KEPT_ON_RESUME = {"module.grad_clip": None}
+KEPT_ON_RESUME = {"module.grad_clip": None, "model.encoder_error_scale": None}
 """Settings a resumed run keeps from its record unless the command gives them, so that a
 default changed since it started does not change it midway; the value is what a run recorded
-before the option existed did (``grad_clip``: no clip)."""
+before the option existed did (``grad_clip``: no clip; ``encoder_error_scale``: an encoder
+reading every value alike). A key the config does not have (a baseline's model) stays out."""
 
 
 def keep_run_settings(cfg: DictConfig, saved: dict[str, Any], run_dir: Path) -> None:

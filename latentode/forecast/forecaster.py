@@ -581,6 +581,7 @@ class LatentODEForecaster:
         channel_col: str | None = None,
         value_col: str | None = None,
         subsets: Any = None,
+        uncertainty_col: str | None = None,
     ) -> LatentODEForecaster:
         """A forecaster around a model trained in your own loop (``latentode.models``' models:
         README, Models), so that ``predict``, ``impute``, ``sample``, ``plot`` and calibrated
@@ -632,6 +633,11 @@ class LatentODEForecaster:
                 channel's name in ``channel_col`` and its value in ``value_col``
                 (``from_dataframe(df, ..., channel_col=, value_col=)``'s format), and its
                 answers are tidy too. Both or neither.
+            uncertainty_col: with tidy frames, the column of each observation's measurement
+                uncertainty (``from_dataframe(..., uncertainty_col=)``), read from
+                ``calibration_data`` and from histories when the model's encoder reads them
+                (``encoder_error_scale``); wide frames use the columns ``dataset`` was read
+                with (its ``error_names``).
             subsets: the ``latentode.data.Interpolation`` task that chose the points the
                 model's encoder saw in training (e.g. ``Interpolation(count=50)``), or a
                 ``latentode.forecast.subsets.Subsets``: ``predict`` and ``impute`` then
@@ -718,7 +724,21 @@ class LatentODEForecaster:
             train_span=longest_span(dataset), label_names=dataset.label_names,
             log=None if scaler is None else _log_flags(scaler),
             uncertainty_cols=None if channel_col else errors_read(dataset),
+            uncertainty_col=uncertainty_col if channel_col else None,
         )
+        if uncertainty_col is not None and not channel_col:
+            raise ValueError("uncertainty_col= names the uncertainty column of tidy frames "
+                             "(with channel_col= and value_col=); wide frames use the columns "
+                             "the dataset was read with (from_dataframe(uncertainty_cols=)).")
+        if (dataset.errors is not None and getattr(model, "encoder_error_scale", None)
+                is not None and spec.uncertainty_cols is None and spec.uncertainty_col is None):
+            warnings.warn(
+                "the dataset carries measurement uncertainties and the model's encoder reads "
+                "them (encoder_error_scale), but the forecaster has no column to read them "
+                "from in a history (a dataset built without from_dataframe's uncertainty "
+                "columns, or tidy frames without uncertainty_col=): histories' values will be "
+                "read as exact. Give uncertainty_col= (tidy frames), or a dataset read with "
+                "uncertainty_cols=.", stacklevel=2)
         spec.check_output_names()
         if calibration_data is None:
             warnings.warn(

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from typing import Any
 
+import numpy as np
 import torch
 
 from latentode.solvers.precision import autocast_on
@@ -206,7 +208,7 @@ def encoder_confidence(mask: torch.Tensor, errors: torch.Tensor | None, scale: f
 def check_error_scale(scale: float | None) -> float | None:
     if scale is None:
         return None
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or not (
+    if isinstance(scale, bool | np.bool_) or not isinstance(scale, numbers.Real) or not (
             math.isfinite(scale) and scale > 0):
         raise ValueError(f"encoder_error_scale must be a positive number (the uncertainty, in "
                          f"model units, at which a value counts half in the encoder) or None "

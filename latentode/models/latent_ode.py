@@ -399,9 +399,12 @@ class LatentODE(WithObservationNoise, nn.Module):
             ``1 / (1 + (err / scale)^2)`` in place of its mask's 1 (a soft mask: the value
             and its mask entry both scaled), so noisy values move ``q(z0)`` less; ``scale`` is
             the uncertainty, in model units (the scaler's: units of the channel's spread), at
-            which a value counts half. None: the encoder reads every value alike and the
-            uncertainties only weigh the likelihood (docs/results.md, *Measurement
-            uncertainties*).
+            which a value counts half. None (here; ``conf/model/latent_ode.yaml`` and so
+            ``latentode-train`` and the forecaster default to 1.0, and a run saved before the
+            option existed rebuilds with None, as it trained): the encoder reads every value
+            alike and the uncertainties only weigh the likelihood (docs/results.md,
+            *Measurement uncertainties*). Your own ``encoder`` is given the soft mask only if
+            it says it reads one (``reads_soft_mask = True``).
     """
 
     def __init__(
@@ -431,7 +434,7 @@ class LatentODE(WithObservationNoise, nn.Module):
         rate_latents: int = 0,
         rate_layers: int = 1,
         error_weighting: str = "relative",
-        encoder_error_scale: float | None = 1.0,
+        encoder_error_scale: float | None = None,
     ):
         super().__init__()
         check_sizes("LatentODE", latents=latents, input_dim=input_dim, gen_units=gen_units,
@@ -516,6 +519,14 @@ class LatentODE(WithObservationNoise, nn.Module):
         the encoder is then given a float mask)."""
         # only what is given: a user's encoder need not take either
         options = {k: v for k, v in (("schedule", schedule), ("visit", visit)) if v is not None}
+        if errors is not None and self.encoder_error_scale is not None and not getattr(
+                self.encoder, "reads_soft_mask", False):
+            raise ValueError(
+                f"encoder_error_scale={self.encoder_error_scale} hands the encoder the "
+                f"measurement uncertainties as a float mask of confidences in [0, 1], but "
+                f"encoder {type(self.encoder).__name__} does not say it reads one: if it reads "
+                f"[values * mask, mask] (a float mask), set reads_soft_mask = True on it; else "
+                f"set encoder_error_scale=None (model.encoder_error_scale=null).")
         mask = encoder_confidence(mask, errors, self.encoder_error_scale, values.dtype)
         return self.encoder(times, values, mask, **options)
 

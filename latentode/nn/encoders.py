@@ -119,6 +119,10 @@ class _BackwardGRU(Graphable, nn.Module):
     """Shared machinery: masked GRU updates walking the times from last to first (the batch's
     union, or each series' own with ``schedule="series"``)."""
 
+    reads_soft_mask = True
+    """A float mask in [0, 1] is read as each value's confidence (``[values * mask, mask]``
+    in every walk): a latent ODE's ``encoder_error_scale`` may hand it one."""
+
     def __init__(self, input_dim: int, latent_dim: int, hidden: int, gru_input: int,
                  z0_units: int, gru_units: int | None = None, std_state: bool = False,
                  schedule: str = "union", max_step: float | None = None,
