@@ -37,6 +37,25 @@ def test_confidence_is_one_without_uncertainty_half_at_the_scale_zero_where_unob
     assert half.dtype == torch.float16 and bool((half[..., :3] > 0).all())  # no overflow to 0
 
 
+def test_relative_confidence_is_each_series_channel_s_own_and_equal_ones_change_nothing():
+    mask = torch.tensor([[[True, True], [True, False], [True, True]],
+                         [[True, True], [False, True], [True, True]]])
+    errors = torch.tensor([[[1.0, 3.0], [2.0, 9.0], [3.0, 3.0]],
+                           [[0.5, 1e20], [7.0, 1e20], [0.5, 1e20]]])
+    absolute = encoder_confidence(mask, errors, 1.0, torch.float64)
+    relative = encoder_confidence(mask, errors, 1.0, torch.float64, relative=True)
+    torch.testing.assert_close(relative[0, :, 0], torch.tensor([1.0, 0.4, 0.2],
+                                                               dtype=torch.float64))
+    # series 1, channel 1: equal (huge) uncertainties, each as confident as the best
+    torch.testing.assert_close(relative[1, :, 1], torch.tensor([1.0, 1.0, 1.0],
+                                                               dtype=torch.float64))
+    assert float(absolute[1, 0, 1]) < 1e-30
+    # per series: the same whatever the batch
+    alone = encoder_confidence(mask[1:], errors[1:], 1.0, torch.float64, relative=True)
+    torch.testing.assert_close(alone, relative[1:])
+    assert float(relative[1, 1, 0]) == 0.0  # not observed
+
+
 @pytest.mark.parametrize("errors, match", [
     (torch.zeros(1, 2, 4), r"shape of the encoder mask \(1, 1, 4\).*got \(1, 2, 4\)"),
     (torch.tensor([[[0.0, -1.0, 0.0, 0.0]]]), "finite and >= 0"),
@@ -94,6 +113,12 @@ def test_the_posterior_reads_no_uncertainty_as_none_and_an_infinite_one_as_unobs
     softened = posterior(mask, errors)
     assert not torch.allclose(softened, plain)
     assert not torch.allclose(softened, posterior(masked, errors))
+    # relative to each series-channel's best (error_weighting="relative", the default):
+    # equal uncertainties within each series-channel change nothing
+    equal = torch.rand(3, 1, 2, dtype=torch.float64).expand_as(errors) * 5
+    torch.testing.assert_close(posterior(mask, equal), plain, rtol=0, atol=0)
+    model.error_weighting = "absolute"  # the confidences themselves: they do
+    assert not torch.allclose(posterior(mask, equal), plain)
     model.encoder_error_scale = None  # read alike: the uncertainties are not the encoder's
     torch.testing.assert_close(posterior(mask, errors), plain, rtol=0, atol=0)
 

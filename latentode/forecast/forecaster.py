@@ -366,8 +366,13 @@ class LatentODEForecaster:
         value's measurement uncertainty, one standard deviation in the channel's units
         (``from_dataframe``): training weighs each point by ``1 / (obs_std^2 + error^2)``
         relative to its series' others (``model.error_weighting``), so noisy points pull the
-        fit less; ``val_df``'s are read too; histories given to :meth:`predict` need none
-        (the encoder reads values only; theirs are passed over unread).
+        fit less, and the encoder reads each value with confidence ``1 / (1 + (err /
+        scale)^2)`` in model units relative to its series' best (``model.encoder_error_scale``,
+        1.0; null: values alike);
+        ``val_df``'s are read too, and so are those of histories given to :meth:`predict`,
+        :meth:`impute`, :meth:`sample` and :meth:`score` (a history without the columns is
+        read as exact, with a warning; with ``encoder_error_scale=null`` they are passed
+        over).
         Returns ``self``.
         """
         from hydra.utils import instantiate

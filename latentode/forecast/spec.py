@@ -59,7 +59,8 @@ class DataSpec:
         uncertainty_cols, uncertainty_col: the columns of the values' measurement
             uncertainties fit read (wide ``{channel: column}``, tidy one column; None: none).
             A validation frame's are read where it has them (its points weigh as training's
-            do); other frames' are passed over; they are never channels.
+            do), and a history's when the model's encoder reads them
+            (``encoder_error_scale``); they are never channels.
         subsets: ``Subsets.to_json()`` of the forecaster's subset conditioning (each posterior
             sample conditioned on a random subset of a series' points drawn as in training:
             ``latentode.forecast.subsets``), or None: on all of them.
@@ -233,8 +234,8 @@ class DataSpec:
                 ) -> IrregularDataset:
         """``df`` as an ``IrregularDataset`` with the training channels (order and names) and
         model times on the training time scale; values stay in data units. ``errors``: read
-        the measurement uncertainties too (frames to train or validate on; histories to
-        predict from need none, and theirs are passed over unread)."""
+        the measurement uncertainties too (frames to train or validate on, and histories
+        when the model's encoder reads them; otherwise they are passed over unread)."""
         if not isinstance(df, pd.DataFrame):
             raise TypeError(f"{what} must be a pandas DataFrame, got {type(df).__name__}.")
         if self.tidy:

@@ -182,12 +182,17 @@ def check_error_weighting(weighting: str) -> str:
 
 
 def encoder_confidence(mask: torch.Tensor, errors: torch.Tensor | None, scale: float | None,
-                       dtype: torch.dtype) -> torch.Tensor:
+                       dtype: torch.dtype, relative: bool = False) -> torch.Tensor:
     """The encoder's view of ``mask`` given measurement uncertainties: each observed value's
     confidence ``1 / (1 + (err / scale)^2)`` in ``(0, 1]`` (1 without an uncertainty, 1/2 at
     ``err = scale``), 0 where not observed, as ``dtype``; ``mask`` itself when there are no
     ``errors`` or no ``scale``. Every encoder reads ``[values * mask, mask]``, so a soft mask
-    lets a noisy value move the posterior less, and tells the encoder so, without new inputs."""
+    lets a noisy value move the posterior less, and tells the encoder so, without new inputs.
+
+    ``relative``: divided by the most confident observed value of each series and channel
+    (which then reads 1): only how much less precise a value is than its series' best
+    counts, so equal uncertainties within a series change nothing (as the likelihood's
+    ``relative`` weighting, :func:`point_noise`); per series, whatever the batch."""
     if errors is None or scale is None:
         return mask
     if not isinstance(errors, torch.Tensor) or tuple(errors.shape) != tuple(mask.shape):
@@ -195,14 +200,19 @@ def encoder_confidence(mask: torch.Tensor, errors: torch.Tensor | None, scale: f
         raise ValueError(f"encoder_errors must have the shape of the encoder mask "
                          f"{tuple(mask.shape)} (one uncertainty per series, time and channel; "
                          f"0 where none), got {shape}.")
-    # float32 at least: a half-precision square overflows at 256
-    wide = torch.promote_types(dtype, torch.float32)
+    # float64 (float32 where a device has none): squares of uncertainties up to float32's
+    # largest stay finite, and equal ones divide to exactly 1
+    wide = torch.float32 if mask.device.type == "mps" else torch.float64
     errors = errors.to(dtype=wide, device=mask.device)
     if not bool((torch.isfinite(errors) & (errors >= 0)).all()):  # one host sync
         raise ValueError("encoder_errors must be finite and >= 0 (standard deviations; 0 where "
                          "none was given), got a negative, NaN or infinite one.")
-    # (a huge uncertainty squares to inf: confidence 0, as if not observed)
-    return (mask.to(wide) / (1.0 + (errors / scale).square())).to(dtype)
+    # (a square beyond the dtype is inf: confidence 0, as if not observed)
+    confidence = mask.to(wide) / (1.0 + (errors / scale).square())
+    if relative:
+        best = confidence.amax(-2, keepdim=True)  # (B, 1, D): each series-channel's best
+        confidence = torch.where(best > 0, confidence / best, confidence)
+    return confidence.to(dtype)
 
 
 def check_error_scale(scale: float | None) -> float | None:

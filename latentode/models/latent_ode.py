@@ -353,10 +353,13 @@ class LatentODE(WithObservationNoise, nn.Module):
         dec_units, dec_layers: decoder MLP (``dec_layers=0``: linear, as in the paper).
         obs_std: fixed observation noise std of the Gaussian likelihood: one, or one per
             channel (:class:`~latentode.nn.ObservationNoise`).
-        error_weighting: how measurement uncertainties (``loss(errors=...)``) enter the
-            likelihood: ``relative`` (they share each series' weight among its points, the
-            mean weight staying ``1 / obs_std^2``) or ``absolute`` (variance
-            ``obs_std^2 + err^2``); :func:`~latentode.models.inputs.point_noise`.
+        error_weighting: how measurement uncertainties (``loss(errors=...)``) are read:
+            ``relative`` (in the likelihood they share each series' weight among its points,
+            the mean weight staying ``1 / obs_std^2``; the encoder's confidences are relative
+            to each series-channel's most precise value) or ``absolute`` (variance
+            ``obs_std^2 + err^2``; confidences as they are);
+            :func:`~latentode.models.inputs.point_noise`,
+            :func:`~latentode.models.inputs.encoder_confidence`.
         n_samples: posterior samples per series in the loss (and by default in ``forward``).
         solver: ``odeint`` options for the generative ODE (method, rtol, atol, gradient, ...).
         objective: how posterior samples combine (:func:`sample_bound`): ``elbo`` (the mean
@@ -399,12 +402,15 @@ class LatentODE(WithObservationNoise, nn.Module):
             ``1 / (1 + (err / scale)^2)`` in place of its mask's 1 (a soft mask: the value
             and its mask entry both scaled), so noisy values move ``q(z0)`` less; ``scale`` is
             the uncertainty, in model units (the scaler's: units of the channel's spread), at
-            which a value counts half. None (here; ``conf/model/latent_ode.yaml`` and so
-            ``latentode-train`` and the forecaster default to 1.0, and a run saved before the
-            option existed rebuilds with None, as it trained): the encoder reads every value
-            alike and the uncertainties only weigh the likelihood (docs/results.md,
-            *Measurement uncertainties*). Your own ``encoder`` is given the soft mask only if
-            it says it reads one (``reads_soft_mask = True``).
+            which a value counts half. Under ``error_weighting="relative"`` the confidences
+            are divided by each series-channel's best, so equal uncertainties within a series
+            change nothing (measured: the run without them, exactly). None (here;
+            ``conf/model/latent_ode.yaml`` and so ``latentode-train`` and the forecaster
+            default to 1.0, and a run saved before the option existed rebuilds with None, as
+            it trained): the encoder reads every value alike and the uncertainties only
+            weigh the likelihood (docs/results.md, *Measurement uncertainties*). Your own
+            ``encoder`` is given the soft mask only if it says it reads one
+            (``reads_soft_mask = True``).
     """
 
     def __init__(
@@ -527,7 +533,8 @@ class LatentODE(WithObservationNoise, nn.Module):
                 f"encoder {type(self.encoder).__name__} does not say it reads one: if it reads "
                 f"[values * mask, mask] (a float mask), set reads_soft_mask = True on it; else "
                 f"set encoder_error_scale=None (model.encoder_error_scale=null).")
-        mask = encoder_confidence(mask, errors, self.encoder_error_scale, values.dtype)
+        mask = encoder_confidence(mask, errors, self.encoder_error_scale, values.dtype,
+                                  relative=self.error_weighting == "relative")
         return self.encoder(times, values, mask, **options)
 
     def latent_paths(self, z0: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
