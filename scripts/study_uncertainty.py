@@ -20,8 +20,8 @@ known to the user and given beside it as ``y_err``:
 - ``read``: the uncertainties given (``uncertainty_cols={"y": "y_err"}``) and read both ways,
   as shipped: each point weighs ``1 / (obs_std^2 + err^2)`` relative to its series' others in
   the likelihood (``model.error_weighting: relative``), and the encoder reads each value with
-  confidence ``1 / (1 + err^2)`` in model units (``model.encoder_error_scale: 1.0``), in
-  training and in every forecast from a history that carries them;
+  confidence ``1 / (1 + err^2)`` in model units (``model.encoder_error_scale: 1.0``) divided by
+  its series' best, in training and in every forecast from a history that carries them;
 - ``weights``: given, weighing the likelihood only (``model.encoder_error_scale=null``);
 - ``not read``: not given (every point weighs the same, the encoder reads all alike).
 

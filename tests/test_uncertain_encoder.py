@@ -54,6 +54,10 @@ def test_relative_confidence_is_each_series_channel_s_own_and_equal_ones_change_
     alone = encoder_confidence(mask[1:], errors[1:], 1.0, torch.float64, relative=True)
     torch.testing.assert_close(alone, relative[1:])
     assert float(relative[1, 1, 0]) == 0.0  # not observed
+    # in float32 (MPS has no float64) the same reading, no overflow to 0/0
+    single = encoder_confidence(mask, errors, 1.0, torch.float32, relative=True,
+                                compute_dtype=torch.float32)
+    torch.testing.assert_close(single, relative.float())
 
 
 @pytest.mark.parametrize("errors, match", [
@@ -477,6 +481,10 @@ def test_from_model_reads_tidy_uncertainties_for_calibration_and_histories(monke
                                                 uncertainty_col="e", **tidy)
     assert forecaster.spec.uncertainty_col == "e"
     spy.check(forecaster.spec, "from_model's calibration on calibration_data")
+    with pytest.warns(UserWarning, match=r"calibration_data has no column\(s\) \['e'\]"):
+        LatentODEForecaster.from_model(model, ds, scaler, calibration_data=held.drop(
+            columns="e"), uncertainty_col="e", **tidy)
+    spy.calls.clear()
     forecaster.predict(held, [11.0], quantiles=None)
     spy.check(forecaster.spec, "predict from a tidy history")
     with pytest.raises(ValueError, match="uncertainty_col= names the uncertainty column of "
@@ -484,3 +492,34 @@ def test_from_model_reads_tidy_uncertainties_for_calibration_and_histories(monke
         LatentODEForecaster.from_model(model, from_dataframe(df, "star", "t",
                                                              uncertainty_cols=ERRS),
                                        scaler, uncertainty_col="e")
+
+
+def test_frames_without_the_uncertainty_columns_are_warned_about_where_values_need_them():
+    df = light_curves(n=12, points=15)
+    forecaster = fitted(df, uncertainty_cols=ERRS)
+    history = df[df["star"] == "s0"].drop(columns=["mag_err"])
+    with pytest.warns(UserWarning, match=r"no column\(s\) \['mag_err'\]"):
+        forecaster.predict(history, [11.0], quantiles=None)
+    unmeasured = history.assign(mag=np.nan)  # a channel given as all-NaN needs none
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        forecaster.predict(unmeasured, [11.0], quantiles=None)
+    with pytest.warns(UserWarning, match=r"val_df has no column\(s\) \['flux_err'\] of the "
+                                         r"measurement uncertainties training read"):
+        fitted(df[df["star"] != "s11"], uncertainty_cols=ERRS,
+               val_df=df[df["star"] == "s11"].drop(columns=["flux_err"]))
+
+
+def test_from_model_refuses_uncertainty_col_for_data_trained_without_them():
+    from latentode.data import ChannelScaler, from_dataframe
+    from latentode.forecast import LatentODEForecaster
+
+    df = light_curves(n=6)
+    long = pd.concat([df[["star", "t", ch]].rename(columns={ch: "v"}).assign(ch=ch)
+                      for ch in ERRS], ignore_index=True)
+    ds = from_dataframe(long, "star", "t", channel_col="ch", value_col="v")
+    model = LatentODE(2, latents=4, gen_units=8, encoder_error_scale=1.0)
+    with pytest.raises(ValueError, match=r"uncertainty_col='e' reads uncertainties from frames, "
+                                         r"but the dataset .* carries none"):
+        LatentODEForecaster.from_model(model, ds, ChannelScaler().fit(ds), channel_col="ch",
+                                       value_col="v", uncertainty_col="e")

@@ -68,8 +68,9 @@ def from_dataframe(
             measurement uncertainty (one standard deviation, in the channel's units; e.g.
             ``{"flux": "flux_err"}``). The models' Gaussian likelihood then weighs each point
             by ``1 / (obs_std^2 + error^2)``, relative to its series' others by default
-            (``latentode.models.inputs.point_noise``), so noisy points weigh less in training;
-            the encoder reads the values as they are. Not every channel needs one. An observed
+            (``latentode.models.inputs.point_noise``), so noisy points weigh less in training,
+            and a latent ODE's encoder reads each value with a confidence that falls with its
+            uncertainty (``encoder_error_scale``). Not every channel needs one. An observed
             value without its uncertainty (NaN) is read as having none beyond ``obs_std``
             (counted in a warning); negative or infinite ones are refused.
         uncertainty_col: tidy format: the column holding each observation's uncertainty.

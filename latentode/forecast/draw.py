@@ -252,7 +252,8 @@ def _subset_masks(jobs: list[Job], subsets: Subsets, num_samples: int, at: list[
 
 def _model_errors(hist_e: np.ndarray, np_dtype: Any) -> np.ndarray:
     """A job's uncertainties as the model takes them: 0 where none (NaN); one beyond the
-    dtype's range at its largest value (confidence 0: as if not observed), not inf."""
+    dtype's range at its largest value, not inf (an absolute confidence of 0; relative to
+    its series' best, see ``encoder_confidence``)."""
     big = np.finfo(np_dtype).max
     return np.clip(np.nan_to_num(hist_e, nan=0.0), 0.0, big).astype(np_dtype)
 

@@ -438,6 +438,7 @@ class LatentODEForecaster:
         spec.check_output_names()  # before training
         data, split = train, ["train"] * len(train)
         if val_df is not None:
+            _warn_missing_uncertainties(spec, val_df, "val_df")
             val = spec.dataset(val_df, "val_df", errors=True)
             data, split = concat_datasets(train, val), split + ["val"] * len(val)
         elif val_fraction and len(train) >= CALIBRATION_HOLDOUT_MIN:
@@ -735,6 +736,12 @@ class LatentODEForecaster:
             raise ValueError("uncertainty_col= names the uncertainty column of tidy frames "
                              "(with channel_col= and value_col=); wide frames use the columns "
                              "the dataset was read with (from_dataframe(uncertainty_cols=)).")
+        if uncertainty_col is not None and dataset.errors is None:
+            raise ValueError(f"uncertainty_col={uncertainty_col!r} reads uncertainties from "
+                             f"frames, but the dataset (the model's training data) carries "
+                             f"none: the model was trained without them. Read it with "
+                             f"from_dataframe(..., uncertainty_col={uncertainty_col!r}), or "
+                             f"leave uncertainty_col out.")
         if (dataset.errors is not None and getattr(model, "encoder_error_scale", None)
                 is not None and spec.uncertainty_cols is None and spec.uncertainty_col is None):
             warnings.warn(
@@ -753,6 +760,8 @@ class LatentODEForecaster:
                 stacklevel=2)
             held = None
         else:
+            if isinstance(calibration_data, pd.DataFrame):
+                _warn_missing_uncertainties(spec, calibration_data, "calibration_data")
             held = on_spec_clock(spec, calibration_data, "calibration_data")
 
         train = dataset if scaler is None else scaled(scaler, dataset, "dataset", True)
@@ -1103,11 +1112,7 @@ class LatentODEForecaster:
         reads = (isinstance(model, LatentODE) and model.encoder_error_scale is not None
                  and (spec.uncertainty_cols is not None or spec.uncertainty_col is not None))
         if reads and isinstance(df, pd.DataFrame):
-            present = {str(c) for c in df.columns}
-            wanted = ([str(spec.uncertainty_col)] if spec.tidy else
-                      [str(col) for channel, col in (spec.uncertainty_cols or {}).items()
-                       if str(channel) in present])  # (a channel absent: nothing to read)
-            missing = [col for col in wanted if col not in present]
+            missing = spec.missing_uncertainties(df)
             if missing:
                 warnings.warn(
                     f"the model's encoder reads measurement uncertainties (trained with them, "
@@ -1464,6 +1469,18 @@ def _predictive_mean(spec: DataSpec, paths: np.ndarray, std: np.ndarray | None) 
     spread = np.asarray(std) * np.asarray(spec.scale)
     mean[..., log] *= np.exp(0.5 * spread[..., log] ** 2)
     return mean
+
+
+def _warn_missing_uncertainties(spec: DataSpec, df: pd.DataFrame, what: str) -> None:
+    """Warn when a frame validated or calibrated on lacks uncertainty columns training read:
+    its values would be weighed and encoded as exact, unlike training's."""
+    missing = spec.missing_uncertainties(df) if isinstance(df, pd.DataFrame) else []
+    if missing:
+        warnings.warn(f"{what} has no column(s) {missing} of the measurement uncertainties "
+                      f"training read: its values are read as exact (weighed and encoded as "
+                      f"each series' most precise), so its scores and the noise calibrated on "
+                      f"it are not those of the training's data. Pass the columns.",
+                      stacklevel=user_stacklevel())
 
 
 def errors_read(ds: IrregularDataset) -> dict[str, Any] | None:

@@ -230,6 +230,23 @@ class DataSpec:
         return cls.from_json(json.loads(path.read_text()))
 
     # ----------------------------------------------------------------------------- frames
+    def missing_uncertainties(self, df: pd.DataFrame) -> list[str]:
+        """The uncertainty columns fit read that ``df`` lacks, for channels ``df`` observes
+        (a channel given as all-NaN needs none)."""
+        by_name = {str(c): c for c in df.columns}
+
+        def observed(column: str) -> bool:
+            return column in by_name and bool(
+                pd.to_numeric(df[by_name[column]], errors="coerce").notna().any())
+
+        if self.tidy:
+            col = self.uncertainty_col
+            if col is None or str(col) in by_name or not observed(str(self.value_col)):
+                return []
+            return [str(col)]
+        return [str(col) for channel, col in (self.uncertainty_cols or {}).items()
+                if str(col) not in by_name and observed(str(channel))]
+
     def dataset(self, df: pd.DataFrame, what: str = "df", errors: bool = False
                 ) -> IrregularDataset:
         """``df`` as an ``IrregularDataset`` with the training channels (order and names) and

@@ -182,17 +182,20 @@ def check_error_weighting(weighting: str) -> str:
 
 
 def encoder_confidence(mask: torch.Tensor, errors: torch.Tensor | None, scale: float | None,
-                       dtype: torch.dtype, relative: bool = False) -> torch.Tensor:
+                       dtype: torch.dtype, relative: bool = False,
+                       compute_dtype: torch.dtype | None = None) -> torch.Tensor:
     """The encoder's view of ``mask`` given measurement uncertainties: each observed value's
     confidence ``1 / (1 + (err / scale)^2)`` in ``(0, 1]`` (1 without an uncertainty, 1/2 at
     ``err = scale``), 0 where not observed, as ``dtype``; ``mask`` itself when there are no
     ``errors`` or no ``scale``. Every encoder reads ``[values * mask, mask]``, so a soft mask
     lets a noisy value move the posterior less, and tells the encoder so, without new inputs.
 
-    ``relative``: divided by the most confident observed value of each series and channel
-    (which then reads 1): only how much less precise a value is than its series' best
+    ``relative``: divided by the most confident value ``mask`` shows of each series and
+    channel (which then reads 1): only how much less precise a value is than that best
     counts, so equal uncertainties within a series change nothing (as the likelihood's
-    ``relative`` weighting, :func:`point_noise`); per series, whatever the batch."""
+    ``relative`` weighting, :func:`point_noise`), however large: a value not measured is NaN,
+    not one with a huge uncertainty. Per series, whatever the batch. ``compute_dtype``:
+    float64 by default, float32 on MPS (no float64 there)."""
     if errors is None or scale is None:
         return mask
     if not isinstance(errors, torch.Tensor) or tuple(errors.shape) != tuple(mask.shape):
@@ -200,15 +203,20 @@ def encoder_confidence(mask: torch.Tensor, errors: torch.Tensor | None, scale: f
         raise ValueError(f"encoder_errors must have the shape of the encoder mask "
                          f"{tuple(mask.shape)} (one uncertainty per series, time and channel; "
                          f"0 where none), got {shape}.")
-    # float64 (float32 where a device has none): squares of uncertainties up to float32's
-    # largest stay finite, and equal ones divide to exactly 1
-    wide = torch.float32 if mask.device.type == "mps" else torch.float64
+    # float64: squares of uncertainties up to float32's largest stay finite, and equal ones
+    # divide to exactly 1; where a device has no float64 (MPS), float32 with the ratio
+    # capped at 1e18 (confidence 1e-36: the same reading, short of overflow)
+    wide = compute_dtype or (torch.float32 if mask.device.type == "mps" else torch.float64)
     errors = errors.to(dtype=wide, device=mask.device)
     if not bool((torch.isfinite(errors) & (errors >= 0)).all()):  # one host sync
         raise ValueError("encoder_errors must be finite and >= 0 (standard deviations; 0 where "
                          "none was given), got a negative, NaN or infinite one.")
-    # (a square beyond the dtype is inf: confidence 0, as if not observed)
-    confidence = mask.to(wide) / (1.0 + (errors / scale).square())
+    ratio = errors / scale
+    if wide == torch.float32:
+        ratio = ratio.clamp_max(1e18)
+    # (float64: a square beyond its range, from a float64 model's uncertainty above 1e154,
+    # is inf: confidence 0)
+    confidence = mask.to(wide) / (1.0 + ratio.square())
     if relative:
         best = confidence.amax(-2, keepdim=True)  # (B, 1, D): each series-channel's best
         confidence = torch.where(best > 0, confidence / best, confidence)
