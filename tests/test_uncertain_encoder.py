@@ -523,3 +523,14 @@ def test_from_model_refuses_uncertainty_col_for_data_trained_without_them():
                                          r"but the dataset .* carries none"):
         LatentODEForecaster.from_model(model, ds, ChannelScaler().fit(ds), channel_col="ch",
                                        value_col="v", uncertainty_col="e")
+
+
+@pytest.mark.parametrize("scale", [1.0, None])
+def test_the_loss_refuses_bad_uncertainties_whoever_checks_them(scale):
+    """Checked once per step: by the encoder when it reads them, else by the likelihood."""
+    times, values, mask, errors = batch()
+    model = LatentODE(2, latents=4, gen_units=8, encoder_error_scale=scale).double()
+    errors[0, 1, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"measurement uncertainties \(errors= / "
+                                         r"encoder_errors=\) must be finite and >= 0"):
+        model.loss(times, values, mask, mask, errors=errors)

@@ -208,9 +208,7 @@ def encoder_confidence(mask: torch.Tensor, errors: torch.Tensor | None, scale: f
     # capped at 1e18 (confidence 1e-36: the same reading, short of overflow)
     wide = compute_dtype or (torch.float32 if mask.device.type == "mps" else torch.float64)
     errors = errors.to(dtype=wide, device=mask.device)
-    if not bool((torch.isfinite(errors) & (errors >= 0)).all()):  # one host sync
-        raise ValueError("encoder_errors must be finite and >= 0 (standard deviations; 0 where "
-                         "none was given), got a negative, NaN or infinite one.")
+    check_errors(errors)
     ratio = errors / scale
     if wide == torch.float32:
         ratio = ratio.clamp_max(1e18)
@@ -234,9 +232,17 @@ def check_error_scale(scale: float | None) -> float | None:
     return float(scale)
 
 
+def check_errors(errors: torch.Tensor) -> None:
+    """Measurement uncertainties must be finite and >= 0 (one host sync)."""
+    if not bool((torch.isfinite(errors) & (errors >= 0)).all()):
+        raise ValueError("measurement uncertainties (errors= / encoder_errors=) must be finite "
+                         "and >= 0 (standard deviations; 0 where none was given), got a "
+                         "negative, NaN or infinite one.")
+
+
 def point_noise(obs_std: float | torch.Tensor, errors: torch.Tensor | None,
                 values: torch.Tensor, target_mask: torch.Tensor | None = None,
-                weighting: str = "relative") -> float | torch.Tensor:
+                weighting: str = "relative", check: bool = True) -> float | torch.Tensor:
     """The likelihood's std at each point: ``obs_std`` (one, or ``(D,)``) alone, or with
     measurement uncertainties ``errors`` ``(B, T, D)`` (one std each, in the values' units, 0
     where none): ``sqrt(obs_std^2 + errors^2)`` ``(B, T, D)``, so a point measured less
@@ -253,7 +259,9 @@ def point_noise(obs_std: float | torch.Tensor, errors: torch.Tensor | None,
     series, so a series' terms do not depend on the others in its batch; a series noisier
     than another as a whole does not weigh less than it under ``"relative"`` (each series
     weighs the same under this normalisation anyway). Equal uncertainties within a series
-    change nothing, and a point without one (0) is the series' most precise."""
+    change nothing, and a point without one (0) is the series' most precise. ``check``:
+    refuse negative and non-finite ones here (False where the caller's encoder checks the
+    same tensor: one host sync per step, not two)."""
     check_error_weighting(weighting)
     if errors is None:
         return obs_std
@@ -264,9 +272,8 @@ def point_noise(obs_std: float | torch.Tensor, errors: torch.Tensor | None,
     # at least float32: half precision's sums and squares overflow and underflow here
     dtype = torch.promote_types(values.dtype, torch.float32)
     errors = errors.to(dtype=dtype, device=values.device)
-    if not bool((torch.isfinite(errors) & (errors >= 0)).all()):  # one host sync per step
-        raise ValueError("errors must be finite and >= 0 (standard deviations; 0 where none "
-                         "was given), got a negative, NaN or infinite one.")
+    if check:
+        check_errors(errors)
     base = torch.as_tensor(obs_std, dtype=dtype, device=values.device)
     # hypot: a huge uncertainty (a catalogue's 1e20 for "unmeasured") squared overflows float32
     std = torch.hypot(base, errors)

@@ -691,8 +691,9 @@ class LatentODE(WithObservationNoise, nn.Module):
                 "reconstruct=False trains on the labels alone, but loss() got no labels (a "
                 "batch built without label_col holds labels=None): pass labels=batch.labels "
                 "from labelled data, or reconstruct=True.")
+        # (the encoder checks the uncertainties it reads: checked once per step, not twice)
         noise = point_noise(self.noise(values), errors, values, target_mask,
-                            self.error_weighting)
+                            self.error_weighting, check=self.encoder_error_scale is None)
         packed = self._packed_targets(times, target_mask)
         if packed is None:
             out = self.predict(times, values, encoder_mask, target_mask, n_samples, errors)
