@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -76,6 +76,10 @@ class WalkGrid:
         return self.times - zero if self.origin == "batch" else self.times + (first - zero)
 
 
+@overload
+def _blank_rows(rows: np.ndarray, n: int, at_start: bool = True) -> np.ndarray: ...
+@overload
+def _blank_rows(rows: None, n: int, at_start: bool = True) -> None: ...
 def _blank_rows(rows: np.ndarray | None, n: int, at_start: bool = True) -> np.ndarray | None:
     """``rows`` (values or uncertainties, ``(k, D)``) with ``n`` rows of NaN before (or
     after) them; None stays None."""
@@ -112,7 +116,7 @@ def with_visits(hist_t: np.ndarray, hist_v: np.ndarray, points: np.ndarray, np_d
         return hist_t, hist_v, visit, hist_e
     times = np.concatenate([hist_t, points])
     order = np.argsort(times, kind="stable")
-    values = np.concatenate([hist_v, np.full((len(points), hist_v.shape[1]), np.nan)])[order]
+    values = _blank_rows(hist_v, len(points), at_start=False)[order]
     errors = _blank_rows(hist_e, len(points), at_start=False)
     visit = np.concatenate([visit, np.ones(len(points), bool)])[order]
     return (times[order].astype(np_dtype), values, visit,
@@ -135,7 +139,7 @@ def make_job(hist64: np.ndarray, hist_v: np.ndarray, want64: np.ndarray, np_dtyp
     start = min(hist_t[0], want.min())
     if start < hist_t[0]:  # z0 at the earliest requested time
         hist_t = np.concatenate([[start], hist_t]).astype(np_dtype)
-        hist_v = np.concatenate([np.full((1, hist_v.shape[1]), np.nan), hist_v])
+        hist_v = _blank_rows(hist_v, 1)
         hist_e = _blank_rows(hist_e, 1)
     # z0 at the grid's first time: the encoder's (default) or, for a latent ODE trained
     # with z0_at="first_target", the first requested time, as its training did
@@ -163,7 +167,7 @@ def make_jobs(hist64: np.ndarray, hist_v: np.ndarray, want64: np.ndarray, np_dty
     anchor = None if walk is None else walk.anchor(float(hist64[0]))
     if anchor is not None and anchor < hist64[0]:
         hist64 = np.concatenate([[anchor], hist64])
-        hist_v = np.concatenate([np.full((1, hist_v.shape[1]), np.nan), hist_v])
+        hist_v = _blank_rows(hist_v, 1)
         hist_e = _blank_rows(hist_e, 1)
     everything = np.arange(len(want64))
     if not backwards or from_target or not (want64 < hist64[0]).any():
