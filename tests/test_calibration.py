@@ -16,6 +16,7 @@ from latentode.data import Batch, Interpolation, LatentODEDataModule, Mixed, loa
 from latentode.data.windows import split_windows
 from latentode.forecast.calibration import (
     NoiseCalibration,
+    Scored,
     calibrate_noise,
     calibration_batches,
     density_warning,
@@ -790,10 +791,11 @@ def test_a_factor_per_series_covers_series_of_unequal_noise_where_one_noise_cann
     got = lead.std_at(np.array([0.0, 1.5]), factor=np.array([4.0]))
     np.testing.assert_allclose(got[:, 0], [2.0, np.sqrt(6.5)])
     # the seen-point residual a forecaster reads: the paths' mean against the seen values
-    scored = SimpleNamespace(
+    scored = Scored(
         pred=torch.zeros(3, 1, 2, 1), values=torch.tensor([[[1.0], [3.0]]]),
         target=torch.ones(1, 2, 1, dtype=torch.bool),
-        encoder=torch.tensor([[[True], [False]]]))
+        encoder=torch.tensor([[[True], [False]]]), leads=torch.zeros(1, 2, 1),
+        history=torch.tensor([1]))
     assert [a.tolist() for a in seen_residual(scored)] == [[[1.0]], [[1.0]]]
 
 

@@ -3,6 +3,8 @@ data step, scaled with them, and weighing each point's likelihood by ``obs_std^2
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import warnings
 
@@ -357,7 +359,7 @@ def write_light_curves(path, n: int = 12) -> None:
     df.to_csv(path, index=False)
 
 
-def test_train_command_reads_uncertainties(tmp_path, monkeypatch):
+def test_train_command_reads_uncertainties(tmp_path, monkeypatch, capsys):
     path = tmp_path / "lc.csv"
     write_light_curves(path)
     run = tmp_path / "run"
@@ -378,6 +380,18 @@ def test_train_command_reads_uncertainties(tmp_path, monkeypatch):
         warnings.simplefilter("error", UserWarning)
         pred = forecaster.predict(history, [10.5], quantiles=None)
     assert sorted(pred["channel"]) == ["flux", "mag"]
+    # the eval's coverage: the noise beyond the uncertainties, each value's own added back
+    from latentode.cli import evaluate as eval_cli
+
+    ckpt = next((run / "checkpoints").glob("*.ckpt"))
+    evaluated = tmp_path / "eval"
+    run_main(eval_cli, ["latentode-eval", f"ckpt_path={ckpt}", f"hydra.run.dir={evaluated}"],
+             monkeypatch)
+    out = capsys.readouterr().out
+    assert "each value's own measurement uncertainty added" in out
+    assert "measurement_rms/flux" in out and "measurement_rms/mag" in out
+    record = json.loads((evaluated / "test_metrics.json").read_text())["coverage"]
+    assert len(record["calibration"]["error_rms"]) == 2
     cfg = compose_train(["experiment=csv", f"data.dataset.path={path}",
                          "data.dataset.id_col=star", "data.dataset.time_col=t",
                          "data.dataset.uncertainty_cols={flux:flx_err}", *tiny], tmp_path / "r2")
@@ -483,8 +497,9 @@ def fitted(df: pd.DataFrame, *overrides: str, **kwargs):
 
 
 def test_training_sees_the_uncertainties_and_histories_pass_theirs_over(monkeypatch):
-    """Without ``encoder_error_scale`` a history's uncertainties are not read (nothing would
-    use them): bad ones there are no error."""
+    """Without ``encoder_error_scale`` a history's uncertainties are read only for the
+    series' factor on the in-series noise (calibrated on ``r^2 - e^2``); where nothing uses
+    them they are not read: bad ones there are no error."""
     seen = []
     original = LatentODE.loss
 
@@ -502,7 +517,11 @@ def test_training_sees_the_uncertainties_and_histories_pass_theirs_over(monkeypa
     history.loc[history.index[0], "flux_err"] = "<0.1"  # unread: predict reads values only
     history.loc[history.index[1], "mag_err"] = -1.0
     history.loc[history.index[2], "mag_err"] = np.nan
-    with warnings.catch_warnings():
+    assert forecaster.calibration.series_kappa is not None and forecaster.calibration.error_rms
+    with pytest.raises(ValueError, match="flux_err"):  # the factor reads them
+        forecaster.predict(history, [11.0], quantiles=None)
+    forecaster.calibration = dataclasses.replace(forecaster.calibration, error_rms=[])
+    with warnings.catch_warnings():  # a calibration without them (an older one): unread
         warnings.simplefilter("error", UserWarning)
         forecaster.predict(history, [11.0], quantiles=None)
     seen.clear()

@@ -200,9 +200,12 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
                                     "units past the channel's last observation) and per "
                                     "history length (times the encoder saw)"), flush=True)
     conditioned = "all seen points" if subsets is None else str(subsets)
+    # a value with a measurement uncertainty is covered by the mixture with its own added
+    known = ("; each value's own measurement uncertainty added"
+             if getattr(datamodule.dataset, "errors", None) is not None else "")
     print(format_metrics(values, f"posterior predictive coverage ({samples} samples; held "
-                                 f"out: {held_out}; conditioned on {conditioned}; noise: "
-                                 f"{mode}, and "
+                                 f"out: {held_out}; conditioned on {conditioned}{known}; "
+                                 f"noise: {mode}, and "
                                  f"obs_std={format_obs_std(obs)} for _model_noise; "
                                  "_forecast: "
                                  "test series cut at 20-80%, the rest forecast)"), flush=True)
@@ -218,9 +221,14 @@ def report_coverage(eval_cfg: DictConfig, cfg: DictConfig, module: Any, datamodu
             table[f"noise_std/{c}"] = model_std
             if datamodule.scaler is not None and not (logged is not None and logged[j]):
                 table[f"noise_std_data/{c}"] = float(data_std)  # log channels: multiplicative
+            if calibration.error_rms:  # the measurement noise the calibration left out
+                table[f"measurement_rms/{c}"] = calibration.error_rms[j]
         print(format_metrics(table, f"calibrated noise std (model units; {calibration.points} "
                                     f"points of the {calibration.split} split, held out: "
-                                    f"{held_out})"), flush=True)
+                                    f"{held_out}"
+                                    + ("; beyond the values' measurement uncertainties, "
+                                       "measurement_rms" if calibration.error_rms else "")
+                                    + ")"), flush=True)
     path = output_dir(cfg) / "test_metrics.json"
     if path.is_file():
         record = json.loads(path.read_text())

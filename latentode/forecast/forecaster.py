@@ -66,6 +66,12 @@ held out once over five passes while the encoder sees the rest of its series
 series); ``save`` writes the result to ``calibration.json`` and ``load`` reads it back (a
 directory saved without one, by an older latentode, falls back to ``obs_std``).
 ``forecaster.calibration`` holds it.
+
+Trained with measurement uncertainties (``uncertainty_cols``), the noise is calibrated beyond
+them (each held-out value's known ``err^2`` left out: it is the instrument's, not the
+model's), so the quantiles are of the *quantity itself*; ``score`` holds each hidden value to
+the interval of one measurement, the mixture with its own ``err^2`` added. For a new
+measurement of known ``err``, widen by it the same way.
 """
 
 from __future__ import annotations
@@ -76,7 +82,7 @@ import logging
 import tempfile
 import warnings
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +108,7 @@ from .calibration import (
     NoiseCalibration,
     calibrate_forecaster,
     calibration_warnings,
+    excess_residual,
     format_obs_std,
     model_obs_std,
     obs_std_array,
@@ -276,7 +283,7 @@ def _warn_unanswered(ids: list, error: SolverError) -> None:
         f"{' ...' if len(ids) > 10 else ''} (the solver: {type(error).__name__}, {reason}). "
         "Times far beyond what the model was trained on are the usual cause: ask nearer "
         "times, or allow the solver more steps (forecaster.model.solver['max_steps'] = ...).",
-        UserWarning, stacklevel=3)
+        UserWarning, stacklevel=user_stacklevel())
 
 
 class LatentODEForecaster:
@@ -955,6 +962,7 @@ class LatentODEForecaster:
         model, spec = self._fitted("predict")
         model_values = spec.to_model_values(ds.values)  # once: the check and every history
         model_errors = None if ds.errors is None else spec.to_model_errors(ds.errors, ds.values)
+        encoder_reads, _ = self._error_readers()  # else the errors serve the factor only
         _warn_far_from_training(ds, spec, model_values)
         num_samples = _whole("num_samples", num_samples, 1)
         seed = _whole("seed", seed, 0)
@@ -987,7 +995,7 @@ class LatentODEForecaster:
         for n_req, (i, raw) in enumerate(requests):
             lo, hi = ds.offsets[i], ds.offsets[i + 1]
             values, t = model_values[lo:hi], ds.times[lo:hi]  # model units (NaN unobserved)
-            errors = None if model_errors is None else model_errors[lo:hi]
+            errors = None if model_errors is None or not encoder_reads else model_errors[lo:hi]
             want64 = spec.time.to_model(raw)
             seen_rows = ~np.isnan(values).all(1)
             if per_series:
@@ -1034,7 +1042,8 @@ class LatentODEForecaster:
                 if per_series:
                     yield request.index, request.raw, *self._per_series_draw(
                         request, answers, std, noise, ds.times[lo:hi], model_values[lo:hi],
-                        draw_noise)
+                        draw_noise,
+                        None if model_errors is None else model_errors[lo:hi])
                     continue
                 if noisy_draws and std is not None:  # (noisy_draws: std is not None)
                     point_std = self._point_noise(std, noise, ds.times[lo:hi], ds.values[lo:hi],
@@ -1052,13 +1061,15 @@ class LatentODEForecaster:
 
     def _per_series_draw(self, request: _Request, answers: list, std: np.ndarray | None,
                          noise: bool | str, t: np.ndarray, values: np.ndarray,
-                         draw_noise: bool) -> tuple[np.ndarray, np.ndarray | None,
-                                                    np.ndarray | None]:
+                         draw_noise: bool, errors: np.ndarray | None = None
+                         ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """``(paths, noisy or None, std or None)`` as :meth:`_draw` yields them, of a request
         answered at its asked times and then at its history's own (``request.total``): the
         posterior mean's residual there gives the series' factor on the calibrated in-series
-        noise (:meth:`NoiseCalibration.series_factor`); the noise is drawn from the series'
-        stream once the factor is known."""
+        noise (:meth:`NoiseCalibration.series_factor`; ``errors``: the history's measurement
+        uncertainties, model units, NaN none, whose variance the residual leaves out as
+        calibration did); the noise is drawn from the series' stream once the factor is
+        known."""
         assert self.calibration is not None and self.spec is not None
         everything, _ = request.paths(answers, None, False)
         asked = len(request.raw)
@@ -1068,10 +1079,13 @@ class LatentODEForecaster:
         factor = None
         if _calibrated(noise):
             # (one history: a model trained on windows has no factor, series_factor_applies)
-            seen = values[~np.isnan(values).all(1)]  # (n, D) model units, NaN unobserved
+            rows = ~np.isnan(values).all(1)
+            seen = values[rows]  # (n, D) model units, NaN unobserved
             residual = seen - at_history.mean(0)
-            n = (~np.isnan(residual)).sum(0)
-            m = np.nansum(residual**2, 0) / np.maximum(n, 1)
+            observed = ~np.isnan(residual)
+            n = observed.sum(0)
+            known = None if errors is None else np.nan_to_num(errors[rows], nan=0.0) ** 2
+            m = excess_residual(np.nan_to_num(residual) ** 2, known, observed, n, axis=0)
             factor = self.calibration.series_factor(m, n)
         point_std = np.zeros((asked, len(std)))
         if bool((std > 0).any()):
@@ -1104,16 +1118,30 @@ class LatentODEForecaster:
         leads[:, ~observed.any(0)] = np.inf  # never observed here: the last bin's noise
         return calibration.std_at(leads, history=int(observed.any(1).sum()), factor=factor)
 
-    def _history(self, df: pd.DataFrame) -> IrregularDataset:
-        """A history to answer from, with its measurement uncertainties when the model's
-        encoder reads them (``model.encoder_error_scale``, a spec with uncertainty columns);
-        otherwise they are passed over unread."""
+    def _error_readers(self) -> tuple[bool, bool]:
+        """``(encoder, factor)``: whether a history's measurement uncertainties reach the
+        model's encoder (``model.encoder_error_scale``) and the series' factor on the
+        in-series noise (a calibration with uncertainties and a factor: the factor reads the
+        seen points' ``r^2 - e^2``, as calibration did); both False for a spec without
+        uncertainty columns."""
         model, spec = self._fitted("predict")
-        reads = (isinstance(model, LatentODE) and model.encoder_error_scale is not None
-                 and (spec.uncertainty_cols is not None or spec.uncertainty_col is not None))
-        if reads and isinstance(df, pd.DataFrame):
+        if spec.uncertainty_cols is None and spec.uncertainty_col is None:
+            return False, False
+        encoder = isinstance(model, LatentODE) and model.encoder_error_scale is not None
+        calibration = self.calibration
+        factor = (calibration is not None and bool(calibration.error_rms)
+                  and calibration.series_kappa is not None
+                  and series_factor_applies(model, self._history_window()))
+        return encoder, factor
+
+    def _history(self, df: pd.DataFrame) -> IrregularDataset:
+        """A history to answer from, with its measurement uncertainties where they are read
+        (:meth:`_error_readers`); otherwise they are passed over unread."""
+        model, spec = self._fitted("predict")
+        encoder, factor = self._error_readers()
+        if (encoder or factor) and isinstance(df, pd.DataFrame):
             missing = spec.missing_uncertainties(df)
-            if missing:
+            if missing and encoder:
                 warnings.warn(
                     f"the model's encoder reads measurement uncertainties (trained with them, "
                     f"model.encoder_error_scale={model.encoder_error_scale}), but this history "
@@ -1121,7 +1149,14 @@ class LatentODEForecaster:
                     f" unlike in training. Pass the columns, or train with "
                     f"model.encoder_error_scale=null to forecast from histories without them.",
                     stacklevel=user_stacklevel())
-        return spec.dataset(df, errors=reads)
+            elif missing:
+                warnings.warn(
+                    f"this history has no column(s) {missing}: its values are read as exact, "
+                    f"so the whole of each series' residual at its own points counts toward "
+                    f"its noise factor and its intervals inside the series come out wider than "
+                    f"calibrated (calibration left the known measurement noise out). Pass the "
+                    f"columns.", stacklevel=user_stacklevel())
+        return spec.dataset(df, errors=encoder or factor)
 
     def _history_window(self) -> float | None:
         """The training windows' span in model units (``data.window``), or None."""
@@ -1227,7 +1262,8 @@ class LatentODEForecaster:
             num_samples: posterior samples behind the mean and the quantiles.
             quantiles: levels in (0, 1), one column each (``q0.05``...).
             seed: sampling seed (the same seed gives the same frame).
-            noise: the quantiles are of observations, each path plus Gaussian noise:
+            noise: the quantiles are of observations, each path plus Gaussian noise (of the
+                quantity beyond the measurement uncertainties, when trained with them):
                 ``True`` or ``"calibrated"`` (default) the calibrated noise per channel (see
                 the module docstring; the model's ``obs_std`` when the forecaster has no
                 calibration), ``"model"`` the model's fixed ``obs_std`` (the quantiles of
@@ -1242,6 +1278,17 @@ class LatentODEForecaster:
             units, time type and channel names; series in the order of their ids, rows in the
             requested order per series.
         """
+        return self._predict(df, times, horizon, freq, n, num_samples, quantiles, seed, noise,
+                             batch_size)
+
+    def _predict(self, df: pd.DataFrame, times: Any, horizon: Any, freq: Any, n: int | None,
+                 num_samples: int, quantiles: Sequence[float] | None, seed: int,
+                 noise: bool | str, batch_size: int,
+                 each: Callable[[Any, Times, np.ndarray, np.ndarray | None], None] | None = None
+                 ) -> pd.DataFrame:
+        """:meth:`predict`; ``each(series id, times, paths (S, m, D), std (m, D) or None)``,
+        model units, is called for every series answered (``score`` reads its held-out
+        values' intervals from them)."""
         qs = check_quantiles(quantiles)
         _, spec = self._fitted("predict")
         ds = self._history(df)
@@ -1255,6 +1302,8 @@ class LatentODEForecaster:
         for i, raw, paths, _, std in self._draw(ds, requests, num_samples, seed,
                                                 noise if needs_noise else False,
                                                 batch_size=batch_size, draw_noise=False):
+            if each is not None:
+                each(ds.ids[i], raw, paths, std)
             cols = {"mean": _predictive_mean(spec, paths, std).ravel()}
             if qs:
                 levels = mixture_quantiles(paths, 0.0 if std is None else std, qs)
@@ -1290,10 +1339,12 @@ class LatentODEForecaster:
 
         Returns:
             One row per channel: ``n`` hidden values, ``mse`` and ``mae`` of the posterior
-            mean, ``coverage`` of the interval (about ``level`` when calibrated) and its mean
-            ``width``, and ``naive_mse`` of linear interpolation of the channel's own history
-            (its last value held beyond it; over the ``naive_n`` values with a history of that
-            channel). ``attrs`` hold the options and the number of series scored.
+            mean, ``coverage`` of the interval (about ``level`` when calibrated; trained with
+            measurement uncertainties, each value's interval is that of one measurement, its
+            own uncertainty added to the predictive noise) and its mean ``width``, and
+            ``naive_mse`` of linear interpolation of the channel's own history (its last value
+            held beyond it; over the ``naive_n`` values with a history of that channel).
+            ``attrs`` hold the options and the number of series scored.
         """
         from .scoring import score
 
@@ -1741,7 +1792,7 @@ def _warn_beyond_training(ds: IrregularDataset, requests: list[tuple[int, Times]
             f"span before the first observation (series {ds.ids[back_i]!r}): the model was "
             "never trained to answer that far before a history (a latent ODE with z0 at the "
             "start solves backwards there), so expect errors well beyond the quantiles.",
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     if worst > spec.train_span:
         what = "training windows' span" if windowed else "longest training series' span"
@@ -1749,7 +1800,7 @@ def _warn_beyond_training(ds: IrregularDataset, requests: list[tuple[int, Times]
             f"asked for times up to {worst / spec.train_span:.1f}x the {what} past the last "
             f"observation (series {ds.ids[worst_i]!r}): the model was never trained that far "
             "ahead, so expect errors well beyond the quantiles.",
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
 
 
@@ -1797,7 +1848,7 @@ def _warn_far_from_training(ds: IrregularDataset, spec: DataSpec,
         f"{int(far.sum())} such value(s) in channel(s) {channels}. The model was not trained "
         "on values like these, so its answers there are guesses: are they in the training "
         "data's units?",
-        stacklevel=5,  # the user's call (of predict, sample, impute: through _draw)
+        stacklevel=user_stacklevel(),  # the user's call (of predict, sample, impute, score)
     )
 
 
@@ -1909,7 +1960,7 @@ def _union_walk_grid(cfg: DictConfig, model: nn.Module, datamodule: Any) -> Walk
             "an answer does not depend on the batch, which this model was not trained for. For "
             "forecasting, train with model.encoder.schedule=series (experiment=csv and "
             "LatentODEForecaster.fit do; in Python ODERNNEncoder(..., schedule='series')).",
-            stacklevel=3)
+            stacklevel=user_stacklevel())
     else:
         log.info("this run's encoder was trained on the union walk of a shared grid (%d "
                  "times): each series is walked alone through its observations and that grid, "

@@ -8,6 +8,12 @@ central predictive interval, and the squared error of a naive answer from the sa
 number has something to stand against. ``holdout="points"`` hides a random ``fraction`` of each
 series' observation times (imputation); ``"end"`` the last ``fraction`` of its span
 (forecasting).
+
+A forecaster trained with measurement uncertainties predicts the quantity itself (its noise is
+calibrated with the known measurement noise left out); a hidden value is one measurement of it,
+so its interval is that of the mixture with the value's own uncertainty added,
+``N(path_s, sigma^2 + e^2)`` (:func:`observed_with_errors`): a precise value is held to a
+narrow interval, a noisy one gets a wide one.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import pandas as pd
 
 from latentode.data.frame import iso_times
 
+from .quantiles import mixture_quantiles
 from .spec import quantile_name
 
 if TYPE_CHECKING:
@@ -72,14 +79,34 @@ def hidden_times(times: pd.Series, ids: pd.Series, holdout: str, fraction: float
     return hide
 
 
-def long_values(df: pd.DataFrame, forecaster: LatentODEForecaster) -> pd.DataFrame:
-    """``df``'s observations as rows of id, time, channel, value (observed values only)."""
+def observed_with_errors(forecaster: LatentODEForecaster) -> bool:
+    """Whether ``score`` adds each hidden value's own measurement uncertainty to its interval:
+    the forecaster reads uncertainty columns and its predictive noise leaves them out (a
+    calibration that subtracted them, or none: the model's ``obs_std``, which its likelihood
+    adds them to). A calibration of an older latentode, which counted them in its noise on
+    average, is left as it is."""
+    spec = forecaster.spec
+    if spec is None or (spec.uncertainty_cols is None and spec.uncertainty_col is None):
+        return False
+    calibration = forecaster.calibration
+    return calibration is None or bool(calibration.error_rms)
+
+
+def long_values(df: pd.DataFrame, forecaster: LatentODEForecaster, errors: bool = False
+                ) -> pd.DataFrame:
+    """``df``'s observations as rows of id, time, channel, value (observed values only);
+    ``errors``: and ``error``, each value's measurement uncertainty in data units (NaN where
+    none is given)."""
     spec = forecaster.spec
     assert spec is not None
     if spec.tidy:
         out = df[[spec.id_col, spec.time_col, spec.channel_col, spec.value_col]].rename(
             columns={spec.value_col: "value"})
         out["value"] = pd.to_numeric(out["value"])
+        if errors:
+            col = spec.uncertainty_col
+            out["error"] = (pd.to_numeric(df[col], errors="coerce") if col in df.columns
+                            else np.nan)
         return out.dropna(subset=["value"])
     columns = spec._value_columns(df, "df")
     named = {c: name for c, name in zip(columns, spec.channels, strict=True)}
@@ -90,6 +117,13 @@ def long_values(df: pd.DataFrame, forecaster: LatentODEForecaster) -> pd.DataFra
         var_name=" channel", value_name=" value").rename(
         columns={" channel": "channel", " value": "value"})
     out["value"] = pd.to_numeric(out["value"])
+    if errors:  # melt stacks channel after channel: their uncertainties in the same order
+        by_name = {str(c): c for c in df.columns}
+        of = {str(k): str(v) for k, v in (spec.uncertainty_cols or {}).items()}
+        out["error"] = np.concatenate([
+            pd.to_numeric(df[by_name[of[name]]], errors="coerce").to_numpy(np.float64)
+            if of.get(name) in by_name else np.full(len(df), np.nan)
+            for name in spec.channels])
     return out.dropna(subset=["value"])
 
 
@@ -125,15 +159,19 @@ def score(forecaster: LatentODEForecaster, df: pd.DataFrame, holdout: str = "poi
         raise ValueError("nothing to score: every series of df is observed at one time only "
                          "(score hides part of each series and predicts it from the rest).")
     history = df.loc[~hide]
-    truth = long_values(df.loc[hide], forecaster).reset_index(drop=True)
+    with_errors = observed_with_errors(forecaster)
+    if with_errors:  # the hidden values' uncertainties checked as training checked them
+        spec.dataset(df.loc[hide], errors=True)
+    truth = long_values(df.loc[hide], forecaster, errors=with_errors).reset_index(drop=True)
     if truth.empty:
         raise ValueError("nothing to score: the hidden times hold no observed value.")
     requested = {key: np.unique(rows.to_numpy()) for key, rows in
                  df.loc[hide, spec.time_col].groupby(df.loc[hide, spec.id_col], sort=True)}
     low, high = (1 - level) / 2, (1 + level) / 2
-    pred = forecaster.predict(history, requested, num_samples=num_samples,
-                              quantiles=(low, high), seed=seed, batch_size=batch_size)
     channel = spec.channel_col if spec.tidy else "channel"
+    own = _OwnIntervals(forecaster, truth, channel, (low, high)) if with_errors else None
+    pred = forecaster._predict(history, requested, None, None, None, num_samples, (low, high),
+                               seed, True, batch_size, None if own is None else own.series)
     keys = [spec.id_col, spec.time_col, channel]
     truth = truth.rename(columns={spec.channel_col: channel} if spec.tidy else {})
     joined = truth.merge(pred, on=keys, how="left", validate="many_to_one")
@@ -145,6 +183,9 @@ def score(forecaster: LatentODEForecaster, df: pd.DataFrame, holdout: str = "poi
     lo, hi = quantile_name(low), quantile_name(high)
     err = joined["value"] - joined["mean"]
     joined["sq"], joined["abs"] = err.pow(2), err.abs()
+    if own is not None:  # rows with an uncertainty: the interval of one measurement
+        has = ~np.isnan(own.lo)
+        joined.loc[has, lo], joined.loc[has, hi] = own.lo[has], own.hi[has]
     joined["inside"] = (joined["value"] >= joined[lo]) & (joined["value"] <= joined[hi])
     joined["width"] = joined[hi] - joined[lo]
     joined["naive_sq"] = (joined["value"] - joined["naive"]).pow(2)
@@ -158,6 +199,57 @@ def score(forecaster: LatentODEForecaster, df: pd.DataFrame, holdout: str = "poi
     table.attrs.update(holdout=holdout, fraction=fraction, level=level, seed=seed,
                        series=int(df.loc[hide, spec.id_col].nunique()))
     return table
+
+
+class _OwnIntervals:
+    """The central intervals of each hidden value that has a measurement uncertainty ``e``,
+    filled series by series from ``predict``'s paths and noise (model units): quantiles of
+    ``(1/S) sum_s N(path_s, std^2 + e^2)`` at the value's time and channel, in data units
+    (``lo``, ``hi`` per row of ``truth``; NaN for rows without one)."""
+
+    def __init__(self, forecaster: LatentODEForecaster, truth: pd.DataFrame, channel: Any,
+                 levels: tuple[float, float]):
+        spec = forecaster.spec
+        assert spec is not None
+        self.spec, self.levels, self.time_col = spec, levels, spec.time_col
+        self.lo = np.full(len(truth), np.nan)
+        self.hi = np.full(len(truth), np.nan)
+        error = truth["error"].to_numpy(np.float64)
+        given = np.isfinite(error) & (error > 0)  # 0 or none: predict's own interval
+        self.truth = truth
+        self.column = np.asarray([spec.channels.index(str(c)) for c in truth[channel]],
+                                 dtype=np.int64)
+        self.model_error = self._per_row(spec.to_model_errors, error,
+                                         truth["value"].to_numpy(np.float64))
+        self.rows = {key: at[given[at]] for key, at in
+                     truth.groupby(spec.id_col, sort=False).indices.items()}
+
+    def _per_row(self, convert: Any, *columns: np.ndarray) -> np.ndarray:
+        """``convert`` (of ``(n, D)`` arrays) applied to one value per row in its channel."""
+        n, d = len(columns[0]), self.spec.n_channels
+        wide = []
+        for column in columns:
+            full = np.full((n, d), np.nan)
+            full[np.arange(n), self.column] = column
+            wide.append(full)
+        return convert(*wide)[np.arange(n), self.column]
+
+    def series(self, key: Any, raw: Any, paths: np.ndarray, std: np.ndarray | None) -> None:
+        at = self.rows.get(key)
+        if at is None or not len(at):
+            return
+        k = pd.Index(raw).get_indexer(self.truth[self.time_col].to_numpy()[at])
+        if (k < 0).any():  # (a defect: predict answers at every hidden time)
+            raise RuntimeError("score: a hidden value's time is missing from predict's answer.")
+        c = self.column[at]
+        noise = 0.0 if std is None else std[k, c]
+        total = np.sqrt(np.square(noise) + np.square(self.model_error[at]))
+        levels = mixture_quantiles(paths[:, k, c][:, :, None], total[:, None], self.levels)
+        n, d = len(at), self.spec.n_channels
+        for out, level in zip((self.lo, self.hi), levels[:, :, 0], strict=True):
+            full = np.full((n, d), np.nan)
+            full[np.arange(n), c] = level
+            out[at] = self.spec.to_user_values(full)[np.arange(n), c]
 
 
 def _naive(past: pd.DataFrame, rows: pd.DataFrame, id_col: Any, time_col: Any,
