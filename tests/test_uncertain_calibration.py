@@ -260,3 +260,25 @@ def test_the_factor_reads_a_history_s_residual_beyond_its_uncertainties(forecast
                                           mag_err=df["mag_err"] * k)) for k in (0.0, 1.0, 50.0))
     assert np.all(loud <= given + 1e-12) and np.all(given <= exact + 1e-12)
     assert np.any(loud < exact)
+
+
+def test_the_plot_shows_each_measurement_s_uncertainty(forecaster):
+    from matplotlib.container import ErrorbarContainer
+
+    df = light_curves(n=1, points=15, seed=7)
+    df.loc[df.index[:3], "flux_err"] = np.nan  # no bar where none is given
+    pred = forecaster.predict(df, np.linspace(0, 12, 20))
+    fig = forecaster.plot(df, pred)
+    bars = [[c for c in ax.containers if isinstance(c, ErrorbarContainer)] for ax in fig.axes
+            if ax.get_title()]
+    flux, mag = bars
+    assert len(flux) == len(mag) == 1
+    assert len(flux[0].lines[2][0].get_segments()) == 12
+    assert len(mag[0].lines[2][0].get_segments()) == 15
+    # the bar of one point: its value +- its own uncertainty, in the data's units
+    first = df.sort_values("t").iloc[-1]
+    segment = mag[0].lines[2][0].get_segments()[-1]
+    np.testing.assert_allclose(segment[:, 1], [first["mag"] - first["mag_err"],
+                                               first["mag"] + first["mag_err"]])
+    fig = forecaster.plot(df.drop(columns=["flux_err", "mag_err"]), pred)
+    assert not any(isinstance(c, ErrorbarContainer) for ax in fig.axes for c in ax.containers)

@@ -1499,12 +1499,17 @@ class LatentODEForecaster:
         (``data.window``) a grey span marks the last window, the observations its forecasts are
         conditioned on. ``series`` defaults to the first ``max_series`` series of ``pred``.
         ``channel_labels`` titles channels by name instead of their codes (``{220045: "heart
-        rate"}``). Save it with ``fig.savefig("forecast.png")``.
+        rate"}``). Observations with a measurement uncertainty (a forecaster trained with
+        ``uncertainty_cols``, a ``df`` carrying them) get +-1 std error bars: the band is of
+        the quantity, each measurement scatters around it by its own. Save it with
+        ``fig.savefig("forecast.png")``.
         """
         from .plotting import plot_forecast
 
         _, spec = self._fitted("plot")
-        return plot_forecast(spec, spec.dataset(df), pred, series=series, channels=channels,
+        given = spec.uncertainty_cols is not None or spec.uncertainty_col is not None
+        return plot_forecast(spec, spec.dataset(df, errors=given), pred, series=series,
+                             channels=channels,
                              max_series=max_series, window=self._history_window(),
                              channel_labels=channel_labels)
 

@@ -117,6 +117,14 @@ def plot_forecast(
             if seen.any():
                 handles["observed"] = ax.scatter(np.asarray(t_obs)[seen], values[seen], s=10,
                                                  color="k", zorder=3)
+            if ds.errors is not None:  # each measurement's own +-1 std (data units)
+                errors = ds.errors[lo:hi, spec.channels.index(name)]
+                with np.errstate(invalid="ignore"):
+                    bar = seen & np.isfinite(errors) & (errors > 0)
+                if bar.any():
+                    handles["measurement +-1 std"] = ax.errorbar(
+                        np.asarray(t_obs)[bar], values[bar], yerr=errors[bar], fmt="none",
+                        ecolor="k", elinewidth=0.8, alpha=0.5, zorder=2)
             handles["last observation"] = ax.axvline(boundary, color="0.4", ls="--", lw=1.0)
             if window_start is not None:
                 handles["conditioning window"] = ax.axvspan(window_start, boundary, color="0.5",
