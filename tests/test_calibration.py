@@ -455,7 +455,8 @@ def test_lead_curve_is_made_non_decreasing_and_floored():
     tau = rng.uniform(0, 4, 4000)
     excess = np.where(tau < 2, 1.0, 0.25) + 0.01 * rng.normal(size=4000)  # falls at tau = 2
     chan = np.zeros(4000, dtype=int)
-    _, std, counts = _lead_curve(tau, excess, chan, np.array([0.3]), bins=8)
+    zero = np.zeros_like(excess)  # r^2 = excess, no spread, no known uncertainty
+    _, std, counts = _lead_curve(tau, excess, zero, zero, chan, np.array([0.3]), bins=8)
     std = np.asarray(std)[:, 0]
     assert sum(counts) == 4000 and np.all(np.diff(std) >= -1e-12)
     assert std.max() <= 1.0 + 1e-2 and std.min() >= 0.3
@@ -581,8 +582,9 @@ def test_lead_curve_skips_bins_that_leads_on_a_grid_leave_empty():
 
     tau = np.repeat(np.arange(1.0, 6.0), [126, 18, 6, 363, 87])
     excess = 0.09 * tau
-    times, std, counts = _lead_curve(tau, excess, np.zeros(len(tau), int), np.array([0.1]),
-                                     LEAD_BINS)
+    zero = np.zeros_like(excess)
+    times, std, counts = _lead_curve(tau, excess, zero, zero, np.zeros(len(tau), int),
+                                     np.array([0.1]), LEAD_BINS)
     assert np.isfinite(times).all() and np.isfinite(std).all() and min(counts) > 0
     assert sum(counts) == len(tau)
     cal = NoiseCalibration(std=[0.1], obs_std=0.01, lead_times=times, lead_std=std,

@@ -87,6 +87,46 @@ def test_the_noise_leaves_the_known_measurement_noise_out_and_covers_each_instru
     assert paths > 0.85
 
 
+def test_uncertainties_of_0_calibrate_as_none_given():
+    """A channel whose values carry no uncertainty (0, as the loaders fill it) is calibrated
+    exactly as without any (the likeliest noise weighs by the paths' spread otherwise)."""
+    model = FakeModel()
+    plain = make_batches(0)
+    zero = [dataclasses.replace(b, errors=torch.zeros_like(b.values)) for b in plain]
+    nan = [dataclasses.replace(b, errors=torch.full_like(b.values, float("nan")))
+           for b in plain]
+    for per_series in (False, True):
+        a = calibrate_noise(model, plain, n_samples=20, seed=0, per_series=per_series)
+        b = calibrate_noise(model, zero, n_samples=20, seed=0, per_series=per_series)
+        assert b.error_rms == [0.0, 0.0] and dataclasses.replace(b, error_rms=[]) == a
+        # a hand-made batch's NaN uncertainty is none known, not a NaN noise
+        c = calibrate_noise(model, nan, n_samples=20, seed=0, per_series=per_series)
+        assert c == b
+
+
+def test_a_factor_per_series_with_uncertainties_covers_quiet_and_loud_series():
+    """Series fitted 0.1 or 0.5 off, every value also with its own known noise (a fifth at
+    std 1): as without uncertainties (test_calibration), one noise for all over-covers the
+    quiet series and under-covers the loud; the factor, read beyond the known noise, brings
+    both nearer 0.9 (the shrinkage toward the median keeps some of the gap)."""
+    model = FakeModel(spread=0.0)
+
+    def batches(seed: int, misfit: float, n: int = 2) -> list[Batch]:
+        return noisy(make_batches(seed, n_batches=n, noise=(misfit, misfit)), seed)
+
+    calibration = batches(0, 0.1) + batches(1, 0.5)
+    cover = {}
+    for per_series in (False, True):
+        cal = calibrate_noise(model, calibration, n_samples=20, seed=0, per_series=per_series)
+        assert (cal.series_kappa is not None) == per_series and cal.error_rms
+        cover[per_series] = [predictive_coverage(model, batches(seed, misfit), {"c": cal},
+                                                 n_samples=50, seed=0)["c"]
+                             for seed, misfit in ((2, 0.1), (3, 0.5))]
+    assert cover[False][0] > 0.96 and cover[False][1] < 0.8
+    assert cover[True][0] == pytest.approx(0.9, abs=0.03)
+    assert 0.8 < cover[True][1] < 0.9 and cover[True][1] > cover[False][1] + 0.04
+
+
 def test_the_floor_counts_each_points_own_uncertainty():
     """``coverage_std``: values spread as N(0, 0.5^2 + e^2) with known e need 0.5 to cover
     0.9 of them; without the e's the noise must cover the poor points alone."""
@@ -108,19 +148,31 @@ def test_the_lead_curve_leaves_the_forecast_points_own_noise_out():
     """Forecast points carrying their own known noise: the curve is the one of the clean
     walks (their error beyond the noise), not the one that counts the noise in."""
     model = Persistence()
-    base = NoiseCalibration(std=[0.1], obs_std=0.01)
+    # (calibrated on points with their uncertainties: error_rms recorded)
+    base = NoiseCalibration(std=[0.1], obs_std=0.01, error_rms=[0.7])
     clean = walk_batches(0)
     loud = noisy(clean, 0, poor_share=0.5, only_heldout=True)
     want = calibrate_lead(model, clean, base, n_samples=20, seed=0)
     given = calibrate_lead(model, loud, base, n_samples=20, seed=0)
     blind = calibrate_lead(model, without_errors(loud), base, n_samples=20, seed=0)
-    np.testing.assert_allclose(given.lead_std, want.lead_std, rtol=0.2)
+    np.testing.assert_allclose(given.lead_std, want.lead_std, rtol=0.1)
     extra = 0.5 * POOR**2  # the noise's mean variance, counted in without the errors
     assert np.all(np.square(blind.lead_std) > np.square(want.lead_std) + 0.5 * extra)
+    # so is the factor by history length (counting the noise in gave 1.41 against 1.05)
+    np.testing.assert_allclose(given.history_factor, want.history_factor, atol=0.06)
     # forecasts of new walks, noisy alike, covered ~0.9 with their own noise added
     test = noisy(walk_batches(1), 1, poor_share=0.5, only_heldout=True)
     cover = predictive_coverage(model, test, {"curve": given}, n_samples=50, seed=0)
     assert cover["curve"] == pytest.approx(0.9, abs=0.04)
+    # the breakdown scores the same points the same way (its documented promise)
+    from latentode.forecast.calibration import forecast_coverage_breakdown
+
+    parts = forecast_coverage_breakdown(model, test, given, ["x"], n_samples=50, seed=0)
+    assert parts["all"] == cover["curve"]
+    # a calibration of an older latentode (no error_rms) counted them in: none added again
+    old = dataclasses.replace(blind, error_rms=[])
+    assert predictive_coverage(model, test, {"old": old}, n_samples=50, seed=0)["old"] == (
+        forecast_coverage_breakdown(model, test, old, ["x"], n_samples=50, seed=0)["all"])
 
 
 def test_a_series_factor_reads_its_residual_beyond_the_known_noise():
@@ -130,9 +182,14 @@ def test_a_series_factor_reads_its_residual_beyond_the_known_noise():
         encoder=torch.tensor([[[True], [True], [False]]]), leads=torch.zeros(1, 3, 1),
         history=torch.tensor([2]), errors=torch.tensor([[[0.5], [2.0], [9.0]]]))
     m, n = seen_residual(scored)
-    assert n.tolist() == [[2.0]] and m.tolist() == [[((1 - 0.25) + (9 - 4)) / 2]]
+    # the likeliest v for r ~ N(0, v + e^2) at the seen points (r^2 1 and 9, e^2 0.25 and 4):
+    # the likelihood's slope sum (r^2 - e^2 - v) / (v + e^2)^2 is 0 at v = 1; the plain
+    # mean of r^2 - e^2 would be 2.875, led by the noisier point
+    assert n.tolist() == [[2.0]] and m[0, 0] == pytest.approx(1.0, rel=1e-9)
     loud = dataclasses.replace(scored, errors=torch.full((1, 3, 1), 10.0))
     assert seen_residual(loud)[0].tolist() == [[0.0]]  # never below 0
+    exact = dataclasses.replace(scored, errors=torch.zeros(1, 3, 1))  # the plain mean
+    assert seen_residual(exact)[0].tolist() == [[5.0]]
 
 
 def test_calibration_files_of_version_3_load_without_uncertainties():
@@ -166,6 +223,8 @@ def test_score_holds_each_measurement_to_its_own_interval(forecaster):
             ("none", df.drop(columns=["flux_err", "mag_err"])))}
     # (the encoder does not read them: the paths, mse and the noise factor aside, the same)
     pd.testing.assert_frame_equal(scores["zero"][["n", "mse"]], scores["given"][["n", "mse"]])
+    # no uncertainty, or 0: predict's own intervals, the same either way
+    pd.testing.assert_frame_equal(scores["zero"], scores["none"])
     assert (scores["loud"]["width"] > 30 * scores["given"]["width"]).all()
     assert (scores["loud"]["coverage"] == 1.0).all()
     assert (scores["given"]["width"] > scores["zero"]["width"]).all()
@@ -282,3 +341,54 @@ def test_the_plot_shows_each_measurement_s_uncertainty(forecaster):
                                                first["mag"] + first["mag_err"]])
     fig = forecaster.plot(df.drop(columns=["flux_err", "mag_err"]), pred)
     assert not any(isinstance(c, ErrorbarContainer) for ax in fig.axes for c in ax.containers)
+
+
+def test_score_s_own_intervals_on_a_log_channel():
+    """On a log channel the uncertainty enters as relative, ``err / value``, and the interval
+    maps back through ``exp``: against a direct computation."""
+    from latentode.forecast import scoring
+    from latentode.forecast.quantiles import mixture_quantiles
+
+    df = light_curves(n=12, points=15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fc = fitted(df, "model.encoder_error_scale=null", uncertainty_cols=ERRS,
+                    log_channels=["flux"])
+    one = light_curves(n=1, points=15, seed=8)
+    history, late = one[one["t"] < 8], one[one["t"] >= 8].sort_values("t").iloc[:1]
+    truth = pd.DataFrame({"star": late["star"].to_numpy(), "t": late["t"].to_numpy(),
+                          "channel": ["flux"], "value": late["flux"].to_numpy(),
+                          "error": late["flux_err"].to_numpy()})
+    own = scoring._OwnIntervals(fc, truth, "channel", (0.05, 0.95))
+    seen = []
+    fc._predict(history, {late["star"].iloc[0]: late["t"].to_numpy()}, None, None, None, 40,
+                (0.05, 0.95), 0, True, 64, lambda *a: (seen.append(a), own.series(*a)))
+    (_, _, paths, std), = seen
+    spec = fc.spec
+    e = late["flux_err"].iloc[0] / late["flux"].iloc[0] / spec.scale[0]
+    q = mixture_quantiles(paths[:, :, :1], np.hypot(std[:, :1], e), (0.05, 0.95))[:, 0, 0]
+    want = np.exp(q * spec.scale[0] + spec.mean[0])
+    np.testing.assert_allclose([own.lo[0], own.hi[0]], want, rtol=1e-9)
+
+
+def test_an_old_forecaster_s_factor_reads_no_uncertainties(monkeypatch):
+    """A forecaster whose calibration is older (no ``error_rms``: its series' residuals were
+    read with their measurement noise in) keeps reading them so, though its encoder reads the
+    uncertainties: its intervals do not narrow after an upgrade."""
+    from latentode.forecast import forecaster as module
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fc = fitted(light_curves(n=12, points=15), uncertainty_cols=ERRS)
+    assert fc.model.encoder_error_scale is not None and fc.calibration.series_kappa is not None
+    calls = []
+    original = module.beyond_known
+    monkeypatch.setattr(module, "beyond_known",
+                        lambda *a, **k: (calls.append(1), original(*a, **k))[1])
+    df = light_curves(n=1, points=15, seed=9)
+    fc.predict(df, [5.0])
+    assert calls
+    calls.clear()
+    fc.calibration = dataclasses.replace(fc.calibration, error_rms=[])
+    fc.predict(df, [5.0])
+    assert not calls

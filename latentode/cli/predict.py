@@ -17,11 +17,13 @@ rename them) is conditioned on its rows there and answered at ``times=`` (shared
 on a grid after its last observation (``horizon=`` with ``n=`` or ``freq=``), or by default at its
 own time stamps. ``output`` (CSV, or parquet by suffix) is the long frame of
 ``LatentODEForecaster.predict``: id, time, channel, ``mean``, one ``q<level>`` column per
-quantile, in the data's units; datetimes in, datetimes out. The quantiles are of observations:
-sample paths plus the calibrated observation noise (``noise=calibrated``, the default: fitted to
-held-out residuals of the run's validation split, or stored by ``save``), the model's fixed
-``obs_std`` (``noise=model``) or none (``noise=none``). Date strings in a CSV's time column
-are read as datetimes when the model was trained on datetimes. ``proba_output=`` also writes
+quantile, in the data's units; datetimes in, datetimes out. The quantiles are of observations
+(of the quantity itself for a model trained with measurement uncertainties: its noise is
+calibrated beyond them): sample paths plus the calibrated observation noise
+(``noise=calibrated``, the default: fitted to held-out residuals of the run's validation split,
+or stored by ``save``), the model's fixed ``obs_std`` (``noise=model``) or none
+(``noise=none``). Date strings in a CSV's time column are read as datetimes when the model
+was trained on datetimes. ``proba_output=`` also writes
 each series' label probabilities (``LatentODEForecaster.predict_proba``: one row per series, ``p``
 for a binary label, else ``p0, p1, ...``), for a model trained with a label per series
 (``fit(label_col=)``, or ``data.dataset.label_col=`` with ``model.n_labels=``).

@@ -635,7 +635,10 @@ class Scored:
         uncertainties): the part of a value's distance from the truth that is known, so the
         predictive noise is calibrated on what is left and each point's own is added back
         where observations are scored."""
-        return None if self.errors is None else self.errors.double().square()
+        if self.errors is None:
+            return None
+        # (NaN: none known, as the loaders give 0; a hand-made batch's NaN made the noise NaN)
+        return torch.nan_to_num(self.errors.double(), nan=0.0).square()
 
 
 def observation_std(noise: torch.Tensor | None, scored: Scored) -> torch.Tensor | None:
@@ -670,27 +673,34 @@ def point_noise(calibration: NoiseCalibration, scored: Scored) -> torch.Tensor:
 def seen_residual(scored: Scored) -> tuple[np.ndarray, np.ndarray]:
     """``(m, n)`` ``(B, D)``: per series and channel the mean squared residual of the
     posterior mean (the paths' mean) at the scored points the encoder saw, and their count
-    (0 where it saw none: ``m`` 0 there). With measurement uncertainties, the mean of
-    ``r^2 - e^2`` (at least 0): how far the series is fitted beyond its known noise
-    (:func:`excess_residual`)."""
+    (0 where it saw none: ``m`` 0 there). With measurement uncertainties, how far the series
+    is fitted beyond its known noise (:func:`beyond_known`)."""
     with torch.no_grad():
         seen = (scored.target & scored.encoder).double()
         sq = (scored.values.double() - scored.pred.double().mean(0)).square()
-        var = scored.error_var()
         n = seen.sum(1)
-        m = excess_residual(sq, var, seen, n)
-    return m.cpu().numpy(), n.cpu().numpy()
+        m = (sq * seen).sum(1) / n.clamp(min=1)
+        var = scored.error_var()
+    m, n = m.cpu().numpy(), n.cpu().numpy()
+    if var is None:
+        return m, n
+    return beyond_known(m, sq.cpu().numpy(), var.cpu().numpy(),
+                        seen.bool().cpu().numpy(), axis=1), n
 
 
-def excess_residual(sq: Any, var: Any, seen: Any, n: Any, axis: int = 1) -> Any:
-    """Per series and channel ``max(0, sum(seen (r^2 - e^2)) / n)`` over the points' ``axis``
-    (``var`` None: ``e = 0``), of torch tensors (a batch) or numpy arrays (a forecaster's
-    history)."""
-    part = sq if var is None else sq - var
-    total = (part * seen).sum(axis)
-    count = n.clamp(min=1) if isinstance(n, torch.Tensor) else np.maximum(n, 1)
-    mean = total / count
-    return mean.clamp(min=0.0) if isinstance(mean, torch.Tensor) else np.maximum(mean, 0.0)
+def beyond_known(m: np.ndarray, sq: np.ndarray, e2: np.ndarray, seen: np.ndarray,
+                 axis: int) -> np.ndarray:
+    """``m`` (a series' mean squared residual per channel) where none of its ``seen`` points
+    carries a measurement uncertainty, else the likeliest variance beyond each point's
+    ``e2`` (:func:`likely_extra`; ``sq`` the squared residuals, the points along ``axis``):
+    a series' few noisy points otherwise decide its factor (a fifth of the points at e = 1
+    over a misfit of 0.1 scattered the factors across their whole range, and the intervals
+    inside series with them)."""
+    sq, e2, seen = (np.moveaxis(np.asarray(x), axis, -1) for x in (sq, e2, seen))
+    has = (seen & (e2 > 0)).any(-1)
+    if not has.any():
+        return m
+    return np.where(has, likely_extra(np.where(seen, sq, 0.0), e2, seen=seen), m)
 
 
 def series_factor_applies(model: Any, window: Any = None) -> bool:
@@ -794,6 +804,16 @@ def _predicted(model: Any, batch: Any, n_samples: int, subsets: Subsets | None =
                   None if errors is None else rows.gather(errors))
 
 
+def _same_kind(before: bool | None, evar: torch.Tensor | None, what: str) -> bool:
+    """Whether the batches carry measurement uncertainties, the same for each (refused
+    otherwise: their points would be read two ways)."""
+    now = evar is not None
+    if before is not None and before != now:
+        raise ValueError(f"{what}: some batches carry measurement uncertainties (batch.errors) "
+                         f"and others do not; give them to all or none.")
+    return now
+
+
 @torch.no_grad()
 def calibrate_noise(
     model: torch.nn.Module, batches: Iterable[Any], n_samples: int = 100, seed: int = 0,
@@ -814,8 +834,9 @@ def calibrate_noise(
         per_series: the in-series noise with a factor per series and channel
             (:meth:`NoiseCalibration.series_factor`, ``SERIES_KAPPA``): the noise is then that
             of a series fitted as well as the median one, moment-matched on the held-out
-            points' ``(r^2 - s^2) / g`` and floored the same way; the batches must show the
-            encoder's points as targets too (``Folds`` does), else no factor.
+            points' ``(r^2 - s^2) / g`` (with measurement uncertainties the likeliest on the
+            points scaled by ``1 / sqrt(g)``) and floored the same way; the batches must show
+            the encoder's points as targets too (``Folds`` does), else no factor.
     """
     if isinstance(n_samples, bool) or int(n_samples) < 2:
         raise ValueError(f"n_samples must be an integer >= 2 (the spread of the paths is "
@@ -841,11 +862,7 @@ def calibrate_noise(
             mean, var = pred.mean(0), pred.var(0, unbiased=False)  # (B, K, D)
             sq = (scored.values.double() - mean).square()
             evar = scored.error_var()  # known measurement variances (None: none)
-            if error_row is None:
-                error_row = evar is not None
-            elif error_row != (evar is not None):
-                raise ValueError("calibrate_noise: some batches carry measurement uncertainties "
-                                 "(batch.errors) and others do not; give them to all or none.")
+            error_row = _same_kind(error_row, evar, "calibrate_noise")
             excess = sq if evar is None else sq - evar  # r^2 beyond the known noise
             target = scored.target
             heldout = target & ~scored.encoder
@@ -881,9 +898,8 @@ def calibrate_noise(
                 bc, cc = b.cpu(), c.cpu()
                 dev = torch.cat([dev.cpu().double(), aux[0][bc, cc].unsqueeze(0),
                                  aux[1][bc, cc].unsqueeze(0)])
-            if scored.errors is not None:  # and its uncertainty as the last
-                dev = torch.cat([dev.cpu().double(),
-                                 scored.errors[b, k, c].cpu().double().unsqueeze(0)])
+            if evar is not None:  # and its uncertainty as the last
+                dev = torch.cat([dev.cpu().double(), evar[b, k, c].sqrt().cpu().unsqueeze(0)])
             if sample is None:
                 sample = _Reservoir(pred.shape[-1], dev.shape[0], seed)
             sample.add(dev, c.cpu().numpy(), (scored.leads[b, k, c] == 0).cpu().numpy())
@@ -941,7 +957,7 @@ def calibrate_noise(
             if devs.shape[1] >= CALIBRATION_MIN_POINTS:
                 samples[channel] = devs, errors
     for channel, (devs, errors) in samples.items():
-        if errors is not None:  # noisy points weigh less (see likely_noise)
+        if errors is not None and bool((errors > 0).any()):  # noisy points weigh less
             noise[channel] = np.sqrt(likely_noise(devs, errors))
     std = np.maximum(noise, obs_std_array(obs, dims))
     for channel, (devs, errors) in samples.items():
@@ -963,8 +979,10 @@ def _series_scale(points: np.ndarray, pair_m: np.ndarray, pair_c: np.ndarray, di
     """``(mbar, noise)`` per channel for :func:`calibrate_noise`'s
     ``per_series``: ``points`` ``(5, P)`` (r^2, s^2, channel, m, n per held-out point),
     ``pair_m`` / ``pair_c`` every (series, channel) pair's seen-point m and channel. The noise
-    of a channel is ``sqrt(max(0, mean((r^2 - s^2) / g)))`` over its points; a channel without
-    points keeps ``noise``'s (pooled) value. None without any seen point."""
+    of a channel is ``sqrt(max(0, mean((r^2 - s^2) / g)))`` over its points (``r^2`` less any
+    known ``e^2``: :func:`calibrate_noise` replaces it by the likeliest where uncertainties
+    are given); a channel without points keeps ``noise``'s (pooled) value. None without any
+    seen point."""
     mbar = np.zeros(dims)
     for c in range(dims):
         values = pair_m[pair_c == c]
@@ -1040,32 +1058,70 @@ class _Reservoir:
         return part[1][:, : part[2]]
 
 
-def likely_noise(dev: np.ndarray, errors: np.ndarray, iterations: int = 100) -> float:
-    """The noise variance ``sigma^2`` of points with known measurement uncertainties that is
-    most likely under ``r ~ N(0, sigma^2 + s^2 + e^2)`` (``dev`` ``(S, n)``: each point's value
-    minus each path, so ``r`` the value minus the paths' mean and ``s^2`` their variance;
-    ``errors`` ``(n,)``: ``e``): the root of ``sum w (r^2 - s^2 - e^2 - sigma^2) = 0`` with
-    ``w = 1 / (sigma^2 + s^2 + e^2)^2``, by fixed-point iteration from the plain mean; 0 when
-    the data do not ask for more than ``s^2 + e^2``. The plain moment (every ``w`` 1) is
-    dominated by the noisiest points: with a fifth of them at e = 1 over a noise of 0.087
-    (beyond the paths), it came out 0.19 on one draw of 2000 points (the coverage floor
-    0.085 bound on three others); the weighted one 0.083-0.093 on all four."""
+def likely_noise(dev: np.ndarray, errors: np.ndarray) -> float:
+    """The noise variance ``sigma^2`` of points with known measurement uncertainties ``e``
+    that is most likely under ``r ~ N(0, sigma^2 + s^2 + e^2)`` (``dev`` ``(S, n)``: each
+    point's value minus each path, so ``r`` the value minus the paths' mean; ``s^2`` the
+    paths' variance averaged over the points, not each point's own: where the paths' spread
+    does not track the error it would steer the weights; ``errors`` ``(n,)``), by
+    :func:`likely_extra`. The plain moment ``mean(r^2 - s^2 - e^2)`` weighs every point alike
+    and is dominated by the noisiest: with a fifth of them at e = 1 over a noise of 0.087
+    (beyond the paths) it came out 0.19 on one draw of 2000 points; the likeliest 0.083-0.093
+    on four. With every ``e`` 0 the two are the same."""
     dev = np.asarray(dev, dtype=np.float64)
-    r2, s2 = np.square(dev.mean(0)), dev.var(0)
-    known = s2 + np.square(np.asarray(errors, dtype=np.float64))
-    return likely_variance(r2 - known, known, iterations)
+    r2 = np.square(dev.mean(0))
+    known = float(dev.var(0).mean()) + np.square(np.asarray(errors, dtype=np.float64))
+    return float(likely_extra(r2, known))
 
 
-def likely_variance(excess: np.ndarray, known: np.ndarray, iterations: int = 100) -> float:
-    """:func:`likely_noise` of points' ``excess`` ``r^2 - known`` and ``known`` variance."""
-    var = max(float(excess.mean()), 0.0)
-    for _ in range(iterations):
-        w = 1.0 / np.square(var + known).clip(min=1e-300)
-        new = max(float((w * excess).sum() / w.sum()), 0.0)
-        if abs(new - var) <= 1e-9 * max(var, 1e-300):
-            return new
-        var = new
-    return var
+def likely_extra(r2: np.ndarray, known: np.ndarray, scale: np.ndarray | float = 1.0,
+                 seen: np.ndarray | None = None, grid: int = 48, steps: int = 30
+                 ) -> np.ndarray:
+    """Per set of points (the last axis; ``seen`` picks them, default all) the ``v >= 0``
+    that maximises the Gaussian log-likelihood of residuals ``r`` with variance
+    ``known + v * scale`` (``r2 = r^2``; all broadcast to ``r2``'s shape): ``v`` the extra
+    variance beyond what is known, ``scale`` its factor per point (1: a noise; the lead
+    curve's variance: the history factor). Noisy points weigh less than in the plain moment
+    ``mean((r^2 - known) / scale)``, which it equals where ``known`` and ``scale`` are the
+    same for every point. The likelihood can have more than one maximum where ``known``
+    spans orders of magnitude: the best of a grid of ``grid`` values (0 and up to the largest
+    single point's ``(r^2 - known) / scale``, geometrically) is refined by ``steps``
+    fixed-point steps, each kept only where it does not lower the likelihood. 0 where no
+    point asks for more than its known variance; 0 for an empty set."""
+    r2 = np.asarray(r2, dtype=np.float64)
+    known = np.broadcast_to(np.asarray(known, dtype=np.float64), r2.shape)
+    scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), r2.shape)
+    seen = np.ones(r2.shape, dtype=bool) if seen is None else np.broadcast_to(seen, r2.shape)
+    tiny = np.finfo(np.float64).tiny
+
+    def loglik(v: np.ndarray) -> np.ndarray:
+        var = np.maximum(known + v[..., None] * scale, tiny)
+        with np.errstate(over="ignore"):
+            return np.where(seen, -(np.log(var) + r2 / var), 0.0).sum(-1)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        single = np.where(seen & (scale > 0), (r2 - known) / scale, 0.0)
+    top = np.maximum(single.max(-1, initial=0.0), 0.0)  # (...,)
+    best = np.zeros(top.shape)
+    best_ll = loglik(best)
+    for step in np.geomspace(1e-8, 1.0, grid - 1):
+        v = top * step
+        ll = loglik(v)
+        better = ll > best_ll
+        best, best_ll = np.where(better, v, best), np.where(better, ll, best_ll)
+    for _ in range(steps):
+        w = np.where(seen, scale / np.maximum(known + best[..., None] * scale, tiny) ** 2, 0.0)
+        num = (w * (r2 - known)).sum(-1)
+        den = (w * scale).sum(-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v = np.where(den > 0, np.maximum(num / den, 0.0), 0.0)
+        ll = loglik(v)
+        better = ll >= best_ll
+        if not better.any() or np.allclose(v[better], best[better], rtol=1e-12, atol=0.0):
+            best = np.where(better, v, best)
+            break
+        best, best_ll = np.where(better, v, best), np.where(better, ll, best_ll)
+    return best
 
 
 def coverage_std(dev: np.ndarray, start: float, level: float = COVERAGE_LEVEL,
@@ -1076,12 +1132,11 @@ def coverage_std(dev: np.ndarray, start: float, level: float = COVERAGE_LEVEL,
     uncertainty ``e``, None: 0; a value lies inside where the mixture's CDF there is within
     ``[(1 - level) / 2, (1 + level) / 2]``), to 0.1%; 0 when ``start`` covers them already."""
     values = torch.from_numpy(np.asarray(dev, dtype=np.float64))
-    known = None if errors is None else torch.from_numpy(
-        np.square(np.asarray(errors, dtype=np.float64)))
+    known = None if errors is None else torch.from_numpy(np.asarray(errors, dtype=np.float64))
     tail = (1 - level) / 2
 
     def covered(sigma: float) -> float:
-        scale = sigma if known is None else torch.sqrt(sigma**2 + known)
+        scale = sigma if known is None else torch.hypot(torch.tensor(sigma), known)
         cdf = torch.special.ndtr(values / scale).mean(0)
         return float(((cdf >= tail) & (cdf <= 1 - tail)).double().mean())
 
@@ -1112,7 +1167,8 @@ def calibrate_lead(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    taus, r2s, s2s, chans, hists, knowns = [], [], [], [], [], []
+    taus, r2s, s2s, chans, hists, e2s = [], [], [], [], [], []
+    error_row: bool | None = None
     try:
         for index, batch in enumerate(batches):
             batch = batch.to(device)
@@ -1121,15 +1177,14 @@ def calibrate_lead(
                                subsets=subsets)
             pred = scored.pred.double()
             sq = (scored.values.double() - pred.mean(0)).square()
-            evar = scored.error_var()
-            if evar is not None:  # r^2 beyond each point's known measurement variance
-                sq = sq - evar
+            evar = scored.error_var()  # each point's known measurement variance, or None
+            error_row = _same_kind(error_row, evar, "calibrate_lead")
             var = pred.var(0, unbiased=False)
             leads = scored.leads
             mask = scored.target & ~scored.encoder & (leads > 0) & torch.isfinite(leads)
             b, k, c = mask.nonzero(as_tuple=True)
             if evar is not None:
-                knowns.append(evar[b, k, c].cpu().numpy())
+                e2s.append(evar[b, k, c].cpu().numpy())
             taus.append(leads[b, k, c].double().cpu().numpy())
             r2s.append(sq[b, k, c].cpu().numpy())
             s2s.append(var[b, k, c].cpu().numpy())
@@ -1155,9 +1210,8 @@ def calibrate_lead(
                  "of %d. %s", found, found // LEAD_MIN_POINTS, bins, advice)
         bins = found // LEAD_MIN_POINTS
     tau, r2, s2, chan, hist = (np.concatenate(a) for a in (taus, r2s, s2s, chans, hists))
-    # with uncertainties, each bin's noise the likely one (noisy points weigh less)
-    known = s2 + np.concatenate(knowns) if knowns else None
-    curve = _lead_curve(tau, r2 - s2, chan, base.array, bins, known)
+    e2 = np.concatenate(e2s) if e2s else np.zeros_like(r2)  # (0 where none is known)
+    curve = _lead_curve(tau, r2, s2, e2, chan, base.array, bins)
     if curve is None:
         return base
     times, std, counts = curve
@@ -1168,7 +1222,7 @@ def calibrate_lead(
     # the history factor only from as many points as a full curve: from fewer, its bins
     # (some left out under LEAD_MIN_POINTS) put 0.36 on every history in a review's draw,
     # forecasts covering 0.66 for 0.9
-    factors = _history_factors(hist, r2 - s2, expected) if full else None
+    factors = _history_factors(hist, r2, s2, e2, expected) if full else None
     if factors is not None:
         out.history_counts, out.history_factor = factors
     return out
@@ -1182,11 +1236,15 @@ def _equal_count_bins(x: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]
     return edges, which
 
 
-def _history_factors(hist: np.ndarray, excess: np.ndarray, expected: np.ndarray,
-                     bins: int = HISTORY_BINS) -> tuple[list, list] | None:
+def _history_factors(hist: np.ndarray, r2: np.ndarray, s2: np.ndarray, e2: np.ndarray,
+                     expected: np.ndarray, bins: int = HISTORY_BINS
+                     ) -> tuple[list, list] | None:
     """Bins of equal counts over the number of times a series' history holds: mean count and
-    ``mean(excess) / mean(expected)``, non-increasing in the count (more history, no more
-    noise), within ``HISTORY_FACTOR_RANGE``. None when the histories hardly differ."""
+    ``mean(r^2 - s^2) / mean(expected)``, non-increasing in the count (more history, no more
+    noise), within ``HISTORY_FACTOR_RANGE``. With measurement uncertainties (``e2`` not all
+    0) the factor on ``expected`` that is likeliest beyond each point's ``e^2`` and the bin's
+    mean ``s^2`` (:func:`likely_extra`). None when the histories hardly differ."""
+    excess = r2 - s2
     edges, which = _equal_count_bins(hist, bins)
     if len(edges) < 3:
         return None
@@ -1196,7 +1254,12 @@ def _history_factors(hist: np.ndarray, excess: np.ndarray, expected: np.ndarray,
         if here.sum() < LEAD_MIN_POINTS:
             continue
         counts.append(float(hist[here].mean()))
-        ratios.append(float(max(excess[here].mean(), 0.0) / max(expected[here].mean(), 1e-300)))
+        if (e2[here] > 0).any():
+            ratios.append(float(likely_extra(r2[here], s2[here].mean() + e2[here],
+                                             expected[here])))
+        else:
+            ratios.append(float(max(excess[here].mean(), 0.0)
+                                / max(expected[here].mean(), 1e-300)))
         weights.append(float(here.sum()))
     if len(counts) < 2:
         return None
@@ -1205,14 +1268,14 @@ def _history_factors(hist: np.ndarray, excess: np.ndarray, expected: np.ndarray,
     return counts, np.clip(falling, low, high).tolist()
 
 
-def _lead_curve(tau: np.ndarray, excess: np.ndarray, chan: np.ndarray, base: np.ndarray,
-                bins: int, known: np.ndarray | None = None
+def _lead_curve(tau: np.ndarray, r2: np.ndarray, s2: np.ndarray, e2: np.ndarray,
+                chan: np.ndarray, base: np.ndarray, bins: int
                 ) -> tuple[list, list, list] | None:
     """Bins of equal counts over ``tau``: mean lead, the noise std per channel (excess
-    variance, pooled over channels where one has few points, floored at ``base``, made
-    non-decreasing) and the count per bin. ``known``: each point's known variance (paths'
-    spread plus measurement uncertainty), for the likely excess (:func:`likely_variance`) in
-    place of the mean."""
+    variance ``mean(r^2 - s^2)``, pooled over channels where one has few points, floored at
+    ``base``, made non-decreasing) and the count per bin. Where points carry measurement
+    uncertainties (``e2`` > 0), the likeliest variance beyond each one's ``e^2`` and the
+    mean ``s^2`` (:func:`likely_extra`) in place of the mean."""
     edges, which = _equal_count_bins(tau, bins)
     if len(edges) < 2:
         return None
@@ -1223,9 +1286,9 @@ def _lead_curve(tau: np.ndarray, excess: np.ndarray, chan: np.ndarray, base: np.
     filled = [k for k in range(len(edges) - 1) if (which == k).any()]
 
     def level(at: np.ndarray) -> float:
-        if known is None:
-            return float(excess[at].mean())
-        return likely_variance(excess[at], known[at])
+        if (e2[at] > 0).any():
+            return float(likely_extra(r2[at], s2[at].mean() + e2[at]))
+        return float((r2[at] - s2[at]).mean())
 
     var = np.empty((len(filled), dims))
     weights = np.zeros((len(filled), dims))
@@ -1270,12 +1333,20 @@ def predictive_coverage(
     draws scaled by its std, so they differ by the noise only; batch ``k`` is sampled under seed
     ``seed * 1_000_003 + k``. A :class:`NoiseCalibration` as std gives each point the noise of
     its lead time (``std_at``). NaN when no point is held out. ``subsets``: the paths of a
-    forecaster predicting with them (:func:`calibrate_noise`)."""
+    forecaster predicting with them (:func:`calibrate_noise`). Batches with measurement
+    uncertainties (``batch.errors``): each value is covered by the interval of one
+    measurement, its own ``e^2`` added to every noise named (None: the paths plus ``e``
+    alone), except a calibration without ``error_rms`` (an older latentode's, whose noise
+    counted them on average)."""
     level = check_level(level)
     device = next(model.parameters()).device
     scales = {name: std if isinstance(std, NoiseCalibration) or std is None
               else torch.as_tensor(np.asarray(std, dtype=np.float64))
               for name, std in noise_stds.items()}
+    # a calibration of an older latentode counted the uncertainties in its noise on average:
+    # each value's own is not added again
+    counted = {name for name, std in noise_stds.items()
+               if isinstance(std, NoiseCalibration) and not std.error_rms}
     any_noise = any(s is not None and (isinstance(s, NoiseCalibration) or bool((s > 0).any()))
                     for s in scales.values())
     was_training = model.training
@@ -1296,7 +1367,8 @@ def predictive_coverage(
                 samples = pred
                 if isinstance(scale, NoiseCalibration):
                     scale = point_noise(scale, scored)
-                scale = observation_std(scale, scored)  # a value's own uncertainty added
+                if name not in counted:  # a value's own uncertainty added
+                    scale = observation_std(scale, scored)
                 if jitter is not None and scale is not None and bool((scale > 0).any()):
                     samples = pred + scale.to(pred.device, pred.dtype) * jitter
                 h, c = interval_hits(samples, scored.values, mask, level)
@@ -1307,8 +1379,12 @@ def predictive_coverage(
     return {name: hits[name] / count if count else float("nan") for name in noise_stds}
 
 
-def _observed(noise: torch.Tensor, scored: Scored) -> torch.Tensor:
-    """:func:`observation_std` of a noise that is there."""
+def _observed(noise: torch.Tensor, scored: Scored, calibration: NoiseCalibration
+              ) -> torch.Tensor:
+    """:func:`observation_std` of a noise that is there, unless ``calibration`` (of an older
+    latentode) counted the uncertainties in its noise already."""
+    if not calibration.error_rms:
+        return noise
     out = observation_std(noise, scored)
     assert out is not None
     return out
@@ -1361,9 +1437,10 @@ def forecast_coverage_breakdown(
             mask = (scored.target & ~scored.encoder).cpu().numpy()
 
             constant_hits += int(np.count_nonzero(
-                _covered(pred, _observed(constant, scored), jitter, values, level) & mask))
-            inside = _covered(pred, _observed(point_noise(calibration, scored), scored), jitter,
-                              values, level)
+                _covered(pred, _observed(constant, scored, calibration), jitter, values, level)
+                & mask))
+            inside = _covered(pred, _observed(point_noise(calibration, scored), scored,
+                                              calibration), jitter, values, level)
             leads = scored.leads.double().cpu().numpy()
             which = np.clip(np.searchsorted(edges, leads, side="left") - 1, 0, len(edges) - 2)
             b, _, c = np.nonzero(mask)

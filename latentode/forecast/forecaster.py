@@ -106,9 +106,9 @@ from latentode.utils.stack import user_stacklevel
 from .adopt import checked_model_config, model_dtype, on_spec_clock, scaled
 from .calibration import (
     NoiseCalibration,
+    beyond_known,
     calibrate_forecaster,
     calibration_warnings,
-    excess_residual,
     format_obs_std,
     model_obs_std,
     obs_std_array,
@@ -962,7 +962,9 @@ class LatentODEForecaster:
         model, spec = self._fitted("predict")
         model_values = spec.to_model_values(ds.values)  # once: the check and every history
         model_errors = None if ds.errors is None else spec.to_model_errors(ds.errors, ds.values)
-        encoder_reads, _ = self._error_readers()  # else the errors serve the factor only
+        # the errors reach the encoder, the series' factor, both or neither (a calibration of
+        # an older latentode counted them in its residuals: its factor reads none)
+        encoder_reads, factor_reads = self._error_readers()
         _warn_far_from_training(ds, spec, model_values)
         num_samples = _whole("num_samples", num_samples, 1)
         seed = _whole("seed", seed, 0)
@@ -1043,7 +1045,8 @@ class LatentODEForecaster:
                     yield request.index, request.raw, *self._per_series_draw(
                         request, answers, std, noise, ds.times[lo:hi], model_values[lo:hi],
                         draw_noise,
-                        None if model_errors is None else model_errors[lo:hi])
+                        None if model_errors is None or not factor_reads
+                        else model_errors[lo:hi])
                     continue
                 if noisy_draws and std is not None:  # (noisy_draws: std is not None)
                     point_std = self._point_noise(std, noise, ds.times[lo:hi], ds.values[lo:hi],
@@ -1082,10 +1085,12 @@ class LatentODEForecaster:
             rows = ~np.isnan(values).all(1)
             seen = values[rows]  # (n, D) model units, NaN unobserved
             residual = seen - at_history.mean(0)
-            observed = ~np.isnan(residual)
-            n = observed.sum(0)
-            known = None if errors is None else np.nan_to_num(errors[rows], nan=0.0) ** 2
-            m = excess_residual(np.nan_to_num(residual) ** 2, known, observed, n, axis=0)
+            n = (~np.isnan(residual)).sum(0)
+            m = np.nansum(residual**2, 0) / np.maximum(n, 1)
+            if errors is not None:  # as calibration read them (seen_residual)
+                m = beyond_known(m, np.nan_to_num(residual) ** 2,
+                                 np.nan_to_num(errors[rows], nan=0.0) ** 2,
+                                 ~np.isnan(residual), axis=0)
             factor = self.calibration.series_factor(m, n)
         point_std = np.zeros((asked, len(std)))
         if bool((std > 0).any()):
