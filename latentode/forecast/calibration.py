@@ -764,6 +764,7 @@ def _predicted(model: Any, batch: Any, n_samples: int, subsets: Subsets | None =
     0.55 GB). The encoder, the ``z0`` draws and the solver's steps are the same as on the union.
     """
     from latentode.models import LatentODE
+    from latentode.models.inputs import encoder_error_kwargs
     from latentode.models.latent_ode import first_target, target_rows
 
     if not isinstance(model, LatentODE):
@@ -783,7 +784,7 @@ def _predicted(model: Any, batch: Any, n_samples: int, subsets: Subsets | None =
     first = first_target(target) if model.z0_at == "first_target" else 0
     rows = target_rows(times, target, first)
     # the uncertainties the encoder reads (model.encoder_error_scale), as in training
-    extra = {} if getattr(batch, "errors", None) is None else {"encoder_errors": batch.errors}
+    extra = encoder_error_kwargs(model, getattr(batch, "errors", None))
     if subsets is None:
         pred = model(times, batch.values, batch.encoder_mask, n_samples,
                      pred_times=rows.rows, **extra).pred

@@ -39,6 +39,7 @@ from torch import nn
 
 from latentode.data import Batch
 from latentode.data.batch import stream_seed
+from latentode.models.inputs import encoder_error_kwargs
 from latentode.models.posterior import series_noise
 from latentode.solvers import NonFiniteInitialStateError, SolverError
 
@@ -686,11 +687,9 @@ class LatentODELightning(L.LightningModule):
         with self._eval_rng(batch, batch_idx):  # the samples test draws for these series
             if hasattr(self.model, "predict"):
                 predict = cast(Callable[..., Any], self.model.predict)  # (see _terms)
-                # a latent ODE whose encoder reads the uncertainties (encoder_error_scale)
-                extra = ({"encoder_errors": batch.errors} if batch.errors is not None and
-                         getattr(self.model, "encoder_error_scale", None) is not None else {})
                 out = predict(batch.times, batch.values, batch.encoder_mask, batch.target_mask,
-                              self.eval_samples, **extra)
+                              self.eval_samples,
+                              **encoder_error_kwargs(self.model, batch.errors))
             else:  # a model with only the loss/forward interface: its forward at the times
                 out = self.model(batch.times, batch.values, batch.encoder_mask,
                                  n_samples=self.eval_samples)

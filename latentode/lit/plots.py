@@ -20,6 +20,7 @@ from torch import nn
 from latentode.data import Batch, collate
 from latentode.data.batch import Collator
 from latentode.data.windows import window_owner
+from latentode.models.inputs import encoder_error_kwargs
 from latentode.models.latent_ode import first_target
 
 
@@ -41,10 +42,9 @@ def predict_paths(
         grid = grid[grid >= times[first_target(batch.target_mask)]]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        extra = ({"encoder_errors": batch.errors} if getattr(batch, "errors", None) is not None
-                 and getattr(model, "encoder_error_scale", None) is not None else {})
         out = model(times, batch.values, batch.encoder_mask, n_samples=n_samples,
-                    pred_times=grid, **extra)
+                    pred_times=grid,
+                    **encoder_error_kwargs(model, getattr(batch, "errors", None)))
     return grid, out.pred
 
 

@@ -221,6 +221,16 @@ def encoder_confidence(mask: torch.Tensor, errors: torch.Tensor | None, scale: f
     return confidence.to(dtype)
 
 
+def encoder_error_kwargs(model: Any, errors: torch.Tensor | None) -> dict[str, Any]:
+    """``{"encoder_errors": errors}`` for a model whose encoder reads measurement
+    uncertainties (a latent ODE with ``encoder_error_scale``), else ``{}``: what a caller
+    holding a batch's ``errors`` passes to ``forward`` / ``predict`` (a baseline's take no
+    such argument)."""
+    if errors is None or getattr(model, "encoder_error_scale", None) is None:
+        return {}
+    return {"encoder_errors": errors}
+
+
 def check_error_scale(scale: float | None) -> float | None:
     if scale is None:
         return None
