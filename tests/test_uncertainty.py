@@ -89,7 +89,13 @@ def test_averaged_duplicates_get_the_uncertainty_of_their_mean():
         ds = from_dataframe(df, "star", "t", uncertainty_cols={"flux": "flux_err"})
     np.testing.assert_allclose(ds.values[:, 0], [1.0, 3.0])
     np.testing.assert_allclose(ds.errors[:, 0], [0.1, math.hypot(0.3, 0.4) / 2])
-    df.loc[2, "flux_err"] = np.nan  # one of the averaged values has none: the mean's unknown
+    # one of the averaged values has none: counted as exact, as it is read alone (the mean was
+    # given NaN, read as exact: the noisy partner's share was lost)
+    df.loc[2, "flux_err"] = np.nan
+    with pytest.warns(UserWarning):
+        ds = from_dataframe(df, "star", "t", uncertainty_cols={"flux": "flux_err"})
+    assert ds.errors[1, 0] == pytest.approx(0.3 / 2)
+    df.loc[1, "flux_err"] = np.nan  # none has one: none
     with pytest.warns(UserWarning):
         ds = from_dataframe(df, "star", "t", uncertainty_cols={"flux": "flux_err"})
     assert np.isnan(ds.errors[1, 0])
@@ -103,6 +109,14 @@ def test_tidy_uncertainties_per_channel_and_averaged():
         ds = from_dataframe(df, "id", "t", channel_col="ch", value_col="v", uncertainty_col="e")
     assert ds.channels == ["x", "y"]
     np.testing.assert_allclose(ds.errors, [[0.1, 0.2], [0.5, np.nan], [np.nan, 0.3]])
+    df.loc[3, "e"] = np.nan  # x at t = 1: 3 +- 0.6 and 5 exact, mean 4 +- 0.3
+    with pytest.warns(UserWarning, match="averaged"):
+        ds = from_dataframe(df, "id", "t", channel_col="ch", value_col="v", uncertainty_col="e")
+    assert ds.errors[1, 0] == pytest.approx(0.3)
+    df.loc[2, "e"] = np.nan
+    with pytest.warns(UserWarning, match="averaged"):
+        ds = from_dataframe(df, "id", "t", channel_col="ch", value_col="v", uncertainty_col="e")
+    assert np.isnan(ds.errors[1, 0])
     assert list(ds.to_dataframe().columns[-2:]) == ["x_err", "y_err"]
 
 

@@ -74,7 +74,8 @@ def from_dataframe(
             value without its uncertainty (NaN) is read as having none beyond ``obs_std``
             (counted in a warning); negative or infinite ones are refused.
         uncertainty_col: tidy format: the column holding each observation's uncertainty.
-            Averaged duplicates get the uncertainty of their mean, ``sqrt(sum e^2) / k``.
+            Averaged duplicates get the uncertainty of their mean, ``sqrt(sum e^2) / k`` (a
+            value without one counted as exact, as it is read alone).
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"from_dataframe needs a pandas DataFrame, got {type(df).__name__}.")
@@ -762,19 +763,22 @@ def _merge_duplicates(
     agg = {c: "mean" for c in value_cols} | {c: "first" for c in others}  # "first" skips NaN
     # only the duplicated rows are grouped (the caller sorts the result by series and time)
     rows = wide.loc[dup]
-    if errors:  # per group: sum of known values' e^2, count of known values, missing e's
+    if errors:  # per group: sum of known values' e^2, count of known values, known e's
         rows = rows.copy()
         for value, error in errors.items():
             known = rows[value].notna()
-            rows[error] = rows[error].where(known).pow(2)
+            given = known & rows[error].notna()
+            rows[error] = rows[error].where(given, 0.0).pow(2)
             rows[error + "\0n"] = known.astype(np.float64)
-            rows[error + "\0gap"] = (known & rows[error].isna()).astype(np.float64)
-            agg |= {error: "sum", error + "\0n": "sum", error + "\0gap": "sum"}
+            rows[error + "\0given"] = given.astype(np.float64)
+            agg |= {error: "sum", error + "\0n": "sum", error + "\0given": "sum"}
     averaged = rows.groupby([id_col, time_col], sort=False, dropna=False).agg(agg)
-    for error in errors.values():  # the mean of k values with errors e_i: sqrt(sum e_i^2) / k
+    # the mean of k values with errors e_i: sqrt(sum e_i^2) / k, a value without one counted
+    # as exact (0), as a lone value without one is read; NaN where none of them has one
+    for error in errors.values():
         n = averaged.pop(error + "\0n")
-        gap = averaged.pop(error + "\0gap")
-        averaged[error] = np.sqrt(averaged[error]).div(n).where((gap == 0) & (n > 0))
+        given = averaged.pop(error + "\0given")
+        averaged[error] = np.sqrt(averaged[error]).div(n).where((given > 0) & (n > 0))
     merged = pd.concat([wide.loc[~dup], averaged.reset_index()[list(wide.columns)]],
                        ignore_index=True)
     first = int(np.argmax(dup.to_numpy()))
@@ -884,11 +888,12 @@ def _pivot_tidy(
     spread = None
     if error_col is not None:  # the mean of k values with errors e_i: sqrt(sum e_i^2) / k
         errs = _error_column(df, error_col, id_col, time_col).to_numpy(dtype=np.float64)
-        gaps = np.bincount(cell, weights=known & np.isnan(errs), minlength=size)
+        # (a value without one counted as exact, 0; NaN where none of the cell's has one)
+        given = np.bincount(cell, weights=known & ~np.isnan(errs), minlength=size)
         spread = np.bincount(cell, weights=np.where(known, np.nan_to_num(errs) ** 2, 0.0),
                              minlength=size)
         with np.errstate(invalid="ignore", divide="ignore"):
-            spread = np.where(gaps > 0, np.nan, np.sqrt(spread) / counts)
+            spread = np.where(given > 0, np.sqrt(spread) / counts, np.nan)
     del counts
     # only the (series, time) pairs that occur: pivot_table(dropna=False) built every series
     # x every distinct time, quadratic for series on their own clocks (1M rows: out of memory)
