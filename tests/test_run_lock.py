@@ -44,6 +44,8 @@ def test_a_second_run_into_a_directory_in_use_is_refused_and_the_first_kept(
     (run / ".hydra").mkdir(parents=True)
     first = "seed: 1  # the first run's config\n"
     (run / ".hydra" / "config.yaml").write_text(first)
+    log = "[the first run's log line]\n"
+    (run / "train.log").write_text(log)
     holder = hold_lock(run)
     try:
         with pytest.raises(SystemExit) as stop:
@@ -55,6 +57,10 @@ def test_a_second_run_into_a_directory_in_use_is_refused_and_the_first_kept(
         assert "hydra.run.dir=..." in err
         assert (run / ".hydra" / "config.yaml").read_text() == first
         assert not (run / "checkpoints").exists()
+        # Hydra wrote nothing there: no .hydra files of this command's, and no lines in the
+        # first run's log (its file handler went to the first run's train.log)
+        assert sorted(p.name for p in (run / ".hydra").iterdir()) == ["config.yaml"]
+        assert (run / "train.log").read_text() == log
     finally:
         holder.send_signal(signal.SIGKILL)  # killed: its lock file stays behind
         holder.wait()
@@ -64,6 +70,27 @@ def test_a_second_run_into_a_directory_in_use_is_refused_and_the_first_kept(
                          *TINY], monkeypatch)
     assert json.loads((run / "test_metrics.json").read_text())["epochs"] == 1
     assert not (run / LOCK_FILE).exists()  # removed when the run ends
+
+
+def test_a_directory_found_in_use_before_hydra_wrote_is_refused_even_once_free(tmp_path):
+    """The command kept its .hydra files and log out of a directory in use; if the other run
+    ends before this one's lock is taken, training there would leave a run without them."""
+    from latentode.cli.lock import keep_out_if_in_use
+
+    assert not keep_out_if_in_use(tmp_path)  # no lock file: free (and none created)
+    assert not (tmp_path / LOCK_FILE).exists()
+    holder = hold_lock(tmp_path)
+    try:
+        assert keep_out_if_in_use(tmp_path)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    refused = pytest.raises(RunDirInUseError, match=rf"in use by another latentode-train "
+                                                    rf"\(pid {holder.pid} on .*option=\.\.\.")
+    with refused, run_dir_lock(tmp_path, "option"):
+        pass
+    with run_dir_lock(tmp_path):  # remembered once: a later command trains there
+        pass
 
 
 def test_the_lock_names_its_holder_and_is_free_again_after_it(tmp_path):

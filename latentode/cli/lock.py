@@ -42,6 +42,42 @@ class RunDirInUseError(ValueError):
     names a directory it cannot use, and ends in its message alone)."""
 
 
+_KEPT_OUT: dict[str, str] = {}  # run dir -> its holder, found in use before Hydra wrote to it
+
+
+def keep_out_if_in_use(run_dir: str | Path) -> bool:
+    """Whether another process holds ``run_dir``'s lock now (a probe: the lock is taken and
+    dropped at once, the file never created). Called before Hydra writes this command's
+    ``.hydra`` files and opens its log file there; a directory found in use is remembered,
+    and :func:`run_dir_lock` then refuses it even if the other run has ended since (this
+    command kept its files and log lines out of that directory, so it cannot train there)."""
+    if _fcntl is None or not first_process():
+        return False
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        handle = open(path, encoding="utf-8")  # noqa: SIM115 (closed below)
+    except OSError:
+        return False
+    with handle:
+        try:
+            _fcntl.flock(handle.fileno(), _fcntl.LOCK_EX | _fcntl.LOCK_NB)
+        except BlockingIOError:
+            _KEPT_OUT[str(Path(run_dir).resolve())] = handle.read().strip() or "another process"
+            return True
+        except OSError:
+            return False
+        _fcntl.flock(handle.fileno(), _fcntl.LOCK_UN)
+    return False
+
+
+def _in_use(directory: Path, holder: str, option: str) -> RunDirInUseError:
+    return RunDirInUseError(
+        f"{directory} is in use by another latentode-train ({holder}): two runs in one "
+        "directory overwrite each other's checkpoints and metrics. Wait for it to end (a "
+        "resume then goes on from its last.ckpt), stop it, or train into another directory "
+        f"({option}=...).")
+
+
 def first_process() -> bool:
     """Whether this process is the first of its data-parallel group (or the only one)."""
     return all(os.environ.get(name, "0") in ("", "0") for name in _RANK_VARIABLES)
@@ -58,6 +94,9 @@ def run_dir_lock(run_dir: str | Path, option: str = "hydra.run.dir") -> Iterator
     if _fcntl is None or not first_process():
         yield
         return
+    kept_out = _KEPT_OUT.pop(str(Path(run_dir).resolve()), None)
+    if kept_out is not None:
+        raise _in_use(Path(run_dir), kept_out, option)
     path = Path(run_dir) / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = _locked_handle(path, option)
@@ -85,11 +124,7 @@ def _locked_handle(path: Path, option: str) -> IO[str] | None:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise RunDirInUseError(
-                f"{path.parent} is in use by another latentode-train ({holder}): two runs in "
-                "one directory overwrite each other's checkpoints and metrics. Wait for it to "
-                "end (a resume then goes on from its last.ckpt), stop it, or train into another "
-                f"directory ({option}=...).") from None
+            raise _in_use(path.parent, holder, option) from None
         except OSError as error:  # (ENOLCK, EOPNOTSUPP: some network file systems)
             handle.close()
             log.info("%s cannot be locked (%s): a second run into it would not be refused",

@@ -699,6 +699,24 @@ def failed_jobs(reset: bool = False) -> int:
     return count
 
 
+def _write_nothing_into(config: DictConfig) -> None:
+    """``config`` (the one Hydra runs the job with) changed so that Hydra writes no ``.hydra``
+    files and opens no log file in the job's directory: the console alone."""
+    from omegaconf import open_dict, read_write
+
+    hydra_cfg = config.hydra
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
+        hydra_cfg.output_subdir = None
+        logging_cfg = hydra_cfg.job_logging
+        handlers = logging_cfg.get("handlers") or {}
+        files = [name for name, spec in handlers.items() if "filename" in (spec or {})]
+        for name in files:
+            del handlers[name]
+        root = logging_cfg.get("root") or {}
+        if "handlers" in root:
+            root.handlers = [h for h in root.handlers if h not in files]
+
+
 class SweepSummary(Callback):
     """Hydra callback: ``summary.csv`` in the sweep dir, refreshed as each job ends.
 
@@ -737,12 +755,17 @@ class SweepSummary(Callback):
                      sweep_dir, offset - 1, offset)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Before Hydra writes a single run's ``.hydra`` files: keep those of a run already in
-        its directory, put back if the new run is refused there."""
+        """Before Hydra writes a single run's ``.hydra`` files and opens its log file: keep
+        those of a run already in its directory, put back if the new run is refused there;
+        and where another command trains there now, write neither (the refusal follows):
+        its ``.hydra`` files and its log would get this command's."""
         from latentode.cli.checkpoints import snapshot_run_files
+        from latentode.cli.lock import keep_out_if_in_use
 
         with contextlib.suppress(Exception):  # (an unresolvable dir: nothing to keep)
             snapshot_run_files(str(config.hydra.run.dir))
+            if keep_out_if_in_use(str(config.hydra.run.dir)):
+                _write_nothing_into(config)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._started[str(config.hydra.runtime.output_dir)] = time.perf_counter()
