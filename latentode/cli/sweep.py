@@ -712,9 +712,9 @@ def _write_nothing_into(config: DictConfig) -> None:
         files = [name for name, spec in handlers.items() if "filename" in (spec or {})]
         for name in files:
             del handlers[name]
-        root = logging_cfg.get("root") or {}
-        if "handlers" in root:
-            root.handlers = [h for h in root.handlers if h not in files]
+        root = logging_cfg.get("root")
+        if root is not None and "handlers" in root:
+            root["handlers"] = [h for h in root["handlers"] if h not in files]
 
 
 class SweepSummary(Callback):

@@ -678,10 +678,10 @@ def seen_residual(scored: Scored) -> tuple[np.ndarray, np.ndarray]:
     with torch.no_grad():
         seen = (scored.target & scored.encoder).double()
         sq = (scored.values.double() - scored.pred.double().mean(0)).square()
-        n = seen.sum(1)
-        m = (sq * seen).sum(1) / n.clamp(min=1)
+        count = seen.sum(1)
+        mean = (sq * seen).sum(1) / count.clamp(min=1)
         var = scored.error_var()
-    m, n = m.cpu().numpy(), n.cpu().numpy()
+    m, n = mean.cpu().numpy(), count.cpu().numpy()
     if var is None:
         return m, n
     return beyond_known(m, sq.cpu().numpy(), var.cpu().numpy(),
