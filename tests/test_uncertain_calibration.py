@@ -392,3 +392,96 @@ def test_an_old_forecaster_s_factor_reads_no_uncertainties(monkeypatch):
     fc.calibration = dataclasses.replace(fc.calibration, error_rms=[])
     fc.predict(df, [5.0])
     assert not calls
+
+
+def brute_force(r2: np.ndarray, known: np.ndarray, scale: np.ndarray) -> float:
+    """The best ``v`` of the log-likelihood on a fine grid, refined by golden sections."""
+    def loglik(v: float) -> float:
+        var = known + v * scale
+        return float(-(np.log(var) + r2 / var).sum())
+
+    top = max(float(((r2 - known) / scale).max()), 1e-12)
+    grid = np.concatenate([[0.0], np.geomspace(top * 1e-10, top, 4000)])
+    k = int(np.argmax([loglik(v) for v in grid]))
+    lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+    for _ in range(200):
+        a, b = lo + 0.382 * (hi - lo), lo + 0.618 * (hi - lo)
+        lo, hi = (lo, b) if loglik(a) > loglik(b) else (a, hi)
+    return 0.5 * (lo + hi)
+
+
+def test_likely_extra_finds_the_best_variance_also_where_the_likelihood_has_two_maxima():
+    from latentode.forecast.calibration import likely_extra
+
+    rng = np.random.default_rng(0)
+    for case in range(40):
+        n = int(rng.integers(5, 300))
+        known = np.exp(rng.uniform(-6, 3, n)) if case % 2 else np.full(n, 0.3)
+        scale = np.exp(rng.uniform(-1, 1, n)) if case % 3 == 0 else np.ones(n)
+        v = float(np.exp(rng.uniform(-5, 2)))
+        r2 = (known + v * scale) * rng.standard_t(3 if case % 4 == 0 else 50, n) ** 2
+        got = float(likely_extra(r2, known, scale))
+        want = brute_force(r2, known, scale)
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-10), case
+    # two maxima: precise points asking for 0.01 more, noisy ones (known 50) for 350; which
+    # one is best depends on their counts, and a fixed point started from the plain mean
+    # (the first case) or from 0 (the second) stops at the other
+    for precise, loud, want in ((20, 10, 0.010006), (10, 30, 234.842)):
+        r2 = np.concatenate([np.full(precise, 0.01), np.full(loud, 400.0)])
+        known = np.concatenate([np.full(precise, 1e-6), np.full(loud, 50.0)])
+        got = float(likely_extra(r2, known))
+        assert got == pytest.approx(brute_force(r2, known, np.ones(len(r2))), rel=1e-4)
+        assert got == pytest.approx(want, rel=1e-4)
+    # sets along the last axis, the unseen left out; an empty set and a quiet one give 0
+    sets = likely_extra(np.array([[4.0, 100.0], [0.5, 0.5], [9.0, 9.0]]), np.ones((3, 2)),
+                        seen=np.array([[True, False], [True, True], [False, False]]))
+    np.testing.assert_allclose(sets, [3.0, 0.0, 0.0])
+    with warnings.catch_warnings():  # exactly known points at v = 0: no division warnings
+        warnings.simplefilter("error")
+        likely_extra(np.array([[0.0, 0.0, 1.0]]), np.array([[0.0, 0.0, 4.0]]))
+
+
+def test_calibrate_lead_refuses_batches_with_and_without_uncertainties():
+    loud = noisy(walk_batches(0), 0, only_heldout=True)
+    base = NoiseCalibration(std=[0.1], obs_std=0.01, error_rms=[0.5])
+    for batches in ([loud[0], *without_errors(loud[1:])], [*without_errors(loud[:1]), loud[1]]):
+        with pytest.raises(ValueError, match="calibrate_lead: some batches carry measurement"):
+            calibrate_lead(Persistence(), batches, base, n_samples=5, seed=0)
+
+
+def test_an_older_calibration_s_factor_reads_no_uncertainties_in_coverage():
+    """``point_noise`` (coverage, the forecast breakdown) as its forecaster's predict: a
+    calibration without ``error_rms`` reads the residuals with the noise in."""
+    from latentode.forecast.calibration import point_noise
+
+    scored = Scored(
+        pred=torch.zeros(3, 1, 3, 1), values=torch.tensor([[[1.0], [3.0], [2.0]]]),
+        target=torch.ones(1, 3, 1, dtype=torch.bool),
+        encoder=torch.tensor([[[True], [True], [False]]]), leads=torch.zeros(1, 3, 1),
+        history=torch.tensor([2]), errors=torch.tensor([[[0.5], [2.0], [9.0]]]))
+    old = NoiseCalibration(std=[0.3], obs_std=0.0, series_kappa=4.0, series_mbar=[1.0])
+    new = dataclasses.replace(old, error_rms=[1.0])
+    plain = dataclasses.replace(scored, errors=None)
+    assert torch.equal(point_noise(old, scored), point_noise(old, plain))
+    assert not torch.equal(point_noise(new, scored), point_noise(new, plain))
+
+
+def test_the_encoder_gets_the_uncertainties_only_where_it_reads_them():
+    from latentode.models import LatentODE
+    from latentode.models.baselines import ODERNN
+    from latentode.models.inputs import encoder_error_kwargs
+
+    errors = torch.ones(2, 3, 1)
+    assert encoder_error_kwargs(ODERNN(input_dim=1), errors) == {}  # its predict takes none
+    assert encoder_error_kwargs(LatentODE(input_dim=1), errors) == {}  # scale None
+    reads = LatentODE(input_dim=1, encoder_error_scale=1.0)
+    assert encoder_error_kwargs(reads, errors)["encoder_errors"] is errors
+    assert encoder_error_kwargs(reads, None) == {}
+
+
+def test_score_warns_about_hidden_values_without_an_uncertainty(forecaster):
+    df = light_curves(n=3, points=15, seed=10)
+    last = df.groupby("star")["t"].transform("max") == df["t"]
+    df.loc[last, "mag_err"] = np.nan  # only the hidden end lacks them
+    with pytest.warns(UserWarning, match=r"3 observed value\(s\) have no uncertainty"):
+        forecaster.score(df, "end", fraction=0.1)

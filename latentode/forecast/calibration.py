@@ -85,7 +85,7 @@ import json
 import logging
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -662,7 +662,10 @@ def point_noise(calibration: NoiseCalibration, scored: Scored) -> torch.Tensor:
     history = scored.history.cpu().numpy()
     factor = None
     if calibration.series_kappa is not None:
-        m, n = seen_residual(scored)
+        # a calibration of an older latentode read the residuals with the noise in, as its
+        # forecaster's predict still does
+        m, n = seen_residual(scored if calibration.error_rms else
+                             replace(scored, errors=None))
         factor = calibration.series_factor(m, n)
     return torch.as_tensor(np.stack([
         calibration.std_at(leads[b], history=int(history[b]),
@@ -1076,7 +1079,7 @@ def likely_noise(dev: np.ndarray, errors: np.ndarray) -> float:
 
 
 def likely_extra(r2: np.ndarray, known: np.ndarray, scale: np.ndarray | float = 1.0,
-                 seen: np.ndarray | None = None, grid: int = 48, steps: int = 30
+                 seen: np.ndarray | None = None, grid: int = 48, steps: int = 200
                  ) -> np.ndarray:
     """Per set of points (the last axis; ``seen`` picks them, default all) the ``v >= 0``
     that maximises the Gaussian log-likelihood of residuals ``r`` with variance
@@ -1111,7 +1114,10 @@ def likely_extra(r2: np.ndarray, known: np.ndarray, scale: np.ndarray | float = 
         better = ll > best_ll
         best, best_ll = np.where(better, v, best), np.where(better, ll, best_ll)
     for _ in range(steps):
-        w = np.where(seen, scale / np.maximum(known + best[..., None] * scale, tiny) ** 2, 0.0)
+        # (the variance floored where its square stays above 0: a point known exactly at
+        # v = 0 weighs 1e300, not inf)
+        w = np.where(seen, scale / np.maximum(known + best[..., None] * scale, 1e-150) ** 2,
+                     0.0)
         num = (w * (r2 - known)).sum(-1)
         den = (w * scale).sum(-1)
         with np.errstate(divide="ignore", invalid="ignore"):

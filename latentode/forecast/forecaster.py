@@ -1127,8 +1127,8 @@ class LatentODEForecaster:
         """``(encoder, factor)``: whether a history's measurement uncertainties reach the
         model's encoder (``model.encoder_error_scale``) and the series' factor on the
         in-series noise (a calibration with uncertainties and a factor: the factor reads the
-        seen points' ``r^2 - e^2``, as calibration did); both False for a spec without
-        uncertainty columns."""
+        seen points' residual beyond their ``e``, as calibration did, :func:`beyond_known`);
+        both False for a spec without uncertainty columns."""
         model, spec = self._fitted("predict")
         if spec.uncertainty_cols is None and spec.uncertainty_col is None:
             return False, False

@@ -161,9 +161,8 @@ def score(forecaster: LatentODEForecaster, df: pd.DataFrame, holdout: str = "poi
     history = df.loc[~hide]
     with_errors = observed_with_errors(forecaster)
     if with_errors:  # the hidden values' uncertainties checked as training checked them
-        with warnings.catch_warnings():  # (warned about once, by predict's history below)
-            warnings.simplefilter("ignore")
-            spec.dataset(df.loc[hide], errors=True)
+        # (its warnings are of the hidden rows, predict's below of the history's)
+        spec.dataset(df.loc[hide], errors=True)
     truth = long_values(df.loc[hide], forecaster, errors=with_errors).reset_index(drop=True)
     if truth.empty:
         raise ValueError("nothing to score: the hidden times hold no observed value.")
